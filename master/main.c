@@ -1,0 +1,210 @@
+/* dispatcher: dispatcher-master command line: config check, start-up order (parse, bind,
+ * daemonize, publish, pid file, fork) and exit codes from SPEC "Programs". */
+#include "master/ms_master.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/dsp.h"
+#include "common/log.h"
+#include "master/ms_compile.h"
+#include "master/ms_config.h"
+#include "master/ms_rt.h"
+#include "shm/shm.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: dispatcher-master [-c FILE] [-t] [-D] [-p PIDFILE] [-V] [-h]\n"
+                 "  -c FILE     configuration file (default ./dispatcher.conf, then\n"
+                 "              /etc/dispatcher/dispatcher.conf)\n"
+                 "  -t          check the configuration and exit\n"
+                 "  -D          run in the background (daemon)\n"
+                 "  -p PIDFILE  write the master pid here (overrides pid_file)\n"
+                 "  -V          print the version and exit\n"
+                 "  -h          print this help and exit\n");
+}
+
+static const char *default_config(void)
+{
+    if (access("dispatcher.conf", F_OK) == 0) {
+        return "dispatcher.conf";
+    }
+    return "/etc/dispatcher/dispatcher.conf";
+}
+
+static int write_pid_file(const char *path)
+{
+    char buf[32];
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+    if (fd == -1) {
+        log_errno(LOG_ERROR, errno, "cannot write pid file %s", path);
+        return -1;
+    }
+    if (write(fd, buf, (size_t)n) != n) {
+        log_errno(LOG_ERROR, errno, "cannot write pid file %s", path);
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+static int resolve_user(const struct ms_config *cfg)
+{
+    ms.uid = (uid_t)-1;
+    ms.gid = (gid_t)-1;
+    if (cfg->user == NULL) {
+        return 0;
+    }
+    if (geteuid() != 0) {
+        log_warn("user = \"%s\" ignored: not started as root", cfg->user);
+        return 0;
+    }
+    struct passwd *pw = getpwnam(cfg->user);
+    if (pw == NULL) {
+        fprintf(stderr, "%s: unknown user \"%s\"\n", cfg->path, cfg->user);
+        return -1;
+    }
+    ms.uid = pw->pw_uid;
+    ms.gid = pw->pw_gid;
+    if (cfg->group != NULL) {
+        struct group *gr = getgrnam(cfg->group);
+        if (gr == NULL) {
+            fprintf(stderr, "%s: unknown group \"%s\"\n", cfg->path, cfg->group);
+            return -1;
+        }
+        ms.gid = gr->gr_gid;
+    }
+    return 0;
+}
+
+/* Detach from the terminal. The parent exits 0 once the child exists; bind errors were already
+ * reported in the foreground, which is what init scripts need to see. */
+static void daemonize(void)
+{
+    pid_t pid = fork();
+    int fd;
+
+    if (pid == -1) {
+        log_errno(LOG_ERROR, errno, "fork() failed");
+        exit(MS_EXIT_START);
+    }
+    if (pid > 0) {
+        _exit(0);
+    }
+    setsid();
+    fd = open("/dev/null", O_RDWR);
+    if (fd != -1) {
+        dup2(fd, 0);
+        dup2(fd, 1);
+        if (ms.cfg->log.error == NULL || strcmp(ms.cfg->log.error, "stderr") == 0) {
+            dup2(fd, 2);
+        }
+        if (fd > 2) {
+            close(fd);
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const char *conf = NULL, *pid_path = NULL;
+    int check = 0, daemon_mode = 0, opt, rc;
+    char *errs = NULL;
+    char abspath[PATH_MAX];
+
+    while ((opt = getopt(argc, argv, "c:tDp:Vh")) != -1) {
+        switch (opt) {
+        case 'c':
+            conf = optarg;
+            break;
+        case 't':
+            check = 1;
+            break;
+        case 'D':
+            daemon_mode = 1;
+            break;
+        case 'p':
+            pid_path = optarg;
+            break;
+        case 'V':
+            printf("dispatcher-master %s\n", DSP_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return MS_EXIT_CONFIG;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return MS_EXIT_CONFIG;
+    }
+    if (conf == NULL) {
+        conf = default_config();
+    }
+    if (ms_config_load(conf, 1, &ms.cfg, &errs) != 0) {
+        fprintf(stderr, "%s\n", errs);
+        free(errs);
+        return MS_EXIT_CONFIG;
+    }
+    if (check) {
+        size_t size;
+        void *snap = ms_compile(ms.cfg, 1, &size);
+        free(snap);
+        printf("%s: ok\n", conf);
+        ms_config_free(ms.cfg);
+        return 0;
+    }
+    ms.conf_path = dsp_xstrdup(realpath(conf, abspath) ? abspath : conf);
+    log_level = ms.cfg->log.level;
+    if (log_open(ms.cfg->log.error) != 0) {
+        fprintf(stderr, "%s: cannot open error log %s: %s\n", conf, ms.cfg->log.error,
+                strerror(errno));
+        return MS_EXIT_START;
+    }
+    if (resolve_user(ms.cfg) != 0) {
+        return MS_EXIT_CONFIG;
+    }
+    ms.nworkers = ms.cfg->workers;
+    if (ms_bind_all() != 0) {
+        return MS_EXIT_START;
+    }
+    if (daemon_mode) {
+        daemonize();
+    }
+    shm_sweep_stale();
+    ms.ctl = shm_ctl_create((int)getpid());
+    ms.rt = shm_rt_create();
+    ms.reg = ms_rt_reg_new();
+    if (ms.ctl == NULL || ms.rt == NULL) {
+        return MS_EXIT_START;
+    }
+    ms.ctl->started_at = dsp_wall_s();
+    if (ms_publish() != 0) {
+        return MS_EXIT_START;
+    }
+    if (pid_path == NULL) {
+        pid_path = ms.cfg->pid_file ? dsp_xstrdup(ms.cfg->pid_file) : NULL;
+    }
+    if (pid_path != NULL && write_pid_file(pid_path) != 0) {
+        return MS_EXIT_START;
+    }
+    rc = ms_run();
+    if (pid_path != NULL) {
+        unlink(pid_path);
+    }
+    return rc;
+}

@@ -1,0 +1,1407 @@
+/* dispatcher: reads dispatcher.conf with libconfig and checks every setting. All problems are
+ * collected rather than stopping at the first, so that `-t` and a refused reload show the operator
+ * the whole list in one go. */
+#include "master/ms_config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <http_parser.h>
+#include <libconfig.h>
+
+#include "common/dsp.h"
+#include "common/log.h"
+#include "common/net.h"
+
+#define MAX_WORKERS   256
+#define MAX_TIMEOUT   INT_MAX
+#define MAX_WEIGHT    1000
+#define MAX_HOST_LEN  253
+#define MAX_CN_LEN    64 /* X.509 upper bound for a commonName */
+#define QUAL_LEN      192
+
+struct cfg_err {
+    const char *file;
+    unsigned line;
+    size_t seq;
+    char *msg;
+};
+
+/* Parser state: where messages point and the problems found so far. */
+struct ctx {
+    const char *path;
+    const char *dir;
+    struct cfg_err *errs;
+    size_t nerrs;
+    size_t cap;
+};
+
+static void add_err(struct ctx *c, const char *file, unsigned line, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+
+static void add_err(struct ctx *c, const char *file, unsigned line, const char *fmt, va_list ap)
+{
+    char msg[1024];
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    if (c->nerrs == c->cap) {
+        c->cap = c->cap ? c->cap * 2 : 8;
+        c->errs = dsp_xrealloc(c->errs, c->cap * sizeof(*c->errs));
+    }
+    c->errs[c->nerrs].file = file ? file : c->path;
+    c->errs[c->nerrs].line = line;
+    c->errs[c->nerrs].seq = c->nerrs;
+    c->errs[c->nerrs].msg = dsp_xstrdup(msg);
+    c->nerrs++;
+}
+
+static void err_at(struct ctx *c, const config_setting_t *s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void err_at(struct ctx *c, const config_setting_t *s, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    add_err(c, config_setting_source_file(s), config_setting_source_line(s), fmt, ap);
+    va_end(ap);
+}
+
+static void err_line(struct ctx *c, const char *file, unsigned line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void err_line(struct ctx *c, const char *file, unsigned line, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    add_err(c, file, line, fmt, ap);
+    va_end(ap);
+}
+
+static size_t file_rank(const struct ctx *c, const char *file)
+{
+    for (size_t i = 0; i < c->nerrs; i++) {
+        if (strcmp(c->errs[i].file, file) == 0) {
+            return i;
+        }
+    }
+    return c->nerrs;
+}
+
+/* Report in file order (then line) even though sections are checked in a fixed order; insertion
+ * sort keeps it stable and the list is short. */
+static char *join_errors(struct ctx *c)
+{
+    size_t *rank = dsp_xcalloc(c->nerrs, sizeof(*rank));
+    struct cfg_err *e = c->errs;
+    size_t total = 1, off = 0;
+    char *out;
+
+    for (size_t i = 0; i < c->nerrs; i++) {
+        rank[i] = file_rank(c, e[i].file);
+    }
+    for (size_t i = 1; i < c->nerrs; i++) {
+        struct cfg_err t = e[i];
+        size_t tr = rank[i], j = i;
+        while (j > 0 && (rank[j - 1] > tr || (rank[j - 1] == tr && e[j - 1].line > t.line))) {
+            e[j] = e[j - 1];
+            rank[j] = rank[j - 1];
+            j--;
+        }
+        e[j] = t;
+        rank[j] = tr;
+    }
+    free(rank);
+    for (size_t i = 0; i < c->nerrs; i++) {
+        total += strlen(e[i].file) + strlen(e[i].msg) + 16;
+    }
+    out = dsp_xmalloc(total);
+    out[0] = '\0';
+    for (size_t i = 0; i < c->nerrs; i++) {
+        off += (size_t)snprintf(out + off, total - off, "%s%s:%u: %s", i ? "\n" : "", e[i].file,
+                                e[i].line, e[i].msg);
+    }
+    return out;
+}
+
+static void ctx_dispose(struct ctx *c)
+{
+    for (size_t i = 0; i < c->nerrs; i++) {
+        free(c->errs[i].msg);
+    }
+    free(c->errs);
+}
+
+
+/* The full name of <key> inside <where> ("services[1].retries"), for messages. */
+static const char *qual(char *buf, size_t n, const char *where, const char *key)
+{
+    snprintf(buf, n, "%s%s%s", where, *where ? "." : "", key);
+    return buf;
+}
+
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *d, *real, *abs;
+    char cwd[PATH_MAX];
+
+    if (slash == NULL) {
+        d = dsp_xstrdup(".");
+    } else if (slash == path) {
+        d = dsp_xstrdup("/");
+    } else {
+        size_t n = (size_t)(slash - path);
+        d = dsp_xmalloc(n + 1);
+        memcpy(d, path, n);
+        d[n] = '\0';
+    }
+    real = realpath(d, NULL);
+    if (real != NULL) {
+        free(d);
+        return real;
+    }
+    if (d[0] == '/' || getcwd(cwd, sizeof(cwd)) == NULL) {
+        return d;
+    }
+    abs = dsp_xmalloc(strlen(cwd) + strlen(d) + 2);
+    sprintf(abs, "%s/%s", cwd, d);
+    free(d);
+    return abs;
+}
+
+static char *resolve(const struct ctx *c, const char *p)
+{
+    size_t dl = strlen(c->dir);
+    char *r;
+
+    if (p[0] == '/') {
+        return dsp_xstrdup(p);
+    }
+    while (p[0] == '.' && p[1] == '/') {
+        p += 2;
+        while (*p == '/') {
+            p++;
+        }
+    }
+    r = dsp_xmalloc(dl + strlen(p) + 2);
+    sprintf(r, "%s%s%s", c->dir, (dl > 0 && c->dir[dl - 1] == '/') ? "" : "/", p);
+    return r;
+}
+
+/* The get_* helpers return 0 when <name> is absent (so the default stays), 1 when they set
+ * <*out>, and -1 after recording an error. */
+
+static int is_int(const config_setting_t *s)
+{
+    return config_setting_type(s) == CONFIG_TYPE_INT || config_setting_type(s) == CONFIG_TYPE_INT64;
+}
+
+static int get_long(struct ctx *c, config_setting_t *g, const char *where, const char *name,
+                    long min, long max, long *out)
+{
+    config_setting_t *s = config_setting_get_member(g, name);
+    char q[QUAL_LEN];
+    long long v;
+
+    if (s == NULL) {
+        return 0;
+    }
+    if (!is_int(s)) {
+        err_at(c, s, "%s must be an integer", qual(q, sizeof(q), where, name));
+        return -1;
+    }
+    v = config_setting_get_int64(s);
+    if (v < min || v > max) {
+        if (max == LONG_MAX) {
+            err_at(c, s, "%s must be %ld or more (got %lld)", qual(q, sizeof(q), where, name),
+                   min, v);
+        } else {
+            err_at(c, s, "%s must be between %ld and %ld (got %lld)",
+                   qual(q, sizeof(q), where, name), min, max, v);
+        }
+        return -1;
+    }
+    *out = (long)v;
+    return 1;
+}
+
+static int get_int(struct ctx *c, config_setting_t *g, const char *where, const char *name, int min,
+                   int max, int *out)
+{
+    long v;
+    int r = get_long(c, g, where, name, min, max, &v);
+
+    if (r == 1) {
+        *out = (int)v;
+    }
+    return r;
+}
+
+static int get_bool(struct ctx *c, config_setting_t *g, const char *where, const char *name,
+                    int *out)
+{
+    config_setting_t *s = config_setting_get_member(g, name);
+    char q[QUAL_LEN];
+
+    if (s == NULL) {
+        return 0;
+    }
+    if (config_setting_type(s) != CONFIG_TYPE_BOOL) {
+        err_at(c, s, "%s must be true or false", qual(q, sizeof(q), where, name));
+        return -1;
+    }
+    *out = config_setting_get_bool(s) ? 1 : 0;
+    return 1;
+}
+
+/* <*out> is borrowed from libconfig. Empty strings are refused unless <allow_empty>. */
+static int get_str(struct ctx *c, config_setting_t *g, const char *where, const char *name,
+                   int allow_empty, const char **out)
+{
+    config_setting_t *s = config_setting_get_member(g, name);
+    char q[QUAL_LEN];
+
+    if (s == NULL) {
+        return 0;
+    }
+    if (config_setting_type(s) != CONFIG_TYPE_STRING) {
+        err_at(c, s, "%s must be a string", qual(q, sizeof(q), where, name));
+        return -1;
+    }
+    *out = config_setting_get_string(s);
+    if (!allow_empty && **out == '\0') {
+        err_at(c, s, "%s must not be empty", qual(q, sizeof(q), where, name));
+        return -1;
+    }
+    return 1;
+}
+
+/* A member that must be a group; NULL when absent or after an error. */
+static config_setting_t *get_group(struct ctx *c, config_setting_t *g, const char *where,
+                                   const char *name)
+{
+    config_setting_t *s = config_setting_get_member(g, name);
+    char q[QUAL_LEN];
+
+    if (s == NULL) {
+        return NULL;
+    }
+    if (!config_setting_is_group(s)) {
+        err_at(c, s, "%s must be a group { ... }", qual(q, sizeof(q), where, name));
+        return NULL;
+    }
+    return s;
+}
+
+/* A member that must be a list "( ... )" or an array "[ ... ]"; NULL when absent or bad. */
+static config_setting_t *get_seq(struct ctx *c, config_setting_t *g, const char *where,
+                                 const char *name)
+{
+    config_setting_t *s = config_setting_get_member(g, name);
+    char q[QUAL_LEN];
+
+    if (s == NULL) {
+        return NULL;
+    }
+    if (!config_setting_is_list(s) && !config_setting_is_array(s)) {
+        err_at(c, s, "%s must be a list ( ... ) or an array [ ... ]",
+               qual(q, sizeof(q), where, name));
+        return NULL;
+    }
+    return s;
+}
+
+static void check_keys(struct ctx *c, config_setting_t *g, const char *where,
+                       const char *const *known)
+{
+    int n = config_setting_length(g);
+
+    for (int i = 0; i < n; i++) {
+        config_setting_t *e = config_setting_get_elem(g, (unsigned)i);
+        const char *name = config_setting_name(e);
+        const char *const *k;
+
+        for (k = known; *k != NULL; k++) {
+            if (name != NULL && strcmp(name, *k) == 0) {
+                break;
+            }
+        }
+        if (*k == NULL) {
+            err_at(c, e, "unknown key '%s'%s%s", name ? name : "?", *where ? " in " : "", where);
+        }
+    }
+}
+
+
+static int valid_token(const char *s)
+{
+    if (*s == '\0') {
+        return 0;
+    }
+    for (; *s; s++) {
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '_' || *s == '.' || *s == '-')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Lower-case DNS-ish name: [a-z0-9._-], no empty label. */
+static int valid_hostname(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > MAX_HOST_LEN || s[0] == '.' || s[n - 1] == '.' || strstr(s, "..")) {
+        return 0;
+    }
+    for (; *s; s++) {
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '.' || *s == '-' ||
+              *s == '_')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int valid_url_path(const char *s)
+{
+    if (s[0] != '/') {
+        return 0;
+    }
+    for (; *s; s++) {
+        if ((unsigned char)*s <= ' ' || *s == 0x7f) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int valid_cn(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > MAX_CN_LEN) {
+        return 0;
+    }
+    for (; *s; s++) {
+        if ((unsigned char)*s < ' ' || *s == 0x7f) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int is_wildcard_addr(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+    }
+    if (ss->ss_family == AF_INET6) {
+        return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+    }
+    return 0;
+}
+
+static void check_readable(struct ctx *c, config_setting_t *s, const char *what, const char *file)
+{
+    struct stat st;
+
+    if (stat(file, &st) != 0 || access(file, R_OK) != 0) {
+        err_at(c, s, "%s: cannot read \"%s\": %s", what, file, strerror(errno));
+    } else if (S_ISDIR(st.st_mode)) {
+        err_at(c, s, "%s: \"%s\" is a directory", what, file);
+    }
+}
+
+static int online_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+    if (n < 1) {
+        return 1;
+    }
+    return n > MAX_WORKERS ? MAX_WORKERS : (int)n;
+}
+
+
+static void set_defaults(struct ms_config *cfg)
+{
+    cfg->workers = online_cpus();
+    cfg->environment = dsp_xstrdup("production");
+    cfg->admin.mode = 0600;
+    cfg->log.error = dsp_xstrdup("stderr");
+    cfg->log.level = LOG_INFO;
+    cfg->log.access_format = MS_ACCESS_JSON;
+    cfg->limits.max_connections = 10000;
+    cfg->limits.max_header_bytes = 16384;
+    cfg->limits.max_body_bytes = 0;
+    cfg->limits.header_timeout_ms = 10000;
+    cfg->limits.idle_timeout_ms = 60000;
+    cfg->limits.shutdown_timeout_ms = 10000;
+    cfg->limits.tunnel_idle_timeout_ms = 3600000;
+    cfg->tls.self_signed_cn = dsp_xstrdup("localhost");
+    cfg->tls.min_version = 0x0303;
+}
+
+static void parse_top(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
+{
+    config_setting_t *s = config_setting_get_member(root, "workers");
+    const char *v;
+
+    if (s != NULL) {
+        if (config_setting_type(s) == CONFIG_TYPE_STRING &&
+            strcmp(config_setting_get_string(s), "auto") == 0) {
+            cfg->workers = online_cpus();
+        } else if (is_int(s) && config_setting_get_int64(s) >= 1 &&
+                   config_setting_get_int64(s) <= MAX_WORKERS) {
+            cfg->workers = (int)config_setting_get_int64(s);
+        } else {
+            err_at(c, s, "workers must be \"auto\" or an integer between 1 and %d", MAX_WORKERS);
+        }
+    }
+    if (get_str(c, root, "", "user", 0, &v) == 1) {
+        cfg->user = dsp_xstrdup(v);
+    }
+    if (get_str(c, root, "", "group", 0, &v) == 1) {
+        cfg->group = dsp_xstrdup(v);
+    }
+    if (get_str(c, root, "", "pid_file", 0, &v) == 1) {
+        cfg->pid_file = resolve(c, v);
+    }
+    if (get_str(c, root, "", "environment", 0, &v) == 1) {
+        /* It becomes part of Redis key names, so keep it to a plain token. */
+        if (!valid_token(v)) {
+            err_at(c, config_setting_get_member(root, "environment"),
+                   "environment \"%s\" may only use letters, digits, '_', '.' and '-'", v);
+        } else {
+            free(cfg->environment);
+            cfg->environment = dsp_xstrdup(v);
+        }
+    }
+}
+
+/* admin.mode: a string of octal digits ("0600"). A bare number is read the same way because
+ * libconfig parses `0600` as decimal 600, and operators mean chmod-style digits either way. */
+static void parse_mode(struct ctx *c, config_setting_t *s, int *out)
+{
+    char digits[32];
+    const char *p;
+    char *end;
+    long v;
+
+    if (config_setting_type(s) == CONFIG_TYPE_STRING) {
+        p = config_setting_get_string(s);
+    } else if (is_int(s) && config_setting_get_int64(s) >= 0) {
+        snprintf(digits, sizeof(digits), "%lld", config_setting_get_int64(s));
+        p = digits;
+    } else {
+        err_at(c, s, "admin.mode must be octal permission digits such as \"0600\"");
+        return;
+    }
+    if (*p == '\0' || strlen(p) > 6 || strspn(p, "01234567") != strlen(p)) {
+        err_at(c, s, "admin.mode \"%s\" must be octal permission digits such as \"0600\"", p);
+        return;
+    }
+    v = strtol(p, &end, 8);
+    if (v > 0777) {
+        err_at(c, s, "admin.mode \"%s\" must be at most 0777", p);
+        return;
+    }
+    *out = (int)v;
+}
+
+static void parse_admin(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
+{
+    static const char *const keys[] = {"socket", "mode", "http", NULL};
+    config_setting_t *g = get_group(c, root, "", "admin");
+    config_setting_t *s;
+    const char *v;
+    char err[256];
+
+    if (g == NULL) {
+        return;
+    }
+    check_keys(c, g, "admin", keys);
+    if (get_str(c, g, "admin", "socket", 0, &v) == 1) {
+        struct sockaddr_un sa_un;
+        cfg->admin.socket = resolve(c, v);
+        if (strlen(cfg->admin.socket) >= sizeof(sa_un.sun_path)) {
+            err_at(c, config_setting_get_member(g, "socket"),
+                   "admin.socket \"%s\" is too long for a unix socket (at most %zu bytes)",
+                   cfg->admin.socket, sizeof(sa_un.sun_path) - 1);
+        }
+    }
+    s = config_setting_get_member(g, "mode");
+    if (s != NULL) {
+        parse_mode(c, s, &cfg->admin.mode);
+    }
+    if (get_str(c, g, "admin", "http", 0, &v) == 1) {
+        if (net_parse_addr(v, 0, &cfg->admin.http_ss, &cfg->admin.http_sslen, err,
+                           sizeof(err)) != 0) {
+            err_at(c, config_setting_get_member(g, "http"), "admin.http: %s", err);
+        } else {
+            cfg->admin.http = dsp_xstrdup(v);
+        }
+    }
+}
+
+static void parse_log(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
+{
+    static const char *const keys[] = {"error", "level", "access", "access_format", NULL};
+    config_setting_t *g = get_group(c, root, "", "log");
+    const char *v;
+
+    if (g == NULL) {
+        return;
+    }
+    check_keys(c, g, "log", keys);
+    if (get_str(c, g, "log", "error", 0, &v) == 1 && strcmp(v, "stderr") != 0) {
+        free(cfg->log.error);
+        cfg->log.error = resolve(c, v);
+    }
+    if (get_str(c, g, "log", "level", 0, &v) == 1) {
+        int lvl = log_level_parse(v);
+        if (lvl < 0) {
+            err_at(c, config_setting_get_member(g, "level"),
+                   "log.level \"%s\" must be debug, info, warn or error", v);
+        } else {
+            cfg->log.level = lvl;
+        }
+    }
+    if (get_str(c, g, "log", "access", 0, &v) == 1 && strcmp(v, "off") != 0) {
+        cfg->log.access = resolve(c, v);
+    }
+    if (get_str(c, g, "log", "access_format", 0, &v) == 1) {
+        if (strcmp(v, "json") == 0) {
+            cfg->log.access_format = MS_ACCESS_JSON;
+        } else if (strcmp(v, "combined") == 0) {
+            cfg->log.access_format = MS_ACCESS_COMBINED;
+        } else {
+            err_at(c, config_setting_get_member(g, "access_format"),
+                   "log.access_format \"%s\" must be \"json\" or \"combined\"", v);
+        }
+    }
+}
+
+static void parse_limits(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
+{
+    static const char *const keys[] = {"max_connections",     "max_header_bytes",
+                                       "max_body_bytes",      "header_timeout_ms",
+                                       "idle_timeout_ms",     "shutdown_timeout_ms",
+                                       "tunnel_idle_timeout_ms", NULL};
+    config_setting_t *g = get_group(c, root, "", "limits");
+
+    if (g == NULL) {
+        return;
+    }
+    check_keys(c, g, "limits", keys);
+    get_long(c, g, "limits", "max_connections", 1, INT_MAX, &cfg->limits.max_connections);
+    get_long(c, g, "limits", "max_header_bytes", 1024, 1048576, &cfg->limits.max_header_bytes);
+    /* libconfig 1.5 silently truncates integers above 2^31-1 unless they carry the L suffix. */
+    get_long(c, g, "limits", "max_body_bytes", 0, LONG_MAX, &cfg->limits.max_body_bytes);
+    get_long(c, g, "limits", "header_timeout_ms", 1, MAX_TIMEOUT, &cfg->limits.header_timeout_ms);
+    get_long(c, g, "limits", "idle_timeout_ms", 1, MAX_TIMEOUT, &cfg->limits.idle_timeout_ms);
+    get_long(c, g, "limits", "shutdown_timeout_ms", 1, MAX_TIMEOUT,
+             &cfg->limits.shutdown_timeout_ms);
+    get_long(c, g, "limits", "tunnel_idle_timeout_ms", 1, MAX_TIMEOUT,
+             &cfg->limits.tunnel_idle_timeout_ms);
+}
+
+/* Read an environment override; empty counts as unset (env files often carry `HTTP_PORT=`). */
+static const char *env_get(const char *name)
+{
+    const char *v = getenv(name);
+
+    return (v != NULL && *v != '\0') ? v : NULL;
+}
+
+static int env_port(struct ctx *c, const char *name, const char **out)
+{
+    const char *v = env_get(name);
+    char *end;
+    long p;
+
+    *out = NULL;
+    if (v == NULL) {
+        return 0;
+    }
+    errno = 0;
+    p = strtol(v, &end, 10);
+    if (v[0] < '0' || v[0] > '9' || *end != '\0' || errno != 0 || p < 1 || p > 65535) {
+        err_line(c, NULL, 0, "environment %s: \"%s\" is not a port number (1..65535)", name, v);
+        return -1;
+    }
+    *out = v;
+    return 1;
+}
+
+/* <out> gets the host part as it goes into an address string ("[::1]" for IPv6). */
+static int env_host(struct ctx *c, char *out, size_t outlen)
+{
+    const char *v = env_get("SERVER_HOST");
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char probe[192], err[256];
+
+    out[0] = '\0';
+    if (v == NULL) {
+        return 0;
+    }
+    if (strchr(v, ':') != NULL && v[0] != '[') {
+        snprintf(out, outlen, "[%s]", v);
+    } else {
+        snprintf(out, outlen, "%s", v);
+    }
+    snprintf(probe, sizeof(probe), "%s:1", out);
+    if (strlen(v) > 100 || net_parse_addr(probe, 0, &ss, &len, err, sizeof(err)) != 0) {
+        err_line(c, NULL, 0, "environment SERVER_HOST: \"%s\" is not an IPv4 or IPv6 address", v);
+        out[0] = '\0';
+        return -1;
+    }
+    return 1;
+}
+
+/* Rewrite the host and/or port of an address that already parsed ("host:port" / "[v6]:port"). */
+static char *override_addr(const char *addr, const char *host, const char *port)
+{
+    const char *colon = strrchr(addr, ':');
+    size_t hlen = (size_t)(colon - addr);
+    char *r;
+
+    if (host == NULL || *host == '\0') {
+        r = dsp_xmalloc(hlen + strlen(port ? port : colon + 1) + 2);
+        sprintf(r, "%.*s:%s", (int)hlen, addr, port ? port : colon + 1);
+    } else {
+        r = dsp_xmalloc(strlen(host) + strlen(port ? port : colon + 1) + 2);
+        sprintf(r, "%s:%s", host, port ? port : colon + 1);
+    }
+    return r;
+}
+
+static void apply_env_listener(struct ctx *c, struct ms_listener *l, const char *host,
+                               const char *port, const char *var)
+{
+    char *addr;
+    char err[256];
+
+    if ((host == NULL || *host == '\0') && port == NULL) {
+        return;
+    }
+    addr = override_addr(l->address, host, port);
+    if (net_parse_addr(addr, 0, &l->ss, &l->sslen, err, sizeof(err)) != 0) {
+        err_line(c, NULL, 0, "environment %s: %s", var, err);
+        free(addr);
+        return;
+    }
+    free(l->address);
+    l->address = addr;
+}
+
+static void parse_listeners(struct ctx *c, config_setting_t *root, struct ms_config *cfg,
+                            int use_env)
+{
+    static const char *const keys[] = {"address", "tls", "proxy_protocol", NULL};
+    config_setting_t *seq = get_seq(c, root, "", "listeners");
+    int n = seq ? config_setting_length(seq) : 0;
+    int *ok;
+    char where[64], err[256];
+
+    if (seq == NULL) {
+        if (config_setting_get_member(root, "listeners") == NULL) {
+            err_line(c, NULL, 0, "no listeners: at least one is required");
+        }
+        return;
+    }
+    if (n == 0) {
+        err_at(c, seq, "listeners is empty: at least one is required");
+        return;
+    }
+    cfg->listeners = dsp_xcalloc((size_t)n, sizeof(*cfg->listeners));
+    cfg->nlisteners = (size_t)n;
+    ok = dsp_xcalloc((size_t)n, sizeof(*ok));
+    for (int i = 0; i < n; i++) {
+        config_setting_t *g = config_setting_get_elem(seq, (unsigned)i);
+        struct ms_listener *l = &cfg->listeners[i];
+        const char *v;
+
+        snprintf(where, sizeof(where), "listeners[%d]", i);
+        l->line = (int)config_setting_source_line(g);
+        if (!config_setting_is_group(g)) {
+            err_at(c, g, "%s must be a group { address = \"ip:port\"; ... }", where);
+            continue;
+        }
+        check_keys(c, g, where, keys);
+        get_bool(c, g, where, "tls", &l->tls);
+        get_bool(c, g, where, "proxy_protocol", &l->proxy_protocol);
+        switch (get_str(c, g, where, "address", 0, &v)) {
+        case 0:
+            err_at(c, g, "%s has no address", where);
+            break;
+        case 1:
+            l->address = dsp_xstrdup(v);
+            if (net_parse_addr(v, 0, &l->ss, &l->sslen, err, sizeof(err)) != 0) {
+                err_at(c, config_setting_get_member(g, "address"), "%s.address: %s", where, err);
+            } else {
+                ok[i] = 1;
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    if (use_env) {
+        const char *http_port, *https_port;
+        char host[160];
+        int plain = -1, tls = -1;
+
+        env_port(c, "HTTP_PORT", &http_port);
+        env_port(c, "HTTPS_PORT", &https_port);
+        env_host(c, host, sizeof(host));
+        for (int i = 0; i < n; i++) {
+            if (cfg->listeners[i].tls && tls < 0) {
+                tls = i;
+            } else if (!cfg->listeners[i].tls && plain < 0) {
+                plain = i;
+            }
+        }
+        if (plain >= 0 && ok[plain]) {
+            apply_env_listener(c, &cfg->listeners[plain], host, http_port,
+                               http_port ? "HTTP_PORT" : "SERVER_HOST");
+        }
+        if (tls >= 0 && ok[tls]) {
+            apply_env_listener(c, &cfg->listeners[tls], host, https_port,
+                               https_port ? "HTTPS_PORT" : "SERVER_HOST");
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        char a[80], b[80];
+
+        if (!ok[i]) {
+            continue;
+        }
+        net_addr_str((struct sockaddr *)&cfg->listeners[i].ss, a, sizeof(a));
+        for (int j = 0; j < i; j++) {
+            if (ok[j] && strcmp(a, net_addr_str((struct sockaddr *)&cfg->listeners[j].ss, b,
+                                                sizeof(b))) == 0) {
+                err_line(c, config_setting_source_file(config_setting_get_elem(seq, (unsigned)i)),
+                         (unsigned)cfg->listeners[i].line,
+                         "duplicate listener %s (already at line %d)", a,
+                         cfg->listeners[j].line);
+                break;
+            }
+        }
+    }
+    free(ok);
+}
+
+static void parse_trusted(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
+{
+    config_setting_t *seq = get_seq(c, root, "", "trusted_proxies");
+    int n = seq ? config_setting_length(seq) : 0;
+    char err[256];
+
+    if (n == 0) {
+        return;
+    }
+    cfg->trusted = dsp_xcalloc((size_t)n, sizeof(*cfg->trusted));
+    cfg->ntrusted = (size_t)n;
+    for (int i = 0; i < n; i++) {
+        config_setting_t *e = config_setting_get_elem(seq, (unsigned)i);
+
+        if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+            err_at(c, e, "trusted_proxies[%d] must be a string such as \"10.0.0.0/8\"", i);
+        } else if (net_cidr_parse(config_setting_get_string(e), &cfg->trusted[i], err,
+                                  sizeof(err)) != 0) {
+            err_at(c, e, "trusted_proxies[%d]: %s", i, err);
+        }
+    }
+}
+
+static void parse_certs(struct ctx *c, config_setting_t *tls, struct ms_config *cfg)
+{
+    static const char *const keys[] = {"cert", "key", NULL};
+    config_setting_t *seq = get_seq(c, tls, "tls", "certificates");
+    int n = seq ? config_setting_length(seq) : 0;
+    char where[64];
+
+    if (n == 0) {
+        return;
+    }
+    cfg->tls.certs = dsp_xcalloc((size_t)n, sizeof(*cfg->tls.certs));
+    cfg->tls.ncerts = (size_t)n;
+    for (int i = 0; i < n; i++) {
+        config_setting_t *g = config_setting_get_elem(seq, (unsigned)i);
+        struct ms_cert *ct = &cfg->tls.certs[i];
+        const char *v;
+        char what[96];
+
+        snprintf(where, sizeof(where), "tls.certificates[%d]", i);
+        ct->line = (int)config_setting_source_line(g);
+        if (!config_setting_is_group(g)) {
+            err_at(c, g, "%s must be a group { cert = \"...\"; key = \"...\"; }", where);
+            continue;
+        }
+        check_keys(c, g, where, keys);
+        switch (get_str(c, g, where, "cert", 0, &v)) {
+        case 0:
+            err_at(c, g, "%s has no cert", where);
+            break;
+        case 1:
+            ct->cert = resolve(c, v);
+            check_readable(c, config_setting_get_member(g, "cert"),
+                           qual(what, sizeof(what), where, "cert"), ct->cert);
+            break;
+        default:
+            break;
+        }
+        switch (get_str(c, g, where, "key", 0, &v)) {
+        case 0:
+            err_at(c, g, "%s has no key", where);
+            break;
+        case 1:
+            ct->key = resolve(c, v);
+            check_readable(c, config_setting_get_member(g, "key"),
+                           qual(what, sizeof(what), where, "key"), ct->key);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static void parse_tls(struct ctx *c, config_setting_t *root, struct ms_config *cfg, int use_env)
+{
+    static const char *const keys[] = {"self_signed_cn", "min_version", "certificates", NULL};
+    config_setting_t *g = get_group(c, root, "", "tls");
+    const char *v;
+
+    if (g != NULL) {
+        check_keys(c, g, "tls", keys);
+        if (get_str(c, g, "tls", "self_signed_cn", 0, &v) == 1) {
+            if (!valid_cn(v)) {
+                err_at(c, config_setting_get_member(g, "self_signed_cn"),
+                       "tls.self_signed_cn must be 1..%d printable characters", MAX_CN_LEN);
+            } else {
+                free(cfg->tls.self_signed_cn);
+                cfg->tls.self_signed_cn = dsp_xstrdup(v);
+            }
+        }
+        if (get_str(c, g, "tls", "min_version", 0, &v) == 1) {
+            if (strcasecmp(v, "TLSv1.2") == 0) {
+                cfg->tls.min_version = 0x0303;
+            } else if (strcasecmp(v, "TLSv1.3") == 0) {
+                cfg->tls.min_version = 0x0304;
+            } else {
+                err_at(c, config_setting_get_member(g, "min_version"),
+                       "tls.min_version \"%s\" must be \"TLSv1.2\" or \"TLSv1.3\"", v);
+            }
+        }
+        parse_certs(c, g, cfg);
+    }
+    if (use_env && (v = env_get("SELF_SIGNED_CN")) != NULL) {
+        if (!valid_cn(v)) {
+            err_line(c, NULL, 0, "environment SELF_SIGNED_CN: must be 1..%d printable characters",
+                     MAX_CN_LEN);
+        } else {
+            free(cfg->tls.self_signed_cn);
+            cfg->tls.self_signed_cn = dsp_xstrdup(v);
+        }
+    }
+}
+
+static void parse_redis(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
+{
+    static const char *const keys[] = {"host", "port", "password", NULL};
+    config_setting_t *g = get_group(c, root, "", "redis");
+    const char *v;
+
+    if (g == NULL) {
+        return;
+    }
+    check_keys(c, g, "redis", keys);
+    cfg->redis.enabled = 1;
+    cfg->redis.port = 6379;
+    cfg->redis.host = dsp_xstrdup(get_str(c, g, "redis", "host", 0, &v) == 1 ? v : "127.0.0.1");
+    get_int(c, g, "redis", "port", 1, 65535, &cfg->redis.port);
+    if (get_str(c, g, "redis", "password", 1, &v) == 1 && *v != '\0') {
+        cfg->redis.password = dsp_xstrdup(v);
+    }
+}
+
+static void parse_backend(struct ctx *c, config_setting_t *e, const char *where,
+                          struct ms_backend *b)
+{
+    static const char *const keys[] = {"address", "weight", NULL};
+    config_setting_t *as = e;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char err[256], buf[80];
+
+    b->weight = 1;
+    b->line = (int)config_setting_source_line(e);
+    if (config_setting_is_group(e)) {
+        const char *v;
+
+        check_keys(c, e, where, keys);
+        get_int(c, e, where, "weight", 1, MAX_WEIGHT, &b->weight);
+        if (get_str(c, e, where, "address", 0, &v) != 1) {
+            if (config_setting_get_member(e, "address") == NULL) {
+                err_at(c, e, "%s has no address", where);
+            }
+            return;
+        }
+        as = config_setting_get_member(e, "address");
+    } else if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+        err_at(c, e, "%s must be \"ip:port\" or { address = \"ip:port\"; weight = N; }", where);
+        return;
+    }
+    if (net_parse_addr(config_setting_get_string(as), 0, &ss, &len, err, sizeof(err)) != 0) {
+        err_at(c, as, "%s: %s", where, err);
+        return;
+    }
+    if (is_wildcard_addr(&ss)) {
+        err_at(c, as, "%s: \"%s\" is a wildcard address, not a backend", where,
+               config_setting_get_string(as));
+        return;
+    }
+    b->ss = ss;
+    b->sslen = len;
+    b->address = dsp_xstrdup(net_addr_str((struct sockaddr *)&ss, buf, sizeof(buf)));
+}
+
+static void parse_health(struct ctx *c, config_setting_t *g, const char *where,
+                         struct ms_health *h)
+{
+    static const char *const keys[] = {"path", "interval_ms", "timeout_ms", "fall",
+                                       "rise", "start",       NULL};
+    const char *v;
+
+    check_keys(c, g, where, keys);
+    h->enabled = 1;
+    if (get_str(c, g, where, "path", 0, &v) == 1) {
+        if (!valid_url_path(v)) {
+            err_at(c, config_setting_get_member(g, "path"),
+                   "%s.path \"%s\" must start with '/' and contain no spaces", where, v);
+        } else {
+            free(h->path);
+            h->path = dsp_xstrdup(v);
+        }
+    }
+    get_int(c, g, where, "interval_ms", 1, MAX_TIMEOUT, &h->interval_ms);
+    get_int(c, g, where, "timeout_ms", 1, MAX_TIMEOUT, &h->timeout_ms);
+    get_int(c, g, where, "fall", 1, 1000, &h->fall);
+    get_int(c, g, where, "rise", 1, 1000, &h->rise);
+    if (get_str(c, g, where, "start", 0, &v) == 1) {
+        if (strcmp(v, "up") == 0) {
+            h->start_down = 0;
+        } else if (strcmp(v, "down") == 0) {
+            h->start_down = 1;
+        } else {
+            err_at(c, config_setting_get_member(g, "start"),
+                   "%s.start \"%s\" must be \"up\" or \"down\"", where, v);
+        }
+    }
+}
+
+static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms_config *cfg)
+{
+    static const char *const keys[] = {
+        "name",    "backends",           "balance",            "health", "circuit_breaker",
+        "retries", "connect_timeout_ms", "response_timeout_ms", NULL};
+    struct ms_service *svc = &cfg->services[idx];
+    config_setting_t *s;
+    const char *v;
+    char where[64], sub[96];
+
+    snprintf(where, sizeof(where), "services[%d]", idx);
+    svc->line = (int)config_setting_source_line(g);
+    svc->balance = MS_BALANCE_RR;
+    svc->retries = 1;
+    svc->connect_timeout_ms = 2000;
+    svc->response_timeout_ms = 30000;
+    svc->health.path = dsp_xstrdup("/health");
+    svc->health.interval_ms = 30000;
+    svc->health.timeout_ms = 2000;
+    svc->health.fall = 1;
+    svc->health.rise = 3;
+    svc->circuit.failures = 5;
+    svc->circuit.open_ms = 30000;
+    if (!config_setting_is_group(g)) {
+        err_at(c, g, "%s must be a group { name = \"...\"; backends = [ ... ]; }", where);
+        return;
+    }
+    check_keys(c, g, where, keys);
+
+    switch (get_str(c, g, where, "name", 0, &v)) {
+    case 0:
+        err_at(c, g, "%s has no name", where);
+        break;
+    case 1:
+        s = config_setting_get_member(g, "name");
+        if (!valid_token(v)) {
+            err_at(c, s, "service name \"%s\" may only use letters, digits, '_', '.' and '-'", v);
+            break;
+        }
+        for (int j = 0; j < idx; j++) {
+            if (cfg->services[j].name != NULL && strcmp(cfg->services[j].name, v) == 0) {
+                err_at(c, s, "duplicate service name '%s' (already at line %d)", v,
+                       cfg->services[j].line);
+                break;
+            }
+        }
+        svc->name = dsp_xstrdup(v);
+        break;
+    default:
+        break;
+    }
+
+    if (get_str(c, g, where, "balance", 0, &v) == 1) {
+        if (strcmp(v, "round-robin") == 0) {
+            svc->balance = MS_BALANCE_RR;
+        } else if (strcmp(v, "least-conn") == 0) {
+            svc->balance = MS_BALANCE_LEASTCONN;
+        } else if (strcmp(v, "ip-hash") == 0) {
+            svc->balance = MS_BALANCE_IPHASH;
+        } else {
+            err_at(c, config_setting_get_member(g, "balance"),
+                   "%s.balance \"%s\" must be round-robin, least-conn or ip-hash", where, v);
+        }
+    }
+
+    if ((s = get_seq(c, g, where, "backends")) != NULL && config_setting_length(s) > 0) {
+        size_t n = (size_t)config_setting_length(s);
+
+        svc->backends = dsp_xcalloc(n, sizeof(*svc->backends));
+        svc->nbackends = n;
+        for (size_t i = 0; i < n; i++) {
+            config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+            struct ms_backend *b = &svc->backends[i];
+
+            snprintf(sub, sizeof(sub), "%s.backends[%zu]", where, i);
+            parse_backend(c, e, sub, b);
+            if (b->address == NULL) {
+                continue;
+            }
+            for (size_t j = 0; j < i; j++) {
+                if (svc->backends[j].address != NULL &&
+                    strcmp(svc->backends[j].address, b->address) == 0) {
+                    err_at(c, e, "duplicate backend %s in service '%s' (already at line %d)",
+                           b->address, svc->name ? svc->name : where, svc->backends[j].line);
+                    break;
+                }
+            }
+        }
+    }
+
+    snprintf(sub, sizeof(sub), "%s.health", where);
+    if ((s = get_group(c, g, where, "health")) != NULL) {
+        parse_health(c, s, sub, &svc->health);
+    }
+    snprintf(sub, sizeof(sub), "%s.circuit_breaker", where);
+    if ((s = get_group(c, g, where, "circuit_breaker")) != NULL) {
+        static const char *const cb_keys[] = {"failures", "open_ms", "count_5xx", NULL};
+        check_keys(c, s, sub, cb_keys);
+        svc->circuit.enabled = 1;
+        get_int(c, s, sub, "failures", 1, 1000000, &svc->circuit.failures);
+        get_int(c, s, sub, "open_ms", 1, MAX_TIMEOUT, &svc->circuit.open_ms);
+        get_bool(c, s, sub, "count_5xx", &svc->circuit.count_5xx);
+    }
+    get_int(c, g, where, "retries", 0, 100, &svc->retries);
+    get_int(c, g, where, "connect_timeout_ms", 1, MAX_TIMEOUT, &svc->connect_timeout_ms);
+    get_int(c, g, where, "response_timeout_ms", 1, MAX_TIMEOUT, &svc->response_timeout_ms);
+}
+
+static void parse_services(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
+{
+    config_setting_t *seq = get_seq(c, root, "", "services");
+    int n = seq ? config_setting_length(seq) : 0;
+
+    if (n == 0) {
+        return;
+    }
+    cfg->services = dsp_xcalloc((size_t)n, sizeof(*cfg->services));
+    cfg->nservices = (size_t)n;
+    for (int i = 0; i < n; i++) {
+        parse_service(c, config_setting_get_elem(seq, (unsigned)i), i, cfg);
+    }
+}
+
+/* Lower-case <v>, drop one trailing dot and check it is "*", "*.suffix" or a plain name.
+ * Returns a heap copy, or NULL when it is none of those. */
+static char *normalise_host(const char *v)
+{
+    char *h = dsp_xstrdup(v);
+    size_t n = strlen(h);
+    const char *name;
+
+    for (size_t i = 0; i < n; i++) {
+        if (h[i] >= 'A' && h[i] <= 'Z') {
+            h[i] = (char)(h[i] - 'A' + 'a');
+        }
+    }
+    /* "*." must not shrink into "*", which would match every host. */
+    if (n > 1 && h[n - 1] == '.' && h[n - 2] != '*') {
+        h[--n] = '\0';
+    }
+    if (strcmp(h, "*") == 0) {
+        return h;
+    }
+    name = (h[0] == '*' && h[1] == '.') ? h + 2 : h;
+    if (!valid_hostname(name)) {
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+static void parse_methods(struct ctx *c, config_setting_t *seq, const char *where, uint64_t *out)
+{
+    int n = config_setting_length(seq);
+
+    if (n == 0) {
+        err_at(c, seq, "%s.methods is empty (leave it out to allow every method)", where);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        config_setting_t *e = config_setting_get_elem(seq, (unsigned)i);
+        int m;
+
+        if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+            err_at(c, e, "%s.methods[%d] must be a string such as \"GET\"", where, i);
+            continue;
+        }
+        m = ms_method_from_name(config_setting_get_string(e));
+        if (m < 0) {
+            err_at(c, e, "%s.methods: unknown HTTP method \"%s\"", where,
+                   config_setting_get_string(e));
+            continue;
+        }
+        *out |= 1ULL << m;
+    }
+}
+
+static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_config *cfg)
+{
+    static const char *const keys[] = {"host", "path", "methods", "priority", "service", NULL};
+    struct ms_route *r = &cfg->routes[idx];
+    config_setting_t *s;
+    const char *v;
+    char where[64];
+
+    snprintf(where, sizeof(where), "routes[%d]", idx);
+    r->line = (int)config_setting_source_line(g);
+    r->path = dsp_xstrdup("/");
+    if (!config_setting_is_group(g)) {
+        err_at(c, g, "%s must be a group { host = \"...\"; service = \"...\"; }", where);
+        return;
+    }
+    check_keys(c, g, where, keys);
+
+    switch (get_str(c, g, where, "host", 0, &v)) {
+    case 0:
+        err_at(c, g, "%s has no host (use \"*\" to match every host)", where);
+        break;
+    case 1:
+        r->host = normalise_host(v);
+        if (r->host == NULL) {
+            err_at(c, config_setting_get_member(g, "host"),
+                   "%s.host \"%s\" must be \"*\", \"*.suffix\" or a host name (no port)", where, v);
+        }
+        break;
+    default:
+        break;
+    }
+
+    if (get_str(c, g, where, "path", 0, &v) == 1) {
+        if (!valid_url_path(v)) {
+            err_at(c, config_setting_get_member(g, "path"),
+                   "%s.path \"%s\" must start with '/' and contain no spaces", where, v);
+        } else {
+            free(r->path);
+            r->path = dsp_xstrdup(v);
+        }
+    }
+    if ((s = get_seq(c, g, where, "methods")) != NULL) {
+        parse_methods(c, s, where, &r->methods);
+    }
+    get_int(c, g, where, "priority", INT_MIN, INT_MAX, &r->priority);
+
+    switch (get_str(c, g, where, "service", 0, &v)) {
+    case 0:
+        err_at(c, g, "%s has no service", where);
+        break;
+    case 1:
+        r->service = dsp_xstrdup(v);
+        for (size_t i = 0; i < cfg->nservices; i++) {
+            if (cfg->services[i].name != NULL && strcmp(cfg->services[i].name, v) == 0) {
+                r->service_idx = i;
+                return;
+            }
+        }
+        err_at(c, config_setting_get_member(g, "service"),
+               "%s: unknown service '%s' (not in services)", where, v);
+        break;
+    default:
+        break;
+    }
+}
+
+static void parse_routes(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
+{
+    config_setting_t *seq = get_seq(c, root, "", "routes");
+    int n = seq ? config_setting_length(seq) : 0;
+
+    if (n == 0) {
+        return;
+    }
+    cfg->routes = dsp_xcalloc((size_t)n, sizeof(*cfg->routes));
+    cfg->nroutes = (size_t)n;
+    for (int i = 0; i < n; i++) {
+        parse_route(c, config_setting_get_elem(seq, (unsigned)i), i, cfg);
+    }
+}
+
+
+int ms_config_load(const char *path, int use_env, struct ms_config **out, char **errs)
+{
+    static const char *const top_keys[] = {
+        "workers", "user",   "group",     "pid_file",        "environment", "admin",
+        "log",     "limits", "listeners", "trusted_proxies", "tls",         "redis",
+        "services", "routes", NULL};
+    struct ms_config *cfg = dsp_xcalloc(1, sizeof(*cfg));
+    struct ctx c = {0};
+    struct stat st;
+    config_t lc;
+    config_setting_t *root;
+
+    *out = NULL;
+    *errs = NULL;
+    cfg->path = dsp_xstrdup(path);
+    cfg->dir = dir_of(path);
+    set_defaults(cfg);
+    c.path = cfg->path;
+    c.dir = cfg->dir;
+
+    /* libconfig only says "file I/O error"; find out why ourselves. */
+    if (stat(path, &st) != 0 || access(path, R_OK) != 0) {
+        err_line(&c, NULL, 0, "cannot read config: %s", strerror(errno));
+    } else if (S_ISDIR(st.st_mode)) {
+        err_line(&c, NULL, 0, "cannot read config: is a directory");
+    } else {
+        config_init(&lc);
+        /* So that a relative @include resolves against the file's folder like every other path.
+         * libconfig 1.5 prefixes this to absolute includes too, so those must be relative. */
+        config_set_include_dir(&lc, cfg->dir);
+        if (config_read_file(&lc, path) != CONFIG_TRUE) {
+            err_line(&c, config_error_file(&lc), (unsigned)config_error_line(&lc), "%s",
+                     config_error_text(&lc) ? config_error_text(&lc) : "cannot parse");
+        } else {
+            root = config_root_setting(&lc);
+            check_keys(&c, root, "", top_keys);
+            parse_top(&c, root, cfg);
+            parse_admin(&c, root, cfg);
+            parse_log(&c, root, cfg);
+            parse_limits(&c, root, cfg);
+            parse_listeners(&c, root, cfg, use_env);
+            parse_trusted(&c, root, cfg);
+            parse_tls(&c, root, cfg, use_env);
+            parse_redis(&c, root, cfg);
+            parse_services(&c, root, cfg);
+            parse_routes(&c, root, cfg);
+        }
+        /* Messages point at file names owned by lc: join them before it goes. */
+        if (c.nerrs > 0) {
+            *errs = join_errors(&c);
+        }
+        config_destroy(&lc);
+    }
+    if (c.nerrs > 0) {
+        if (*errs == NULL) {
+            *errs = join_errors(&c);
+        }
+        ctx_dispose(&c);
+        ms_config_free(cfg);
+        return -1;
+    }
+    ctx_dispose(&c);
+    *out = cfg;
+    return 0;
+}
+
+void ms_config_free(struct ms_config *cfg)
+{
+    if (cfg == NULL) {
+        return;
+    }
+    free(cfg->path);
+    free(cfg->dir);
+    free(cfg->user);
+    free(cfg->group);
+    free(cfg->pid_file);
+    free(cfg->environment);
+    free(cfg->admin.socket);
+    free(cfg->admin.http);
+    free(cfg->log.error);
+    free(cfg->log.access);
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        free(cfg->listeners[i].address);
+    }
+    free(cfg->listeners);
+    free(cfg->trusted);
+    free(cfg->tls.self_signed_cn);
+    for (size_t i = 0; i < cfg->tls.ncerts; i++) {
+        free(cfg->tls.certs[i].cert);
+        free(cfg->tls.certs[i].key);
+    }
+    free(cfg->tls.certs);
+    free(cfg->redis.host);
+    free(cfg->redis.password);
+    for (size_t i = 0; i < cfg->nservices; i++) {
+        struct ms_service *s = &cfg->services[i];
+        for (size_t j = 0; j < s->nbackends; j++) {
+            free(s->backends[j].address);
+        }
+        free(s->backends);
+        free(s->name);
+        free(s->health.path);
+    }
+    free(cfg->services);
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        free(cfg->routes[i].host);
+        free(cfg->routes[i].path);
+        free(cfg->routes[i].service);
+    }
+    free(cfg->routes);
+    free(cfg);
+}
+
+int ms_method_from_name(const char *name)
+{
+    if (name == NULL) {
+        return -1;
+    }
+    /* http_method_str() answers "<unknown>" past the last method; the bit mask holds 64. */
+    for (int m = 0; m < 64; m++) {
+        const char *s = http_method_str((enum http_method)m);
+        if (strcmp(s, "<unknown>") == 0) {
+            break;
+        }
+        if (strcasecmp(s, name) == 0) {
+            return m;
+        }
+    }
+    return -1;
+}

@@ -1,0 +1,178 @@
+/* dispatcher: creation, publication and mapping of the shared segments. Snapshots are named
+ * POSIX shm objects so that workers forked before a reload can still map later generations. */
+#include "shm/shm.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "shm/shm_snap.h"
+
+static void *map_anon(size_t size, const char *what)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+
+    if (p == MAP_FAILED) {
+        log_errno(LOG_ERROR, errno, "mmap(%s, %zu bytes) failed", what, size);
+        return NULL;
+    }
+    return p;
+}
+
+struct shm_ctl *shm_ctl_create(int master_pid)
+{
+    struct shm_ctl *ctl = map_anon(sizeof(*ctl), "control segment");
+
+    if (ctl == NULL) {
+        return NULL;
+    }
+    ctl->magic = SHM_CTL_MAGIC;
+    ctl->version = SHM_CTL_VERSION;
+    ctl->master_pid = master_pid;
+    return ctl;
+}
+
+struct shm_rt *shm_rt_create(void)
+{
+    struct shm_rt *rt = map_anon(sizeof(*rt), "runtime segment");
+
+    if (rt == NULL) {
+        return NULL;
+    }
+    rt->magic = SHM_RT_MAGIC;
+    rt->version = SHM_RT_VERSION;
+    rt->nservices_cap = SHM_RT_MAX_SERVICES;
+    rt->nbackends_cap = SHM_RT_MAX_BACKENDS;
+    return rt;
+}
+
+void shm_snap_name(char *buf, size_t buflen, int master_pid, uint64_t gen)
+{
+    snprintf(buf, buflen, "/dsp.%d.%llu", master_pid, (unsigned long long)gen);
+}
+
+int shm_snap_publish(struct shm_ctl *ctl, const void *snap, size_t size, uint64_t gen, uid_t uid,
+                     gid_t gid)
+{
+    char name[64];
+    const char *p = snap;
+    size_t off = 0;
+    int fd;
+
+    shm_snap_name(name, sizeof(name), ctl->master_pid, gen);
+    /* A leftover of the same name can only come from a crashed master with our pid: replace it. */
+    shm_unlink(name);
+    fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (fd == -1) {
+        log_errno(LOG_ERROR, errno, "shm_open(%s) failed", name);
+        return -1;
+    }
+    if (uid != (uid_t)-1 && fchown(fd, uid, gid) == -1) {
+        log_errno(LOG_ERROR, errno, "fchown(%s) failed", name);
+        goto fail;
+    }
+    while (off < size) {
+        ssize_t n = write(fd, p + off, size - off);
+        if (n == -1) {
+            if (errno == EINTR) {
+                continue;
+            }
+            log_errno(LOG_ERROR, errno, "write(%s, %zu bytes) failed", name, size);
+            goto fail;
+        }
+        off += (size_t)n;
+    }
+    close(fd);
+    __atomic_store_n(&ctl->gen, gen, __ATOMIC_RELEASE);
+    return 0;
+fail:
+    close(fd);
+    shm_unlink(name);
+    return -1;
+}
+
+void shm_snap_unlink(int master_pid, uint64_t gen)
+{
+    char name[64];
+
+    shm_snap_name(name, sizeof(name), master_pid, gen);
+    if (shm_unlink(name) == -1 && errno != ENOENT) {
+        log_errno(LOG_WARN, errno, "shm_unlink(%s) failed", name);
+    }
+}
+
+const struct shm_snap_hdr *shm_snap_map(int master_pid, uint64_t gen, size_t *size)
+{
+    char name[64];
+    struct stat st;
+    void *p;
+    int fd;
+    int err;
+
+    shm_snap_name(name, sizeof(name), master_pid, gen);
+    fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
+    if (fd == -1) {
+        return NULL;
+    }
+    if (fstat(fd, &st) == -1 || st.st_size < (off_t)sizeof(struct shm_snap_hdr)) {
+        err = errno ? errno : EINVAL;
+        close(fd);
+        errno = err;
+        return NULL;
+    }
+    p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    err = errno;
+    close(fd);
+    if (p == MAP_FAILED) {
+        errno = err;
+        return NULL;
+    }
+    if (shm_snap_check(p, (size_t)st.st_size) != 0 || ((const struct shm_snap_hdr *)p)->gen != gen) {
+        munmap(p, (size_t)st.st_size);
+        errno = EINVAL;
+        return NULL;
+    }
+    *size = (size_t)st.st_size;
+    return p;
+}
+
+void shm_snap_unmap(const struct shm_snap_hdr *h, size_t size)
+{
+    if (h != NULL) {
+        munmap((void *)(uintptr_t)h, size);
+    }
+}
+
+void shm_sweep_stale(void)
+{
+    DIR *d = opendir("/dev/shm");
+    struct dirent *de;
+
+    if (d == NULL) {
+        return;
+    }
+    while ((de = readdir(d)) != NULL) {
+        int pid;
+        unsigned long long gen;
+        char name[300];
+
+        if (sscanf(de->d_name, "dsp.%d.%llu", &pid, &gen) != 2 || pid <= 0) {
+            continue;
+        }
+        if (kill(pid, 0) == 0 || errno == EPERM) {
+            continue;
+        }
+        snprintf(name, sizeof(name), "/%s", de->d_name);
+        shm_unlink(name);
+    }
+    closedir(d);
+}

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Runs the dispatcher integration tests (tests/integration/test_*.py).
+
+    DSP_BIN=<dir holding dispatcher-master> DSP_TESTBACKEND=<dsp-testbackend> \\
+        python3 tests/integration/run.py [-v] [-l] [FILTER ...]
+
+FILTER selects tests whose id (module.Class.test) contains it. Every test runs in a child
+process of its own, in a new session, under a time limit (60 s unless the test says otherwise
+with @dsptest.timeout, doubled for the sanitizer build); when the test ends, whatever it started
+(masters, workers, backends) is killed even if it failed or hung. Prints one line per test, the
+output of failing tests, and last a line "N passed, M failed". Exit status 0 when all passed.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import dsptest  # noqa: E402
+
+
+def iter_tests(suite):
+    for t in suite:
+        if isinstance(t, unittest.TestSuite):
+            yield from iter_tests(t)
+        else:
+            yield t
+
+
+def discover():
+    loader = unittest.TestLoader()
+    suite = loader.discover(HERE, pattern="test_*.py", top_level_dir=HERE)
+    tests = list(iter_tests(suite))
+    broken = [t for t in tests if t.id().startswith("unittest.loader")]
+    if broken:
+        for t in broken:
+            print("cannot load %s:" % t.id())
+            try:
+                t.debug()
+            except Exception as e:  # the loader's placeholder re-raises the import error
+                print("  %s" % e)
+        sys.exit(2)
+    return tests
+
+
+def test_timeout(test):
+    fn = getattr(test, test._testMethodName)
+    base = getattr(fn, "dsp_timeout", 60)
+    return base * (2 if dsptest.SANITIZED else 1)
+
+
+def run_child(test_id):
+    """Child mode: run one test, print its failure, exit 0 (pass) or 1 (fail)."""
+    suite = unittest.TestLoader().loadTestsFromName(test_id)
+    result = unittest.TestResult()
+    suite.run(result)
+    problems = result.errors + result.failures + [
+        (t, "unexpected success") for t in result.unexpectedSuccesses]
+    for t, tb in problems:
+        print(tb.rstrip())
+    if problems:
+        for d in dsptest.STARTED:
+            print("--- dispatcher on port %d (files in %s), error log tail:" % (d.port, d.tmp))
+            print(d.log_tail(60))
+    sys.stdout.flush()
+    return 0 if result.wasSuccessful() and result.testsRun > 0 else 1
+
+
+def kill_leftovers(pgid, pid_log):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        with open(pid_log) as f:
+            pids = [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        pids = []
+    for pid in pids:
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"dispatcher" in cmd or b"dsp-testbackend" in cmd:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def main(argv):
+    if len(argv) >= 2 and argv[0] == "--child":
+        return run_child(argv[1])
+
+    verbose = "-v" in argv
+    list_only = "-l" in argv
+    filters = [a for a in argv if a not in ("-v", "-l")]
+
+    print("dispatcher integration tests: master %s%s, backend %s" % (
+        dsptest.MASTER, " (sanitizer build)" if dsptest.SANITIZED else "", dsptest.TESTBACKEND))
+    tests = [t for t in discover() if not filters or any(f in t.id() for f in filters)]
+    if list_only:
+        for t in tests:
+            print(t.id())
+        return 0
+    missing = [p for p in (dsptest.MASTER, dsptest.TESTBACKEND) if not os.access(p, os.X_OK)]
+    if missing:
+        print("missing executables: %s" % ", ".join(missing))
+
+    passed, failed = 0, []
+    started = time.monotonic()
+    for t in tests:
+        tid = t.id()
+        limit = test_timeout(t)
+        fd, pid_log = tempfile.mkstemp(prefix="dsp-it-pids-")
+        os.close(fd)
+        env = dict(os.environ, DSP_PID_LOG=pid_log, PYTHONUNBUFFERED="1")
+        t0 = time.monotonic()
+        if missing:
+            out, rc = "missing executables: %s\n" % ", ".join(missing), 1
+        else:
+            child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", tid],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                                     cwd=HERE)
+            try:
+                out, _ = child.communicate(timeout=limit)
+                rc = child.returncode
+            except subprocess.TimeoutExpired:
+                kill_leftovers(child.pid, pid_log)
+                out, _ = child.communicate()
+                out += b"\nTIMEOUT: killed after %ds\n" % limit
+                rc = -1
+            except BaseException:
+                kill_leftovers(child.pid, pid_log)
+                child.wait()
+                raise
+            finally:
+                kill_leftovers(child.pid, pid_log)
+            out = out.decode("utf-8", "replace")
+        os.unlink(pid_log)
+        dt = time.monotonic() - t0
+        if rc == 0:
+            passed += 1
+            print("PASS  %-68s %6.2fs" % (tid, dt), flush=True)
+            if verbose and out.strip():
+                print("\n".join("    | " + l for l in out.rstrip().splitlines()))
+        else:
+            failed.append(tid)
+            print("FAIL  %-68s %6.2fs" % (tid, dt), flush=True)
+            print("\n".join("    | " + l for l in out.rstrip().splitlines()), flush=True)
+    print("ran %d tests in %.1fs" % (len(tests), time.monotonic() - started))
+    for tid in failed:
+        print("failed: %s" % tid)
+    print("%d passed, %d failed" % (passed, len(failed)), flush=True)
+    return 1 if failed or not tests else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

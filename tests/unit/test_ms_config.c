@@ -1,0 +1,834 @@
+/* dispatcher: tests for the config loader: values and defaults of a full file, one exact
+ * "FILE:LINE: message" per kind of mistake, several mistakes at once, environment overrides and
+ * relative-path resolution. */
+#include "master/ms_config.h"
+
+#include <arpa/inet.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <http_parser.h>
+
+#include "common/log.h"
+#include "tests/unit/unit.h"
+
+/* A plain listener on line 1, so each error test knows where its own lines start. */
+#define LISTENER "listeners = ( { address = \"127.0.0.1:8080\"; } );\n"
+
+static char *write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs(text, f);
+    fclose(f);
+    return strdup(path);
+}
+
+/* Write <text> to a fresh /tmp file; returns its heap path. */
+static char *write_tmp(const char *text)
+{
+    char tmpl[] = "/tmp/dsp-ms-config-XXXXXX";
+    int fd = mkstemp(tmpl);
+    FILE *f;
+
+    CU_ASSERT_FATAL(fd >= 0);
+    f = fdopen(fd, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs(text, f);
+    fclose(f);
+    return strdup(tmpl);
+}
+
+static int load_text(const char *text, int use_env, struct ms_config **cfg, char **errs,
+                     char **path)
+{
+    int rc;
+
+    *path = write_tmp(text);
+    rc = ms_config_load(*path, use_env, cfg, errs);
+    return rc;
+}
+
+static size_t count_lines(const char *s)
+{
+    size_t n = 1;
+
+    for (; *s; s++) {
+        n += *s == '\n';
+    }
+    return n;
+}
+
+/* Does <errs> hold a line "<path>:<line>: ...<needle>..."? */
+static int has_error(const char *errs, const char *path, int line, const char *needle)
+{
+    char prefix[512];
+    size_t plen;
+    const char *p = errs;
+
+    snprintf(prefix, sizeof(prefix), "%s:%d: ", path, line);
+    plen = strlen(prefix);
+    while (p != NULL && *p) {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        if (len >= plen && strncmp(p, prefix, plen) == 0) {
+            char *l = strndup(p, len);
+            int found = strstr(l + plen, needle) != NULL;
+            free(l);
+            if (found) {
+                return 1;
+            }
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    return 0;
+}
+
+/* Load <text>, expect exactly one error, at <line>, mentioning <needle>. */
+static void expect_error(const char *text, int line, const char *needle)
+{
+    struct ms_config *cfg = NULL;
+    char *errs = NULL, *path;
+    int rc = load_text(text, 0, &cfg, &errs, &path);
+
+    CU_ASSERT_EQUAL(rc, -1);
+    CU_ASSERT_PTR_NULL(cfg);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(errs);
+    if (!has_error(errs, path, line, needle) || count_lines(errs) != 1) {
+        fprintf(stderr, "\nexpected one error at line %d with \"%s\", got:\n%s\n", line, needle,
+                errs);
+    }
+    CU_ASSERT_TRUE(has_error(errs, path, line, needle));
+    CU_ASSERT_EQUAL(count_lines(errs), 1);
+    free(errs);
+    ms_config_free(cfg);
+    unlink(path);
+    free(path);
+}
+
+static struct ms_config *expect_ok(const char *text, int use_env)
+{
+    struct ms_config *cfg = NULL;
+    char *errs = NULL, *path;
+    int rc = load_text(text, use_env, &cfg, &errs, &path);
+
+    if (rc != 0) {
+        fprintf(stderr, "\nunexpected errors:\n%s\n", errs);
+    }
+    CU_ASSERT_EQUAL(rc, 0);
+    CU_ASSERT_PTR_NULL(errs);
+    free(errs);
+    unlink(path);
+    free(path);
+    return cfg;
+}
+
+static int cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+    return n < 1 ? 1 : n > 256 ? 256 : (int)n;
+}
+
+static const char spec_example[] =
+    "workers = \"auto\";\n"
+    "user = \"www-data\"; group = \"www-data\";\n"
+    "pid_file = \"dispatcher.pid\";\n"
+    "environment = \"production\";\n"
+    "\n"
+    "admin = { socket = \"run/admin.sock\"; mode = \"0600\";\n"
+    "          http = \"127.0.0.1:9000\"; };\n"
+    "log = { error = \"stderr\"; level = \"info\";\n"
+    "        access = \"logs/access.log\"; access_format = \"json\"; };\n"
+    "limits = { max_connections = 10000; max_header_bytes = 16384; max_body_bytes = 0;\n"
+    "           header_timeout_ms = 10000; idle_timeout_ms = 60000;"
+    " shutdown_timeout_ms = 10000; };\n"
+    "\n"
+    "listeners = (\n"
+    "  { address = \"0.0.0.0:8080\"; },\n"
+    "  { address = \"0.0.0.0:8443\"; tls = true; },\n"
+    "  { address = \"127.0.0.1:10001\"; proxy_protocol = true; }\n"
+    ");\n"
+    "trusted_proxies = [ \"127.0.0.1/32\" ];\n"
+    "\n"
+    "tls = { self_signed_cn = \"localhost\";\n"
+    "        min_version = \"TLSv1.2\";\n"
+    "        certificates = ( { cert = \"certs/example.pem\";"
+    " key = \"certs/example.key\"; } ); };\n"
+    "\n"
+    "services = (\n"
+    "  { name = \"gateway\"; backends = [ \"127.0.0.1:9101\" ]; },\n"
+    "  { name = \"db\"; balance = \"least-conn\";\n"
+    "    backends = ( { address = \"127.0.0.1:9102\"; weight = 2; },"
+    " { address = \"127.0.0.1:9103\"; } );\n"
+    "    health = { path = \"/health\"; interval_ms = 30000; timeout_ms = 2000;"
+    " fall = 1; rise = 3; };\n"
+    "    circuit_breaker = { failures = 5; open_ms = 30000; };\n"
+    "    retries = 1; connect_timeout_ms = 2000; response_timeout_ms = 30000; },\n"
+    "  { name = \"billing\"; backends = []; }\n"
+    ");\n"
+    "\n"
+    "routes = (\n"
+    "  { host = \"gateway.do\"; service = \"gateway\"; },\n"
+    "  { host = \"*.app.example.com\"; service = \"gateway\"; },\n"
+    "  { host = \"api.do\"; path = \"/api/db/\"; methods = [\"GET\", \"POST\"];"
+    " service = \"db\"; },\n"
+    "  { host = \"*\"; service = \"gateway\"; }\n"
+    ");\n";
+
+/* A temp folder holding dispatcher.conf (with <text>) and certs/example.{pem,key}. */
+struct fixture {
+    char dir[PATH_MAX];
+    char conf[PATH_MAX + 32];
+    char certs[PATH_MAX + 32];
+    char pem[PATH_MAX + 64];
+    char key[PATH_MAX + 64];
+};
+
+static void fixture_make(struct fixture *fx, const char *text)
+{
+    char tmpl[] = "/tmp/dsp-ms-config-dir-XXXXXX";
+    char *real;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(tmpl));
+    real = realpath(tmpl, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(real);
+    snprintf(fx->dir, sizeof(fx->dir), "%s", real);
+    free(real);
+    snprintf(fx->conf, sizeof(fx->conf), "%s/dispatcher.conf", fx->dir);
+    snprintf(fx->certs, sizeof(fx->certs), "%s/certs", fx->dir);
+    snprintf(fx->pem, sizeof(fx->pem), "%s/example.pem", fx->certs);
+    snprintf(fx->key, sizeof(fx->key), "%s/example.key", fx->certs);
+    CU_ASSERT_FATAL(mkdir(fx->certs, 0700) == 0);
+    free(write_file(fx->pem, "not parsed\n"));
+    free(write_file(fx->key, "not parsed\n"));
+    free(write_file(fx->conf, text));
+}
+
+static void fixture_remove(struct fixture *fx)
+{
+    unlink(fx->pem);
+    unlink(fx->key);
+    rmdir(fx->certs);
+    unlink(fx->conf);
+    rmdir(fx->dir);
+}
+
+static void join(char *buf, size_t n, const char *dir, const char *rel)
+{
+    snprintf(buf, n, "%s/%s", dir, rel);
+}
+
+static void test_spec_example(void)
+{
+    struct fixture fx;
+    struct ms_config *cfg = NULL;
+    char *errs = NULL;
+    char want[PATH_MAX + 64];
+    const struct ms_service *svc;
+    const struct ms_route *r;
+
+    fixture_make(&fx, spec_example);
+    CU_ASSERT_EQUAL(ms_config_load(fx.conf, 0, &cfg, &errs), 0);
+    if (errs != NULL) {
+        fprintf(stderr, "\n%s\n", errs);
+    }
+    CU_ASSERT_PTR_NULL(errs);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+
+    CU_ASSERT_STRING_EQUAL(cfg->path, fx.conf);
+    CU_ASSERT_STRING_EQUAL(cfg->dir, fx.dir);
+    CU_ASSERT_EQUAL(cfg->workers, cpus());
+    CU_ASSERT_STRING_EQUAL(cfg->user, "www-data");
+    CU_ASSERT_STRING_EQUAL(cfg->group, "www-data");
+    join(want, sizeof(want), fx.dir, "dispatcher.pid");
+    CU_ASSERT_STRING_EQUAL(cfg->pid_file, want);
+    CU_ASSERT_STRING_EQUAL(cfg->environment, "production");
+
+    join(want, sizeof(want), fx.dir, "run/admin.sock");
+    CU_ASSERT_STRING_EQUAL(cfg->admin.socket, want);
+    CU_ASSERT_EQUAL(cfg->admin.mode, 0600);
+    CU_ASSERT_STRING_EQUAL(cfg->admin.http, "127.0.0.1:9000");
+    CU_ASSERT_EQUAL(cfg->admin.http_ss.ss_family, AF_INET);
+
+    CU_ASSERT_STRING_EQUAL(cfg->log.error, "stderr");
+    CU_ASSERT_EQUAL(cfg->log.level, LOG_INFO);
+    join(want, sizeof(want), fx.dir, "logs/access.log");
+    CU_ASSERT_STRING_EQUAL(cfg->log.access, want);
+    CU_ASSERT_EQUAL(cfg->log.access_format, MS_ACCESS_JSON);
+
+    CU_ASSERT_EQUAL(cfg->limits.max_connections, 10000);
+    CU_ASSERT_EQUAL(cfg->limits.max_header_bytes, 16384);
+    CU_ASSERT_EQUAL(cfg->limits.max_body_bytes, 0);
+    CU_ASSERT_EQUAL(cfg->limits.header_timeout_ms, 10000);
+    CU_ASSERT_EQUAL(cfg->limits.idle_timeout_ms, 60000);
+    CU_ASSERT_EQUAL(cfg->limits.shutdown_timeout_ms, 10000);
+    CU_ASSERT_EQUAL(cfg->limits.tunnel_idle_timeout_ms, 3600000);
+
+    CU_ASSERT_EQUAL_FATAL(cfg->nlisteners, 3);
+    CU_ASSERT_STRING_EQUAL(cfg->listeners[0].address, "0.0.0.0:8080");
+    CU_ASSERT_FALSE(cfg->listeners[0].tls);
+    CU_ASSERT_FALSE(cfg->listeners[0].proxy_protocol);
+    CU_ASSERT_EQUAL(cfg->listeners[0].line, 14);
+    CU_ASSERT_TRUE(cfg->listeners[1].tls);
+    CU_ASSERT_FALSE(cfg->listeners[1].proxy_protocol);
+    CU_ASSERT_FALSE(cfg->listeners[2].tls);
+    CU_ASSERT_TRUE(cfg->listeners[2].proxy_protocol);
+    CU_ASSERT_EQUAL(cfg->listeners[2].ss.ss_family, AF_INET);
+    CU_ASSERT_EQUAL(ntohs(((struct sockaddr_in *)&cfg->listeners[2].ss)->sin_port), 10001);
+    CU_ASSERT_EQUAL(cfg->listeners[2].sslen, sizeof(struct sockaddr_in));
+
+    CU_ASSERT_EQUAL_FATAL(cfg->ntrusted, 1);
+    CU_ASSERT_EQUAL(cfg->trusted[0].family, AF_INET);
+    CU_ASSERT_EQUAL(cfg->trusted[0].prefix, 32);
+
+    CU_ASSERT_STRING_EQUAL(cfg->tls.self_signed_cn, "localhost");
+    CU_ASSERT_EQUAL(cfg->tls.min_version, 0x0303);
+    CU_ASSERT_EQUAL_FATAL(cfg->tls.ncerts, 1);
+    CU_ASSERT_STRING_EQUAL(cfg->tls.certs[0].cert, fx.pem);
+    CU_ASSERT_STRING_EQUAL(cfg->tls.certs[0].key, fx.key);
+    CU_ASSERT_EQUAL(cfg->tls.certs[0].line, 22);
+
+    CU_ASSERT_FALSE(cfg->redis.enabled);
+
+    CU_ASSERT_EQUAL_FATAL(cfg->nservices, 3);
+    svc = &cfg->services[0];
+    CU_ASSERT_STRING_EQUAL(svc->name, "gateway");
+    CU_ASSERT_EQUAL(svc->balance, MS_BALANCE_RR);
+    CU_ASSERT_EQUAL_FATAL(svc->nbackends, 1);
+    CU_ASSERT_STRING_EQUAL(svc->backends[0].address, "127.0.0.1:9101");
+    CU_ASSERT_EQUAL(svc->backends[0].weight, 1);
+    CU_ASSERT_FALSE(svc->health.enabled);
+    CU_ASSERT_STRING_EQUAL(svc->health.path, "/health");
+    CU_ASSERT_EQUAL(svc->health.interval_ms, 30000);
+    CU_ASSERT_EQUAL(svc->health.timeout_ms, 2000);
+    CU_ASSERT_EQUAL(svc->health.fall, 1);
+    CU_ASSERT_EQUAL(svc->health.rise, 3);
+    CU_ASSERT_FALSE(svc->health.start_down);
+    CU_ASSERT_FALSE(svc->circuit.enabled);
+    CU_ASSERT_EQUAL(svc->circuit.failures, 5);
+    CU_ASSERT_EQUAL(svc->circuit.open_ms, 30000);
+    CU_ASSERT_FALSE(svc->circuit.count_5xx);
+    CU_ASSERT_EQUAL(svc->retries, 1);
+    CU_ASSERT_EQUAL(svc->connect_timeout_ms, 2000);
+    CU_ASSERT_EQUAL(svc->response_timeout_ms, 30000);
+    CU_ASSERT_EQUAL(svc->line, 25);
+
+    svc = &cfg->services[1];
+    CU_ASSERT_STRING_EQUAL(svc->name, "db");
+    CU_ASSERT_EQUAL(svc->balance, MS_BALANCE_LEASTCONN);
+    CU_ASSERT_EQUAL_FATAL(svc->nbackends, 2);
+    CU_ASSERT_STRING_EQUAL(svc->backends[0].address, "127.0.0.1:9102");
+    CU_ASSERT_EQUAL(svc->backends[0].weight, 2);
+    CU_ASSERT_STRING_EQUAL(svc->backends[1].address, "127.0.0.1:9103");
+    CU_ASSERT_EQUAL(svc->backends[1].weight, 1);
+    CU_ASSERT_TRUE(svc->health.enabled);
+    CU_ASSERT_TRUE(svc->circuit.enabled);
+
+    svc = &cfg->services[2];
+    CU_ASSERT_STRING_EQUAL(svc->name, "billing");
+    CU_ASSERT_EQUAL(svc->nbackends, 0);
+
+    CU_ASSERT_EQUAL_FATAL(cfg->nroutes, 4);
+    r = &cfg->routes[0];
+    CU_ASSERT_STRING_EQUAL(r->host, "gateway.do");
+    CU_ASSERT_STRING_EQUAL(r->path, "/");
+    CU_ASSERT_EQUAL(r->methods, 0);
+    CU_ASSERT_EQUAL(r->priority, 0);
+    CU_ASSERT_STRING_EQUAL(r->service, "gateway");
+    CU_ASSERT_EQUAL(r->service_idx, 0);
+    CU_ASSERT_EQUAL(r->line, 35);
+    CU_ASSERT_STRING_EQUAL(cfg->routes[1].host, "*.app.example.com");
+    r = &cfg->routes[2];
+    CU_ASSERT_STRING_EQUAL(r->path, "/api/db/");
+    CU_ASSERT_EQUAL(r->methods, (1ULL << HTTP_GET) | (1ULL << HTTP_POST));
+    CU_ASSERT_EQUAL(r->service_idx, 1);
+    CU_ASSERT_STRING_EQUAL(cfg->routes[3].host, "*");
+
+    ms_config_free(cfg);
+    fixture_remove(&fx);
+}
+
+static void test_defaults(void)
+{
+    struct ms_config *cfg = expect_ok(LISTENER, 0);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_EQUAL(cfg->workers, cpus());
+    CU_ASSERT_PTR_NULL(cfg->user);
+    CU_ASSERT_PTR_NULL(cfg->group);
+    CU_ASSERT_PTR_NULL(cfg->pid_file);
+    CU_ASSERT_STRING_EQUAL(cfg->environment, "production");
+    CU_ASSERT_PTR_NULL(cfg->admin.socket);
+    CU_ASSERT_PTR_NULL(cfg->admin.http);
+    CU_ASSERT_EQUAL(cfg->admin.mode, 0600);
+    CU_ASSERT_STRING_EQUAL(cfg->log.error, "stderr");
+    CU_ASSERT_EQUAL(cfg->log.level, LOG_INFO);
+    CU_ASSERT_PTR_NULL(cfg->log.access);
+    CU_ASSERT_EQUAL(cfg->log.access_format, MS_ACCESS_JSON);
+    CU_ASSERT_EQUAL(cfg->limits.max_connections, 10000);
+    CU_ASSERT_EQUAL(cfg->limits.max_header_bytes, 16384);
+    CU_ASSERT_EQUAL(cfg->limits.max_body_bytes, 0);
+    CU_ASSERT_EQUAL(cfg->limits.header_timeout_ms, 10000);
+    CU_ASSERT_EQUAL(cfg->limits.idle_timeout_ms, 60000);
+    CU_ASSERT_EQUAL(cfg->limits.shutdown_timeout_ms, 10000);
+    CU_ASSERT_EQUAL(cfg->limits.tunnel_idle_timeout_ms, 3600000);
+    CU_ASSERT_EQUAL(cfg->ntrusted, 0);
+    CU_ASSERT_STRING_EQUAL(cfg->tls.self_signed_cn, "localhost");
+    CU_ASSERT_EQUAL(cfg->tls.min_version, 0x0303);
+    CU_ASSERT_EQUAL(cfg->tls.ncerts, 0);
+    CU_ASSERT_FALSE(cfg->redis.enabled);
+    CU_ASSERT_EQUAL(cfg->nservices, 0);
+    CU_ASSERT_EQUAL(cfg->nroutes, 0);
+    ms_config_free(cfg);
+}
+
+static void test_values(void)
+{
+    struct ms_config *cfg = expect_ok(
+        "workers = 3;\n"
+        "admin = { mode = 640; };\n"
+        "log = { level = \"debug\"; access = \"off\"; access_format = \"combined\";\n"
+        "        error = \"/var/log/dispatcher.err\"; };\n"
+        "limits = { max_body_bytes = 10000000000L; tunnel_idle_timeout_ms = 5; };\n"
+        "listeners = ( { address = \"[::1]:8443\"; tls = true; } );\n"
+        "trusted_proxies = [ \"10.0.0.0/8\", \"fd00::/8\" ];\n"
+        "tls = { min_version = \"TLSv1.3\"; self_signed_cn = \"dev.local\"; };\n"
+        "redis = { host = \"10.0.0.9\"; port = 6380; password = \"\"; };\n"
+        "services = ( { name = \"a-b_c.d\"; balance = \"ip-hash\";\n"
+        "  backends = [ \"localhost:81\", \"[::1]:82\" ];\n"
+        "  health = { start = \"down\"; path = \"/hz\"; };\n"
+        "  circuit_breaker = { count_5xx = true; }; retries = 0; } );\n"
+        "routes = ( { host = \"API.Example.COM.\"; service = \"a-b_c.d\"; priority = -5;\n"
+        "             methods = [ \"get\", \"Delete\", \"M-SEARCH\" ]; } );\n",
+        0);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_EQUAL(cfg->workers, 3);
+    CU_ASSERT_EQUAL(cfg->admin.mode, 0640);
+    CU_ASSERT_EQUAL(cfg->log.level, LOG_DEBUG);
+    CU_ASSERT_PTR_NULL(cfg->log.access);
+    CU_ASSERT_EQUAL(cfg->log.access_format, MS_ACCESS_COMBINED);
+    CU_ASSERT_STRING_EQUAL(cfg->log.error, "/var/log/dispatcher.err");
+    CU_ASSERT_EQUAL(cfg->limits.max_body_bytes, 10000000000L);
+    CU_ASSERT_EQUAL(cfg->limits.tunnel_idle_timeout_ms, 5);
+    CU_ASSERT_EQUAL(cfg->listeners[0].ss.ss_family, AF_INET6);
+    CU_ASSERT_TRUE(cfg->listeners[0].tls);
+    CU_ASSERT_EQUAL_FATAL(cfg->ntrusted, 2);
+    CU_ASSERT_EQUAL(cfg->trusted[1].family, AF_INET6);
+    CU_ASSERT_EQUAL(cfg->tls.min_version, 0x0304);
+    CU_ASSERT_STRING_EQUAL(cfg->tls.self_signed_cn, "dev.local");
+    CU_ASSERT_TRUE(cfg->redis.enabled);
+    CU_ASSERT_STRING_EQUAL(cfg->redis.host, "10.0.0.9");
+    CU_ASSERT_EQUAL(cfg->redis.port, 6380);
+    CU_ASSERT_PTR_NULL(cfg->redis.password);
+    CU_ASSERT_EQUAL_FATAL(cfg->nservices, 1);
+    CU_ASSERT_EQUAL(cfg->services[0].balance, MS_BALANCE_IPHASH);
+    CU_ASSERT_EQUAL_FATAL(cfg->services[0].nbackends, 2);
+    CU_ASSERT_STRING_EQUAL(cfg->services[0].backends[0].address, "127.0.0.1:81");
+    CU_ASSERT_STRING_EQUAL(cfg->services[0].backends[1].address, "[::1]:82");
+    CU_ASSERT_TRUE(cfg->services[0].health.enabled);
+    CU_ASSERT_TRUE(cfg->services[0].health.start_down);
+    CU_ASSERT_STRING_EQUAL(cfg->services[0].health.path, "/hz");
+    CU_ASSERT_TRUE(cfg->services[0].circuit.count_5xx);
+    CU_ASSERT_EQUAL(cfg->services[0].retries, 0);
+    CU_ASSERT_EQUAL_FATAL(cfg->nroutes, 1);
+    CU_ASSERT_STRING_EQUAL(cfg->routes[0].host, "api.example.com");
+    CU_ASSERT_EQUAL(cfg->routes[0].priority, -5);
+    CU_ASSERT_EQUAL(cfg->routes[0].methods,
+                    (1ULL << HTTP_GET) | (1ULL << HTTP_DELETE) | (1ULL << HTTP_MSEARCH));
+    ms_config_free(cfg);
+}
+
+static void test_err_unknown_key(void)
+{
+    expect_error(LISTENER "services = (\n"
+                          "  { name = \"a\"; backends = []; },\n"
+                          "  { name = \"b\";\n"
+                          "    foo = 1; }\n"
+                          ");\n",
+                 5, "unknown key 'foo' in services[1]");
+    expect_error(LISTENER "\nbogus = true;\n", 3, "unknown key 'bogus'");
+    expect_error(LISTENER "admin = { socket = \"/tmp/x.sock\";\n  sockt = 1; };\n", 3,
+                 "unknown key 'sockt' in admin");
+}
+
+static void test_err_bad_address(void)
+{
+    expect_error("listeners = (\n"
+                 "  { address = \"127.0.0.1:8080\"; },\n"
+                 "  { address = \"example.com:80\"; }\n"
+                 ");\n",
+                 3, "listeners[1].address");
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  backends = [ \"10.0.0.1\" ]; } );\n",
+                 3, "bad address");
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  backends = [ \"0.0.0.0:80\" ]; } );\n",
+                 3, "wildcard");
+    expect_error("listeners = ( { tls = true; } );\n", 1, "no address");
+}
+
+static void test_err_bad_port(void)
+{
+    expect_error("listeners = (\n  { address = \"127.0.0.1:70000\"; }\n);\n", 2, "bad port");
+    expect_error("listeners = (\n  { address = \"127.0.0.1:0\"; }\n);\n", 2, "bad port");
+    expect_error(LISTENER "redis = {\n  port = 0; };\n", 3, "redis.port");
+}
+
+static void test_err_unknown_service(void)
+{
+    expect_error(LISTENER "services = ( { name = \"a\"; backends = []; } );\n"
+                          "routes = (\n"
+                          "  { host = \"*\";\n"
+                          "    service = \"nope\"; }\n"
+                          ");\n",
+                 5, "unknown service 'nope'");
+}
+
+static void test_err_duplicate_service(void)
+{
+    expect_error(LISTENER "services = (\n"
+                          "  { name = \"a\"; backends = []; },\n"
+                          "  { name = \"b\"; backends = []; },\n"
+                          "  { backends = [];\n"
+                          "    name = \"a\"; }\n"
+                          ");\n",
+                 6, "duplicate service name 'a' (already at line 3)");
+}
+
+static void test_err_duplicate_listener(void)
+{
+    expect_error("listeners = (\n"
+                 "  { address = \"0.0.0.0:8080\"; },\n"
+                 "  { address = \"127.0.0.1:8081\"; },\n"
+                 "  { address = \"*:8080\"; tls = true; }\n"
+                 ");\n",
+                 4, "duplicate listener 0.0.0.0:8080 (already at line 2)");
+}
+
+static void test_err_bad_balance(void)
+{
+    expect_error(LISTENER "services = ( { name = \"a\"; backends = [];\n"
+                          "  balance = \"random\"; } );\n",
+                 3, "balance \"random\"");
+}
+
+static void test_err_bad_method(void)
+{
+    expect_error(LISTENER "services = ( { name = \"a\"; backends = []; } );\n"
+                          "routes = ( { host = \"*\"; service = \"a\";\n"
+                          "  methods = [ \"GET\",\n"
+                          "              \"FETCH\" ]; } );\n",
+                 5, "unknown HTTP method \"FETCH\"");
+    expect_error(LISTENER "services = ( { name = \"a\"; backends = []; } );\n"
+                          "routes = ( { host = \"*\"; service = \"a\";\n"
+                          "  methods = []; } );\n",
+                 4, "methods is empty");
+}
+
+static void test_err_bad_path(void)
+{
+    expect_error(LISTENER "services = ( { name = \"a\"; backends = []; } );\n"
+                          "routes = ( { host = \"*\"; service = \"a\";\n"
+                          "  path = \"api/\"; } );\n",
+                 4, "must start with '/'");
+    expect_error(LISTENER "services = ( { name = \"a\"; backends = [];\n"
+                          "  health = { path = \"health\"; }; } );\n",
+                 3, "must start with '/'");
+}
+
+static void test_err_bad_cidr(void)
+{
+    expect_error(LISTENER "trusted_proxies = [ \"10.0.0.0/8\",\n"
+                          "  \"10.0.0.0/33\" ];\n",
+                 3, "trusted_proxies[1]");
+    expect_error(LISTENER "trusted_proxies = [ \"bogus\" ];\n", 2, "bad CIDR");
+}
+
+static void test_err_missing_cert(void)
+{
+    expect_error(LISTENER "tls = {\n"
+                          "  certificates = (\n"
+                          "    { cert = \"/nonexistent/dsp-test.pem\";\n"
+                          "      key = \"/etc/hostname\"; } ); };\n",
+                 4, "cannot read \"/nonexistent/dsp-test.pem\"");
+    expect_error(LISTENER "tls = { certificates = ( { cert = \"/etc/hostname\"; } ); };\n", 2,
+                 "has no key");
+}
+
+static void test_err_syntax(void)
+{
+    expect_error(LISTENER "workers = 2;\n"
+                          "user = ;\n",
+                 3, "syntax error");
+    expect_error(LISTENER "workers = 2;\nworkers = 3;\n", 3, "duplicate setting");
+}
+
+static void test_err_types(void)
+{
+    expect_error(LISTENER "workers = 0;\n", 2, "workers");
+    expect_error(LISTENER "workers = 257;\n", 2, "workers");
+    expect_error(LISTENER "workers = \"many\";\n", 2, "workers");
+    expect_error("listeners = ( { address = \"127.0.0.1:1\"; tls = \"yes\"; } );\n", 1,
+                 "listeners[0].tls must be true or false");
+    expect_error(LISTENER "limits = { max_header_bytes = 100; };\n", 2, "max_header_bytes");
+    expect_error(LISTENER "limits = { max_body_bytes = -1; };\n", 2, "max_body_bytes");
+    expect_error(LISTENER "limits = { idle_timeout_ms = 0; };\n", 2, "idle_timeout_ms");
+    expect_error(LISTENER "limits = { idle_timeout_ms = \"10s\"; };\n", 2, "must be an integer");
+    expect_error(LISTENER "admin = { mode = \"0999\"; };\n", 2, "admin.mode");
+    expect_error(LISTENER "admin = \"x\";\n", 2, "admin must be a group");
+    expect_error(LISTENER "log = { level = \"loud\"; };\n", 2, "log.level");
+    expect_error(LISTENER "log = { access_format = \"xml\"; };\n", 2, "access_format");
+    expect_error(LISTENER "tls = { min_version = \"TLSv1.1\"; };\n", 2, "min_version");
+    expect_error(LISTENER "services = ( { name = \"a b\"; } );\n", 2, "service name");
+    expect_error(LISTENER "services = ( { backends = []; } );\n", 2, "has no name");
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  backends = ( { address = \"127.0.0.1:1\"; weight = 0; } ); } );\n",
+                 3, "weight");
+    expect_error(LISTENER "services = ( { name = \"a\"; backends = [\n"
+                          "  \"127.0.0.1:1\",\n"
+                          "  \"127.0.0.1:1\" ]; } );\n",
+                 4, "duplicate backend 127.0.0.1:1");
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  health = { start = \"maybe\"; }; } );\n",
+                 3, "start");
+    expect_error("listeners = ();\n", 1, "at least one");
+    expect_error("workers = 1;\n", 0, "at least one");
+    expect_error(LISTENER "services = ( { name = \"x\"; } );\n"
+                          "routes = ( { service = \"x\"; } );\n",
+                 3, "has no host");
+    expect_error(LISTENER "services = ( { name = \"x\"; } );\n"
+                          "routes = ( { host = \"*\"; } );\n",
+                 3, "has no service");
+}
+
+static void test_err_hosts(void)
+{
+    static const char *const bad[] = {"api.do:80", "[::1]", "*.", "a.*.b", "*foo", "a..b",
+                                      "", "sp ace", "*.*.x"};
+    char text[512];
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(text, sizeof(text),
+                 LISTENER "services = ( { name = \"a\"; backends = []; } );\n"
+                          "routes = ( { service = \"a\";\n"
+                          "  host = \"%s\"; } );\n",
+                 bad[i]);
+        expect_error(text, 4, "host");
+    }
+}
+
+static void test_many_errors(void)
+{
+    struct ms_config *cfg = NULL;
+    char *errs = NULL, *path;
+    int rc = load_text("workers = 0;\n"
+                       "listeners = (\n"
+                       "  { address = \"1.2.3.4:99999\"; },\n"
+                       "  { address = \"127.0.0.1:80\"; colour = \"blue\"; }\n"
+                       ");\n"
+                       "services = (\n"
+                       "  { name = \"a\"; balance = \"fast\"; backends = []; },\n"
+                       "  { name = \"a\"; backends = []; }\n"
+                       ");\n"
+                       "routes = ( { host = \"*\"; path = \"x\"; service = \"zz\"; } );\n",
+                       0, &cfg, &errs, &path);
+
+    CU_ASSERT_EQUAL(rc, -1);
+    CU_ASSERT_PTR_NULL(cfg);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(errs);
+    CU_ASSERT_TRUE(has_error(errs, path, 1, "workers"));
+    CU_ASSERT_TRUE(has_error(errs, path, 3, "bad port"));
+    CU_ASSERT_TRUE(has_error(errs, path, 4, "unknown key 'colour' in listeners[1]"));
+    CU_ASSERT_TRUE(has_error(errs, path, 7, "balance"));
+    CU_ASSERT_TRUE(has_error(errs, path, 8, "duplicate service name 'a'"));
+    CU_ASSERT_TRUE(has_error(errs, path, 10, "must start with '/'"));
+    CU_ASSERT_TRUE(has_error(errs, path, 10, "unknown service 'zz'"));
+    CU_ASSERT_EQUAL(count_lines(errs), 7);
+    /* Sorted by line for the operator. */
+    CU_ASSERT_TRUE(strncmp(errs, path, strlen(path)) == 0 &&
+                   strncmp(errs + strlen(path), ":1: ", 4) == 0);
+    free(errs);
+    unlink(path);
+    free(path);
+}
+
+static void test_env(void)
+{
+    static const char text[] = "listeners = (\n"
+                               "  { address = \"127.0.0.1:10001\"; proxy_protocol = true; },\n"
+                               "  { address = \"0.0.0.0:8443\"; tls = true; },\n"
+                               "  { address = \"0.0.0.0:8080\"; },\n"
+                               "  { address = \"0.0.0.0:9443\"; tls = true; }\n"
+                               ");\n";
+    struct ms_config *cfg;
+    struct ms_config *c2 = NULL;
+    char *errs = NULL, *path;
+
+    setenv("HTTP_PORT", "18080", 1);
+    setenv("HTTPS_PORT", "18443", 1);
+    setenv("SELF_SIGNED_CN", "test.example", 1);
+    unsetenv("SERVER_HOST");
+    cfg = expect_ok(text, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_STRING_EQUAL(cfg->listeners[0].address, "127.0.0.1:18080");
+    CU_ASSERT_EQUAL(ntohs(((struct sockaddr_in *)&cfg->listeners[0].ss)->sin_port), 18080);
+    CU_ASSERT_STRING_EQUAL(cfg->listeners[1].address, "0.0.0.0:18443");
+    CU_ASSERT_STRING_EQUAL(cfg->listeners[2].address, "0.0.0.0:8080");
+    CU_ASSERT_STRING_EQUAL(cfg->listeners[3].address, "0.0.0.0:9443");
+    CU_ASSERT_STRING_EQUAL(cfg->tls.self_signed_cn, "test.example");
+    ms_config_free(cfg);
+
+    /* Without use_env nothing changes. */
+    cfg = expect_ok(text, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_STRING_EQUAL(cfg->listeners[0].address, "127.0.0.1:10001");
+    CU_ASSERT_STRING_EQUAL(cfg->tls.self_signed_cn, "localhost");
+    ms_config_free(cfg);
+
+    setenv("SERVER_HOST", "::1", 1);
+    unsetenv("HTTPS_PORT");
+    cfg = expect_ok(text, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_STRING_EQUAL(cfg->listeners[0].address, "[::1]:18080");
+    CU_ASSERT_EQUAL(cfg->listeners[0].ss.ss_family, AF_INET6);
+    CU_ASSERT_STRING_EQUAL(cfg->listeners[1].address, "[::1]:8443");
+    CU_ASSERT_EQUAL(cfg->listeners[1].ss.ss_family, AF_INET6);
+    CU_ASSERT_STRING_EQUAL(cfg->listeners[2].address, "0.0.0.0:8080");
+    ms_config_free(cfg);
+
+    setenv("SERVER_HOST", "10.1.2.3", 1);
+    cfg = expect_ok(text, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_STRING_EQUAL(cfg->listeners[0].address, "10.1.2.3:18080");
+    CU_ASSERT_STRING_EQUAL(cfg->listeners[1].address, "10.1.2.3:8443");
+    ms_config_free(cfg);
+
+    /* An override that collides with another listener is a duplicate. */
+    setenv("HTTP_PORT", "8080", 1);
+    unsetenv("SERVER_HOST");
+    setenv("HTTPS_PORT", "9443", 1);
+    CU_ASSERT_EQUAL(load_text(text, 1, &c2, &errs, &path), -1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(errs);
+    CU_ASSERT_TRUE(has_error(errs, path, 5, "duplicate listener 0.0.0.0:9443"));
+    free(errs);
+    unlink(path);
+    free(path);
+
+    /* Bad values are errors naming the variable. */
+    setenv("HTTP_PORT", "http", 1);
+    setenv("HTTPS_PORT", "65536", 1);
+    setenv("SERVER_HOST", "example.com", 1);
+    setenv("SELF_SIGNED_CN", "", 1);
+    errs = NULL;
+    CU_ASSERT_EQUAL(load_text(text, 1, &c2, &errs, &path), -1);
+    CU_ASSERT_PTR_NULL(c2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(errs);
+    CU_ASSERT_TRUE(has_error(errs, path, 0, "environment HTTP_PORT"));
+    CU_ASSERT_TRUE(has_error(errs, path, 0, "environment HTTPS_PORT"));
+    CU_ASSERT_TRUE(has_error(errs, path, 0, "environment SERVER_HOST"));
+    CU_ASSERT_EQUAL(count_lines(errs), 3);
+    free(errs);
+    unlink(path);
+    free(path);
+
+    unsetenv("HTTP_PORT");
+    unsetenv("HTTPS_PORT");
+    unsetenv("SERVER_HOST");
+    unsetenv("SELF_SIGNED_CN");
+}
+
+static void test_relative_paths(void)
+{
+    struct fixture fx;
+    struct ms_config *cfg = NULL;
+    char *errs = NULL;
+    char want[PATH_MAX + 64], cwd[PATH_MAX], rel[PATH_MAX + 64];
+
+    fixture_make(&fx, "pid_file = \"./run/d.pid\";\n"
+                      "admin = { socket = \"/run/abs.sock\"; };\n"
+                      "log = { error = \"logs/error.log\"; access = \"../access.log\"; };\n"
+                      LISTENER
+                      "tls = { certificates = ( { cert = \"./certs/example.pem\";\n"
+                      "                           key = \"certs/example.key\"; } ); };\n");
+    /* Load through a relative path from another working directory. */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(getcwd(cwd, sizeof(cwd)));
+    CU_ASSERT_FATAL(chdir("/tmp") == 0);
+    snprintf(rel, sizeof(rel), "%s/dispatcher.conf", strrchr(fx.dir, '/') + 1);
+    CU_ASSERT_EQUAL(ms_config_load(rel, 0, &cfg, &errs), 0);
+    CU_ASSERT_FATAL(chdir(cwd) == 0);
+    if (errs != NULL) {
+        fprintf(stderr, "\n%s\n", errs);
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_STRING_EQUAL(cfg->dir, fx.dir);
+    join(want, sizeof(want), fx.dir, "run/d.pid");
+    CU_ASSERT_STRING_EQUAL(cfg->pid_file, want);
+    CU_ASSERT_STRING_EQUAL(cfg->admin.socket, "/run/abs.sock");
+    join(want, sizeof(want), fx.dir, "logs/error.log");
+    CU_ASSERT_STRING_EQUAL(cfg->log.error, want);
+    join(want, sizeof(want), fx.dir, "../access.log");
+    CU_ASSERT_STRING_EQUAL(cfg->log.access, want);
+    CU_ASSERT_STRING_EQUAL(cfg->tls.certs[0].cert, fx.pem);
+    CU_ASSERT_STRING_EQUAL(cfg->tls.certs[0].key, fx.key);
+    ms_config_free(cfg);
+
+    /* A certificate path relative to the file, not to the working directory. */
+    free(write_file(fx.conf, LISTENER "tls = { certificates = (\n"
+                                      "  { cert = \"certs/missing.pem\";\n"
+                                      "    key = \"certs/example.key\"; } ); };\n"));
+    cfg = NULL;
+    errs = NULL;
+    CU_ASSERT_EQUAL(ms_config_load(fx.conf, 0, &cfg, &errs), -1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(errs);
+    snprintf(want, sizeof(want), "cannot read \"%s/certs/missing.pem\"", fx.dir);
+    CU_ASSERT_TRUE(has_error(errs, fx.conf, 3, want));
+    free(errs);
+    fixture_remove(&fx);
+}
+
+static void test_missing_file(void)
+{
+    struct ms_config *cfg = NULL;
+    char *errs = NULL;
+
+    CU_ASSERT_EQUAL(ms_config_load("/nonexistent/dispatcher.conf", 0, &cfg, &errs), -1);
+    CU_ASSERT_PTR_NULL(cfg);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(errs);
+    CU_ASSERT_TRUE(has_error(errs, "/nonexistent/dispatcher.conf", 0, "No such file"));
+    free(errs);
+}
+
+static void test_method_names(void)
+{
+    CU_ASSERT_EQUAL(ms_method_from_name("get"), HTTP_GET);
+    CU_ASSERT_EQUAL(ms_method_from_name("GET"), HTTP_GET);
+    CU_ASSERT_EQUAL(ms_method_from_name("Post"), HTTP_POST);
+    CU_ASSERT_EQUAL(ms_method_from_name("DELETE"), HTTP_DELETE);
+    CU_ASSERT_EQUAL(ms_method_from_name("m-search"), HTTP_MSEARCH);
+    CU_ASSERT_EQUAL(ms_method_from_name("FETCH"), -1);
+    CU_ASSERT_EQUAL(ms_method_from_name("<unknown>"), -1);
+    CU_ASSERT_EQUAL(ms_method_from_name(""), -1);
+    CU_ASSERT_EQUAL(ms_method_from_name(NULL), -1);
+}
+
+UNIT_SUITE(ms_config, {"spec example", test_spec_example}, {"defaults", test_defaults},
+           {"values", test_values}, {"unknown key", test_err_unknown_key},
+           {"bad address", test_err_bad_address}, {"bad port", test_err_bad_port},
+           {"unknown service", test_err_unknown_service},
+           {"duplicate service", test_err_duplicate_service},
+           {"duplicate listener", test_err_duplicate_listener},
+           {"bad balance", test_err_bad_balance}, {"bad method", test_err_bad_method},
+           {"bad path", test_err_bad_path}, {"bad cidr", test_err_bad_cidr},
+           {"missing cert", test_err_missing_cert}, {"syntax error", test_err_syntax},
+           {"type errors", test_err_types}, {"bad hosts", test_err_hosts},
+           {"many errors", test_many_errors}, {"env overrides", test_env},
+           {"relative paths", test_relative_paths}, {"missing file", test_missing_file},
+           {"method names", test_method_names})

@@ -1,0 +1,1825 @@
+/* dispatcher: the proxy state machine of one client connection and the upstream connection that
+ * serves its current request. Requests are handled one at a time per connection (pipelined
+ * requests wait in the input buffer), bodies stream both ways through bounded buffers: request
+ * bytes are forwarded raw once the parser has accepted them, response bytes likewise (or decoded
+ * in place for HTTP/1.0 clients of a chunked response). */
+#include "worker/wk_internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/dsp.h"
+#include "common/log.h"
+#include "common/net.h"
+#include "common/str.h"
+#include "shm/shm_route.h"
+#include "shm/shm_snap.h"
+
+#define POOL_MAX_IDLE     64
+#define POOL_IDLE_MS      30000
+#define LINGER_MS         2000
+#define UPSTREAM_BUF_SIZE (32 * 1024)
+
+/* Why an upstream attempt failed; decides retry and the status code. */
+#define FAIL_CONNECT  1 /* connect refused/unreachable: nothing reached the backend */
+#define FAIL_RESET    2 /* reset or EOF before any response byte */
+#define FAIL_CTIMEOUT 3 /* connect timed out */
+#define FAIL_RTIMEOUT 4 /* no (complete) response within response_timeout_ms */
+#define FAIL_BAD      5 /* response unparsable or truncated */
+
+static struct wk_head scratch;
+
+/* ---- small helpers ------------------------------------------------------------------------- */
+static const struct shm_snap_hdr *csnap(const struct wk_client *c)
+{
+    return c->gen ? c->gen->snap : wk.cur->snap;
+}
+
+static const struct shm_service *csvc(const struct wk_client *c)
+{
+    return &shm_services(c->gen->snap)[c->service];
+}
+
+static const struct shm_backend *cbe(const struct wk_client *c)
+{
+    return &shm_backends(c->gen->snap)[csvc(c)->backends_first + c->backend];
+}
+
+static uint32_t client_buf_size(void)
+{
+    uint64_t lim = wk.cur->snap->limits.max_header_bytes;
+    uint64_t sz = (lim + 4096 + 4095) & ~(uint64_t)4095;
+
+    return (uint32_t)(sz < 16384 ? 16384 : sz);
+}
+
+static void peer_ip(const struct wk_client *c, char *buf, size_t len)
+{
+    struct sockaddr_storage ss;
+
+    memset(&ss, 0, sizeof(ss));
+    ss.ss_family = c->peer_family;
+    if (c->peer_family == AF_INET) {
+        memcpy(&((struct sockaddr_in *)&ss)->sin_addr, c->peer_ip, 4);
+    } else {
+        memcpy(&((struct sockaddr_in6 *)&ss)->sin6_addr, c->peer_ip, 16);
+    }
+    net_ip_str((struct sockaddr *)&ss, buf, len);
+}
+
+static int peer_trusted(const struct wk_client *c)
+{
+    const struct shm_snap_hdr *s = csnap(c);
+    const struct shm_cidr *t = shm_trusted(s);
+    struct sockaddr_storage ss;
+
+    if (s->ntrusted == 0) {
+        return 0;
+    }
+    memset(&ss, 0, sizeof(ss));
+    ss.ss_family = c->peer_family;
+    if (c->peer_family == AF_INET) {
+        memcpy(&((struct sockaddr_in *)&ss)->sin_addr, c->peer_ip, 4);
+    } else {
+        memcpy(&((struct sockaddr_in6 *)&ss)->sin6_addr, c->peer_ip, 16);
+    }
+    for (uint32_t i = 0; i < s->ntrusted; i++) {
+        struct net_cidr nc;
+        nc.family = t[i].family;
+        nc.prefix = t[i].prefix;
+        memcpy(nc.addr, t[i].addr, 16);
+        if (net_cidr_match(&nc, (struct sockaddr *)&ss)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void set_timer(struct wk_client *c)
+{
+    const struct shm_snap_hdr *s = csnap(c);
+    uint32_t ms;
+
+    switch (c->state) {
+    case WK_CS_IDLE:
+        ms = (c->flags & WK_C_F_STARTED) ? s->limits.idle_timeout_ms : s->limits.header_timeout_ms;
+        break;
+    case WK_CS_HEAD:
+        ms = s->limits.header_timeout_ms;
+        break;
+    case WK_CS_PROXY:
+        if (c->up != NULL && (c->up->flags & WK_UP_F_CONNECTING)) {
+            ms = csvc(c)->connect_timeout_ms;
+        } else if (!(c->tflags & WK_T_REQ_DONE)) {
+            ms = DSP_MAX(s->limits.idle_timeout_ms, csvc(c)->response_timeout_ms);
+        } else {
+            ms = csvc(c)->response_timeout_ms;
+        }
+        break;
+    case WK_CS_LINGER:
+        ms = LINGER_MS;
+        break;
+    default:
+        ms = s->limits.idle_timeout_ms;
+        break;
+    }
+    wk_timer_arm(&c->timer, ms ? ms : 1);
+}
+
+/* ---- upstream pool ---------------------------------------------------------------------------- */
+static void pool_remove(struct wk_upstream *u)
+{
+    struct wk_pool *p = &wk.pools[u->be_slot];
+
+    if (u->pprev != NULL) {
+        u->pprev->pnext = u->pnext;
+    } else if (p->head == u) {
+        p->head = u->pnext;
+    } else {
+        return; /* not pooled */
+    }
+    if (u->pnext != NULL) {
+        u->pnext->pprev = u->pprev;
+    }
+    u->pnext = u->pprev = NULL;
+    p->count--;
+}
+
+static void upstream_close(struct wk_upstream *u)
+{
+    if (u->client == NULL) {
+        pool_remove(u);
+    }
+    wk_timer_disarm(&u->timer);
+    if (u->fd != -1) {
+        close(u->fd);
+    }
+    free(u);
+}
+
+static void pool_put(struct wk_upstream *u)
+{
+    struct wk_pool *p = &wk.pools[u->be_slot];
+
+    if (p->count >= POOL_MAX_IDLE || wk.stopping) {
+        upstream_close(u);
+        return;
+    }
+    u->client = NULL;
+    u->pprev = NULL;
+    u->pnext = p->head;
+    if (p->head != NULL) {
+        p->head->pprev = u;
+    }
+    p->head = u;
+    p->count++;
+    wk_timer_arm(&u->timer, POOL_IDLE_MS);
+}
+
+void wk_upstream_timeout(struct wk_upstream *u)
+{
+    if (u->client == NULL) {
+        upstream_close(u);
+    }
+}
+
+/* ---- client lifetime ------------------------------------------------------------------------ */
+static void backend_active_dec(struct wk_client *c)
+{
+    if (c->tflags & WK_T_COUNTED) {
+        __atomic_fetch_sub(&wk.rt->backends[cbe(c)->rt_slot].active, 1, __ATOMIC_RELAXED);
+        c->tflags &= ~WK_T_COUNTED;
+    }
+}
+
+/* Drop the upstream of the current attempt without reusing it. */
+static void detach_upstream(struct wk_client *c)
+{
+    if (c->up != NULL) {
+        backend_active_dec(c);
+        c->up->client = c; /* not pooled: upstream_close must not touch the pool lists */
+        upstream_close(c->up);
+        c->up = NULL;
+    }
+}
+
+static void end_transaction(struct wk_client *c)
+{
+    detach_upstream(c);
+    wk_buf_put(&c->uin);
+    wk_buf_put(&c->uout);
+    if (c->gen != NULL) {
+        wk_gen_unref(c->gen);
+        c->gen = NULL;
+    }
+}
+
+void wk_client_close(struct wk_client *c)
+{
+    end_transaction(c);
+    wk_timer_disarm(&c->timer);
+    if (c->fd != -1) {
+        close(c->fd);
+    }
+    wk_buf_put(&c->in);
+    wk_buf_put(&c->out);
+    if (c->prev != NULL) {
+        c->prev->next = c->next;
+    } else {
+        wk.clients = c->next;
+    }
+    if (c->next != NULL) {
+        c->next->prev = c->prev;
+    }
+    wk.nclients--;
+    c->ev.kind = 0;
+    free(c);
+}
+
+void wk_close_idle_clients(void)
+{
+    struct wk_client *c = wk.clients;
+
+    while (c != NULL) {
+        struct wk_client *next = c->next;
+        if (c->state == WK_CS_IDLE && (c->in.data == NULL || c->in.start == c->in.end)) {
+            wk_client_close(c);
+        }
+        c = next;
+    }
+}
+
+void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
+{
+    const struct shm_snap_hdr *s = wk.cur->snap;
+    struct epoll_event ev;
+    struct wk_client *c;
+    uint64_t total = 0;
+    int one = 1;
+
+    /* Other workers' counts are at most one loop pass old; ours is live. */
+    for (uint32_t i = 0; i < wk.ctl->nworkers && i < SHM_MAX_WORKERS; i++) {
+        if ((int)i != wk.slot) {
+            total += __atomic_load_n(&wk.ctl->workers[i].connections, __ATOMIC_RELAXED);
+        }
+    }
+    total += wk.nclients;
+    if (s->limits.max_connections > 0 && total >= s->limits.max_connections) {
+        static const char busy[] =
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            "Content-Length: 77\r\nConnection: close\r\n\r\n"
+            "{\"error\":\"Service unavailable\",\"message\":\"Too many connections, retry later\"}";
+        _Static_assert(sizeof("{\"error\":\"Service unavailable\",\"message\":\"Too many "
+                              "connections, retry later\"}") -
+                               1 ==
+                           77,
+                       "busy body length");
+        /* Best effort: the socket is fresh, its send buffer empty. */
+        if (send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+            /* nothing to do */
+        }
+        close(fd);
+        return;
+    }
+    c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    c->ev.kind = WK_EV_CLIENT;
+    c->timer.owner = &c->ev;
+    c->fd = fd;
+    c->listener = (uint8_t)listener;
+    c->flags = WK_C_F_WRITABLE;
+    if (listener < s->nlisteners && shm_listeners(s)[listener].tls) {
+        c->flags |= WK_C_F_TLS;
+    }
+    c->peer_family = (uint8_t)sa->sa_family;
+    if (sa->sa_family == AF_INET) {
+        memcpy(c->peer_ip, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+        c->peer_port = ntohs(((const struct sockaddr_in *)(const void *)sa)->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        memcpy(c->peer_ip, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+        c->peer_port = ntohs(((const struct sockaddr_in6 *)(const void *)sa)->sin6_port);
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.ptr = c;
+    if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
+        log_errno(LOG_ERROR, errno, "epoll_ctl(ADD client) failed");
+        close(fd);
+        free(c);
+        return;
+    }
+    c->next = wk.clients;
+    if (wk.clients != NULL) {
+        wk.clients->prev = c;
+    }
+    wk.clients = c;
+    wk.nclients++;
+    c->state = WK_CS_IDLE;
+    set_timer(c);
+}
+
+/* ---- generated responses -------------------------------------------------------------------- */
+#define F_CLOSE 1
+
+/* Queue a complete generated response (<status>, JSON <body>) for the client, dropping any
+ * upstream. Returns 0, or -1 when the client had to be closed instead (it is freed). */
+static int reply(struct wk_client *c, unsigned status, const char *body, size_t blen, int close_it)
+{
+    struct str_buf sb;
+
+    if (c->tflags & WK_T_RESP_HEAD) {
+        /* Part of a proxied response is already queued or sent: the only honest signal left
+         * is to cut the connection. */
+        wk_client_close(c);
+        return -1;
+    }
+    detach_upstream(c);
+    if (!(c->tflags & WK_T_REQ_DONE)) {
+        close_it = 1; /* the rest of the request body cannot be told apart from a next request */
+    }
+    if (wk.stopping) {
+        close_it = 1;
+    }
+    if (wk_buf_get(&c->out, client_buf_size()) != 0) {
+        wk_client_close(c);
+        return -1;
+    }
+    str_init(&sb, c->out.data + c->out.end, c->out.cap - c->out.end);
+    str_addf(&sb, "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n",
+             status, wk_reason(status), blen);
+    if (c->reqid_len > 0) {
+        str_adds(&sb, "X-Request-ID: ");
+        str_add(&sb, c->reqid, c->reqid_len);
+        str_adds(&sb, "\r\n");
+    }
+    if (close_it) {
+        str_adds(&sb, "Connection: close\r\n");
+    }
+    str_adds(&sb, "\r\n");
+    str_add(&sb, body, blen);
+    if (sb.overflow) {
+        wk_client_close(c);
+        return -1;
+    }
+    c->out.end += (uint32_t)sb.len;
+    c->status = (uint16_t)status;
+    if (close_it) {
+        c->flags |= WK_C_F_CLOSE;
+    }
+    if (status >= 500 && c->gen != NULL && c->service != SHM_NONE) {
+        __atomic_fetch_add(&wk.rt->services[csvc(c)->rt_slot].errors, 1, __ATOMIC_RELAXED);
+    }
+    c->state = WK_CS_REPLY;
+    set_timer(c);
+    return 0;
+}
+
+static int reply_error(struct wk_client *c, unsigned status, const char *error, const char *msg,
+                       int close_it)
+{
+    char body[1024];
+    struct str_buf sb;
+
+    str_init(&sb, body, sizeof(body));
+    str_adds(&sb, "{\"error\":");
+    str_add_jstr(&sb, error, strlen(error));
+    str_adds(&sb, ",\"message\":");
+    str_add_jstr(&sb, msg, strlen(msg));
+    str_adds(&sb, "}");
+    return reply(c, status, body, sb.len, close_it);
+}
+
+static int reply_not_found(struct wk_client *c, const char *host, size_t hlen, const char *path,
+                           size_t plen)
+{
+    static char body[8192];
+    const struct shm_snap_hdr *s = csnap(c);
+    const struct shm_service *svcs = shm_services(s);
+    struct str_buf sb;
+
+    str_init(&sb, body, sizeof(body) - 64);
+    str_adds(&sb, "{\"error\":\"Service not found\",\"message\":\"No service for ");
+    str_add_json(&sb, host, DSP_MIN(hlen, 256));
+    str_add_json(&sb, path, DSP_MIN(plen, 512));
+    str_adds(&sb, "\",\"available_services\":[");
+    for (uint32_t i = 0; i < s->nservices; i++) {
+        size_t before = sb.len;
+        if (i > 0) {
+            str_adds(&sb, ",");
+        }
+        str_add_jstr(&sb, shm_s(s, svcs[i].name), svcs[i].name.len);
+        if (sb.overflow) {
+            /* Thousands of services: list what fits. */
+            sb.overflow = 0;
+            sb.len = before;
+            break;
+        }
+    }
+    sb.cap = sizeof(body);
+    str_adds(&sb, "]}");
+    return reply(c, 404, body, sb.len, 0);
+}
+
+/* ---- request parsing ------------------------------------------------------------------------ */
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    (void)p;
+    if (scratch.url == NULL) {
+        scratch.url = at;
+        scratch.url_len = (uint32_t)len;
+    } else {
+        scratch.url_len += (uint32_t)len;
+    }
+    return 0;
+}
+
+static int on_hfield(http_parser *p, const char *at, size_t len)
+{
+    struct wk_hdr *h;
+
+    (void)p;
+    if (scratch.n > 0 && !scratch.in_value) {
+        h = &scratch.h[scratch.n - 1];
+        if (h->name + h->nlen == at) {
+            h->nlen += (uint32_t)len;
+            return 0;
+        }
+    }
+    if (scratch.n == WK_MAX_HEADERS) {
+        scratch.too_many = 1;
+        return 1;
+    }
+    h = &scratch.h[scratch.n++];
+    h->name = at;
+    h->nlen = (uint32_t)len;
+    h->value = "";
+    h->vlen = 0;
+    scratch.in_value = 0;
+    return 0;
+}
+
+static int on_hvalue(http_parser *p, const char *at, size_t len)
+{
+    struct wk_hdr *h;
+
+    (void)p;
+    if (scratch.n == 0) {
+        return 1;
+    }
+    h = &scratch.h[scratch.n - 1];
+    if (!scratch.in_value) {
+        h->value = at;
+        h->vlen = (uint32_t)len;
+        scratch.in_value = 1;
+    } else if (h->value + h->vlen == at) {
+        h->vlen += (uint32_t)len;
+    } else {
+        /* Obsolete line folding: RFC 7230 lets a proxy reject it, which is safer than guessing. */
+        scratch.folded = 1;
+        return 1;
+    }
+    return 0;
+}
+
+static int on_headers_complete_req(http_parser *p)
+{
+    (void)p;
+    return 0;
+}
+
+static int on_message_complete_req(http_parser *p)
+{
+    struct wk_client *c = p->data;
+
+    c->tflags |= WK_T_REQ_DONE;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static int on_body_req(http_parser *p, const char *at, size_t len)
+{
+    struct wk_client *c = p->data;
+
+    (void)at;
+    c->body_bytes += len;
+    return 0;
+}
+
+static const http_parser_settings req_settings = {
+    .on_url = on_url,
+    .on_header_field = on_hfield,
+    .on_header_value = on_hvalue,
+    .on_headers_complete = on_headers_complete_req,
+    .on_body = on_body_req,
+    .on_message_complete = on_message_complete_req,
+};
+
+/* Find the end of a message head in <p>[0, n): the index just past the blank line, or 0. */
+static size_t head_end(const char *p, size_t n, size_t from)
+{
+    size_t i = from > 3 ? from - 3 : 0;
+
+    while (i < n) {
+        const char *nl = memchr(p + i, '\n', n - i);
+        size_t k;
+        if (nl == NULL) {
+            return 0;
+        }
+        k = (size_t)(nl - p) + 1;
+        if (k < n && p[k] == '\n') {
+            return k + 1;
+        }
+        if (k + 1 < n && p[k] == '\r' && p[k + 1] == '\n') {
+            return k + 2;
+        }
+        i = k;
+    }
+    return 0;
+}
+
+static int is_idempotent(unsigned method)
+{
+    return method == HTTP_GET || method == HTTP_HEAD || method == HTTP_PUT ||
+           method == HTTP_DELETE || method == HTTP_OPTIONS || method == HTTP_TRACE;
+}
+
+/* Build the upstream request head into c->uout. Returns 0 or -1 (no memory / too large). */
+static int build_upstream_head(struct wk_client *c, const char *host, size_t hlen,
+                               const char *target, size_t tlen)
+{
+    struct str_buf sb;
+    char ip[64];
+    const struct wk_hdr *xff[8];
+    int nxff = 0;
+    int trusted = peer_trusted(c);
+    const struct wk_hdr *hosth = NULL;
+
+    if (wk_buf_get(&c->uout, client_buf_size() + 4096) != 0) {
+        return -1;
+    }
+    c->uout.start = c->uout.end = 0;
+    peer_ip(c, ip, sizeof(ip));
+    str_init(&sb, c->uout.data, c->uout.cap);
+    str_adds(&sb, http_method_str((enum http_method)c->rq.method));
+    str_adds(&sb, " ");
+    str_add(&sb, target, tlen);
+    str_adds(&sb, " HTTP/1.1\r\n");
+    for (uint32_t i = 0; i < scratch.n; i++) {
+        const struct wk_hdr *h = &scratch.h[i];
+        if (wk_hdr_is(h, "host", 4)) {
+            hosth = h;
+            continue;
+        }
+        if (wk_hdr_is(h, "x-forwarded-for", 15)) {
+            if (trusted && nxff < 8) {
+                xff[nxff++] = h;
+            }
+            continue;
+        }
+        if (wk_hdr_is(h, "content-length", 14) || wk_hdr_is(h, "x-forwarded-proto", 17) ||
+            wk_hdr_is(h, "x-forwarded-host", 16) || wk_hdr_is(h, "x-real-ip", 9) ||
+            wk_hdr_is(h, "x-request-id", 12) || wk_hdr_is(h, "expect", 6) ||
+            wk_hdr_hop(&scratch, h->name, h->nlen)) {
+            continue;
+        }
+        str_add(&sb, h->name, h->nlen);
+        str_adds(&sb, ": ");
+        str_add(&sb, h->value, h->vlen);
+        str_adds(&sb, "\r\n");
+    }
+    str_adds(&sb, "Host: ");
+    if (hosth != NULL) {
+        str_add(&sb, hosth->value, hosth->vlen);
+    } else if (hlen > 0) {
+        str_add(&sb, host, hlen);
+    } else {
+        /* HTTP/1.0 without Host: name the service, the only host we know. */
+        str_adds(&sb, shm_s(c->gen->snap, csvc(c)->name));
+    }
+    str_adds(&sb, "\r\nX-Forwarded-For: ");
+    for (int i = 0; i < nxff; i++) {
+        str_add(&sb, xff[i]->value, xff[i]->vlen);
+        str_adds(&sb, ", ");
+    }
+    str_adds(&sb, ip);
+    str_adds(&sb, (c->flags & WK_C_F_TLS) ? "\r\nX-Forwarded-Proto: https" : "\r\nX-Forwarded-Proto: http");
+    if (hosth != NULL || hlen > 0) {
+        str_adds(&sb, "\r\nX-Forwarded-Host: ");
+        if (hosth != NULL) {
+            str_add(&sb, hosth->value, hosth->vlen);
+        } else {
+            str_add(&sb, host, hlen);
+        }
+    }
+    str_adds(&sb, "\r\nX-Real-IP: ");
+    str_adds(&sb, ip);
+    str_adds(&sb, "\r\nX-Request-ID: ");
+    str_add(&sb, c->reqid, c->reqid_len);
+    str_adds(&sb, "\r\n");
+    if (c->rq.flags & F_CHUNKED) {
+        str_adds(&sb, "Transfer-Encoding: chunked\r\n");
+    } else if (c->rq.content_length != ULLONG_MAX && (c->rq.flags & F_CONTENTLENGTH)) {
+        str_addf(&sb, "Content-Length: %llu\r\n", (unsigned long long)c->rq.content_length);
+    }
+    str_adds(&sb, "\r\n");
+    if (sb.overflow) {
+        return -1;
+    }
+    c->uout.end = (uint32_t)sb.len;
+    return 0;
+}
+
+static int upstream_start(struct wk_client *c);
+
+/* Parse whatever request body bytes are buffered. Returns 0 to go on proxying, 1 when the client
+ * was answered with an error (state REPLY), -1 when it was closed. */
+static int parse_body(struct wk_client *c)
+{
+    size_t n;
+    enum http_errno err;
+    uint64_t maxb = c->gen->snap->limits.max_body_bytes;
+
+    if ((c->tflags & WK_T_REQ_DONE) || c->parsed_off >= c->in.end) {
+        return 0;
+    }
+    n = http_parser_execute(&c->rq, &req_settings, c->in.data + c->parsed_off,
+                            c->in.end - c->parsed_off);
+    c->parsed_off += (uint32_t)n;
+    err = HTTP_PARSER_ERRNO(&c->rq);
+    if (err != HPE_OK && err != HPE_PAUSED) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "Invalid request body: %s", http_errno_description(err));
+        return reply_error(c, 400, "Bad request", msg, F_CLOSE) == 0 ? 1 : -1;
+    }
+    if (maxb > 0 && c->body_bytes > maxb) {
+        return reply_error(c, 413, "Payload too large",
+                           "Request body exceeds limits.max_body_bytes", F_CLOSE) == 0
+                   ? 1
+                   : -1;
+    }
+    return 0;
+}
+
+/* A complete head sits in c->in at [start, start + hlen). Parse, route, and start proxying. */
+static int process_head(struct wk_client *c, size_t hlen)
+{
+    const struct shm_snap_hdr *s;
+    const char *base = c->in.data + c->in.start;
+    const char *host = NULL, *path, *target;
+    size_t hostlen = 0, pathlen, tlen;
+    char nhost[256];
+    size_t nhlen;
+    size_t n;
+    enum http_errno err;
+    struct http_parser_url pu;
+    const struct wk_hdr *hosth = NULL;
+    uint32_t ridx;
+    const struct shm_route *rt;
+    const struct shm_service *svc;
+
+    c->gen = wk.cur;
+    wk_gen_ref(c->gen);
+    s = c->gen->snap;
+    c->service = SHM_NONE;
+    c->tflags = 0;
+    c->tries = 0;
+    c->tried = 0;
+    c->body_bytes = 0;
+    c->status = 0;
+    c->reqid_len = 0;
+    c->started_ms = wk.now;
+    c->flags |= WK_C_F_STARTED;
+
+    http_parser_init(&c->rq, HTTP_REQUEST);
+    c->rq.data = c;
+    wk_head_reset(&scratch);
+    n = http_parser_execute(&c->rq, &req_settings, base, hlen);
+    err = HTTP_PARSER_ERRNO(&c->rq);
+    /* Keep the client's request id if it is sane, for the error bodies too. */
+    for (uint32_t i = 0; i < scratch.n; i++) {
+        if (wk_hdr_is(&scratch.h[i], "x-request-id", 12) &&
+            wk_reqid_sane(scratch.h[i].value, scratch.h[i].vlen)) {
+            memcpy(c->reqid, scratch.h[i].value, scratch.h[i].vlen);
+            c->reqid_len = (uint8_t)scratch.h[i].vlen;
+        }
+    }
+    if (c->reqid_len == 0) {
+        wk_reqid_new(wk.rng, c->reqid);
+        c->reqid_len = 32;
+    }
+    if (scratch.too_many) {
+        return reply_error(c, 431, "Request header fields too large", "Too many header fields",
+                           F_CLOSE);
+    }
+    if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "%s", scratch.folded ? "Obsolete header line folding"
+                                                         : http_errno_description(err));
+        return reply_error(c, 400, "Bad request", msg, F_CLOSE);
+    }
+    if (c->rq.method == HTTP_CONNECT) {
+        return reply_error(c, 405, "Method not allowed", "CONNECT is not supported", F_CLOSE);
+    }
+    for (uint32_t i = 0; i < scratch.n; i++) {
+        const struct wk_hdr *h = &scratch.h[i];
+        if (wk_hdr_is(h, "host", 4)) {
+            if (hosth != NULL) {
+                return reply_error(c, 400, "Bad request", "Multiple Host headers", F_CLOSE);
+            }
+            hosth = h;
+        } else if (wk_hdr_is(h, "expect", 6)) {
+            if (h->vlen == 12 && strncasecmp(h->value, "100-continue", 12) == 0) {
+                c->tflags |= WK_T_CONTINUE;
+            }
+        }
+    }
+    if (scratch.url == NULL || scratch.url_len == 0) {
+        return reply_error(c, 400, "Bad request", "Missing request target", F_CLOSE);
+    }
+    target = scratch.url;
+    tlen = scratch.url_len;
+    if (target[0] != '/') {
+        if (c->rq.method == HTTP_OPTIONS && tlen == 1 && target[0] == '*') {
+            path = target;
+            pathlen = 1;
+        } else {
+            http_parser_url_init(&pu);
+            if (http_parser_parse_url(target, tlen, 0, &pu) != 0 ||
+                !(pu.field_set & (1 << UF_HOST))) {
+                return reply_error(c, 400, "Bad request", "Invalid request target", F_CLOSE);
+            }
+            /* absolute-form: the authority replaces Host, the origin-form goes upstream */
+            host = target + pu.field_data[UF_HOST].off;
+            hostlen = pu.field_data[UF_HOST].len;
+            if (pu.field_set & (1 << UF_PATH)) {
+                size_t off = pu.field_data[UF_PATH].off;
+                path = target + off;
+                pathlen = pu.field_data[UF_PATH].len;
+                tlen = tlen - off;
+                target = path;
+                {
+                    /* drop a fragment if any */
+                    const char *hash = memchr(target, '#', tlen);
+                    if (hash != NULL) {
+                        tlen = (size_t)(hash - target);
+                    }
+                }
+            } else {
+                path = "/";
+                pathlen = 1;
+                target = "/";
+                tlen = 1;
+            }
+        }
+    } else {
+        const char *q = memchr(target, '?', tlen);
+        path = target;
+        pathlen = q ? (size_t)(q - target) : tlen;
+    }
+    if (host == NULL && hosth != NULL) {
+        host = hosth->value;
+        hostlen = hosth->vlen;
+    }
+    if (host == NULL && c->rq.http_major == 1 && c->rq.http_minor >= 1) {
+        return reply_error(c, 400, "Bad request", "Missing Host header", F_CLOSE);
+    }
+    nhlen = host ? shm_host_normalize(host, hostlen, nhost, sizeof(nhost)) : 0;
+    if (host != NULL && hostlen > 0 && nhlen == 0) {
+        return reply_error(c, 400, "Bad request", "Invalid Host header", F_CLOSE);
+    }
+    if (!http_should_keep_alive(&c->rq)) {
+        c->flags |= WK_C_F_CLOSE;
+    }
+    if (c->rq.method == HTTP_HEAD) {
+        c->tflags |= WK_T_HEAD_REQ;
+    }
+    if (is_idempotent(c->rq.method)) {
+        c->tflags |= WK_T_IDEMPOTENT;
+    }
+    c->body_off = c->parsed_off = c->send_off = c->in.start + (uint32_t)hlen;
+    c->state = WK_CS_PROXY;
+
+    ridx = shm_route_match(s, nhost, nhlen, path, pathlen, (int)c->rq.method);
+    if (ridx == SHM_NONE) {
+        return reply_not_found(c, nhost, nhlen, path, pathlen);
+    }
+    rt = &shm_routes(s)[ridx];
+    c->service = rt->service;
+    svc = csvc(c);
+    if (svc->nbackends == 0) {
+        char body[1024];
+        struct str_buf sb;
+        const char *name = shm_s(s, svc->name);
+        str_init(&sb, body, sizeof(body));
+        str_adds(&sb, "{\"error\":\"Service not deployed\",\"message\":\"Service ");
+        str_add_json(&sb, name, svc->name.len);
+        str_adds(&sb, " has no backends\",\"hint\":\"Add backends to service ");
+        str_add_json(&sb, name, svc->name.len);
+        str_adds(&sb, " in the configuration (or in Redis) and reload\"}");
+        return reply(c, 404, body, sb.len, 0);
+    }
+    if (s->limits.max_body_bytes > 0 && c->rq.content_length != ULLONG_MAX &&
+        c->rq.content_length > s->limits.max_body_bytes) {
+        return reply_error(c, 413, "Payload too large",
+                           "Request body exceeds limits.max_body_bytes", F_CLOSE);
+    }
+    /* Any body bytes that came with the head are checked before a backend sees anything. */
+    {
+        int r = parse_body(c);
+        if (r != 0) {
+            return r < 0 ? -1 : 0;
+        }
+    }
+    if (build_upstream_head(c, host, hostlen, target, tlen) != 0) {
+        return reply_error(c, 431, "Request header fields too large",
+                           "Request head too large to forward", F_CLOSE);
+    }
+    if ((c->tflags & WK_T_CONTINUE) && !(c->tflags & WK_T_REQ_DONE) && c->rq.http_minor >= 1) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (wk_buf_get(&c->out, client_buf_size()) != 0) {
+            wk_client_close(c);
+            return -1;
+        }
+        memcpy(c->out.data + c->out.end, cont, sizeof(cont) - 1);
+        c->out.end += sizeof(cont) - 1;
+    }
+    return upstream_start(c);
+}
+
+/* ---- upstream attempts ---------------------------------------------------------------------- */
+static int pick_backend(struct wk_client *c)
+{
+    const struct shm_service *svc = csvc(c);
+    const struct shm_backend *bes = shm_backends(c->gen->snap) + svc->backends_first;
+    uint32_t n = svc->nbackends;
+    uint32_t tw = svc->total_weight ? svc->total_weight : n;
+    uint64_t cur = __atomic_fetch_add(&wk.rt->services[svc->rt_slot].rr_cursor, 1,
+                                      __ATOMIC_RELAXED);
+    uint64_t pos = cur % tw;
+    uint32_t start = 0;
+
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t w = svc->total_weight ? bes[i].weight : 1;
+        if (pos < w) {
+            start = i;
+            break;
+        }
+        pos -= w;
+    }
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t j = (start + k) % n;
+        uint32_t st = __atomic_load_n(&wk.rt->backends[bes[j].rt_slot].state, __ATOMIC_RELAXED);
+        if (j < 64 && (c->tried & (1ull << j))) {
+            continue;
+        }
+        if (st != SHM_BE_UP && n > 1) {
+            continue;
+        }
+        return (int)j;
+    }
+    return -1;
+}
+
+static int upstream_connect(struct wk_client *c)
+{
+    const struct shm_backend *be = cbe(c);
+    struct wk_pool *p = &wk.pools[be->rt_slot];
+    struct wk_upstream *u;
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    struct epoll_event ev;
+    int one = 1;
+
+    if (p->head != NULL) {
+        u = p->head;
+        pool_remove(u);
+        wk_timer_disarm(&u->timer);
+        u->client = c;
+        u->flags |= WK_UP_F_REUSED;
+        c->up = u;
+        return 0;
+    }
+    u = calloc(1, sizeof(*u));
+    if (u == NULL) {
+        return -1;
+    }
+    u->ev.kind = WK_EV_UPSTREAM;
+    u->timer.owner = &u->ev;
+    u->be_slot = be->rt_slot;
+    u->client = c;
+    memset(&ss, 0, sizeof(ss));
+    if (be->family == AF_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(be->port);
+        memcpy(&s6->sin6_addr, be->ip, 16);
+        sl = sizeof(*s6);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(be->port);
+        memcpy(&s4->sin_addr, be->ip, 4);
+        sl = sizeof(*s4);
+    }
+    u->fd = socket(be->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (u->fd == -1) {
+        log_errno(LOG_ERROR, errno, "socket() for backend %s failed", shm_s(c->gen->snap, be->address));
+        free(u);
+        return -1;
+    }
+    setsockopt(u->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.ptr = u;
+    if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, u->fd, &ev) == -1) {
+        log_errno(LOG_ERROR, errno, "epoll_ctl(ADD upstream) failed");
+        close(u->fd);
+        free(u);
+        return -1;
+    }
+    c->up = u;
+    if (connect(u->fd, (struct sockaddr *)&ss, sl) == -1) {
+        if (errno != EINPROGRESS) {
+            return 1; /* refused at once (loopback): a connect failure */
+        }
+        u->flags |= WK_UP_F_CONNECTING;
+    } else {
+        u->flags |= WK_UP_F_WRITABLE;
+    }
+    return 0;
+}
+
+static int upstream_failed(struct wk_client *c, int why);
+
+/* Choose a backend and connect (or reuse). Returns 0, or -1 if the client was answered/closed. */
+static int upstream_start(struct wk_client *c)
+{
+    for (;;) {
+        int b = pick_backend(c);
+        int r;
+
+        if (b < 0) {
+            return reply_error(c, 503, "Service unavailable", "No backend available", 0);
+        }
+        c->backend = (uint32_t)b;
+        if (b < 64) {
+            c->tried |= 1ull << b;
+        }
+        c->tries++;
+        c->tflags &= ~(WK_T_UP_WRITTEN | WK_T_RESP_BYTES);
+        c->send_off = c->body_off;
+        c->uout.start = 0;
+        r = upstream_connect(c);
+        if (r < 0) {
+            return reply_error(c, 503, "Service unavailable", "Out of resources", 0);
+        }
+        __atomic_fetch_add(&wk.rt->backends[cbe(c)->rt_slot].active, 1, __ATOMIC_RELAXED);
+        c->tflags |= WK_T_COUNTED;
+        if (r == 1) {
+            if (upstream_failed(c, FAIL_CONNECT) != 0) {
+                return -1;
+            }
+            return 0; /* upstream_failed started the next attempt */
+        }
+        set_timer(c);
+        return 0;
+    }
+}
+
+/* The current attempt failed. Retry where the rules allow, else answer 502/504. Returns 0 when
+ * a new attempt is running, -1 when the client was answered or closed. */
+static int upstream_failed(struct wk_client *c, int why)
+{
+    const struct shm_service *svc = csvc(c);
+    const struct shm_backend *be = cbe(c);
+    int reused = c->up != NULL && (c->up->flags & WK_UP_F_REUSED);
+    int can_retry = 0;
+    char msg[256];
+
+    __atomic_fetch_add(&wk.rt->backends[be->rt_slot].errors, 1, __ATOMIC_RELAXED);
+    detach_upstream(c);
+    if (!(c->tflags & (WK_T_RESP_BYTES | WK_T_CLIENT_SENT | WK_T_RESP_HEAD | WK_T_BODY_LOST))) {
+        if (why == FAIL_CONNECT || why == FAIL_CTIMEOUT) {
+            can_retry = 1; /* nothing reached the backend */
+        } else if (why == FAIL_RESET && reused && !(c->tflags & WK_T_RESP_BYTES)) {
+            /* An idle keep-alive connection closed by the backend as we reused it: the request
+             * was never processed. One free retry on a fresh connection. */
+            can_retry = 2;
+        } else if (why == FAIL_RESET && (c->tflags & WK_T_IDEMPOTENT)) {
+            can_retry = 1;
+        }
+    }
+    if (can_retry == 2) {
+        c->tried &= c->backend < 64 ? ~(1ull << c->backend) : ~0ull;
+        c->tries--;
+    }
+    if (can_retry && c->tries <= svc->retries + (can_retry == 2 ? 1u : 0u) &&
+        c->tries < 64) {
+        int b = pick_backend(c);
+        if (b >= 0) {
+            return upstream_start(c);
+        }
+    }
+    switch (why) {
+    case FAIL_CONNECT:
+        snprintf(msg, sizeof(msg), "Backend %s refused the connection", shm_s(c->gen->snap, be->address));
+        return reply_error(c, 502, "Bad gateway", msg, 0);
+    case FAIL_CTIMEOUT:
+        snprintf(msg, sizeof(msg), "Connecting to backend %s timed out", shm_s(c->gen->snap, be->address));
+        return reply_error(c, 504, "Gateway timeout", msg, 0);
+    case FAIL_RTIMEOUT:
+        snprintf(msg, sizeof(msg), "Backend %s did not answer within %u ms",
+                 shm_s(c->gen->snap, be->address), svc->response_timeout_ms);
+        return reply_error(c, 504, "Gateway timeout", msg, 0);
+    case FAIL_RESET:
+        snprintf(msg, sizeof(msg), "Backend %s closed the connection without a response",
+                 shm_s(c->gen->snap, be->address));
+        return reply_error(c, 502, "Bad gateway", msg, 0);
+    default:
+        snprintf(msg, sizeof(msg), "Backend %s sent an invalid response",
+                 shm_s(c->gen->snap, be->address));
+        return reply_error(c, 502, "Bad gateway", msg, 0);
+    }
+}
+
+/* ---- response parsing ----------------------------------------------------------------------- */
+static const char *status_text;
+static size_t status_text_len;
+
+static int on_status(http_parser *p, const char *at, size_t len)
+{
+    (void)p;
+    if (status_text == NULL) {
+        status_text = at;
+        status_text_len = len;
+    } else {
+        status_text_len += len;
+    }
+    return 0;
+}
+
+static int on_headers_complete_resp(http_parser *p)
+{
+    struct wk_client *c = p->data;
+
+    /* No body for HEAD; http-parser itself knows 1xx, 204 and 304. */
+    return (c->tflags & WK_T_HEAD_REQ) ? 1 : 0;
+}
+
+static int on_message_complete_resp(http_parser *p)
+{
+    struct wk_client *c = p->data;
+
+    c->tflags |= WK_T_RESP_DONE;
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static int on_body_resp(http_parser *p, const char *at, size_t len)
+{
+    struct wk_client *c = p->data;
+
+    if (c->tflags & WK_T_DECHUNK) {
+        /* Decoded bytes never overtake the raw ones, so decoding in place is safe. */
+        memmove(c->uin.data + c->rready_off, at, len);
+        c->rready_off += (uint32_t)len;
+    }
+    return 0;
+}
+
+static const http_parser_settings resp_settings = {
+    .on_status = on_status,
+    .on_header_field = on_hfield,
+    .on_header_value = on_hvalue,
+    .on_headers_complete = on_headers_complete_resp,
+    .on_body = on_body_resp,
+    .on_message_complete = on_message_complete_resp,
+};
+
+/* Build the client response head for the parsed upstream head. Returns 0 or -1. */
+static int build_client_head(struct wk_client *c)
+{
+    struct str_buf sb;
+    unsigned status = c->rs.status_code;
+    int chunked = (c->rs.flags & F_CHUNKED) != 0;
+    int client10 = c->rq.http_major == 1 && c->rq.http_minor == 0;
+    int close_it = (c->flags & WK_C_F_CLOSE) || !(c->tflags & WK_T_REQ_DONE) || wk.stopping;
+    int bodyless = (c->tflags & WK_T_HEAD_REQ) || status == 204 || status == 304 ||
+                   (status >= 100 && status < 200);
+
+    if (!bodyless) {
+        if (chunked && client10) {
+            c->tflags |= WK_T_DECHUNK;
+            close_it = 1;
+        } else if (!chunked && !(c->rs.flags & F_CONTENTLENGTH)) {
+            close_it = 1; /* delimited by EOF */
+        }
+    }
+    if (close_it) {
+        c->flags |= WK_C_F_CLOSE;
+    }
+    if (wk_buf_get(&c->out, client_buf_size()) != 0) {
+        return -1;
+    }
+    str_init(&sb, c->out.data + c->out.end, c->out.cap - c->out.end);
+    str_addf(&sb, "HTTP/1.1 %u ", status);
+    if (status_text != NULL && status_text_len > 0 && status_text_len < 128) {
+        str_add(&sb, status_text, status_text_len);
+    } else {
+        str_adds(&sb, wk_reason(status));
+    }
+    str_adds(&sb, "\r\n");
+    for (uint32_t i = 0; i < scratch.n; i++) {
+        const struct wk_hdr *h = &scratch.h[i];
+        if (wk_hdr_is(h, "x-request-id", 12) || wk_hdr_hop(&scratch, h->name, h->nlen)) {
+            continue;
+        }
+        str_add(&sb, h->name, h->nlen);
+        str_adds(&sb, ": ");
+        str_add(&sb, h->value, h->vlen);
+        str_adds(&sb, "\r\n");
+    }
+    if (chunked && !(c->tflags & WK_T_DECHUNK)) {
+        str_adds(&sb, "Transfer-Encoding: chunked\r\n");
+    }
+    str_adds(&sb, "X-Request-ID: ");
+    str_add(&sb, c->reqid, c->reqid_len);
+    str_adds(&sb, "\r\n");
+    if (close_it) {
+        str_adds(&sb, "Connection: close\r\n");
+    } else if (client10) {
+        str_adds(&sb, "Connection: keep-alive\r\n");
+    }
+    str_adds(&sb, "\r\n");
+    if (sb.overflow) {
+        return -1;
+    }
+    c->out.end += (uint32_t)sb.len;
+    c->status = (uint16_t)status;
+    return 0;
+}
+
+/* Forward an interim 1xx response (other than 100, which we answer ourselves) to a 1.1 client. */
+static int forward_interim(struct wk_client *c, const char *head, size_t hlen)
+{
+    if (c->rs.status_code == 100 || c->rq.http_minor == 0) {
+        return 0;
+    }
+    if (wk_buf_get(&c->out, client_buf_size()) != 0 || hlen > c->out.cap - c->out.end) {
+        return -1;
+    }
+    memcpy(c->out.data + c->out.end, head, hlen);
+    c->out.end += (uint32_t)hlen;
+    return 0;
+}
+
+/* Consume what the upstream sent. Returns 0, or -1 if the client was answered or closed. */
+static int parse_response(struct wk_client *c)
+{
+    while (!(c->tflags & WK_T_RESP_HEAD)) {
+        const char *base = c->uin.data + c->uin.start;
+        size_t avail = c->uin.end - c->uin.start;
+        size_t hlen, n;
+        enum http_errno err;
+
+        if (avail == 0) {
+            return 0;
+        }
+        hlen = head_end(base, avail, 0);
+        if (hlen == 0) {
+            if (avail >= c->uin.cap) {
+                return upstream_failed(c, FAIL_BAD);
+            }
+            return 0;
+        }
+        http_parser_init(&c->rs, HTTP_RESPONSE);
+        c->rs.data = c;
+        wk_head_reset(&scratch);
+        status_text = NULL;
+        status_text_len = 0;
+        c->tflags &= ~WK_T_RESP_DONE;
+        n = http_parser_execute(&c->rs, &resp_settings, base, hlen);
+        err = HTTP_PARSER_ERRNO(&c->rs);
+        if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen || scratch.too_many) {
+            return upstream_failed(c, FAIL_BAD);
+        }
+        if (c->rs.status_code >= 100 && c->rs.status_code < 200) {
+            if (c->rs.status_code == 101) {
+                /* We never forward Upgrade, so a switch of protocols is a protocol error. */
+                return upstream_failed(c, FAIL_BAD);
+            }
+            if (forward_interim(c, base, hlen) != 0) {
+                return upstream_failed(c, FAIL_BAD);
+            }
+            c->uin.start += (uint32_t)hlen;
+            continue;
+        }
+        if (build_client_head(c) != 0) {
+            return upstream_failed(c, FAIL_BAD);
+        }
+        c->tflags |= WK_T_RESP_HEAD;
+        c->rparsed_off = c->rsend_off = c->rready_off = c->uin.start + (uint32_t)hlen;
+    }
+    if (!(c->tflags & WK_T_RESP_DONE) && c->rparsed_off < c->uin.end) {
+        size_t n = http_parser_execute(&c->rs, &resp_settings, c->uin.data + c->rparsed_off,
+                                       c->uin.end - c->rparsed_off);
+        enum http_errno err = HTTP_PARSER_ERRNO(&c->rs);
+        c->rparsed_off += (uint32_t)n;
+        if (!(c->tflags & WK_T_DECHUNK)) {
+            c->rready_off = c->rparsed_off;
+        }
+        if (err != HPE_OK && err != HPE_PAUSED) {
+            /* Garbage in the middle of a response we already started relaying. */
+            wk_client_close(c);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- I/O steps: each returns 1 on progress, 0 when blocked, -1 when the client is gone ------ */
+static int client_read(struct wk_client *c)
+{
+    ssize_t n;
+
+    if (!(c->flags & WK_C_F_READABLE) || (c->flags & WK_C_F_EOF)) {
+        return 0;
+    }
+    if (c->in.data == NULL && wk_buf_get(&c->in, client_buf_size()) != 0) {
+        wk_client_close(c);
+        return -1;
+    }
+    if (c->in.end == c->in.cap) {
+        if (c->state == WK_CS_PROXY && !(c->tflags & WK_T_REQ_DONE) && c->send_off > c->in.start) {
+            /* Streaming a body: drop what the upstream already has. */
+            uint32_t shift = c->send_off;
+            if (c->send_off > c->body_off) {
+                c->tflags |= WK_T_BODY_LOST;
+            }
+            memmove(c->in.data, c->in.data + shift, c->in.end - shift);
+            c->in.end -= shift;
+            c->parsed_off -= shift;
+            c->send_off = 0;
+            c->in.start = 0;
+            c->body_off = c->body_off > shift ? c->body_off - shift : 0;
+        } else if ((c->state == WK_CS_IDLE || c->state == WK_CS_HEAD) && c->in.start > 0) {
+            memmove(c->in.data, c->in.data + c->in.start, c->in.end - c->in.start);
+            c->in.end -= c->in.start;
+            c->in.start = 0;
+        }
+        if (c->in.end == c->in.cap) {
+            return 0;
+        }
+    }
+    n = recv(c->fd, c->in.data + c->in.end, c->in.cap - c->in.end, 0);
+    if (n > 0) {
+        c->in.end += (uint32_t)n;
+        return 1;
+    }
+    if (n == 0) {
+        c->flags |= WK_C_F_EOF;
+        return 1;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        c->flags &= ~WK_C_F_READABLE;
+        return 0;
+    }
+    if (errno == EINTR) {
+        return 1;
+    }
+    wk_client_close(c);
+    return -1;
+}
+
+static int client_write(struct wk_client *c)
+{
+    struct iovec iov[2];
+    int niov = 0;
+    ssize_t n;
+    size_t first = 0;
+
+    if (c->out.end > c->out.start) {
+        iov[niov].iov_base = c->out.data + c->out.start;
+        iov[niov].iov_len = first = c->out.end - c->out.start;
+        niov++;
+    }
+    if ((c->tflags & WK_T_RESP_HEAD) && c->rready_off > c->rsend_off && c->state == WK_CS_PROXY) {
+        iov[niov].iov_base = c->uin.data + c->rsend_off;
+        iov[niov].iov_len = c->rready_off - c->rsend_off;
+        niov++;
+    }
+    if (niov == 0 || !(c->flags & WK_C_F_WRITABLE)) {
+        return 0;
+    }
+    n = writev(c->fd, iov, niov);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            c->flags &= ~WK_C_F_WRITABLE;
+            return 0;
+        }
+        if (errno == EINTR) {
+            return 1;
+        }
+        wk_client_close(c);
+        return -1;
+    }
+    if (c->tflags & WK_T_RESP_HEAD) {
+        c->tflags |= WK_T_CLIENT_SENT;
+    }
+    if ((size_t)n <= first) {
+        c->out.start += (uint32_t)n;
+    } else {
+        c->out.start = c->out.end;
+        c->rsend_off += (uint32_t)((size_t)n - first);
+    }
+    if (c->out.start == c->out.end) {
+        c->out.start = c->out.end = 0;
+    }
+    return 1;
+}
+
+static int upstream_write(struct wk_client *c)
+{
+    struct wk_upstream *u = c->up;
+    struct iovec iov[2];
+    int niov = 0;
+    ssize_t n;
+    size_t first = 0;
+
+    if (u == NULL || (u->flags & WK_UP_F_CONNECTING) || !(u->flags & WK_UP_F_WRITABLE)) {
+        return 0;
+    }
+    if (c->uout.end > c->uout.start) {
+        iov[niov].iov_base = c->uout.data + c->uout.start;
+        iov[niov].iov_len = first = c->uout.end - c->uout.start;
+        niov++;
+    }
+    if (c->parsed_off > c->send_off) {
+        iov[niov].iov_base = c->in.data + c->send_off;
+        iov[niov].iov_len = c->parsed_off - c->send_off;
+        niov++;
+    }
+    if (niov == 0) {
+        return 0;
+    }
+    n = writev(u->fd, iov, niov);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            u->flags &= ~WK_UP_F_WRITABLE;
+            return 0;
+        }
+        if (errno == EINTR) {
+            return 1;
+        }
+        return upstream_failed(c, FAIL_RESET) == 0 ? 1 : -1;
+    }
+    c->tflags |= WK_T_UP_WRITTEN;
+    if ((size_t)n <= first) {
+        c->uout.start += (uint32_t)n;
+    } else {
+        c->uout.start = c->uout.end;
+        c->send_off += (uint32_t)((size_t)n - first);
+    }
+    return 1;
+}
+
+/* Make room in c->uin by dropping bytes already sent to the client. */
+static void uin_compact(struct wk_client *c)
+{
+    uint32_t keep_ready = c->rready_off - c->rsend_off;
+    uint32_t raw = c->uin.end - c->rparsed_off;
+
+    if (!(c->tflags & WK_T_RESP_HEAD)) {
+        if (c->uin.start > 0) {
+            memmove(c->uin.data, c->uin.data + c->uin.start, c->uin.end - c->uin.start);
+            c->uin.end -= c->uin.start;
+            c->uin.start = 0;
+        }
+        return;
+    }
+    if (c->rsend_off == 0 && c->rready_off == c->rparsed_off) {
+        return;
+    }
+    memmove(c->uin.data, c->uin.data + c->rsend_off, keep_ready);
+    memmove(c->uin.data + keep_ready, c->uin.data + c->rparsed_off, raw);
+    c->uin.start = 0;
+    c->rsend_off = 0;
+    c->rready_off = keep_ready;
+    c->rparsed_off = keep_ready;
+    c->uin.end = keep_ready + raw;
+}
+
+static int upstream_read(struct wk_client *c)
+{
+    struct wk_upstream *u = c->up;
+    ssize_t n;
+
+    if (u == NULL || (u->flags & WK_UP_F_CONNECTING) || !(u->flags & WK_UP_F_READABLE)) {
+        return 0;
+    }
+    if (c->uin.data == NULL) {
+        if (wk_buf_get(&c->uin, UPSTREAM_BUF_SIZE) != 0) {
+            wk_client_close(c);
+            return -1;
+        }
+    }
+    if ((c->tflags & WK_T_RESP_HEAD) && c->rsend_off == c->rready_off &&
+        c->rparsed_off == c->uin.end) {
+        c->uin.start = c->uin.end = c->rsend_off = c->rready_off = c->rparsed_off = 0;
+    }
+    if (c->uin.end == c->uin.cap) {
+        uin_compact(c);
+        if (c->uin.end == c->uin.cap) {
+            return 0;
+        }
+    }
+    n = recv(u->fd, c->uin.data + c->uin.end, c->uin.cap - c->uin.end, 0);
+    if (n > 0) {
+        c->uin.end += (uint32_t)n;
+        c->tflags |= WK_T_RESP_BYTES;
+        return 1;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        u->flags &= ~WK_UP_F_READABLE;
+        return 0;
+    }
+    if (n < 0 && errno == EINTR) {
+        return 1;
+    }
+    /* EOF or reset from the backend. */
+    if (!(c->tflags & WK_T_RESP_HEAD)) {
+        if (c->uin.end > c->uin.start) {
+            return upstream_failed(c, FAIL_BAD) == 0 ? 1 : -1;
+        }
+        return upstream_failed(c, FAIL_RESET) == 0 ? 1 : -1;
+    }
+    if (!(c->tflags & WK_T_RESP_DONE)) {
+        if (n == 0) {
+            /* An EOF-delimited body ends here; any other framing was cut short. */
+            http_parser_execute(&c->rs, &resp_settings, NULL, 0);
+        }
+        if (!(c->tflags & WK_T_RESP_DONE)) {
+            wk_client_close(c);
+            return -1;
+        }
+    }
+    c->up->flags &= ~WK_UP_F_READABLE;
+    c->up->flags |= WK_UP_F_HUP;
+    return 1;
+}
+
+/* The response is out: account, recycle the upstream, and go on with the next request. */
+static int finish(struct wk_client *c)
+{
+    struct wk_upstream *u = c->up;
+    const struct shm_backend *be = cbe(c);
+    int reusable;
+    uint64_t lat_us = (wk.now - c->started_ms) * 1000;
+
+    __atomic_fetch_add(&wk.rt->backends[be->rt_slot].requests, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&wk.rt->backends[be->rt_slot].latency_sum_us, lat_us, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&wk.rt->services[csvc(c)->rt_slot].requests, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&wk.rt->services[csvc(c)->rt_slot].latency_sum_us, lat_us,
+                       __ATOMIC_RELAXED);
+    __atomic_fetch_add(&wk.me->requests, 1, __ATOMIC_RELAXED);
+    if (c->status >= 500) {
+        __atomic_fetch_add(&wk.rt->services[csvc(c)->rt_slot].errors, 1, __ATOMIC_RELAXED);
+    }
+    reusable = u != NULL && !(u->flags & WK_UP_F_HUP) && http_should_keep_alive(&c->rs) &&
+               (c->tflags & WK_T_REQ_DONE) && c->send_off == c->parsed_off &&
+               c->uout.start == c->uout.end && c->rparsed_off == c->uin.end;
+    if (reusable) {
+        backend_active_dec(c);
+        c->up = NULL;
+        u->flags &= ~WK_UP_F_REUSED;
+        pool_put(u);
+    }
+    return 0;
+}
+
+/* Back to waiting for the next request on a kept-alive connection, or close. Returns -1 if the
+ * client was closed. */
+static int next_request(struct wk_client *c)
+{
+    int close_it = (c->flags & (WK_C_F_CLOSE | WK_C_F_HUP)) || wk.stopping ||
+                   !(c->tflags & WK_T_REQ_DONE);
+
+    end_transaction(c);
+    if (close_it) {
+        if (c->in.data != NULL && c->in.end > c->parsed_off && !(c->flags & WK_C_F_HUP)) {
+            /* Unread input would turn our close into a reset that can destroy the response on
+             * its way: shut down writing and drain for a moment instead. */
+            shutdown(c->fd, SHUT_WR);
+            c->state = WK_CS_LINGER;
+            set_timer(c);
+            return 0;
+        }
+        if (!(c->flags & WK_C_F_HUP) && !(c->tflags & WK_T_REQ_DONE)) {
+            shutdown(c->fd, SHUT_WR);
+            c->state = WK_CS_LINGER;
+            set_timer(c);
+            return 0;
+        }
+        wk_client_close(c);
+        return -1;
+    }
+    c->in.start = c->parsed_off;
+    c->tflags = 0;
+    c->service = SHM_NONE;
+    c->status = 0;
+    wk_buf_put(&c->out);
+    if (c->in.start == c->in.end) {
+        wk_buf_put(&c->in);
+    }
+    c->state = WK_CS_IDLE;
+    set_timer(c);
+    return 0;
+}
+
+/* Drive the connection as far as it can go without blocking. */
+static void run(struct wk_client *c)
+{
+    for (int guard = 0; guard < 10000; guard++) {
+        int progress = 0;
+        int r;
+
+        switch (c->state) {
+        case WK_CS_IDLE:
+        case WK_CS_HEAD: {
+            size_t hlen, avail;
+            r = client_read(c);
+            if (r < 0) {
+                return;
+            }
+            progress |= r;
+            if (c->in.data != NULL) {
+                while (c->in.start < c->in.end &&
+                       (c->in.data[c->in.start] == '\r' || c->in.data[c->in.start] == '\n')) {
+                    c->in.start++;
+                }
+            }
+            avail = c->in.data ? c->in.end - c->in.start : 0;
+            if (avail == 0) {
+                if (c->flags & (WK_C_F_EOF | WK_C_F_HUP)) {
+                    wk_client_close(c);
+                    return;
+                }
+                if (c->state == WK_CS_HEAD) {
+                    c->state = WK_CS_IDLE;
+                }
+                break;
+            }
+            if (c->state == WK_CS_IDLE) {
+                c->state = WK_CS_HEAD;
+                if (c->flags & WK_C_F_STARTED) {
+                    set_timer(c);
+                }
+            }
+            hlen = head_end(c->in.data + c->in.start, avail, 0);
+            if (hlen == 0 || hlen > csnap(c)->limits.max_header_bytes) {
+                if (avail >= csnap(c)->limits.max_header_bytes || hlen != 0) {
+                    c->gen = wk.cur;
+                    wk_gen_ref(c->gen);
+                    c->service = SHM_NONE;
+                    c->reqid_len = 0;
+                    if (reply_error(c, 431, "Request header fields too large",
+                                    "Request head exceeds limits.max_header_bytes",
+                                    F_CLOSE) != 0) {
+                        return;
+                    }
+                    progress = 1;
+                    break;
+                }
+                if (c->flags & (WK_C_F_EOF | WK_C_F_HUP)) {
+                    wk_client_close(c);
+                    return;
+                }
+                break;
+            }
+            if (process_head(c, hlen) < 0) {
+                return;
+            }
+            progress = 1;
+            break;
+        }
+        case WK_CS_PROXY:
+            if (!(c->tflags & WK_T_REQ_DONE) || (c->in.data && c->in.end < c->in.cap)) {
+                r = client_read(c);
+                if (r < 0) {
+                    return;
+                }
+                progress |= r;
+            }
+            if ((c->flags & (WK_C_F_EOF | WK_C_F_HUP)) && !(c->tflags & WK_T_REQ_DONE)) {
+                /* client gave up mid-request: nothing can be answered */
+                wk_client_close(c);
+                return;
+            }
+            if (c->flags & WK_C_F_HUP) {
+                wk_client_close(c);
+                return;
+            }
+            if (c->flags & WK_C_F_EOF) {
+                c->flags |= WK_C_F_CLOSE;
+            }
+            r = parse_body(c);
+            if (r < 0) {
+                return;
+            }
+            if (c->state != WK_CS_PROXY) {
+                progress = 1;
+                break;
+            }
+            r = upstream_write(c);
+            if (r < 0) {
+                return;
+            }
+            progress |= r;
+            if (c->state != WK_CS_PROXY) {
+                progress = 1;
+                break;
+            }
+            r = upstream_read(c);
+            if (r < 0) {
+                return;
+            }
+            progress |= r;
+            if (c->state != WK_CS_PROXY) {
+                progress = 1;
+                break;
+            }
+            if (c->uin.data != NULL && parse_response(c) != 0) {
+                return;
+            }
+            if (c->state != WK_CS_PROXY) {
+                progress = 1;
+                break;
+            }
+            r = client_write(c);
+            if (r < 0) {
+                return;
+            }
+            progress |= r;
+            if ((c->tflags & WK_T_RESP_DONE) && c->out.start == c->out.end &&
+                c->rsend_off == c->rready_off) {
+                finish(c);
+                if (next_request(c) != 0) {
+                    return;
+                }
+                progress = 1;
+                break;
+            }
+            if (progress) {
+                set_timer(c);
+            }
+            break;
+        case WK_CS_REPLY:
+            r = client_write(c);
+            if (r < 0) {
+                return;
+            }
+            progress |= r;
+            if (c->out.start == c->out.end) {
+                if (c->gen != NULL) {
+                    __atomic_fetch_add(&wk.me->requests, 1, __ATOMIC_RELAXED);
+                }
+                if (next_request(c) != 0) {
+                    return;
+                }
+                progress = 1;
+            }
+            break;
+        case WK_CS_LINGER: {
+            char sink[4096];
+            ssize_t n;
+            if (!(c->flags & WK_C_F_READABLE)) {
+                break;
+            }
+            n = recv(c->fd, sink, sizeof(sink), 0);
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+                wk_client_close(c);
+                return;
+            }
+            if (n < 0) {
+                c->flags &= ~WK_C_F_READABLE;
+            } else {
+                progress = 1;
+            }
+            break;
+        }
+        default:
+            break;
+        }
+        if (!progress) {
+            return;
+        }
+    }
+}
+
+void wk_client_event(struct wk_client *c, uint32_t events)
+{
+    if (events & EPOLLIN) {
+        c->flags |= WK_C_F_READABLE;
+    }
+    if (events & EPOLLOUT) {
+        c->flags |= WK_C_F_WRITABLE;
+    }
+    if (events & EPOLLRDHUP) {
+        c->flags |= WK_C_F_READABLE; /* read the EOF */
+    }
+    if (events & (EPOLLERR | EPOLLHUP)) {
+        c->flags |= WK_C_F_READABLE | WK_C_F_WRITABLE;
+    }
+    run(c);
+}
+
+void wk_upstream_event(struct wk_upstream *u, uint32_t events)
+{
+    struct wk_client *c = u->client;
+
+    if (c == NULL) {
+        /* Idle in the pool: any event means the backend closed it or sent something unasked. */
+        upstream_close(u);
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+        u->flags |= WK_UP_F_READABLE;
+    }
+    if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+        u->flags |= WK_UP_F_WRITABLE;
+    }
+    if (u->flags & WK_UP_F_CONNECTING) {
+        int err = 0;
+        socklen_t sl = sizeof(err);
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+            return;
+        }
+        if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &sl) == -1) {
+            err = errno;
+        }
+        if (err != 0) {
+            if (upstream_failed(c, FAIL_CONNECT) != 0) {
+                return;
+            }
+            run(c);
+            return;
+        }
+        u->flags &= ~WK_UP_F_CONNECTING;
+        set_timer(c);
+    }
+    run(c);
+}
+
+void wk_client_timeout(struct wk_client *c)
+{
+    switch (c->state) {
+    case WK_CS_IDLE:
+        wk_client_close(c);
+        return;
+    case WK_CS_HEAD:
+        c->gen = wk.cur;
+        wk_gen_ref(c->gen);
+        c->service = SHM_NONE;
+        c->reqid_len = 0;
+        if (reply_error(c, 408, "Request timeout",
+                        "Request headers not received within limits.header_timeout_ms",
+                        F_CLOSE) != 0) {
+            return;
+        }
+        break;
+    case WK_CS_PROXY:
+        if (c->up != NULL && (c->up->flags & WK_UP_F_CONNECTING)) {
+            if (upstream_failed(c, FAIL_CTIMEOUT) != 0) {
+                return;
+            }
+        } else if (!(c->tflags & WK_T_REQ_DONE) && !(c->tflags & WK_T_RESP_BYTES)) {
+            if (reply_error(c, 408, "Request timeout", "Request body not received in time",
+                            F_CLOSE) != 0) {
+                return;
+            }
+        } else if (!(c->tflags & WK_T_RESP_HEAD)) {
+            if (upstream_failed(c, FAIL_RTIMEOUT) != 0) {
+                return;
+            }
+        } else {
+            wk_client_close(c);
+            return;
+        }
+        break;
+    default:
+        wk_client_close(c);
+        return;
+    }
+    run(c);
+}

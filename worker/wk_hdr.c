@@ -1,0 +1,157 @@
+/* dispatcher: header helpers of the proxy path that need no connection state (hop-by-hop rules,
+ * request ids, reason phrases); kept apart so the unit tests can reach them. */
+#include "worker/wk_internal.h"
+
+#include <string.h>
+#include <strings.h>
+
+int wk_hdr_is(const struct wk_hdr *h, const char *name, size_t nlen)
+{
+    return h->nlen == nlen && strncasecmp(h->name, name, nlen) == 0;
+}
+
+static int tok_char(char ch)
+{
+    return ch != ',' && ch != ' ' && ch != '\t';
+}
+
+int wk_hdr_has_token(const char *v, size_t vlen, const char *token)
+{
+    size_t tlen = strlen(token);
+    size_t i = 0;
+
+    while (i < vlen) {
+        size_t s;
+        while (i < vlen && !tok_char(v[i])) {
+            i++;
+        }
+        s = i;
+        while (i < vlen && tok_char(v[i])) {
+            i++;
+        }
+        if (i - s == tlen && strncasecmp(v + s, token, tlen) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    size_t len;
+} hop_names[] = {
+    {"connection", 10}, {"keep-alive", 10}, {"proxy-connection", 16}, {"te", 2},
+    {"trailer", 7},     {"transfer-encoding", 17}, {"upgrade", 7},
+};
+
+int wk_hdr_hop(const struct wk_head *head, const char *name, size_t nlen)
+{
+    for (size_t i = 0; i < sizeof(hop_names) / sizeof(hop_names[0]); i++) {
+        if (nlen == hop_names[i].len && strncasecmp(name, hop_names[i].name, nlen) == 0) {
+            return 1;
+        }
+    }
+    /* Names listed in Connection are hop-by-hop too; "close" and "keep-alive" never name a real
+     * header worth keeping anyway. */
+    for (uint32_t i = 0; i < head->n; i++) {
+        const struct wk_hdr *h = &head->h[i];
+        if (wk_hdr_is(h, "connection", 10)) {
+            size_t j = 0;
+            while (j < h->vlen) {
+                size_t s;
+                while (j < h->vlen && !tok_char(h->value[j])) {
+                    j++;
+                }
+                s = j;
+                while (j < h->vlen && tok_char(h->value[j])) {
+                    j++;
+                }
+                if (j - s == nlen && strncasecmp(h->value + s, name, nlen) == 0) {
+                    return 1;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+int wk_reqid_sane(const char *v, size_t vlen)
+{
+    if (vlen == 0 || vlen > 64) {
+        return 0;
+    }
+    for (size_t i = 0; i < vlen; i++) {
+        char ch = v[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == ':' || ch == '+' || ch == '/' || ch == '=' ||
+              ch == '-')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static uint64_t xorshift128p(uint64_t s[2])
+{
+    uint64_t x = s[0];
+    uint64_t const y = s[1];
+
+    s[0] = y;
+    x ^= x << 23;
+    s[1] = x ^ y ^ (x >> 17) ^ (y >> 26);
+    return s[1] + y;
+}
+
+void wk_reqid_new(uint64_t rng[2], char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t a = xorshift128p(rng), b = xorshift128p(rng);
+
+    for (int i = 0; i < 16; i++) {
+        out[i] = hex[(a >> (i * 4)) & 15];
+        out[16 + i] = hex[(b >> (i * 4)) & 15];
+    }
+    out[32] = '\0';
+}
+
+void wk_head_reset(struct wk_head *h)
+{
+    h->url = NULL;
+    h->url_len = 0;
+    h->n = 0;
+    h->too_many = 0;
+    h->folded = 0;
+    h->in_value = 0;
+}
+
+const char *wk_reason(unsigned status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}

@@ -1,0 +1,245 @@
+/* dispatcher: worker-private types shared by the event loop, the client/upstream state machine and
+ * the header helpers. */
+#ifndef DSP_WK_INTERNAL_H
+#define DSP_WK_INTERNAL_H
+
+#include <http_parser.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "shm/shm_types.h"
+
+/* ---- event sources: every object registered with epoll starts with one of these ---------- */
+#define WK_EV_LISTENER 1
+#define WK_EV_CLIENT   2
+#define WK_EV_UPSTREAM 3
+
+struct wk_ev {
+    uint8_t kind;
+};
+
+/* ---- buffers ------------------------------------------------------------------------------
+ * Bytes live in data[start, end). A buffer with data == NULL holds nothing and costs nothing:
+ * idle connections give their buffers back to the per-worker free list. */
+struct wk_buf {
+    char *data;
+    uint32_t cap;
+    uint32_t start;
+    uint32_t end;
+};
+
+int wk_buf_get(struct wk_buf *b, uint32_t size);
+void wk_buf_put(struct wk_buf *b);
+
+/* ---- timers -------------------------------------------------------------------------------
+ * One FIFO queue per distinct duration: since every timer in a queue has the same duration,
+ * arming appends at the tail and the head is always the next to expire, so arm, disarm and
+ * expiry are O(1) without a heap. */
+struct wk_timer {
+    struct wk_timer *prev, *next;
+    struct wk_ev *owner;     /* the client or upstream to notify */
+    uint64_t deadline;
+    uint32_t queue;          /* queue index + 1; 0 = not armed */
+};
+
+void wk_timer_arm(struct wk_timer *t, uint32_t ms);
+void wk_timer_disarm(struct wk_timer *t);
+
+/* ---- generations --------------------------------------------------------------------------- */
+struct wk_gen {
+    const struct shm_snap_hdr *snap;
+    size_t size;
+    uint64_t gen;
+    uint32_t refs;           /* one for "current", one per request in flight */
+    struct wk_gen *next;
+};
+
+void wk_gen_ref(struct wk_gen *g);
+void wk_gen_unref(struct wk_gen *g);
+
+/* ---- upstream connections ------------------------------------------------------------------ */
+#define WK_UP_F_READABLE   0x01u
+#define WK_UP_F_WRITABLE   0x02u
+#define WK_UP_F_CONNECTING 0x04u /* non-blocking connect in progress */
+#define WK_UP_F_HUP        0x08u /* peer closed or error reported by epoll */
+#define WK_UP_F_REUSED     0x10u /* taken from the pool (so a reset may be a keep-alive race) */
+
+struct wk_client;
+
+struct wk_upstream {
+    struct wk_ev ev;
+    uint8_t flags;
+    int fd;
+    uint32_t be_slot;          /* runtime slot of the backend: the pool key */
+    struct wk_client *client;  /* NULL while idle in the pool */
+    struct wk_upstream *pnext, *pprev;
+    struct wk_timer timer;     /* pool idle timeout */
+};
+
+/* ---- client connections --------------------------------------------------------------------
+ * Client state machine:
+ *
+ *   IDLE --bytes--> HEAD --head parsed, routed--> PROXY --response sent--> IDLE (keep-alive)
+ *                    |                              |                  \--> closed
+ *                    +--error--> REPLY (generated response) --> IDLE or LINGER --> closed
+ *
+ * LINGER: after a response that ends the connection, the write side is shut down and input is
+ * drained for a short while so the peer reads the answer instead of a reset. */
+#define WK_CS_IDLE   0
+#define WK_CS_HEAD   1
+#define WK_CS_PROXY  2
+#define WK_CS_REPLY  3
+#define WK_CS_LINGER 4
+
+#define WK_C_F_READABLE 0x01u
+#define WK_C_F_WRITABLE 0x02u
+#define WK_C_F_EOF      0x04u /* client half-closed (read 0) */
+#define WK_C_F_CLOSE    0x08u /* close once the current response is out */
+#define WK_C_F_HUP      0x10u /* error/hangup reported by epoll */
+#define WK_C_F_TLS      0x20u /* arrived on a TLS listener (forwarded proto https) */
+#define WK_C_F_STARTED  0x40u /* has sent at least one request (idle vs header timeout) */
+
+/* Transaction flags, reset for each request. */
+#define WK_T_REQ_DONE      0x0001u /* request message fully parsed */
+#define WK_T_HEAD_REQ      0x0002u /* request method is HEAD: response has no body */
+#define WK_T_UP_WRITTEN    0x0004u /* some request byte reached the upstream socket */
+#define WK_T_RESP_BYTES    0x0008u /* some response byte came from the upstream */
+#define WK_T_RESP_HEAD     0x0010u /* response head parsed and queued for the client */
+#define WK_T_RESP_DONE     0x0020u /* response message fully parsed */
+#define WK_T_CLIENT_SENT   0x0040u /* some response byte reached the client */
+#define WK_T_DECHUNK       0x0080u /* chunked response to an HTTP/1.0 client: decode in place */
+#define WK_T_BODY_LOST     0x0100u /* request body bytes were discarded: no retry possible */
+#define WK_T_UP_REUSABLE   0x0200u /* upstream may go back to the pool */
+#define WK_T_CONTINUE      0x0400u /* client sent Expect: 100-continue */
+#define WK_T_IDEMPOTENT    0x0800u
+#define WK_T_COUNTED       0x1000u /* backend active counter incremented */
+
+struct wk_client {
+    struct wk_ev ev;
+    uint8_t state;
+    uint8_t flags;
+    uint8_t listener;
+    int fd;
+    uint32_t tflags;
+    uint16_t status;
+    uint8_t tries;
+    uint8_t reqid_len;
+    struct wk_timer timer;
+    struct wk_client *next, *prev; /* all client connections of this worker */
+
+    struct wk_buf in;   /* bytes from the client */
+    struct wk_buf out;  /* generated bytes for the client: 100-continue, response head, errors */
+    struct wk_buf uin;  /* bytes from the upstream (response) */
+    struct wk_buf uout; /* rewritten request head for the upstream */
+
+    /* positions in in.data */
+    uint32_t body_off;   /* first body byte of the current request */
+    uint32_t parsed_off; /* request parser consumed up to here */
+    uint32_t send_off;   /* next request byte to write upstream */
+    /* positions in uin.data */
+    uint32_t rparsed_off; /* response parser consumed up to here */
+    uint32_t rsend_off;   /* next response body byte to write to the client */
+    uint32_t rready_off;  /* end of response body bytes ready to send (== rparsed_off unless
+                             decoding chunks in place) */
+    uint64_t body_bytes;  /* request body bytes (decoded) so far, for max_body_bytes */
+    uint64_t started_ms;
+
+    http_parser rq;       /* request parser */
+    http_parser rs;       /* response parser */
+
+    struct wk_upstream *up;
+    struct wk_gen *gen;   /* snapshot this request was routed with (referenced) */
+    uint32_t service;     /* index in gen's service table */
+    uint32_t backend;     /* index in gen's backend table */
+    uint64_t tried;       /* bitmask of backend positions already tried */
+
+    uint8_t peer_family;
+    uint8_t peer_ip[16];
+    uint16_t peer_port;
+    char reqid[48];
+};
+
+/* ---- the worker ----------------------------------------------------------------------------- */
+struct wk_listener {
+    struct wk_ev ev;
+    int fd;
+    uint32_t idx;
+};
+
+struct wk_pool {
+    struct wk_upstream *head;
+    uint32_t count;
+};
+
+struct wk_worker {
+    int epfd;
+    int slot;
+    int stopping;             /* graceful stop in progress */
+    uint64_t now;             /* monotonic ms, refreshed each loop pass */
+    uint64_t stop_deadline;
+    struct shm_ctl *ctl;
+    struct shm_rt *rt;
+    struct shm_worker_slot *me;
+    struct wk_gen *cur;       /* current generation (referenced) */
+    struct wk_gen *gens;      /* all mapped generations */
+    struct wk_listener *listeners;
+    int nlisten;
+    int accept_paused;
+    struct wk_client *clients; /* list head */
+    uint64_t nclients;
+    struct wk_pool *pools;     /* indexed by backend runtime slot */
+    uint64_t rng[2];
+};
+
+extern struct wk_worker wk;
+
+/* ---- wk_conn.c ---------------------------------------------------------------------------- */
+void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener);
+void wk_client_event(struct wk_client *c, uint32_t events);
+void wk_client_timeout(struct wk_client *c);
+void wk_client_close(struct wk_client *c);
+void wk_upstream_event(struct wk_upstream *u, uint32_t events);
+void wk_upstream_timeout(struct wk_upstream *u);
+/* Close idle keep-alive clients (graceful stop). */
+void wk_close_idle_clients(void);
+
+/* ---- wk_hdr.c: pure helpers, unit-tested ----------------------------------------------------- */
+#define WK_MAX_HEADERS 128
+
+struct wk_hdr {
+    const char *name;
+    const char *value;
+    uint32_t nlen;
+    uint32_t vlen;
+};
+
+struct wk_head {
+    const char *url;
+    uint32_t url_len;
+    uint32_t n;
+    int too_many;
+    int folded;            /* obsolete line folding seen */
+    int in_value;
+    struct wk_hdr h[WK_MAX_HEADERS];
+};
+
+/* Case-insensitive header-name equality. */
+int wk_hdr_is(const struct wk_hdr *h, const char *name, size_t nlen);
+/* Is <name> a hop-by-hop header, either by definition or because a Connection header of <head>
+ * lists it? (Content-Length is not hop-by-hop but framing; callers handle it.) */
+int wk_hdr_hop(const struct wk_head *head, const char *name, size_t nlen);
+/* Does a comma-separated header value contain <token> (case-insensitive)? */
+int wk_hdr_has_token(const char *v, size_t vlen, const char *token);
+/* Is <v> an acceptable client X-Request-ID (1..64 bytes of [A-Za-z0-9._:+/=-])? */
+int wk_reqid_sane(const char *v, size_t vlen);
+/* Generate a 32-hex-char request id into <out> (at least 33 bytes). */
+void wk_reqid_new(uint64_t rng[2], char *out);
+/* The reason phrase for a status code ("OK", "Not Found", ...). */
+const char *wk_reason(unsigned status);
+
+/* Shared http-parser callbacks that fill a struct wk_head passed as parser->data's head. */
+void wk_head_reset(struct wk_head *h);
+
+#endif

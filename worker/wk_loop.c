@@ -1,0 +1,444 @@
+/* dispatcher: the worker's event loop. Edge-triggered epoll over listeners, clients and upstream
+ * connections; between passes it refreshes the clock, fires timers, writes its heartbeat and adopts
+ * a newly published configuration generation. */
+#include "worker/wk.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/dsp.h"
+#include "common/log.h"
+#include "shm/shm.h"
+#include "shm/shm_snap.h"
+#include "worker/wk_internal.h"
+
+struct wk_worker wk;
+
+static volatile sig_atomic_t sig_term, sig_int, sig_usr1;
+
+static void on_signal(int sig)
+{
+    if (sig == SIGTERM || sig == SIGQUIT) {
+        sig_term = 1;
+    } else if (sig == SIGINT) {
+        sig_int = 1;
+    } else if (sig == SIGUSR1) {
+        sig_usr1 = 1;
+    }
+}
+
+/* ---- buffers: per-size free lists ----------------------------------------------------------- */
+#define BUF_FREE_MAX 256
+
+static struct {
+    uint32_t size;
+    uint32_t n;
+    char *items[BUF_FREE_MAX];
+} buf_free[2];
+
+int wk_buf_get(struct wk_buf *b, uint32_t size)
+{
+    if (b->data != NULL) {
+        return 0;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (buf_free[i].size == size && buf_free[i].n > 0) {
+            b->data = buf_free[i].items[--buf_free[i].n];
+            goto done;
+        }
+    }
+    b->data = malloc(size);
+    if (b->data == NULL) {
+        return -1;
+    }
+done:
+    b->cap = size;
+    b->start = b->end = 0;
+    return 0;
+}
+
+void wk_buf_put(struct wk_buf *b)
+{
+    if (b->data == NULL) {
+        return;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (buf_free[i].size == 0) {
+            buf_free[i].size = b->cap;
+        }
+        if (buf_free[i].size == b->cap) {
+            if (buf_free[i].n < BUF_FREE_MAX) {
+                buf_free[i].items[buf_free[i].n++] = b->data;
+                b->data = NULL;
+            }
+            break;
+        }
+    }
+    free(b->data);
+    b->data = NULL;
+    b->cap = b->start = b->end = 0;
+}
+
+/* ---- timers --------------------------------------------------------------------------------- */
+#define TQ_MAX 32
+
+static struct {
+    uint32_t ms;
+    struct wk_timer head; /* sentinel of a circular list */
+} tq[TQ_MAX];
+static uint32_t ntq;
+
+static uint32_t tq_find(uint32_t ms)
+{
+    for (uint32_t i = 0; i < ntq; i++) {
+        if (tq[i].ms == ms) {
+            return i;
+        }
+    }
+    if (ntq == TQ_MAX) {
+        /* So many distinct durations is unusual: share the nearest queue's order anyway, with a
+         * deadline that may fire a little out of order (timers are re-checked on expiry). */
+        return ntq - 1;
+    }
+    tq[ntq].ms = ms;
+    tq[ntq].head.next = tq[ntq].head.prev = &tq[ntq].head;
+    return ntq++;
+}
+
+void wk_timer_disarm(struct wk_timer *t)
+{
+    if (t->queue == 0) {
+        return;
+    }
+    t->prev->next = t->next;
+    t->next->prev = t->prev;
+    t->prev = t->next = NULL;
+    t->queue = 0;
+}
+
+void wk_timer_arm(struct wk_timer *t, uint32_t ms)
+{
+    uint32_t q;
+
+    wk_timer_disarm(t);
+    q = tq_find(ms);
+    t->deadline = wk.now + ms;
+    t->queue = q + 1;
+    t->prev = tq[q].head.prev;
+    t->next = &tq[q].head;
+    tq[q].head.prev->next = t;
+    tq[q].head.prev = t;
+}
+
+static int timers_next_ms(void)
+{
+    uint64_t best = UINT64_MAX;
+
+    for (uint32_t i = 0; i < ntq; i++) {
+        if (tq[i].head.next != &tq[i].head && tq[i].head.next->deadline < best) {
+            best = tq[i].head.next->deadline;
+        }
+    }
+    if (best == UINT64_MAX) {
+        return 1000;
+    }
+    if (best <= wk.now) {
+        return 0;
+    }
+    return best - wk.now > 1000 ? 1000 : (int)(best - wk.now);
+}
+
+static void timers_run(void)
+{
+    for (uint32_t i = 0; i < ntq; i++) {
+        while (tq[i].head.next != &tq[i].head && tq[i].head.next->deadline <= wk.now) {
+            struct wk_timer *t = tq[i].head.next;
+            wk_timer_disarm(t);
+            if (t->owner->kind == WK_EV_UPSTREAM) {
+                wk_upstream_timeout((struct wk_upstream *)(void *)t->owner);
+            } else if (t->owner->kind == WK_EV_CLIENT) {
+                wk_client_timeout((struct wk_client *)(void *)t->owner);
+            }
+        }
+    }
+}
+
+/* ---- generations ---------------------------------------------------------------------------- */
+static void publish_gen_usage(void)
+{
+    uint64_t oldest = wk.cur ? wk.cur->gen : 0;
+
+    for (struct wk_gen *g = wk.gens; g != NULL; g = g->next) {
+        if (g->gen < oldest) {
+            oldest = g->gen;
+        }
+    }
+    __atomic_store_n(&wk.me->gen_oldest, oldest, __ATOMIC_RELEASE);
+    __atomic_store_n(&wk.me->gen_current, wk.cur ? wk.cur->gen : 0, __ATOMIC_RELEASE);
+}
+
+void wk_gen_ref(struct wk_gen *g)
+{
+    g->refs++;
+}
+
+void wk_gen_unref(struct wk_gen *g)
+{
+    if (--g->refs > 0) {
+        return;
+    }
+    for (struct wk_gen **pp = &wk.gens; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == g) {
+            *pp = g->next;
+            break;
+        }
+    }
+    shm_snap_unmap(g->snap, g->size);
+    free(g);
+    publish_gen_usage();
+}
+
+/* Adopt the published generation if it is newer. Returns 0, or -1 if none could be mapped. */
+static int adopt_generation(void)
+{
+    uint64_t gen = shm_ctl_gen(wk.ctl);
+    const struct shm_snap_hdr *h;
+    struct wk_gen *g;
+    size_t size;
+
+    if (wk.cur != NULL && wk.cur->gen == gen) {
+        return 0;
+    }
+    h = shm_snap_map(wk.ctl->master_pid, gen, &size);
+    if (h == NULL) {
+        /* The master retires a generation only once every worker has moved past it, so a
+         * vanished one means a newer one is already published: the next pass picks it up. */
+        if (wk.cur == NULL) {
+            log_errno(LOG_ERROR, errno, "cannot map configuration generation %llu",
+                      (unsigned long long)gen);
+        }
+        return wk.cur ? 0 : -1;
+    }
+    g = calloc(1, sizeof(*g));
+    if (g == NULL) {
+        shm_snap_unmap(h, size);
+        return wk.cur ? 0 : -1;
+    }
+    g->snap = h;
+    g->size = size;
+    g->gen = gen;
+    g->refs = 1;
+    g->next = wk.gens;
+    wk.gens = g;
+    if (wk.cur != NULL) {
+        struct wk_gen *old = wk.cur;
+        wk.cur = g;
+        wk_gen_unref(old);
+    } else {
+        wk.cur = g;
+    }
+    publish_gen_usage();
+    log_debug("serving configuration generation %llu", (unsigned long long)gen);
+    return 0;
+}
+
+/* ---- accepting ------------------------------------------------------------------------------ */
+static void do_accept(struct wk_listener *l)
+{
+    for (;;) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd == -1) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                wk.accept_paused = 0;
+                return;
+            }
+            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) {
+                continue;
+            }
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                if (!wk.accept_paused) {
+                    log_errno(LOG_ERROR, errno, "accept4() failed; pausing accepts");
+                }
+                wk.accept_paused = 1;
+                return;
+            }
+            log_errno(LOG_ERROR, errno, "accept4() failed");
+            return;
+        }
+        wk_client_accept(fd, (struct sockaddr *)&ss, l->idx);
+    }
+}
+
+static void close_listeners(void)
+{
+    for (int i = 0; i < wk.nlisten; i++) {
+        if (wk.listeners[i].fd != -1) {
+            epoll_ctl(wk.epfd, EPOLL_CTL_DEL, wk.listeners[i].fd, NULL);
+            close(wk.listeners[i].fd);
+            wk.listeners[i].fd = -1;
+        }
+    }
+}
+
+static void drop_privileges(const struct wk_init *init)
+{
+    if (init->uid == (uid_t)-1 || geteuid() != 0) {
+        return;
+    }
+    if (setgroups(0, NULL) == -1 || setgid(init->gid) == -1 || setuid(init->uid) == -1) {
+        log_errno(LOG_ERROR, errno, "cannot drop privileges to uid %d", (int)init->uid);
+        exit(1);
+    }
+    /* Dropping uid clears the dumpable flag; keep core dumps and /proc readable for the master. */
+    prctl(PR_SET_DUMPABLE, 1);
+}
+
+void wk_main(const struct wk_init *init)
+{
+    struct epoll_event evs[256];
+    struct sigaction sa;
+    char tag[32];
+
+    memset(&wk, 0, sizeof(wk));
+    wk.slot = init->slot;
+    wk.ctl = init->ctl;
+    wk.rt = init->rt;
+    wk.me = &init->ctl->workers[init->slot];
+    snprintf(tag, sizeof(tag), "worker %d", init->slot);
+    log_set_tag(tag);
+
+    /* The master's death must not leave orphan workers serving a stale config. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != wk.ctl->master_pid) {
+        exit(0);
+    }
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGQUIT, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGPIPE, &sa, NULL);
+    sa.sa_handler = SIG_DFL;
+    sigaction(SIGCHLD, &sa, NULL);
+    {
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, NULL);
+    }
+
+    drop_privileges(init);
+
+    if (getrandom(wk.rng, sizeof(wk.rng), 0) != (ssize_t)sizeof(wk.rng)) {
+        wk.rng[0] = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
+        wk.rng[1] = dsp_now_ms() ^ 0xdeadbeefcafef00dull;
+    }
+    wk.rng[0] |= 1;
+
+    wk.now = dsp_now_ms();
+    if (adopt_generation() != 0) {
+        exit(1);
+    }
+    wk.pools = calloc(SHM_RT_MAX_BACKENDS, sizeof(struct wk_pool));
+    wk.epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (wk.pools == NULL || wk.epfd == -1) {
+        log_errno(LOG_ERROR, errno, "worker start-up failed");
+        exit(1);
+    }
+    wk.nlisten = init->nlisten;
+    wk.listeners = calloc((size_t)init->nlisten + 1, sizeof(*wk.listeners));
+    for (int i = 0; i < init->nlisten; i++) {
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLET};
+        wk.listeners[i].ev.kind = WK_EV_LISTENER;
+        wk.listeners[i].fd = init->listen_fds[i];
+        wk.listeners[i].idx = (uint32_t)i;
+        ev.data.ptr = &wk.listeners[i];
+        if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, init->listen_fds[i], &ev) == -1) {
+            log_errno(LOG_ERROR, errno, "epoll_ctl(ADD listener %d) failed", i);
+            exit(1);
+        }
+    }
+    __atomic_store_n(&wk.me->heartbeat_ms, wk.now, __ATOMIC_RELAXED);
+    log_debug("worker started");
+    /* Connections may already be queued from before a respawn: an edge may never come. */
+    for (int i = 0; i < wk.nlisten; i++) {
+        do_accept(&wk.listeners[i]);
+    }
+
+    for (;;) {
+        int timeout = timers_next_ms();
+        int n;
+
+        if (wk.accept_paused && timeout > 100) {
+            timeout = 100;
+        }
+        n = epoll_wait(wk.epfd, evs, (int)DSP_ARRAY_SIZE(evs), timeout);
+        if (n == -1 && errno != EINTR) {
+            log_errno(LOG_ERROR, errno, "epoll_wait() failed");
+            exit(1);
+        }
+        wk.now = dsp_now_ms();
+        for (int i = 0; i < n; i++) {
+            struct wk_ev *e = evs[i].data.ptr;
+            switch (e->kind) {
+            case WK_EV_LISTENER:
+                if (!wk.stopping) {
+                    do_accept((struct wk_listener *)(void *)e);
+                }
+                break;
+            case WK_EV_CLIENT:
+                wk_client_event((struct wk_client *)(void *)e, evs[i].events);
+                break;
+            case WK_EV_UPSTREAM:
+                wk_upstream_event((struct wk_upstream *)(void *)e, evs[i].events);
+                break;
+            default:
+                break;
+            }
+        }
+        if (wk.accept_paused && !wk.stopping) {
+            for (int i = 0; i < wk.nlisten; i++) {
+                do_accept(&wk.listeners[i]);
+            }
+        }
+        timers_run();
+        __atomic_store_n(&wk.me->heartbeat_ms, wk.now, __ATOMIC_RELAXED);
+        __atomic_store_n(&wk.me->connections, wk.nclients, __ATOMIC_RELAXED);
+        adopt_generation();
+
+        if (sig_int) {
+            exit(0);
+        }
+        if (sig_usr1) {
+            sig_usr1 = 0;
+        }
+        if (sig_term && !wk.stopping) {
+            wk.stopping = 1;
+            wk.stop_deadline = wk.now + wk.cur->snap->limits.shutdown_timeout_ms;
+            close_listeners();
+            wk_close_idle_clients();
+        }
+        if (wk.stopping) {
+            wk_close_idle_clients();
+            if (wk.nclients == 0 || wk.now >= wk.stop_deadline) {
+                exit(0);
+            }
+        }
+    }
+}
