@@ -1,6 +1,10 @@
 /* dispatcher: turns a validated ms_config into one contiguous, pointer-free snapshot: header,
- * tables, route index (layout in shm/shm_ridx.h), then the string blob. Everything is sized
- * first and written once, so the buffer never moves and offsets are final when written. */
+ * tables, the route index (layout and design in shm/shm_ridx.h), then the string blob.
+ *
+ * Memory is touched once where possible: on a fresh heap every new page costs a fault, and for a
+ * large config those faults, not the hashing, dominate. So the index is built in place inside the
+ * snapshot buffer, in a region sized for the worst case (every route its own host and path),
+ * then slid down over the unused space; the strings go after it and the buffer is shrunk. */
 #include "master/ms_compile.h"
 
 #include <netinet/in.h>
@@ -15,39 +19,73 @@
 #include "shm/shm_ridx.h"
 #include "shm/shm_types.h"
 
-#define ALIGN8(x) (((x) + 7u) & ~(uint64_t)7u)
+#define ALIGN8(x) (((uint64_t)(x) + 7u) & ~(uint64_t)7u)
 
-/* The route index as built in the master's heap before it is copied into the snapshot. Group
- * and path keys are remembered as a representative route (whose strings hold the key bytes) and
- * turned into blob offsets once the routes' strings have their final place. */
-struct ridx_build {
-    uint32_t nroutes;
-    const char **host;           /* per route: the host as configured ("*" when missing) */
-    const char **path;           /* per route: the path ("/" when missing) */
-    uint32_t *hlen;
-    uint32_t *plen;
-    uint32_t *kind;              /* SHM_HOST_* */
-    uint32_t *rgroup;            /* group of each route */
-    uint32_t *rpath;             /* path entry of each route */
-
-    struct shm_ridx_group *groups;
-    uint32_t *group_rep;         /* route whose host holds the group's key */
-    uint32_t ngroups;
-    uint32_t any_group;
-
-    struct shm_ridx_path *paths;
-    uint32_t *path_rep;          /* route whose path holds the entry's key */
-    uint32_t npaths;
-
-    uint32_t *plens;
-    uint32_t nplens;
-    uint32_t *list;
-    uint32_t nlist;
-    uint32_t *gbuckets;
-    uint32_t ngbuckets;
-    uint32_t *pbuckets;
-    uint32_t npbuckets;
+/* Order of the index tables in the segment (compaction relies on it: each table only moves
+ * down, and never onto a table that has not moved yet). */
+static const int ridx_order[SHM_RIDX_NTABLES] = {
+    SHM_RIDX_META,  SHM_RIDX_GROUPS, SHM_RIDX_GROUP_BUCKETS, SHM_RIDX_PATHS,
+    SHM_RIDX_PATH_BUCKETS, SHM_RIDX_PLENS, SHM_RIDX_LIST,
 };
+
+static const size_t ridx_elsz[SHM_RIDX_NTABLES] = {
+    [SHM_RIDX_META] = sizeof(struct shm_ridx_meta),
+    [SHM_RIDX_GROUPS] = sizeof(struct shm_ridx_group),
+    [SHM_RIDX_GROUP_BUCKETS] = sizeof(uint32_t),
+    [SHM_RIDX_PLENS] = sizeof(uint32_t),
+    [SHM_RIDX_PATHS] = sizeof(struct shm_ridx_path),
+    [SHM_RIDX_PATH_BUCKETS] = sizeof(uint32_t),
+    [SHM_RIDX_LIST] = sizeof(uint32_t),
+};
+
+/* The index while it is being built. Its tables point into the snapshot buffer. Until the
+ * strings are written, a group's and a path entry's key_off hold the index of a representative
+ * route whose host or path carries the key bytes. */
+struct ridx_build {
+    const struct ms_config *cfg;
+    uint32_t nroutes;
+    uint32_t *rmap;              /* per route: its group, later its path entry */
+    uint32_t any_group;
+    void *tab[SHM_RIDX_NTABLES];
+    uint32_t count[SHM_RIDX_NTABLES];
+};
+
+#define RB_GROUPS(rb) ((struct shm_ridx_group *)(rb)->tab[SHM_RIDX_GROUPS])
+#define RB_PATHS(rb)  ((struct shm_ridx_path *)(rb)->tab[SHM_RIDX_PATHS])
+#define RB_U32(rb, t) ((uint32_t *)(rb)->tab[t])
+
+static const char *route_host(const struct ms_config *cfg, uint32_t r)
+{
+    return cfg->routes[r].host != NULL ? cfg->routes[r].host : "*";
+}
+
+static const char *route_path(const struct ms_config *cfg, uint32_t r)
+{
+    return cfg->routes[r].path != NULL ? cfg->routes[r].path : "/";
+}
+
+static uint32_t host_kind(const char *h)
+{
+    if (h[0] == '*' && h[1] == '\0') {
+        return SHM_HOST_ANY;
+    }
+    if (h[0] == '*' && h[1] == '.') {
+        return SHM_HOST_WILDCARD;
+    }
+    return SHM_HOST_EXACT;
+}
+
+/* Route <r>'s group key: the host, or for "*.suffix" the suffix. */
+static const char *group_key(const struct ms_config *cfg, uint32_t r, uint32_t kind, size_t *len)
+{
+    const char *h = route_host(cfg, r);
+
+    if (kind == SHM_HOST_WILDCARD) {
+        h += 2;
+    }
+    *len = strlen(h);
+    return h;
+}
 
 static uint32_t pow2_buckets(uint32_t n)
 {
@@ -58,24 +96,6 @@ static uint32_t pow2_buckets(uint32_t n)
         b <<= 1;
     }
     return b;
-}
-
-static uint32_t *new_buckets(uint32_t n)
-{
-    uint32_t *b = dsp_xmalloc((size_t)n * sizeof(*b));
-
-    memset(b, 0xff, (size_t)n * sizeof(*b)); /* SHM_NONE */
-    return b;
-}
-
-static const char *group_key(const struct ridx_build *rb, uint32_t r, uint32_t *len)
-{
-    if (rb->kind[r] == SHM_HOST_WILDCARD) {
-        *len = rb->hlen[r] - 2;
-        return rb->host[r] + 2;
-    }
-    *len = rb->hlen[r];
-    return rb->host[r];
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -95,117 +115,133 @@ static int cmp_u32_desc(const void *a, const void *b)
 }
 
 /* One group per distinct host key; "*" is a group too but lives outside the hash. */
-static void build_groups(struct ridx_build *rb, const struct ms_config *cfg)
+static void build_groups(struct ridx_build *rb)
 {
-    uint32_t nb = pow2_buckets(rb->nroutes);
-    uint32_t *b = new_buckets(nb);
+    const struct ms_config *cfg = rb->cfg;
+    struct shm_ridx_group *groups = RB_GROUPS(rb);
+    uint32_t *b = RB_U32(rb, SHM_RIDX_GROUP_BUCKETS);
+    uint32_t nb = rb->count[SHM_RIDX_GROUP_BUCKETS];
+    uint32_t ng = 0;
 
+    memset(b, 0xff, (size_t)nb * sizeof(*b)); /* SHM_NONE */
     for (uint32_t r = 0; r < rb->nroutes; r++) {
         int32_t prio = cfg->routes[r].priority;
-        uint32_t klen, h, i, g;
+        uint32_t kind = host_kind(route_host(cfg, r));
+        uint32_t h, i, g;
         const char *key;
+        size_t klen;
 
-        if (rb->kind[r] == SHM_HOST_ANY) {
+        if (kind == SHM_HOST_ANY) {
             if (rb->any_group == SHM_NONE) {
-                g = rb->any_group = rb->ngroups++;
-                rb->groups[g].kind = SHM_HOST_ANY;
-                rb->groups[g].max_prio = prio;
-                rb->group_rep[g] = r;
+                rb->any_group = ng++;
+                groups[rb->any_group].kind = SHM_HOST_ANY;
+                groups[rb->any_group].key_off = r;
+                groups[rb->any_group].key_len = 1;
+                groups[rb->any_group].max_prio = prio;
             }
             g = rb->any_group;
-            goto found;
-        }
-        key = group_key(rb, r, &klen);
-        h = shm_ridx_host_hash(shm_ridx_rfnv(key, klen), rb->kind[r]);
-        for (i = h & (nb - 1);; i = (i + 1) & (nb - 1)) {
-            uint32_t olen;
-            const char *okey;
+        } else {
+            key = group_key(cfg, r, kind, &klen);
+            DSP_ASSERT(klen < UINT32_MAX);
+            h = shm_ridx_host_hash(shm_ridx_rfnv(key, klen), kind);
+            for (i = h & (nb - 1);; i = (i + 1) & (nb - 1)) {
+                const char *okey;
+                size_t olen;
 
-            g = b[i];
-            if (g == SHM_NONE) {
-                g = b[i] = rb->ngroups++;
-                rb->groups[g].hash = h;
-                rb->groups[g].kind = rb->kind[r];
-                rb->groups[g].key_len = klen;
-                rb->groups[g].max_prio = prio;
-                rb->group_rep[g] = r;
-                break;
-            }
-            if (rb->groups[g].hash != h || rb->groups[g].kind != rb->kind[r] ||
-                rb->groups[g].key_len != klen) {
-                continue;
-            }
-            okey = group_key(rb, rb->group_rep[g], &olen);
-            if (memcmp(okey, key, klen) == 0) {
-                break;
+                g = b[i];
+                if (g == SHM_NONE) {
+                    g = b[i] = ng++;
+                    groups[g].hash = h;
+                    groups[g].kind = kind;
+                    groups[g].key_off = r;
+                    groups[g].key_len = (uint32_t)klen;
+                    groups[g].max_prio = prio;
+                    break;
+                }
+                if (groups[g].hash != h || groups[g].kind != kind || groups[g].key_len != klen) {
+                    continue;
+                }
+                okey = group_key(cfg, groups[g].key_off, kind, &olen);
+                if (memcmp(okey, key, klen) == 0) {
+                    break;
+                }
             }
         }
-    found:
-        rb->rgroup[r] = g;
-        if (prio > rb->groups[g].max_prio) {
-            rb->groups[g].max_prio = prio;
+        rb->rmap[r] = g;
+        if (prio > groups[g].max_prio) {
+            groups[g].max_prio = prio;
         }
     }
-    free(b);
+    rb->count[SHM_RIDX_GROUPS] = ng;
 }
 
 /* One path entry per distinct (group, path). */
 static void build_paths(struct ridx_build *rb)
 {
-    uint32_t nb = pow2_buckets(rb->nroutes);
-    uint32_t *b = new_buckets(nb);
+    const struct ms_config *cfg = rb->cfg;
+    struct shm_ridx_path *paths = RB_PATHS(rb);
+    uint32_t *b = RB_U32(rb, SHM_RIDX_PATH_BUCKETS);
+    uint32_t nb = rb->count[SHM_RIDX_PATH_BUCKETS];
+    uint32_t np = 0;
 
+    memset(b, 0xff, (size_t)nb * sizeof(*b));
     for (uint32_t r = 0; r < rb->nroutes; r++) {
-        uint32_t g = rb->rgroup[r];
-        uint32_t len = rb->plen[r];
-        uint32_t h = shm_ridx_path_hash(shm_ridx_fnv(rb->path[r], len), g);
+        const char *path = route_path(cfg, r);
+        size_t len = strlen(path);
+        uint32_t g = rb->rmap[r];
+        uint32_t h = shm_ridx_path_hash(shm_ridx_fnv(path, len), g);
         uint32_t i, p;
 
+        DSP_ASSERT(len < UINT32_MAX);
         for (i = h & (nb - 1);; i = (i + 1) & (nb - 1)) {
             p = b[i];
             if (p == SHM_NONE) {
-                p = b[i] = rb->npaths++;
-                rb->paths[p].group = g;
-                rb->paths[p].hash = h;
-                rb->paths[p].key_len = len;
-                rb->path_rep[p] = r;
+                p = b[i] = np++;
+                paths[p].group = g;
+                paths[p].hash = h;
+                paths[p].key_off = r;
+                paths[p].key_len = (uint32_t)len;
+                paths[p].nlist = 0;
                 break;
             }
-            if (rb->paths[p].hash == h && rb->paths[p].group == g && rb->paths[p].key_len == len &&
-                memcmp(rb->path[rb->path_rep[p]], rb->path[r], len) == 0) {
+            if (paths[p].hash == h && paths[p].group == g && paths[p].key_len == len &&
+                memcmp(route_path(cfg, paths[p].key_off), path, len) == 0) {
                 break;
             }
         }
-        rb->rpath[r] = p;
-        rb->paths[p].nlist++;
+        rb->rmap[r] = p;
+        paths[p].nlist++;
     }
-    free(b);
+    rb->count[SHM_RIDX_PATHS] = np;
 }
 
 /* Sort each path entry's routes by (priority desc, order asc) and drop the ones that can never be
  * chosen: a route whose methods are all accepted by routes ahead of it in the same list always
  * loses to one of them. That also bounds every list by the number of method bits plus one, so a
  * lookup never walks a long list however many duplicate routes a config has. */
-static void build_lists(struct ridx_build *rb, const struct ms_config *cfg)
+static void build_lists(struct ridx_build *rb)
 {
-    uint32_t *fill = dsp_xmalloc(((size_t)rb->npaths + 1) * sizeof(*fill));
+    const struct ms_config *cfg = rb->cfg;
+    struct shm_ridx_path *paths = RB_PATHS(rb);
+    uint32_t np = rb->count[SHM_RIDX_PATHS];
+    uint32_t *list = RB_U32(rb, SHM_RIDX_LIST);
+    uint32_t *fill = dsp_xmalloc(((size_t)np + 1) * sizeof(*fill));
     uint64_t *keys = NULL;
     size_t keyscap = 0;
     uint32_t sum = 0, out = 0;
 
-    rb->list = dsp_xmalloc(((size_t)rb->nroutes + 1) * sizeof(*rb->list));
-    for (uint32_t p = 0; p < rb->npaths; p++) {
-        rb->paths[p].list_first = sum;
+    for (uint32_t p = 0; p < np; p++) {
+        paths[p].list_first = sum;
         fill[p] = sum;
-        sum += rb->paths[p].nlist;
+        sum += paths[p].nlist;
     }
     /* Routes go in in config order, so each slice starts sorted by order. */
     for (uint32_t r = 0; r < rb->nroutes; r++) {
-        rb->list[fill[rb->rpath[r]]++] = r;
+        list[fill[rb->rmap[r]]++] = r;
     }
-    for (uint32_t p = 0; p < rb->npaths; p++) {
-        struct shm_ridx_path *pe = &rb->paths[p];
-        uint32_t *l = rb->list + pe->list_first;
+    for (uint32_t p = 0; p < np; p++) {
+        struct shm_ridx_path *pe = &paths[p];
+        uint32_t *l = list + pe->list_first;
         uint32_t n = pe->nlist, kept = 0;
         uint64_t seen = 0;
         int seen_all = 0;
@@ -226,6 +262,8 @@ static void build_lists(struct ridx_build *rb, const struct ms_config *cfg)
                 l[i] = (uint32_t)keys[i];
             }
         }
+        /* Compaction only moves entries down, so reading slice p after earlier ones shrank is
+         * safe. */
         pe->list_first = out;
         for (uint32_t i = 0; i < n && !seen_all; i++) {
             uint64_t m = cfg->routes[l[i]].methods;
@@ -233,16 +271,14 @@ static void build_lists(struct ridx_build *rb, const struct ms_config *cfg)
             if (m != 0 && (m & ~seen) == 0) {
                 continue;
             }
-            rb->list[out + kept++] = l[i];
-            if (m == 0) {
-                seen_all = 1;
-            }
+            list[out + kept++] = l[i];
+            seen_all = m == 0;
             seen |= m;
         }
         pe->nlist = kept;
         out += kept;
     }
-    rb->nlist = out;
+    rb->count[SHM_RIDX_LIST] = out;
     free(keys);
     free(fill);
 }
@@ -250,140 +286,94 @@ static void build_lists(struct ridx_build *rb, const struct ms_config *cfg)
 /* Each group's distinct path lengths, longest first. */
 static void build_plens(struct ridx_build *rb)
 {
-    uint32_t *fill = dsp_xcalloc((size_t)rb->ngroups + 1, sizeof(*fill));
-    uint32_t *first = dsp_xcalloc((size_t)rb->ngroups + 1, sizeof(*first));
-    uint32_t *tmp = dsp_xmalloc(((size_t)rb->npaths + 1) * sizeof(*tmp));
+    struct shm_ridx_group *groups = RB_GROUPS(rb);
+    struct shm_ridx_path *paths = RB_PATHS(rb);
+    uint32_t ng = rb->count[SHM_RIDX_GROUPS], np = rb->count[SHM_RIDX_PATHS];
+    uint32_t *plens = RB_U32(rb, SHM_RIDX_PLENS);
+    uint32_t *fill = dsp_xcalloc((size_t)ng + 1, sizeof(*fill));
+    uint32_t *tmp = dsp_xmalloc(((size_t)np + 1) * sizeof(*tmp));
     uint32_t sum = 0, out = 0;
 
-    for (uint32_t p = 0; p < rb->npaths; p++) {
-        fill[rb->paths[p].group]++;
+    for (uint32_t p = 0; p < np; p++) {
+        fill[paths[p].group]++;
     }
-    for (uint32_t g = 0; g < rb->ngroups; g++) {
-        uint32_t c = fill[g];
-
-        first[g] = sum;
-        fill[g] = sum;
-        sum += c;
+    /* plens_first doubles as each group's start in tmp until the lengths are deduplicated. */
+    for (uint32_t g = 0; g < ng; g++) {
+        groups[g].plens_first = sum;
+        sum += fill[g];
+        fill[g] = groups[g].plens_first;
     }
-    for (uint32_t p = 0; p < rb->npaths; p++) {
-        tmp[fill[rb->paths[p].group]++] = rb->paths[p].key_len;
+    for (uint32_t p = 0; p < np; p++) {
+        tmp[fill[paths[p].group]++] = paths[p].key_len;
     }
-    rb->plens = dsp_xmalloc(((size_t)rb->npaths + 1) * sizeof(*rb->plens));
-    for (uint32_t g = 0; g < rb->ngroups; g++) {
-        uint32_t *s = tmp + first[g];
-        uint32_t n = fill[g] - first[g];
+    for (uint32_t g = 0; g < ng; g++) {
+        uint32_t *s = tmp + groups[g].plens_first;
+        uint32_t n = fill[g] - groups[g].plens_first;
 
         if (n > 1) {
             qsort(s, n, sizeof(*s), cmp_u32_desc);
         }
-        rb->groups[g].plens_first = out;
+        groups[g].plens_first = out;
         for (uint32_t i = 0; i < n; i++) {
             if (i == 0 || s[i] != s[i - 1]) {
-                rb->plens[out++] = s[i];
+                plens[out++] = s[i];
             }
         }
-        rb->groups[g].nplens = out - rb->groups[g].plens_first;
+        groups[g].nplens = out - groups[g].plens_first;
     }
-    rb->nplens = out;
+    rb->count[SHM_RIDX_PLENS] = out;
     free(tmp);
-    free(first);
     free(fill);
 }
 
-/* The build hashes were sized for the route count; the published ones fit the key counts. */
-static void build_buckets(struct ridx_build *rb)
+static void rehash(uint32_t *b, uint32_t nb, const void *entries, size_t elsz, size_t hash_off,
+                   uint32_t n, uint32_t skip)
 {
-    rb->ngbuckets = pow2_buckets(rb->ngroups);
-    rb->gbuckets = new_buckets(rb->ngbuckets);
-    for (uint32_t g = 0; g < rb->ngroups; g++) {
-        uint32_t i;
+    memset(b, 0xff, (size_t)nb * sizeof(*b));
+    for (uint32_t e = 0; e < n; e++) {
+        uint32_t h, i;
 
-        if (rb->groups[g].kind == SHM_HOST_ANY) {
+        if (e == skip) {
             continue;
         }
-        for (i = rb->groups[g].hash & (rb->ngbuckets - 1); rb->gbuckets[i] != SHM_NONE;
-             i = (i + 1) & (rb->ngbuckets - 1)) {
+        memcpy(&h, (const char *)entries + (size_t)e * elsz + hash_off, sizeof(h));
+        for (i = h & (nb - 1); b[i] != SHM_NONE; i = (i + 1) & (nb - 1)) {
         }
-        rb->gbuckets[i] = g;
-    }
-    rb->npbuckets = pow2_buckets(rb->npaths);
-    rb->pbuckets = new_buckets(rb->npbuckets);
-    for (uint32_t p = 0; p < rb->npaths; p++) {
-        uint32_t i;
-
-        for (i = rb->paths[p].hash & (rb->npbuckets - 1); rb->pbuckets[i] != SHM_NONE;
-             i = (i + 1) & (rb->npbuckets - 1)) {
-        }
-        rb->pbuckets[i] = p;
+        b[i] = e;
     }
 }
 
-static void ridx_build(struct ridx_build *rb, const struct ms_config *cfg)
+/* Slide the index tables down from their worst-case places to packed ones starting at <base> +
+ * <start>; the hashes are resized to their key counts on the way. Returns the end offset. */
+static uint64_t ridx_compact(struct ridx_build *rb, char *base, uint64_t start, uint32_t *off)
 {
-    size_t n = cfg->nroutes;
+    uint64_t cur = start;
 
-    DSP_ASSERT(n < UINT32_MAX / 4);
-    memset(rb, 0, sizeof(*rb));
-    rb->nroutes = (uint32_t)n;
-    rb->any_group = SHM_NONE;
-    rb->host = dsp_xmalloc((n + 1) * sizeof(*rb->host));
-    rb->path = dsp_xmalloc((n + 1) * sizeof(*rb->path));
-    rb->hlen = dsp_xmalloc((n + 1) * sizeof(*rb->hlen));
-    rb->plen = dsp_xmalloc((n + 1) * sizeof(*rb->plen));
-    rb->kind = dsp_xmalloc((n + 1) * sizeof(*rb->kind));
-    rb->rgroup = dsp_xmalloc((n + 1) * sizeof(*rb->rgroup));
-    rb->rpath = dsp_xmalloc((n + 1) * sizeof(*rb->rpath));
-    rb->groups = dsp_xcalloc(n + 1, sizeof(*rb->groups));
-    rb->group_rep = dsp_xmalloc((n + 1) * sizeof(*rb->group_rep));
-    rb->paths = dsp_xcalloc(n + 1, sizeof(*rb->paths));
-    rb->path_rep = dsp_xmalloc((n + 1) * sizeof(*rb->path_rep));
+    rb->count[SHM_RIDX_GROUP_BUCKETS] = pow2_buckets(rb->count[SHM_RIDX_GROUPS]);
+    rb->count[SHM_RIDX_PATH_BUCKETS] = pow2_buckets(rb->count[SHM_RIDX_PATHS]);
+    for (int k = 0; k < SHM_RIDX_NTABLES; k++) {
+        int t = ridx_order[k];
+        size_t bytes = (size_t)rb->count[t] * ridx_elsz[t];
+        void *dst = base + cur;
 
-    for (size_t r = 0; r < n; r++) {
-        const struct ms_route *mr = &cfg->routes[r];
-        const char *h = mr->host != NULL ? mr->host : "*";
-        const char *p = mr->path != NULL ? mr->path : "/";
-        size_t hl = strlen(h), pl = strlen(p);
-
-        DSP_ASSERT(hl < UINT32_MAX && pl < UINT32_MAX);
-        rb->host[r] = h;
-        rb->path[r] = p;
-        rb->hlen[r] = (uint32_t)hl;
-        rb->plen[r] = (uint32_t)pl;
-        if (hl == 1 && h[0] == '*') {
-            rb->kind[r] = SHM_HOST_ANY;
-        } else if (hl >= 2 && h[0] == '*' && h[1] == '.') {
-            rb->kind[r] = SHM_HOST_WILDCARD;
-        } else {
-            rb->kind[r] = SHM_HOST_EXACT;
+        if (t == SHM_RIDX_GROUP_BUCKETS) {
+            rehash(dst, rb->count[t], RB_GROUPS(rb), sizeof(struct shm_ridx_group),
+                   offsetof(struct shm_ridx_group, hash), rb->count[SHM_RIDX_GROUPS],
+                   rb->any_group);
+        } else if (t == SHM_RIDX_PATH_BUCKETS) {
+            rehash(dst, rb->count[t], RB_PATHS(rb), sizeof(struct shm_ridx_path),
+                   offsetof(struct shm_ridx_path, hash), rb->count[SHM_RIDX_PATHS], SHM_NONE);
+        } else if (dst != rb->tab[t]) {
+            memmove(dst, rb->tab[t], bytes);
         }
+        rb->tab[t] = dst;
+        off[t] = (uint32_t)cur;
+        cur = ALIGN8(cur + bytes);
     }
-    build_groups(rb, cfg);
-    build_paths(rb);
-    build_lists(rb, cfg);
-    build_plens(rb);
-    build_buckets(rb);
+    return cur;
 }
 
-static void ridx_dispose(struct ridx_build *rb)
-{
-    free(rb->host);
-    free(rb->path);
-    free(rb->hlen);
-    free(rb->plen);
-    free(rb->kind);
-    free(rb->rgroup);
-    free(rb->rpath);
-    free(rb->groups);
-    free(rb->group_rep);
-    free(rb->paths);
-    free(rb->path_rep);
-    free(rb->plens);
-    free(rb->list);
-    free(rb->gbuckets);
-    free(rb->pbuckets);
-}
-
-/* ---- layout and writing ----------------------------------------------------------------- */
+/* ---- strings and addresses ---------------------------------------------------------------- */
 
 /* The string blob starts with one NUL that every empty or missing string points at. */
 struct blob {
@@ -398,25 +388,20 @@ static uint64_t str_need(const char *s)
     return s != NULL && s[0] != '\0' ? strlen(s) + 1 : 0;
 }
 
-static struct shm_str put_strn(struct blob *b, const char *s, size_t len)
+static struct shm_str put_str(struct blob *b, const char *s)
 {
     struct shm_str out = {(uint32_t)b->start, 0};
+    size_t len = s != NULL ? strlen(s) : 0;
 
-    if (s == NULL || len == 0) {
+    if (len == 0) {
         return out;
     }
     DSP_ASSERT(b->cur + len + 1 <= b->end);
-    memcpy(b->base + b->cur, s, len);
-    b->base[b->cur + len] = '\0';
+    memcpy(b->base + b->cur, s, len + 1);
     out.off = (uint32_t)b->cur;
     out.len = (uint32_t)len;
     b->cur += len + 1;
     return out;
-}
-
-static struct shm_str put_str(struct blob *b, const char *s)
-{
-    return put_strn(b, s, s != NULL ? strlen(s) : 0);
 }
 
 /* family, host-order port and network-order ip bytes of a parsed address. */
@@ -457,38 +442,93 @@ static uint64_t table(uint64_t *cur, uint64_t count, size_t elsz)
     return off;
 }
 
+static void fill_services(const struct ms_config *cfg, char *base, struct blob *b,
+                          const struct shm_snap_hdr *h)
+{
+    struct shm_service *sv = (struct shm_service *)(void *)(base + h->services_off);
+    struct shm_backend *be = (struct shm_backend *)(void *)(base + h->backends_off);
+    uint32_t nb = 0;
+
+    for (size_t i = 0; i < cfg->nservices; i++) {
+        const struct ms_service *s = &cfg->services[i];
+        struct shm_service *o = &sv[i];
+
+        o->name = put_str(b, s->name);
+        o->backends_first = nb;
+        o->nbackends = (uint32_t)s->nbackends;
+        o->balance = s->balance == MS_BALANCE_LEASTCONN ? SHM_BALANCE_LEASTCONN
+                     : s->balance == MS_BALANCE_IPHASH  ? SHM_BALANCE_IPHASH
+                                                        : SHM_BALANCE_RR;
+        o->rt_slot = SHM_NONE;
+        o->retries = u32_of(s->retries);
+        o->connect_timeout_ms = u32_of(s->connect_timeout_ms);
+        o->response_timeout_ms = u32_of(s->response_timeout_ms);
+        o->health_enabled = s->health.enabled != 0;
+        o->health_interval_ms = u32_of(s->health.interval_ms);
+        o->health_timeout_ms = u32_of(s->health.timeout_ms);
+        o->health_fall = u32_of(s->health.fall);
+        o->health_rise = u32_of(s->health.rise);
+        o->health_start_down = s->health.start_down != 0;
+        o->health_path = put_str(b, s->health.path);
+        o->cb_enabled = s->circuit.enabled != 0;
+        o->cb_failures = u32_of(s->circuit.failures);
+        o->cb_open_ms = u32_of(s->circuit.open_ms);
+        o->cb_count_5xx = s->circuit.count_5xx != 0;
+        for (size_t j = 0; j < s->nbackends; j++) {
+            const struct ms_backend *mb = &s->backends[j];
+            struct shm_backend *ob = &be[nb++];
+
+            ob->address = put_str(b, mb->address);
+            ob->service = (uint32_t)i;
+            ob->weight = u32_of(mb->weight);
+            ob->rt_slot = SHM_NONE;
+            put_addr(&mb->ss, &ob->family, &ob->port, ob->ip);
+            o->total_weight += ob->weight;
+        }
+    }
+}
+
+static void fill_routes(const struct ms_config *cfg, char *base, struct blob *b,
+                        const struct shm_snap_hdr *h)
+{
+    struct shm_route *rt = (struct shm_route *)(void *)(base + h->routes_off);
+    struct shm_service *sv = (struct shm_service *)(void *)(base + h->services_off);
+
+    for (uint32_t r = 0; r < h->nroutes; r++) {
+        const struct ms_route *mr = &cfg->routes[r];
+
+        DSP_ASSERT(mr->service_idx < cfg->nservices);
+        rt[r].host = put_str(b, route_host(cfg, r));
+        rt[r].path = put_str(b, route_path(cfg, r));
+        rt[r].methods = mr->methods;
+        rt[r].priority = mr->priority;
+        rt[r].service = (uint32_t)mr->service_idx;
+        rt[r].order = r;
+        rt[r].host_kind = host_kind(route_host(cfg, r));
+        sv[mr->service_idx].nroutes++;
+    }
+}
+
 void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
 {
-    static const size_t ridx_elsz[SHM_RIDX_NTABLES] = {
-        [SHM_RIDX_META] = sizeof(struct shm_ridx_meta),
-        [SHM_RIDX_GROUPS] = sizeof(struct shm_ridx_group),
-        [SHM_RIDX_GROUP_BUCKETS] = sizeof(uint32_t),
-        [SHM_RIDX_PLENS] = sizeof(uint32_t),
-        [SHM_RIDX_PATHS] = sizeof(struct shm_ridx_path),
-        [SHM_RIDX_PATH_BUCKETS] = sizeof(uint32_t),
-        [SHM_RIDX_LIST] = sizeof(uint32_t),
-    };
-    uint32_t ridx_count[SHM_RIDX_NTABLES];
-    uint64_t ridx_off[SHM_RIDX_NTABLES];
     struct ridx_build rb;
     struct shm_snap_hdr *h;
     struct shm_listener *ls;
     struct shm_cidr *tc;
-    struct shm_service *sv;
-    struct shm_backend *be;
-    struct shm_route *rt;
-    struct shm_ridx_meta *meta;
+    const struct shm_route *rt;
     struct shm_ridx_group *gr;
     struct shm_ridx_path *pa;
-    struct shm_str *rhost;
+    struct shm_ridx_meta *meta;
     struct blob b;
-    uint64_t cur, strings_need, nbackends = 0;
+    uint64_t cur, idx_start, ub_end, strings_need, nbackends = 0;
     uint64_t lo, to, so, bo, ro, co, total;
+    uint32_t n;
     char *base;
 
-    ridx_build(&rb, cfg);
+    DSP_ASSERT(cfg->nroutes < UINT32_MAX / 4);
+    n = (uint32_t)cfg->nroutes;
 
-    /* Size the string blob exactly: it is written in the same order below. */
+    /* Size the string blob exactly: everything below is written in the same order. */
     strings_need = 1 + str_need(cfg->path) + str_need(cfg->tls.self_signed_cn);
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         strings_need += str_need(cfg->listeners[i].address);
@@ -502,8 +542,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
         }
         nbackends += s->nbackends;
     }
-    for (uint32_t r = 0; r < rb.nroutes; r++) {
-        strings_need += rb.hlen[r] + 1u + rb.plen[r] + 1u;
+    for (uint32_t r = 0; r < n; r++) {
+        strings_need += str_need(route_host(cfg, r)) + str_need(route_path(cfg, r));
     }
 
     cur = ALIGN8(sizeof(struct shm_snap_hdr));
@@ -511,24 +551,53 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     to = table(&cur, cfg->ntrusted, sizeof(struct shm_cidr));
     so = table(&cur, cfg->nservices, sizeof(struct shm_service));
     bo = table(&cur, nbackends, sizeof(struct shm_backend));
-    ro = table(&cur, rb.nroutes, sizeof(struct shm_route));
+    ro = table(&cur, n, sizeof(struct shm_route));
     co = table(&cur, 0, 1);
-    ridx_count[SHM_RIDX_META] = 1;
-    ridx_count[SHM_RIDX_GROUPS] = rb.ngroups;
-    ridx_count[SHM_RIDX_GROUP_BUCKETS] = rb.ngbuckets;
-    ridx_count[SHM_RIDX_PLENS] = rb.nplens;
-    ridx_count[SHM_RIDX_PATHS] = rb.npaths;
-    ridx_count[SHM_RIDX_PATH_BUCKETS] = rb.npbuckets;
-    ridx_count[SHM_RIDX_LIST] = rb.nlist;
+
+    /* Worst-case index region: at most one group and one path entry per route. */
+    memset(&rb, 0, sizeof(rb));
+    rb.cfg = cfg;
+    rb.nroutes = n;
+    rb.any_group = SHM_NONE;
+    rb.count[SHM_RIDX_META] = 1;
+    rb.count[SHM_RIDX_GROUPS] = n;
+    rb.count[SHM_RIDX_GROUP_BUCKETS] = pow2_buckets(n);
+    rb.count[SHM_RIDX_PATHS] = n;
+    rb.count[SHM_RIDX_PATH_BUCKETS] = pow2_buckets(n);
+    rb.count[SHM_RIDX_PLENS] = n;
+    rb.count[SHM_RIDX_LIST] = n;
+    idx_start = cur;
+    for (int k = 0; k < SHM_RIDX_NTABLES; k++) {
+        int t = ridx_order[k];
+
+        rb.tab[t] = (void *)(uintptr_t)table(&cur, rb.count[t], ridx_elsz[t]);
+    }
+    ub_end = cur;
+    /* Offsets are 32-bit in the ABI; the final segment is no larger than this bound. */
+    DSP_ASSERT(ub_end + strings_need + 8 <= UINT32_MAX);
+
+    /* calloc: fresh pages come zeroed for free, and reserved fields must read as zero. */
+    base = dsp_xcalloc(1, (size_t)(ub_end + strings_need + 8));
     for (int t = 0; t < SHM_RIDX_NTABLES; t++) {
-        ridx_off[t] = table(&cur, ridx_count[t], ridx_elsz[t]);
+        rb.tab[t] = base + (uintptr_t)rb.tab[t];
+    }
+    rb.rmap = dsp_xmalloc(((size_t)n + 1) * sizeof(*rb.rmap));
+    build_groups(&rb);
+    build_paths(&rb);
+    build_lists(&rb);
+    build_plens(&rb);
+    free(rb.rmap);
+
+    h = (struct shm_snap_hdr *)(void *)base;
+    cur = ridx_compact(&rb, base, idx_start, h->ridx.off);
+    for (int t = 0; t < SHM_RIDX_NTABLES; t++) {
+        h->ridx.count[t] = rb.count[t];
+    }
+    for (int t = SHM_RIDX_NTABLES; t < (int)DSP_ARRAY_SIZE(h->ridx.off); t++) {
+        h->ridx.off[t] = (uint32_t)idx_start;
     }
     total = ALIGN8(cur + strings_need);
-    /* Offsets are 32-bit in the ABI. */
-    DSP_ASSERT(total <= UINT32_MAX);
 
-    base = dsp_xcalloc(1, (size_t)total);
-    h = (struct shm_snap_hdr *)(void *)base;
     h->magic = SHM_SNAP_MAGIC;
     h->version = SHM_SNAP_VERSION;
     h->gen = gen;
@@ -551,23 +620,19 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     h->backends_off = (uint32_t)bo;
     h->nbackends = (uint32_t)nbackends;
     h->routes_off = (uint32_t)ro;
-    h->nroutes = rb.nroutes;
+    h->nroutes = n;
     h->certs_off = (uint32_t)co;
     h->ncerts = 0;
     h->strings_off = (uint32_t)cur;
     h->strings_len = (uint32_t)strings_need;
-    for (int t = 0; t < SHM_RIDX_NTABLES; t++) {
-        h->ridx.off[t] = (uint32_t)ridx_off[t];
-        h->ridx.count[t] = ridx_count[t];
-    }
-    for (int t = SHM_RIDX_NTABLES; t < (int)DSP_ARRAY_SIZE(h->ridx.off); t++) {
-        h->ridx.off[t] = (uint32_t)co;
-    }
 
+    /* The blob now overlays index space that compaction freed: zero its first byte (the shared
+     * empty string) and its tail, which are not otherwise written. */
     b.base = base;
     b.start = cur;
-    b.cur = cur + 1; /* the shared empty string; calloc already wrote its NUL */
+    b.cur = cur + 1;
     b.end = cur + strings_need;
+    base[cur] = '\0';
     h->config_path = put_str(&b, cfg->path);
     h->self_signed_cn = put_str(&b, cfg->tls.self_signed_cn);
 
@@ -580,94 +645,37 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
         ls[i].proxy_protocol = l->proxy_protocol != 0;
         ls[i].address = put_str(&b, l->address);
     }
-
     tc = (struct shm_cidr *)(void *)(base + to);
     for (size_t i = 0; i < cfg->ntrusted; i++) {
         tc[i].family = cfg->trusted[i].family;
         tc[i].prefix = cfg->trusted[i].prefix;
         memcpy(tc[i].addr, cfg->trusted[i].addr, sizeof(tc[i].addr));
     }
+    fill_services(cfg, base, &b, h);
+    fill_routes(cfg, base, &b, h);
+    DSP_ASSERT(b.cur == b.end);
+    memset(base + b.end, 0, (size_t)(total - b.end));
 
-    sv = (struct shm_service *)(void *)(base + so);
-    be = (struct shm_backend *)(void *)(base + bo);
-    nbackends = 0;
-    for (size_t i = 0; i < cfg->nservices; i++) {
-        const struct ms_service *s = &cfg->services[i];
-        struct shm_service *o = &sv[i];
-
-        o->name = put_str(&b, s->name);
-        o->backends_first = (uint32_t)nbackends;
-        o->nbackends = (uint32_t)s->nbackends;
-        o->balance = s->balance == MS_BALANCE_LEASTCONN ? SHM_BALANCE_LEASTCONN
-                     : s->balance == MS_BALANCE_IPHASH  ? SHM_BALANCE_IPHASH
-                                                        : SHM_BALANCE_RR;
-        o->rt_slot = SHM_NONE;
-        o->retries = u32_of(s->retries);
-        o->connect_timeout_ms = u32_of(s->connect_timeout_ms);
-        o->response_timeout_ms = u32_of(s->response_timeout_ms);
-        o->health_enabled = s->health.enabled != 0;
-        o->health_interval_ms = u32_of(s->health.interval_ms);
-        o->health_timeout_ms = u32_of(s->health.timeout_ms);
-        o->health_fall = u32_of(s->health.fall);
-        o->health_rise = u32_of(s->health.rise);
-        o->health_start_down = s->health.start_down != 0;
-        o->health_path = put_str(&b, s->health.path);
-        o->cb_enabled = s->circuit.enabled != 0;
-        o->cb_failures = u32_of(s->circuit.failures);
-        o->cb_open_ms = u32_of(s->circuit.open_ms);
-        o->cb_count_5xx = s->circuit.count_5xx != 0;
-        for (size_t j = 0; j < s->nbackends; j++) {
-            const struct ms_backend *mb = &s->backends[j];
-            struct shm_backend *ob = &be[nbackends++];
-
-            ob->address = put_str(&b, mb->address);
-            ob->service = (uint32_t)i;
-            ob->weight = u32_of(mb->weight);
-            ob->rt_slot = SHM_NONE;
-            put_addr(&mb->ss, &ob->family, &ob->port, ob->ip);
-            o->total_weight += ob->weight;
-        }
-    }
-
-    rt = (struct shm_route *)(void *)(base + ro);
-    for (uint32_t r = 0; r < rb.nroutes; r++) {
-        const struct ms_route *mr = &cfg->routes[r];
-
-        DSP_ASSERT(mr->service_idx < cfg->nservices);
-        rt[r].host = put_strn(&b, rb.host[r], rb.hlen[r]);
-        rt[r].path = put_strn(&b, rb.path[r], rb.plen[r]);
-        rt[r].methods = mr->methods;
-        rt[r].priority = mr->priority;
-        rt[r].service = (uint32_t)mr->service_idx;
-        rt[r].order = r;
-        rt[r].host_kind = rb.kind[r];
-        sv[mr->service_idx].nroutes++;
-    }
-    DSP_ASSERT(b.cur <= b.end);
-
-    /* The route index: keys point at the routes' own strings. */
-    meta = (struct shm_ridx_meta *)(void *)(base + ridx_off[SHM_RIDX_META]);
+    /* Keys point at the routes' own strings. */
+    rt = (const struct shm_route *)(const void *)(base + ro);
+    meta = rb.tab[SHM_RIDX_META];
+    memset(meta, 0, sizeof(*meta));
     meta->any_group = rb.any_group;
-    gr = (struct shm_ridx_group *)(void *)(base + ridx_off[SHM_RIDX_GROUPS]);
-    for (uint32_t g = 0; g < rb.ngroups; g++) {
-        rhost = &rt[rb.group_rep[g]].host;
-        gr[g] = rb.groups[g];
-        gr[g].key_off = rhost->off + (rb.groups[g].kind == SHM_HOST_WILDCARD ? 2u : 0u);
-        gr[g].key_len = rhost->len - (rb.groups[g].kind == SHM_HOST_WILDCARD ? 2u : 0u);
-    }
-    pa = (struct shm_ridx_path *)(void *)(base + ridx_off[SHM_RIDX_PATHS]);
-    for (uint32_t p = 0; p < rb.npaths; p++) {
-        pa[p] = rb.paths[p];
-        pa[p].key_off = rt[rb.path_rep[p]].path.off;
-    }
-    memcpy(base + ridx_off[SHM_RIDX_GROUP_BUCKETS], rb.gbuckets,
-           (size_t)rb.ngbuckets * sizeof(uint32_t));
-    memcpy(base + ridx_off[SHM_RIDX_PLENS], rb.plens, (size_t)rb.nplens * sizeof(uint32_t));
-    memcpy(base + ridx_off[SHM_RIDX_PATH_BUCKETS], rb.pbuckets,
-           (size_t)rb.npbuckets * sizeof(uint32_t));
-    memcpy(base + ridx_off[SHM_RIDX_LIST], rb.list, (size_t)rb.nlist * sizeof(uint32_t));
+    gr = RB_GROUPS(&rb);
+    for (uint32_t g = 0; g < rb.count[SHM_RIDX_GROUPS]; g++) {
+        const struct shm_str *s = &rt[gr[g].key_off].host;
+        uint32_t skip = gr[g].kind == SHM_HOST_WILDCARD ? 2u : 0u;
 
-    ridx_dispose(&rb);
+        gr[g].key_off = s->off + skip;
+        gr[g].key_len = s->len - skip;
+    }
+    pa = RB_PATHS(&rb);
+    for (uint32_t p = 0; p < rb.count[SHM_RIDX_PATHS]; p++) {
+        pa[p].key_off = rt[pa[p].key_off].path.off;
+    }
+
+    /* Shrinking keeps the block in place (mremap or a trimmed heap chunk). */
+    base = dsp_xrealloc(base, (size_t)total);
     *size = (size_t)total;
     return base;
 }

@@ -349,7 +349,7 @@ static int reply(struct wk_client *c, unsigned status, const char *body, size_t 
     if (!(c->tflags & WK_T_REQ_DONE)) {
         close_it = 1; /* the rest of the request body cannot be told apart from a next request */
     }
-    if (wk.stopping) {
+    if (wk.stopping || (c->flags & WK_C_F_CLOSE)) {
         close_it = 1;
     }
     if (wk_buf_get(&c->out, client_buf_size()) != 0) {
@@ -557,7 +557,7 @@ static int is_idempotent(unsigned method)
 
 /* Build the upstream request head into c->uout. Returns 0 or -1 (no memory / too large). */
 static int build_upstream_head(struct wk_client *c, const char *host, size_t hlen,
-                               const char *target, size_t tlen)
+                               const char *target, size_t tlen, uint64_t clen)
 {
     struct str_buf sb;
     char ip[64];
@@ -630,8 +630,8 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
     str_adds(&sb, "\r\n");
     if (c->rq.flags & F_CHUNKED) {
         str_adds(&sb, "Transfer-Encoding: chunked\r\n");
-    } else if (c->rq.content_length != ULLONG_MAX && (c->rq.flags & F_CONTENTLENGTH)) {
-        str_addf(&sb, "Content-Length: %llu\r\n", (unsigned long long)c->rq.content_length);
+    } else if (clen != ULLONG_MAX) {
+        str_addf(&sb, "Content-Length: %llu\r\n", (unsigned long long)clen);
     }
     str_adds(&sb, "\r\n");
     if (sb.overflow) {
@@ -688,6 +688,7 @@ static int process_head(struct wk_client *c, size_t hlen)
     uint32_t ridx;
     const struct shm_route *rt;
     const struct shm_service *svc;
+    uint64_t clen;
 
     c->gen = wk.cur;
     wk_gen_ref(c->gen);
@@ -835,6 +836,8 @@ static int process_head(struct wk_client *c, size_t hlen)
         return reply_error(c, 413, "Payload too large",
                            "Request body exceeds limits.max_body_bytes", F_CLOSE);
     }
+    /* http-parser counts content_length down as it parses the body: keep the original. */
+    clen = (c->rq.flags & F_CONTENTLENGTH) ? c->rq.content_length : ULLONG_MAX;
     /* Any body bytes that came with the head are checked before a backend sees anything. */
     {
         int r = parse_body(c);
@@ -842,7 +845,7 @@ static int process_head(struct wk_client *c, size_t hlen)
             return r < 0 ? -1 : 0;
         }
     }
-    if (build_upstream_head(c, host, hostlen, target, tlen) != 0) {
+    if (build_upstream_head(c, host, hostlen, target, tlen, clen) != 0) {
         return reply_error(c, 431, "Request header fields too large",
                            "Request head too large to forward", F_CLOSE);
     }

@@ -63,6 +63,7 @@ def run_child(test_id):
     problems = result.errors + result.failures + [
         (t, "unexpected success") for t in result.unexpectedSuccesses]
     for t, tb in problems:
+        print("== %s" % t)
         print(tb.rstrip())
     if problems:
         for d in dsptest.STARTED:

@@ -18,9 +18,7 @@ class FramingTest(dsptest.TestCase):
         self.d = self.dispatcher(services=[svc("web", self.b)], routes=[route("*", "web")])
 
     def test_pipelining_three_in_one_send(self):
-        reqs = (build_request("GET", "/echo/1", "p.do") +
-                build_request("POST", "/echo/2", "p.do", body=b"hello pipelining") +
-                build_request("GET", "/echo/3", "p.do"))
+        reqs = b"".join(build_request("GET", "/echo/%d" % i, "p.do") for i in (1, 2, 3))
         with Conn(self.d.port) as c:
             c.send(reqs)
             got = [c.read_response() for _ in range(3)]
@@ -28,11 +26,39 @@ class FramingTest(dsptest.TestCase):
             after = c.request("GET", "/echo/4", "p.do")
         self.assertEqual([r.status for r in got], [200, 200, 200])
         self.assertEqual([r.json()["path"] for r in got], ["/echo/1", "/echo/2", "/echo/3"])
-        self.assertEqual(got[1].json()["body"], "hello pipelining")
-        self.assertEqual(got[1].json()["method"], "POST")
         self.assertEqual(after.json()["path"], "/echo/4")
         ids = [r.header("X-Request-ID") for r in got]
         self.assertEqual(len(set(ids)), 3, "each pipelined request has its own id: %r" % ids)
+
+    def test_pipelining_with_bodies(self):
+        reqs = (build_request("GET", "/echo/1", "p.do") +
+                build_request("POST", "/echo/2", "p.do", body=b"hello pipelining") +
+                build_request("POST", "/echo/3", "p.do",
+                              headers=[("Transfer-Encoding", "chunked")],
+                              body=b"5\r\nhello\r\n6\r\n chunk\r\n0\r\n\r\n") +
+                build_request("GET", "/echo/4", "p.do"))
+        with Conn(self.d.port) as c:
+            c.send(reqs)
+            got = [c.read_response() for _ in range(4)]
+        self.assertEqual([r.status for r in got], [200] * 4, [r.body[:200] for r in got])
+        js = [r.json() for r in got]
+        self.assertEqual([j["method"] for j in js], ["GET", "POST", "POST", "GET"])
+        self.assertEqual([j["path"] for j in js], ["/echo/%d" % i for i in (1, 2, 3, 4)])
+        self.assertEqual(js[1]["body"], "hello pipelining")
+        self.assertEqual(js[2]["body"], "hello chunk")
+
+    def test_body_in_same_packet_as_head(self):
+        """A Content-Length body that arrives in the same read as the head must be forwarded
+        with its Content-Length, and must not leak into the next request upstream."""
+        with Conn(self.d.port) as c:
+            for i in range(3):
+                r = c.request("POST", "/echo/%d" % i, "p.do", body=b"0123456789")
+                self.assertEqual(r.status, 200)
+                j = r.json()
+                self.assertEqual(j["method"], "POST", "upstream stream desynchronised: %r" % j)
+                cl = [v for k, v in j["headers"] if k.lower() == "content-length"]
+                self.assertEqual(cl, ["10"], "Content-Length forwarded upstream")
+                self.assertEqual(j["body"], "0123456789")
 
     def test_head_has_no_body(self):
         with Conn(self.d.port) as c:
