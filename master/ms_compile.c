@@ -8,8 +8,10 @@
 #include "master/ms_compile.h"
 
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -368,9 +370,29 @@ static uint64_t ridx_compact(struct ridx_build *rb, char *base, uint64_t start, 
         }
         rb->tab[t] = dst;
         off[t] = (uint32_t)cur;
+        /* Alignment padding may hold bytes of the worst-case layout: keep the segment clean. */
+        memset(base + cur + bytes, 0, (size_t)(ALIGN8(cur + bytes) - (cur + bytes)));
         cur = ALIGN8(cur + bytes);
     }
     return cur;
+}
+
+/* A big config touches every page of its buffer, and taking those faults one at a time costs
+ * more than all the hashing (several times more on some virtual machines). Fault the whole block
+ * in with one call instead. Best effort: kernels before 5.14 say EINVAL and we fault as we go. */
+static void prefault(void *p, size_t len)
+{
+#ifdef MADV_POPULATE_WRITE
+    uintptr_t lo = ((uintptr_t)p + 4095u) & ~(uintptr_t)4095u;
+    uintptr_t hi = ((uintptr_t)p + len) & ~(uintptr_t)4095u;
+
+    if (len >= (1u << 20) && hi > lo) {
+        (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
+    }
+#else
+    (void)p;
+    (void)len;
+#endif
 }
 
 /* ---- strings and addresses ---------------------------------------------------------------- */
@@ -520,6 +542,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     struct shm_ridx_path *pa;
     struct shm_ridx_meta *meta;
     struct blob b;
+    uint64_t ub_off[SHM_RIDX_NTABLES];
     uint64_t cur, idx_start, ub_end, strings_need, nbackends = 0;
     uint64_t lo, to, so, bo, ro, co, total;
     uint32_t n;
@@ -570,7 +593,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     for (int k = 0; k < SHM_RIDX_NTABLES; k++) {
         int t = ridx_order[k];
 
-        rb.tab[t] = (void *)(uintptr_t)table(&cur, rb.count[t], ridx_elsz[t]);
+        ub_off[t] = table(&cur, rb.count[t], ridx_elsz[t]);
     }
     ub_end = cur;
     /* Offsets are 32-bit in the ABI; the final segment is no larger than this bound. */
@@ -578,8 +601,9 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
 
     /* calloc: fresh pages come zeroed for free, and reserved fields must read as zero. */
     base = dsp_xcalloc(1, (size_t)(ub_end + strings_need + 8));
+    prefault(base, (size_t)(ub_end + strings_need + 8));
     for (int t = 0; t < SHM_RIDX_NTABLES; t++) {
-        rb.tab[t] = base + (uintptr_t)rb.tab[t];
+        rb.tab[t] = base + ub_off[t];
     }
     rb.rmap = dsp_xmalloc(((size_t)n + 1) * sizeof(*rb.rmap));
     build_groups(&rb);
@@ -626,8 +650,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     h->strings_off = (uint32_t)cur;
     h->strings_len = (uint32_t)strings_need;
 
-    /* The blob now overlays index space that compaction freed: zero its first byte (the shared
-     * empty string) and its tail, which are not otherwise written. */
+    /* The blob now overlays index space that compaction freed. Every byte of it is written
+     * below: the shared empty string's NUL here, the strings after it, the padding at the end. */
     b.base = base;
     b.start = cur;
     b.cur = cur + 1;

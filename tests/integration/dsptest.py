@@ -416,8 +416,8 @@ class TestCase(unittest.TestCase):
     def _stop_dispatcher(self, d):
         problems = d.stop(check_workers=getattr(self, "check_workers", True))
         if problems:
-            self.fail("dispatcher on port %d did not stop cleanly:\n- %s\nerror log tail:\n%s"
-                      % (d.port, "\n- ".join(problems), d.log_tail()))
+            self.fail("dispatcher on port %d did not stop cleanly:\n- %s"
+                      % (d.port, "\n- ".join(problems)))
 
     def assertJsonError(self, r, status, error=None):
         """<r> has <status>, Content-Type application/json and a JSON body with "error"."""

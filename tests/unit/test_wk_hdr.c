@@ -1,0 +1,81 @@
+/* Unit tests for the worker's header rules: hop-by-hop detection (including names listed in
+ * Connection), token matching, request-id sanity and generation. */
+#include "tests/unit/unit.h"
+
+#include <string.h>
+
+#include "worker/wk_internal.h"
+
+static void add(struct wk_head *h, const char *name, const char *value)
+{
+    h->h[h->n].name = name;
+    h->h[h->n].nlen = (uint32_t)strlen(name);
+    h->h[h->n].value = value;
+    h->h[h->n].vlen = (uint32_t)strlen(value);
+    h->n++;
+}
+
+static void test_hop_by_hop(void)
+{
+    static struct wk_head h;
+
+    wk_head_reset(&h);
+    add(&h, "Host", "a");
+    add(&h, "Connection", "close, X-Secret ,x-other");
+    add(&h, "connection", "Keep-Alive");
+    CU_ASSERT(wk_hdr_hop(&h, "Connection", 10));
+    CU_ASSERT(wk_hdr_hop(&h, "KEEP-ALIVE", 10));
+    CU_ASSERT(wk_hdr_hop(&h, "Proxy-Connection", 16));
+    CU_ASSERT(wk_hdr_hop(&h, "te", 2));
+    CU_ASSERT(wk_hdr_hop(&h, "Trailer", 7));
+    CU_ASSERT(wk_hdr_hop(&h, "Transfer-Encoding", 17));
+    CU_ASSERT(wk_hdr_hop(&h, "Upgrade", 7));
+    CU_ASSERT(wk_hdr_hop(&h, "x-secret", 8));
+    CU_ASSERT(wk_hdr_hop(&h, "X-Other", 7));
+    CU_ASSERT(!wk_hdr_hop(&h, "X-Secre", 7));
+    CU_ASSERT(!wk_hdr_hop(&h, "Host", 4));
+    CU_ASSERT(!wk_hdr_hop(&h, "Content-Length", 14));
+    CU_ASSERT(!wk_hdr_hop(&h, "Tea", 3));
+}
+
+static void test_tokens(void)
+{
+    CU_ASSERT(wk_hdr_has_token("gzip, chunked", 13, "chunked"));
+    CU_ASSERT(wk_hdr_has_token("Upgrade", 7, "upgrade"));
+    CU_ASSERT(!wk_hdr_has_token("chunkedx", 8, "chunked"));
+    CU_ASSERT(!wk_hdr_has_token("", 0, "close"));
+}
+
+static void test_reqid(void)
+{
+    uint64_t rng[2] = {12345, 67890};
+    char a[48], b[48];
+
+    CU_ASSERT(wk_reqid_sane("abc-123_DEF.x:y+z/=", 19));
+    CU_ASSERT(!wk_reqid_sane("", 0));
+    CU_ASSERT(!wk_reqid_sane("a b", 3));
+    CU_ASSERT(!wk_reqid_sane("a\"b", 3));
+    CU_ASSERT(!wk_reqid_sane("a\r\nb", 4));
+    {
+        char longid[80];
+        memset(longid, 'a', sizeof(longid));
+        CU_ASSERT(wk_reqid_sane(longid, 64));
+        CU_ASSERT(!wk_reqid_sane(longid, 65));
+    }
+    wk_reqid_new(rng, a);
+    wk_reqid_new(rng, b);
+    CU_ASSERT_EQUAL(strlen(a), 32);
+    CU_ASSERT(wk_reqid_sane(a, 32));
+    CU_ASSERT(strcmp(a, b) != 0);
+}
+
+static void test_reasons(void)
+{
+    CU_ASSERT_STRING_EQUAL(wk_reason(404), "Not Found");
+    CU_ASSERT_STRING_EQUAL(wk_reason(502), "Bad Gateway");
+    CU_ASSERT_STRING_EQUAL(wk_reason(431), "Request Header Fields Too Large");
+    CU_ASSERT_STRING_EQUAL(wk_reason(299), "Unknown");
+}
+
+UNIT_SUITE(wk_hdr, {"hop_by_hop", test_hop_by_hop}, {"tokens", test_tokens},
+           {"reqid", test_reqid}, {"reasons", test_reasons})
