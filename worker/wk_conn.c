@@ -730,6 +730,18 @@ static int process_head(struct wk_client *c, size_t hlen)
                                                          : http_errno_description(err));
         return reply_error(c, 400, "Bad request", msg, F_CLOSE);
     }
+    {
+        const char *nl = memchr(base, '\n', hlen);
+        if (nl == NULL || !wk_request_line_ok(base, (size_t)(nl - base))) {
+            return reply_error(c, 400, "Bad request", "Malformed request line", F_CLOSE);
+        }
+    }
+    for (uint32_t i = 0; i < scratch.n; i++) {
+        if (!wk_token_ok(scratch.h[i].name, scratch.h[i].nlen) ||
+            !wk_value_ok(scratch.h[i].value, scratch.h[i].vlen)) {
+            return reply_error(c, 400, "Bad request", "Malformed header field", F_CLOSE);
+        }
+    }
     if (c->rq.method == HTTP_CONNECT) {
         return reply_error(c, 405, "Method not allowed", "CONNECT is not supported", F_CLOSE);
     }
@@ -1216,6 +1228,13 @@ static int parse_response(struct wk_client *c)
         err = HTTP_PARSER_ERRNO(&c->rs);
         if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen || scratch.too_many) {
             return upstream_failed(c, FAIL_BAD);
+        }
+        for (uint32_t i = 0; i < scratch.n; i++) {
+            /* A backend must not smuggle a line break or junk into the client's response. */
+            if (!wk_token_ok(scratch.h[i].name, scratch.h[i].nlen) ||
+                !wk_value_ok(scratch.h[i].value, scratch.h[i].vlen)) {
+                return upstream_failed(c, FAIL_BAD);
+            }
         }
         if (c->rs.status_code >= 100 && c->rs.status_code < 200) {
             if (c->rs.status_code == 101) {
@@ -1752,8 +1771,13 @@ void wk_upstream_event(struct wk_upstream *u, uint32_t events)
     struct wk_client *c = u->client;
 
     if (c == NULL) {
-        /* Idle in the pool: any event means the backend closed it or sent something unasked. */
-        upstream_close(u);
+        /* Idle in the pool: input means the backend closed it or sent something unasked. A
+         * write edge (ACKs freeing send space) is harmless. */
+        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+            upstream_close(u);
+        } else {
+            u->flags |= WK_UP_F_WRITABLE;
+        }
         return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {

@@ -155,3 +155,67 @@ const char *wk_reason(unsigned status)
     default: return "Unknown";
     }
 }
+
+/* RFC 7230 tchar. */
+static int is_tchar(unsigned char ch)
+{
+    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9')) {
+        return 1;
+    }
+    return ch != 0 && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
+}
+
+int wk_token_ok(const char *s, size_t n)
+{
+    if (n == 0) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!is_tchar((unsigned char)s[i])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int wk_value_ok(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int wk_request_line_ok(const char *p, size_t n)
+{
+    size_t i = 0, m, t;
+
+    /* method SP request-target SP HTTP/d.d, with an optional CR before the LF already cut */
+    if (n > 0 && p[n - 1] == '\r') {
+        n--;
+    }
+    while (i < n && p[i] != ' ') {
+        i++;
+    }
+    m = i;
+    if (!wk_token_ok(p, m) || i >= n) {
+        return 0;
+    }
+    i++;
+    t = i;
+    while (i < n && p[i] != ' ') {
+        if ((unsigned char)p[i] <= 0x20 || (unsigned char)p[i] == 0x7f) {
+            return 0;
+        }
+        i++;
+    }
+    if (i == t || i >= n) {
+        return 0;
+    }
+    i++;
+    return n - i == 8 && memcmp(p + i, "HTTP/", 5) == 0 && p[i + 5] >= '0' && p[i + 5] <= '9' &&
+           p[i + 6] == '.' && p[i + 7] >= '0' && p[i + 7] <= '9';
+}

@@ -236,6 +236,12 @@ int wk_hdr_has_token(const char *v, size_t vlen, const char *token);
 int wk_reqid_sane(const char *v, size_t vlen);
 /* Generate a 32-hex-char request id into <out> (at least 33 bytes). */
 void wk_reqid_new(uint64_t rng[2], char *out);
+/* Is <s> a non-empty RFC 7230 token (header name, method)? */
+int wk_token_ok(const char *s, size_t n);
+/* Is <s> free of control bytes other than HTAB (header value)? */
+int wk_value_ok(const char *s, size_t n);
+/* Is <p>[0, n) (the first line, LF excluded) "METHOD SP target SP HTTP/d.d" with optional CR? */
+int wk_request_line_ok(const char *p, size_t n);
 /* The reason phrase for a status code ("OK", "Not Found", ...). */
 const char *wk_reason(unsigned status);
 

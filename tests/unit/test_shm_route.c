@@ -1,14 +1,14 @@
 /* dispatcher unit tests: the snapshot compiler, its checker and the route matcher, including a
  * brute-force reference matcher that random route sets are compared against. */
-#include <CUnit/CUnit.h>
-#include <arpa/inet.h>
-#include <http_parser.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+
+#include <CUnit/CUnit.h>
+#include <http_parser.h>
 
 #include "common/dsp.h"
 #include "common/net.h"
@@ -600,6 +600,17 @@ static void test_roundtrip(void)
 
     CU_ASSERT_EQUAL(q(h, "api.do", "/api/db/x", HTTP_POST), 2);
     CU_ASSERT_EQUAL(q(h, "api.do", "/api/db/x", HTTP_DELETE), 3);
+
+    /* Same config, same bytes: no leftovers of the build end up in the segment. */
+    {
+        size_t size2;
+        struct shm_snap_hdr *h2 = ms_compile(&t.cfg, 1, &size2);
+
+        CU_ASSERT_EQUAL_FATAL(size2, size);
+        h2->loaded_at = h->loaded_at;
+        CU_ASSERT(memcmp(h, h2, size) == 0);
+        free(h2);
+    }
     free(h);
     tc_free(&t);
 }

@@ -77,5 +77,24 @@ static void test_reasons(void)
     CU_ASSERT_STRING_EQUAL(wk_reason(299), "Unknown");
 }
 
-UNIT_SUITE(wk_hdr, {"hop_by_hop", test_hop_by_hop}, {"tokens", test_tokens},
+static void test_syntax(void)
+{
+    CU_ASSERT(wk_request_line_ok("GET / HTTP/1.1", 14));
+    CU_ASSERT(wk_request_line_ok("GET /a?b HTTP/1.0\r", 18));
+    CU_ASSERT(!wk_request_line_ok("GET / HTTX/1.1", 14));
+    CU_ASSERT(!wk_request_line_ok("GET  / HTTP/1.1", 15));
+    CU_ASSERT(!wk_request_line_ok("GET / HTTP/1.1 x", 16));
+    CU_ASSERT(!wk_request_line_ok("G(T / HTTP/1.1", 14));
+    CU_ASSERT(!wk_request_line_ok("GET /\x01 HTTP/1.1", 15));
+    CU_ASSERT(!wk_request_line_ok("GET", 3));
+    CU_ASSERT(wk_token_ok("X-Custom_1", 10));
+    CU_ASSERT(!wk_token_ok("Bad Name", 8));
+    CU_ASSERT(!wk_token_ok("a:b", 3));
+    CU_ASSERT(!wk_token_ok("", 0));
+    CU_ASSERT(wk_value_ok("a\tb c", 5));
+    CU_ASSERT(!wk_value_ok("a\rb", 3));
+    CU_ASSERT(!wk_value_ok("a\0b", 3));
+}
+
+UNIT_SUITE(wk_hdr, {"syntax", test_syntax}, {"hop_by_hop", test_hop_by_hop}, {"tokens", test_tokens},
            {"reqid", test_reqid}, {"reasons", test_reasons})
