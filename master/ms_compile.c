@@ -26,8 +26,8 @@
 /* Order of the index tables in the segment (compaction relies on it: each table only moves
  * down, and never onto a table that has not moved yet). */
 static const int ridx_order[SHM_RIDX_NTABLES] = {
-    SHM_RIDX_META,  SHM_RIDX_GROUPS, SHM_RIDX_GROUP_BUCKETS, SHM_RIDX_PATHS,
-    SHM_RIDX_PATH_BUCKETS, SHM_RIDX_PLENS, SHM_RIDX_LIST,
+    SHM_RIDX_META,         SHM_RIDX_GROUPS, SHM_RIDX_GROUP_BUCKETS, SHM_RIDX_PATHS,
+    SHM_RIDX_PATH_BUCKETS, SHM_RIDX_PLENS,  SHM_RIDX_LIST,
 };
 
 static const size_t ridx_elsz[SHM_RIDX_NTABLES] = {
@@ -46,15 +46,26 @@ static const size_t ridx_elsz[SHM_RIDX_NTABLES] = {
 struct ridx_build {
     const struct ms_config *cfg;
     uint32_t nroutes;
-    uint32_t *rmap;              /* per route: its group, later its path entry */
+    uint32_t *rmap; /* per route: its group, later its path entry */
     uint32_t any_group;
     void *tab[SHM_RIDX_NTABLES];
     uint32_t count[SHM_RIDX_NTABLES];
 };
 
-#define RB_GROUPS(rb) ((struct shm_ridx_group *)(rb)->tab[SHM_RIDX_GROUPS])
-#define RB_PATHS(rb)  ((struct shm_ridx_path *)(rb)->tab[SHM_RIDX_PATHS])
-#define RB_U32(rb, t) ((uint32_t *)(rb)->tab[t])
+static struct shm_ridx_group *rb_groups(const struct ridx_build *rb)
+{
+    return rb->tab[SHM_RIDX_GROUPS];
+}
+
+static struct shm_ridx_path *rb_paths(const struct ridx_build *rb)
+{
+    return rb->tab[SHM_RIDX_PATHS];
+}
+
+static uint32_t *rb_u32(const struct ridx_build *rb, int t)
+{
+    return rb->tab[t];
+}
 
 static const char *route_host(const struct ms_config *cfg, uint32_t r)
 {
@@ -120,8 +131,8 @@ static int cmp_u32_desc(const void *a, const void *b)
 static void build_groups(struct ridx_build *rb)
 {
     const struct ms_config *cfg = rb->cfg;
-    struct shm_ridx_group *groups = RB_GROUPS(rb);
-    uint32_t *b = RB_U32(rb, SHM_RIDX_GROUP_BUCKETS);
+    struct shm_ridx_group *groups = rb_groups(rb);
+    uint32_t *b = rb_u32(rb, SHM_RIDX_GROUP_BUCKETS);
     uint32_t nb = rb->count[SHM_RIDX_GROUP_BUCKETS];
     uint32_t ng = 0;
 
@@ -181,8 +192,8 @@ static void build_groups(struct ridx_build *rb)
 static void build_paths(struct ridx_build *rb)
 {
     const struct ms_config *cfg = rb->cfg;
-    struct shm_ridx_path *paths = RB_PATHS(rb);
-    uint32_t *b = RB_U32(rb, SHM_RIDX_PATH_BUCKETS);
+    struct shm_ridx_path *paths = rb_paths(rb);
+    uint32_t *b = rb_u32(rb, SHM_RIDX_PATH_BUCKETS);
     uint32_t nb = rb->count[SHM_RIDX_PATH_BUCKETS];
     uint32_t np = 0;
 
@@ -224,9 +235,9 @@ static void build_paths(struct ridx_build *rb)
 static void build_lists(struct ridx_build *rb)
 {
     const struct ms_config *cfg = rb->cfg;
-    struct shm_ridx_path *paths = RB_PATHS(rb);
+    struct shm_ridx_path *paths = rb_paths(rb);
     uint32_t np = rb->count[SHM_RIDX_PATHS];
-    uint32_t *list = RB_U32(rb, SHM_RIDX_LIST);
+    uint32_t *list = rb_u32(rb, SHM_RIDX_LIST);
     uint32_t *fill = dsp_xmalloc(((size_t)np + 1) * sizeof(*fill));
     uint64_t *keys = NULL;
     size_t keyscap = 0;
@@ -288,10 +299,10 @@ static void build_lists(struct ridx_build *rb)
 /* Each group's distinct path lengths, longest first. */
 static void build_plens(struct ridx_build *rb)
 {
-    struct shm_ridx_group *groups = RB_GROUPS(rb);
-    struct shm_ridx_path *paths = RB_PATHS(rb);
+    struct shm_ridx_group *groups = rb_groups(rb);
+    struct shm_ridx_path *paths = rb_paths(rb);
     uint32_t ng = rb->count[SHM_RIDX_GROUPS], np = rb->count[SHM_RIDX_PATHS];
-    uint32_t *plens = RB_U32(rb, SHM_RIDX_PLENS);
+    uint32_t *plens = rb_u32(rb, SHM_RIDX_PLENS);
     uint32_t *fill = dsp_xcalloc((size_t)ng + 1, sizeof(*fill));
     uint32_t *tmp = dsp_xmalloc(((size_t)np + 1) * sizeof(*tmp));
     uint32_t sum = 0, out = 0;
@@ -359,11 +370,11 @@ static uint64_t ridx_compact(struct ridx_build *rb, char *base, uint64_t start, 
         void *dst = base + cur;
 
         if (t == SHM_RIDX_GROUP_BUCKETS) {
-            rehash(dst, rb->count[t], RB_GROUPS(rb), sizeof(struct shm_ridx_group),
+            rehash(dst, rb->count[t], rb_groups(rb), sizeof(struct shm_ridx_group),
                    offsetof(struct shm_ridx_group, hash), rb->count[SHM_RIDX_GROUPS],
                    rb->any_group);
         } else if (t == SHM_RIDX_PATH_BUCKETS) {
-            rehash(dst, rb->count[t], RB_PATHS(rb), sizeof(struct shm_ridx_path),
+            rehash(dst, rb->count[t], rb_paths(rb), sizeof(struct shm_ridx_path),
                    offsetof(struct shm_ridx_path, hash), rb->count[SHM_RIDX_PATHS], SHM_NONE);
         } else if (dst != rb->tab[t]) {
             memmove(dst, rb->tab[t], bytes);
@@ -399,8 +410,8 @@ static void prefault(void *p, size_t len)
 
 /* The string blob starts with one NUL that every empty or missing string points at. */
 struct blob {
-    char *base;                  /* the snapshot */
-    uint64_t start;              /* strings_off */
+    char *base;     /* the snapshot */
+    uint64_t start; /* strings_off */
     uint64_t cur;
     uint64_t end;
 };
@@ -685,7 +696,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     meta = rb.tab[SHM_RIDX_META];
     memset(meta, 0, sizeof(*meta));
     meta->any_group = rb.any_group;
-    gr = RB_GROUPS(&rb);
+    gr = rb_groups(&rb);
     for (uint32_t g = 0; g < rb.count[SHM_RIDX_GROUPS]; g++) {
         const struct shm_str *s = &rt[gr[g].key_off].host;
         uint32_t skip = gr[g].kind == SHM_HOST_WILDCARD ? 2u : 0u;
@@ -693,7 +704,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
         gr[g].key_off = s->off + skip;
         gr[g].key_len = s->len - skip;
     }
-    pa = RB_PATHS(&rb);
+    pa = rb_paths(&rb);
     for (uint32_t p = 0; p < rb.count[SHM_RIDX_PATHS]; p++) {
         pa[p].key_off = rt[pa[p].key_off].path.off;
     }

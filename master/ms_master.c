@@ -19,6 +19,7 @@
 #include "common/net.h"
 #include "master/ms_compile.h"
 #include "master/ms_config.h"
+#include "master/ms_loop.h"
 #include "master/ms_rt.h"
 #include "shm/shm.h"
 #include "worker/wk.h"
@@ -135,6 +136,7 @@ int ms_publish(void)
     if (ms.oldest_kept == 0) {
         ms.oldest_kept = gen;
     }
+    ms_loop_published();
     return 0;
 }
 
@@ -386,9 +388,8 @@ int ms_run(void)
     sigdelset(&waitmask, SIGCHLD);
     sigdelset(&waitmask, SIGUSR1);
 
-    epfd = epoll_create1(EPOLL_CLOEXEC);
+    epfd = ms_loop_fd();
     if (epfd == -1) {
-        log_errno(LOG_ERROR, errno, "epoll_create1() failed");
         return MS_EXIT_START;
     }
     ms.ctl->nworkers = (uint32_t)ms.nworkers;
@@ -399,12 +400,15 @@ int ms_run(void)
              ms.nworkers, ms.nlisten, (unsigned long long)ms.gen);
 
     for (;;) {
-        struct epoll_event ev[8];
+        struct epoll_event ev[16];
         uint64_t now;
-        int n = epoll_pwait(epfd, ev, 8, 100, &waitmask);
+        int n = epoll_pwait(epfd, ev, 16, 100, &waitmask);
 
         if (n == -1 && errno != EINTR) {
             log_errno(LOG_ERROR, errno, "epoll_pwait() failed");
+        }
+        for (int i = 0; i < n; i++) {
+            ms_loop_dispatch(ev[i].data.ptr, ev[i].events);
         }
         now = dsp_now_ms();
         if (sig_chld) {
@@ -456,8 +460,8 @@ int ms_run(void)
             }
         }
         retire_generations();
+        ms_loop_run_ticks(now);
     }
-    close(epfd);
     for (uint64_t g = ms.oldest_kept; g <= ms.gen && g != 0; g++) {
         shm_snap_unlink(ms.ctl->master_pid, g);
     }

@@ -83,7 +83,7 @@ struct ridx_view {
 struct prefix_cache {
     const char *path;
     size_t pathlen;
-    size_t n;                    /* h[0..n] are valid */
+    size_t n; /* h[0..n] are valid */
     uint32_t h[PREFIX_CACHE + 1];
 };
 
@@ -190,8 +190,8 @@ static int better(const struct best *b, int32_t prio, uint64_t spec, size_t plen
 }
 
 /* Offer group <g>'s best route for this request to <b>. */
-static void try_group(const struct ridx_view *v, uint32_t g, uint64_t spec,
-                      struct prefix_cache *pc, int method, struct best *b)
+static void try_group(const struct ridx_view *v, uint32_t g, uint64_t spec, struct prefix_cache *pc,
+                      int method, struct best *b)
 {
     const struct shm_ridx_group *gr = &v->groups[g];
 

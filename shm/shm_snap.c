@@ -11,7 +11,7 @@
 struct snap_bounds {
     const char *base;
     uint64_t size;
-    uint64_t str_lo;             /* the string blob: [str_lo, str_hi) */
+    uint64_t str_lo; /* the string blob: [str_lo, str_hi) */
     uint64_t str_hi;
 };
 
@@ -173,8 +173,8 @@ int shm_snap_check(const struct shm_snap_hdr *h, size_t size)
     }
     rt = shm_routes(h);
     for (uint32_t i = 0; i < h->nroutes; i++) {
-        if (!str_ok(&sb, rt[i].host) || !str_ok(&sb, rt[i].path) ||
-            rt[i].service >= h->nservices || rt[i].host_kind > SHM_HOST_EXACT) {
+        if (!str_ok(&sb, rt[i].host) || !str_ok(&sb, rt[i].path) || rt[i].service >= h->nservices ||
+            rt[i].host_kind > SHM_HOST_EXACT) {
             return -1;
         }
     }

@@ -29,19 +29,17 @@
 #define LINGER_MS         2000
 #define UPSTREAM_BUF_SIZE (32 * 1024)
 
-/* Why an upstream attempt failed; decides retry and the status code. */
-#define FAIL_CONNECT  1 /* connect refused/unreachable: nothing reached the backend */
-#define FAIL_RESET    2 /* reset or EOF before any response byte */
-#define FAIL_CTIMEOUT 3 /* connect timed out */
-#define FAIL_RTIMEOUT 4 /* no (complete) response within response_timeout_ms */
-#define FAIL_BAD      5 /* response unparsable or truncated */
-
 static struct wk_head scratch;
 
 /* ---- small helpers ------------------------------------------------------------------------- */
 static const struct shm_snap_hdr *csnap(const struct wk_client *c)
 {
     return c->gen ? c->gen->snap : wk.cur->snap;
+}
+
+const struct shm_service *wk_client_service(const struct wk_client *c)
+{
+    return &shm_services(c->gen->snap)[c->service];
 }
 
 static const struct shm_service *csvc(const struct wk_client *c)
@@ -874,39 +872,6 @@ static int process_head(struct wk_client *c, size_t hlen)
 }
 
 /* ---- upstream attempts ---------------------------------------------------------------------- */
-static int pick_backend(struct wk_client *c)
-{
-    const struct shm_service *svc = csvc(c);
-    const struct shm_backend *bes = shm_backends(c->gen->snap) + svc->backends_first;
-    uint32_t n = svc->nbackends;
-    uint32_t tw = svc->total_weight ? svc->total_weight : n;
-    uint64_t cur = __atomic_fetch_add(&wk.rt->services[svc->rt_slot].rr_cursor, 1,
-                                      __ATOMIC_RELAXED);
-    uint64_t pos = cur % tw;
-    uint32_t start = 0;
-
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t w = svc->total_weight ? bes[i].weight : 1;
-        if (pos < w) {
-            start = i;
-            break;
-        }
-        pos -= w;
-    }
-    for (uint32_t k = 0; k < n; k++) {
-        uint32_t j = (start + k) % n;
-        uint32_t st = __atomic_load_n(&wk.rt->backends[bes[j].rt_slot].state, __ATOMIC_RELAXED);
-        if (j < 64 && (c->tried & (1ull << j))) {
-            continue;
-        }
-        if (st != SHM_BE_UP && n > 1) {
-            continue;
-        }
-        return (int)j;
-    }
-    return -1;
-}
-
 static int upstream_connect(struct wk_client *c)
 {
     const struct shm_backend *be = cbe(c);
@@ -981,11 +946,12 @@ static int upstream_failed(struct wk_client *c, int why);
 static int upstream_start(struct wk_client *c)
 {
     for (;;) {
-        int b = pick_backend(c);
+        char why[256];
+        int b = wk_lb_pick(c, why, sizeof(why));
         int r;
 
         if (b < 0) {
-            return reply_error(c, 503, "Service unavailable", "No backend available", 0);
+            return reply_error(c, 503, "Service unavailable", why, 0);
         }
         c->backend = (uint32_t)b;
         if (b < 64) {
@@ -1002,7 +968,7 @@ static int upstream_start(struct wk_client *c)
         __atomic_fetch_add(&wk.rt->backends[cbe(c)->rt_slot].active, 1, __ATOMIC_RELAXED);
         c->tflags |= WK_T_COUNTED;
         if (r == 1) {
-            if (upstream_failed(c, FAIL_CONNECT) != 0) {
+            if (upstream_failed(c, WK_FAIL_CONNECT) != 0) {
                 return -1;
             }
             return 0; /* upstream_failed started the next attempt */
@@ -1022,16 +988,16 @@ static int upstream_failed(struct wk_client *c, int why)
     int can_retry = 0;
     char msg[256];
 
-    __atomic_fetch_add(&wk.rt->backends[be->rt_slot].errors, 1, __ATOMIC_RELAXED);
+    wk_lb_result(c, why, 0);
     detach_upstream(c);
     if (!(c->tflags & (WK_T_RESP_BYTES | WK_T_CLIENT_SENT | WK_T_RESP_HEAD | WK_T_BODY_LOST))) {
-        if (why == FAIL_CONNECT || why == FAIL_CTIMEOUT) {
+        if (why == WK_FAIL_CONNECT || why == WK_FAIL_CTIMEOUT) {
             can_retry = 1; /* nothing reached the backend */
-        } else if (why == FAIL_RESET && reused && !(c->tflags & WK_T_RESP_BYTES)) {
+        } else if (why == WK_FAIL_RESET && reused && !(c->tflags & WK_T_RESP_BYTES)) {
             /* An idle keep-alive connection closed by the backend as we reused it: the request
              * was never processed. One free retry on a fresh connection. */
             can_retry = 2;
-        } else if (why == FAIL_RESET && (c->tflags & WK_T_IDEMPOTENT)) {
+        } else if (why == WK_FAIL_RESET && (c->tflags & WK_T_IDEMPOTENT)) {
             can_retry = 1;
         }
     }
@@ -1040,24 +1006,21 @@ static int upstream_failed(struct wk_client *c, int why)
         c->tries--;
     }
     if (can_retry && c->tries <= svc->retries + (can_retry == 2 ? 1u : 0u) &&
-        c->tries < 64) {
-        int b = pick_backend(c);
-        if (b >= 0) {
-            return upstream_start(c);
-        }
+        c->tries < 64 && wk_lb_can_retry(c)) {
+        return upstream_start(c);
     }
     switch (why) {
-    case FAIL_CONNECT:
+    case WK_FAIL_CONNECT:
         snprintf(msg, sizeof(msg), "Backend %s refused the connection", shm_s(c->gen->snap, be->address));
         return reply_error(c, 502, "Bad gateway", msg, 0);
-    case FAIL_CTIMEOUT:
+    case WK_FAIL_CTIMEOUT:
         snprintf(msg, sizeof(msg), "Connecting to backend %s timed out", shm_s(c->gen->snap, be->address));
         return reply_error(c, 504, "Gateway timeout", msg, 0);
-    case FAIL_RTIMEOUT:
+    case WK_FAIL_RTIMEOUT:
         snprintf(msg, sizeof(msg), "Backend %s did not answer within %u ms",
                  shm_s(c->gen->snap, be->address), svc->response_timeout_ms);
         return reply_error(c, 504, "Gateway timeout", msg, 0);
-    case FAIL_RESET:
+    case WK_FAIL_RESET:
         snprintf(msg, sizeof(msg), "Backend %s closed the connection without a response",
                  shm_s(c->gen->snap, be->address));
         return reply_error(c, 502, "Bad gateway", msg, 0);
@@ -1214,7 +1177,7 @@ static int parse_response(struct wk_client *c)
         hlen = head_end(base, avail, 0);
         if (hlen == 0) {
             if (avail >= c->uin.cap) {
-                return upstream_failed(c, FAIL_BAD);
+                return upstream_failed(c, WK_FAIL_BAD);
             }
             return 0;
         }
@@ -1227,28 +1190,28 @@ static int parse_response(struct wk_client *c)
         n = http_parser_execute(&c->rs, &resp_settings, base, hlen);
         err = HTTP_PARSER_ERRNO(&c->rs);
         if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen || scratch.too_many) {
-            return upstream_failed(c, FAIL_BAD);
+            return upstream_failed(c, WK_FAIL_BAD);
         }
         for (uint32_t i = 0; i < scratch.n; i++) {
             /* A backend must not smuggle a line break or junk into the client's response. */
             if (!wk_token_ok(scratch.h[i].name, scratch.h[i].nlen) ||
                 !wk_value_ok(scratch.h[i].value, scratch.h[i].vlen)) {
-                return upstream_failed(c, FAIL_BAD);
+                return upstream_failed(c, WK_FAIL_BAD);
             }
         }
         if (c->rs.status_code >= 100 && c->rs.status_code < 200) {
             if (c->rs.status_code == 101) {
                 /* We never forward Upgrade, so a switch of protocols is a protocol error. */
-                return upstream_failed(c, FAIL_BAD);
+                return upstream_failed(c, WK_FAIL_BAD);
             }
             if (forward_interim(c, base, hlen) != 0) {
-                return upstream_failed(c, FAIL_BAD);
+                return upstream_failed(c, WK_FAIL_BAD);
             }
             c->uin.start += (uint32_t)hlen;
             continue;
         }
         if (build_client_head(c) != 0) {
-            return upstream_failed(c, FAIL_BAD);
+            return upstream_failed(c, WK_FAIL_BAD);
         }
         c->tflags |= WK_T_RESP_HEAD;
         c->rparsed_off = c->rsend_off = c->rready_off = c->uin.start + (uint32_t)hlen;
@@ -1404,7 +1367,7 @@ static int upstream_write(struct wk_client *c)
         if (errno == EINTR) {
             return 1;
         }
-        return upstream_failed(c, FAIL_RESET) == 0 ? 1 : -1;
+        return upstream_failed(c, WK_FAIL_RESET) == 0 ? 1 : -1;
     }
     c->tflags |= WK_T_UP_WRITTEN;
     if ((size_t)n <= first) {
@@ -1482,9 +1445,9 @@ static int upstream_read(struct wk_client *c)
     /* EOF or reset from the backend. */
     if (!(c->tflags & WK_T_RESP_HEAD)) {
         if (c->uin.end > c->uin.start) {
-            return upstream_failed(c, FAIL_BAD) == 0 ? 1 : -1;
+            return upstream_failed(c, WK_FAIL_BAD) == 0 ? 1 : -1;
         }
-        return upstream_failed(c, FAIL_RESET) == 0 ? 1 : -1;
+        return upstream_failed(c, WK_FAIL_RESET) == 0 ? 1 : -1;
     }
     if (!(c->tflags & WK_T_RESP_DONE)) {
         if (n == 0) {
@@ -1509,6 +1472,7 @@ static int finish(struct wk_client *c)
     int reusable;
     uint64_t lat_us = (wk.now - c->started_ms) * 1000;
 
+    wk_lb_result(c, 0, c->status);
     __atomic_fetch_add(&wk.rt->backends[be->rt_slot].requests, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&wk.rt->backends[be->rt_slot].latency_sum_us, lat_us, __ATOMIC_RELAXED);
     __atomic_fetch_add(&wk.rt->services[csvc(c)->rt_slot].requests, 1, __ATOMIC_RELAXED);
@@ -1796,7 +1760,7 @@ void wk_upstream_event(struct wk_upstream *u, uint32_t events)
             err = errno;
         }
         if (err != 0) {
-            if (upstream_failed(c, FAIL_CONNECT) != 0) {
+            if (upstream_failed(c, WK_FAIL_CONNECT) != 0) {
                 return;
             }
             run(c);
@@ -1827,7 +1791,7 @@ void wk_client_timeout(struct wk_client *c)
         break;
     case WK_CS_PROXY:
         if (c->up != NULL && (c->up->flags & WK_UP_F_CONNECTING)) {
-            if (upstream_failed(c, FAIL_CTIMEOUT) != 0) {
+            if (upstream_failed(c, WK_FAIL_CTIMEOUT) != 0) {
                 return;
             }
         } else if (!(c->tflags & WK_T_REQ_DONE) && !(c->tflags & WK_T_RESP_BYTES)) {
@@ -1836,7 +1800,7 @@ void wk_client_timeout(struct wk_client *c)
                 return;
             }
         } else if (!(c->tflags & WK_T_RESP_HEAD)) {
-            if (upstream_failed(c, FAIL_RTIMEOUT) != 0) {
+            if (upstream_failed(c, WK_FAIL_RTIMEOUT) != 0) {
                 return;
             }
         } else {

@@ -205,6 +205,25 @@ void wk_upstream_timeout(struct wk_upstream *u);
 /* Close idle keep-alive clients (graceful stop). */
 void wk_close_idle_clients(void);
 
+/* ---- wk_lb.c: backend choice and outcome accounting (balancing, health, circuit breaker) ---- */
+/* Why an upstream attempt failed (0 = it succeeded). */
+#define WK_FAIL_CONNECT  1 /* connect refused/unreachable: nothing reached the backend */
+#define WK_FAIL_RESET    2 /* reset or EOF before any response byte */
+#define WK_FAIL_CTIMEOUT 3 /* connect timed out */
+#define WK_FAIL_RTIMEOUT 4 /* no (complete) response within response_timeout_ms */
+#define WK_FAIL_BAD      5 /* response unparsable or truncated */
+
+const struct shm_service *wk_client_service(const struct wk_client *c);
+/* Choose the backend (position within c's service) for the next attempt of c's request, skipping
+ * positions in c->tried and backends that are down, disabled or whose circuit is open. Returns
+ * the position, or -1 with a client-facing reason in <why> (for the 503 message). */
+int wk_lb_pick(struct wk_client *c, char *why, size_t whylen);
+/* Is there any backend left that a retry could use? */
+int wk_lb_can_retry(struct wk_client *c);
+/* Record the outcome of the attempt on c->backend: <fail> is a WK_FAIL_* code or 0 for a
+ * response with HTTP <status>. Called exactly once per attempt. */
+void wk_lb_result(struct wk_client *c, int fail, unsigned status);
+
 /* ---- wk_hdr.c: pure helpers, unit-tested ----------------------------------------------------- */
 #define WK_MAX_HEADERS 128
 

@@ -754,7 +754,8 @@ static int handle(struct tb_conn *c, struct tb_req *r, char *echo_buf)
             k = 4096;
         }
         head_start(&h, r, 200, keep);
-        str_printf(&h, "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+        str_printf(&h, "Content-Type: application/octet-stream\r\n"
+                       "Transfer-Encoding: chunked\r\n\r\n");
         ok = write_all(fd, h.p, h.len) == 0;
         while (ok && !r->head && off < (unsigned long long)n) {
             take = (unsigned long long)n - off;

@@ -56,7 +56,13 @@ def timeout(seconds):
 def _record_pid(pid):
     if _PID_LOG:
         with open(_PID_LOG, "a") as f:
-            f.write("%d\n" % pid)
+            f.write("pid %d\n" % pid)
+
+
+def _record_tmp(path):
+    if _PID_LOG:
+        with open(_PID_LOG, "a") as f:
+            f.write("tmp %s\n" % path)
 
 
 def free_port():
@@ -269,6 +275,7 @@ class Dispatcher:
 
     def __init__(self, conf_text=None, port=None, tmp=None, workers=2):
         self.tmp = tmp or tempfile.mkdtemp(prefix="dsp-it-")
+        _record_tmp(self.tmp)
         self.port = port or free_port()
         self.workers = workers
         self.conf = os.path.join(self.tmp, "dispatcher.conf")

@@ -9,9 +9,12 @@ process of its own, in a new session, under a time limit (60 s unless the test s
 with @dsptest.timeout, doubled for the sanitizer build); when the test ends, whatever it started
 (masters, workers, backends) is killed even if it failed or hung. Prints one line per test, the
 output of failing tests, and last a line "N passed, M failed". Exit status 0 when all passed.
+The temp dirs (config, error.log, access.log) of failed tests are kept and named in the output;
+DSP_KEEP_TMP=1 keeps all of them. -v also shows the output of passing tests; -l lists tests.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,17 +76,28 @@ def run_child(test_id):
     return 0 if result.wasSuccessful() and result.testsRun > 0 else 1
 
 
-def kill_leftovers(pgid, pid_log):
+def read_record(path):
+    """The pids and temp dirs a test recorded (see dsptest._record_pid/_record_tmp)."""
+    pids, tmps = [], []
+    try:
+        with open(path) as f:
+            for line in f:
+                kind, _, val = line.strip().partition(" ")
+                if kind == "pid" and val.isdigit():
+                    pids.append(int(val))
+                elif kind == "tmp":
+                    tmps.append(val)
+    except OSError:
+        pass
+    return pids, tmps
+
+
+def kill_leftovers(pgid, record):
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    try:
-        with open(pid_log) as f:
-            pids = [int(x) for x in f.read().split()]
-    except (OSError, ValueError):
-        pids = []
-    for pid in pids:
+    for pid in read_record(record)[0]:
         try:
             with open("/proc/%d/cmdline" % pid, "rb") as f:
                 cmd = f.read()
@@ -94,6 +108,26 @@ def kill_leftovers(pgid, pid_log):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def log_tails(record, n=40):
+    out = []
+    for tmp in read_record(record)[1]:
+        path = os.path.join(tmp, "error.log")
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            continue
+        out.append("--- %s (last %d lines):" % (path, n))
+        out += lines[-n:]
+    return "\n".join(out) + "\n"
+
+
+def remove_tmps(record):
+    for tmp in read_record(record)[1]:
+        if os.path.basename(tmp).startswith("dsp-it-"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv):
@@ -138,6 +172,7 @@ def main(argv):
                 kill_leftovers(child.pid, pid_log)
                 out, _ = child.communicate()
                 out += b"\nTIMEOUT: killed after %ds\n" % limit
+                out += log_tails(pid_log).encode()
                 rc = -1
             except BaseException:
                 kill_leftovers(child.pid, pid_log)
@@ -146,6 +181,8 @@ def main(argv):
             finally:
                 kill_leftovers(child.pid, pid_log)
             out = out.decode("utf-8", "replace")
+        if rc == 0 and not os.environ.get("DSP_KEEP_TMP"):
+            remove_tmps(pid_log)
         os.unlink(pid_log)
         dt = time.monotonic() - t0
         if rc == 0:

@@ -18,10 +18,6 @@ RSS_GROWTH_LIMIT_SAN_KIB = 64 * 1024
 BIG = 200 * MIB
 
 
-def headers_of(j):
-    return [(k, v) for k, v in j["headers"]]
-
-
 def hget(j, name):
     vals = [v for k, v in j["headers"] if k.lower() == name.lower()]
     return vals
@@ -123,6 +119,19 @@ class ForwardedHeadersTest(dsptest.TestCase):
             self.assertEqual(c.request("GET", "/echo", "x.do").status, 200)
 
 
+class TrustedProxyTest(dsptest.TestCase):
+
+    def test_x_forwarded_for_appended_for_trusted_proxy(self):
+        b = self.backend("web")
+        d = self.dispatcher(services=[svc("web", b)], routes=[route("*", "web")],
+                            extra='trusted_proxies = [ "127.0.0.1/32" ];')
+        r = request(d.port, "/echo", host="x.do",
+                    headers=[("X-Forwarded-For", "203.0.113.9, 198.51.100.7")])
+        self.assertEqual(r.status, 200)
+        self.assertEqual(hget(r.json(), "X-Forwarded-For"),
+                         ["203.0.113.9, 198.51.100.7, 127.0.0.1"])
+
+
 class KeepAliveTest(dsptest.TestCase):
 
     def setUp(self):
@@ -195,6 +204,7 @@ class StreamingTest(dsptest.TestCase):
             else:
                 self.assertLess(peak, RSS_LIMIT_KIB, "worker %d peak VmRSS %d KiB >= 16 MiB"
                                 % (pid, peak))
+        print("worker VmRSS KiB: idle %s, peak %s" % (self.baseline, peaks))
         return peaks
 
     def upload(self, chunked):

@@ -62,8 +62,8 @@ static void tc_init(struct tcfg *t, size_t nsvc)
     }
 }
 
-static void tc_route(struct tcfg *t, const char *host, const char *path, uint64_t methods,
-                     int prio, size_t svc)
+static void tc_route(struct tcfg *t, const char *host, const char *path, uint64_t methods, int prio,
+                     size_t svc)
 {
     struct ms_route *r;
 
@@ -140,7 +140,8 @@ static int ref_host(const char *rhost, const char *host, size_t hl, uint64_t *sp
         size_t sl = rl - 2;
 
         *spec = sl + 1;
-        return hl > sl + 1 && host[hl - sl - 1] == '.' && memcmp(host + hl - sl, rhost + 2, sl) == 0;
+        return hl > sl + 1 && host[hl - sl - 1] == '.' &&
+               memcmp(host + hl - sl, rhost + 2, sl) == 0;
     }
     *spec = UINT64_MAX;
     return rl == hl && memcmp(rhost, host, hl) == 0;
@@ -342,11 +343,11 @@ static void test_methods(void)
     size_t size;
 
     tc_init(&t, 1);
-    tc_route(&t, "a.do", "/api", M(HTTP_GET), 0, 0);                 /* 0 */
-    tc_route(&t, "a.do", "/", 0, 0, 0);                              /* 1: catch-all */
-    tc_route(&t, "a.do", "/api", M(HTTP_GET) | M(HTTP_POST), 0, 0);  /* 2 */
-    tc_route(&t, "a.do", "/api", M(HTTP_GET), 0, 0);                 /* 3: shadowed by 0 */
-    tc_route(&t, "b.do", "/x", M(HTTP_DELETE), 0, 0);                /* 4 */
+    tc_route(&t, "a.do", "/api", M(HTTP_GET), 0, 0);                /* 0 */
+    tc_route(&t, "a.do", "/", 0, 0, 0);                             /* 1: catch-all */
+    tc_route(&t, "a.do", "/api", M(HTTP_GET) | M(HTTP_POST), 0, 0); /* 2 */
+    tc_route(&t, "a.do", "/api", M(HTTP_GET), 0, 0);                /* 3: shadowed by 0 */
+    tc_route(&t, "b.do", "/x", M(HTTP_DELETE), 0, 0);               /* 4 */
     h = tc_compile(&t, &size);
 
     CU_ASSERT_EQUAL(q(h, "a.do", "/api/x", HTTP_GET), 0);
@@ -367,15 +368,15 @@ static void test_priority_and_ties(void)
     size_t size;
 
     tc_init(&t, 2);
-    tc_route(&t, "a.do", "/api/v1", 0, 0, 0);  /* 0 */
-    tc_route(&t, "*", "/", 0, 5, 1);           /* 1: priority beats everything */
-    tc_route(&t, "b.do", "/", 0, 0, 0);        /* 2 */
-    tc_route(&t, "b.do", "/", 0, 0, 1);        /* 3: same as 2, later */
-    tc_route(&t, "c.do", "/", 0, -1, 0);       /* 4 */
-    tc_route(&t, "c.do", "/", 0, 0, 1);        /* 5: higher priority, later */
-    tc_route(&t, "*.d.do", "/", 0, 7, 0);      /* 6 */
+    tc_route(&t, "a.do", "/api/v1", 0, 0, 0);      /* 0 */
+    tc_route(&t, "*", "/", 0, 5, 1);               /* 1: priority beats everything */
+    tc_route(&t, "b.do", "/", 0, 0, 0);            /* 2 */
+    tc_route(&t, "b.do", "/", 0, 0, 1);            /* 3: same as 2, later */
+    tc_route(&t, "c.do", "/", 0, -1, 0);           /* 4 */
+    tc_route(&t, "c.do", "/", 0, 0, 1);            /* 5: higher priority, later */
+    tc_route(&t, "*.d.do", "/", 0, 7, 0);          /* 6 */
     tc_route(&t, "x.d.do", "/long/path", 0, 7, 0); /* 7 */
-    tc_route(&t, "x.d.do", "/", 0, 8, 0);      /* 8 */
+    tc_route(&t, "x.d.do", "/", 0, 8, 0);          /* 8 */
     h = tc_compile(&t, &size);
 
     CU_ASSERT_EQUAL(q(h, "a.do", "/api/v1/x", HTTP_GET), 1);
@@ -466,8 +467,8 @@ static void build_sample(struct tcfg *t)
     s->backends[1].weight = 1;
     CU_ASSERT_FATAL(net_parse_addr("127.0.0.1:9102", 0, &s->backends[0].ss, &s->backends[0].sslen,
                                    err, sizeof(err)) == 0);
-    CU_ASSERT_FATAL(net_parse_addr("[::1]:9103", 0, &s->backends[1].ss, &s->backends[1].sslen,
-                                   err, sizeof(err)) == 0);
+    CU_ASSERT_FATAL(net_parse_addr("[::1]:9103", 0, &s->backends[1].ss, &s->backends[1].sslen, err,
+                                   sizeof(err)) == 0);
     s->balance = MS_BALANCE_LEASTCONN;
     s->health.enabled = 1;
     s->health.path = dsp_xstrdup("/health");
@@ -624,6 +625,11 @@ static struct shm_snap_hdr *dup_snap(const void *src, size_t size)
     return p;
 }
 
+static void *at(struct shm_snap_hdr *c, uint32_t off)
+{
+    return (char *)c + off;
+}
+
 static void test_check_corrupt(void)
 {
     struct tcfg t;
@@ -664,21 +670,21 @@ static void test_check_corrupt(void)
     CORRUPT(c->config_path.off = (uint32_t)size + 100);
     CORRUPT(c->config_path.len = 0xffffffffu);
     CORRUPT(c->self_signed_cn.len += 1);
-    CORRUPT(((struct shm_route *)(void *)((char *)c + c->routes_off))[1].host.off = 0xfffffff0u);
-    CORRUPT(((struct shm_route *)(void *)((char *)c + c->routes_off))[0].service = 3);
-    CORRUPT(((struct shm_backend *)(void *)((char *)c + c->backends_off))[2].service = 7);
-    CORRUPT(((struct shm_service *)(void *)((char *)c + c->services_off))[1].nbackends = 3);
-    CORRUPT(((struct shm_listener *)(void *)((char *)c + c->listeners_off))[1].address.off = 8);
+    CORRUPT(((struct shm_route *)at(c, c->routes_off))[1].host.off = 0xfffffff0u);
+    CORRUPT(((struct shm_route *)at(c, c->routes_off))[0].service = 3);
+    CORRUPT(((struct shm_backend *)at(c, c->backends_off))[2].service = 7);
+    CORRUPT(((struct shm_service *)at(c, c->services_off))[1].nbackends = 3);
+    CORRUPT(((struct shm_listener *)at(c, c->listeners_off))[1].address.off = 8);
     CORRUPT(c->ridx.off[SHM_RIDX_GROUPS] = (uint32_t)size);
     CORRUPT(c->ridx.count[SHM_RIDX_LIST] = 0x7fffffffu);
     CORRUPT(c->ridx.count[SHM_RIDX_GROUP_BUCKETS] = 3);
-    CORRUPT(((uint32_t *)(void *)((char *)c + c->ridx.off[SHM_RIDX_LIST]))[0] = 4);
-    CORRUPT(((struct shm_ridx_path *)(void *)((char *)c + c->ridx.off[SHM_RIDX_PATHS]))[0]
-                .list_first = 0xffffffffu);
-    CORRUPT(((struct shm_ridx_group *)(void *)((char *)c + c->ridx.off[SHM_RIDX_GROUPS]))[0]
-                .key_off = (uint32_t)size - 2);
-    CORRUPT(((struct shm_ridx_meta *)(void *)((char *)c + c->ridx.off[SHM_RIDX_META]))
-                ->any_group = 77);
+    CORRUPT(((uint32_t *)at(c, c->ridx.off[SHM_RIDX_LIST]))[0] = 4);
+    CORRUPT(((uint32_t *)at(c, c->ridx.off[SHM_RIDX_GROUP_BUCKETS]))[0] = 1000);
+    CORRUPT(((struct shm_ridx_path *)at(c, c->ridx.off[SHM_RIDX_PATHS]))[0].list_first = ~0u);
+    CORRUPT(((struct shm_ridx_path *)at(c, c->ridx.off[SHM_RIDX_PATHS]))[0].group = 100);
+    CORRUPT(((struct shm_ridx_group *)at(c, c->ridx.off[SHM_RIDX_GROUPS]))[0].key_off = ~0u - 8);
+    CORRUPT(((struct shm_ridx_group *)at(c, c->ridx.off[SHM_RIDX_GROUPS]))[0].nplens = 1000);
+    CORRUPT(((struct shm_ridx_meta *)at(c, c->ridx.off[SHM_RIDX_META]))->any_group = 77);
     /* A string whose NUL was overwritten. */
     CORRUPT(((char *)c)[c->config_path.off + c->config_path.len] = 'x');
 #undef CORRUPT
@@ -728,12 +734,12 @@ static void test_check_fuzz(void)
 }
 
 static const char *const rt_hosts[] = {
-    "*",     "a.com",   "b.a.com",   "c.b.a.com",   "x.org", "*.com", "*.a.com",
-    "*.b.a.com", "*.c.b.a.com", "*.org", "com", "*.x.org", "a.b",  "*.b",
+    "*",         "a.com",       "b.a.com", "c.b.a.com", "x.org",   "*.com", "*.a.com",
+    "*.b.a.com", "*.c.b.a.com", "*.org",   "com",       "*.x.org", "a.b",   "*.b",
 };
 static const char *const q_hosts[] = {
-    "",    "a.com",   "b.a.com", "c.b.a.com", "d.c.b.a.com", "zz.b.a.com", "com", "x.org",
-    "y.x.org", "org", "q.com", "a.comx",  ".com",    "unknown",    "a.b",     "b",   "x.a.b",
+    "",    "a.com", "b.a.com", "c.b.a.com", "d.c.b.a.com", "zz.b.a.com", "com", "x.org", "y.x.org",
+    "org", "q.com", "a.comx",  ".com",      "unknown",     "a.b",        "b",   "x.a.b",
 };
 static const char *const rt_paths[] = {
     "/", "", "/a", "/ab", "/a/", "/a/b", "/b", "/abc/d", "/x/y/z",
@@ -799,8 +805,8 @@ static void test_random_vs_reference(void)
                      rt_paths[rndn(DSP_ARRAY_SIZE(rt_paths))], rnd_methods(),
                      prios[rndn(DSP_ARRAY_SIZE(prios))], rndn(2));
         }
-        compare_random(&t, 1000, q_hosts, DSP_ARRAY_SIZE(q_hosts), q_paths,
-                       DSP_ARRAY_SIZE(q_paths), &mismatches);
+        compare_random(&t, 1000, q_hosts, DSP_ARRAY_SIZE(q_hosts), q_paths, DSP_ARRAY_SIZE(q_paths),
+                       &mismatches);
         tc_free(&t);
     }
     CU_ASSERT_EQUAL(mismatches, 0);
@@ -861,8 +867,7 @@ static void test_random_large_vs_reference(void)
                 rnd_name(host, 1 + rndn(3), k < 8);
             }
             rnd_path(path);
-            tc_route(&t, host, path, rnd_methods(), prios[rndn(DSP_ARRAY_SIZE(prios))],
-                     rndn(3));
+            tc_route(&t, host, path, rnd_methods(), prios[rndn(DSP_ARRAY_SIZE(prios))], rndn(3));
         }
         compare_random(&t, 3000, hp, 300, pp, 200, &mismatches);
         tc_free(&t);
@@ -891,8 +896,8 @@ static void test_100k_routes(void)
         snprintf(path, sizeof(path), "/api/v%d/", i % 7);
         tc_route(&t, host, path, i % 2 ? M(HTTP_GET) : 0, 0, 0);
     }
-    tc_route(&t, "*.example.com", "/", 0, 0, 1);  /* N + NAPI */
-    tc_route(&t, "*", "/", 0, 0, 2);              /* N + NAPI + 1 */
+    tc_route(&t, "*.example.com", "/", 0, 0, 1); /* N + NAPI */
+    tc_route(&t, "*", "/", 0, 0, 2);             /* N + NAPI + 1 */
 
     for (int rep = 0; rep < 3; rep++) {
         t0 = now_ms();
@@ -989,7 +994,8 @@ static void test_100k_paths(void)
         /* Only route i's path is a prefix; "other" only matches the "*" (odd) routes. */
         want = host[0] == 'x' || i % 2 ? (uint32_t)i : SHM_NONE;
         if (k < 50) {
-            CU_ASSERT_EQUAL(ref_match(&t.cfg, host, strlen(host), req, strlen(req), HTTP_GET), want);
+            CU_ASSERT_EQUAL(ref_match(&t.cfg, host, strlen(host), req, strlen(req), HTTP_GET),
+                            want);
         }
         if (q(h, host, req, HTTP_GET) != want) {
             bad++;
@@ -1000,18 +1006,11 @@ static void test_100k_paths(void)
     tc_free(&t);
 }
 
-UNIT_SUITE(shm_route,
-           {"normalize", test_normalize},
-           {"host_kinds", test_host_kinds},
-           {"wildcard_not_apex", test_wildcard_not_apex},
-           {"paths", test_paths},
-           {"methods", test_methods},
-           {"priority_and_ties", test_priority_and_ties},
-           {"empty_host_and_none", test_empty_host_and_none},
-           {"roundtrip", test_roundtrip},
-           {"check_corrupt", test_check_corrupt},
-           {"check_fuzz", test_check_fuzz},
+UNIT_SUITE(shm_route, {"normalize", test_normalize}, {"host_kinds", test_host_kinds},
+           {"wildcard_not_apex", test_wildcard_not_apex}, {"paths", test_paths},
+           {"methods", test_methods}, {"priority_and_ties", test_priority_and_ties},
+           {"empty_host_and_none", test_empty_host_and_none}, {"roundtrip", test_roundtrip},
+           {"check_corrupt", test_check_corrupt}, {"check_fuzz", test_check_fuzz},
            {"random_vs_reference", test_random_vs_reference},
            {"random_large_vs_reference", test_random_large_vs_reference},
-           {"100k_routes", test_100k_routes},
-           {"100k_paths", test_100k_paths})
+           {"100k_routes", test_100k_routes}, {"100k_paths", test_100k_paths})
