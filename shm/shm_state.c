@@ -1,0 +1,46 @@
+/* dispatcher: backend runtime-state control (see shm_state.h). */
+#include "shm/shm_state.h"
+
+#include <string.h>
+
+#include "shm/shm_snap.h"
+
+int shm_state_backend_slot(const struct shm_snap_hdr *s, const char *service, const char *address,
+                           uint32_t *rt_slot, const char **what)
+{
+    const struct shm_service *svcs = shm_services(s);
+    const struct shm_backend *bes = shm_backends(s);
+
+    for (uint32_t i = 0; i < s->nservices; i++) {
+        if (strcmp(shm_s(s, svcs[i].name), service) != 0) {
+            continue;
+        }
+        for (uint32_t j = 0; j < svcs[i].nbackends; j++) {
+            const struct shm_backend *b = &bes[svcs[i].backends_first + j];
+            if (strcmp(shm_s(s, b->address), address) == 0) {
+                *rt_slot = b->rt_slot;
+                return 0;
+            }
+        }
+        *what = "backend";
+        return -1;
+    }
+    *what = "service";
+    return -1;
+}
+
+void shm_state_disable(struct shm_rt *rt, uint32_t rt_slot)
+{
+    __atomic_store_n(&rt->backends[rt_slot].state, SHM_BE_DISABLED, __ATOMIC_RELEASE);
+}
+
+void shm_state_enable(struct shm_rt *rt, uint32_t rt_slot)
+{
+    __atomic_store_n(&rt->backends[rt_slot].state, SHM_BE_UP, __ATOMIC_RELEASE);
+}
+
+void shm_state_reset_circuit(struct shm_rt *rt, uint32_t rt_slot)
+{
+    __atomic_store_n(&rt->backends[rt_slot].consecutive_failures, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&rt->backends[rt_slot].circuit, SHM_CIRCUIT_CLOSED, __ATOMIC_RELEASE);
+}

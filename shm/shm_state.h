@@ -1,0 +1,24 @@
+/* dispatcher: operator control of backend runtime state (disable/enable, circuit reset), shared
+ * by the admin socket and the health checker. Writes go to the runtime segment with atomics; any
+ * role holding a snapshot and the runtime segment may call these. */
+#ifndef DSP_SHM_STATE_H
+#define DSP_SHM_STATE_H
+
+#include <stdint.h>
+
+#include "shm/shm_types.h"
+
+/* Find backend <address> ("127.0.0.1:9101", as shown by show instances) of service <service> in
+ * snapshot <s>. Returns 0 with its runtime slot in <*rt_slot>, or -1 when there is no such
+ * service (<*what> = "service") or backend (<*what> = "backend"). */
+int shm_state_backend_slot(const struct shm_snap_hdr *s, const char *service, const char *address,
+                           uint32_t *rt_slot, const char **what);
+
+/* Take a backend out of rotation (state "disabled") until enabled again. */
+void shm_state_disable(struct shm_rt *rt, uint32_t rt_slot);
+/* Put a disabled backend back: state "up" (health checks may mark it down again). */
+void shm_state_enable(struct shm_rt *rt, uint32_t rt_slot);
+/* Close a backend's circuit and clear its consecutive failures. */
+void shm_state_reset_circuit(struct shm_rt *rt, uint32_t rt_slot);
+
+#endif
