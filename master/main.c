@@ -118,7 +118,8 @@ static void daemonize(void)
 
 int main(int argc, char **argv)
 {
-    const char *conf = NULL, *pid_path = NULL;
+    const char *conf = NULL, *pid_arg = NULL;
+    char *pid_path = NULL;
     int check = 0, daemon_mode = 0, opt, rc;
     char *errs = NULL;
     char abspath[PATH_MAX];
@@ -135,7 +136,7 @@ int main(int argc, char **argv)
             daemon_mode = 1;
             break;
         case 'p':
-            pid_path = optarg;
+            pid_arg = optarg;
             break;
         case 'V':
             printf("dispatcher-master %s\n", DSP_VERSION);
@@ -196,8 +197,10 @@ int main(int argc, char **argv)
     if (ms_publish() != 0) {
         return MS_EXIT_START;
     }
-    if (pid_path == NULL) {
-        pid_path = ms.cfg->pid_file ? dsp_xstrdup(ms.cfg->pid_file) : NULL;
+    if (pid_arg != NULL) {
+        pid_path = dsp_xstrdup(pid_arg);
+    } else if (ms.cfg->pid_file != NULL) {
+        pid_path = dsp_xstrdup(ms.cfg->pid_file);
     }
     if (pid_path != NULL && write_pid_file(pid_path) != 0) {
         return MS_EXIT_START;
@@ -206,5 +209,11 @@ int main(int argc, char **argv)
     if (pid_path != NULL) {
         unlink(pid_path);
     }
+    free(pid_path);
+    free(ms.conf_path);
+    free(ms.snap);
+    free(ms.fds);
+    ms_rt_reg_free(ms.reg);
+    ms_config_free(ms.cfg);
     return rc;
 }
