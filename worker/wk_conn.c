@@ -1370,6 +1370,9 @@ static int upstream_write(struct wk_client *c)
         return upstream_failed(c, WK_FAIL_RESET) == 0 ? 1 : -1;
     }
     c->tflags |= WK_T_UP_WRITTEN;
+    if ((size_t)n < first + (niov > 1 ? iov[1].iov_len : 0)) {
+        u->flags &= ~WK_UP_F_WRITABLE; /* short write: the socket buffer is full */
+    }
     if ((size_t)n <= first) {
         c->uout.start += (uint32_t)n;
     } else {
@@ -1431,6 +1434,11 @@ static int upstream_read(struct wk_client *c)
     }
     n = recv(u->fd, c->uin.data + c->uin.end, c->uin.cap - c->uin.end, 0);
     if (n > 0) {
+        /* Edge-triggered: a short read drained the socket, and new data brings a new edge, so
+         * skip the recv that would only say EAGAIN. */
+        if ((size_t)n < c->uin.cap - c->uin.end) {
+            u->flags &= ~WK_UP_F_READABLE;
+        }
         c->uin.end += (uint32_t)n;
         c->tflags |= WK_T_RESP_BYTES;
         return 1;
