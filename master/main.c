@@ -14,10 +14,13 @@
 #include <unistd.h>
 
 #include "common/dsp.h"
+#include "common/fs.h"
 #include "common/log.h"
 #include "master/ms_compile.h"
 #include "master/ms_config.h"
+#include "master/ms_redis.h"
 #include "master/ms_rt.h"
+#include "master/ms_tls.h"
 #include "shm/shm.h"
 
 static void usage(FILE *out)
@@ -42,9 +45,16 @@ static const char *default_config(void)
 
 static int write_pid_file(const char *path)
 {
-    char buf[32];
+    char buf[32], err[512];
     int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd;
+
+    /* A fresh checkout has no run/ yet: create the folder rather than fail. */
+    if (fs_mkdir_parents(path, err, sizeof(err)) != 0) {
+        log_error("cannot write pid file %s: %s", path, err);
+        return -1;
+    }
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 
     if (fd == -1) {
         log_errno(LOG_ERROR, errno, "cannot write pid file %s", path);
@@ -156,15 +166,19 @@ int main(int argc, char **argv)
     if (conf == NULL) {
         conf = default_config();
     }
-    if (ms_config_load(conf, 1, &ms.cfg, &errs) != 0) {
+    if (ms_config_load(conf, 1, &ms.cfg, &errs) != 0 || ms_tls_prepare(ms.cfg, &errs) != 0) {
         fprintf(stderr, "%s\n", errs);
         free(errs);
+        ms_config_free(ms.cfg);
+        ms_tls_cleanup();
         return MS_EXIT_CONFIG;
     }
     if (check) {
         size_t size;
         void *snap = ms_compile(ms.cfg, 1, &size);
+        explicit_bzero(snap, size);
         free(snap);
+        ms_tls_cleanup();
         printf("%s: ok\n", conf);
         ms_config_free(ms.cfg);
         return 0;
@@ -194,6 +208,11 @@ int main(int argc, char **argv)
         return MS_EXIT_START;
     }
     ms.ctl->started_at = dsp_wall_s();
+    /* Before the first fork: every worker must find a ticket key from its first handshake. */
+    if (ms_tls_tickets_start(ms.ctl) != 0) {
+        return MS_EXIT_START;
+    }
+    ms_redis_start();
     if (ms_publish() != 0) {
         return MS_EXIT_START;
     }
@@ -211,9 +230,14 @@ int main(int argc, char **argv)
     }
     free(pid_path);
     free(ms.conf_path);
+    if (ms.snap != NULL) {
+        explicit_bzero(ms.snap, ms.snap_size);
+    }
     free(ms.snap);
     free(ms.fds);
     ms_rt_reg_free(ms.reg);
+    ms_redis_stop();
     ms_config_free(ms.cfg);
+    ms_tls_cleanup();
     return rc;
 }

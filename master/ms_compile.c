@@ -507,6 +507,10 @@ static void fill_services(const struct ms_config *cfg, char *base, struct blob *
         o->cb_failures = u32_of(s->circuit.failures);
         o->cb_open_ms = u32_of(s->circuit.open_ms);
         o->cb_count_5xx = s->circuit.count_5xx != 0;
+        o->source = s->source == MS_SOURCE_REDIS ? SHM_SOURCE_REDIS : SHM_SOURCE_FILE;
+        o->tls = s->tls ? SHM_SVC_TLS_ON | (s->tls_verify ? SHM_SVC_TLS_VERIFY : 0u) : 0u;
+        o->tls_sni = put_str(b, s->tls ? s->tls_sni : NULL);
+        o->tls_ca_pem = put_str(b, s->tls ? s->tls_ca_pem : NULL);
         for (size_t j = 0; j < s->nbackends; j++) {
             const struct ms_backend *mb = &s->backends[j];
             struct shm_backend *ob = &be[nb++];
@@ -538,8 +542,61 @@ static void fill_routes(const struct ms_config *cfg, char *base, struct blob *b,
         rt[r].service = (uint32_t)mr->service_idx;
         rt[r].order = r;
         rt[r].host_kind = host_kind(route_host(cfg, r));
+        rt[r].source = mr->source == MS_SOURCE_REDIS ? SHM_SOURCE_REDIS : SHM_SOURCE_FILE;
         sv[mr->service_idx].nroutes++;
     }
+}
+
+/* ---- certificates -------------------------------------------------------------------------- */
+
+/* The certificates to publish: the configured ones that ms_tls_prepare() loaded, in config order,
+ * then the generated self-signed one. Entries without PEM (a config that was only parsed, as in
+ * some unit tests) are left out. */
+static const struct ms_cert *cert_at(const struct ms_config *cfg, size_t i)
+{
+    if (i < cfg->tls.ncerts) {
+        return cfg->tls.certs[i].cert_pem != NULL ? &cfg->tls.certs[i] : NULL;
+    }
+    return i == cfg->tls.ncerts && cfg->tls.self_signed.cert_pem != NULL ? &cfg->tls.self_signed
+                                                                         : NULL;
+}
+
+static void fill_certs(const struct ms_config *cfg, char *base, struct blob *b,
+                       const struct shm_snap_hdr *h)
+{
+    struct shm_cert *ct = (struct shm_cert *)(void *)(base + h->certs_off);
+    struct shm_str *names = (struct shm_str *)(void *)(base + h->cert_names_off);
+    uint32_t n = 0, nn = 0;
+
+    for (size_t i = 0; i <= cfg->tls.ncerts; i++) {
+        const struct ms_cert *mc = cert_at(cfg, i);
+        struct shm_cert *o;
+
+        if (mc == NULL) {
+            continue;
+        }
+        o = &ct[n++];
+        o->cert_pem = put_str(b, mc->cert_pem);
+        o->key_pem = put_str(b, mc->key_pem);
+        o->subject = put_str(b, mc->subject);
+        o->path = put_str(b, mc->cert);
+        o->names_first = nn;
+        o->nnames = (uint32_t)mc->nnames;
+        for (size_t k = 0; k < mc->nnames; k++) {
+            names[nn++] = put_str(b, mc->names[k]);
+        }
+        o->not_after = mc->not_after > 0 ? (uint64_t)mc->not_after : 0;
+        o->flags = mc->expired ? SHM_CERT_F_EXPIRED : 0u;
+        if (mc->source == MS_SOURCE_REDIS) {
+            o->flags |= SHM_CERT_F_REDIS;
+        }
+        if (mc == &cfg->tls.self_signed) {
+            o->flags |= SHM_CERT_F_SELF_SIGNED | SHM_CERT_F_DEFAULT;
+        } else {
+            o->line = mc->line > 0 ? (uint32_t)mc->line : 0u;
+        }
+    }
+    DSP_ASSERT(n == h->ncerts && nn == h->ncert_names);
 }
 
 void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
@@ -555,7 +612,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     struct blob b;
     uint64_t ub_off[SHM_RIDX_NTABLES];
     uint64_t cur, idx_start, ub_end, strings_need, nbackends = 0;
-    uint64_t lo, to, so, bo, ro, co, total;
+    uint64_t lo, to, so, bo, ro, co, cno, total, ncerts = 0, ncert_names = 0;
     uint32_t n;
     char *base;
 
@@ -564,6 +621,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
 
     /* Size the string blob exactly: everything below is written in the same order. */
     strings_need = 1 + str_need(cfg->path) + str_need(cfg->tls.self_signed_cn);
+    strings_need += str_need(cfg->log.access);
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         strings_need += str_need(cfg->listeners[i].address);
     }
@@ -571,6 +629,9 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
         const struct ms_service *s = &cfg->services[i];
 
         strings_need += str_need(s->name) + str_need(s->health.path);
+        if (s->tls) {
+            strings_need += str_need(s->tls_sni) + str_need(s->tls_ca_pem);
+        }
         for (size_t j = 0; j < s->nbackends; j++) {
             strings_need += str_need(s->backends[j].address);
         }
@@ -579,6 +640,20 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     for (uint32_t r = 0; r < n; r++) {
         strings_need += str_need(route_host(cfg, r)) + str_need(route_path(cfg, r));
     }
+    for (size_t i = 0; i <= cfg->tls.ncerts; i++) {
+        const struct ms_cert *mc = cert_at(cfg, i);
+
+        if (mc == NULL) {
+            continue;
+        }
+        ncerts++;
+        ncert_names += mc->nnames;
+        strings_need += str_need(mc->cert_pem) + str_need(mc->key_pem) + str_need(mc->subject) +
+                        str_need(mc->cert);
+        for (size_t k = 0; k < mc->nnames; k++) {
+            strings_need += str_need(mc->names[k]);
+        }
+    }
 
     cur = ALIGN8(sizeof(struct shm_snap_hdr));
     lo = table(&cur, cfg->nlisteners, sizeof(struct shm_listener));
@@ -586,7 +661,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     so = table(&cur, cfg->nservices, sizeof(struct shm_service));
     bo = table(&cur, nbackends, sizeof(struct shm_backend));
     ro = table(&cur, n, sizeof(struct shm_route));
-    co = table(&cur, 0, 1);
+    co = table(&cur, ncerts, sizeof(struct shm_cert));
+    cno = table(&cur, ncert_names, sizeof(struct shm_str));
 
     /* Worst-case index region: at most one group and one path entry per route. */
     memset(&rb, 0, sizeof(rb));
@@ -638,7 +714,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     h->gen = gen;
     h->size = total;
     h->loaded_at = (uint64_t)time(NULL);
-    h->source = SHM_SOURCE_FILE;
+    h->source = SHM_SOURCE_FILE | (cfg->redis.merged ? SHM_SOURCE_REDIS : 0u);
     h->limits.max_connections = u64_of(cfg->limits.max_connections);
     h->limits.max_header_bytes = u64_of(cfg->limits.max_header_bytes);
     h->limits.max_body_bytes = u64_of(cfg->limits.max_body_bytes);
@@ -657,7 +733,10 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     h->routes_off = (uint32_t)ro;
     h->nroutes = n;
     h->certs_off = (uint32_t)co;
-    h->ncerts = 0;
+    h->ncerts = (uint32_t)ncerts;
+    h->cert_names_off = (uint32_t)cno;
+    h->ncert_names = (uint32_t)ncert_names;
+    h->tls_min_version = cfg->tls.min_version == 0x0304 ? 0x0304u : 0x0303u;
     h->strings_off = (uint32_t)cur;
     h->strings_len = (uint32_t)strings_need;
 
@@ -670,6 +749,9 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     base[cur] = '\0';
     h->config_path = put_str(&b, cfg->path);
     h->self_signed_cn = put_str(&b, cfg->tls.self_signed_cn);
+    h->access_log = put_str(&b, cfg->log.access);
+    h->access_format =
+        cfg->log.access_format == MS_ACCESS_COMBINED ? SHM_ACCESS_COMBINED : SHM_ACCESS_JSON;
 
     ls = (struct shm_listener *)(void *)(base + lo);
     for (size_t i = 0; i < cfg->nlisteners; i++) {
@@ -688,6 +770,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     }
     fill_services(cfg, base, &b, h);
     fill_routes(cfg, base, &b, h);
+    fill_certs(cfg, base, &b, h);
     DSP_ASSERT(b.cur == b.end);
     memset(base + b.end, 0, (size_t)(total - b.end));
 

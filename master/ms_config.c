@@ -22,6 +22,7 @@
 #include "common/dsp.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "master/ms_tls.h"
 
 #define MAX_WORKERS   256
 #define MAX_TIMEOUT   INT_MAX
@@ -345,7 +346,7 @@ static void check_keys(struct ctx *c, config_setting_t *g, const char *where,
 }
 
 
-static int valid_token(const char *s)
+int ms_valid_name(const char *s)
 {
     if (*s == '\0') {
         return 0;
@@ -376,7 +377,7 @@ static int valid_hostname(const char *s)
     return 1;
 }
 
-static int valid_url_path(const char *s)
+int ms_valid_url_path(const char *s)
 {
     if (s[0] != '/') {
         return 0;
@@ -483,7 +484,7 @@ static void parse_top(struct ctx *c, config_setting_t *root, struct ms_config *c
     }
     if (get_str(c, root, "", "environment", 0, &v) == 1) {
         /* It becomes part of Redis key names, so keep it to a plain token. */
-        if (!valid_token(v)) {
+        if (!ms_valid_name(v)) {
             err_at(c, config_setting_get_member(root, "environment"),
                    "environment \"%s\" may only use letters, digits, '_', '.' and '-'", v);
         } else {
@@ -830,6 +831,24 @@ static void parse_trusted(struct ctx *c, config_setting_t *root, struct ms_confi
     }
 }
 
+void ms_cert_dispose(struct ms_cert *ct)
+{
+    free(ct->cert);
+    free(ct->key);
+    free(ct->file);
+    free(ct->cert_pem);
+    if (ct->key_pem != NULL) {
+        explicit_bzero(ct->key_pem, strlen(ct->key_pem));
+        free(ct->key_pem);
+    }
+    for (size_t i = 0; i < ct->nnames; i++) {
+        free(ct->names[i]);
+    }
+    free(ct->names);
+    free(ct->subject);
+    memset(ct, 0, sizeof(*ct));
+}
+
 static void parse_certs(struct ctx *c, config_setting_t *tls, struct ms_config *cfg)
 {
     static const char *const keys[] = {"cert", "key", NULL};
@@ -850,6 +869,9 @@ static void parse_certs(struct ctx *c, config_setting_t *tls, struct ms_config *
 
         snprintf(where, sizeof(where), "tls.certificates[%d]", i);
         ct->line = (int)config_setting_source_line(g);
+        if (config_setting_source_file(g) != NULL) {
+            ct->file = dsp_xstrdup(config_setting_source_file(g));
+        }
         if (!config_setting_is_group(g)) {
             err_at(c, g, "%s must be a group { cert = \"...\"; key = \"...\"; }", where);
             continue;
@@ -924,9 +946,13 @@ static void parse_tls(struct ctx *c, config_setting_t *root, struct ms_config *c
 
 static void parse_redis(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
 {
-    static const char *const keys[] = {"host", "port", "password", NULL};
+    static const char *const keys[] = {"host",       "port",      "password",
+                                       "user",       "db",        "resync_ms",
+                                       "connect_timeout_ms",      "command_timeout_ms",
+                                       "tls",        NULL};
     config_setting_t *g = get_group(c, root, "", "redis");
     const char *v;
+    int tls = 0;
 
     if (g == NULL) {
         return;
@@ -934,11 +960,52 @@ static void parse_redis(struct ctx *c, config_setting_t *root, struct ms_config 
     check_keys(c, g, "redis", keys);
     cfg->redis.enabled = 1;
     cfg->redis.port = 6379;
+    cfg->redis.resync_ms = 30000;
+    cfg->redis.connect_timeout_ms = 2000;
+    cfg->redis.command_timeout_ms = 2000;
     cfg->redis.host = dsp_xstrdup(get_str(c, g, "redis", "host", 0, &v) == 1 ? v : "127.0.0.1");
     get_int(c, g, "redis", "port", 1, 65535, &cfg->redis.port);
     if (get_str(c, g, "redis", "password", 1, &v) == 1 && *v != '\0') {
         cfg->redis.password = dsp_xstrdup(v);
     }
+    if (get_str(c, g, "redis", "user", 1, &v) == 1 && *v != '\0') {
+        cfg->redis.user = dsp_xstrdup(v);
+        if (cfg->redis.password == NULL) {
+            err_at(c, config_setting_get_member(g, "user"),
+                   "redis.user needs redis.password (AUTH user password)");
+        }
+    }
+    /* Redis itself allows 16 databases unless its `databases` setting says more. */
+    get_int(c, g, "redis", "db", 0, 1000000, &cfg->redis.db);
+    get_int(c, g, "redis", "resync_ms", 100, MAX_TIMEOUT, &cfg->redis.resync_ms);
+    get_int(c, g, "redis", "connect_timeout_ms", 1, MAX_TIMEOUT, &cfg->redis.connect_timeout_ms);
+    get_int(c, g, "redis", "command_timeout_ms", 1, MAX_TIMEOUT, &cfg->redis.command_timeout_ms);
+    /* Debian's hiredis (0.14) has no TLS; say so rather than call the key unknown. */
+    if (get_bool(c, g, "redis", "tls", &tls) == 1 && tls) {
+        err_at(c, config_setting_get_member(g, "tls"),
+               "redis.tls: TLS to Redis is not supported by this build's hiredis (0.14); "
+               "use a local TLS tunnel (stunnel, spiped) to the Redis server");
+    }
+}
+
+int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char buf[80];
+
+    if (net_parse_addr(v, 0, &ss, &len, err, errlen) != 0) {
+        return -1;
+    }
+    if (is_wildcard_addr(&ss)) {
+        snprintf(err, errlen, "\"%s\" is a wildcard address, not a backend", v);
+        return -1;
+    }
+    b->ss = ss;
+    b->sslen = len;
+    free(b->address);
+    b->address = dsp_xstrdup(net_addr_str((struct sockaddr *)&ss, buf, sizeof(buf)));
+    return 0;
 }
 
 static void parse_backend(struct ctx *c, config_setting_t *e, const char *where,
@@ -946,9 +1013,7 @@ static void parse_backend(struct ctx *c, config_setting_t *e, const char *where,
 {
     static const char *const keys[] = {"address", "weight", NULL};
     config_setting_t *as = e;
-    struct sockaddr_storage ss;
-    socklen_t len;
-    char err[256], buf[80];
+    char err[256];
 
     b->weight = 1;
     b->line = (int)config_setting_source_line(e);
@@ -968,18 +1033,9 @@ static void parse_backend(struct ctx *c, config_setting_t *e, const char *where,
         err_at(c, e, "%s must be \"ip:port\" or { address = \"ip:port\"; weight = N; }", where);
         return;
     }
-    if (net_parse_addr(config_setting_get_string(as), 0, &ss, &len, err, sizeof(err)) != 0) {
+    if (ms_parse_backend_addr(config_setting_get_string(as), b, err, sizeof(err)) != 0) {
         err_at(c, as, "%s: %s", where, err);
-        return;
     }
-    if (is_wildcard_addr(&ss)) {
-        err_at(c, as, "%s: \"%s\" is a wildcard address, not a backend", where,
-               config_setting_get_string(as));
-        return;
-    }
-    b->ss = ss;
-    b->sslen = len;
-    b->address = dsp_xstrdup(net_addr_str((struct sockaddr *)&ss, buf, sizeof(buf)));
 }
 
 static void parse_health(struct ctx *c, config_setting_t *g, const char *where,
@@ -992,7 +1048,7 @@ static void parse_health(struct ctx *c, config_setting_t *g, const char *where,
     check_keys(c, g, where, keys);
     h->enabled = 1;
     if (get_str(c, g, where, "path", 0, &v) == 1) {
-        if (!valid_url_path(v)) {
+        if (!ms_valid_url_path(v)) {
             err_at(c, config_setting_get_member(g, "path"),
                    "%s.path \"%s\" must start with '/' and contain no spaces", where, v);
         } else {
@@ -1016,18 +1072,9 @@ static void parse_health(struct ctx *c, config_setting_t *g, const char *where,
     }
 }
 
-static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms_config *cfg)
+void ms_service_init(struct ms_service *svc)
 {
-    static const char *const keys[] = {
-        "name",    "backends",           "balance",            "health", "circuit_breaker",
-        "retries", "connect_timeout_ms", "response_timeout_ms", NULL};
-    struct ms_service *svc = &cfg->services[idx];
-    config_setting_t *s;
-    const char *v;
-    char where[64], sub[96];
-
-    snprintf(where, sizeof(where), "services[%d]", idx);
-    svc->line = (int)config_setting_source_line(g);
+    memset(svc, 0, sizeof(*svc));
     svc->balance = MS_BALANCE_RR;
     svc->retries = 1;
     svc->connect_timeout_ms = 2000;
@@ -1039,6 +1086,102 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
     svc->health.rise = 3;
     svc->circuit.failures = 5;
     svc->circuit.open_ms = 30000;
+    svc->tls_verify = 1;
+}
+
+void ms_service_dispose(struct ms_service *svc)
+{
+    for (size_t j = 0; j < svc->nbackends; j++) {
+        free(svc->backends[j].address);
+    }
+    free(svc->backends);
+    free(svc->name);
+    free(svc->health.path);
+    free(svc->tls_sni);
+    free(svc->tls_ca);
+    free(svc->tls_ca_pem);
+    memset(svc, 0, sizeof(*svc));
+}
+
+int ms_parse_balance(const char *v, int *out)
+{
+    if (strcmp(v, "round-robin") == 0) {
+        *out = MS_BALANCE_RR;
+    } else if (strcmp(v, "least-conn") == 0) {
+        *out = MS_BALANCE_LEASTCONN;
+    } else if (strcmp(v, "ip-hash") == 0) {
+        *out = MS_BALANCE_IPHASH;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+long ms_find_service(const struct ms_config *cfg, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n && i < cfg->nservices; i++) {
+        if (cfg->services[i].name != NULL && strcmp(cfg->services[i].name, name) == 0) {
+            return (long)i;
+        }
+    }
+    return -1;
+}
+
+/* tls / verify / ca / sni of a service: TLS to its backends. The CA bundle is read here so that
+ * workers, which may run as another user, never open files, and a bad bundle fails the load. */
+static void parse_service_tls(struct ctx *c, config_setting_t *g, const char *where,
+                              struct ms_service *svc)
+{
+    const char *v;
+    char err[512];
+
+    get_bool(c, g, where, "tls", &svc->tls);
+    get_bool(c, g, where, "verify", &svc->tls_verify);
+    if (get_str(c, g, where, "sni", 0, &v) == 1) {
+        char *h = ms_normalise_host(v);
+
+        if (h == NULL || h[0] == '*') {
+            err_at(c, config_setting_get_member(g, "sni"),
+                   "%s.sni \"%s\" must be a host name", where, v);
+            free(h);
+        } else {
+            svc->tls_sni = h;
+        }
+    }
+    if (get_str(c, g, where, "ca", 0, &v) == 1) {
+        config_setting_t *s = config_setting_get_member(g, "ca");
+
+        svc->tls_ca = resolve(c, v);
+        if (ms_tls_read_ca(svc->tls_ca, &svc->tls_ca_pem, err, sizeof(err)) != 0) {
+            err_at(c, s, "%s.ca: %s", where, err);
+        }
+    }
+    if (!svc->tls) {
+        static const char *const needs_tls[] = {"verify", "ca", "sni", NULL};
+
+        for (const char *const *k = needs_tls; *k != NULL; k++) {
+            config_setting_t *s = config_setting_get_member(g, *k);
+            if (s != NULL) {
+                err_at(c, s, "%s.%s applies to TLS backends only: add tls = true", where, *k);
+            }
+        }
+    }
+}
+
+static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms_config *cfg)
+{
+    static const char *const keys[] = {
+        "name",    "backends",           "balance",             "health", "circuit_breaker",
+        "retries", "connect_timeout_ms", "response_timeout_ms", "tls",    "verify",
+        "ca",      "sni",                NULL};
+    struct ms_service *svc = &cfg->services[idx];
+    config_setting_t *s;
+    const char *v;
+    char where[64], sub[96];
+
+    snprintf(where, sizeof(where), "services[%d]", idx);
+    ms_service_init(svc);
+    svc->line = (int)config_setting_source_line(g);
     if (!config_setting_is_group(g)) {
         err_at(c, g, "%s must be a group { name = \"...\"; backends = [ ... ]; }", where);
         return;
@@ -1051,7 +1194,7 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
         break;
     case 1:
         s = config_setting_get_member(g, "name");
-        if (!valid_token(v)) {
+        if (!ms_valid_name(v)) {
             err_at(c, s, "service name \"%s\" may only use letters, digits, '_', '.' and '-'", v);
             break;
         }
@@ -1069,13 +1212,7 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
     }
 
     if (get_str(c, g, where, "balance", 0, &v) == 1) {
-        if (strcmp(v, "round-robin") == 0) {
-            svc->balance = MS_BALANCE_RR;
-        } else if (strcmp(v, "least-conn") == 0) {
-            svc->balance = MS_BALANCE_LEASTCONN;
-        } else if (strcmp(v, "ip-hash") == 0) {
-            svc->balance = MS_BALANCE_IPHASH;
-        } else {
+        if (ms_parse_balance(v, &svc->balance) != 0) {
             err_at(c, config_setting_get_member(g, "balance"),
                    "%s.balance \"%s\" must be round-robin, least-conn or ip-hash", where, v);
         }
@@ -1122,6 +1259,7 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
     get_int(c, g, where, "retries", 0, 100, &svc->retries);
     get_int(c, g, where, "connect_timeout_ms", 1, MAX_TIMEOUT, &svc->connect_timeout_ms);
     get_int(c, g, where, "response_timeout_ms", 1, MAX_TIMEOUT, &svc->response_timeout_ms);
+    parse_service_tls(c, g, where, svc);
 }
 
 static void parse_services(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
@@ -1139,9 +1277,7 @@ static void parse_services(struct ctx *c, config_setting_t *root, struct ms_conf
     }
 }
 
-/* Lower-case <v>, drop one trailing dot and check it is "*", "*.suffix" or a plain name.
- * Returns a heap copy, or NULL when it is none of those. */
-static char *normalise_host(const char *v)
+char *ms_normalise_host(const char *v)
 {
     char *h = dsp_xstrdup(v);
     size_t n = strlen(h);
@@ -1193,6 +1329,20 @@ static void parse_methods(struct ctx *c, config_setting_t *seq, const char *wher
     }
 }
 
+void ms_route_init(struct ms_route *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->path = dsp_xstrdup("/");
+}
+
+void ms_route_dispose(struct ms_route *r)
+{
+    free(r->host);
+    free(r->path);
+    free(r->service);
+    memset(r, 0, sizeof(*r));
+}
+
 static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_config *cfg)
 {
     static const char *const keys[] = {"host", "path", "methods", "priority", "service", NULL};
@@ -1202,8 +1352,8 @@ static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_c
     char where[64];
 
     snprintf(where, sizeof(where), "routes[%d]", idx);
+    ms_route_init(r);
     r->line = (int)config_setting_source_line(g);
-    r->path = dsp_xstrdup("/");
     if (!config_setting_is_group(g)) {
         err_at(c, g, "%s must be a group { host = \"...\"; service = \"...\"; }", where);
         return;
@@ -1215,7 +1365,7 @@ static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_c
         err_at(c, g, "%s has no host (use \"*\" to match every host)", where);
         break;
     case 1:
-        r->host = normalise_host(v);
+        r->host = ms_normalise_host(v);
         if (r->host == NULL) {
             err_at(c, config_setting_get_member(g, "host"),
                    "%s.host \"%s\" must be \"*\", \"*.suffix\" or a host name (no port)", where, v);
@@ -1226,7 +1376,7 @@ static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_c
     }
 
     if (get_str(c, g, where, "path", 0, &v) == 1) {
-        if (!valid_url_path(v)) {
+        if (!ms_valid_url_path(v)) {
             err_at(c, config_setting_get_member(g, "path"),
                    "%s.path \"%s\" must start with '/' and contain no spaces", where, v);
         } else {
@@ -1245,11 +1395,9 @@ static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_c
         break;
     case 1:
         r->service = dsp_xstrdup(v);
-        for (size_t i = 0; i < cfg->nservices; i++) {
-            if (cfg->services[i].name != NULL && strcmp(cfg->services[i].name, v) == 0) {
-                r->service_idx = i;
-                return;
-            }
+        if (ms_find_service(cfg, cfg->nservices, v) >= 0) {
+            r->service_idx = (size_t)ms_find_service(cfg, cfg->nservices, v);
+            return;
         }
         err_at(c, config_setting_get_member(g, "service"),
                "%s: unknown service '%s' (not in services)", where, v);
@@ -1363,26 +1511,19 @@ void ms_config_free(struct ms_config *cfg)
     free(cfg->trusted);
     free(cfg->tls.self_signed_cn);
     for (size_t i = 0; i < cfg->tls.ncerts; i++) {
-        free(cfg->tls.certs[i].cert);
-        free(cfg->tls.certs[i].key);
+        ms_cert_dispose(&cfg->tls.certs[i]);
     }
     free(cfg->tls.certs);
+    ms_cert_dispose(&cfg->tls.self_signed);
     free(cfg->redis.host);
     free(cfg->redis.password);
+    free(cfg->redis.user);
     for (size_t i = 0; i < cfg->nservices; i++) {
-        struct ms_service *s = &cfg->services[i];
-        for (size_t j = 0; j < s->nbackends; j++) {
-            free(s->backends[j].address);
-        }
-        free(s->backends);
-        free(s->name);
-        free(s->health.path);
+        ms_service_dispose(&cfg->services[i]);
     }
     free(cfg->services);
     for (size_t i = 0; i < cfg->nroutes; i++) {
-        free(cfg->routes[i].host);
-        free(cfg->routes[i].path);
-        free(cfg->routes[i].service);
+        ms_route_dispose(&cfg->routes[i]);
     }
     free(cfg->routes);
     free(cfg);

@@ -14,13 +14,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "admin/adm.h"
 #include "common/dsp.h"
 #include "common/log.h"
 #include "common/net.h"
 #include "master/ms_compile.h"
 #include "master/ms_config.h"
+#include "master/ms_health.h"
 #include "master/ms_loop.h"
+#include "master/ms_redis.h"
 #include "master/ms_rt.h"
+#include "master/ms_tls.h"
 #include "shm/shm.h"
 #include "worker/wk.h"
 
@@ -125,8 +129,12 @@ int ms_publish(void)
         return -1;
     }
     if (shm_snap_publish(ms.ctl, snap, size, gen, ms.uid, ms.gid) != 0) {
+        explicit_bzero(snap, size); /* holds private keys */
         free(snap);
         return -1;
+    }
+    if (ms.snap != NULL) {
+        explicit_bzero(ms.snap, ms.snap_size);
     }
     free(ms.snap);
     ms.snap = snap;
@@ -191,17 +199,22 @@ int ms_reload(char **errs_out)
     struct ms_config *ncfg = NULL, *old = ms.cfg;
     char *errs = NULL;
 
-    if (ms_config_load(ms.conf_path, 1, &ncfg, &errs) != 0) {
+    /* Certificates are loaded and checked as part of the config: a bad pair refuses the reload
+     * with its line, and the old certificates keep serving. The fleet's data did not change with
+     * the file: the last good Redis data is merged again, and a file it no longer fits (a Redis
+     * route naming a service the file dropped) is refused the same way. */
+    if (ms_config_load(ms.conf_path, 1, &ncfg, &errs) != 0 || ms_tls_prepare(ncfg, &errs) != 0 ||
+        ms_redis_merge_into(ncfg, &errs) != 0) {
         char *line = errs, *save = NULL;
         log_error("reload failed; still serving generation %llu", (unsigned long long)ms.gen);
+        if (errs_out != NULL) {
+            *errs_out = dsp_xstrdup(errs);
+        }
         for (line = strtok_r(errs, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
             log_error("%s", line);
         }
         __atomic_fetch_add(&ms.ctl->reload_failures, 1, __ATOMIC_RELAXED);
-        if (errs_out != NULL) {
-            ms_config_load(ms.conf_path, 1, &ncfg, errs_out);
-            ms_config_free(ncfg);
-        }
+        ms_config_free(ncfg);
         free(errs);
         return -1;
     }
@@ -392,7 +405,13 @@ int ms_run(void)
     if (epfd == -1) {
         return MS_EXIT_START;
     }
+    if (ms_health_init() != 0) {
+        return MS_EXIT_START;
+    }
     ms.ctl->nworkers = (uint32_t)ms.nworkers;
+    if (adm_init() != 0) {
+        return MS_EXIT_START;
+    }
     for (int i = 0; i < ms.nworkers; i++) {
         spawn(i);
     }

@@ -9,6 +9,7 @@
 #include "common/dsp.h"
 #include "common/log.h"
 #include "shm/shm_snap.h"
+#include "shm/shm_stats.h"
 
 struct rt_entry {
     char *key;
@@ -189,6 +190,7 @@ int ms_rt_assign(struct ms_rt_reg *reg, struct shm_rt *rt, struct shm_snap_hdr *
             break;
         }
         if (fresh) {
+            shm_stats_clear_service(rt, slot); /* recycled: reads stats_used */
             memset(&rt->services[slot], 0, sizeof(rt->services[slot]));
             __atomic_store_n(&rt->services[slot].in_use, 1, __ATOMIC_RELEASE);
         }
@@ -203,6 +205,7 @@ int ms_rt_assign(struct ms_rt_reg *reg, struct shm_rt *rt, struct shm_snap_hdr *
             }
             if (fresh) {
                 struct shm_rt_backend *rb = &rt->backends[slot];
+                shm_stats_clear_backend(rt, slot);
                 memset(rb, 0, sizeof(*rb));
                 rb->state = svcs[i].health_enabled && svcs[i].health_start_down ? SHM_BE_DOWN
                                                                                 : SHM_BE_UP;

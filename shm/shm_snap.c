@@ -115,6 +115,36 @@ static int ridx_ok(const struct shm_snap_hdr *h, const struct snap_bounds *sb)
     return 1;
 }
 
+/* The certificate table: its strings, its slices of the name table, at most one default. Called
+ * once both tables are known to lie inside the segment. */
+static int certs_ok(const struct shm_snap_hdr *h, const struct snap_bounds *sb)
+{
+    const struct shm_cert *ct = shm_certs(h);
+    const struct shm_str *names = shm_cert_names(h);
+    uint32_t ndefault = 0;
+
+    if (h->ncerts > 0 && h->tls_min_version != 0x0303 && h->tls_min_version != 0x0304) {
+        return 0;
+    }
+    for (uint32_t i = 0; i < h->ncert_names; i++) {
+        if (!str_ok(sb, names[i])) {
+            return 0;
+        }
+    }
+    for (uint32_t i = 0; i < h->ncerts; i++) {
+        if (!str_ok(sb, ct[i].cert_pem) || !str_ok(sb, ct[i].key_pem) ||
+            !str_ok(sb, ct[i].subject) || !str_ok(sb, ct[i].path) ||
+            ct[i].cert_pem.len == 0 || ct[i].key_pem.len == 0 ||
+            (uint64_t)ct[i].names_first + ct[i].nnames > h->ncert_names ||
+            (ct[i].flags & ~(uint32_t)(SHM_CERT_F_DEFAULT | SHM_CERT_F_SELF_SIGNED |
+                                      SHM_CERT_F_EXPIRED | SHM_CERT_F_REDIS)) != 0) {
+            return 0;
+        }
+        ndefault += (ct[i].flags & SHM_CERT_F_DEFAULT) != 0;
+    }
+    return ndefault <= 1;
+}
+
 int shm_snap_check(const struct shm_snap_hdr *h, size_t size)
 {
     struct snap_bounds sb;
@@ -143,11 +173,13 @@ int shm_snap_check(const struct shm_snap_hdr *h, size_t size)
         !table_ok(&sb, h->routes_off, h->nroutes, sizeof(struct shm_route))) {
         return -1;
     }
-    /* The certificate table's element layout belongs to the TLS code; only its start is ours. */
-    if (h->certs_off > size) {
+    if (!table_ok(&sb, h->certs_off, h->ncerts, sizeof(struct shm_cert)) ||
+        !table_ok(&sb, h->cert_names_off, h->ncert_names, sizeof(struct shm_str)) ||
+        !certs_ok(h, &sb)) {
         return -1;
     }
-    if (!str_ok(&sb, h->config_path) || !str_ok(&sb, h->self_signed_cn)) {
+    if (!str_ok(&sb, h->config_path) || !str_ok(&sb, h->self_signed_cn) ||
+        !str_ok(&sb, h->access_log)) {
         return -1;
     }
 
@@ -160,6 +192,7 @@ int shm_snap_check(const struct shm_snap_hdr *h, size_t size)
     sv = shm_services(h);
     for (uint32_t i = 0; i < h->nservices; i++) {
         if (!str_ok(&sb, sv[i].name) || !str_ok(&sb, sv[i].health_path) ||
+            !str_ok(&sb, sv[i].tls_sni) || !str_ok(&sb, sv[i].tls_ca_pem) ||
             (uint64_t)sv[i].backends_first + sv[i].nbackends > h->nbackends ||
             sv[i].balance > SHM_BALANCE_IPHASH) {
             return -1;

@@ -37,6 +37,16 @@ static inline const struct shm_cidr *shm_trusted(const struct shm_snap_hdr *h)
     return (const struct shm_cidr *)(const void *)((const char *)h + h->trusted_off);
 }
 
+static inline const struct shm_cert *shm_certs(const struct shm_snap_hdr *h)
+{
+    return (const struct shm_cert *)(const void *)((const char *)h + h->certs_off);
+}
+
+static inline const struct shm_str *shm_cert_names(const struct shm_snap_hdr *h)
+{
+    return (const struct shm_str *)(const void *)((const char *)h + h->cert_names_off);
+}
+
 /* Check that a mapped segment of <size> bytes is a well-formed snapshot: magic, version, and
  * every table and string inside the segment. Returns 0 or -1. Any role. */
 int shm_snap_check(const struct shm_snap_hdr *h, size_t size);

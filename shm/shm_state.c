@@ -36,11 +36,24 @@ void shm_state_disable(struct shm_rt *rt, uint32_t rt_slot)
 
 void shm_state_enable(struct shm_rt *rt, uint32_t rt_slot)
 {
-    __atomic_store_n(&rt->backends[rt_slot].state, SHM_BE_UP, __ATOMIC_RELEASE);
+    struct shm_rt_backend *rb = &rt->backends[rt_slot];
+    uint32_t disabled = SHM_BE_DISABLED;
+
+    /* Only a disabled backend: one that is down stays down until health says otherwise. The
+     * check counters restart so the next checks judge it afresh (`fall` failures to go down). */
+    if (__atomic_compare_exchange_n(&rb->state, &disabled, SHM_BE_UP, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        __atomic_store_n(&rb->health_failures, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&rb->health_successes, 0, __ATOMIC_RELAXED);
+    }
 }
 
 void shm_state_reset_circuit(struct shm_rt *rt, uint32_t rt_slot)
 {
-    __atomic_store_n(&rt->backends[rt_slot].consecutive_failures, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&rt->backends[rt_slot].circuit, SHM_CIRCUIT_CLOSED, __ATOMIC_RELEASE);
+    struct shm_rt_backend *rb = &rt->backends[rt_slot];
+
+    __atomic_store_n(&rb->consecutive_failures, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&rb->circuit, SHM_CIRCUIT_CLOSED, __ATOMIC_RELEASE);
+    /* A probe still in flight reports to a closed circuit, which it leaves closed on success. */
+    __atomic_store_n(&rb->probe_until_ms, 0, __ATOMIC_RELEASE);
 }

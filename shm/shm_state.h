@@ -16,9 +16,10 @@ int shm_state_backend_slot(const struct shm_snap_hdr *s, const char *service, co
 
 /* Take a backend out of rotation (state "disabled") until enabled again. */
 void shm_state_disable(struct shm_rt *rt, uint32_t rt_slot);
-/* Put a disabled backend back: state "up" (health checks may mark it down again). */
+/* Put a disabled backend back: state "up", with its health-check counters cleared (checks may
+ * mark it down again). A backend that is not disabled is left as it is. */
 void shm_state_enable(struct shm_rt *rt, uint32_t rt_slot);
-/* Close a backend's circuit and clear its consecutive failures. */
+/* Close a backend's circuit, clear its consecutive failures and any probe lease. */
 void shm_state_reset_circuit(struct shm_rt *rt, uint32_t rt_slot);
 
 #endif

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/dsp.h"
@@ -23,6 +25,10 @@
 #include "common/str.h"
 #include "shm/shm_route.h"
 #include "shm/shm_snap.h"
+#include "shm/shm_stats.h"
+#include "worker/wk_alog.h"
+#include "worker/wk_pp.h"
+#include "worker/wk_tls.h"
 
 #define POOL_MAX_IDLE     64
 #define POOL_IDLE_MS      30000
@@ -60,21 +66,116 @@ static uint32_t client_buf_size(void)
     return (uint32_t)(sz < 16384 ? 16384 : sz);
 }
 
-static void peer_ip(const struct wk_client *c, char *buf, size_t len)
+static void ip_to_ss(uint8_t family, const uint8_t *ip, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    ss->ss_family = family;
+    if (family == AF_INET) {
+        memcpy(&((struct sockaddr_in *)ss)->sin_addr, ip, 4);
+    } else {
+        memcpy(&((struct sockaddr_in6 *)ss)->sin6_addr, ip, 16);
+    }
+}
+
+static void ip_str(uint8_t family, const uint8_t *ip, char *buf, size_t len)
 {
     struct sockaddr_storage ss;
 
-    memset(&ss, 0, sizeof(ss));
-    ss.ss_family = c->peer_family;
-    if (c->peer_family == AF_INET) {
-        memcpy(&((struct sockaddr_in *)&ss)->sin_addr, c->peer_ip, 4);
-    } else {
-        memcpy(&((struct sockaddr_in6 *)&ss)->sin6_addr, c->peer_ip, 16);
-    }
+    ip_to_ss(family, ip, &ss);
     net_ip_str((struct sockaddr *)&ss, buf, len);
 }
 
-static int peer_trusted(const struct wk_client *c)
+static void peer_ip(const struct wk_client *c, char *buf, size_t len)
+{
+    ip_str(c->peer_family, c->peer_ip, buf, len);
+}
+
+/* ---- access log and statistics -------------------------------------------------------------- */
+static const struct wk_hdr *scratch_find(const char *name, size_t nlen)
+{
+    for (uint32_t i = 0; i < scratch.n; i++) {
+        if (wk_hdr_is(&scratch.h[i], name, nlen)) {
+            return &scratch.h[i];
+        }
+    }
+    return NULL;
+}
+
+/* Keep what the access log needs from the head in c->in at [0, hlen) (parsed into scratch). */
+static void capture_alog(struct wk_client *c, const char *base, size_t hlen)
+{
+    const struct wk_hdr *host, *ua, *ref;
+    const char *sp;
+
+    free(c->areq);
+    c->areq = NULL;
+    if (!wk_alog_enabled()) {
+        return;
+    }
+    host = scratch_find("host", 4);
+    ua = scratch_find("user-agent", 10);
+    ref = scratch_find("referer", 7);
+    sp = memchr(base, ' ', DSP_MIN(hlen, 64));
+    /* The method as written: the parser may have stopped before it knew one. */
+    c->areq = wk_alog_capture(host ? host->value : NULL, host ? host->vlen : 0, base,
+                              sp ? (size_t)(sp - base) : 0, scratch.url, scratch.url_len,
+                              ua ? ua->value : NULL, ua ? ua->vlen : 0, ref ? ref->value : NULL,
+                              ref ? ref->vlen : 0, c->rq.http_major, c->rq.http_minor);
+}
+
+/* A request is over: <how> 1 = proxied response complete, 0 = generated response sent, -1 =
+ * the connection closed before its end (logged only). Statistics cost relaxed atomic adds into
+ * this worker's shard; the log line goes to the worker's buffer. */
+static void request_done(struct wk_client *c, int how)
+{
+    const struct shm_snap_hdr *s = c->gen->snap;
+    const struct shm_service *svc = c->service != SHM_NONE ? csvc(c) : NULL;
+    const struct shm_backend *be = svc != NULL && c->tries > 0 ? cbe(c) : NULL;
+    uint64_t dur = c->started_ms && wk.now >= c->started_ms ? wk.now - c->started_ms : 0;
+    struct wk_alog_entry e;
+    struct timespec ts;
+    char ip[64];
+
+    if (c->tflags & WK_T_LOGGED) {
+        return;
+    }
+    c->tflags |= WK_T_LOGGED;
+    if (how >= 0 && svc != NULL) {
+        shm_stats_record(wk.rt, (unsigned)wk.slot, svc->rt_slot,
+                         how == 1 && be != NULL ? be->rt_slot : SHM_NONE, c->status, dur, wk.now);
+    }
+    if (!wk_alog_enabled()) {
+        return;
+    }
+    if (c->client_family != 0) {
+        ip_str(c->client_family, c->client_ip, ip, sizeof(ip));
+    } else {
+        peer_ip(c, ip, sizeof(ip));
+    }
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    memset(&e, 0, sizeof(e));
+    e.client_ip = ip;
+    e.req = c->areq;
+    /* 499: the client went away before it got an answer (the nginx convention). */
+    e.status = how < 0 && (c->status == 0 || c->bytes_sent == 0) ? 499 : c->status;
+    e.duration_ms = dur;
+    e.bytes_sent = c->bytes_sent;
+    e.reqid = c->reqid;
+    e.reqid_len = c->reqid_len;
+    if (svc != NULL) {
+        e.service = shm_s(s, svc->name);
+        e.service_len = svc->name.len;
+    }
+    if (be != NULL) {
+        e.backend = shm_s(s, be->address);
+        e.backend_len = be->address.len;
+    }
+    e.wall_s = ts.tv_sec;
+    e.wall_ms = (unsigned)(ts.tv_nsec / 1000000);
+    wk_alog_write(&e);
+}
+
+static int ip_trusted(const struct wk_client *c, uint8_t family, const uint8_t *ip)
 {
     const struct shm_snap_hdr *s = csnap(c);
     const struct shm_cidr *t = shm_trusted(s);
@@ -83,13 +184,7 @@ static int peer_trusted(const struct wk_client *c)
     if (s->ntrusted == 0) {
         return 0;
     }
-    memset(&ss, 0, sizeof(ss));
-    ss.ss_family = c->peer_family;
-    if (c->peer_family == AF_INET) {
-        memcpy(&((struct sockaddr_in *)&ss)->sin_addr, c->peer_ip, 4);
-    } else {
-        memcpy(&((struct sockaddr_in6 *)&ss)->sin6_addr, c->peer_ip, 16);
-    }
+    ip_to_ss(family, ip, &ss);
     for (uint32_t i = 0; i < s->ntrusted; i++) {
         struct net_cidr nc;
         nc.family = t[i].family;
@@ -102,6 +197,69 @@ static int peer_trusted(const struct wk_client *c)
     return 0;
 }
 
+static int peer_trusted(const struct wk_client *c)
+{
+    return ip_trusted(c, c->peer_family, c->peer_ip);
+}
+
+/* The request's client: for a trusted peer, the right-most X-Forwarded-For entry that is not
+ * itself a trusted proxy (entries to its left could be forged by the client). */
+static void resolve_client(struct wk_client *c)
+{
+    c->client_family = c->peer_family;
+    memcpy(c->client_ip, c->peer_ip, 16);
+    if (!peer_trusted(c)) {
+        return;
+    }
+    for (int i = (int)scratch.n - 1; i >= 0; i--) {
+        const struct wk_hdr *h = &scratch.h[i];
+        size_t end;
+        if (!wk_hdr_is(h, "x-forwarded-for", 15)) {
+            continue;
+        }
+        end = h->vlen;
+        while (end > 0) {
+            size_t st = end, a, b;
+            char tmp[64];
+            uint8_t ip[16];
+            int fam = 0;
+            while (st > 0 && h->value[st - 1] != ',') {
+                st--;
+            }
+            a = st;
+            b = end;
+            while (a < b && (h->value[a] == ' ' || h->value[a] == '\t')) {
+                a++;
+            }
+            while (b > a && (h->value[b - 1] == ' ' || h->value[b - 1] == '\t')) {
+                b--;
+            }
+            end = st > 0 ? st - 1 : 0;
+            if (b - a == 0 || b - a >= sizeof(tmp)) {
+                return; /* garbage: stop trusting the chain here */
+            }
+            memcpy(tmp, h->value + a, b - a);
+            tmp[b - a] = '\0';
+            memset(ip, 0, sizeof(ip));
+            if (inet_pton(AF_INET, tmp, ip) == 1) {
+                fam = AF_INET;
+            } else if (inet_pton(AF_INET6, tmp, ip) == 1) {
+                fam = AF_INET6;
+            } else {
+                return;
+            }
+            c->client_family = (uint8_t)fam;
+            memcpy(c->client_ip, ip, 16);
+            if (!ip_trusted(c, (uint8_t)fam, ip)) {
+                return;
+            }
+            if (st == 0) {
+                break;
+            }
+        }
+    }
+}
+
 static void set_timer(struct wk_client *c)
 {
     const struct shm_snap_hdr *s = csnap(c);
@@ -112,10 +270,14 @@ static void set_timer(struct wk_client *c)
         ms = (c->flags & WK_C_F_STARTED) ? s->limits.idle_timeout_ms : s->limits.header_timeout_ms;
         break;
     case WK_CS_HEAD:
+    case WK_CS_PPHDR:
+    case WK_CS_TLS:
         ms = s->limits.header_timeout_ms;
         break;
     case WK_CS_PROXY:
-        if (c->up != NULL && (c->up->flags & WK_UP_F_CONNECTING)) {
+        if (c->tflags & WK_T_TUNNEL) {
+            ms = s->limits.tunnel_idle_timeout_ms;
+        } else if (c->up != NULL && (c->up->flags & (WK_UP_F_CONNECTING | WK_UP_F_TLSHS))) {
             ms = csvc(c)->connect_timeout_ms;
         } else if (!(c->tflags & WK_T_REQ_DONE)) {
             ms = DSP_MAX(s->limits.idle_timeout_ms, csvc(c)->response_timeout_ms);
@@ -158,6 +320,7 @@ static void upstream_close(struct wk_upstream *u)
         pool_remove(u);
     }
     wk_timer_disarm(&u->timer);
+    wk_tls_close(u->tls);
     if (u->fd != -1) {
         close(u->fd);
     }
@@ -212,6 +375,8 @@ static void detach_upstream(struct wk_client *c)
 
 static void end_transaction(struct wk_client *c)
 {
+    free(c->areq);
+    c->areq = NULL;
     detach_upstream(c);
     wk_buf_put(&c->uin);
     wk_buf_put(&c->uout);
@@ -223,8 +388,13 @@ static void end_transaction(struct wk_client *c)
 
 void wk_client_close(struct wk_client *c)
 {
+    if (c->gen != NULL && (c->state == WK_CS_PROXY || c->state == WK_CS_REPLY)) {
+        request_done(c, -1);
+    }
     end_transaction(c);
     wk_timer_disarm(&c->timer);
+    wk_tls_close(c->tls);
+    c->tls = NULL;
     if (c->fd != -1) {
         close(c->fd);
     }
@@ -249,7 +419,8 @@ void wk_close_idle_clients(void)
 
     while (c != NULL) {
         struct wk_client *next = c->next;
-        if (c->state == WK_CS_IDLE && (c->in.data == NULL || c->in.start == c->in.end)) {
+        if ((c->state == WK_CS_IDLE || c->state == WK_CS_TLS) &&
+            (c->in.data == NULL || c->in.start == c->in.end)) {
             wk_client_close(c);
         }
         c = next;
@@ -281,8 +452,10 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
                                1 ==
                            77,
                        "busy body length");
-        /* Best effort: the socket is fresh, its send buffer empty. */
-        if (send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* Best effort: the socket is fresh, its send buffer empty. A TLS client would only see
+         * garbage: it just gets the close. */
+        if ((listener >= s->nlisteners || !shm_listeners(s)[listener].tls) &&
+            send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
             /* nothing to do */
         }
         close(fd);
@@ -300,6 +473,12 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
     c->flags = WK_C_F_WRITABLE;
     if (listener < s->nlisteners && shm_listeners(s)[listener].tls) {
         c->flags |= WK_C_F_TLS;
+        c->tls = wk_tls_server_new(fd);
+        if (c->tls == NULL) {
+            close(fd);
+            free(c);
+            return;
+        }
     }
     c->peer_family = (uint8_t)sa->sa_family;
     if (sa->sa_family == AF_INET) {
@@ -309,11 +488,14 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
         memcpy(c->peer_ip, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
         c->peer_port = ntohs(((const struct sockaddr_in6 *)(const void *)sa)->sin6_port);
     }
+    c->client_family = c->peer_family;
+    memcpy(c->client_ip, c->peer_ip, 16);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.ptr = c;
     if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
         log_errno(LOG_ERROR, errno, "epoll_ctl(ADD client) failed");
+        wk_tls_close(c->tls);
         close(fd);
         free(c);
         return;
@@ -325,6 +507,11 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
     wk.clients = c;
     wk.nclients++;
     c->state = WK_CS_IDLE;
+    if (listener < s->nlisteners && shm_listeners(s)[listener].proxy_protocol) {
+        c->state = WK_CS_PPHDR;
+    } else if (c->tls != NULL) {
+        c->state = WK_CS_TLS;
+    }
     set_timer(c);
 }
 
@@ -558,7 +745,7 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
                                const char *target, size_t tlen, uint64_t clen)
 {
     struct str_buf sb;
-    char ip[64];
+    char ip[64], rip[64];
     const struct wk_hdr *xff[8];
     int nxff = 0;
     int trusted = peer_trusted(c);
@@ -569,6 +756,7 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
     }
     c->uout.start = c->uout.end = 0;
     peer_ip(c, ip, sizeof(ip));
+    ip_str(c->client_family, c->client_ip, rip, sizeof(rip));
     str_init(&sb, c->uout.data, c->uout.cap);
     str_adds(&sb, http_method_str((enum http_method)c->rq.method));
     str_adds(&sb, " ");
@@ -588,8 +776,11 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
         }
         if (wk_hdr_is(h, "content-length", 14) || wk_hdr_is(h, "x-forwarded-proto", 17) ||
             wk_hdr_is(h, "x-forwarded-host", 16) || wk_hdr_is(h, "x-real-ip", 9) ||
-            wk_hdr_is(h, "x-request-id", 12) || wk_hdr_is(h, "expect", 6) ||
-            wk_hdr_hop(&scratch, h->name, h->nlen)) {
+            wk_hdr_is(h, "x-request-id", 12) || wk_hdr_is(h, "expect", 6)) {
+            continue;
+        }
+        if (wk_hdr_hop(&scratch, h->name, h->nlen) &&
+            !((c->tflags & WK_T_UPGRADE) && wk_hdr_is(h, "upgrade", 7))) {
             continue;
         }
         str_add(&sb, h->name, h->nlen);
@@ -622,10 +813,13 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
         }
     }
     str_adds(&sb, "\r\nX-Real-IP: ");
-    str_adds(&sb, ip);
+    str_adds(&sb, rip);
     str_adds(&sb, "\r\nX-Request-ID: ");
     str_add(&sb, c->reqid, c->reqid_len);
     str_adds(&sb, "\r\n");
+    if (c->tflags & WK_T_UPGRADE) {
+        str_adds(&sb, "Connection: upgrade\r\n");
+    }
     if (c->rq.flags & F_CHUNKED) {
         str_adds(&sb, "Transfer-Encoding: chunked\r\n");
     } else if (clen != ULLONG_MAX) {
@@ -718,6 +912,7 @@ static int process_head(struct wk_client *c, size_t hlen)
         wk_reqid_new(wk.rng, c->reqid);
         c->reqid_len = 32;
     }
+    capture_alog(c, base, hlen);
     if (scratch.too_many) {
         return reply_error(c, 431, "Request header fields too large", "Too many header fields",
                            F_CLOSE);
@@ -816,6 +1011,10 @@ static int process_head(struct wk_client *c, size_t hlen)
     if (c->rq.method == HTTP_HEAD) {
         c->tflags |= WK_T_HEAD_REQ;
     }
+    if (c->rq.upgrade) {
+        c->tflags |= WK_T_UPGRADE;
+    }
+    resolve_client(c);
     if (is_idempotent(c->rq.method)) {
         c->tflags |= WK_T_IDEMPOTENT;
     }
@@ -882,10 +1081,14 @@ static int upstream_connect(struct wk_client *c)
     struct epoll_event ev;
     int one = 1;
 
-    if (p->head != NULL) {
+    while (p->head != NULL) {
         u = p->head;
         pool_remove(u);
         wk_timer_disarm(&u->timer);
+        if ((u->tls != NULL) != ((csvc(c)->tls & SHM_SVC_TLS_ON) != 0)) {
+            upstream_close(u); /* pooled before a reload switched TLS on or off */
+            continue;
+        }
         u->client = c;
         u->flags |= WK_UP_F_REUSED;
         c->up = u;
@@ -929,6 +1132,14 @@ static int upstream_connect(struct wk_client *c)
         return -1;
     }
     c->up = u;
+    if (csvc(c)->tls & SHM_SVC_TLS_ON) {
+        u->tls = wk_tls_client_new(u->fd, c->gen->tls, c->service, be);
+        if (u->tls == NULL) {
+            log_error("TLS to backend %s: %s", shm_s(c->gen->snap, be->address), wk_tls_error());
+            return 1;
+        }
+        u->flags |= WK_UP_F_TLSHS; /* the handshake starts once connect() completes */
+    }
     if (connect(u->fd, (struct sockaddr *)&ss, sl) == -1) {
         if (errno != EINPROGRESS) {
             return 1; /* refused at once (loopback): a connect failure */
@@ -985,28 +1196,43 @@ static int upstream_failed(struct wk_client *c, int why)
     const struct shm_service *svc = csvc(c);
     const struct shm_backend *be = cbe(c);
     int reused = c->up != NULL && (c->up->flags & WK_UP_F_REUSED);
+    int lb_why = why;
     int can_retry = 0;
     char msg[256];
 
-    wk_lb_result(c, why, 0);
-    detach_upstream(c);
-    if (!(c->tflags & (WK_T_RESP_BYTES | WK_T_CLIENT_SENT | WK_T_RESP_HEAD | WK_T_BODY_LOST))) {
-        if (why == WK_FAIL_CONNECT || why == WK_FAIL_CTIMEOUT) {
-            can_retry = 1; /* nothing reached the backend */
-        } else if (why == WK_FAIL_RESET && reused && !(c->tflags & WK_T_RESP_BYTES)) {
-            /* An idle keep-alive connection closed by the backend as we reused it: the request
-             * was never processed. One free retry on a fresh connection. */
-            can_retry = 2;
-        } else if (why == WK_FAIL_RESET && (c->tflags & WK_T_IDEMPOTENT)) {
-            can_retry = 1;
+    if (why == WK_FAIL_RESET && reused) {
+        lb_why = WK_FAIL_STALE;
+    } else if (why == WK_FAIL_RESET && c->up != NULL) {
+        /* An RST leaves the socket CLOSED, a FIN leaves it in CLOSE_WAIT: only the former says
+         * the backend died or aborted, which passive health acts on at once. */
+        struct tcp_info ti;
+        socklen_t tl = sizeof(ti);
+        if (getsockopt(c->up->fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
+            ti.tcpi_state == TCP_CLOSE) {
+            lb_why = WK_FAIL_ABORT;
         }
+    }
+    wk_lb_result(c, lb_why, 0);
+    detach_upstream(c);
+    /* Only while the client has seen nothing and the request can still be replayed whole. */
+    if (!(c->tflags & (WK_T_RESP_BYTES | WK_T_CLIENT_SENT | WK_T_RESP_HEAD | WK_T_BODY_LOST))) {
+        if (!(c->tflags & WK_T_UP_WRITTEN)) {
+            /* Nothing reached the backend (refused, connect timeout, a pooled connection dead at
+             * the first write): any method may go elsewhere. */
+            can_retry = reused ? 2 : 1;
+        } else if (why == WK_FAIL_RESET && (c->tflags & WK_T_IDEMPOTENT)) {
+            /* The backend may have acted on it: idempotent methods only. A reused keep-alive
+             * connection that the backend closed while idle gets a retry that does not count. */
+            can_retry = reused ? 2 : 1;
+        }
+        /* Anything else may have been acted on, and a non-idempotent request is never sent
+         * twice, not even after a keep-alive race. */
     }
     if (can_retry == 2) {
         c->tried &= c->backend < 64 ? ~(1ull << c->backend) : ~0ull;
         c->tries--;
     }
-    if (can_retry && c->tries <= svc->retries + (can_retry == 2 ? 1u : 0u) &&
-        c->tries < 64 && wk_lb_can_retry(c)) {
+    if (can_retry && c->tries <= svc->retries && c->tries < 64 && wk_lb_can_retry(c)) {
         return upstream_start(c);
     }
     switch (why) {
@@ -1096,6 +1322,10 @@ static int build_client_head(struct wk_client *c)
     int bodyless = (c->tflags & WK_T_HEAD_REQ) || status == 204 || status == 304 ||
                    (status >= 100 && status < 200);
 
+    if (status == 101) {
+        close_it = 0;
+    }
+
     if (!bodyless) {
         if (chunked && client10) {
             c->tflags |= WK_T_DECHUNK;
@@ -1120,7 +1350,11 @@ static int build_client_head(struct wk_client *c)
     str_adds(&sb, "\r\n");
     for (uint32_t i = 0; i < scratch.n; i++) {
         const struct wk_hdr *h = &scratch.h[i];
-        if (wk_hdr_is(h, "x-request-id", 12) || wk_hdr_hop(&scratch, h->name, h->nlen)) {
+        if (wk_hdr_is(h, "x-request-id", 12)) {
+            continue;
+        }
+        if (wk_hdr_hop(&scratch, h->name, h->nlen) &&
+            !(status == 101 && wk_hdr_is(h, "upgrade", 7))) {
             continue;
         }
         str_add(&sb, h->name, h->nlen);
@@ -1134,7 +1368,9 @@ static int build_client_head(struct wk_client *c)
     str_adds(&sb, "X-Request-ID: ");
     str_add(&sb, c->reqid, c->reqid_len);
     str_adds(&sb, "\r\n");
-    if (close_it) {
+    if (status == 101) {
+        str_adds(&sb, "Connection: upgrade\r\n");
+    } else if (close_it) {
         str_adds(&sb, "Connection: close\r\n");
     } else if (client10) {
         str_adds(&sb, "Connection: keep-alive\r\n");
@@ -1165,6 +1401,10 @@ static int forward_interim(struct wk_client *c, const char *head, size_t hlen)
 /* Consume what the upstream sent. Returns 0, or -1 if the client was answered or closed. */
 static int parse_response(struct wk_client *c)
 {
+    if (c->tflags & WK_T_TUNNEL) {
+        c->rready_off = c->rparsed_off = c->uin.end;
+        return 0;
+    }
     while (!(c->tflags & WK_T_RESP_HEAD)) {
         const char *base = c->uin.data + c->uin.start;
         size_t avail = c->uin.end - c->uin.start;
@@ -1199,9 +1439,24 @@ static int parse_response(struct wk_client *c)
                 return upstream_failed(c, WK_FAIL_BAD);
             }
         }
+        if (c->rs.status_code == 101 && (c->tflags & WK_T_UPGRADE)) {
+            /* Switching protocols: from here on both directions are opaque bytes. */
+            if (build_client_head(c) != 0) {
+                return upstream_failed(c, WK_FAIL_BAD);
+            }
+            /* http-parser calls a 101 a complete message; the tunnel ends only with a close. */
+            c->tflags &= ~WK_T_RESP_DONE;
+            c->tflags |= WK_T_RESP_HEAD | WK_T_TUNNEL;
+            c->rsend_off = c->uin.start + (uint32_t)hlen;
+            c->rready_off = c->rparsed_off = c->uin.end;
+            c->send_off = c->parsed_off; /* nothing of the request is left unsent */
+            c->parsed_off = c->in.end;   /* bytes after the upgrade request are tunnel data */
+            set_timer(c);
+            return 0;
+        }
         if (c->rs.status_code >= 100 && c->rs.status_code < 200) {
             if (c->rs.status_code == 101) {
-                /* We never forward Upgrade, so a switch of protocols is a protocol error. */
+                /* A switch of protocols nobody asked for is a protocol error. */
                 return upstream_failed(c, WK_FAIL_BAD);
             }
             if (forward_interim(c, base, hlen) != 0) {
@@ -1246,7 +1501,8 @@ static int client_read(struct wk_client *c)
         return -1;
     }
     if (c->in.end == c->in.cap) {
-        if (c->state == WK_CS_PROXY && !(c->tflags & WK_T_REQ_DONE) && c->send_off > c->in.start) {
+        if (c->state == WK_CS_PROXY && (!(c->tflags & WK_T_REQ_DONE) || (c->tflags & WK_T_TUNNEL)) &&
+            c->send_off > c->in.start) {
             /* Streaming a body: drop what the upstream already has. */
             uint32_t shift = c->send_off;
             if (c->send_off > c->body_off) {
@@ -1267,7 +1523,27 @@ static int client_read(struct wk_client *c)
             return 0;
         }
     }
-    n = recv(c->fd, c->in.data + c->in.end, c->in.cap - c->in.end, 0);
+    if (c->tls != NULL) {
+        int t = wk_tls_read(c->tls, c->in.data + c->in.end, c->in.cap - c->in.end);
+
+        /* Readiness is cleared only when OpenSSL would block: a short read may just be the end
+         * of a record, with more records already waiting in the socket. */
+        if (t == WK_TLS_WANT_READ) {
+            c->flags &= ~WK_C_F_READABLE;
+            return 0;
+        }
+        if (t == WK_TLS_WANT_WRITE) {
+            c->flags &= ~WK_C_F_WRITABLE; /* retried on the write edge; READABLE stays set */
+            return 0;
+        }
+        if (t == WK_TLS_ERROR) {
+            wk_client_close(c);
+            return -1;
+        }
+        n = t;
+    } else {
+        n = recv(c->fd, c->in.data + c->in.end, c->in.cap - c->in.end, 0);
+    }
     if (n > 0) {
         c->in.end += (uint32_t)n;
         return 1;
@@ -1307,7 +1583,22 @@ static int client_write(struct wk_client *c)
     if (niov == 0 || !(c->flags & WK_C_F_WRITABLE)) {
         return 0;
     }
-    n = writev(c->fd, iov, niov);
+    if (c->tls != NULL) {
+        n = wk_tls_writev(c->tls, iov, niov);
+        if (n == WK_TLS_WANT_WRITE) {
+            c->flags &= ~WK_C_F_WRITABLE;
+            return 0;
+        }
+        if (n == WK_TLS_WANT_READ) {
+            return 0; /* retried on the next edge */
+        }
+        if (n < 0) {
+            wk_client_close(c);
+            return -1;
+        }
+    } else {
+        n = writev(c->fd, iov, niov);
+    }
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
             c->flags &= ~WK_C_F_WRITABLE;
@@ -1322,6 +1613,7 @@ static int client_write(struct wk_client *c)
     if (c->tflags & WK_T_RESP_HEAD) {
         c->tflags |= WK_T_CLIENT_SENT;
     }
+    c->bytes_sent += (uint64_t)n;
     if ((size_t)n <= first) {
         c->out.start += (uint32_t)n;
     } else {
@@ -1334,6 +1626,38 @@ static int client_write(struct wk_client *c)
     return 1;
 }
 
+/* TLS to a backend: the handshake after connect() (under the connect timeout). Returns 1 on
+ * progress (done, or a new attempt started after a failure), 0 when blocked, -1 when the client
+ * was answered or closed. Done only counts as progress so that the caller's loop comes back to
+ * write the request: the write edge may already have been used up. */
+static int upstream_handshake(struct wk_client *c)
+{
+    struct wk_upstream *u = c->up;
+    int r;
+
+    if (!(u->flags & (WK_UP_F_READABLE | WK_UP_F_WRITABLE))) {
+        return 0;
+    }
+    r = wk_tls_handshake(u->tls);
+    if (r == 1) {
+        u->flags &= ~WK_UP_F_TLSHS;
+        set_timer(c);
+        return 1;
+    }
+    if (r == WK_TLS_WANT_READ) {
+        u->flags &= ~WK_UP_F_READABLE;
+        return 0;
+    }
+    if (r == WK_TLS_WANT_WRITE) {
+        u->flags &= ~WK_UP_F_WRITABLE;
+        return 0;
+    }
+    log_warn("TLS handshake with backend %s failed: %s", shm_s(c->gen->snap, cbe(c)->address),
+             wk_tls_error());
+    /* Nothing of the request reached the backend: as retryable as a refused connection. */
+    return upstream_failed(c, WK_FAIL_CONNECT) == 0 ? 1 : -1;
+}
+
 static int upstream_write(struct wk_client *c)
 {
     struct wk_upstream *u = c->up;
@@ -1342,6 +1666,9 @@ static int upstream_write(struct wk_client *c)
     ssize_t n;
     size_t first = 0;
 
+    if (u != NULL && (u->flags & WK_UP_F_TLSHS) && !(u->flags & WK_UP_F_CONNECTING)) {
+        return upstream_handshake(c);
+    }
     if (u == NULL || (u->flags & WK_UP_F_CONNECTING) || !(u->flags & WK_UP_F_WRITABLE)) {
         return 0;
     }
@@ -1358,7 +1685,22 @@ static int upstream_write(struct wk_client *c)
     if (niov == 0) {
         return 0;
     }
-    n = writev(u->fd, iov, niov);
+    if (u->tls != NULL) {
+        n = wk_tls_writev(u->tls, iov, niov);
+        if (n == WK_TLS_WANT_WRITE) {
+            u->flags &= ~WK_UP_F_WRITABLE;
+            return 0;
+        }
+        if (n == WK_TLS_WANT_READ) {
+            return 0;
+        }
+        if (n < 0) {
+            errno = ECONNRESET;
+            n = -1;
+        }
+    } else {
+        n = writev(u->fd, iov, niov);
+    }
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
             u->flags &= ~WK_UP_F_WRITABLE;
@@ -1370,8 +1712,10 @@ static int upstream_write(struct wk_client *c)
         return upstream_failed(c, WK_FAIL_RESET) == 0 ? 1 : -1;
     }
     c->tflags |= WK_T_UP_WRITTEN;
-    if ((size_t)n < first + (niov > 1 ? iov[1].iov_len : 0)) {
-        u->flags &= ~WK_UP_F_WRITABLE; /* short write: the socket buffer is full */
+    if (u->tls == NULL && (size_t)n < first + (niov > 1 ? iov[1].iov_len : 0)) {
+        /* Short write: the socket buffer is full. (Not so for TLS, which writes a record at a
+         * time.) */
+        u->flags &= ~WK_UP_F_WRITABLE;
     }
     if ((size_t)n <= first) {
         c->uout.start += (uint32_t)n;
@@ -1413,6 +1757,9 @@ static int upstream_read(struct wk_client *c)
     struct wk_upstream *u = c->up;
     ssize_t n;
 
+    if (u != NULL && (u->flags & WK_UP_F_TLSHS) && !(u->flags & WK_UP_F_CONNECTING)) {
+        return upstream_handshake(c);
+    }
     if (u == NULL || (u->flags & WK_UP_F_CONNECTING) || !(u->flags & WK_UP_F_READABLE)) {
         return 0;
     }
@@ -1432,11 +1779,29 @@ static int upstream_read(struct wk_client *c)
             return 0;
         }
     }
-    n = recv(u->fd, c->uin.data + c->uin.end, c->uin.cap - c->uin.end, 0);
+    if (u->tls != NULL) {
+        int t = wk_tls_read(u->tls, c->uin.data + c->uin.end, c->uin.cap - c->uin.end);
+
+        if (t == WK_TLS_WANT_READ) {
+            u->flags &= ~WK_UP_F_READABLE;
+            return 0;
+        }
+        if (t == WK_TLS_WANT_WRITE) {
+            u->flags &= ~WK_UP_F_WRITABLE;
+            return 0;
+        }
+        if (t == WK_TLS_ERROR) {
+            errno = ECONNRESET;
+        }
+        n = t == WK_TLS_ERROR ? -1 : t;
+    } else {
+        n = recv(u->fd, c->uin.data + c->uin.end, c->uin.cap - c->uin.end, 0);
+    }
     if (n > 0) {
         /* Edge-triggered: a short read drained the socket, and new data brings a new edge, so
-         * skip the recv that would only say EAGAIN. */
-        if ((size_t)n < c->uin.cap - c->uin.end) {
+         * skip the recv that would only say EAGAIN. (A short TLS read proves nothing: it may
+         * end a record with the next one already queued.) */
+        if (u->tls == NULL && (size_t)n < c->uin.cap - c->uin.end) {
             u->flags &= ~WK_UP_F_READABLE;
         }
         c->uin.end += (uint32_t)n;
@@ -1451,6 +1816,11 @@ static int upstream_read(struct wk_client *c)
         return 1;
     }
     /* EOF or reset from the backend. */
+    if (c->tflags & WK_T_TUNNEL) {
+        u->flags &= ~WK_UP_F_READABLE;
+        c->tflags |= WK_T_UP_EOF;
+        return 1;
+    }
     if (!(c->tflags & WK_T_RESP_HEAD)) {
         if (c->uin.end > c->uin.start) {
             return upstream_failed(c, WK_FAIL_BAD) == 0 ? 1 : -1;
@@ -1490,7 +1860,9 @@ static int finish(struct wk_client *c)
     if (c->status >= 500) {
         __atomic_fetch_add(&wk.rt->services[csvc(c)->rt_slot].errors, 1, __ATOMIC_RELAXED);
     }
-    reusable = u != NULL && !(u->flags & WK_UP_F_HUP) && http_should_keep_alive(&c->rs) &&
+    request_done(c, 1);
+    reusable = u != NULL && !(u->flags & WK_UP_F_HUP) && !(c->tflags & WK_T_TUNNEL) &&
+               http_should_keep_alive(&c->rs) &&
                (c->tflags & WK_T_REQ_DONE) && c->send_off == c->parsed_off &&
                c->uout.start == c->uout.end && c->rparsed_off == c->uin.end;
     if (reusable) {
@@ -1514,12 +1886,14 @@ static int next_request(struct wk_client *c)
         if (c->in.data != NULL && c->in.end > c->parsed_off && !(c->flags & WK_C_F_HUP)) {
             /* Unread input would turn our close into a reset that can destroy the response on
              * its way: shut down writing and drain for a moment instead. */
+            wk_tls_shutdown(c->tls);
             shutdown(c->fd, SHUT_WR);
             c->state = WK_CS_LINGER;
             set_timer(c);
             return 0;
         }
         if (!(c->flags & WK_C_F_HUP) && !(c->tflags & WK_T_REQ_DONE)) {
+            wk_tls_shutdown(c->tls);
             shutdown(c->fd, SHUT_WR);
             c->state = WK_CS_LINGER;
             set_timer(c);
@@ -1532,6 +1906,7 @@ static int next_request(struct wk_client *c)
     c->tflags = 0;
     c->service = SHM_NONE;
     c->status = 0;
+    c->bytes_sent = 0;
     wk_buf_put(&c->out);
     if (c->in.start == c->in.end) {
         wk_buf_put(&c->in);
@@ -1539,6 +1914,131 @@ static int next_request(struct wk_client *c)
     c->state = WK_CS_IDLE;
     set_timer(c);
     return 0;
+}
+
+/* One pass of an upgraded connection: bytes both ways until either side closes, then close
+ * both once what the closing side sent has been delivered. Returns 1, 0 or -1 (closed). */
+static int tunnel_step(struct wk_client *c)
+{
+    int progress = 0, r;
+
+    r = client_read(c);
+    if (r < 0) {
+        return -1;
+    }
+    progress |= r;
+    if (c->in.data != NULL) {
+        c->parsed_off = c->in.end;
+    }
+    r = upstream_write(c);
+    if (r < 0) {
+        return -1;
+    }
+    progress |= r;
+    if (c->state != WK_CS_PROXY || c->up == NULL) {
+        return 1;
+    }
+    r = upstream_read(c);
+    if (r < 0) {
+        return -1;
+    }
+    progress |= r;
+    if (c->uin.data != NULL) {
+        c->rready_off = c->rparsed_off = c->uin.end;
+    }
+    r = client_write(c);
+    if (r < 0) {
+        return -1;
+    }
+    progress |= r;
+    if (((c->tflags & WK_T_UP_EOF) && c->out.start == c->out.end &&
+         c->rsend_off == c->rready_off) ||
+        ((c->flags & (WK_C_F_EOF | WK_C_F_HUP)) && c->send_off == c->parsed_off)) {
+        finish(c);
+        wk_client_close(c);
+        return -1;
+    }
+    if (progress) {
+        set_timer(c);
+    }
+    return progress;
+}
+
+/* PROXY protocol header: peeked, so that on TLS listeners the ClientHello behind it stays in the
+ * socket for OpenSSL; consumed only once complete. Returns 1, 0 or -1 (closed). */
+static int read_proxy_header(struct wk_client *c)
+{
+    uint8_t buf[WK_PP_MAX_V2];
+    struct wk_pp_addr pa;
+    ssize_t n;
+    int len;
+
+    if (!(c->flags & WK_C_F_READABLE)) {
+        return 0;
+    }
+    n = recv(c->fd, buf, sizeof(buf), MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        c->flags &= ~WK_C_F_READABLE;
+        return 0;
+    }
+    if (n <= 0) {
+        wk_client_close(c);
+        return -1;
+    }
+    len = wk_pp_parse(buf, (size_t)n, &pa);
+    if (len < 0) {
+        log_debug("malformed PROXY protocol header: closing");
+        wk_client_close(c);
+        return -1;
+    }
+    if (len == 0) {
+        /* Incomplete: wait for the rest (the peek leaves the bytes queued, so only a new edge
+         * can tell us more arrived). */
+        c->flags &= ~WK_C_F_READABLE;
+        return 0;
+    }
+    if (recv(c->fd, buf, (size_t)len, 0) != len) {
+        wk_client_close(c);
+        return -1;
+    }
+    if (pa.family == AF_INET || pa.family == AF_INET6) {
+        c->peer_family = (uint8_t)pa.family;
+        memset(c->peer_ip, 0, sizeof(c->peer_ip));
+        memcpy(c->peer_ip, pa.src, pa.family == AF_INET ? 4 : 16);
+        c->peer_port = pa.src_port;
+        c->client_family = c->peer_family;
+        memcpy(c->client_ip, c->peer_ip, 16);
+    }
+    c->state = c->tls != NULL ? WK_CS_TLS : WK_CS_IDLE;
+    set_timer(c);
+    return 1;
+}
+
+/* TLS listeners: the handshake, still under the header timeout armed at accept (or after the
+ * PROXY header). Returns 1 on progress, 0 when blocked, -1 when the client was closed. */
+static int client_handshake(struct wk_client *c)
+{
+    int r;
+
+    if (!(c->flags & (WK_C_F_READABLE | WK_C_F_WRITABLE))) {
+        return 0;
+    }
+    r = wk_tls_handshake(c->tls);
+    if (r == 1) {
+        c->state = WK_CS_IDLE;
+        return 1;
+    }
+    if (r == WK_TLS_WANT_READ) {
+        c->flags &= ~WK_C_F_READABLE;
+        return 0;
+    }
+    if (r == WK_TLS_WANT_WRITE) {
+        c->flags &= ~WK_C_F_WRITABLE;
+        return 0;
+    }
+    log_debug("TLS handshake failed: %s", wk_tls_error());
+    wk_client_close(c);
+    return -1;
 }
 
 /* Drive the connection as far as it can go without blocking. */
@@ -1608,6 +2108,14 @@ static void run(struct wk_client *c)
             break;
         }
         case WK_CS_PROXY:
+            if (c->tflags & WK_T_TUNNEL) {
+                r = tunnel_step(c);
+                if (r < 0) {
+                    return;
+                }
+                progress |= r;
+                break;
+            }
             if (!(c->tflags & WK_T_REQ_DONE) || (c->in.data && c->in.end < c->in.cap)) {
                 r = client_read(c);
                 if (r < 0) {
@@ -1688,11 +2196,26 @@ static void run(struct wk_client *c)
                 if (c->gen != NULL) {
                     __atomic_fetch_add(&wk.me->requests, 1, __ATOMIC_RELAXED);
                 }
+                request_done(c, 0);
                 if (next_request(c) != 0) {
                     return;
                 }
                 progress = 1;
             }
+            break;
+        case WK_CS_TLS:
+            r = client_handshake(c);
+            if (r < 0) {
+                return;
+            }
+            progress |= r;
+            break;
+        case WK_CS_PPHDR:
+            r = read_proxy_header(c);
+            if (r < 0) {
+                return;
+            }
+            progress |= r;
             break;
         case WK_CS_LINGER: {
             char sink[4096];
@@ -1745,7 +2268,11 @@ void wk_upstream_event(struct wk_upstream *u, uint32_t events)
     if (c == NULL) {
         /* Idle in the pool: input means the backend closed it or sent something unasked. A
          * write edge (ACKs freeing send space) is harmless. */
-        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+        if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) &&
+            !(u->tls != NULL && !(events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP)) &&
+              wk_tls_idle_ok(u->tls))) {
+            /* (A TLS backend may still send session tickets after the exchange: those are
+             * consumed above and leave the connection reusable.) */
             upstream_close(u);
         } else {
             u->flags |= WK_UP_F_WRITABLE;
@@ -1797,8 +2324,16 @@ void wk_client_timeout(struct wk_client *c)
             return;
         }
         break;
+    case WK_CS_PPHDR:
+        wk_client_close(c);
+        return;
     case WK_CS_PROXY:
-        if (c->up != NULL && (c->up->flags & WK_UP_F_CONNECTING)) {
+        if (c->tflags & WK_T_TUNNEL) {
+            finish(c);
+            wk_client_close(c);
+            return;
+        }
+        if (c->up != NULL && (c->up->flags & (WK_UP_F_CONNECTING | WK_UP_F_TLSHS))) {
             if (upstream_failed(c, WK_FAIL_CTIMEOUT) != 0) {
                 return;
             }

@@ -48,12 +48,16 @@ void wk_timer_arm(struct wk_timer *t, uint32_t ms);
 void wk_timer_disarm(struct wk_timer *t);
 
 /* ---- generations --------------------------------------------------------------------------- */
+struct ssl_st;
+struct wk_tls_gen;
+
 struct wk_gen {
     const struct shm_snap_hdr *snap;
     size_t size;
     uint64_t gen;
     uint32_t refs;           /* one for "current", one per request in flight */
     struct wk_gen *next;
+    struct wk_tls_gen *tls;  /* its SSL contexts (worker/wk_tls.h); NULL without TLS */
 };
 
 void wk_gen_ref(struct wk_gen *g);
@@ -65,8 +69,10 @@ void wk_gen_unref(struct wk_gen *g);
 #define WK_UP_F_CONNECTING 0x04u /* non-blocking connect in progress */
 #define WK_UP_F_HUP        0x08u /* peer closed or error reported by epoll */
 #define WK_UP_F_REUSED     0x10u /* taken from the pool (so a reset may be a keep-alive race) */
+#define WK_UP_F_TLSHS      0x20u /* TLS handshake in progress (counts as connecting) */
 
 struct wk_client;
+struct wk_alog_req;
 
 struct wk_upstream {
     struct wk_ev ev;
@@ -76,6 +82,7 @@ struct wk_upstream {
     struct wk_client *client;  /* NULL while idle in the pool */
     struct wk_upstream *pnext, *pprev;
     struct wk_timer timer;     /* pool idle timeout */
+    struct ssl_st *tls;        /* TLS backends; kept across pooled reuse */
 };
 
 /* ---- client connections --------------------------------------------------------------------
@@ -86,12 +93,17 @@ struct wk_upstream {
  *                    +--error--> REPLY (generated response) --> IDLE or LINGER --> closed
  *
  * LINGER: after a response that ends the connection, the write side is shut down and input is
- * drained for a short while so the peer reads the answer instead of a reset. */
+ * drained for a short while so the peer reads the answer instead of a reset.
+ *
+ * TLS listeners start in TLS (after PPHDR when the listener also takes PROXY headers): the
+ * handshake runs under the header timeout armed at accept, then the connection is IDLE. */
 #define WK_CS_IDLE   0
 #define WK_CS_HEAD   1
 #define WK_CS_PROXY  2
 #define WK_CS_REPLY  3
 #define WK_CS_LINGER 4
+#define WK_CS_PPHDR  5 /* waiting for the PROXY protocol header (proxy_protocol listeners) */
+#define WK_CS_TLS    6 /* TLS handshake in progress */
 
 #define WK_C_F_READABLE 0x01u
 #define WK_C_F_WRITABLE 0x02u
@@ -115,6 +127,11 @@ struct wk_upstream {
 #define WK_T_CONTINUE      0x0400u /* client sent Expect: 100-continue */
 #define WK_T_IDEMPOTENT    0x0800u
 #define WK_T_COUNTED       0x1000u /* backend active counter incremented */
+#define WK_T_LB_PROBE      0x8000u /* wk_lb: this attempt holds its backend's probe lease */
+#define WK_T_UPGRADE       0x10000u /* client asked for a protocol upgrade (Upgrade header) */
+#define WK_T_TUNNEL        0x20000u /* 101 received: bytes are spliced both ways, unparsed */
+#define WK_T_UP_EOF        0x40000u /* tunnel: the backend closed its side */
+#define WK_T_LOGGED        0x80000000u /* access log line and statistics written (wk_conn.c) */
 
 struct wk_client {
     struct wk_ev ev;
@@ -155,10 +172,16 @@ struct wk_client {
     uint32_t backend;     /* index in gen's backend table */
     uint64_t tried;       /* bitmask of backend positions already tried */
 
-    uint8_t peer_family;
+    uint8_t peer_family;   /* the connection's client: socket peer, or the PROXY source */
     uint8_t peer_ip[16];
     uint16_t peer_port;
+    uint8_t client_family; /* the request's client: peer, or the right-most untrusted
+                              X-Forwarded-For entry when the peer is a trusted proxy */
+    uint8_t client_ip[16];
     char reqid[48];
+    struct ssl_st *tls;   /* TLS listeners: the session (NULL on plain ones) */
+    uint64_t bytes_sent;  /* bytes written to the client for the current request */
+    struct wk_alog_req *areq; /* the request's access-log fields (NULL when logging is off) */
 };
 
 /* ---- the worker ----------------------------------------------------------------------------- */
@@ -212,11 +235,18 @@ void wk_close_idle_clients(void);
 #define WK_FAIL_CTIMEOUT 3 /* connect timed out */
 #define WK_FAIL_RTIMEOUT 4 /* no (complete) response within response_timeout_ms */
 #define WK_FAIL_BAD      5 /* response unparsable or truncated */
+/* Refinements of WK_FAIL_RESET that upstream_failed() passes to wk_lb_result() only: */
+#define WK_FAIL_ABORT    6 /* RST on a fresh connection before any response byte */
+#define WK_FAIL_STALE    7 /* reset/EOF on a reused keep-alive connection before any response
+                              byte: most likely closed by the backend while idle, which says
+                              nothing about its health */
 
 const struct shm_service *wk_client_service(const struct wk_client *c);
 /* Choose the backend (position within c's service) for the next attempt of c's request, skipping
  * positions in c->tried and backends that are down, disabled or whose circuit is open. Returns
- * the position, or -1 with a client-facing reason in <why> (for the 503 message). */
+ * the position, or -1 with a client-facing reason in <why> (for the 503 message). When the
+ * attempt is a backend's one trial request (half-open probe, passive-down retry), WK_T_LB_PROBE
+ * is set in c->tflags; wk_lb_result() hands the probe lease back (or it expires by itself). */
 int wk_lb_pick(struct wk_client *c, char *why, size_t whylen);
 /* Is there any backend left that a retry could use? */
 int wk_lb_can_retry(struct wk_client *c);

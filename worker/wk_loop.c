@@ -19,7 +19,9 @@
 #include "common/log.h"
 #include "shm/shm.h"
 #include "shm/shm_snap.h"
+#include "worker/wk_alog.h"
 #include "worker/wk_internal.h"
+#include "worker/wk_tls.h"
 
 struct wk_worker wk;
 
@@ -202,6 +204,7 @@ void wk_gen_unref(struct wk_gen *g)
             break;
         }
     }
+    wk_tls_gen_free(g->tls);
     shm_snap_unmap(g->snap, g->size);
     free(g);
     publish_gen_usage();
@@ -237,6 +240,9 @@ static int adopt_generation(void)
     g->size = size;
     g->gen = gen;
     g->refs = 1;
+    /* Certificates and backend TLS settings travel with the generation: build (or share, when
+     * unchanged) the SSL contexts before anything can be accepted under it. */
+    g->tls = wk_tls_gen_new(h, wk.cur != NULL ? wk.cur->tls : NULL);
     g->next = wk.gens;
     wk.gens = g;
     if (wk.cur != NULL) {
@@ -352,7 +358,7 @@ void wk_main(const struct wk_init *init)
     wk.rng[0] |= 1;
 
     wk.now = dsp_now_ms();
-    if (adopt_generation() != 0) {
+    if (wk_tls_init() != 0 || adopt_generation() != 0) {
         exit(1);
     }
     wk.pools = calloc(SHM_RT_MAX_BACKENDS, sizeof(struct wk_pool));
@@ -385,7 +391,7 @@ void wk_main(const struct wk_init *init)
         int timeout = timers_next_ms();
         int n;
 
-        if (wk.accept_paused && timeout > 100) {
+        if ((wk.accept_paused || wk_alog_pending()) && timeout > 100) {
             timeout = 100;
         }
         n = epoll_wait(wk.epfd, evs, (int)DSP_ARRAY_SIZE(evs), timeout);
@@ -394,6 +400,9 @@ void wk_main(const struct wk_init *init)
             exit(1);
         }
         wk.now = dsp_now_ms();
+        /* Before the events too: an idle worker wakes up for the request that follows a publish
+         * (reload, Redis event), and that request must already see the new generation. */
+        adopt_generation();
         for (int i = 0; i < n; i++) {
             struct wk_ev *e = evs[i].data.ptr;
             switch (e->kind) {
@@ -421,12 +430,15 @@ void wk_main(const struct wk_init *init)
         __atomic_store_n(&wk.me->heartbeat_ms, wk.now, __ATOMIC_RELAXED);
         __atomic_store_n(&wk.me->connections, wk.nclients, __ATOMIC_RELAXED);
         adopt_generation();
+        wk_alog_tick(wk.now);
 
         if (sig_int) {
+            wk_alog_flush();
             exit(0);
         }
         if (sig_usr1) {
             sig_usr1 = 0;
+            wk_alog_reopen();
         }
         if (sig_term && !wk.stopping) {
             wk.stopping = 1;
@@ -437,6 +449,7 @@ void wk_main(const struct wk_init *init)
         if (wk.stopping) {
             wk_close_idle_clients();
             if (wk.nclients == 0 || wk.now >= wk.stop_deadline) {
+                wk_alog_flush();
                 exit(0);
             }
         }

@@ -22,12 +22,19 @@
  *   /hop                        200 carrying hop-by-hop response headers
  *   /sse?n=N&ms=M               text/event-stream, chunked, N events M ms apart
  *   /expect                     JSON telling whether "100 Continue" was sent before the body
- *   /stats                      JSON {"requests","connections","accepted","health","by_path"}
+ *   /stats                      JSON {"requests","connections","accepted","health"}
+ *   /control?fail=N&health=N&delay=MS
+ *                               changes how every other endpoint (not /stats, /control) behaves
+ *                               from now on; each parameter is optional: fail=N answers status N
+ *                               instead (0 = normal), health=N makes /health alone answer N
+ *                               (0 = follow fail), delay=MS waits MS before each answer. Answers
+ *                               JSON {"fail","health","delay"} with the settings now in force
+ *   /reset-after-body           reads the whole request, then resets the connection (RST)
  * "sum" is the 64-bit sum of the byte values; "crc32" is zlib's crc32 (Python: zlib.crc32).
  * "Expect: 100-continue" is honoured on every endpoint. Counters: "requests" counts every request
  * except /stats and /health ("health" counts those); "accepted" counts accepted TCP connections;
  * "connections" counts the connections that carried at least one request other than /stats, so
- * that tests polling /stats do not disturb it. */
+ * that tests polling /stats do not disturb it. /control counts nowhere. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -58,6 +65,9 @@
 static const char *tb_name = "backend";
 static atomic_ullong tb_requests;
 static atomic_ullong tb_health;
+static atomic_int tb_fail_code;   /* /control: fail=, health=, delay= */
+static atomic_int tb_health_code;
+static atomic_llong tb_delay_ms;
 static atomic_ullong tb_connections;
 static atomic_ullong tb_accepted;
 static volatile sig_atomic_t tb_stop;
@@ -695,14 +705,15 @@ static int handle(struct tb_conn *c, struct tb_req *r, char *echo_buf)
 {
     struct tb_body b = {0};
     struct tb_str h = {0};
-    int keep, sent_continue = 0, fd = c->fd, ok;
+    int keep, sent_continue = 0, fd = c->fd, ok, control;
     char small[256];
 
     keep = r->minor >= 1 ? !r->conn_close : (r->conn_keepalive && !r->conn_close);
 
+    control = path_is(r->target, "/stats", 0) || path_is(r->target, "/control", 0);
     if (path_is(r->target, "/health", 0)) {
         atomic_fetch_add(&tb_health, 1);
-    } else if (!path_is(r->target, "/stats", 0)) {
+    } else if (!control) {
         atomic_fetch_add(&tb_requests, 1);
     }
 
@@ -718,6 +729,23 @@ static int handle(struct tb_conn *c, struct tb_req *r, char *echo_buf)
     if (read_body(c, r, &b, &sent_continue) < 0) {
         return 0;
     }
+    if (!control) {
+        int code = atomic_load(&tb_fail_code);
+        if (path_is(r->target, "/health", 0) && atomic_load(&tb_health_code) != 0) {
+            code = atomic_load(&tb_health_code);
+        }
+        sleep_ms(atomic_load(&tb_delay_ms));
+        if (path_is(r->target, "/reset-after-body", 0)) {
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+            return 0;
+        }
+        if (code != 0) {
+            snprintf(small, sizeof(small), "{\"status\":%d,\"forced\":true}\n", code);
+            return send_simple(fd, r, code, keep, "application/json", small, strlen(small)) == 0 &&
+                   keep;
+        }
+    }
 
     if (path_is(r->target, "/stats", 0)) {
         snprintf(small, sizeof(small),
@@ -726,6 +754,21 @@ static int handle(struct tb_conn *c, struct tb_req *r, char *echo_buf)
                  (unsigned long long)atomic_load(&tb_connections),
                  (unsigned long long)atomic_load(&tb_accepted),
                  (unsigned long long)atomic_load(&tb_health));
+        ok = send_simple(fd, r, 200, keep, "application/json", small, strlen(small)) == 0;
+    } else if (path_is(r->target, "/control", 0)) {
+        long long v;
+        if ((v = qparam(r->target, "fail", -1)) >= 0) {
+            atomic_store(&tb_fail_code, (int)v);
+        }
+        if ((v = qparam(r->target, "health", -1)) >= 0) {
+            atomic_store(&tb_health_code, (int)v);
+        }
+        if ((v = qparam(r->target, "delay", -1)) >= 0) {
+            atomic_store(&tb_delay_ms, v);
+        }
+        snprintf(small, sizeof(small), "{\"fail\":%d,\"health\":%d,\"delay\":%lld}\n",
+                 atomic_load(&tb_fail_code), atomic_load(&tb_health_code),
+                 (long long)atomic_load(&tb_delay_ms));
         ok = send_simple(fd, r, 200, keep, "application/json", small, strlen(small)) == 0;
     } else if (path_is(r->target, "/health", 0)) {
         ok = send_simple(fd, r, 200, keep, "text/plain", "ok", 2) == 0;
@@ -858,7 +901,7 @@ static void *conn_main(void *arg)
         if (rc != 0) {
             break;
         }
-        if (!counted && !path_is(r->target, "/stats", 0)) {
+        if (!counted && !path_is(r->target, "/stats", 0) && !path_is(r->target, "/control", 0)) {
             counted = 1;
             atomic_fetch_add(&tb_connections, 1);
         }

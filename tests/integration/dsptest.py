@@ -87,7 +87,19 @@ def wait_for(pred, timeout_s, interval=0.02):
 # ---- processes ------------------------------------------------------------------------------
 
 def children_of(pid):
-    """Pids whose parent is <pid> (read from /proc/*/stat)."""
+    """Pids whose parent is <pid>: from /proc/PID/task/*/children when the kernel has it (one
+    read per thread, cheap enough to poll from a busy test), else by scanning /proc/*/stat."""
+    try:
+        kids = set()
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+                kids.update(int(x) for x in f.read().split())
+        return sorted(k for k in kids if _state(k) not in (None, "Z"))
+    except FileNotFoundError:
+        if not os.path.exists("/proc/%d" % pid):
+            return []
+    except OSError:
+        pass
     out = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -102,6 +114,31 @@ def children_of(pid):
         if len(rest) > 1 and rest[0] != "Z" and int(rest[1]) == pid:
             out.append(int(name))
     return sorted(out)
+
+
+def _stat_fields(pid):
+    """Fields of /proc/PID/stat after the comm field (fields[0] is the state), or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            st = f.read()
+    except OSError:
+        return None
+    return st[st.rfind(")") + 2:].split()
+
+
+def _state(pid):
+    f = _stat_fields(pid)
+    return f[0] if f else None
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def start_time_boot(pid):
+    """When <pid> started, in seconds on the CLOCK_BOOTTIME scale (resolution 1/CLK_TCK), or
+    None. Compare with time.clock_gettime(time.CLOCK_BOOTTIME)."""
+    f = _stat_fields(pid)
+    return int(f[19]) / CLK_TCK if f else None
 
 
 def _listen_inodes(port):
@@ -213,7 +250,11 @@ def _val(v):
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
+    if isinstance(v, dict):
+        return _group(v)
     if isinstance(v, (list, tuple)):
+        if any(isinstance(x, dict) for x in v):  # groups need a libconfig list, not an array
+            return "(" + ", ".join(_val(x) for x in v) + ")"
         return "[" + ", ".join(_val(x) for x in v) + "]"
     return '"%s"' % str(v).replace("\\", "\\\\").replace('"', '\\"')
 
@@ -354,11 +395,13 @@ class Dispatcher:
     def log_tail(self, n=40):
         return "\n".join(self.log().splitlines()[-n:])
 
-    def sanitizer_reports(self):
-        text = self.log()
+    def sanitizer_reports(self, context=8):
+        """Sanitizer reports in the error log, each with the <context> lines that follow."""
+        lines = [l for l in self.log().splitlines() if l.strip()]
         pats = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                 "WARNING: ThreadSanitizer", "ERROR: UndefinedBehaviorSanitizer")
-        return [line for line in text.splitlines() if any(p in line for p in pats)]
+        return ["\n    ".join(lines[i:i + 1 + context])
+                for i, line in enumerate(lines) if any(p in line for p in pats)]
 
     def stop(self, expect_rc=0, check_workers=True):
         """SIGTERM and wait. Returns a list of problems (empty when all is well)."""
@@ -392,7 +435,7 @@ class Dispatcher:
                             % (self.proc.returncode, expect_rc))
         reps = self.sanitizer_reports()
         if reps:
-            problems.append("sanitizer reports in the error log:\n  " + "\n  ".join(reps[:10]))
+            problems.append("sanitizer reports in the error log:\n  " + "\n  ".join(reps[:5]))
         self._err.close()
         self._out.close()
         return problems

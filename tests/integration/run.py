@@ -37,19 +37,19 @@ def iter_tests(suite):
 
 
 def discover():
+    """All tests, and (id, error) for modules that failed to import."""
     loader = unittest.TestLoader()
     suite = loader.discover(HERE, pattern="test_*.py", top_level_dir=HERE)
-    tests = list(iter_tests(suite))
-    broken = [t for t in tests if t.id().startswith("unittest.loader")]
-    if broken:
-        for t in broken:
-            print("cannot load %s:" % t.id())
+    tests, broken = [], []
+    for t in iter_tests(suite):
+        if t.id().startswith("unittest.loader"):
             try:
-                t.debug()
-            except Exception as e:  # the loader's placeholder re-raises the import error
-                print("  %s" % e)
-        sys.exit(2)
-    return tests
+                t.debug()  # the loader's placeholder re-raises the import error
+            except Exception as e:  # noqa: BLE001
+                broken.append((t.id(), "%s: %s" % (type(e).__name__, e)))
+        else:
+            tests.append(t)
+    return tests, broken
 
 
 def test_timeout(test):
@@ -140,7 +140,8 @@ def main(argv):
 
     print("dispatcher integration tests: master %s%s, backend %s" % (
         dsptest.MASTER, " (sanitizer build)" if dsptest.SANITIZED else "", dsptest.TESTBACKEND))
-    tests = [t for t in discover() if not filters or any(f in t.id() for f in filters)]
+    tests, broken = discover()
+    tests = [t for t in tests if not filters or any(f in t.id() for f in filters)]
     if list_only:
         for t in tests:
             print(t.id())
@@ -151,6 +152,10 @@ def main(argv):
 
     passed, failed = 0, []
     started = time.monotonic()
+    for tid, err in broken:
+        failed.append(tid)
+        print("FAIL  %-68s (cannot import)" % tid)
+        print("\n".join("    | " + l for l in err.splitlines()), flush=True)
     for t in tests:
         tid = t.id()
         limit = test_timeout(t)
@@ -198,7 +203,7 @@ def main(argv):
     for tid in failed:
         print("failed: %s" % tid)
     print("%d passed, %d failed" % (passed, len(failed)), flush=True)
-    return 1 if failed or not tests else 0
+    return 1 if failed or not (tests or broken) else 0
 
 
 if __name__ == "__main__":

@@ -120,4 +120,5 @@ class ReloadTest(dsptest.TestCase):
             self.assertGreater(last_ok.get(n, 0), t_hup + 0.5,
                                "client %d made no progress after the reload" % n)
         self.assertEqual(sorted(d.worker_pids()), workers, "a reload must not restart workers")
-        print("%d keep-alive requests across 3 reloads" % stats["ok"])
+        print("%d keep-alive requests across 3 reloads; new route served %.3fs after SIGHUP"
+              % (stats["ok"], dt))

@@ -1,0 +1,35 @@
+/* dispatcher: the admin line protocol: one command line in, one JSON answer out. The caller
+ * (the master's admin server, or a unit test) supplies the state and the actions. */
+#ifndef DSP_ADM_CMD_H
+#define DSP_ADM_CMD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct adm_buf;
+struct adm_view;
+struct shm_rt;
+
+#define ADM_LINE_MAX 4096 /* bytes in a command line, newline excluded */
+
+struct adm_ops {
+    /* Fill <v> with the current state. Returns 0, or -1 when nothing is published yet. */
+    int (*view)(struct adm_view *v, void *arg);
+    /* Reload the configuration: 0 with the new generation in <*gen>, or -1 with a heap error
+     * text ("FILE:LINE: message" lines) in <*errs>. */
+    int (*reload)(uint64_t *gen, char **errs, void *arg);
+    /* The runtime segment, writable (disable/enable/reset circuit). */
+    struct shm_rt *rt;
+    void *arg;
+};
+
+/* Run the command in <line>[0, len) (no newline; a trailing CR is ignored) and append exactly
+ * one JSON object, without a newline, to <out>. Any bytes are accepted: garbage gets an
+ * {"ok":false,"error":...} answer. Master only (or tests). */
+void adm_cmd_exec(struct adm_buf *out, const char *line, size_t len, const struct adm_ops *ops);
+
+/* The JSON answer for a GET of the admin HTTP API path <path> ("health", "instances", ...:
+ * the part after /api/v1/dispatcher/). Returns 0, or -1 when there is no such resource. */
+int adm_cmd_api(struct adm_buf *out, const char *path, const struct adm_ops *ops);
+
+#endif

@@ -1,0 +1,683 @@
+/* dispatcher: admin answers rendered from shared state (see adm_render.h). Counters are read with
+ * relaxed atomic loads: an answer is a consistent-enough picture, never a torn value. */
+#include "admin/adm_render.h"
+
+#include <http_parser.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "admin/adm_buf.h"
+#include "shm/shm_snap.h"
+#include "shm/shm_stats.h"
+
+/* A worker that has not adopted a reload after this long is serving a stale snapshot. */
+#define STALE_GRACE_S 2
+
+#define LD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+
+static const char *balance_name(uint32_t b)
+{
+    switch (b) {
+    case SHM_BALANCE_LEASTCONN:
+        return "least-conn";
+    case SHM_BALANCE_IPHASH:
+        return "ip-hash";
+    default:
+        return "round-robin";
+    }
+}
+
+static const char *state_name(uint32_t s)
+{
+    switch (s) {
+    case SHM_BE_UP:
+        return "up";
+    case SHM_BE_DOWN:
+        return "down";
+    case SHM_BE_DISABLED:
+        return "disabled";
+    default:
+        return "unknown";
+    }
+}
+
+static const char *circuit_name(uint32_t c)
+{
+    switch (c) {
+    case SHM_CIRCUIT_CLOSED:
+        return "closed";
+    case SHM_CIRCUIT_OPEN:
+        return "open";
+    case SHM_CIRCUIT_HALFOPEN:
+        return "half-open";
+    default:
+        return "unknown";
+    }
+}
+
+static const char *source_name(uint32_t src)
+{
+    if ((src & SHM_SOURCE_FILE) && (src & SHM_SOURCE_REDIS)) {
+        return "file+redis";
+    }
+    if (src & SHM_SOURCE_REDIS) {
+        return "redis";
+    }
+    return "file";
+}
+
+static unsigned nshards(const struct adm_view *v)
+{
+    return shm_stats_nshards(v->nworkers);
+}
+
+static uint64_t uptime_s(const struct adm_view *v)
+{
+    return v->now_s > v->started_at ? v->now_s - v->started_at : 0;
+}
+
+/* Requests per second over the last minute (or the uptime, when shorter). */
+static double rate(const struct adm_view *v, const struct shm_stats_sum *s)
+{
+    uint64_t win = uptime_s(v);
+
+    if (win > 60) {
+        win = 60;
+    }
+    if (win < 1) {
+        win = 1;
+    }
+    return (double)s->last_minute / (double)win;
+}
+
+static void add_latency(struct adm_buf *b, const struct shm_stats_sum *s)
+{
+    adm_buf_adds(b, "{\"p50\":");
+    adm_buf_f1(b, shm_stats_percentile(s, 0.50));
+    adm_buf_adds(b, ",\"p95\":");
+    adm_buf_f1(b, shm_stats_percentile(s, 0.95));
+    adm_buf_adds(b, ",\"p99\":");
+    adm_buf_f1(b, shm_stats_percentile(s, 0.99));
+    adm_buf_adds(b, "}");
+}
+
+static void add_classes(struct adm_buf *b, const struct shm_stats_sum *s)
+{
+    adm_buf_addf(b,
+                 "{\"1xx\":%llu,\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu,"
+                 "\"other\":%llu}",
+                 (unsigned long long)s->classes[1], (unsigned long long)s->classes[2],
+                 (unsigned long long)s->classes[3], (unsigned long long)s->classes[4],
+                 (unsigned long long)s->classes[5], (unsigned long long)s->classes[0]);
+}
+
+static void sum_merge(struct shm_stats_sum *into, const struct shm_stats_sum *s)
+{
+    into->count += s->count;
+    into->sum_ms += s->sum_ms;
+    into->last_minute += s->last_minute;
+    for (unsigned i = 0; i < 6; i++) {
+        into->classes[i] += s->classes[i];
+    }
+    for (unsigned i = 0; i < SHM_PROM_BUCKETS; i++) {
+        into->prom[i] += s->prom[i];
+    }
+    for (unsigned i = 0; i < SHM_HIST_BUCKETS; i++) {
+        into->hist[i] += s->hist[i];
+    }
+}
+
+void adm_render_error(struct adm_buf *b, const char *msg)
+{
+    adm_buf_adds(b, "{\"ok\":false,\"error\":");
+    adm_buf_jstrz(b, msg);
+    adm_buf_adds(b, "}");
+}
+
+/* ---- health --------------------------------------------------------------------------------- */
+static int backend_available(const struct adm_view *v, const struct shm_backend *be)
+{
+    const struct shm_rt_backend *r = &v->rt->backends[be->rt_slot];
+
+    return LD(&r->state) == SHM_BE_UP && LD(&r->circuit) != SHM_CIRCUIT_OPEN;
+}
+
+int adm_healthy(const struct adm_view *v, char *why, size_t whylen)
+{
+    const struct shm_snap_hdr *s = v->snap;
+    const struct shm_service *svcs = shm_services(s);
+    const struct shm_backend *bes = shm_backends(s);
+    uint64_t gen = LD(&v->ctl->gen);
+
+    for (unsigned i = 0; i < v->nworkers && i < SHM_MAX_WORKERS; i++) {
+        const struct shm_worker_slot *w = &v->ctl->workers[i];
+        uint64_t cur = LD(&w->gen_current);
+
+        if (LD(&w->pid) == 0) {
+            snprintf(why, whylen, "worker %u is not running (restarting)", i);
+            return 0;
+        }
+        if (cur == 0) {
+            snprintf(why, whylen, "worker %u is starting", i);
+            return 0;
+        }
+        if (cur != gen && v->now_s > v->loaded_at + STALE_GRACE_S) {
+            snprintf(why, whylen, "worker %u serves generation %llu, not %llu", i,
+                     (unsigned long long)cur, (unsigned long long)gen);
+            return 0;
+        }
+    }
+    for (uint32_t i = 0; i < s->nservices; i++) {
+        uint32_t up = 0;
+
+        /* A service without backends is "known but not deployed", not a failure. */
+        if (svcs[i].nbackends == 0) {
+            continue;
+        }
+        for (uint32_t j = 0; j < svcs[i].nbackends; j++) {
+            up += (uint32_t)backend_available(v, &bes[svcs[i].backends_first + j]);
+        }
+        if (up == 0) {
+            snprintf(why, whylen, "service %s has no backend up", shm_s(s, svcs[i].name));
+            return 0;
+        }
+    }
+    return 1;
+}
+
+void adm_render_health(struct adm_buf *b, const struct adm_view *v)
+{
+    char why[512] = "";
+    unsigned alive = 0;
+    unsigned long long restarts = 0;
+    int ok = adm_healthy(v, why, sizeof(why));
+
+    for (unsigned i = 0; i < v->nworkers && i < SHM_MAX_WORKERS; i++) {
+        alive += LD(&v->ctl->workers[i].pid) != 0;
+        restarts += LD(&v->ctl->workers[i].restarts);
+    }
+    adm_buf_addf(b, "{\"ok\":true,\"status\":\"%s\",", ok ? "healthy" : "degraded");
+    if (!ok) {
+        adm_buf_adds(b, "\"reason\":");
+        adm_buf_jstrz(b, why);
+        adm_buf_adds(b, ",");
+    }
+    adm_buf_addf(b, "\"uptime_s\":%llu,\"memory_mb\":", (unsigned long long)uptime_s(v));
+    adm_buf_f1(b, v->memory_mb < 0 ? 0.0 : v->memory_mb);
+    adm_buf_addf(b,
+                 ",\"workers\":{\"configured\":%u,\"alive\":%u,\"restarts\":%llu},"
+                 "\"instances\":%u,\"config\":{\"generation\":%llu,\"loaded_at\":%llu,"
+                 "\"source\":\"%s\",\"path\":",
+                 v->nworkers, alive, restarts, v->snap->nservices,
+                 (unsigned long long)v->snap->gen, (unsigned long long)v->loaded_at,
+                 source_name(v->snap->source));
+    adm_buf_jstr(b, shm_s(v->snap, v->snap->config_path), v->snap->config_path.len);
+    adm_buf_adds(b, "}}");
+}
+
+/* ---- instances ------------------------------------------------------------------------------ */
+static const struct shm_snap_hdr *sort_snap; /* qsort has no context argument */
+
+static int cmp_route_by_service_host(const void *a, const void *b)
+{
+    const struct shm_route *rt = shm_routes(sort_snap);
+    const struct shm_route *x = &rt[*(const uint32_t *)a];
+    const struct shm_route *y = &rt[*(const uint32_t *)b];
+    int c;
+
+    if (x->service != y->service) {
+        return x->service < y->service ? -1 : 1;
+    }
+    c = strcmp(shm_s(sort_snap, x->host), shm_s(sort_snap, y->host));
+    if (c != 0) {
+        return c;
+    }
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+static void add_backend(struct adm_buf *b, const struct adm_view *v, const struct shm_backend *be)
+{
+    const struct shm_rt_backend *r = &v->rt->backends[be->rt_slot];
+    struct shm_stats_sum st;
+    int64_t active = LD(&r->active);
+
+    shm_stats_sum_backend(v->rt, nshards(v), be->rt_slot, v->now_ms, &st);
+    adm_buf_adds(b, "{\"address\":");
+    adm_buf_jstr(b, shm_s(v->snap, be->address), be->address.len);
+    adm_buf_addf(b,
+                 ",\"weight\":%u,\"state\":\"%s\",\"circuit\":\"%s\",\"active_connections\":%lld,"
+                 "\"requests\":%llu,\"errors\":%llu,\"consecutive_failures\":%u,\"rps\":%.2f,"
+                 "\"latency_ms\":",
+                 be->weight, state_name(LD(&r->state)), circuit_name(LD(&r->circuit)),
+                 (long long)(active < 0 ? 0 : active), (unsigned long long)LD(&r->requests),
+                 (unsigned long long)LD(&r->errors), LD(&r->consecutive_failures), rate(v, &st));
+    add_latency(b, &st);
+    adm_buf_adds(b, "}");
+}
+
+void adm_render_instances(struct adm_buf *b, const struct adm_view *v)
+{
+    const struct shm_snap_hdr *s = v->snap;
+    const struct shm_service *svcs = shm_services(s);
+    const struct shm_backend *bes = shm_backends(s);
+    const struct shm_route *rts = shm_routes(s);
+    uint32_t *order = NULL;
+    uint32_t ri = 0;
+
+    /* Hosts per service: one sorted pass over the routes instead of a scan per service. */
+    if (s->nroutes > 0) {
+        order = malloc((size_t)s->nroutes * sizeof(*order));
+        if (order == NULL) {
+            b->overflow = 1;
+            return;
+        }
+        for (uint32_t i = 0; i < s->nroutes; i++) {
+            order[i] = i;
+        }
+        sort_snap = s;
+        qsort(order, s->nroutes, sizeof(*order), cmp_route_by_service_host);
+    }
+    adm_buf_adds(b, "{\"ok\":true,\"instances\":[");
+    for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
+        const struct shm_service *sv = &svcs[i];
+        const struct shm_rt_service *r = &v->rt->services[sv->rt_slot];
+        struct shm_stats_sum st;
+        const char *prev = NULL;
+        int first = 1;
+
+        shm_stats_sum_service(v->rt, nshards(v), sv->rt_slot, v->now_ms, &st);
+        adm_buf_adds(b, i ? ",{\"name\":" : "{\"name\":");
+        adm_buf_jstr(b, shm_s(s, sv->name), sv->name.len);
+        adm_buf_adds(b, ",\"hosts\":[");
+        while (ri < s->nroutes && rts[order[ri]].service < i) {
+            ri++;
+        }
+        for (; ri < s->nroutes && rts[order[ri]].service == i; ri++) {
+            const char *h = shm_s(s, rts[order[ri]].host);
+            if (prev != NULL && strcmp(prev, h) == 0) {
+                continue;
+            }
+            if (!first) {
+                adm_buf_adds(b, ",");
+            }
+            adm_buf_jstr(b, h, rts[order[ri]].host.len);
+            prev = h;
+            first = 0;
+        }
+        adm_buf_addf(b,
+                     "],\"balance\":\"%s\",\"requests\":%llu,\"errors\":%llu,\"rps\":%.2f,"
+                     "\"status\":",
+                     balance_name(sv->balance), (unsigned long long)st.count,
+                     (unsigned long long)LD(&r->errors), rate(v, &st));
+        add_classes(b, &st);
+        adm_buf_adds(b, ",\"latency_ms\":");
+        add_latency(b, &st);
+        adm_buf_adds(b, ",\"backends\":[");
+        for (uint32_t j = 0; j < sv->nbackends; j++) {
+            if (j > 0) {
+                adm_buf_adds(b, ",");
+            }
+            add_backend(b, v, &bes[sv->backends_first + j]);
+        }
+        adm_buf_adds(b, "]}");
+    }
+    adm_buf_adds(b, "]}");
+    free(order);
+}
+
+/* ---- routes --------------------------------------------------------------------------------- */
+void adm_render_routes(struct adm_buf *b, const struct adm_view *v)
+{
+    const struct shm_snap_hdr *s = v->snap;
+    const struct shm_route *rts = shm_routes(s);
+    const struct shm_service *svcs = shm_services(s);
+
+    adm_buf_adds(b, "{\"ok\":true,\"routes\":[");
+    for (uint32_t i = 0; i < s->nroutes && !b->overflow; i++) {
+        const struct shm_route *r = &rts[i];
+        int first = 1;
+
+        adm_buf_adds(b, i ? ",{\"host\":" : "{\"host\":");
+        adm_buf_jstr(b, shm_s(s, r->host), r->host.len);
+        adm_buf_adds(b, ",\"path\":");
+        adm_buf_jstr(b, shm_s(s, r->path), r->path.len);
+        adm_buf_adds(b, ",\"methods\":[");
+        for (unsigned m = 0; m < 64; m++) {
+            if (r->methods & (1ull << m)) {
+                adm_buf_addf(b, "%s\"%s\"", first ? "" : ",", http_method_str((enum http_method)m));
+                first = 0;
+            }
+        }
+        adm_buf_addf(b, "],\"priority\":%d,\"service\":", (int)r->priority);
+        if (r->service < s->nservices) {
+            adm_buf_jstr(b, shm_s(s, svcs[r->service].name), svcs[r->service].name.len);
+        } else {
+            adm_buf_adds(b, "null");
+        }
+        adm_buf_adds(b, "}");
+    }
+    adm_buf_adds(b, "]}");
+}
+
+/* ---- workers -------------------------------------------------------------------------------- */
+void adm_render_workers(struct adm_buf *b, const struct adm_view *v)
+{
+    unsigned alive = 0;
+
+    for (unsigned i = 0; i < v->nworkers && i < SHM_MAX_WORKERS; i++) {
+        alive += LD(&v->ctl->workers[i].pid) != 0;
+    }
+    adm_buf_addf(b, "{\"ok\":true,\"configured\":%u,\"alive\":%u,\"generation\":%llu,\"workers\":[",
+                 v->nworkers, alive, (unsigned long long)LD(&v->ctl->gen));
+    for (unsigned i = 0; i < v->nworkers && i < SHM_MAX_WORKERS; i++) {
+        const struct shm_worker_slot *w = &v->ctl->workers[i];
+        int32_t pid = LD(&w->pid);
+        uint64_t started = LD(&w->started_ms);
+        uint64_t hb = LD(&w->heartbeat_ms);
+
+        adm_buf_addf(b,
+                     "%s{\"slot\":%u,\"pid\":%d,\"alive\":%s,\"restarts\":%u,\"uptime_s\":%llu,"
+                     "\"heartbeat_age_ms\":%llu,\"generation\":%llu,\"oldest_generation\":%llu,"
+                     "\"connections\":%llu,\"requests\":%llu}",
+                     i ? "," : "", i, (int)pid, pid ? "true" : "false", LD(&w->restarts),
+                     (unsigned long long)(pid && v->now_ms > started ? (v->now_ms - started) / 1000
+                                                                      : 0),
+                     (unsigned long long)(pid && hb && v->now_ms > hb ? v->now_ms - hb : 0),
+                     (unsigned long long)LD(&w->gen_current),
+                     (unsigned long long)LD(&w->gen_oldest),
+                     (unsigned long long)LD(&w->connections),
+                     (unsigned long long)LD(&w->requests));
+    }
+    adm_buf_adds(b, "]}");
+}
+
+/* ---- stats ---------------------------------------------------------------------------------- */
+void adm_render_stats(struct adm_buf *b, const struct adm_view *v)
+{
+    const struct shm_snap_hdr *s = v->snap;
+    const struct shm_service *svcs = shm_services(s);
+    const struct shm_backend *bes = shm_backends(s);
+    struct shm_stats_sum total, st;
+    unsigned long long errors = 0, conns = 0;
+    long long active = 0;
+
+    shm_stats_sum_init(&total);
+    for (uint32_t i = 0; i < s->nservices; i++) {
+        shm_stats_sum_service(v->rt, nshards(v), svcs[i].rt_slot, v->now_ms, &st);
+        sum_merge(&total, &st);
+        errors += LD(&v->rt->services[svcs[i].rt_slot].errors);
+    }
+    for (uint32_t i = 0; i < s->nbackends; i++) {
+        int64_t a = LD(&v->rt->backends[bes[i].rt_slot].active);
+        active += a > 0 ? a : 0;
+    }
+    for (unsigned i = 0; i < v->nworkers && i < SHM_MAX_WORKERS; i++) {
+        conns += LD(&v->ctl->workers[i].connections);
+    }
+    adm_buf_addf(b,
+                 "{\"ok\":true,\"uptime_s\":%llu,\"generation\":%llu,\"reload_failures\":%llu,"
+                 "\"client_connections\":%llu,\"active_connections\":%lld,\"requests\":%llu,"
+                 "\"errors\":%llu,\"rps\":%.2f,\"status\":",
+                 (unsigned long long)uptime_s(v), (unsigned long long)s->gen,
+                 (unsigned long long)LD(&v->ctl->reload_failures), conns, active,
+                 (unsigned long long)total.count, errors, rate(v, &total));
+    add_classes(b, &total);
+    adm_buf_adds(b, ",\"latency_ms\":");
+    add_latency(b, &total);
+    adm_buf_adds(b, ",\"services\":[");
+    for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
+        shm_stats_sum_service(v->rt, nshards(v), svcs[i].rt_slot, v->now_ms, &st);
+        adm_buf_adds(b, i ? ",{\"name\":" : "{\"name\":");
+        adm_buf_jstr(b, shm_s(s, svcs[i].name), svcs[i].name.len);
+        adm_buf_addf(b, ",\"requests\":%llu,\"errors\":%llu,\"rps\":%.2f,\"status\":",
+                     (unsigned long long)st.count,
+                     (unsigned long long)LD(&v->rt->services[svcs[i].rt_slot].errors),
+                     rate(v, &st));
+        add_classes(b, &st);
+        adm_buf_adds(b, ",\"latency_ms\":");
+        add_latency(b, &st);
+        adm_buf_adds(b, "}");
+    }
+    adm_buf_adds(b, "]}");
+}
+
+/* ---- certs ---------------------------------------------------------------------------------- */
+void adm_render_certs(struct adm_buf *b, const struct adm_view *v)
+{
+    const struct shm_snap_hdr *s = v->snap;
+    const struct shm_cert *certs = shm_certs(s);
+    const struct shm_str *names = shm_cert_names(s);
+
+    adm_buf_adds(b, "{\"ok\":true,\"certs\":[");
+    for (uint32_t i = 0; i < s->ncerts && !b->overflow; i++) {
+        const struct shm_cert *c = &certs[i];
+        long long days = ((long long)c->not_after - (long long)v->now_s) / 86400;
+
+        adm_buf_adds(b, i ? ",{\"subject\":" : "{\"subject\":");
+        adm_buf_jstr(b, shm_s(s, c->subject), c->subject.len);
+        adm_buf_adds(b, ",\"names\":[");
+        for (uint32_t k = 0; k < c->nnames && (uint64_t)c->names_first + k < s->ncert_names; k++) {
+            const struct shm_str *n = &names[c->names_first + k];
+            if (k > 0) {
+                adm_buf_adds(b, ",");
+            }
+            adm_buf_jstr(b, shm_s(s, *n), n->len);
+        }
+        adm_buf_adds(b, "],\"path\":");
+        adm_buf_jstr(b, shm_s(s, c->path), c->path.len);
+        adm_buf_addf(b,
+                     ",\"not_after\":%llu,\"days_left\":%lld,\"default\":%s,\"self_signed\":%s,"
+                     "\"expired\":%s,\"source\":\"%s\"}",
+                     (unsigned long long)c->not_after, days,
+                     (c->flags & SHM_CERT_F_DEFAULT) ? "true" : "false",
+                     (c->flags & SHM_CERT_F_SELF_SIGNED) ? "true" : "false",
+                     (c->flags & SHM_CERT_F_EXPIRED) || (uint64_t)v->now_s > c->not_after
+                         ? "true"
+                         : "false",
+                     (c->flags & SHM_CERT_F_REDIS) ? "redis" : "file");
+    }
+    adm_buf_adds(b, "]}");
+}
+
+/* ---- Prometheus ------------------------------------------------------------------------------ */
+/* A label value: backslash, double quote and line feed escaped (exposition format 0.0.4). */
+static void prom_label(struct adm_buf *b, const char *s, size_t n)
+{
+    adm_buf_adds(b, "\"");
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\\') {
+            adm_buf_adds(b, "\\\\");
+        } else if (s[i] == '"') {
+            adm_buf_adds(b, "\\\"");
+        } else if (s[i] == '\n') {
+            adm_buf_adds(b, "\\n");
+        } else {
+            adm_buf_add(b, &s[i], 1);
+        }
+    }
+    adm_buf_adds(b, "\"");
+}
+
+static void prom_head(struct adm_buf *b, const char *name, const char *type, const char *help)
+{
+    adm_buf_addf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void prom_svc(struct adm_buf *b, const struct shm_snap_hdr *s, const struct shm_service *sv)
+{
+    adm_buf_adds(b, "service=");
+    prom_label(b, shm_s(s, sv->name), sv->name.len);
+}
+
+static void prom_be(struct adm_buf *b, const struct shm_snap_hdr *s, const struct shm_service *sv,
+                    const struct shm_backend *be)
+{
+    prom_svc(b, s, sv);
+    adm_buf_adds(b, ",backend=");
+    prom_label(b, shm_s(s, be->address), be->address.len);
+}
+
+void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
+{
+    static const char *const classes[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    const struct shm_snap_hdr *s = v->snap;
+    const struct shm_service *svcs = shm_services(s);
+    const struct shm_backend *bes = shm_backends(s);
+    struct shm_stats_sum *sums;
+    unsigned long long conns = 0, restarts = 0;
+    unsigned alive = 0;
+
+    sums = calloc(s->nservices ? s->nservices : 1, sizeof(*sums));
+    if (sums == NULL) {
+        b->overflow = 1;
+        return;
+    }
+    for (uint32_t i = 0; i < s->nservices; i++) {
+        shm_stats_sum_service(v->rt, nshards(v), svcs[i].rt_slot, v->now_ms, &sums[i]);
+    }
+
+    prom_head(b, "dispatcher_requests_total", "counter",
+              "Requests answered, by service and status class.");
+    for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
+        for (unsigned c = 1; c < 6; c++) {
+            adm_buf_adds(b, "dispatcher_requests_total{");
+            prom_svc(b, s, &svcs[i]);
+            adm_buf_addf(b, ",code=\"%s\"} %llu\n", classes[c],
+                         (unsigned long long)sums[i].classes[c]);
+        }
+        if (sums[i].classes[0] != 0) {
+            adm_buf_adds(b, "dispatcher_requests_total{");
+            prom_svc(b, s, &svcs[i]);
+            adm_buf_addf(b, ",code=\"other\"} %llu\n", (unsigned long long)sums[i].classes[0]);
+        }
+    }
+
+    prom_head(b, "dispatcher_request_errors_total", "counter",
+              "Requests of a service that failed (5xx answered or backend failure).");
+    for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
+        adm_buf_adds(b, "dispatcher_request_errors_total{");
+        prom_svc(b, s, &svcs[i]);
+        adm_buf_addf(b, "} %llu\n",
+                     (unsigned long long)LD(&v->rt->services[svcs[i].rt_slot].errors));
+    }
+
+    prom_head(b, "dispatcher_request_duration_seconds", "histogram",
+              "Time from a request's head to the end of its response, by service.");
+    for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
+        unsigned long long cum = 0;
+
+        for (unsigned k = 0; k < SHM_PROM_BUCKETS; k++) {
+            cum += sums[i].prom[k];
+            adm_buf_adds(b, "dispatcher_request_duration_seconds_bucket{");
+            prom_svc(b, s, &svcs[i]);
+            if (k < SHM_PROM_BUCKETS - 1) {
+                adm_buf_addf(b, ",le=\"%g\"} %llu\n", shm_stats_prom_le_ms[k] / 1000.0, cum);
+            } else {
+                adm_buf_addf(b, ",le=\"+Inf\"} %llu\n", cum);
+            }
+        }
+        adm_buf_adds(b, "dispatcher_request_duration_seconds_sum{");
+        prom_svc(b, s, &svcs[i]);
+        adm_buf_addf(b, "} %.3f\n", (double)sums[i].sum_ms / 1000.0);
+        adm_buf_adds(b, "dispatcher_request_duration_seconds_count{");
+        prom_svc(b, s, &svcs[i]);
+        adm_buf_addf(b, "} %llu\n", cum);
+    }
+
+    for (unsigned i = 0; i < v->nworkers && i < SHM_MAX_WORKERS; i++) {
+        conns += LD(&v->ctl->workers[i].connections);
+        restarts += LD(&v->ctl->workers[i].restarts);
+        alive += LD(&v->ctl->workers[i].pid) != 0;
+    }
+    prom_head(b, "dispatcher_active_connections", "gauge", "Open client connections.");
+    adm_buf_addf(b, "dispatcher_active_connections %llu\n", conns);
+
+    prom_head(b, "dispatcher_backend_up", "gauge",
+              "1 when the backend is up, 0 when down or disabled.");
+    for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
+        for (uint32_t j = 0; j < svcs[i].nbackends; j++) {
+            const struct shm_backend *be = &bes[svcs[i].backends_first + j];
+            adm_buf_adds(b, "dispatcher_backend_up{");
+            prom_be(b, s, &svcs[i], be);
+            adm_buf_addf(b, "} %d\n", LD(&v->rt->backends[be->rt_slot].state) == SHM_BE_UP);
+        }
+    }
+    prom_head(b, "dispatcher_backend_state", "gauge",
+              "Backend state: 1 for the state it is in (up, down or disabled).");
+    for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
+        for (uint32_t j = 0; j < svcs[i].nbackends; j++) {
+            const struct shm_backend *be = &bes[svcs[i].backends_first + j];
+            uint32_t st = LD(&v->rt->backends[be->rt_slot].state);
+            for (uint32_t k = SHM_BE_UP; k <= SHM_BE_DISABLED; k++) {
+                adm_buf_adds(b, "dispatcher_backend_state{");
+                prom_be(b, s, &svcs[i], be);
+                adm_buf_addf(b, ",state=\"%s\"} %d\n", state_name(k), st == k);
+            }
+        }
+    }
+    prom_head(b, "dispatcher_backend_circuit_state", "gauge",
+              "Circuit breaker: 0 closed, 1 open, 2 half-open.");
+    for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
+        for (uint32_t j = 0; j < svcs[i].nbackends; j++) {
+            const struct shm_backend *be = &bes[svcs[i].backends_first + j];
+            adm_buf_adds(b, "dispatcher_backend_circuit_state{");
+            prom_be(b, s, &svcs[i], be);
+            adm_buf_addf(b, "} %u\n", LD(&v->rt->backends[be->rt_slot].circuit));
+        }
+    }
+    prom_head(b, "dispatcher_backend_active_connections", "gauge",
+              "Backend connections carrying a request, all workers.");
+    for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
+        for (uint32_t j = 0; j < svcs[i].nbackends; j++) {
+            const struct shm_backend *be = &bes[svcs[i].backends_first + j];
+            int64_t a = LD(&v->rt->backends[be->rt_slot].active);
+            adm_buf_adds(b, "dispatcher_backend_active_connections{");
+            prom_be(b, s, &svcs[i], be);
+            adm_buf_addf(b, "} %lld\n", (long long)(a > 0 ? a : 0));
+        }
+    }
+    prom_head(b, "dispatcher_backend_requests_total", "counter",
+              "Requests a backend answered.");
+    for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
+        for (uint32_t j = 0; j < svcs[i].nbackends; j++) {
+            const struct shm_backend *be = &bes[svcs[i].backends_first + j];
+            adm_buf_adds(b, "dispatcher_backend_requests_total{");
+            prom_be(b, s, &svcs[i], be);
+            adm_buf_addf(b, "} %llu\n",
+                         (unsigned long long)LD(&v->rt->backends[be->rt_slot].requests));
+        }
+    }
+    prom_head(b, "dispatcher_backend_errors_total", "counter",
+              "Failed attempts on a backend (connect, reset, timeout, bad response).");
+    for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
+        for (uint32_t j = 0; j < svcs[i].nbackends; j++) {
+            const struct shm_backend *be = &bes[svcs[i].backends_first + j];
+            adm_buf_adds(b, "dispatcher_backend_errors_total{");
+            prom_be(b, s, &svcs[i], be);
+            adm_buf_addf(b, "} %llu\n",
+                         (unsigned long long)LD(&v->rt->backends[be->rt_slot].errors));
+        }
+    }
+
+    prom_head(b, "dispatcher_workers", "gauge", "Configured worker processes.");
+    adm_buf_addf(b, "dispatcher_workers %u\n", v->nworkers);
+    prom_head(b, "dispatcher_workers_alive", "gauge", "Worker processes running.");
+    adm_buf_addf(b, "dispatcher_workers_alive %u\n", alive);
+    prom_head(b, "dispatcher_worker_restarts_total", "counter",
+              "Worker processes respawned after they died.");
+    adm_buf_addf(b, "dispatcher_worker_restarts_total %llu\n", restarts);
+    prom_head(b, "dispatcher_config_generation", "gauge", "Configuration generation served.");
+    adm_buf_addf(b, "dispatcher_config_generation %llu\n", (unsigned long long)s->gen);
+    prom_head(b, "dispatcher_config_loaded_timestamp_seconds", "gauge",
+              "When the current configuration was loaded (unix time).");
+    adm_buf_addf(b, "dispatcher_config_loaded_timestamp_seconds %llu\n",
+                 (unsigned long long)v->loaded_at);
+    prom_head(b, "dispatcher_config_reload_failures_total", "counter",
+              "Reloads rejected because the configuration was invalid.");
+    adm_buf_addf(b, "dispatcher_config_reload_failures_total %llu\n",
+                 (unsigned long long)LD(&v->ctl->reload_failures));
+    prom_head(b, "dispatcher_uptime_seconds", "gauge", "Seconds since the master started.");
+    adm_buf_addf(b, "dispatcher_uptime_seconds %llu\n", (unsigned long long)uptime_s(v));
+    free(sums);
+}

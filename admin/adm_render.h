@@ -1,0 +1,44 @@
+/* dispatcher: the admin answers as JSON (show health/instances/routes/workers/stats/certs) and
+ * the Prometheus text exposition, rendered from a snapshot plus the runtime and control
+ * segments. Pure functions of an adm_view, so the unit tests can feed them made-up state. */
+#ifndef DSP_ADM_RENDER_H
+#define DSP_ADM_RENDER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shm/shm_types.h"
+
+struct adm_buf;
+
+/* Everything an answer is computed from. The master fills it for each request. */
+struct adm_view {
+    const struct shm_snap_hdr *snap;   /* current generation */
+    const struct shm_rt *rt;
+    const struct shm_ctl *ctl;
+    unsigned nworkers;                 /* configured worker slots */
+    uint64_t now_ms;                   /* monotonic (same clock as the workers' stats) */
+    uint64_t now_s;                    /* wall clock */
+    uint64_t started_at;               /* wall clock, master start */
+    uint64_t loaded_at;                /* wall clock, current generation */
+    double memory_mb;                  /* RSS of the master and its workers; < 0 = unknown */
+};
+
+/* Each appends one JSON object, starting {"ok":true, ... and without a newline. */
+void adm_render_health(struct adm_buf *b, const struct adm_view *v);
+void adm_render_instances(struct adm_buf *b, const struct adm_view *v);
+void adm_render_routes(struct adm_buf *b, const struct adm_view *v);
+void adm_render_workers(struct adm_buf *b, const struct adm_view *v);
+void adm_render_stats(struct adm_buf *b, const struct adm_view *v);
+void adm_render_certs(struct adm_buf *b, const struct adm_view *v);
+/* Prometheus text format 0.0.4. */
+void adm_render_metrics(struct adm_buf *b, const struct adm_view *v);
+
+/* {"ok":false,"error":"<msg>"} */
+void adm_render_error(struct adm_buf *b, const char *msg);
+
+/* Is the dispatcher healthy (every worker alive and on the current generation, every service
+ * with backends has one up)? When not, the first reason is written to <why>. */
+int adm_healthy(const struct adm_view *v, char *why, size_t whylen);
+
+#endif

@@ -1,0 +1,795 @@
+/* dispatcher: the admin socket and admin HTTP servers inside the master (see adm.h). Every byte
+ * from a client is hostile: input is bounded per connection, answers are queued and written as
+ * the peer reads them (a slow reader stops its own input, never the master), connections are
+ * capped in number and time. All callbacks run on the master loop, one at a time. */
+#include "admin/adm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <http_parser.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "admin/adm_buf.h"
+#include "admin/adm_cmd.h"
+#include "admin/adm_render.h"
+#include "common/dsp.h"
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/net.h"
+#include "master/ms_config.h"
+#include "master/ms_loop.h"
+#include "master/ms_master.h"
+
+#define MAX_CONNS      24             /* the master loop watches at most 64 fds */
+#define UNIX_IN_CAP    16384          /* pending command bytes; > ADM_LINE_MAX + 1 */
+#define HTTP_HEAD_MAX  8192
+#define OUT_HIGH       (1024 * 1024)  /* stop reading commands while this much is unsent */
+#define UNIX_IDLE_MS   60000
+#define HTTP_LIMIT_MS  10000          /* a whole HTTP exchange */
+#define LINGER_MS      2000
+#define ALOG_CHECK_MS  1000
+
+struct adm_conn {
+    int fd;
+    int http;          /* admin HTTP (else the line protocol) */
+    int eof;           /* the peer sent everything it will send */
+    int discard;       /* skipping the rest of an over-long line */
+    int answered;      /* HTTP: the response is queued; close once sent */
+    int lingering;     /* HTTP: write side shut, draining input until EOF */
+    uint32_t events;   /* what the loop watches */
+    uint64_t start_ms;
+    uint64_t last_ms;
+    size_t inlen;
+    size_t out_off;    /* bytes of out already sent */
+    struct adm_buf out;
+    char *in;          /* UNIX_IN_CAP or HTTP_HEAD_MAX + 1 bytes */
+};
+
+static struct {
+    int unix_fd;
+    int http_fd;
+    char *sock_path;   /* what we bound, to unlink at exit */
+    char *http_addr;   /* admin.http as bound */
+    pid_t master_pid;
+    struct adm_conn *conns[MAX_CONNS];
+    uint64_t alog_checked_ms;
+    int alog_warned;
+    struct adm_ops ops;
+} adm = {.unix_fd = -1, .http_fd = -1};
+
+static void conn_close(struct adm_conn *c);
+
+/* ---- state for the answers --------------------------------------------------------------- */
+static double rss_mb(void)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    double total = 0;
+    pid_t pids[SHM_MAX_WORKERS + 1];
+    int n = 0;
+
+    pids[n++] = getpid();
+    for (int i = 0; i < ms.nworkers && i < (int)SHM_MAX_WORKERS; i++) {
+        if (ms.w[i].pid != 0) {
+            pids[n++] = ms.w[i].pid;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        char path[64], buf[128];
+        unsigned long size = 0, resident = 0;
+        int fd;
+        ssize_t r;
+
+        snprintf(path, sizeof(path), "/proc/%d/statm", (int)pids[i]);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd == -1) {
+            continue;
+        }
+        r = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (r <= 0) {
+            continue;
+        }
+        buf[r] = '\0';
+        if (sscanf(buf, "%lu %lu", &size, &resident) == 2) {
+            total += (double)resident * (double)page;
+        }
+    }
+    return total / (1024.0 * 1024.0);
+}
+
+static int fill_view(struct adm_view *v, void *arg)
+{
+    (void)arg;
+    if (ms.snap == NULL || ms.ctl == NULL || ms.rt == NULL) {
+        return -1;
+    }
+    memset(v, 0, sizeof(*v));
+    v->snap = ms.snap;
+    v->rt = ms.rt;
+    v->ctl = ms.ctl;
+    v->nworkers = (unsigned)ms.nworkers;
+    v->now_ms = dsp_now_ms();
+    v->now_s = dsp_wall_s();
+    v->started_at = ms.ctl->started_at;
+    v->loaded_at = ms.loaded_at;
+    v->memory_mb = rss_mb();
+    return 0;
+}
+
+static int do_reload(uint64_t *gen, char **errs, void *arg)
+{
+    (void)arg;
+    log_info("reload requested on the admin socket");
+    if (ms_reload(errs) != 0) {
+        return -1;
+    }
+    *gen = ms.gen;
+    return 0;
+}
+
+/* ---- connections ---------------------------------------------------------------------------- */
+static void set_events(struct adm_conn *c)
+{
+    uint32_t want = 0;
+    size_t pending = c->out.len - c->out_off;
+
+    if (c->http) {
+        if (!c->answered || c->lingering) {
+            want |= EPOLLIN;
+        }
+    } else if (!c->eof && c->inlen < UNIX_IN_CAP && pending < OUT_HIGH) {
+        want |= EPOLLIN;
+    }
+    if (pending > 0) {
+        want |= EPOLLOUT;
+    }
+    if (want != c->events) {
+        c->events = want;
+        ms_loop_mod(c->fd, want);
+    }
+}
+
+static void queue_line_answer(struct adm_conn *c, const char *line, size_t n)
+{
+    adm_cmd_exec(&c->out, line, n, &adm.ops);
+    adm_buf_add(&c->out, "\n", 1);
+}
+
+/* Run the complete command lines waiting in c->in, as long as the answers are being read. */
+static void unix_process(struct adm_conn *c)
+{
+    while (c->out.len - c->out_off < OUT_HIGH) {
+        char *nl = memchr(c->in, '\n', c->inlen);
+        size_t used;
+
+        if (c->discard) {
+            if (nl == NULL) {
+                c->inlen = 0;
+                return;
+            }
+            c->discard = 0;
+        } else if (nl != NULL) {
+            queue_line_answer(c, c->in, (size_t)(nl - c->in));
+        } else if (c->inlen > ADM_LINE_MAX) {
+            /* Answer now, not at the newline that may never come, then skip to it. */
+            adm_render_error(&c->out, "line too long (at most 4096 bytes)");
+            adm_buf_add(&c->out, "\n", 1);
+            c->discard = 1;
+            c->inlen = 0;
+            continue;
+        } else {
+            if (c->eof && c->inlen > 0) {
+                /* A last command without its newline. */
+                queue_line_answer(c, c->in, c->inlen);
+                c->inlen = 0;
+            }
+            return;
+        }
+        used = (size_t)(nl - c->in) + 1;
+        memmove(c->in, c->in + used, c->inlen - used);
+        c->inlen -= used;
+    }
+}
+
+/* Returns -1 when the connection was closed. */
+static int conn_write(struct adm_conn *c)
+{
+    while (c->out_off < c->out.len) {
+        ssize_t n = send(c->fd, c->out.p + c->out_off, c->out.len - c->out_off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                return 0;
+            }
+            if (errno == EINTR) {
+                continue;
+            }
+            conn_close(c);
+            return -1;
+        }
+        c->out_off += (size_t)n;
+    }
+    adm_buf_reset(&c->out);
+    c->out_off = 0;
+    return 0;
+}
+
+/* ---- admin HTTP ----------------------------------------------------------------------------- */
+struct http_req {
+    const char *url;
+    size_t url_len;
+    int done;
+};
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    struct http_req *r = p->data;
+
+    if (r->url == NULL) {
+        r->url = at;
+    }
+    r->url_len += len;
+    return 0;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    struct http_req *r = p->data;
+
+    r->done = 1;
+    http_parser_pause(p, 1);
+    return 1; /* no body expected */
+}
+
+static const http_parser_settings http_settings = {
+    .on_url = on_url,
+    .on_headers_complete = on_headers_complete,
+};
+
+static void http_respond(struct adm_conn *c, unsigned status, const char *reason,
+                         const char *ctype, const struct adm_buf *body, int head_only,
+                         const char *extra)
+{
+    adm_buf_addf(&c->out,
+                 "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                 "Cache-Control: no-store\r\nConnection: close\r\n%s\r\n",
+                 status, reason, ctype, body->len, extra ? extra : "");
+    if (!head_only) {
+        adm_buf_add(&c->out, body->p ? body->p : "", body->len);
+    }
+    c->answered = 1;
+}
+
+static void http_error(struct adm_conn *c, unsigned status, const char *reason, const char *msg,
+                       const char *extra)
+{
+    struct adm_buf body = {0};
+
+    adm_render_error(&body, msg);
+    adm_buf_add(&body, "\n", 1);
+    http_respond(c, status, reason, "application/json", &body, 0, extra);
+    adm_buf_dispose(&body);
+}
+
+static void http_handle(struct adm_conn *c, size_t headlen)
+{
+    static const char api[] = "/api/v1/dispatcher/";
+    http_parser p;
+    struct http_req r = {0};
+    struct adm_buf body = {0};
+    char path[256];
+    size_t plen;
+    int head_only;
+    const char *q;
+
+    http_parser_init(&p, HTTP_REQUEST);
+    p.data = &r;
+    http_parser_execute(&p, &http_settings, c->in, headlen);
+    if (!r.done || (HTTP_PARSER_ERRNO(&p) != HPE_OK && HTTP_PARSER_ERRNO(&p) != HPE_PAUSED)) {
+        http_error(c, 400, "Bad Request", "malformed request", NULL);
+        return;
+    }
+    if (p.method != HTTP_GET && p.method != HTTP_HEAD) {
+        http_error(c, 405, "Method Not Allowed", "only GET and HEAD are served",
+                   "Allow: GET, HEAD\r\n");
+        return;
+    }
+    head_only = p.method == HTTP_HEAD;
+    q = memchr(r.url, '?', r.url_len);
+    plen = q ? (size_t)(q - r.url) : r.url_len;
+    if (plen == 0 || plen >= sizeof(path)) {
+        http_error(c, 404, "Not Found", "no such resource", NULL);
+        return;
+    }
+    memcpy(path, r.url, plen);
+    path[plen] = '\0';
+    if (strcmp(path, "/metrics") == 0) {
+        struct adm_view v;
+        if (fill_view(&v, NULL) != 0) {
+            http_error(c, 503, "Service Unavailable", "no configuration is published yet", NULL);
+            return;
+        }
+        adm_render_metrics(&body, &v);
+        if (body.overflow) {
+            adm_buf_dispose(&body);
+            http_error(c, 500, "Internal Server Error", "answer too large", NULL);
+            return;
+        }
+        http_respond(c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", &body, head_only,
+                     NULL);
+    } else if (strncmp(path, api, sizeof(api) - 1) == 0 &&
+               adm_cmd_api(&body, path + sizeof(api) - 1, &adm.ops) == 0) {
+        int ok = body.len > 6 && strncmp(body.p, "{\"ok\":true", 10) == 0;
+        adm_buf_add(&body, "\n", 1);
+        http_respond(c, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "application/json",
+                     &body, head_only, NULL);
+    } else {
+        http_error(c, 404, "Not Found", "no such resource; see /api/v1/dispatcher/{health,"
+                   "instances,routes,workers,stats,certs} and /metrics", NULL);
+    }
+    adm_buf_dispose(&body);
+}
+
+static size_t find_head_end(const char *p, size_t n)
+{
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (p[i] == '\n' && p[i + 1] == '\n') {
+            return i + 2;
+        }
+        if (p[i] == '\n' && i + 2 < n && p[i + 1] == '\r' && p[i + 2] == '\n') {
+            return i + 3;
+        }
+    }
+    return 0;
+}
+
+/* ---- reading -------------------------------------------------------------------------------- */
+/* Returns -1 when the connection was closed. */
+static int conn_read(struct adm_conn *c)
+{
+    char sink[4096];
+    size_t cap = c->http ? HTTP_HEAD_MAX : UNIX_IN_CAP;
+    char *dst;
+    size_t room;
+    ssize_t n;
+
+    if (c->lingering || (c->http && c->answered)) {
+        dst = sink;
+        room = sizeof(sink);
+    } else {
+        dst = c->in + c->inlen;
+        room = cap - c->inlen;
+        if (room == 0) {
+            return 0;
+        }
+    }
+    n = recv(c->fd, dst, room, 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            return 0;
+        }
+        conn_close(c);
+        return -1;
+    }
+    c->last_ms = dsp_now_ms();
+    if (n == 0) {
+        c->eof = 1;
+        if (c->lingering || (c->http && !c->answered)) {
+            conn_close(c);
+            return -1;
+        }
+        return 0;
+    }
+    if (dst == sink) {
+        return 0;
+    }
+    c->inlen += (size_t)n;
+    if (c->http) {
+        size_t hl = find_head_end(c->in, c->inlen);
+        if (hl > 0) {
+            http_handle(c, hl);
+        } else if (c->inlen >= HTTP_HEAD_MAX) {
+            http_error(c, 431, "Request Header Fields Too Large", "request head too large",
+                       NULL);
+        }
+    }
+    return 0;
+}
+
+static void on_conn(int fd, uint32_t events, void *arg)
+{
+    struct adm_conn *c = arg;
+
+    (void)fd;
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        if (conn_read(c) != 0) {
+            return;
+        }
+    }
+    if (!c->http) {
+        unix_process(c);
+    }
+    if (conn_write(c) != 0) {
+        return;
+    }
+    if (!c->http) {
+        /* Writing made room: answer what waited, and write that too. */
+        unix_process(c);
+        if (c->out.len > c->out_off && conn_write(c) != 0) {
+            return;
+        }
+        if (c->eof && c->out.len == c->out_off && c->inlen == 0) {
+            conn_close(c);
+            return;
+        }
+    } else if (c->answered && c->out.len == c->out_off && !c->lingering) {
+        /* Response out: half-close and drain so our close never turns into a reset that
+         * could destroy the response in flight. */
+        if (c->eof) {
+            conn_close(c);
+            return;
+        }
+        shutdown(c->fd, SHUT_WR);
+        c->lingering = 1;
+        c->last_ms = dsp_now_ms();
+    }
+    if ((events & (EPOLLHUP | EPOLLERR)) && c->out.len > c->out_off) {
+        conn_close(c);
+        return;
+    }
+    set_events(c);
+}
+
+static void conn_close(struct adm_conn *c)
+{
+    for (int i = 0; i < MAX_CONNS; i++) {
+        if (adm.conns[i] == c) {
+            adm.conns[i] = NULL;
+        }
+    }
+    ms_loop_del(c->fd);
+    close(c->fd);
+    adm_buf_dispose(&c->out);
+    free(c->in);
+    free(c);
+}
+
+static void refuse(int fd, const char *msg, int line_protocol)
+{
+    struct adm_buf b = {0};
+
+    if (line_protocol) {
+        adm_render_error(&b, msg);
+        adm_buf_add(&b, "\n", 1);
+    } else {
+        adm_buf_adds(&b, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                         "Connection: close\r\n\r\n");
+    }
+    if (b.p != NULL && send(fd, b.p, b.len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* best effort: the peer is being turned away anyway */
+    }
+    adm_buf_dispose(&b);
+    close(fd);
+}
+
+static void on_accept(int lfd, uint32_t events, void *arg)
+{
+    int http = arg != NULL;
+
+    (void)events;
+    for (int k = 0; k < 16; k++) {
+        struct adm_conn *c;
+        int slot = -1;
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd == -1) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNABORTED) {
+                log_errno(LOG_WARN, errno, "admin accept4() failed");
+            }
+            return;
+        }
+        if (!http) {
+            struct ucred cr;
+            socklen_t sl = sizeof(cr);
+            if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &sl) == -1) {
+                log_errno(LOG_WARN, errno, "admin socket: getsockopt(SO_PEERCRED) failed");
+                close(fd);
+                continue;
+            }
+            if (cr.uid != 0 && cr.uid != geteuid()) {
+                log_warn("admin socket: refused a client with uid %d (pid %d)", (int)cr.uid,
+                         (int)cr.pid);
+                refuse(fd, "permission denied", 1);
+                continue;
+            }
+        }
+        for (int i = 0; i < MAX_CONNS; i++) {
+            if (adm.conns[i] == NULL) {
+                slot = i;
+                break;
+            }
+        }
+        if (slot < 0) {
+            refuse(fd, "too many admin connections", !http);
+            continue;
+        }
+        c = calloc(1, sizeof(*c));
+        if (c != NULL) {
+            c->in = malloc(http ? HTTP_HEAD_MAX + 1 : UNIX_IN_CAP);
+        }
+        if (c == NULL || c->in == NULL) {
+            free(c);
+            close(fd);
+            continue;
+        }
+        c->fd = fd;
+        c->http = http;
+        c->events = EPOLLIN;
+        c->start_ms = c->last_ms = dsp_now_ms();
+        if (ms_loop_add(fd, EPOLLIN, on_conn, c) != 0) {
+            free(c->in);
+            free(c);
+            refuse(fd, "too many admin connections", !http);
+            continue;
+        }
+        adm.conns[slot] = c;
+    }
+}
+
+/* ---- periodic work -------------------------------------------------------------------------- */
+static void alog_prepare(int at_start);
+
+static void on_tick(uint64_t now, void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < MAX_CONNS; i++) {
+        struct adm_conn *c = adm.conns[i];
+        if (c == NULL) {
+            continue;
+        }
+        if ((c->lingering && now - c->last_ms > LINGER_MS) ||
+            (c->http && now - c->start_ms > HTTP_LIMIT_MS) ||
+            (!c->http && now - c->last_ms > UNIX_IDLE_MS && c->out.len == c->out_off)) {
+            conn_close(c);
+        }
+    }
+    /* Unprivileged workers cannot create the access log in a root-owned folder: after a
+     * rotation that did not recreate it, do it for them. */
+    if (ms.uid != (uid_t)-1 && now - adm.alog_checked_ms >= ALOG_CHECK_MS) {
+        adm.alog_checked_ms = now;
+        alog_prepare(0);
+    }
+}
+
+/* ---- paths the workers write ---------------------------------------------------------------- */
+/* Make sure the access log's folder exists and the file exists, owned by the workers' user.
+ * At start a failure is fatal (returns -1); later it is reported once. */
+static int alog_prepare_path(const char *path, int at_start)
+{
+    char err[512];
+    struct stat st;
+    int fd;
+
+    if (path == NULL) {
+        return 0;
+    }
+    if (!at_start && stat(path, &st) == 0) {
+        return 0;
+    }
+    if (fs_mkdir_parents(path, err, sizeof(err)) != 0) {
+        if (at_start || !adm.alog_warned) {
+            log_error("access log %s: %s", path, err);
+            adm.alog_warned = 1;
+        }
+        return -1;
+    }
+    fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0644);
+    if (fd == -1) {
+        if (at_start || !adm.alog_warned) {
+            log_errno(LOG_ERROR, errno, "cannot open access log %s", path);
+            adm.alog_warned = 1;
+        }
+        return -1;
+    }
+    if (ms.uid != (uid_t)-1 && fchown(fd, ms.uid, ms.gid) == -1) {
+        log_errno(LOG_WARN, errno, "fchown(%s) for the workers' user failed", path);
+    }
+    close(fd);
+    adm.alog_warned = 0;
+    return 0;
+}
+
+static void alog_prepare(int at_start)
+{
+    alog_prepare_path(ms.cfg->log.access, at_start);
+}
+
+static int same_str(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static void on_publish(void *arg)
+{
+    (void)arg;
+    alog_prepare(0);
+    /* Like listeners, the admin endpoints are bound once; say so instead of pretending. */
+    if (!same_str(ms.cfg->admin.socket, adm.sock_path) ||
+        !same_str(ms.cfg->admin.http, adm.http_addr)) {
+        log_warn("admin socket/http changes take effect at the next restart");
+    }
+}
+
+/* ---- start-up ------------------------------------------------------------------------------- */
+static int bind_unix(const char *path, int mode)
+{
+    struct sockaddr_un sa;
+    struct stat st;
+    char err[512];
+    mode_t old;
+    int fd;
+
+    if (fs_mkdir_parents(path, err, sizeof(err)) != 0) {
+        log_error("admin socket %s: %s", path, err);
+        return -1;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        log_error("admin socket %s: path too long", path);
+        return -1;
+    }
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        log_errno(LOG_ERROR, errno, "socket(AF_UNIX) for the admin socket failed");
+        return -1;
+    }
+    if (lstat(path, &st) == 0) {
+        int probe;
+        if (!S_ISSOCK(st.st_mode)) {
+            log_error("admin socket %s: a file that is not a socket is in the way", path);
+            close(fd);
+            return -1;
+        }
+        /* A socket file left by a dead master is stale; one that answers is in use. */
+        probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (probe != -1 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            close(probe);
+            log_error("admin socket %s is in use by another process (is a dispatcher already "
+                      "running?)",
+                      path);
+            close(fd);
+            return -1;
+        }
+        if (probe != -1) {
+            close(probe);
+        }
+        unlink(path);
+    }
+    old = umask((mode_t)(0777 & ~mode));
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == -1) {
+        int e = errno;
+        umask(old);
+        log_errno(LOG_ERROR, e, "bind() to admin socket %s failed", path);
+        close(fd);
+        return -1;
+    }
+    umask(old);
+    if (chmod(path, (mode_t)mode) == -1) {
+        log_errno(LOG_WARN, errno, "chmod(%s, %04o) failed", path, mode);
+    }
+    if (listen(fd, 64) == -1) {
+        log_errno(LOG_ERROR, errno, "listen() on admin socket %s failed", path);
+        close(fd);
+        unlink(path);
+        return -1;
+    }
+    return fd;
+}
+
+static int bind_http(void)
+{
+    const struct ms_config *cfg = ms.cfg;
+    int one = 1;
+    int fd = socket(cfg->admin.http_ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd == -1) {
+        log_errno(LOG_ERROR, errno, "socket() for admin.http %s failed", cfg->admin.http);
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&cfg->admin.http_ss, cfg->admin.http_sslen) == -1) {
+        log_errno(LOG_ERROR, errno, "bind() to admin.http %s failed", cfg->admin.http);
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, 64) == -1) {
+        log_errno(LOG_ERROR, errno, "listen() on admin.http %s failed", cfg->admin.http);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Workers are forked from the master: they must not keep admin sockets open (a client would
+ * never see our close) nor remove the socket file when they exit. */
+static void in_child(void)
+{
+    if (adm.unix_fd != -1) {
+        close(adm.unix_fd);
+        adm.unix_fd = -1;
+    }
+    if (adm.http_fd != -1) {
+        close(adm.http_fd);
+        adm.http_fd = -1;
+    }
+    for (int i = 0; i < MAX_CONNS; i++) {
+        if (adm.conns[i] != NULL) {
+            close(adm.conns[i]->fd);
+            adm.conns[i]->fd = -1;
+        }
+    }
+}
+
+static void at_exit(void)
+{
+    if (adm.sock_path != NULL && getpid() == adm.master_pid) {
+        unlink(adm.sock_path);
+    }
+}
+
+int adm_init(void)
+{
+    const struct ms_config *cfg = ms.cfg;
+
+    adm.master_pid = getpid();
+    adm.ops.view = fill_view;
+    adm.ops.reload = do_reload;
+    adm.ops.rt = ms.rt;
+    if (alog_prepare_path(cfg->log.access, 1) != 0) {
+        return -1;
+    }
+    if (pthread_atfork(NULL, NULL, in_child) != 0) {
+        log_error("pthread_atfork() failed");
+        return -1;
+    }
+    if (cfg->admin.socket != NULL) {
+        adm.unix_fd = bind_unix(cfg->admin.socket, cfg->admin.mode);
+        if (adm.unix_fd == -1) {
+            return -1;
+        }
+        adm.sock_path = dsp_xstrdup(cfg->admin.socket);
+        atexit(at_exit);
+        if (ms_loop_add(adm.unix_fd, EPOLLIN, on_accept, NULL) != 0) {
+            return -1;
+        }
+        log_info("admin socket on %s", cfg->admin.socket);
+    }
+    if (cfg->admin.http != NULL) {
+        adm.http_fd = bind_http();
+        if (adm.http_fd == -1) {
+            return -1;
+        }
+        /* Any non-NULL arg marks the HTTP listener. */
+        if (ms_loop_add(adm.http_fd, EPOLLIN, on_accept, &adm) != 0) {
+            return -1;
+        }
+        adm.http_addr = dsp_xstrdup(cfg->admin.http);
+        log_info("admin HTTP on %s", cfg->admin.http);
+    }
+    if (ms_loop_tick(on_tick, NULL) != 0 || ms_loop_on_publish(on_publish, NULL) != 0) {
+        log_error("admin: master loop tables full");
+        return -1;
+    }
+    return 0;
+}

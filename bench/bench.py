@@ -1,0 +1,960 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of dispatcher, nginx and HAProxy as reverse proxies (issue 3).
+
+One nginx backend (a small fixed body at /small, 1 MiB at /1m) runs on the load CPU together with
+wrk and the idle-connection client; the three proxies run pinned to the proxy CPU. Every scenario
+runs against every proxy in turn, for several rounds, and the medians go into one table, printed
+and written to bench/RESULTS.md. Numbers are only comparable within one run.
+
+Run through `make bench` (installs nginx, haproxy and wrk, builds, then runs bench/run.sh).
+Environment knobs, mostly for development runs:
+  DSP_MASTER       dispatcher-master binary (default: bin/dispatcher-master of this checkout)
+  BENCH_DURATION   seconds per wrk run (default 5)
+  BENCH_ROUNDS     rounds per throughput scenario and reloads (default 5; (d) runs min(3, this))
+  BENCH_IDLE_CONNS idle keep-alive connections for scenario (d) (default 10000)
+  BENCH_ROUTES     routes for scenario (e) (default 100000)
+  BENCH_ONLY       comma-separated subset of a,b,c,d,e (default all)
+  BENCH_OUT        results file (default bench/RESULTS.md; "-" writes none)
+  BENCH_KEEP=1     keep the temporary directory (configs, logs) for inspection
+"""
+
+import atexit
+import datetime
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DSP_MASTER = os.environ.get("DSP_MASTER", os.path.join(ROOT, "bin", "dispatcher-master"))
+DURATION = int(os.environ.get("BENCH_DURATION", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+IDLE_CONNS = int(os.environ.get("BENCH_IDLE_CONNS", "10000"))
+NROUTES = int(os.environ.get("BENCH_ROUTES", "100000"))
+ONLY = set(os.environ.get("BENCH_ONLY", "a,b,c,d,e").replace(" ", "").split(","))
+OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "RESULTS.md"))
+KEEP = os.environ.get("BENCH_KEEP", "") not in ("", "0")
+
+SMALL_BODY = "dispatcher-bench small response body, 64 bytes of fixed text...\n"
+assert len(SMALL_BODY) == 64
+ONE_MIB = 1 << 20
+KEEPALIVE_CONNS = 64    # scenario (a), (b) and (e)
+LARGE_CONNS = 16        # scenario (c)
+PROBE_HOST = "probe.bench"
+MEASURED_HOST = "h050000.bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+import resource  # noqa: E402
+NOFILE = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 65536)
+if NOFILE == resource.RLIM_INFINITY or NOFILE < 0:
+    NOFILE = 65536
+
+PROXIES = ["dispatcher", "nginx", "haproxy"]
+LABEL = {"dispatcher": "dispatcher", "nginx": "nginx", "haproxy": "HAProxy"}
+
+
+def log(msg):
+    print("[bench %s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
+
+
+def die(msg):
+    log("FAILED: " + msg)
+    sys.exit(1)
+
+
+# ---- CPUs ---------------------------------------------------------------------------------------
+_cpus = sorted(os.sched_getaffinity(0))
+LOAD_CPU = 0 if 0 in _cpus else _cpus[0]
+PROXY_CPU = 1 if 1 in _cpus else (_cpus[1] if len(_cpus) > 1 else LOAD_CPU)
+
+
+def pin(cpu):
+    return ["taskset", "-c", str(cpu)]
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# ---- processes ----------------------------------------------------------------------------------
+TMP = None
+_procs = []     # Popen objects we started, each leading its own process group
+
+
+def spawn(name, argv, cpu, logname=None):
+    """Start argv pinned to cpu in a new session; output goes to TMP/<logname or name>.log."""
+    logf = open(os.path.join(TMP, (logname or name) + ".log"), "ab")
+    p = subprocess.Popen(pin(cpu) + argv, stdin=subprocess.DEVNULL,
+                         stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, cwd=TMP)
+    logf.close()
+    p.bench_name = name
+    _procs.append(p)
+    return p
+
+
+def stop(p, timeout=5.0):
+    """SIGTERM the process p (a master stops its own workers), then SIGKILL what is left of the
+    process group it leads after timeout. Only ever our own processes."""
+    if p in _procs:
+        _procs.remove(p)
+    try:
+        os.kill(p.pid, signal.SIGTERM)      # the master stops its own workers
+    except ProcessLookupError:
+        pass
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    # The group may still hold children (workers) after the leader exited.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+def cleanup():
+    for p in list(reversed(_procs)):
+        stop(p, timeout=3.0)
+    if TMP and os.path.isdir(TMP):
+        if KEEP:
+            log("kept %s" % TMP)
+        else:
+            shutil.rmtree(TMP, ignore_errors=True)
+
+
+def _on_signal(signum, frame):
+    log("caught signal %d, stopping" % signum)
+    sys.exit(130)
+
+
+def children(pid):
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    return sorted(int(x) for x in out.split())
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])      # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def machine_busy_ticks():
+    """user+nice+system ticks of all CPUs (irq/softirq left out: loopback traffic lands there)."""
+    with open("/proc/stat") as f:
+        v = f.readline().split()[1:]
+    return int(v[0]) + int(v[1]) + int(v[2])
+
+
+def children_cpu_s():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+BACKEND_PIDS = []      # the backend nginx worker(s), filled in by start_backend
+
+
+def rss_bytes(pids):
+    total = 0
+    for pid in pids:
+        with open("/proc/%d/statm" % pid) as f:
+            total += int(f.read().split()[1]) * PAGE
+    return total
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            die("%s exited with %s while starting (see %s/%s.log)"
+                % (proc.bench_name, proc.returncode, TMP, proc.bench_name))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    die("%s did not listen on 127.0.0.1:%d within %.0fs" % (proc.bench_name, port, timeout))
+
+
+# ---- a tiny HTTP/1.1 client (sanity checks, reload probe, idle connections) ----------------------
+def read_response(sock):
+    """Read one Content-Length framed response; return (status, headers dict, body bytes)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed before the response head")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    hdrs = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    if "content-length" not in hdrs:
+        raise ConnectionError("response without Content-Length: %r" % lines[0])
+    need = int(hdrs["content-length"])
+    body = bytearray(rest)
+    while len(body) < need:
+        chunk = sock.recv(max(65536, need - len(body)))
+        if not chunk:
+            raise ConnectionError("connection closed inside the body")
+        body += chunk
+    return status, hdrs, bytes(body)
+
+
+def http_get(port, path, host="bench", timeout=5.0):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host)).encode())
+        return read_response(s)
+
+
+def check_proxy(name, port, host="bench"):
+    st, _, body = http_get(port, "/small", host)
+    if st != 200 or body.decode() != SMALL_BODY:
+        die("%s: GET /small answered %d %r" % (name, st, body[:80]))
+    st, _, body = http_get(port, "/1m", host)
+    if st != 200 or len(body) != ONE_MIB:
+        die("%s: GET /1m answered %d with %d bytes" % (name, st, len(body)))
+
+
+# ---- backend and proxies ------------------------------------------------------------------------
+def nginx_common(name):
+    d = os.path.join(TMP, name)
+    os.makedirs(d, exist_ok=True)
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    return d, """%sworker_processes 1;
+daemon off;
+master_process on;
+pid %s/nginx.pid;
+error_log %s/error.log warn;
+worker_rlimit_nofile %d;
+events { worker_connections %d; use epoll; }
+""" % (user, d, d, NOFILE, NOFILE - 100)
+
+
+def nginx_http_common(d):
+    return """    access_log off;
+    client_body_temp_path %s/client_body;
+    proxy_temp_path %s/proxy;
+    fastcgi_temp_path %s/fastcgi;
+    uwsgi_temp_path %s/uwsgi;
+    scgi_temp_path %s/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    server_tokens off;
+""" % (d, d, d, d, d)
+
+
+def start_nginx(name, conf, port, cpu):
+    d = os.path.join(TMP, name)
+    path = os.path.join(d, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    p = spawn(name, ["nginx", "-p", d + "/", "-e", os.path.join(d, "error.log"), "-c", path], cpu)
+    wait_port(port, p)
+    return p
+
+
+def start_backend(port, port2):
+    www = os.path.join(TMP, "www")
+    os.makedirs(www, exist_ok=True)
+    with open(os.path.join(www, "1m"), "wb") as f:
+        f.write((b"0123456789abcdef" * 64 + b"\n")[:1024] * 1024)
+    d, top = nginx_common("backend")
+    conf = top + """http {
+%s    default_type text/plain;
+    sendfile on;
+    tcp_nopush on;
+    open_file_cache max=16 inactive=600s;
+    server {
+        listen 127.0.0.1:%d backlog=4096;
+        location = /small { return 200 "%s"; }
+        location = /1m { default_type application/octet-stream; alias %s/1m; }
+    }
+    server {
+        listen 127.0.0.1:%d;
+        location / { return 200 "second backend\\n"; }
+    }
+}
+""" % (nginx_http_common(d), port, SMALL_BODY.replace("\n", "\\n"), www, port2)
+    p = start_nginx("backend", conf, port, LOAD_CPU)
+    BACKEND_PIDS[:] = children(p.pid)
+    st, _, body = http_get(port, "/small")
+    if st != 200 or body.decode() != SMALL_BODY:
+        die("backend /small answered %d %r" % (st, body))
+    return p
+
+
+def dsp_config(port, bport, bport2, routes):
+    """routes: list of (host, path or None, service)."""
+    out = ["# generated by bench/bench.py",
+           "workers = 1;",
+           'log = { error = "%s/dispatcher-error.log"; level = "warn"; access = "off"; };' % TMP,
+           "limits = { max_connections = 30000; idle_timeout_ms = 60000; "
+           "shutdown_timeout_ms = 1000; };",
+           'listeners = ( { address = "127.0.0.1:%d"; } );' % port,
+           'services = ( { name = "b"; backends = [ "127.0.0.1:%d" ]; },' % bport,
+           '             { name = "b2"; backends = [ "127.0.0.1:%d" ]; } );' % bport2,
+           "routes = ("]
+    rl = []
+    for host, path, svc in routes:
+        if path:
+            rl.append('  { host = "%s"; path = "%s"; service = "%s"; }' % (host, path, svc))
+        else:
+            rl.append('  { host = "%s"; service = "%s"; }' % (host, svc))
+    out.append(",\n".join(rl))
+    out.append(");")
+    return "\n".join(out) + "\n"
+
+
+def many_routes(n, probe_service):
+    """n routes of mixed kinds: exact hosts, exact hosts with a path, wildcard suffixes; the
+    measured host and the reload probe are among them."""
+    routes = [(MEASURED_HOST, None, "b"), (PROBE_HOST, None, probe_service)]
+    i = 0
+    while len(routes) < n:
+        i += 1
+        if i == 50000:
+            continue
+        k = i % 4
+        if k == 0:
+            routes.append(("*.w%06d.bench" % i, None, "b"))
+        elif k == 1:
+            routes.append(("h%06d.bench" % i, "/p%d/" % (i % 97), "b2"))
+        else:
+            routes.append(("h%06d.bench" % i, None, "b"))
+    return routes
+
+
+def write_atomic(path, text):
+    tmp = path + ".new"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class Proxy:
+    def __init__(self, name, proc, port, pids_fn, host="bench"):
+        self.name, self.proc, self.port, self.pids_fn, self.host = name, proc, port, pids_fn, host
+
+    def pids(self):
+        return self.pids_fn()
+
+
+def start_dispatcher(name, conf_text, port):
+    conf = os.path.join(TMP, name + ".conf")
+    write_atomic(conf, conf_text)
+    chk = subprocess.run([DSP_MASTER, "-t", "-c", conf], capture_output=True, text=True)
+    if chk.returncode != 0:
+        die("%s: dispatcher-master -t rejected the bench config:\n%s%s"
+            % (name, chk.stdout, chk.stderr))
+    p = spawn(name, [DSP_MASTER, "-c", conf], PROXY_CPU)
+    wait_port(port, p, timeout=60)
+    deadline = time.monotonic() + 10
+    while not children(p.pid):
+        if time.monotonic() > deadline:
+            die("%s: no worker process under master %d" % (name, p.pid))
+        time.sleep(0.02)
+    return Proxy(name, p, port, lambda: children(p.pid)), conf
+
+
+def start_front_nginx(port, bport):
+    d, top = nginx_common("nginx")
+    conf = top + """http {
+%s    proxy_http_version 1.1;
+    proxy_max_temp_file_size 0;
+    upstream b {
+        server 127.0.0.1:%d;
+        keepalive 256;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }
+    server {
+        listen 127.0.0.1:%d backlog=4096;
+        location / {
+            proxy_pass http://b;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Request-ID $request_id;
+            add_header X-Request-ID $request_id;
+        }
+    }
+}
+""" % (nginx_http_common(d), bport, port)
+    p = start_nginx("nginx", conf, port, PROXY_CPU)
+    return Proxy("nginx", p, port, lambda: children(p.pid))
+
+
+def start_haproxy(port, bport):
+    d = os.path.join(TMP, "haproxy")
+    os.makedirs(d, exist_ok=True)
+    conf = """global
+    nbthread 1
+    maxconn %d
+    # HAProxy sizes its fd limit as 2 x maxconn; where the hard limit is lower (20000 here) it
+    # must still start, and 10,000 idle clients need only about 10,000 fds.
+    no strict-limits
+    hard-stop-after 3s
+
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    maxconn %d
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+
+frontend fe
+    bind 127.0.0.1:%d
+    unique-id-format %%{+X}o%%ci%%cp%%fp%%Ts%%rt
+    unique-id-header X-Request-ID
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %%[req.hdr(host)]
+    http-request set-header X-Real-IP %%[src]
+    http-response set-header X-Request-ID %%[unique-id]
+    default_backend be
+
+backend be
+    server s1 127.0.0.1:%d
+""" % (IDLE_CONNS + 1000, IDLE_CONNS + 1000, port, bport)
+    path = os.path.join(d, "haproxy.cfg")
+    with open(path, "w") as f:
+        f.write(conf)
+    chk = subprocess.run(["haproxy", "-c", "-q", "-f", path], capture_output=True, text=True)
+    if chk.returncode != 0:
+        die("haproxy -c rejected the bench config:\n%s%s" % (chk.stdout, chk.stderr))
+    p = spawn("haproxy", ["haproxy", "-db", "-f", path], PROXY_CPU)
+    wait_port(port, p)
+    return Proxy("haproxy", p, port, lambda: [p.pid])
+
+
+# ---- wrk ----------------------------------------------------------------------------------------
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def wrk(proxy, path, conns, duration, headers=()):
+    argv = pin(LOAD_CPU) + ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration,
+            "--timeout", "5s", "--latency"]
+    for h in headers:
+        argv += ["-H", h]
+    argv += ["-H", "Host: %s" % proxy.host, "http://127.0.0.1:%d%s" % (proxy.port, path)]
+    pids = proxy.pids()
+    b0, m0, w0 = cpu_ticks(BACKEND_PIDS), machine_busy_ticks(), children_cpu_s()
+    t0, c0 = time.monotonic(), cpu_ticks(pids)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    t1, c1 = time.monotonic(), cpu_ticks(pids)
+    b1, m1, w1 = cpu_ticks(BACKEND_PIDS), machine_busy_ticks(), children_cpu_s()
+    out = r.stdout
+    if r.returncode != 0:
+        die("wrk failed (%d): %s %s" % (r.returncode, out, r.stderr))
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+),", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+    if not (m and rps and p99):
+        die("cannot parse wrk output:\n" + out + r.stderr)
+    nreq = int(m.group(1))
+    errs = 0
+    se = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if se:
+        errs += sum(int(x) for x in se.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        errs += int(non2xx.group(1))
+    restarted = proxy.pids() != pids
+    cpu_s = (c1 - c0) / CLK_TCK
+    # CPU time of everything that is not this benchmark (other jobs on the machine), in % of one
+    # CPU: a noisy neighbour shows here rather than as an unexplained drop in req/s.
+    other_s = (m1 - m0 - (c1 - c0) - (b1 - b0)) / CLK_TCK - (w1 - w0)
+    return {
+        "rps": float(rps.group(1)),
+        "p99_ms": float(p99.group(1)) * _UNIT[p99.group(2)],
+        "cpu_us": (cpu_s * 1e6 / nreq) if nreq else float("nan"),
+        "cpu_pct": 100.0 * cpu_s / (t1 - t0),
+        "backend_us": ((b1 - b0) / CLK_TCK * 1e6 / nreq) if nreq else float("nan"),
+        "other_pct": max(0.0, 100.0 * other_s / (t1 - t0)),
+        "requests": nreq,
+        "errors": errs,
+        "restarted": restarted,
+    }
+
+
+# ---- scenario (d): idle keep-alive connections --------------------------------------------------
+IP_BIND_ADDRESS_NO_PORT = 24
+
+
+def idle_connections(proxy, n):
+    """Open n connections, send one request on each and read the answer, keep them all open;
+    return (bytes of worker RSS per connection, connections still open, baseline RSS)."""
+    req = ("GET /small HTTP/1.1\r\nHost: %s\r\n\r\n" % proxy.host).encode()
+    for _ in range(50):     # warm the request path first
+        http_get(proxy.port, "/small", proxy.host)
+    time.sleep(0.3)
+    pids = proxy.pids()
+    rss0 = rss_bytes(pids)
+    socks = []
+    try:
+        for i in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            s.bind(("127.0.0.%d" % (2 + i % 8), 0))
+            s.settimeout(10)
+            s.connect(("127.0.0.1", proxy.port))
+            s.sendall(req)
+            st, _, body = read_response(s)
+            if st != 200:
+                die("%s: idle connection %d got status %d" % (proxy.name, i, st))
+        time.sleep(1.0)
+        rss1 = rss_bytes(pids)
+        # count connections the proxy has closed meanwhile (readable = EOF or reset)
+        poller = select.poll()
+        for s in socks:
+            poller.register(s.fileno(), select.POLLIN | select.POLLRDHUP)
+        closed = len(poller.poll(0))
+        if proxy.pids() != pids:
+            die("%s: worker process changed during the idle-connection test" % proxy.name)
+        return (rss1 - rss0) / n, n - closed, rss0
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ---- scenario (e): reload ------------------------------------------------------------------------
+def reload_until_served(proxy, conf, text, want_body, timeout=60.0):
+    write_atomic(conf, text)
+    t0 = time.monotonic()
+    os.kill(proxy.proc.pid, signal.SIGHUP)
+    polls = 0
+    while True:
+        polls += 1
+        try:
+            st, _, body = http_get(proxy.port, "/small", PROBE_HOST)
+            if st == 200 and body.decode() == want_body:
+                return (time.monotonic() - t0) * 1000.0, polls
+        except (OSError, ConnectionError):
+            pass
+        if time.monotonic() - t0 > timeout:
+            die("%s: reload not served within %.0fs" % (proxy.name, timeout))
+        if proxy.proc.poll() is not None:
+            die("%s: master exited during reload" % proxy.name)
+
+
+# ---- report -------------------------------------------------------------------------------------
+def med(xs):
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt(v, kind):
+    if v != v:
+        return "n/a"
+    if kind == "rps":
+        return "%.0f" % v
+    if kind in ("ms", "us"):
+        return "%.2f" % v if v < 100 else "%.0f" % v
+    if kind == "pct":
+        return "%.0f%%" % v
+    if kind == "bytes":
+        return "%.0f" % v
+    return "%.3g" % v
+
+
+def ratio(a, b):
+    if a != a or b != b or b == 0:
+        return "n/a"
+    return "%.2f" % (a / b)
+
+
+def tool_version(argv, pattern):
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True)
+        m = re.search(pattern, r.stdout + r.stderr)
+        return m.group(1) if m else "?"
+    except OSError:
+        return "?"
+
+
+def git_rev():
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+local changes" if dirty else "") if rev else "?"
+    except OSError:
+        return "?"
+
+
+SCEN = {
+    "a": "(a) /small, %d keep-alive conns" % KEEPALIVE_CONNS,
+    "b": "(b) /small, new conn per request (%d conns)" % KEEPALIVE_CONNS,
+    "c": "(c) /1m (1 MiB), %d keep-alive conns" % LARGE_CONNS,
+}
+METRICS = [("rps", "req/s", "rps"), ("p99_ms", "p99 latency ms", "ms"),
+           ("cpu_us", "proxy CPU µs/req", "us"), ("cpu_pct", "proxy CPU busy", "pct")]
+
+
+def row(sc, name, i, r):
+    return "| %s | %s | %d | %.0f | %.2f | %.2f | %.0f%% | %.2f | %.0f%% | %d | %d |" % (
+        sc, name, i + 1, r["rps"], r["p99_ms"], r["cpu_us"], r["cpu_pct"], r["backend_us"],
+        r["other_pct"], r["requests"], r["errors"])
+
+
+def report(res, idle, e_res, reloads, started, elapsed, notes):
+    L = []
+    runs = [r for sc in res.values() for lst in sc.values() for r in lst]
+    runs += [r for lst in e_res.values() for r in lst]
+    other = med([r["other_pct"] for r in runs]) if runs else 0.0
+    L.append("# Benchmark results")
+    L.append("")
+    L.append("Produced by `make bench` (bench/run.sh). Numbers compare proxies within this run only.")
+    L.append("")
+    L.append("- Date: %s" % started.strftime("%Y-%m-%d %H:%M:%S %Z").strip())
+    L.append("- CPU: %s; %d online CPUs; proxies pinned to CPU %d, backend nginx + wrk + clients "
+             "to CPU %d" % (cpu_model(), os.cpu_count(), PROXY_CPU, LOAD_CPU))
+    L.append("- Kernel: %s; dispatcher %s; nginx %s; HAProxy %s; wrk %s" % (
+        platform.release(), git_rev(),
+        tool_version(["nginx", "-v"], r"nginx/(\S+)"),
+        tool_version(["haproxy", "-v"], r"version (\S+)"),
+        tool_version(["wrk", "-v"], r"wrk (\S+)")))
+    L.append("- Method: wrk -t1, %d s per run, %d rounds with the proxies in rotating order, "
+             "median shown; CPU = utime+stime of the proxy's worker process(es) from "
+             "/proc/PID/stat over the run / requests completed; whole run took %.0f s"
+             % (DURATION, ROUNDS, elapsed))
+    L.append("- Reading it: the backend and wrk share one CPU, so when \"proxy CPU busy\" is well "
+             "below 100% the load side is the limit and req/s understates the proxy; "
+             "CPU µs/req is then the figure that compares the proxies")
+    L.append("- Other load: CPU used by processes outside the benchmark during the wrk runs, "
+             "median %.0f%% of one CPU (per run in the details below)%s" % (
+                 other, "; req/s and p99 of this run are disturbed by it" if other > 10 else ""))
+    L.append("- Settings: dispatcher workers=1; nginx worker_processes 1 with upstream keepalive; "
+             "HAProxy nbthread 1 with http-reuse always; all three add X-Forwarded-For/-Proto/"
+             "-Host, X-Real-IP and X-Request-ID; no access logs")
+    L.append("")
+    L.append("| scenario | metric | dispatcher | nginx | HAProxy | dispatcher/nginx | "
+             "dispatcher/HAProxy |")
+    L.append("|---|---|---:|---:|---:|---:|---:|")
+    for sc in "abc":
+        if sc not in res:
+            continue
+        first = True
+        for key, label, kind in METRICS:
+            vals = {p: med([r[key] for r in res[sc][p]]) for p in PROXIES}
+            L.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                SCEN[sc] if first else "", label,
+                fmt(vals["dispatcher"], kind), fmt(vals["nginx"], kind),
+                fmt(vals["haproxy"], kind),
+                ratio(vals["dispatcher"], vals["nginx"]),
+                ratio(vals["dispatcher"], vals["haproxy"])))
+            first = False
+    if idle:
+        vals = {p: med([x[0] for x in idle[p]]) for p in PROXIES}
+        L.append("| (d) %d idle keep-alive conns | worker RSS bytes/conn | %s | %s | %s | %s | %s |"
+                 % (IDLE_CONNS, fmt(vals["dispatcher"], "bytes"), fmt(vals["nginx"], "bytes"),
+                    fmt(vals["haproxy"], "bytes"), ratio(vals["dispatcher"], vals["nginx"]),
+                    ratio(vals["dispatcher"], vals["haproxy"])))
+    L.append("")
+    if e_res:
+        L.append("(e) dispatcher only, /small over %d keep-alive conns, Host %s "
+                 "(an exact-host route in both configs):" % (KEEPALIVE_CONNS, MEASURED_HOST))
+        L.append("")
+        L.append("| metric | 1 route | %d routes | %d/1 |" % (NROUTES, NROUTES))
+        L.append("|---|---:|---:|---:|")
+        for key, label, kind in METRICS:
+            one = med([r[key] for r in e_res["one"]])
+            many = med([r[key] for r in e_res["many"]])
+            L.append("| %s | %s | %s | %s |" % (label, fmt(one, kind), fmt(many, kind),
+                                                ratio(many, one)))
+        if reloads:
+            ms = [x[0] for x in reloads]
+            L.append("| SIGHUP reload of %d routes until the new generation serves, ms | | %s "
+                     "(min %s, max %s, n=%d) | |" % (NROUTES, fmt(med(ms), "ms"),
+                                                     fmt(min(ms), "ms"), fmt(max(ms), "ms"),
+                                                     len(ms)))
+        L.append("")
+    # Targets of issue 3
+    T = []
+    if "a" in res:
+        v = {p: {k: med([r[k] for r in res["a"][p]]) for k, _, _ in METRICS} for p in PROXIES}
+        d, n, h = v["dispatcher"], v["nginx"], v["haproxy"]
+        T.append(("(a) req/s ≥ 1.3× nginx", d["rps"] >= 1.3 * n["rps"],
+                  "%s× nginx" % ratio(d["rps"], n["rps"])))
+        T.append(("(a) req/s ≥ 1.2× HAProxy", d["rps"] >= 1.2 * h["rps"],
+                  "%s× HAProxy" % ratio(d["rps"], h["rps"])))
+        T.append(("(a) CPU µs/req ≤ 0.75× nginx", d["cpu_us"] <= 0.75 * n["cpu_us"],
+                  "%s× nginx" % ratio(d["cpu_us"], n["cpu_us"])))
+        T.append(("(a) p99 ≤ nginx", d["p99_ms"] <= n["p99_ms"],
+                  "%s× nginx" % ratio(d["p99_ms"], n["p99_ms"])))
+    for sc in "bc":
+        if sc in res:
+            d = med([r["rps"] for r in res[sc]["dispatcher"]])
+            best = max(med([r["rps"] for r in res[sc]["nginx"]]),
+                       med([r["rps"] for r in res[sc]["haproxy"]]))
+            T.append(("(%s) req/s ≥ the better of nginx and HAProxy" % sc, d >= best,
+                      "%s× the better" % ratio(d, best)))
+    if idle:
+        d = med([x[0] for x in idle["dispatcher"]])
+        T.append(("(d) ≤ 300 bytes per idle connection", d <= 300, "%.0f bytes" % d))
+    if e_res:
+        one = med([r["rps"] for r in e_res["one"]])
+        many = med([r["rps"] for r in e_res["many"]])
+        cone = med([r["cpu_us"] for r in e_res["one"]])
+        cmany = med([r["cpu_us"] for r in e_res["many"]])
+        T.append(("(e) ≤ 5%% slower with %d routes" % NROUTES, many >= 0.95 * one,
+                  "req/s %+.1f%%, CPU µs/req %+.1f%%" % (100.0 * (many / one - 1.0),
+                                                       100.0 * (cmany / cone - 1.0))))
+        if reloads:
+            m = med([x[0] for x in reloads])
+            T.append(("(e) reload of %d routes serving in < 200 ms" % NROUTES, m < 200,
+                      "%.0f ms" % m))
+    if T:
+        L.append("Targets (issue 3):")
+        L.append("")
+        for name, ok, got in T:
+            L.append("- [%s] %s: %s" % ("x" if ok else " ", name, got))
+        L.append("")
+    if notes:
+        L.append("Notes:")
+        L.append("")
+        for n_ in notes:
+            L.append("- " + n_)
+        L.append("")
+    # raw per-round values
+    L.append("<details><summary>Per-round values</summary>")
+    L.append("")
+    L.append("| scenario | proxy | round | req/s | p99 ms | CPU µs/req | CPU busy | backend µs/req "
+             "| other load | requests | errors |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for sc in "abc":
+        if sc not in res:
+            continue
+        for p in PROXIES:
+            for i, r in enumerate(res[sc][p]):
+                L.append(row(sc, LABEL[p], i, r))
+    if e_res:
+        for k, nm in (("one", "1 route"), ("many", "%d routes" % NROUTES)):
+            for i, r in enumerate(e_res[k]):
+                L.append(row("e", "dispatcher, " + nm, i, r))
+    L.append("")
+    if idle:
+        L.append("| (d) proxy | round | bytes/conn | conns still open | baseline worker RSS KiB |")
+        L.append("|---|---:|---:|---:|---:|")
+        for p in PROXIES:
+            for i, (b, still, rss0) in enumerate(idle[p]):
+                L.append("| %s | %d | %.0f | %d | %d |" % (LABEL[p], i + 1, b, still, rss0 // 1024))
+        L.append("")
+    if reloads:
+        L.append("Reloads (ms until served, probe requests): " +
+                 ", ".join("%.1f (%d)" % x for x in reloads))
+        L.append("")
+    L.append("</details>")
+    return "\n".join(L) + "\n"
+
+
+# ---- main ---------------------------------------------------------------------------------------
+def main():
+    global TMP
+    started = datetime.datetime.now().astimezone()
+    t_start = time.monotonic()
+    for tool in ("nginx", "haproxy", "wrk", "taskset", "pgrep"):
+        if shutil.which(tool) is None:
+            die("%s not found (make bench installs nginx, haproxy and wrk)" % tool)
+    if not os.access(DSP_MASTER, os.X_OK):
+        die("%s is not built (run `make bench` or `make all`)" % DSP_MASTER)
+    if PROXY_CPU == LOAD_CPU:
+        log("WARNING: only one CPU available; proxies and load share CPU %d" % LOAD_CPU)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft < IDLE_CONNS + 1000:
+        die("open-file limit %d too low for %d idle connections (run.sh raises it)"
+            % (soft, IDLE_CONNS))
+
+    TMP = tempfile.mkdtemp(prefix="dsp-bench.")
+    os.chmod(TMP, 0o755)
+    atexit.register(cleanup)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+    os.sched_setaffinity(0, {LOAD_CPU})     # the harness itself is load, not proxy
+    log("temp dir %s; proxies on CPU %d, load on CPU %d; %ds x %d rounds"
+        % (TMP, PROXY_CPU, LOAD_CPU, DURATION, ROUNDS))
+
+    bport, bport2 = free_port(), free_port()
+    start_backend(bport, bport2)
+    log("backend nginx on 127.0.0.1:%d (+%d)" % (bport, bport2))
+
+    ports = {p: free_port() for p in PROXIES}
+    main_routes = [("*", None, "b")]
+
+    def start(p):
+        if p == "dispatcher":
+            return start_dispatcher("dispatcher", dsp_config(ports[p], bport, bport2, main_routes),
+                                    ports[p])[0]
+        if p == "nginx":
+            return start_front_nginx(ports[p], bport)
+        return start_haproxy(ports[p], bport)
+
+    proxies = {}
+    for p in PROXIES:
+        proxies[p] = start(p)
+        check_proxy(p, ports[p])
+        log("%s on 127.0.0.1:%d, worker pid(s) %s" % (p, ports[p], proxies[p].pids()))
+
+    notes = []
+    res, idle, e_res, reloads = {}, {}, {}, []
+    scen = [s for s in "abc" if s in ONLY]
+    spec = {"a": ("/small", KEEPALIVE_CONNS, ()),
+            "b": ("/small", KEEPALIVE_CONNS, ("Connection: close",)),
+            "c": ("/1m", LARGE_CONNS, ())}
+    for sc in scen:
+        res[sc] = {p: [] for p in PROXIES}
+        for p in PROXIES:      # short warm-up, not recorded
+            path, conns, hdrs = spec[sc]
+            wrk(proxies[p], path, conns, 1, hdrs)
+    for rnd in range(ROUNDS):
+        order = PROXIES[rnd % 3:] + PROXIES[:rnd % 3]
+        for sc in scen:
+            path, conns, hdrs = spec[sc]
+            for p in order:
+                r = wrk(proxies[p], path, conns, DURATION, hdrs)
+                res[sc][p].append(r)
+                log("round %d %s %-10s %8.0f req/s  p99 %7.2f ms  %6.2f us/req  cpu %3.0f%%  "
+                    "other load %3.0f%%%s" % (
+                        rnd + 1, sc, p, r["rps"], r["p99_ms"], r["cpu_us"], r["cpu_pct"],
+                        r["other_pct"], "  errors %d" % r["errors"] if r["errors"] else ""))
+                if r["errors"]:
+                    notes.append("%s round %d %s: %d socket errors or non-2xx responses"
+                                 % (sc, rnd + 1, LABEL[p], r["errors"]))
+                if r["restarted"]:
+                    notes.append("%s round %d %s: the worker process changed during the run"
+                                 % (sc, rnd + 1, LABEL[p]))
+
+    if "d" in ONLY:
+        idle = {p: [] for p in PROXIES}
+        for rnd in range(min(3, ROUNDS)):
+            for p in PROXIES:
+                # a fresh proxy each round, so memory kept from earlier runs does not hide growth
+                stop(proxies[p].proc)
+                proxies[p] = start(p)
+                x = idle_connections(proxies[p], IDLE_CONNS)
+                idle[p].append(x)
+                log("round %d d %-10s %6.0f bytes/idle conn (%d of %d still open, baseline RSS "
+                    "%d KiB)" % (rnd + 1, p, x[0], x[1], IDLE_CONNS, x[2] // 1024))
+                if x[1] != IDLE_CONNS:
+                    notes.append("(d) round %d %s: only %d of %d connections were still open"
+                                 % (rnd + 1, LABEL[p], x[1], IDLE_CONNS))
+
+    for p in PROXIES:
+        stop(proxies[p].proc)
+
+    if "e" in ONLY:
+        t0 = time.monotonic()
+        many_a = many_routes(NROUTES, "b")
+        many_b = many_routes(NROUTES, "b2")
+        port_one, port_many = free_port(), free_port()
+        one, _ = start_dispatcher("dsp-1route", dsp_config(
+            port_one, bport, bport2, [(MEASURED_HOST, None, "b")]), port_one)
+        one.host = MEASURED_HOST
+        conf_a = dsp_config(port_many, bport, bport2, many_a)
+        conf_b = dsp_config(port_many, bport, bport2, many_b)
+        t1 = time.monotonic()
+        many, many_conf = start_dispatcher("dsp-%droutes" % NROUTES, conf_a, port_many)
+        log("(e) %d-route config: %d KiB, generated in %.0f ms, started in %.0f ms"
+            % (NROUTES, len(conf_a) // 1024, (t1 - t0) * 1000, (time.monotonic() - t1) * 1000))
+        many.host = MEASURED_HOST
+        for prx in (one, many):
+            st, _, body = http_get(prx.port, "/small", MEASURED_HOST)
+            if st != 200 or body.decode() != SMALL_BODY:
+                die("%s: GET /small answered %d %r" % (prx.name, st, body[:80]))
+        st, _, body = http_get(port_many, "/small", PROBE_HOST)
+        if st != 200 or body.decode() != SMALL_BODY:
+            die("%s: probe route answered %d %r" % (many.name, st, body[:80]))
+        e_res = {"one": [], "many": []}
+        for prx in (one, many):
+            wrk(prx, "/small", KEEPALIVE_CONNS, 1)
+        for rnd in range(ROUNDS):
+            pair = [("one", one), ("many", many)]
+            if rnd % 2:
+                pair.reverse()
+            for k, prx in pair:
+                r = wrk(prx, "/small", KEEPALIVE_CONNS, DURATION)
+                e_res[k].append(r)
+                log("round %d e %-16s %8.0f req/s  p99 %7.2f ms  %6.2f us/req  cpu %3.0f%%  "
+                    "other load %3.0f%%" % (rnd + 1, prx.name, r["rps"], r["p99_ms"], r["cpu_us"],
+                                            r["cpu_pct"], r["other_pct"]))
+                if r["errors"]:
+                    notes.append("e round %d %s: %d socket errors or non-2xx responses"
+                                 % (rnd + 1, prx.name, r["errors"]))
+        # reloads: flip the probe route between the two backends and wait until it is served
+        for rnd in range(ROUNDS):
+            text, want = (conf_b, "second backend\n") if rnd % 2 == 0 else (conf_a, SMALL_BODY)
+            ms, polls = reload_until_served(many, many_conf, text, want)
+            reloads.append((ms, polls))
+            log("round %d e reload of %d routes served after %.1f ms (%d probes)"
+                % (rnd + 1, NROUTES, ms, polls))
+            time.sleep(0.5)
+        stop(one.proc)
+        stop(many.proc)
+
+    elapsed = time.monotonic() - t_start
+    text = report(res, idle, e_res, reloads, started, elapsed, notes)
+    print()
+    print(text)
+    if OUT != "-":
+        with open(OUT, "w") as f:
+            f.write(text)
+        log("wrote %s" % OUT)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+/* dispatcher: OpenSSL glue shared by the master (which validates certificates by building the very
+ * contexts the workers will build) and the workers. No OpenSSL header is included here: callers
+ * that only pass contexts around see opaque structs. */
+#ifndef DSP_TLS_H
+#define DSP_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct ssl_ctx_st;
+
+/* Session tickets: a ticket key encrypts new tickets for TLS_TICKET_ENC_S seconds and is accepted
+ * for TLS_TICKET_DEC_S seconds after that; tickets are announced with a lifetime no longer than
+ * the decrypt window, so every ticket a client holds can still be opened. */
+#define TLS_TICKET_ENC_S 3600u
+#define TLS_TICKET_DEC_S 7200u
+
+/* Protocol versions as in the config (ms_config.tls.min_version). */
+#define TLS_V12 0x0303
+#define TLS_V13 0x0304
+
+/* Longest host name a certificate or SNI may carry (DNS limit). */
+#define TLS_MAX_NAME 253
+
+/* A server context with the project's defaults: <min_version> (TLS_V12 or TLS_V13), ECDHE+AEAD
+ * suites for 1.2, the 1.3 suites, groups X25519 and P-256, server preference, no compression, no
+ * renegotiation, ALPN http/1.1, partial writes, ticket-only resumption (no per-process session
+ * cache). The certificate comes from <cert_pem> (leaf first, then its chain) and the key from
+ * <key_pem>; both are checked to belong together. Returns the context (caller frees with
+ * SSL_CTX_free) or NULL with a reason in <err>. Any role. */
+struct ssl_ctx_st *tls_server_ctx_new(const char *cert_pem, size_t cert_len, const char *key_pem,
+                                      size_t key_len, int min_version, char *err, size_t errlen);
+
+/* A client context for connections to backends: TLS 1.2+, the same suites and groups, ALPN
+ * http/1.1. With <verify>, peers must present a chain to one of the PEM certificates in <ca_pem>
+ * (<ca_len> 0: the system store). Returns the context or NULL with a reason in <err>. */
+struct ssl_ctx_st *tls_client_ctx_new(int verify, const char *ca_pem, size_t ca_len, char *err,
+                                      size_t errlen);
+
+/* Take OpenSSL's queued errors (oldest first) as one "; "-joined line into <buf>, emptying the
+ * queue. <buf> is "" when nothing was queued. Returns <buf>. */
+char *tls_errors(char *buf, size_t len);
+
+/* Is <name> a host name a certificate may serve: lower-case labels of [a-z0-9_-], optionally
+ * behind one leading "*." (a wildcard covers exactly one label)? */
+int tls_name_ok(const char *name);
+
+/* Lower-case <in> (an SNI value or Host), drop one trailing dot, into <out> (TLS_MAX_NAME + 1
+ * bytes at least). Returns the length, or 0 when it is empty or too long. */
+size_t tls_name_norm(const char *in, size_t len, char *out);
+
+#endif

@@ -1,0 +1,394 @@
+/* dispatcher: active health checks (see ms_health.h). Each backend of a service with a health
+ * block gets a non-blocking "GET path HTTP/1.1" every interval_ms; only the status line is read.
+ * The checks share one epoll set of their own, which sits in the master loop as a single fd, so
+ * their number does not eat into the loop's fd table. */
+#include "master/ms_health.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/dsp.h"
+#include "common/log.h"
+#include "master/ms_loop.h"
+#include "master/ms_master.h"
+#include "shm/shm_lb.h"
+#include "shm/shm_snap.h"
+
+#define HC_MAX_INFLIGHT 256 /* checks running at once; due ones beyond wait for the next tick */
+#define HC_BUF          256 /* enough for any status line */
+
+#define HC_IDLE       0
+#define HC_CONNECTING 1
+#define HC_SENDING    2
+#define HC_READING    3
+
+struct hc {
+    uint32_t rt_slot;
+    uint32_t mark;             /* publish pass that last found it configured */
+    int fd;                    /* -1 between checks */
+    int phase;                 /* HC_* */
+    uint64_t started_ms;
+    uint64_t deadline_ms;
+    uint64_t next_ms;          /* when the next check starts */
+    uint32_t interval_ms, timeout_ms, fall, rise;
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    char *service;             /* names, for log lines */
+    char *address;
+    char *path;
+    char *req;                 /* the request of the check in flight */
+    size_t reqlen, sent;
+    char buf[HC_BUF];
+    size_t got;
+};
+
+static struct {
+    int epfd;
+    struct hc **t;
+    size_t n, cap;
+    uint32_t *by_slot;         /* runtime slot -> index in t + 1 */
+    uint32_t mark;
+    uint32_t inflight;
+} hc = {.epfd = -1};
+
+static void hc_free(struct hc *h)
+{
+    free(h->service);
+    free(h->address);
+    free(h->path);
+    free(h->req);
+    free(h);
+}
+
+static void replace(char **dst, const char *src)
+{
+    if (*dst == NULL || strcmp(*dst, src) != 0) {
+        free(*dst);
+        *dst = dsp_xstrdup(src);
+    }
+}
+
+/* End the check in flight (if any) without recording a result. */
+static void hc_abort(struct hc *h)
+{
+    if (h->fd != -1) {
+        /* Deregister before closing: a worker forked meanwhile shares the socket, and epoll
+         * forgets a registration only when every descriptor of the file is closed. */
+        epoll_ctl(hc.epfd, EPOLL_CTL_DEL, h->fd, NULL);
+        close(h->fd);
+        h->fd = -1;
+        hc.inflight--;
+    }
+    free(h->req);
+    h->req = NULL;
+    h->phase = HC_IDLE;
+}
+
+static void hc_done(struct hc *h, int ok, uint32_t status, const char *reason, uint64_t now)
+{
+    unsigned t;
+
+    hc_abort(h);
+    t = shm_lb_health_result(&ms.rt->backends[h->rt_slot], ok, status, h->fall, h->rise, now);
+    if (t & SHM_LB_T_DOWN) {
+        log_warn("backend %s of service %s is down: health check %s failed (%s)", h->address,
+                 h->service, h->path, reason);
+    } else if (t & SHM_LB_T_UP) {
+        log_info("backend %s of service %s is up: health check %s passed", h->address,
+                 h->service, h->path);
+    } else {
+        log_debug("health check %s of backend %s (service %s): %s", h->path, h->address,
+                  h->service, ok ? "ok" : reason);
+    }
+    h->next_ms = h->started_ms + h->interval_ms > now ? h->started_ms + h->interval_ms : now;
+}
+
+static void hc_fail_errno(struct hc *h, int err, uint64_t now)
+{
+    char reason[128];
+
+    snprintf(reason, sizeof(reason), "%s", strerror(err));
+    hc_done(h, 0, 0, reason, now);
+}
+
+/* A complete status line (or EOF) is in h->buf: judge it. */
+static void hc_judge(struct hc *h, uint64_t now)
+{
+    const char *b = h->buf;
+    uint32_t status = 0;
+    char reason[64];
+
+    if (h->got >= 12 && memcmp(b, "HTTP/1.", 7) == 0 && b[8] == ' ' && b[9] >= '1' &&
+        b[9] <= '5' && b[10] >= '0' && b[10] <= '9' && b[11] >= '0' && b[11] <= '9') {
+        status = (uint32_t)((b[9] - '0') * 100 + (b[10] - '0') * 10 + (b[11] - '0'));
+    }
+    if (status == 0) {
+        hc_done(h, 0, 0, h->got ? "not an HTTP response" : "closed without a response", now);
+        return;
+    }
+    snprintf(reason, sizeof(reason), "status %u", status);
+    hc_done(h, status >= 200 && status < 400, status, reason, now);
+}
+
+static void hc_step(struct hc *h, uint32_t events, uint64_t now)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = h};
+    ssize_t n;
+
+    if (h->phase == HC_CONNECTING) {
+        int err = 0;
+        socklen_t sl = sizeof(err);
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+            return;
+        }
+        if (getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &sl) == -1) {
+            err = errno;
+        }
+        if (err != 0) {
+            hc_fail_errno(h, err, now);
+            return;
+        }
+        h->phase = HC_SENDING;
+    }
+    if (h->phase == HC_SENDING) {
+        n = send(h->fd, h->req + h->sent, h->reqlen - h->sent, MSG_NOSIGNAL);
+        if (n == -1) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                hc_fail_errno(h, errno, now);
+            }
+            return;
+        }
+        h->sent += (size_t)n;
+        if (h->sent < h->reqlen) {
+            return;
+        }
+        if (epoll_ctl(hc.epfd, EPOLL_CTL_MOD, h->fd, &ev) == -1) {
+            hc_fail_errno(h, errno, now);
+            return;
+        }
+        h->phase = HC_READING;
+        return;
+    }
+    if (h->phase == HC_READING) {
+        n = recv(h->fd, h->buf + h->got, sizeof(h->buf) - 1 - h->got, 0);
+        if (n == -1) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                hc_fail_errno(h, errno, now);
+            }
+            return;
+        }
+        h->got += (size_t)n;
+        h->buf[h->got] = '\0';
+        if (n == 0 || memchr(h->buf, '\n', h->got) != NULL || h->got == sizeof(h->buf) - 1) {
+            hc_judge(h, now);
+        }
+    }
+}
+
+static void hc_start(struct hc *h, uint64_t now)
+{
+    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = h};
+    int len;
+
+    h->started_ms = now;
+    h->deadline_ms = now + h->timeout_ms;
+    h->got = 0;
+    h->sent = 0;
+    len = snprintf(NULL, 0,
+                   "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: dispatcher-health/%s\r\n"
+                   "Accept: */*\r\nConnection: close\r\n\r\n",
+                   h->path, h->address, DSP_VERSION);
+    h->req = dsp_xmalloc((size_t)len + 1);
+    snprintf(h->req, (size_t)len + 1,
+             "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: dispatcher-health/%s\r\n"
+             "Accept: */*\r\nConnection: close\r\n\r\n",
+             h->path, h->address, DSP_VERSION);
+    h->reqlen = (size_t)len;
+    h->fd = socket(h->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (h->fd == -1) {
+        /* Our shortage, not the backend's: try again later without a verdict. */
+        log_errno(LOG_ERROR, errno, "socket() for the health check of %s failed", h->address);
+        free(h->req);
+        h->req = NULL;
+        h->next_ms = now + h->interval_ms;
+        return;
+    }
+    hc.inflight++;
+    if (connect(h->fd, (struct sockaddr *)&h->ss, h->sslen) == 0) {
+        h->phase = HC_SENDING;
+    } else if (errno == EINPROGRESS) {
+        h->phase = HC_CONNECTING;
+    } else {
+        int err = errno;
+        close(h->fd);
+        h->fd = -1;
+        hc.inflight--;
+        hc_fail_errno(h, err, now);
+        return;
+    }
+    if (epoll_ctl(hc.epfd, EPOLL_CTL_ADD, h->fd, &ev) == -1) {
+        log_errno(LOG_ERROR, errno, "epoll_ctl(ADD) for the health check of %s failed",
+                  h->address);
+        close(h->fd);
+        h->fd = -1;
+        hc.inflight--;
+        free(h->req);
+        h->req = NULL;
+        h->phase = HC_IDLE;
+        h->next_ms = now + h->interval_ms;
+    }
+}
+
+static void on_tick(uint64_t now, void *arg)
+{
+    (void)arg;
+    for (size_t i = 0; i < hc.n; i++) {
+        struct hc *h = hc.t[i];
+        if (h->fd != -1 && now >= h->deadline_ms) {
+            char reason[64];
+            snprintf(reason, sizeof(reason), "no answer within %u ms", h->timeout_ms);
+            hc_done(h, 0, 0, reason, now);
+        }
+        if (h->fd == -1 && now >= h->next_ms && hc.inflight < HC_MAX_INFLIGHT) {
+            hc_start(h, now);
+        }
+    }
+}
+
+static void on_events(int fd, uint32_t events, void *arg)
+{
+    struct epoll_event ev[64];
+    int n;
+
+    (void)fd;
+    (void)events;
+    (void)arg;
+    do {
+        uint64_t now = dsp_now_ms();
+        n = epoll_wait(hc.epfd, ev, 64, 0);
+        for (int i = 0; i < n; i++) {
+            hc_step(ev[i].data.ptr, ev[i].events, now);
+        }
+    } while (n == 64);
+}
+
+/* Follow the configuration: add new targets (checked at once), update kept ones (their counters
+ * live in the runtime slot and carry over), drop those no longer configured. */
+static void on_publish(void *arg)
+{
+    const struct shm_snap_hdr *s = ms.snap;
+    const struct shm_service *svcs = shm_services(s);
+    const struct shm_backend *bes = shm_backends(s);
+    uint64_t now = dsp_now_ms();
+    size_t w = 0;
+
+    (void)arg;
+    hc.mark++;
+    for (uint32_t i = 0; i < s->nservices; i++) {
+        const struct shm_service *svc = &svcs[i];
+        if (!svc->health_enabled) {
+            continue;
+        }
+        for (uint32_t j = 0; j < svc->nbackends; j++) {
+            const struct shm_backend *b = &bes[svc->backends_first + j];
+            uint32_t idx = hc.by_slot[b->rt_slot];
+            struct hc *h = idx ? hc.t[idx - 1] : NULL;
+
+            if (h == NULL) {
+                h = dsp_xcalloc(1, sizeof(*h));
+                h->fd = -1;
+                h->rt_slot = b->rt_slot;
+                h->next_ms = now;
+                if (hc.n == hc.cap) {
+                    hc.cap = hc.cap ? hc.cap * 2 : 16;
+                    hc.t = dsp_xrealloc(hc.t, hc.cap * sizeof(*hc.t));
+                }
+                hc.t[hc.n++] = h;
+                hc.by_slot[b->rt_slot] = (uint32_t)hc.n;
+            }
+            h->mark = hc.mark;
+            h->interval_ms = svc->health_interval_ms ? svc->health_interval_ms : 1;
+            h->timeout_ms = svc->health_timeout_ms ? svc->health_timeout_ms : 1;
+            h->fall = svc->health_fall;
+            h->rise = svc->health_rise;
+            replace(&h->service, shm_s(s, svc->name));
+            replace(&h->address, shm_s(s, b->address));
+            replace(&h->path, shm_s(s, svc->health_path));
+            memset(&h->ss, 0, sizeof(h->ss));
+            if (b->family == AF_INET6) {
+                struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&h->ss;
+                s6->sin6_family = AF_INET6;
+                s6->sin6_port = htons(b->port);
+                memcpy(&s6->sin6_addr, b->ip, 16);
+                h->sslen = sizeof(*s6);
+            } else {
+                struct sockaddr_in *s4 = (struct sockaddr_in *)&h->ss;
+                s4->sin_family = AF_INET;
+                s4->sin_port = htons(b->port);
+                memcpy(&s4->sin_addr, b->ip, 4);
+                h->sslen = sizeof(*s4);
+            }
+            if (h->next_ms > now + h->interval_ms) {
+                h->next_ms = now + h->interval_ms; /* the interval got shorter */
+            }
+        }
+    }
+    for (size_t i = 0; i < hc.n; i++) {
+        struct hc *h = hc.t[i];
+        hc.by_slot[h->rt_slot] = 0;
+        if (h->mark != hc.mark) {
+            hc_abort(h);
+            hc_free(h);
+            continue;
+        }
+        hc.t[w++] = h;
+    }
+    hc.n = w;
+    for (size_t i = 0; i < hc.n; i++) {
+        hc.by_slot[hc.t[i]->rt_slot] = (uint32_t)i + 1;
+    }
+}
+
+/* In every child the master forks (workers): drop the checker's descriptors, or a check
+ * connection the master closes would stay open in the child for as long as it lives. */
+static void on_fork_child(void)
+{
+    for (size_t i = 0; i < hc.n; i++) {
+        if (hc.t[i]->fd != -1) {
+            close(hc.t[i]->fd);
+            hc.t[i]->fd = -1;
+        }
+    }
+    if (hc.epfd != -1) {
+        close(hc.epfd);
+        hc.epfd = -1;
+    }
+}
+
+int ms_health_init(void)
+{
+    hc.epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (hc.epfd == -1) {
+        log_errno(LOG_ERROR, errno, "epoll_create1() for health checks failed");
+        return -1;
+    }
+    hc.by_slot = dsp_xcalloc(SHM_RT_MAX_BACKENDS, sizeof(*hc.by_slot));
+    if (pthread_atfork(NULL, NULL, on_fork_child) != 0) {
+        log_error("pthread_atfork() for the health checker failed");
+        return -1;
+    }
+    if (ms_loop_add(hc.epfd, EPOLLIN, on_events, NULL) != 0 ||
+        ms_loop_tick(on_tick, NULL) != 0 || ms_loop_on_publish(on_publish, NULL) != 0) {
+        log_error("cannot register the health checker with the master loop");
+        return -1;
+    }
+    on_publish(NULL);
+    return 0;
+}

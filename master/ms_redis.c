@@ -1,0 +1,1054 @@
+/* dispatcher: the master's Redis link. Two async hiredis connections share one fate: "command"
+ * reads the namespace, "subscriber" listens on the events channel. Neither ever blocks the loop:
+ * hiredis is driven through an adapter onto ms_loop's fds, and every deadline is checked from
+ * the loop tick. Callbacks only record what happened; the tick decides and acts, so no context
+ * is ever freed from inside one of its own callbacks.
+ *
+ * Link states:
+ *
+ *   DISABLED --(redis enabled)--> WAIT --(retry_at)--> CONNECTING --(both ready)--> UP
+ *                                  ^                        |                         |
+ *                                  +---- error, timeout, connection lost (backoff) ---+
+ *
+ * A read of the namespace runs only while UP:  IDLE -> SETS (SMEMBERS x3) -> HASHES (one HGETALL
+ * per member, pipelined) -> IDLE, and starts when an event came in, on (re)connect, or when
+ * resync_ms passed. A read that equals the last good data changes nothing. */
+#include "master/ms_redis.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "common/dsp.h"
+#include "common/log.h"
+#include "common/rds.h"
+#include "master/ms_config.h"
+#include "master/ms_loop.h"
+#include "master/ms_master.h"
+#include "master/ms_redis_ns.h"
+
+#define BACKOFF_MIN_MS 250
+#define BACKOFF_MAX_MS 5000
+
+enum link_state { LINK_DISABLED = 0, LINK_WAIT, LINK_CONNECTING, LINK_UP };
+enum read_phase { READ_IDLE = 0, READ_SETS, READ_HASHES };
+
+/* One async connection and its registration in the master loop. */
+struct conn {
+    const char *name;          /* "command" or "subscriber", for messages */
+    redisAsyncContext *ac;     /* NULL when closed */
+    int fd;
+    uint32_t events;           /* what hiredis wants watched */
+    uint32_t watched;          /* what the loop watches (hiredis re-arms writes per command) */
+    int registered;            /* fd is in the loop */
+    int connected;             /* TCP connect completed */
+    int closing;               /* we are freeing it: not an error */
+    int ready;                 /* AUTH/SELECT/PING, or SUBSCRIBE, answered */
+    int pending;               /* commands sent whose replies are not in yet */
+    uint64_t deadline;         /* connect or reply deadline (monotonic ms), 0 = none */
+    char error[256];           /* set by a callback: the link must be dropped */
+};
+
+static struct {
+    int tick_registered;
+    int state;                 /* enum link_state */
+    struct conn cmd, sub;
+    char *sig;                 /* the settings the link was opened with */
+    char *host;                /* for messages */
+    int port;
+    uint64_t retry_at;
+    unsigned failures;         /* consecutive: the backoff exponent */
+    int ever_up;
+    char last_error[512];      /* last failure, for ms_redis_state and to log repeats once */
+    char state_text[600];
+    unsigned rand_state;
+
+    int phase;                 /* enum read_phase */
+    int wanted;                /* an event came in: read again as soon as possible */
+    uint64_t next_resync;
+    struct ms_rns *reading;    /* the read in progress */
+    size_t read_pending;       /* its replies still expected */
+    char read_error[256];      /* a server error that is not about the data (LOADING, NOAUTH) */
+
+    struct ms_rns *good;       /* last namespace that validated: merged into every publish */
+    uint64_t rejected;         /* fingerprint of the last refused namespace, logged once */
+    char reject_text[512];     /* its first problem, while the refusal stands */
+    uint64_t synced_at;
+} rd = {
+    .cmd = {.name = "command", .fd = -1},
+    .sub = {.name = "subscriber", .fd = -1},
+};
+
+/* ---- hiredis event adapter onto ms_loop ----------------------------------------------------- */
+
+static void on_fd(int fd, uint32_t events, void *arg)
+{
+    struct conn *c = arg;
+
+    if (c->ac != NULL && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) {
+        int avail = 0;
+
+        /* hiredis reads 16 KiB per call: drain what is there now rather than take one loop pass
+         * per 16 KiB of a large namespace. */
+        for (int i = 0; i < 256 && c->ac != NULL; i++) {
+            redisAsyncHandleRead(c->ac);
+            if (c->ac == NULL || ioctl(fd, FIONREAD, &avail) != 0 || avail <= 0) {
+                break;
+            }
+        }
+    }
+    /* The read may have freed the context (connection lost): check again. */
+    if (c->ac != NULL && (c->events & EPOLLOUT) && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+        redisAsyncHandleWrite(c->ac);
+    }
+}
+
+static void ev_update(struct conn *c)
+{
+    if (c->registered && c->watched == c->events) {
+        return;
+    }
+    if (c->events == 0) {
+        if (c->registered) {
+            ms_loop_del(c->fd);
+            c->registered = 0;
+        }
+        return;
+    }
+    if (!c->registered) {
+        if (ms_loop_add(c->fd, c->events, on_fd, c) != 0) {
+            snprintf(c->error, sizeof(c->error), "cannot watch the connection's fd");
+            return;
+        }
+        c->registered = 1;
+    } else if (ms_loop_mod(c->fd, c->events) != 0) {
+        snprintf(c->error, sizeof(c->error), "cannot watch the connection's fd");
+        return;
+    }
+    c->watched = c->events;
+}
+
+static void ev_add_read(void *p)
+{
+    struct conn *c = p;
+
+    c->events |= EPOLLIN;
+    ev_update(c);
+}
+
+static void ev_del_read(void *p)
+{
+    struct conn *c = p;
+
+    c->events &= ~(uint32_t)EPOLLIN;
+    ev_update(c);
+}
+
+static void ev_add_write(void *p)
+{
+    struct conn *c = p;
+
+    c->events |= EPOLLOUT;
+    ev_update(c);
+}
+
+static void ev_del_write(void *p)
+{
+    struct conn *c = p;
+
+    c->events &= ~(uint32_t)EPOLLOUT;
+    ev_update(c);
+}
+
+/* hiredis is freeing the context (our redisAsyncFree, a lost connection, a failed connect): the
+ * fd is still open here and closed right after. Why it went is recorded by on_connect or
+ * on_disconnect, which hiredis calls around this; the tick notices c->ac == NULL. */
+static void ev_cleanup(void *p)
+{
+    struct conn *c = p;
+
+    c->events = 0;
+    ev_update(c);
+    c->ac = NULL;
+    c->fd = -1;
+}
+
+/* Workers are forked from the master: without this they would keep the Redis sockets open, and a
+ * connection the master drops would stay open on the server for as long as they live. Only the
+ * fds are closed; the worker never touches the hiredis structures. */
+static void on_fork_child(void)
+{
+    if (rd.cmd.ac != NULL && rd.cmd.fd >= 0) {
+        close(rd.cmd.fd);
+    }
+    if (rd.sub.ac != NULL && rd.sub.fd >= 0) {
+        close(rd.sub.fd);
+    }
+}
+
+/* ---- replies into the namespace --------------------------------------------------------------- */
+
+/* A SMEMBERS reply for <kind>. Returns 0, or -1 with <err> set when the reply says the server,
+ * not the data, is the problem. */
+static int fill_set(struct ms_rns *ns, int kind, const redisReply *r, char *err, size_t errlen)
+{
+    char what[512];
+
+    if (r == NULL) {
+        snprintf(err, errlen, "SMEMBERS: no reply");
+        return -1;
+    }
+    if (rds_reply_is_error(r, "WRONGTYPE")) {
+        ms_rns_set_error(ns, kind, rds_reply_what(r, what, sizeof(what)));
+        return 0;
+    }
+    if (r->type != REDIS_REPLY_ARRAY) {
+        snprintf(err, errlen, "SMEMBERS %s%s: %s", ns->prefix, ms_rns_set_name(kind),
+                 rds_reply_what(r, what, sizeof(what)));
+        return -1;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *m = r->element[i];
+
+        if (m->type != REDIS_REPLY_STRING) {
+            ms_rns_set_error(ns, kind, "a member is not a string");
+            continue;
+        }
+        ms_rns_add(ns, kind, m->str, m->len);
+    }
+    return 0;
+}
+
+/* A HGETALL reply for <e>. Same return convention as fill_set(). */
+static int fill_hash(struct ms_rns *ns, struct ms_rns_entry *e, const redisReply *r, char *err,
+                     size_t errlen)
+{
+    char what[512];
+
+    if (r == NULL) {
+        snprintf(err, errlen, "HGETALL: no reply");
+        return -1;
+    }
+    if (rds_reply_is_error(r, "WRONGTYPE")) {
+        ms_rns_entry_error(e, rds_reply_what(r, what, sizeof(what)));
+        return 0;
+    }
+    if (r->type != REDIS_REPLY_ARRAY) {
+        snprintf(err, errlen, "HGETALL %s...: %s", ns->prefix, rds_reply_what(r, what, sizeof(what)));
+        return -1;
+    }
+    if (r->elements == 0) {
+        e->missing = 1;
+        return 0;
+    }
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const redisReply *k = r->element[i], *v = r->element[i + 1];
+
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            ms_rns_entry_error(e, "a field is not a string");
+            continue;
+        }
+        ms_rns_set(e, k->str, k->len, v->str, v->len);
+    }
+    return 0;
+}
+
+static void hash_key(char *buf, size_t n, const struct ms_rns *ns, int kind, const char *id)
+{
+    snprintf(buf, n, "%s%s%s", ns->prefix, ms_rns_hash_name(kind), id);
+}
+
+/* ---- the one synchronous read, at start ---------------------------------------------------- */
+
+static struct timeval tv_ms(int msec)
+{
+    struct timeval tv = {.tv_sec = msec / 1000, .tv_usec = (msec % 1000) * 1000};
+
+    return tv;
+}
+
+/* Check one reply of the hand-shake (AUTH, SELECT); frees it. */
+static int sync_ok(redisContext *c, redisReply *r, const char *what, char *err, size_t errlen)
+{
+    char buf[512];
+    int ok = r != NULL && r->type != REDIS_REPLY_ERROR;
+
+    if (!ok) {
+        snprintf(err, errlen, "%s: %s", what, r != NULL ? rds_reply_what(r, buf, sizeof(buf))
+                                                          : c->errstr);
+    }
+    if (r != NULL) {
+        freeReplyObject(r);
+    }
+    return ok ? 0 : -1;
+}
+
+static int sync_read(const struct ms_config *cfg, struct ms_rns *ns, char *err, size_t errlen)
+{
+    redisContext *c = redisConnectWithTimeout(cfg->redis.host, cfg->redis.port,
+                                              tv_ms(cfg->redis.connect_timeout_ms));
+    char key[1024];
+    void *r;
+    int rc = -1;
+
+    if (c == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (c->err) {
+        snprintf(err, errlen, "connect: %s", c->errstr);
+        goto out;
+    }
+    redisSetTimeout(c, tv_ms(cfg->redis.command_timeout_ms));
+    if (cfg->redis.password != NULL) {
+        r = cfg->redis.user != NULL
+                ? redisCommand(c, "AUTH %s %s", cfg->redis.user, cfg->redis.password)
+                : redisCommand(c, "AUTH %s", cfg->redis.password);
+        if (sync_ok(c, r, "AUTH", err, errlen) != 0) {
+            goto out;
+        }
+    }
+    if (cfg->redis.db != 0 &&
+        sync_ok(c, redisCommand(c, "SELECT %d", cfg->redis.db), "SELECT", err, errlen) != 0) {
+        goto out;
+    }
+    for (int k = 0; k < MS_RNS_KINDS; k++) {
+        redisAppendCommand(c, "SMEMBERS %s%s", ns->prefix, ms_rns_set_name(k));
+    }
+    for (int k = 0; k < MS_RNS_KINDS; k++) {
+        if (redisGetReply(c, &r) != REDIS_OK) {
+            snprintf(err, errlen, "SMEMBERS: %s", c->errstr);
+            goto out;
+        }
+        if (fill_set(ns, k, r, err, errlen) != 0) {
+            freeReplyObject(r);
+            goto out;
+        }
+        freeReplyObject(r);
+    }
+    for (int k = 0; k < MS_RNS_KINDS; k++) {
+        for (size_t i = 0; i < ns->n[k]; i++) {
+            hash_key(key, sizeof(key), ns, k, ns->e[k][i].id);
+            redisAppendCommand(c, "HGETALL %s", key);
+        }
+    }
+    for (int k = 0; k < MS_RNS_KINDS; k++) {
+        for (size_t i = 0; i < ns->n[k]; i++) {
+            if (redisGetReply(c, &r) != REDIS_OK) {
+                snprintf(err, errlen, "HGETALL: %s", c->errstr);
+                goto out;
+            }
+            if (fill_hash(ns, &ns->e[k][i], r, err, errlen) != 0) {
+                freeReplyObject(r);
+                goto out;
+            }
+            freeReplyObject(r);
+        }
+    }
+    rc = 0;
+out:
+    redisFree(c);
+    return rc;
+}
+
+/* ---- applying a namespace ------------------------------------------------------------------- */
+
+static void log_lines(int level, const char *text)
+{
+    const char *p = text;
+
+    while (p != NULL && *p != '\0') {
+        const char *nl = strchr(p, '\n');
+        int n = nl != NULL ? (int)(nl - p) : (int)strlen(p);
+
+        log_msg(level, "%.*s", n, p);
+        p = nl != NULL ? nl + 1 : NULL;
+    }
+}
+
+static size_t count_redis_routes(const struct ms_config *cfg)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        n += cfg->routes[i].source == MS_SOURCE_REDIS;
+    }
+    return n;
+}
+
+static size_t count_redis_services(const struct ms_config *cfg)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < cfg->nservices; i++) {
+        n += cfg->services[i].source == MS_SOURCE_REDIS;
+    }
+    return n;
+}
+
+/* Log why <ns> was refused, once per distinct content (a resync re-reads the same bad data every
+ * resync_ms, and one report of it is enough). */
+static void report_rejected(const struct ms_rns *ns, const char *errs)
+{
+    uint64_t h = ms_rns_hash(ns);
+
+    if (h == rd.rejected) {
+        log_debug("redis %s*: namespace still invalid; unchanged", ns->prefix);
+        return;
+    }
+    rd.rejected = h;
+    snprintf(rd.reject_text, sizeof(rd.reject_text), "%.*s", (int)strcspn(errs, "\n"), errs);
+    log_error("redis %s*: namespace rejected as a whole; still serving generation %llu%s", ns->prefix,
+              (unsigned long long)ms.gen, rd.good != NULL ? " with the last good Redis data" : "");
+    log_lines(LOG_ERROR, errs);
+}
+
+/* Put the last good data back into ms.cfg after a failed attempt (it validated against this very
+ * file before, so it does again). */
+static void restore_good(void)
+{
+    char *errs = NULL;
+
+    if (rd.good != NULL && ms_rns_merge(ms.cfg, rd.good, 1, &errs) != 0) {
+        log_error("redis: cannot restore the last good data (bug):");
+        log_lines(LOG_ERROR, errs);
+    }
+    free(errs);
+}
+
+/* A complete, sorted read: publish it when it changed and validates. Takes <ns>. */
+static void apply(struct ms_rns *ns)
+{
+    char *errs = NULL;
+
+    if (ms_rns_equal(ns, rd.good)) {
+        log_debug("redis %s*: unchanged", ns->prefix);
+        rd.synced_at = dsp_wall_s();
+        rd.rejected = 0;
+        rd.reject_text[0] = '\0';
+        ms_rns_free(ns);
+        return;
+    }
+    ms_rns_unmerge(ms.cfg);
+    if (ms_rns_merge(ms.cfg, ns, 0, &errs) != 0) {
+        report_rejected(ns, errs);
+        free(errs);
+        restore_good();
+        ms_rns_free(ns);
+        return;
+    }
+    if (ms_publish() != 0) {
+        log_error("redis %s*: cannot publish the new data; still serving generation %llu",
+                  ns->prefix, (unsigned long long)ms.gen);
+        ms_rns_unmerge(ms.cfg);
+        restore_good();
+        ms_rns_free(ns);
+        return;
+    }
+    log_info("redis %s*: applied as generation %llu (%zu services, %zu routes from Redis)",
+             ns->prefix, (unsigned long long)ms.gen, count_redis_services(ms.cfg),
+             count_redis_routes(ms.cfg));
+    ms_rns_free(rd.good);
+    rd.good = ns;
+    rd.rejected = 0;
+    rd.reject_text[0] = '\0';
+    rd.synced_at = dsp_wall_s();
+}
+
+/* ---- async connections ---------------------------------------------------------------------- */
+
+static uint64_t cmd_timeout(void)
+{
+    return (uint64_t)ms.cfg->redis.command_timeout_ms;
+}
+
+/* A command was sent on <c>: its reply must come within command_timeout_ms. */
+static void sent(struct conn *c)
+{
+    if (c->pending++ == 0 && c->connected) {
+        c->deadline = dsp_now_ms() + cmd_timeout();
+    }
+}
+
+/* A reply came in on <c>: the next one (if any) gets a fresh deadline. */
+static void answered(struct conn *c)
+{
+    if (c->pending > 0) {
+        c->pending--;
+    }
+    c->deadline = c->pending > 0 ? dsp_now_ms() + cmd_timeout() : 0;
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct conn *c = ac->data;
+
+    if (status != REDIS_OK) {
+        /* hiredis frees the context right after this returns. */
+        snprintf(c->error, sizeof(c->error), "connect: %s", ac->errstr ? ac->errstr : "failed");
+        return;
+    }
+    c->connected = 1;
+    c->deadline = c->pending > 0 ? dsp_now_ms() + cmd_timeout() : 0;
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct conn *c = ac->data;
+
+    if (!c->closing && c->error[0] == '\0') {
+        snprintf(c->error, sizeof(c->error), "connection lost%s%s",
+                 status != REDIS_OK && ac->err ? ": " : "",
+                 status != REDIS_OK && ac->err ? ac->errstr : "");
+    }
+}
+
+/* Replies of the command connection's hand-shake; <priv> names the command. */
+static void on_setup(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct conn *c = &rd.cmd;
+    redisReply *r = reply;
+    char what[512];
+
+    if (r == NULL) {
+        return; /* the context is going away; ev_cleanup records why */
+    }
+    answered(c);
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(c->error, sizeof(c->error), "%s: %s", (const char *)priv,
+                 rds_reply_what(r, what, sizeof(what)));
+        return;
+    }
+    if (strcmp((const char *)priv, "PING") == 0) {
+        c->ready = 1;
+    }
+}
+
+static void on_message(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct conn *c = &rd.sub;
+    redisReply *r = reply;
+    char what[512];
+
+    if (r == NULL) {
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        answered(c);
+        snprintf(c->error, sizeof(c->error), "SUBSCRIBE: %s", rds_reply_what(r, what, sizeof(what)));
+        return;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING) {
+        return;
+    }
+    if (strcmp(r->element[0]->str, "subscribe") == 0) {
+        answered(c);
+        c->ready = 1;
+    } else if (strcmp(r->element[0]->str, "message") == 0) {
+        log_debug("redis: event on %s", r->element[1]->type == REDIS_REPLY_STRING
+                                            ? r->element[1]->str : "?");
+        rd.wanted = 1;
+    }
+}
+
+static void subscribe(struct conn *c)
+{
+    char channel[512];
+
+    snprintf(channel, sizeof(channel), "dispatcher:%s:events", ms.cfg->environment);
+    if (redisAsyncCommand(c->ac, on_message, NULL, "SUBSCRIBE %s", channel) != REDIS_OK) {
+        snprintf(c->error, sizeof(c->error), "cannot send SUBSCRIBE");
+        return;
+    }
+    sent(c);
+}
+
+static void on_sub_auth(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct conn *c = &rd.sub;
+    redisReply *r = reply;
+    char what[512];
+
+    if (r == NULL) {
+        return;
+    }
+    answered(c);
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(c->error, sizeof(c->error), "AUTH: %s", rds_reply_what(r, what, sizeof(what)));
+        return;
+    }
+    /* Only now: hiredis routes replies by the subscribed flag, which SUBSCRIBE sets at once, so
+     * an AUTH reply still in flight would be lost. */
+    subscribe(c);
+}
+
+static int send_auth(struct conn *c, redisCallbackFn *fn, void *priv)
+{
+    const struct ms_config *cfg = ms.cfg;
+    int r;
+
+    if (cfg->redis.user != NULL) {
+        r = redisAsyncCommand(c->ac, fn, priv, "AUTH %s %s", cfg->redis.user, cfg->redis.password);
+    } else {
+        r = redisAsyncCommand(c->ac, fn, priv, "AUTH %s", cfg->redis.password);
+    }
+    if (r == REDIS_OK) {
+        sent(c);
+    }
+    return r == REDIS_OK ? 0 : -1;
+}
+
+static int conn_open(struct conn *c, uint64_t now)
+{
+    const struct ms_config *cfg = ms.cfg;
+    redisAsyncContext *ac;
+
+    c->fd = -1;
+    c->events = 0;
+    c->watched = 0;
+    c->registered = 0;
+    c->connected = 0;
+    c->closing = 0;
+    c->ready = 0;
+    c->pending = 0;
+    c->deadline = 0;
+    c->error[0] = '\0';
+    /* A host name is resolved here, synchronously: use an address or a name from /etc/hosts. */
+    ac = redisAsyncConnect(cfg->redis.host, cfg->redis.port);
+    if (ac == NULL) {
+        snprintf(c->error, sizeof(c->error), "connect: out of memory");
+        return -1;
+    }
+    if (ac->err) {
+        snprintf(c->error, sizeof(c->error), "connect: %s", ac->errstr);
+        redisAsyncFree(ac);
+        return -1;
+    }
+    c->ac = ac;
+    c->fd = ac->c.fd;
+    ac->data = c;
+    ac->ev.data = c;
+    ac->ev.addRead = ev_add_read;
+    ac->ev.delRead = ev_del_read;
+    ac->ev.addWrite = ev_add_write;
+    ac->ev.delWrite = ev_del_write;
+    ac->ev.cleanup = ev_cleanup;
+    /* Notices a peer that vanished without a FIN, which matters for the idle subscriber. */
+    redisEnableKeepAlive(&ac->c);
+    c->deadline = now + (uint64_t)cfg->redis.connect_timeout_ms;
+    /* The connect callback must come after the hooks: setting it arms the first write event. */
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    return c->error[0] == '\0' ? 0 : -1;
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->ac != NULL) {
+        c->closing = 1;
+        redisAsyncFree(c->ac); /* runs pending callbacks with NULL, then ev_cleanup */
+    }
+    c->ac = NULL;
+    c->fd = -1;
+    c->ready = 0;
+    c->connected = 0;
+    c->pending = 0;
+    c->deadline = 0;
+}
+
+static void read_abort(void)
+{
+    ms_rns_free(rd.reading);
+    rd.reading = NULL;
+    rd.phase = READ_IDLE;
+    rd.read_pending = 0;
+    rd.read_error[0] = '\0';
+}
+
+static void link_close(void)
+{
+    read_abort();
+    conn_close(&rd.cmd);
+    conn_close(&rd.sub);
+}
+
+static char *settings_sig(const struct ms_config *cfg)
+{
+    size_t n = strlen(cfg->redis.host) + strlen(cfg->environment) +
+               (cfg->redis.user ? strlen(cfg->redis.user) : 0) +
+               (cfg->redis.password ? strlen(cfg->redis.password) : 0) + 64;
+    char *s = dsp_xmalloc(n);
+
+    snprintf(s, n, "%s\n%d\n%d\n%s\n%s\n%s", cfg->redis.host, cfg->redis.port, cfg->redis.db,
+             cfg->redis.user ? cfg->redis.user : "", cfg->redis.password ? cfg->redis.password : "",
+             cfg->environment);
+    return s;
+}
+
+static void link_fail(uint64_t now, const char *why)
+{
+    unsigned shift = rd.failures < 10 ? rd.failures : 10;
+    uint64_t delay = (uint64_t)BACKOFF_MIN_MS << shift;
+    int repeat = strcmp(why, rd.last_error) == 0 && rd.state != LINK_UP;
+
+    link_close();
+    if (delay > BACKOFF_MAX_MS) {
+        delay = BACKOFF_MAX_MS;
+    }
+    /* +-20% so that a fleet does not reconnect in lock-step after a Redis restart. */
+    delay = delay * 4 / 5 + (uint64_t)(rand_r(&rd.rand_state) % (int)(delay * 2 / 5 + 1));
+    rd.failures++;
+    rd.retry_at = now + delay;
+    rd.state = LINK_WAIT;
+    if (repeat) {
+        log_debug("redis %s:%d: %s; retrying in %llu ms", rd.host, rd.port, why,
+                  (unsigned long long)delay);
+    } else {
+        log_warn("redis %s:%d: %s; still serving generation %llu, retrying in %llu ms", rd.host,
+                 rd.port, why, (unsigned long long)ms.gen, (unsigned long long)delay);
+    }
+    snprintf(rd.last_error, sizeof(rd.last_error), "%s", why);
+}
+
+static void link_connect(uint64_t now)
+{
+    const struct ms_config *cfg = ms.cfg;
+    char why[512];
+
+    rd.state = LINK_CONNECTING;
+    if (conn_open(&rd.cmd, now) != 0) {
+        snprintf(why, sizeof(why), "%s", rd.cmd.error);
+        link_fail(now, why);
+        return;
+    }
+    if (conn_open(&rd.sub, now) != 0) {
+        snprintf(why, sizeof(why), "%s", rd.sub.error);
+        link_fail(now, why);
+        return;
+    }
+    /* Commands queue until the connect completes. PING last: when it answers, the hand-shake is
+     * done (and a server that wants a password says so to PING too). */
+    if (cfg->redis.password != NULL) {
+        send_auth(&rd.cmd, on_setup, (void *)"AUTH");
+    }
+    if (cfg->redis.db != 0 &&
+        redisAsyncCommand(rd.cmd.ac, on_setup, (void *)"SELECT", "SELECT %d", cfg->redis.db) ==
+            REDIS_OK) {
+        sent(&rd.cmd);
+    }
+    if (redisAsyncCommand(rd.cmd.ac, on_setup, (void *)"PING", "PING") == REDIS_OK) {
+        sent(&rd.cmd);
+    }
+    if (cfg->redis.password != NULL) {
+        send_auth(&rd.sub, on_sub_auth, NULL);
+    } else {
+        subscribe(&rd.sub);
+    }
+}
+
+/* ---- reading the namespace ------------------------------------------------------------------ */
+
+/* <priv> of a read reply: kind + MS_RNS_KINDS * index. */
+static void *read_tag(int kind, size_t idx)
+{
+    return (void *)(uintptr_t)((uintptr_t)idx * MS_RNS_KINDS + (uintptr_t)kind);
+}
+
+static void on_read_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    uintptr_t tag = (uintptr_t)priv;
+    int kind = (int)(tag % MS_RNS_KINDS);
+    size_t idx = (size_t)(tag / MS_RNS_KINDS);
+    int rc;
+
+    if (reply == NULL || rd.reading == NULL) {
+        return; /* teardown, or a read that was abandoned */
+    }
+    answered(&rd.cmd);
+    rd.read_pending--;
+    if (rd.phase == READ_SETS) {
+        rc = fill_set(rd.reading, kind, reply, rd.read_error, sizeof(rd.read_error));
+    } else {
+        DSP_ASSERT(idx < rd.reading->n[kind]);
+        rc = fill_hash(rd.reading, &rd.reading->e[kind][idx], reply, rd.read_error,
+                       sizeof(rd.read_error));
+    }
+    DSP_UNUSED(rc);
+}
+
+static void read_send(const char *cmd, const char *key, void *tag)
+{
+    if (redisAsyncCommand(rd.cmd.ac, on_read_reply, tag, "%s %s", cmd, key) != REDIS_OK) {
+        snprintf(rd.cmd.error, sizeof(rd.cmd.error), "cannot send %s", cmd);
+        return;
+    }
+    sent(&rd.cmd);
+    rd.read_pending++;
+}
+
+static void read_start(uint64_t now)
+{
+    char key[512];
+
+    rd.wanted = 0;
+    rd.next_resync = now + (uint64_t)ms.cfg->redis.resync_ms;
+    rd.reading = ms_rns_new(ms.cfg->environment);
+    rd.phase = READ_SETS;
+    for (int k = 0; k < MS_RNS_KINDS; k++) {
+        snprintf(key, sizeof(key), "%s%s", rd.reading->prefix, ms_rns_set_name(k));
+        read_send("SMEMBERS", key, read_tag(k, 0));
+    }
+}
+
+static void read_step(uint64_t now)
+{
+    char key[1024];
+
+    if (rd.phase == READ_IDLE) {
+        if (rd.wanted || now >= rd.next_resync) {
+            read_start(now);
+        }
+        return;
+    }
+    if (rd.read_pending > 0) {
+        return;
+    }
+    if (rd.phase == READ_SETS) {
+        rd.phase = READ_HASHES;
+        for (int k = 0; k < MS_RNS_KINDS; k++) {
+            for (size_t i = 0; i < rd.reading->n[k]; i++) {
+                hash_key(key, sizeof(key), rd.reading, k, rd.reading->e[k][i].id);
+                read_send("HGETALL", key, read_tag(k, i));
+            }
+        }
+        if (rd.read_pending > 0) {
+            return;
+        }
+    }
+    {
+        struct ms_rns *ns = rd.reading;
+
+        rd.reading = NULL;
+        rd.phase = READ_IDLE;
+        ms_rns_sort(ns);
+        apply(ns);
+    }
+}
+
+/* ---- the tick --------------------------------------------------------------------------------- */
+
+static const char *conn_problem(const struct conn *c, uint64_t now, char *buf, size_t n)
+{
+    if (c->error[0] != '\0') {
+        snprintf(buf, n, "%s connection: %s", c->name, c->error);
+        return buf;
+    }
+    if (c->ac == NULL) {
+        snprintf(buf, n, "%s connection closed", c->name);
+        return buf;
+    }
+    if (c->deadline != 0 && now >= c->deadline) {
+        snprintf(buf, n, "%s connection: %s timed out", c->name,
+                 c->connected ? "a command" : "connect");
+        return buf;
+    }
+    return NULL;
+}
+
+static void on_tick(uint64_t now, void *arg)
+{
+    const struct ms_config *cfg = ms.cfg;
+    char buf[512];
+    const char *why;
+    char *sig;
+
+    if (!cfg->redis.enabled) {
+        if (rd.state != LINK_DISABLED) {
+            link_close();
+            rd.state = LINK_DISABLED;
+            log_info("redis: disabled by the configuration");
+        }
+        ms_rns_free(rd.good);
+        rd.good = NULL;
+        free(rd.sig);
+        rd.sig = NULL;
+        return;
+    }
+    sig = settings_sig(cfg);
+    if (rd.sig == NULL || strcmp(sig, rd.sig) != 0) {
+        if (rd.sig != NULL) {
+            log_info("redis: connection settings or environment changed; reconnecting");
+            rd.last_error[0] = '\0';
+        }
+        link_close();
+        free(rd.sig);
+        rd.sig = sig;
+        free(rd.host);
+        rd.host = dsp_xstrdup(cfg->redis.host);
+        rd.port = cfg->redis.port;
+        rd.state = LINK_WAIT;
+        rd.retry_at = now;
+        rd.failures = 0;
+    } else {
+        free(sig);
+    }
+
+    if (rd.state == LINK_CONNECTING || rd.state == LINK_UP) {
+        why = conn_problem(&rd.cmd, now, buf, sizeof(buf));
+        if (why == NULL) {
+            why = conn_problem(&rd.sub, now, buf, sizeof(buf));
+        }
+        if (why == NULL && rd.read_error[0] != '\0') {
+            snprintf(buf, sizeof(buf), "reading the namespace: %s", rd.read_error);
+            why = buf;
+        }
+        if (why != NULL) {
+            link_fail(now, why);
+            return;
+        }
+    }
+    switch (rd.state) {
+    case LINK_WAIT:
+        if (now >= rd.retry_at) {
+            link_connect(now);
+        }
+        break;
+    case LINK_CONNECTING:
+        if (rd.cmd.ready && rd.sub.ready) {
+            rd.state = LINK_UP;
+            log_info("redis %s:%d: %s; following dispatcher:%s: (events on dispatcher:%s:events)",
+                     rd.host, rd.port, rd.ever_up ? "reconnected" : "connected", cfg->environment,
+                     cfg->environment);
+            rd.ever_up = 1;
+            rd.failures = 0;
+            rd.last_error[0] = '\0';
+            /* Events may have been missed while the link was down. */
+            rd.wanted = 1;
+            read_step(now);
+        }
+        break;
+    case LINK_UP:
+        read_step(now);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- API -------------------------------------------------------------------------------------- */
+
+int ms_redis_start(void)
+{
+    const struct ms_config *cfg = ms.cfg;
+    struct ms_rns *ns;
+    char err[512];
+    char *errs = NULL;
+
+    if (!rd.tick_registered) {
+        if (ms_loop_tick(on_tick, NULL) != 0) {
+            log_error("redis: cannot register the master loop tick");
+            return 0;
+        }
+        pthread_atfork(NULL, NULL, on_fork_child);
+        rd.rand_state = (unsigned)getpid() ^ (unsigned)dsp_now_ms();
+        rd.tick_registered = 1;
+    }
+    if (!cfg->redis.enabled) {
+        return 0;
+    }
+    ns = ms_rns_new(cfg->environment);
+    if (sync_read(cfg, ns, err, sizeof(err)) != 0) {
+        log_warn("redis %s:%d: %s; starting from %s alone and retrying in the background",
+                 cfg->redis.host, cfg->redis.port, err, cfg->path);
+        snprintf(rd.last_error, sizeof(rd.last_error), "%s", err);
+        ms_rns_free(ns);
+        return 0;
+    }
+    ms_rns_sort(ns);
+    if (ms_rns_merge(ms.cfg, ns, 0, &errs) != 0) {
+        report_rejected(ns, errs);
+        free(errs);
+        ms_rns_free(ns);
+        return 0;
+    }
+    log_info("redis %s*: %zu services, %zu routes merged with %s", ns->prefix,
+             count_redis_services(ms.cfg), count_redis_routes(ms.cfg), cfg->path);
+    rd.good = ns;
+    rd.synced_at = dsp_wall_s();
+    return 0;
+}
+
+int ms_redis_merge_into(struct ms_config *ncfg, char **errs)
+{
+    char prefix[512];
+
+    *errs = NULL;
+    if (!ncfg->redis.enabled || rd.good == NULL) {
+        return 0;
+    }
+    snprintf(prefix, sizeof(prefix), "dispatcher:%s:", ncfg->environment);
+    if (strcmp(prefix, rd.good->prefix) != 0) {
+        return 0; /* another namespace: read once the reload is in */
+    }
+    return ms_rns_merge(ncfg, rd.good, 0, errs);
+}
+
+void ms_redis_stop(void)
+{
+    link_close();
+    ms_rns_free(rd.good);
+    rd.good = NULL;
+    free(rd.sig);
+    rd.sig = NULL;
+    free(rd.host);
+    rd.host = NULL;
+    rd.state = LINK_DISABLED;
+}
+
+const char *ms_redis_state(void)
+{
+    if (ms.cfg == NULL || !ms.cfg->redis.enabled) {
+        return "disabled";
+    }
+    if (rd.state == LINK_UP) {
+        return "connected";
+    }
+    if (rd.last_error[0] != '\0') {
+        snprintf(rd.state_text, sizeof(rd.state_text), "error: %s", rd.last_error);
+        return rd.state_text;
+    }
+    return "connecting";
+}
+
+int ms_redis_in_generation(void)
+{
+    return ms.cfg != NULL && ms.cfg->redis.merged;
+}
+
+uint64_t ms_redis_synced_at(void)
+{
+    return rd.synced_at;
+}
+
+const char *ms_redis_rejected(void)
+{
+    return rd.reject_text[0] != '\0' ? rd.reject_text : NULL;
+}
+
+const char *ms_redis_namespace(void)
+{
+    static char buf[512];
+
+    if (ms.cfg == NULL || !ms.cfg->redis.enabled) {
+        return NULL;
+    }
+    snprintf(buf, sizeof(buf), "dispatcher:%s:", ms.cfg->environment);
+    return buf;
+}

@@ -1,0 +1,127 @@
+/* dispatcher: the pure parts of balancing, health and the circuit breaker: the schedules and
+ * tables derived from a service's backends, and the rules that move a backend's shared runtime
+ * state. Nothing here reads a clock or does I/O (callers pass "now"), so the unit tests drive it
+ * with a fake clock; every access to a runtime slot is atomic, so any number of processes may
+ * apply these rules to the same slot at once. */
+#ifndef DSP_SHM_LB_H
+#define DSP_SHM_LB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shm/shm_types.h"
+
+/* ---- smooth weighted round-robin --------------------------------------------------------------
+ * Workers do not share current weights (that would need a lock that a killed worker could hold
+ * forever). Instead every worker derives the same schedule from a generation: one period of
+ * nginx's smooth weighted round-robin sequence. A shared atomic ticket counter per service
+ * (shm_rt_service.rr_cursor) indexes it, so consecutive requests, whichever worker takes them,
+ * walk the one smooth sequence: weights {5,1,1} give a a b a c a a, never a burst of five. */
+
+/* Longest schedule: weights are reduced by their gcd, and scaled down proportionally (each kept
+ * >= 1) when their sum is still longer than this. */
+#define SHM_LB_SWRR_MAX 65536u
+
+/* Reduce the weights <w>[0, n) (0 counts as 1) into <rw>[0, n). Returns the schedule length, the
+ * sum of <rw> (at least n). */
+uint32_t shm_lb_swrr_weights(const uint32_t *w, uint32_t n, uint32_t *rw);
+
+/* Fill <sched>[0, len) with one period of the smooth weighted round-robin sequence for the
+ * reduced weights <rw>[0, n), <len> being their sum: sched[t] is the backend position chosen at
+ * step t, exactly as nginx's algorithm chooses (ties to the lower position). Costs O(len * number
+ * of distinct weights). Returns 0, or -1 when out of memory. */
+int shm_lb_swrr_build(const uint32_t *rw, uint32_t n, uint32_t *sched, uint32_t len);
+
+/* ---- consistent hashing (Maglev) --------------------------------------------------------------
+ * A lookup table of m (prime) slots filled by the backends taking turns along per-backend
+ * permutations seeded by a hash of their address, so the table depends only on the set of
+ * backends (and weights), not on their order or on the generation: a reload that keeps them keeps
+ * every client where it was, and adding or removing one of N moves about 1/N of clients. */
+
+/* 64-bit hash of <len> bytes with <seed> (FNV-1a, then a murmur3 finalizer for avalanche). */
+uint64_t shm_lb_hash(const void *p, size_t len, uint64_t seed);
+/* Hash of a client address: <family> AF_INET (4 bytes of <ip>) or AF_INET6 (16 bytes). */
+uint64_t shm_lb_client_hash(int family, const uint8_t *ip);
+/* Table size for <n> backends: a prime of at least 100 slots per backend, from a short list
+ * (65521 up to 655 backends) because changing it remaps nearly every client. */
+uint32_t shm_lb_maglev_size(uint32_t n);
+/* Fill <table>[0, m) with backend positions. <keys>[i] is shm_lb_hash() of backend i's address,
+ * <w>[i] its weight (0 counts as 1): a backend of weight w takes w slots for every wmax the
+ * heaviest takes. Returns 0, or -1 when out of memory. */
+int shm_lb_maglev_build(const uint64_t *keys, const uint32_t *w, uint32_t n, uint32_t *table,
+                        uint32_t m);
+
+/* ---- backend state ------------------------------------------------------------------------------
+ * Two independent machines per backend, both in struct shm_rt_backend:
+ *
+ *   state:    UP --`fall` failed checks, or a connect failure/reset (passive)--> DOWN
+ *             DOWN --`rise` passed checks (1 if never marked down: health.start = "down")--> UP
+ *             DOWN --(no health block) retry_ms after down_since, one trial request answers--> UP
+ *             any --disable--> DISABLED --enable--> UP          (health never leaves DISABLED)
+ *
+ *   circuit:  CLOSED --`failures` consecutive failed requests--> OPEN
+ *             OPEN --open_ms elapsed, one request wins the probe lease--> HALFOPEN
+ *             HALFOPEN --the probe succeeds--> CLOSED        HALFOPEN --it fails--> OPEN (again)
+ *
+ * A trial request (passive retry or circuit probe) holds the probe lease (probe_until_ms) won by
+ * compare-and-swap, so exactly one is in flight across all workers. The lease expires by itself
+ * after lease_ms, so a worker killed in the middle of a probe, or a probe whose client went away,
+ * blocks probing for a while, never forever. */
+
+/* How long a backend marked down by passive health stays out when the service has no active
+ * checks, before one trial request is let through. */
+#define SHM_LB_RETRY_MS 10000u
+
+struct shm_lb_policy {
+    uint32_t health_enabled; /* active checks bring DOWN backends back (no passive trials) */
+    uint32_t cb_enabled;
+    uint32_t cb_failures;
+    uint32_t cb_open_ms;
+    uint32_t cb_count_5xx;
+    uint32_t retry_ms;       /* passive-down retry interval without active checks */
+    uint32_t lease_ms;       /* probe lease: a probe should be over by then */
+};
+
+/* The policy of service <svc>. */
+void shm_lb_policy_of(const struct shm_service *svc, struct shm_lb_policy *p);
+
+/* shm_lb_admit() answers */
+#define SHM_LB_NO    0 /* not now (reason in *why) */
+#define SHM_LB_YES   1 /* a normal request */
+#define SHM_LB_PROBE 2 /* the trial request (lease taken when asked to) */
+
+/* reasons for SHM_LB_NO */
+#define SHM_LB_WHY_DISABLED 1
+#define SHM_LB_WHY_DOWN     2
+#define SHM_LB_WHY_OPEN     3 /* circuit open, or half-open with its probe in flight */
+
+/* May backend <rb> take a request at <now>? With <take> set, an answer of SHM_LB_PROBE means the
+ * caller won the probe lease and must report the attempt with shm_lb_outcome(probe = 1); without
+ * it, nothing is written (a dry run for "is any backend left?"). */
+int shm_lb_admit(struct shm_rt_backend *rb, const struct shm_lb_policy *p, uint64_t now, int take,
+                 int *why);
+
+/* attempt outcomes for shm_lb_outcome() */
+#define SHM_LB_OK        0 /* an HTTP response that is not a failure */
+#define SHM_LB_FAIL_5XX  1 /* a 5xx response counted by the breaker (circuit_breaker.count_5xx) */
+#define SHM_LB_FAIL      2 /* reset or EOF, response timeout, unparsable response */
+#define SHM_LB_FAIL_DOWN 3 /* connect refused or timed out, or reset on a fresh connection */
+#define SHM_LB_NEUTRAL   4 /* proves nothing about the backend (a stale keep-alive connection) */
+
+/* transitions reported by shm_lb_outcome() and shm_lb_health_result() (for logging) */
+#define SHM_LB_T_DOWN  0x1u
+#define SHM_LB_T_UP    0x2u
+#define SHM_LB_T_OPEN  0x4u
+#define SHM_LB_T_CLOSE 0x8u
+
+/* Record the outcome of one attempt on <rb>; <probe> when it held the probe lease (which is then
+ * released). Returns the SHM_LB_T_* transitions this call made. */
+unsigned shm_lb_outcome(struct shm_rt_backend *rb, const struct shm_lb_policy *p, int outcome,
+                        int probe, uint64_t now);
+
+/* Record one active health check of <rb> (master): <ok> for a 2xx/3xx, <status> the HTTP status
+ * or 0. Returns the SHM_LB_T_* transitions made. */
+unsigned shm_lb_health_result(struct shm_rt_backend *rb, int ok, uint32_t status, uint32_t fall,
+                              uint32_t rise, uint64_t now);
+
+#endif

@@ -1,0 +1,694 @@
+/* dispatcher: the worker's TLS layer. Each adopted generation gets a wk_tls_gen built from the PEM
+ * text the master published; SSL objects hold references on their contexts, so dropping a set
+ * never disturbs a connection made from it. Ticket keys are read from the control segment, so a
+ * ticket issued by any worker resumes on every other. */
+#include "worker/wk_tls.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "common/log.h"
+#include "common/tls.h"
+#include "shm/shm_snap.h"
+#include "shm/shm_types.h"
+#include "worker/wk_internal.h"
+
+/* One TLS record's worth of plaintext: pieces smaller than this are coalesced so a response
+ * head and a small body leave in one record rather than two. */
+#define SCRATCH_SIZE 16384
+
+struct wk_tls_gen {
+    const struct shm_snap_hdr *snap;
+    uint32_t ncerts;
+    uint32_t def;             /* default certificate, or SHM_NONE */
+    SSL_CTX **ctx;            /* per certificate; NULL when it could not be built */
+    struct wk_sni *sni;
+    uint32_t nservices;
+    SSL_CTX **svc_ctx;        /* per service: client context, NULL without TLS */
+    uint64_t *svc_ctx_id;     /* identity of each client context, for session reuse */
+};
+
+static EVP_CIPHER *aes256cbc;
+static int ex_upstream = -1; /* ex-data of client SSLs: (ctx id << 20) | (backend slot + 1) */
+static uint64_t next_ctx_id = 1;
+static char scratch[SCRATCH_SIZE];
+static char last_error[256];
+
+/* Last session per backend runtime slot: new upstream connections resume instead of paying a
+ * full handshake. Allocated on first use (it is 1 MiB of pointers, touched sparsely). */
+struct up_session {
+    SSL_SESSION *sess;
+    uint64_t ctx_id;
+};
+static struct up_session *up_sessions;
+
+/* ---- session ticket keys ----------------------------------------------------------------------- */
+
+/* A private copy of the control segment's key ring, refreshed when its seqlock moves. */
+static struct {
+    uint64_t seq;
+    int valid;
+    struct shm_tkeys k;
+} tk;
+
+static void tk_refresh(void)
+{
+    const struct shm_tkeys *r = &wk.ctl->tkeys;
+    struct shm_tkeys tmp;
+
+    /* The master holds the lock for a few stores; a bounded spin is plenty. Should it have died
+     * mid-write, the previous copy keeps serving. */
+    for (int tries = 0; tries < 10000; tries++) {
+        uint64_t s1 = __atomic_load_n(&r->seq, __ATOMIC_ACQUIRE);
+        const uint64_t *src = (const uint64_t *)(const void *)r;
+        uint64_t *dst = (uint64_t *)(void *)&tmp;
+
+        if (s1 & 1) {
+            continue;
+        }
+        if (tk.valid && s1 == tk.seq) {
+            return;
+        }
+        for (size_t i = 0; i < sizeof(tmp) / 8; i++) {
+            dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+        }
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&r->seq, __ATOMIC_RELAXED) == s1) {
+            explicit_bzero(&tk.k, sizeof(tk.k));
+            memcpy(&tk.k, &tmp, sizeof(tmp));
+            explicit_bzero(&tmp, sizeof(tmp));
+            tk.seq = s1;
+            tk.valid = 1;
+            return;
+        }
+    }
+    explicit_bzero(&tmp, sizeof(tmp));
+}
+
+static int mac_init(EVP_MAC_CTX *hctx, const struct shm_tkey *k)
+{
+    OSSL_PARAM params[3];
+
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)(uintptr_t)k->hmac,
+                                                  sizeof(k->hmac));
+    params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
+    params[2] = OSSL_PARAM_construct_end();
+    return EVP_MAC_CTX_set_params(hctx, params);
+}
+
+/* OpenSSL's ticket key callback. Encrypt with the current key; decrypt with any key still in its
+ * window, asking for a fresh ticket (return 2) when that key no longer encrypts. */
+static int on_ticket_key(SSL *s, unsigned char key_name[16], unsigned char *iv,
+                         EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
+{
+    uint64_t now = wk.now / 1000;
+    const struct shm_tkey *k;
+
+    (void)s;
+    tk_refresh();
+    if (!tk.valid) {
+        return 0;
+    }
+    if (enc) {
+        if (tk.k.current >= SHM_TKEY_SLOTS) {
+            return 0;
+        }
+        k = &tk.k.keys[tk.k.current];
+        if (k->dec_until <= now) {
+            return 0; /* no live key: no ticket, rather than one nobody can open */
+        }
+        if (RAND_bytes(iv, EVP_CIPHER_get_iv_length(aes256cbc)) != 1) {
+            return -1;
+        }
+        memcpy(key_name, k->name, 16);
+        if (EVP_EncryptInit_ex(ectx, aes256cbc, NULL, (const unsigned char *)k->aes, iv) != 1 ||
+            mac_init(hctx, k) != 1) {
+            return -1;
+        }
+        return 1;
+    }
+    for (uint32_t i = 0; i < SHM_TKEY_SLOTS; i++) {
+        k = &tk.k.keys[i];
+        if (k->dec_until <= now || memcmp(key_name, k->name, 16) != 0) {
+            continue;
+        }
+        if (mac_init(hctx, k) != 1 ||
+            EVP_DecryptInit_ex(ectx, aes256cbc, NULL, (const unsigned char *)k->aes, iv) != 1) {
+            return -1;
+        }
+        return (i == tk.k.current && now < k->enc_until) ? 1 : 2;
+    }
+    return 0; /* unknown or retired key: full handshake */
+}
+
+/* ---- the SNI index -------------------------------------------------------------------------- */
+
+struct sni_ent {
+    const char *name; /* NULL = empty bucket */
+    uint32_t len;
+    uint32_t hash;
+    uint32_t cert;
+    uint32_t expired;
+};
+
+struct wk_sni {
+    uint32_t mask;
+    struct sni_ent *tab;
+};
+
+static uint32_t fnv1a(const char *p, size_t n)
+{
+    uint32_t h = 2166136261u;
+
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)p[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+struct wk_sni *wk_sni_new(uint32_t nnames)
+{
+    struct wk_sni *x = calloc(1, sizeof(*x));
+    uint32_t cap = 8;
+
+    if (x == NULL) {
+        return NULL;
+    }
+    while (cap < 2u * (uint64_t)nnames) {
+        cap <<= 1;
+    }
+    x->tab = calloc(cap, sizeof(*x->tab));
+    if (x->tab == NULL) {
+        free(x);
+        return NULL;
+    }
+    x->mask = cap - 1;
+    return x;
+}
+
+static struct sni_ent *sni_slot(const struct wk_sni *x, const char *name, size_t len, uint32_t h)
+{
+    for (uint32_t i = h & x->mask;; i = (i + 1) & x->mask) {
+        struct sni_ent *e = &x->tab[i];
+
+        if (e->name == NULL ||
+            (e->hash == h && e->len == len && memcmp(e->name, name, len) == 0)) {
+            return e;
+        }
+    }
+}
+
+void wk_sni_add(struct wk_sni *x, const char *name, size_t len, uint32_t cert, int expired)
+{
+    uint32_t h = fnv1a(name, len);
+    struct sni_ent *e = sni_slot(x, name, len, h);
+
+    /* Sized for every name at load factor 1/2, so there is always a free bucket. */
+    if (e->name != NULL && !(e->expired && !expired)) {
+        return;
+    }
+    e->name = name;
+    e->len = (uint32_t)len;
+    e->hash = h;
+    e->cert = cert;
+    e->expired = expired != 0;
+}
+
+static uint32_t sni_get(const struct wk_sni *x, const char *name, size_t len)
+{
+    const struct sni_ent *e = sni_slot(x, name, len, fnv1a(name, len));
+
+    return e->name != NULL ? e->cert : UINT32_MAX;
+}
+
+uint32_t wk_sni_find(const struct wk_sni *x, const char *name, size_t len)
+{
+    char wild[TLS_MAX_NAME + 2];
+    const char *dot;
+    uint32_t c;
+
+    if (x == NULL || len == 0) {
+        return UINT32_MAX;
+    }
+    c = sni_get(x, name, len);
+    if (c != UINT32_MAX) {
+        return c;
+    }
+    dot = memchr(name, '.', len);
+    if (dot == NULL || dot == name || (size_t)(dot - name) + 1 >= len || len > TLS_MAX_NAME) {
+        return UINT32_MAX;
+    }
+    wild[0] = '*';
+    memcpy(wild + 1, dot, len - (size_t)(dot - name));
+    return sni_get(x, wild, 1 + len - (size_t)(dot - name));
+}
+
+void wk_sni_free(struct wk_sni *x)
+{
+    if (x != NULL) {
+        free(x->tab);
+        free(x);
+    }
+}
+
+/* ---- contexts per generation ------------------------------------------------------------------ */
+
+static int on_servername(SSL *s, int *al, void *arg)
+{
+    const struct wk_tls_gen *tg = wk.cur != NULL ? wk.cur->tls : NULL;
+    const char *sn = SSL_get_servername(s, TLSEXT_NAMETYPE_host_name);
+    char name[TLS_MAX_NAME + 1];
+    size_t n;
+    uint32_t c;
+
+    (void)al;
+    (void)arg;
+    if (sn == NULL || tg == NULL) {
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    n = tls_name_norm(sn, strlen(sn), name);
+    c = n > 0 ? wk_sni_find(tg->sni, name, n) : UINT32_MAX;
+    if (c == UINT32_MAX || tg->ctx[c] == NULL) {
+        c = tg->def;
+    }
+    if (c != SHM_NONE && tg->ctx[c] != NULL && tg->ctx[c] != SSL_get_SSL_CTX(s)) {
+        SSL_set_SSL_CTX(s, tg->ctx[c]);
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static int same_str(const struct shm_snap_hdr *a, struct shm_str x, const struct shm_snap_hdr *b,
+                    struct shm_str y)
+{
+    return x.len == y.len && memcmp(shm_s(a, x), shm_s(b, y), x.len) == 0;
+}
+
+/* A server context of <prev> made from the same PEM text and policy as certificate <i>. */
+static SSL_CTX *reuse_server_ctx(const struct wk_tls_gen *prev, const struct shm_snap_hdr *h,
+                                 uint32_t i)
+{
+    const struct shm_cert *c = &shm_certs(h)[i];
+    const struct shm_cert *pc;
+
+    if (prev == NULL || prev->snap->tls_min_version != h->tls_min_version) {
+        return NULL;
+    }
+    pc = shm_certs(prev->snap);
+    /* Same position first: that is the common case of a reload that changed no certificate. */
+    for (uint32_t k = 0; k <= prev->ncerts; k++) {
+        uint32_t j = k == 0 ? i : k - 1;
+
+        if (j >= prev->ncerts || (k > 0 && j == i) || prev->ctx[j] == NULL) {
+            continue;
+        }
+        if (same_str(h, c->cert_pem, prev->snap, pc[j].cert_pem) &&
+            same_str(h, c->key_pem, prev->snap, pc[j].key_pem)) {
+            return SSL_CTX_up_ref(prev->ctx[j]) == 1 ? prev->ctx[j] : NULL;
+        }
+    }
+    return NULL;
+}
+
+static int on_new_session(SSL *s, SSL_SESSION *sess);
+
+static SSL_CTX *client_ctx(const struct wk_tls_gen *prev, const struct shm_snap_hdr *h,
+                           uint32_t i, uint64_t *id)
+{
+    const struct shm_service *sv = &shm_services(h)[i];
+    SSL_CTX *ctx;
+    char err[256];
+
+    for (uint32_t k = 0; prev != NULL && k <= prev->nservices; k++) {
+        uint32_t j = k == 0 ? i : k - 1;
+        const struct shm_service *pv;
+
+        if (j >= prev->nservices || (k > 0 && j == i) || prev->svc_ctx[j] == NULL) {
+            continue;
+        }
+        pv = &shm_services(prev->snap)[j];
+        if (pv->tls == sv->tls && same_str(h, sv->tls_ca_pem, prev->snap, pv->tls_ca_pem) &&
+            SSL_CTX_up_ref(prev->svc_ctx[j]) == 1) {
+            *id = prev->svc_ctx_id[j];
+            return prev->svc_ctx[j];
+        }
+    }
+    ctx = tls_client_ctx_new((sv->tls & SHM_SVC_TLS_VERIFY) != 0, shm_s(h, sv->tls_ca_pem),
+                             sv->tls_ca_pem.len, err, sizeof(err));
+    if (ctx == NULL) {
+        log_error("service %s: cannot set up TLS to its backends: %s", shm_s(h, sv->name), err);
+        return NULL;
+    }
+    SSL_CTX_sess_set_new_cb(ctx, on_new_session);
+    *id = next_ctx_id++;
+    return ctx;
+}
+
+struct wk_tls_gen *wk_tls_gen_new(const struct shm_snap_hdr *h, const struct wk_tls_gen *prev)
+{
+    const struct shm_cert *certs = shm_certs(h);
+    const struct shm_str *names = shm_cert_names(h);
+    struct wk_tls_gen *tg = calloc(1, sizeof(*tg));
+    char err[384];
+
+    if (tg == NULL) {
+        goto oom;
+    }
+    tg->snap = h;
+    tg->def = SHM_NONE;
+    tg->ncerts = h->ncerts;
+    tg->nservices = h->nservices;
+    tg->ctx = calloc((size_t)h->ncerts + 1, sizeof(*tg->ctx));
+    tg->svc_ctx = calloc((size_t)h->nservices + 1, sizeof(*tg->svc_ctx));
+    tg->svc_ctx_id = calloc((size_t)h->nservices + 1, sizeof(*tg->svc_ctx_id));
+    tg->sni = wk_sni_new(h->ncert_names);
+    if (tg->ctx == NULL || tg->svc_ctx == NULL || tg->svc_ctx_id == NULL || tg->sni == NULL) {
+        goto oom;
+    }
+    for (uint32_t i = 0; i < h->ncerts; i++) {
+        const struct shm_cert *c = &certs[i];
+        SSL_CTX *ctx = reuse_server_ctx(prev, h, i);
+
+        if (ctx == NULL) {
+            ctx = tls_server_ctx_new(shm_s(h, c->cert_pem), c->cert_pem.len, shm_s(h, c->key_pem),
+                                     c->key_pem.len, (int)h->tls_min_version, err, sizeof(err));
+            if (ctx == NULL) {
+                /* The master test-loaded it; failing here means memory trouble. */
+                log_error("certificate %s (%s) cannot be served: %s", shm_s(h, c->path),
+                          shm_s(h, c->subject), err);
+                continue;
+            }
+            SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
+            SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
+        }
+        tg->ctx[i] = ctx;
+        if (c->flags & SHM_CERT_F_DEFAULT) {
+            tg->def = i;
+        }
+        for (uint32_t k = 0; k < c->nnames; k++) {
+            struct shm_str nm = names[c->names_first + k];
+            wk_sni_add(tg->sni, shm_s(h, nm), nm.len, i, (c->flags & SHM_CERT_F_EXPIRED) != 0);
+        }
+    }
+    if (tg->def == SHM_NONE && h->ncerts > 0 && tg->ctx[0] != NULL) {
+        tg->def = 0;
+    }
+    for (uint32_t i = 0; i < h->nservices; i++) {
+        if (shm_services(h)[i].tls & SHM_SVC_TLS_ON) {
+            tg->svc_ctx[i] = client_ctx(prev, h, i, &tg->svc_ctx_id[i]);
+        }
+    }
+    return tg;
+oom:
+    log_error("out of memory building the TLS contexts of generation %llu",
+              (unsigned long long)h->gen);
+    wk_tls_gen_free(tg);
+    return NULL;
+}
+
+void wk_tls_gen_free(struct wk_tls_gen *tg)
+{
+    if (tg == NULL) {
+        return;
+    }
+    for (uint32_t i = 0; tg->ctx != NULL && i < tg->ncerts; i++) {
+        SSL_CTX_free(tg->ctx[i]);
+    }
+    for (uint32_t i = 0; tg->svc_ctx != NULL && i < tg->nservices; i++) {
+        SSL_CTX_free(tg->svc_ctx[i]);
+    }
+    free(tg->ctx);
+    free(tg->svc_ctx);
+    free(tg->svc_ctx_id);
+    wk_sni_free(tg->sni);
+    free(tg);
+}
+
+int wk_tls_init(void)
+{
+    aes256cbc = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+    ex_upstream = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    if (aes256cbc == NULL || ex_upstream < 0) {
+        char err[256];
+        log_error("TLS start-up failed: %s", tls_errors(err, sizeof(err)));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- connections -------------------------------------------------------------------------- */
+
+/* Map a failed call's result. Fatal errors mark the SSL so that no close_notify follows (OpenSSL
+ * forbids SSL_shutdown after them) and keep a reason for the caller's log line. */
+static int map_err(SSL *s, int r)
+{
+    int saved = errno;
+    int e = SSL_get_error(s, r);
+
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        return WK_TLS_WANT_READ;
+    case SSL_ERROR_WANT_WRITE:
+        return WK_TLS_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        SSL_set_quiet_shutdown(s, 1);
+        if (ERR_peek_error() == 0) {
+            snprintf(last_error, sizeof(last_error), "%s",
+                     saved ? strerror(saved) : "connection closed");
+            ERR_clear_error();
+        } else {
+            tls_errors(last_error, sizeof(last_error));
+        }
+        return WK_TLS_ERROR;
+    default: {
+        long v = SSL_get_verify_result(s);
+
+        SSL_set_quiet_shutdown(s, 1);
+        if (v != X509_V_OK) {
+            snprintf(last_error, sizeof(last_error), "certificate verify failed: %s",
+                     X509_verify_cert_error_string(v));
+            ERR_clear_error();
+        } else {
+            tls_errors(last_error, sizeof(last_error));
+        }
+        return WK_TLS_ERROR;
+    }
+    }
+}
+
+const char *wk_tls_error(void)
+{
+    return last_error;
+}
+
+struct ssl_st *wk_tls_server_new(int fd)
+{
+    const struct wk_tls_gen *tg = wk.cur != NULL ? wk.cur->tls : NULL;
+    SSL *s;
+
+    if (tg == NULL || tg->def == SHM_NONE || tg->ctx[tg->def] == NULL) {
+        static uint64_t warned;
+        if (wk.now - warned > 10000 || warned == 0) {
+            warned = wk.now ? wk.now : 1;
+            log_error("TLS connection refused: no certificate to serve");
+        }
+        return NULL;
+    }
+    s = SSL_new(tg->ctx[tg->def]);
+    if (s == NULL || SSL_set_fd(s, fd) != 1) {
+        ERR_clear_error();
+        SSL_free(s);
+        return NULL;
+    }
+    SSL_set_accept_state(s);
+    return s;
+}
+
+struct ssl_st *wk_tls_client_new(int fd, const struct wk_tls_gen *tg, uint32_t svc,
+                                 const struct shm_backend *be)
+{
+    const struct shm_service *sv;
+    const char *sni;
+    SSL *s;
+
+    if (tg == NULL || svc >= tg->nservices || tg->svc_ctx[svc] == NULL) {
+        snprintf(last_error, sizeof(last_error), "no TLS context for the service");
+        return NULL;
+    }
+    sv = &shm_services(tg->snap)[svc];
+    sni = sv->tls_sni.len > 0 ? shm_s(tg->snap, sv->tls_sni) : NULL;
+    s = SSL_new(tg->svc_ctx[svc]);
+    if (s == NULL || SSL_set_fd(s, fd) != 1) {
+        tls_errors(last_error, sizeof(last_error));
+        SSL_free(s);
+        return NULL;
+    }
+    SSL_set_connect_state(s);
+    if (sni != NULL && SSL_set_tlsext_host_name(s, sni) != 1) {
+        goto fail;
+    }
+    if (sv->tls & SHM_SVC_TLS_VERIFY) {
+        /* Without a name to check, the certificate must name the address we connected to. */
+        if (sni != NULL ? SSL_set1_host(s, sni) != 1
+                        : X509_VERIFY_PARAM_set1_ip(SSL_get0_param(s), be->ip,
+                                                    be->family == AF_INET6 ? 16 : 4) != 1) {
+            goto fail;
+        }
+    }
+    SSL_set_ex_data(s, ex_upstream,
+                    (void *)(uintptr_t)((tg->svc_ctx_id[svc] << 20) | ((uint64_t)be->rt_slot + 1)));
+    if (up_sessions != NULL && be->rt_slot < SHM_RT_MAX_BACKENDS) {
+        struct up_session *us = &up_sessions[be->rt_slot];
+        const char *host = us->sess ? SSL_SESSION_get0_hostname(us->sess) : NULL;
+
+        if (us->sess != NULL && us->ctx_id == tg->svc_ctx_id[svc] &&
+            ((host == NULL && sni == NULL) || (host && sni && strcmp(host, sni) == 0))) {
+            SSL_set_session(s, us->sess);
+        }
+    }
+    return s;
+fail:
+    tls_errors(last_error, sizeof(last_error));
+    SSL_free(s);
+    return NULL;
+}
+
+/* OpenSSL hands over each session a backend gives us (TLS 1.3: when its ticket arrives). Keep
+ * the newest per backend; returning 1 keeps the reference. */
+static int on_new_session(SSL *s, SSL_SESSION *sess)
+{
+    uint64_t v = (uint64_t)(uintptr_t)SSL_get_ex_data(s, ex_upstream);
+    uint64_t slot1 = v & 0xfffffu;
+    struct up_session *us;
+
+    if (slot1 == 0 || slot1 > SHM_RT_MAX_BACKENDS) {
+        return 0;
+    }
+    if (up_sessions == NULL) {
+        up_sessions = calloc(SHM_RT_MAX_BACKENDS, sizeof(*up_sessions));
+        if (up_sessions == NULL) {
+            return 0;
+        }
+    }
+    us = &up_sessions[slot1 - 1];
+    SSL_SESSION_free(us->sess);
+    us->sess = sess;
+    us->ctx_id = v >> 20;
+    return 1;
+}
+
+int wk_tls_handshake(struct ssl_st *s)
+{
+    int r;
+
+    ERR_clear_error();
+    r = SSL_do_handshake(s);
+    if (r == 1) {
+        return 1;
+    }
+    r = map_err(s, r);
+    if (r == 0) {
+        snprintf(last_error, sizeof(last_error), "connection closed during the handshake");
+        SSL_set_quiet_shutdown(s, 1);
+        r = WK_TLS_ERROR;
+    }
+    if (r == WK_TLS_ERROR) {
+        /* A session that just failed must not be offered again. */
+        uint64_t v = (uint64_t)(uintptr_t)SSL_get_ex_data(s, ex_upstream);
+        uint64_t slot1 = v & 0xfffffu;
+
+        if (up_sessions != NULL && slot1 > 0 && slot1 <= SHM_RT_MAX_BACKENDS) {
+            SSL_SESSION_free(up_sessions[slot1 - 1].sess);
+            up_sessions[slot1 - 1].sess = NULL;
+        }
+    }
+    return r;
+}
+
+int wk_tls_read(struct ssl_st *s, char *buf, size_t len)
+{
+    int n;
+
+    ERR_clear_error();
+    n = SSL_read(s, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+    return n > 0 ? n : map_err(s, n);
+}
+
+int wk_tls_writev(struct ssl_st *s, const struct iovec *iov, int niov)
+{
+    const char *p;
+    size_t len, total = 0;
+    int n;
+
+    for (int i = 0; i < niov; i++) {
+        total += iov[i].iov_len;
+    }
+    if (total == 0) {
+        return 0;
+    }
+    if (niov == 1 || iov[0].iov_len >= SCRATCH_SIZE) {
+        p = iov[0].iov_base;
+        len = iov[0].iov_len;
+    } else {
+        /* Coalesce the head of the queue. After a WANT_* the same rule picks the same first
+         * bytes again (or more of them), as OpenSSL requires of a retried write. */
+        len = total < SCRATCH_SIZE ? total : SCRATCH_SIZE;
+        for (size_t off = 0, i = 0; off < len; i++) {
+            size_t k = iov[i].iov_len < len - off ? iov[i].iov_len : len - off;
+            memcpy(scratch + off, iov[i].iov_base, k);
+            off += k;
+        }
+        p = scratch;
+    }
+    ERR_clear_error();
+    n = SSL_write(s, p, len > INT32_MAX ? INT32_MAX : (int)len);
+    if (n > 0) {
+        return n;
+    }
+    n = map_err(s, n);
+    return n == 0 ? WK_TLS_ERROR : n;
+}
+
+int wk_tls_idle_ok(struct ssl_st *s)
+{
+    char b;
+    int n;
+
+    ERR_clear_error();
+    n = SSL_read(s, &b, 1);
+    if (n > 0) {
+        return 0;
+    }
+    return map_err(s, n) == WK_TLS_WANT_READ;
+}
+
+void wk_tls_shutdown(struct ssl_st *s)
+{
+    if (s == NULL || !SSL_is_init_finished(s) || SSL_get_quiet_shutdown(s) ||
+        (SSL_get_shutdown(s) & SSL_SENT_SHUTDOWN)) {
+        return;
+    }
+    ERR_clear_error();
+    SSL_shutdown(s);
+    ERR_clear_error();
+}
+
+void wk_tls_close(struct ssl_st *s)
+{
+    if (s != NULL) {
+        wk_tls_shutdown(s);
+        SSL_free(s);
+    }
+}

@@ -1,0 +1,73 @@
+/* dispatcher: TLS in the worker: the per-generation context set (server certificates picked by
+ * SNI, client contexts for TLS backends), shared session ticket keys, and non-blocking I/O helpers
+ * shaped for the edge-triggered state machine in wk_conn.c. */
+#ifndef DSP_WK_TLS_H
+#define DSP_WK_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+struct ssl_st;
+struct shm_backend;
+struct shm_snap_hdr;
+struct wk_tls_gen;
+struct wk_sni;
+
+/* I/O results besides a byte count (> 0) and 0 (orderly EOF). */
+#define WK_TLS_ERROR      (-1) /* fatal: the connection is unusable (no close_notify is sent) */
+#define WK_TLS_WANT_READ  (-2) /* retry once the socket is readable */
+#define WK_TLS_WANT_WRITE (-3) /* retry once the socket is writable */
+
+/* Worker start-up: cipher handles and ex-data slots. Returns 0 or -1 (logged). */
+int wk_tls_init(void);
+
+/* Build the TLS state of a freshly mapped generation <snap>: one server context per certificate,
+ * the SNI index, one client context per TLS service. Contexts whose inputs did not change since
+ * <prev> (the generation being replaced, or NULL) are shared rather than rebuilt, so a reload that
+ * touches no certificate costs nothing here. Returns the set, or NULL (logged) when <snap> has no
+ * usable TLS material or memory ran out. */
+struct wk_tls_gen *wk_tls_gen_new(const struct shm_snap_hdr *snap, const struct wk_tls_gen *prev);
+/* Drop a set. Connections created from its contexts keep them alive (OpenSSL counts refs). */
+void wk_tls_gen_free(struct wk_tls_gen *tg);
+
+/* A server-side SSL for accepted socket <fd>, starting on the default certificate of the current
+ * generation; SNI switches it during the handshake. NULL on failure (logged once per burst). */
+struct ssl_st *wk_tls_server_new(int fd);
+/* A client-side SSL for a connection to backend <be> of service <svc> (an index in <tg>'s
+ * generation), resuming the last session with that backend (runtime slot <be_slot>) when there is
+ * one. NULL when the service has no TLS context or on failure. */
+struct ssl_st *wk_tls_client_new(int fd, const struct wk_tls_gen *tg, uint32_t svc,
+                                 const struct shm_backend *be);
+
+/* Drive a handshake: 1 when done, else WK_TLS_WANT_* or WK_TLS_ERROR. */
+int wk_tls_handshake(struct ssl_st *s);
+/* Read up to <len> bytes: count, 0 at EOF, or WK_TLS_WANT_* / WK_TLS_ERROR. */
+int wk_tls_read(struct ssl_st *s, char *buf, size_t len);
+/* Write from <iov>: the count of leading bytes written (like writev), or WK_TLS_WANT_* /
+ * WK_TLS_ERROR. Small pieces are coalesced into one record. After WANT_*, the next call must
+ * offer the same bytes first (more may follow), which the proxy's append-only buffers ensure. */
+int wk_tls_writev(struct ssl_st *s, const struct iovec *iov, int niov);
+/* Is an idle pooled connection that just became readable still clean? Consumes post-handshake
+ * messages (TLS 1.3 tickets); anything else (data, alert, EOF) means no. */
+int wk_tls_idle_ok(struct ssl_st *s);
+/* Send close_notify if the connection is established and healthy (best effort, never blocks). */
+void wk_tls_shutdown(struct ssl_st *s);
+/* wk_tls_shutdown(), then free <s>. NULL is fine. */
+void wk_tls_close(struct ssl_st *s);
+/* Why the last WK_TLS_ERROR happened, for log lines ("" when unknown). */
+const char *wk_tls_error(void);
+
+/* ---- the SNI index (pure; exposed for unit tests) -------------------------------------------
+ * Maps exact names and "*.parent" wildcards to certificate numbers. Lookup tries the exact name,
+ * then the wildcard for its parent (a wildcard covers one label, as clients check it). Names are
+ * borrowed: they must outlive the index. */
+struct wk_sni *wk_sni_new(uint32_t nnames);
+/* Add <name> (lower case) for certificate <cert>. The first certificate to claim a name keeps it,
+ * except that a valid certificate takes a name over from an <expired> one. */
+void wk_sni_add(struct wk_sni *x, const char *name, size_t len, uint32_t cert, int expired);
+/* The certificate for normalised host <name>, or UINT32_MAX. */
+uint32_t wk_sni_find(const struct wk_sni *x, const char *name, size_t len);
+void wk_sni_free(struct wk_sni *x);
+
+#endif
