@@ -4,7 +4,8 @@
     DSP_BIN=<dir holding dispatcher-master> DSP_TESTBACKEND=<dsp-testbackend> \\
         python3 tests/integration/run.py [-v] [-l] [FILTER ...]
 
-FILTER selects tests whose id (module.Class.test) contains it. Every test runs in a child
+-j N (or DSP_TEST_JOBS) runs N tests at a time (default 3); modules that set DSP_SERIAL = True
+run one test at a time afterwards. FILTER selects tests whose id (module.Class.test) contains it. Every test runs in a child
 process of its own, in a new session, under a time limit (60 s unless the test says otherwise
 with @dsptest.timeout, doubled for the sanitizer build); when the test ends, whatever it started
 (masters, workers, backends) is killed even if it failed or hung. Prints one line per test, the
@@ -13,12 +14,14 @@ The temp dirs (config, error.log, access.log) of failed tests are kept and named
 DSP_KEEP_TMP=1 keeps all of them. -v also shows the output of passing tests; -l lists tests.
 """
 
+import concurrent.futures
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -136,7 +139,17 @@ def main(argv):
 
     verbose = "-v" in argv
     list_only = "-l" in argv
-    filters = [a for a in argv if a not in ("-v", "-l")]
+    jobs = int(os.environ.get("DSP_TEST_JOBS", "3"))
+    rest = []
+    it = iter(argv)
+    for a in it:
+        if a == "-j":
+            jobs = int(next(it, "1"))
+        elif a.startswith("-j") and a[2:].isdigit():
+            jobs = int(a[2:])
+        elif a not in ("-v", "-l"):
+            rest.append(a)
+    filters = rest
 
     print("dispatcher integration tests: master %s%s, backend %s" % (
         dsptest.MASTER, " (sanitizer build)" if dsptest.SANITIZED else "", dsptest.TESTBACKEND))
@@ -156,7 +169,7 @@ def main(argv):
         failed.append(tid)
         print("FAIL  %-68s (cannot import)" % tid)
         print("\n".join("    | " + l for l in err.splitlines()), flush=True)
-    for t in tests:
+    def run_one(t):
         tid = t.id()
         limit = test_timeout(t)
         fd, pid_log = tempfile.mkstemp(prefix="dsp-it-pids-")
@@ -189,16 +202,37 @@ def main(argv):
         if rc == 0 and not os.environ.get("DSP_KEEP_TMP"):
             remove_tmps(pid_log)
         os.unlink(pid_log)
-        dt = time.monotonic() - t0
-        if rc == 0:
-            passed += 1
-            print("PASS  %-68s %6.2fs" % (tid, dt), flush=True)
-            if verbose and out.strip():
-                print("\n".join("    | " + l for l in out.rstrip().splitlines()))
-        else:
-            failed.append(tid)
-            print("FAIL  %-68s %6.2fs" % (tid, dt), flush=True)
-            print("\n".join("    | " + l for l in out.rstrip().splitlines()), flush=True)
+        return tid, rc, out, time.monotonic() - t0
+
+    def report(res):
+        nonlocal passed
+        tid, rc, out, dt = res
+        with lock:
+            if rc == 0:
+                passed += 1
+                print("PASS  %-68s %6.2fs" % (tid, dt), flush=True)
+                if verbose and out.strip():
+                    print("\n".join("    | " + l for l in out.rstrip().splitlines()))
+            else:
+                failed.append(tid)
+                print("FAIL  %-68s %6.2fs" % (tid, dt), flush=True)
+                print("\n".join("    | " + l for l in out.rstrip().splitlines()), flush=True)
+
+    # Tests whose module sets DSP_SERIAL = True (timing assertions, CPU-heavy streams) run one
+    # at a time after the others, which run <jobs> at a time.
+    lock = threading.Lock()
+    serial = [t for t in tests if getattr(sys.modules.get(type(t).__module__), "DSP_SERIAL",
+                                          False)]
+    parallel = [t for t in tests if t not in serial]
+    if jobs > 1 and len(parallel) > 1:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as ex:
+            for res in ex.map(run_one, parallel):
+                report(res)
+    else:
+        for t in parallel:
+            report(run_one(t))
+    for t in serial:
+        report(run_one(t))
     print("ran %d tests in %.1fs" % (len(tests), time.monotonic() - started))
     for tid in failed:
         print("failed: %s" % tid)

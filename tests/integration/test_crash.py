@@ -9,6 +9,9 @@ started after the kill succeeds (connections queued on the dead worker's listeni
 served by its successor, SPEC: "respawned on the same listening sockets"). The failure message
 tells failures that started between the kill and the respawn from those after the respawn."""
 
+# Timing assertions or CPU-heavy streams: run alone (see run.py).
+DSP_SERIAL = True
+
 import os
 import signal
 import threading

@@ -2,6 +2,9 @@
 client connection is closed, workers are not restarted; an invalid config changes nothing and
 logs FILE:LINE:."""
 
+# Timing assertions or CPU-heavy streams: run alone (see run.py).
+DSP_SERIAL = True
+
 import re
 import threading
 import time

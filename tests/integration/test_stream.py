@@ -1,6 +1,9 @@
 """Long-lived streams (issue: real client addresses and long-lived streams): PROXY protocol v1
 and v2, trusted X-Forwarded-For, WebSocket tunnels through reloads, SSE delivered as it comes."""
 
+# Timing assertions or CPU-heavy streams: run alone (see run.py).
+DSP_SERIAL = True
+
 import shutil
 import socket
 import struct
