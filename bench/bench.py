@@ -16,6 +16,7 @@ Environment knobs, mostly for development runs:
   BENCH_ONLY       comma-separated subset of a,b,c,d,e (default all)
   BENCH_OUT        results file (default bench/RESULTS.md; "-" writes none)
   BENCH_KEEP=1     keep the temporary directory (configs, logs) for inspection
+  BENCH_QUIET_WAIT seconds to wait at start for other jobs on the machine to go quiet (default 60)
 """
 
 import atexit
@@ -42,6 +43,7 @@ NROUTES = int(os.environ.get("BENCH_ROUTES", "100000"))
 ONLY = set(os.environ.get("BENCH_ONLY", "a,b,c,d,e").replace(" ", "").split(","))
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "RESULTS.md"))
 KEEP = os.environ.get("BENCH_KEEP", "") not in ("", "0")
+QUIET_WAIT = float(os.environ.get("BENCH_QUIET_WAIT", "60"))
 
 SMALL_BODY = "dispatcher-bench small response body, 64 bytes of fixed text...\n"
 assert len(SMALL_BODY) == 64
@@ -183,6 +185,24 @@ def machine_busy_ticks():
 def children_cpu_s():
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
+
+
+def wait_quiet(limit_s, threshold=0.25):
+    """Wait up to limit_s for the machine to use less than threshold CPUs (shared machines: other
+    jobs' builds and tests skew req/s). Returns the last measured load in CPUs."""
+    deadline = time.monotonic() + limit_s
+    waited = False
+    while True:
+        m0, t0 = machine_busy_ticks(), time.monotonic()
+        time.sleep(1.0)
+        load = (machine_busy_ticks() - m0) / CLK_TCK / (time.monotonic() - t0)
+        if load < threshold or time.monotonic() >= deadline:
+            if waited:
+                log("machine load now %.2f CPUs" % load)
+            return load
+        if not waited:
+            log("other jobs use %.2f CPUs; waiting up to %.0fs for quiet" % (load, limit_s))
+            waited = True
 
 
 BACKEND_PIDS = []      # the backend nginx worker(s), filled in by start_backend
@@ -820,6 +840,8 @@ def main():
         die("open-file limit %d too low for %d idle connections (run.sh raises it)"
             % (soft, IDLE_CONNS))
 
+    if QUIET_WAIT > 0:
+        wait_quiet(QUIET_WAIT)
     TMP = tempfile.mkdtemp(prefix="dsp-bench.")
     os.chmod(TMP, 0o755)
     atexit.register(cleanup)

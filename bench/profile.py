@@ -48,8 +48,8 @@ def strace_counts(proxy, run):
     return r, counts
 
 
-def perf_profile(proxy, run, outdir, dwarf):
-    data = os.path.join(outdir, "perf-%s.data" % proxy.name)
+def perf_profile(proxy, sc, run, outdir, dwarf):
+    data = os.path.join(outdir, "perf-%s-%s.data" % (sc, proxy.name))
     argv = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "2999", "-o", data]
     argv += ["--call-graph", "dwarf,16384"] if dwarf else ["-g"]
     argv += ["-p", ",".join(str(p) for p in proxy.pids())]
@@ -59,15 +59,20 @@ def perf_profile(proxy, run, outdir, dwarf):
     r = run()
     pr.send_signal(signal.SIGINT)
     pr.wait(60)
+    by_dso = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "-g",
+                             "none", "--sort", "dso", "--percent-limit", "0.5"],
+                            capture_output=True, text=True).stdout
     flat = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "-g", "none",
                            "--sort", "dso,symbol", "--percent-limit", "0.7"],
                           capture_output=True, text=True).stdout
+    flat = by_dso + flat
     with open(data + ".flat.txt", "w") as f:
         f.write(flat)
     if dwarf:
+        # inclusive time per function (what a call costs including the syscalls it makes)
         tree = subprocess.run(["perf", "report", "-i", data, "--children", "--stdio",
-                               "-g", "caller,0.5,callee", "--sort", "symbol",
-                               "--percent-limit", "3"], capture_output=True, text=True).stdout
+                               "-g", "none", "--sort", "symbol", "--percent-limit", "1"],
+                              capture_output=True, text=True).stdout
         with open(data + ".children.txt", "w") as f:
             f.write(tree)
     return r, flat
@@ -121,12 +126,12 @@ def main():
             B.log("strace %s %s: %d requests, %.2f syscalls/request"
                   % (sc, p, r["requests"], sum(counts.values()) / max(1, r["requests"])))
             if not args.no_perf and shutil_which("perf"):
-                r, flat = perf_profile(prx, lambda: B.wrk(prx, path, conns, args.seconds, hdrs),
+                r, flat = perf_profile(prx, sc, lambda: B.wrk(prx, path, conns, args.seconds, hdrs),
                                        outdir, dwarf=(p == "dispatcher"))
                 B.log("perf %s %s: %.0f req/s, %.2f CPU us/req under perf; top symbols:"
                       % (sc, p, r["rps"], r["cpu_us"]))
-                print("\n".join(line for line in flat.splitlines()
-                                if line.strip() and not line.startswith("#"))[:6000])
+                print("\n".join(line.rstrip(" -") for line in flat.splitlines()
+                                if line.strip() and not line.startswith("#")))
 
     # syscalls per request, one table per scenario
     for sc in scenarios:

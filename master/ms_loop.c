@@ -136,3 +136,19 @@ void ms_loop_run_ticks(uint64_t now_ms)
         ticks[i].cb(now_ms, ticks[i].arg);
     }
 }
+
+void ms_loop_child_cleanup(void)
+{
+    /* Every fd registered here belongs to the master (admin sockets, health checks, Redis):
+     * a forked worker must not hold them open or accept on them. */
+    for (int i = 0; i < MAX_FDS; i++) {
+        if (fds[i].cb != NULL) {
+            close(fds[i].fd);
+            fds[i].cb = NULL;
+        }
+    }
+    if (epfd != -1) {
+        close(epfd);
+        epfd = -1;
+    }
+}

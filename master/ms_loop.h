@@ -26,6 +26,9 @@ typedef void (*ms_publish_cb)(void *arg);
 int ms_loop_on_publish(ms_publish_cb cb, void *arg);
 void ms_loop_published(void);
 
+/* In a freshly forked worker: close every fd of the master loop. */
+void ms_loop_child_cleanup(void);
+
 /* Run every registered handler for the events in one epoll_pwait pass (master internal). */
 int ms_loop_fd(void);
 void ms_loop_dispatch(void *ptr, uint32_t events);

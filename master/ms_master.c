@@ -286,6 +286,7 @@ static void spawn(int slot)
                 close(ms.fds[i]);
             }
         }
+        ms_loop_child_cleanup();
         memset(&init, 0, sizeof(init));
         init.slot = slot;
         init.listen_fds = &ms.fds[slot * ms.nlisten];

@@ -192,7 +192,7 @@ static void on_fork_child(void)
     }
 }
 
-/* ---- replies into the namespace --------------------------------------------------------------- */
+/* ---- replies into the namespace -------------------------------------------------------------- */
 
 /* A SMEMBERS reply for <kind>. Returns 0, or -1 with <err> set when the reply says the server,
  * not the data, is the problem. */
@@ -240,7 +240,8 @@ static int fill_hash(struct ms_rns *ns, struct ms_rns_entry *e, const redisReply
         return 0;
     }
     if (r->type != REDIS_REPLY_ARRAY) {
-        snprintf(err, errlen, "HGETALL %s...: %s", ns->prefix, rds_reply_what(r, what, sizeof(what)));
+        snprintf(err, errlen, "HGETALL %s...: %s", ns->prefix,
+                 rds_reply_what(r, what, sizeof(what)));
         return -1;
     }
     if (r->elements == 0) {
@@ -404,8 +405,9 @@ static void report_rejected(const struct ms_rns *ns, const char *errs)
     }
     rd.rejected = h;
     snprintf(rd.reject_text, sizeof(rd.reject_text), "%.*s", (int)strcspn(errs, "\n"), errs);
-    log_error("redis %s*: namespace rejected as a whole; still serving generation %llu%s", ns->prefix,
-              (unsigned long long)ms.gen, rd.good != NULL ? " with the last good Redis data" : "");
+    log_error("redis %s*: namespace rejected as a whole; still serving generation %llu%s",
+              ns->prefix, (unsigned long long)ms.gen,
+              rd.good != NULL ? " with the last good Redis data" : "");
     log_lines(LOG_ERROR, errs);
 }
 
@@ -541,7 +543,8 @@ static void on_message(redisAsyncContext *ac, void *reply, void *priv)
     }
     if (r->type == REDIS_REPLY_ERROR) {
         answered(c);
-        snprintf(c->error, sizeof(c->error), "SUBSCRIBE: %s", rds_reply_what(r, what, sizeof(what)));
+        snprintf(c->error, sizeof(c->error), "SUBSCRIBE: %s",
+                 rds_reply_what(r, what, sizeof(what)));
         return;
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
@@ -724,12 +727,12 @@ static void link_connect(uint64_t now)
 
     rd.state = LINK_CONNECTING;
     if (conn_open(&rd.cmd, now) != 0) {
-        snprintf(why, sizeof(why), "%s", rd.cmd.error);
+        snprintf(why, sizeof(why), "%s connection: %s", rd.cmd.name, rd.cmd.error);
         link_fail(now, why);
         return;
     }
     if (conn_open(&rd.sub, now) != 0) {
-        snprintf(why, sizeof(why), "%s", rd.sub.error);
+        snprintf(why, sizeof(why), "%s connection: %s", rd.sub.name, rd.sub.error);
         link_fail(now, why);
         return;
     }
@@ -842,7 +845,7 @@ static void read_step(uint64_t now)
     }
 }
 
-/* ---- the tick --------------------------------------------------------------------------------- */
+/* ---- the tick -------------------------------------------------------------------------------- */
 
 static const char *conn_problem(const struct conn *c, uint64_t now, char *buf, size_t n)
 {
@@ -942,7 +945,7 @@ static void on_tick(uint64_t now, void *arg)
     }
 }
 
-/* ---- API -------------------------------------------------------------------------------------- */
+/* ---- API ------------------------------------------------------------------------------------- */
 
 int ms_redis_start(void)
 {
@@ -967,7 +970,9 @@ int ms_redis_start(void)
     if (sync_read(cfg, ns, err, sizeof(err)) != 0) {
         log_warn("redis %s:%d: %s; starting from %s alone and retrying in the background",
                  cfg->redis.host, cfg->redis.port, err, cfg->path);
-        snprintf(rd.last_error, sizeof(rd.last_error), "%s", err);
+        /* Worded like the background attempts' messages, so that the same failure is not
+         * logged again by the first of them. */
+        snprintf(rd.last_error, sizeof(rd.last_error), "command connection: %.480s", err);
         ms_rns_free(ns);
         return 0;
     }

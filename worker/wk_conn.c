@@ -324,14 +324,15 @@ static void upstream_close(struct wk_upstream *u)
     if (u->fd != -1) {
         close(u->fd);
     }
-    free(u);
+    wk_free_later(&u->ev);
 }
 
 static void pool_put(struct wk_upstream *u)
 {
     struct wk_pool *p = &wk.pools[u->be_slot];
 
-    if (p->count >= POOL_MAX_IDLE || wk.stopping) {
+    /* Bytes a TLS backend sent beyond its response would be read as the next response. */
+    if (p->count >= POOL_MAX_IDLE || wk.stopping || (u->tls != NULL && wk_tls_pending(u->tls))) {
         upstream_close(u);
         return;
     }
@@ -365,6 +366,9 @@ static void backend_active_dec(struct wk_client *c)
 /* Drop the upstream of the current attempt without reusing it. */
 static void detach_upstream(struct wk_client *c)
 {
+    if (c->tflags & WK_T_LB_PROBE) {
+        wk_lb_abort(c);
+    }
     if (c->up != NULL) {
         backend_active_dec(c);
         c->up->client = c; /* not pooled: upstream_close must not touch the pool lists */
@@ -409,8 +413,7 @@ void wk_client_close(struct wk_client *c)
         c->next->prev = c->prev;
     }
     wk.nclients--;
-    c->ev.kind = 0;
-    free(c);
+    wk_free_later(&c->ev);
 }
 
 void wk_close_idle_clients(void)

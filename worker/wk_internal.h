@@ -20,6 +20,11 @@ struct wk_ev {
     uint8_t kind;
 };
 
+/* Free a closed client or upstream (allocated with malloc) once the current epoll batch is done:
+ * a later event of the same batch may still name it. Marks it dead (kind 0), which the loop's
+ * dispatch skips. */
+void wk_free_later(struct wk_ev *e);
+
 /* ---- buffers ------------------------------------------------------------------------------
  * Bytes live in data[start, end). A buffer with data == NULL holds nothing and costs nothing:
  * idle connections give their buffers back to the per-worker free list. */
@@ -253,6 +258,8 @@ int wk_lb_can_retry(struct wk_client *c);
 /* Record the outcome of the attempt on c->backend: <fail> is a WK_FAIL_* code or 0 for a
  * response with HTTP <status>. Called exactly once per attempt. */
 void wk_lb_result(struct wk_client *c, int fail, unsigned status);
+/* The attempt ends without an outcome (the client went away): give back a probe lease. */
+void wk_lb_abort(struct wk_client *c);
 
 /* ---- wk_hdr.c: pure helpers, unit-tested ----------------------------------------------------- */
 #define WK_MAX_HEADERS 128

@@ -186,7 +186,8 @@ static uint64_t ticket(struct pick *pk)
     return __atomic_fetch_add(pk->cursor, 1, __ATOMIC_RELAXED);
 }
 
-/* Every position from a rotating start: the fallback, and least-conn's candidate walk. */
+/* Every position from a rotating start: the fallback when the schedule or ticket walk found
+ * nothing usable. */
 static int scan(struct pick *pk, int *res)
 {
     uint32_t n = pk->svc->nbackends;
@@ -282,7 +283,8 @@ static int pick_lc(struct pick *pk, int *res)
 static int pick_hash(struct pick *pk, int *res)
 {
     const struct lb_svc *ls = svc_table(pk->c, pk->svc);
-    uint64_t h = shm_lb_client_hash(pk->c->peer_family, pk->c->peer_ip);
+    /* The request's client (PROXY source or trusted X-Forwarded-For), not the hop before us. */
+    uint64_t h = shm_lb_client_hash(pk->c->client_family, pk->c->client_ip);
     uint32_t n = pk->svc->nbackends;
 
     if (ls != NULL) {
@@ -456,4 +458,20 @@ void wk_lb_result(struct wk_client *c, int fail, unsigned status)
         log_info("circuit closed for backend %s of service %s: probe succeeded",
                  shm_s(s, be->address), shm_s(s, svc->name));
     }
+}
+
+void wk_lb_abort(struct wk_client *c)
+{
+    const struct shm_service *svc;
+    const struct shm_backend *be;
+
+    if (!(c->tflags & WK_T_LB_PROBE)) {
+        return;
+    }
+    /* The client went away mid-attempt: the probe proved nothing either way; let another
+     * request probe at once instead of waiting for the lease to lapse. */
+    c->tflags &= ~WK_T_LB_PROBE;
+    svc = wk_client_service(c);
+    be = &shm_backends(c->gen->snap)[svc->backends_first + c->backend];
+    __atomic_store_n(&rtb(be)->probe_until_ms, 0, __ATOMIC_RELEASE);
 }

@@ -90,6 +90,37 @@ void wk_buf_put(struct wk_buf *b)
     b->cap = b->start = b->end = 0;
 }
 
+/* ---- deferred frees --------------------------------------------------------------------------
+ * Closing a client also closes its upstream, and either may still have an event further down the
+ * batch epoll_wait returned: their memory lives until the batch is done. */
+static void **dead;
+static size_t ndead, dead_cap;
+
+void wk_free_later(struct wk_ev *e)
+{
+    e->kind = 0;
+    if (ndead == dead_cap) {
+        size_t cap = dead_cap ? dead_cap * 2 : 64;
+        void **n = realloc(dead, cap * sizeof(*n));
+
+        if (n == NULL) {
+            /* Out of memory: leak it rather than risk a use after free. */
+            return;
+        }
+        dead = n;
+        dead_cap = cap;
+    }
+    dead[ndead++] = e;
+}
+
+static void free_dead(void)
+{
+    for (size_t i = 0; i < ndead; i++) {
+        free(dead[i]);
+    }
+    ndead = 0;
+}
+
 /* ---- timers --------------------------------------------------------------------------------- */
 #define TQ_MAX 32
 
@@ -394,6 +425,7 @@ void wk_main(const struct wk_init *init)
         if ((wk.accept_paused || wk_alog_pending()) && timeout > 100) {
             timeout = 100;
         }
+        free_dead(); /* nothing of the previous batch is pending any more */
         n = epoll_wait(wk.epfd, evs, (int)DSP_ARRAY_SIZE(evs), timeout);
         if (n == -1 && errno != EINTR) {
             log_errno(LOG_ERROR, errno, "epoll_wait() failed");

@@ -674,6 +674,11 @@ int wk_tls_idle_ok(struct ssl_st *s)
     return map_err(s, n) == WK_TLS_WANT_READ;
 }
 
+int wk_tls_pending(const struct ssl_st *s)
+{
+    return SSL_has_pending(s);
+}
+
 void wk_tls_shutdown(struct ssl_st *s)
 {
     if (s == NULL || !SSL_is_init_finished(s) || SSL_get_quiet_shutdown(s) ||

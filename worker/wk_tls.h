@@ -25,8 +25,8 @@ int wk_tls_init(void);
 /* Build the TLS state of a freshly mapped generation <snap>: one server context per certificate,
  * the SNI index, one client context per TLS service. Contexts whose inputs did not change since
  * <prev> (the generation being replaced, or NULL) are shared rather than rebuilt, so a reload that
- * touches no certificate costs nothing here. Returns the set, or NULL (logged) when <snap> has no
- * usable TLS material or memory ran out. */
+ * touches no certificate costs nothing here. A certificate or service whose context cannot be
+ * built is logged and left out. Returns the set, or NULL (logged) when memory ran out. */
 struct wk_tls_gen *wk_tls_gen_new(const struct shm_snap_hdr *snap, const struct wk_tls_gen *prev);
 /* Drop a set. Connections created from its contexts keep them alive (OpenSSL counts refs). */
 void wk_tls_gen_free(struct wk_tls_gen *tg);
@@ -34,9 +34,10 @@ void wk_tls_gen_free(struct wk_tls_gen *tg);
 /* A server-side SSL for accepted socket <fd>, starting on the default certificate of the current
  * generation; SNI switches it during the handshake. NULL on failure (logged once per burst). */
 struct ssl_st *wk_tls_server_new(int fd);
-/* A client-side SSL for a connection to backend <be> of service <svc> (an index in <tg>'s
- * generation), resuming the last session with that backend (runtime slot <be_slot>) when there is
- * one. NULL when the service has no TLS context or on failure. */
+/* A client-side SSL on socket <fd> to backend <be> of service <svc> (an index in <tg>'s
+ * generation): SNI and name or IP verification as the service says, resuming the last session
+ * with that backend (kept per runtime slot) when it was made under the same settings. NULL when
+ * the service has no TLS context or on failure (reason in wk_tls_error()). */
 struct ssl_st *wk_tls_client_new(int fd, const struct wk_tls_gen *tg, uint32_t svc,
                                  const struct shm_backend *be);
 
@@ -51,6 +52,8 @@ int wk_tls_writev(struct ssl_st *s, const struct iovec *iov, int niov);
 /* Is an idle pooled connection that just became readable still clean? Consumes post-handshake
  * messages (TLS 1.3 tickets); anything else (data, alert, EOF) means no. */
 int wk_tls_idle_ok(struct ssl_st *s);
+/* Does OpenSSL hold unread bytes (decrypted or not) for <s>? */
+int wk_tls_pending(const struct ssl_st *s);
 /* Send close_notify if the connection is established and healthy (best effort, never blocks). */
 void wk_tls_shutdown(struct ssl_st *s);
 /* wk_tls_shutdown(), then free <s>. NULL is fine. */

@@ -5,6 +5,9 @@ piece of shared state is exercised across processes.
 Backends are told to misbehave through dsp-testbackend's /control endpoint (fail=N answers N,
 health=N fails /health alone, delay=MS slows every answer) and /reset-after-body."""
 
+# Timing assertions or CPU-heavy streams: run alone (see run.py).
+DSP_SERIAL = True
+
 import json
 import os
 import re

@@ -13,6 +13,9 @@ loopback port (--save "" --appendonly no) and seeds it with redis-cli, like an o
   name clash.
 """
 
+# Timing assertions or CPU-heavy streams: run alone (see run.py).
+DSP_SERIAL = True
+
 import os
 import re
 import shutil

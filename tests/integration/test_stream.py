@@ -139,6 +139,19 @@ class TrustedProxyClientTest(dsptest.TestCase):
         self.assertEqual(h["x-real-ip"], "203.0.113.5")
         self.assertEqual(h["x-forwarded-for"], "6.6.6.6, 203.0.113.5, 10.1.2.3, 127.0.0.1")
 
+    def test_ip_hash_uses_real_client(self):
+        bs = [self.backend("b%d" % i) for i in range(3)]
+        d = self.dispatcher([svc("web", *bs, balance="ip-hash")], [route("*", "web")],
+                            extra='trusted_proxies = [ "127.0.0.1/32" ];')
+        seen = {}
+        for i in range(40):
+            client = "198.51.100.%d" % (i % 10)
+            r = request(d.port, "/echo", host="a.do", headers=[("X-Forwarded-For", client)])
+            seen.setdefault(client, set()).add(r.header("X-Backend"))
+        # each real client sticks to one backend, and the clients spread over several
+        self.assertTrue(all(len(v) == 1 for v in seen.values()), seen)
+        self.assertGreater(len(set().union(*seen.values())), 1, seen)
+
     def test_untrusted_cannot_spoof(self):
         b = self.backend("web")
         d = self.dispatcher([svc("web", b)], [route("*", "web")],
