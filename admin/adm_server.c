@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <http_parser.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +27,7 @@
 #include "master/ms_loop.h"
 #include "master/ms_master.h"
 
-#define MAX_CONNS      24             /* the master loop watches at most 64 fds */
+#define MAX_CONNS      256            /* admin clients at once (the master loop holds 1024 fds) */
 #define UNIX_IN_CAP    16384          /* pending command bytes; > ADM_LINE_MAX + 1 */
 #define HTTP_HEAD_MAX  8192
 #define OUT_HIGH       (1024 * 1024)  /* stop reading commands while this much is unsent */
@@ -721,26 +720,8 @@ static int bind_http(void)
     return fd;
 }
 
-/* Workers are forked from the master: they must not keep admin sockets open (a client would
- * never see our close) nor remove the socket file when they exit. */
-static void in_child(void)
-{
-    if (adm.unix_fd != -1) {
-        close(adm.unix_fd);
-        adm.unix_fd = -1;
-    }
-    if (adm.http_fd != -1) {
-        close(adm.http_fd);
-        adm.http_fd = -1;
-    }
-    for (int i = 0; i < MAX_CONNS; i++) {
-        if (adm.conns[i] != NULL) {
-            close(adm.conns[i]->fd);
-            adm.conns[i]->fd = -1;
-        }
-    }
-}
-
+/* Workers are forked from the master (which closes every fd of the master loop in them, see
+ * ms_loop_child_cleanup()) and exit through exit(): only the master removes the socket file. */
 static void at_exit(void)
 {
     if (adm.sock_path != NULL && getpid() == adm.master_pid) {
@@ -757,10 +738,6 @@ int adm_init(void)
     adm.ops.reload = do_reload;
     adm.ops.rt = ms.rt;
     if (alog_prepare_path(cfg->log.access, 1) != 0) {
-        return -1;
-    }
-    if (pthread_atfork(NULL, NULL, in_child) != 0) {
-        log_error("pthread_atfork() failed");
         return -1;
     }
     if (cfg->admin.socket != NULL) {

@@ -163,16 +163,22 @@ def children(pid):
     return sorted(int(x) for x in out.split())
 
 
-def cpu_ticks(pids):
-    total = 0
+def cpu_ticks_split(pids):
+    """(utime, stime) ticks summed over pids, from /proc/PID/stat."""
+    u = s = 0
     for pid in pids:
         try:
             with open("/proc/%d/stat" % pid) as f:
                 fields = f.read().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])      # utime, stime
+            u += int(fields[11])
+            s += int(fields[12])
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return u, s
+
+
+def cpu_ticks(pids):
+    return sum(cpu_ticks_split(pids))
 
 
 def machine_busy_ticks():
@@ -512,9 +518,10 @@ def wrk(proxy, path, conns, duration, headers=()):
     argv += ["-H", "Host: %s" % proxy.host, "http://127.0.0.1:%d%s" % (proxy.port, path)]
     pids = proxy.pids()
     b0, m0, w0 = cpu_ticks(BACKEND_PIDS), machine_busy_ticks(), children_cpu_s()
-    t0, c0 = time.monotonic(), cpu_ticks(pids)
+    t0, (u0, s0) = time.monotonic(), cpu_ticks_split(pids)
     r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
-    t1, c1 = time.monotonic(), cpu_ticks(pids)
+    t1, (u1, s1) = time.monotonic(), cpu_ticks_split(pids)
+    c0, c1 = u0 + s0, u1 + s1
     b1, m1, w1 = cpu_ticks(BACKEND_PIDS), machine_busy_ticks(), children_cpu_s()
     out = r.stdout
     if r.returncode != 0:
@@ -542,6 +549,7 @@ def wrk(proxy, path, conns, duration, headers=()):
         "p99_ms": float(p99.group(1)) * _UNIT[p99.group(2)],
         "cpu_us": (cpu_s * 1e6 / nreq) if nreq else float("nan"),
         "cpu_pct": 100.0 * cpu_s / (t1 - t0),
+        "sys_pct": (100.0 * (s1 - s0) / (c1 - c0)) if c1 > c0 else float("nan"),
         "backend_us": ((b1 - b0) / CLK_TCK * 1e6 / nreq) if nreq else float("nan"),
         "other_pct": max(0.0, 100.0 * other_s / (t1 - t0)),
         "requests": nreq,
@@ -667,9 +675,9 @@ METRICS = [("rps", "req/s", "rps"), ("p99_ms", "p99 latency ms", "ms"),
 
 
 def row(sc, name, i, r):
-    return "| %s | %s | %d | %.0f | %.2f | %.2f | %.0f%% | %.2f | %.0f%% | %d | %d |" % (
-        sc, name, i + 1, r["rps"], r["p99_ms"], r["cpu_us"], r["cpu_pct"], r["backend_us"],
-        r["other_pct"], r["requests"], r["errors"])
+    return "| %s | %s | %d | %.0f | %.2f | %.2f | %.0f%% | %.0f%% | %.2f | %.0f%% | %d | %d |" % (
+        sc, name, i + 1, r["rps"], r["p99_ms"], r["cpu_us"], r["cpu_pct"], r["sys_pct"],
+        r["backend_us"], r["other_pct"], r["requests"], r["errors"])
 
 
 def report(res, idle, e_res, reloads, started, elapsed, notes):
@@ -794,9 +802,9 @@ def report(res, idle, e_res, reloads, started, elapsed, notes):
     # raw per-round values
     L.append("<details><summary>Per-round values</summary>")
     L.append("")
-    L.append("| scenario | proxy | round | req/s | p99 ms | CPU µs/req | CPU busy | backend µs/req "
-             "| other load | requests | errors |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| scenario | proxy | round | req/s | p99 ms | CPU µs/req | CPU busy | kernel share "
+             "| backend µs/req | other load | requests | errors |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for sc in "abc":
         if sc not in res:
             continue

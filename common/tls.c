@@ -3,6 +3,7 @@
  * purely to validate it, so a certificate that passes `-t` is one every worker can serve. */
 #include "common/tls.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -235,6 +236,115 @@ struct ssl_ctx_st *tls_server_ctx_new(const char *cert_pem, size_t cert_len, con
         return NULL;
     }
     return ctx;
+}
+
+struct ssl_st *tls_client_conn(struct ssl_ctx_st *ctx, int fd, const char *sni, int verify,
+                               const uint8_t *ip, size_t iplen, char *err, size_t errlen)
+{
+    SSL *s = SSL_new(ctx);
+
+    if (s == NULL || SSL_set_fd(s, fd) != 1) {
+        set_err(err, errlen, "SSL_new() failed");
+        SSL_free(s);
+        return NULL;
+    }
+    SSL_set_connect_state(s);
+    if (sni != NULL && SSL_set_tlsext_host_name(s, sni) != 1) {
+        set_err(err, errlen, "cannot set the server name");
+        SSL_free(s);
+        return NULL;
+    }
+    /* Without a name to check, the certificate must name the address we connect to. */
+    if (verify && (sni != NULL ? SSL_set1_host(s, sni) != 1
+                               : X509_VERIFY_PARAM_set1_ip(SSL_get0_param(s), ip, iplen) != 1)) {
+        set_err(err, errlen, "cannot set the name to verify");
+        SSL_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* Map a failed call's result; fatal errors also leave a reason in <err>. */
+static int conn_err(SSL *s, int r, char *err, size_t errlen)
+{
+    int saved = errno;
+    int e = SSL_get_error(s, r);
+    long v;
+
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        return TLS_WANT_READ;
+    case SSL_ERROR_WANT_WRITE:
+        return TLS_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (ERR_peek_error() == 0) {
+            snprintf(err, errlen, "%s", saved ? strerror(saved) : "connection closed");
+            return TLS_ERR;
+        }
+        set_err(err, errlen, "TLS error");
+        return TLS_ERR;
+    default:
+        v = SSL_get_verify_result(s);
+        if (v != X509_V_OK) {
+            ERR_clear_error();
+            snprintf(err, errlen, "certificate verify failed: %s",
+                     X509_verify_cert_error_string(v));
+        } else {
+            set_err(err, errlen, "TLS error");
+        }
+        return TLS_ERR;
+    }
+}
+
+int tls_conn_handshake(struct ssl_st *s, char *err, size_t errlen)
+{
+    int r;
+
+    ERR_clear_error();
+    r = SSL_do_handshake(s);
+    if (r == 1) {
+        return 1;
+    }
+    r = conn_err(s, r, err, errlen);
+    if (r == 0) {
+        snprintf(err, errlen, "connection closed during the TLS handshake");
+        return TLS_ERR;
+    }
+    return r;
+}
+
+int tls_conn_read(struct ssl_st *s, void *buf, size_t len, char *err, size_t errlen)
+{
+    int n;
+
+    ERR_clear_error();
+    n = SSL_read(s, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+    return n > 0 ? n : conn_err(s, n, err, errlen);
+}
+
+int tls_conn_write(struct ssl_st *s, const void *buf, size_t len, char *err, size_t errlen)
+{
+    int n;
+
+    ERR_clear_error();
+    n = SSL_write(s, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+    if (n > 0) {
+        return n;
+    }
+    n = conn_err(s, n, err, errlen);
+    return n == 0 ? TLS_ERR : n;
+}
+
+void tls_conn_free(struct ssl_st *s)
+{
+    SSL_free(s);
+}
+
+void tls_ctx_free(struct ssl_ctx_st *ctx)
+{
+    SSL_CTX_free(ctx);
 }
 
 struct ssl_ctx_st *tls_client_ctx_new(int verify, const char *ca_pem, size_t ca_len, char *err,

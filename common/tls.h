@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 struct ssl_ctx_st;
+struct ssl_st;
 
 /* Session tickets: a ticket key encrypts new tickets for TLS_TICKET_ENC_S seconds and is accepted
  * for TLS_TICKET_DEC_S seconds after that; tickets are announced with a lifetime no longer than
@@ -36,6 +37,27 @@ struct ssl_ctx_st *tls_server_ctx_new(const char *cert_pem, size_t cert_len, con
  * (<ca_len> 0: the system store). Returns the context or NULL with a reason in <err>. */
 struct ssl_ctx_st *tls_client_ctx_new(int verify, const char *ca_pem, size_t ca_len, char *err,
                                       size_t errlen);
+
+/* Results of the non-blocking client helpers below, besides counts and 0 (EOF). */
+#define TLS_ERR        (-1)
+#define TLS_WANT_READ  (-2)
+#define TLS_WANT_WRITE (-3)
+
+/* A client SSL on connected (or connecting) socket <fd>, from <ctx>: sends SNI <sni> (NULL:
+ * none); with <verify>, the peer's certificate must name <sni>, or without one, the address
+ * <ip> (<iplen> 4 or 16 bytes). Returns the SSL (free with tls_conn_free) or NULL with the
+ * reason in <err>. */
+struct ssl_st *tls_client_conn(struct ssl_ctx_st *ctx, int fd, const char *sni, int verify,
+                               const uint8_t *ip, size_t iplen, char *err, size_t errlen);
+/* Drive a handshake: 1 when done, TLS_WANT_*, or TLS_ERR with the reason in <err>. */
+int tls_conn_handshake(struct ssl_st *s, char *err, size_t errlen);
+/* Read or write: the byte count, 0 at EOF (read), TLS_WANT_*, or TLS_ERR (reason in <err>). */
+int tls_conn_read(struct ssl_st *s, void *buf, size_t len, char *err, size_t errlen);
+int tls_conn_write(struct ssl_st *s, const void *buf, size_t len, char *err, size_t errlen);
+/* Free an SSL without sending anything (the socket is the caller's). NULL is fine. */
+void tls_conn_free(struct ssl_st *s);
+/* Free a context (connections made from it keep it alive). NULL is fine. */
+void tls_ctx_free(struct ssl_ctx_st *ctx);
 
 /* Take OpenSSL's queued errors (oldest first) as one "; "-joined line into <buf>, emptying the
  * queue. <buf> is "" when nothing was queued. Returns <buf>. */

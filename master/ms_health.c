@@ -16,6 +16,7 @@
 
 #include "common/dsp.h"
 #include "common/log.h"
+#include "common/tls.h"
 #include "master/ms_loop.h"
 #include "master/ms_master.h"
 #include "shm/shm_lb.h"
@@ -28,6 +29,7 @@
 #define HC_CONNECTING 1
 #define HC_SENDING    2
 #define HC_READING    3
+#define HC_HANDSHAKE  4 /* TLS services: between connect and sending */
 
 struct hc {
     uint32_t rt_slot;
@@ -47,6 +49,14 @@ struct hc {
     size_t reqlen, sent;
     char buf[HC_BUF];
     size_t got;
+    /* Services with tls = true are checked over TLS, verified as their traffic is. */
+    uint32_t tls_flags;        /* shm_service.tls */
+    struct ssl_ctx_st *tls_ctx; /* rebuilt when the flags or the CA change */
+    char *tls_ca;              /* the CA PEM it was built from ("" = system store) */
+    char *tls_sni;             /* NULL: none (the address is verified) */
+    struct ssl_st *tls;        /* the check in flight */
+    uint8_t ip[16];
+    size_t iplen;
 };
 
 static struct {
@@ -60,6 +70,9 @@ static struct {
 
 static void hc_free(struct hc *h)
 {
+    tls_ctx_free(h->tls_ctx);
+    free(h->tls_ca);
+    free(h->tls_sni);
     free(h->service);
     free(h->address);
     free(h->path);
@@ -78,6 +91,8 @@ static void replace(char **dst, const char *src)
 /* End the check in flight (if any) without recording a result. */
 static void hc_abort(struct hc *h)
 {
+    tls_conn_free(h->tls);
+    h->tls = NULL;
     if (h->fd != -1) {
         /* Deregister before closing: a worker forked meanwhile shares the socket, and epoll
          * forgets a registration only when every descriptor of the file is closed. */
@@ -137,10 +152,25 @@ static void hc_judge(struct hc *h, uint64_t now)
     hc_done(h, status >= 200 && status < 400, status, reason, now);
 }
 
+/* A TLS call would block: wait for the direction it needs. Returns 0, or -1 after failing the
+ * check. */
+static int hc_want(struct hc *h, int want, uint64_t now)
+{
+    struct epoll_event ev = {.events = want == TLS_WANT_WRITE ? EPOLLOUT : EPOLLIN, .data.ptr = h};
+
+    if (epoll_ctl(hc.epfd, EPOLL_CTL_MOD, h->fd, &ev) == -1) {
+        hc_fail_errno(h, errno, now);
+        return -1;
+    }
+    return 0;
+}
+
 static void hc_step(struct hc *h, uint32_t events, uint64_t now)
 {
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = h};
+    char why[256];
     ssize_t n;
+    int r;
 
     if (h->phase == HC_CONNECTING) {
         int err = 0;
@@ -155,10 +185,47 @@ static void hc_step(struct hc *h, uint32_t events, uint64_t now)
             hc_fail_errno(h, err, now);
             return;
         }
+        h->phase = h->tls_ctx != NULL ? HC_HANDSHAKE : HC_SENDING;
+    }
+    if (h->phase == HC_HANDSHAKE) {
+        if (h->tls == NULL) {
+            h->tls = tls_client_conn(h->tls_ctx, h->fd, h->tls_sni,
+                                     (h->tls_flags & SHM_SVC_TLS_VERIFY) != 0, h->ip, h->iplen,
+                                     why, sizeof(why));
+            if (h->tls == NULL) {
+                hc_done(h, 0, 0, why, now);
+                return;
+            }
+        }
+        r = tls_conn_handshake(h->tls, why, sizeof(why));
+        if (r == TLS_WANT_READ || r == TLS_WANT_WRITE) {
+            hc_want(h, r, now);
+            return;
+        }
+        if (r != 1) {
+            hc_done(h, 0, 0, why, now);
+            return;
+        }
+        if (hc_want(h, TLS_WANT_WRITE, now) != 0) {
+            return;
+        }
         h->phase = HC_SENDING;
     }
     if (h->phase == HC_SENDING) {
-        n = send(h->fd, h->req + h->sent, h->reqlen - h->sent, MSG_NOSIGNAL);
+        if (h->tls != NULL) {
+            r = tls_conn_write(h->tls, h->req + h->sent, h->reqlen - h->sent, why, sizeof(why));
+            if (r == TLS_WANT_READ || r == TLS_WANT_WRITE) {
+                hc_want(h, r, now);
+                return;
+            }
+            if (r < 0) {
+                hc_done(h, 0, 0, why, now);
+                return;
+            }
+            n = r;
+        } else {
+            n = send(h->fd, h->req + h->sent, h->reqlen - h->sent, MSG_NOSIGNAL);
+        }
         if (n == -1) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                 hc_fail_errno(h, errno, now);
@@ -177,7 +244,21 @@ static void hc_step(struct hc *h, uint32_t events, uint64_t now)
         return;
     }
     if (h->phase == HC_READING) {
-        n = recv(h->fd, h->buf + h->got, sizeof(h->buf) - 1 - h->got, 0);
+        if (h->tls != NULL) {
+            r = tls_conn_read(h->tls, h->buf + h->got, sizeof(h->buf) - 1 - h->got, why,
+                              sizeof(why));
+            if (r == TLS_WANT_READ || r == TLS_WANT_WRITE) {
+                hc_want(h, r, now);
+                return;
+            }
+            if (r < 0) {
+                hc_done(h, 0, 0, why, now);
+                return;
+            }
+            n = r;
+        } else {
+            n = recv(h->fd, h->buf + h->got, sizeof(h->buf) - 1 - h->got, 0);
+        }
         if (n == -1) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                 hc_fail_errno(h, errno, now);
@@ -201,6 +282,10 @@ static void hc_start(struct hc *h, uint64_t now)
     h->deadline_ms = now + h->timeout_ms;
     h->got = 0;
     h->sent = 0;
+    if ((h->tls_flags & SHM_SVC_TLS_ON) && h->tls_ctx == NULL) {
+        h->next_ms = now + h->interval_ms; /* logged when the context failed to build */
+        return;
+    }
     len = snprintf(NULL, 0,
                    "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: dispatcher-health/%s\r\n"
                    "Accept: */*\r\nConnection: close\r\n\r\n",
@@ -222,7 +307,7 @@ static void hc_start(struct hc *h, uint64_t now)
     }
     hc.inflight++;
     if (connect(h->fd, (struct sockaddr *)&h->ss, h->sslen) == 0) {
-        h->phase = HC_SENDING;
+        h->phase = h->tls_ctx != NULL ? HC_HANDSHAKE : HC_SENDING;
     } else if (errno == EINPROGRESS) {
         h->phase = HC_CONNECTING;
     } else {
@@ -279,6 +364,39 @@ static void on_events(int fd, uint32_t events, void *arg)
     } while (n == 64);
 }
 
+/* The TLS settings of <svc> for check <h> of backend <b>. */
+static void hc_set_tls(struct hc *h, const struct shm_snap_hdr *s, const struct shm_service *svc,
+                       const struct shm_backend *b)
+{
+    const char *ca = shm_s(s, svc->tls_ca_pem);
+    char err[256];
+
+    free(h->tls_sni);
+    h->tls_sni = svc->tls_sni.len > 0 ? dsp_xstrdup(shm_s(s, svc->tls_sni)) : NULL;
+    memcpy(h->ip, b->ip, sizeof(h->ip));
+    h->iplen = b->family == AF_INET6 ? 16 : 4;
+    if (!(svc->tls & SHM_SVC_TLS_ON)) {
+        tls_ctx_free(h->tls_ctx);
+        h->tls_ctx = NULL;
+        h->tls_flags = 0;
+        return;
+    }
+    if (h->tls_ctx != NULL && h->tls_flags == svc->tls && h->tls_ca != NULL &&
+        strcmp(h->tls_ca, ca) == 0) {
+        return;
+    }
+    /* A check in flight keeps the old context alive through its SSL. */
+    tls_ctx_free(h->tls_ctx);
+    h->tls_flags = svc->tls;
+    replace(&h->tls_ca, ca);
+    h->tls_ctx = tls_client_ctx_new((svc->tls & SHM_SVC_TLS_VERIFY) != 0, ca,
+                                    svc->tls_ca_pem.len, err, sizeof(err));
+    if (h->tls_ctx == NULL) {
+        log_error("health checks of backend %s (service %s): no TLS: %s", shm_s(s, b->address),
+                  shm_s(s, svc->name), err);
+    }
+}
+
 /* Follow the configuration: add new targets (checked at once), update kept ones (their counters
  * live in the runtime slot and carry over), drop those no longer configured. */
 static void on_publish(void *arg)
@@ -321,6 +439,7 @@ static void on_publish(void *arg)
             replace(&h->service, shm_s(s, svc->name));
             replace(&h->address, shm_s(s, b->address));
             replace(&h->path, shm_s(s, svc->health_path));
+            hc_set_tls(h, s, svc, b);
             memset(&h->ss, 0, sizeof(h->ss));
             if (b->family == AF_INET6) {
                 struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&h->ss;

@@ -8,7 +8,7 @@
 
 #include "common/log.h"
 
-#define MAX_FDS   64
+#define MAX_FDS   1024
 #define MAX_TICKS 16
 #define MAX_HOOKS 16
 

@@ -2,7 +2,8 @@
  * reads the namespace, "subscriber" listens on the events channel. Neither ever blocks the loop:
  * hiredis is driven through an adapter onto ms_loop's fds, and every deadline is checked from
  * the loop tick. Callbacks only record what happened; the tick decides and acts, so no context
- * is ever freed from inside one of its own callbacks.
+ * is ever freed from inside one of its own callbacks. Both fds are registered with ms_loop, which
+ * closes them in forked workers (ms_loop_child_cleanup).
  *
  * Link states:
  *
@@ -15,7 +16,6 @@
  * resync_ms passed. A read that equals the last good data changes nothing. */
 #include "master/ms_redis.h"
 
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,19 +177,6 @@ static void ev_cleanup(void *p)
     ev_update(c);
     c->ac = NULL;
     c->fd = -1;
-}
-
-/* Workers are forked from the master: without this they would keep the Redis sockets open, and a
- * connection the master drops would stay open on the server for as long as they live. Only the
- * fds are closed; the worker never touches the hiredis structures. */
-static void on_fork_child(void)
-{
-    if (rd.cmd.ac != NULL && rd.cmd.fd >= 0) {
-        close(rd.cmd.fd);
-    }
-    if (rd.sub.ac != NULL && rd.sub.fd >= 0) {
-        close(rd.sub.fd);
-    }
 }
 
 /* ---- replies into the namespace -------------------------------------------------------------- */
@@ -959,7 +946,6 @@ int ms_redis_start(void)
             log_error("redis: cannot register the master loop tick");
             return 0;
         }
-        pthread_atfork(NULL, NULL, on_fork_child);
         rd.rand_state = (unsigned)getpid() ^ (unsigned)dsp_now_ms();
         rd.tick_registered = 1;
     }

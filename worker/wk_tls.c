@@ -529,23 +529,10 @@ struct ssl_st *wk_tls_client_new(int fd, const struct wk_tls_gen *tg, uint32_t s
     }
     sv = &shm_services(tg->snap)[svc];
     sni = sv->tls_sni.len > 0 ? shm_s(tg->snap, sv->tls_sni) : NULL;
-    s = SSL_new(tg->svc_ctx[svc]);
-    if (s == NULL || SSL_set_fd(s, fd) != 1) {
-        tls_errors(last_error, sizeof(last_error));
-        SSL_free(s);
+    s = tls_client_conn(tg->svc_ctx[svc], fd, sni, (sv->tls & SHM_SVC_TLS_VERIFY) != 0, be->ip,
+                        be->family == AF_INET6 ? 16 : 4, last_error, sizeof(last_error));
+    if (s == NULL) {
         return NULL;
-    }
-    SSL_set_connect_state(s);
-    if (sni != NULL && SSL_set_tlsext_host_name(s, sni) != 1) {
-        goto fail;
-    }
-    if (sv->tls & SHM_SVC_TLS_VERIFY) {
-        /* Without a name to check, the certificate must name the address we connected to. */
-        if (sni != NULL ? SSL_set1_host(s, sni) != 1
-                        : X509_VERIFY_PARAM_set1_ip(SSL_get0_param(s), be->ip,
-                                                    be->family == AF_INET6 ? 16 : 4) != 1) {
-            goto fail;
-        }
     }
     SSL_set_ex_data(s, ex_upstream,
                     (void *)(uintptr_t)((tg->svc_ctx_id[svc] << 20) | ((uint64_t)be->rt_slot + 1)));
@@ -559,10 +546,6 @@ struct ssl_st *wk_tls_client_new(int fd, const struct wk_tls_gen *tg, uint32_t s
         }
     }
     return s;
-fail:
-    tls_errors(last_error, sizeof(last_error));
-    SSL_free(s);
-    return NULL;
 }
 
 /* OpenSSL hands over each session a backend gives us (TLS 1.3: when its ticket arrives). Keep

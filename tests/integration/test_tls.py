@@ -622,3 +622,32 @@ class TlsTest(dsptest.TestCase):
             r = dsptest.request(self.plain, "/x", host=name + ".do")
             self.assertJsonError(r, 502, "Bad gateway")
         self.assertIn("certificate verify failed", d.log())
+
+    @dsptest.timeout(60)
+    def test_backend_tls_health_checks(self):
+        bcert, bkey = make_cert(self.dir, "backend", "backend.internal", "DNS:backend.internal")
+        tb = TlsBackend("tb", bcert, bkey)
+        self.addCleanup(tb.stop)
+        health = {"path": "/health", "interval_ms": 150, "timeout_ms": 1000, "fall": 1,
+                  "rise": 1}
+        services = [
+            svc("checked", tb.addr, tls=True, ca=bcert, sni="backend.internal", health=health),
+            svc("bad-ca", tb.addr, tls=True, ca=self.other[0], sni="backend.internal",
+                health=health),
+        ]
+        routes = [route(s["name"] + ".do", s["name"]) for s in services]
+        d = self.start(services=services, routes=routes)
+        # The master's checks speak TLS too: the good service stays up, the one whose backend
+        # fails verification goes down (503) rather than failing every request with a 502.
+        ok = dsptest.wait_for(lambda: "backend %s of service bad-ca is down" % tb.addr in d.log(),
+                              5, 0.05)
+        self.assertTrue(ok, d.log_tail())
+        self.assertRegex(d.log(), r"service bad-ca is down: health check /health failed "
+                                  r"\(certificate verify failed")
+        time.sleep(0.5)
+        for _ in range(3):
+            r = dsptest.request(self.plain, "/x", host="checked.do")
+            self.assertEqual(r.status, 200, r.body[:300])
+        self.assertNotIn("service checked is down", d.log())
+        r = dsptest.request(self.plain, "/x", host="bad-ca.do")
+        self.assertJsonError(r, 503, "Service unavailable")
