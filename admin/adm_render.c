@@ -213,6 +213,10 @@ void adm_render_health(struct adm_buf *b, const struct adm_view *v)
                  (unsigned long long)v->snap->gen, (unsigned long long)v->loaded_at,
                  source_name(v->snap->source));
     adm_buf_jstr(b, shm_s(v->snap, v->snap->config_path), v->snap->config_path.len);
+    if (v->redis_state != NULL) {
+        adm_buf_adds(b, ",\"redis\":");
+        adm_buf_jstrz(b, v->redis_state);
+    }
     adm_buf_adds(b, "}}");
 }
 
@@ -349,7 +353,8 @@ void adm_render_routes(struct adm_buf *b, const struct adm_view *v)
                 first = 0;
             }
         }
-        adm_buf_addf(b, "],\"priority\":%d,\"service\":", (int)r->priority);
+        adm_buf_addf(b, "],\"priority\":%d,\"source\":\"%s\",\"service\":", (int)r->priority,
+                     r->source == SHM_SOURCE_REDIS ? "redis" : "file");
         if (r->service < s->nservices) {
             adm_buf_jstr(b, shm_s(s, svcs[r->service].name), svcs[r->service].name.len);
         } else {

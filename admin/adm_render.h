@@ -22,6 +22,7 @@ struct adm_view {
     uint64_t started_at;               /* wall clock, master start */
     uint64_t loaded_at;                /* wall clock, current generation */
     double memory_mb;                  /* RSS of the master and its workers; < 0 = unknown */
+    const char *redis_state;           /* "connected", "error: ...", ...; NULL without Redis */
 };
 
 /* Each appends one JSON object, starting {"ok":true, ... and without a newline. */

@@ -26,6 +26,7 @@
 #include "master/ms_config.h"
 #include "master/ms_loop.h"
 #include "master/ms_master.h"
+#include "master/ms_redis.h"
 
 #define MAX_CONNS      256            /* admin clients at once (the master loop holds 1024 fds) */
 #define UNIX_IN_CAP    16384          /* pending command bytes; > ADM_LINE_MAX + 1 */
@@ -120,6 +121,7 @@ static int fill_view(struct adm_view *v, void *arg)
     v->started_at = ms.ctl->started_at;
     v->loaded_at = ms.loaded_at;
     v->memory_mb = rss_mb();
+    v->redis_state = ms.cfg->redis.enabled ? ms_redis_state() : NULL;
     return 0;
 }
 

@@ -324,6 +324,9 @@ static void print_health(const struct adm_jval *j)
     printf("instances   %s\n", num(j, "instances"));
     printf("config      generation %s, loaded %s, source %s\n", num(cf, "generation"), when,
            adm_json_str(cf, "source"));
+    if (adm_json_get(cf, "redis") != NULL) {
+        printf("redis       %s\n", adm_json_str(cf, "redis"));
+    }
 }
 
 static void print_instances(const struct adm_jval *j)
@@ -388,7 +391,7 @@ static void print_routes(const struct adm_jval *j)
     const struct adm_jval *arr = adm_json_get(j, "routes");
     struct table t = {0};
 
-    t_cols(&t, "HOST,PATH,METHODS,>PRIORITY,SERVICE");
+    t_cols(&t, "HOST,PATH,METHODS,>PRIORITY,SERVICE,SOURCE");
     for (size_t i = 0; arr != NULL && arr->type == ADM_J_ARR && i < arr->n; i++) {
         const struct adm_jval *r = &arr->items[i];
         const struct adm_jval *m = adm_json_get(r, "methods");
@@ -410,6 +413,7 @@ static void print_routes(const struct adm_jval *j)
         t_set(row, 2, mn ? ml : "*");
         t_set(row, 3, num(r, "priority"));
         t_set(row, 4, adm_json_str(r, "service"));
+        t_set(row, 5, adm_json_str(r, "source"));
     }
     t_print(&t, "");
 }

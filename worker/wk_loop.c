@@ -256,9 +256,13 @@ static int adopt_generation(void)
     if (h == NULL) {
         /* The master retires a generation only once every worker has moved past it, so a
          * vanished one means a newer one is already published: the next pass picks it up. */
-        if (wk.cur == NULL) {
+        static uint64_t reported;
+        if (wk.cur == NULL || (errno != ENOENT && reported != gen)) {
+            /* ENOENT is the normal race with a newer publish; anything else (a segment that
+             * fails its checks, EMFILE) would leave this worker on old routes: say so once. */
             log_errno(LOG_ERROR, errno, "cannot map configuration generation %llu",
                       (unsigned long long)gen);
+            reported = gen;
         }
         return wk.cur ? 0 : -1;
     }

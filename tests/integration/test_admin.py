@@ -232,7 +232,7 @@ class AdminTest(dsptest.TestCase):
         self.assertEqual(len(j["routes"]), 2)
         self.assertEqual(j["routes"][1], {"host": "idle.do", "path": "/i/",
                                           "methods": ["GET", "POST"], "priority": 2,
-                                          "service": "idle"})
+                                          "source": "file", "service": "idle"})
 
         j = c.ask("show workers")
         self.assertEqual(len(j["workers"]), 2)

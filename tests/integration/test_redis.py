@@ -23,6 +23,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import json
 import time
 
 import dsptest
@@ -230,6 +231,20 @@ class RedisTest(dsptest.TestCase):
                                       path="/v2/echo"))
         for p in ports:
             self.assertEqual(status(p, "x.api.do", "/v1/echo")[0], 404, "path prefix")
+        # The admin socket says where each route came from and how Redis is doing.
+        ctl = os.path.join(os.path.dirname(dsptest.MASTER), "dispatcherctl")
+        sock = os.path.join(d1.tmp, "admin.sock")
+        out = subprocess.run([ctl, "-s", sock, "--json", "show", "routes"], capture_output=True,
+                             timeout=10)
+        src = {r["host"]: r["source"] for r in json.loads(out.stdout)["routes"]}
+        self.assertEqual(src.get("api.do"), "redis", src)
+        self.assertEqual(src.get("*.api.do"), "redis", src)
+        self.assertEqual(src.get("gw.do"), "file", src)
+        out = subprocess.run([ctl, "-s", sock, "--json", "show", "health"], capture_output=True,
+                             timeout=10)
+        cfg = json.loads(out.stdout)["config"]
+        self.assertEqual(cfg["source"], "file+redis")
+        self.assertEqual(cfg["redis"], "connected")
 
         remove(r, "production", "route", "api")
         remove(r, "production", "route", "api-v2")
