@@ -2044,6 +2044,64 @@ static int client_handshake(struct wk_client *c)
     return -1;
 }
 
+static int step_parse_body(struct wk_client *c)
+{
+    return parse_body(c) < 0 ? -1 : 0;
+}
+
+static int step_parse_response(struct wk_client *c)
+{
+    return c->uin.data != NULL && parse_response(c) != 0 ? -1 : 0;
+}
+
+/* The request/response pump, in order. Each returns 1 on progress, 0 when blocked, -1 when the
+ * client is gone; any of them may also end the transaction (an error reply), which ends the pass. */
+static int (*const proxy_steps[])(struct wk_client *) = {
+    step_parse_body, upstream_write, upstream_read, step_parse_response, client_write,
+};
+
+/* One pass of a proxied request. Returns 1, 0 or -1 (the client was closed). */
+static int proxy_step(struct wk_client *c)
+{
+    int progress = 0, r;
+
+    if (!(c->tflags & WK_T_REQ_DONE) || (c->in.data && c->in.end < c->in.cap)) {
+        r = client_read(c);
+        if (r < 0) {
+            return -1;
+        }
+        progress |= r;
+    }
+    if ((c->flags & WK_C_F_HUP) ||
+        ((c->flags & WK_C_F_EOF) && !(c->tflags & WK_T_REQ_DONE))) {
+        /* The client gave up mid-request (or the socket failed): nothing can be answered. */
+        wk_client_close(c);
+        return -1;
+    }
+    if (c->flags & WK_C_F_EOF) {
+        c->flags |= WK_C_F_CLOSE;
+    }
+    for (size_t i = 0; i < DSP_ARRAY_SIZE(proxy_steps); i++) {
+        r = proxy_steps[i](c);
+        if (r < 0) {
+            return -1;
+        }
+        progress |= r;
+        if (c->state != WK_CS_PROXY) {
+            return 1;
+        }
+    }
+    if ((c->tflags & WK_T_RESP_DONE) && c->out.start == c->out.end &&
+        c->rsend_off == c->rready_off) {
+        finish(c);
+        return next_request(c) != 0 ? -1 : 1;
+    }
+    if (progress) {
+        set_timer(c);
+    }
+    return progress;
+}
+
 /* Drive the connection as far as it can go without blocking. */
 static void run(struct wk_client *c)
 {
@@ -2111,83 +2169,11 @@ static void run(struct wk_client *c)
             break;
         }
         case WK_CS_PROXY:
-            if (c->tflags & WK_T_TUNNEL) {
-                r = tunnel_step(c);
-                if (r < 0) {
-                    return;
-                }
-                progress |= r;
-                break;
-            }
-            if (!(c->tflags & WK_T_REQ_DONE) || (c->in.data && c->in.end < c->in.cap)) {
-                r = client_read(c);
-                if (r < 0) {
-                    return;
-                }
-                progress |= r;
-            }
-            if ((c->flags & (WK_C_F_EOF | WK_C_F_HUP)) && !(c->tflags & WK_T_REQ_DONE)) {
-                /* client gave up mid-request: nothing can be answered */
-                wk_client_close(c);
-                return;
-            }
-            if (c->flags & WK_C_F_HUP) {
-                wk_client_close(c);
-                return;
-            }
-            if (c->flags & WK_C_F_EOF) {
-                c->flags |= WK_C_F_CLOSE;
-            }
-            r = parse_body(c);
-            if (r < 0) {
-                return;
-            }
-            if (c->state != WK_CS_PROXY) {
-                progress = 1;
-                break;
-            }
-            r = upstream_write(c);
+            r = (c->tflags & WK_T_TUNNEL) ? tunnel_step(c) : proxy_step(c);
             if (r < 0) {
                 return;
             }
             progress |= r;
-            if (c->state != WK_CS_PROXY) {
-                progress = 1;
-                break;
-            }
-            r = upstream_read(c);
-            if (r < 0) {
-                return;
-            }
-            progress |= r;
-            if (c->state != WK_CS_PROXY) {
-                progress = 1;
-                break;
-            }
-            if (c->uin.data != NULL && parse_response(c) != 0) {
-                return;
-            }
-            if (c->state != WK_CS_PROXY) {
-                progress = 1;
-                break;
-            }
-            r = client_write(c);
-            if (r < 0) {
-                return;
-            }
-            progress |= r;
-            if ((c->tflags & WK_T_RESP_DONE) && c->out.start == c->out.end &&
-                c->rsend_off == c->rready_off) {
-                finish(c);
-                if (next_request(c) != 0) {
-                    return;
-                }
-                progress = 1;
-                break;
-            }
-            if (progress) {
-                set_timer(c);
-            }
             break;
         case WK_CS_REPLY:
             r = client_write(c);
