@@ -47,7 +47,12 @@ static int read_file(const char *path, char **out, size_t *len, char *err, size_
         snprintf(err, errlen, "cannot read \"%s\": %s", path, strerror(errno));
         return -1;
     }
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (off_t)MAX_PEM_FILE) {
+    if (fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "cannot read \"%s\": %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size > (off_t)MAX_PEM_FILE) {
         snprintf(err, errlen, "cannot read \"%s\": %s", path,
                  S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file of at most 4 MiB");
         close(fd);
