@@ -95,14 +95,38 @@ int net_parse_addr(const char *s, int allow_port0, struct sockaddr_storage *ss, 
     return 0;
 }
 
+/* IPv4 dotted quad without inet_ntop's sprintf: this runs twice per proxied request. */
+static void ip4_str(const uint8_t *a, char *buf, size_t buflen)
+{
+    char tmp[16];
+    size_t n = 0;
+
+    for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (v >= 100) {
+            tmp[n++] = (char)('0' + v / 100);
+        }
+        if (v >= 10) {
+            tmp[n++] = (char)('0' + v / 10 % 10);
+        }
+        tmp[n++] = (char)('0' + v % 10);
+        tmp[n++] = i < 3 ? '.' : '\0';
+    }
+    if (buflen >= n) {
+        memcpy(buf, tmp, n);
+    } else if (buflen > 0) {
+        buf[0] = '\0';
+    }
+}
+
 char *net_ip_str(const struct sockaddr *sa, char *buf, size_t buflen)
 {
     if (sa->sa_family == AF_INET) {
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, (socklen_t)buflen);
+        ip4_str((const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr, buf, buflen);
     } else if (sa->sa_family == AF_INET6) {
         const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
         if (IN6_IS_ADDR_V4MAPPED(a)) {
-            inet_ntop(AF_INET, &a->s6_addr[12], buf, (socklen_t)buflen);
+            ip4_str(&a->s6_addr[12], buf, buflen);
         } else {
             inet_ntop(AF_INET6, a, buf, (socklen_t)buflen);
         }

@@ -436,7 +436,6 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
     struct epoll_event ev;
     struct wk_client *c;
     uint64_t total = 0;
-    int one = 1;
 
     /* Other workers' counts are at most one loop pass old; ours is live. */
     for (uint32_t i = 0; i < wk.ctl->nworkers && i < SHM_MAX_WORKERS; i++) {
@@ -493,7 +492,7 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
     }
     c->client_family = c->peer_family;
     memcpy(c->client_ip, c->peer_ip, 16);
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* TCP_NODELAY is inherited from the listening socket (set by the master). */
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.ptr = c;
     if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
@@ -1546,6 +1545,12 @@ static int client_read(struct wk_client *c)
         n = t;
     } else {
         n = recv(c->fd, c->in.data + c->in.end, c->in.cap - c->in.end, 0);
+        /* Edge-triggered: a short read emptied the socket and new bytes bring a new edge, so
+         * the recv that would only say EAGAIN is skipped. Not when a FIN is already pending:
+         * it came with this edge and no other will announce it. */
+        if (n > 0 && (size_t)n < c->in.cap - c->in.end && !(c->flags & WK_C_F_RDHUP)) {
+            c->flags &= ~WK_C_F_READABLE;
+        }
     }
     if (n > 0) {
         c->in.end += (uint32_t)n;
@@ -2242,7 +2247,7 @@ void wk_client_event(struct wk_client *c, uint32_t events)
         c->flags |= WK_C_F_WRITABLE;
     }
     if (events & EPOLLRDHUP) {
-        c->flags |= WK_C_F_READABLE; /* read the EOF */
+        c->flags |= WK_C_F_READABLE | WK_C_F_RDHUP; /* read the EOF */
     }
     if (events & (EPOLLERR | EPOLLHUP)) {
         c->flags |= WK_C_F_READABLE | WK_C_F_WRITABLE;

@@ -116,6 +116,7 @@ struct wk_upstream {
 #define WK_C_F_CLOSE    0x08u /* close once the current response is out */
 #define WK_C_F_HUP      0x10u /* error/hangup reported by epoll */
 #define WK_C_F_TLS      0x20u /* arrived on a TLS listener (forwarded proto https) */
+#define WK_C_F_RDHUP    0x80u /* epoll reported the peer's FIN: read until EOF, no short-read shortcut */
 #define WK_C_F_STARTED  0x40u /* has sent at least one request (idle vs header timeout) */
 
 /* Transaction flags, reset for each request. */
