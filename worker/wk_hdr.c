@@ -77,7 +77,7 @@ int wk_hdr_hop(const struct wk_head *head, const char *name, size_t nlen)
 
 int wk_reqid_sane(const char *v, size_t vlen)
 {
-    if (vlen == 0 || vlen > 64) {
+    if (vlen == 0 || vlen > WK_REQID_MAX) {
         return 0;
     }
     for (size_t i = 0; i < vlen; i++) {

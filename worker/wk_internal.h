@@ -90,6 +90,9 @@ struct wk_upstream {
     struct ssl_st *tls;        /* TLS backends; kept across pooled reuse */
 };
 
+/* Longest client X-Request-ID kept (longer ones are replaced by a generated id); a UUID is 36. */
+#define WK_REQID_MAX 48
+
 /* ---- client connections --------------------------------------------------------------------
  * Client state machine:
  *
@@ -184,7 +187,7 @@ struct wk_client {
     uint8_t client_family; /* the request's client: peer, or the right-most untrusted
                               X-Forwarded-For entry when the peer is a trusted proxy */
     uint8_t client_ip[16];
-    char reqid[48];
+    char reqid[WK_REQID_MAX];  /* not NUL-terminated: reqid_len bytes */
     struct ssl_st *tls;   /* TLS listeners: the session (NULL on plain ones) */
     uint64_t bytes_sent;  /* bytes written to the client for the current request */
     struct wk_alog_req *areq; /* the request's access-log fields (NULL when logging is off) */
@@ -289,7 +292,7 @@ int wk_hdr_is(const struct wk_hdr *h, const char *name, size_t nlen);
 int wk_hdr_hop(const struct wk_head *head, const char *name, size_t nlen);
 /* Does a comma-separated header value contain <token> (case-insensitive)? */
 int wk_hdr_has_token(const char *v, size_t vlen, const char *token);
-/* Is <v> an acceptable client X-Request-ID (1..64 bytes of [A-Za-z0-9._:+/=-])? */
+/* Is <v> an acceptable client X-Request-ID (1..WK_REQID_MAX bytes of [A-Za-z0-9._:+/=-])? */
 int wk_reqid_sane(const char *v, size_t vlen);
 /* Generate a 32-hex-char request id into <out> (at least 33 bytes). */
 void wk_reqid_new(uint64_t rng[2], char *out);

@@ -62,6 +62,23 @@ class ForwardedHeadersTest(dsptest.TestCase):
         self.assertEqual(hget(r.json(), "X-Request-ID"), [rid])
         self.assertEqual(r.header("X-Request-ID"), rid)
 
+    def test_request_id_length_limits(self):
+        # 48 characters are kept; anything longer (or with odd bytes) is replaced by a fresh id,
+        # and neither may disturb the connection (a longer id once overflowed a buffer).
+        keep = "a" * 48
+        with Conn(self.d.port) as c:
+            for rid, kept in ((keep, True), ("b" * 49, False), ("c" * 64, False),
+                              ("d" * 4000, False), ("x y", False)):
+                r = c.request("GET", "/echo", "x.do", headers=[("X-Request-ID", rid)])
+                self.assertEqual(r.status, 200)
+                got = r.header("X-Request-ID")
+                self.assertEqual(hget(r.json(), "X-Request-ID"), [got])
+                if kept:
+                    self.assertEqual(got, rid)
+                else:
+                    self.assertNotEqual(got, rid)
+                    self.assertRegex(got, "^[0-9a-f]{32}$")
+
     def test_untrusted_x_forwarded_for_not_trusted(self):
         # 127.0.0.1 is not in trusted_proxies (none configured): the backend must see the real
         # client address last, and X-Real-IP must not be taken from the client's header.

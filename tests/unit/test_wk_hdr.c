@@ -59,8 +59,8 @@ static void test_reqid(void)
     {
         char longid[80];
         memset(longid, 'a', sizeof(longid));
-        CU_ASSERT(wk_reqid_sane(longid, 64));
-        CU_ASSERT(!wk_reqid_sane(longid, 65));
+        CU_ASSERT(wk_reqid_sane(longid, WK_REQID_MAX));
+        CU_ASSERT(!wk_reqid_sane(longid, WK_REQID_MAX + 1));
     }
     wk_reqid_new(rng, a);
     wk_reqid_new(rng, b);
