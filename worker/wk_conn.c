@@ -107,8 +107,8 @@ static void capture_alog(struct wk_client *c, const char *base, size_t hlen)
     const struct wk_hdr *host, *ua, *ref;
     const char *sp;
 
-    free(c->areq);
-    c->areq = NULL;
+    free(c->tx->areq);
+    c->tx->areq = NULL;
     if (!wk_alog_enabled()) {
         return;
     }
@@ -117,7 +117,7 @@ static void capture_alog(struct wk_client *c, const char *base, size_t hlen)
     ref = scratch_find("referer", 7);
     sp = memchr(base, ' ', DSP_MIN(hlen, 64));
     /* The method as written: the parser may have stopped before it knew one. */
-    c->areq = wk_alog_capture(host ? host->value : NULL, host ? host->vlen : 0, base,
+    c->tx->areq = wk_alog_capture(host ? host->value : NULL, host ? host->vlen : 0, base,
                               sp ? (size_t)(sp - base) : 0, scratch.url, scratch.url_len,
                               ua ? ua->value : NULL, ua ? ua->vlen : 0, ref ? ref->value : NULL,
                               ref ? ref->vlen : 0, c->rq.http_major, c->rq.http_minor);
@@ -131,7 +131,7 @@ static void request_done(struct wk_client *c, int how)
     const struct shm_snap_hdr *s = c->gen->snap;
     const struct shm_service *svc = c->service != SHM_NONE ? csvc(c) : NULL;
     const struct shm_backend *be = svc != NULL && c->tries > 0 ? cbe(c) : NULL;
-    uint64_t dur = c->started_ms && wk.now >= c->started_ms ? wk.now - c->started_ms : 0;
+    uint64_t dur = c->tx->started_ms && wk.now >= c->tx->started_ms ? wk.now - c->tx->started_ms : 0;
     struct wk_alog_entry e;
     struct timespec ts;
     char ip[64];
@@ -155,13 +155,13 @@ static void request_done(struct wk_client *c, int how)
     clock_gettime(CLOCK_REALTIME_COARSE, &ts);
     memset(&e, 0, sizeof(e));
     e.client_ip = ip;
-    e.req = c->areq;
+    e.req = c->tx->areq;
     /* 499: the client went away before it got an answer (the nginx convention). */
-    e.status = how < 0 && (c->status == 0 || c->bytes_sent == 0) ? 499 : c->status;
+    e.status = how < 0 && (c->status == 0 || c->tx->bytes_sent == 0) ? 499 : c->status;
     e.duration_ms = dur;
-    e.bytes_sent = c->bytes_sent;
-    e.reqid = c->reqid;
-    e.reqid_len = c->reqid_len;
+    e.bytes_sent = c->tx->bytes_sent;
+    e.reqid = c->tx->reqid;
+    e.reqid_len = c->tx->reqid_len;
     if (svc != NULL) {
         e.service = shm_s(s, svc->name);
         e.service_len = svc->name.len;
@@ -377,13 +377,48 @@ static void detach_upstream(struct wk_client *c)
     }
 }
 
+static struct wk_txn *txn_free_list;
+
+/* Start a request's lifetime: reference the current generation and take a transaction. Returns
+ * 0, or -1 when out of memory (the caller closes the client). */
+static int txn_begin(struct wk_client *c)
+{
+    struct wk_txn *t = txn_free_list;
+
+    if (t != NULL) {
+        txn_free_list = t->next_free;
+    } else {
+        t = malloc(sizeof(*t));
+        if (t == NULL) {
+            return -1;
+        }
+    }
+    memset(t, 0, sizeof(*t));
+    c->tx = t;
+    c->gen = wk.cur;
+    wk_gen_ref(c->gen);
+    return 0;
+}
+
+static void txn_end(struct wk_client *c)
+{
+    struct wk_txn *t = c->tx;
+
+    if (t == NULL) {
+        return;
+    }
+    wk_buf_put(&t->uin);
+    wk_buf_put(&t->uout);
+    free(t->areq);
+    c->tx = NULL;
+    t->next_free = txn_free_list;
+    txn_free_list = t;
+}
+
 static void end_transaction(struct wk_client *c)
 {
-    free(c->areq);
-    c->areq = NULL;
     detach_upstream(c);
-    wk_buf_put(&c->uin);
-    wk_buf_put(&c->uout);
+    txn_end(c);
     if (c->gen != NULL) {
         wk_gen_unref(c->gen);
         c->gen = NULL;
@@ -546,9 +581,9 @@ static int reply(struct wk_client *c, unsigned status, const char *body, size_t 
     str_init(&sb, c->out.data + c->out.end, c->out.cap - c->out.end);
     str_addf(&sb, "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n",
              status, wk_reason(status), blen);
-    if (c->reqid_len > 0) {
+    if (c->tx != NULL && c->tx->reqid_len > 0) {
         str_adds(&sb, "X-Request-ID: ");
-        str_add(&sb, c->reqid, c->reqid_len);
+        str_add(&sb, c->tx->reqid, c->tx->reqid_len);
         str_adds(&sb, "\r\n");
     }
     if (close_it) {
@@ -700,7 +735,7 @@ static int on_body_req(http_parser *p, const char *at, size_t len)
     struct wk_client *c = p->data;
 
     (void)at;
-    c->body_bytes += len;
+    c->tx->body_bytes += len;
     return 0;
 }
 
@@ -742,7 +777,7 @@ static int is_idempotent(unsigned method)
            method == HTTP_DELETE || method == HTTP_OPTIONS || method == HTTP_TRACE;
 }
 
-/* Build the upstream request head into c->uout. Returns 0 or -1 (no memory / too large). */
+/* Build the upstream request head into c->tx->uout. Returns 0 or -1 (no memory / too large). */
 static int build_upstream_head(struct wk_client *c, const char *host, size_t hlen,
                                const char *target, size_t tlen, uint64_t clen)
 {
@@ -753,13 +788,13 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
     int trusted = peer_trusted(c);
     const struct wk_hdr *hosth = NULL;
 
-    if (wk_buf_get(&c->uout, client_buf_size() + 4096) != 0) {
+    if (wk_buf_get(&c->tx->uout, client_buf_size() + 4096) != 0) {
         return -1;
     }
-    c->uout.start = c->uout.end = 0;
+    c->tx->uout.start = c->tx->uout.end = 0;
     peer_ip(c, ip, sizeof(ip));
     ip_str(c->client_family, c->client_ip, rip, sizeof(rip));
-    str_init(&sb, c->uout.data, c->uout.cap);
+    str_init(&sb, c->tx->uout.data, c->tx->uout.cap);
     str_adds(&sb, http_method_str((enum http_method)c->rq.method));
     str_adds(&sb, " ");
     str_add(&sb, target, tlen);
@@ -817,7 +852,7 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
     str_adds(&sb, "\r\nX-Real-IP: ");
     str_adds(&sb, rip);
     str_adds(&sb, "\r\nX-Request-ID: ");
-    str_add(&sb, c->reqid, c->reqid_len);
+    str_add(&sb, c->tx->reqid, c->tx->reqid_len);
     str_adds(&sb, "\r\n");
     if (c->tflags & WK_T_UPGRADE) {
         str_adds(&sb, "Connection: upgrade\r\n");
@@ -831,7 +866,7 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
     if (sb.overflow) {
         return -1;
     }
-    c->uout.end = (uint32_t)sb.len;
+    c->tx->uout.end = (uint32_t)sb.len;
     return 0;
 }
 
@@ -857,7 +892,7 @@ static int parse_body(struct wk_client *c)
         snprintf(msg, sizeof(msg), "Invalid request body: %s", http_errno_description(err));
         return reply_error(c, 400, "Bad request", msg, F_CLOSE) == 0 ? 1 : -1;
     }
-    if (maxb > 0 && c->body_bytes > maxb) {
+    if (maxb > 0 && c->tx->body_bytes > maxb) {
         return reply_error(c, 413, "Payload too large",
                            "Request body exceeds limits.max_body_bytes", F_CLOSE) == 0
                    ? 1
@@ -884,17 +919,19 @@ static int process_head(struct wk_client *c, size_t hlen)
     const struct shm_service *svc;
     uint64_t clen;
 
-    c->gen = wk.cur;
-    wk_gen_ref(c->gen);
+    if (txn_begin(c) != 0) {
+        wk_client_close(c);
+        return -1;
+    }
     s = c->gen->snap;
     c->service = SHM_NONE;
     c->tflags = 0;
     c->tries = 0;
-    c->tried = 0;
-    c->body_bytes = 0;
+    c->tx->tried = 0;
+    c->tx->body_bytes = 0;
     c->status = 0;
-    c->reqid_len = 0;
-    c->started_ms = wk.now;
+    c->tx->reqid_len = 0;
+    c->tx->started_ms = wk.now;
     c->flags |= WK_C_F_STARTED;
 
     http_parser_init(&c->rq, HTTP_REQUEST);
@@ -906,13 +943,13 @@ static int process_head(struct wk_client *c, size_t hlen)
     for (uint32_t i = 0; i < scratch.n; i++) {
         if (wk_hdr_is(&scratch.h[i], "x-request-id", 12) &&
             wk_reqid_sane(scratch.h[i].value, scratch.h[i].vlen)) {
-            memcpy(c->reqid, scratch.h[i].value, scratch.h[i].vlen);
-            c->reqid_len = (uint8_t)scratch.h[i].vlen;
+            memcpy(c->tx->reqid, scratch.h[i].value, scratch.h[i].vlen);
+            c->tx->reqid_len = (uint8_t)scratch.h[i].vlen;
         }
     }
-    if (c->reqid_len == 0) {
-        wk_reqid_new(wk.rng, c->reqid);
-        c->reqid_len = 32;
+    if (c->tx->reqid_len == 0) {
+        wk_reqid_new(wk.rng, c->tx->reqid);
+        c->tx->reqid_len = 32;
     }
     capture_alog(c, base, hlen);
     if (scratch.too_many) {
@@ -1168,12 +1205,12 @@ static int upstream_start(struct wk_client *c)
         }
         c->backend = (uint32_t)b;
         if (b < 64) {
-            c->tried |= 1ull << b;
+            c->tx->tried |= 1ull << b;
         }
         c->tries++;
         c->tflags &= ~(WK_T_UP_WRITTEN | WK_T_RESP_BYTES);
         c->send_off = c->body_off;
-        c->uout.start = 0;
+        c->tx->uout.start = 0;
         r = upstream_connect(c);
         if (r < 0) {
             return reply_error(c, 503, "Service unavailable", "Out of resources", 0);
@@ -1231,7 +1268,7 @@ static int upstream_failed(struct wk_client *c, int why)
          * twice, not even after a keep-alive race. */
     }
     if (can_retry == 2) {
-        c->tried &= c->backend < 64 ? ~(1ull << c->backend) : ~0ull;
+        c->tx->tried &= c->backend < 64 ? ~(1ull << c->backend) : ~0ull;
         c->tries--;
     }
     if (can_retry && c->tries <= svc->retries && c->tries < 64 && wk_lb_can_retry(c)) {
@@ -1298,8 +1335,8 @@ static int on_body_resp(http_parser *p, const char *at, size_t len)
 
     if (c->tflags & WK_T_DECHUNK) {
         /* Decoded bytes never overtake the raw ones, so decoding in place is safe. */
-        memmove(c->uin.data + c->rready_off, at, len);
-        c->rready_off += (uint32_t)len;
+        memmove(c->tx->uin.data + c->tx->rready_off, at, len);
+        c->tx->rready_off += (uint32_t)len;
     }
     return 0;
 }
@@ -1317,8 +1354,8 @@ static const http_parser_settings resp_settings = {
 static int build_client_head(struct wk_client *c)
 {
     struct str_buf sb;
-    unsigned status = c->rs.status_code;
-    int chunked = (c->rs.flags & F_CHUNKED) != 0;
+    unsigned status = c->tx->rs.status_code;
+    int chunked = (c->tx->rs.flags & F_CHUNKED) != 0;
     int client10 = c->rq.http_major == 1 && c->rq.http_minor == 0;
     int close_it = (c->flags & WK_C_F_CLOSE) || !(c->tflags & WK_T_REQ_DONE) || wk.stopping;
     int bodyless = (c->tflags & WK_T_HEAD_REQ) || status == 204 || status == 304 ||
@@ -1332,7 +1369,7 @@ static int build_client_head(struct wk_client *c)
         if (chunked && client10) {
             c->tflags |= WK_T_DECHUNK;
             close_it = 1;
-        } else if (!chunked && !(c->rs.flags & F_CONTENTLENGTH)) {
+        } else if (!chunked && !(c->tx->rs.flags & F_CONTENTLENGTH)) {
             close_it = 1; /* delimited by EOF */
         }
     }
@@ -1368,7 +1405,7 @@ static int build_client_head(struct wk_client *c)
         str_adds(&sb, "Transfer-Encoding: chunked\r\n");
     }
     str_adds(&sb, "X-Request-ID: ");
-    str_add(&sb, c->reqid, c->reqid_len);
+    str_add(&sb, c->tx->reqid, c->tx->reqid_len);
     str_adds(&sb, "\r\n");
     if (status == 101) {
         str_adds(&sb, "Connection: upgrade\r\n");
@@ -1389,7 +1426,7 @@ static int build_client_head(struct wk_client *c)
 /* Forward an interim 1xx response (other than 100, which we answer ourselves) to a 1.1 client. */
 static int forward_interim(struct wk_client *c, const char *head, size_t hlen)
 {
-    if (c->rs.status_code == 100 || c->rq.http_minor == 0) {
+    if (c->tx->rs.status_code == 100 || c->rq.http_minor == 0) {
         return 0;
     }
     if (wk_buf_get(&c->out, client_buf_size()) != 0 || hlen > c->out.cap - c->out.end) {
@@ -1404,12 +1441,12 @@ static int forward_interim(struct wk_client *c, const char *head, size_t hlen)
 static int parse_response(struct wk_client *c)
 {
     if (c->tflags & WK_T_TUNNEL) {
-        c->rready_off = c->rparsed_off = c->uin.end;
+        c->tx->rready_off = c->tx->rparsed_off = c->tx->uin.end;
         return 0;
     }
     while (!(c->tflags & WK_T_RESP_HEAD)) {
-        const char *base = c->uin.data + c->uin.start;
-        size_t avail = c->uin.end - c->uin.start;
+        const char *base = c->tx->uin.data + c->tx->uin.start;
+        size_t avail = c->tx->uin.end - c->tx->uin.start;
         size_t hlen, n;
         enum http_errno err;
 
@@ -1418,19 +1455,19 @@ static int parse_response(struct wk_client *c)
         }
         hlen = head_end(base, avail, 0);
         if (hlen == 0) {
-            if (avail >= c->uin.cap) {
+            if (avail >= c->tx->uin.cap) {
                 return upstream_failed(c, WK_FAIL_BAD);
             }
             return 0;
         }
-        http_parser_init(&c->rs, HTTP_RESPONSE);
-        c->rs.data = c;
+        http_parser_init(&c->tx->rs, HTTP_RESPONSE);
+        c->tx->rs.data = c;
         wk_head_reset(&scratch);
         status_text = NULL;
         status_text_len = 0;
         c->tflags &= ~WK_T_RESP_DONE;
-        n = http_parser_execute(&c->rs, &resp_settings, base, hlen);
-        err = HTTP_PARSER_ERRNO(&c->rs);
+        n = http_parser_execute(&c->tx->rs, &resp_settings, base, hlen);
+        err = HTTP_PARSER_ERRNO(&c->tx->rs);
         if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen || scratch.too_many) {
             return upstream_failed(c, WK_FAIL_BAD);
         }
@@ -1441,7 +1478,7 @@ static int parse_response(struct wk_client *c)
                 return upstream_failed(c, WK_FAIL_BAD);
             }
         }
-        if (c->rs.status_code == 101 && (c->tflags & WK_T_UPGRADE)) {
+        if (c->tx->rs.status_code == 101 && (c->tflags & WK_T_UPGRADE)) {
             /* Switching protocols: from here on both directions are opaque bytes. */
             if (build_client_head(c) != 0) {
                 return upstream_failed(c, WK_FAIL_BAD);
@@ -1449,37 +1486,37 @@ static int parse_response(struct wk_client *c)
             /* http-parser calls a 101 a complete message; the tunnel ends only with a close. */
             c->tflags &= ~WK_T_RESP_DONE;
             c->tflags |= WK_T_RESP_HEAD | WK_T_TUNNEL;
-            c->rsend_off = c->uin.start + (uint32_t)hlen;
-            c->rready_off = c->rparsed_off = c->uin.end;
+            c->tx->rsend_off = c->tx->uin.start + (uint32_t)hlen;
+            c->tx->rready_off = c->tx->rparsed_off = c->tx->uin.end;
             c->send_off = c->parsed_off; /* nothing of the request is left unsent */
             c->parsed_off = c->in.end;   /* bytes after the upgrade request are tunnel data */
             set_timer(c);
             return 0;
         }
-        if (c->rs.status_code >= 100 && c->rs.status_code < 200) {
-            if (c->rs.status_code == 101) {
+        if (c->tx->rs.status_code >= 100 && c->tx->rs.status_code < 200) {
+            if (c->tx->rs.status_code == 101) {
                 /* A switch of protocols nobody asked for is a protocol error. */
                 return upstream_failed(c, WK_FAIL_BAD);
             }
             if (forward_interim(c, base, hlen) != 0) {
                 return upstream_failed(c, WK_FAIL_BAD);
             }
-            c->uin.start += (uint32_t)hlen;
+            c->tx->uin.start += (uint32_t)hlen;
             continue;
         }
         if (build_client_head(c) != 0) {
             return upstream_failed(c, WK_FAIL_BAD);
         }
         c->tflags |= WK_T_RESP_HEAD;
-        c->rparsed_off = c->rsend_off = c->rready_off = c->uin.start + (uint32_t)hlen;
+        c->tx->rparsed_off = c->tx->rsend_off = c->tx->rready_off = c->tx->uin.start + (uint32_t)hlen;
     }
-    if (!(c->tflags & WK_T_RESP_DONE) && c->rparsed_off < c->uin.end) {
-        size_t n = http_parser_execute(&c->rs, &resp_settings, c->uin.data + c->rparsed_off,
-                                       c->uin.end - c->rparsed_off);
-        enum http_errno err = HTTP_PARSER_ERRNO(&c->rs);
-        c->rparsed_off += (uint32_t)n;
+    if (!(c->tflags & WK_T_RESP_DONE) && c->tx->rparsed_off < c->tx->uin.end) {
+        size_t n = http_parser_execute(&c->tx->rs, &resp_settings, c->tx->uin.data + c->tx->rparsed_off,
+                                       c->tx->uin.end - c->tx->rparsed_off);
+        enum http_errno err = HTTP_PARSER_ERRNO(&c->tx->rs);
+        c->tx->rparsed_off += (uint32_t)n;
         if (!(c->tflags & WK_T_DECHUNK)) {
-            c->rready_off = c->rparsed_off;
+            c->tx->rready_off = c->tx->rparsed_off;
         }
         if (err != HPE_OK && err != HPE_PAUSED) {
             /* Garbage in the middle of a response we already started relaying. */
@@ -1583,9 +1620,9 @@ static int client_write(struct wk_client *c)
         iov[niov].iov_len = first = c->out.end - c->out.start;
         niov++;
     }
-    if ((c->tflags & WK_T_RESP_HEAD) && c->rready_off > c->rsend_off && c->state == WK_CS_PROXY) {
-        iov[niov].iov_base = c->uin.data + c->rsend_off;
-        iov[niov].iov_len = c->rready_off - c->rsend_off;
+    if ((c->tflags & WK_T_RESP_HEAD) && c->tx->rready_off > c->tx->rsend_off && c->state == WK_CS_PROXY) {
+        iov[niov].iov_base = c->tx->uin.data + c->tx->rsend_off;
+        iov[niov].iov_len = c->tx->rready_off - c->tx->rsend_off;
         niov++;
     }
     if (niov == 0 || !(c->flags & WK_C_F_WRITABLE)) {
@@ -1621,12 +1658,14 @@ static int client_write(struct wk_client *c)
     if (c->tflags & WK_T_RESP_HEAD) {
         c->tflags |= WK_T_CLIENT_SENT;
     }
-    c->bytes_sent += (uint64_t)n;
+    if (c->tx != NULL) {
+        c->tx->bytes_sent += (uint64_t)n;
+    }
     if ((size_t)n <= first) {
         c->out.start += (uint32_t)n;
     } else {
         c->out.start = c->out.end;
-        c->rsend_off += (uint32_t)((size_t)n - first);
+        c->tx->rsend_off += (uint32_t)((size_t)n - first);
     }
     if (c->out.start == c->out.end) {
         c->out.start = c->out.end = 0;
@@ -1680,9 +1719,9 @@ static int upstream_write(struct wk_client *c)
     if (u == NULL || (u->flags & WK_UP_F_CONNECTING) || !(u->flags & WK_UP_F_WRITABLE)) {
         return 0;
     }
-    if (c->uout.end > c->uout.start) {
-        iov[niov].iov_base = c->uout.data + c->uout.start;
-        iov[niov].iov_len = first = c->uout.end - c->uout.start;
+    if (c->tx->uout.end > c->tx->uout.start) {
+        iov[niov].iov_base = c->tx->uout.data + c->tx->uout.start;
+        iov[niov].iov_len = first = c->tx->uout.end - c->tx->uout.start;
         niov++;
     }
     if (c->parsed_off > c->send_off) {
@@ -1726,38 +1765,38 @@ static int upstream_write(struct wk_client *c)
         u->flags &= ~WK_UP_F_WRITABLE;
     }
     if ((size_t)n <= first) {
-        c->uout.start += (uint32_t)n;
+        c->tx->uout.start += (uint32_t)n;
     } else {
-        c->uout.start = c->uout.end;
+        c->tx->uout.start = c->tx->uout.end;
         c->send_off += (uint32_t)((size_t)n - first);
     }
     return 1;
 }
 
-/* Make room in c->uin by dropping bytes already sent to the client. */
+/* Make room in c->tx->uin by dropping bytes already sent to the client. */
 static void uin_compact(struct wk_client *c)
 {
-    uint32_t keep_ready = c->rready_off - c->rsend_off;
-    uint32_t raw = c->uin.end - c->rparsed_off;
+    uint32_t keep_ready = c->tx->rready_off - c->tx->rsend_off;
+    uint32_t raw = c->tx->uin.end - c->tx->rparsed_off;
 
     if (!(c->tflags & WK_T_RESP_HEAD)) {
-        if (c->uin.start > 0) {
-            memmove(c->uin.data, c->uin.data + c->uin.start, c->uin.end - c->uin.start);
-            c->uin.end -= c->uin.start;
-            c->uin.start = 0;
+        if (c->tx->uin.start > 0) {
+            memmove(c->tx->uin.data, c->tx->uin.data + c->tx->uin.start, c->tx->uin.end - c->tx->uin.start);
+            c->tx->uin.end -= c->tx->uin.start;
+            c->tx->uin.start = 0;
         }
         return;
     }
-    if (c->rsend_off == 0 && c->rready_off == c->rparsed_off) {
+    if (c->tx->rsend_off == 0 && c->tx->rready_off == c->tx->rparsed_off) {
         return;
     }
-    memmove(c->uin.data, c->uin.data + c->rsend_off, keep_ready);
-    memmove(c->uin.data + keep_ready, c->uin.data + c->rparsed_off, raw);
-    c->uin.start = 0;
-    c->rsend_off = 0;
-    c->rready_off = keep_ready;
-    c->rparsed_off = keep_ready;
-    c->uin.end = keep_ready + raw;
+    memmove(c->tx->uin.data, c->tx->uin.data + c->tx->rsend_off, keep_ready);
+    memmove(c->tx->uin.data + keep_ready, c->tx->uin.data + c->tx->rparsed_off, raw);
+    c->tx->uin.start = 0;
+    c->tx->rsend_off = 0;
+    c->tx->rready_off = keep_ready;
+    c->tx->rparsed_off = keep_ready;
+    c->tx->uin.end = keep_ready + raw;
 }
 
 static int upstream_read(struct wk_client *c)
@@ -1771,24 +1810,24 @@ static int upstream_read(struct wk_client *c)
     if (u == NULL || (u->flags & WK_UP_F_CONNECTING) || !(u->flags & WK_UP_F_READABLE)) {
         return 0;
     }
-    if (c->uin.data == NULL) {
-        if (wk_buf_get(&c->uin, UPSTREAM_BUF_SIZE) != 0) {
+    if (c->tx->uin.data == NULL) {
+        if (wk_buf_get(&c->tx->uin, UPSTREAM_BUF_SIZE) != 0) {
             wk_client_close(c);
             return -1;
         }
     }
-    if ((c->tflags & WK_T_RESP_HEAD) && c->rsend_off == c->rready_off &&
-        c->rparsed_off == c->uin.end) {
-        c->uin.start = c->uin.end = c->rsend_off = c->rready_off = c->rparsed_off = 0;
+    if ((c->tflags & WK_T_RESP_HEAD) && c->tx->rsend_off == c->tx->rready_off &&
+        c->tx->rparsed_off == c->tx->uin.end) {
+        c->tx->uin.start = c->tx->uin.end = c->tx->rsend_off = c->tx->rready_off = c->tx->rparsed_off = 0;
     }
-    if (c->uin.end == c->uin.cap) {
+    if (c->tx->uin.end == c->tx->uin.cap) {
         uin_compact(c);
-        if (c->uin.end == c->uin.cap) {
+        if (c->tx->uin.end == c->tx->uin.cap) {
             return 0;
         }
     }
     if (u->tls != NULL) {
-        int t = wk_tls_read(u->tls, c->uin.data + c->uin.end, c->uin.cap - c->uin.end);
+        int t = wk_tls_read(u->tls, c->tx->uin.data + c->tx->uin.end, c->tx->uin.cap - c->tx->uin.end);
 
         if (t == WK_TLS_WANT_READ) {
             u->flags &= ~WK_UP_F_READABLE;
@@ -1803,16 +1842,16 @@ static int upstream_read(struct wk_client *c)
         }
         n = t == WK_TLS_ERROR ? -1 : t;
     } else {
-        n = recv(u->fd, c->uin.data + c->uin.end, c->uin.cap - c->uin.end, 0);
+        n = recv(u->fd, c->tx->uin.data + c->tx->uin.end, c->tx->uin.cap - c->tx->uin.end, 0);
     }
     if (n > 0) {
         /* Edge-triggered: a short read drained the socket, and new data brings a new edge, so
          * skip the recv that would only say EAGAIN. (A short TLS read proves nothing: it may
          * end a record with the next one already queued.) */
-        if (u->tls == NULL && (size_t)n < c->uin.cap - c->uin.end) {
+        if (u->tls == NULL && (size_t)n < c->tx->uin.cap - c->tx->uin.end) {
             u->flags &= ~WK_UP_F_READABLE;
         }
-        c->uin.end += (uint32_t)n;
+        c->tx->uin.end += (uint32_t)n;
         c->tflags |= WK_T_RESP_BYTES;
         return 1;
     }
@@ -1830,7 +1869,7 @@ static int upstream_read(struct wk_client *c)
         return 1;
     }
     if (!(c->tflags & WK_T_RESP_HEAD)) {
-        if (c->uin.end > c->uin.start) {
+        if (c->tx->uin.end > c->tx->uin.start) {
             return upstream_failed(c, WK_FAIL_BAD) == 0 ? 1 : -1;
         }
         return upstream_failed(c, WK_FAIL_RESET) == 0 ? 1 : -1;
@@ -1838,7 +1877,7 @@ static int upstream_read(struct wk_client *c)
     if (!(c->tflags & WK_T_RESP_DONE)) {
         if (n == 0) {
             /* An EOF-delimited body ends here; any other framing was cut short. */
-            http_parser_execute(&c->rs, &resp_settings, NULL, 0);
+            http_parser_execute(&c->tx->rs, &resp_settings, NULL, 0);
         }
         if (!(c->tflags & WK_T_RESP_DONE)) {
             wk_client_close(c);
@@ -1856,7 +1895,7 @@ static int finish(struct wk_client *c)
     struct wk_upstream *u = c->up;
     const struct shm_backend *be = cbe(c);
     int reusable;
-    uint64_t lat_us = (wk.now - c->started_ms) * 1000;
+    uint64_t lat_us = (wk.now - c->tx->started_ms) * 1000;
 
     wk_lb_result(c, 0, c->status);
     __atomic_fetch_add(&wk.rt->backends[be->rt_slot].requests, 1, __ATOMIC_RELAXED);
@@ -1870,9 +1909,9 @@ static int finish(struct wk_client *c)
     }
     request_done(c, 1);
     reusable = u != NULL && !(u->flags & WK_UP_F_HUP) && !(c->tflags & WK_T_TUNNEL) &&
-               http_should_keep_alive(&c->rs) &&
+               http_should_keep_alive(&c->tx->rs) &&
                (c->tflags & WK_T_REQ_DONE) && c->send_off == c->parsed_off &&
-               c->uout.start == c->uout.end && c->rparsed_off == c->uin.end;
+               c->tx->uout.start == c->tx->uout.end && c->tx->rparsed_off == c->tx->uin.end;
     if (reusable) {
         backend_active_dec(c);
         c->up = NULL;
@@ -1914,7 +1953,6 @@ static int next_request(struct wk_client *c)
     c->tflags = 0;
     c->service = SHM_NONE;
     c->status = 0;
-    c->bytes_sent = 0;
     wk_buf_put(&c->out);
     if (c->in.start == c->in.end) {
         wk_buf_put(&c->in);
@@ -1951,8 +1989,8 @@ static int tunnel_step(struct wk_client *c)
         return -1;
     }
     progress |= r;
-    if (c->uin.data != NULL) {
-        c->rready_off = c->rparsed_off = c->uin.end;
+    if (c->tx->uin.data != NULL) {
+        c->tx->rready_off = c->tx->rparsed_off = c->tx->uin.end;
     }
     r = client_write(c);
     if (r < 0) {
@@ -1960,7 +1998,7 @@ static int tunnel_step(struct wk_client *c)
     }
     progress |= r;
     if (((c->tflags & WK_T_UP_EOF) && c->out.start == c->out.end &&
-         c->rsend_off == c->rready_off) ||
+         c->tx->rsend_off == c->tx->rready_off) ||
         ((c->flags & (WK_C_F_EOF | WK_C_F_HUP)) && c->send_off == c->parsed_off)) {
         finish(c);
         wk_client_close(c);
@@ -2056,7 +2094,7 @@ static int step_parse_body(struct wk_client *c)
 
 static int step_parse_response(struct wk_client *c)
 {
-    return c->uin.data != NULL && parse_response(c) != 0 ? -1 : 0;
+    return c->tx->uin.data != NULL && parse_response(c) != 0 ? -1 : 0;
 }
 
 /* The request/response pump, in order. Each returns 1 on progress, 0 when blocked, -1 when the
@@ -2097,7 +2135,7 @@ static int proxy_step(struct wk_client *c)
         }
     }
     if ((c->tflags & WK_T_RESP_DONE) && c->out.start == c->out.end &&
-        c->rsend_off == c->rready_off) {
+        c->tx->rsend_off == c->tx->rready_off) {
         finish(c);
         return next_request(c) != 0 ? -1 : 1;
     }
@@ -2149,10 +2187,12 @@ static void run(struct wk_client *c)
             hlen = head_end(c->in.data + c->in.start, avail, 0);
             if (hlen == 0 || hlen > csnap(c)->limits.max_header_bytes) {
                 if (avail >= csnap(c)->limits.max_header_bytes || hlen != 0) {
-                    c->gen = wk.cur;
-                    wk_gen_ref(c->gen);
+                    if (txn_begin(c) != 0) {
+                        wk_client_close(c);
+                        return;
+                    }
                     c->service = SHM_NONE;
-                    c->reqid_len = 0;
+                    c->tx->reqid_len = 0;
                     if (reply_error(c, 431, "Request header fields too large",
                                     "Request head exceeds limits.max_header_bytes",
                                     F_CLOSE) != 0) {
@@ -2308,10 +2348,12 @@ void wk_client_timeout(struct wk_client *c)
         wk_client_close(c);
         return;
     case WK_CS_HEAD:
-        c->gen = wk.cur;
-        wk_gen_ref(c->gen);
+        if (txn_begin(c) != 0) {
+            wk_client_close(c);
+            return;
+        }
         c->service = SHM_NONE;
-        c->reqid_len = 0;
+        c->tx->reqid_len = 0;
         if (reply_error(c, 408, "Request timeout",
                         "Request headers not received within limits.header_timeout_ms",
                         F_CLOSE) != 0) {

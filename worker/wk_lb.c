@@ -171,7 +171,7 @@ static int try_pos(struct pick *pk, uint32_t j, int take)
     uint64_t bit = j < 64 ? 1ull << j : 0;
     int r;
 
-    if (bit & (pk->c->tried | pk->rejected)) {
+    if (bit & (pk->c->tx->tried | pk->rejected)) {
         return SHM_LB_NO;
     }
     r = shm_lb_admit(rtb(&pk->bes[j]), &pk->pol, wk.now, take, NULL);
