@@ -30,15 +30,6 @@ static const int ridx_order[SHM_RIDX_NTABLES] = {
     SHM_RIDX_PATH_BUCKETS, SHM_RIDX_PLENS,  SHM_RIDX_LIST,
 };
 
-static const size_t ridx_elsz[SHM_RIDX_NTABLES] = {
-    [SHM_RIDX_META] = sizeof(struct shm_ridx_meta),
-    [SHM_RIDX_GROUPS] = sizeof(struct shm_ridx_group),
-    [SHM_RIDX_GROUP_BUCKETS] = sizeof(uint32_t),
-    [SHM_RIDX_PLENS] = sizeof(uint32_t),
-    [SHM_RIDX_PATHS] = sizeof(struct shm_ridx_path),
-    [SHM_RIDX_PATH_BUCKETS] = sizeof(uint32_t),
-    [SHM_RIDX_LIST] = sizeof(uint32_t),
-};
 
 /* The index while it is being built. Its tables point into the snapshot buffer. Until the
  * strings are written, a group's and a path entry's key_off hold the index of a representative
@@ -366,7 +357,7 @@ static uint64_t ridx_compact(struct ridx_build *rb, char *base, uint64_t start, 
     rb->count[SHM_RIDX_PATH_BUCKETS] = pow2_buckets(rb->count[SHM_RIDX_PATHS]);
     for (int k = 0; k < SHM_RIDX_NTABLES; k++) {
         int t = ridx_order[k];
-        size_t bytes = (size_t)rb->count[t] * ridx_elsz[t];
+        size_t bytes = (size_t)rb->count[t] * shm_ridx_elsz[t];
         void *dst = base + cur;
 
         if (t == SHM_RIDX_GROUP_BUCKETS) {
@@ -680,7 +671,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     for (int k = 0; k < SHM_RIDX_NTABLES; k++) {
         int t = ridx_order[k];
 
-        ub_off[t] = table(&cur, rb.count[t], ridx_elsz[t]);
+        ub_off[t] = table(&cur, rb.count[t], shm_ridx_elsz[t]);
     }
     ub_end = cur;
     /* Offsets are 32-bit in the ABI; the final segment is no larger than this bound. */

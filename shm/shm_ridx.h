@@ -111,4 +111,8 @@ static inline uint32_t shm_ridx_path_hash(uint32_t fnv, uint32_t group)
     return shm_ridx_fmix(fnv + (group + 1u) * 0x9e3779b9u);
 }
 
+/* Element size of each route-index table: the one definition shared by the compiler (which lays
+ * the tables out) and the snapshot checker (which bounds them). */
+extern const size_t shm_ridx_elsz[SHM_RIDX_NTABLES];
+
 #endif

@@ -46,17 +46,19 @@ static int pow2_or_zero(uint32_t n)
     return (n & (n - 1)) == 0;
 }
 
+const size_t shm_ridx_elsz[SHM_RIDX_NTABLES] = {
+    [SHM_RIDX_META] = sizeof(struct shm_ridx_meta),
+    [SHM_RIDX_GROUPS] = sizeof(struct shm_ridx_group),
+    [SHM_RIDX_GROUP_BUCKETS] = sizeof(uint32_t),
+    [SHM_RIDX_PLENS] = sizeof(uint32_t),
+    [SHM_RIDX_PATHS] = sizeof(struct shm_ridx_path),
+    [SHM_RIDX_PATH_BUCKETS] = sizeof(uint32_t),
+    [SHM_RIDX_LIST] = sizeof(uint32_t),
+};
+
 static int ridx_ok(const struct shm_snap_hdr *h, const struct snap_bounds *sb)
 {
-    static const size_t elsz[SHM_RIDX_NTABLES] = {
-        [SHM_RIDX_META] = sizeof(struct shm_ridx_meta),
-        [SHM_RIDX_GROUPS] = sizeof(struct shm_ridx_group),
-        [SHM_RIDX_GROUP_BUCKETS] = sizeof(uint32_t),
-        [SHM_RIDX_PLENS] = sizeof(uint32_t),
-        [SHM_RIDX_PATHS] = sizeof(struct shm_ridx_path),
-        [SHM_RIDX_PATH_BUCKETS] = sizeof(uint32_t),
-        [SHM_RIDX_LIST] = sizeof(uint32_t),
-    };
+    const size_t *elsz = shm_ridx_elsz;
     const uint32_t *count = h->ridx.count;
     const struct shm_ridx_meta *meta;
     const struct shm_ridx_group *gr;
