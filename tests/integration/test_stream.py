@@ -6,6 +6,7 @@ DSP_SERIAL = True
 
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import time
@@ -202,6 +203,50 @@ class WebSocketTest(dsptest.TestCase):
         finally:
             s.close()
         self.assertTrue(self.ws.closed_by_peer.wait(3), "client close did not reach backend")
+
+    def test_echo_over_tls_listener(self):
+        # A TLS listener with no certificate configured serves the self-signed fallback.
+        port = free_port()
+        d = dsptest.Dispatcher(port=port)
+        conf = dsptest.make_config(port, d.tmp, [svc("ws", self.ws.address)],
+                                   [route("*", "ws")])
+        conf = conf.replace('{ address = "127.0.0.1:%d"; }' % port,
+                            '{ address = "127.0.0.1:%d"; tls = true; }' % port)
+        d.write_config(conf)
+        self.start_dispatcher(d, wait=False)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+        def connect():
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            return ctx.wrap_socket(raw, server_hostname="localhost")
+
+        ok = dsptest.wait_for(lambda: self._tls_up(connect), 10)
+        self.assertTrue(ok, "TLS listener not serving:\n" + d.log_tail())
+        s = connect()
+        try:
+            status, head, accept_ok = wsutil.client_handshake(s, "ws.do")
+            self.assertEqual(status, 101, head)
+            self.assertTrue(accept_ok)
+            for i, n in enumerate((1, 125, 70000, 1 << 20)):
+                op = 1 if i % 2 == 0 else 2
+                payload = b"t" * n if op == 1 else bytes((j * 13) & 0xFF for j in range(n))
+                wsutil.send_frame(s, op, payload, True)
+                rop, back = wsutil.recv_frame(s)
+                self.assertEqual((rop, back == payload), (op, True), "frame of %d bytes" % n)
+            wsutil.send_frame(s, 8, b"\x03\xe8", True)
+            self.assertEqual(wsutil.recv_frame(s)[0], 8)
+        finally:
+            s.close()
+
+    @staticmethod
+    def _tls_up(connect):
+        try:
+            connect().close()
+            return True
+        except (OSError, ssl.SSLError):
+            return False
 
     def test_backend_close_propagates(self):
         s = self.connect()
