@@ -1889,6 +1889,15 @@ static int upstream_read(struct wk_client *c)
     return 1;
 }
 
+/* Tell balancing/health/circuit state how the attempt went, once. */
+static void record_outcome(struct wk_client *c)
+{
+    if (!(c->tflags & WK_T_LB_DONE)) {
+        c->tflags |= WK_T_LB_DONE;
+        wk_lb_result(c, 0, c->status);
+    }
+}
+
 /* The response is out: account, recycle the upstream, and go on with the next request. */
 static int finish(struct wk_client *c)
 {
@@ -1897,7 +1906,7 @@ static int finish(struct wk_client *c)
     int reusable;
     uint64_t lat_us = (wk.now - c->tx->started_ms) * 1000;
 
-    wk_lb_result(c, 0, c->status);
+    record_outcome(c);
     __atomic_fetch_add(&wk.rt->backends[be->rt_slot].requests, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&wk.rt->backends[be->rt_slot].latency_sum_us, lat_us, __ATOMIC_RELAXED);
     __atomic_fetch_add(&wk.rt->services[csvc(c)->rt_slot].requests, 1, __ATOMIC_RELAXED);
@@ -2094,7 +2103,16 @@ static int step_parse_body(struct wk_client *c)
 
 static int step_parse_response(struct wk_client *c)
 {
-    return c->tx->uin.data != NULL && parse_response(c) != 0 ? -1 : 0;
+    if (c->tx->uin.data != NULL && parse_response(c) != 0) {
+        return -1;
+    }
+    /* The backend's part is over once its response is complete: count it now, before the last
+     * bytes reach the client, whose next request may otherwise meet the old circuit state on
+     * another worker. */
+    if (c->state == WK_CS_PROXY && (c->tflags & WK_T_RESP_DONE)) {
+        record_outcome(c);
+    }
+    return 0;
 }
 
 /* The request/response pump, in order. Each returns 1 on progress, 0 when blocked, -1 when the
