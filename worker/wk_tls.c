@@ -107,14 +107,14 @@ static int mac_init(EVP_MAC_CTX *hctx, const struct shm_tkey *k)
 }
 
 /* OpenSSL's ticket key callback. Encrypt with the current key; decrypt with any key still in its
- * window, asking for a fresh ticket (return 2) when that key no longer encrypts. */
+ * window, asking for a fresh ticket (return 2) when that key no longer encrypts or the
+ * connection is TLS 1.3. */
 static int on_ticket_key(SSL *s, unsigned char key_name[16], unsigned char *iv,
                          EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
 {
     uint64_t now = wk.now / 1000;
     const struct shm_tkey *k;
 
-    (void)s;
     tk_refresh();
     if (!tk.valid) {
         return 0;
@@ -145,6 +145,11 @@ static int on_ticket_key(SSL *s, unsigned char key_name[16], unsigned char *iv,
         if (mac_init(hctx, k) != 1 ||
             EVP_DecryptInit_ex(ectx, aes256cbc, NULL, (const unsigned char *)k->aes, iv) != 1) {
             return -1;
+        }
+        /* TLS 1.3 clients use a ticket once (RFC 8446, C.4): without a fresh one after each
+         * resumption, every other connection of theirs would be a full handshake. */
+        if (SSL_version(s) == TLS1_3_VERSION) {
+            return 2;
         }
         return (i == tk.k.current && now < k->enc_until) ? 1 : 2;
     }

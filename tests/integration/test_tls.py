@@ -487,6 +487,19 @@ class TlsTest(dsptest.TestCase):
             out = s_client(d.port, "secure.do", ["-sess_in", sess], linger=0.1)
             self.assertRegex(out, r"(?m)^Reused, TLSv1\.3", "connection %d not resumed:\n%s"
                              % (i, out[-800:]))
+        # A resumed TLS 1.3 connection gets a fresh ticket, and that one resumes too: clients
+        # that use each ticket once (wrk, browsers) resume every connection, not every other.
+        prev = sess
+        for i in range(3):
+            nxt = os.path.join(self.dir, "chain%d.pem" % i)
+            for linger in (0.3, 1.0, 3.0):
+                out = s_client(d.port, "secure.do", ["-sess_in", prev, "-sess_out", nxt],
+                               linger=linger)
+                self.assertRegex(out, r"(?m)^Reused, TLSv1\.3", "chain %d:\n%s" % (i, out[-800:]))
+                if os.path.exists(nxt):
+                    break
+            self.assertTrue(os.path.exists(nxt), "no new ticket after resumption %d" % i)
+            prev = nxt
         # TLS 1.2 tickets too.
         sess12 = os.path.join(self.dir, "sess12.pem")
         s_client(d.port, "secure.do", ["-tls1_2", "-sess_out", sess12], linger=0.3)
