@@ -81,7 +81,8 @@ def perf_profile(proxy, sc, run, outdir, dwarf):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--proxies", default="dispatcher,nginx,haproxy")
-    ap.add_argument("--scenarios", default="a,b,c")
+    ap.add_argument("--scenarios", default="a,b,c",
+                    help="a, b, c over plain HTTP; f, g over TLS (as in make bench)")
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--no-perf", action="store_true")
     ap.add_argument("--out", default=None)
@@ -101,21 +102,32 @@ def main():
 
     bport, bport2 = B.free_port(), B.free_port()
     B.start_backend(bport, bport2)
+    tls = any(sc in ("f", "g") for sc in scenarios)
+    if tls and any(sc in ("a", "b", "c") for sc in scenarios):
+        B.die("profile plain (a, b, c) and TLS (f, g) scenarios in separate runs")
+    cert = B.Cert() if tls else None
     proxies = {}
     for p in proxies_wanted:
         port = B.free_port()
         if p == "dispatcher":
             proxies[p] = B.start_dispatcher(
-                "dispatcher", B.dsp_config(port, bport, bport2, [("*", None, "b")]), port)[0]
+                "dispatcher", B.dsp_config(port, bport, bport2, [("*", None, "b")], tls=cert),
+                port)[0]
         elif p == "nginx":
-            proxies[p] = B.start_front_nginx(port, bport)
+            proxies[p] = B.start_front_nginx(port, bport, tls=cert)
         else:
-            proxies[p] = B.start_haproxy(port, bport)
-        B.check_proxy(p, port)
+            proxies[p] = B.start_haproxy(port, bport, tls=cert)
+        if tls:
+            proxies[p].scheme, proxies[p].url_host = "https", "localhost"
+            B.check_tls_proxy(proxies[p], cert)
+        else:
+            B.check_proxy(p, port)
 
     spec = {"a": ("/small", B.KEEPALIVE_CONNS, ()),
             "b": ("/small", B.KEEPALIVE_CONNS, ("Connection: close",)),
-            "c": ("/1m", B.LARGE_CONNS, ())}
+            "c": ("/1m", B.LARGE_CONNS, ()),
+            "f": ("/small", B.TLS_CONNS, ()),
+            "g": ("/small", B.TLS_CONNS, ("Connection: close",))}
     table = {}
     for sc in scenarios:
         path, conns, hdrs = spec[sc]
