@@ -4,8 +4,12 @@
 #include "common/tls.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -197,6 +201,194 @@ done:
     return rc;
 }
 
+/* ---- the socket BIO ------------------------------------------------------------------------
+ *
+ * OpenSSL's own socket BIO, plus one fact the event loop needs: whether the last recv() came
+ * back short, i.e. emptied the socket. With read-ahead OpenSSL asks for a whole buffer, so a
+ * short read means an edge-triggered reader can stop without the recv() that would only say
+ * EAGAIN. The BIO's data word holds the descriptor and two bits, no allocation. */
+#define SOCK_DRAINED 1u
+#define SOCK_EOF     2u
+#define SOCK_CORKED  4u  /* TCP_CORK is on (tls_cork) */
+#define SOCK_TICKET  8u  /* a TLS 1.3 session ticket is owed (tls_ticket_defer) */
+#define SOCK_SHIFT   4
+
+static BIO_METHOD *sock_meth;
+static int sock_type;
+
+static uintptr_t sock_word(BIO *b)
+{
+    return (uintptr_t)BIO_get_data(b);
+}
+
+static int sock_fd(BIO *b)
+{
+    return (int)(sock_word(b) >> SOCK_SHIFT);
+}
+
+/* Set the bits in <mask> to <bits>. */
+static void sock_set_bits(BIO *b, uintptr_t mask, uintptr_t bits)
+{
+    BIO_set_data(b, (void *)((sock_word(b) & ~mask) | bits));
+}
+
+static int sock_retriable(int e)
+{
+    return e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == EINPROGRESS || e == EALREADY;
+}
+
+static int sock_read(BIO *b, char *buf, int len)
+{
+    ssize_t n;
+
+    BIO_clear_retry_flags(b);
+    if (buf == NULL || len <= 0) {
+        return 0;
+    }
+    n = recv(sock_fd(b), buf, (size_t)len, 0);
+    if (n > 0) {
+        sock_set_bits(b, SOCK_DRAINED | SOCK_EOF, n < len ? SOCK_DRAINED : 0);
+    } else if (n == 0) {
+        sock_set_bits(b, SOCK_DRAINED | SOCK_EOF, SOCK_DRAINED | SOCK_EOF);
+    } else {
+        int e = errno;
+
+        sock_set_bits(b, SOCK_DRAINED | SOCK_EOF, SOCK_DRAINED);
+        if (sock_retriable(e)) {
+            BIO_set_retry_read(b);
+        }
+        errno = e;
+    }
+    return (int)n;
+}
+
+static int sock_write(BIO *b, const char *buf, int len)
+{
+    ssize_t n;
+
+    BIO_clear_retry_flags(b);
+    if (buf == NULL || len <= 0) {
+        return 0;
+    }
+    n = send(sock_fd(b), buf, (size_t)len, MSG_NOSIGNAL);
+    if (n < 0 && sock_retriable(errno)) {
+        BIO_set_retry_write(b);
+    }
+    return (int)n;
+}
+
+static long sock_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)num;
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_EOF:
+        return (sock_word(b) & SOCK_EOF) != 0;
+    case BIO_C_GET_FD:
+        if (ptr != NULL) {
+            *(int *)ptr = sock_fd(b);
+        }
+        return sock_fd(b);
+    default:
+        return 0;
+    }
+}
+
+static int sock_create(BIO *b)
+{
+    BIO_set_data(b, NULL);
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+/* The socket stays the caller's: freeing the BIO never closes it. */
+static int sock_destroy(BIO *b)
+{
+    (void)b;
+    return 1;
+}
+
+int tls_set_socket(struct ssl_st *s, int fd)
+{
+    BIO *b;
+
+    if (fd < 0 || (uintptr_t)fd > (UINTPTR_MAX >> SOCK_SHIFT)) {
+        return -1;
+    }
+    if (sock_meth == NULL) {
+        int type = BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR;
+        BIO_METHOD *m = BIO_meth_new(type, "dispatcher socket");
+
+        if (m == NULL || BIO_meth_set_read(m, sock_read) != 1 ||
+            BIO_meth_set_write(m, sock_write) != 1 || BIO_meth_set_ctrl(m, sock_ctrl) != 1 ||
+            BIO_meth_set_create(m, sock_create) != 1 ||
+            BIO_meth_set_destroy(m, sock_destroy) != 1) {
+            BIO_meth_free(m);
+            return -1;
+        }
+        sock_meth = m;
+        sock_type = type;
+    }
+    b = BIO_new(sock_meth);
+    if (b == NULL) {
+        return -1;
+    }
+    BIO_set_data(b, (void *)((uintptr_t)fd << SOCK_SHIFT));
+    SSL_set_bio(s, b, b);
+    return 0;
+}
+
+
+
+/* The BIO of <s> when it is ours, else NULL. */
+static BIO *sock_bio(const struct ssl_st *s)
+{
+    BIO *b = SSL_get_wbio(s);
+
+    return b != NULL && sock_meth != NULL && BIO_method_type(b) == sock_type ? b : NULL;
+}
+
+int tls_drained(const struct ssl_st *s)
+{
+    BIO *b = sock_bio(s);
+
+    return b != NULL && (sock_word(b) & SOCK_DRAINED) && !SSL_has_pending(s);
+}
+
+void tls_cork(struct ssl_st *s, int on)
+{
+    BIO *b = sock_bio(s);
+    int v = on != 0;
+
+    if (b == NULL || ((sock_word(b) & SOCK_CORKED) != 0) == v) {
+        return;
+    }
+    /* Best effort: without it segments are only smaller. */
+    (void)setsockopt(sock_fd(b), IPPROTO_TCP, TCP_CORK, &v, sizeof(v));
+    sock_set_bits(b, SOCK_CORKED, v ? SOCK_CORKED : 0);
+}
+
+void tls_ticket_defer(struct ssl_st *s)
+{
+    BIO *b = sock_bio(s);
+
+    if (b != NULL) {
+        sock_set_bits(b, SOCK_TICKET, SOCK_TICKET);
+    }
+}
+
+int tls_ticket_take(struct ssl_st *s)
+{
+    BIO *b = sock_bio(s);
+
+    if (b == NULL || !(sock_word(b) & SOCK_TICKET)) {
+        return 0;
+    }
+    sock_set_bits(b, SOCK_TICKET, 0);
+    return 1;
+}
+
 struct ssl_ctx_st *tls_server_ctx_new(const char *cert_pem, size_t cert_len, const char *key_pem,
                                       size_t key_len, int min_version, char *err, size_t errlen)
 {
@@ -229,8 +421,13 @@ struct ssl_ctx_st *tls_server_ctx_new(const char *cert_pem, size_t cert_len, con
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)sid_ctx, sizeof(sid_ctx) - 1);
     SSL_CTX_set_timeout(ctx, TLS_TICKET_DEC_S);
-    SSL_CTX_set_num_tickets(ctx, 1);
+    /* TLS 1.3 tickets are sent by the caller (SSL_new_session_ticket) when it suits the
+     * connection: with the first response when the request came with the handshake. */
+    SSL_CTX_set_num_tickets(ctx, 0);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
+    /* Whole-buffer reads: one recv() for a request instead of one per record header and body,
+     * and a short one tells the loop the socket is empty (tls_drained). */
+    SSL_CTX_set_read_ahead(ctx, 1);
     if (load_pem_pair(ctx, cert_pem, cert_len, key_pem, key_len, err, errlen) != 0) {
         SSL_CTX_free(ctx);
         return NULL;
@@ -243,7 +440,7 @@ struct ssl_st *tls_client_conn(struct ssl_ctx_st *ctx, int fd, const char *sni, 
 {
     SSL *s = SSL_new(ctx);
 
-    if (s == NULL || SSL_set_fd(s, fd) != 1) {
+    if (s == NULL || tls_set_socket(s, fd) != 0) {
         set_err(err, errlen, "SSL_new() failed");
         SSL_free(s);
         return NULL;
@@ -366,6 +563,7 @@ struct ssl_ctx_st *tls_client_ctx_new(int verify, const char *ca_pem, size_t ca_
                                  SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_read_ahead(ctx, 1); /* as for servers: see tls_drained() */
     /* Sessions are kept by the caller (per backend), not in OpenSSL's cache. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     if (verify) {

@@ -26,7 +26,7 @@ struct ssl_st;
 /* A server context with the project's defaults: <min_version> (TLS_V12 or TLS_V13), ECDHE+AEAD
  * suites for 1.2, the 1.3 suites, groups X25519 and P-256, server preference, no compression, no
  * renegotiation, ALPN http/1.1, partial writes, ticket-only resumption (no per-process session
- * cache). The certificate comes from <cert_pem> (leaf first, then its chain) and the key from
+ * cache; TLS 1.3 tickets only when the caller asks with SSL_new_session_ticket()). The certificate comes from <cert_pem> (leaf first, then its chain) and the key from
  * <key_pem>; both are checked to belong together. Returns the context (caller frees with
  * SSL_CTX_free) or NULL with a reason in <err>. Any role. */
 struct ssl_ctx_st *tls_server_ctx_new(const char *cert_pem, size_t cert_len, const char *key_pem,
@@ -54,6 +54,20 @@ int tls_conn_handshake(struct ssl_st *s, char *err, size_t errlen);
 /* Read or write: the byte count, 0 at EOF (read), TLS_WANT_*, or TLS_ERR (reason in <err>). */
 int tls_conn_read(struct ssl_st *s, void *buf, size_t len, char *err, size_t errlen);
 int tls_conn_write(struct ssl_st *s, const void *buf, size_t len, char *err, size_t errlen);
+/* Attach socket <fd> to <s> for reading and writing (send() with MSG_NOSIGNAL; the socket is
+ * never closed by OpenSSL). Returns 0, or -1 when out of memory. */
+int tls_set_socket(struct ssl_st *s, int fd);
+/* After a read on <s> returned data: did that read empty both the socket and OpenSSL's buffers,
+ * so that an edge-triggered reader may wait for the next edge? */
+int tls_drained(const struct ssl_st *s);
+/* TCP_CORK on the socket of <s> on or off (no system call when it already is): while on, the
+ * kernel sends only full segments, so records written one after the other (a ticket, a response,
+ * close_notify) leave together; turning it off or closing the socket sends what is held. */
+void tls_cork(struct ssl_st *s, int on);
+/* A per-connection note that a TLS 1.3 session ticket is still to be sent; take returns it
+ * (1 or 0) and clears it. */
+void tls_ticket_defer(struct ssl_st *s);
+int tls_ticket_take(struct ssl_st *s);
 /* Free an SSL without sending anything (the socket is the caller's). NULL is fine. */
 void tls_conn_free(struct ssl_st *s);
 /* Free a context (connections made from it keep it alive). NULL is fine. */

@@ -23,6 +23,7 @@
 #include "common/log.h"
 #include "common/net.h"
 #include "common/str.h"
+#include "common/tls.h"
 #include "shm/shm_route.h"
 #include "shm/shm_snap.h"
 #include "shm/shm_stats.h"
@@ -1565,10 +1566,11 @@ static int client_read(struct wk_client *c)
     if (c->tls != NULL) {
         int t = wk_tls_read(c->tls, c->in.data + c->in.end, c->in.cap - c->in.end);
 
-        /* Readiness is cleared only when OpenSSL would block: a short read may just be the end
-         * of a record, with more records already waiting in the socket. */
         if (t == WK_TLS_WANT_READ) {
             c->flags &= ~WK_C_F_READABLE;
+            if (c->state == WK_CS_IDLE || c->state == WK_CS_HEAD) {
+                wk_tls_ticket_now(c->tls); /* (a request in progress: its response takes it) */
+            }
             return 0;
         }
         if (t == WK_TLS_WANT_WRITE) {
@@ -1578,6 +1580,11 @@ static int client_read(struct wk_client *c)
         if (t == WK_TLS_ERROR) {
             wk_client_close(c);
             return -1;
+        }
+        /* As below for plain reads: OpenSSL read a whole buffer's worth, came back short and
+         * holds nothing more, so the socket is empty until the next edge. */
+        if (t > 0 && !(c->flags & WK_C_F_RDHUP) && tls_drained(c->tls)) {
+            c->flags &= ~WK_C_F_READABLE;
         }
         n = t;
     } else {
@@ -1608,6 +1615,19 @@ static int client_read(struct wk_client *c)
     return -1;
 }
 
+/* Does what client_write() is about to offer end the response, on a connection that closes
+ * after it? (Flags that never clear within a transaction; a close decided only by an
+ * unfinished request body is left out, as that body may still complete.) */
+static int ends_and_closes(const struct wk_client *c)
+{
+    if (!((c->flags & (WK_C_F_CLOSE | WK_C_F_HUP)) || wk.stopping)) {
+        return 0;
+    }
+    return c->state == WK_CS_REPLY ||
+           (c->state == WK_CS_PROXY && (c->tflags & WK_T_RESP_DONE) &&
+            !(c->tflags & WK_T_TUNNEL));
+}
+
 static int client_write(struct wk_client *c)
 {
     struct iovec iov[2];
@@ -1629,7 +1649,7 @@ static int client_write(struct wk_client *c)
         return 0;
     }
     if (c->tls != NULL) {
-        n = wk_tls_writev(c->tls, iov, niov);
+        n = wk_tls_writev(c->tls, iov, niov, ends_and_closes(c));
         if (n == WK_TLS_WANT_WRITE) {
             c->flags &= ~WK_C_F_WRITABLE;
             return 0;
@@ -1733,7 +1753,7 @@ static int upstream_write(struct wk_client *c)
         return 0;
     }
     if (u->tls != NULL) {
-        n = wk_tls_writev(u->tls, iov, niov);
+        n = wk_tls_writev(u->tls, iov, niov, 0);
         if (n == WK_TLS_WANT_WRITE) {
             u->flags &= ~WK_UP_F_WRITABLE;
             return 0;
@@ -1846,9 +1866,9 @@ static int upstream_read(struct wk_client *c)
     }
     if (n > 0) {
         /* Edge-triggered: a short read drained the socket, and new data brings a new edge, so
-         * skip the recv that would only say EAGAIN. (A short TLS read proves nothing: it may
-         * end a record with the next one already queued.) */
-        if (u->tls == NULL && (size_t)n < c->tx->uin.cap - c->tx->uin.end) {
+         * skip the recv that would only say EAGAIN. (A short TLS read proves nothing by
+         * itself: it may end a record with the next one queued; tls_drained() knows.) */
+        if (u->tls == NULL ? (size_t)n < c->tx->uin.cap - c->tx->uin.end : tls_drained(u->tls)) {
             u->flags &= ~WK_UP_F_READABLE;
         }
         c->tx->uin.end += (uint32_t)n;
@@ -1957,6 +1977,9 @@ static int next_request(struct wk_client *c)
         }
         wk_client_close(c);
         return -1;
+    }
+    if (c->tls != NULL) {
+        tls_cork(c->tls, 0); /* (never left on for a connection that stays: no system call) */
     }
     c->in.start = c->parsed_off;
     c->tflags = 0;

@@ -107,14 +107,15 @@ static int mac_init(EVP_MAC_CTX *hctx, const struct shm_tkey *k)
 }
 
 /* OpenSSL's ticket key callback. Encrypt with the current key; decrypt with any key still in its
- * window, asking for a fresh ticket (return 2) when that key no longer encrypts or the
- * connection is TLS 1.3. */
+ * window, asking for a fresh ticket (return 2) when that key no longer encrypts. (TLS 1.3
+ * connections get a fresh ticket anyway: wk_tls_handshake.) */
 static int on_ticket_key(SSL *s, unsigned char key_name[16], unsigned char *iv,
                          EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
 {
     uint64_t now = wk.now / 1000;
     const struct shm_tkey *k;
 
+    (void)s;
     tk_refresh();
     if (!tk.valid) {
         return 0;
@@ -145,11 +146,6 @@ static int on_ticket_key(SSL *s, unsigned char key_name[16], unsigned char *iv,
         if (mac_init(hctx, k) != 1 ||
             EVP_DecryptInit_ex(ectx, aes256cbc, NULL, (const unsigned char *)k->aes, iv) != 1) {
             return -1;
-        }
-        /* TLS 1.3 clients use a ticket once (RFC 8446, C.4): without a fresh one after each
-         * resumption, every other connection of theirs would be a full handshake. */
-        if (SSL_version(s) == TLS1_3_VERSION) {
-            return 2;
         }
         return (i == tk.k.current && now < k->enc_until) ? 1 : 2;
     }
@@ -512,7 +508,7 @@ struct ssl_st *wk_tls_server_new(int fd)
         return NULL;
     }
     s = SSL_new(tg->ctx[tg->def]);
-    if (s == NULL || SSL_set_fd(s, fd) != 1) {
+    if (s == NULL || tls_set_socket(s, fd) != 0) {
         ERR_clear_error();
         SSL_free(s);
         return NULL;
@@ -584,6 +580,13 @@ int wk_tls_handshake(struct ssl_st *s)
     ERR_clear_error();
     r = SSL_do_handshake(s);
     if (r == 1) {
+        /* TLS 1.3: one fresh ticket per connection, resumed ones included, since clients use
+         * a ticket once (RFC 8446, C.4). It waits: for the first response, whose segment it
+         * shares (wk_tls_writev), or until the connection would wait for the client
+         * (wk_tls_ticket_now), for clients that want it before they send anything. */
+        if (SSL_is_server(s) && SSL_version(s) == TLS1_3_VERSION) {
+            tls_ticket_defer(s);
+        }
         return 1;
     }
     r = map_err(s, r);
@@ -605,6 +608,13 @@ int wk_tls_handshake(struct ssl_st *s)
     return r;
 }
 
+void wk_tls_ticket_now(struct ssl_st *s)
+{
+    if (tls_ticket_take(s) && (SSL_new_session_ticket(s) != 1 || SSL_do_handshake(s) != 1)) {
+        ERR_clear_error(); /* a ticket still queued goes out with the next write */
+    }
+}
+
 int wk_tls_read(struct ssl_st *s, char *buf, size_t len)
 {
     int n;
@@ -614,17 +624,28 @@ int wk_tls_read(struct ssl_st *s, char *buf, size_t len)
     return n > 0 ? n : map_err(s, n);
 }
 
-int wk_tls_writev(struct ssl_st *s, const struct iovec *iov, int niov)
+int wk_tls_writev(struct ssl_st *s, const struct iovec *iov, int niov, int last)
 {
     const char *p;
     size_t len, total = 0;
-    int n;
+    int n, ticket;
 
     for (int i = 0; i < niov; i++) {
         total += iov[i].iov_len;
     }
     if (total == 0) {
         return 0;
+    }
+    /* A ticket owed since the handshake, this response, and (with <last>) the close_notify
+     * that follows leave in one segment: cork until the socket closes, or until this write
+     * is done when the connection stays open. */
+    ticket = tls_ticket_take(s);
+    if (ticket && SSL_new_session_ticket(s) != 1) {
+        ERR_clear_error();
+        ticket = 0;
+    }
+    if (ticket || last) {
+        tls_cork(s, 1);
     }
     if (niov == 1 || iov[0].iov_len >= SCRATCH_SIZE) {
         p = iov[0].iov_base;
@@ -642,6 +663,9 @@ int wk_tls_writev(struct ssl_st *s, const struct iovec *iov, int niov)
     }
     ERR_clear_error();
     n = SSL_write(s, p, len > INT32_MAX ? INT32_MAX : (int)len);
+    if (!last) {
+        tls_cork(s, 0);
+    }
     if (n > 0) {
         return n;
     }

@@ -43,12 +43,17 @@ struct ssl_st *wk_tls_client_new(int fd, const struct wk_tls_gen *tg, uint32_t s
 
 /* Drive a handshake: 1 when done, else WK_TLS_WANT_* or WK_TLS_ERROR. */
 int wk_tls_handshake(struct ssl_st *s);
+/* Send the TLS 1.3 session ticket still owed since the handshake, if any: for when the
+ * connection is about to wait for its client. */
+void wk_tls_ticket_now(struct ssl_st *s);
 /* Read up to <len> bytes: count, 0 at EOF, or WK_TLS_WANT_* / WK_TLS_ERROR. */
 int wk_tls_read(struct ssl_st *s, char *buf, size_t len);
 /* Write from <iov>: the count of leading bytes written (like writev), or WK_TLS_WANT_* /
  * WK_TLS_ERROR. Small pieces are coalesced into one record. After WANT_*, the next call must
- * offer the same bytes first (more may follow), which the proxy's append-only buffers ensure. */
-int wk_tls_writev(struct ssl_st *s, const struct iovec *iov, int niov);
+ * offer the same bytes first (more may follow), which the proxy's append-only buffers ensure.
+ * <last>: these bytes end the response and the connection closes after them, so the socket is
+ * left corked for close_notify and the FIN to join them (closing it sends everything). */
+int wk_tls_writev(struct ssl_st *s, const struct iovec *iov, int niov, int last);
 /* Is an idle pooled connection that just became readable still clean? Consumes post-handshake
  * messages (TLS 1.3 tickets); anything else (data, alert, EOF) means no. */
 int wk_tls_idle_ok(struct ssl_st *s);

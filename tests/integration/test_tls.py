@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -101,6 +102,70 @@ class TlsConn(Conn):
 
     def fingerprint(self):
         return hashlib.sha256(self.sock.getpeercert(binary_form=True)).hexdigest()
+
+
+class RecordSock:
+    """A TLS client over memory BIOs, so a test decides how records meet TCP segments: several
+    whole records in one send, or one record cut across sends. Socket-like enough for Conn."""
+
+    def __init__(self, port, server_name, timeout=10, hold_finished=False, ctx=None):
+        """<hold_finished>: keep the client's last handshake flight back, to go out with
+        whatever is sent next (as clients that write their request at once do)."""
+        self.raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = (ctx or client_ctx()).wrap_bio(self.inc, self.out, server_hostname=server_name)
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._pull()
+        if not hold_finished:
+            self._flush()
+
+    def data_segments_in(self):
+        """Data-carrying TCP segments received so far (struct tcp_info, tcpi_data_segs_in)."""
+        info = self.raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        return struct.unpack_from("I", info, 152)[0]
+
+    def _flush(self):
+        data = self.out.read()
+        if data:
+            self.raw.sendall(data)
+
+    def _pull(self):
+        d = self.raw.recv(1 << 16)
+        if not d:
+            self.inc.write_eof()
+        else:
+            self.inc.write(d)
+
+    def records(self, chunks):
+        """Each chunk as its own TLS record, all the records' bytes in one byte string."""
+        for c in chunks:
+            self.obj.write(c)
+        return self.out.read()
+
+    def sendall(self, data):
+        self.obj.write(data)
+        self._flush()
+
+    def recv(self, n):
+        while True:
+            try:
+                return self.obj.read(n)
+            except ssl.SSLWantReadError:
+                self._pull()
+            except ssl.SSLEOFError:
+                return b""
+
+    def settimeout(self, t):
+        self.raw.settimeout(t)
+
+    def close(self):
+        self.raw.close()
 
 
 def fingerprint_of(path):
@@ -338,6 +403,69 @@ class TlsTest(dsptest.TestCase):
                    dsptest.build_request("GET", "/echo/p2", "secure.do"))
             self.assertEqual(c.read_response().json()["path"], "/echo/p1")
             self.assertEqual(c.read_response().json()["path"], "/echo/p2")
+
+    def test_records_and_segments(self):
+        """Many requests, each in its own record, arriving in one TCP segment must all be
+        answered (one read may hold them all: the worker must not wait for another edge), and
+        a record cut across segments must be waited for."""
+        d = self.start()
+        rs = RecordSock(d.port, "secure.do")
+        c = Conn.__new__(Conn)
+        c.sock, c.buf, c.eof = rs, bytearray(), False
+        with c:
+            reqs = [dsptest.build_request("GET", "/echo/r%d" % i, "secure.do") for i in range(40)]
+            rs.raw.sendall(rs.records(reqs))
+            for i in range(40):
+                r = c.read_response()
+                self.assertEqual((r.status, r.json()["path"]), (200, "/echo/r%d" % i))
+            # Two requests split across one record boundary and three segments, 100 ms apart.
+            blob = rs.records([reqs[0][:7], reqs[0][7:] + reqs[1]])
+            for part in (blob[:3], blob[3:len(blob) - 9], blob[len(blob) - 9:]):
+                rs.raw.sendall(part)
+                time.sleep(0.1)
+            self.assertEqual(c.read_response().json()["path"], "/echo/r0")
+            self.assertEqual(c.read_response().json()["path"], "/echo/r1")
+            # A body in many small records after its head in one record.
+            body = os.urandom(5000).hex().encode()
+            head = dsptest.build_request("POST", "/echo/body", "secure.do",
+                                         [("Content-Length", str(len(body)))])
+            rs.raw.sendall(rs.records([head] + [body[i:i + 100] for i in range(0, len(body), 100)]))
+            r = c.read_response("POST")
+            self.assertEqual(r.status, 200)
+            j = r.json()
+            self.assertEqual((j["path"], j["body_bytes"], j["body_crc32"]),
+                             ("/echo/body", len(body), zlib.crc32(body)))
+
+    def test_ticket_response_and_close_share_a_segment(self):
+        """TLS 1.3 with the request sent along with the client's Finished and Connection:
+        close: the session ticket, the response and close_notify reach the client in one TCP
+        segment after the server's handshake flight, not in three; the ticket still resumes."""
+        d = self.start()
+        ctx = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_3,
+                         minimum_version=ssl.TLSVersion.TLSv1_3)
+        for attempt in range(2):
+            rs = RecordSock(d.port, "secure.do", hold_finished=True, ctx=ctx)
+            rs.sendall(dsptest.build_request("GET", "/echo/seg", "secure.do",
+                                             [("Connection", "close")]))
+            data = b""
+            while True:
+                chunk = rs.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:200])
+            self.assertIn(b"/echo/seg", data)
+            segs = rs.data_segments_in()
+            session = rs.obj.session
+            rs.close()
+            if segs == 2:
+                break
+        self.assertEqual(segs, 2, "expected the server flight, then ticket + response + "
+                         "close_notify in one segment")
+        self.assertTrue(session is not None and session.has_ticket, "no ticket received")
+        with TlsConn(d.port, "secure.do", ctx=ctx, session=session) as c:
+            self.assertTrue(c.sock.session_reused)
+            self.assertEqual(c.request("GET", "/echo", "secure.do").status, 200)
 
     def test_protocol_versions(self):
         d = self.start()
