@@ -588,6 +588,7 @@ def wrk(proxy, path, conns, duration, headers=()):
         "cpu_pct": 100.0 * cpu_s / (t1 - t0),
         "sys_pct": (100.0 * (s1 - s0) / (c1 - c0)) if c1 > c0 else float("nan"),
         "backend_us": ((b1 - b0) / CLK_TCK * 1e6 / nreq) if nreq else float("nan"),
+        "wrk_us": ((w1 - w0) * 1e6 / nreq) if nreq else float("nan"),
         "other_pct": max(0.0, 100.0 * other_s / (t1 - t0)),
         "requests": nreq,
         "errors": errs,
