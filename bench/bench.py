@@ -657,6 +657,7 @@ def s_time(proxy, duration):
         "cpu_pct": 100.0 * cpu_s / (t1 - t0),
         "sys_pct": (100.0 * (s1 - s0) / (c1 - c0)) if c1 > c0 else float("nan"),
         "backend_us": float("nan"),
+        "wrk_us": ((w1 - w0) * 1e6 / n) if n else float("nan"),
         "other_pct": max(0.0, 100.0 * other_s / (t1 - t0)),
         "requests": n,
         "errors": 0,
@@ -786,9 +787,10 @@ METRICS = [("rps", "req/s", "rps"), ("p99_ms", "p99 latency ms", "ms"),
 
 
 def row(sc, name, i, r):
-    return "| %s | %s | %d | %.0f | %.2f | %.2f | %.0f%% | %.0f%% | %.2f | %.0f%% | %d | %d |" % (
-        sc, name, i + 1, r["rps"], r["p99_ms"], r["cpu_us"], r["cpu_pct"], r["sys_pct"],
-        r["backend_us"], r["other_pct"], r["requests"], r["errors"])
+    return ("| %s | %s | %d | %.0f | %.2f | %.2f | %.0f%% | %.0f%% | %.2f | %.2f | %.0f%% | %d "
+            "| %d |" % (sc, name, i + 1, r["rps"], r["p99_ms"], r["cpu_us"], r["cpu_pct"],
+                        r["sys_pct"], r["backend_us"], r.get("wrk_us", float("nan")),
+                        r["other_pct"], r["requests"], r["errors"]))
 
 
 def tls_table_rows(res, stime):
@@ -984,8 +986,8 @@ def report(res, idle, e_res, reloads, started, elapsed, notes, stime=None):
     L.append("<details><summary>Per-round values</summary>")
     L.append("")
     L.append("| scenario | proxy | round | req/s | p99 ms | CPU µs/req | CPU busy | kernel share "
-             "| backend µs/req | other load | requests | errors |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+             "| backend µs/req | load generator µs/req | other load | requests | errors |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for sc in "abcfg":
         if sc not in res:
             continue
