@@ -1662,6 +1662,12 @@ static int client_write(struct wk_client *c)
             return -1;
         }
     } else {
+        /* The last bytes before a close: corked, the FIN leaves in their segment. */
+        if (!(c->tflags & WK_T_CORKED) && ends_and_closes(c)) {
+            int one = 1;
+            (void)setsockopt(c->fd, IPPROTO_TCP, TCP_CORK, &one, sizeof(one));
+            c->tflags |= WK_T_CORKED;
+        }
         n = writev(c->fd, iov, niov);
     }
     if (n < 0) {

@@ -141,6 +141,7 @@ struct wk_upstream {
 #define WK_T_TUNNEL        0x20000u /* 101 received: bytes are spliced both ways, unparsed */
 #define WK_T_UP_EOF        0x40000u /* tunnel: the backend closed its side */
 #define WK_T_LB_DONE       0x80000u /* this attempt's outcome went to wk_lb_result() */
+#define WK_T_CORKED        0x100000u /* plain client socket: TCP_CORK set for the closing write */
 #define WK_T_LOGGED        0x80000000u /* access log line and statistics written (wk_conn.c) */
 
 /* What only a request in progress needs. Idle keep-alive connections hold none of it (they are
