@@ -1502,6 +1502,9 @@ static int parse_response(struct wk_client *c)
             if (forward_interim(c, base, hlen) != 0) {
                 return upstream_failed(c, WK_FAIL_BAD);
             }
+            /* http-parser completed a message, but the response is still to come: the final
+             * head may be a while (103 Early Hints), and must not find the exchange over. */
+            c->tflags &= ~WK_T_RESP_DONE;
             c->tx->uin.start += (uint32_t)hlen;
             continue;
         }

@@ -22,6 +22,8 @@
  *   /hop                        200 carrying hop-by-hop response headers
  *   /sse?n=N&ms=M               text/event-stream, chunked, N events M ms apart
  *   /expect                     JSON telling whether "100 Continue" was sent before the body
+ *   /interim?code=N&ms=M        an interim response N (1xx, default 103, with a Link header),
+ *                               then after M ms (default 100) 200 JSON {"interim":N}
  *   /stats                      JSON {"requests","connections","accepted","health"}
  *   /control?fail=N&health=N&delay=MS
  *                               changes how every other endpoint (not /stats, /control) behaves
@@ -856,6 +858,17 @@ static int handle(struct tb_conn *c, struct tb_req *r, char *echo_buf)
         if (ok && !r->head) {
             ok = write_str(fd, "0\r\n\r\n") == 0;
         }
+    } else if (path_is(r->target, "/interim", 0)) {
+        long long code = qparam(r->target, "code", 103), ms = qparam(r->target, "ms", 100);
+        if (code < 100 || code > 199 || code == 101) {
+            code = 103;
+        }
+        snprintf(small, sizeof(small), "HTTP/1.1 %lld Interim\r\nLink: </s.css>; rel=preload"
+                 "\r\n\r\n", code);
+        ok = write_str(fd, small) == 0;
+        sleep_ms(ms);
+        snprintf(small, sizeof(small), "{\"interim\":%lld}\n", code);
+        ok = ok && send_simple(fd, r, 200, keep, "application/json", small, strlen(small)) == 0;
     } else if (path_is(r->target, "/expect", 0)) {
         snprintf(small, sizeof(small),
                  "{\"expect\":%s,\"continue_sent\":%s,\"bytes\":%llu,\"crc32\":%lu}\n",

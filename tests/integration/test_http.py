@@ -95,6 +95,31 @@ class FramingTest(dsptest.TestCase):
             self.assertEqual(r.status, 503, "backend statuses pass through")
             self.assertEqual(r.body, b'{"status":503}\n')
 
+    def test_interim_response_then_final(self):
+        """A backend's 1xx interim response followed, later, by the final one: a 103 is
+        relayed to an HTTP/1.1 client and a 100 is not, the final response always arrives, and
+        the connection carries on (also when the client asked for Connection: close)."""
+        with Conn(self.d.port) as c:
+            for code in (103, 100, 103):
+                r = c.request("GET", "/interim?code=%d&ms=300" % code, "i.do")
+                self.assertEqual(r.status, 200, r.body[:200])
+                self.assertEqual(r.json(), {"interim": code})
+                want = [103] if code == 103 else []
+                self.assertEqual([st for st, _ in r.interim], want)
+                if code == 103:
+                    links = [v for k, v in r.interim[0][1] if k.lower() == "link"]
+                    self.assertEqual(links, ["</s.css>; rel=preload"])
+            self.assertEqual(c.request("GET", "/echo/after", "i.do").json()["path"],
+                             "/echo/after")
+        with Conn(self.d.port) as c:
+            c.send(build_request("GET", "/interim?code=103&ms=300", "i.do",
+                                 [("Connection", "close")]))
+            ready, _, _ = select.select([c.sock], [], [], 0.25)
+            self.assertTrue(ready, "the 103 should be relayed before the final response")
+            r = c.read_response()
+            self.assertEqual((r.status, [st for st, _ in r.interim]), (200, [103]))
+            self.assertEqual(r.json(), {"interim": 103})
+
     def test_expect_100_continue(self):
         body = bytes(range(256)) * 400  # 102400 bytes
         with Conn(self.d.port) as c:
