@@ -65,13 +65,37 @@ def _record_tmp(path):
             f.write("tmp %s\n" % path)
 
 
+_PORT_RANGE = None
+_ports_given = set()
+
+
 def free_port():
-    """A port that was free a moment ago (bind port 0, read it, close)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port that was free a moment ago. Under run.py, from this test's own range
+    (DSP_PORT_RANGE, disjoint from the tests running alongside and below the ephemeral ports);
+    otherwise whatever bind(port 0) gives."""
+    global _PORT_RANGE
+    if _PORT_RANGE is None:
+        r = os.environ.get("DSP_PORT_RANGE", "")
+        lo, _, hi = r.partition("-")
+        _PORT_RANGE = (int(lo), int(hi)) if lo.isdigit() and hi.isdigit() else ()
+    for _ in range(200 if _PORT_RANGE else 1):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if _PORT_RANGE:
+                port = random.randint(*_PORT_RANGE)
+                if port in _ports_given:
+                    continue
+                s.bind(("127.0.0.1", port))
+            else:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        except OSError:
+            continue
+        finally:
+            s.close()
+        _ports_given.add(port)
+        return port
+    raise RuntimeError("no free port in %r" % (_PORT_RANGE,))
 
 
 def wait_for(pred, timeout_s, interval=0.02):

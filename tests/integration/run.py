@@ -16,6 +16,7 @@ DSP_KEEP_TMP=1 keeps all of them. -v also shows the output of passing tests; -l 
 
 import concurrent.futures
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,9 @@ import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Listening ports for tests (split between the tests that run at once); the kernel hands out
+# outgoing local ports from 32768 up (net.ipv4.ip_local_port_range).
+PORT_LO, PORT_HI = 20000, 32000
 sys.path.insert(0, HERE)
 
 import dsptest  # noqa: E402
@@ -169,12 +173,31 @@ def main(argv):
         failed.append(tid)
         print("FAIL  %-68s (cannot import)" % tid)
         print("\n".join("    | " + l for l in err.splitlines()), flush=True)
+    # Each test running at the same time gets its own range of listening ports, below the
+    # kernel's ephemeral range: a port picked by one test can then be neither picked by another
+    # (two SO_REUSEPORT listeners would share its connections) nor taken meanwhile as the local
+    # port of some test's outgoing connection.
+    slots = queue.Queue()
+    nslots = max(1, jobs)
+    for i in range(nslots):
+        slots.put(i)
+    span = (PORT_HI - PORT_LO) // nslots
+
     def run_one(t):
+        slot = slots.get()
+        try:
+            return run_in_slot(t, slot)
+        finally:
+            slots.put(slot)
+
+    def run_in_slot(t, slot):
         tid = t.id()
         limit = test_timeout(t)
         fd, pid_log = tempfile.mkstemp(prefix="dsp-it-pids-")
         os.close(fd)
-        env = dict(os.environ, DSP_PID_LOG=pid_log, PYTHONUNBUFFERED="1")
+        lo = PORT_LO + slot * span
+        env = dict(os.environ, DSP_PID_LOG=pid_log, PYTHONUNBUFFERED="1",
+                   DSP_PORT_RANGE="%d-%d" % (lo, lo + span - 1))
         t0 = time.monotonic()
         if missing:
             out, rc = "missing executables: %s\n" % ", ".join(missing), 1

@@ -1,12 +1,33 @@
 """Connection limits and lifecycle: max_connections answers 503, idle keep-alive connections are
 closed after idle_timeout_ms, SIGTERM lets an in-flight request finish, SIGINT stops at once."""
 
+import json
+import os
 import signal
+import socket
 import threading
 import time
 
 import dsptest
 from dsptest import Conn, request, route, svc
+
+
+def open_connections(d):
+    """Client connections the workers have published (admin `show workers`)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(os.path.join(d.tmp, "admin.sock"))
+        s.sendall(b"show workers\n")
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        s.close()
+    return sum(w["connections"] for w in json.loads(buf.split(b"\n")[0])["workers"])
 
 
 class LimitsTest(dsptest.TestCase):
@@ -15,6 +36,9 @@ class LimitsTest(dsptest.TestCase):
         b = self.backend("web")
         d = self.dispatcher([svc("web", b)], [route("*", "web")],
                             limits={"max_connections": 4})
+        # The start-up probe's connection is counted until its worker has seen it close.
+        self.assertTrue(dsptest.wait_for(lambda: open_connections(d) == 0, 5),
+                        "connections still counted after start-up: %r" % open_connections(d))
         conns = []
         try:
             for _ in range(4):
