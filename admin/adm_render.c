@@ -682,6 +682,15 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
               "Reloads rejected because the configuration was invalid.");
     adm_buf_addf(b, "dispatcher_config_reload_failures_total %llu\n",
                  (unsigned long long)LD(&v->ctl->reload_failures));
+    prom_head(b, "dispatcher_tls_handshakes_total", "counter",
+              "TLS handshakes with clients on TLS listeners, by outcome.");
+    adm_buf_addf(b,
+                 "dispatcher_tls_handshakes_total{result=\"full\"} %llu\n"
+                 "dispatcher_tls_handshakes_total{result=\"resumed\"} %llu\n"
+                 "dispatcher_tls_handshakes_total{result=\"failed\"} %llu\n",
+                 (unsigned long long)LD(&v->ctl->tls_handshakes[SHM_TLS_HS_FULL]),
+                 (unsigned long long)LD(&v->ctl->tls_handshakes[SHM_TLS_HS_RESUMED]),
+                 (unsigned long long)LD(&v->ctl->tls_handshakes[SHM_TLS_HS_FAILED]));
     prom_head(b, "dispatcher_uptime_seconds", "gauge", "Seconds since the master started.");
     adm_buf_addf(b, "dispatcher_uptime_seconds %llu\n", (unsigned long long)uptime_s(v));
     free(sums);

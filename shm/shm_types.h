@@ -315,6 +315,11 @@ struct shm_tkeys {
     uint64_t reserved[4];
 };
 
+/* shm_ctl.tls_handshakes: handshakes on TLS listeners by outcome. */
+#define SHM_TLS_HS_FULL    0u
+#define SHM_TLS_HS_RESUMED 1u
+#define SHM_TLS_HS_FAILED  2u
+
 struct shm_ctl {
     uint32_t magic;
     uint32_t version;
@@ -323,7 +328,8 @@ struct shm_ctl {
     uint32_t nworkers;
     uint64_t started_at;         /* unix seconds */
     uint64_t reload_failures;
-    uint64_t reserved[11];
+    uint64_t tls_handshakes[3];  /* SHM_TLS_HS_*: client TLS handshakes, added to by workers */
+    uint64_t reserved[8];
     struct shm_worker_slot workers[SHM_MAX_WORKERS];
     /* Added at the end (anonymous segment created by the master at start, so it can grow). */
     struct shm_tkeys tkeys;

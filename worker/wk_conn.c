@@ -2112,6 +2112,9 @@ static int client_handshake(struct wk_client *c)
     }
     r = wk_tls_handshake(c->tls);
     if (r == 1) {
+        __atomic_fetch_add(&wk.ctl->tls_handshakes[wk_tls_resumed(c->tls) ? SHM_TLS_HS_RESUMED
+                                                                          : SHM_TLS_HS_FULL],
+                           1, __ATOMIC_RELAXED);
         c->state = WK_CS_IDLE;
         return 1;
     }
@@ -2123,6 +2126,7 @@ static int client_handshake(struct wk_client *c)
         c->flags &= ~WK_C_F_WRITABLE;
         return 0;
     }
+    __atomic_fetch_add(&wk.ctl->tls_handshakes[SHM_TLS_HS_FAILED], 1, __ATOMIC_RELAXED);
     log_debug("TLS handshake failed: %s", wk_tls_error());
     wk_client_close(c);
     return -1;
@@ -2437,6 +2441,10 @@ void wk_client_timeout(struct wk_client *c)
             return;
         }
         break;
+    case WK_CS_TLS: /* a handshake that did not finish in time failed */
+        __atomic_fetch_add(&wk.ctl->tls_handshakes[SHM_TLS_HS_FAILED], 1, __ATOMIC_RELAXED);
+        wk_client_close(c);
+        return;
     default:
         wk_client_close(c);
         return;

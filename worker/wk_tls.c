@@ -608,6 +608,11 @@ int wk_tls_handshake(struct ssl_st *s)
     return r;
 }
 
+int wk_tls_resumed(const struct ssl_st *s)
+{
+    return SSL_session_reused(s) == 1;
+}
+
 void wk_tls_ticket_now(struct ssl_st *s)
 {
     if (tls_ticket_take(s) && (SSL_new_session_ticket(s) != 1 || SSL_do_handshake(s) != 1)) {

@@ -43,6 +43,8 @@ struct ssl_st *wk_tls_client_new(int fd, const struct wk_tls_gen *tg, uint32_t s
 
 /* Drive a handshake: 1 when done, else WK_TLS_WANT_* or WK_TLS_ERROR. */
 int wk_tls_handshake(struct ssl_st *s);
+/* Did the completed handshake of <s> resume a session? */
+int wk_tls_resumed(const struct ssl_st *s);
 /* Send the TLS 1.3 session ticket still owed since the handshake, if any: for when the
  * connection is about to wait for its client. */
 void wk_tls_ticket_now(struct ssl_st *s);

@@ -341,10 +341,30 @@ class TlsTest(dsptest.TestCase):
         self.certs = certs if certs is not None else [self.secure, self.wild]
         self.conf_text = tls_config(self.d, self.d.port, self.plain, self.services, self.routes,
                                     self.certs, workers, tls_extra, limits, pp)
+        # The admin HTTP endpoint, for /metrics.
+        self.admin_port = dsptest.free_port()
+        sock = 'admin = { socket = "%s";' % os.path.join(self.d.tmp, "admin.sock")
+        assert sock in self.conf_text
+        self.conf_text = self.conf_text.replace(
+            sock, sock + ' http = "127.0.0.1:%d";' % self.admin_port)
         self.d.workers = workers
         self.d.write_config(self.conf_text)
         self.start_dispatcher(self.d)
         return self.d
+
+    def handshakes(self):
+        """dispatcher_tls_handshakes_total by result, from /metrics."""
+        with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        got = dict(re.findall(r'(?m)^dispatcher_tls_handshakes_total\{result="(\w+)"\} (\d+)$',
+                              data.decode()))
+        return {k: int(v) for k, v in got.items()}
 
     # -- SNI and routing -----------------------------------------------------------------------
 
@@ -611,10 +631,16 @@ class TlsTest(dsptest.TestCase):
             if os.path.exists(sess):
                 break
         self.assertTrue(os.path.exists(sess), "s_client wrote no session:\n" + out[-600:])
+        before = self.handshakes()
         for i in range(12):
             out = s_client(d.port, "secure.do", ["-sess_in", sess], linger=0.1)
             self.assertRegex(out, r"(?m)^Reused, TLSv1\.3", "connection %d not resumed:\n%s"
                              % (i, out[-800:]))
+        # The server counted them so (the metric an operator would watch).
+        after = self.handshakes()
+        self.assertEqual(after["resumed"] - before["resumed"], 12, (before, after))
+        self.assertEqual(after["full"], before["full"], (before, after))
+        self.assertGreaterEqual(before["full"], 1)
         # A resumed TLS 1.3 connection gets a fresh ticket, and that one resumes too: clients
         # that use each ticket once (wrk, browsers) resume every connection, not every other.
         prev = sess
@@ -684,6 +710,9 @@ class TlsTest(dsptest.TestCase):
             pass
         self.assertNotIn(b"HTTP/1.1", data)
         s.close()
+        # Both count as failed handshakes.
+        self.assertTrue(dsptest.wait_for(lambda: self.handshakes().get("failed", 0) >= 2, 3),
+                        self.handshakes())
         # Workers are fine afterwards.
         self.assertEqual(curl(d.port, "secure.do", "/echo")[0], 200)
 
