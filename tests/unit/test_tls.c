@@ -4,10 +4,15 @@
  * them in a snapshot, and the ticket key ring's rotation. */
 #include "master/ms_tls.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -635,9 +640,124 @@ static void test_ticket_rotation(void)
     CU_ASSERT_EQUAL(r.seq % 2, 0u);
 }
 
+/* ---- the socket BIO (common/tls.c) ------------------------------------------------------- */
+
+/* A connected loopback TCP pair, both ends non-blocking. */
+static void tcp_pair(int *a, int *b)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    socklen_t sl = sizeof(sa);
+    int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+
+    CU_ASSERT_FATAL(l >= 0);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CU_ASSERT_FATAL(bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    CU_ASSERT_FATAL(listen(l, 1) == 0);
+    CU_ASSERT_FATAL(getsockname(l, (struct sockaddr *)&sa, &sl) == 0);
+    *a = socket(AF_INET, SOCK_STREAM, 0);
+    CU_ASSERT_FATAL(*a >= 0 && connect(*a, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    *b = accept(l, NULL, NULL);
+    CU_ASSERT_FATAL(*b >= 0);
+    close(l);
+    /* As the proxy's sockets: no Nagle delay between small records. */
+    setsockopt(*a, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(*b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    fcntl(*a, F_SETFL, O_NONBLOCK);
+    fcntl(*b, F_SETFL, O_NONBLOCK);
+}
+
+/* Drive both handshakes until done (bounded). */
+static void handshake_pair(SSL *cl, SSL *sv)
+{
+    int done_c = 0, done_s = 0;
+
+    for (int i = 0; i < 1000 && !(done_c && done_s); i++) {
+        if (!done_c) {
+            int r = SSL_do_handshake(cl);
+            done_c = r == 1;
+            CU_ASSERT_FATAL(r == 1 || SSL_get_error(cl, r) == SSL_ERROR_WANT_READ);
+        }
+        if (!done_s) {
+            int r = SSL_do_handshake(sv);
+            done_s = r == 1;
+            CU_ASSERT_FATAL(r == 1 || SSL_get_error(sv, r) == SSL_ERROR_WANT_READ);
+        }
+        usleep(1000);
+    }
+    CU_ASSERT_FATAL(done_c && done_s);
+}
+
+static void test_socket_bio(void)
+{
+    struct pem_pair pp = make_cert("bio.do", "DNS:bio.do", 0, 30);
+    char err[256], buf[256];
+    SSL_CTX *sctx = tls_server_ctx_new(pp.cert, strlen(pp.cert), pp.key, strlen(pp.key), TLS_V12,
+                                       err, sizeof(err));
+    SSL_CTX *cctx = tls_client_ctx_new(0, NULL, 0, err, sizeof(err));
+    int cfd, sfd, v = -1, n;
+    socklen_t vl = sizeof(v);
+    SSL *cl, *sv;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(sctx);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cctx);
+    tcp_pair(&cfd, &sfd);
+    cl = tls_client_conn(cctx, cfd, "bio.do", 0, NULL, 0, err, sizeof(err));
+    sv = SSL_new(sctx);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cl);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(sv);
+    CU_ASSERT_EQUAL_FATAL(tls_set_socket(sv, sfd), 0);
+    SSL_set_accept_state(sv);
+    CU_ASSERT_EQUAL(SSL_get_fd(sv), sfd);
+    handshake_pair(cl, sv);
+
+    /* Two records in one segment: the first read returns the first record, and the socket is
+     * empty but OpenSSL still holds the second, so the server is not drained. */
+    CU_ASSERT_EQUAL(SSL_write(cl, "first", 5), 5);
+    CU_ASSERT_EQUAL(SSL_write(cl, "second", 6), 6);
+    usleep(20000);
+    n = SSL_read(sv, buf, sizeof(buf));
+    CU_ASSERT_EQUAL(n, 5);
+    CU_ASSERT_FALSE(tls_drained(sv));
+    n = SSL_read(sv, buf, sizeof(buf));
+    CU_ASSERT_EQUAL(n, 6);
+    CU_ASSERT_TRUE(tls_drained(sv));
+    /* Nothing more: WANT_READ, with errno intact for the caller. */
+    n = SSL_read(sv, buf, sizeof(buf));
+    CU_ASSERT_EQUAL(SSL_get_error(sv, n), SSL_ERROR_WANT_READ);
+
+    /* Cork: set and cleared on the socket, once each. */
+    tls_cork(sv, 1);
+    CU_ASSERT_EQUAL(getsockopt(sfd, IPPROTO_TCP, TCP_CORK, &v, &vl), 0);
+    CU_ASSERT_EQUAL(v, 1);
+    tls_cork(sv, 0);
+    CU_ASSERT_EQUAL(getsockopt(sfd, IPPROTO_TCP, TCP_CORK, &v, &vl), 0);
+    CU_ASSERT_EQUAL(v, 0);
+
+    /* Ticket note: taken once. */
+    CU_ASSERT_EQUAL(tls_ticket_take(sv), 0);
+    tls_ticket_defer(sv);
+    CU_ASSERT_EQUAL(tls_ticket_take(sv), 1);
+    CU_ASSERT_EQUAL(tls_ticket_take(sv), 0);
+
+    /* The peer's close without close_notify reads as EOF, not a hang or a crash. */
+    SSL_set_quiet_shutdown(cl, 1);
+    SSL_free(cl);
+    close(cfd);
+    usleep(20000);
+    n = SSL_read(sv, buf, sizeof(buf));
+    CU_ASSERT_TRUE(n <= 0);
+    CU_ASSERT_NOT_EQUAL(SSL_get_error(sv, n), SSL_ERROR_WANT_READ);
+    CU_ASSERT_TRUE(tls_drained(sv));
+    SSL_free(sv);
+    close(sfd); /* still ours: freeing the SSL did not close it */
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    pair_free(&pp);
+}
+
 UNIT_SUITE(tls, {"names from SAN", test_names_san}, {"names from CN", test_names_cn_fallback},
            {"name rules", test_name_rules}, {"SNI matching order", test_sni_order},
            {"pair checks", test_pair_check}, {"self-signed", test_self_signed},
            {"prepare and publish", test_prepare_and_publish},
            {"service tls keys", test_service_tls_keys},
-           {"ticket rotation", test_ticket_rotation})
+           {"ticket rotation", test_ticket_rotation}, {"socket BIO", test_socket_bio})
