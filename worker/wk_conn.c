@@ -1536,6 +1536,12 @@ static int client_read(struct wk_client *c)
 {
     ssize_t n;
 
+    /* OpenSSL may hold bytes the socket no longer announces: read ahead by a handshake step
+     * that ran on a write edge. Edge-triggered epoll reports readiness as of when the event is
+     * fetched, so once such bytes left the socket no read edge will come for them. */
+    if (!(c->flags & WK_C_F_READABLE) && c->tls != NULL && wk_tls_pending(c->tls)) {
+        c->flags |= WK_C_F_READABLE;
+    }
     if (!(c->flags & WK_C_F_READABLE) || (c->flags & WK_C_F_EOF)) {
         return 0;
     }
@@ -1835,6 +1841,10 @@ static int upstream_read(struct wk_client *c)
 
     if (u != NULL && (u->flags & WK_UP_F_TLSHS) && !(u->flags & WK_UP_F_CONNECTING)) {
         return upstream_handshake(c);
+    }
+    if (u != NULL && !(u->flags & WK_UP_F_READABLE) && u->tls != NULL &&
+        !(u->flags & WK_UP_F_CONNECTING) && wk_tls_pending(u->tls)) {
+        u->flags |= WK_UP_F_READABLE; /* read ahead on a write edge: see client_read() */
     }
     if (u == NULL || (u->flags & WK_UP_F_CONNECTING) || !(u->flags & WK_UP_F_READABLE)) {
         return 0;
