@@ -98,6 +98,16 @@ def free_port():
     raise RuntimeError("no free port in %r" % (_PORT_RANGE,))
 
 
+def read_to_eof(sock):
+    """Everything <sock> (anything with recv()) sends until it closes."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def wait_for(pred, timeout_s, interval=0.02):
     """Poll <pred> until it returns a true value or <timeout_s> passes; returns the last value."""
     deadline = time.monotonic() + timeout_s

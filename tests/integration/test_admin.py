@@ -355,12 +355,7 @@ class AdminTest(dsptest.TestCase):
         s.connect(self.sock)
         s.sendall(b"show health")
         s.shutdown(socket.SHUT_WR)
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = dsptest.read_to_eof(s)
         s.close()
         self.assertTrue(json.loads(data)["ok"])
         self.assertTrue(other.ask("show health")["ok"])

@@ -356,12 +356,7 @@ class TlsTest(dsptest.TestCase):
         """dispatcher_tls_handshakes_total by result, from /metrics."""
         with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as s:
             s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = dsptest.read_to_eof(s)
         got = dict(re.findall(r'(?m)^dispatcher_tls_handshakes_total\{result="(\w+)"\} (\d+)$',
                               data.decode()))
         return {k: int(v) for k, v in got.items()}
@@ -467,12 +462,7 @@ class TlsTest(dsptest.TestCase):
             rs = RecordSock(d.port, "secure.do", hold_finished=True, ctx=ctx)
             rs.sendall(dsptest.build_request("GET", "/echo/seg", "secure.do",
                                              [("Connection", "close")]))
-            data = b""
-            while True:
-                chunk = rs.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = dsptest.read_to_eof(rs)
             self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:200])
             self.assertIn(b"/echo/seg", data)
             segs = rs.data_segments_in()
