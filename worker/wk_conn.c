@@ -124,27 +124,65 @@ static void capture_alog(struct wk_client *c, const char *base, size_t hlen)
                               ref ? ref->vlen : 0, c->rq.http_major, c->rq.http_minor);
 }
 
+static uint64_t request_ms(const struct wk_client *c)
+{
+    return c->tx->started_ms && wk.now >= c->tx->started_ms ? wk.now - c->tx->started_ms : 0;
+}
+
+/* Statistics of a request whose response is complete, once: <how> 1 = proxied, 0 = generated.
+ * Called just before the write that hands the client the response's last bytes, so that whoever
+ * got the response and then reads the counters finds it counted. Relaxed atomic adds into this
+ * worker's shard. */
+static void request_tally(struct wk_client *c, int how)
+{
+    const struct shm_service *svc = c->service != SHM_NONE ? csvc(c) : NULL;
+    const struct shm_backend *be = svc != NULL && c->tries > 0 ? cbe(c) : NULL;
+    uint64_t dur = request_ms(c);
+
+    if (c->tflags & WK_T_TALLIED) {
+        return;
+    }
+    c->tflags |= WK_T_TALLIED;
+    if (c->gen != NULL) {
+        __atomic_fetch_add(&wk.me->requests, 1, __ATOMIC_RELAXED);
+    }
+    if (svc == NULL) {
+        return;
+    }
+    if (how == 1 && be != NULL) {
+        __atomic_fetch_add(&wk.rt->backends[be->rt_slot].requests, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&wk.rt->backends[be->rt_slot].latency_sum_us, dur * 1000,
+                           __ATOMIC_RELAXED);
+        __atomic_fetch_add(&wk.rt->services[svc->rt_slot].requests, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&wk.rt->services[svc->rt_slot].latency_sum_us, dur * 1000,
+                           __ATOMIC_RELAXED);
+        if (c->status >= 500) {
+            __atomic_fetch_add(&wk.rt->services[svc->rt_slot].errors, 1, __ATOMIC_RELAXED);
+        }
+    }
+    shm_stats_record(wk.rt, (unsigned)wk.slot, svc->rt_slot,
+                     how == 1 && be != NULL ? be->rt_slot : SHM_NONE, c->status, dur, wk.now);
+}
+
 /* A request is over: <how> 1 = proxied response complete, 0 = generated response sent, -1 =
- * the connection closed before its end (logged only). Statistics cost relaxed atomic adds into
- * this worker's shard; the log line goes to the worker's buffer. */
+ * the connection closed before its end (logged only, not counted). The log line goes to the
+ * worker's buffer. */
 static void request_done(struct wk_client *c, int how)
 {
     const struct shm_snap_hdr *s = c->gen->snap;
     const struct shm_service *svc = c->service != SHM_NONE ? csvc(c) : NULL;
     const struct shm_backend *be = svc != NULL && c->tries > 0 ? cbe(c) : NULL;
-    uint64_t dur = c->tx->started_ms && wk.now >= c->tx->started_ms ? wk.now - c->tx->started_ms : 0;
     struct wk_alog_entry e;
     struct timespec ts;
     char ip[64];
 
+    if (how >= 0) {
+        request_tally(c, how);
+    }
     if (c->tflags & WK_T_LOGGED) {
         return;
     }
     c->tflags |= WK_T_LOGGED;
-    if (how >= 0 && svc != NULL) {
-        shm_stats_record(wk.rt, (unsigned)wk.slot, svc->rt_slot,
-                         how == 1 && be != NULL ? be->rt_slot : SHM_NONE, c->status, dur, wk.now);
-    }
     if (!wk_alog_enabled()) {
         return;
     }
@@ -159,7 +197,7 @@ static void request_done(struct wk_client *c, int how)
     e.req = c->tx->areq;
     /* 499: the client went away before it got an answer (the nginx convention). */
     e.status = how < 0 && (c->status == 0 || c->tx->bytes_sent == 0) ? 499 : c->status;
-    e.duration_ms = dur;
+    e.duration_ms = request_ms(c);
     e.bytes_sent = c->tx->bytes_sent;
     e.reqid = c->tx->reqid;
     e.reqid_len = c->tx->reqid_len;
@@ -1657,6 +1695,15 @@ static int client_write(struct wk_client *c)
     if (niov == 0 || !(c->flags & WK_C_F_WRITABLE)) {
         return 0;
     }
+    if (c->tx != NULL && !(c->tflags & WK_T_TALLIED)) {
+        /* What is offered now ends the response: count it before the client can see it. */
+        if (c->state == WK_CS_REPLY && c->gen != NULL) {
+            request_tally(c, 0);
+        } else if (c->state == WK_CS_PROXY && (c->tflags & WK_T_RESP_DONE) &&
+                   !(c->tflags & WK_T_TUNNEL)) {
+            request_tally(c, 1);
+        }
+    }
     if (c->tls != NULL) {
         n = wk_tls_writev(c->tls, iov, niov, ends_and_closes(c));
         if (n == WK_TLS_WANT_WRITE) {
@@ -1941,20 +1988,9 @@ static void record_outcome(struct wk_client *c)
 static int finish(struct wk_client *c)
 {
     struct wk_upstream *u = c->up;
-    const struct shm_backend *be = cbe(c);
     int reusable;
-    uint64_t lat_us = (wk.now - c->tx->started_ms) * 1000;
 
     record_outcome(c);
-    __atomic_fetch_add(&wk.rt->backends[be->rt_slot].requests, 1, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&wk.rt->backends[be->rt_slot].latency_sum_us, lat_us, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&wk.rt->services[csvc(c)->rt_slot].requests, 1, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&wk.rt->services[csvc(c)->rt_slot].latency_sum_us, lat_us,
-                       __ATOMIC_RELAXED);
-    __atomic_fetch_add(&wk.me->requests, 1, __ATOMIC_RELAXED);
-    if (c->status >= 500) {
-        __atomic_fetch_add(&wk.rt->services[csvc(c)->rt_slot].errors, 1, __ATOMIC_RELAXED);
-    }
     request_done(c, 1);
     reusable = u != NULL && !(u->flags & WK_UP_F_HUP) && !(c->tflags & WK_T_TUNNEL) &&
                http_should_keep_alive(&c->tx->rs) &&
@@ -2291,9 +2327,6 @@ static void run(struct wk_client *c)
             }
             progress |= r;
             if (c->out.start == c->out.end) {
-                if (c->gen != NULL) {
-                    __atomic_fetch_add(&wk.me->requests, 1, __ATOMIC_RELAXED);
-                }
                 request_done(c, 0);
                 if (next_request(c) != 0) {
                     return;

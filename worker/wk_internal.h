@@ -142,7 +142,8 @@ struct wk_upstream {
 #define WK_T_UP_EOF        0x40000u /* tunnel: the backend closed its side */
 #define WK_T_LB_DONE       0x80000u /* this attempt's outcome went to wk_lb_result() */
 #define WK_T_CORKED        0x100000u /* plain client socket: TCP_CORK set for the closing write */
-#define WK_T_LOGGED        0x80000000u /* access log line and statistics written (wk_conn.c) */
+#define WK_T_TALLIED       0x200000u /* statistics of this request recorded (wk_conn.c) */
+#define WK_T_LOGGED        0x80000000u /* access log line written (wk_conn.c) */
 
 /* What only a request in progress needs. Idle keep-alive connections hold none of it (they are
  * most connections, and memory per idle connection is what a proxy's capacity is made of); it
