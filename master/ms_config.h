@@ -107,6 +107,7 @@ struct ms_cert {
 };
 
 struct ms_config {
+    void *source;                /* the libconfig tree read, until ms_config_drop_source() */
     char *path;                  /* the file, as given */
     char *dir;                   /* its folder (absolute); relative paths resolve against it */
     int workers;                 /* resolved: "auto" = online CPUs */
@@ -180,6 +181,10 @@ int ms_config_load(const char *path, int use_env, struct ms_config **out, char *
 
 /* Free a config from ms_config_load(); NULL is fine. */
 void ms_config_free(struct ms_config *cfg);
+/* Free the parser's tree that the config was read from (nothing in cfg points into it). A
+ * reload does this after the new generation is published: with 100,000 routes it takes ~20 ms
+ * that the switch need not wait for. ms_config_free() does it too. */
+void ms_config_drop_source(struct ms_config *cfg);
 
 /* Map an http method name ("GET") to its http-parser enum value, or -1. */
 int ms_method_from_name(const char *name);
@@ -207,7 +212,5 @@ int ms_parse_balance(const char *v, int *out);
 /* Parse a backend address ("ip:port", "[ip6]:port", "localhost:port") into <b>'s address (heap,
  * normalised), ss and sslen. Returns 0, or -1 with the reason in <err>. */
 int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t errlen);
-/* Index of the service called <name> among the first <n> of <cfg>, or -1. */
-long ms_find_service(const struct ms_config *cfg, size_t n, const char *name);
 
 #endif

@@ -819,11 +819,59 @@ static void test_method_names(void)
     CU_ASSERT_EQUAL(ms_method_from_name(NULL), -1);
 }
 
+/* Thousands of services, found by name for every route (an index, not a scan); a duplicate
+ * among them still names the line of the first. */
+static void test_many_services(void)
+{
+    enum { NS = 3000, NR = 9000 };
+    size_t cap = 160 * (NS + NR) + 256, len = 0;
+    char *text = malloc(cap);
+    struct ms_config *cfg;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    len += (size_t)snprintf(text + len, cap - len, LISTENER "services = (\n");
+    for (int i = 0; i < NS; i++) {
+        len += (size_t)snprintf(text + len, cap - len,
+                                "  { name = \"svc-%d\"; backends = [ \"127.0.0.1:%d\" ]; },\n", i,
+                                1024 + i);
+    }
+    text[len - 2] = '\n';
+    len--;
+    len += (size_t)snprintf(text + len, cap - len, ");\nroutes = (\n");
+    for (int i = 0; i < NR; i++) {
+        len += (size_t)snprintf(text + len, cap - len,
+                                "  { host = \"h%d.example\"; service = \"svc-%d\"; }%s\n", i,
+                                (i * 7) % NS, i + 1 < NR ? "," : "");
+    }
+    snprintf(text + len, cap - len, ");\n");
+    cfg = expect_ok(text, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_EQUAL_FATAL(cfg->nroutes, NR);
+    for (int i = 0; i < NR; i++) {
+        char want[32];
+        snprintf(want, sizeof(want), "svc-%d", (i * 7) % NS);
+        CU_ASSERT_EQUAL(cfg->routes[i].service_idx, (size_t)((i * 7) % NS));
+        CU_ASSERT_STRING_EQUAL(cfg->services[cfg->routes[i].service_idx].name, want);
+    }
+    ms_config_free(cfg);
+
+    /* the same services with svc-1234 repeated at the end (line 2 + 3000 + 1) */
+    len = 0;
+    len += (size_t)snprintf(text + len, cap - len, LISTENER "services = (\n");
+    for (int i = 0; i < NS; i++) {
+        len += (size_t)snprintf(text + len, cap - len, "  { name = \"svc-%d\"; backends = []; },\n", i);
+    }
+    snprintf(text + len, cap - len, "  { name = \"svc-1234\"; backends = []; }\n);\n");
+    expect_error(text, 2 + NS + 1, "duplicate service name 'svc-1234' (already at line 1237)");
+    free(text);
+}
+
 UNIT_SUITE(ms_config, {"spec example", test_spec_example}, {"defaults", test_defaults},
            {"values", test_values}, {"unknown key", test_err_unknown_key},
            {"bad address", test_err_bad_address}, {"bad port", test_err_bad_port},
            {"unknown service", test_err_unknown_service},
            {"duplicate service", test_err_duplicate_service},
+           {"many services", test_many_services},
            {"duplicate listener", test_err_duplicate_listener},
            {"bad balance", test_err_bad_balance}, {"bad method", test_err_bad_method},
            {"bad path", test_err_bad_path}, {"bad cidr", test_err_bad_cidr},
