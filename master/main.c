@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <malloc.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,6 +134,12 @@ int main(int argc, char **argv)
     int check = 0, daemon_mode = 0, opt, rc;
     char *errs = NULL;
     char abspath[PATH_MAX];
+
+    /* A fixed threshold for mmap()ed blocks (glibc's default value, but no longer raised after
+     * each free). libconfig grows a list 16 entries at a time; once glibc has raised the
+     * threshold, a 100,000-route list lives in the heap and every growth copies it, which made
+     * each reload of a large file slower than the first. mmap()ed blocks grow with mremap(). */
+    (void)mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 
     while ((opt = getopt(argc, argv, "c:tDp:Vh")) != -1) {
         switch (opt) {
