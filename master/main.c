@@ -180,6 +180,7 @@ int main(int argc, char **argv)
         ms_tls_cleanup();
         return MS_EXIT_CONFIG;
     }
+    ms_config_drop_source(ms.cfg); /* nothing waits at start; workers need not inherit it */
     if (check) {
         size_t size;
         void *snap = ms_compile(ms.cfg, 1, &size);
