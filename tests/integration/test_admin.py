@@ -577,8 +577,11 @@ class AdminTest(dsptest.TestCase):
             self.assertEqual(request(d.port, "/echo", host="x.do").status, 200)
         inst = {s["name"]: s for s in ask(self.sock, "show instances")["instances"]}
         for lat in (inst["slow"]["latency_ms"], inst["slow"]["backends"][0]["latency_ms"]):
-            self.assertTrue(100 <= lat["p99"] <= 150, lat)
-            self.assertTrue(95 <= lat["p50"] <= lat["p95"] <= lat["p99"], lat)
+            # p99 of 20 is the slowest one, which a loaded machine (sanitizer build, CI) can
+            # hold past 150 ms; the median cannot move that far without a counting bug.
+            self.assertTrue(95 <= lat["p50"] <= 150, lat)
+            self.assertTrue(100 <= lat["p99"] <= 250, lat)
+            self.assertTrue(lat["p50"] <= lat["p95"] <= lat["p99"], lat)
         self.assertLess(inst["fast"]["latency_ms"]["p99"], 50, inst["fast"])
         self.assertEqual(inst["slow"]["requests"], 20)
         # rps over the last minute (or the uptime when shorter) counts the 20.
