@@ -1209,6 +1209,7 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
     struct ms_service *svc = &cfg->services[idx];
     config_setting_t *s;
     const char *v;
+    long dup;
     char where[64], sub[96];
 
     snprintf(where, sizeof(where), "services[%d]", idx);
@@ -1230,14 +1231,15 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
             err_at(c, s, "service name \"%s\" may only use letters, digits, '_', '.' and '-'", v);
             break;
         }
-        if (svc_lookup(c, cfg, v) >= 0) {
+        dup = svc_lookup(c, cfg, v);
+        if (dup >= 0) {
             err_at(c, s, "duplicate service name '%s' (already at line %d)", v,
-                   cfg->services[svc_lookup(c, cfg, v)].line);
-            svc->name = dsp_xstrdup(v);
-            break;
+                   cfg->services[dup].line);
         }
         svc->name = dsp_xstrdup(v);
-        svc_insert(c, cfg, (size_t)idx);
+        if (dup < 0) {
+            svc_insert(c, cfg, (size_t)idx);
+        }
         break;
     default:
         break;
@@ -1386,6 +1388,7 @@ static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_c
     struct ms_route *r = &cfg->routes[idx];
     config_setting_t *s;
     const char *v;
+    long found;
     char where[64];
 
     snprintf(where, sizeof(where), "routes[%d]", idx);
@@ -1432,8 +1435,9 @@ static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_c
         break;
     case 1:
         r->service = dsp_xstrdup(v);
-        if (svc_lookup(c, cfg, v) >= 0) {
-            r->service_idx = (size_t)svc_lookup(c, cfg, v);
+        found = svc_lookup(c, cfg, v);
+        if (found >= 0) {
+            r->service_idx = (size_t)found;
             return;
         }
         err_at(c, config_setting_get_member(g, "service"),
