@@ -498,6 +498,8 @@ static void fill_services(const struct ms_config *cfg, char *base, struct blob *
         o->cb_failures = u32_of(s->circuit.failures);
         o->cb_open_ms = u32_of(s->circuit.open_ms);
         o->cb_count_5xx = s->circuit.count_5xx != 0;
+        o->passive_failures = u32_of(s->passive_failures);
+        o->max_ejection_percent = u32_of(s->max_ejection_percent);
         o->source = s->source == MS_SOURCE_REDIS ? SHM_SOURCE_REDIS : SHM_SOURCE_FILE;
         o->tls = s->tls ? SHM_SVC_TLS_ON | (s->tls_verify ? SHM_SVC_TLS_VERIFY : 0u) : 0u;
         o->tls_sni = put_str(b, s->tls ? s->tls_sni : NULL);

@@ -1119,6 +1119,8 @@ void ms_service_init(struct ms_service *svc)
     memset(svc, 0, sizeof(*svc));
     svc->balance = MS_BALANCE_RR;
     svc->retries = 1;
+    svc->passive_failures = 3;
+    svc->max_ejection_percent = 50;
     svc->connect_timeout_ms = 2000;
     svc->response_timeout_ms = 30000;
     svc->health.path = dsp_xstrdup("/health");
@@ -1205,7 +1207,7 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
     static const char *const keys[] = {
         "name",    "backends",           "balance",             "health", "circuit_breaker",
         "retries", "connect_timeout_ms", "response_timeout_ms", "tls",    "verify",
-        "ca",      "sni",                NULL};
+        "ca",      "sni",                "passive_failures",    "max_ejection_percent", NULL};
     struct ms_service *svc = &cfg->services[idx];
     config_setting_t *s;
     const char *v;
@@ -1291,6 +1293,8 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
         get_bool(c, s, sub, "count_5xx", &svc->circuit.count_5xx);
     }
     get_int(c, g, where, "retries", 0, 100, &svc->retries);
+    get_int(c, g, where, "passive_failures", 1, 1000000, &svc->passive_failures);
+    get_int(c, g, where, "max_ejection_percent", 0, 100, &svc->max_ejection_percent);
     get_int(c, g, where, "connect_timeout_ms", 1, MAX_TIMEOUT, &svc->connect_timeout_ms);
     get_int(c, g, where, "response_timeout_ms", 1, MAX_TIMEOUT, &svc->response_timeout_ms);
     parse_service_tls(c, g, where, svc);

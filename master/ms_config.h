@@ -66,6 +66,8 @@ struct ms_service {
     struct ms_health health;
     struct ms_circuit circuit;
     int retries;                 /* default 1 */
+    int passive_failures;        /* default 3: consecutive connect failures/resets that eject */
+    int max_ejection_percent;    /* default 50: cap on the backends passively ejected at once */
     int connect_timeout_ms;      /* default 2000 */
     int response_timeout_ms;     /* default 30000 */
     int source;                  /* MS_SOURCE_* */

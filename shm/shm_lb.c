@@ -259,6 +259,8 @@ void shm_lb_policy_of(const struct shm_service *svc, struct shm_lb_policy *p)
     p->cb_count_5xx = svc->cb_enabled && svc->cb_count_5xx;
     p->retry_ms = SHM_LB_RETRY_MS;
     p->lease_ms = svc->connect_timeout_ms + svc->response_timeout_ms + 1000;
+    p->passive_failures = svc->passive_failures ? svc->passive_failures : 1;
+    p->max_ejection_percent = svc->max_ejection_percent <= 100 ? svc->max_ejection_percent : 100;
 }
 
 #define LD(p)     __atomic_load_n((p), __ATOMIC_ACQUIRE)
@@ -352,7 +354,8 @@ unsigned shm_lb_outcome(struct shm_rt_backend *rb, const struct shm_lb_policy *p
 {
     unsigned t = 0;
     int failed = outcome == SHM_LB_FAIL_5XX || outcome == SHM_LB_FAIL ||
-                 outcome == SHM_LB_FAIL_DOWN;
+                 outcome == SHM_LB_FAIL_CONN || outcome == SHM_LB_FAIL_REFUSED;
+    int passive = outcome == SHM_LB_FAIL_CONN || outcome == SHM_LB_FAIL_REFUSED;
     int answered = outcome == SHM_LB_OK || outcome == SHM_LB_FAIL_5XX;
     uint32_t cf = 0;
 
@@ -368,22 +371,36 @@ unsigned shm_lb_outcome(struct shm_rt_backend *rb, const struct shm_lb_policy *p
         ST(&rb->consecutive_failures, 0);
     }
 
-    /* Passive health. down_since is written before the state so that whoever sees DOWN sees when;
-     * when it already was down this restarts the retry interval, which is what a failed trial
-     * must do. */
-    if (outcome == SHM_LB_FAIL_DOWN) {
-        uint32_t up = SHM_BE_UP;
-        ST(&rb->health_successes, 0);
-        ST(&rb->down_since_ms, now);
-        if (__atomic_compare_exchange_n(&rb->state, &up, SHM_BE_DOWN, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE)) {
-            t |= SHM_LB_T_DOWN;
+    /* Passive health. Only connect failures and resets count; an HTTP answer (even a 5xx)
+     * proves the backend reachable and starts the count again; timeouts and bad responses
+     * leave it alone. */
+    if (answered && LD(&rb->passive_failures) != 0) {
+        ST(&rb->passive_failures, 0);
+    }
+    if (passive) {
+        uint32_t st = LD(&rb->state);
+        if (st == SHM_BE_UP) {
+            uint32_t add = outcome == SHM_LB_FAIL_REFUSED ? p->passive_failures : 1;
+            uint32_t old = LD(&rb->passive_failures), nv;
+            /* Saturating add: the count only needs to reach the threshold. */
+            do {
+                nv = old >= p->passive_failures ? old : old + add;
+            } while (nv != old &&
+                     !__atomic_compare_exchange_n(&rb->passive_failures, &old, nv, 0,
+                                                  __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+            if (nv >= p->passive_failures) {
+                t |= SHM_LB_T_EJECT | (old < p->passive_failures ? SHM_LB_T_EJECT_FIRST : 0u);
+            }
+        } else if (probe && st == SHM_BE_DOWN) {
+            /* A failed trial: the retry interval starts again. */
+            ST(&rb->down_since_ms, now);
         }
     } else if (probe && answered && !p->health_enabled) {
         /* The trial got an HTTP answer, even a 5xx: the backend is reachable again. */
         uint32_t down = SHM_BE_DOWN;
         if (__atomic_compare_exchange_n(&rb->state, &down, SHM_BE_UP, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE)) {
+            ST(&rb->ejected, 0);
             t |= SHM_LB_T_UP;
         }
     } else if (probe && failed && LD(&rb->state) == SHM_BE_DOWN) {
@@ -422,6 +439,68 @@ unsigned shm_lb_outcome(struct shm_rt_backend *rb, const struct shm_lb_policy *p
     return t;
 }
 
+int shm_lb_may_eject(uint32_t n, uint32_t ejected, uint32_t others_up, uint32_t max_percent)
+{
+    return others_up >= 1 && ((uint64_t)ejected + 1) * 100 <= (uint64_t)max_percent * n;
+}
+
+unsigned shm_lb_eject(struct shm_rt_backend *slots, struct shm_rt_service *rs,
+                      const struct shm_backend *bes, uint32_t n, uint32_t pos,
+                      const struct shm_lb_policy *p, uint64_t now, int *why)
+{
+    struct shm_rt_backend *rb = &slots[bes[pos].rt_slot];
+    uint64_t lease = LD(&rs->eject_lease_ms);
+    uint32_t ejected = 0, others_up = 0, up = SHM_BE_UP;
+    unsigned t = 0;
+
+    if (LD(&rb->state) != SHM_BE_UP || LD(&rb->passive_failures) < p->passive_failures) {
+        *why = SHM_LB_KEEP_GONE;
+        return 0;
+    }
+    if (lease > now || !__atomic_compare_exchange_n(&rs->eject_lease_ms, &lease,
+                                                    now + SHM_LB_EJECT_LEASE_MS, 0,
+                                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        *why = SHM_LB_KEEP_BUSY;
+        return 0;
+    }
+    /* Under the lease every earlier ejection of this service is complete and visible. Whatever
+     * else moves meanwhile (checks, trials, the operator) only brings backends back, or is the
+     * active health checks' own judgement. */
+    if (LD(&rb->state) != SHM_BE_UP || LD(&rb->passive_failures) < p->passive_failures) {
+        *why = SHM_LB_KEEP_GONE;
+        goto out;
+    }
+    for (uint32_t j = 0; j < n; j++) {
+        struct shm_rt_backend *o = &slots[bes[j].rt_slot];
+        uint32_t st = LD(&o->state);
+        if (st == SHM_BE_DOWN && LD(&o->ejected)) {
+            ejected++;
+        } else if (j != pos && st == SHM_BE_UP &&
+                   !(p->cb_enabled && LD(&o->circuit) == SHM_CIRCUIT_OPEN)) {
+            others_up++;
+        }
+    }
+    if (!shm_lb_may_eject(n, ejected, others_up, p->max_ejection_percent)) {
+        *why = others_up == 0 ? SHM_LB_KEEP_LAST : SHM_LB_KEEP_CAP;
+        goto out;
+    }
+    /* down_since and the flag are written before the state, so whoever sees DOWN sees when
+     * and why; `rise` fresh successes are needed to come back. */
+    ST(&rb->ejected, 1);
+    ST(&rb->health_successes, 0);
+    ST(&rb->down_since_ms, now);
+    ST(&rb->passive_failures, 0);
+    if (__atomic_compare_exchange_n(&rb->state, &up, SHM_BE_DOWN, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        t = SHM_LB_T_DOWN;
+    } else {
+        *why = SHM_LB_KEEP_GONE;
+    }
+out:
+    ST(&rs->eject_lease_ms, 0);
+    return t;
+}
+
 unsigned shm_lb_health_result(struct shm_rt_backend *rb, int ok, uint32_t status, uint32_t fall,
                               uint32_t rise, uint64_t now)
 {
@@ -438,6 +517,8 @@ unsigned shm_lb_health_result(struct shm_rt_backend *rb, int ok, uint32_t status
             uint32_t down = SHM_BE_DOWN;
             if (__atomic_compare_exchange_n(&rb->state, &down, SHM_BE_UP, 0, __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE)) {
+                ST(&rb->ejected, 0);
+                ST(&rb->passive_failures, 0);
                 t |= SHM_LB_T_UP;
             }
         }
@@ -450,6 +531,7 @@ unsigned shm_lb_health_result(struct shm_rt_backend *rb, int ok, uint32_t status
             ST(&rb->down_since_ms, now);
             if (__atomic_compare_exchange_n(&rb->state, &up, SHM_BE_DOWN, 0, __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE)) {
+                ST(&rb->ejected, 0); /* the checks' verdict, not a passive ejection */
                 t |= SHM_LB_T_DOWN;
             }
         }

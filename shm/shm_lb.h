@@ -54,7 +54,8 @@ int shm_lb_maglev_build(const uint64_t *keys, const uint32_t *w, uint32_t n, uin
 /* ---- backend state ------------------------------------------------------------------------------
  * Two independent machines per backend, both in struct shm_rt_backend:
  *
- *   state:    UP --`fall` failed checks, or a connect failure/reset (passive)--> DOWN
+ *   state:    UP --`fall` failed checks--> DOWN
+ *             UP --passive ejection (below), if the service's cap allows--> DOWN (ejected)
  *             DOWN --`rise` passed checks (1 if never marked down: health.start = "down")--> UP
  *             DOWN --(no health block) retry_ms after down_since, one trial request answers--> UP
  *             any --disable--> DISABLED --enable--> UP          (health never leaves DISABLED)
@@ -62,6 +63,15 @@ int shm_lb_maglev_build(const uint64_t *keys, const uint32_t *w, uint32_t n, uin
  *   circuit:  CLOSED --`failures` consecutive failed requests--> OPEN
  *             OPEN --open_ms elapsed, one request wins the probe lease--> HALFOPEN
  *             HALFOPEN --the probe succeeds--> CLOSED        HALFOPEN --it fails--> OPEN (again)
+ *
+ * Passive ejection: `passive_failures` consecutive connect failures or resets on fresh
+ * connections (a refused connect counts as all of them at once; any HTTP answer starts the count
+ * again) make a backend due for ejection. It is ejected only while that leaves at most
+ * `max_ejection_percent` of the service's backends ejected and at least one other backend of the
+ * service up: a client that makes a backend reset (or every backend dying at once) can never take
+ * a whole service out by passive health alone. Ejections of one service are decided one at a
+ * time, under a short lease in the service's runtime slot, so two workers ejecting two backends
+ * at the same moment cannot both take "the other one" out.
  *
  * A trial request (passive retry or circuit probe) holds the probe lease (probe_until_ms) won by
  * compare-and-swap, so exactly one is in flight across all workers. The lease expires by itself
@@ -80,7 +90,16 @@ struct shm_lb_policy {
     uint32_t cb_count_5xx;
     uint32_t retry_ms;       /* passive-down retry interval without active checks */
     uint32_t lease_ms;       /* probe lease: a probe should be over by then */
+    uint32_t passive_failures;     /* consecutive passive failures that make a backend due */
+    uint32_t max_ejection_percent; /* cap on the share of backends ejected at once */
 };
+
+/* Defaults of the service keys passive_failures and max_ejection_percent. */
+#define SHM_LB_PASSIVE_FAILURES     3u
+#define SHM_LB_MAX_EJECTION_PERCENT 50u
+/* How long one worker may hold a service's ejection lease (it holds it for a few loads and
+ * stores; the expiry only matters when it was killed in between). */
+#define SHM_LB_EJECT_LEASE_MS 1000u
 
 /* The policy of service <svc>. */
 void shm_lb_policy_of(const struct shm_service *svc, struct shm_lb_policy *p);
@@ -104,20 +123,44 @@ int shm_lb_admit(struct shm_rt_backend *rb, const struct shm_lb_policy *p, uint6
 /* attempt outcomes for shm_lb_outcome() */
 #define SHM_LB_OK        0 /* an HTTP response that is not a failure */
 #define SHM_LB_FAIL_5XX  1 /* a 5xx response counted by the breaker (circuit_breaker.count_5xx) */
-#define SHM_LB_FAIL      2 /* reset or EOF, response timeout, unparsable response */
-#define SHM_LB_FAIL_DOWN 3 /* connect refused or timed out, or reset on a fresh connection */
+#define SHM_LB_FAIL      2 /* EOF, response timeout, unparsable response: breaker only */
+#define SHM_LB_FAIL_CONN 3 /* connect timed out, or reset on a fresh connection: one passive
+                              failure (and a breaker failure) */
 #define SHM_LB_NEUTRAL   4 /* proves nothing about the backend (a stale keep-alive connection) */
+#define SHM_LB_FAIL_REFUSED 5 /* connect refused or unreachable: the full passive count at once */
 
 /* transitions reported by shm_lb_outcome() and shm_lb_health_result() (for logging) */
 #define SHM_LB_T_DOWN  0x1u
 #define SHM_LB_T_UP    0x2u
 #define SHM_LB_T_OPEN  0x4u
 #define SHM_LB_T_CLOSE 0x8u
+/* ... and by shm_lb_outcome() only: the backend is up with `passive_failures` consecutive passive
+ * failures, the caller should ask shm_lb_eject(); FIRST when this call reached the count. */
+#define SHM_LB_T_EJECT       0x10u
+#define SHM_LB_T_EJECT_FIRST 0x20u
 
 /* Record the outcome of one attempt on <rb>; <probe> when it held the probe lease (which is then
  * released). Returns the SHM_LB_T_* transitions this call made. */
 unsigned shm_lb_outcome(struct shm_rt_backend *rb, const struct shm_lb_policy *p, int outcome,
                         int probe, uint64_t now);
+
+/* reasons shm_lb_eject() keeps a due backend in rotation */
+#define SHM_LB_KEEP_GONE 1 /* nothing to do: it is no longer up, or was answered meanwhile */
+#define SHM_LB_KEEP_BUSY 2 /* another worker is deciding an ejection of this service: the next
+                              failure asks again */
+#define SHM_LB_KEEP_CAP  3 /* max_ejection_percent of the backends are ejected already */
+#define SHM_LB_KEEP_LAST 4 /* no other backend of the service is up */
+
+/* May one more backend be ejected from a service of <n> backends, <ejected> of them ejected
+ * already and <others_up> others up, under a cap of <max_percent>? */
+int shm_lb_may_eject(uint32_t n, uint32_t ejected, uint32_t others_up, uint32_t max_percent);
+
+/* Passive ejection of the backend at position <pos> of a service whose <n> backends are
+ * <bes>[0, n) (their runtime slots index <slots>), <rs> the service's runtime slot. Returns
+ * SHM_LB_T_DOWN when this call took it out, else 0 with a SHM_LB_KEEP_* reason in *why. */
+unsigned shm_lb_eject(struct shm_rt_backend *slots, struct shm_rt_service *rs,
+                      const struct shm_backend *bes, uint32_t n, uint32_t pos,
+                      const struct shm_lb_policy *p, uint64_t now, int *why);
 
 /* Record one active health check of <rb> (master): <ok> for a 2xx/3xx, <status> the HTTP status
  * or 0. Returns the SHM_LB_T_* transitions made. */

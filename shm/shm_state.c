@@ -45,6 +45,7 @@ void shm_state_enable(struct shm_rt *rt, uint32_t rt_slot)
                                     __ATOMIC_ACQUIRE)) {
         __atomic_store_n(&rb->health_failures, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&rb->health_successes, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&rb->passive_failures, 0, __ATOMIC_RELAXED);
     }
 }
 

@@ -80,6 +80,9 @@ struct shm_service {
     uint32_t cb_failures;
     uint32_t cb_open_ms;
     uint32_t cb_count_5xx;
+    /* passive health (rules in shm/shm_lb.h) */
+    uint32_t passive_failures;     /* consecutive connect failures/resets that eject, >= 1 */
+    uint32_t max_ejection_percent; /* at most this share of the backends ejected at once */
     uint32_t nroutes;            /* routes pointing at this service (for 404 hints) */
     uint32_t source;             /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS: where it was defined */
     uint32_t tls;                /* SHM_SVC_TLS_* bits: TLS to the backends */
@@ -220,8 +223,10 @@ struct shm_rt_backend {
                                     zeroes it so that `rise` fresh successes are needed) */
     uint32_t health_failures;    /* consecutive failed active checks (master writes) */
     uint32_t health_status;      /* last check: HTTP status, 0 = no response */
-    uint32_t pad1;
-    uint64_t reserved[2];
+    uint32_t ejected;            /* 1 when passive health took it out; counts only while DOWN */
+    uint32_t passive_failures;   /* consecutive connect failures and resets (passive health) */
+    uint32_t pad2;
+    uint64_t reserved[1];
     uint32_t stats_used;         /* set by the first shm_stats_record() into this slot */
     uint32_t pad_stats;
 } __attribute__((aligned(64)));
@@ -233,7 +238,9 @@ struct shm_rt_service {
     uint32_t in_use;
     uint32_t stats_used;         /* set by the first shm_stats_record() into this slot */
     uint64_t latency_sum_us;
-    uint64_t reserved[10];
+    uint64_t eject_lease_ms;     /* passive ejections of this service are decided one at a time:
+                                    while > now some worker is deciding (expires by itself) */
+    uint64_t reserved[9];
 } __attribute__((aligned(64)));
 
 /* Request statistics (written by workers, summed by admin readers; see shm/shm_stats.h). Each

@@ -408,15 +408,30 @@ static const char *fail_text(int fail)
     }
 }
 
+static uint64_t keep_logged_ms;
+
+static const char *keep_text(int why)
+{
+    switch (why) {
+    case SHM_LB_KEEP_CAP:
+        return "max_ejection_percent of its backends are out already";
+    case SHM_LB_KEEP_LAST:
+        return "it is the last healthy backend of the service";
+    default:
+        return "another ejection of the service was being decided";
+    }
+}
+
 void wk_lb_result(struct wk_client *c, int fail, unsigned status)
 {
     const struct shm_service *svc = wk_client_service(c);
     const struct shm_snap_hdr *s = c->gen->snap;
-    const struct shm_backend *be = &shm_backends(s)[svc->backends_first + c->backend];
+    const struct shm_backend *bes = shm_backends(s) + svc->backends_first;
+    const struct shm_backend *be = &bes[c->backend];
     struct shm_rt_backend *rb = rtb(be);
     struct shm_lb_policy pol;
     int probe = (c->tflags & WK_T_LB_PROBE) != 0;
-    int outcome;
+    int outcome, why = 0;
     unsigned t;
 
     c->tflags &= ~WK_T_LB_PROBE;
@@ -426,9 +441,14 @@ void wk_lb_result(struct wk_client *c, int fail, unsigned status)
         outcome = status >= 500 && pol.cb_count_5xx ? SHM_LB_FAIL_5XX : SHM_LB_OK;
         break;
     case WK_FAIL_CONNECT:
+        /* Refused or unreachable (or no TLS session could be set up): nothing a client can
+         * provoke, so it counts in full at once. */
+        outcome = SHM_LB_FAIL_REFUSED;
+        break;
     case WK_FAIL_CTIMEOUT:
     case WK_FAIL_ABORT:
-        outcome = SHM_LB_FAIL_DOWN;
+        /* A reset may be one client's doing (a request the backend aborts on): one count. */
+        outcome = SHM_LB_FAIL_CONN;
         break;
     case WK_FAIL_STALE:
         outcome = SHM_LB_NEUTRAL;
@@ -441,6 +461,19 @@ void wk_lb_result(struct wk_client *c, int fail, unsigned status)
         __atomic_fetch_add(&rb->errors, 1, __ATOMIC_RELAXED);
     }
     t = shm_lb_outcome(rb, &pol, outcome, probe, wk.now);
+    if (t & SHM_LB_T_EJECT) {
+        t |= shm_lb_eject(wk.rt->backends, &wk.rt->services[svc->rt_slot], bes, svc->nbackends,
+                          c->backend, &pol, wk.now, &why);
+        /* Kept in rotation: said when the count is first reached (a later failure asks again,
+         * silently), and at most once a second by this worker, whatever a client provokes. */
+        if (!(t & SHM_LB_T_DOWN) && (t & SHM_LB_T_EJECT_FIRST) && why != SHM_LB_KEEP_GONE &&
+            wk.now >= keep_logged_ms + 1000) {
+            keep_logged_ms = wk.now;
+            log_warn("backend %s of service %s failed %u times in a row (%s) but stays in "
+                     "rotation: %s", shm_s(s, be->address), shm_s(s, svc->name),
+                     pol.passive_failures, fail_text(fail), keep_text(why));
+        }
+    }
     /* One line per transition (the compare-and-swap winner logs it), never one per request. */
     if (t & SHM_LB_T_DOWN) {
         log_warn("backend %s of service %s is down: %s", shm_s(s, be->address),

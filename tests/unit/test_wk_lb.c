@@ -321,6 +321,8 @@ static struct shm_lb_policy cb_policy(void)
     p.cb_open_ms = 1000;
     p.retry_ms = 10000;
     p.lease_ms = 5000;
+    p.passive_failures = 3;
+    p.max_ejection_percent = 50;
     return p;
 }
 
@@ -395,11 +397,10 @@ static void test_circuit_probe_lease(void)
 
     memset(&rb, 0, sizeof(rb));
     for (int i = 0; i < 3; i++) {
-        shm_lb_outcome(&rb, &p, SHM_LB_FAIL_DOWN, 0, now);
+        shm_lb_outcome(&rb, &p, SHM_LB_FAIL_CONN, 0, now);
     }
     CU_ASSERT_EQUAL(rb.circuit, SHM_CIRCUIT_OPEN);
-    /* Passive down too, so make it reachable again for this test. */
-    rb.state = SHM_BE_UP;
+    CU_ASSERT_EQUAL(rb.state, SHM_BE_UP); /* due for ejection, but nobody asked */
     now += 1000;
     CU_ASSERT_EQUAL(shm_lb_admit(&rb, &p, now, 1, &why), SHM_LB_PROBE);
     CU_ASSERT_EQUAL(shm_lb_admit(&rb, &p, now + 4999, 1, &why), SHM_LB_NO);
@@ -421,55 +422,263 @@ static void test_circuit_probe_lease(void)
     }
 }
 
-static void test_passive_health(void)
+/* A service of <n> backends whose runtime slots are slots[0, n), all up. */
+struct fake_svc {
+    struct shm_rt_backend slots[8];
+    struct shm_rt_service rs;
+    struct shm_backend bes[8];
+    uint32_t n;
+    struct shm_lb_policy p;
+};
+
+static void fake_svc_init(struct fake_svc *f, uint32_t n, uint32_t passive, uint32_t pct)
+{
+    memset(f, 0, sizeof(*f));
+    f->n = n;
+    for (uint32_t i = 0; i < n; i++) {
+        f->bes[i].rt_slot = i;
+    }
+    f->p.retry_ms = 10000;
+    f->p.lease_ms = 3000;
+    f->p.passive_failures = passive;
+    f->p.max_ejection_percent = pct;
+}
+
+/* What a worker does with an attempt's outcome: record it, and eject when it is due. */
+static unsigned fake_result(struct fake_svc *f, uint32_t pos, int outcome, int probe, uint64_t now,
+                            int *why)
+{
+    unsigned t = shm_lb_outcome(&f->slots[pos], &f->p, outcome, probe, now);
+
+    *why = 0;
+    if (t & SHM_LB_T_EJECT) {
+        t |= shm_lb_eject(f->slots, &f->rs, f->bes, f->n, pos, &f->p, now, why);
+    }
+    return t & ~(SHM_LB_T_EJECT | SHM_LB_T_EJECT_FIRST);
+}
+
+static void test_passive_count(void)
 {
     struct shm_rt_backend rb;
     struct shm_lb_policy p;
+    uint64_t now = 1000;
+
+    memset(&p, 0, sizeof(p));
+    p.passive_failures = 3;
+    memset(&rb, 0, sizeof(rb));
+    /* Resets and connect timeouts count one each; the third asks for the ejection. */
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_CONN, 0, now), 0);
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_CONN, 0, now), 0);
+    /* Timeouts and bad responses neither count nor start the count again. */
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL, 0, now), 0);
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_NEUTRAL, 0, now), 0);
+    CU_ASSERT_EQUAL(rb.passive_failures, 2);
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_CONN, 0, now),
+                    SHM_LB_T_EJECT | SHM_LB_T_EJECT_FIRST);
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_CONN, 0, now), SHM_LB_T_EJECT);
+    CU_ASSERT_EQUAL(rb.passive_failures, 3); /* saturates */
+    CU_ASSERT_EQUAL(rb.state, SHM_BE_UP);    /* only shm_lb_eject() takes it out */
+    /* Any HTTP answer, even a 5xx, starts the count again. */
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_5XX, 0, now), 0);
+    CU_ASSERT_EQUAL(rb.passive_failures, 0);
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_CONN, 0, now), 0);
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_CONN, 0, now), 0);
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_OK, 0, now), 0);
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_CONN, 0, now), 0);
+    /* A refused connect is the full count at once. */
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_OK, 0, now), 0);
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_REFUSED, 0, now),
+                    SHM_LB_T_EJECT | SHM_LB_T_EJECT_FIRST);
+    /* passive_failures = 1: one reset is enough. */
+    p.passive_failures = 1;
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_OK, 0, now), 0);
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_CONN, 0, now),
+                    SHM_LB_T_EJECT | SHM_LB_T_EJECT_FIRST);
+    /* Passive failures of a backend that is out count nothing. */
+    p.passive_failures = 3;
+    memset(&rb, 0, sizeof(rb));
+    rb.state = SHM_BE_DISABLED;
+    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_REFUSED, 0, now), 0);
+    CU_ASSERT_EQUAL(rb.passive_failures, 0);
+    CU_ASSERT_EQUAL(rb.state, SHM_BE_DISABLED);
+}
+
+/* Without a cap in the way: down, retried after the interval, back on an answered trial. */
+static void test_passive_health(void)
+{
+    struct fake_svc f;
+    struct shm_rt_backend *rb;
     uint64_t now = 1000000;
     int why;
 
-    memset(&p, 0, sizeof(p));
-    p.retry_ms = 10000;
-    p.lease_ms = 3000;
-    memset(&rb, 0, sizeof(rb));
-    rb.health_successes = 2;
-    /* A connect failure takes it down at once; the circuit breaker is off. */
-    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_DOWN, 0, now), SHM_LB_T_DOWN);
-    CU_ASSERT_EQUAL(rb.state, SHM_BE_DOWN);
-    CU_ASSERT_EQUAL(rb.down_since_ms, now);
-    CU_ASSERT_EQUAL(rb.health_successes, 0);
-    CU_ASSERT_EQUAL(rb.circuit, SHM_CIRCUIT_CLOSED);
-    CU_ASSERT_EQUAL(shm_lb_admit(&rb, &p, now + 9999, 1, &why), SHM_LB_NO);
+    fake_svc_init(&f, 2, 3, 50);
+    rb = &f.slots[0];
+    rb->health_successes = 2;
+    /* A connect refusal takes it down at once; the circuit breaker is off. */
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_REFUSED, 0, now, &why), SHM_LB_T_DOWN);
+    CU_ASSERT_EQUAL(rb->state, SHM_BE_DOWN);
+    CU_ASSERT_EQUAL(rb->ejected, 1);
+    CU_ASSERT_EQUAL(rb->down_since_ms, now);
+    CU_ASSERT_EQUAL(rb->health_successes, 0);
+    CU_ASSERT_EQUAL(rb->passive_failures, 0);
+    CU_ASSERT_EQUAL(rb->circuit, SHM_CIRCUIT_CLOSED);
+    CU_ASSERT_EQUAL(f.rs.eject_lease_ms, 0); /* handed back */
+    CU_ASSERT_EQUAL(shm_lb_admit(rb, &f.p, now + 9999, 1, &why), SHM_LB_NO);
     CU_ASSERT_EQUAL(why, SHM_LB_WHY_DOWN);
     /* Without active checks: one trial after the retry interval; it fails, wait again. */
-    CU_ASSERT_EQUAL(shm_lb_admit(&rb, &p, now + 10000, 1, &why), SHM_LB_PROBE);
-    CU_ASSERT_EQUAL(shm_lb_admit(&rb, &p, now + 10000, 1, &why), SHM_LB_NO);
-    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_DOWN, 1, now + 10010), 0);
-    CU_ASSERT_EQUAL(rb.state, SHM_BE_DOWN);
-    CU_ASSERT_EQUAL(shm_lb_admit(&rb, &p, now + 20009, 1, &why), SHM_LB_NO);
+    CU_ASSERT_EQUAL(shm_lb_admit(rb, &f.p, now + 10000, 1, &why), SHM_LB_PROBE);
+    CU_ASSERT_EQUAL(shm_lb_admit(rb, &f.p, now + 10000, 1, &why), SHM_LB_NO);
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_CONN, 1, now + 10010, &why), 0);
+    CU_ASSERT_EQUAL(rb->state, SHM_BE_DOWN);
+    CU_ASSERT_EQUAL(rb->down_since_ms, now + 10010);
+    CU_ASSERT_EQUAL(shm_lb_admit(rb, &f.p, now + 20009, 1, &why), SHM_LB_NO);
     /* The next trial is answered (a 5xx still proves it reachable): up. */
-    CU_ASSERT_EQUAL(shm_lb_admit(&rb, &p, now + 20010, 1, &why), SHM_LB_PROBE);
-    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_5XX, 1, now + 20020), SHM_LB_T_UP);
-    CU_ASSERT_EQUAL(rb.state, SHM_BE_UP);
-    CU_ASSERT_EQUAL(shm_lb_admit(&rb, &p, now + 20020, 1, &why), SHM_LB_YES);
+    CU_ASSERT_EQUAL(shm_lb_admit(rb, &f.p, now + 20010, 1, &why), SHM_LB_PROBE);
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_5XX, 1, now + 20020, &why), SHM_LB_T_UP);
+    CU_ASSERT_EQUAL(rb->state, SHM_BE_UP);
+    CU_ASSERT_EQUAL(rb->ejected, 0);
+    CU_ASSERT_EQUAL(shm_lb_admit(rb, &f.p, now + 20020, 1, &why), SHM_LB_YES);
+
+    /* Resets: three in a row take it out, two do not. */
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_CONN, 0, now + 20030, &why), 0);
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_CONN, 0, now + 20030, &why), 0);
+    CU_ASSERT_EQUAL(rb->state, SHM_BE_UP);
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_CONN, 0, now + 20030, &why), SHM_LB_T_DOWN);
+    CU_ASSERT_EQUAL(rb->state, SHM_BE_DOWN);
 
     /* With active checks, only they bring it back: no trials, however long it waits. */
-    p.health_enabled = 1;
-    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_DOWN, 0, now + 30000), SHM_LB_T_DOWN);
-    CU_ASSERT_EQUAL(shm_lb_admit(&rb, &p, now + 90000, 1, &why), SHM_LB_NO);
+    f.p.health_enabled = 1;
+    CU_ASSERT_EQUAL(shm_lb_admit(rb, &f.p, now + 90000, 1, &why), SHM_LB_NO);
     CU_ASSERT_EQUAL(why, SHM_LB_WHY_DOWN);
+    CU_ASSERT_EQUAL(shm_lb_health_result(rb, 1, 200, 1, 1, now + 90000), SHM_LB_T_UP);
+    CU_ASSERT_EQUAL(rb->ejected, 0);
 
     /* Nothing overrides "disabled". */
-    rb.state = SHM_BE_DISABLED;
-    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_DOWN, 0, now), 0);
-    CU_ASSERT_EQUAL(shm_lb_admit(&rb, &p, now + 90000, 1, &why), SHM_LB_NO);
+    rb->state = SHM_BE_DISABLED;
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_REFUSED, 0, now, &why), 0);
+    CU_ASSERT_EQUAL(shm_lb_admit(rb, &f.p, now + 90000, 1, &why), SHM_LB_NO);
     CU_ASSERT_EQUAL(why, SHM_LB_WHY_DISABLED);
-    CU_ASSERT_EQUAL(shm_lb_health_result(&rb, 1, 200, 1, 1, now), 0);
-    CU_ASSERT_EQUAL(rb.state, SHM_BE_DISABLED);
+    CU_ASSERT_EQUAL(shm_lb_health_result(rb, 1, 200, 1, 1, now), 0);
+    CU_ASSERT_EQUAL(rb->state, SHM_BE_DISABLED);
     /* A stale keep-alive connection proves nothing either way. */
-    rb.state = SHM_BE_UP;
-    CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_NEUTRAL, 0, now), 0);
-    CU_ASSERT_EQUAL(rb.state, SHM_BE_UP);
+    rb->state = SHM_BE_UP;
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_NEUTRAL, 0, now, &why), 0);
+    CU_ASSERT_EQUAL(rb->state, SHM_BE_UP);
+}
+
+static void test_may_eject(void)
+{
+    /* n, already ejected, others up, percent */
+    CU_ASSERT_FALSE(shm_lb_may_eject(1, 0, 0, 100)); /* never the last one */
+    CU_ASSERT_FALSE(shm_lb_may_eject(1, 0, 0, 50));
+    CU_ASSERT_TRUE(shm_lb_may_eject(2, 0, 1, 50));
+    CU_ASSERT_FALSE(shm_lb_may_eject(2, 1, 1, 50));
+    CU_ASSERT_FALSE(shm_lb_may_eject(2, 0, 1, 49));
+    CU_ASSERT_FALSE(shm_lb_may_eject(2, 0, 0, 100));
+    CU_ASSERT_TRUE(shm_lb_may_eject(3, 0, 2, 50));
+    CU_ASSERT_FALSE(shm_lb_may_eject(3, 1, 1, 50));  /* 2 of 3 > 50% */
+    CU_ASSERT_TRUE(shm_lb_may_eject(4, 1, 2, 50));
+    CU_ASSERT_FALSE(shm_lb_may_eject(4, 2, 1, 50));
+    CU_ASSERT_TRUE(shm_lb_may_eject(4, 2, 1, 75));
+    CU_ASSERT_FALSE(shm_lb_may_eject(4, 0, 3, 0));   /* 0: passive ejection off */
+    CU_ASSERT_TRUE(shm_lb_may_eject(10, 8, 1, 100));
+    CU_ASSERT_FALSE(shm_lb_may_eject(10, 9, 0, 100));
+    CU_ASSERT_TRUE(shm_lb_may_eject(4000000000u, 0, 1, 100)); /* no overflow */
+}
+
+static void test_ejection_cap(void)
+{
+    struct fake_svc f;
+    uint64_t now = 50000;
+    int why;
+
+    /* The only backend, reset by one client again and again: never ejected. */
+    fake_svc_init(&f, 1, 3, 100);
+    for (int i = 0; i < 20; i++) {
+        CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_CONN, 0, now, &why), 0);
+    }
+    CU_ASSERT_EQUAL(why, SHM_LB_KEEP_LAST);
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_REFUSED, 0, now, &why), 0);
+    CU_ASSERT_EQUAL(f.slots[0].state, SHM_BE_UP);
+    CU_ASSERT_EQUAL(shm_lb_admit(&f.slots[0], &f.p, now, 1, &why), SHM_LB_YES);
+
+    /* 4 backends, 3 dead, 50%: two ejected, the third kept; the live one is never touched. */
+    fake_svc_init(&f, 4, 3, 50);
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_REFUSED, 0, now, &why), SHM_LB_T_DOWN);
+    CU_ASSERT_EQUAL(fake_result(&f, 1, SHM_LB_FAIL_REFUSED, 0, now, &why), SHM_LB_T_DOWN);
+    CU_ASSERT_EQUAL(fake_result(&f, 2, SHM_LB_FAIL_REFUSED, 0, now, &why), 0);
+    CU_ASSERT_EQUAL(why, SHM_LB_KEEP_CAP);
+    CU_ASSERT_EQUAL(f.slots[2].state, SHM_BE_UP);
+    CU_ASSERT_EQUAL(f.slots[2].passive_failures, 3); /* still due: asks again next time */
+    CU_ASSERT_EQUAL(fake_result(&f, 2, SHM_LB_FAIL_CONN, 0, now, &why), 0);
+    CU_ASSERT_EQUAL(why, SHM_LB_KEEP_CAP);
+    /* Backend 0 answers its trial: back, so backend 2 may go on its next failure. */
+    CU_ASSERT_EQUAL(shm_lb_admit(&f.slots[0], &f.p, now + 10000, 1, &why), SHM_LB_PROBE);
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_OK, 1, now + 10000, &why), SHM_LB_T_UP);
+    CU_ASSERT_EQUAL(fake_result(&f, 2, SHM_LB_FAIL_CONN, 0, now + 10001, &why), SHM_LB_T_DOWN);
+
+    /* 100%: everything but the last healthy one. */
+    fake_svc_init(&f, 4, 1, 100);
+    for (uint32_t i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(fake_result(&f, i, SHM_LB_FAIL_CONN, 0, now, &why), SHM_LB_T_DOWN);
+    }
+    CU_ASSERT_EQUAL(fake_result(&f, 3, SHM_LB_FAIL_CONN, 0, now, &why), 0);
+    CU_ASSERT_EQUAL(why, SHM_LB_KEEP_LAST);
+
+    /* Backends out for other reasons (checks, the operator, an open circuit) are not "up" but
+     * do not use the ejection budget either. */
+    fake_svc_init(&f, 4, 1, 100);
+    f.p.cb_enabled = 1;
+    f.p.cb_failures = 100;
+    f.slots[0].state = SHM_BE_DOWN;      /* active checks */
+    f.slots[1].state = SHM_BE_DISABLED;
+    f.slots[2].circuit = SHM_CIRCUIT_OPEN;
+    CU_ASSERT_EQUAL(fake_result(&f, 3, SHM_LB_FAIL_CONN, 0, now, &why), 0);
+    CU_ASSERT_EQUAL(why, SHM_LB_KEEP_LAST);
+    f.slots[2].circuit = SHM_CIRCUIT_CLOSED;
+    CU_ASSERT_EQUAL(fake_result(&f, 3, SHM_LB_FAIL_CONN, 0, now, &why), SHM_LB_T_DOWN);
+    /* ... and an ejected backend later failing its checks stops counting as ejected. */
+    fake_svc_init(&f, 4, 1, 50);
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_CONN, 0, now, &why), SHM_LB_T_DOWN);
+    CU_ASSERT_EQUAL(fake_result(&f, 1, SHM_LB_FAIL_CONN, 0, now, &why), SHM_LB_T_DOWN);
+    CU_ASSERT_EQUAL(fake_result(&f, 2, SHM_LB_FAIL_CONN, 0, now, &why), 0);
+    CU_ASSERT_EQUAL(why, SHM_LB_KEEP_CAP);
+    CU_ASSERT_EQUAL(shm_lb_health_result(&f.slots[0], 1, 200, 1, 1, now), SHM_LB_T_UP);
+    CU_ASSERT_EQUAL(shm_lb_health_result(&f.slots[0], 0, 0, 1, 1, now), SHM_LB_T_DOWN);
+    CU_ASSERT_EQUAL(f.slots[0].ejected, 0);
+    /* 0 down by its checks, 1 ejected: 2 fits in the budget again, 3 is the last one up. */
+    CU_ASSERT_EQUAL(fake_result(&f, 2, SHM_LB_FAIL_CONN, 0, now, &why), SHM_LB_T_DOWN);
+    CU_ASSERT_EQUAL(fake_result(&f, 3, SHM_LB_FAIL_CONN, 0, now, &why), 0);
+    CU_ASSERT_EQUAL(why, SHM_LB_KEEP_LAST);
+
+    /* max_ejection_percent = 0: passive ejection off. */
+    fake_svc_init(&f, 4, 1, 0);
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_REFUSED, 0, now, &why), 0);
+    CU_ASSERT_EQUAL(why, SHM_LB_KEEP_CAP);
+}
+
+/* Ejections of one service are decided one at a time: a held lease defers (until it expires,
+ * for a worker killed while holding it), and an answer in between cancels. */
+static void test_ejection_lease(void)
+{
+    struct fake_svc f;
+    uint64_t now = 7000;
+    int why;
+
+    fake_svc_init(&f, 2, 3, 50);
+    f.rs.eject_lease_ms = now + 1;
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_REFUSED, 0, now, &why), 0);
+    CU_ASSERT_EQUAL(why, SHM_LB_KEEP_BUSY);
+    CU_ASSERT_EQUAL(f.slots[0].state, SHM_BE_UP);
+    CU_ASSERT_EQUAL(f.rs.eject_lease_ms, now + 1);
+    CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_CONN, 0, now + 1, &why), SHM_LB_T_DOWN);
+    CU_ASSERT_EQUAL(f.rs.eject_lease_ms, 0);
+    /* Already out, or answered in between: nothing to do. */
+    CU_ASSERT_EQUAL(shm_lb_eject(f.slots, &f.rs, f.bes, f.n, 0, &f.p, now + 2, &why), 0);
+    CU_ASSERT_EQUAL(why, SHM_LB_KEEP_GONE);
+    CU_ASSERT_EQUAL(shm_lb_eject(f.slots, &f.rs, f.bes, f.n, 1, &f.p, now + 2, &why), 0);
+    CU_ASSERT_EQUAL(why, SHM_LB_KEEP_GONE);
+    CU_ASSERT_EQUAL(f.rs.eject_lease_ms, 0);
 }
 
 static void test_active_health(void)
@@ -506,12 +715,17 @@ static void test_active_health(void)
         struct shm_lb_policy p;
         memset(&p, 0, sizeof(p));
         p.health_enabled = 1;
-        shm_lb_health_result(&rb, 1, 200, 2, 3, now);
-        shm_lb_health_result(&rb, 1, 200, 2, 3, now);
-        CU_ASSERT_EQUAL(shm_lb_outcome(&rb, &p, SHM_LB_FAIL_DOWN, 0, now), SHM_LB_T_DOWN);
-        CU_ASSERT_EQUAL(shm_lb_health_result(&rb, 1, 200, 2, 3, now), 0);
-        CU_ASSERT_EQUAL(shm_lb_health_result(&rb, 1, 200, 2, 3, now), 0);
-        CU_ASSERT_EQUAL(shm_lb_health_result(&rb, 1, 200, 2, 3, now), SHM_LB_T_UP);
+        struct fake_svc f;
+        int why;
+        fake_svc_init(&f, 2, 3, 50);
+        f.p.health_enabled = 1;
+        shm_lb_health_result(&f.slots[0], 1, 200, 2, 3, now);
+        shm_lb_health_result(&f.slots[0], 1, 200, 2, 3, now);
+        CU_ASSERT_EQUAL(fake_result(&f, 0, SHM_LB_FAIL_REFUSED, 0, now, &why), SHM_LB_T_DOWN);
+        CU_ASSERT_EQUAL(shm_lb_health_result(&f.slots[0], 1, 200, 2, 3, now), 0);
+        CU_ASSERT_EQUAL(shm_lb_health_result(&f.slots[0], 1, 200, 2, 3, now), 0);
+        CU_ASSERT_EQUAL(shm_lb_health_result(&f.slots[0], 1, 200, 2, 3, now), SHM_LB_T_UP);
+        (void)p;
     }
 }
 
@@ -557,6 +771,13 @@ static void test_policy(void)
     CU_ASSERT(p.cb_count_5xx && p.cb_enabled && p.health_enabled);
     CU_ASSERT_EQUAL(p.cb_failures, 5);
     CU_ASSERT_EQUAL(p.cb_open_ms, 30000);
+    CU_ASSERT_EQUAL(p.max_ejection_percent, 0);
+    CU_ASSERT_EQUAL(p.passive_failures, 1); /* never 0: a count of 0 would never reset */
+    svc.passive_failures = 3;
+    svc.max_ejection_percent = 50;
+    shm_lb_policy_of(&svc, &p);
+    CU_ASSERT_EQUAL(p.passive_failures, 3);
+    CU_ASSERT_EQUAL(p.max_ejection_percent, 50);
 }
 
 UNIT_SUITE(wk_lb, {"swrr_sequence", test_swrr_sequence},
@@ -564,5 +785,7 @@ UNIT_SUITE(wk_lb, {"swrr_sequence", test_swrr_sequence},
            {"swrr_scaled", test_swrr_scaled}, {"maglev_even", test_maglev_even},
            {"maglev_movement", test_maglev_movement}, {"circuit_breaker", test_circuit_breaker},
            {"circuit_probe_lease", test_circuit_probe_lease},
-           {"passive_health", test_passive_health}, {"active_health", test_active_health},
+           {"passive_count", test_passive_count}, {"passive_health", test_passive_health},
+           {"may_eject", test_may_eject}, {"ejection_cap", test_ejection_cap},
+           {"ejection_lease", test_ejection_lease}, {"active_health", test_active_health},
            {"manual_control", test_manual_control}, {"policy", test_policy})
