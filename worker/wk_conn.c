@@ -35,6 +35,7 @@
 #define POOL_IDLE_MS      30000
 #define LINGER_MS         2000
 #define UPSTREAM_BUF_SIZE (32 * 1024)
+#define WK_MAX_INTERIM    8 /* 1xx responses before the final one, per attempt */
 
 static struct wk_head scratch;
 
@@ -366,6 +367,27 @@ static void upstream_close(struct wk_upstream *u)
     wk_free_later(&u->ev);
 }
 
+/* Is anything (bytes, EOF, an error) waiting on an upstream connection between two exchanges?
+ * One non-blocking look at the socket. Whatever it is, it answers no request of ours: such a
+ * connection is never reused. TLS backends may send session tickets after an exchange: those
+ * are consumed and do not count. */
+static int upstream_pending(struct wk_upstream *u)
+{
+    char ch;
+
+    if (u->tls != NULL) {
+        return wk_tls_pending(u->tls) || !wk_tls_idle_ok(u->tls);
+    }
+    if (recv(u->fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
+        (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return 0;
+    }
+    return 1;
+}
+
+/* Park an upstream whose exchange ended exactly at a message boundary (finish() checked that
+ * nothing is buffered past it and that the socket is empty). From here on any input closes it
+ * (wk_upstream_event); upstream_connect() looks again before a reuse. */
 static void pool_put(struct wk_upstream *u)
 {
     struct wk_pool *p = &wk.pools[u->be_slot];
@@ -375,6 +397,8 @@ static void pool_put(struct wk_upstream *u)
         upstream_close(u);
         return;
     }
+    u->pass = wk.pass;
+    u->flags &= (uint8_t)~WK_UP_F_REUSED;
     u->client = NULL;
     u->pprev = NULL;
     u->pnext = p->head;
@@ -1161,14 +1185,34 @@ static int upstream_connect(struct wk_client *c)
 
     while (p->head != NULL) {
         u = p->head;
+        if (u->pass == wk.pass && !wk.batch_full) {
+            /* Rather one pooled before this batch, which needs no look at its socket (below). */
+            struct wk_upstream *o = u->pnext;
+            for (int i = 0; o != NULL && i < 8; i++, o = o->pnext) {
+                if (o->pass != wk.pass) {
+                    u = o;
+                    break;
+                }
+            }
+        }
         pool_remove(u);
         wk_timer_disarm(&u->timer);
         if ((u->tls != NULL) != ((csvc(c)->tls & SHM_SVC_TLS_ON) != 0)) {
             upstream_close(u); /* pooled before a reload switched TLS on or off */
             continue;
         }
+        /* Input on an idle pooled connection closes it when its event is handled. Pooled
+         * before the last epoll_wait(), anything that arrived since it was put back has its
+         * event in this batch (handled already, or caught by wk_upstream_event() as older than
+         * the reuse); pooled during this batch, or with events left over in the kernel, only
+         * a look at the socket can tell. */
+        if ((u->pass == wk.pass || wk.batch_full) && upstream_pending(u)) {
+            upstream_close(u);
+            continue;
+        }
         u->client = c;
         u->flags |= WK_UP_F_REUSED;
+        u->pass = wk.pass;
         c->up = u;
         return 0;
     }
@@ -1247,7 +1291,9 @@ static int upstream_start(struct wk_client *c)
             c->tx->tried |= 1ull << b;
         }
         c->tries++;
-        c->tflags &= ~(WK_T_UP_WRITTEN | WK_T_RESP_BYTES);
+        c->tflags &= ~(WK_T_UP_WRITTEN | WK_T_RESP_BYTES | WK_T_RESP_WAIT | WK_T_EARLY);
+        c->tx->ninterim = 0;
+        c->tx->interim_bytes = 0;
         c->send_off = c->body_off;
         c->tx->uout.start = 0;
         r = upstream_connect(c);
@@ -1351,12 +1397,19 @@ static int on_status(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
+/* Responses that have no body whatever their Content-Length or Transfer-Encoding say (RFC 9112
+ * 6.3): to HEAD, 1xx, 204 and 304. */
+static int resp_bodyless(const struct wk_client *c, unsigned status)
+{
+    return (c->tflags & WK_T_HEAD_REQ) || status < 200 || status == 204 || status == 304;
+}
+
 static int on_headers_complete_resp(http_parser *p)
 {
     struct wk_client *c = p->data;
 
-    /* No body for HEAD; http-parser itself knows 1xx, 204 and 304. */
-    return (c->tflags & WK_T_HEAD_REQ) ? 1 : 0;
+    /* http-parser would wait for the body a 204 or 304 with a Content-Length announces. */
+    return resp_bodyless(c, p->status_code) ? 1 : 0;
 }
 
 static int on_message_complete_resp(http_parser *p)
@@ -1397,8 +1450,10 @@ static int build_client_head(struct wk_client *c)
     int chunked = (c->tx->rs.flags & F_CHUNKED) != 0;
     int client10 = c->rq.http_major == 1 && c->rq.http_minor == 0;
     int close_it = (c->flags & WK_C_F_CLOSE) || !(c->tflags & WK_T_REQ_DONE) || wk.stopping;
-    int bodyless = (c->tflags & WK_T_HEAD_REQ) || status == 204 || status == 304 ||
-                   (status >= 100 && status < 200);
+    int bodyless = resp_bodyless(c, status);
+    /* 204 (and 1xx) must not carry framing headers at all; HEAD and 304 may keep the
+     * Content-Length of the body they do not have. */
+    int no_framing = status == 204 || status < 200;
 
     if (status == 101) {
         close_it = 0;
@@ -1431,6 +1486,9 @@ static int build_client_head(struct wk_client *c)
         if (wk_hdr_is(h, "x-request-id", 12)) {
             continue;
         }
+        if (no_framing && status != 101 && wk_hdr_is(h, "content-length", 14)) {
+            continue;
+        }
         if (wk_hdr_hop(&scratch, h->name, h->nlen) &&
             !(status == 101 && wk_hdr_is(h, "upgrade", 7))) {
             continue;
@@ -1440,7 +1498,7 @@ static int build_client_head(struct wk_client *c)
         str_add(&sb, h->value, h->vlen);
         str_adds(&sb, "\r\n");
     }
-    if (chunked && !(c->tflags & WK_T_DECHUNK)) {
+    if (chunked && !(c->tflags & WK_T_DECHUNK) && !(bodyless && (no_framing || client10))) {
         str_adds(&sb, "Transfer-Encoding: chunked\r\n");
     }
     str_adds(&sb, "X-Request-ID: ");
@@ -1488,6 +1546,7 @@ static int parse_response(struct wk_client *c)
         size_t avail = c->tx->uin.end - c->tx->uin.start;
         size_t hlen, n;
         enum http_errno err;
+        int status;
 
         if (avail == 0) {
             return 0;
@@ -1495,9 +1554,15 @@ static int parse_response(struct wk_client *c)
         hlen = head_end(base, avail, 0);
         if (hlen == 0) {
             if (avail >= c->tx->uin.cap) {
-                return upstream_failed(c, WK_FAIL_BAD);
+                return upstream_failed(c, WK_FAIL_BAD); /* a head larger than the buffer */
             }
             return 0;
+        }
+        /* Strict framing: a status line and CRLF lines as RFC 9112 writes them, and a final
+         * status in 200-599 (1xx are interim); anything else is a 502, never relayed. */
+        status = wk_resp_head_syntax(base, hlen);
+        if (status < 100 || status > 599) {
+            return upstream_failed(c, WK_FAIL_BAD);
         }
         http_parser_init(&c->tx->rs, HTTP_RESPONSE);
         c->tx->rs.data = c;
@@ -1507,7 +1572,8 @@ static int parse_response(struct wk_client *c)
         c->tflags &= ~WK_T_RESP_DONE;
         n = http_parser_execute(&c->tx->rs, &resp_settings, base, hlen);
         err = HTTP_PARSER_ERRNO(&c->tx->rs);
-        if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen || scratch.too_many) {
+        if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen || scratch.too_many ||
+            c->tx->rs.status_code != (unsigned)status) {
             return upstream_failed(c, WK_FAIL_BAD);
         }
         for (uint32_t i = 0; i < scratch.n; i++) {
@@ -1537,6 +1603,12 @@ static int parse_response(struct wk_client *c)
                 /* A switch of protocols nobody asked for is a protocol error. */
                 return upstream_failed(c, WK_FAIL_BAD);
             }
+            /* Interim responses are bounded in number and size: a backend that trickles them
+             * without end holds nothing for long. */
+            c->tx->interim_bytes += (uint32_t)hlen;
+            if (++c->tx->ninterim > WK_MAX_INTERIM || c->tx->interim_bytes > UPSTREAM_BUF_SIZE) {
+                return upstream_failed(c, WK_FAIL_BAD);
+            }
             if (forward_interim(c, base, hlen) != 0) {
                 return upstream_failed(c, WK_FAIL_BAD);
             }
@@ -1548,6 +1620,12 @@ static int parse_response(struct wk_client *c)
         }
         if (build_client_head(c) != 0) {
             return upstream_failed(c, WK_FAIL_BAD);
+        }
+        if (!(c->tflags & WK_T_REQ_DONE) || c->send_off != c->parsed_off ||
+            c->tx->uout.start != c->tx->uout.end) {
+            /* The backend answered before it had the whole request (an early 413, say): what
+             * it makes of the rest cannot be known, so the connection is never reused. */
+            c->tflags |= WK_T_EARLY;
         }
         c->tflags |= WK_T_RESP_HEAD;
         c->tx->rparsed_off = c->tx->rsend_off = c->tx->rready_off = c->tx->uin.start + (uint32_t)hlen;
@@ -1801,6 +1879,17 @@ static int upstream_write(struct wk_client *c)
     if (u == NULL || (u->flags & WK_UP_F_CONNECTING) || !(u->flags & WK_UP_F_WRITABLE)) {
         return 0;
     }
+    if (u->flags & WK_UP_F_WERR) {
+        /* The backend is gone for writing but answered first (an early 413): the rest of the
+         * request has nowhere to go. Consumed and dropped while that answer is relayed; the
+         * client connection closes after it. */
+        if (c->parsed_off > c->send_off || c->tx->uout.end > c->tx->uout.start) {
+            c->tflags |= WK_T_BODY_LOST;
+        }
+        c->tx->uout.start = c->tx->uout.end;
+        c->send_off = c->parsed_off;
+        return 0;
+    }
     if (c->tx->uout.end > c->tx->uout.start) {
         iov[niov].iov_base = c->tx->uout.data + c->tx->uout.start;
         iov[niov].iov_len = first = c->tx->uout.end - c->tx->uout.start;
@@ -1838,7 +1927,11 @@ static int upstream_write(struct wk_client *c)
         if (errno == EINTR) {
             return 1;
         }
-        return upstream_failed(c, WK_FAIL_RESET) == 0 ? 1 : -1;
+        /* Reset or closed (EPIPE, ECONNRESET): a backend that rejects an upload answers and
+         * closes without reading the body. What it sent before is still in the socket: read
+         * it (upstream_read() fails the attempt if there is nothing). */
+        u->flags |= WK_UP_F_WERR | WK_UP_F_READABLE | WK_UP_F_HUP;
+        return 1;
     }
     c->tflags |= WK_T_UP_WRITTEN;
     if (u->tls == NULL && (size_t)n < first + (niov > 1 ? iov[1].iov_len : 0)) {
@@ -1854,6 +1947,8 @@ static int upstream_write(struct wk_client *c)
     }
     return 1;
 }
+
+static void record_outcome(struct wk_client *c);
 
 /* Make room in c->tx->uin by dropping bytes already sent to the client. */
 static void uin_compact(struct wk_client *c)
@@ -1894,6 +1989,11 @@ static int upstream_read(struct wk_client *c)
         u->flags |= WK_UP_F_READABLE; /* read ahead on a write edge: see client_read() */
     }
     if (u == NULL || (u->flags & WK_UP_F_CONNECTING) || !(u->flags & WK_UP_F_READABLE)) {
+        return 0;
+    }
+    if ((c->tflags & (WK_T_RESP_DONE | WK_T_TUNNEL)) == WK_T_RESP_DONE) {
+        /* The response is complete: anything more answers nothing. Left in the socket, where
+         * finish() sees it (READABLE stays set) and keeps the connection out of the pool. */
         return 0;
     }
     if (c->tx->uin.data == NULL) {
@@ -1943,7 +2043,10 @@ static int upstream_read(struct wk_client *c)
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         u->flags &= ~WK_UP_F_READABLE;
-        return 0;
+        if (!(u->flags & WK_UP_F_WERR)) {
+            return 0;
+        }
+        n = 0; /* a failed write ended the connection: nothing more will come */
     }
     if (n < 0 && errno == EINTR) {
         return 1;
@@ -1966,6 +2069,11 @@ static int upstream_read(struct wk_client *c)
             http_parser_execute(&c->tx->rs, &resp_settings, NULL, 0);
         }
         if (!(c->tflags & WK_T_RESP_DONE)) {
+            if (c->tflags & WK_T_EARLY) {
+                /* An early answer to a request it did not wait for (an upload rejected with
+                 * 413), cut by the backend's reset: the backend answered, it did not fail. */
+                record_outcome(c);
+            }
             wk_client_close(c);
             return -1;
         }
@@ -1992,14 +2100,23 @@ static int finish(struct wk_client *c)
 
     record_outcome(c);
     request_done(c, 1);
-    reusable = u != NULL && !(u->flags & WK_UP_F_HUP) && !(c->tflags & WK_T_TUNNEL) &&
-               http_should_keep_alive(&c->tx->rs) &&
-               (c->tflags & WK_T_REQ_DONE) && c->send_off == c->parsed_off &&
+    /* Reused only at an exact message boundary with nothing pending (SPEC, Proxying): the
+     * request went out whole before the answer began, the response ended where the parser
+     * stopped, nothing past it is buffered, and the socket holds nothing either. A read that
+     * came back short emptied the socket (any later byte brings an event that closes the idle
+     * connection); otherwise one look tells. */
+    reusable = u != NULL && !(u->flags & (WK_UP_F_HUP | WK_UP_F_WERR)) &&
+               (c->tflags & (WK_T_TUNNEL | WK_T_EARLY | WK_T_RESP_DONE | WK_T_REQ_DONE)) ==
+                   (WK_T_RESP_DONE | WK_T_REQ_DONE) &&
+               http_should_keep_alive(&c->tx->rs) && c->send_off == c->parsed_off &&
                c->tx->uout.start == c->tx->uout.end && c->tx->rparsed_off == c->tx->uin.end;
+    if (reusable && (u->flags & WK_UP_F_READABLE)) {
+        reusable = !upstream_pending(u);
+        u->flags &= (uint8_t)~WK_UP_F_READABLE;
+    }
     if (reusable) {
         backend_active_dec(c);
         c->up = NULL;
-        u->flags &= ~WK_UP_F_REUSED;
         pool_put(u);
     }
     return 0;
@@ -2240,6 +2357,17 @@ static int proxy_step(struct wk_client *c)
         return next_request(c) != 0 ? -1 : 1;
     }
     if (progress) {
+        struct wk_upstream *u = c->up;
+        if (u != NULL && !(u->flags & (WK_UP_F_CONNECTING | WK_UP_F_TLSHS)) &&
+            (c->tflags & (WK_T_REQ_DONE | WK_T_RESP_HEAD)) == WK_T_REQ_DONE &&
+            c->send_off == c->parsed_off && c->tx->uout.start == c->tx->uout.end) {
+            /* The request is out and the final response head awaited: response_timeout_ms
+             * counts from here, once; 1xx trickling in (or client bytes) do not extend it. */
+            if (c->tflags & WK_T_RESP_WAIT) {
+                return progress;
+            }
+            c->tflags |= WK_T_RESP_WAIT;
+        }
         set_timer(c);
     }
     return progress;
@@ -2410,8 +2538,23 @@ void wk_upstream_event(struct wk_upstream *u, uint32_t events)
         }
         return;
     }
+    if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) && (u->flags & WK_UP_F_REUSED) &&
+        u->pass == wk.pass && !(c->tflags & WK_T_RESP_BYTES)) {
+        /* Taken from the pool while this batch was being handled, so whatever this event
+         * announces was there before our request: the end of the backend's previous exchange
+         * (extra bytes, a close), never an answer. The connection goes; the request is retried
+         * where the rules allow, as after a keep-alive race. */
+        if (upstream_failed(c, WK_FAIL_RESET) != 0) {
+            return;
+        }
+        run(c);
+        return;
+    }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
         u->flags |= WK_UP_F_READABLE;
+    }
+    if (events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+        u->flags |= WK_UP_F_HUP; /* whatever follows, this connection is not reused */
     }
     if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
         u->flags |= WK_UP_F_WRITABLE;

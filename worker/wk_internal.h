@@ -75,6 +75,8 @@ void wk_gen_unref(struct wk_gen *g);
 #define WK_UP_F_HUP        0x08u /* peer closed or error reported by epoll */
 #define WK_UP_F_REUSED     0x10u /* taken from the pool (so a reset may be a keep-alive race) */
 #define WK_UP_F_TLSHS      0x20u /* TLS handshake in progress (counts as connecting) */
+#define WK_UP_F_WERR       0x40u /* a write failed (the backend reset or closed): what it sent
+                                    before that is still read, and nothing more is written */
 
 struct wk_client;
 struct wk_alog_req;
@@ -88,6 +90,7 @@ struct wk_upstream {
     struct wk_upstream *pnext, *pprev;
     struct wk_timer timer;     /* pool idle timeout */
     struct ssl_st *tls;        /* TLS backends; kept across pooled reuse */
+    uint64_t pass;             /* wk.pass when it last entered or left the pool */
 };
 
 /* Longest client X-Request-ID kept (longer ones are replaced by a generated id); a UUID is 36. */
@@ -136,6 +139,10 @@ struct wk_upstream {
 #define WK_T_CONTINUE      0x0400u /* client sent Expect: 100-continue */
 #define WK_T_IDEMPOTENT    0x0800u
 #define WK_T_COUNTED       0x1000u /* backend active counter incremented */
+#define WK_T_RESP_WAIT     0x2000u /* request sent, final response head awaited: the response
+                                      timer is armed once and 1xx bytes do not push it back */
+#define WK_T_EARLY         0x4000u /* final response head came before the request was fully sent:
+                                      the upstream is never reused */
 #define WK_T_LB_PROBE      0x8000u /* wk_lb: this attempt holds its backend's probe lease */
 #define WK_T_UPGRADE       0x10000u /* client asked for a protocol upgrade (Upgrade header) */
 #define WK_T_TUNNEL        0x20000u /* 101 received: bytes are spliced both ways, unparsed */
@@ -163,6 +170,8 @@ struct wk_txn {
     uint64_t started_ms;
     uint64_t tried;       /* bitmask of backend positions already tried */
     uint64_t bytes_sent;  /* bytes written to the client for this request */
+    uint32_t interim_bytes; /* 1xx response bytes of the current attempt */
+    uint8_t ninterim;     /* 1xx responses of the current attempt */
     struct wk_alog_req *areq; /* the request's access-log fields (NULL when logging is off) */
     struct wk_txn *next_free;
 };
@@ -233,6 +242,9 @@ struct wk_worker {
     struct wk_client *clients; /* list head */
     uint64_t nclients;
     struct wk_pool *pools;     /* indexed by backend runtime slot */
+    uint64_t pass;             /* epoll_wait() calls so far: events of the current batch are
+                                  older than anything done while handling them */
+    int batch_full;            /* the last epoll_wait() filled its array: more may be ready */
     uint64_t rng[2];
 };
 
@@ -318,5 +330,11 @@ const char *wk_reason(unsigned status);
 
 /* Shared http-parser callbacks that fill a struct wk_head passed as parser->data's head. */
 void wk_head_reset(struct wk_head *h);
+
+/* ---- wk_resp.c: response head syntax ---------------------------------------------------------- */
+/* Is <p>[0, n) a complete response head in strict RFC 9112 form ("HTTP/1.0|1.1 SP 3DIGIT" then SP
+ * and a reason or the line end; CRLF line ends only, no bare CR, no control bytes but HTAB; the
+ * empty line at the end)? Returns its status code (0-999, not range-checked), or -1. */
+int wk_resp_head_syntax(const char *p, size_t n);
 
 #endif

@@ -436,6 +436,9 @@ void wk_main(const struct wk_init *init)
             exit(1);
         }
         wk.now = dsp_now_ms();
+        /* The upstream pool tells bytes that arrived before a reuse from the answer (wk_conn.c). */
+        wk.pass++;
+        wk.batch_full = n == (int)DSP_ARRAY_SIZE(evs);
         /* Before the events too: an idle worker wakes up for the request that follows a publish
          * (reload, Redis event), and that request must already see the new generation. */
         adopt_generation();
