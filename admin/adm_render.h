@@ -23,6 +23,9 @@ struct adm_view {
     uint64_t loaded_at;                /* wall clock, current generation */
     double memory_mb;                  /* RSS of the master and its workers; < 0 = unknown */
     const char *redis_state;           /* "connected", "error: ...", ...; NULL without Redis */
+    const char *redis_problem;         /* why the namespace in Redis is not served, or NULL */
+    int redis_has_version;             /* the config holds Redis data of version redis_version */
+    long long redis_version;
 };
 
 /* Each appends one JSON object, starting {"ok":true, ... and without a newline. */

@@ -122,6 +122,8 @@ static int fill_view(struct adm_view *v, void *arg)
     v->loaded_at = ms.loaded_at;
     v->memory_mb = rss_mb();
     v->redis_state = ms.cfg->redis.enabled ? ms_redis_state() : NULL;
+    v->redis_problem = ms.cfg->redis.enabled ? ms_redis_rejected() : NULL;
+    v->redis_has_version = ms_redis_version(&v->redis_version);
     return 0;
 }
 

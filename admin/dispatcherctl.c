@@ -325,7 +325,16 @@ static void print_health(const struct adm_jval *j)
     printf("config      generation %s, loaded %s, source %s\n", num(cf, "generation"), when,
            adm_json_str(cf, "source"));
     if (adm_json_get(cf, "redis") != NULL) {
-        printf("redis       %s\n", adm_json_str(cf, "redis"));
+        printf("redis       %s", adm_json_str(cf, "redis"));
+        if (adm_json_get(cf, "redis_version") != NULL) {
+            printf(", data version %s", num(cf, "redis_version"));
+        }
+        printf("\n");
+    }
+    if (adm_json_get(cf, "redis_problem") != NULL) {
+        char *r = clean(adm_json_str(cf, "redis_problem"));
+        printf("            %s\n", r);
+        free(r);
     }
 }
 

@@ -80,6 +80,8 @@ static struct {
     uint64_t rejected;         /* fingerprint of the last refused namespace, logged once */
     char reject_text[512];     /* its first problem, while the refusal stands */
     uint64_t synced_at;
+    int unversioned;           /* the last complete read had no `version` key: not applied */
+    char problem[700];         /* for ms_redis_rejected() */
 } rd = {
     .cmd = {.name = "command", .fd = -1},
     .sub = {.name = "subscriber", .fd = -1},
@@ -247,6 +249,31 @@ static int fill_hash(struct ms_rns *ns, struct ms_rns_entry *e, const redisReply
     return 0;
 }
 
+/* The GET reply of the namespace's `version` key. Same return convention as fill_set(). */
+static int fill_version(struct ms_rns *ns, const redisReply *r, char *err, size_t errlen)
+{
+    char what[512];
+
+    if (r == NULL) {
+        snprintf(err, errlen, "GET: no reply");
+        return -1;
+    }
+    if (rds_reply_is_error(r, "WRONGTYPE")) {
+        ms_rns_version_error(ns, "not a string (WRONGTYPE)");
+        return 0;
+    }
+    if (r->type == REDIS_REPLY_NIL) {
+        return 0; /* MS_RNS_VERSION_NONE */
+    }
+    if (r->type != REDIS_REPLY_STRING) {
+        snprintf(err, errlen, "GET %sversion: %s", ns->prefix,
+                 rds_reply_what(r, what, sizeof(what)));
+        return -1;
+    }
+    ms_rns_set_version(ns, r->str, r->len);
+    return 0;
+}
+
 static void hash_key(char *buf, size_t n, const struct ms_rns *ns, int kind, const char *id)
 {
     snprintf(buf, n, "%s%s%s", ns->prefix, ms_rns_hash_name(kind), id);
@@ -309,6 +336,7 @@ static int sync_read(const struct ms_config *cfg, struct ms_rns *ns, char *err, 
     for (int k = 0; k < MS_RNS_KINDS; k++) {
         redisAppendCommand(c, "SMEMBERS %s%s", ns->prefix, ms_rns_set_name(k));
     }
+    redisAppendCommand(c, "GET %sversion", ns->prefix);
     for (int k = 0; k < MS_RNS_KINDS; k++) {
         if (redisGetReply(c, &r) != REDIS_OK) {
             snprintf(err, errlen, "SMEMBERS: %s", c->errstr);
@@ -320,6 +348,15 @@ static int sync_read(const struct ms_config *cfg, struct ms_rns *ns, char *err, 
         }
         freeReplyObject(r);
     }
+    if (redisGetReply(c, &r) != REDIS_OK) {
+        snprintf(err, errlen, "GET: %s", c->errstr);
+        goto out;
+    }
+    if (fill_version(ns, r, err, errlen) != 0) {
+        freeReplyObject(r);
+        goto out;
+    }
+    freeReplyObject(r);
     for (int k = 0; k < MS_RNS_KINDS; k++) {
         for (size_t i = 0; i < ns->n[k]; i++) {
             hash_key(key, sizeof(key), ns, k, ns->e[k][i].id);
@@ -411,13 +448,58 @@ static void restore_good(void)
     free(errs);
 }
 
+/* What is served while the namespace is not applied, for messages. */
+static const char *serving_what(char *buf, size_t n)
+{
+    if (rd.good != NULL) {
+        snprintf(buf, n, "the last good Redis data (version %lld)", rd.good->version);
+    } else {
+        snprintf(buf, n, "the file alone");
+    }
+    return buf;
+}
+
+/* Is <ns> versioned, so that it may be applied? A namespace without a `version` key is what a
+ * Redis that restarted without its data holds: not applied (said once, until a versioned read
+ * comes); a `version` that is no integer refuses the namespace like any invalid entry. */
+static int versioned(const struct ms_rns *ns)
+{
+    char what[128];
+
+    if (ns->version_state == MS_RNS_VERSION_NONE) {
+        if (!rd.unversioned) {
+            log_warn("redis %s*: no %sversion key (a Redis that restarted without its data?): "
+                     "not applied; still serving generation %llu with %s", ns->prefix, ns->prefix,
+                     (unsigned long long)ms.gen, serving_what(what, sizeof(what)));
+        }
+        rd.unversioned = 1;
+        return 0;
+    }
+    if (rd.unversioned) {
+        log_info("redis %s*: %sversion is back", ns->prefix, ns->prefix);
+    }
+    rd.unversioned = 0;
+    if (ns->version_state == MS_RNS_VERSION_BAD) {
+        char errs[600];
+        snprintf(errs, sizeof(errs), "redis %sversion: %s", ns->prefix, ns->version_error);
+        report_rejected(ns, errs);
+        return 0;
+    }
+    return 1;
+}
+
 /* A complete, sorted read: publish it when it changed and validates. Takes <ns>. */
 static void apply(struct ms_rns *ns)
 {
     char *errs = NULL;
 
+    if (!versioned(ns)) {
+        ms_rns_free(ns);
+        return;
+    }
     if (ms_rns_equal(ns, rd.good)) {
-        log_debug("redis %s*: unchanged", ns->prefix);
+        log_debug("redis %s*: unchanged (version %lld)", ns->prefix, ns->version);
+        rd.good->version = ns->version;
         rd.synced_at = dsp_wall_s();
         rd.rejected = 0;
         rd.reject_text[0] = '\0';
@@ -440,9 +522,9 @@ static void apply(struct ms_rns *ns)
         ms_rns_free(ns);
         return;
     }
-    log_info("redis %s*: applied as generation %llu (%zu services, %zu routes from Redis)",
-             ns->prefix, (unsigned long long)ms.gen, count_redis_services(ms.cfg),
-             count_redis_routes(ms.cfg));
+    log_info("redis %s*: applied as generation %llu (version %lld; %zu services, %zu routes "
+             "from Redis)", ns->prefix, (unsigned long long)ms.gen, ns->version,
+             count_redis_services(ms.cfg), count_redis_routes(ms.cfg));
     ms_rns_free(rd.good);
     rd.good = ns;
     rd.rejected = 0;
@@ -773,14 +855,31 @@ static void on_read_reply(redisAsyncContext *ac, void *reply, void *priv)
     DSP_UNUSED(rc);
 }
 
-static void read_send(const char *cmd, const char *key, void *tag)
+static void on_version_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
-    if (redisAsyncCommand(rd.cmd.ac, on_read_reply, tag, "%s %s", cmd, key) != REDIS_OK) {
+    DSP_UNUSED(ac);
+    DSP_UNUSED(priv);
+    if (reply == NULL || rd.reading == NULL) {
+        return;
+    }
+    answered(&rd.cmd);
+    rd.read_pending--;
+    DSP_UNUSED(fill_version(rd.reading, reply, rd.read_error, sizeof(rd.read_error)));
+}
+
+static void read_send_cb(redisCallbackFn *fn, const char *cmd, const char *key, void *tag)
+{
+    if (redisAsyncCommand(rd.cmd.ac, fn, tag, "%s %s", cmd, key) != REDIS_OK) {
         snprintf(rd.cmd.error, sizeof(rd.cmd.error), "cannot send %s", cmd);
         return;
     }
     sent(&rd.cmd);
     rd.read_pending++;
+}
+
+static void read_send(const char *cmd, const char *key, void *tag)
+{
+    read_send_cb(on_read_reply, cmd, key, tag);
 }
 
 static void read_start(uint64_t now)
@@ -795,6 +894,10 @@ static void read_start(uint64_t now)
         snprintf(key, sizeof(key), "%s%s", rd.reading->prefix, ms_rns_set_name(k));
         read_send("SMEMBERS", key, read_tag(k, 0));
     }
+    /* In the same phase as the SETs, so it is one snapshot with them as far as one connection
+     * can make it (a writer INCRs version after its change). */
+    snprintf(key, sizeof(key), "%sversion", rd.reading->prefix);
+    read_send_cb(on_version_reply, "GET", key, NULL);
 }
 
 static void read_step(uint64_t now)
@@ -876,6 +979,7 @@ static void on_tick(uint64_t now, void *arg)
         if (rd.sig != NULL) {
             log_info("redis: connection settings or environment changed; reconnecting");
             rd.last_error[0] = '\0';
+            rd.unversioned = 0; /* another namespace, maybe: its first read says */
         }
         link_close();
         free(rd.sig);
@@ -963,14 +1067,18 @@ int ms_redis_start(void)
         return 0;
     }
     ms_rns_sort(ns);
+    if (!versioned(ns)) {
+        ms_rns_free(ns);
+        return 0;
+    }
     if (ms_rns_merge(ms.cfg, ns, 0, &errs) != 0) {
         report_rejected(ns, errs);
         free(errs);
         ms_rns_free(ns);
         return 0;
     }
-    log_info("redis %s*: %zu services, %zu routes merged with %s", ns->prefix,
-             count_redis_services(ms.cfg), count_redis_routes(ms.cfg), cfg->path);
+    log_info("redis %s*: version %lld, %zu services, %zu routes merged with %s", ns->prefix,
+             ns->version, count_redis_services(ms.cfg), count_redis_routes(ms.cfg), cfg->path);
     rd.good = ns;
     rd.synced_at = dsp_wall_s();
     return 0;
@@ -1030,7 +1138,32 @@ uint64_t ms_redis_synced_at(void)
 
 const char *ms_redis_rejected(void)
 {
-    return rd.reject_text[0] != '\0' ? rd.reject_text : NULL;
+    char what[128];
+
+    if (ms.cfg == NULL || !ms.cfg->redis.enabled) {
+        return NULL;
+    }
+    if (rd.unversioned) {
+        snprintf(rd.problem, sizeof(rd.problem),
+                 "no version key in the namespace (a Redis that restarted without its data?): "
+                 "not applied; serving %s", serving_what(what, sizeof(what)));
+        return rd.problem;
+    }
+    if (rd.reject_text[0] != '\0') {
+        snprintf(rd.problem, sizeof(rd.problem), "%s; serving %s", rd.reject_text,
+                 serving_what(what, sizeof(what)));
+        return rd.problem;
+    }
+    return NULL;
+}
+
+int ms_redis_version(long long *version)
+{
+    if (ms.cfg == NULL || !ms.cfg->redis.enabled || rd.good == NULL || !ms.cfg->redis.merged) {
+        return 0;
+    }
+    *version = rd.good->version;
+    return 1;
 }
 
 const char *ms_redis_namespace(void)

@@ -38,13 +38,17 @@ void ms_redis_stop(void);
  *    i.e. the config source is "file+redis"; 0 for "file".
  *  - ms_redis_synced_at(): unix seconds of the last complete read of the namespace that was
  *    valid (0 = never).
- *  - ms_redis_rejected(): while the namespace in Redis is invalid (and so not served), the first
- *    problem ("redis dispatcher:production:route:api: unknown service 'x'"); else NULL.
+ *  - ms_redis_rejected(): while the namespace in Redis is not served, why and what is served
+ *    instead: it is invalid ("redis dispatcher:production:route:api: unknown service 'x';
+ *    serving the last good Redis data (version 7)"), or has no `version` key (a Redis that
+ *    restarted without its data); else NULL.
+ *  - ms_redis_version(): 1 and the `version` of the Redis data in the current config, or 0.
  *  - ms_redis_namespace(): "dispatcher:{environment}:" being followed, or NULL when disabled. */
 const char *ms_redis_state(void);
 int ms_redis_in_generation(void);
 uint64_t ms_redis_synced_at(void);
 const char *ms_redis_rejected(void);
+int ms_redis_version(long long *version);
 const char *ms_redis_namespace(void);
 
 #endif

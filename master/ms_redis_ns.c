@@ -64,6 +64,7 @@ void ms_rns_free(struct ms_rns *ns)
         free(ns->e[k]);
         free(ns->set_error[k]);
     }
+    free(ns->version_error);
     free(ns->prefix);
     free(ns);
 }
@@ -129,6 +130,47 @@ void ms_rns_set_error(struct ms_rns *ns, int kind, const char *msg)
     if (ns->set_error[kind] == NULL) {
         ns->set_error[kind] = dsp_xstrdup(msg);
     }
+}
+
+void ms_rns_version_error(struct ms_rns *ns, const char *msg)
+{
+    if (ns->version_state != MS_RNS_VERSION_BAD) {
+        ns->version_state = MS_RNS_VERSION_BAD;
+        ns->version_error = dsp_xstrdup(msg);
+    }
+}
+
+void ms_rns_set_version(struct ms_rns *ns, const char *v, size_t len)
+{
+    char show[48], msg[96];
+    size_t i, k = 0, first = len > 0 && v[0] == '-' ? 1 : 0;
+    unsigned long long mag = 0;
+
+    /* Only what INCR makes: an optional '-' and 1 to 19 decimal digits (so no overflow here),
+     * within the signed 64-bit range. */
+    for (i = first; i < len && v[i] >= '0' && v[i] <= '9'; i++) {
+        mag = mag * 10 + (unsigned)(v[i] - '0');
+        if (i - first >= 19) {
+            break;
+        }
+    }
+    if (i == len && len > first && len - first <= 19 &&
+        mag <= (first ? 1ull << 63 : (1ull << 63) - 1)) {
+        ns->version_state = MS_RNS_VERSION_OK;
+        ns->version = first ? (long long)(0 - mag) : (long long)mag;
+        return;
+    }
+    /* For the message: printable ASCII only, shortened. */
+    for (i = 0; i < len && k + 4 < sizeof(show); i++) {
+        show[k++] = v[i] >= 0x20 && v[i] < 0x7f && v[i] != '"' && v[i] != '\\' ? v[i] : '?';
+    }
+    if (i < len) {
+        memcpy(show + k, "...", 3);
+        k += 3;
+    }
+    show[k] = '\0';
+    snprintf(msg, sizeof(msg), "not an integer (\"%s\")", show);
+    ms_rns_version_error(ns, msg);
 }
 
 static int cmp_entry(const void *a, const void *b)
@@ -224,6 +266,9 @@ uint64_t ms_rns_hash(const struct ms_rns *ns)
     uint64_t h = 0xcbf29ce484222325ull;
 
     h = fnv(h, ns->prefix);
+    h = fnv(h, ns->version_state == MS_RNS_VERSION_NONE ? "no version"
+               : ns->version_state == MS_RNS_VERSION_BAD ? "bad version" : "version");
+    h = fnv(h, ns->version_error);
     for (int k = 0; k < MS_RNS_KINDS; k++) {
         h = fnv(h, set_names[k]);
         h = fnv(h, ns->set_error[k]);

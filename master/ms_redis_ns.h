@@ -30,8 +30,17 @@ struct ms_rns_entry {
     char *error;                 /* reading the hash failed (WRONGTYPE, NUL byte...), or NULL */
 };
 
+/* The namespace's `version` key (writers INCR it on every change). A namespace without one is
+ * what a Redis that restarted without its data holds: it is not applied. */
+#define MS_RNS_VERSION_NONE 0 /* no such key */
+#define MS_RNS_VERSION_OK   1 /* an integer, in .version */
+#define MS_RNS_VERSION_BAD  2 /* anything else: why in .version_error */
+
 struct ms_rns {
     char *prefix;                          /* "dispatcher:{environment}:" */
+    int version_state;                     /* MS_RNS_VERSION_* */
+    long long version;
+    char *version_error;
     char *set_error[MS_RNS_KINDS];         /* reading the SET itself failed, or NULL */
     struct ms_rns_entry *e[MS_RNS_KINDS];  /* sorted by id after ms_rns_sort */
     size_t n[MS_RNS_KINDS];
@@ -56,12 +65,19 @@ void ms_rns_set(struct ms_rns_entry *e, const char *name, size_t nlen, const cha
 void ms_rns_entry_error(struct ms_rns_entry *e, const char *msg);
 void ms_rns_set_error(struct ms_rns *ns, int kind, const char *msg);
 
+/* Record the value of the `version` key (<len> bytes; a reply that is not a string goes to
+ * ms_rns_version_error): an integer as INCR makes it, else the namespace is refused. */
+void ms_rns_set_version(struct ms_rns *ns, const char *v, size_t len);
+void ms_rns_version_error(struct ms_rns *ns, const char *msg);
+
 /* Sort entries by id and fields by name: the canonical form that ms_rns_equal() compares and
  * that makes the merge order deterministic. */
 void ms_rns_sort(struct ms_rns *ns);
-/* 1 when <a> and <b> (both sorted) hold the same data. NULL equals only NULL. */
+/* 1 when <a> and <b> (both sorted) hold the same data (the version is not compared: a bump
+ * without a change changes nothing). NULL equals only NULL. */
 int ms_rns_equal(const struct ms_rns *a, const struct ms_rns *b);
-/* A 64-bit fingerprint of a sorted namespace (to log a rejected one only once). */
+/* A 64-bit fingerprint of a sorted namespace, its version's state included (to log a rejected
+ * one only once). */
 uint64_t ms_rns_hash(const struct ms_rns *ns);
 
 /* Validate <ns> against <cfg> (which must hold no Redis entries) and append its services, routes

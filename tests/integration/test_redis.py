@@ -90,6 +90,11 @@ class Redis:
 
 # ---- seeding, as an operator does it ------------------------------------------------------------
 
+# Writers INCR `version` on every change (SPEC): a namespace without it is not applied.
+def bump(r, env, db=None):
+    return int(r.cli("INCR", "dispatcher:%s:version" % env, db=db))
+
+
 def add_service(r, env, name, backends, db=None, **fields):
     """SADD the name and HSET its hash; <backends> is a list of "addr[=weight]"."""
     args = ["backends", ",".join(backends)]
@@ -97,6 +102,7 @@ def add_service(r, env, name, backends, db=None, **fields):
         args += [k, v]
     r.cli("HSET", "dispatcher:%s:service:%s" % (env, name), *args, db=db)
     r.cli("SADD", "dispatcher:%s:services" % env, name, db=db)
+    bump(r, env, db)
 
 
 def add_route(r, env, rid, db=None, **fields):
@@ -105,14 +111,19 @@ def add_route(r, env, rid, db=None, **fields):
         args += [k, v]
     r.cli("HSET", "dispatcher:%s:route:%s" % (env, rid), *args, db=db)
     r.cli("SADD", "dispatcher:%s:routes" % env, rid, db=db)
+    bump(r, env, db)
 
 
 def remove(r, env, kind, name):
     r.cli("SREM", "dispatcher:%s:%ss" % (env, kind), name)
     r.cli("DEL", "dispatcher:%s:%s:%s" % (env, kind, name))
+    bump(r, env)
 
 
-def publish(r, env):
+def publish(r, env, bump_version=True):
+    """The change event; by default INCRs `version` first, as writers do after raw changes."""
+    if bump_version:
+        bump(r, env)
     return int(r.cli("PUBLISH", "dispatcher:%s:events" % env, "changed"))
 
 
@@ -490,3 +501,135 @@ class RedisTest(dsptest.TestCase):
         self.assertEqual(status(d.port, "newer.do")[0], 404, "the old config still serves")
         self.assertEqual(status(d.port, "new.do"), (200, "gw"))
         self.assertEqual(status(d.port, "api.do"), (200, "api"))
+
+    # ---- the `version` key (issue 12, defect 11) --------------------------------------------
+
+    def health_config(self, d):
+        ctl = os.path.join(os.path.dirname(dsptest.MASTER), "dispatcherctl")
+        out = subprocess.run([ctl, "-s", os.path.join(d.tmp, "admin.sock"), "--json", "show",
+                              "health"], capture_output=True, timeout=10)
+        return json.loads(out.stdout)["config"]
+
+    def assert_keeps_serving(self, d, host, want, seconds):
+        t_end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < t_end:
+            self.assertEqual(status(d.port, host), want, d.log_tail())
+            n += 1
+            time.sleep(0.05)
+        self.assertGreater(n, 3)
+
+    @dsptest.timeout(60)
+    def test_redis_restarted_empty_keeps_serving(self):
+        r = self.redis()
+        gw, api = self.backend("gw"), self.backend("api")
+        d = self.redis_dispatcher(r, gw, resync_ms=200)
+        self.assertTrue(wait_log(d, r"connected; following"))
+        add_service(r, "production", "api", [api.addr])
+        add_route(r, "production", "api", host="api.do", service="api")
+        publish(r, "production")
+        self.assertIsNotNone(wait_all([d.port], "api.do", 200, "api", timeout_s=3))
+        version = int(r.cli("GET", "dispatcher:production:version"))
+        said = d.log().count("no dispatcher:production:version key")  # the empty Redis at start
+
+        # Restarted without persistence: empty. Reconnect, resyncs and an event all find a
+        # namespace without `version`: the Redis routes keep serving.
+        r.kill()
+        r.start()
+        self.assertEqual(r.cli("DBSIZE"), "0")
+        self.assertTrue(wait_log(d, r"reconnected", 10), d.log_tail())
+        publish(r, "production", bump_version=False)
+        self.assert_keeps_serving(d, "api.do", (200, "api"), 1.0)
+        self.assertTrue(wait_log(d, r"no dispatcher:production:version key .* with the last good "
+                                    r"Redis data \(version %d\)" % version, 1), d.log_tail())
+        self.assertEqual(status(d.port, "gw.do"), (200, "gw"))
+        self.assertEqual(d.log().count("no dispatcher:production:version key"), said + 1,
+                         "said once, not on every resync")
+        cfg = self.health_config(d)
+        self.assertEqual(cfg["source"], "file+redis")
+        self.assertEqual(cfg["redis"], "connected")
+        self.assertEqual(cfg.get("redis_version"), version)
+        self.assertIn("no version key", cfg.get("redis_problem", ""))
+        self.assertIn("serving the last good Redis data (version %d)" % version,
+                      cfg["redis_problem"])
+
+        # The next change with a version is applied as usual (the old routes are gone from
+        # Redis, so they go).
+        add_route(r, "production", "new", host="new.do", service="gw")
+        publish(r, "production")
+        self.assertIsNotNone(wait_all([d.port], "new.do", 200, "gw", timeout_s=3), d.log_tail())
+        self.assertIsNotNone(wait_all([d.port], "api.do", 404, timeout_s=3))
+        cfg = self.health_config(d)
+        self.assertNotIn("redis_problem", cfg)
+        self.assertEqual(cfg["redis_version"], int(r.cli("GET", "dispatcher:production:version")))
+        self.assertIn("dispatcher:production:version is back", d.log())
+
+    @dsptest.timeout(60)
+    def test_first_start_without_version_serves_the_file(self):
+        r = self.redis()
+        gw, api = self.backend("gw"), self.backend("api")
+        # Data, but nobody ever INCRed version.
+        r.cli("HSET", "dispatcher:production:service:api", "backends", api.addr)
+        r.cli("SADD", "dispatcher:production:services", "api")
+        r.cli("HSET", "dispatcher:production:route:api", "host", "api.do", "service", "api")
+        r.cli("SADD", "dispatcher:production:routes", "api")
+        d = self.redis_dispatcher(r, gw, resync_ms=200)
+        self.assertEqual(status(d.port, "gw.do"), (200, "gw"))
+        self.assertEqual(status(d.port, "api.do")[0], 404, "applied without a version key")
+        self.assertIn("no dispatcher:production:version key", d.log())
+        self.assertTrue(wait_log(d, r"connected; following"))
+        time.sleep(0.5)  # resyncs find the same: nothing changes, nothing more is logged
+        self.assertEqual(status(d.port, "api.do")[0], 404)
+        self.assertEqual(d.log().count("no dispatcher:production:version key"), 1)
+        cfg = self.health_config(d)
+        self.assertEqual(cfg["source"], "file")
+        self.assertNotIn("redis_version", cfg)
+        self.assertIn("no version key", cfg["redis_problem"])
+        self.assertIn("serving the file alone", cfg["redis_problem"])
+        publish(r, "production")  # INCR version, then the event
+        self.assertIsNotNone(wait_all([d.port], "api.do", 200, "api", timeout_s=3), d.log_tail())
+        self.assertEqual(self.health_config(d)["redis_version"], 1)
+
+    @dsptest.timeout(60)
+    def test_garbage_version_rejected(self):
+        r = self.redis()
+        gw, api = self.backend("gw"), self.backend("api")
+        d = self.redis_dispatcher(r, gw)
+        self.assertTrue(wait_log(d, r"connected; following"))
+        add_service(r, "production", "api", [api.addr])
+        add_route(r, "production", "api", host="api.do", service="api")
+        publish(r, "production")
+        self.assertIsNotNone(wait_all([d.port], "api.do", 200, "api", timeout_s=3))
+        applied = d.log().count("applied as generation")
+        key = "dispatcher:production:version"
+        for breaker, msg in [
+                (lambda: r.cli("SET", key, "12abc"), 'not an integer ("12abc")'),
+                (lambda: r.cli("SET", key, ""), 'not an integer ("")'),
+                (lambda: r.cli("SET", key, "99999999999999999999"), "not an integer"),
+                (lambda: r.cli("SET", key, "\x01\"x"), 'not an integer ("'),
+                (lambda: (r.cli("DEL", key), r.cli("SADD", key, "7")),
+                 "not a string (WRONGTYPE)")]:
+            # A valid change rides along: refused as a whole, it is not served.
+            r.cli("HSET", "dispatcher:production:route:ride", "host", "ride.do", "service", "api")
+            r.cli("SADD", "dispatcher:production:routes", "ride")
+            breaker()
+            publish(r, "production", bump_version=False)
+            pat = r"\[error\].*redis dispatcher:production:version: %s" % re.escape(msg)
+            self.assertTrue(wait_log(d, pat, 3), "no error for %s:\n%s" % (msg, d.log_tail()))
+            self.assertEqual(status(d.port, "ride.do")[0], 404, "nothing changes")
+            self.assertEqual(status(d.port, "api.do"), (200, "api"))
+            self.assertEqual(d.log().count("applied as generation"), applied)
+            self.assertIn("redis dispatcher:production:version: not",
+                          self.health_config(d)["redis_problem"])
+            # A good version again: applied.
+            r.cli("DEL", key)
+            r.cli("SET", key, "41")
+            publish(r, "production")
+            self.assertIsNotNone(wait_all([d.port], "ride.do", 200, "api", timeout_s=3),
+                                 d.log_tail())
+            self.assertEqual(self.health_config(d)["redis_version"], 42)
+            self.assertNotIn("redis_problem", self.health_config(d))
+            remove(r, "production", "route", "ride")
+            publish(r, "production")
+            self.assertIsNotNone(wait_all([d.port], "ride.do", 404, timeout_s=3))
+            applied = d.log().count("applied as generation")

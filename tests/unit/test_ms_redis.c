@@ -442,10 +442,98 @@ static void test_config_errors(void)
     }
 }
 
+static void test_version(void)
+{
+    static const struct {
+        const char *v;
+        int state;
+        long long want;
+    } cases[] = {
+        {"1", MS_RNS_VERSION_OK, 1},
+        {"0", MS_RNS_VERSION_OK, 0},
+        {"42", MS_RNS_VERSION_OK, 42},
+        {"-3", MS_RNS_VERSION_OK, -3},
+        {"9223372036854775807", MS_RNS_VERSION_OK, 9223372036854775807LL},
+        {"-9223372036854775808", MS_RNS_VERSION_OK, -9223372036854775807LL - 1},
+        {"9223372036854775808", MS_RNS_VERSION_BAD, 0},
+        {"99999999999999999999", MS_RNS_VERSION_BAD, 0},
+        {"00000000000000000000001", MS_RNS_VERSION_BAD, 0},
+        {"", MS_RNS_VERSION_BAD, 0},
+        {"-", MS_RNS_VERSION_BAD, 0},
+        {"+1", MS_RNS_VERSION_BAD, 0},
+        {" 1", MS_RNS_VERSION_BAD, 0},
+        {"1 ", MS_RNS_VERSION_BAD, 0},
+        {"1.5", MS_RNS_VERSION_BAD, 0},
+        {"12abc", MS_RNS_VERSION_BAD, 0},
+        {"0x10", MS_RNS_VERSION_BAD, 0},
+    };
+    struct ms_rns *a, *b;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct ms_rns *ns = ms_rns_new("production");
+        ms_rns_set_version(ns, cases[i].v, strlen(cases[i].v));
+        CU_ASSERT_EQUAL(ns->version_state, cases[i].state);
+        if (ns->version_state != cases[i].state) {
+            printf("\n   version \"%s\"\n", cases[i].v);
+        }
+        if (cases[i].state == MS_RNS_VERSION_OK) {
+            CU_ASSERT_EQUAL(ns->version, cases[i].want);
+            CU_ASSERT_PTR_NULL(ns->version_error);
+        } else {
+            CU_ASSERT_PTR_NOT_NULL(ns->version_error);
+            CU_ASSERT_PTR_NOT_NULL(strstr(ns->version_error, "not an integer"));
+        }
+        ms_rns_free(ns);
+    }
+    /* Binary junk: NUL bytes, control characters and quotes are not echoed; long values are
+     * shortened. */
+    a = ms_rns_new("production");
+    ms_rns_set_version(a, "1\0002\n\"\\", 6);
+    CU_ASSERT_EQUAL(a->version_state, MS_RNS_VERSION_BAD);
+    CU_ASSERT_STRING_EQUAL(a->version_error, "not an integer (\"1?2???\")");
+    ms_rns_free(a);
+    {
+        char big[4096];
+        memset(big, '7', sizeof(big));
+        big[10] = 'x';
+        a = ms_rns_new("production");
+        ms_rns_set_version(a, big, sizeof(big));
+        CU_ASSERT_EQUAL(a->version_state, MS_RNS_VERSION_BAD);
+        CU_ASSERT(strlen(a->version_error) < 80);
+        CU_ASSERT_PTR_NOT_NULL(strstr(a->version_error, "...\")"));
+        ms_rns_free(a);
+    }
+    /* The first problem is kept. */
+    a = ms_rns_new("production");
+    ms_rns_version_error(a, "not a string (WRONGTYPE)");
+    ms_rns_set_version(a, "x", 1);
+    CU_ASSERT_STRING_EQUAL(a->version_error, "not a string (WRONGTYPE)");
+    ms_rns_free(a);
+
+    /* The data is compared without the version; the fingerprint tells the states apart. */
+    a = ms_rns_new("production");
+    b = ms_rns_new("production");
+    add(a, MS_RNS_ROUTE, "r1", "host", "a.do", "service", "x", NULL);
+    add(b, MS_RNS_ROUTE, "r1", "host", "a.do", "service", "x", NULL);
+    ms_rns_set_version(a, "5", 1);
+    ms_rns_set_version(b, "6", 1);
+    CU_ASSERT_TRUE(ms_rns_equal(a, b));
+    CU_ASSERT_EQUAL(ms_rns_hash(a), ms_rns_hash(b));
+    ms_rns_set_version(b, "x", 1);
+    CU_ASSERT_NOT_EQUAL(ms_rns_hash(a), ms_rns_hash(b));
+    ms_rns_free(b);
+    b = ms_rns_new("production");
+    add(b, MS_RNS_ROUTE, "r1", "host", "a.do", "service", "x", NULL);
+    CU_ASSERT_NOT_EQUAL(ms_rns_hash(a), ms_rns_hash(b)); /* no version at all */
+    ms_rns_free(a);
+    ms_rns_free(b);
+}
+
 UNIT_SUITE(ms_redis, {"backends \"addr[=weight],...\"", test_parse_backends},
            {"methods \"GET,POST\"", test_parse_methods}, {"integers", test_parse_int},
            {"redis config keys", test_config_keys}, {"redis config errors", test_config_errors},
            {"merge: file wins, order, unmerge", test_merge},
            {"refused as a whole, key named", test_refused},
            {"certificates: PEM checked like files", test_certs},
-           {"canonical form: equal and hash", test_equal_and_hash})
+           {"canonical form: equal and hash", test_equal_and_hash},
+           {"version key", test_version})
