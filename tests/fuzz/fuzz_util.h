@@ -1,0 +1,78 @@
+/* dispatcher: helpers shared by the libFuzzer targets (tests/fuzz/fuzz_*.c). Each target is one
+ * translation unit linked with build/fuzz/libdsp.a; these are static so nothing collides. */
+#ifndef DSP_FUZZ_UTIL_H
+#define DSP_FUZZ_UTIL_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "master/ms_config.h"
+
+/* A failed invariant is a crash: libFuzzer keeps the input as an artifact. */
+#define FUZZ_CHECK(cond)                                                                         \
+    do {                                                                                         \
+        if (!(cond)) {                                                                           \
+            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond);         \
+            abort();                                                                             \
+        }                                                                                        \
+    } while (0)
+
+/* A private folder for the temp files of this process (removed at exit). */
+static char fuzz_dir[64];
+
+#define FUZZ_UNUSED __attribute__((unused))
+
+FUZZ_UNUSED static void fuzz_dir_rm(void)
+{
+    if (fuzz_dir[0] != '\0') {
+        char p[128];
+        snprintf(p, sizeof(p), "%s/dispatcher.conf", fuzz_dir);
+        unlink(p);
+        rmdir(fuzz_dir);
+    }
+}
+
+FUZZ_UNUSED static const char *fuzz_tmpdir(void)
+{
+    if (fuzz_dir[0] == '\0') {
+        snprintf(fuzz_dir, sizeof(fuzz_dir), "/tmp/dsp-fuzz-XXXXXX");
+        if (mkdtemp(fuzz_dir) == NULL) {
+            perror("mkdtemp");
+            abort();
+        }
+        atexit(fuzz_dir_rm);
+    }
+    return fuzz_dir;
+}
+
+/* Load config text <text>[0, n) the way the master loads a file (the parser reads files only):
+ * written to a temp file in a private folder, loaded, the file removed. Returns 0 with <*out>,
+ * or -1 with <*errs> (heap) like ms_config_load(). */
+FUZZ_UNUSED static int fuzz_config_load(const char *text, size_t n, struct ms_config **out, char **errs)
+{
+    char path[128];
+    FILE *f;
+    int rc;
+
+    snprintf(path, sizeof(path), "%s/dispatcher.conf", fuzz_tmpdir());
+    f = fopen(path, "w");
+    if (f == NULL || (n > 0 && fwrite(text, 1, n, f) != n) || fclose(f) != 0) {
+        perror(path);
+        abort();
+    }
+    rc = ms_config_load(path, 0, out, errs);
+    unlink(path);
+    return rc;
+}
+
+/* Quiet logs: a fuzzer run would otherwise print every rejected input's warning. */
+FUZZ_UNUSED static void fuzz_quiet(void)
+{
+    log_level = LOG_ERROR - 1;
+}
+
+#endif
