@@ -2,7 +2,7 @@
  * head a client sends and the response head a backend sends. The full processing lives in
  * worker/wk_conn.c (static, connection-bound); this target drives the same pieces the same way:
  * head_end, http-parser with callbacks that fill a struct wk_head as wk_conn.c's do, then the
- * checks of worker/wk_hdr.c (request line, token and value syntax, hop-by-hop rules, request
+ * checks of worker/wk_hdr.c and worker/wk_resp.c (request line, strict response head syntax, token and value syntax, hop-by-hop rules, request
  * ids), the target forms (origin, absolute, asterisk), Host normalisation, the route lookup over
  * a compiled snapshot, the access-log capture and both log formats, and the body bytes that
  * follow the head (request bodies, and response bodies decoded in place as the worker does).
@@ -419,12 +419,22 @@ static void response(char *base, size_t avail, int was_head)
     http_parser p;
     size_t hlen, n, off = 0;
     enum http_errno err;
-    int interim = 0;
+    int interim = 0, status;
 
     head_req = was_head;
     for (;;) {
         hlen = head_end(base + off, avail - off, 0);
         if (hlen == 0) {
+            return;
+        }
+        /* Strict syntax first (worker/wk_resp.c), then http-parser must agree on the status. */
+        status = wk_resp_head_syntax(base + off, hlen);
+        FUZZ_CHECK(status >= -1 && status <= 999);
+        if (status >= 0) {
+            FUZZ_CHECK(hlen >= 16 && memcmp(base + off + hlen - 4, "\r\n\r\n", 4) == 0);
+            FUZZ_CHECK(memchr(base + off, '\0', hlen) == NULL);
+        }
+        if (status < 100 || status > 599) {
             return;
         }
         http_parser_init(&p, HTTP_RESPONSE);
@@ -437,6 +447,7 @@ static void response(char *base, size_t avail, int was_head)
         if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen || scratch.too_many) {
             return;
         }
+        FUZZ_CHECK(p.status_code == (unsigned)status);
         FUZZ_CHECK(status_text == NULL ||
                    (status_text >= base + off && status_text + status_text_len <= base + off + hlen));
         for (uint32_t i = 0; i < scratch.n; i++) {
