@@ -10,8 +10,9 @@ failures were allowed), the figures of the closing note.
 - a backend killed under load with retries configured: no POST reaches a backend twice (each
   backend records every POST id it read), GETs keep succeeding on the other backend, and only
   POSTs in flight on the killed backend may fail;
-- Redis restarted (with its data) repeatedly under load: no failed request, the Redis routes are
-  still served, and a change made after the restart is picked up;
+- Redis restarted repeatedly under load, with its data and once without (no `version` key: not
+  applied): no failed request, the Redis routes are still served, and a change made after the
+  restarts is picked up;
 - RSS of the workers flat over 1,000,000 keep-alive requests (wrk).
 
 Under the sanitizer build the load and the number of faults are scaled down (time limits double
@@ -518,7 +519,21 @@ class ChaosTest(dsptest.TestCase):
                     lambda: len(re.findall(r"reconnected", d.log())) > back, 10, 0.05),
                     "no reconnect after restart %d:\n%s" % (k + 1, d.log_tail()))
                 reconnects += 1
+            # Restarted without its data: the namespace has no version key, so it is not
+            # applied and the last good Redis config keeps serving (SPEC, Redis).
+            time.sleep(0.5)
+            back = len(re.findall(r"reconnected", d.log()))
+            r.kill()
+            os.unlink(os.path.join(tmp, "dump.rdb"))
+            r.start()
+            self.assertTrue(dsptest.wait_for(
+                lambda: len(re.findall(r"reconnected", d.log())) > back, 10, 0.05),
+                "no reconnect after the empty restart:\n%s" % d.log_tail())
+            time.sleep(1.0)  # over three resyncs (resync_ms = 300) with the empty namespace
+            self.assertEqual(r.cli("EXISTS", "dispatcher:production:version"), "0")
             # A change made after the last restart is picked up (the subscription works).
+            tr.add_service(r, "production", "api", [api.addr])
+            tr.add_route(r, "production", "api", host="api.do", service="api")
             tr.add_route(r, "production", "api2", host="api2.do", service="api")
             r.cli("INCR", "dispatcher:production:version")
             tr.publish(r, "production")
@@ -529,8 +544,8 @@ class ChaosTest(dsptest.TestCase):
             results = load.stop()
         fails = [x for x in results if not x[2]]
         api_n = sum(1 for x in results if x[5] % 2)
-        msg = ("chaos redis-restart: %d restarts (%d reconnects), %d requests (%d on the Redis "
-               "route), %d failed: %s" % (restarts, reconnects, len(results), api_n, len(fails),
+        msg = ("chaos redis-restart: %d restarts with the data and 1 without (%d reconnects), %d "
+               "requests (%d on the Redis route), %d failed: %s" % (restarts, reconnects + 1, len(results), api_n, len(fails),
                                           [x[3] for x in fails[:5]]))
         print(msg)
         self.assertEqual(fails, [], msg)
