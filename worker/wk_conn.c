@@ -37,8 +37,6 @@
 #define UPSTREAM_BUF_SIZE (32 * 1024)
 #define WK_MAX_INTERIM    8 /* 1xx responses before the final one, per attempt */
 
-static struct wk_head scratch;
-
 /* ---- small helpers ------------------------------------------------------------------------- */
 static const struct shm_snap_hdr *csnap(const struct wk_client *c)
 {
@@ -93,18 +91,19 @@ static void peer_ip(const struct wk_client *c, char *buf, size_t len)
 }
 
 /* ---- access log and statistics -------------------------------------------------------------- */
-static const struct wk_hdr *scratch_find(const char *name, size_t nlen)
+static const struct wk_hdr *head_find(const struct wk_head *hd, const char *name, size_t nlen)
 {
-    for (uint32_t i = 0; i < scratch.n; i++) {
-        if (wk_hdr_is(&scratch.h[i], name, nlen)) {
-            return &scratch.h[i];
+    for (uint32_t i = 0; i < hd->n; i++) {
+        if (wk_hdr_is(&hd->h[i], name, nlen)) {
+            return &hd->h[i];
         }
     }
     return NULL;
 }
 
-/* Keep what the access log needs from the head in c->in at [0, hlen) (parsed into scratch). */
-static void capture_alog(struct wk_client *c, const char *base, size_t hlen)
+/* Keep what the access log needs from the head in c->in at [0, hlen) (parsed into <hd>). */
+static void capture_alog(struct wk_client *c, const struct wk_head *hd, const char *base,
+                         size_t hlen)
 {
     const struct wk_hdr *host, *ua, *ref;
     const char *sp;
@@ -114,13 +113,13 @@ static void capture_alog(struct wk_client *c, const char *base, size_t hlen)
     if (!wk_alog_enabled()) {
         return;
     }
-    host = scratch_find("host", 4);
-    ua = scratch_find("user-agent", 10);
-    ref = scratch_find("referer", 7);
+    host = head_find(hd, "host", 4);
+    ua = head_find(hd, "user-agent", 10);
+    ref = head_find(hd, "referer", 7);
     sp = memchr(base, ' ', DSP_MIN(hlen, 64));
     /* The method as written: the parser may have stopped before it knew one. */
     c->tx->areq = wk_alog_capture(host ? host->value : NULL, host ? host->vlen : 0, base,
-                              sp ? (size_t)(sp - base) : 0, scratch.url, scratch.url_len,
+                              sp ? (size_t)(sp - base) : 0, hd->url, hd->url_len,
                               ua ? ua->value : NULL, ua ? ua->vlen : 0, ref ? ref->value : NULL,
                               ref ? ref->vlen : 0, c->rq.http_major, c->rq.http_minor);
 }
@@ -244,15 +243,15 @@ static int peer_trusted(const struct wk_client *c)
 
 /* The request's client: for a trusted peer, the right-most X-Forwarded-For entry that is not
  * itself a trusted proxy (entries to its left could be forged by the client). */
-static void resolve_client(struct wk_client *c)
+static void resolve_client(struct wk_client *c, const struct wk_head *hd)
 {
     c->client_family = c->peer_family;
     memcpy(c->client_ip, c->peer_ip, 16);
     if (!peer_trusted(c)) {
         return;
     }
-    for (int i = (int)scratch.n - 1; i >= 0; i--) {
-        const struct wk_hdr *h = &scratch.h[i];
+    for (int i = (int)hd->n - 1; i >= 0; i--) {
+        const struct wk_hdr *h = &hd->h[i];
         size_t end;
         if (!wk_hdr_is(h, "x-forwarded-for", 15)) {
             continue;
@@ -718,61 +717,80 @@ static int reply_not_found(struct wk_client *c, const char *host, size_t hlen, c
 }
 
 /* ---- request parsing ------------------------------------------------------------------------ */
+/* Head callbacks: fields go to the storage of the caller that parses a head (c->tx->hp). Outside
+ * a head parse there is none, and fields (trailers of a body) are never recorded. */
+static struct wk_head *parse_head_of(http_parser *p)
+{
+    const struct wk_client *c = p->data;
+
+    return c->tx != NULL ? c->tx->hp : NULL;
+}
+
 static int on_url(http_parser *p, const char *at, size_t len)
 {
-    (void)p;
-    if (scratch.url == NULL) {
-        scratch.url = at;
-        scratch.url_len = (uint32_t)len;
+    struct wk_head *hd = parse_head_of(p);
+
+    if (hd == NULL) {
+        return 1;
+    }
+    if (hd->url == NULL) {
+        hd->url = at;
+        hd->url_len = (uint32_t)len;
     } else {
-        scratch.url_len += (uint32_t)len;
+        hd->url_len += (uint32_t)len;
     }
     return 0;
 }
 
 static int on_hfield(http_parser *p, const char *at, size_t len)
 {
+    struct wk_head *hd = parse_head_of(p);
     struct wk_hdr *h;
 
-    (void)p;
-    if (scratch.n > 0 && !scratch.in_value) {
-        h = &scratch.h[scratch.n - 1];
+    if (hd == NULL) {
+        return 0; /* a trailer: forwarded (validated) as body bytes, never a head field */
+    }
+    if (hd->n > 0 && !hd->in_value) {
+        h = &hd->h[hd->n - 1];
         if (h->name + h->nlen == at) {
             h->nlen += (uint32_t)len;
             return 0;
         }
     }
-    if (scratch.n == WK_MAX_HEADERS) {
-        scratch.too_many = 1;
+    if (hd->n == WK_MAX_HEADERS) {
+        hd->too_many = 1;
         return 1;
     }
-    h = &scratch.h[scratch.n++];
+    h = &hd->h[hd->n++];
     h->name = at;
     h->nlen = (uint32_t)len;
     h->value = "";
     h->vlen = 0;
-    scratch.in_value = 0;
+    hd->in_value = 0;
     return 0;
 }
 
 static int on_hvalue(http_parser *p, const char *at, size_t len)
 {
+    struct wk_head *hd = parse_head_of(p);
     struct wk_hdr *h;
 
-    (void)p;
-    if (scratch.n == 0) {
+    if (hd == NULL) {
+        return 0;
+    }
+    if (hd->n == 0) {
         return 1;
     }
-    h = &scratch.h[scratch.n - 1];
-    if (!scratch.in_value) {
+    h = &hd->h[hd->n - 1];
+    if (!hd->in_value) {
         h->value = at;
         h->vlen = (uint32_t)len;
-        scratch.in_value = 1;
+        hd->in_value = 1;
     } else if (h->value + h->vlen == at) {
         h->vlen += (uint32_t)len;
     } else {
         /* Obsolete line folding: RFC 7230 lets a proxy reject it, which is safer than guessing. */
-        scratch.folded = 1;
+        hd->folded = 1;
         return 1;
     }
     return 0;
@@ -793,21 +811,11 @@ static int on_message_complete_req(http_parser *p)
     return 0;
 }
 
-static int on_body_req(http_parser *p, const char *at, size_t len)
-{
-    struct wk_client *c = p->data;
-
-    (void)at;
-    c->tx->body_bytes += len;
-    return 0;
-}
-
 static const http_parser_settings req_settings = {
     .on_url = on_url,
     .on_header_field = on_hfield,
     .on_header_value = on_hvalue,
     .on_headers_complete = on_headers_complete_req,
-    .on_body = on_body_req,
     .on_message_complete = on_message_complete_req,
 };
 
@@ -840,16 +848,25 @@ static int is_idempotent(unsigned method)
            method == HTTP_DELETE || method == HTTP_OPTIONS || method == HTTP_TRACE;
 }
 
-/* Build the upstream request head into c->tx->uout. Returns 0 or -1 (no memory / too large). */
-static int build_upstream_head(struct wk_client *c, const char *host, size_t hlen,
-                               const char *target, size_t tlen, uint64_t clen)
+/* Does a header name hold an underscore? Such names are dropped on the way upstream (as nginx
+ * does): many frameworks read X_Forwarded_For as X-Forwarded-For. */
+static int name_has_underscore(const struct wk_hdr *h)
+{
+    return memchr(h->name, '_', h->nlen) != NULL;
+}
+
+/* Build the upstream request head into c->tx->uout: <host> is the validated Host (or the
+ * absolute-form authority) that was routed on, <target> the origin-form target (<slash>: a "/"
+ * goes before it). Returns 0 or -1 (no memory / too large). */
+static int build_upstream_head(struct wk_client *c, const struct wk_head *hd, const char *host,
+                               size_t hlen, const char *target, size_t tlen, int slash,
+                               uint64_t clen)
 {
     struct str_buf sb;
     char ip[64], rip[64];
     const struct wk_hdr *xff[8];
     int nxff = 0;
     int trusted = peer_trusted(c);
-    const struct wk_hdr *hosth = NULL;
 
     if (wk_buf_get(&c->tx->uout, client_buf_size() + 4096) != 0) {
         return -1;
@@ -859,14 +876,13 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
     ip_str(c->client_family, c->client_ip, rip, sizeof(rip));
     str_init(&sb, c->tx->uout.data, c->tx->uout.cap);
     str_adds(&sb, http_method_str((enum http_method)c->rq.method));
-    str_adds(&sb, " ");
+    str_adds(&sb, slash ? " /" : " ");
     str_add(&sb, target, tlen);
     str_adds(&sb, " HTTP/1.1\r\n");
-    for (uint32_t i = 0; i < scratch.n; i++) {
-        const struct wk_hdr *h = &scratch.h[i];
+    for (uint32_t i = 0; i < hd->n; i++) {
+        const struct wk_hdr *h = &hd->h[i];
         if (wk_hdr_is(h, "host", 4)) {
-            hosth = h;
-            continue;
+            continue; /* replaced by the Host that was routed on */
         }
         if (wk_hdr_is(h, "x-forwarded-for", 15)) {
             if (trusted && nxff < 8) {
@@ -876,10 +892,11 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
         }
         if (wk_hdr_is(h, "content-length", 14) || wk_hdr_is(h, "x-forwarded-proto", 17) ||
             wk_hdr_is(h, "x-forwarded-host", 16) || wk_hdr_is(h, "x-real-ip", 9) ||
-            wk_hdr_is(h, "x-request-id", 12) || wk_hdr_is(h, "expect", 6)) {
+            wk_hdr_is(h, "x-request-id", 12) || wk_hdr_is(h, "expect", 6) ||
+            name_has_underscore(h) || (!trusted && wk_hdr_is(h, "forwarded", 9))) {
             continue;
         }
-        if (wk_hdr_hop(&scratch, h->name, h->nlen) &&
+        if (wk_hdr_hop(hd, h->name, h->nlen) &&
             !((c->tflags & WK_T_UPGRADE) && wk_hdr_is(h, "upgrade", 7))) {
             continue;
         }
@@ -889,9 +906,7 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
         str_adds(&sb, "\r\n");
     }
     str_adds(&sb, "Host: ");
-    if (hosth != NULL) {
-        str_add(&sb, hosth->value, hosth->vlen);
-    } else if (hlen > 0) {
+    if (hlen > 0) {
         str_add(&sb, host, hlen);
     } else {
         /* HTTP/1.0 without Host: name the service, the only host we know. */
@@ -904,13 +919,9 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
     }
     str_adds(&sb, ip);
     str_adds(&sb, (c->flags & WK_C_F_TLS) ? "\r\nX-Forwarded-Proto: https" : "\r\nX-Forwarded-Proto: http");
-    if (hosth != NULL || hlen > 0) {
+    if (hlen > 0) {
         str_adds(&sb, "\r\nX-Forwarded-Host: ");
-        if (hosth != NULL) {
-            str_add(&sb, hosth->value, hosth->vlen);
-        } else {
-            str_add(&sb, host, hlen);
-        }
+        str_add(&sb, host, hlen);
     }
     str_adds(&sb, "\r\nX-Real-IP: ");
     str_adds(&sb, rip);
@@ -920,7 +931,7 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
     if (c->tflags & WK_T_UPGRADE) {
         str_adds(&sb, "Connection: upgrade\r\n");
     }
-    if (c->rq.flags & F_CHUNKED) {
+    if (c->tx->req_chunked) {
         str_adds(&sb, "Transfer-Encoding: chunked\r\n");
     } else if (clen != ULLONG_MAX) {
         str_addf(&sb, "Content-Length: %llu\r\n", (unsigned long long)clen);
@@ -935,25 +946,47 @@ static int build_upstream_head(struct wk_client *c, const char *host, size_t hle
 
 static int upstream_start(struct wk_client *c);
 
-/* Parse whatever request body bytes are buffered. Returns 0 to go on proxying, 1 when the client
- * was answered with an error (state REPLY), -1 when it was closed. */
+/* Check whatever request body bytes are buffered. Only validated bytes become forwardable
+ * (c->parsed_off): a chunk-size line or trailer line goes upstream only once it is complete and
+ * valid; the bytes of an unfinished one (c->tx->rqc.pend) wait after parsed_off. Returns 0 to go
+ * on proxying, 1 when the client was answered with an error (state REPLY), -1 when it was
+ * closed. */
 static int parse_body(struct wk_client *c)
 {
-    size_t n;
-    enum http_errno err;
     uint64_t maxb = c->gen->snap->limits.max_body_bytes;
 
-    if ((c->tflags & WK_T_REQ_DONE) || c->parsed_off >= c->in.end) {
+    if (c->tflags & WK_T_REQ_DONE) {
         return 0;
     }
-    n = http_parser_execute(&c->rq, &req_settings, c->in.data + c->parsed_off,
-                            c->in.end - c->parsed_off);
-    c->parsed_off += (uint32_t)n;
-    err = HTTP_PARSER_ERRNO(&c->rq);
-    if (err != HPE_OK && err != HPE_PAUSED) {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "Invalid request body: %s", http_errno_description(err));
-        return reply_error(c, 400, "Bad request", msg, F_CLOSE) == 0 ? 1 : -1;
+    if (c->tx->req_chunked) {
+        uint32_t scan = c->parsed_off + c->tx->rqc.pend;
+        while (scan < c->in.end) {
+            size_t used;
+            int r = wk_chunk_parse(&c->tx->rqc, c->in.data + scan, c->in.end - scan, &used, NULL);
+            if (r == WK_CHUNK_ERROR) {
+                char msg[160];
+                snprintf(msg, sizeof(msg), "Invalid chunked request body: %s", c->tx->rqc.err);
+                return reply_error(c, 400, "Bad request", msg, F_CLOSE) == 0 ? 1 : -1;
+            }
+            scan += (uint32_t)used;
+            c->parsed_off = scan - c->tx->rqc.pend;
+            if (r == WK_CHUNK_DONE) {
+                c->tflags |= WK_T_REQ_DONE;
+                break;
+            }
+        }
+        c->tx->body_bytes = c->tx->rqc.total; /* announced sizes count at once */
+    } else {
+        uint64_t take = c->in.end - c->parsed_off;
+        if (take > c->tx->req_left) {
+            take = c->tx->req_left;
+        }
+        c->parsed_off += (uint32_t)take;
+        c->tx->req_left -= take;
+        c->tx->body_bytes += take;
+        if (c->tx->req_left == 0) {
+            c->tflags |= WK_T_REQ_DONE;
+        }
     }
     if (maxb > 0 && c->tx->body_bytes > maxb) {
         return reply_error(c, 413, "Payload too large",
@@ -964,23 +997,67 @@ static int parse_body(struct wk_client *c)
     return 0;
 }
 
-/* A complete head sits in c->in at [start, start + hlen). Parse, route, and start proxying. */
+/* Trim OWS around a header value. */
+static void ows_trim(const char **v, size_t *n)
+{
+    while (*n > 0 && (**v == ' ' || **v == '\t')) {
+        (*v)++;
+        (*n)--;
+    }
+    while (*n > 0 && ((*v)[*n - 1] == ' ' || (*v)[*n - 1] == '\t')) {
+        (*n)--;
+    }
+}
+
+/* An absolute-form target "scheme://authority[path-abempty][?query]": checks it (http or https,
+ * a valid authority, no userinfo, no fragment) and finds its authority and the origin-form rest.
+ * Returns 0 or -1. */
+static int absolute_form(const char *t, size_t n, const char **auth, size_t *alen,
+                         const char **rest, size_t *rlen)
+{
+    size_t i = 0, a;
+
+    if (n > 7 && strncasecmp(t, "http://", 7) == 0) {
+        i = 7;
+    } else if (n > 8 && strncasecmp(t, "https://", 8) == 0) {
+        i = 8;
+    } else {
+        return -1;
+    }
+    a = i;
+    while (i < n && t[i] != '/' && t[i] != '?') {
+        i++;
+    }
+    if (!wk_host_ok(t + a, i - a)) {
+        return -1;
+    }
+    *auth = t + a;
+    *alen = i - a;
+    *rest = t + i;
+    *rlen = n - i;
+    return 0;
+}
+
+/* A complete head sits in c->in at [start, start + hlen). Parse, check (RFC 9112 framing, Host),
+ * route, and start proxying. */
 static int process_head(struct wk_client *c, size_t hlen)
 {
     const struct shm_snap_hdr *s;
     const char *base = c->in.data + c->in.start;
     const char *host = NULL, *path, *target;
     size_t hostlen = 0, pathlen, tlen;
+    int slash = 0;
     char nhost[256];
     size_t nhlen;
     size_t n;
     enum http_errno err;
-    struct http_parser_url pu;
     const struct wk_hdr *hosth = NULL;
     uint32_t ridx;
     const struct shm_route *rt;
     const struct shm_service *svc;
-    uint64_t clen;
+    uint64_t clen = ULLONG_MAX;
+    int ncl = 0, nte = 0, chunked_seen = 0, te_bad = 0;
+    struct wk_head hd; /* this head's fields: pointers into c->in, alive for this call only */
 
     if (txn_begin(c) != 0) {
         wk_client_close(c);
@@ -999,30 +1076,38 @@ static int process_head(struct wk_client *c, size_t hlen)
 
     http_parser_init(&c->rq, HTTP_REQUEST);
     c->rq.data = c;
-    wk_head_reset(&scratch);
+    wk_head_reset(&hd);
+    c->tx->hp = &hd;
     n = http_parser_execute(&c->rq, &req_settings, base, hlen);
+    c->tx->hp = NULL;
     err = HTTP_PARSER_ERRNO(&c->rq);
     /* Keep the client's request id if it is sane, for the error bodies too. */
-    for (uint32_t i = 0; i < scratch.n; i++) {
-        if (wk_hdr_is(&scratch.h[i], "x-request-id", 12) &&
-            wk_reqid_sane(scratch.h[i].value, scratch.h[i].vlen)) {
-            memcpy(c->tx->reqid, scratch.h[i].value, scratch.h[i].vlen);
-            c->tx->reqid_len = (uint8_t)scratch.h[i].vlen;
+    for (uint32_t i = 0; i < hd.n; i++) {
+        if (wk_hdr_is(&hd.h[i], "x-request-id", 12) &&
+            wk_reqid_sane(hd.h[i].value, hd.h[i].vlen)) {
+            memcpy(c->tx->reqid, hd.h[i].value, hd.h[i].vlen);
+            c->tx->reqid_len = (uint8_t)hd.h[i].vlen;
         }
     }
     if (c->tx->reqid_len == 0) {
         wk_reqid_new(wk.rng, c->tx->reqid);
         c->tx->reqid_len = 32;
     }
-    capture_alog(c, base, hlen);
-    if (scratch.too_many) {
+    capture_alog(c, &hd, base, hlen);
+    if (hd.too_many) {
         return reply_error(c, 431, "Request header fields too large", "Too many header fields",
+                           F_CLOSE);
+    }
+    /* CRLF line ends only, no NUL, no obs-fold: a lenient reader must not find other lines. */
+    if (!wk_head_bytes_ok(base, hlen)) {
+        return reply_error(c, 400, "Bad request",
+                           "Malformed request head (bare CR or LF, NUL or obsolete line folding)",
                            F_CLOSE);
     }
     if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen) {
         char msg[160];
-        snprintf(msg, sizeof(msg), "%s", scratch.folded ? "Obsolete header line folding"
-                                                         : http_errno_description(err));
+        snprintf(msg, sizeof(msg), "%s", hd.folded ? "Obsolete header line folding"
+                                                    : http_errno_description(err));
         return reply_error(c, 400, "Bad request", msg, F_CLOSE);
     }
     {
@@ -1031,80 +1116,112 @@ static int process_head(struct wk_client *c, size_t hlen)
             return reply_error(c, 400, "Bad request", "Malformed request line", F_CLOSE);
         }
     }
-    for (uint32_t i = 0; i < scratch.n; i++) {
-        if (!wk_token_ok(scratch.h[i].name, scratch.h[i].nlen) ||
-            !wk_value_ok(scratch.h[i].value, scratch.h[i].vlen)) {
+    if (c->rq.http_major != 1 || c->rq.http_minor > 1) {
+        return reply_error(c, 400, "Bad request", "Unsupported HTTP version (HTTP/1.0 or 1.1 only)",
+                           F_CLOSE);
+    }
+    for (uint32_t i = 0; i < hd.n; i++) {
+        if (!wk_token_ok(hd.h[i].name, hd.h[i].nlen) ||
+            !wk_value_ok(hd.h[i].value, hd.h[i].vlen)) {
             return reply_error(c, 400, "Bad request", "Malformed header field", F_CLOSE);
         }
     }
     if (c->rq.method == HTTP_CONNECT) {
         return reply_error(c, 405, "Method not allowed", "CONNECT is not supported", F_CLOSE);
     }
-    for (uint32_t i = 0; i < scratch.n; i++) {
-        const struct wk_hdr *h = &scratch.h[i];
+    for (uint32_t i = 0; i < hd.n; i++) {
+        const struct wk_hdr *h = &hd.h[i];
         if (wk_hdr_is(h, "host", 4)) {
             if (hosth != NULL) {
                 return reply_error(c, 400, "Bad request", "Multiple Host headers", F_CLOSE);
             }
             hosth = h;
+        } else if (wk_hdr_is(h, "content-length", 14)) {
+            const char *v = h->value;
+            size_t vl = h->vlen;
+            ows_trim(&v, &vl);
+            if (++ncl > 1 || !wk_content_length(v, vl, &clen)) {
+                return reply_error(c, 400, "Bad request", "Invalid or repeated Content-Length",
+                                   F_CLOSE);
+            }
+        } else if (wk_hdr_is(h, "transfer-encoding", 17)) {
+            nte++;
+            if (!wk_te_chunked_only(h->value, h->vlen, &chunked_seen)) {
+                te_bad = 1;
+            }
         } else if (wk_hdr_is(h, "expect", 6)) {
             if (h->vlen == 12 && strncasecmp(h->value, "100-continue", 12) == 0) {
                 c->tflags |= WK_T_CONTINUE;
             }
         }
     }
-    if (scratch.url == NULL || scratch.url_len == 0) {
+    if (nte > 0) {
+        /* Only "chunked", once, and only in HTTP/1.1 (RFC 9112 6.1): anything else could be read
+         * with other boundaries by the next hop. */
+        if (te_bad || chunked_seen != 1 || c->rq.http_minor == 0) {
+            return reply_error(c, 400, "Bad request", "Unsupported Transfer-Encoding", F_CLOSE);
+        }
+        if (ncl > 0) {
+            return reply_error(c, 400, "Bad request",
+                               "Both Content-Length and Transfer-Encoding", F_CLOSE);
+        }
+        if (!(c->rq.flags & F_CHUNKED)) {
+            return reply_error(c, 400, "Bad request", "Unsupported Transfer-Encoding", F_CLOSE);
+        }
+    } else if (c->rq.flags & F_CHUNKED) {
+        return reply_error(c, 400, "Bad request", "Unsupported Transfer-Encoding", F_CLOSE);
+    }
+    if (hd.url == NULL || hd.url_len == 0) {
         return reply_error(c, 400, "Bad request", "Missing request target", F_CLOSE);
     }
-    target = scratch.url;
-    tlen = scratch.url_len;
-    if (target[0] != '/') {
-        if (c->rq.method == HTTP_OPTIONS && tlen == 1 && target[0] == '*') {
-            path = target;
-            pathlen = 1;
-        } else {
-            http_parser_url_init(&pu);
-            if (http_parser_parse_url(target, tlen, 0, &pu) != 0 ||
-                !(pu.field_set & (1 << UF_HOST))) {
-                return reply_error(c, 400, "Bad request", "Invalid request target", F_CLOSE);
-            }
-            /* absolute-form: the authority replaces Host, the origin-form goes upstream */
-            host = target + pu.field_data[UF_HOST].off;
-            hostlen = pu.field_data[UF_HOST].len;
-            if (pu.field_set & (1 << UF_PATH)) {
-                size_t off = pu.field_data[UF_PATH].off;
-                path = target + off;
-                pathlen = pu.field_data[UF_PATH].len;
-                tlen = tlen - off;
-                target = path;
-                {
-                    /* drop a fragment if any */
-                    const char *hash = memchr(target, '#', tlen);
-                    if (hash != NULL) {
-                        tlen = (size_t)(hash - target);
-                    }
-                }
-            } else {
-                path = "/";
-                pathlen = 1;
-                target = "/";
-                tlen = 1;
-            }
-        }
-    } else {
+    target = hd.url;
+    tlen = hd.url_len;
+    if (memchr(target, '#', tlen) != NULL) {
+        return reply_error(c, 400, "Bad request", "Invalid request target", F_CLOSE);
+    }
+    if (target[0] == '/') {
         const char *q = memchr(target, '?', tlen);
         path = target;
         pathlen = q ? (size_t)(q - target) : tlen;
+    } else if (c->rq.method == HTTP_OPTIONS && tlen == 1 && target[0] == '*') {
+        path = target;
+        pathlen = 1;
+    } else {
+        /* absolute-form: its authority is the Host that is routed on and forwarded, the
+         * origin-form goes upstream */
+        const char *rest;
+        size_t rlen;
+        if (absolute_form(target, tlen, &host, &hostlen, &rest, &rlen) != 0) {
+            return reply_error(c, 400, "Bad request", "Invalid request target", F_CLOSE);
+        }
+        target = rest;
+        tlen = rlen;
+        slash = tlen == 0 || target[0] != '/';
+        if (slash) {
+            path = "/";
+            pathlen = 1;
+        } else {
+            const char *q = memchr(target, '?', tlen);
+            path = target;
+            pathlen = q ? (size_t)(q - target) : tlen;
+        }
     }
-    if (host == NULL && hosth != NULL) {
-        host = hosth->value;
-        hostlen = hosth->vlen;
-    }
-    if (host == NULL && c->rq.http_major == 1 && c->rq.http_minor >= 1) {
+    if (hosth != NULL) {
+        const char *v = hosth->value;
+        size_t vl = hosth->vlen;
+        ows_trim(&v, &vl);
+        if (!wk_host_ok(v, vl)) {
+            return reply_error(c, 400, "Bad request", "Invalid Host header", F_CLOSE);
+        }
+        if (host == NULL) {
+            host = v;
+            hostlen = vl;
+        }
+    } else if (c->rq.http_minor >= 1) {
         return reply_error(c, 400, "Bad request", "Missing Host header", F_CLOSE);
     }
     nhlen = host ? shm_host_normalize(host, hostlen, nhost, sizeof(nhost)) : 0;
-    if (host != NULL && hostlen > 0 && nhlen == 0) {
+    if (host != NULL && nhlen == 0) {
         return reply_error(c, 400, "Bad request", "Invalid Host header", F_CLOSE);
     }
     if (!http_should_keep_alive(&c->rq)) {
@@ -1116,9 +1233,20 @@ static int process_head(struct wk_client *c, size_t hlen)
     if (c->rq.upgrade) {
         c->tflags |= WK_T_UPGRADE;
     }
-    resolve_client(c);
+    resolve_client(c, &hd);
     if (is_idempotent(c->rq.method)) {
         c->tflags |= WK_T_IDEMPOTENT;
+    }
+    /* The body's framing, decided here from the checked headers. */
+    c->tx->req_chunked = nte > 0;
+    c->tx->req_left = 0;
+    if (c->tx->req_chunked) {
+        wk_chunk_init(&c->tx->rqc, (uint32_t)s->limits.max_header_bytes);
+    } else if (clen != ULLONG_MAX) {
+        c->tx->req_left = clen;
+    }
+    if (!c->tx->req_chunked && c->tx->req_left == 0) {
+        c->tflags |= WK_T_REQ_DONE;
     }
     c->body_off = c->parsed_off = c->send_off = c->in.start + (uint32_t)hlen;
     c->state = WK_CS_PROXY;
@@ -1142,13 +1270,10 @@ static int process_head(struct wk_client *c, size_t hlen)
         str_adds(&sb, " in the configuration (or in Redis) and reload\"}");
         return reply(c, 404, body, sb.len, 0);
     }
-    if (s->limits.max_body_bytes > 0 && c->rq.content_length != ULLONG_MAX &&
-        c->rq.content_length > s->limits.max_body_bytes) {
+    if (s->limits.max_body_bytes > 0 && clen != ULLONG_MAX && clen > s->limits.max_body_bytes) {
         return reply_error(c, 413, "Payload too large",
                            "Request body exceeds limits.max_body_bytes", F_CLOSE);
     }
-    /* http-parser counts content_length down as it parses the body: keep the original. */
-    clen = (c->rq.flags & F_CONTENTLENGTH) ? c->rq.content_length : ULLONG_MAX;
     /* Any body bytes that came with the head are checked before a backend sees anything. */
     {
         int r = parse_body(c);
@@ -1156,7 +1281,7 @@ static int process_head(struct wk_client *c, size_t hlen)
             return r < 0 ? -1 : 0;
         }
     }
-    if (build_upstream_head(c, host, hostlen, target, tlen, clen) != 0) {
+    if (build_upstream_head(c, &hd, host, host ? hostlen : 0, target, tlen, slash, clen) != 0) {
         return reply_error(c, 431, "Request header fields too large",
                            "Request head too large to forward", F_CLOSE);
     }
@@ -1443,7 +1568,7 @@ static const http_parser_settings resp_settings = {
 };
 
 /* Build the client response head for the parsed upstream head. Returns 0 or -1. */
-static int build_client_head(struct wk_client *c)
+static int build_client_head(struct wk_client *c, const struct wk_head *hd)
 {
     struct str_buf sb;
     unsigned status = c->tx->rs.status_code;
@@ -1481,15 +1606,15 @@ static int build_client_head(struct wk_client *c)
         str_adds(&sb, wk_reason(status));
     }
     str_adds(&sb, "\r\n");
-    for (uint32_t i = 0; i < scratch.n; i++) {
-        const struct wk_hdr *h = &scratch.h[i];
+    for (uint32_t i = 0; i < hd->n; i++) {
+        const struct wk_hdr *h = &hd->h[i];
         if (wk_hdr_is(h, "x-request-id", 12)) {
             continue;
         }
         if (no_framing && status != 101 && wk_hdr_is(h, "content-length", 14)) {
             continue;
         }
-        if (wk_hdr_hop(&scratch, h->name, h->nlen) &&
+        if (wk_hdr_hop(hd, h->name, h->nlen) &&
             !(status == 101 && wk_hdr_is(h, "upgrade", 7))) {
             continue;
         }
@@ -1537,6 +1662,8 @@ static int forward_interim(struct wk_client *c, const char *head, size_t hlen)
 /* Consume what the upstream sent. Returns 0, or -1 if the client was answered or closed. */
 static int parse_response(struct wk_client *c)
 {
+    struct wk_head hd; /* the response head's fields, for this call only */
+
     if (c->tflags & WK_T_TUNNEL) {
         c->tx->rready_off = c->tx->rparsed_off = c->tx->uin.end;
         return 0;
@@ -1566,26 +1693,28 @@ static int parse_response(struct wk_client *c)
         }
         http_parser_init(&c->tx->rs, HTTP_RESPONSE);
         c->tx->rs.data = c;
-        wk_head_reset(&scratch);
+        wk_head_reset(&hd);
         status_text = NULL;
         status_text_len = 0;
         c->tflags &= ~WK_T_RESP_DONE;
+        c->tx->hp = &hd;
         n = http_parser_execute(&c->tx->rs, &resp_settings, base, hlen);
+        c->tx->hp = NULL;
         err = HTTP_PARSER_ERRNO(&c->tx->rs);
-        if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen || scratch.too_many ||
+        if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen || hd.too_many ||
             c->tx->rs.status_code != (unsigned)status) {
             return upstream_failed(c, WK_FAIL_BAD);
         }
-        for (uint32_t i = 0; i < scratch.n; i++) {
+        for (uint32_t i = 0; i < hd.n; i++) {
             /* A backend must not smuggle a line break or junk into the client's response. */
-            if (!wk_token_ok(scratch.h[i].name, scratch.h[i].nlen) ||
-                !wk_value_ok(scratch.h[i].value, scratch.h[i].vlen)) {
+            if (!wk_token_ok(hd.h[i].name, hd.h[i].nlen) ||
+                !wk_value_ok(hd.h[i].value, hd.h[i].vlen)) {
                 return upstream_failed(c, WK_FAIL_BAD);
             }
         }
         if (c->tx->rs.status_code == 101 && (c->tflags & WK_T_UPGRADE)) {
             /* Switching protocols: from here on both directions are opaque bytes. */
-            if (build_client_head(c) != 0) {
+            if (build_client_head(c, &hd) != 0) {
                 return upstream_failed(c, WK_FAIL_BAD);
             }
             /* http-parser calls a 101 a complete message; the tunnel ends only with a close. */
@@ -1618,7 +1747,7 @@ static int parse_response(struct wk_client *c)
             c->tx->uin.start += (uint32_t)hlen;
             continue;
         }
-        if (build_client_head(c) != 0) {
+        if (build_client_head(c, &hd) != 0) {
             return upstream_failed(c, WK_FAIL_BAD);
         }
         if (!(c->tflags & WK_T_REQ_DONE) || c->send_off != c->parsed_off ||

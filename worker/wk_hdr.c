@@ -2,6 +2,7 @@
  * request ids, reason phrases); kept apart so the unit tests can reach them. */
 #include "worker/wk_internal.h"
 
+#include <arpa/inet.h>
 #include <string.h>
 #include <strings.h>
 
@@ -218,4 +219,172 @@ int wk_request_line_ok(const char *p, size_t n)
     i++;
     return n - i == 8 && memcmp(p + i, "HTTP/", 5) == 0 && p[i + 5] >= '0' && p[i + 5] <= '9' &&
            p[i + 6] == '.' && p[i + 7] >= '0' && p[i + 7] <= '9';
+}
+
+int wk_head_bytes_ok(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char b = (unsigned char)p[i];
+        if (b > '\r') {
+            continue;
+        }
+        if (b == '\n') {
+            /* CRLF only, and no obs-fold (a line that starts with whitespace) */
+            if (i == 0 || p[i - 1] != '\r' ||
+                (i + 1 < n && (p[i + 1] == ' ' || p[i + 1] == '\t'))) {
+                return 0;
+            }
+        } else if (b == '\r') {
+            if (i + 1 >= n || p[i + 1] != '\n') {
+                return 0;
+            }
+        } else if (b == '\0') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int hexd(unsigned char ch)
+{
+    return (ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'f');
+}
+
+/* reg-name characters: unreserved and the sub-delims that no DNS name uses as a separator in a
+ * header (' ( ) , ; are left out: they quote, list or parameterise values downstream). */
+static int regname_char(unsigned char ch)
+{
+    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9')) {
+        return 1;
+    }
+    switch (ch) {
+    case '-': case '.': case '_': case '~': case '!': case '$': case '&': case '*': case '+':
+    case '=':
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int wk_host_ok(const char *v, size_t n)
+{
+    size_t i = 0;
+
+    if (n == 0 || n > 1024) {
+        return 0;
+    }
+    if (v[0] == '[') {
+        char tmp[64];
+        unsigned char a6[16];
+        const char *rb = memchr(v, ']', n);
+        size_t alen;
+        if (rb == NULL) {
+            return 0;
+        }
+        alen = (size_t)(rb - v) - 1;
+        if (alen < 2 || alen >= sizeof(tmp)) {
+            return 0;
+        }
+        for (size_t k = 1; k <= alen; k++) {
+            unsigned char ch = (unsigned char)v[k];
+            if (!(hexd(ch) || ch == ':' || ch == '.')) {
+                return 0; /* (no zone ids, no IPvFuture) */
+            }
+        }
+        memcpy(tmp, v + 1, alen);
+        tmp[alen] = '\0';
+        if (inet_pton(AF_INET6, tmp, a6) != 1) {
+            return 0;
+        }
+        i = alen + 2;
+    } else {
+        while (i < n && v[i] != ':') {
+            unsigned char ch = (unsigned char)v[i];
+            if (ch == '%') {
+                if (i + 2 >= n || !hexd((unsigned char)v[i + 1]) || !hexd((unsigned char)v[i + 2])) {
+                    return 0;
+                }
+                i += 3;
+                continue;
+            }
+            if (!regname_char(ch)) {
+                return 0;
+            }
+            i++;
+        }
+        if (i == 0) {
+            return 0;
+        }
+    }
+    if (i == n) {
+        return 1;
+    }
+    if (v[i] != ':') {
+        return 0;
+    }
+    {
+        size_t d = n - i - 1;
+        unsigned port = 0;
+        if (d == 0 || d > 5) {
+            return 0;
+        }
+        for (size_t k = i + 1; k < n; k++) {
+            if (v[k] < '0' || v[k] > '9') {
+                return 0;
+            }
+            port = port * 10 + (unsigned)(v[k] - '0');
+        }
+        return port <= 65535;
+    }
+}
+
+int wk_content_length(const char *v, size_t n, uint64_t *out)
+{
+    uint64_t x = 0;
+
+    if (n == 0 || n > 18) {
+        return 0; /* up to 10^18 - 1: no overflow, and more than any real body */
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9') {
+            return 0;
+        }
+        x = x * 10 + (uint64_t)(v[i] - '0');
+    }
+    *out = x;
+    return 1;
+}
+
+int wk_te_chunked_only(const char *v, size_t n, int *seen)
+{
+    size_t i = 0;
+
+    /* A comma-separated list: every element must be "chunked", and only one in all the
+     * Transfer-Encoding lines of a message (<seen> carries the count across lines). */
+    for (;;) {
+        size_t s;
+        while (i < n && (v[i] == ' ' || v[i] == '\t')) {
+            i++;
+        }
+        s = i;
+        while (i < n && v[i] != ',' && v[i] != ' ' && v[i] != '\t') {
+            i++;
+        }
+        if (i - s != 7 || strncasecmp(v + s, "chunked", 7) != 0) {
+            return 0;
+        }
+        if (++*seen > 1) {
+            return 0;
+        }
+        while (i < n && (v[i] == ' ' || v[i] == '\t')) {
+            i++;
+        }
+        if (i == n) {
+            return 1;
+        }
+        if (v[i] != ',') {
+            return 0;
+        }
+        i++;
+    }
 }

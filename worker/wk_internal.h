@@ -10,6 +10,7 @@
 #include <sys/uio.h>
 
 #include "shm/shm_types.h"
+#include "worker/wk_chunk.h"
 
 /* ---- event sources: every object registered with epoll starts with one of these ---------- */
 #define WK_EV_LISTENER 1
@@ -173,6 +174,11 @@ struct wk_txn {
     uint32_t interim_bytes; /* 1xx response bytes of the current attempt */
     uint8_t ninterim;     /* 1xx responses of the current attempt */
     struct wk_alog_req *areq; /* the request's access-log fields (NULL when logging is off) */
+    struct wk_head *hp;   /* where the head being parsed goes (the parsing caller's storage);
+                             NULL outside a head parse, so body trailers never become fields */
+    struct wk_chunk rqc;  /* chunked request body: strict decoder (wk_chunk.h) */
+    uint64_t req_left;    /* Content-Length request body: bytes still to come */
+    uint8_t req_chunked;  /* the request body is chunked */
     struct wk_txn *next_free;
 };
 
@@ -325,6 +331,19 @@ int wk_token_ok(const char *s, size_t n);
 int wk_value_ok(const char *s, size_t n);
 /* Is <p>[0, n) (the first line, LF excluded) "METHOD SP target SP HTTP/d.d" with optional CR? */
 int wk_request_line_ok(const char *p, size_t n);
+/* Is the message head <p>[0, n) free of NUL, bare CR, bare LF and obs-fold (RFC 9112: CRLF line
+ * ends only)? */
+int wk_head_bytes_ok(const char *p, size_t n);
+/* Is <v> (OWS already trimmed) a valid Host or absolute-form authority: an RFC 3986 reg-name
+ * (without the sub-delims ' ( ) , ;), an IPv4 address or an [IPv6] literal, with an optional
+ * :port of 1-5 digits up to 65535? No userinfo, no empty host. */
+int wk_host_ok(const char *v, size_t n);
+/* Parse a Content-Length value (OWS already trimmed): 1-18 digits, nothing else. Returns 1 and
+ * the value in *out, or 0. */
+int wk_content_length(const char *v, size_t n, uint64_t *out);
+/* Transfer-Encoding value check: 1 when every list element is "chunked" and *seen (the count of
+ * "chunked" elements over all lines of the message so far) stays at 1; 0 otherwise. */
+int wk_te_chunked_only(const char *v, size_t n, int *seen);
 /* The reason phrase for a status code ("OK", "Not Found", ...). */
 const char *wk_reason(unsigned status);
 

@@ -1,0 +1,248 @@
+"""Differential checks of request framing: every case of tests/corpus/ (see its README) is sent
+through dispatcher to a raw recording backend, and what the backend received is compared with
+what the case expects: a 4xx JSON answer with nothing forwarded, or exactly the expected bytes
+(one message, body validated). A second run over a trusted-proxy listener checks `Forwarded`."""
+
+import os
+import socket
+import threading
+import time
+
+import dsptest
+from dsptest import Conn, route, svc
+
+CORPUS = os.path.normpath(os.path.join(dsptest.HERE, "..", "corpus"))
+
+OK_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def unescape(line):
+    """A corpus line: \\r \\n \\t \\0 \\xHH \\\\ are escapes, the file's own line ends are not
+    part of the bytes."""
+    out = bytearray()
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if ch != "\\":
+            out += ch.encode("latin-1")
+            i += 1
+            continue
+        nxt = line[i + 1]
+        if nxt == "x":
+            out.append(int(line[i + 2:i + 4], 16))
+            i += 4
+            continue
+        out += {"r": b"\r", "n": b"\n", "t": b"\t", "0": b"\0", "\\": b"\\"}[nxt]
+        i += 2
+    return bytes(out)
+
+
+def load_case(path):
+    """(fields, request bytes, forwarded bytes or None)."""
+    fields, sections, cur = {}, {}, None
+    with open(path, encoding="latin-1") as f:
+        for raw in f.read().split("\n"):
+            if raw.startswith("--- "):
+                cur = raw[4:].strip()
+                sections[cur] = bytearray()
+            elif cur is not None:
+                sections[cur] += unescape(raw)
+            elif raw.startswith("#") or not raw.strip():
+                continue
+            else:
+                k, _, v = raw.partition(":")
+                fields[k.strip().lower()] = v.strip()
+    fwd = sections.get("forwarded")
+    return fields, bytes(sections["request"]), bytes(fwd) if fwd is not None else None
+
+
+def cases():
+    return sorted(os.path.join(CORPUS, n) for n in os.listdir(CORPUS) if n.endswith(".case"))
+
+
+class RecordingBackend:
+    """A raw HTTP/1 backend that records every byte it receives (per connection, in order) and
+    answers each request it can delimit, leniently (bare LF ends lines, as many servers allow),
+    with OK_RESPONSE. Counting the requests it saw shows smuggled ones."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.addr = "127.0.0.1:%d" % self.port
+        self.lock = threading.Lock()
+        self.data = bytearray()
+        self.requests = 0
+        self.stop_ev = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def take(self):
+        with self.lock:
+            d, n = bytes(self.data), self.requests
+            self.data = bytearray()
+            self.requests = 0
+            return d, n
+
+    def stop(self):
+        self.stop_ev.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _accept(self):
+        while not self.stop_ev.is_set():
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    @staticmethod
+    def _one(buf):
+        """Length of the first complete request in <buf>, or 0."""
+        i = buf.find(b"\n\n")
+        j = buf.find(b"\r\n\r\n")
+        if j >= 0 and (i < 0 or j + 4 <= i + 2):
+            end = j + 4
+        elif i >= 0:
+            end = i + 2
+        else:
+            return 0
+        head = buf[:end].decode("latin-1").lower()
+        if "transfer-encoding:" in head and "chunked" in head:
+            pos = end
+            while True:
+                nl = buf.find(b"\n", pos)
+                if nl < 0:
+                    return 0
+                try:
+                    size = int(buf[pos:nl].split(b";")[0].strip(), 16)
+                except ValueError:
+                    return len(buf)  # garbage: swallow it
+                pos = nl + 1
+                if size == 0:
+                    while True:
+                        nl = buf.find(b"\n", pos)
+                        if nl < 0:
+                            return 0
+                        line = buf[pos:nl]
+                        pos = nl + 1
+                        if line in (b"", b"\r"):
+                            return pos
+                if len(buf) < pos + size + 1:
+                    return 0
+                pos += size
+                if buf[pos:pos + 2] == b"\r\n":
+                    pos += 2
+                elif buf[pos:pos + 1] == b"\n":
+                    pos += 1
+        for line in head.split("\n"):
+            if line.startswith("content-length:"):
+                try:
+                    n = int(line.split(":", 1)[1].strip())
+                except ValueError:
+                    return len(buf)
+                return end + n if len(buf) >= end + n else 0
+        return end
+
+    def _serve(self, s):
+        buf = bytearray()
+        s.settimeout(0.2)
+        with s:
+            while not self.stop_ev.is_set():
+                try:
+                    d = s.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                if not d:
+                    return
+                with self.lock:
+                    self.data += d
+                buf += d
+                while True:
+                    n = self._one(bytes(buf))
+                    if n == 0:
+                        break
+                    del buf[:n]
+                    with self.lock:
+                        self.requests += 1
+                    try:
+                        s.sendall(OK_RESPONSE)
+                    except OSError:
+                        return
+
+
+def normalize(fwd):
+    """The generated request id differs per run: X-Request-ID values become *."""
+    out = []
+    for line in fwd.split(b"\r\n"):
+        if line.lower().startswith(b"x-request-id:"):
+            line = b"X-Request-ID: *"
+        out.append(line)
+    return b"\r\n".join(out)
+
+
+class DifferentialTest(dsptest.TestCase):
+
+    def setUp(self):
+        self.b = RecordingBackend()
+        self.addCleanup(self.b.stop)
+
+    def start(self, extra=""):
+        return self.dispatcher(services=[svc("public", self.b.addr), svc("admin", self.b.addr)],
+                               routes=[route("admin.internal", "admin"), route("*", "public")],
+                               workers=1, limits={"max_header_bytes": 8192}, extra=extra)
+
+    def run_case(self, d, path):
+        fields, req, fwd = load_case(path)
+        name = os.path.basename(path)
+        status = int(fields.get("status", "400"))
+        self.b.take()
+        with Conn(d.port, timeout=5) as c:
+            c.send(req)
+            try:
+                r = c.read_response()
+            except (dsptest.ConnectionClosed, ConnectionResetError) as e:
+                self.fail("%s: no response: %s" % (name, e))
+            if status >= 400:
+                self.assertJsonError(r, status)
+                self.assertTrue(r.closed or c.wait_closed(3),
+                                "%s: connection open after a %d" % (name, status))
+            else:
+                self.assertEqual(r.status, status, "%s: status; body %r" % (name, r.body[:200]))
+        # Forwarded bytes arrive before the response they caused; give stray ones a moment.
+        time.sleep(0.05 if fwd is None else 0.02)
+        got, nreq = self.b.take()
+        if fwd is None:
+            self.assertEqual(got, b"", "%s: the backend received %r" % (name, got[:300]))
+        else:
+            self.assertEqual(normalize(got), fwd,
+                             "%s: forwarded bytes differ:\n got  %r\n want %r" % (name, got, fwd))
+            self.assertEqual(nreq, 1, "%s: the backend saw %d requests" % (name, nreq))
+
+    @dsptest.timeout(120)
+    def test_corpus(self):
+        d = self.start()
+        all_cases = cases()
+        self.assertGreaterEqual(len(all_cases), 40, "corpus too small")
+        for path in all_cases:
+            if load_case(path)[0].get("listener") == "trusted":
+                continue
+            with self.subTest(case=os.path.basename(path)):
+                self.run_case(d, path)
+
+    def test_corpus_trusted_proxy(self):
+        """Cases marked `listener: trusted` run with 127.0.0.1 as a trusted proxy."""
+        d = self.start(extra='trusted_proxies = [ "127.0.0.1/32" ];')
+        ran = 0
+        for path in cases():
+            if load_case(path)[0].get("listener") != "trusted":
+                continue
+            ran += 1
+            with self.subTest(case=os.path.basename(path)):
+                self.run_case(d, path)
+        self.assertGreater(ran, 0)
