@@ -1546,24 +1546,11 @@ static int on_message_complete_resp(http_parser *p)
     return 0;
 }
 
-static int on_body_resp(http_parser *p, const char *at, size_t len)
-{
-    struct wk_client *c = p->data;
-
-    if (c->tflags & WK_T_DECHUNK) {
-        /* Decoded bytes never overtake the raw ones, so decoding in place is safe. */
-        memmove(c->tx->uin.data + c->tx->rready_off, at, len);
-        c->tx->rready_off += (uint32_t)len;
-    }
-    return 0;
-}
-
 static const http_parser_settings resp_settings = {
     .on_status = on_status,
     .on_header_field = on_hfield,
     .on_header_value = on_hvalue,
     .on_headers_complete = on_headers_complete_resp,
-    .on_body = on_body_resp,
     .on_message_complete = on_message_complete_resp,
 };
 
@@ -1747,6 +1734,7 @@ static int parse_response(struct wk_client *c)
             c->tx->uin.start += (uint32_t)hlen;
             continue;
         }
+        c->tx->rhead_at = c->out.end;
         if (build_client_head(c, &hd) != 0) {
             return upstream_failed(c, WK_FAIL_BAD);
         }
@@ -1758,8 +1746,49 @@ static int parse_response(struct wk_client *c)
         }
         c->tflags |= WK_T_RESP_HEAD;
         c->tx->rparsed_off = c->tx->rsend_off = c->tx->rready_off = c->tx->uin.start + (uint32_t)hlen;
+        /* A chunked body goes through the strict decoder, not http-parser: only validated
+         * bytes are relayed (or decoded for HTTP/1.0 clients). */
+        c->tx->resp_chunked = !(c->tflags & WK_T_RESP_DONE) && (c->tx->rs.flags & F_CHUNKED);
+        if (c->tx->resp_chunked) {
+            wk_chunk_init(&c->tx->rsc, (uint32_t)c->gen->snap->limits.max_header_bytes);
+        }
     }
-    if (!(c->tflags & WK_T_RESP_DONE) && c->tx->rparsed_off < c->tx->uin.end) {
+    if (c->tx->resp_chunked && !(c->tflags & WK_T_RESP_DONE)) {
+        uint32_t scan = c->tx->rparsed_off + c->tx->rsc.pend;
+        while (scan < c->tx->uin.end) {
+            size_t used, dl;
+            int r = wk_chunk_parse(&c->tx->rsc, c->tx->uin.data + scan, c->tx->uin.end - scan,
+                                   &used, &dl);
+            if (r == WK_CHUNK_ERROR) {
+                log_warn("backend %s sent an invalid chunked body: %s",
+                         shm_s(c->gen->snap, cbe(c)->address), c->tx->rsc.err);
+                if (!(c->tflags & WK_T_CLIENT_SENT)) {
+                    /* Nothing of it reached the client yet: take the queued head back and
+                     * answer 502 instead. */
+                    c->out.end = c->tx->rhead_at;
+                    c->tflags &= ~(WK_T_RESP_HEAD | WK_T_DECHUNK);
+                    return upstream_failed(c, WK_FAIL_BAD);
+                }
+                wk_client_close(c);
+                return -1;
+            }
+            if (r == WK_CHUNK_DATA && (c->tflags & WK_T_DECHUNK)) {
+                /* Decoded bytes never overtake the raw ones, so decoding in place is safe. */
+                memmove(c->tx->uin.data + c->tx->rready_off,
+                        c->tx->uin.data + scan + used - dl, dl);
+                c->tx->rready_off += (uint32_t)dl;
+            }
+            scan += (uint32_t)used;
+            c->tx->rparsed_off = scan - c->tx->rsc.pend;
+            if (!(c->tflags & WK_T_DECHUNK)) {
+                c->tx->rready_off = c->tx->rparsed_off;
+            }
+            if (r == WK_CHUNK_DONE) {
+                c->tflags |= WK_T_RESP_DONE;
+                break;
+            }
+        }
+    } else if (!(c->tflags & WK_T_RESP_DONE) && c->tx->rparsed_off < c->tx->uin.end) {
         size_t n = http_parser_execute(&c->tx->rs, &resp_settings, c->tx->uin.data + c->tx->rparsed_off,
                                        c->tx->uin.end - c->tx->rparsed_off);
         enum http_errno err = HTTP_PARSER_ERRNO(&c->tx->rs);

@@ -179,6 +179,9 @@ struct wk_txn {
     struct wk_chunk rqc;  /* chunked request body: strict decoder (wk_chunk.h) */
     uint64_t req_left;    /* Content-Length request body: bytes still to come */
     uint8_t req_chunked;  /* the request body is chunked */
+    uint8_t resp_chunked; /* the response body is chunked: rsc decodes it */
+    struct wk_chunk rsc;  /* chunked response body: strict decoder */
+    uint32_t rhead_at;    /* c->out.end before the final response head was queued */
     struct wk_txn *next_free;
 };
 

@@ -246,3 +246,104 @@ class DifferentialTest(dsptest.TestCase):
             with self.subTest(case=os.path.basename(path)):
                 self.run_case(d, path)
         self.assertGreater(ran, 0)
+
+
+class ScriptedBackend:
+    """A raw backend that answers every request head it reads with <parts> (bytes written one
+    after the other, <gap> seconds apart), then closes when <close> is true."""
+
+    def __init__(self, parts, gap=0.0, close=False):
+        self.parts, self.gap, self.close = parts, gap, close
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.stop_ev = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stop(self):
+        self.stop_ev.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _accept(self):
+        while not self.stop_ev.is_set():
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        buf = b""
+        s.settimeout(5)
+        with s:
+            try:
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        d = s.recv(65536)
+                        if not d:
+                            return
+                        buf += d
+                    buf = buf[buf.index(b"\r\n\r\n") + 4:]
+                    for i, p in enumerate(self.parts):
+                        if i and self.gap:
+                            time.sleep(self.gap)
+                        s.sendall(p)
+                    if self.close:
+                        return
+            except OSError:
+                return
+
+
+class ChunkedResponseTest(dsptest.TestCase):
+    """Backends' chunked bodies go through the same strict decoder: a bad one is a 502 when
+    nothing was sent yet, else the client connection is closed; never passed on."""
+
+    HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    def serve(self, parts, gap=0.0):
+        self.sb = ScriptedBackend(parts, gap)
+        self.addCleanup(self.sb.stop)
+        return self.dispatcher(services=[svc("web", self.sb.addr)], routes=[route("*", "web")],
+                               workers=1)
+
+    def test_bad_chunk_at_once_is_502(self):
+        d = self.serve([])
+        for body in (b"3d;\nAAAA\r\n0\r\n\r\n", b"5\nhello\r\n0\r\n\r\n", b"5\r\nhelloXX\r\n0\r\n\r\n",
+                     b"0x5\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\nX : y\r\n\r\n",
+                     b"5 \r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\n\n"):
+            with self.subTest(body=body):
+                self.sb.parts = [self.HEAD + body]
+                with Conn(d.port, timeout=5) as c:
+                    c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                    r = c.read_response()
+                    self.assertJsonError(r, 502, "Bad gateway")
+
+    def test_bad_chunk_later_closes(self):
+        d = self.serve([self.HEAD + b"5\r\nhello\r\n", b"3 \r\nabc\r\n0\r\n\r\nSMUGGLED"], gap=0.3)
+        with Conn(d.port, timeout=5) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            version, status, _, _ = c.read_head()
+            self.assertEqual(status, 200)
+            self.assertTrue(c.wait_closed(3), "client connection not closed after a bad chunk")
+            self.assertNotIn(b"abc", bytes(c.buf))
+            self.assertNotIn(b"SMUGGLED", bytes(c.buf))
+            self.assertEqual(bytes(c.buf), b"5\r\nhello\r\n")
+
+    def test_valid_chunked_relayed_and_decoded(self):
+        body = b"5;x=\"y\"\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n"
+        d = self.serve([self.HEAD + body[:9], body[9:20], body[20:]], gap=0.05)
+        with Conn(d.port, timeout=5) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            r = c.read_response()
+            self.assertEqual((r.status, r.body), (200, b"hello world"))
+            # the connection stays usable
+            r = c.request("GET", "/", "a.test")
+            self.assertEqual((r.status, r.body), (200, b"hello world"))
+        with Conn(d.port, timeout=5) as c:
+            c.send(b"GET / HTTP/1.0\r\nHost: a.test\r\n\r\n")
+            r = c.read_response()
+            self.assertEqual((r.status, r.body), (200, b"hello world"))

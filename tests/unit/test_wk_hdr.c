@@ -96,5 +96,103 @@ static void test_syntax(void)
     CU_ASSERT(!wk_value_ok("a\0b", 3));
 }
 
-UNIT_SUITE(wk_hdr, {"syntax", test_syntax}, {"hop_by_hop", test_hop_by_hop}, {"tokens", test_tokens},
+#define HOK(x) wk_host_ok(x, sizeof(x) - 1)
+
+static void test_host(void)
+{
+    CU_ASSERT(HOK("example.com"));
+    CU_ASSERT(HOK("Example.COM."));
+    CU_ASSERT(HOK("a.test:8080"));
+    CU_ASSERT(HOK("a.test:65535"));
+    CU_ASSERT(HOK("127.0.0.1"));
+    CU_ASSERT(HOK("127.0.0.1:80"));
+    CU_ASSERT(HOK("[::1]"));
+    CU_ASSERT(HOK("[::1]:8080"));
+    CU_ASSERT(HOK("[2001:db8::1]"));
+    CU_ASSERT(HOK("[::ffff:1.2.3.4]"));
+    CU_ASSERT(HOK("under_score.test"));
+    CU_ASSERT(HOK("a%41.test"));
+    CU_ASSERT(!wk_host_ok("", 0));
+    CU_ASSERT(!HOK("a/b"));
+    CU_ASSERT(!HOK("user@evil"));
+    CU_ASSERT(!HOK("\"evil\""));
+    CU_ASSERT(!HOK("'evil'"));
+    CU_ASSERT(!HOK("a b"));
+    CU_ASSERT(!HOK("a,b"));
+    CU_ASSERT(!HOK("a;b"));
+    CU_ASSERT(!HOK("a(b)"));
+    CU_ASSERT(!HOK("a\\b"));
+    CU_ASSERT(!HOK("a?b"));
+    CU_ASSERT(!HOK("a#b"));
+    CU_ASSERT(!HOK("a.test:"));
+    CU_ASSERT(!HOK("a.test:80x"));
+    CU_ASSERT(!HOK("a.test:65536"));
+    CU_ASSERT(!HOK("a.test:123456"));
+    CU_ASSERT(!HOK("a.test:80:80"));
+    CU_ASSERT(!HOK(":80"));
+    CU_ASSERT(!HOK("[::1"));
+    CU_ASSERT(!HOK("[::1]x"));
+    CU_ASSERT(!HOK("[::1]:"));
+    CU_ASSERT(!HOK("[]"));
+    CU_ASSERT(!HOK("[fe80::1%eth0]"));
+    CU_ASSERT(!HOK("[v1.x]"));
+    CU_ASSERT(!HOK("[1.2.3.4]"));
+    CU_ASSERT(!HOK("a%zz"));
+    CU_ASSERT(!HOK("a%4"));
+    CU_ASSERT(!HOK("a\x01" "b"));
+    CU_ASSERT(!HOK("a\x80" "b"));
+}
+
+static void test_framing_values(void)
+{
+    uint64_t v = 7;
+    int seen;
+
+    CU_ASSERT(wk_content_length("0", 1, &v) && v == 0);
+    CU_ASSERT(wk_content_length("123", 3, &v) && v == 123);
+    CU_ASSERT(wk_content_length("999999999999999999", 18, &v) && v == 999999999999999999ull);
+    CU_ASSERT(!wk_content_length("", 0, &v));
+    CU_ASSERT(!wk_content_length("+5", 2, &v));
+    CU_ASSERT(!wk_content_length("-5", 2, &v));
+    CU_ASSERT(!wk_content_length("5, 5", 4, &v));
+    CU_ASSERT(!wk_content_length("0x5", 3, &v));
+    CU_ASSERT(!wk_content_length("1 0", 3, &v));
+    CU_ASSERT(!wk_content_length("1000000000000000000", 19, &v));
+    seen = 0;
+    CU_ASSERT(wk_te_chunked_only("chunked", 7, &seen));
+    seen = 0;
+    CU_ASSERT(wk_te_chunked_only(" CHUNKED ", 9, &seen));
+    CU_ASSERT(!wk_te_chunked_only("chunked", 7, &seen)); /* a second line */
+    seen = 0;
+    CU_ASSERT(!wk_te_chunked_only("chunked, chunked", 16, &seen));
+    seen = 0;
+    CU_ASSERT(!wk_te_chunked_only("chunked, identity", 17, &seen));
+    seen = 0;
+    CU_ASSERT(!wk_te_chunked_only("gzip, chunked", 13, &seen));
+    seen = 0;
+    CU_ASSERT(!wk_te_chunked_only("xchunked", 8, &seen));
+    seen = 0;
+    CU_ASSERT(!wk_te_chunked_only("", 0, &seen));
+    seen = 0;
+    CU_ASSERT(!wk_te_chunked_only("chunked,", 8, &seen));
+    seen = 0;
+    CU_ASSERT(!wk_te_chunked_only("\x0b" "chunked", 8, &seen));
+}
+
+static void test_head_bytes(void)
+{
+#define HB(x) wk_head_bytes_ok(x, sizeof(x) - 1)
+    CU_ASSERT(HB("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+    CU_ASSERT(!HB("GET / HTTP/1.1\nHost: a\r\n\r\n"));
+    CU_ASSERT(!HB("GET / HTTP/1.1\r\nHost: a\n\n"));
+    CU_ASSERT(!HB("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"));
+    CU_ASSERT(!HB("GET / HTTP/1.1\r\nHost: a\0\r\n\r\n"));
+    CU_ASSERT(!HB("GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n"));
+    CU_ASSERT(!HB("GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n"));
+    CU_ASSERT(!HB("GET / HTTP/1.1\r\r\n\r\n"));
+#undef HB
+}
+
+UNIT_SUITE(wk_hdr, {"syntax", test_syntax}, {"host", test_host},
+           {"framing values", test_framing_values}, {"head bytes", test_head_bytes}, {"hop_by_hop", test_hop_by_hop}, {"tokens", test_tokens},
            {"reqid", test_reqid}, {"reasons", test_reasons})
