@@ -1331,13 +1331,19 @@ static int upstream_connect(struct wk_client *c)
          * event in this batch (handled already, or caught by wk_upstream_event() as older than
          * the reuse); pooled during this batch, or with events left over in the kernel, only
          * a look at the socket can tell. */
-        if ((u->pass == wk.pass || wk.batch_full) && upstream_pending(u)) {
-            upstream_close(u);
-            continue;
+        if (u->pass == wk.pass || wk.batch_full) {
+            if (upstream_pending(u)) {
+                upstream_close(u);
+                continue;
+            }
+            /* Seen empty now: an event of this batch may announce bytes that were read before
+             * the connection was pooled, and is no sign of anything stale. */
+            u->pass = 0;
+        } else {
+            u->pass = wk.pass;
         }
         u->client = c;
         u->flags |= WK_UP_F_REUSED;
-        u->pass = wk.pass;
         c->up = u;
         return 0;
     }
@@ -2698,10 +2704,11 @@ void wk_upstream_event(struct wk_upstream *u, uint32_t events)
     }
     if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) && (u->flags & WK_UP_F_REUSED) &&
         u->pass == wk.pass && !(c->tflags & WK_T_RESP_BYTES)) {
-        /* Taken from the pool while this batch was being handled, so whatever this event
-         * announces was there before our request: the end of the backend's previous exchange
-         * (extra bytes, a close), never an answer. The connection goes; the request is retried
-         * where the rules allow, as after a keep-alive race. */
+        /* Taken from the pool unchecked while this batch was being handled, having entered
+         * it in an earlier one: whatever this event announces reached the idle connection
+         * before our request, the tail of the backend's previous exchange (extra bytes, a
+         * close), never an answer. The connection goes; the request is retried where the
+         * rules allow, as after a keep-alive race. */
         if (upstream_failed(c, WK_FAIL_RESET) != 0) {
             return;
         }

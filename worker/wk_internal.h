@@ -91,7 +91,8 @@ struct wk_upstream {
     struct wk_upstream *pnext, *pprev;
     struct wk_timer timer;     /* pool idle timeout */
     struct ssl_st *tls;        /* TLS backends; kept across pooled reuse */
-    uint64_t pass;             /* wk.pass when it last entered or left the pool */
+    uint64_t pass;             /* wk.pass when it entered the pool, or when it left it
+                                  unchecked (0 when its socket was seen empty at reuse) */
 };
 
 /* Longest client X-Request-ID kept (longer ones are replaced by a generated id); a UUID is 36. */
