@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "admin/adm_json.h"
+#include "common/conffile.h"
 #include "common/dsp.h"
 
 #define EXIT_OK      0
@@ -46,14 +47,25 @@ static int socket_from_config(const char *conf, char *out, size_t outlen)
 {
     config_t cf;
     const char *s = NULL;
-    char dir[PATH_MAX];
+    char dir[PATH_MAX], err[512];
+    const char *incdir = NULL, *efile;
+    unsigned eline;
+    struct conf_src src;
     int rc = -1;
 
     if (access(conf, R_OK) != 0) {
         return -1;
     }
     config_init(&cf);
-    if (config_read_file(&cf, conf) == CONFIG_TRUE &&
+    /* Like the master: a FIFO or device named by the config or an @include never blocks us. */
+    if (realpath(conf, dir) != NULL) {
+        char *slash = strrchr(dir, '/');
+        if (slash != NULL) {
+            *slash = '\0';
+        }
+        incdir = dir;
+    }
+    if (conf_read(&cf, conf, incdir, &src, err, sizeof(err), &efile, &eline) == 0 &&
         config_lookup_string(&cf, "admin.socket", &s) == CONFIG_TRUE && s[0] != '\0') {
         if (s[0] == '/') {
             rc = snprintf(out, outlen, "%s", s) < (int)outlen ? 0 : -1;
@@ -66,6 +78,7 @@ static int socket_from_config(const char *conf, char *out, size_t outlen)
         }
     }
     config_destroy(&cf);
+    conf_src_free(&src);
     return rc;
 }
 

@@ -27,7 +27,9 @@ int log_open(const char *path)
         log_fd = 2;
         return 0;
     }
-    fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    /* Non-blocking: a FIFO without a reader is an error (ENXIO) instead of a master stuck in
+     * open(); with a reader, a full pipe drops lines rather than stalling the master. */
+    fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0644);
     if (fd == -1) {
         return -1;
     }

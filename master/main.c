@@ -44,8 +44,36 @@ static const char *default_config(void)
     return "/etc/dispatcher/dispatcher.conf";
 }
 
+/* A pid file naming a live dispatcher: refuse to start a second one on its ports (SO_REUSEPORT
+ * would let both bind). One left by a dead master is simply overwritten. */
+static int pid_file_in_use(const char *path)
+{
+    char buf[32];
+    ssize_t n;
+    long pid;
+    int fd;
+
+    if (path == NULL || (fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)) == -1) {
+        return 0;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    pid = strtol(buf, NULL, 10);
+    if (pid <= 0 || pid > INT_MAX || pid == (long)getpid() || !fs_pid_is_ours((int)pid)) {
+        return 0;
+    }
+    log_error("pid file %s names a running dispatcher (pid %ld): not starting another",
+            path, pid);
+    return 1;
+}
+
 static int write_pid_file(const char *path)
 {
+    struct stat st = {0};
     char buf[32], err[512];
     int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
     int fd;
@@ -55,10 +83,18 @@ static int write_pid_file(const char *path)
         log_error("cannot write pid file %s: %s", path, err);
         return -1;
     }
-    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* Non-blocking and not through a symlink: a FIFO or a link planted there cannot stall or
+     * redirect the master; anything but a regular file is refused. */
+    fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | O_NOFOLLOW, 0644);
 
     if (fd == -1) {
         log_errno(LOG_ERROR, errno, "cannot write pid file %s", path);
+        return -1;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || ftruncate(fd, 0) != 0) {
+        log_error("cannot write pid file %s: %s", path,
+                  S_ISREG(st.st_mode) ? strerror(errno) : "not a regular file");
+        close(fd);
         return -1;
     }
     if (write(fd, buf, (size_t)n) != n) {
@@ -202,6 +238,9 @@ int main(int argc, char **argv)
         return MS_EXIT_CONFIG;
     }
     ms.nworkers = ms.cfg->workers;
+    if (pid_file_in_use(pid_arg != NULL ? pid_arg : ms.cfg->pid_file)) {
+        return MS_EXIT_START;
+    }
     if (ms_bind_all() != 0) {
         return MS_EXIT_START;
     }

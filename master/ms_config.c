@@ -19,7 +19,9 @@
 #include <http_parser.h>
 #include <libconfig.h>
 
+#include "common/conffile.h"
 #include "common/dsp.h"
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/net.h"
 #include "master/ms_tls.h"
@@ -42,6 +44,7 @@ struct cfg_err {
 struct ctx {
     const char *path;
     const char *dir;
+    const struct conf_src *src; /* maps libconfig's names of the files back to their paths */
     struct cfg_err *errs;
     size_t nerrs;
     size_t cap;
@@ -100,6 +103,7 @@ static void add_err(struct ctx *c, const char *file, unsigned line, const char *
         c->cap = c->cap ? c->cap * 2 : 8;
         c->errs = dsp_xrealloc(c->errs, c->cap * sizeof(*c->errs));
     }
+    file = conf_src_name(c->src, file);
     c->errs[c->nerrs].file = file ? file : c->path;
     c->errs[c->nerrs].line = line;
     c->errs[c->nerrs].seq = c->nerrs;
@@ -464,8 +468,10 @@ static void check_readable(struct ctx *c, config_setting_t *s, const char *what,
 
     if (stat(file, &st) != 0 || access(file, R_OK) != 0) {
         err_at(c, s, "%s: cannot read \"%s\": %s", what, file, strerror(errno));
-    } else if (S_ISDIR(st.st_mode)) {
-        err_at(c, s, "%s: \"%s\" is a directory", what, file);
+    } else if (!S_ISREG(st.st_mode)) {
+        /* Only a hint: the read itself (fs_read_regular) is what cannot block. */
+        err_at(c, s, "%s: \"%s\" is %s, not a regular file", what, file,
+               fs_type_name((unsigned)st.st_mode));
     }
 }
 
@@ -912,7 +918,7 @@ static void parse_certs(struct ctx *c, config_setting_t *tls, struct ms_config *
         snprintf(where, sizeof(where), "tls.certificates[%d]", i);
         ct->line = (int)config_setting_source_line(g);
         if (config_setting_source_file(g) != NULL) {
-            ct->file = dsp_xstrdup(config_setting_source_file(g));
+            ct->file = dsp_xstrdup(conf_src_name(c->src, config_setting_source_file(g)));
         }
         if (!config_setting_is_group(g)) {
             err_at(c, g, "%s must be a group { cert = \"...\"; key = \"...\"; }", where);
@@ -1476,7 +1482,10 @@ int ms_config_load(const char *path, int use_env, struct ms_config **out, char *
         "services", "routes", NULL};
     struct ms_config *cfg = dsp_xcalloc(1, sizeof(*cfg));
     struct ctx c = {0};
-    struct stat st;
+    struct conf_src src = {0};
+    char rerr[1024];
+    const char *efile;
+    unsigned eline;
     config_t *lc;
     config_setting_t *root;
 
@@ -1487,41 +1496,37 @@ int ms_config_load(const char *path, int use_env, struct ms_config **out, char *
     set_defaults(cfg);
     c.path = cfg->path;
     c.dir = cfg->dir;
+    c.src = &src;
 
-    /* libconfig only says "file I/O error"; find out why ourselves. */
-    if (stat(path, &st) != 0 || access(path, R_OK) != 0) {
-        err_line(&c, NULL, 0, "cannot read config: %s", strerror(errno));
-    } else if (S_ISDIR(st.st_mode)) {
-        err_line(&c, NULL, 0, "cannot read config: is a directory");
+    lc = dsp_xmalloc(sizeof(*lc));
+    config_init(lc);
+    /* Relative @include names resolve against the file's folder like every other path. */
+    if (conf_read(lc, path, cfg->dir, &src, rerr, sizeof(rerr), &efile, &eline) != 0) {
+        err_line(&c, efile, eline, "%s", rerr);
+        /* Messages point at file names owned by src: join them before it goes. */
+        *errs = join_errors(&c);
+        config_destroy(lc);
+        free(lc);
     } else {
-        lc = dsp_xmalloc(sizeof(*lc));
-        config_init(lc);
-        /* So that a relative @include resolves against the file's folder like every other path.
-         * libconfig 1.5 prefixes this to absolute includes too, so those must be relative. */
-        config_set_include_dir(lc, cfg->dir);
-        if (config_read_file(lc, path) != CONFIG_TRUE) {
-            err_line(&c, config_error_file(lc), (unsigned)config_error_line(lc), "%s",
-                     config_error_text(lc) ? config_error_text(lc) : "cannot parse");
-        } else {
-            root = config_root_setting(lc);
-            check_keys(&c, root, "", top_keys);
-            parse_top(&c, root, cfg);
-            parse_admin(&c, root, cfg);
-            parse_log(&c, root, cfg);
-            parse_limits(&c, root, cfg);
-            parse_listeners(&c, root, cfg, use_env);
-            parse_trusted(&c, root, cfg);
-            parse_tls(&c, root, cfg, use_env);
-            parse_redis(&c, root, cfg);
-            parse_services(&c, root, cfg);
-            parse_routes(&c, root, cfg);
-        }
-        /* Messages point at file names owned by lc: join them before it goes. */
+        root = config_root_setting(lc);
+        check_keys(&c, root, "", top_keys);
+        parse_top(&c, root, cfg);
+        parse_admin(&c, root, cfg);
+        parse_log(&c, root, cfg);
+        parse_limits(&c, root, cfg);
+        parse_listeners(&c, root, cfg, use_env);
+        parse_trusted(&c, root, cfg);
+        parse_tls(&c, root, cfg, use_env);
+        parse_redis(&c, root, cfg);
+        parse_services(&c, root, cfg);
+        parse_routes(&c, root, cfg);
+        /* Messages point at file names owned by lc and src: join them before they go. */
         if (c.nerrs > 0) {
             *errs = join_errors(&c);
         }
         cfg->source = lc;
     }
+    conf_src_free(&src);
     if (c.nerrs > 0) {
         if (*errs == NULL) {
             *errs = join_errors(&c);

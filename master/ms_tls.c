@@ -23,6 +23,7 @@
 #include <openssl/x509v3.h>
 
 #include "common/dsp.h"
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/tls.h"
 #include "master/ms_config.h"
@@ -35,50 +36,10 @@
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
-/* Read <path> whole into a NUL-terminated heap buffer. */
+/* Read <path> whole into a NUL-terminated heap buffer, never blocking on it (see fs.h). */
 static int read_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
 {
-    struct stat st;
-    size_t off = 0;
-    char *buf;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-
-    if (fd == -1) {
-        snprintf(err, errlen, "cannot read \"%s\": %s", path, strerror(errno));
-        return -1;
-    }
-    if (fstat(fd, &st) != 0) {
-        snprintf(err, errlen, "cannot read \"%s\": %s", path, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    if (!S_ISREG(st.st_mode) || st.st_size > (off_t)MAX_PEM_FILE) {
-        snprintf(err, errlen, "cannot read \"%s\": %s", path,
-                 S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file of at most 4 MiB");
-        close(fd);
-        return -1;
-    }
-    buf = dsp_xmalloc((size_t)st.st_size + 1);
-    while (off < (size_t)st.st_size) {
-        ssize_t n = read(fd, buf + off, (size_t)st.st_size - off);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            snprintf(err, errlen, "cannot read \"%s\": %s", path,
-                     n < 0 ? strerror(errno) : "file shrank while being read");
-            explicit_bzero(buf, off);
-            free(buf);
-            close(fd);
-            return -1;
-        }
-        off += (size_t)n;
-    }
-    close(fd);
-    buf[off] = '\0';
-    *out = buf;
-    *len = off;
-    return 0;
+    return fs_read_regular(path, MAX_PEM_FILE, out, len, err, errlen);
 }
 
 /* Free a buffer that may hold key material. */

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/fs.h"
 #include "common/log.h"
 #include "shm/shm_snap.h"
 
@@ -170,7 +171,8 @@ void shm_sweep_stale(void)
         if (sscanf(de->d_name, "dsp.%d.%llu", &pid, &gen) != 2 || pid <= 0) {
             continue;
         }
-        if (kill(pid, 0) == 0 || errno == EPERM) {
+        /* Never those of a live master; a reused pid does not keep a dead one's alive. */
+        if (pid == getpid() || fs_pid_is_ours(pid)) {
             continue;
         }
         snprintf(name, sizeof(name), "/%s", de->d_name);

@@ -1,0 +1,126 @@
+"""Files named by the config that are not regular files (FIFO, directory, device, a symlink to
+one): certificate, key, CA of a TLS backend, @include. `-t` must answer in bounded time with
+FILE:LINE, and a reload must fail without ever stalling the master: the admin socket answers,
+a killed worker is respawned, traffic goes on."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import dsptest
+from dsptest import make_config, request, route, svc
+
+CTL = os.path.join(dsptest.BIN_DIR, "dispatcherctl")
+T = 10 if dsptest.SANITIZED else 5  # bound for any single answer
+
+
+def admin_ask(path, line):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(T)
+    s.connect(path)
+    s.sendall(line.encode() + b"\n")
+    buf = b""
+    while not buf.endswith(b"\n"):
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    s.close()
+    return buf.decode()
+
+
+class NonRegularFilesTest(dsptest.TestCase):
+    check_workers = False  # one test kills a worker on purpose
+
+    def setUp(self):
+        self.b = self.backend("a")
+        self.d = dsptest.Dispatcher()
+        t = self.d.tmp
+        self.fifo = os.path.join(t, "fifo")
+        os.mkfifo(self.fifo)
+        self.link = os.path.join(t, "link-to-fifo")
+        os.symlink(self.fifo, self.link)
+        self.dir = os.path.join(t, "adir")
+        os.mkdir(self.dir)
+        self.regular = os.path.join(t, "garbage.pem")
+        with open(self.regular, "w") as f:
+            f.write("not a certificate\n")
+
+    def conf(self, extra="", services=None):
+        services = services or [svc("s", self.b)]
+        return make_config(self.d.port, self.d.tmp, services, [route("*", "s")], extra=extra)
+
+    def variants(self):
+        """(name, config text, what the message must name) for every kind of file path."""
+        out = []
+        for bad in (self.fifo, self.link, self.dir, "/dev/zero"):
+            out.append(("cert " + bad,
+                        self.conf('tls = { certificates = ( { cert = "%s"; key = "%s"; } ); };'
+                                  % (bad, self.regular)), bad))
+            out.append(("key " + bad,
+                        self.conf('tls = { certificates = ( { cert = "%s"; key = "%s"; } ); };'
+                                  % (self.regular, bad)), bad))
+            out.append(("ca " + bad,
+                        self.conf(services=[svc("s", self.b, tls=True, ca=bad)]), bad))
+            out.append(("include " + bad, self.conf('@include "%s"' % bad), bad))
+        return out
+
+    def check_t(self, name, text, bad):
+        self.d.write_config(text)
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run([dsptest.MASTER, "-t", "-c", self.d.conf], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=T)
+        except subprocess.TimeoutExpired:
+            self.fail("%s: -t still running after %ss" % (name, T))
+        err = p.stderr.decode()
+        self.assertEqual(p.returncode, 1, "%s: -t exit code; stderr %r" % (name, err))
+        self.assertRegex(err, r"dispatcher\.conf:\d+: ", "%s: no FILE:LINE: in %r" % (name, err))
+        self.assertIn(os.path.basename(bad), err, name)
+        self.assertLess(time.monotonic() - t0, T)
+
+    def test_check_refuses_non_regular_files(self):
+        for name, text, bad in self.variants():
+            self.check_t(name, text, bad)
+
+    def test_reload_never_stalls_the_master(self):
+        d = self.d
+        good = self.conf()
+        d.write_config(good)
+        self.start_dispatcher(d)
+        sock = os.path.join(d.tmp, "admin.sock")
+        self.assertEqual(request(d.port).status, 200)
+        for i, (name, text, bad) in enumerate(self.variants()):
+            if i % 2 == 0:
+                seen = d.log().count("not a regular file")
+                d.hup(text)
+                self.assertTrue(dsptest.wait_for(
+                    lambda: d.log().count("not a regular file") > seen, T),
+                    "%s: no error logged after SIGHUP within %ss" % (name, T))
+            else:
+                d.write_config(text)
+                try:
+                    p = subprocess.run([CTL, "-s", sock, "reload"], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, timeout=T)
+                except subprocess.TimeoutExpired:
+                    self.fail("%s: dispatcherctl reload still waiting after %ss" % (name, T))
+                self.assertEqual(p.returncode, 1, "%s: %r %r" % (name, p.stdout, p.stderr))
+                self.assertIn(os.path.basename(bad), p.stdout.decode() + p.stderr.decode())
+            # The master answers at once, whatever the file was.
+            a = admin_ask(sock, "show health")
+            self.assertIn('"ok":true', a, name)
+            self.assertEqual(request(d.port).status, 200, name)
+        self.assertTrue(dsptest.wait_for(lambda: "a FIFO" in d.log(), T), d.log_tail())
+        self.assertRegex(d.log(), r"dispatcher\.conf:\d+: .*not a regular file")
+        # The last failed reload left the master responsive: a killed worker is respawned.
+        pids = d.worker_pids()
+        os.kill(pids[0], signal.SIGKILL)
+        self.assertTrue(dsptest.wait_for(
+            lambda: pids[0] not in d.worker_pids() and len(d.worker_pids()) == 2, T),
+            "worker not respawned: %s" % d.worker_pids())
+        # And a good config still reloads.
+        d.write_config(good)
+        self.assertIn('"ok":true', admin_ask(sock, "reload"))
+        self.assertEqual(request(d.port).status, 200)
