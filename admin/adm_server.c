@@ -28,12 +28,18 @@
 #include "master/ms_master.h"
 #include "master/ms_redis.h"
 
-#define MAX_CONNS      256            /* admin clients at once (the master loop holds 1024 fds) */
+/* Admin clients at once (the master loop holds 1024 fds). Each listener has its own slots, so
+ * the admin HTTP port, which anyone on an allowed address can reach, can never crowd out the
+ * operator on the admin socket. */
+#define UNIX_CONNS     128
+#define HTTP_CONNS     128
+#define MAX_CONNS      (UNIX_CONNS + HTTP_CONNS)
 #define UNIX_IN_CAP    16384          /* pending command bytes; > ADM_LINE_MAX + 1 */
 #define HTTP_HEAD_MAX  8192
 #define OUT_HIGH       (1024 * 1024)  /* stop reading commands while this much is unsent */
-#define UNIX_IDLE_MS   60000
+#define UNIX_IDLE_MS   60000          /* at most; limits.idle_timeout_ms when lower */
 #define HTTP_LIMIT_MS  10000          /* a whole HTTP exchange */
+#define HTTP_HEAD_MS   10000          /* at most; limits.header_timeout_ms when lower */
 #define LINGER_MS      2000
 #define ALOG_CHECK_MS  1000
 
@@ -314,7 +320,32 @@ static void http_handle(struct adm_conn *c, size_t headlen)
     }
     memcpy(path, r.url, plen);
     path[plen] = '\0';
-    if (strcmp(path, "/metrics") == 0) {
+    if (strcmp(path, "/health") == 0) {
+        /* For load balancers and probes: 200 while serving, 503 degraded or draining. */
+        struct adm_view v;
+        char why[512] = "";
+        const char *status = "serving";
+        if (ms.stopping) {
+            status = "draining";
+        } else if (fill_view(&v, NULL) != 0) {
+            status = "starting";
+        } else if (!adm_healthy(&v, why, sizeof(why))) {
+            status = "degraded";
+        }
+        adm_buf_addf(&body, "{\"ok\":%s,\"status\":\"%s\"", strcmp(status, "serving") == 0 ?
+                     "true" : "false", status);
+        if (why[0] != '\0') {
+            adm_buf_adds(&body, ",\"reason\":");
+            adm_buf_jstrz(&body, why);
+        }
+        adm_buf_adds(&body, "}\n");
+        if (strcmp(status, "serving") == 0) {
+            http_respond(c, 200, "OK", "application/json", &body, head_only, NULL);
+        } else {
+            http_respond(c, 503, "Service Unavailable", "application/json", &body, head_only,
+                         NULL);
+        }
+    } else if (strcmp(path, "/metrics") == 0) {
         struct adm_view v;
         if (fill_view(&v, NULL) != 0) {
             http_error(c, 503, "Service Unavailable", "no configuration is published yet", NULL);
@@ -336,7 +367,7 @@ static void http_handle(struct adm_conn *c, size_t headlen)
                      &body, head_only, NULL);
     } else {
         http_error(c, 404, "Not Found", "no such resource; see /api/v1/dispatcher/{health,"
-                   "instances,routes,workers,stats,certs} and /metrics", NULL);
+                   "instances,routes,workers,stats,certs}, /health and /metrics", NULL);
     }
     adm_buf_dispose(&body);
 }
@@ -483,6 +514,72 @@ static void refuse(int fd, const char *msg, int line_protocol)
     close(fd);
 }
 
+/* admin.http_allow, when set, lists the only clients served (loopback ones included). */
+static int http_allowed(const struct sockaddr_storage *peer)
+{
+    const struct ms_config *cfg = ms.cfg;
+
+    if (cfg->admin.nhttp_allow == 0) {
+        return 1;
+    }
+    for (size_t i = 0; i < cfg->admin.nhttp_allow; i++) {
+        if (net_cidr_match(&cfg->admin.http_allow[i], (const struct sockaddr *)peer)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void refuse_forbidden(int fd)
+{
+    static const char body[] = "{\"ok\":false,\"error\":\"client not in admin.http_allow\"}\n";
+    char r[256];
+    int n = snprintf(r, sizeof(r),
+                     "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     sizeof(body) - 1, body);
+
+    if (send(fd, r, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* best effort: the peer is being turned away anyway */
+    }
+    close(fd);
+}
+
+/* Is <c> doing nothing that closing it would lose: no partial command or request, nothing
+ * unsent? */
+static int conn_idle(const struct adm_conn *c)
+{
+    if (c->http) {
+        return !c->answered; /* still waiting for a request head */
+    }
+    return c->inlen == 0 && c->out.len == c->out_off;
+}
+
+/* A slot of the socket's (or the HTTP port's) own range. When all are taken, the connection idle
+ * for longest gives way: a new client (the operator's dispatcherctl, a scraper) always gets in,
+ * and idle connections cannot lock it out. -1 when every one is busy. */
+static int free_slot(int http)
+{
+    int lo = http ? UNIX_CONNS : 0, hi = http ? MAX_CONNS : UNIX_CONNS;
+    struct adm_conn *victim = NULL;
+    int vslot = -1;
+
+    for (int i = lo; i < hi; i++) {
+        struct adm_conn *c = adm.conns[i];
+        if (c == NULL) {
+            return i;
+        }
+        if (conn_idle(c) && (victim == NULL || c->last_ms < victim->last_ms)) {
+            victim = c;
+            vslot = i;
+        }
+    }
+    if (victim != NULL) {
+        conn_close(victim);
+    }
+    return vslot;
+}
+
 static void on_accept(int lfd, uint32_t events, void *arg)
 {
     int http = arg != NULL;
@@ -490,8 +587,10 @@ static void on_accept(int lfd, uint32_t events, void *arg)
     (void)events;
     for (int k = 0; k < 16; k++) {
         struct adm_conn *c;
-        int slot = -1;
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof(peer);
+        int slot;
+        int fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (fd == -1) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
@@ -515,12 +614,11 @@ static void on_accept(int lfd, uint32_t events, void *arg)
                 continue;
             }
         }
-        for (int i = 0; i < MAX_CONNS; i++) {
-            if (adm.conns[i] == NULL) {
-                slot = i;
-                break;
-            }
+        if (http && !http_allowed(&peer)) {
+            refuse_forbidden(fd);
+            continue;
         }
+        slot = free_slot(http);
         if (slot < 0) {
             refuse(fd, "too many admin connections", !http);
             continue;
@@ -553,15 +651,26 @@ static void alog_prepare(int at_start);
 
 static void on_tick(uint64_t now, void *arg)
 {
+    uint64_t head_ms = (uint64_t)DSP_MIN(ms.cfg->limits.header_timeout_ms, HTTP_HEAD_MS);
+    uint64_t idle_ms = (uint64_t)DSP_MIN(ms.cfg->limits.idle_timeout_ms, UNIX_IDLE_MS);
+
     (void)arg;
     for (int i = 0; i < MAX_CONNS; i++) {
         struct adm_conn *c = adm.conns[i];
         if (c == NULL) {
             continue;
         }
+        if (c->http && !c->answered && now - c->start_ms > head_ms) {
+            /* No complete request head in time: 408 and close (a slowloris holds no slot). */
+            http_error(c, 408, "Request Timeout", "request head not received in time", NULL);
+            if (conn_write(c) == 0) {
+                conn_close(c);
+            }
+            continue;
+        }
         if ((c->lingering && now - c->last_ms > LINGER_MS) ||
             (c->http && now - c->start_ms > HTTP_LIMIT_MS) ||
-            (!c->http && now - c->last_ms > UNIX_IDLE_MS && c->out.len == c->out_off)) {
+            (!c->http && now - c->last_ms > idle_ms && c->out.len == c->out_off)) {
             conn_close(c);
         }
     }

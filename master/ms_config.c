@@ -572,9 +572,21 @@ static void parse_mode(struct ctx *c, config_setting_t *s, int *out)
     *out = (int)v;
 }
 
+static int is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return 0;
+}
+
 static void parse_admin(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
 {
-    static const char *const keys[] = {"socket", "mode", "http", NULL};
+    static const char *const keys[] = {"socket", "mode", "http", "http_allow", NULL};
     config_setting_t *g = get_group(c, root, "", "admin");
     config_setting_t *s;
     const char *v;
@@ -604,6 +616,29 @@ static void parse_admin(struct ctx *c, config_setting_t *root, struct ms_config 
         } else {
             cfg->admin.http = dsp_xstrdup(v);
         }
+    }
+    s = get_seq(c, g, "admin", "http_allow");
+    if (s != NULL && config_setting_length(s) > 0) {
+        int n = config_setting_length(s);
+        cfg->admin.http_allow = dsp_xcalloc((size_t)n, sizeof(*cfg->admin.http_allow));
+        cfg->admin.nhttp_allow = (size_t)n;
+        for (int i = 0; i < n; i++) {
+            config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+            if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+                err_at(c, e, "admin.http_allow[%d] must be a string such as \"10.0.0.0/8\"", i);
+            } else if (net_cidr_parse(config_setting_get_string(e), &cfg->admin.http_allow[i],
+                                      err, sizeof(err)) != 0) {
+                err_at(c, e, "admin.http_allow[%d]: %s", i, err);
+            }
+        }
+    }
+    /* It has no authentication: only on loopback, unless the operator lists who may reach it. */
+    if (cfg->admin.http != NULL && cfg->admin.nhttp_allow == 0 &&
+        !is_loopback(&cfg->admin.http_ss)) {
+        err_at(c, config_setting_get_member(g, "http"),
+               "admin.http \"%s\" is not a loopback address: set admin.http_allow to the client "
+               "CIDRs allowed to reach it",
+               cfg->admin.http);
     }
 }
 
@@ -1563,6 +1598,7 @@ void ms_config_free(struct ms_config *cfg)
     free(cfg->environment);
     free(cfg->admin.socket);
     free(cfg->admin.http);
+    free(cfg->admin.http_allow);
     free(cfg->log.error);
     free(cfg->log.access);
     for (size_t i = 0; i < cfg->nlisteners; i++) {

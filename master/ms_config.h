@@ -123,6 +123,8 @@ struct ms_config {
         char *http;              /* "127.0.0.1:9000" or NULL when not set */
         struct sockaddr_storage http_ss;
         socklen_t http_sslen;
+        struct net_cidr *http_allow; /* admin.http_allow: the only clients served, when set */
+        size_t nhttp_allow;
     } admin;
 
     struct {
