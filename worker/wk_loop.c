@@ -360,12 +360,6 @@ void wk_main(const struct wk_init *init)
     snprintf(tag, sizeof(tag), "worker %d", init->slot);
     log_set_tag(tag);
 
-    /* The master's death must not leave orphan workers serving a stale config. */
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != wk.ctl->master_pid) {
-        exit(0);
-    }
-
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
@@ -385,6 +379,14 @@ void wk_main(const struct wk_init *init)
     }
 
     drop_privileges(init);
+    /* The master's death must not leave orphan workers serving a stale config: SIGTERM stops
+     * accepting (the port is free for a new master) and drains within shutdown_timeout_ms.
+     * Set after the uid change, which clears it; getppid() closes the race with a master
+     * that died before. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != wk.ctl->master_pid) {
+        exit(0);
+    }
 
     if (getrandom(wk.rng, sizeof(wk.rng), 0) != (ssize_t)sizeof(wk.rng)) {
         wk.rng[0] = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
