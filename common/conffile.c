@@ -116,14 +116,16 @@ static int fail(struct rd *r, const char *file, unsigned line, const char *fmt, 
     return -1;
 }
 
-/* Copy <buf> to <o>, replacing the name of every @include by the alias of its copy. */
+/* Copy <buf> to <o>, replacing the name of every @include by the alias of its copy. Only the
+ * directives are rewritten: everything else is copied in bulk, so a 100,000-route config costs
+ * one pass of byte compares. */
 static int rewrite(struct rd *r, const char *path, const char *buf, size_t len, int depth,
                    struct out *o)
 {
     enum { CODE, STR, COMMENT } st = CODE;
     unsigned line = 1;
     int bol = 1;
-    size_t i = 0;
+    size_t i = 0, copied = 0;
 
     while (i < len) {
         char ch = buf[i];
@@ -152,10 +154,11 @@ static int rewrite(struct rd *r, const char *path, const char *buf, size_t len, 
                     return -1;
                 }
                 free(full);
-                out_add(o, buf + i, at - 1); /* the leading blanks and @include */
+                out_add(o, buf + copied, i + at - 1 - copied); /* up to the opening quote */
                 snprintf(alias, sizeof(alias), "\"/proc/self/fd/%d\"", fd);
                 out_add(o, alias, strlen(alias));
                 i += past;
+                copied = i;
                 bol = 0;
                 continue;
             }
@@ -167,23 +170,17 @@ static int rewrite(struct rd *r, const char *path, const char *buf, size_t len, 
                 st = STR;
             } else if (ch == '#' || (ch == '/' && i + 1 < len && buf[i + 1] == '/')) {
                 const char *nl = memchr(buf + i, '\n', len - i);
-                size_t stop = nl ? (size_t)(nl - buf) : len;
-                out_add(o, buf + i, stop - i);
-                i = stop;
+                i = nl ? (size_t)(nl - buf) : len; /* the newline is seen below */
                 continue;
             } else if (ch == '/' && i + 1 < len && buf[i + 1] == '*') {
                 st = COMMENT;
-                out_add(o, buf + i, 2);
                 i += 2;
                 continue;
             }
             break;
         case STR:
             if (ch == '\\' && i + 1 < len) {
-                if (buf[i + 1] == '\n') {
-                    line++;
-                }
-                out_add(o, buf + i, 2);
+                line += buf[i + 1] == '\n';
                 i += 2;
                 continue;
             }
@@ -194,7 +191,6 @@ static int rewrite(struct rd *r, const char *path, const char *buf, size_t len, 
         case COMMENT:
             if (ch == '*' && i + 1 < len && buf[i + 1] == '/') {
                 st = CODE;
-                out_add(o, buf + i, 2);
                 i += 2;
                 continue;
             }
@@ -204,9 +200,9 @@ static int rewrite(struct rd *r, const char *path, const char *buf, size_t len, 
             line++;
             bol = 1;
         }
-        out_add(o, &ch, 1);
         i++;
     }
+    out_add(o, buf + copied, len - copied);
     return 0;
 }
 
