@@ -5,15 +5,18 @@
  * checks of worker/wk_hdr.c and worker/wk_resp.c (request line, strict response head syntax, token and value syntax, hop-by-hop rules, request
  * ids), the target forms (origin, absolute, asterisk), Host normalisation, the route lookup over
  * a compiled snapshot, the access-log capture and both log formats, and the body bytes that
- * follow the head (request bodies, and response bodies decoded in place as the worker does).
+ * follow the head (chunked bodies through the strict decoder of worker/wk_chunk.c).
  *
  * Input: byte 0 is the mode (bit 0: 0 = request head, 1 = response head; bit 1: the request
  * was HEAD, for responses), the rest the bytes read from the socket.
  * Invariants beyond "no crash": the head length found is within the input and ends in a blank
  * line; header spans lie inside the head; an access-log line is one line (JSON that parses back);
- * decoded chunked bytes never overtake the raw ones (the in-place decode is safe). */
+ * a head that passes the strict checks has CRLF line ends only, one framing (chunked, a length
+ * or none) and a Host without bytes that would split it downstream; a chunked body ends at the
+ * same byte however it is cut into reads. */
 #include <stdint.h>
 #include <string.h>
+#include <limits.h>
 #include <strings.h>
 
 #include <http_parser.h>
@@ -25,6 +28,7 @@
 #include "shm/shm_snap.h"
 #include "tests/fuzz/fuzz_util.h"
 #include "worker/wk_alog.h"
+#include "worker/wk_chunk.h"
 #include "worker/wk_internal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -283,6 +287,78 @@ static void check_alog(const char *base, size_t hlen, unsigned major, unsigned m
     free(r);
 }
 
+/* worker/wk_conn.c ows_trim() and absolute_form(), same logic. */
+static void ows_trim(const char **v, size_t *n)
+{
+    while (*n > 0 && (**v == ' ' || **v == '\t')) {
+        (*v)++;
+        (*n)--;
+    }
+    while (*n > 0 && ((*v)[*n - 1] == ' ' || (*v)[*n - 1] == '\t')) {
+        (*n)--;
+    }
+}
+
+static int absolute_form(const char *t, size_t n, const char **auth, size_t *alen,
+                         const char **rest, size_t *rlen)
+{
+    size_t i = 0, a;
+
+    if (n > 7 && strncasecmp(t, "http://", 7) == 0) {
+        i = 7;
+    } else if (n > 8 && strncasecmp(t, "https://", 8) == 0) {
+        i = 8;
+    } else {
+        return -1;
+    }
+    a = i;
+    while (i < n && t[i] != '/' && t[i] != '?') {
+        i++;
+    }
+    if (!wk_host_ok(t + a, i - a)) {
+        return -1;
+    }
+    *auth = t + a;
+    *alen = i - a;
+    *rest = t + i;
+    *rlen = n - i;
+    return 0;
+}
+
+/* The body after an accepted head (request or response), framed as the worker frames it: chunked bodies through the
+ * strict decoder (in pieces, as reads would bring them), Content-Length bodies counted. */
+static void request_body(const char *p, size_t n, int chunked, uint64_t clen)
+{
+    if (chunked) {
+        struct wk_chunk ch;
+        size_t off = 0, used, dl;
+        uint64_t data = 0;
+        int r = WK_CHUNK_MORE;
+
+        wk_chunk_init(&ch, MAX_HEADER_BYTES);
+        while (off < n) {
+            size_t piece = n - off > 7 ? 7 : n - off;
+            r = wk_chunk_parse(&ch, p + off, piece, &used, &dl);
+            FUZZ_CHECK(used <= piece);
+            off += used;
+            if (r == WK_CHUNK_DATA) {
+                data += dl;
+                continue;
+            }
+            if (r != WK_CHUNK_MORE) {
+                break;
+            }
+        }
+        FUZZ_CHECK(r != WK_CHUNK_DONE || data == ch.total); /* (total counts sizes read) */
+        if (r == WK_CHUNK_DONE) {
+            /* The same bytes in one read end at the same place. */
+            FUZZ_CHECK(wk_chunk_check(p, n, MAX_HEADER_BYTES, NULL) == (long)off);
+        }
+    } else if (clen != ULLONG_MAX) {
+        FUZZ_CHECK(clen < 1000000000000000000ull);
+    }
+}
+
 static void request(char *base, size_t avail)
 {
     http_parser p;
@@ -292,6 +368,8 @@ static void request(char *base, size_t avail)
     const char *host = NULL, *path = NULL, *target;
     char nhost[256];
     size_t nhlen;
+    uint64_t clen = ULLONG_MAX;
+    int ncl = 0, nte = 0, chunked_seen = 0, te_bad = 0;
 
     hlen = head_end(base, avail, 0);
     if (hlen == 0 || hlen > MAX_HEADER_BYTES) {
@@ -314,14 +392,30 @@ static void request(char *base, size_t avail)
     FUZZ_CHECK(scratch.url == NULL || (scratch.url >= base && scratch.url + scratch.url_len <=
                                                                   base + hlen));
     check_alog(base, hlen, p.http_major, p.http_minor);
-    if (scratch.too_many || (err != HPE_OK && err != HPE_PAUSED) || n != hlen) {
-        return; /* 431 / 400 */
+    if (scratch.too_many) {
+        return; /* 431 */
+    }
+    if (!wk_head_bytes_ok(base, hlen)) {
+        return; /* 400: bare CR or LF, NUL, obs-fold */
+    }
+    /* What the strict byte check lets through has no line break but CRLF. */
+    for (size_t i = 0; i < hlen; i++) {
+        if (base[i] == '\n') {
+            FUZZ_CHECK(i > 0 && base[i - 1] == '\r');
+        }
+        FUZZ_CHECK(base[i] != '\0');
+    }
+    if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen) {
+        return;
     }
     {
         const char *nl = memchr(base, '\n', hlen);
         if (nl == NULL || !wk_request_line_ok(base, (size_t)(nl - base))) {
             return;
         }
+    }
+    if (p.http_major != 1 || p.http_minor > 1) {
+        return;
     }
     for (uint32_t i = 0; i < scratch.n; i++) {
         if (!wk_token_ok(scratch.h[i].name, scratch.h[i].nlen) ||
@@ -339,64 +433,98 @@ static void request(char *base, size_t avail)
                 return;
             }
             hosth = h;
+        } else if (wk_hdr_is(h, "content-length", 14)) {
+            const char *v = h->value;
+            size_t vl = h->vlen;
+            ows_trim(&v, &vl);
+            if (++ncl > 1 || !wk_content_length(v, vl, &clen)) {
+                return;
+            }
+        } else if (wk_hdr_is(h, "transfer-encoding", 17)) {
+            nte++;
+            if (!wk_te_chunked_only(h->value, h->vlen, &chunked_seen)) {
+                te_bad = 1;
+            }
         }
         /* What the forwarded head keeps or drops. */
         (void)wk_hdr_hop(&scratch, h->name, h->nlen);
-        (void)wk_hdr_has_token(h->value, h->vlen, "chunked");
         (void)wk_hdr_has_token(h->value, h->vlen, "close");
+    }
+    if (nte > 0) {
+        if (te_bad || chunked_seen != 1 || p.http_minor == 0 || ncl > 0 ||
+            !(p.flags & F_CHUNKED)) {
+            return;
+        }
+    } else if (p.flags & F_CHUNKED) {
+        return;
+    }
+    /* From here the framing is unambiguous: exactly one of chunked / a length / nothing, and
+     * http-parser agrees with what the headers say. */
+    FUZZ_CHECK(!(nte > 0 && ncl > 0));
+    if (ncl > 0) {
+        FUZZ_CHECK(p.content_length == clen || p.content_length == 0 || msg_done);
     }
     if (scratch.url == NULL || scratch.url_len == 0) {
         return;
     }
     target = scratch.url;
     tlen = scratch.url_len;
-    if (target[0] != '/') {
-        if (p.method == HTTP_OPTIONS && tlen == 1 && target[0] == '*') {
-            path = target;
-            pathlen = 1;
-        } else {
-            struct http_parser_url pu;
-            http_parser_url_init(&pu);
-            if (http_parser_parse_url(target, tlen, 0, &pu) != 0 ||
-                !(pu.field_set & (1 << UF_HOST))) {
-                return;
-            }
-            for (int f = 0; f < UF_MAX; f++) {
-                if (pu.field_set & (1 << f)) {
-                    FUZZ_CHECK((size_t)pu.field_data[f].off + pu.field_data[f].len <= tlen);
-                }
-            }
-            host = target + pu.field_data[UF_HOST].off;
-            hostlen = pu.field_data[UF_HOST].len;
-            if (pu.field_set & (1 << UF_PATH)) {
-                path = target + pu.field_data[UF_PATH].off;
-                pathlen = pu.field_data[UF_PATH].len;
-            } else {
-                path = "/";
-                pathlen = 1;
-            }
-        }
-    } else {
+    if (memchr(target, '#', tlen) != NULL) {
+        return;
+    }
+    if (target[0] == '/') {
         const char *q = memchr(target, '?', tlen);
         path = target;
         pathlen = q ? (size_t)(q - target) : tlen;
+    } else if (p.method == HTTP_OPTIONS && tlen == 1 && target[0] == '*') {
+        path = target;
+        pathlen = 1;
+    } else {
+        const char *rest;
+        size_t rlen;
+        if (absolute_form(target, tlen, &host, &hostlen, &rest, &rlen) != 0) {
+            return;
+        }
+        FUZZ_CHECK(rest + rlen == target + tlen);
+        target = rest;
+        tlen = rlen;
+        if (tlen == 0 || target[0] != '/') {
+            path = "/";
+            pathlen = 1;
+        } else {
+            const char *q = memchr(target, '?', tlen);
+            path = target;
+            pathlen = q ? (size_t)(q - target) : tlen;
+        }
     }
-    if (host == NULL && hosth != NULL) {
-        host = hosth->value;
-        hostlen = hosth->vlen;
-    }
-    if (host == NULL && p.http_major == 1 && p.http_minor >= 1) {
+    if (hosth != NULL) {
+        const char *v = hosth->value;
+        size_t vl = hosth->vlen;
+        ows_trim(&v, &vl);
+        if (!wk_host_ok(v, vl)) {
+            return;
+        }
+        /* A valid Host never carries what would end a header or split a value downstream. */
+        for (size_t i = 0; i < vl; i++) {
+            FUZZ_CHECK(v[i] > ' ' && v[i] != '/' && v[i] != '@' && v[i] != '"' && v[i] != ',' &&
+                       v[i] != ';' && (unsigned char)v[i] < 0x7f);
+        }
+        if (host == NULL) {
+            host = v;
+            hostlen = vl;
+        }
+    } else if (p.http_minor >= 1) {
         return;
     }
     nhlen = host ? shm_host_normalize(host, hostlen, nhost, sizeof(nhost)) : 0;
     FUZZ_CHECK(nhlen < sizeof(nhost));
-    FUZZ_CHECK(nhost[nhlen] == '\0' || host == NULL);
-    if (host != NULL && hostlen > 0 && nhlen == 0) {
+    if (host != NULL && nhlen == 0) {
         return;
     }
     if (host == NULL) {
         nhost[0] = '\0';
     }
+    FUZZ_CHECK(nhost[nhlen] == '\0');
     for (size_t i = 0; i < nhlen; i++) {
         FUZZ_CHECK(!(nhost[i] >= 'A' && nhost[i] <= 'Z'));
     }
@@ -406,12 +534,7 @@ static void request(char *base, size_t avail)
         const struct shm_snap_hdr *s = snap;
         FUZZ_CHECK(ridx == SHM_NONE || ridx < s->nroutes);
     }
-    /* The body: the worker keeps feeding the same parser. */
-    if (hlen < avail && !msg_done) {
-        msg_done = 0;
-        n = http_parser_execute(&p, &req_settings, base + hlen, avail - hlen);
-        FUZZ_CHECK(n <= avail - hlen);
-    }
+    request_body(base + hlen, avail - hlen, nte > 0, clen);
 }
 
 static void response(char *base, size_t avail, int was_head)
@@ -468,8 +591,11 @@ static void response(char *base, size_t avail, int was_head)
         break;
     }
     off += hlen;
-    if (off < avail && !msg_done) {
-        body_inplace = (p.flags & F_CHUNKED) != 0;
+    if (off < avail && !msg_done && (p.flags & F_CHUNKED)) {
+        /* Chunked response bodies go through the strict decoder, as the worker does now. */
+        request_body(base + off, avail - off, 1, ULLONG_MAX);
+    } else if (off < avail && !msg_done) {
+        body_inplace = 0;
         body_buf = base + off;
         body_ready = 0;
         n = http_parser_execute(&p, &resp_settings, base + off, avail - off);
