@@ -469,8 +469,8 @@ static int versioned(const struct ms_rns *ns)
     if (ns->version_state == MS_RNS_VERSION_NONE) {
         if (!rd.unversioned) {
             log_warn("redis %s*: no %sversion key (a Redis that restarted without its data?): "
-                     "not applied; still serving generation %llu with %s", ns->prefix, ns->prefix,
-                     (unsigned long long)ms.gen, serving_what(what, sizeof(what)));
+                     "not applied; serving %s", ns->prefix, ns->prefix,
+                     serving_what(what, sizeof(what)));
         }
         rd.unversioned = 1;
         return 0;

@@ -469,9 +469,9 @@ void wk_lb_result(struct wk_client *c, int fail, unsigned status)
         if (!(t & SHM_LB_T_DOWN) && (t & SHM_LB_T_EJECT_FIRST) && why != SHM_LB_KEEP_GONE &&
             wk.now >= keep_logged_ms + 1000) {
             keep_logged_ms = wk.now;
-            log_warn("backend %s of service %s failed %u times in a row (%s) but stays in "
+            log_warn("backend %s of service %s is due for passive ejection (%s) but stays in "
                      "rotation: %s", shm_s(s, be->address), shm_s(s, svc->name),
-                     pol.passive_failures, fail_text(fail), keep_text(why));
+                     fail_text(fail), keep_text(why));
         }
     }
     /* One line per transition (the compare-and-swap winner logs it), never one per request. */

@@ -540,7 +540,7 @@ class RedisTest(dsptest.TestCase):
         self.assertTrue(wait_log(d, r"reconnected", 10), d.log_tail())
         publish(r, "production", bump_version=False)
         self.assert_keeps_serving(d, "api.do", (200, "api"), 1.0)
-        self.assertTrue(wait_log(d, r"no dispatcher:production:version key .* with the last good "
+        self.assertTrue(wait_log(d, r"no dispatcher:production:version key .* serving the last good "
                                     r"Redis data \(version %d\)" % version, 1), d.log_tail())
         self.assertEqual(status(d.port, "gw.do"), (200, "gw"))
         self.assertEqual(d.log().count("no dispatcher:production:version key"), said + 1,
