@@ -52,7 +52,8 @@ struct adm_conn {
     int lingering;     /* HTTP: write side shut, draining input until EOF */
     uint32_t events;   /* what the loop watches */
     uint64_t start_ms;
-    uint64_t last_ms;
+    uint64_t last_ms;  /* last byte read or written */
+    uint64_t line_ms;  /* socket: when the command line pending in <in> began */
     size_t inlen;
     size_t out_off;    /* bytes of out already sent */
     struct adm_buf out;
@@ -205,6 +206,7 @@ static void unix_process(struct adm_conn *c)
         used = (size_t)(nl - c->in) + 1;
         memmove(c->in, c->in + used, c->inlen - used);
         c->inlen -= used;
+        c->line_ms = c->last_ms;
     }
 }
 
@@ -225,6 +227,7 @@ static int conn_write(struct adm_conn *c)
             return -1;
         }
         c->out_off += (size_t)n;
+        c->last_ms = dsp_now_ms();
     }
     adm_buf_reset(&c->out);
     c->out_off = 0;
@@ -424,6 +427,9 @@ static int conn_read(struct adm_conn *c)
     }
     if (dst == sink) {
         return 0;
+    }
+    if (c->inlen == 0) {
+        c->line_ms = c->last_ms;
     }
     c->inlen += (size_t)n;
     if (c->http) {
@@ -668,9 +674,12 @@ static void on_tick(uint64_t now, void *arg)
             }
             continue;
         }
+        /* Socket: idle (nothing read or written) too long, or a command line trickled in
+         * slower than a request head may be: a slow client holds no slot either. */
         if ((c->lingering && now - c->last_ms > LINGER_MS) ||
             (c->http && now - c->start_ms > HTTP_LIMIT_MS) ||
-            (!c->http && now - c->last_ms > idle_ms && c->out.len == c->out_off)) {
+            (!c->http && now - c->last_ms > idle_ms) ||
+            (!c->http && c->inlen > 0 && !c->discard && now - c->line_ms > head_ms)) {
             conn_close(c);
         }
     }

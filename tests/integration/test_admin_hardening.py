@@ -125,6 +125,32 @@ class AdminHardeningTest(dsptest.TestCase):
         rc, out, _ = ctl(self.sock, "show", "health")
         self.assertEqual(rc, 0, out)
 
+    def test_trickled_command_and_head_time_out(self):
+        self.start(limits={"header_timeout_ms": 1000})
+        u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        u.connect(self.sock)
+        h = socket.create_connection(("127.0.0.1", self.hport), timeout=T)
+        self.addCleanup(u.close)
+        self.addCleanup(h.close)
+        t0 = time.monotonic()
+        closed = {}
+        while time.monotonic() - t0 < 4 and len(closed) < 2:
+            for name, s, b in (("socket", u, b"s"), ("http", h, b"X")):
+                if name in closed:
+                    continue
+                try:
+                    s.sendall(b)  # one byte every 200 ms: never idle, never a whole line/head
+                except OSError:
+                    closed[name] = time.monotonic() - t0
+                    continue
+                if closed_by_peer(s):
+                    closed[name] = time.monotonic() - t0
+            time.sleep(0.2)
+        self.assertIn("socket", closed, "a trickled admin command kept its connection for 4s")
+        self.assertIn("http", closed, "a trickled admin HTTP head kept its connection for 4s")
+        rc, out, _ = ctl(self.sock, "show", "health")
+        self.assertEqual(rc, 0, out)
+
     def check(self, text):
         self.d.write_config(text)
         p = subprocess.run([dsptest.MASTER, "-t", "-c", self.d.conf], stdout=subprocess.PIPE,
