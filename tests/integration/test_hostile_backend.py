@@ -453,6 +453,21 @@ class HostileBackendTest(dsptest.TestCase):
                 # Not a backend failure: the service is still up, nobody gets 502/503.
                 self.clean_next()
 
+    def test_early_reject_is_not_a_backend_failure(self):
+        """The balancer hears the status, not a failure: a circuit breaker that opens after two
+        failures stays closed, and nothing is logged as down or ejected."""
+        self.d = self.dispatcher(
+            services=[svc("h", self.h.addr, retries=0, response_timeout_ms=RESPONSE_TIMEOUT_MS,
+                          passive_failures=2, circuit_breaker={"failures": 2, "open_ms": 30000})],
+            routes=[route("*", "h")], workers=1)
+        for mode in ("rst", "close", "rst", "close"):
+            self._upload_early("413", mode, late=100)
+            self._upload_early("401", mode, size=200000)
+        self.clean_next()
+        log = self.d.log()
+        for bad in ("circuit open", "is down", "passive ejection"):
+            self.assertNotIn(bad, log)
+
     def test_early_reject_of_small_upload(self):
         for mode in ("close", "rst"):
             self._upload_early("413", mode, size=100000)
