@@ -258,11 +258,13 @@ static void add_backend(struct adm_buf *b, const struct adm_view *v, const struc
     adm_buf_jstr(b, shm_s(v->snap, be->address), be->address.len);
     adm_buf_addf(b,
                  ",\"weight\":%u,\"state\":\"%s\",\"circuit\":\"%s\",\"active_connections\":%lld,"
-                 "\"requests\":%llu,\"errors\":%llu,\"consecutive_failures\":%u,\"rps\":%.2f,"
-                 "\"latency_ms\":",
+                 "\"requests\":%llu,\"errors\":%llu,\"consecutive_failures\":%u,"
+                 "\"passive_failures\":%u,\"ejected\":%s,\"rps\":%.2f,\"latency_ms\":",
                  be->weight, state_name(LD(&r->state)), circuit_name(LD(&r->circuit)),
                  (long long)(active < 0 ? 0 : active), (unsigned long long)LD(&r->requests),
-                 (unsigned long long)LD(&r->errors), LD(&r->consecutive_failures), rate(v, &st));
+                 (unsigned long long)LD(&r->errors), LD(&r->consecutive_failures),
+                 LD(&r->passive_failures),
+                 LD(&r->state) == SHM_BE_DOWN && LD(&r->ejected) ? "true" : "false", rate(v, &st));
     add_latency(b, &st);
     adm_buf_adds(b, "}");
 }

@@ -106,6 +106,12 @@ def admin(d, cmd):
     return json.loads(buf.partition(b"\n")[0])
 
 
+def backend_info(d, service, addr):
+    j = admin(d, "show instances")
+    inst = [i for i in j["instances"] if i["name"] == service][0]
+    return [b for b in inst["backends"] if b["address"] == addr][0]
+
+
 def states(d, service):
     """{address: state} of <service>'s backends, from `show instances`."""
     j = admin(d, "show instances")
@@ -251,6 +257,7 @@ class PassiveTest(dsptest.TestCase):
         hit_r("/boom/1")
         hit_r("/boom/2")
         self.assertEqual(states(d, "web")[r.addr], "up", "2 resets of passive_failures = 3")
+        self.assertEqual(backend_info(d, "web", r.addr)["passive_failures"], 2)
         x = hit_r("/ok")  # an answer in between: the count starts again
         self.assertEqual(x.status, 200)
         hit_r("/boom/3")
@@ -259,6 +266,9 @@ class PassiveTest(dsptest.TestCase):
         hit_r("/boom/5")
         self.assertEqual(r.resets, 5)
         self.assertEqual(states(d, "web")[r.addr], "down", "3 resets in a row did not eject")
+        info = backend_info(d, "web", r.addr)
+        self.assertEqual((info["ejected"], info["passive_failures"]), (True, 0))
+        self.assertEqual(backend_info(d, "web", ok.addr)["ejected"], False)
         self.assertIn("backend %s of service web is down: connection reset" % r.addr, d.log())
         got = [request(d.port, "/echo", host="w.do") for _ in range(6)]
         self.assertEqual([(g.status, g.header("X-Backend")) for g in got], [(200, "ok")] * 6)
