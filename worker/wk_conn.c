@@ -1098,12 +1098,6 @@ static int process_head(struct wk_client *c, size_t hlen)
         return reply_error(c, 431, "Request header fields too large", "Too many header fields",
                            F_CLOSE);
     }
-    /* CRLF line ends only, no NUL, no obs-fold: a lenient reader must not find other lines. */
-    if (!wk_head_bytes_ok(base, hlen)) {
-        return reply_error(c, 400, "Bad request",
-                           "Malformed request head (bare CR or LF, NUL or obsolete line folding)",
-                           F_CLOSE);
-    }
     if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen) {
         char msg[160];
         snprintf(msg, sizeof(msg), "%s", hd.folded ? "Obsolete header line folding"
@@ -1125,6 +1119,12 @@ static int process_head(struct wk_client *c, size_t hlen)
             !wk_value_ok(hd.h[i].value, hd.h[i].vlen)) {
             return reply_error(c, 400, "Bad request", "Malformed header field", F_CLOSE);
         }
+    }
+    /* CRLF line ends only, no NUL, no obs-fold: a lenient reader must not find other lines. */
+    if (!wk_head_tiled(base, hlen, &hd)) {
+        return reply_error(c, 400, "Bad request",
+                           "Malformed request head (bare CR or LF, NUL or obsolete line folding)",
+                           F_CLOSE);
     }
     if (c->rq.method == HTTP_CONNECT) {
         return reply_error(c, 405, "Method not allowed", "CONNECT is not supported", F_CLOSE);

@@ -221,28 +221,43 @@ int wk_request_line_ok(const char *p, size_t n)
            p[i + 6] == '.' && p[i + 7] >= '0' && p[i + 7] <= '9';
 }
 
-int wk_head_bytes_ok(const char *p, size_t n)
+int wk_head_tiled(const char *p, size_t n, const struct wk_head *hd)
 {
-    for (size_t i = 0; i < n; i++) {
-        unsigned char b = (unsigned char)p[i];
-        if (b > '\r') {
-            continue;
-        }
-        if (b == '\n') {
-            /* CRLF only, and no obs-fold (a line that starts with whitespace) */
-            if (i == 0 || p[i - 1] != '\r' ||
-                (i + 1 < n && (p[i + 1] == ' ' || p[i + 1] == '\t'))) {
-                return 0;
-            }
-        } else if (b == '\r') {
-            if (i + 1 >= n || p[i + 1] != '\n') {
-                return 0;
-            }
-        } else if (b == '\0') {
+    const char *nl = memchr(p, '\n', n);
+    size_t pos;
+
+    if (nl == NULL || nl == p || nl[-1] != '\r') {
+        return 0;
+    }
+    pos = (size_t)(nl - p) + 1;
+    for (uint32_t i = 0; i < hd->n; i++) {
+        const struct wk_hdr *h = &hd->h[i];
+        if (h->name != p + pos) {
             return 0;
         }
+        pos += h->nlen;
+        if (pos >= n || p[pos] != ':') {
+            return 0;
+        }
+        pos++;
+        while (pos < n && (p[pos] == ' ' || p[pos] == '\t')) {
+            pos++;
+        }
+        if (h->vlen > 0) {
+            if (h->value != p + pos) {
+                return 0;
+            }
+            pos += h->vlen;
+            while (pos < n && (p[pos] == ' ' || p[pos] == '\t')) {
+                pos++;
+            }
+        }
+        if (pos + 1 >= n || p[pos] != '\r' || p[pos + 1] != '\n') {
+            return 0;
+        }
+        pos += 2;
     }
-    return 1;
+    return pos + 2 == n && p[pos] == '\r' && p[pos + 1] == '\n';
 }
 
 static int hexd(unsigned char ch)
@@ -251,20 +266,22 @@ static int hexd(unsigned char ch)
 }
 
 /* reg-name characters: unreserved and the sub-delims that no DNS name uses as a separator in a
- * header (' ( ) , ; are left out: they quote, list or parameterise values downstream). */
-static int regname_char(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9')) {
-        return 1;
-    }
-    switch (ch) {
-    case '-': case '.': case '_': case '~': case '!': case '$': case '&': case '*': case '+':
-    case '=':
-        return 1;
-    default:
-        return 0;
-    }
-}
+ * header (' ( ) , ; are left out: they quote, list or parameterise values downstream). '%' starts
+ * a pct-encoded triplet (checked apart). A constant table: Host is checked on every request. */
+static const unsigned char regname_tab[256] = {
+    ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['!'] = 1, ['$'] = 1, ['&'] = 1, ['*'] = 1,
+    ['+'] = 1, ['='] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
 
 int wk_host_ok(const char *v, size_t n)
 {
@@ -298,6 +315,9 @@ int wk_host_ok(const char *v, size_t n)
         }
         i = alen + 2;
     } else {
+        while (i < n && regname_tab[(unsigned char)v[i]]) {
+            i++;
+        }
         while (i < n && v[i] != ':') {
             unsigned char ch = (unsigned char)v[i];
             if (ch == '%') {
@@ -307,7 +327,7 @@ int wk_host_ok(const char *v, size_t n)
                 i += 3;
                 continue;
             }
-            if (!regname_char(ch)) {
+            if (!regname_tab[ch]) {
                 return 0;
             }
             i++;

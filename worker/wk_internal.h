@@ -335,9 +335,12 @@ int wk_token_ok(const char *s, size_t n);
 int wk_value_ok(const char *s, size_t n);
 /* Is <p>[0, n) (the first line, LF excluded) "METHOD SP target SP HTTP/d.d" with optional CR? */
 int wk_request_line_ok(const char *p, size_t n);
-/* Is the message head <p>[0, n) free of NUL, bare CR, bare LF and obs-fold (RFC 9112: CRLF line
- * ends only)? */
-int wk_head_bytes_ok(const char *p, size_t n);
+/* Strict line structure of a parsed request head <p>[0, n) (RFC 9112, CRLF only): the request
+ * line ends in CRLF, every field of <hd> starts right after the previous CRLF and is exactly
+ * name ":" OWS value OWS CRLF, and a bare CRLF ends the head. With the token/value checks of
+ * the names, values and request line this proves the head free of bare CR/LF, NUL and obs-fold,
+ * at a cost per field rather than per byte. */
+int wk_head_tiled(const char *p, size_t n, const struct wk_head *hd);
 /* Is <v> (OWS already trimmed) a valid Host or absolute-form authority: an RFC 3986 reg-name
  * (without the sub-delims ' ( ) , ;), an IPv4 address or an [IPv6] literal, with an optional
  * :port of 1-5 digits up to 65535? No userinfo, no empty host. */
