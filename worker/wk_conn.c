@@ -1330,8 +1330,9 @@ static int upstream_connect(struct wk_client *c)
          * before the last epoll_wait(), anything that arrived since it was put back has its
          * event in this batch (handled already, or caught by wk_upstream_event() as older than
          * the reuse); pooled during this batch, or with events left over in the kernel, only
-         * a look at the socket can tell. */
-        if (u->pass == wk.pass || wk.batch_full) {
+         * a look at the socket can tell. A request that must never be sent twice always gets
+         * that look: a close already waiting there would otherwise cost it a 502. */
+        if (u->pass == wk.pass || wk.batch_full || !(c->tflags & WK_T_IDEMPOTENT)) {
             if (upstream_pending(u)) {
                 upstream_close(u);
                 continue;
