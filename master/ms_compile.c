@@ -715,6 +715,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     h->limits.idle_timeout_ms = u32_of(cfg->limits.idle_timeout_ms);
     h->limits.shutdown_timeout_ms = u32_of(cfg->limits.shutdown_timeout_ms);
     h->limits.tunnel_idle_timeout_ms = u32_of(cfg->limits.tunnel_idle_timeout_ms);
+    h->limits.min_body_rate = u32_of(cfg->limits.min_body_rate);
+    h->limits.send_timeout_ms = u32_of(cfg->limits.send_timeout_ms);
     h->listeners_off = (uint32_t)lo;
     h->nlisteners = (uint32_t)cfg->nlisteners;
     h->trusted_off = (uint32_t)to;

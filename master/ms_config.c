@@ -501,6 +501,8 @@ static void set_defaults(struct ms_config *cfg)
     cfg->limits.idle_timeout_ms = 60000;
     cfg->limits.shutdown_timeout_ms = 10000;
     cfg->limits.tunnel_idle_timeout_ms = 3600000;
+    cfg->limits.min_body_rate = 256;
+    cfg->limits.send_timeout_ms = 60000;
     cfg->tls.self_signed_cn = dsp_xstrdup("localhost");
     cfg->tls.min_version = 0x0303;
 }
@@ -685,7 +687,8 @@ static void parse_limits(struct ctx *c, config_setting_t *root, struct ms_config
     static const char *const keys[] = {"max_connections",     "max_header_bytes",
                                        "max_body_bytes",      "header_timeout_ms",
                                        "idle_timeout_ms",     "shutdown_timeout_ms",
-                                       "tunnel_idle_timeout_ms", NULL};
+                                       "tunnel_idle_timeout_ms", "min_body_rate",
+                                       "send_timeout_ms",     NULL};
     config_setting_t *g = get_group(c, root, "", "limits");
 
     if (g == NULL) {
@@ -702,6 +705,10 @@ static void parse_limits(struct ctx *c, config_setting_t *root, struct ms_config
              &cfg->limits.shutdown_timeout_ms);
     get_long(c, g, "limits", "tunnel_idle_timeout_ms", 1, MAX_TIMEOUT,
              &cfg->limits.tunnel_idle_timeout_ms);
+    /* Above ~100 MB/s the check would only cut off legitimate fast clients stalled by the
+     * network: such a value is a unit mistake. */
+    get_long(c, g, "limits", "min_body_rate", 0, 100000000, &cfg->limits.min_body_rate);
+    get_long(c, g, "limits", "send_timeout_ms", 1, MAX_TIMEOUT, &cfg->limits.send_timeout_ms);
 }
 
 /* Read an environment override; empty counts as unset (env files often carry `HTTP_PORT=`). */

@@ -142,6 +142,8 @@ struct ms_config {
         long idle_timeout_ms;    /* default 60000 */
         long shutdown_timeout_ms;/* default 10000 */
         long tunnel_idle_timeout_ms; /* default 3600000 */
+        long min_body_rate;      /* default 256 bytes/s, 0 = off */
+        long send_timeout_ms;    /* default 60000 */
     } limits;
 
     struct ms_listener *listeners;

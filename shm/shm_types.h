@@ -32,7 +32,10 @@ struct shm_limits {
     uint32_t idle_timeout_ms;
     uint32_t shutdown_timeout_ms;
     uint32_t tunnel_idle_timeout_ms;
-    uint32_t reserved[8];
+    uint32_t min_body_rate;      /* request body bytes/s after a grace (wk_conn.c); 0 = off */
+    uint32_t send_timeout_ms;    /* a client that drains nothing of its response for this long
+                                    is closed */
+    uint32_t reserved[6];
 };
 
 struct shm_listener {

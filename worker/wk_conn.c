@@ -299,11 +299,52 @@ static void resolve_client(struct wk_client *c, const struct wk_head *hd)
     }
 }
 
+/* limits.min_body_rate: a request body gets BODY_GRACE_MS, then must keep up the rate on
+ * average, never banking more than BODY_WINDOW_MS of credit; checked every BODY_TICK_MS. */
+#define BODY_GRACE_MS  5000
+#define BODY_WINDOW_MS 5000
+#define BODY_TICK_MS   1000
+
+static int body_rate_on(const struct wk_client *c)
+{
+    return c->gen != NULL && c->gen->snap->limits.min_body_rate > 0;
+}
+
+/* Is the request body being read from the client (and not held up by a connect)? */
+static int body_phase(const struct wk_client *c)
+{
+    return c->state == WK_CS_PROXY && !(c->tflags & (WK_T_REQ_DONE | WK_T_TUNNEL)) &&
+           !(c->up != NULL && (c->up->flags & (WK_UP_F_CONNECTING | WK_UP_F_TLSHS)));
+}
+
+/* <n> request body bytes were read: move the body's due time on by n / min_body_rate. */
+static void body_credit(struct wk_client *c, size_t n)
+{
+    uint64_t due = c->tx->body_due_ms + (uint64_t)n * 1000 / c->gen->snap->limits.min_body_rate;
+    uint64_t cap = wk.now + BODY_WINDOW_MS;
+
+    if (due > cap) {
+        due = cap > c->tx->body_due_ms ? cap : c->tx->body_due_ms;
+    }
+    c->tx->body_due_ms = due;
+}
+
 static void set_timer(struct wk_client *c)
 {
     const struct shm_snap_hdr *s = csnap(c);
     uint32_t ms;
 
+    if (c->tflags & (WK_T_SEND_WAIT | WK_T_RATE_TICK)) {
+        if (c->state == WK_CS_PROXY && (c->tflags & WK_T_SEND_WAIT) &&
+            !(c->flags & WK_C_F_WRITABLE)) {
+            return; /* the client still does not drain: its send timeout runs on */
+        }
+        if ((c->tflags & WK_T_RATE_TICK) && body_phase(c)) {
+            c->tx->progress_ms = wk.now; /* the tick is armed: it checks the rate */
+            return;
+        }
+        c->tflags &= ~(WK_T_SEND_WAIT | WK_T_RATE_TICK);
+    }
     switch (c->state) {
     case WK_CS_IDLE:
         ms = (c->flags & WK_C_F_STARTED) ? s->limits.idle_timeout_ms : s->limits.header_timeout_ms;
@@ -320,12 +361,24 @@ static void set_timer(struct wk_client *c)
             ms = csvc(c)->connect_timeout_ms;
         } else if (!(c->tflags & WK_T_REQ_DONE)) {
             ms = DSP_MAX(s->limits.idle_timeout_ms, csvc(c)->response_timeout_ms);
+            if (body_rate_on(c) && body_phase(c)) {
+                /* Not re-armed per byte: the tick judges the rate, and the progress time. */
+                c->tx->progress_ms = wk.now;
+                if (c->tx->body_due_ms == 0) {
+                    c->tx->body_due_ms = wk.now + BODY_GRACE_MS;
+                }
+                c->tflags |= WK_T_RATE_TICK;
+                ms = BODY_TICK_MS;
+            }
         } else {
             ms = csvc(c)->response_timeout_ms;
         }
         break;
     case WK_CS_LINGER:
         ms = LINGER_MS;
+        break;
+    case WK_CS_REPLY:
+        ms = s->limits.send_timeout_ms;
         break;
     default:
         ms = s->limits.idle_timeout_ms;
@@ -1294,6 +1347,7 @@ static int process_head(struct wk_client *c, size_t hlen)
         memcpy(c->out.data + c->out.end, cont, sizeof(cont) - 1);
         c->out.end += sizeof(cont) - 1;
     }
+    c->tx->body_due_ms = wk.now + BODY_GRACE_MS;
     return upstream_start(c);
 }
 
@@ -1372,7 +1426,14 @@ static int upstream_connect(struct wk_client *c)
     }
     u->fd = socket(be->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (u->fd == -1) {
-        log_errno(LOG_ERROR, errno, "socket() for backend %s failed", shm_s(c->gen->snap, be->address));
+        /* Out of descriptors, every request would say so: once a second is enough (the
+         * client gets its 503 at once either way). */
+        static uint64_t logged_ms;
+        if (logged_ms == 0 || wk.now - logged_ms >= 1000) {
+            logged_ms = wk.now;
+            log_errno(LOG_ERROR, errno, "socket() for backend %s failed",
+                      shm_s(c->gen->snap, be->address));
+        }
         free(u);
         return -1;
     }
@@ -1850,6 +1911,9 @@ static int client_read(struct wk_client *c)
             c->in.start = 0;
         }
         if (c->in.end == c->in.cap) {
+            if (c->state == WK_CS_PROXY) {
+                c->tflags |= WK_T_BODY_STALL; /* we hold the body back, not the client */
+            }
             return 0;
         }
     }
@@ -1888,6 +1952,9 @@ static int client_read(struct wk_client *c)
     }
     if (n > 0) {
         c->in.end += (uint32_t)n;
+        if (c->state == WK_CS_PROXY && !(c->tflags & WK_T_REQ_DONE) && body_rate_on(c)) {
+            body_credit(c, (size_t)n);
+        }
         return 1;
     }
     if (n == 0) {
@@ -1916,6 +1983,17 @@ static int ends_and_closes(const struct wk_client *c)
     return c->state == WK_CS_REPLY ||
            (c->state == WK_CS_PROXY && (c->tflags & WK_T_RESP_DONE) &&
             !(c->tflags & WK_T_TUNNEL));
+}
+
+/* The client's socket is full with more to send: from now on it has limits.send_timeout_ms to
+ * take something, whatever the backend does meanwhile (the backend is not read while our buffer
+ * for this client is full, so memory stays bounded). */
+static void send_blocked(struct wk_client *c)
+{
+    if (c->state == WK_CS_PROXY && !(c->tflags & WK_T_SEND_WAIT)) {
+        c->tflags = (c->tflags & ~WK_T_RATE_TICK) | WK_T_SEND_WAIT;
+        wk_timer_arm(&c->timer, csnap(c)->limits.send_timeout_ms);
+    }
 }
 
 static int client_write(struct wk_client *c)
@@ -1951,6 +2029,7 @@ static int client_write(struct wk_client *c)
         n = wk_tls_writev(c->tls, iov, niov, ends_and_closes(c));
         if (n == WK_TLS_WANT_WRITE) {
             c->flags &= ~WK_C_F_WRITABLE;
+            send_blocked(c);
             return 0;
         }
         if (n == WK_TLS_WANT_READ) {
@@ -1972,6 +2051,7 @@ static int client_write(struct wk_client *c)
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
             c->flags &= ~WK_C_F_WRITABLE;
+            send_blocked(c);
             return 0;
         }
         if (errno == EINTR) {
@@ -1980,6 +2060,7 @@ static int client_write(struct wk_client *c)
         wk_client_close(c);
         return -1;
     }
+    c->tflags &= ~WK_T_SEND_WAIT; /* it drains: the caller's set_timer() re-arms as usual */
     if (c->tflags & WK_T_RESP_HEAD) {
         c->tflags |= WK_T_CLIENT_SENT;
     }
@@ -2770,6 +2851,49 @@ void wk_client_timeout(struct wk_client *c)
         wk_client_close(c);
         return;
     case WK_CS_PROXY:
+        if (c->tflags & WK_T_SEND_WAIT) {
+            c->tflags &= ~WK_T_SEND_WAIT;
+            if (!(c->flags & WK_C_F_WRITABLE)) {
+                char ip[64];
+                peer_ip(c, ip, sizeof(ip));
+                log_debug("client %s read nothing for limits.send_timeout_ms: closing", ip);
+                if (c->tflags & WK_T_TUNNEL) {
+                    finish(c);
+                }
+                wk_client_close(c); /* and with it the upstream */
+                return;
+            }
+            set_timer(c);
+            break;
+        }
+        if (c->tflags & WK_T_RATE_TICK) {
+            c->tflags &= ~WK_T_RATE_TICK;
+            if (!body_phase(c)) {
+                set_timer(c); /* the phase changed without a re-arm */
+                break;
+            }
+            if ((c->tflags & WK_T_BODY_STALL) || (c->in.data && c->in.end == c->in.cap)) {
+                /* The body waited for us, not for the client: its window starts again. */
+                c->tflags &= ~WK_T_BODY_STALL;
+                c->tx->body_due_ms = DSP_MAX(c->tx->body_due_ms, wk.now + BODY_WINDOW_MS);
+            }
+            if (wk.now >= c->tx->body_due_ms) {
+                /* Too slow to be worth a backend connection: 408 while nothing of the
+                 * response went out (the upstream is closed, never pooled), else a close. */
+                if (reply_error(c, 408, "Request timeout",
+                                "Request body slower than limits.min_body_rate", F_CLOSE) != 0) {
+                    return;
+                }
+                break;
+            }
+            if (wk.now - c->tx->progress_ms <
+                DSP_MAX(csnap(c)->limits.idle_timeout_ms, csvc(c)->response_timeout_ms)) {
+                c->tflags |= WK_T_RATE_TICK;
+                wk_timer_arm(&c->timer, BODY_TICK_MS);
+                return;
+            }
+            /* No progress either way for that long: as without a rate, below. */
+        }
         if (c->tflags & WK_T_TUNNEL) {
             finish(c);
             wk_client_close(c);

@@ -152,6 +152,11 @@ struct wk_upstream {
 #define WK_T_LB_DONE       0x80000u /* this attempt's outcome went to wk_lb_result() */
 #define WK_T_CORKED        0x100000u /* plain client socket: TCP_CORK set for the closing write */
 #define WK_T_TALLIED       0x200000u /* statistics of this request recorded (wk_conn.c) */
+#define WK_T_SEND_WAIT     0x20000000u /* the client timer is the send timeout: the client stopped
+                                          draining its response (wk_conn.c) */
+#define WK_T_RATE_TICK     0x40000000u /* the client timer is the body-rate tick (wk_conn.c) */
+#define WK_T_BODY_STALL    0x10000000u /* the body was not read because our buffer was full: not
+                                          the client's fault, its rate window restarts */
 #define WK_T_LOGGED        0x80000000u /* access log line written (wk_conn.c) */
 
 /* What only a request in progress needs. Idle keep-alive connections hold none of it (they are
@@ -174,6 +179,9 @@ struct wk_txn {
     uint64_t bytes_sent;  /* bytes written to the client for this request */
     uint32_t interim_bytes; /* 1xx response bytes of the current attempt */
     uint8_t ninterim;     /* 1xx responses of the current attempt */
+    uint64_t body_due_ms; /* limits.min_body_rate: the body is behind its rate from this time on
+                             (5 s grace, plus 1 s per min_body_rate bytes read, at most 5 s ahead) */
+    uint64_t progress_ms; /* last progress of the exchange while the body is read (rate ticks) */
     struct wk_alog_req *areq; /* the request's access-log fields (NULL when logging is off) */
     struct wk_head *hp;   /* where the head being parsed goes (the parsing caller's storage);
                              NULL outside a head parse, so body trailers never become fields */

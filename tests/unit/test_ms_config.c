@@ -270,6 +270,8 @@ static void test_spec_example(void)
     CU_ASSERT_EQUAL(cfg->limits.idle_timeout_ms, 60000);
     CU_ASSERT_EQUAL(cfg->limits.shutdown_timeout_ms, 10000);
     CU_ASSERT_EQUAL(cfg->limits.tunnel_idle_timeout_ms, 3600000);
+    CU_ASSERT_EQUAL(cfg->limits.min_body_rate, 256);
+    CU_ASSERT_EQUAL(cfg->limits.send_timeout_ms, 60000);
 
     CU_ASSERT_EQUAL_FATAL(cfg->nlisteners, 3);
     CU_ASSERT_STRING_EQUAL(cfg->listeners[0].address, "0.0.0.0:8080");
@@ -582,6 +584,11 @@ static void test_err_types(void)
     expect_error(LISTENER "limits = { max_body_bytes = -1; };\n", 2, "max_body_bytes");
     expect_error(LISTENER "limits = { idle_timeout_ms = 0; };\n", 2, "idle_timeout_ms");
     expect_error(LISTENER "limits = { idle_timeout_ms = \"10s\"; };\n", 2, "must be an integer");
+    expect_error(LISTENER "limits = {\n min_body_rate = -1; };\n", 3, "limits.min_body_rate");
+    expect_error(LISTENER "limits = { min_body_rate = 1.5; };\n", 2, "must be an integer");
+    expect_error(LISTENER "limits = { min_body_rate = 1000000000; };\n", 2, "min_body_rate");
+    expect_error(LISTENER "limits = { send_timeout_ms = 0; };\n", 2, "limits.send_timeout_ms");
+    expect_error(LISTENER "limits = { send_timeout_ms = \"1m\"; };\n", 2, "must be an integer");
     expect_error(LISTENER "admin = { mode = \"0999\"; };\n", 2, "admin.mode");
     expect_error(LISTENER "admin = \"x\";\n", 2, "admin must be a group");
     expect_error(LISTENER "log = { level = \"loud\"; };\n", 2, "log.level");
