@@ -256,7 +256,9 @@ struct wk_worker {
     struct wk_gen *gens;      /* all mapped generations */
     struct wk_listener *listeners;
     int nlisten;
-    int accept_paused;
+    int accept_starved;       /* accept4() ran out of descriptors: logged once per episode */
+    uint64_t accept_resume_ms; /* accepting paused until then (0: not paused) */
+    int listeners_off;        /* listeners taken out of the epoll set during the pause */
     struct wk_client *clients; /* list head */
     uint64_t nclients;
     struct wk_pool *pools;     /* indexed by backend runtime slot */

@@ -292,7 +292,29 @@ static int adopt_generation(void)
     return 0;
 }
 
-/* ---- accepting ------------------------------------------------------------------------------ */
+/* ---- accepting ------------------------------------------------------------------------------
+ * Out of file descriptors (or socket memory), accept4() fails while the connection stays queued:
+ * retrying at once would only spin. Accepting pauses for ACCEPT_BACKOFF_MS instead, then every
+ * listener is drained again (the listeners are edge-triggered, so no event is lost by the wait);
+ * one log line per episode, which ends when an accept succeeds. */
+#define ACCEPT_BACKOFF_MS 100
+
+/* Watch the listeners for new connections, or stop watching them while accepting is paused. */
+static void listeners_watch(int on)
+{
+    if (wk.listeners_off == !on) {
+        return;
+    }
+    wk.listeners_off = !on;
+    for (int i = 0; i < wk.nlisten; i++) {
+        struct epoll_event ev = {.events = on ? EPOLLIN | EPOLLET : 0};
+        ev.data.ptr = &wk.listeners[i];
+        if (wk.listeners[i].fd != -1) {
+            (void)epoll_ctl(wk.epfd, EPOLL_CTL_MOD, wk.listeners[i].fd, &ev);
+        }
+    }
+}
+
 static void do_accept(struct wk_listener *l)
 {
     for (;;) {
@@ -302,23 +324,39 @@ static void do_accept(struct wk_listener *l)
 
         if (fd == -1) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                wk.accept_paused = 0;
                 return;
             }
             if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) {
                 continue;
             }
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                if (!wk.accept_paused) {
-                    log_errno(LOG_ERROR, errno, "accept4() failed; pausing accepts");
+                if (!wk.accept_starved) {
+                    log_errno(LOG_ERROR, errno,
+                              "accept4() failed with %llu connections open; pausing accepts "
+                              "until descriptors free up",
+                              (unsigned long long)wk.nclients);
+                    wk.accept_starved = 1;
                 }
-                wk.accept_paused = 1;
+                wk.accept_resume_ms = wk.now + ACCEPT_BACKOFF_MS;
+                listeners_watch(0); /* no wake-up per queued connection meanwhile */
                 return;
             }
             log_errno(LOG_ERROR, errno, "accept4() failed");
             return;
         }
+        wk.accept_starved = 0;
         wk_client_accept(fd, (struct sockaddr *)&ss, l->idx);
+    }
+}
+
+static void accept_all(void)
+{
+    wk.accept_resume_ms = 0;
+    for (int i = 0; i < wk.nlisten && wk.accept_resume_ms == 0; i++) {
+        do_accept(&wk.listeners[i]);
+    }
+    if (wk.accept_resume_ms == 0) {
+        listeners_watch(1); /* (re-arming reports what is queued: nothing is missed) */
     }
 }
 
@@ -420,15 +458,17 @@ void wk_main(const struct wk_init *init)
     __atomic_store_n(&wk.me->heartbeat_ms, wk.now, __ATOMIC_RELAXED);
     log_debug("worker started");
     /* Connections may already be queued from before a respawn: an edge may never come. */
-    for (int i = 0; i < wk.nlisten; i++) {
-        do_accept(&wk.listeners[i]);
-    }
+    accept_all();
 
     for (;;) {
         int timeout = timers_next_ms();
         int n;
 
-        if ((wk.accept_paused || wk_alog_pending()) && timeout > 100) {
+        if (wk.accept_resume_ms != 0 && !wk.stopping) {
+            int wait = wk.accept_resume_ms > wk.now ? (int)(wk.accept_resume_ms - wk.now) : 0;
+            timeout = DSP_MIN(timeout, wait);
+        }
+        if (wk_alog_pending() && timeout > 100) {
             timeout = 100;
         }
         free_dead(); /* nothing of the previous batch is pending any more */
@@ -448,7 +488,7 @@ void wk_main(const struct wk_init *init)
             struct wk_ev *e = evs[i].data.ptr;
             switch (e->kind) {
             case WK_EV_LISTENER:
-                if (!wk.stopping) {
+                if (!wk.stopping && wk.accept_resume_ms == 0) {
                     do_accept((struct wk_listener *)(void *)e);
                 }
                 break;
@@ -462,10 +502,8 @@ void wk_main(const struct wk_init *init)
                 break;
             }
         }
-        if (wk.accept_paused && !wk.stopping) {
-            for (int i = 0; i < wk.nlisten; i++) {
-                do_accept(&wk.listeners[i]);
-            }
+        if (wk.accept_resume_ms != 0 && wk.now >= wk.accept_resume_ms && !wk.stopping) {
+            accept_all();
         }
         timers_run();
         __atomic_store_n(&wk.me->heartbeat_ms, wk.now, __ATOMIC_RELAXED);
