@@ -84,6 +84,13 @@ class NonRegularFilesTest(dsptest.TestCase):
     def test_check_refuses_non_regular_files(self):
         for name, text, bad in self.variants():
             self.check_t(name, text, bad)
+        # The config file itself.
+        os.unlink(self.d.conf)
+        os.mkfifo(self.d.conf)
+        p = subprocess.run([dsptest.MASTER, "-t", "-c", self.d.conf], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=T)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"a FIFO, not a regular file", p.stderr)
 
     def test_reload_never_stalls_the_master(self):
         d = self.d
@@ -112,6 +119,15 @@ class NonRegularFilesTest(dsptest.TestCase):
             a = admin_ask(sock, "show health")
             self.assertIn('"ok":true', a, name)
             self.assertEqual(request(d.port).status, 200, name)
+        # The config file itself replaced by a FIFO.
+        seen = d.log().count("not a regular file")
+        f2 = os.path.join(d.tmp, "fifo2")
+        os.mkfifo(f2)
+        os.replace(f2, d.conf)
+        d.hup()
+        self.assertTrue(dsptest.wait_for(lambda: d.log().count("not a regular file") > seen, T),
+                        "config FIFO: no error logged after SIGHUP within %ss" % T)
+        self.assertIn('"ok":true', admin_ask(sock, "show health"))
         self.assertTrue(dsptest.wait_for(lambda: "a FIFO" in d.log(), T), d.log_tail())
         self.assertRegex(d.log(), r"dispatcher\.conf:\d+: .*not a regular file")
         # The last failed reload left the master responsive: a killed worker is respawned.

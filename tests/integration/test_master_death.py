@@ -48,6 +48,11 @@ class MasterDeathTest(dsptest.TestCase):
         os.chmod(d.tmp, 0o755)  # workers running as nobody write the access log in it
         text = make_config(d.port, d.tmp, [svc("s", b)], [route("*", "s")],
                            limits={"shutdown_timeout_ms": SHUTDOWN_MS}, extra=extra)
+        # The admin HTTP port too must be free for the next master at once.
+        hport = dsptest.free_port()
+        sock = os.path.join(d.tmp, "admin.sock")
+        text = text.replace('admin = { socket = "%s"; };' % sock,
+                            'admin = { socket = "%s"; http = "127.0.0.1:%d"; };' % (sock, hport))
         d.write_config(text)
         d.start()  # not start_dispatcher(): this master is meant to die with SIGKILL
         self.addCleanup(lambda: d.proc.poll() is None and d.proc.kill())
@@ -86,6 +91,8 @@ class MasterDeathTest(dsptest.TestCase):
                             "health"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(shm_of(old_pid), [], "stale shm of the dead master")
+        with dsptest.Conn(hport) as c:
+            self.assertEqual(c.request("GET", "/health", host="127.0.0.1").status, 200)
 
         # The request in flight on the dead master's worker completes.
         t.join(10)
