@@ -11,7 +11,8 @@
  * was HEAD, for responses), the rest the bytes read from the socket.
  * Invariants beyond "no crash": the head length found is within the input and ends in a blank
  * line; header spans lie inside the head; an access-log line is one line (JSON that parses back);
- * a head that passes the strict checks has CRLF line ends only, one framing (chunked, a length
+ * a head that passes the strict checks (wk_head_tiled: fields tile the head) has CRLF line ends
+ * only, no NUL and no obs-fold, byte by byte, one framing (chunked, a length
  * or none) and a Host without bytes that would split it downstream; a chunked body ends at the
  * same byte however it is cut into reads. */
 #include <stdint.h>
@@ -395,16 +396,6 @@ static void request(char *base, size_t avail)
     if (scratch.too_many) {
         return; /* 431 */
     }
-    if (!wk_head_bytes_ok(base, hlen)) {
-        return; /* 400: bare CR or LF, NUL, obs-fold */
-    }
-    /* What the strict byte check lets through has no line break but CRLF. */
-    for (size_t i = 0; i < hlen; i++) {
-        if (base[i] == '\n') {
-            FUZZ_CHECK(i > 0 && base[i - 1] == '\r');
-        }
-        FUZZ_CHECK(base[i] != '\0');
-    }
     if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen) {
         return;
     }
@@ -421,6 +412,23 @@ static void request(char *base, size_t avail)
         if (!wk_token_ok(scratch.h[i].name, scratch.h[i].nlen) ||
             !wk_value_ok(scratch.h[i].value, scratch.h[i].vlen)) {
             return;
+        }
+    }
+    if (!wk_head_tiled(base, hlen, &scratch)) {
+        return; /* 400: bare CR or LF, NUL, obs-fold */
+    }
+    /* Differential: the per-field proof (fields tile the head, names are tokens, values and the
+     * request line are free of controls) must imply what a byte-by-byte check says: CRLF line
+     * ends only, no bare CR, no NUL, no line starting with whitespace (obs-fold). */
+    for (size_t i = 0; i < hlen; i++) {
+        unsigned char b = (unsigned char)base[i];
+        FUZZ_CHECK(b != '\0');
+        if (b == '\n') {
+            FUZZ_CHECK(i > 0 && base[i - 1] == '\r');
+            FUZZ_CHECK(i + 1 == hlen || (base[i + 1] != ' ' && base[i + 1] != '\t'));
+        }
+        if (b == '\r') {
+            FUZZ_CHECK(i + 1 < hlen && base[i + 1] == '\n');
         }
     }
     if (p.method == HTTP_CONNECT) {
