@@ -2505,8 +2505,9 @@ static int read_proxy_header(struct wk_client *c)
         c->client_family = c->peer_family;
         memcpy(c->client_ip, c->peer_ip, 16);
     }
+    /* The header timeout armed at accept runs on: the PROXY header, TLS handshake and first
+     * request head share it (re-arming here would let a trickled PROXY header double it). */
     c->state = c->tls != NULL ? WK_CS_TLS : WK_CS_IDLE;
-    set_timer(c);
     return 1;
 }
 

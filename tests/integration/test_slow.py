@@ -172,6 +172,46 @@ class SlowClientTest(dsptest.TestCase):
                 self.assertGreater(dt, 0.7)
                 self.assertTrue(r.closed or c.wait_closed(3), "connection open after a 408")
 
+    def test_proxy_header_and_head_share_the_header_timeout(self):
+        # On a proxy_protocol listener the PROXY header, then the head, both trickled: the
+        # timeout runs from the accept and is not started again once the PROXY header is in.
+        b = self.backend("web")
+        d = dsptest.Dispatcher(workers=1)
+        conf = dsptest.make_config(d.port, d.tmp, [svc("web", b)], [route("*", "web")], 1,
+                                   {"header_timeout_ms": 1500})
+        conf = conf.replace('{ address = "127.0.0.1:%d"; }' % d.port,
+                            '{ address = "127.0.0.1:%d"; proxy_protocol = true; }' % d.port)
+        d.write_config(conf)
+        self.start_dispatcher(d, wait=False)
+        self.assertTrue(dsptest.wait_for(lambda: len(d.worker_pids()) >= 1, 10))
+        self.assertTrue(dsptest.wait_for(lambda: self._port_open(d.port), 10))
+        pp = b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n"
+        with Conn(d.port, timeout=6) as c:
+            t0 = time.monotonic()
+            for i in range(0, len(pp), 4):
+                c.send(pp[i:i + 4])
+                time.sleep(0.1)
+            while time.monotonic() - t0 < 1.2:
+                time.sleep(0.02)
+            try:
+                c.send(b"GET /echo HTTP/1.1\r\nHost: a.do\r\n")
+                r = c.read_response()
+            except (dsptest.ConnectionClosed, ConnectionResetError, BrokenPipeError):
+                r = None
+            dt = time.monotonic() - t0
+            if r is not None:
+                self.assertJsonError(r, 408, "Request timeout")
+            self.assertLess(dt, 2.3, "answered %.2fs after the accept, header_timeout_ms=1500: "
+                            "the PROXY header restarted the timeout" % dt)
+
+    @staticmethod
+    def _port_open(port):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
     @dsptest.timeout(40)
     def test_slow_body_408_and_backend_released(self):
         b = self.counting_backend()
