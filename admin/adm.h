@@ -8,5 +8,9 @@
  * socket (refusing one a live process still serves) and the admin HTTP listener, and register
  * them with the master loop. Returns 0, or -1 after logging why (the master exits 2). */
 int adm_init(void);
+/* Does a live process serve the admin socket at <path>? (Logs why when it does.) Checked before
+ * the listeners are bound too: a second master must not take a single connection of the live
+ * one's ports (SO_REUSEPORT would let it) before it finds out and exits. */
+int adm_socket_in_use(const char *path);
 
 #endif

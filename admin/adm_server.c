@@ -751,6 +751,35 @@ static void on_publish(void *arg)
 }
 
 /* ---- start-up ------------------------------------------------------------------------------- */
+int adm_socket_in_use(const char *path)
+{
+    struct sockaddr_un sa;
+    struct stat st;
+    int probe;
+
+    if (path == NULL || strlen(path) >= sizeof(sa.sun_path) || lstat(path, &st) != 0 ||
+        !S_ISSOCK(st.st_mode)) {
+        return 0;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    /* A socket file left by a dead master is stale (connect refused); one that answers, or is
+     * too busy to (EAGAIN: never wait on it), belongs to a live process. */
+    probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (probe != -1 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == -1 &&
+        (errno == ECONNREFUSED || errno == ENOENT)) {
+        close(probe);
+        return 0;
+    }
+    if (probe != -1) {
+        close(probe);
+    }
+    log_error("admin socket %s is in use by another process (is a dispatcher already running?)",
+              path);
+    return 1;
+}
+
 static int bind_unix(const char *path, int mode)
 {
     struct sockaddr_un sa;
@@ -776,24 +805,14 @@ static int bind_unix(const char *path, int mode)
         return -1;
     }
     if (lstat(path, &st) == 0) {
-        int probe;
         if (!S_ISSOCK(st.st_mode)) {
             log_error("admin socket %s: a file that is not a socket is in the way", path);
             close(fd);
             return -1;
         }
-        /* A socket file left by a dead master is stale; one that answers is in use. */
-        probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (probe != -1 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-            close(probe);
-            log_error("admin socket %s is in use by another process (is a dispatcher already "
-                      "running?)",
-                      path);
+        if (adm_socket_in_use(path)) {
             close(fd);
             return -1;
-        }
-        if (probe != -1) {
-            close(probe);
         }
         unlink(path);
     }

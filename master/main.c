@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "admin/adm.h"
 #include "common/dsp.h"
 #include "common/fs.h"
 #include "common/log.h"
@@ -238,7 +239,8 @@ int main(int argc, char **argv)
         return MS_EXIT_CONFIG;
     }
     ms.nworkers = ms.cfg->workers;
-    if (pid_file_in_use(pid_arg != NULL ? pid_arg : ms.cfg->pid_file)) {
+    if (pid_file_in_use(pid_arg != NULL ? pid_arg : ms.cfg->pid_file) ||
+        adm_socket_in_use(ms.cfg->admin.socket)) {
         return MS_EXIT_START;
     }
     if (ms_bind_all() != 0) {

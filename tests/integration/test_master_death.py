@@ -120,16 +120,42 @@ class MasterDeathTest(dsptest.TestCase):
         self.run_case('user = "nobody"; group = "nogroup";')
 
     def test_live_master_is_not_disturbed(self):
-        """A second master on the same pid file refuses to start and removes nothing."""
+        """A second master on the same config refuses to start (live pid file or live admin
+        socket), removes nothing, and never takes a connection of the live one's ports."""
         b = self.backend("a")
         d = dsptest.Dispatcher()
         d.write_config(make_config(d.port, d.tmp, [svc("s", b)], [route("*", "s")]))
         self.start_dispatcher(d)
         before = shm_of(d.proc.pid)
-        p = subprocess.run([dsptest.MASTER, "-c", d.conf], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=10, cwd=d.tmp)
-        self.assertEqual(p.returncode, 2, p.stderr)
-        self.assertIn(b"running", p.stderr)
+        stop = threading.Event()
+        fails, done = [], [0]
+
+        def load():
+            while not stop.is_set():
+                try:
+                    r = request(d.port, timeout=5)
+                    if r.status != 200:
+                        fails.append(r.status)
+                except Exception as e:  # noqa: BLE001 - counted
+                    fails.append(repr(e))
+                done[0] += 1
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(6):
+                args = [] if i % 2 == 0 else ["-p", os.path.join(d.tmp, "o.pid")]
+                p = subprocess.run([dsptest.MASTER, "-c", d.conf] + args, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, timeout=10, cwd=d.tmp)
+                self.assertEqual(p.returncode, 2, p.stderr)
+                self.assertIn(b"running", p.stderr)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        self.assertGreater(done[0], 20)
+        self.assertEqual(fails, [], "requests to the live master failed while a second one tried "
+                         "to start (%d of %d)" % (len(fails), done[0]))
         self.assertEqual(shm_of(d.proc.pid), before)
         self.assertEqual(d.pid_from_file(), d.proc.pid)
         self.assertTrue(os.path.exists(os.path.join(d.tmp, "admin.sock")))
