@@ -347,3 +347,50 @@ class ChunkedResponseTest(dsptest.TestCase):
             c.send(b"GET / HTTP/1.0\r\nHost: a.test\r\n\r\n")
             r = c.read_response()
             self.assertEqual((r.status, r.body), (200, b"hello world"))
+
+
+class SplitChunkTest(dsptest.TestCase):
+    """Chunked request bodies that arrive in pieces: a chunk-size line goes upstream only once
+    it is complete and valid, so the bad line of a body that started well never leaves."""
+
+    def setUp(self):
+        self.b = RecordingBackend()
+        self.addCleanup(self.b.stop)
+        self.d = self.dispatcher(services=[svc("web", self.b.addr)], routes=[route("*", "web")],
+                                 workers=1)
+
+    def test_valid_body_byte_by_byte(self):
+        body = b"5;a=\"b\"\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\n"
+        with Conn(self.d.port, timeout=5) as c:
+            c.send(b"POST /up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(len(body)):
+                c.send(body[i:i + 1])
+                time.sleep(0.002)
+            r = c.read_response()
+            self.assertEqual(r.status, 200)
+        time.sleep(0.05)
+        got, n = self.b.take()
+        self.assertEqual(n, 1)
+        self.assertTrue(got.endswith(b"\r\n\r\n" + body), got[-200:])
+
+    def test_bad_line_after_good_chunk_never_forwarded(self):
+        for bad in (b"3d;", b"3d;\nAAAA", b"5 ", b"0x"):
+            with self.subTest(bad=bad):
+                self.b.take()
+                with Conn(self.d.port, timeout=5) as c:
+                    c.send(b"POST /up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked"
+                           b"\r\n\r\n5\r\nhello\r\n")
+                    time.sleep(0.2)  # the head and the good chunk go upstream
+                    for i in range(len(bad)):
+                        c.send(bad[i:i + 1])
+                        time.sleep(0.05)
+                    got, _ = self.b.take()
+                    self.assertTrue(got.endswith(b"\r\n\r\n5\r\nhello\r\n"), got[-100:])
+                    if not bad.endswith(b"AAAA"):
+                        # an incomplete line: nothing of it has left; finish it badly
+                        c.send(b"\n0\r\n\r\n")
+                    r = c.read_response()
+                    self.assertJsonError(r, 400, "Bad request")
+                time.sleep(0.05)
+                got, _ = self.b.take()
+                self.assertEqual(got, b"", "bytes of the bad line reached the backend")
