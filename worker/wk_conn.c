@@ -1742,7 +1742,7 @@ static int parse_response(struct wk_client *c)
         }
         /* Strict framing: a status line and CRLF lines as RFC 9112 writes them, and a final
          * status in 200-599 (1xx are interim); anything else is a 502, never relayed. */
-        status = wk_resp_head_syntax(base, hlen);
+        status = wk_resp_status_line(base, hlen);
         if (status < 100 || status > 599) {
             return upstream_failed(c, WK_FAIL_BAD);
         }
@@ -1766,6 +1766,10 @@ static int parse_response(struct wk_client *c)
                 !wk_value_ok(hd.h[i].value, hd.h[i].vlen)) {
                 return upstream_failed(c, WK_FAIL_BAD);
             }
+        }
+        /* CRLF line ends only, no bare CR or LF, no obs-fold: the fields tile the head. */
+        if (!wk_head_tiled(base, hlen, &hd)) {
+            return upstream_failed(c, WK_FAIL_BAD);
         }
         if (c->tx->rs.status_code == 101 && (c->tflags & WK_T_UPGRADE)) {
             /* Switching protocols: from here on both directions are opaque bytes. */
@@ -2280,7 +2284,10 @@ static int upstream_read(struct wk_client *c)
         /* Edge-triggered: a short read drained the socket, and new data brings a new edge, so
          * skip the recv that would only say EAGAIN. (A short TLS read proves nothing by
          * itself: it may end a record with the next one queued; tls_drained() knows.) */
-        if (u->tls == NULL ? (size_t)n < c->tx->uin.cap - c->tx->uin.end : tls_drained(u->tls)) {
+        if ((u->tls == NULL ? (size_t)n < c->tx->uin.cap - c->tx->uin.end : tls_drained(u->tls)) &&
+            !(u->flags & WK_UP_F_HUP)) {
+            /* (Not when epoll reported the peer's FIN or an error: it came with this edge and
+             * no other will announce it.) */
             u->flags &= ~WK_UP_F_READABLE;
         }
         c->tx->uin.end += (uint32_t)n;

@@ -372,5 +372,8 @@ void wk_head_reset(struct wk_head *h);
  * and a reason or the line end; CRLF line ends only, no bare CR, no control bytes but HTAB; the
  * empty line at the end)? Returns its status code (0-999, not range-checked), or -1. */
 int wk_resp_head_syntax(const char *p, size_t n);
+/* The status line alone (up to its CRLF), as above; the worker checks the fields per field
+ * instead (token and value checks, then wk_head_tiled()), which accepts the same heads. */
+int wk_resp_status_line(const char *p, size_t n);
 
 #endif

@@ -4,15 +4,16 @@
 
 #include <string.h>
 
-int wk_resp_head_syntax(const char *p, size_t n)
+int wk_resp_status_line(const char *p, size_t n)
 {
     int status;
+    size_t i;
 
     /* "HTTP/1.0" or "HTTP/1.1", one SP, three digits, then SP [reason] or the line end. */
     if (n < 16 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') || p[8] != ' ') {
         return -1;
     }
-    for (int i = 9; i < 12; i++) {
+    for (i = 9; i < 12; i++) {
         if (p[i] < '0' || p[i] > '9') {
             return -1;
         }
@@ -21,8 +22,31 @@ int wk_resp_head_syntax(const char *p, size_t n)
         return -1;
     }
     status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
-    /* Lines end in CRLF, and CR appears nowhere else; no other control byte but HTAB (header
-     * fields get their own token/value checks). The head ends with an empty line. */
+    /* The reason phrase: HTAB, SP, visible and obs-text bytes, up to CRLF. */
+    for (i = 12; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '\r') {
+            break;
+        }
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+            return -1;
+        }
+    }
+    if (i + 1 >= n || p[i + 1] != '\n') {
+        return -1;
+    }
+    return status;
+}
+
+int wk_resp_head_syntax(const char *p, size_t n)
+{
+    int status = wk_resp_status_line(p, n);
+
+    if (status < 0) {
+        return -1;
+    }
+    /* Lines end in CRLF, and CR appears nowhere else; no other control byte but HTAB. The head
+     * ends with an empty line. */
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)p[i];
         if (ch >= 0x20 && ch != 0x7f) {

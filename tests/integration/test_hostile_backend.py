@@ -551,10 +551,14 @@ class HostileBackendTest(dsptest.TestCase):
         self.clean_next()
 
     def test_close_mid_body(self):
-        with Conn(self.d.port, timeout=5) as c:
-            c.send(dsptest.build_request("GET", "/midbody/x", "h.do"))
-            v, st, _, hdrs = c.read_head()
-            self.assertEqual(st, 200)
-            self.assertTrue(c.wait_closed(3), "truncated response: the client must see a close")
-            self.assertLessEqual(len(c.buf), 500)
-        self.clean_next()
+        # The backend's FIN often comes with the edge of its last bytes: it must not wait for
+        # another edge (or the response timeout) to be seen.
+        for _ in range(8):
+            with Conn(self.d.port, timeout=5) as c:
+                c.send(dsptest.build_request("GET", "/midbody/x", "h.do"))
+                v, st, _, hdrs = c.read_head()
+                self.assertEqual(st, 200)
+                self.assertTrue(c.wait_closed(1.5),
+                                "truncated response: the client must see a close at once")
+                self.assertLessEqual(len(c.buf), 500)
+            self.clean_next()

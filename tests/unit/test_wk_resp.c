@@ -52,4 +52,14 @@ static void test_line_ends(void)
     CU_ASSERT_EQUAL(syn("HTTP/1.1 200\r\n"), -1);
 }
 
-UNIT_SUITE(wk_resp, {"status_line", test_status_line}, {"line_ends", test_line_ends})
+static void test_status_line_alone(void)
+{
+    CU_ASSERT_EQUAL(wk_resp_status_line("HTTP/1.1 200 OK\r\nX\n\n", 20), 200);
+    CU_ASSERT_EQUAL(wk_resp_status_line("HTTP/1.1 204\r\n\r\n", 16), 204);
+    CU_ASSERT_EQUAL(wk_resp_status_line("HTTP/1.1 200 O\x01K\r\n\r\n", 20), -1);
+    CU_ASSERT_EQUAL(wk_resp_status_line("HTTP/1.1 200 OK\n\r\n\r\n", 20), -1);
+    CU_ASSERT_EQUAL(wk_resp_status_line("HTTP/1.1 200 OK\rX\r\n\r\n", 20), -1);
+    CU_ASSERT_EQUAL(wk_resp_status_line("HTTP/1.1 200 OK\x7f\r\n\r\n", 20), -1);
+}
+
+UNIT_SUITE(wk_resp, {"status line alone", test_status_line_alone}, {"status_line", test_status_line}, {"line_ends", test_line_ends})
