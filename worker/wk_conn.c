@@ -2616,11 +2616,20 @@ static int proxy_step(struct wk_client *c)
             (c->tflags & (WK_T_REQ_DONE | WK_T_RESP_HEAD)) == WK_T_REQ_DONE &&
             c->send_off == c->parsed_off && c->tx->uout.start == c->tx->uout.end) {
             /* The request is out and the final response head awaited: response_timeout_ms
-             * counts from here, once; 1xx trickling in (or client bytes) do not extend it. */
-            if (c->tflags & WK_T_RESP_WAIT) {
+             * counts from here, once; 1xx trickling in (or client bytes) do not extend it.
+             * (Only a client that stopped reading forwarded 1xx re-arms it, once it drains:
+             * the send timeout had the timer meanwhile.) */
+            if ((c->tflags & WK_T_RESP_WAIT) && c->timer.queue != 0 &&
+                c->timer.deadline == c->tx->resp_due_ms) {
                 return progress;
             }
-            c->tflags |= WK_T_RESP_WAIT;
+            set_timer(c);
+            if (c->timer.queue != 0 &&
+                c->timer.deadline == wk.now + csvc(c)->response_timeout_ms) {
+                c->tflags |= WK_T_RESP_WAIT;
+                c->tx->resp_due_ms = c->timer.deadline;
+            }
+            return progress;
         }
         set_timer(c);
     }

@@ -177,6 +177,7 @@ struct wk_txn {
     uint64_t started_ms;
     uint64_t tried;       /* bitmask of backend positions already tried */
     uint64_t bytes_sent;  /* bytes written to the client for this request */
+    uint64_t resp_due_ms; /* deadline of the final response head (with WK_T_RESP_WAIT) */
     uint32_t interim_bytes; /* 1xx response bytes of the current attempt */
     uint8_t ninterim;     /* 1xx responses of the current attempt */
     uint64_t body_due_ms; /* limits.min_body_rate: the body is behind its rate from this time on
