@@ -101,9 +101,11 @@ static const struct wk_hdr *head_find(const struct wk_head *hd, const char *name
     return NULL;
 }
 
-/* Keep what the access log needs from the head in c->in at [0, hlen) (parsed into <hd>). */
+/* Keep what the access log needs from the head in c->in at [0, hlen) (parsed into <hd>). The
+ * host logged is <ahost> when given (an absolute-form authority, which is what was routed on),
+ * else the Host header. */
 static void capture_alog(struct wk_client *c, const struct wk_head *hd, const char *base,
-                         size_t hlen)
+                         size_t hlen, const char *ahost, size_t ahlen)
 {
     const struct wk_hdr *host, *ua, *ref;
     const char *sp;
@@ -118,7 +120,8 @@ static void capture_alog(struct wk_client *c, const struct wk_head *hd, const ch
     ref = head_find(hd, "referer", 7);
     sp = memchr(base, ' ', DSP_MIN(hlen, 64));
     /* The method as written: the parser may have stopped before it knew one. */
-    c->tx->areq = wk_alog_capture(host ? host->value : NULL, host ? host->vlen : 0, base,
+    c->tx->areq = wk_alog_capture(ahost ? ahost : host ? host->value : NULL,
+                              ahost ? ahlen : host ? host->vlen : 0, base,
                               sp ? (size_t)(sp - base) : 0, hd->url, hd->url_len,
                               ua ? ua->value : NULL, ua ? ua->vlen : 0, ref ? ref->value : NULL,
                               ref ? ref->vlen : 0, c->rq.http_major, c->rq.http_minor);
@@ -1146,7 +1149,7 @@ static int process_head(struct wk_client *c, size_t hlen)
         wk_reqid_new(wk.rng, c->tx->reqid);
         c->tx->reqid_len = 32;
     }
-    capture_alog(c, &hd, base, hlen);
+    capture_alog(c, &hd, base, hlen, NULL, 0);
     if (hd.too_many) {
         return reply_error(c, 431, "Request header fields too large", "Too many header fields",
                            F_CLOSE);
@@ -1247,6 +1250,7 @@ static int process_head(struct wk_client *c, size_t hlen)
         if (absolute_form(target, tlen, &host, &hostlen, &rest, &rlen) != 0) {
             return reply_error(c, 400, "Bad request", "Invalid request target", F_CLOSE);
         }
+        capture_alog(c, &hd, base, hlen, host, hostlen); /* log the Host routed on */
         target = rest;
         tlen = rlen;
         slash = tlen == 0 || target[0] != '/';

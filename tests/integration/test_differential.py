@@ -235,6 +235,31 @@ class DifferentialTest(dsptest.TestCase):
             with self.subTest(case=os.path.basename(path)):
                 self.run_case(d, path)
 
+    def test_access_log_names_the_routed_host(self):
+        """With an absolute-form target the access log shows its authority, the Host routed
+        on and forwarded, not the client's Host header."""
+        import json
+        d = self.start()
+        with Conn(d.port, timeout=5) as c:
+            c.send(b"GET http://public.example/x HTTP/1.1\r\nHost: admin.internal\r\n"
+                   b"X-Request-ID: alog-abs\r\n\r\n")
+            self.assertEqual(c.read_response().status, 200)
+        path = os.path.join(d.tmp, "access.log")
+        line = None
+        deadline = time.monotonic() + 5
+        while line is None and time.monotonic() < deadline:
+            try:
+                with open(path) as f:
+                    for l in f:
+                        if "alog-abs" in l:
+                            line = json.loads(l)
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.assertIsNotNone(line, "no access log line")
+        self.assertEqual(line["host"], "public.example")
+        self.assertEqual(line["service"], "public")
+
     def test_corpus_trusted_proxy(self):
         """Cases marked `listener: trusted` run with 127.0.0.1 as a trusted proxy."""
         d = self.start(extra='trusted_proxies = [ "127.0.0.1/32" ];')
