@@ -1826,7 +1826,9 @@ static int parse_response(struct wk_client *c)
          * bytes are relayed (or decoded for HTTP/1.0 clients). */
         c->tx->resp_chunked = !(c->tflags & WK_T_RESP_DONE) && (c->tx->rs.flags & F_CHUNKED);
         if (c->tx->resp_chunked) {
-            wk_chunk_init(&c->tx->rsc, (uint32_t)c->gen->snap->limits.max_header_bytes);
+            /* (A trailer line must fit the upstream buffer with room to spare.) */
+            wk_chunk_init(&c->tx->rsc, (uint32_t)DSP_MIN(c->gen->snap->limits.max_header_bytes,
+                                                         UPSTREAM_BUF_SIZE / 2));
         }
     }
     if (c->tx->resp_chunked && !(c->tflags & WK_T_RESP_DONE)) {

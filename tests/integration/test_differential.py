@@ -358,6 +358,22 @@ class ChunkedResponseTest(dsptest.TestCase):
             self.assertNotIn(b"SMUGGLED", bytes(c.buf))
             self.assertEqual(bytes(c.buf), b"5\r\nhello\r\n")
 
+    def test_huge_trailer_is_refused_not_waited_for(self):
+        """A trailer line larger than the upstream buffer can hold: refused at once (the
+        client sees the connection cut), never a wait for response_timeout_ms."""
+        self.sb = ScriptedBackend([self.HEAD + b"5\r\nhello\r\n", b"0\r\nX-Big: " + b"a" * 40000 +
+                                   b"\r\n\r\n"], gap=0.2)
+        self.addCleanup(self.sb.stop)
+        d = self.dispatcher(services=[svc("web", self.sb.addr)], routes=[route("*", "web")],
+                            workers=1, limits={"max_header_bytes": 65536})
+        t0 = time.monotonic()
+        with Conn(d.port, timeout=10) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            self.assertEqual(c.read_head()[1], 200)
+            self.assertTrue(c.wait_closed(5), "connection not cut")
+            self.assertNotIn(b"X-Big", bytes(c.buf))
+        self.assertLess(time.monotonic() - t0, 5)
+
     def test_valid_chunked_relayed_and_decoded(self):
         body = b"5;x=\"y\"\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n"
         d = self.serve([self.HEAD + body[:9], body[9:20], body[20:]], gap=0.05)
