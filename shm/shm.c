@@ -155,7 +155,8 @@ void shm_snap_unmap(const struct shm_snap_hdr *h, size_t size)
     }
 }
 
-void shm_sweep_stale(void)
+/* Unlink /dev/shm/dsp.PID.GEN objects: those of <only_pid>, or (0) of every dead master. */
+static void sweep(int only_pid)
 {
     DIR *d = opendir("/dev/shm");
     struct dirent *de;
@@ -171,12 +172,23 @@ void shm_sweep_stale(void)
         if (sscanf(de->d_name, "dsp.%d.%llu", &pid, &gen) != 2 || pid <= 0) {
             continue;
         }
-        /* Never those of a live master; a reused pid does not keep a dead one's alive. */
-        if (pid == getpid() || fs_pid_is_ours(pid)) {
-            continue;
+        if (only_pid != 0 ? pid != only_pid : (pid == getpid() || fs_pid_is_ours(pid))) {
+            continue; /* never those of a live master; a reused pid does not keep one alive */
         }
         snprintf(name, sizeof(name), "/%s", de->d_name);
         shm_unlink(name);
     }
     closedir(d);
+}
+
+void shm_sweep_stale(void)
+{
+    sweep(0);
+}
+
+void shm_unlink_all_of(int master_pid)
+{
+    if (master_pid > 0) {
+        sweep(master_pid);
+    }
 }

@@ -41,5 +41,8 @@ static inline uint64_t shm_ctl_gen(const struct shm_ctl *ctl)
 
 /* Remove leftover segments of dead masters from /dev/shm (master start-up). */
 void shm_sweep_stale(void);
+/* Remove every snapshot of master <master_pid> (its workers, once it died: mapped ones stay
+ * readable to whoever maps them). */
+void shm_unlink_all_of(int master_pid);
 
 #endif

@@ -520,6 +520,9 @@ void wk_main(const struct wk_init *init)
             wk_alog_reopen();
         }
         if (sig_term && !wk.stopping) {
+            if (getppid() != wk.ctl->master_pid) {
+                shm_unlink_all_of(wk.ctl->master_pid); /* the master died: nobody else will */
+            }
             wk.stopping = 1;
             wk.stop_deadline = wk.now + wk.cur->snap->limits.shutdown_timeout_ms;
             close_listeners();

@@ -119,6 +119,25 @@ class MasterDeathTest(dsptest.TestCase):
             raise unittest.SkipTest("no user nobody / group nogroup")
         self.run_case('user = "nobody"; group = "nogroup";')
 
+    def test_orphaned_workers_leave_no_shm(self):
+        """No new master comes: the dead master's workers remove its /dev/shm objects."""
+        b = self.backend("a")
+        d = dsptest.Dispatcher()
+        os.chmod(d.tmp, 0o755)
+        extra = 'user = "nobody"; group = "nogroup";' if os.geteuid() == 0 else ""
+        d.write_config(make_config(d.port, d.tmp, [svc("s", b)], [route("*", "s")],
+                                   extra=extra))
+        d.start()
+        self.addCleanup(lambda: d.proc.poll() is None and d.proc.kill())
+        d.hup()  # a second generation
+        self.assertTrue(dsptest.wait_for(lambda: "generation 2" in d.log(), 5), d.log_tail())
+        workers, pid = d.worker_pids(), d.proc.pid
+        self.assertTrue(shm_of(pid))
+        os.kill(pid, signal.SIGKILL)
+        d.proc.wait(5)
+        self.assertTrue(dsptest.wait_for(lambda: not any(alive(w) for w in workers), 5))
+        self.assertEqual(shm_of(pid), [], "the dead master's shm objects outlive its workers")
+
     def test_live_master_is_not_disturbed(self):
         """A second master on the same config refuses to start (live pid file or live admin
         socket), removes nothing, and never takes a connection of the live one's ports."""
