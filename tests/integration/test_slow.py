@@ -71,10 +71,20 @@ class CountingBackend:
                     buf += d
                 head, _, buf = buf.partition(b"\r\n\r\n")
                 clen = 0
+                chunked = False
                 for line in head.split(b"\r\n")[1:]:
                     k, _, v = line.partition(b":")
                     if k.strip().lower() == b"content-length":
                         clen = int(v.strip())
+                    if k.strip().lower() == b"transfer-encoding":
+                        chunked = True
+                if chunked:  # (whole body: up to the last chunk, no trailers)
+                    while not (buf.startswith(b"0\r\n\r\n") or b"\r\n0\r\n\r\n" in buf):
+                        d = s.recv(65536)
+                        if not d:
+                            return
+                        buf += d
+                    clen = buf.index(b"0\r\n\r\n") + 5
                 if self.hold_body_s:
                     time.sleep(self.hold_body_s)
                 while len(buf) < clen:
@@ -217,44 +227,69 @@ class SlowClientTest(dsptest.TestCase):
         b = self.counting_backend()
         # min_body_rate is left at its default (256 bytes/s after a 5 s grace).
         d = self.dispatcher([svc("up", b.addr)], [route("*", "up")], workers=1)
-        with Conn(d.port, timeout=20) as c:
-            c.send(b"POST /upload HTTP/1.1\r\nHost: a.do\r\nContent-Length: 100000\r\n\r\n"
-                   + b"a" * 100)
-            self.assertTrue(dsptest.wait_for(lambda: b.count() == 1, 5),
-                            "the backend connection was not opened")
-            t0 = time.monotonic()
-            c.sock.setblocking(False)
-            got = b""
-            # A byte every 0.5 s: 2 bytes/s, far below 256.
-            while time.monotonic() - t0 < 15 and b"\r\n\r\n" not in got:
-                try:
-                    c.sock.send(b"b")
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    break
-                time.sleep(0.5)
-                try:
-                    d_ = c.sock.recv(65536)
-                    if not d_:
+        # Three shapes at once: a Content-Length body a byte every 0.5 s, a chunked body
+        # trickled the same way, and a burst followed by silence (credit is capped at 5 s).
+        heads = {
+            "trickle": (b"POST /upload HTTP/1.1\r\nHost: a.do\r\nContent-Length: 100000\r\n\r\n"
+                        + b"a" * 100, b"b"),
+            "chunked": (b"POST /upload HTTP/1.1\r\nHost: a.do\r\nTransfer-Encoding: chunked"
+                        b"\r\n\r\n", b"1\r\nc\r\n"),
+            "burst": (b"POST /upload HTTP/1.1\r\nHost: a.do\r\nContent-Length: 1000000\r\n\r\n"
+                      + b"d" * 60000, b""),
+        }
+        results = {}
+
+        def client(name):
+            head, drip = heads[name]
+            with Conn(d.port, timeout=20) as c:
+                c.send(head)
+                t0 = time.monotonic()
+                c.sock.setblocking(False)
+                got = b""
+                k = 0
+                while time.monotonic() - t0 < 15 and b"\r\n\r\n" not in got:
+                    if drip:
+                        try:
+                            c.sock.send(drip[k % len(drip):k % len(drip) + 1])
+                            k += 1
+                        except BlockingIOError:
+                            pass
+                        except OSError:
+                            break
+                    time.sleep(0.5)
+                    try:
+                        d_ = c.sock.recv(65536)
+                        if not d_:
+                            break
+                        got += d_
+                    except BlockingIOError:
+                        pass
+                    except OSError:
                         break
-                    got += d_
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    break
-            dt = time.monotonic() - t0
-            c.sock.setblocking(True)
-            c.settimeout(3)
-            c.buf += got
-            try:
-                r = c.read_response("POST")
-            except (dsptest.ConnectionClosed, ConnectionResetError, socket.timeout) as e:
-                self.fail("no 408 to a trickled body after %.1fs: %s" % (dt, e))
+                dt = time.monotonic() - t0
+                c.sock.setblocking(True)
+                c.settimeout(3)
+                c.buf += got
+                try:
+                    results[name] = (c.read_response("POST"), dt)
+                except (dsptest.ConnectionClosed, ConnectionResetError, socket.timeout) as e:
+                    results[name] = (e, dt)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in heads]
+        for t in threads:
+            t.start()
+        self.assertTrue(dsptest.wait_for(lambda: b.count() == 3, 5),
+                        "the backend connections were not opened (%d)" % b.count())
+        for t in threads:
+            t.join(30)
+        for name in heads:
+            r, dt = results[name]
+            if not isinstance(r, dsptest.Response):
+                self.fail("%s: no 408 to a slow body after %.1fs: %r" % (name, dt, r))
             self.assertJsonError(r, 408, "Request timeout")
-            self.assertLess(dt, 9, "the 408 came %.1fs after the body started" % dt)
-            self.assertGreater(dt, 3.5, "408 within the 5 s grace (%.1fs)" % dt)
-        # The backend connection is closed, not kept or pooled.
+            self.assertLess(dt, 9, "%s: the 408 came %.1fs after the body started" % (name, dt))
+            self.assertGreater(dt, 3.5, "%s: 408 within the 5 s grace (%.1fs)" % (name, dt))
+        # The backend connections are closed, not kept or pooled.
         self.assertTrue(dsptest.wait_for(lambda: b.count() == 0, 3),
                         "the backend still has %d connection(s) open" % b.count())
         self.assertEqual(b.requests, 0)
