@@ -583,6 +583,32 @@ void wk_close_idle_clients(void)
     }
 }
 
+size_t wk_shed_idle(size_t max_clients)
+{
+    const struct shm_snap_hdr *s = wk.cur->snap;
+    struct wk_client *c = wk.clients;
+    size_t n = 0;
+
+    for (uint32_t i = 0; i < s->nbackends; i++) {
+        struct wk_pool *p = &wk.pools[shm_backends(s)[i].rt_slot];
+        while (p->head != NULL) {
+            upstream_close(p->head); /* (unlinks it from the pool) */
+            n++;
+        }
+    }
+    while (c != NULL && max_clients > 0) {
+        struct wk_client *next = c->next;
+        if (c->state == WK_CS_IDLE && (c->flags & WK_C_F_STARTED) &&
+            (c->in.data == NULL || c->in.start == c->in.end)) {
+            wk_client_close(c);
+            max_clients--;
+            n++;
+        }
+        c = next;
+    }
+    return n;
+}
+
 void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
 {
     const struct shm_snap_hdr *s = wk.cur->snap;

@@ -258,6 +258,7 @@ struct wk_worker {
     struct wk_listener *listeners;
     int nlisten;
     int accept_starved;       /* accept4() ran out of descriptors: logged once per episode */
+    uint64_t starved_since;
     uint64_t accept_resume_ms; /* accepting paused until then (0: not paused) */
     int listeners_off;        /* listeners taken out of the epoll set during the pause */
     struct wk_client *clients; /* list head */
@@ -280,6 +281,10 @@ void wk_upstream_event(struct wk_upstream *u, uint32_t events);
 void wk_upstream_timeout(struct wk_upstream *u);
 /* Close idle keep-alive clients (graceful stop). */
 void wk_close_idle_clients(void);
+/* Out of descriptors: close the pooled idle upstream connections (of the current generation's
+ * backends) and up to <max_clients> kept-alive clients waiting between requests. Returns how
+ * many connections were closed. */
+size_t wk_shed_idle(size_t max_clients);
 
 /* ---- wk_lb.c: backend choice and outcome accounting (balancing, health, circuit breaker) ---- */
 /* Why an upstream attempt failed (0 = it succeeded). */

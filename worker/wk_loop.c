@@ -296,8 +296,9 @@ static int adopt_generation(void)
  * Out of file descriptors (or socket memory), accept4() fails while the connection stays queued:
  * retrying at once would only spin. Accepting pauses for ACCEPT_BACKOFF_MS instead, then every
  * listener is drained again (the listeners are edge-triggered, so no event is lost by the wait);
- * one log line per episode, which ends when an accept succeeds. */
+ * one log line per episode, which ends when the backlogs are drained. */
 #define ACCEPT_BACKOFF_MS 100
+#define ACCEPT_SHED_MAX   32 /* idle keep-alive clients closed per failed attempt */
 
 /* Watch the listeners for new connections, or stop watching them while accepting is paused. */
 static void listeners_watch(int on)
@@ -317,7 +318,7 @@ static void listeners_watch(int on)
 
 static void do_accept(struct wk_listener *l)
 {
-    for (;;) {
+    for (int got = 0;; got++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
         int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -330,21 +331,31 @@ static void do_accept(struct wk_listener *l)
                 continue;
             }
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                if (!wk.accept_starved) {
-                    log_errno(LOG_ERROR, errno,
-                              "accept4() failed with %llu connections open; pausing accepts "
-                              "until descriptors free up",
-                              (unsigned long long)wk.nclients);
-                    wk.accept_starved = 1;
+                int err = errno;
+                size_t shed = 0;
+                if (got == 0) {
+                    /* Nothing freed since the last try: make room for what waits in the
+                     * backlog, as nginx does, with idle keep-alive connections (their clients
+                     * reconnect) and pooled upstreams (a cache); then wait a little. */
+                    shed = wk_shed_idle(ACCEPT_SHED_MAX);
                 }
-                wk.accept_resume_ms = wk.now + ACCEPT_BACKOFF_MS;
+                if (!wk.accept_starved) {
+                    log_errno(LOG_ERROR, err,
+                              "accept4() failed with %llu connections open; closed %zu idle "
+                              "connections, pausing accepts until descriptors free up",
+                              (unsigned long long)wk.nclients, shed);
+                    wk.accept_starved = 1;
+                    wk.starved_since = wk.now;
+                }
+                /* After progress, try again right after the next pass of events (which may
+                 * close what was just accepted); after none, back off. */
+                wk.accept_resume_ms = wk.now + (got > 0 ? 0 : ACCEPT_BACKOFF_MS);
                 listeners_watch(0); /* no wake-up per queued connection meanwhile */
                 return;
             }
             log_errno(LOG_ERROR, errno, "accept4() failed");
             return;
         }
-        wk.accept_starved = 0;
         wk_client_accept(fd, (struct sockaddr *)&ss, l->idx);
     }
 }
@@ -357,6 +368,12 @@ static void accept_all(void)
     }
     if (wk.accept_resume_ms == 0) {
         listeners_watch(1); /* (re-arming reports what is queued: nothing is missed) */
+        if (wk.accept_starved) {
+            /* Every queued connection taken: the episode is over. */
+            wk.accept_starved = 0;
+            log_info("descriptors available again after %llu ms: accepting",
+                     (unsigned long long)(wk.now - wk.starved_since));
+        }
     }
 }
 
