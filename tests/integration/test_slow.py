@@ -438,18 +438,18 @@ class SlowlorisTest(dsptest.TestCase):
 
     @dsptest.timeout(60)
     def test_slowloris_headers(self):
-        peak = self.attack(["-H", "-i", "10", "-r", "1000", "-l", "8"], 2000)
+        peak = self.attack(["-H", "-i", "10", "-r", "1000", "-l", "6"], 2000)
         # The attack really held its connections open.
         self.assertGreater(peak, 1000, "the attack held only %d descriptors" % peak)
 
     @dsptest.timeout(60)
     def test_slow_body(self):
-        self.attack(["-B", "-i", "2", "-r", "500", "-s", "100000", "-l", "10"], 1000)
+        self.attack(["-B", "-i", "2", "-r", "500", "-s", "100000", "-l", "7"], 1000)
 
     @dsptest.timeout(60)
     def test_slow_read(self):
         self.attack(["-X", "-r", "500", "-w", "1", "-y", "2", "-n", "2", "-z", "8",
-                     "-k", "2", "-l", "8"], 500, limits={"send_timeout_ms": 3000},
+                     "-k", "2", "-l", "6"], 500, limits={"send_timeout_ms": 3000},
                     path="/bytes?n=262144")
 
 
