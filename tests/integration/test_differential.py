@@ -420,6 +420,22 @@ class SplitChunkTest(dsptest.TestCase):
         self.assertEqual(n, 1)
         self.assertTrue(got.endswith(b"\r\n\r\n" + body), got[-200:])
 
+    def test_pipelined_after_trailers(self):
+        """A request pipelined right behind a chunked body's trailers is a request of its own
+        (never a trailer, never part of the first message)."""
+        body = b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"
+        with Conn(self.d.port, timeout=10) as c:
+            c.send(b"POST /up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                   body + b"GET /second HTTP/1.1\r\nHost: b.test\r\n\r\n")
+            self.assertEqual(c.read_response().status, 200)
+            self.assertEqual(c.read_response().status, 200)
+        got, n = self.b.take()
+        self.assertEqual(n, 2, got)
+        first, _, second = got.partition(body)
+        self.assertTrue(first.startswith(b"POST /up HTTP/1.1\r\n"), got)
+        self.assertTrue(second.startswith(b"GET /second HTTP/1.1\r\n"), got)
+        self.assertIn(b"\r\nHost: b.test\r\n", second)
+
     def test_bad_line_after_good_chunk_never_forwarded(self):
         good = b"\r\n\r\n5\r\nhello\r\n"
         for bad in (b"3d;", b"3d;\nAAAA", b"5 ", b"0x"):
