@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -386,6 +387,74 @@ class SlowClientTest(dsptest.TestCase):
                         "worker RSS grew by %d KiB" % growth)
         # And it serves on.
         self.assertEqual(dsptest.wait_for(lambda: b.count() == 0, 2), True)
+
+
+class SlowTlsClientTest(dsptest.TestCase):
+    """The same limits on a TLS listener (the master's self-signed certificate): the timers
+    see decrypted bytes and OpenSSL's want-write."""
+
+    def tls_dispatcher(self, b, limits):
+        d = dsptest.Dispatcher(workers=1)
+        conf = dsptest.make_config(d.port, d.tmp, [svc("up", b.addr)], [route("*", "up")], 1,
+                                   limits)
+        conf = conf.replace('{ address = "127.0.0.1:%d"; }' % d.port,
+                            '{ address = "127.0.0.1:%d"; tls = true; }' % d.port)
+        d.write_config(conf)
+        self.start_dispatcher(d)
+        return d
+
+    @staticmethod
+    def tls_conn(port, rcvbuf=None):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        raw = socket.socket()
+        if rcvbuf:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        raw.settimeout(10)
+        raw.connect(("127.0.0.1", port))
+        return ctx.wrap_socket(raw, server_hostname="localhost")
+
+    @dsptest.timeout(40)
+    def test_tls_slow_body_408(self):
+        b = CountingBackend()
+        self.addCleanup(b.stop)
+        d = self.tls_dispatcher(b, {})
+        s = self.tls_conn(d.port)
+        s.sendall(b"POST /x HTTP/1.1\r\nHost: a.do\r\nContent-Length: 100000\r\n\r\n" + b"a" * 10)
+        self.assertTrue(dsptest.wait_for(lambda: b.count() == 1, 5))
+        t0 = time.monotonic()
+        got = b""
+        s.settimeout(0.5)
+        while time.monotonic() - t0 < 12 and b"\r\n\r\n" not in got:
+            try:
+                s.send(b"b")
+                got += s.recv(65536)
+            except (socket.timeout, ssl.SSLWantReadError):
+                pass
+            except OSError:
+                break
+        dt = time.monotonic() - t0
+        self.assertIn(b" 408 ", got.split(b"\r\n")[0] if got else b"",
+                      "no 408 to a trickled body over TLS after %.1fs: %r" % (dt, got[:100]))
+        self.assertLess(dt, 9)
+        s.close()
+        self.assertTrue(dsptest.wait_for(lambda: b.count() == 0, 3))
+
+    @dsptest.timeout(40)
+    def test_tls_client_not_reading_closed(self):
+        big = CountingBackend(big=1 << 30)
+        self.addCleanup(big.stop)
+        d = self.tls_dispatcher(big, {"send_timeout_ms": 1500})
+        s = self.tls_conn(d.port, rcvbuf=4096)
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: a.do\r\n\r\n")
+        t0 = time.monotonic()
+        self.assertTrue(dsptest.wait_for(lambda: big.send_failed_at is not None, 8, 0.05),
+                        "the backend was still sending %.1fs after a TLS client stopped reading "
+                        "(%d bytes sent)" % (time.monotonic() - t0, big.sent))
+        self.assertLess(big.send_failed_at - t0, 5.0)
+        self.assertLess(big.sent, 64 * dsptest.MIB)
+        s.close()
 
 
 SLOWHTTPTEST = shutil.which("slowhttptest")
