@@ -675,7 +675,11 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.ptr = c;
     if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
-        log_errno(LOG_ERROR, errno, "epoll_ctl(ADD client) failed");
+        static uint64_t logged_ms; /* (out of memory or watches: once a second, not per client) */
+        if (logged_ms == 0 || wk.now - logged_ms >= 1000) {
+            logged_ms = wk.now;
+            log_errno(LOG_ERROR, errno, "epoll_ctl(ADD client) failed");
+        }
         wk_tls_close(c->tls);
         close(fd);
         free(c);

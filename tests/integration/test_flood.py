@@ -185,6 +185,41 @@ class FloodTest(dsptest.TestCase):
         self.assertTrue(ok, "not serving again after the descriptors were freed")
         self.assertTrue(self._try(port2))
 
+    @dsptest.timeout(60)
+    def test_master_started_with_low_fd_limit(self):
+        # The whole dispatcher started under a low RLIMIT_NOFILE (as with `ulimit -n 64`): its
+        # worker runs out first; the master and the admin socket answer throughout.
+        b = self.backend("web")
+        d = self.dispatcher([svc("web", b)], [route("*", "web")], workers=1, start=False,
+                            limits={"header_timeout_ms": 30000})
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        try:
+            self.start_dispatcher(d)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        wpid = d.worker_pids()[0]
+        held = []
+        try:
+            for _ in range(120):
+                held.append(socket.create_connection(("127.0.0.1", d.port), timeout=2))
+            self.assertTrue(dsptest.wait_for(
+                lambda: any("accept4()" in l for l in d.log().splitlines()), 3),
+                "the worker did not reach its descriptor limit")
+            t0 = cpu_ticks(wpid)
+            for _ in range(10):
+                t1 = time.monotonic()
+                self.assertTrue(admin(d, "show health")["ok"])
+                self.assertLess(time.monotonic() - t1, 1.0)
+                time.sleep(0.1)
+            self.assertLess((cpu_ticks(wpid) - t0) / dsptest.CLK_TCK, 0.3)
+        finally:
+            for c in held:
+                c.close()
+        ok = dsptest.wait_for(lambda: self._try(d.port), 5, interval=0.1)
+        self.assertTrue(ok, "not serving again after the descriptors were freed")
+        self.assertEqual(len([l for l in d.log().splitlines() if "accept4()" in l]), 1)
+
     @staticmethod
     def _try(port):
         try:
