@@ -2,6 +2,7 @@
 #include "common/conffile.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +102,125 @@ static char *include_name(const char *p, size_t n)
     return s;
 }
 
+/* ---- numbers libconfig would read as another number ------------------------------------------
+ * libconfig 1.5's scanner reads a plain decimal literal with atoi() and a plain hex literal with
+ * strtoul() cast to int, so anything beyond 32 bits wraps without a word (4294967296 is read as 0,
+ * 0xFFFFFFFF as -1); with the L suffix it uses 64 bits but saturates beyond them. The copy pass
+ * below sees every token of the file anyway, so it checks each integer literal against what
+ * libconfig will make of it. Token shapes follow libconfig's scanner: names
+ * [A-Za-z*][-A-Za-z0-9_*]*, integers [-+]?[0-9]+(L|LL)?, hex 0[Xx][0-9A-Fa-f]+(L|LL)? and floats
+ * (a '.' or an exponent), which are left alone. */
+
+static int is_digit(char ch)
+{
+    return ch >= '0' && ch <= '9';
+}
+
+static int hex_val(char ch)
+{
+    if (is_digit(ch)) {
+        return ch - '0';
+    }
+    if ((ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F')) {
+        return (ch | 0x20) - 'a' + 10;
+    }
+    return -1;
+}
+
+static int is_name_char(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || is_digit(ch) || ch == '-' ||
+           ch == '_' || ch == '*';
+}
+
+/* The numeric token at <p> (a digit, a sign or a '.'; <n> bytes left): returns its length and,
+ * when libconfig would read a different number than the one written, a message in <msg>. */
+static size_t scan_number(const char *p, size_t n, char *msg, size_t msglen)
+{
+    const unsigned long long lim64 = 0x7fffffffffffffffull;
+    unsigned long long v = 0;
+    size_t i = 0, start;
+    int neg = 0, hex = 0, over = 0, wide = 0;
+    long long got;
+
+    msg[0] = '\0';
+    if (p[0] == '-' || p[0] == '+') {
+        neg = p[0] == '-';
+        i++;
+    }
+    if (!neg && i == 0 && n >= 3 && p[0] == '0' && (p[1] == 'x' || p[1] == 'X') &&
+        hex_val(p[2]) >= 0) {
+        hex = 1;
+        for (i = 2; i < n && hex_val(p[i]) >= 0; i++) {
+            over |= v > (~0ull >> 4);
+            v = v << 4 | (unsigned)hex_val(p[i]);
+        }
+    } else {
+        start = i;
+        for (; i < n && is_digit(p[i]); i++) {
+            over |= v > (~0ull - 9) / 10;
+            v = v * 10 + (unsigned)(p[i] - '0');
+        }
+        if ((i < n && p[i] == '.') ||
+            (i > start && i + 1 < n && (p[i] == 'e' || p[i] == 'E') &&
+             (is_digit(p[i + 1]) ||
+              ((p[i + 1] == '-' || p[i + 1] == '+') && i + 2 < n && is_digit(p[i + 2]))))) {
+            /* A float: the rest of it, so that its digits are not taken for an integer. */
+            i += p[i] == '.';
+            while (i < n && is_digit(p[i])) {
+                i++;
+            }
+            if (i + 1 < n && (p[i] == 'e' || p[i] == 'E')) {
+                size_t k = i + 1 + (p[i + 1] == '-' || p[i + 1] == '+');
+                if (k < n && is_digit(p[k])) {
+                    for (i = k; i < n && is_digit(p[i]); i++) {
+                    }
+                }
+            }
+            return i > 0 ? i : 1;
+        }
+        if (i == start) {
+            return 1; /* a lone sign */
+        }
+    }
+    if (i < n && p[i] == 'L') {
+        wide = 1;
+        i += 1 + (i + 1 < n && p[i + 1] == 'L');
+    }
+    /* What libconfig makes of it: 64 bits saturate (strtoll, strtoull), 32 bits then wrap. */
+    if (hex) {
+        got = over ? -1 : (long long)v;
+        if (!wide) {
+            got = (int)(unsigned)(over ? ~0ul : v);
+        }
+        if (!over && v <= (wide ? lim64 : 0x7fffffffull)) {
+            return i;
+        }
+    } else {
+        if (!over && v <= lim64 + (unsigned)neg) {
+            got = neg ? (long long)(0 - v) : (long long)v;
+        } else {
+            got = neg ? LLONG_MIN : LLONG_MAX;
+        }
+        if (!wide) {
+            got = (int)(unsigned)(unsigned long long)got;
+        }
+        if (!over && v <= (wide ? lim64 : 0x7fffffffull) + (unsigned)neg) {
+            return i;
+        }
+    }
+    if (!wide && !over && v <= lim64 + (unsigned)neg) {
+        snprintf(msg, msglen,
+                 "%.*s does not fit in 32 bits: libconfig would read it as %lld; write %.*sL "
+                 "for a 64-bit integer",
+                 (int)DSP_MIN(i, (size_t)40), p, got, (int)i, p);
+    } else {
+        snprintf(msg, msglen, "%.*s%s does not fit in a signed 64-bit integer (libconfig would read it "
+                 "as %lld)", (int)DSP_MIN(i, (size_t)40), p, i > 40 ? "..." : "", got);
+    }
+    return i;
+}
+
 static int fail(struct rd *r, const char *file, unsigned line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -166,6 +286,21 @@ static int rewrite(struct rd *r, const char *path, const char *buf, size_t len, 
         bol = 0;
         switch (st) {
         case CODE:
+            if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '*') {
+                /* A name (digits in it are no number): none holds a newline or a quote. */
+                for (i++; i < len && is_name_char(buf[i]); i++) {
+                }
+                continue;
+            }
+            if (is_digit(ch) || ch == '-' || ch == '+' || ch == '.') {
+                char msg[256];
+
+                i += scan_number(buf + i, len - i, msg, sizeof(msg));
+                if (msg[0] != '\0') {
+                    return fail(r, path, line, "%s", msg);
+                }
+                continue;
+            }
             if (ch == '"') {
                 st = STR;
             } else if (ch == '#' || (ch == '/' && i + 1 < len && buf[i + 1] == '/')) {

@@ -255,6 +255,28 @@ static int is_int(const config_setting_t *s)
     return config_setting_type(s) == CONFIG_TYPE_INT || config_setting_type(s) == CONFIG_TYPE_INT64;
 }
 
+/* What a setting holds, for "must be an integer, not ...". libconfig reads 1e3, 10.0 and 1.5 as
+ * floating-point numbers and "10" as a string: none of them is taken as an integer. */
+static const char *type_name(const config_setting_t *s)
+{
+    switch (config_setting_type(s)) {
+    case CONFIG_TYPE_FLOAT:
+        return "a floating-point number (write digits only, no '.' or exponent)";
+    case CONFIG_TYPE_STRING:
+        return "a string (write the digits without quotes)";
+    case CONFIG_TYPE_BOOL:
+        return "a boolean";
+    case CONFIG_TYPE_GROUP:
+        return "a group";
+    case CONFIG_TYPE_ARRAY:
+        return "an array";
+    case CONFIG_TYPE_LIST:
+        return "a list";
+    default:
+        return "an integer";
+    }
+}
+
 static int get_long(struct ctx *c, config_setting_t *g, const char *where, const char *name,
                     long min, long max, long *out)
 {
@@ -266,7 +288,8 @@ static int get_long(struct ctx *c, config_setting_t *g, const char *where, const
         return 0;
     }
     if (!is_int(s)) {
-        err_at(c, s, "%s must be an integer", qual(q, sizeof(q), where, name));
+        err_at(c, s, "%s must be an integer, not %s", qual(q, sizeof(q), where, name),
+               type_name(s));
         return -1;
     }
     v = config_setting_get_int64(s);
@@ -697,7 +720,7 @@ static void parse_limits(struct ctx *c, config_setting_t *root, struct ms_config
     check_keys(c, g, "limits", keys);
     get_long(c, g, "limits", "max_connections", 1, INT_MAX, &cfg->limits.max_connections);
     get_long(c, g, "limits", "max_header_bytes", 1024, 1048576, &cfg->limits.max_header_bytes);
-    /* libconfig 1.5 silently truncates integers above 2^31-1 unless they carry the L suffix. */
+    /* Above 2^31-1 it needs the L suffix: conf_read() refuses a literal libconfig would wrap. */
     get_long(c, g, "limits", "max_body_bytes", 0, LONG_MAX, &cfg->limits.max_body_bytes);
     get_long(c, g, "limits", "header_timeout_ms", 1, MAX_TIMEOUT, &cfg->limits.header_timeout_ms);
     get_long(c, g, "limits", "idle_timeout_ms", 1, MAX_TIMEOUT, &cfg->limits.idle_timeout_ms);

@@ -616,6 +616,140 @@ static void test_err_types(void)
                  3, "has no service");
 }
 
+/* libconfig 1.5 wraps a plain literal beyond 32 bits (4294967296 is read as 0: no limit) and
+ * saturates beyond 64 bits: every such literal is an error at its own line, for every key. */
+static void test_err_numbers(void)
+{
+    static const struct {
+        const char *text;
+        int line;
+        const char *needle;
+    } bad[] = {
+        {"limits = { max_body_bytes = 4294967296; };\n", 2, "4294967296 does not fit in 32 bits"},
+        {"limits = { max_body_bytes = 4294967296; };\n", 2, "read it as 0; write 4294967296L"},
+        {"limits = { max_connections = 2147483648; };\n", 2, "read it as -2147483648"},
+        {"limits = { idle_timeout_ms = -2147483649; };\n", 2, "read it as 2147483647"},
+        {"limits = { header_timeout_ms = 4294967297; };\n", 2, "read it as 1;"},
+        {"limits = { max_body_bytes = 0x100000000; };\n", 2, "0x100000000 does not fit in 32"},
+        {"limits = { max_body_bytes = 0xFFFFFFFF; };\n", 2, "read it as -1"},
+        {"limits = { max_body_bytes = 0x80000000; };\n", 2, "read it as -2147483648"},
+        {"limits = { max_body_bytes = 99999999999999999999L; };\n", 2, "signed 64-bit"},
+        {"limits = { max_body_bytes = 99999999999999999999; };\n", 2, "signed 64-bit"},
+        {"limits = { max_body_bytes = 9223372036854775808L; };\n", 2, "signed 64-bit"},
+        {"limits = { max_body_bytes = -9223372036854775809L; };\n", 2, "signed 64-bit"},
+        {"limits = { max_body_bytes = 0x8000000000000000L; };\n", 2, "signed 64-bit"},
+        {"limits = { max_body_bytes = 0x1FFFFFFFFFFFFFFFFLL; };\n", 2, "signed 64-bit"},
+        {"limits = { max_body_bytes = 000000000000000000000000004294967296; };\n", 2,
+         "does not fit in 32 bits"},
+        {"workers = 4294967298;\n", 2, "read it as 2;"},
+        {"admin = { mode = 4294967296; };\n", 2, "does not fit in 32 bits"},
+        {"redis = { host = \"127.0.0.1\";\n  port = 4294973675; };\n", 3, "read it as 6379"},
+        {"services = ( { name = \"a\"; max_ejection_percent = 1099511627776; } );\n", 2,
+         "read it as 0;"},
+        {"services = ( { name = \"a\";\n"
+         "  backends = ( { address = \"127.0.0.1:1\"; weight = 4294967297; } ); } );\n",
+         3, "read it as 1;"},
+        {"services = ( { name = \"a\"; health = {\n fall = 1; rise = 1; interval_ms = 1;\n"
+         " timeout_ms = 4294967296000; }; } );\n",
+         4, "4294967296000 does not fit in 32 bits"},
+        {"services = ( { name = \"a\"; retries = 1; passive_failures = 0x1000000001; } );\n", 2,
+         "read it as 1;"},
+        {"services = ( { name = \"x\"; } );\n"
+         "routes = ( { host = \"*\"; service = \"x\"; priority = -4294967295; } );\n",
+         3, "read it as 1;"},
+        /* With the L suffix the number is read as written, and the key's range applies. */
+        {"limits = { max_connections = 4294967296L; };\n", 2,
+         "limits.max_connections must be between 1 and 2147483647 (got 4294967296)"},
+        {"limits = { max_body_bytes = -4294967296L; };\n", 2, "(got -4294967296)"},
+        {"services = ( { name = \"a\"; max_ejection_percent = 0x10000000000L; } );\n", 2,
+         "between 0 and 100 (got 1099511627776)"},
+        {"services = ( { name = \"a\"; retries = -1; } );\n", 2, "retries must be between 0"},
+        /* Other types where an integer is expected. */
+        {"limits = { max_connections = 1e3; };\n", 2, "not a floating-point number"},
+        {"limits = { max_connections = 1000.0; };\n", 2, "not a floating-point number"},
+        {"limits = { max_connections = 1.5; };\n", 2, "not a floating-point number"},
+        {"limits = { max_connections = \"10000\"; };\n", 2, "not a string"},
+        {"limits = { max_connections = true; };\n", 2, "not a boolean"},
+        {"limits = { max_connections = [ 1 ]; };\n", 2, "not an array"},
+        {"services = ( { name = \"a\"; retries = 2.0; } );\n", 2, "not a floating-point"},
+        {"listeners = ( { address = \"127.0.0.1:1\"; tls = 1; } );\n", 1,
+         "tls must be true or false"},
+    };
+    char text[1024];
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (strncmp(bad[i].text, "listeners", 9) == 0) {
+            snprintf(text, sizeof(text), "%s", bad[i].text);
+        } else {
+            snprintf(text, sizeof(text), LISTENER "%s", bad[i].text);
+        }
+        expect_error(text, bad[i].line, bad[i].needle);
+    }
+}
+
+/* The same numbers are fine with the L suffix, at the int32 edges, and in strings and comments. */
+static void test_numbers_ok(void)
+{
+    struct ms_config *cfg = expect_ok(
+        LISTENER
+        "# max_body_bytes = 4294967296; -99999999999999999999\n"
+        "// 0xFFFFFFFF 4294967296\n"
+        "/* 4294967296\n   1099511627776 */\n"
+        "environment = \"e4294967296\";\n"
+        "user = \"4294967296\";\n"
+        "limits = { max_body_bytes = 4294967296L; max_connections = 2147483647;\n"
+        "           idle_timeout_ms = 0x7FFFFFFF; header_timeout_ms = 0x10LL;\n"
+        "           tunnel_idle_timeout_ms = +0010; };\n"
+        "services = ( { name = \"s-4294967296\"; retries = 0; max_ejection_percent = 100L; } );\n"
+        "routes = ( { host = \"*\"; service = \"s-4294967296\"; priority = -2147483648; } );\n",
+        0);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_EQUAL(cfg->limits.max_body_bytes, 4294967296L);
+    CU_ASSERT_EQUAL(cfg->limits.max_connections, 2147483647L);
+    CU_ASSERT_EQUAL(cfg->limits.idle_timeout_ms, 2147483647L);
+    CU_ASSERT_EQUAL(cfg->limits.header_timeout_ms, 16);
+    CU_ASSERT_EQUAL(cfg->limits.tunnel_idle_timeout_ms, 10);
+    CU_ASSERT_STRING_EQUAL(cfg->user, "4294967296");
+    CU_ASSERT_EQUAL(cfg->services[0].max_ejection_percent, 100);
+    CU_ASSERT_EQUAL(cfg->routes[0].priority, INT_MIN);
+    ms_config_free(cfg);
+    cfg = expect_ok(LISTENER "limits = { max_body_bytes = 9223372036854775807L; };\n", 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_EQUAL(cfg->limits.max_body_bytes, LONG_MAX);
+    ms_config_free(cfg);
+}
+
+/* A wrapped literal in an @included file is reported at that file's line. */
+static void test_numbers_include(void)
+{
+    char dir[] = "/tmp/dsp-ms-numbers-XXXXXX";
+    char inc[300], main_path[300];
+    struct ms_config *cfg = NULL;
+    char *errs = NULL, *p1, *p2;
+    char want[400];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    snprintf(inc, sizeof(inc), "%s/limits.conf", dir);
+    snprintf(main_path, sizeof(main_path), "%s/main.conf", dir);
+    p1 = write_file(inc, "max_connections = 10;\n\nmax_body_bytes = 4294967296;\n");
+    p2 = write_file(main_path, LISTENER "limits = {\n@include \"limits.conf\"\n};\n");
+    CU_ASSERT_EQUAL(ms_config_load(main_path, 0, &cfg, &errs), -1);
+    CU_ASSERT_PTR_NULL(cfg);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(errs);
+    snprintf(want, sizeof(want), "%s:3: 4294967296 does not fit in 32 bits", inc);
+    if (strstr(errs, want) == NULL) {
+        fprintf(stderr, "\nwanted \"%s\", got:\n%s\n", want, errs);
+    }
+    CU_ASSERT_PTR_NOT_NULL(strstr(errs, want));
+    free(errs);
+    unlink(inc);
+    unlink(main_path);
+    rmdir(dir);
+    free(p1);
+    free(p2);
+}
+
 static void test_err_hosts(void)
 {
     static const char *const bad[] = {"api.do:80", "[::1]", "*.", "a.*.b", "*foo", "a..b",
@@ -883,7 +1017,10 @@ UNIT_SUITE(ms_config, {"spec example", test_spec_example}, {"defaults", test_def
            {"bad balance", test_err_bad_balance}, {"bad method", test_err_bad_method},
            {"bad path", test_err_bad_path}, {"bad cidr", test_err_bad_cidr},
            {"missing cert", test_err_missing_cert}, {"syntax error", test_err_syntax},
-           {"type errors", test_err_types}, {"bad hosts", test_err_hosts},
+           {"type errors", test_err_types},
+           {"numbers libconfig would wrap", test_err_numbers},
+           {"numbers read as written", test_numbers_ok},
+           {"wrapped number in an include", test_numbers_include}, {"bad hosts", test_err_hosts},
            {"many errors", test_many_errors}, {"env overrides", test_env},
            {"relative paths", test_relative_paths}, {"missing file", test_missing_file},
            {"method names", test_method_names})
