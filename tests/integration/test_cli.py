@@ -102,3 +102,43 @@ class StartupTest(dsptest.TestCase):
                             "worker %d survived the master" % w)
         problems = d.stop()
         self.assertEqual(problems, [])
+
+
+class WrappedNumberTest(dsptest.TestCase):
+    """libconfig 1.5 reads `4294967296` as 0 (no body limit at all): such a literal is refused
+    with its FILE:LINE by -t and by a reload, which keeps the old limit; `4294967296L` works."""
+
+    def test_wrapped_literal_refused_by_check_and_reload(self):
+        b = self.backend("web")
+        d = self.dispatcher([svc("web", b)], [route("*", "web")], start=False,
+                            limits={"max_body_bytes": 1000})
+        good = open(d.conf).read()
+        self.assertIn("max_body_bytes = 1000;", good)
+        bad = good.replace("max_body_bytes = 1000;", "max_body_bytes = 4294967296;")
+        line = bad[:bad.index("4294967296")].count("\n") + 1
+        d.write_config(bad)
+        p = subprocess.run([MASTER, "-t", "-c", d.conf], capture_output=True, timeout=20,
+                           cwd=d.tmp)
+        err = p.stderr.decode(errors="replace")
+        self.assertEqual(p.returncode, 1, "-t accepted a wrapped literal: %r" % err)
+        self.assertRegex(err, re.escape(d.conf) + r":%d: 4294967296 does not fit in 32 bits"
+                         % line)
+
+        d.write_config(good)
+        self.start_dispatcher(d)
+        body = b"x" * 2000
+        self.assertEqual(request(d.port, method="POST", body=body).status, 413)
+        seen = d.log().count("reload failed")
+        d.hup(bad)
+        self.assertTrue(dsptest.wait_for(lambda: d.log().count("reload failed") > seen, 10),
+                        "reload with a wrapped literal was not refused:\n" + d.log_tail())
+        self.assertRegex(d.log(), re.escape(d.conf) + r":%d: 4294967296 does not fit" % line)
+        # The old limit (1000) still holds; the wrapped one would have been 0, no limit.
+        self.assertEqual(request(d.port, method="POST", body=body).status, 413)
+        # Written with the L suffix the same number is read as it stands.
+        seen = d.log().count("reload failed")
+        d.hup(good.replace("max_body_bytes = 1000;", "max_body_bytes = 4294967296L;"))
+        self.assertTrue(dsptest.wait_for(
+            lambda: request(d.port, method="POST", body=body).status == 200, 10),
+            "4294967296L not applied:\n" + d.log_tail())
+        self.assertEqual(d.log().count("reload failed"), seen)

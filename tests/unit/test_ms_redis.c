@@ -4,6 +4,7 @@
  * unmerge restoring the file config exactly. */
 #include "master/ms_redis_ns.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +94,12 @@ static void test_parse_backends(void)
     CU_ASSERT_EQUAL(ms_rns_parse_backends("not-an-address:80", &b, &n, err, sizeof(err)), -1);
     CU_ASSERT_EQUAL(ms_rns_parse_backends("0.0.0.0:80", &b, &n, err, sizeof(err)), -1);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "wildcard"));
+    /* A weight that would wrap into the range (2^32 + 1) or carries junk is refused. */
+    CU_ASSERT_EQUAL(ms_rns_parse_backends("127.0.0.1:1=4294967297", &b, &n, err, sizeof(err)), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "out of range"));
+    CU_ASSERT_EQUAL(ms_rns_parse_backends("127.0.0.1:1=2x", &b, &n, err, sizeof(err)), -1);
+    CU_ASSERT_EQUAL(ms_rns_parse_backends("127.0.0.1:1=1.5", &b, &n, err, sizeof(err)), -1);
+    CU_ASSERT_EQUAL(ms_rns_parse_backends("127.0.0.1:1=-1", &b, &n, err, sizeof(err)), -1);
     CU_ASSERT_EQUAL(ms_rns_parse_backends("127.0.0.1:1=0", &b, &n, err, sizeof(err)), -1);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "weight"));
     CU_ASSERT_EQUAL(ms_rns_parse_backends("127.0.0.1:1=1001", &b, &n, err, sizeof(err)), -1);
@@ -137,6 +144,26 @@ static void test_parse_int(void)
     CU_ASSERT_EQUAL(ms_rns_parse_int("", 0, 100, &v, err, sizeof(err)), -1);
     CU_ASSERT_EQUAL(ms_rns_parse_int("1e3", 0, 10000, &v, err, sizeof(err)), -1);
     CU_ASSERT_EQUAL(ms_rns_parse_int("99999999999999999999", 0, 100, &v, err, sizeof(err)), -1);
+    /* Strictly decimal digits, nothing around them, never wrapped into the range. */
+    static const char *const bad[] = {
+        "4294967296", "4294967297", "-4294967295", "2147483648", "-2147483649",
+        "9223372036854775808", "-9223372036854775809", "18446744073709551617", "0x10",
+        "1.0", "1e3", "10 ", " 10", "10\n", "\t10", "10abc", "+-1", "--1", "-", "+", "1,5",
+        "true", "10L"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        v = 12345;
+        if (ms_rns_parse_int(bad[i], INT_MIN, INT_MAX, &v, err, sizeof(err)) != -1) {
+            fprintf(stderr, "\n\"%s\" was accepted as %ld\n", bad[i], v);
+        }
+        CU_ASSERT_EQUAL(ms_rns_parse_int(bad[i], INT_MIN, INT_MAX, &v, err, sizeof(err)), -1);
+        CU_ASSERT_EQUAL(v, 12345);
+    }
+    CU_ASSERT_EQUAL(ms_rns_parse_int("2147483647", INT_MIN, INT_MAX, &v, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(v, INT_MAX);
+    CU_ASSERT_EQUAL(ms_rns_parse_int("-2147483648", INT_MIN, INT_MAX, &v, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(v, INT_MIN);
+    CU_ASSERT_EQUAL(ms_rns_parse_int("+0010", 0, 100, &v, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(v, 10);
 }
 
 static void test_config_keys(void)
