@@ -477,6 +477,7 @@ class SlowlorisTest(dsptest.TestCase):
         ok = fail = 0
         errors = []
         peak = 0
+        sampler = dsptest.RssSampler(d.worker_pids(), interval=0.2)
         t0 = time.monotonic()
         while proc.poll() is None and time.monotonic() - t0 < 25:
             try:
@@ -500,6 +501,10 @@ class SlowlorisTest(dsptest.TestCase):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        rss = sampler.stop()
+        if not dsptest.SANITIZED:
+            # Bounded buffers: 16 KiB of head per connection at most, nothing per body byte.
+            self.assertLess(max(rss.values()), 96 * 1024, "worker RSS under attack: %r KiB" % rss)
         # (No timing or count assertion: the machine also runs the attacker and the backend.)
         self.assertGreater(ok, 0)
         self.assertEqual(fail, 0, "normal requests failed under attack: %r" % errors[:10])
