@@ -9,10 +9,10 @@
 #define ADM_BUF_LIMIT (256u * 1024u * 1024u)
 
 struct adm_buf {
-    char *p;        /* heap, NUL-terminated while not overflowed; NULL when empty */
+    char *p; /* heap, NUL-terminated while not overflowed; NULL when empty */
     size_t len;
     size_t cap;
-    int overflow;   /* an append did not fit under ADM_BUF_LIMIT (or out of memory) */
+    int overflow; /* an append did not fit under ADM_BUF_LIMIT (or out of memory) */
 };
 
 /* All-zero is a valid empty buffer; adm_buf_dispose() frees it and leaves it empty again. */

@@ -33,9 +33,9 @@ static const struct {
     const char *name;
     render_fn fn;
 } shows[] = {
-    {"health", adm_render_health},       {"instances", adm_render_instances},
-    {"routes", adm_render_routes},       {"workers", adm_render_workers},
-    {"stats", adm_render_stats},         {"certs", adm_render_certs},
+    {"health", adm_render_health}, {"instances", adm_render_instances},
+    {"routes", adm_render_routes}, {"workers", adm_render_workers},
+    {"stats", adm_render_stats},   {"certs", adm_render_certs},
 };
 
 static void do_help(struct adm_buf *out)
@@ -230,8 +230,8 @@ void adm_cmd_exec(struct adm_buf *out, const char *line, size_t len, const struc
         do_reload(out, ops);
         return;
     }
-    if ((strcasecmp(words[0], "disable") == 0 || strcasecmp(words[0], "enable") == 0) &&
-        n >= 2 && strcasecmp(words[1], "backend") == 0) {
+    if ((strcasecmp(words[0], "disable") == 0 || strcasecmp(words[0], "enable") == 0) && n >= 2 &&
+        strcasecmp(words[1], "backend") == 0) {
         int verb = strcasecmp(words[0], "disable") == 0 ? 0 : 1;
         if (n != 4) {
             adm_render_error(out, verb == 0 ? "usage: disable backend SERVICE ADDRESS"

@@ -269,9 +269,9 @@ static int parse_number(struct jp *p, struct adm_jval *v)
         fail(p, "bad number");
         return -1;
     }
-    while (p->i < p->n && ((p->s[p->i] >= '0' && p->s[p->i] <= '9') || p->s[p->i] == '.' ||
-                           p->s[p->i] == 'e' || p->s[p->i] == 'E' || p->s[p->i] == '+' ||
-                           p->s[p->i] == '-')) {
+    while (p->i < p->n &&
+           ((p->s[p->i] >= '0' && p->s[p->i] <= '9') || p->s[p->i] == '.' || p->s[p->i] == 'e' ||
+            p->s[p->i] == 'E' || p->s[p->i] == '+' || p->s[p->i] == '-')) {
         p->i++;
     }
     v->type = ADM_J_NUM;

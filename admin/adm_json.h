@@ -13,13 +13,13 @@
 #define ADM_J_OBJ  5
 
 struct adm_jval {
-    int type;           /* ADM_J_* */
-    int boolean;        /* BOOL */
-    double num;         /* NUM */
-    char *str;          /* STR: decoded bytes, NUL-terminated; NUM: the number as written */
-    size_t slen;        /* STR length (may hold NULs) */
+    int type;               /* ADM_J_* */
+    int boolean;            /* BOOL */
+    double num;             /* NUM */
+    char *str;              /* STR: decoded bytes, NUL-terminated; NUM: the number as written */
+    size_t slen;            /* STR length (may hold NULs) */
     struct adm_jval *items; /* ARR elements, OBJ values */
-    char **keys;        /* OBJ keys (decoded, NUL-terminated) */
+    char **keys;            /* OBJ keys (decoded, NUL-terminated) */
     size_t n;
 };
 

@@ -7,7 +7,7 @@
 const char *rds_reply_what(const redisReply *r, char *buf, size_t n)
 {
     static const char *const names[] = {
-        [REDIS_REPLY_STRING] = "string", [REDIS_REPLY_ARRAY] = "array",
+        [REDIS_REPLY_STRING] = "string",   [REDIS_REPLY_ARRAY] = "array",
         [REDIS_REPLY_INTEGER] = "integer", [REDIS_REPLY_NIL] = "nil",
         [REDIS_REPLY_STATUS] = "status",   [REDIS_REPLY_ERROR] = "error",
     };

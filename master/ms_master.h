@@ -16,29 +16,29 @@ struct ms_rt_reg;
 #define MS_EXIT_START  2
 
 struct ms_worker {
-    pid_t pid;              /* 0 when not running */
+    pid_t pid; /* 0 when not running */
     uint64_t started_ms;
     uint64_t respawn_at_ms; /* when to fork it again (0 = not scheduled) */
     uint32_t quick_deaths;  /* consecutive deaths within a second of start: backoff */
 };
 
 struct ms_master {
-    char *conf_path;        /* absolute */
+    char *conf_path; /* absolute */
     struct ms_config *cfg;
     struct shm_ctl *ctl;
     struct shm_rt *rt;
     struct ms_rt_reg *reg;
-    uint64_t gen;           /* last published generation */
-    uint64_t oldest_kept;   /* generations below this are unlinked */
-    void *snap;             /* private copy of the current snapshot */
+    uint64_t gen;         /* last published generation */
+    uint64_t oldest_kept; /* generations below this are unlinked */
+    void *snap;           /* private copy of the current snapshot */
     size_t snap_size;
     uint64_t loaded_at;
     int nworkers;
     int nlisten;
-    int *fds;               /* [slot * nlisten + listener] */
-    uid_t uid;              /* workers' user, (uid_t)-1 = unchanged */
+    int *fds;  /* [slot * nlisten + listener] */
+    uid_t uid; /* workers' user, (uid_t)-1 = unchanged */
     gid_t gid;
-    int stopping;           /* 1 graceful, 2 fast */
+    int stopping; /* 1 graceful, 2 fast */
     uint64_t stop_deadline;
     struct ms_worker w[SHM_MAX_WORKERS];
 };

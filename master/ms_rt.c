@@ -168,8 +168,7 @@ static void retire_unseen(struct rt_table *t, uint64_t gen)
     }
 }
 
-int ms_rt_assign(struct ms_rt_reg *reg, struct shm_rt *rt, struct shm_snap_hdr *snap,
-                 uint64_t gen)
+int ms_rt_assign(struct ms_rt_reg *reg, struct shm_rt *rt, struct shm_snap_hdr *snap, uint64_t gen)
 {
     struct shm_service *svcs = (struct shm_service *)(void *)((char *)snap + snap->services_off);
     struct shm_backend *bes = (struct shm_backend *)(void *)((char *)snap + snap->backends_off);
@@ -207,8 +206,8 @@ int ms_rt_assign(struct ms_rt_reg *reg, struct shm_rt *rt, struct shm_snap_hdr *
                 struct shm_rt_backend *rb = &rt->backends[slot];
                 shm_stats_clear_backend(rt, slot);
                 memset(rb, 0, sizeof(*rb));
-                rb->state = svcs[i].health_enabled && svcs[i].health_start_down ? SHM_BE_DOWN
-                                                                                : SHM_BE_UP;
+                rb->state =
+                    svcs[i].health_enabled && svcs[i].health_start_down ? SHM_BE_DOWN : SHM_BE_UP;
                 __atomic_store_n(&rb->in_use, 1, __ATOMIC_RELEASE);
             }
             b->rt_slot = slot;
@@ -223,8 +222,7 @@ int ms_rt_assign(struct ms_rt_reg *reg, struct shm_rt *rt, struct shm_snap_hdr *
     return rc;
 }
 
-static void release_table(struct rt_table *t, uint64_t oldest, uint32_t *in_use_base,
-                          size_t stride)
+static void release_table(struct rt_table *t, uint64_t oldest, uint32_t *in_use_base, size_t stride)
 {
     size_t w = 0;
 
@@ -244,7 +242,6 @@ static void release_table(struct rt_table *t, uint64_t oldest, uint32_t *in_use_
 
 void ms_rt_release(struct ms_rt_reg *reg, struct shm_rt *rt, uint64_t oldest_live_gen)
 {
-    release_table(&reg->svc, oldest_live_gen, &rt->services[0].in_use,
-                  sizeof(rt->services[0]));
+    release_table(&reg->svc, oldest_live_gen, &rt->services[0].in_use, sizeof(rt->services[0]));
     release_table(&reg->be, oldest_live_gen, &rt->backends[0].in_use, sizeof(rt->backends[0]));
 }

@@ -16,8 +16,7 @@ void ms_rt_reg_free(struct ms_rt_reg *reg);
  * existing ids keep their slot, new ids get a zeroed slot (state per health.start). Ids that
  * <snap> no longer names are retired: their slots are recycled by ms_rt_release() once no live
  * generation older than <gen> remains. Returns 0, or -1 when the segment is full (logged). */
-int ms_rt_assign(struct ms_rt_reg *reg, struct shm_rt *rt, struct shm_snap_hdr *snap,
-                 uint64_t gen);
+int ms_rt_assign(struct ms_rt_reg *reg, struct shm_rt *rt, struct shm_snap_hdr *snap, uint64_t gen);
 
 /* Recycle slots retired by a generation <= <oldest_live_gen>. */
 void ms_rt_release(struct ms_rt_reg *reg, struct shm_rt *rt, uint64_t oldest_live_gen);

@@ -30,27 +30,27 @@
 #define SHM_RIDX_NTABLES       7
 
 struct shm_ridx_meta {
-    uint32_t any_group;          /* the "*" group, or SHM_NONE */
+    uint32_t any_group; /* the "*" group, or SHM_NONE */
     uint32_t reserved[7];
 };
 
 struct shm_ridx_group {
-    uint32_t key_off;            /* exact host, or the suffix after "*." (inside the string blob) */
+    uint32_t key_off; /* exact host, or the suffix after "*." (inside the string blob) */
     uint32_t key_len;
-    uint32_t hash;               /* shm_ridx_host_hash(), also picks the bucket */
-    uint32_t kind;               /* SHM_HOST_* */
-    int32_t max_prio;            /* highest priority of the group's routes, for pruning */
-    uint32_t plens_first;        /* slice of the SHM_RIDX_PLENS table */
+    uint32_t hash;        /* shm_ridx_host_hash(), also picks the bucket */
+    uint32_t kind;        /* SHM_HOST_* */
+    int32_t max_prio;     /* highest priority of the group's routes, for pruning */
+    uint32_t plens_first; /* slice of the SHM_RIDX_PLENS table */
     uint32_t nplens;
     uint32_t pad;
 };
 
 struct shm_ridx_path {
     uint32_t group;
-    uint32_t hash;               /* shm_ridx_path_hash(), also picks the bucket */
-    uint32_t key_off;            /* the path bytes (inside the string blob) */
+    uint32_t hash;    /* shm_ridx_path_hash(), also picks the bucket */
+    uint32_t key_off; /* the path bytes (inside the string blob) */
     uint32_t key_len;
-    uint32_t list_first;         /* slice of the SHM_RIDX_LIST table */
+    uint32_t list_first; /* slice of the SHM_RIDX_LIST table */
     uint32_t nlist;
 };
 

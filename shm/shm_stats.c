@@ -4,7 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-const uint32_t shm_stats_prom_le_ms[SHM_PROM_BUCKETS - 1] = {5,   10,   25,   50,   100, 250,
+const uint32_t shm_stats_prom_le_ms[SHM_PROM_BUCKETS - 1] = {5,   10,   25,   50,   100,  250,
                                                              500, 1000, 2500, 5000, 10000};
 
 #define RATE_TAG_MASK 0xffffffff00000000ull
@@ -101,8 +101,7 @@ void shm_stats_sum_init(struct shm_stats_sum *out)
     memset(out, 0, sizeof(*out));
 }
 
-void shm_stats_sum_add(struct shm_stats_sum *out, const struct shm_stats_cell *c,
-                       uint64_t now_ms)
+void shm_stats_sum_add(struct shm_stats_sum *out, const struct shm_stats_cell *c, uint64_t now_ms)
 {
     uint64_t now_s = now_ms / 1000;
 

@@ -32,16 +32,15 @@ void shm_stats_cell_record(struct shm_stats_cell *c, unsigned status, uint64_t d
 struct shm_stats_sum {
     uint64_t count;
     uint64_t sum_ms;
-    uint64_t classes[6];                 /* [0] none/other, [1..5] 1xx..5xx */
-    uint64_t prom[SHM_PROM_BUCKETS];     /* per bucket, not cumulative */
+    uint64_t classes[6];             /* [0] none/other, [1..5] 1xx..5xx */
+    uint64_t prom[SHM_PROM_BUCKETS]; /* per bucket, not cumulative */
     uint64_t hist[SHM_HIST_BUCKETS];
-    uint64_t last_minute;                /* requests in the 60 s up to now */
+    uint64_t last_minute; /* requests in the 60 s up to now */
 };
 
 /* Zero <out>, then add cell <c> (requests of the last minute counted against <now_ms>). */
 void shm_stats_sum_init(struct shm_stats_sum *out);
-void shm_stats_sum_add(struct shm_stats_sum *out, const struct shm_stats_cell *c,
-                       uint64_t now_ms);
+void shm_stats_sum_add(struct shm_stats_sum *out, const struct shm_stats_cell *c, uint64_t now_ms);
 /* Sum service (or backend) runtime slot <slot> over the first <nshards> shards (the number of
  * worker slots, capped at SHM_STATS_SHARDS). Slots beyond SHM_STATS_MAX_* read as zero. */
 void shm_stats_sum_service(const struct shm_rt *rt, unsigned nshards, uint32_t slot,

@@ -8,12 +8,12 @@ struct shm_ctl;
 struct shm_rt;
 
 struct wk_init {
-    int slot;                 /* worker slot index */
-    int *listen_fds;          /* this slot's listening sockets, in config listener order */
+    int slot;        /* worker slot index */
+    int *listen_fds; /* this slot's listening sockets, in config listener order */
     int nlisten;
     struct shm_ctl *ctl;
     struct shm_rt *rt;
-    uid_t uid;                /* drop to this uid/gid when != (uid_t)-1 and running as root */
+    uid_t uid; /* drop to this uid/gid when != (uid_t)-1 and running as root */
     gid_t gid;
 };
 

@@ -20,10 +20,10 @@
 #include "worker/wk_internal.h"
 
 #define BUF_SIZE       (64 * 1024)
-#define LINE_MAX_BYTES (16 * 1024)  /* the longest line the capped fields can make */
-#define FLUSH_MS       900          /* plus at most one 100 ms loop pass: within a second */
-#define RETRY_MS       1000         /* reopen a file that could not be opened */
-#define QUIET_MS       3000         /* a rotation may take this long to recreate the file */
+#define LINE_MAX_BYTES (16 * 1024) /* the longest line the capped fields can make */
+#define FLUSH_MS       900         /* plus at most one 100 ms loop pass: within a second */
+#define RETRY_MS       1000        /* reopen a file that could not be opened */
+#define QUIET_MS       3000        /* a rotation may take this long to recreate the file */
 
 #define CAP_HOST   255
 #define CAP_METHOD 32
@@ -33,14 +33,14 @@
 
 static struct {
     int enabled;
-    int fd;                 /* -1 while closed */
+    int fd; /* -1 while closed */
     unsigned format;
-    uint64_t gen;           /* generation whose setting is applied */
+    uint64_t gen; /* generation whose setting is applied */
     char path[PATH_MAX];
     char *buf;
     size_t len;
-    uint64_t nlines;        /* lines in buf */
-    uint64_t first_ms;      /* when buf went from empty to non-empty */
+    uint64_t nlines;   /* lines in buf */
+    uint64_t first_ms; /* when buf went from empty to non-empty */
     uint64_t open_tried_ms;
     uint64_t fail_since_ms; /* opening has failed since then (0 = it works) */
     int open_reported;

@@ -19,7 +19,7 @@ struct wk_alog_req {
     uint16_t ref_len;
     uint8_t http_major;
     uint8_t http_minor;
-    char data[];        /* host, method, path, user agent, referer (no NULs) */
+    char data[]; /* host, method, path, user agent, referer (no NULs) */
 };
 
 /* One line's fields. NULL strings are absent ("-" / null). */

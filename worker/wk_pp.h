@@ -10,8 +10,8 @@
 #define WK_PP_MAX_V2 4096 /* we refuse larger v2 headers (TLVs beyond this are abuse) */
 
 struct wk_pp_addr {
-    int family;       /* AF_INET, AF_INET6, or 0 for UNKNOWN / LOCAL / non-TCP (keep peer) */
-    uint8_t src[16];  /* network byte order; IPv4 in the first 4 bytes */
+    int family;      /* AF_INET, AF_INET6, or 0 for UNKNOWN / LOCAL / non-TCP (keep peer) */
+    uint8_t src[16]; /* network byte order; IPv4 in the first 4 bytes */
     uint8_t dst[16];
     uint16_t src_port; /* host byte order */
     uint16_t dst_port;

@@ -173,8 +173,9 @@ static void test_json_reader(void)
 {
     char err[128];
     struct adm_jval *j;
-    static const char *bad[] = {"", "{", "{\"a\":}", "[1,]", "\"abc", "{\"a\" 1}", "tru",
-                                "[1] x", "\"\\q\"", "\"\\u12\"", "-", "{\"a\":1,}", "\"a\nb\""};
+    static const char *bad[] = {"",          "{",          "{\"a\":}", "[1,]",    "\"abc",
+                                "{\"a\" 1}", "tru",        "[1] x",    "\"\\q\"", "\"\\u12\"",
+                                "-",         "{\"a\":1,}", "\"a\nb\""};
 
     j = adm_json_parse(" {\"a\":[1,2.5,-3e2],\"b\":{\"c\":\"x\\\"y\\u00e9\\n\"},\"t\":true,"
                        "\"f\":false,\"n\":null} ",
@@ -409,9 +410,9 @@ static void test_backend_control_and_reload(void)
 
 static void test_hostile_lines(void)
 {
-    static const char *bad[] = {"",           "   ",          "bogus",     "show",
-                                "show nope",  "show health x", "help me",   "SHOW",
-                                "\x01\x02",   "show\x7f",     "sh\xc3\xa9", "a b c d e f g h i j"};
+    static const char *bad[] = {"",          "   ",           "bogus",      "show",
+                                "show nope", "show health x", "help me",    "SHOW",
+                                "\x01\x02",  "show\x7f",      "sh\xc3\xa9", "a b c d e f g h i j"};
     char *big;
     struct adm_buf b = {0};
 
@@ -454,8 +455,7 @@ static void test_metrics(void)
     CU_ASSERT_FATAL(b.p != NULL && !b.overflow);
     CU_ASSERT(b.p[b.len - 1] == '\n');
     CU_ASSERT(strstr(b.p, "dispatcher_requests_total{service=\"web\",code=\"2xx\"} 90\n") != NULL);
-    CU_ASSERT(strstr(b.p, "dispatcher_requests_total{service=\"q.x-1\",code=\"4xx\"} 1\n") !=
-              NULL);
+    CU_ASSERT(strstr(b.p, "dispatcher_requests_total{service=\"q.x-1\",code=\"4xx\"} 1\n") != NULL);
     CU_ASSERT(strstr(b.p, "dispatcher_request_duration_seconds_bucket{service=\"web\",le=\"0.01\"}"
                           " 90\n") != NULL);
     CU_ASSERT(strstr(b.p, "dispatcher_request_duration_seconds_bucket{service=\"web\",le=\"+Inf\"}"
@@ -467,8 +467,9 @@ static void test_metrics(void)
     CU_ASSERT(strstr(b.p, "dispatcher_worker_restarts_total 3\n") != NULL);
     CU_ASSERT(strstr(b.p, "dispatcher_config_generation 1\n") != NULL);
     CU_ASSERT(strstr(b.p, "dispatcher_config_reload_failures_total 2\n") != NULL);
-    CU_ASSERT(strstr(b.p, "dispatcher_backend_up{service=\"web\",backend=\"127.0.0.1:9001\"} 1\n")
-              != NULL);
+    CU_ASSERT(
+        strstr(b.p, "dispatcher_backend_up{service=\"web\",backend=\"127.0.0.1:9001\"} 1\n") !=
+        NULL);
     for (line = strtok_r(b.p, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
         if (line[0] == '#') {
             CU_ASSERT(strncmp(line, "# HELP ", 7) == 0 || strncmp(line, "# TYPE ", 7) == 0);

@@ -20,8 +20,8 @@ static const char *fmt4(const char *ip)
 
 static void test_ip_str(void)
 {
-    static const char *ips[] = {"0.0.0.0", "255.255.255.255", "10.0.0.1", "100.20.3.4",
-                                "1.10.100.199", "127.0.0.1"};
+    static const char *ips[] = {"0.0.0.0",    "255.255.255.255", "10.0.0.1",
+                                "100.20.3.4", "1.10.100.199",    "127.0.0.1"};
     struct sockaddr_in6 s6;
     char out[64], small[4];
 

@@ -415,7 +415,7 @@ static void test_prepare_and_publish(void)
     struct pem_pair wild = make_cert("*.app.example.com", NULL, -1, 30);
     struct pem_pair old = make_cert("old.do", "DNS:old.do", -40, -10);
     struct pem_pair other = make_cert("other.do", NULL, 0, 30);
-    static const char *const files[] = {"ok.pem", "ok.key", "wild.pem", "wild.key", "old.pem",
+    static const char *const files[] = {"ok.pem",  "ok.key",    "wild.pem",  "wild.key", "old.pem",
                                         "old.key", "other.key", "good.conf", "bad.conf", NULL};
     char dir[64], p[PATH_MAX], conf[PATH_MAX], want[PATH_MAX + 32], *errs = NULL;
     struct ms_config *cfg = NULL;
@@ -759,5 +759,5 @@ UNIT_SUITE(tls, {"names from SAN", test_names_san}, {"names from CN", test_names
            {"name rules", test_name_rules}, {"SNI matching order", test_sni_order},
            {"pair checks", test_pair_check}, {"self-signed", test_self_signed},
            {"prepare and publish", test_prepare_and_publish},
-           {"service tls keys", test_service_tls_keys},
-           {"ticket rotation", test_ticket_rotation}, {"socket BIO", test_socket_bio})
+           {"service tls keys", test_service_tls_keys}, {"ticket rotation", test_ticket_rotation},
+           {"socket BIO", test_socket_bio})

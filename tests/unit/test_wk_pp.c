@@ -39,13 +39,20 @@ static void test_v1_valid(void)
 static void test_v1_invalid(void)
 {
     static const char *bad[] = {
-        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n", "PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
-        "PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n",  "PROXY TCP4 ::1 ::1 1 2\r\n",
-        "PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n",   "PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n",
-        "PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",  "PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n",
-        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",     "proxy TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
-        "GET / HTTP/1.1\r\n\r\n",               "PROXY \r\n",
-        "PROXY TCP4 1.2.3.4 5.6.7.8 -1 2\r\n",  "PROXY TCP4 1.2.3.256 5.6.7.8 1 2\r\n",
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n",
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
+        "PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n",
+        "PROXY TCP4 ::1 ::1 1 2\r\n",
+        "PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n",
+        "PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n",
+        "PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",
+        "PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n",
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+        "proxy TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+        "GET / HTTP/1.1\r\n\r\n",
+        "PROXY \r\n",
+        "PROXY TCP4 1.2.3.4 5.6.7.8 -1 2\r\n",
+        "PROXY TCP4 1.2.3.256 5.6.7.8 1 2\r\n",
     };
     struct wk_pp_addr a;
 
