@@ -23,10 +23,6 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/net.h"
-#include "master/ms_config.h"
-#include "master/ms_loop.h"
-#include "master/ms_master.h"
-#include "master/ms_redis.h"
 
 /* Admin clients at once (the master loop holds 1024 fds). Each listener has its own slots, so
  * the admin HTTP port, which anyone on an allowed address can reach, can never crowd out the
@@ -69,80 +65,19 @@ static struct {
     struct adm_conn *conns[MAX_CONNS];
     uint64_t alog_checked_ms;
     int alog_warned;
-    struct adm_ops ops;
+    struct adm_host host;
 } adm = {.unix_fd = -1, .http_fd = -1};
 
 static void conn_close(struct adm_conn *c);
 
-/* ---- state for the answers --------------------------------------------------------------- */
-static double rss_mb(void)
+/* The live settings, asked of the master each time (they change with every publish). */
+static struct adm_settings settings(void)
 {
-    long page = sysconf(_SC_PAGESIZE);
-    double total = 0;
-    pid_t pids[SHM_MAX_WORKERS + 1];
-    int n = 0;
+    struct adm_settings st;
 
-    pids[n++] = getpid();
-    for (int i = 0; i < ms.nworkers && i < (int)SHM_MAX_WORKERS; i++) {
-        if (ms.w[i].pid != 0) {
-            pids[n++] = ms.w[i].pid;
-        }
-    }
-    for (int i = 0; i < n; i++) {
-        char path[64], buf[128];
-        unsigned long size = 0, resident = 0;
-        int fd;
-        ssize_t r;
-
-        snprintf(path, sizeof(path), "/proc/%d/statm", (int)pids[i]);
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd == -1) {
-            continue;
-        }
-        r = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (r <= 0) {
-            continue;
-        }
-        buf[r] = '\0';
-        if (sscanf(buf, "%lu %lu", &size, &resident) == 2) {
-            total += (double)resident * (double)page;
-        }
-    }
-    return total / (1024.0 * 1024.0);
-}
-
-static int fill_view(struct adm_view *v, void *arg)
-{
-    (void)arg;
-    if (ms.snap == NULL || ms.ctl == NULL || ms.rt == NULL) {
-        return -1;
-    }
-    memset(v, 0, sizeof(*v));
-    v->snap = ms.snap;
-    v->rt = ms.rt;
-    v->ctl = ms.ctl;
-    v->nworkers = (unsigned)ms.nworkers;
-    v->now_ms = dsp_now_ms();
-    v->now_s = dsp_wall_s();
-    v->started_at = ms.ctl->started_at;
-    v->loaded_at = ms.loaded_at;
-    v->memory_mb = rss_mb();
-    v->redis_state = ms.cfg->redis.enabled ? ms_redis_state() : NULL;
-    v->redis_problem = ms.cfg->redis.enabled ? ms_redis_rejected() : NULL;
-    v->redis_has_version = ms_redis_version(&v->redis_version);
-    return 0;
-}
-
-static int do_reload(uint64_t *gen, char **errs, void *arg)
-{
-    (void)arg;
-    log_info("reload requested on the admin socket");
-    if (ms_reload(errs) != 0) {
-        return -1;
-    }
-    *gen = ms.gen;
-    return 0;
+    memset(&st, 0, sizeof(st));
+    adm.host.settings(&st, adm.host.ctx);
+    return st;
 }
 
 /* ---- connections ---------------------------------------------------------------------------- */
@@ -163,13 +98,13 @@ static void set_events(struct adm_conn *c)
     }
     if (want != c->events) {
         c->events = want;
-        ms_loop_mod(c->fd, want);
+        adm.host.rewatch(c->fd, want, adm.host.ctx);
     }
 }
 
 static void queue_line_answer(struct adm_conn *c, const char *line, size_t n)
 {
-    adm_cmd_exec(&c->out, line, n, &adm.ops);
+    adm_cmd_exec(&c->out, line, n, &adm.host.cmd);
     adm_buf_add(&c->out, "\n", 1);
 }
 
@@ -328,9 +263,9 @@ static void http_handle(struct adm_conn *c, size_t headlen)
         struct adm_view v;
         char why[512] = "";
         const char *status = "serving";
-        if (ms.stopping) {
+        if (adm.host.draining(adm.host.ctx)) {
             status = "draining";
-        } else if (fill_view(&v, NULL) != 0) {
+        } else if (adm.host.cmd.view(&v, adm.host.cmd.arg) != 0) {
             status = "starting";
         } else if (!adm_healthy(&v, why, sizeof(why))) {
             status = "degraded";
@@ -350,7 +285,7 @@ static void http_handle(struct adm_conn *c, size_t headlen)
         }
     } else if (strcmp(path, "/metrics") == 0) {
         struct adm_view v;
-        if (fill_view(&v, NULL) != 0) {
+        if (adm.host.cmd.view(&v, adm.host.cmd.arg) != 0) {
             http_error(c, 503, "Service Unavailable", "no configuration is published yet", NULL);
             return;
         }
@@ -363,7 +298,7 @@ static void http_handle(struct adm_conn *c, size_t headlen)
         http_respond(c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", &body, head_only,
                      NULL);
     } else if (strncmp(path, api, sizeof(api) - 1) == 0 &&
-               adm_cmd_api(&body, path + sizeof(api) - 1, &adm.ops) == 0) {
+               adm_cmd_api(&body, path + sizeof(api) - 1, &adm.host.cmd) == 0) {
         int ok = body.len > 6 && strncmp(body.p, "{\"ok\":true", 10) == 0;
         adm_buf_add(&body, "\n", 1);
         http_respond(c, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "application/json",
@@ -495,7 +430,7 @@ static void conn_close(struct adm_conn *c)
             adm.conns[i] = NULL;
         }
     }
-    ms_loop_del(c->fd);
+    adm.host.unwatch(c->fd, adm.host.ctx);
     close(c->fd);
     adm_buf_dispose(&c->out);
     free(c->in);
@@ -523,13 +458,13 @@ static void refuse(int fd, const char *msg, int line_protocol)
 /* admin.http_allow, when set, lists the only clients served (loopback ones included). */
 static int http_allowed(const struct sockaddr_storage *peer)
 {
-    const struct ms_config *cfg = ms.cfg;
+    struct adm_settings st = settings();
 
-    if (cfg->admin.nhttp_allow == 0) {
+    if (st.nhttp_allow == 0) {
         return 1;
     }
-    for (size_t i = 0; i < cfg->admin.nhttp_allow; i++) {
-        if (net_cidr_match(&cfg->admin.http_allow[i], (const struct sockaddr *)peer)) {
+    for (size_t i = 0; i < st.nhttp_allow; i++) {
+        if (net_cidr_match(&st.http_allow[i], (const struct sockaddr *)peer)) {
             return 1;
         }
     }
@@ -642,7 +577,7 @@ static void on_accept(int lfd, uint32_t events, void *arg)
         c->http = http;
         c->events = EPOLLIN;
         c->start_ms = c->last_ms = dsp_now_ms();
-        if (ms_loop_add(fd, EPOLLIN, on_conn, c) != 0) {
+        if (adm.host.watch(fd, EPOLLIN, on_conn, c, adm.host.ctx) != 0) {
             free(c->in);
             free(c);
             refuse(fd, "too many admin connections", !http);
@@ -653,14 +588,14 @@ static void on_accept(int lfd, uint32_t events, void *arg)
 }
 
 /* ---- periodic work -------------------------------------------------------------------------- */
-static void alog_prepare(int at_start);
+static int alog_prepare_path(const struct adm_settings *st, int at_start);
 
-static void on_tick(uint64_t now, void *arg)
+void adm_tick(uint64_t now)
 {
-    uint64_t head_ms = (uint64_t)DSP_MIN(ms.cfg->limits.header_timeout_ms, HTTP_HEAD_MS);
-    uint64_t idle_ms = (uint64_t)DSP_MIN(ms.cfg->limits.idle_timeout_ms, UNIX_IDLE_MS);
+    struct adm_settings st = settings();
+    uint64_t head_ms = DSP_MIN(st.header_timeout_ms, (uint64_t)HTTP_HEAD_MS);
+    uint64_t idle_ms = DSP_MIN(st.idle_timeout_ms, (uint64_t)UNIX_IDLE_MS);
 
-    (void)arg;
     for (int i = 0; i < MAX_CONNS; i++) {
         struct adm_conn *c = adm.conns[i];
         if (c == NULL) {
@@ -685,17 +620,18 @@ static void on_tick(uint64_t now, void *arg)
     }
     /* Unprivileged workers cannot create the access log in a root-owned folder: after a
      * rotation that did not recreate it, do it for them. */
-    if (ms.uid != (uid_t)-1 && now - adm.alog_checked_ms >= ALOG_CHECK_MS) {
+    if (st.uid != (uid_t)-1 && now - adm.alog_checked_ms >= ALOG_CHECK_MS) {
         adm.alog_checked_ms = now;
-        alog_prepare(0);
+        alog_prepare_path(&st, 0);
     }
 }
 
 /* ---- paths the workers write ---------------------------------------------------------------- */
 /* Make sure the access log's folder exists and the file exists, owned by the workers' user.
  * At start a failure is fatal (returns -1); later it is reported once. */
-static int alog_prepare_path(const char *path, int at_start)
+static int alog_prepare_path(const struct adm_settings *set, int at_start)
 {
+    const char *path = set->access_log;
     char err[512];
     struct stat st;
     int fd;
@@ -721,7 +657,7 @@ static int alog_prepare_path(const char *path, int at_start)
         }
         return -1;
     }
-    if (ms.uid != (uid_t)-1 && fchown(fd, ms.uid, ms.gid) == -1) {
+    if (set->uid != (uid_t)-1 && fchown(fd, set->uid, set->gid) == -1) {
         log_errno(LOG_WARN, errno, "fchown(%s) for the workers' user failed", path);
     }
     close(fd);
@@ -729,23 +665,18 @@ static int alog_prepare_path(const char *path, int at_start)
     return 0;
 }
 
-static void alog_prepare(int at_start)
-{
-    alog_prepare_path(ms.cfg->log.access, at_start);
-}
-
 static int same_str(const char *a, const char *b)
 {
     return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-static void on_publish(void *arg)
+void adm_config_changed(void)
 {
-    (void)arg;
-    alog_prepare(0);
+    struct adm_settings st = settings();
+
+    alog_prepare_path(&st, 0);
     /* Like listeners, the admin endpoints are bound once; say so instead of pretending. */
-    if (!same_str(ms.cfg->admin.socket, adm.sock_path) ||
-        !same_str(ms.cfg->admin.http, adm.http_addr)) {
+    if (!same_str(st.socket, adm.sock_path) || !same_str(st.http, adm.http_addr)) {
         log_warn("admin socket/http changes take effect at the next restart");
     }
 }
@@ -837,24 +768,23 @@ static int bind_unix(const char *path, int mode)
     return fd;
 }
 
-static int bind_http(void)
+static int bind_http(const struct adm_settings *st)
 {
-    const struct ms_config *cfg = ms.cfg;
     int one = 1;
-    int fd = socket(cfg->admin.http_ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(st->http_ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
     if (fd == -1) {
-        log_errno(LOG_ERROR, errno, "socket() for admin.http %s failed", cfg->admin.http);
+        log_errno(LOG_ERROR, errno, "socket() for admin.http %s failed", st->http);
         return -1;
     }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (const struct sockaddr *)&cfg->admin.http_ss, cfg->admin.http_sslen) == -1) {
-        log_errno(LOG_ERROR, errno, "bind() to admin.http %s failed", cfg->admin.http);
+    if (bind(fd, (const struct sockaddr *)st->http_ss, st->http_sslen) == -1) {
+        log_errno(LOG_ERROR, errno, "bind() to admin.http %s failed", st->http);
         close(fd);
         return -1;
     }
     if (listen(fd, 64) == -1) {
-        log_errno(LOG_ERROR, errno, "listen() on admin.http %s failed", cfg->admin.http);
+        log_errno(LOG_ERROR, errno, "listen() on admin.http %s failed", st->http);
         close(fd);
         return -1;
     }
@@ -870,44 +800,39 @@ static void at_exit(void)
     }
 }
 
-int adm_init(void)
+int adm_init(const struct adm_host *host)
 {
-    const struct ms_config *cfg = ms.cfg;
+    struct adm_settings st;
 
+    adm.host = *host;
     adm.master_pid = getpid();
-    adm.ops.view = fill_view;
-    adm.ops.reload = do_reload;
-    adm.ops.rt = ms.rt;
-    if (alog_prepare_path(cfg->log.access, 1) != 0) {
+    st = settings();
+    if (alog_prepare_path(&st, 1) != 0) {
         return -1;
     }
-    if (cfg->admin.socket != NULL) {
-        adm.unix_fd = bind_unix(cfg->admin.socket, cfg->admin.mode);
+    if (st.socket != NULL) {
+        adm.unix_fd = bind_unix(st.socket, st.socket_mode);
         if (adm.unix_fd == -1) {
             return -1;
         }
-        adm.sock_path = dsp_xstrdup(cfg->admin.socket);
+        adm.sock_path = dsp_xstrdup(st.socket);
         atexit(at_exit);
-        if (ms_loop_add(adm.unix_fd, EPOLLIN, on_accept, NULL) != 0) {
+        if (adm.host.watch(adm.unix_fd, EPOLLIN, on_accept, NULL, adm.host.ctx) != 0) {
             return -1;
         }
-        log_info("admin socket on %s", cfg->admin.socket);
+        log_info("admin socket on %s", st.socket);
     }
-    if (cfg->admin.http != NULL) {
-        adm.http_fd = bind_http();
+    if (st.http != NULL) {
+        adm.http_fd = bind_http(&st);
         if (adm.http_fd == -1) {
             return -1;
         }
         /* Any non-NULL arg marks the HTTP listener. */
-        if (ms_loop_add(adm.http_fd, EPOLLIN, on_accept, &adm) != 0) {
+        if (adm.host.watch(adm.http_fd, EPOLLIN, on_accept, &adm, adm.host.ctx) != 0) {
             return -1;
         }
-        adm.http_addr = dsp_xstrdup(cfg->admin.http);
-        log_info("admin HTTP on %s", cfg->admin.http);
-    }
-    if (ms_loop_tick(on_tick, NULL) != 0 || ms_loop_on_publish(on_publish, NULL) != 0) {
-        log_error("admin: master loop tables full");
-        return -1;
+        adm.http_addr = dsp_xstrdup(st.http);
+        log_info("admin HTTP on %s", st.http);
     }
     return 0;
 }

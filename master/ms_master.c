@@ -16,7 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "admin/adm.h"
+#include "master/ms_admin.h"
 #include "common/dsp.h"
 #include "common/log.h"
 #include "common/net.h"
@@ -428,7 +428,7 @@ int ms_run(void)
         return MS_EXIT_START;
     }
     ms.ctl->nworkers = (uint32_t)ms.nworkers;
-    if (adm_init() != 0) {
+    if (ms_admin_start() != 0) {
         return MS_EXIT_START;
     }
     for (int i = 0; i < ms.nworkers; i++) {
