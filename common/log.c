@@ -117,3 +117,18 @@ void log_errno(int level, int err, const char *fmt, ...)
     do_log(level, err, fmt, ap);
     va_end(ap);
 }
+
+void log_lines(int level, const char *text)
+{
+    const char *p = text;
+
+    while (p != NULL && *p != '\0') {
+        const char *nl = strchr(p, '\n');
+        int n = nl != NULL ? (int)(nl - p) : (int)strlen(p);
+
+        if (n > 0) {
+            log_msg(level, "%.*s", n, p);
+        }
+        p = nl != NULL ? nl + 1 : NULL;
+    }
+}

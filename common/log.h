@@ -24,6 +24,9 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 /* Like log_msg with ": strerror(err)" appended. */
 void log_errno(int level, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* One log line at <level> per non-empty line of <text> (NULL is fine). */
+void log_lines(int level, const char *text);
+
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
 #define log_info(...)                                                                              \

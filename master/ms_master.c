@@ -10,23 +10,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "master/ms_admin.h"
 #include "common/dsp.h"
 #include "common/log.h"
 #include "common/net.h"
-#include "master/ms_compile.h"
+#include "master/ms_admin.h"
 #include "master/ms_config.h"
 #include "master/ms_health.h"
 #include "master/ms_loop.h"
-#include "master/ms_redis.h"
 #include "master/ms_rt.h"
-#include "master/ms_tls.h"
 #include "shm/shm.h"
 #include "worker/wk.h"
 
@@ -122,36 +118,6 @@ static void close_listeners(void)
 }
 
 /* ---- generations ---------------------------------------------------------------------------- */
-int ms_publish(void)
-{
-    size_t size;
-    uint64_t gen = ms.gen + 1;
-    void *snap = ms_compile(ms.cfg, gen, &size);
-
-    if (ms_rt_assign(ms.reg, ms.rt, snap, gen) != 0) {
-        free(snap);
-        return -1;
-    }
-    if (shm_snap_publish(ms.ctl, snap, size, gen, ms.uid, ms.gid) != 0) {
-        explicit_bzero(snap, size); /* holds private keys */
-        free(snap);
-        return -1;
-    }
-    if (ms.snap != NULL) {
-        explicit_bzero(ms.snap, ms.snap_size);
-    }
-    free(ms.snap);
-    ms.snap = snap;
-    ms.snap_size = size;
-    ms.gen = gen;
-    ms.loaded_at = dsp_wall_s();
-    if (ms.oldest_kept == 0) {
-        ms.oldest_kept = gen;
-    }
-    ms_loop_published();
-    return 0;
-}
-
 /* Unlink generations no live worker still holds, and recycle their runtime slots. */
 static void retire_generations(void)
 {
@@ -180,98 +146,6 @@ static void retire_generations(void)
         ms.oldest_kept++;
     }
     ms_rt_release(ms.reg, ms.rt, oldest);
-}
-
-static int same_listeners(const struct ms_config *a, const struct ms_config *b)
-{
-    if (a->nlisteners != b->nlisteners) {
-        return 0;
-    }
-    for (size_t i = 0; i < a->nlisteners; i++) {
-        if (a->listeners[i].sslen != b->listeners[i].sslen ||
-            memcmp(&a->listeners[i].ss, &b->listeners[i].ss, a->listeners[i].sslen) != 0 ||
-            a->listeners[i].tls != b->listeners[i].tls ||
-            a->listeners[i].proxy_protocol != b->listeners[i].proxy_protocol) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-static double mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-int ms_reload(char **errs_out)
-{
-    struct ms_config *ncfg = NULL, *old = ms.cfg;
-    char *errs = NULL;
-    double t0 = mono_ms(), t1, t2;
-
-    /* Certificates are loaded and checked as part of the config: a bad pair refuses the reload
-     * with its line, and the old certificates keep serving. The fleet's data did not change with
-     * the file: the last good Redis data is merged again, and a file it no longer fits (a Redis
-     * route naming a service the file dropped) is refused the same way. */
-    if (ms_config_load(ms.conf_path, 1, &ncfg, &errs) != 0 || ms_tls_prepare(ncfg, &errs) != 0 ||
-        ms_redis_merge_into(ncfg, &errs) != 0) {
-        char *line = errs, *save = NULL;
-        log_error("reload failed; still serving generation %llu", (unsigned long long)ms.gen);
-        if (errs_out != NULL) {
-            *errs_out = dsp_xstrdup(errs);
-        }
-        for (line = strtok_r(errs, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
-            log_error("%s", line);
-        }
-        __atomic_fetch_add(&ms.ctl->reload_failures, 1, __ATOMIC_RELAXED);
-        ms_config_free(ncfg);
-        free(errs);
-        return -1;
-    }
-    if (!same_listeners(old, ncfg)) {
-        /* Workers hold the sockets bound at start; new ones need a restart. Keep serving the
-         * old listener set with the new routes. */
-        struct ms_listener *tl = ncfg->listeners;
-        size_t tn = ncfg->nlisteners;
-        log_warn("listener changes take effect at the next restart; keeping the current ones");
-        ncfg->listeners = old->listeners;
-        ncfg->nlisteners = old->nlisteners;
-        old->listeners = tl;
-        old->nlisteners = tn;
-    }
-    if (ncfg->workers != old->workers) {
-        log_warn("workers = %d takes effect at the next restart; keeping %d", ncfg->workers,
-                 ms.nworkers);
-    }
-    ms.cfg = ncfg;
-    t1 = mono_ms();
-    if (ms_publish() != 0) {
-        ms.cfg = old;
-        ms_config_free(ncfg);
-        __atomic_fetch_add(&ms.ctl->reload_failures, 1, __ATOMIC_RELAXED);
-        if (errs_out != NULL) {
-            *errs_out = dsp_xstrdup("cannot publish the new configuration (see the error log)");
-        }
-        return -1;
-    }
-    log_level = ncfg->log.level;
-    if (old->log.error == NULL || ncfg->log.error == NULL ||
-        strcmp(old->log.error, ncfg->log.error) != 0) {
-        if (log_open(ncfg->log.error) != 0) {
-            log_errno(LOG_ERROR, errno, "cannot open error log %s", ncfg->log.error);
-        }
-    }
-    t2 = mono_ms();
-    ms_config_drop_source(ncfg);
-    ms_config_free(old);
-    log_info("configuration reloaded: generation %llu, %zu services, %zu routes (read %.0f ms, "
-             "published %.0f ms later, old one freed in %.0f ms)",
-             (unsigned long long)ms.gen, ncfg->nservices, ncfg->nroutes, t1 - t0, t2 - t1,
-             mono_ms() - t2);
-    return 0;
 }
 
 /* ---- workers -------------------------------------------------------------------------------- */

@@ -49,11 +49,13 @@ extern struct ms_master ms;
  * to the log and returns -1. */
 int ms_bind_all(void);
 
-/* Compile ms.cfg and publish it as the next generation. Returns 0 or -1 (logged). */
+/* Compile ms.cfg and publish it as the next generation. Returns 0 or -1 (logged). At start for
+ * the first generation; every later change goes through ms_commit() (master/ms_commit.c). */
 int ms_publish(void);
 
-/* Re-read the config file; on success publish it, on failure log every error and keep serving.
- * Returns 0 or -1; <errs> (optional) receives the heap error text on failure. */
+/* Re-read the config file (SIGHUP, the admin socket's `reload`) and commit it: on success it is
+ * published, on failure every error is logged and the old generation keeps serving. Returns 0
+ * or -1; <errs> (optional) receives the heap error text on failure. */
 int ms_reload(char **errs);
 
 /* Fork the workers and run the master loop until stopped. Returns the exit code. */

@@ -28,6 +28,7 @@
 #include "common/dsp.h"
 #include "common/log.h"
 #include "common/rds.h"
+#include "master/ms_commit.h"
 #include "master/ms_config.h"
 #include "master/ms_loop.h"
 #include "master/ms_master.h"
@@ -384,19 +385,6 @@ out:
 
 /* ---- applying a namespace ------------------------------------------------------------------- */
 
-static void log_lines(int level, const char *text)
-{
-    const char *p = text;
-
-    while (p != NULL && *p != '\0') {
-        const char *nl = strchr(p, '\n');
-        int n = nl != NULL ? (int)(nl - p) : (int)strlen(p);
-
-        log_msg(level, "%.*s", n, p);
-        p = nl != NULL ? nl + 1 : NULL;
-    }
-}
-
 static size_t count_redis_routes(const struct ms_config *cfg)
 {
     size_t n = 0;
@@ -488,10 +476,55 @@ static int versioned(const struct ms_rns *ns)
     return 1;
 }
 
+/* The change a new namespace makes (see master/ms_commit.h): merged into ms.cfg in place. */
+static struct ms_config *change_validate(void *arg, char **errs)
+{
+    ms_rns_unmerge(ms.cfg);
+    if (ms_rns_merge(ms.cfg, arg, 0, errs) != 0) {
+        return NULL;
+    }
+    return ms.cfg;
+}
+
+static void change_undo(void *arg)
+{
+    (void)arg;
+    ms_rns_unmerge(ms.cfg);
+    restore_good();
+}
+
+static void change_report(void *arg, enum ms_outcome how, const char *errs,
+                          const struct ms_commit_times *times)
+{
+    const struct ms_rns *ns = arg;
+
+    (void)times;
+    switch (how) {
+    case MS_COMMIT_INVALID:
+        report_rejected(ns, errs != NULL ? errs : "");
+        break;
+    case MS_COMMIT_UNPUBLISHED:
+        log_error("redis %s*: cannot publish the new data; still serving generation %llu",
+                  ns->prefix, (unsigned long long)ms.gen);
+        break;
+    case MS_COMMIT_DONE:
+        log_info("redis %s*: applied as generation %llu (version %lld; %zu services, %zu routes "
+                 "from Redis)", ns->prefix, (unsigned long long)ms.gen, ns->version,
+                 count_redis_services(ms.cfg), count_redis_routes(ms.cfg));
+        break;
+    }
+}
+
 /* A complete, sorted read: publish it when it changed and validates. Takes <ns>. */
 static void apply(struct ms_rns *ns)
 {
-    char *errs = NULL;
+    struct ms_change change = {
+        .origin = MS_ORIGIN_REDIS,
+        .validate = change_validate,
+        .undo = change_undo,
+        .report = change_report,
+        .arg = ns,
+    };
 
     if (!versioned(ns)) {
         ms_rns_free(ns);
@@ -506,25 +539,10 @@ static void apply(struct ms_rns *ns)
         ms_rns_free(ns);
         return;
     }
-    ms_rns_unmerge(ms.cfg);
-    if (ms_rns_merge(ms.cfg, ns, 0, &errs) != 0) {
-        report_rejected(ns, errs);
-        free(errs);
-        restore_good();
+    if (ms_commit(&change, NULL) != 0) {
         ms_rns_free(ns);
         return;
     }
-    if (ms_publish() != 0) {
-        log_error("redis %s*: cannot publish the new data; still serving generation %llu",
-                  ns->prefix, (unsigned long long)ms.gen);
-        ms_rns_unmerge(ms.cfg);
-        restore_good();
-        ms_rns_free(ns);
-        return;
-    }
-    log_info("redis %s*: applied as generation %llu (version %lld; %zu services, %zu routes "
-             "from Redis)", ns->prefix, (unsigned long long)ms.gen, ns->version,
-             count_redis_services(ms.cfg), count_redis_routes(ms.cfg));
     ms_rns_free(rd.good);
     rd.good = ns;
     rd.rejected = 0;
