@@ -550,7 +550,7 @@ static void response(char *base, size_t avail, int was_head)
     http_parser p;
     size_t hlen, n, off = 0;
     enum http_errno err;
-    int interim = 0, status;
+    int interim = 0, status, full;
 
     head_req = was_head;
     for (;;) {
@@ -558,13 +558,25 @@ static void response(char *base, size_t avail, int was_head)
         if (hlen == 0) {
             return;
         }
-        /* Strict syntax first (worker/wk_resp.c), then http-parser must agree on the status. */
-        status = wk_resp_head_syntax(base + off, hlen);
-        FUZZ_CHECK(status >= -1 && status <= 999);
-        if (status >= 0) {
+        /* The status line first (worker/wk_resp.c), then http-parser must agree on the status,
+         * then the fields are checked one by one and must tile the head. The byte-by-byte
+         * check the worker used before (wk_resp_head_syntax) is the differential: both accept
+         * the same heads. */
+        full = wk_resp_head_syntax(base + off, hlen);
+        FUZZ_CHECK(full >= -1 && full <= 999);
+        /* (That check let obs-fold through; the field check refuses it, rightly: RFC 9112 5.2.) */
+        for (size_t i = 0; full >= 0 && i + 1 < hlen; i++) {
+            if (base[off + i] == '\n' && (base[off + i + 1] == ' ' || base[off + i + 1] == '\t')) {
+                full = -1;
+            }
+        }
+        if (full >= 0) {
             FUZZ_CHECK(hlen >= 16 && memcmp(base + off + hlen - 4, "\r\n\r\n", 4) == 0);
             FUZZ_CHECK(memchr(base + off, '\0', hlen) == NULL);
         }
+        status = wk_resp_status_line(base + off, hlen);
+        FUZZ_CHECK(status >= -1 && status <= 999);
+        FUZZ_CHECK(full < 0 || full == status);
         if (status < 100 || status > 599) {
             return;
         }
@@ -588,6 +600,11 @@ static void response(char *base, size_t avail, int was_head)
             }
             (void)wk_hdr_hop(&scratch, scratch.h[i].name, scratch.h[i].nlen);
         }
+        if (!wk_head_tiled(base + off, hlen, &scratch)) {
+            FUZZ_CHECK(full < 0); /* what the byte check accepts, the field check accepts */
+            return;
+        }
+        FUZZ_CHECK(full == status); /* and what the field check accepts, the byte check does */
         (void)wk_reason(p.status_code);
         if (p.status_code >= 100 && p.status_code < 200 && p.status_code != 101) {
             off += hlen;
