@@ -480,9 +480,7 @@ static void fill_services(const struct ms_config *cfg, char *base, struct blob *
         o->name = put_str(b, s->name);
         o->backends_first = nb;
         o->nbackends = (uint32_t)s->nbackends;
-        o->balance = s->balance == MS_BALANCE_LEASTCONN ? SHM_BALANCE_LEASTCONN
-                     : s->balance == MS_BALANCE_IPHASH  ? SHM_BALANCE_IPHASH
-                                                        : SHM_BALANCE_RR;
+        o->balance = s->balance;
         o->rt_slot = SHM_NONE;
         o->retries = u32_of(s->retries);
         o->connect_timeout_ms = u32_of(s->connect_timeout_ms);
@@ -500,7 +498,7 @@ static void fill_services(const struct ms_config *cfg, char *base, struct blob *
         o->cb_count_5xx = s->circuit.count_5xx != 0;
         o->passive_failures = u32_of(s->passive_failures);
         o->max_ejection_percent = u32_of(s->max_ejection_percent);
-        o->source = s->source == MS_SOURCE_REDIS ? SHM_SOURCE_REDIS : SHM_SOURCE_FILE;
+        o->source = s->source;
         o->tls = s->tls ? SHM_SVC_TLS_ON | (s->tls_verify ? SHM_SVC_TLS_VERIFY : 0u) : 0u;
         o->tls_sni = put_str(b, s->tls ? s->tls_sni : NULL);
         o->tls_ca_pem = put_str(b, s->tls ? s->tls_ca_pem : NULL);
@@ -535,7 +533,7 @@ static void fill_routes(const struct ms_config *cfg, char *base, struct blob *b,
         rt[r].service = (uint32_t)mr->service_idx;
         rt[r].order = r;
         rt[r].host_kind = host_kind(route_host(cfg, r));
-        rt[r].source = mr->source == MS_SOURCE_REDIS ? SHM_SOURCE_REDIS : SHM_SOURCE_FILE;
+        rt[r].source = mr->source;
         sv[mr->service_idx].nroutes++;
     }
 }
@@ -580,7 +578,7 @@ static void fill_certs(const struct ms_config *cfg, char *base, struct blob *b,
         }
         o->not_after = mc->not_after > 0 ? (uint64_t)mc->not_after : 0;
         o->flags = mc->expired ? SHM_CERT_F_EXPIRED : 0u;
-        if (mc->source == MS_SOURCE_REDIS) {
+        if (mc->source == SHM_SOURCE_REDIS) {
             o->flags |= SHM_CERT_F_REDIS;
         }
         if (mc == &cfg->tls.self_signed) {
@@ -745,8 +743,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     h->config_path = put_str(&b, cfg->path);
     h->self_signed_cn = put_str(&b, cfg->tls.self_signed_cn);
     h->access_log = put_str(&b, cfg->log.access);
-    h->access_format =
-        cfg->log.access_format == MS_ACCESS_COMBINED ? SHM_ACCESS_COMBINED : SHM_ACCESS_JSON;
+    h->access_format = cfg->log.access_format;
 
     ls = (struct shm_listener *)(void *)(base + lo);
     for (size_t i = 0; i < cfg->nlisteners; i++) {

@@ -516,7 +516,7 @@ static void set_defaults(struct ms_config *cfg)
     cfg->admin.mode = 0600;
     cfg->log.error = dsp_xstrdup("stderr");
     cfg->log.level = LOG_INFO;
-    cfg->log.access_format = MS_ACCESS_JSON;
+    cfg->log.access_format = SHM_ACCESS_JSON;
     cfg->limits.max_connections = 10000;
     cfg->limits.max_header_bytes = 16384;
     cfg->limits.max_body_bytes = 0;
@@ -695,9 +695,9 @@ static void parse_log(struct ctx *c, config_setting_t *root, struct ms_config *c
     }
     if (get_str(c, g, "log", "access_format", 0, &v) == 1) {
         if (strcmp(v, "json") == 0) {
-            cfg->log.access_format = MS_ACCESS_JSON;
+            cfg->log.access_format = SHM_ACCESS_JSON;
         } else if (strcmp(v, "combined") == 0) {
-            cfg->log.access_format = MS_ACCESS_COMBINED;
+            cfg->log.access_format = SHM_ACCESS_COMBINED;
         } else {
             err_at(c, config_setting_get_member(g, "access_format"),
                    "log.access_format \"%s\" must be \"json\" or \"combined\"", v);
@@ -982,6 +982,7 @@ static void parse_certs(struct ctx *c, config_setting_t *tls, struct ms_config *
 
         snprintf(where, sizeof(where), "tls.certificates[%d]", i);
         ct->line = (int)config_setting_source_line(g);
+        ct->source = SHM_SOURCE_FILE;
         if (config_setting_source_file(g) != NULL) {
             ct->file = dsp_xstrdup(conf_src_name(c->src, config_setting_source_file(g)));
         }
@@ -1188,7 +1189,8 @@ static void parse_health(struct ctx *c, config_setting_t *g, const char *where,
 void ms_service_init(struct ms_service *svc)
 {
     memset(svc, 0, sizeof(*svc));
-    svc->balance = MS_BALANCE_RR;
+    svc->balance = SHM_BALANCE_RR;
+    svc->source = SHM_SOURCE_FILE;
     svc->retries = 1;
     svc->passive_failures = 3;
     svc->max_ejection_percent = 50;
@@ -1218,14 +1220,14 @@ void ms_service_dispose(struct ms_service *svc)
     memset(svc, 0, sizeof(*svc));
 }
 
-int ms_parse_balance(const char *v, int *out)
+int ms_parse_balance(const char *v, uint32_t *out)
 {
     if (strcmp(v, "round-robin") == 0) {
-        *out = MS_BALANCE_RR;
+        *out = SHM_BALANCE_RR;
     } else if (strcmp(v, "least-conn") == 0) {
-        *out = MS_BALANCE_LEASTCONN;
+        *out = SHM_BALANCE_LEASTCONN;
     } else if (strcmp(v, "ip-hash") == 0) {
-        *out = MS_BALANCE_IPHASH;
+        *out = SHM_BALANCE_IPHASH;
     } else {
         return -1;
     }
@@ -1447,6 +1449,7 @@ void ms_route_init(struct ms_route *r)
 {
     memset(r, 0, sizeof(*r));
     r->path = dsp_xstrdup("/");
+    r->source = SHM_SOURCE_FILE;
 }
 
 void ms_route_dispose(struct ms_route *r)

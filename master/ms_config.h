@@ -8,18 +8,12 @@
 #include <sys/socket.h>
 
 #include "common/net.h"
+#include "shm/shm_types.h"
 
-#define MS_BALANCE_RR         0 /* round-robin (weighted) */
-#define MS_BALANCE_LEASTCONN  1
-#define MS_BALANCE_IPHASH     2
-
-#define MS_ACCESS_JSON     0
-#define MS_ACCESS_COMBINED 1
-
-/* Where a service, route or certificate was defined. Redis entries always follow the file's in
- * their arrays (see master/ms_redis_ns.h). */
-#define MS_SOURCE_FILE  0
-#define MS_SOURCE_REDIS 1
+/* The configuration speaks the snapshot's vocabulary (shm/shm_types.h): balance SHM_BALANCE_*,
+ * access log format SHM_ACCESS_*, and where an entry was defined SHM_SOURCE_FILE or
+ * SHM_SOURCE_REDIS (Redis entries always follow the file's in their arrays, see
+ * master/ms_redis_ns.h). */
 
 #define MS_MAX_WEIGHT  1000
 #define MS_MAX_RETRIES 100
@@ -60,7 +54,7 @@ struct ms_circuit {
 
 struct ms_service {
     char *name;
-    int balance;                 /* MS_BALANCE_* */
+    uint32_t balance;            /* SHM_BALANCE_* */
     struct ms_backend *backends;
     size_t nbackends;
     struct ms_health health;
@@ -70,7 +64,7 @@ struct ms_service {
     int max_ejection_percent;    /* default 50: cap on the backends passively ejected at once */
     int connect_timeout_ms;      /* default 2000 */
     int response_timeout_ms;     /* default 30000 */
-    int source;                  /* MS_SOURCE_* */
+    uint32_t source;             /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS */
     int line;
     /* TLS to the backends (tls = true; verify; ca; sni). */
     int tls;
@@ -87,7 +81,7 @@ struct ms_route {
     int priority;                /* default 0 */
     char *service;
     size_t service_idx;          /* index into ms_config.services */
-    int source;                  /* MS_SOURCE_* */
+    uint32_t source;             /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS */
     int line;
 };
 
@@ -95,7 +89,7 @@ struct ms_cert {
     char *cert;                  /* absolute path (NULL when the PEM came from elsewhere) */
     char *key;                   /* absolute path (idem) */
     int line;
-    int source;                  /* MS_SOURCE_*: Redis certificates follow the file's */
+    uint32_t source;             /* SHM_SOURCE_*: Redis certificates follow the file's */
     /* Filled by ms_tls_prepare() (master/ms_tls.h) from the files, or from cert_pem/key_pem when
      * a source other than the file gave the PEM text directly. */
     char *file;                  /* config file of the entry, for messages (NULL: ms_config.path) */
@@ -131,7 +125,7 @@ struct ms_config {
         char *error;             /* "stderr" or absolute path */
         int level;               /* LOG_* */
         char *access;            /* absolute path or NULL for "off" */
-        int access_format;       /* MS_ACCESS_* */
+        uint32_t access_format;  /* SHM_ACCESS_* */
     } log;
 
     struct {
@@ -213,8 +207,8 @@ int ms_valid_url_path(const char *s);
 /* Lower-case a route host, drop one trailing dot and check it is "*", "*.suffix" or a host name.
  * Returns a heap copy, or NULL when it is none of those. */
 char *ms_normalise_host(const char *v);
-/* "round-robin" | "least-conn" | "ip-hash" into MS_BALANCE_*. Returns 0 or -1. */
-int ms_parse_balance(const char *v, int *out);
+/* "round-robin" | "least-conn" | "ip-hash" into SHM_BALANCE_*. Returns 0 or -1. */
+int ms_parse_balance(const char *v, uint32_t *out);
 /* Parse a backend address ("ip:port", "[ip6]:port", "localhost:port") into <b>'s address (heap,
  * normalised), ss and sslen. Returns 0, or -1 with the reason in <err>. */
 int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t errlen);

@@ -390,7 +390,7 @@ static size_t count_redis_routes(const struct ms_config *cfg)
     size_t n = 0;
 
     for (size_t i = 0; i < cfg->nroutes; i++) {
-        n += cfg->routes[i].source == MS_SOURCE_REDIS;
+        n += cfg->routes[i].source == SHM_SOURCE_REDIS;
     }
     return n;
 }
@@ -400,7 +400,7 @@ static size_t count_redis_services(const struct ms_config *cfg)
     size_t n = 0;
 
     for (size_t i = 0; i < cfg->nservices; i++) {
-        n += cfg->services[i].source == MS_SOURCE_REDIS;
+        n += cfg->services[i].source == SHM_SOURCE_REDIS;
     }
     return n;
 }

@@ -760,7 +760,7 @@ int ms_rns_merge(struct ms_config *cfg, const struct ms_rns *ns, int quiet, char
         }
         ms_service_init(&rs[nrs]);
         rs[nrs].name = dsp_xstrdup(e->id);
-        rs[nrs].source = MS_SOURCE_REDIS;
+        rs[nrs].source = SHM_SOURCE_REDIS;
         parse_service(&el, key, e, &rs[nrs]);
         nrs++;
     }
@@ -775,7 +775,7 @@ int ms_rns_merge(struct ms_config *cfg, const struct ms_rns *ns, int quiet, char
             continue;
         }
         ms_route_init(&rr[nrr]);
-        rr[nrr].source = MS_SOURCE_REDIS;
+        rr[nrr].source = SHM_SOURCE_REDIS;
         parse_route(&el, key, e, &file_ix, &redis_ix, &rr[nrr]);
         nrr++;
     }
@@ -788,7 +788,7 @@ int ms_rns_merge(struct ms_config *cfg, const struct ms_rns *ns, int quiet, char
         if (!entry_ok(&el, ns, MS_RNS_CERT, e, key)) {
             continue;
         }
-        rc[nrc].source = MS_SOURCE_REDIS;
+        rc[nrc].source = SHM_SOURCE_REDIS;
         parse_cert(&el, key, e, cfg->tls.min_version, now, &rc[nrc]);
         nrc++;
     }
@@ -836,13 +836,13 @@ int ms_rns_merge(struct ms_config *cfg, const struct ms_rns *ns, int quiet, char
 void ms_rns_unmerge(struct ms_config *cfg)
 {
     /* Redis entries always sit after the file's (ms_rns_merge appends them). */
-    while (cfg->nroutes > 0 && cfg->routes[cfg->nroutes - 1].source == MS_SOURCE_REDIS) {
+    while (cfg->nroutes > 0 && cfg->routes[cfg->nroutes - 1].source == SHM_SOURCE_REDIS) {
         ms_route_dispose(&cfg->routes[--cfg->nroutes]);
     }
-    while (cfg->nservices > 0 && cfg->services[cfg->nservices - 1].source == MS_SOURCE_REDIS) {
+    while (cfg->nservices > 0 && cfg->services[cfg->nservices - 1].source == SHM_SOURCE_REDIS) {
         ms_service_dispose(&cfg->services[--cfg->nservices]);
     }
-    while (cfg->tls.ncerts > 0 && cfg->tls.certs[cfg->tls.ncerts - 1].source == MS_SOURCE_REDIS) {
+    while (cfg->tls.ncerts > 0 && cfg->tls.certs[cfg->tls.ncerts - 1].source == SHM_SOURCE_REDIS) {
         ms_cert_dispose(&cfg->tls.certs[--cfg->tls.ncerts]);
     }
     cfg->redis.merged = 0;

@@ -81,7 +81,7 @@ int ms_rns_equal(const struct ms_rns *a, const struct ms_rns *b);
 uint64_t ms_rns_hash(const struct ms_rns *ns);
 
 /* Validate <ns> against <cfg> (which must hold no Redis entries) and append its services, routes
- * and certificates after the file's, each kind sorted by id, marked MS_SOURCE_REDIS; sets
+ * and certificates after the file's, each kind sorted by id, marked SHM_SOURCE_REDIS; sets
  * cfg->redis.merged. A Redis service named like a file service is skipped (the file wins; logged
  * as a warning unless <quiet>). Returns 0, or -1 when anything is invalid: <cfg> is then
  * unchanged and <*errs> (heap, caller frees) holds one "redis KEY: message" line per problem. */

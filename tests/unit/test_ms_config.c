@@ -261,7 +261,7 @@ static void test_spec_example(void)
     CU_ASSERT_EQUAL(cfg->log.level, LOG_INFO);
     join(want, sizeof(want), fx.dir, "logs/access.log");
     CU_ASSERT_STRING_EQUAL(cfg->log.access, want);
-    CU_ASSERT_EQUAL(cfg->log.access_format, MS_ACCESS_JSON);
+    CU_ASSERT_EQUAL(cfg->log.access_format, SHM_ACCESS_JSON);
 
     CU_ASSERT_EQUAL(cfg->limits.max_connections, 10000);
     CU_ASSERT_EQUAL(cfg->limits.max_header_bytes, 16384);
@@ -302,7 +302,7 @@ static void test_spec_example(void)
     CU_ASSERT_EQUAL_FATAL(cfg->nservices, 3);
     svc = &cfg->services[0];
     CU_ASSERT_STRING_EQUAL(svc->name, "gateway");
-    CU_ASSERT_EQUAL(svc->balance, MS_BALANCE_RR);
+    CU_ASSERT_EQUAL(svc->balance, SHM_BALANCE_RR);
     CU_ASSERT_EQUAL_FATAL(svc->nbackends, 1);
     CU_ASSERT_STRING_EQUAL(svc->backends[0].address, "127.0.0.1:9101");
     CU_ASSERT_EQUAL(svc->backends[0].weight, 1);
@@ -324,7 +324,7 @@ static void test_spec_example(void)
 
     svc = &cfg->services[1];
     CU_ASSERT_STRING_EQUAL(svc->name, "db");
-    CU_ASSERT_EQUAL(svc->balance, MS_BALANCE_LEASTCONN);
+    CU_ASSERT_EQUAL(svc->balance, SHM_BALANCE_LEASTCONN);
     CU_ASSERT_EQUAL_FATAL(svc->nbackends, 2);
     CU_ASSERT_STRING_EQUAL(svc->backends[0].address, "127.0.0.1:9102");
     CU_ASSERT_EQUAL(svc->backends[0].weight, 2);
@@ -373,7 +373,7 @@ static void test_defaults(void)
     CU_ASSERT_STRING_EQUAL(cfg->log.error, "stderr");
     CU_ASSERT_EQUAL(cfg->log.level, LOG_INFO);
     CU_ASSERT_PTR_NULL(cfg->log.access);
-    CU_ASSERT_EQUAL(cfg->log.access_format, MS_ACCESS_JSON);
+    CU_ASSERT_EQUAL(cfg->log.access_format, SHM_ACCESS_JSON);
     CU_ASSERT_EQUAL(cfg->limits.max_connections, 10000);
     CU_ASSERT_EQUAL(cfg->limits.max_header_bytes, 16384);
     CU_ASSERT_EQUAL(cfg->limits.max_body_bytes, 0);
@@ -416,7 +416,7 @@ static void test_values(void)
     CU_ASSERT_EQUAL(cfg->admin.mode, 0640);
     CU_ASSERT_EQUAL(cfg->log.level, LOG_DEBUG);
     CU_ASSERT_PTR_NULL(cfg->log.access);
-    CU_ASSERT_EQUAL(cfg->log.access_format, MS_ACCESS_COMBINED);
+    CU_ASSERT_EQUAL(cfg->log.access_format, SHM_ACCESS_COMBINED);
     CU_ASSERT_STRING_EQUAL(cfg->log.error, "/var/log/dispatcher.err");
     CU_ASSERT_EQUAL(cfg->limits.max_body_bytes, 10000000000L);
     CU_ASSERT_EQUAL(cfg->limits.tunnel_idle_timeout_ms, 5);
@@ -431,7 +431,7 @@ static void test_values(void)
     CU_ASSERT_EQUAL(cfg->redis.port, 6380);
     CU_ASSERT_PTR_NULL(cfg->redis.password);
     CU_ASSERT_EQUAL_FATAL(cfg->nservices, 1);
-    CU_ASSERT_EQUAL(cfg->services[0].balance, MS_BALANCE_IPHASH);
+    CU_ASSERT_EQUAL(cfg->services[0].balance, SHM_BALANCE_IPHASH);
     CU_ASSERT_EQUAL_FATAL(cfg->services[0].nbackends, 2);
     CU_ASSERT_STRING_EQUAL(cfg->services[0].backends[0].address, "127.0.0.1:81");
     CU_ASSERT_STRING_EQUAL(cfg->services[0].backends[1].address, "[::1]:82");

@@ -207,11 +207,11 @@ static void test_merge(void)
 
     CU_ASSERT_EQUAL_FATAL(cfg->nservices, 4);
     CU_ASSERT_STRING_EQUAL(cfg->services[0].name, "gateway");
-    CU_ASSERT_EQUAL(cfg->services[0].source, MS_SOURCE_FILE);
+    CU_ASSERT_EQUAL(cfg->services[0].source, SHM_SOURCE_FILE);
     CU_ASSERT_STRING_EQUAL(cfg->services[0].backends[0].address, "127.0.0.1:9101");
     CU_ASSERT_STRING_EQUAL(cfg->services[2].name, "api");
-    CU_ASSERT_EQUAL(cfg->services[2].source, MS_SOURCE_REDIS);
-    CU_ASSERT_EQUAL(cfg->services[2].balance, MS_BALANCE_LEASTCONN);
+    CU_ASSERT_EQUAL(cfg->services[2].source, SHM_SOURCE_REDIS);
+    CU_ASSERT_EQUAL(cfg->services[2].balance, SHM_BALANCE_LEASTCONN);
     CU_ASSERT_EQUAL_FATAL(cfg->services[2].nbackends, 2);
     CU_ASSERT_EQUAL(cfg->services[2].backends[0].weight, 2);
     CU_ASSERT_STRING_EQUAL(cfg->services[2].backends[1].address, "127.0.0.1:9202");
@@ -224,14 +224,14 @@ static void test_merge(void)
     CU_ASSERT_FALSE(cfg->services[3].health.enabled);
 
     CU_ASSERT_EQUAL_FATAL(cfg->nroutes, 4);
-    CU_ASSERT_EQUAL(cfg->routes[0].source, MS_SOURCE_FILE);
+    CU_ASSERT_EQUAL(cfg->routes[0].source, SHM_SOURCE_FILE);
     /* After the file's, in id order. */
     CU_ASSERT_STRING_EQUAL(cfg->routes[1].host, "*.api.do");
     CU_ASSERT_STRING_EQUAL(cfg->routes[1].path, "/v1/");
     CU_ASSERT_EQUAL(cfg->routes[1].methods, (1ULL << HTTP_GET) | (1ULL << HTTP_POST));
     CU_ASSERT_EQUAL(cfg->routes[1].priority, -3);
     CU_ASSERT_EQUAL(cfg->routes[1].service_idx, 0); /* the file's gateway */
-    CU_ASSERT_EQUAL(cfg->routes[1].source, MS_SOURCE_REDIS);
+    CU_ASSERT_EQUAL(cfg->routes[1].source, SHM_SOURCE_REDIS);
     CU_ASSERT_STRING_EQUAL(cfg->routes[2].host, "*");
     CU_ASSERT_EQUAL(cfg->routes[2].service_idx, 3);
     CU_ASSERT_STRING_EQUAL(cfg->routes[3].host, "z.do");
@@ -377,7 +377,7 @@ static void test_certs(void)
     ms_rns_sort(ns);
     CU_ASSERT_EQUAL_FATAL(ms_rns_merge(cfg, ns, 1, &errs), 0);
     CU_ASSERT_EQUAL_FATAL(cfg->tls.ncerts, nfile + 1);
-    CU_ASSERT_EQUAL(cfg->tls.certs[nfile].source, MS_SOURCE_REDIS);
+    CU_ASSERT_EQUAL(cfg->tls.certs[nfile].source, SHM_SOURCE_REDIS);
     CU_ASSERT_EQUAL_FATAL(cfg->tls.certs[nfile].nnames, 1);
     CU_ASSERT_STRING_EQUAL(cfg->tls.certs[nfile].names[0], "shop.example.com");
     CU_ASSERT_PTR_NULL(cfg->tls.certs[nfile].cert);

@@ -469,7 +469,7 @@ static void build_sample(struct tcfg *t)
                                    err, sizeof(err)) == 0);
     CU_ASSERT_FATAL(net_parse_addr("[::1]:9103", 0, &s->backends[1].ss, &s->backends[1].sslen, err,
                                    sizeof(err)) == 0);
-    s->balance = MS_BALANCE_LEASTCONN;
+    s->balance = SHM_BALANCE_LEASTCONN;
     s->health.enabled = 1;
     s->health.path = dsp_xstrdup("/health");
     s->health.interval_ms = 30000;
@@ -487,7 +487,7 @@ static void build_sample(struct tcfg *t)
     free(s->backends);
     s->backends = NULL;
     s->nbackends = 0;
-    s->balance = MS_BALANCE_IPHASH;
+    s->balance = SHM_BALANCE_IPHASH;
 
     tc_route(t, "gateway.do", "/", 0, 0, 0);
     tc_route(t, "*.app.example.com", "/", 0, 0, 0);
