@@ -1,4 +1,6 @@
-/* dispatcher: project-wide status codes, version and assertion macros. Every module includes it. */
+/* dispatcher: project-wide version, small macros and helpers. Every module includes it.
+ * Functions return 0 on success and -1 on failure; the few that need more outcomes (the TLS
+ * and chunk decoders' WANT_READ/WANT_WRITE) define them next to their API. */
 #ifndef DSP_DSP_H
 #define DSP_DSP_H
 
@@ -7,17 +9,9 @@
 
 #define DSP_VERSION "0.1.0"
 
-/* Status vocabulary shared by all modules (nginx-style). */
-#define DSP_OK       0
-#define DSP_ERR      (-1)
-#define DSP_AGAIN    (-2) /* would block: try again when the fd is ready */
-#define DSP_DECLINED (-3) /* not handled here (e.g. no route matched) */
-
 #define DSP_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define DSP_MIN(a, b)     ((a) < (b) ? (a) : (b))
 #define DSP_MAX(a, b)     ((a) > (b) ? (a) : (b))
-#define DSP_UNUSED(x)     ((void)(x))
-#define DSP_CACHELINE     64
 
 void dsp_assert_fail(const char *expr, const char *file, int line);
 

@@ -870,19 +870,19 @@ static void on_read_reply(redisAsyncContext *ac, void *reply, void *priv)
         rc = fill_hash(rd.reading, &rd.reading->e[kind][idx], reply, rd.read_error,
                        sizeof(rd.read_error));
     }
-    DSP_UNUSED(rc);
+    (void)rc;
 }
 
 static void on_version_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
-    DSP_UNUSED(ac);
-    DSP_UNUSED(priv);
+    (void)ac;
+    (void)priv;
     if (reply == NULL || rd.reading == NULL) {
         return;
     }
     answered(&rd.cmd);
     rd.read_pending--;
-    DSP_UNUSED(fill_version(rd.reading, reply, rd.read_error, sizeof(rd.read_error)));
+    (void)fill_version(rd.reading, reply, rd.read_error, sizeof(rd.read_error));
 }
 
 static void read_send_cb(redisCallbackFn *fn, const char *cmd, const char *key, void *tag)
