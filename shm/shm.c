@@ -51,8 +51,6 @@ struct shm_rt *shm_rt_create(void)
     }
     rt->magic = SHM_RT_MAGIC;
     rt->version = SHM_RT_VERSION;
-    rt->nservices_cap = SHM_RT_MAX_SERVICES;
-    rt->nbackends_cap = SHM_RT_MAX_BACKENDS;
     return rt;
 }
 

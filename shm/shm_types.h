@@ -273,9 +273,7 @@ struct shm_stats_cell {
 struct shm_rt {
     uint32_t magic;
     uint32_t version;
-    uint32_t nservices_cap;
-    uint32_t nbackends_cap;
-    uint64_t reserved[7];
+    uint64_t reserved[8];        /* the tables' sizes are SHM_RT_MAX_SERVICES/BACKENDS */
     struct shm_rt_service services[SHM_RT_MAX_SERVICES];
     struct shm_rt_backend backends[SHM_RT_MAX_BACKENDS];
     /* Added at the end (the segment is created by the master at start, so it can grow). */
