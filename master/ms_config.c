@@ -24,12 +24,10 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "common/tls.h"
 #include "master/ms_tls.h"
+#include "shm/shm_lb.h"
 
-#define MAX_WORKERS   256
-#define MAX_TIMEOUT   INT_MAX
-#define MAX_WEIGHT    1000
-#define MAX_HOST_LEN  253
 #define MAX_CN_LEN    64 /* X.509 upper bound for a commonName */
 #define QUAL_LEN      192
 
@@ -434,7 +432,7 @@ static int valid_hostname(const char *s)
 {
     size_t n = strlen(s);
 
-    if (n == 0 || n > MAX_HOST_LEN || s[0] == '.' || s[n - 1] == '.' || strstr(s, "..")) {
+    if (n == 0 || n > TLS_MAX_NAME || s[0] == '.' || s[n - 1] == '.' || strstr(s, "..")) {
         return 0;
     }
     for (; *s; s++) {
@@ -505,7 +503,7 @@ static int online_cpus(void)
     if (n < 1) {
         return 1;
     }
-    return n > MAX_WORKERS ? MAX_WORKERS : (int)n;
+    return n > MS_MAX_WORKERS ? MS_MAX_WORKERS : (int)n;
 }
 
 
@@ -540,10 +538,10 @@ static void parse_top(struct ctx *c, config_setting_t *root, struct ms_config *c
             strcmp(config_setting_get_string(s), "auto") == 0) {
             cfg->workers = online_cpus();
         } else if (is_int(s) && config_setting_get_int64(s) >= 1 &&
-                   config_setting_get_int64(s) <= MAX_WORKERS) {
+                   config_setting_get_int64(s) <= MS_MAX_WORKERS) {
             cfg->workers = (int)config_setting_get_int64(s);
         } else {
-            err_at(c, s, "workers must be \"auto\" or an integer between 1 and %d", MAX_WORKERS);
+            err_at(c, s, "workers must be \"auto\" or an integer between 1 and %d", MS_MAX_WORKERS);
         }
     }
     if (get_str(c, root, "", "user", 0, &v) == 1) {
@@ -722,16 +720,17 @@ static void parse_limits(struct ctx *c, config_setting_t *root, struct ms_config
     get_long(c, g, "limits", "max_header_bytes", 1024, 1048576, &cfg->limits.max_header_bytes);
     /* Above 2^31-1 it needs the L suffix: conf_read() refuses a literal libconfig would wrap. */
     get_long(c, g, "limits", "max_body_bytes", 0, LONG_MAX, &cfg->limits.max_body_bytes);
-    get_long(c, g, "limits", "header_timeout_ms", 1, MAX_TIMEOUT, &cfg->limits.header_timeout_ms);
-    get_long(c, g, "limits", "idle_timeout_ms", 1, MAX_TIMEOUT, &cfg->limits.idle_timeout_ms);
-    get_long(c, g, "limits", "shutdown_timeout_ms", 1, MAX_TIMEOUT,
+    get_long(c, g, "limits", "header_timeout_ms", 1, MS_MAX_TIMEOUT_MS,
+              &cfg->limits.header_timeout_ms);
+    get_long(c, g, "limits", "idle_timeout_ms", 1, MS_MAX_TIMEOUT_MS, &cfg->limits.idle_timeout_ms);
+    get_long(c, g, "limits", "shutdown_timeout_ms", 1, MS_MAX_TIMEOUT_MS,
              &cfg->limits.shutdown_timeout_ms);
-    get_long(c, g, "limits", "tunnel_idle_timeout_ms", 1, MAX_TIMEOUT,
+    get_long(c, g, "limits", "tunnel_idle_timeout_ms", 1, MS_MAX_TIMEOUT_MS,
              &cfg->limits.tunnel_idle_timeout_ms);
     /* Above ~100 MB/s the check would only cut off legitimate fast clients stalled by the
      * network: such a value is a unit mistake. */
     get_long(c, g, "limits", "min_body_rate", 0, 100000000, &cfg->limits.min_body_rate);
-    get_long(c, g, "limits", "send_timeout_ms", 1, MAX_TIMEOUT, &cfg->limits.send_timeout_ms);
+    get_long(c, g, "limits", "send_timeout_ms", 1, MS_MAX_TIMEOUT_MS, &cfg->limits.send_timeout_ms);
 }
 
 /* Read an environment override; empty counts as unset (env files often carry `HTTP_PORT=`). */
@@ -1091,9 +1090,11 @@ static void parse_redis(struct ctx *c, config_setting_t *root, struct ms_config 
     }
     /* Redis itself allows 16 databases unless its `databases` setting says more. */
     get_int(c, g, "redis", "db", 0, 1000000, &cfg->redis.db);
-    get_int(c, g, "redis", "resync_ms", 100, MAX_TIMEOUT, &cfg->redis.resync_ms);
-    get_int(c, g, "redis", "connect_timeout_ms", 1, MAX_TIMEOUT, &cfg->redis.connect_timeout_ms);
-    get_int(c, g, "redis", "command_timeout_ms", 1, MAX_TIMEOUT, &cfg->redis.command_timeout_ms);
+    get_int(c, g, "redis", "resync_ms", 100, MS_MAX_TIMEOUT_MS, &cfg->redis.resync_ms);
+    get_int(c, g, "redis", "connect_timeout_ms", 1, MS_MAX_TIMEOUT_MS,
+             &cfg->redis.connect_timeout_ms);
+    get_int(c, g, "redis", "command_timeout_ms", 1, MS_MAX_TIMEOUT_MS,
+             &cfg->redis.command_timeout_ms);
     /* Debian's hiredis (0.14) has no TLS; say so rather than call the key unknown. */
     if (get_bool(c, g, "redis", "tls", &tls) == 1 && tls) {
         err_at(c, config_setting_get_member(g, "tls"),
@@ -1135,7 +1136,7 @@ static void parse_backend(struct ctx *c, config_setting_t *e, const char *where,
         const char *v;
 
         check_keys(c, e, where, keys);
-        get_int(c, e, where, "weight", 1, MAX_WEIGHT, &b->weight);
+        get_int(c, e, where, "weight", 1, MS_MAX_WEIGHT, &b->weight);
         if (get_str(c, e, where, "address", 0, &v) != 1) {
             if (config_setting_get_member(e, "address") == NULL) {
                 err_at(c, e, "%s has no address", where);
@@ -1170,10 +1171,10 @@ static void parse_health(struct ctx *c, config_setting_t *g, const char *where,
             h->path = dsp_xstrdup(v);
         }
     }
-    get_int(c, g, where, "interval_ms", 1, MAX_TIMEOUT, &h->interval_ms);
-    get_int(c, g, where, "timeout_ms", 1, MAX_TIMEOUT, &h->timeout_ms);
-    get_int(c, g, where, "fall", 1, 1000, &h->fall);
-    get_int(c, g, where, "rise", 1, 1000, &h->rise);
+    get_int(c, g, where, "interval_ms", 1, MS_MAX_TIMEOUT_MS, &h->interval_ms);
+    get_int(c, g, where, "timeout_ms", 1, MS_MAX_TIMEOUT_MS, &h->timeout_ms);
+    get_int(c, g, where, "fall", 1, MS_MAX_HEALTH_COUNT, &h->fall);
+    get_int(c, g, where, "rise", 1, MS_MAX_HEALTH_COUNT, &h->rise);
     if (get_str(c, g, where, "start", 0, &v) == 1) {
         if (strcmp(v, "up") == 0) {
             h->start_down = 0;
@@ -1192,8 +1193,8 @@ void ms_service_init(struct ms_service *svc)
     svc->balance = SHM_BALANCE_RR;
     svc->source = SHM_SOURCE_FILE;
     svc->retries = 1;
-    svc->passive_failures = 3;
-    svc->max_ejection_percent = 50;
+    svc->passive_failures = (int)SHM_LB_PASSIVE_FAILURES;
+    svc->max_ejection_percent = (int)SHM_LB_MAX_EJECTION_PERCENT;
     svc->connect_timeout_ms = 2000;
     svc->response_timeout_ms = 30000;
     svc->health.path = dsp_xstrdup("/health");
@@ -1361,15 +1362,15 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
         static const char *const cb_keys[] = {"failures", "open_ms", "count_5xx", NULL};
         check_keys(c, s, sub, cb_keys);
         svc->circuit.enabled = 1;
-        get_int(c, s, sub, "failures", 1, 1000000, &svc->circuit.failures);
-        get_int(c, s, sub, "open_ms", 1, MAX_TIMEOUT, &svc->circuit.open_ms);
+        get_int(c, s, sub, "failures", 1, MS_MAX_FAILURES, &svc->circuit.failures);
+        get_int(c, s, sub, "open_ms", 1, MS_MAX_TIMEOUT_MS, &svc->circuit.open_ms);
         get_bool(c, s, sub, "count_5xx", &svc->circuit.count_5xx);
     }
-    get_int(c, g, where, "retries", 0, 100, &svc->retries);
-    get_int(c, g, where, "passive_failures", 1, 1000000, &svc->passive_failures);
+    get_int(c, g, where, "retries", 0, MS_MAX_RETRIES, &svc->retries);
+    get_int(c, g, where, "passive_failures", 1, MS_MAX_FAILURES, &svc->passive_failures);
     get_int(c, g, where, "max_ejection_percent", 0, 100, &svc->max_ejection_percent);
-    get_int(c, g, where, "connect_timeout_ms", 1, MAX_TIMEOUT, &svc->connect_timeout_ms);
-    get_int(c, g, where, "response_timeout_ms", 1, MAX_TIMEOUT, &svc->response_timeout_ms);
+    get_int(c, g, where, "connect_timeout_ms", 1, MS_MAX_TIMEOUT_MS, &svc->connect_timeout_ms);
+    get_int(c, g, where, "response_timeout_ms", 1, MS_MAX_TIMEOUT_MS, &svc->response_timeout_ms);
     parse_service_tls(c, g, where, svc);
 }
 

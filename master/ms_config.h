@@ -3,6 +3,7 @@
 #ifndef DSP_MS_CONFIG_H
 #define DSP_MS_CONFIG_H
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -15,8 +16,13 @@
  * SHM_SOURCE_REDIS (Redis entries always follow the file's in their arrays, see
  * master/ms_redis_ns.h). */
 
-#define MS_MAX_WEIGHT  1000
-#define MS_MAX_RETRIES 100
+/* Bounds of the config keys, shared by the file parser and the Redis reader. */
+#define MS_MAX_WORKERS      ((int)SHM_MAX_WORKERS)
+#define MS_MAX_TIMEOUT_MS   INT_MAX
+#define MS_MAX_WEIGHT       1000
+#define MS_MAX_RETRIES      100
+#define MS_MAX_HEALTH_COUNT 1000    /* health fall and rise */
+#define MS_MAX_FAILURES     1000000 /* circuit_breaker.failures, passive_failures */
 
 struct ms_listener {
     char *address;               /* as written (after env overrides) */

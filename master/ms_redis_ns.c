@@ -16,7 +16,6 @@
 #include "master/ms_config.h"
 #include "master/ms_tls.h"
 
-#define MAX_TIMEOUT INT_MAX
 
 static const char *const set_names[MS_RNS_KINDS] = {"services", "routes", "certs"};
 static const char *const hash_names[MS_RNS_KINDS] = {"service:", "route:", "cert:"};
@@ -544,22 +543,22 @@ static void parse_service(struct errs *el, const char *key, const struct ms_rns_
             }
         } else if (strcmp(n, "health_interval_ms") == 0) {
             svc->health.enabled = 1;
-            int_field(el, key, f, 1, MAX_TIMEOUT, &svc->health.interval_ms);
+            int_field(el, key, f, 1, MS_MAX_TIMEOUT_MS, &svc->health.interval_ms);
         } else if (strcmp(n, "health_timeout_ms") == 0) {
             svc->health.enabled = 1;
-            int_field(el, key, f, 1, MAX_TIMEOUT, &svc->health.timeout_ms);
+            int_field(el, key, f, 1, MS_MAX_TIMEOUT_MS, &svc->health.timeout_ms);
         } else if (strcmp(n, "health_fall") == 0) {
             svc->health.enabled = 1;
-            int_field(el, key, f, 1, 1000, &svc->health.fall);
+            int_field(el, key, f, 1, MS_MAX_HEALTH_COUNT, &svc->health.fall);
         } else if (strcmp(n, "health_rise") == 0) {
             svc->health.enabled = 1;
-            int_field(el, key, f, 1, 1000, &svc->health.rise);
+            int_field(el, key, f, 1, MS_MAX_HEALTH_COUNT, &svc->health.rise);
         } else if (strcmp(n, "retries") == 0) {
             int_field(el, key, f, 0, MS_MAX_RETRIES, &svc->retries);
         } else if (strcmp(n, "connect_timeout_ms") == 0) {
-            int_field(el, key, f, 1, MAX_TIMEOUT, &svc->connect_timeout_ms);
+            int_field(el, key, f, 1, MS_MAX_TIMEOUT_MS, &svc->connect_timeout_ms);
         } else if (strcmp(n, "response_timeout_ms") == 0) {
-            int_field(el, key, f, 1, MAX_TIMEOUT, &svc->response_timeout_ms);
+            int_field(el, key, f, 1, MS_MAX_TIMEOUT_MS, &svc->response_timeout_ms);
         } else {
             unknown_field(el, key, n, service_fields);
         }
