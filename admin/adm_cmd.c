@@ -187,7 +187,7 @@ void adm_cmd_exec(struct adm_buf *out, const char *line, size_t len, const struc
     int n;
 
     if (len > ADM_LINE_MAX) {
-        adm_render_error(out, "line too long (at most 4096 bytes)");
+        adm_render_error(out, ADM_LINE_TOO_LONG);
         return;
     }
     n = split(line, len, words, &err);

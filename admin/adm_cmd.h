@@ -11,6 +11,10 @@ struct adm_view;
 struct shm_rt;
 
 #define ADM_LINE_MAX 4096 /* bytes in a command line, newline excluded */
+#define ADM_STR_(x)  #x
+#define ADM_STR(x)   ADM_STR_(x)
+/* The answer's error text for a longer line. */
+#define ADM_LINE_TOO_LONG "line too long (at most " ADM_STR(ADM_LINE_MAX) " bytes)"
 
 struct adm_ops {
     /* Fill <v> with the current state. Returns 0, or -1 when nothing is published yet. */

@@ -30,7 +30,7 @@
 #define UNIX_CONNS     128
 #define HTTP_CONNS     128
 #define MAX_CONNS      (UNIX_CONNS + HTTP_CONNS)
-#define UNIX_IN_CAP    16384          /* pending command bytes; > ADM_LINE_MAX + 1 */
+#define UNIX_IN_CAP    16384          /* pending command bytes */
 #define HTTP_HEAD_MAX  8192
 #define OUT_HIGH       (1024 * 1024)  /* stop reading commands while this much is unsent */
 #define UNIX_IDLE_MS   60000          /* at most; limits.idle_timeout_ms when lower */
@@ -55,6 +55,8 @@ struct adm_conn {
     struct adm_buf out;
     char *in;          /* UNIX_IN_CAP or HTTP_HEAD_MAX + 1 bytes */
 };
+
+_Static_assert(UNIX_IN_CAP > ADM_LINE_MAX + 1, "a whole command line and its newline fit");
 
 static struct {
     int unix_fd;
@@ -125,7 +127,7 @@ static void unix_process(struct adm_conn *c)
             queue_line_answer(c, c->in, (size_t)(nl - c->in));
         } else if (c->inlen > ADM_LINE_MAX) {
             /* Answer now, not at the newline that may never come, then skip to it. */
-            adm_render_error(&c->out, "line too long (at most 4096 bytes)");
+            adm_render_error(&c->out, ADM_LINE_TOO_LONG);
             adm_buf_add(&c->out, "\n", 1);
             c->discard = 1;
             c->inlen = 0;

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "admin/adm_buf.h"
 #include "admin/adm_json.h"
 #include "common/conffile.h"
 #include "common/dsp.h"
@@ -25,7 +26,6 @@
 #define EXIT_CONNECT 2
 
 #define DEFAULT_SOCKET "/run/dispatcher/admin.sock"
-#define ANSWER_MAX     (256u * 1024u * 1024u)
 #define TIMEOUT_MS     60000
 
 static void usage(FILE *out)
@@ -140,7 +140,7 @@ static long talk(const char *path, const char *cmd, char **answer)
             break;
         }
         if (len + 1 >= cap) {
-            if (cap >= ANSWER_MAX) {
+            if (cap >= ADM_BUF_LIMIT) { /* more than the server ever sends */
                 fprintf(stderr, "dispatcherctl: answer too large\n");
                 break;
             }
