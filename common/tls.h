@@ -38,22 +38,12 @@ struct ssl_ctx_st *tls_server_ctx_new(const char *cert_pem, size_t cert_len, con
 struct ssl_ctx_st *tls_client_ctx_new(int verify, const char *ca_pem, size_t ca_len, char *err,
                                       size_t errlen);
 
-/* Results of the non-blocking client helpers below, besides counts and 0 (EOF). */
-#define TLS_ERR        (-1)
-#define TLS_WANT_READ  (-2)
-#define TLS_WANT_WRITE (-3)
-
 /* A client SSL on connected (or connecting) socket <fd>, from <ctx>: sends SNI <sni> (NULL:
  * none); with <verify>, the peer's certificate must name <sni>, or without one, the address
- * <ip> (<iplen> 4 or 16 bytes). Returns the SSL (free with tls_conn_free) or NULL with the
- * reason in <err>. */
+ * <ip> (<iplen> 4 or 16 bytes). Returns the SSL (for xp_start_tls() of common/xport.h, or
+ * SSL_free) or NULL with the reason in <err>. */
 struct ssl_st *tls_client_conn(struct ssl_ctx_st *ctx, int fd, const char *sni, int verify,
                                const uint8_t *ip, size_t iplen, char *err, size_t errlen);
-/* Drive a handshake: 1 when done, TLS_WANT_*, or TLS_ERR with the reason in <err>. */
-int tls_conn_handshake(struct ssl_st *s, char *err, size_t errlen);
-/* Read or write: the byte count, 0 at EOF (read), TLS_WANT_*, or TLS_ERR (reason in <err>). */
-int tls_conn_read(struct ssl_st *s, void *buf, size_t len, char *err, size_t errlen);
-int tls_conn_write(struct ssl_st *s, const void *buf, size_t len, char *err, size_t errlen);
 /* Attach socket <fd> to <s> for reading and writing (send() with MSG_NOSIGNAL; the socket is
  * never closed by OpenSSL). Returns 0, or -1 when out of memory. */
 int tls_set_socket(struct ssl_st *s, int fd);
@@ -68,8 +58,6 @@ void tls_cork(struct ssl_st *s, int on);
  * (1 or 0) and clears it. */
 void tls_ticket_defer(struct ssl_st *s);
 int tls_ticket_take(struct ssl_st *s);
-/* Free an SSL without sending anything (the socket is the caller's). NULL is fine. */
-void tls_conn_free(struct ssl_st *s);
 /* Free a context (connections made from it keep it alive). NULL is fine. */
 void tls_ctx_free(struct ssl_ctx_st *ctx);
 

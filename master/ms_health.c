@@ -17,6 +17,7 @@
 #include "common/dsp.h"
 #include "common/log.h"
 #include "common/tls.h"
+#include "common/xport.h"
 #include "master/ms_loop.h"
 #include "master/ms_master.h"
 #include "shm/shm_lb.h"
@@ -34,7 +35,8 @@
 struct hc {
     uint32_t rt_slot;
     uint32_t mark;             /* publish pass that last found it configured */
-    int fd;                    /* -1 between checks */
+    struct xport x;            /* the check's connection; x.fd is -1 between checks */
+    uint32_t events;           /* what it waits for in the checker's epoll set */
     int phase;                 /* HC_* */
     uint64_t started_ms;
     uint64_t deadline_ms;
@@ -54,7 +56,6 @@ struct hc {
     struct ssl_ctx_st *tls_ctx; /* rebuilt when the flags or the CA change */
     char *tls_ca;              /* the CA PEM it was built from ("" = system store) */
     char *tls_sni;             /* NULL: none (the address is verified) */
-    struct ssl_st *tls;        /* the check in flight */
     uint8_t ip[16];
     size_t iplen;
 };
@@ -91,16 +92,13 @@ static void replace(char **dst, const char *src)
 /* End the check in flight (if any) without recording a result. */
 static void hc_abort(struct hc *h)
 {
-    tls_conn_free(h->tls);
-    h->tls = NULL;
-    if (h->fd != -1) {
+    if (h->x.fd != -1) {
         /* Deregister before closing: a worker forked meanwhile shares the socket, and epoll
          * forgets a registration only when every descriptor of the file is closed. */
-        epoll_ctl(hc.epfd, EPOLL_CTL_DEL, h->fd, NULL);
-        close(h->fd);
-        h->fd = -1;
+        epoll_ctl(hc.epfd, EPOLL_CTL_DEL, h->x.fd, NULL);
         hc.inflight--;
     }
+    xp_close(&h->x, 0); /* a check ends without close_notify */
     free(h->req);
     h->req = NULL;
     h->phase = HC_IDLE;
@@ -152,25 +150,36 @@ static void hc_judge(struct hc *h, uint64_t now)
     hc_done(h, status >= 200 && status < 400, status, reason, now);
 }
 
-/* A TLS call would block: wait for the direction it needs. Returns 0, or -1 after failing the
- * check. */
-static int hc_want(struct hc *h, int want, uint64_t now)
+/* Wait for <events> (level-triggered) from now on. Returns 0, or -1 after failing the check. */
+static int hc_watch(struct hc *h, uint32_t events, uint64_t now)
 {
-    struct epoll_event ev = {.events = want == TLS_WANT_WRITE ? EPOLLOUT : EPOLLIN, .data.ptr = h};
+    struct epoll_event ev = {.events = events, .data.ptr = h};
 
-    if (epoll_ctl(hc.epfd, EPOLL_CTL_MOD, h->fd, &ev) == -1) {
+    if (h->events == events) {
+        return 0;
+    }
+    if (epoll_ctl(hc.epfd, EPOLL_CTL_MOD, h->x.fd, &ev) == -1) {
         hc_fail_errno(h, errno, now);
         return -1;
     }
+    h->events = events;
     return 0;
+}
+
+/* The transport returned <r> < 1: wait for the direction it wants, or fail the check. */
+static void hc_blocked(struct hc *h, ssize_t r, uint64_t now)
+{
+    if (r == XP_WANT_READ || r == XP_WANT_WRITE) {
+        hc_watch(h, r == XP_WANT_WRITE ? EPOLLOUT : EPOLLIN, now);
+    } else {
+        hc_done(h, 0, 0, xp_error(), now);
+    }
 }
 
 static void hc_step(struct hc *h, uint32_t events, uint64_t now)
 {
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = h};
     char why[256];
     ssize_t n;
-    int r;
 
     if (h->phase == HC_CONNECTING) {
         int err = 0;
@@ -178,7 +187,7 @@ static void hc_step(struct hc *h, uint32_t events, uint64_t now)
         if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
             return;
         }
-        if (getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &sl) == -1) {
+        if (getsockopt(h->x.fd, SOL_SOCKET, SO_ERROR, &err, &sl) == -1) {
             err = errno;
         }
         if (err != 0) {
@@ -188,87 +197,58 @@ static void hc_step(struct hc *h, uint32_t events, uint64_t now)
         h->phase = h->tls_ctx != NULL ? HC_HANDSHAKE : HC_SENDING;
     }
     if (h->phase == HC_HANDSHAKE) {
-        if (h->tls == NULL) {
-            h->tls = tls_client_conn(h->tls_ctx, h->fd, h->tls_sni,
-                                     (h->tls_flags & SHM_SVC_TLS_VERIFY) != 0, h->ip, h->iplen,
-                                     why, sizeof(why));
-            if (h->tls == NULL) {
+        if (!xp_is_tls(&h->x)) {
+            struct ssl_st *s = tls_client_conn(h->tls_ctx, h->x.fd, h->tls_sni,
+                                               (h->tls_flags & SHM_SVC_TLS_VERIFY) != 0, h->ip,
+                                               h->iplen, why, sizeof(why));
+            if (s == NULL) {
                 hc_done(h, 0, 0, why, now);
                 return;
             }
+            xp_start_tls(&h->x, s);
         }
-        r = tls_conn_handshake(h->tls, why, sizeof(why));
-        if (r == TLS_WANT_READ || r == TLS_WANT_WRITE) {
-            hc_want(h, r, now);
+        n = xp_handshake(&h->x);
+        if (n != 1) {
+            hc_blocked(h, n, now);
             return;
         }
-        if (r != 1) {
-            hc_done(h, 0, 0, why, now);
-            return;
-        }
-        if (hc_want(h, TLS_WANT_WRITE, now) != 0) {
+        if (hc_watch(h, EPOLLOUT, now) != 0) {
             return;
         }
         h->phase = HC_SENDING;
     }
     if (h->phase == HC_SENDING) {
-        if (h->tls != NULL) {
-            r = tls_conn_write(h->tls, h->req + h->sent, h->reqlen - h->sent, why, sizeof(why));
-            if (r == TLS_WANT_READ || r == TLS_WANT_WRITE) {
-                hc_want(h, r, now);
-                return;
-            }
-            if (r < 0) {
-                hc_done(h, 0, 0, why, now);
-                return;
-            }
-            n = r;
-        } else {
-            n = send(h->fd, h->req + h->sent, h->reqlen - h->sent, MSG_NOSIGNAL);
-        }
-        if (n == -1) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                hc_fail_errno(h, errno, now);
-            }
+        n = xp_write(&h->x, h->req + h->sent, h->reqlen - h->sent, 0);
+        if (n < 0) {
+            hc_blocked(h, n, now);
             return;
         }
         h->sent += (size_t)n;
         if (h->sent < h->reqlen) {
             return;
         }
-        if (epoll_ctl(hc.epfd, EPOLL_CTL_MOD, h->fd, &ev) == -1) {
-            hc_fail_errno(h, errno, now);
+        if (hc_watch(h, EPOLLIN, now) != 0) {
             return;
         }
         h->phase = HC_READING;
         return;
     }
-    if (h->phase == HC_READING) {
-        if (h->tls != NULL) {
-            r = tls_conn_read(h->tls, h->buf + h->got, sizeof(h->buf) - 1 - h->got, why,
-                              sizeof(why));
-            if (r == TLS_WANT_READ || r == TLS_WANT_WRITE) {
-                hc_want(h, r, now);
-                return;
-            }
-            if (r < 0) {
-                hc_done(h, 0, 0, why, now);
-                return;
-            }
-            n = r;
-        } else {
-            n = recv(h->fd, h->buf + h->got, sizeof(h->buf) - 1 - h->got, 0);
-        }
-        if (n == -1) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                hc_fail_errno(h, errno, now);
-            }
+    /* Reading: until a line ends or the buffer is full. TLS may hold records it read ahead, for
+     * which the socket will not report readable again: read those now. */
+    while (h->phase == HC_READING) {
+        n = xp_read(&h->x, h->buf + h->got, sizeof(h->buf) - 1 - h->got);
+        if (n < 0) {
+            hc_blocked(h, n, now);
             return;
         }
         h->got += (size_t)n;
         h->buf[h->got] = '\0';
         if (n == 0 || memchr(h->buf, '\n', h->got) != NULL || h->got == sizeof(h->buf) - 1) {
             hc_judge(h, now);
+            return;
+        }
+        if (!xp_pending(&h->x)) {
+            return;
         }
     }
 }
@@ -276,7 +256,7 @@ static void hc_step(struct hc *h, uint32_t events, uint64_t now)
 static void hc_start(struct hc *h, uint64_t now)
 {
     struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = h};
-    int len;
+    int len, fd;
 
     h->started_ms = now;
     h->deadline_ms = now + h->timeout_ms;
@@ -296,8 +276,8 @@ static void hc_start(struct hc *h, uint64_t now)
              "Accept: */*\r\nConnection: close\r\n\r\n",
              h->path, h->address, DSP_VERSION);
     h->reqlen = (size_t)len;
-    h->fd = socket(h->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (h->fd == -1) {
+    fd = socket(h->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
         /* Our shortage, not the backend's: try again later without a verdict. */
         log_errno(LOG_ERROR, errno, "socket() for the health check of %s failed", h->address);
         free(h->req);
@@ -305,24 +285,24 @@ static void hc_start(struct hc *h, uint64_t now)
         h->next_ms = now + h->interval_ms;
         return;
     }
+    xp_init(&h->x, fd);
+    h->events = EPOLLOUT;
     hc.inflight++;
-    if (connect(h->fd, (struct sockaddr *)&h->ss, h->sslen) == 0) {
+    if (connect(fd, (struct sockaddr *)&h->ss, h->sslen) == 0) {
         h->phase = h->tls_ctx != NULL ? HC_HANDSHAKE : HC_SENDING;
     } else if (errno == EINPROGRESS) {
         h->phase = HC_CONNECTING;
     } else {
         int err = errno;
-        close(h->fd);
-        h->fd = -1;
+        xp_close(&h->x, 0);
         hc.inflight--;
         hc_fail_errno(h, err, now);
         return;
     }
-    if (epoll_ctl(hc.epfd, EPOLL_CTL_ADD, h->fd, &ev) == -1) {
+    if (epoll_ctl(hc.epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
         log_errno(LOG_ERROR, errno, "epoll_ctl(ADD) for the health check of %s failed",
                   h->address);
-        close(h->fd);
-        h->fd = -1;
+        xp_close(&h->x, 0);
         hc.inflight--;
         free(h->req);
         h->req = NULL;
@@ -336,12 +316,12 @@ static void on_tick(uint64_t now, void *arg)
     (void)arg;
     for (size_t i = 0; i < hc.n; i++) {
         struct hc *h = hc.t[i];
-        if (h->fd != -1 && now >= h->deadline_ms) {
+        if (h->x.fd != -1 && now >= h->deadline_ms) {
             char reason[64];
             snprintf(reason, sizeof(reason), "no answer within %u ms", h->timeout_ms);
             hc_done(h, 0, 0, reason, now);
         }
-        if (h->fd == -1 && now >= h->next_ms && hc.inflight < HC_MAX_INFLIGHT) {
+        if (h->x.fd == -1 && now >= h->next_ms && hc.inflight < HC_MAX_INFLIGHT) {
             hc_start(h, now);
         }
     }
@@ -421,7 +401,7 @@ static void on_publish(void *arg)
 
             if (h == NULL) {
                 h = dsp_xcalloc(1, sizeof(*h));
-                h->fd = -1;
+                xp_init(&h->x, -1);
                 h->rt_slot = b->rt_slot;
                 h->next_ms = now;
                 if (hc.n == hc.cap) {
@@ -480,9 +460,10 @@ static void on_publish(void *arg)
 static void on_fork_child(void)
 {
     for (size_t i = 0; i < hc.n; i++) {
-        if (hc.t[i]->fd != -1) {
-            close(hc.t[i]->fd);
-            hc.t[i]->fd = -1;
+        /* Only the descriptor: the SSL (if any) is the master's to free. */
+        if (hc.t[i]->x.fd != -1) {
+            close(hc.t[i]->x.fd);
+            hc.t[i]->x.fd = -1;
         }
     }
     if (hc.epfd != -1) {
