@@ -131,9 +131,7 @@ static int on_alpn(SSL *s, const unsigned char **out, unsigned char *outlen,
     return SSL_TLSEXT_ERR_OK;
 }
 
-/* Keys must never ask for a passphrase: there is no terminal in a worker, and the master would
- * block on one at reload. */
-static int no_passphrase(char *buf, int size, int rwflag, void *u)
+int tls_no_passphrase(char *buf, int size, int rwflag, void *u)
 {
     (void)buf;
     (void)size;
@@ -154,7 +152,7 @@ static int load_pem_pair(SSL_CTX *ctx, const char *cert_pem, size_t cert_len, co
         set_err(err, errlen, "out of memory");
         return -1;
     }
-    x = PEM_read_bio_X509(b, NULL, no_passphrase, NULL);
+    x = PEM_read_bio_X509(b, NULL, tls_no_passphrase, NULL);
     if (x == NULL) {
         set_err(err, errlen, "no PEM certificate found");
         goto done;
@@ -165,7 +163,7 @@ static int load_pem_pair(SSL_CTX *ctx, const char *cert_pem, size_t cert_len, co
         goto done;
     }
     X509_free(x);
-    while ((x = PEM_read_bio_X509(b, NULL, no_passphrase, NULL)) != NULL) {
+    while ((x = PEM_read_bio_X509(b, NULL, tls_no_passphrase, NULL)) != NULL) {
         if (SSL_CTX_add0_chain_cert(ctx, x) != 1) {
             X509_free(x);
             set_err(err, errlen, "chain certificate refused");
@@ -179,7 +177,7 @@ static int load_pem_pair(SSL_CTX *ctx, const char *cert_pem, size_t cert_len, co
         set_err(err, errlen, "out of memory");
         goto done;
     }
-    pk = PEM_read_bio_PrivateKey(b, NULL, no_passphrase, NULL);
+    pk = PEM_read_bio_PrivateKey(b, NULL, tls_no_passphrase, NULL);
     if (pk == NULL) {
         if (memmem(key_pem, key_len, "ENCRYPTED", 9) != NULL) {
             ERR_clear_error();
@@ -496,7 +494,7 @@ struct ssl_ctx_st *tls_client_ctx_new(int verify, const char *ca_pem, size_t ca_
             X509 *x;
             int n = 0;
 
-            while (b != NULL && (x = PEM_read_bio_X509(b, NULL, no_passphrase, NULL)) != NULL) {
+            while (b != NULL && (x = PEM_read_bio_X509(b, NULL, tls_no_passphrase, NULL)) != NULL) {
                 if (X509_STORE_add_cert(st, x) == 1) {
                     n++;
                 }

@@ -73,4 +73,8 @@ int tls_name_ok(const char *name);
  * bytes at least). Returns the length, or 0 when it is empty or too long. */
 size_t tls_name_norm(const char *in, size_t len, char *out);
 
+/* The pem_password_cb of every PEM read: keys must never ask for a passphrase (there is no
+ * terminal in a worker, and the master would block on one at reload). Fails every call. */
+int tls_no_passphrase(char *buf, int size, int rwflag, void *u);
+
 #endif

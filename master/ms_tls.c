@@ -51,15 +51,6 @@ static void free_secret(char *p, size_t len)
     }
 }
 
-static int no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-    (void)buf;
-    (void)size;
-    (void)rwflag;
-    (void)u;
-    return -1;
-}
-
 /* The contents of a memory BIO as a heap string (the BIO clears its own memory when freed). */
 static char *bio_string(BIO *b)
 {
@@ -154,7 +145,7 @@ static void names_free(struct names *ns)
 int ms_tls_pem_names(const char *pem, size_t len, char ***out)
 {
     BIO *b = BIO_new_mem_buf(pem, (int)len);
-    X509 *x = b ? PEM_read_bio_X509(b, NULL, no_passphrase, NULL) : NULL;
+    X509 *x = b ? PEM_read_bio_X509(b, NULL, tls_no_passphrase, NULL) : NULL;
     struct names ns = {0};
 
     BIO_free(b);
@@ -214,7 +205,7 @@ int ms_tls_load_cert(struct ms_cert *ct, int min_version, int64_t now, char *err
 
     b = BIO_new_mem_buf(craw, (int)clen);
     while (b != NULL && nchain < MAX_CHAIN &&
-           (chain[nchain] = PEM_read_bio_X509(b, NULL, no_passphrase, NULL)) != NULL) {
+           (chain[nchain] = PEM_read_bio_X509(b, NULL, tls_no_passphrase, NULL)) != NULL) {
         nchain++;
     }
     ERR_clear_error();
@@ -224,7 +215,7 @@ int ms_tls_load_cert(struct ms_cert *ct, int min_version, int64_t now, char *err
         goto done;
     }
     b = BIO_new_mem_buf(kraw, (int)klen);
-    pk = b ? PEM_read_bio_PrivateKey(b, NULL, no_passphrase, NULL) : NULL;
+    pk = b ? PEM_read_bio_PrivateKey(b, NULL, tls_no_passphrase, NULL) : NULL;
     BIO_free(b);
     if (pk == NULL) {
         ERR_clear_error();
@@ -328,7 +319,7 @@ int ms_tls_read_ca(const char *path, char **pem, char *err, size_t errlen)
         return -1;
     }
     b = BIO_new_mem_buf(raw, (int)len);
-    while (b != NULL && (x = PEM_read_bio_X509(b, NULL, no_passphrase, NULL)) != NULL) {
+    while (b != NULL && (x = PEM_read_bio_X509(b, NULL, tls_no_passphrase, NULL)) != NULL) {
         X509_free(x);
         n++;
     }
