@@ -68,7 +68,7 @@ static int view(struct adm_view *v, void *arg)
     v->now_ms = dsp_now_ms();
     v->now_s = dsp_wall_s();
     v->started_at = ms.ctl->started_at;
-    v->loaded_at = ms.loaded_at;
+    v->loaded_at = v->snap->loaded_at; /* stamped when the generation was compiled */
     v->memory_mb = rss_mb();
     v->redis_state = ms.cfg->redis.enabled ? ms_redis_state() : NULL;
     v->redis_problem = ms.cfg->redis.enabled ? ms_redis_rejected() : NULL;

@@ -41,7 +41,6 @@ int ms_publish(void)
     ms.snap = snap;
     ms.snap_size = size;
     ms.gen = gen;
-    ms.loaded_at = dsp_wall_s();
     if (ms.oldest_kept == 0) {
         ms.oldest_kept = gen;
     }

@@ -32,7 +32,6 @@ struct ms_master {
     uint64_t oldest_kept; /* generations below this are unlinked */
     void *snap;           /* private copy of the current snapshot */
     size_t snap_size;
-    uint64_t loaded_at;
     int nworkers;
     int nlisten;
     int *fds;  /* [slot * nlisten + listener] */
