@@ -14,8 +14,11 @@ class UpstreamErrorTest(dsptest.TestCase):
         self.dead = "127.0.0.1:%d" % free_port()  # nothing listens there
         self.d = self.dispatcher(
             services=[svc("up", self.b, retries=0, response_timeout_ms=500),
+                      # The same backend, for the tests where a 504 would hide the answer: a
+                      # loaded machine may take 500 ms to close or to send garbage.
+                      svc("early", self.b, retries=0, response_timeout_ms=10000),
                       svc("dead", self.dead, retries=0, connect_timeout_ms=1000)],
-            routes=[route("dead.do", "dead"), route("*", "up")])
+            routes=[route("dead.do", "dead"), route("early.do", "early"), route("*", "up")])
 
     def check_error(self, r, status, error):
         j = self.assertJsonError(r, status, error)
@@ -25,14 +28,14 @@ class UpstreamErrorTest(dsptest.TestCase):
 
     def test_backend_closes_early_502(self):
         with Conn(self.d.port) as c:
-            r = c.request("GET", "/close-early", "up.do")
+            r = c.request("GET", "/close-early", "early.do")
             self.check_error(r, 502, "Bad gateway")
             if not r.closed:
                 # A 502 does not have to end the client connection; if it stays, it works.
-                self.assertEqual(c.request("GET", "/echo", "up.do").status, 200)
+                self.assertEqual(c.request("GET", "/echo", "early.do").status, 200)
 
     def test_backend_garbage_502(self):
-        r = request(self.d.port, "/garbage", host="up.do")
+        r = request(self.d.port, "/garbage", host="early.do")
         self.check_error(r, 502, "Bad gateway")
 
     def test_slow_backend_504(self):
