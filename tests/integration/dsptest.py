@@ -760,3 +760,58 @@ class Uploader:
             self.crc = zlib.crc32(out, self.crc)
             self.sent += len(out)
             yield out
+
+
+# ---- waiting on conditions --------------------------------------------------------------------
+
+def wait_until(pred, timeout_s, what, interval=0.02):
+    """wait_for() that fails the test when <pred> is still false after <timeout_s>: <what> says
+    what was awaited. Returns the predicate's last (true) value. Use it instead of a fixed sleep
+    before asserting a count or a state; a sleep may stay only to pace load or to give something
+    that must NOT happen the time to show."""
+    v = wait_for(pred, timeout_s, interval)
+    if not v:
+        raise AssertionError("%s: still not so after %.1f s" % (what, timeout_s))
+    return v
+
+
+def admin_ask(d, cmd, timeout=10):
+    """One command on the admin socket of Dispatcher <d> (make_config puts it in d.tmp); the
+    parsed JSON answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(os.path.join(d.tmp, "admin.sock"))
+        s.sendall(cmd.encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                raise EOFError("admin socket closed; got %r" % buf[:200])
+            buf += chunk
+    return json.loads(buf.partition(b"\n")[0])
+
+
+def generation(d):
+    """The generation the master of <d> last published."""
+    return admin_ask(d, "show workers")["generation"]
+
+
+def workers_on_generation(d, gen):
+    """True when every live worker of <d> serves generation <gen> or a later one, and at least
+    one does (a reload is complete for every connection's next request)."""
+    try:
+        ws = [w for w in admin_ask(d, "show workers")["workers"] if w["alive"]]
+    except (OSError, ValueError, EOFError):
+        return False
+    return bool(ws) and all(w["generation"] >= gen for w in ws)
+
+
+def backend_state(d, service, address):
+    """The shared state ("up", "down", "disabled") of backend <address> of <service>, from
+    `show instances`; None when not listed."""
+    for s in admin_ask(d, "show instances")["instances"]:
+        if s["name"] == service:
+            for b in s["backends"]:
+                if b["address"] == address:
+                    return b["state"]
+    return None
