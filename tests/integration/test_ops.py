@@ -247,8 +247,10 @@ class OpsTest(dsptest.TestCase):
         for _ in range(5):
             self.assertEqual(request(d.port, "/echo", host="x.do").status, 200)
         # Reload still works (the master re-reads as root and publishes for the workers).
+        gen = dsptest.generation(d)
         d.hup()
-        time.sleep(0.5)
+        dsptest.wait_until(lambda: dsptest.workers_on_generation(d, gen + 1), 5,
+                           "every worker on the reloaded generation %d" % (gen + 1))
         self.assertEqual(request(d.port, "/echo", host="x.do").status, 200)
         alog = os.path.join(d.tmp, "access.log")
         self.assertEqual(os.stat(alog).st_uid, pw.pw_uid)

@@ -79,7 +79,10 @@ class ReloadTest(dsptest.TestCase):
         dt = time.monotonic() - t_hup
         self.assertTrue(ok, "new route not served 3s after SIGHUP:\n" + d.log_tail())
         self.assertLess(dt, 1.0, "new route served only %.2fs after SIGHUP" % dt)
-        time.sleep(0.5)
+        time.sleep(0.5)  # the load runs on across the reload (checked below)
+        gen = dsptest.generation(d)
+        dsptest.wait_until(lambda: dsptest.workers_on_generation(d, gen), 5,
+                           "every worker on generation %d" % gen)
         # Existing connections pick up the new routes for their next request.
         r = idle.request("GET", "/echo", "new.do")
         self.assertEqual(r.header("X-Backend"), "two",

@@ -195,8 +195,11 @@ class WebSocketTest(dsptest.TestCase):
                 self.assertEqual(back, payload, "frame of %d bytes corrupted" % n)
                 if i == 3:
                     # a reload in the middle of the session does not break it
+                    gen = dsptest.generation(self.d)
                     self.d.hup()
-                    time.sleep(0.3)
+                    dsptest.wait_until(
+                        lambda: dsptest.workers_on_generation(self.d, gen + 1), 5,
+                        "every worker on the reloaded generation %d" % (gen + 1))
             wsutil.send_frame(s, 8, b"\x03\xe8bye", True)
             rop, _ = wsutil.recv_frame(s)
             self.assertEqual(rop, 8)
