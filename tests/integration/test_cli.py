@@ -84,7 +84,7 @@ class StartupTest(dsptest.TestCase):
                 result["e"] = e
         t = threading.Thread(target=slow)
         t.start()
-        time.sleep(0.3)
+        dsptest.wait_until(lambda: b.stats()["requests"] >= 1, 5, "the slow request in flight")
         t0 = time.monotonic()
         d.proc.send_signal(signal.SIGTERM)
         t.join(10)

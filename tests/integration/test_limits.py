@@ -45,8 +45,9 @@ class LimitsTest(dsptest.TestCase):
                 c = Conn(d.port)
                 conns.append(c)
                 self.assertEqual(c.request("GET", "/echo", "a.do").status, 200)
-            # All workers have published their counts by now: the fifth is refused.
-            time.sleep(0.2)
+            # Once all workers have published their counts, the fifth is refused.
+            dsptest.wait_until(lambda: open_connections(d) >= 4, 5,
+                               "the 4 open connections published by the workers")
             r = request(d.port, "/echo", host="a.do")
             j = self.assertJsonError(r, 503, "Service unavailable")
             self.assertIn("message", j)
@@ -81,7 +82,7 @@ class LimitsTest(dsptest.TestCase):
 
         t = threading.Thread(target=slow)
         t.start()
-        time.sleep(0.3)
+        dsptest.wait_until(lambda: b.stats()["requests"] >= 1, 5, "the slow request in flight")
         d.proc.send_signal(signal.SIGTERM)
         t.join(10)
         self.assertIn("r", result, "in-flight request got no answer")
@@ -93,7 +94,7 @@ class LimitsTest(dsptest.TestCase):
         b = self.backend("web")
         d = self.dispatcher([svc("web", b)], [route("*", "web")])
         threading.Thread(target=lambda: self._ignore(d.port), daemon=True).start()
-        time.sleep(0.3)
+        dsptest.wait_until(lambda: b.stats()["requests"] >= 1, 5, "the slow request in flight")
         t0 = time.monotonic()
         d.proc.send_signal(signal.SIGINT)
         d.proc.wait(5)
