@@ -154,25 +154,32 @@ class BalanceTest(dsptest.TestCase):
         # One process checks, not one per worker: 0.5 s at 200 ms is 2 or 3 checks.
         self.assertTrue(1 <= checks <= 4, "%d checks of b1 in 0.5 s at interval 200 ms" % checks)
 
-        # b1 fails its health checks: out within fall x interval (+ one interval and a tick).
+        # b1 fails its health checks: out after fall (2) failed checks, not before.
+        h1 = b[1].stats()["health"]
         control(b[1], health=500)
-        time.sleep(2 * 0.2 + 0.2 + 0.15)
+        dsptest.wait_until(lambda: dsptest.backend_state(d, "web", b[1].addr) == "down", 5,
+                           "b1 down after failing its checks")
+        self.assertGreaterEqual(b[1].stats()["health"] - h1, 2, "down before 2 failed checks")
         n1 = served(b[1])
         got = [request(d.port, "/echo", host="w.do") for _ in range(30)]
         self.assertEqual([r.status for r in got], [200] * 30)
         self.assertNotIn("b1", {r.header("X-Backend") for r in got})
         self.assertEqual(served(b[1]), n1, "a backend failing its checks still got requests")
 
-        # Passing again: back after rise checks.
+        # Passing again: back after rise (2) checks.
+        h1 = b[1].stats()["health"]
         control(b[1], health=0)
-        time.sleep(2 * 0.2 + 0.2 + 0.15)
+        dsptest.wait_until(lambda: dsptest.backend_state(d, "web", b[1].addr) == "up", 5,
+                           "b1 up after passing its checks")
+        self.assertGreaterEqual(b[1].stats()["health"] - h1, 2, "up before 2 passed checks")
         got = [request(d.port, "/echo", host="w.do").header("X-Backend") for _ in range(30)]
         self.assertEqual(got.count("b1"), 10, got)
 
         # All of them failing: 503 naming the service.
         for x in b:
             control(x, health=503)
-        time.sleep(2 * 0.2 + 0.2 + 0.15)
+        dsptest.wait_until(lambda: all(dsptest.backend_state(d, "web", x.addr) == "down"
+                                       for x in b), 5, "every backend down")
         r = request(d.port, "/echo", host="w.do")
         j = self.assertJsonError(r, 503, "Service unavailable")
         self.assertEqual(j["message"], "No healthy backend for service web")
@@ -198,7 +205,8 @@ class BalanceTest(dsptest.TestCase):
         self.assertEqual(failed, [], "client requests failed after killing a backend")
         self.assertTrue(any(r[2] == "b1" for r in res if r[1] < t_kill), "b1 never served")
         self.assertFalse(any(r[2] == "b1" for r in after))
-        self.assertIn("of service web is down", d.log())
+        dsptest.wait_until(lambda: "of service web is down" in d.log(), 5,
+                           "b1 reported down\n" + d.log_tail())
 
         # Restart it on its port: back in rotation only after rise (3) passed checks.
         t_up = time.monotonic()
@@ -213,6 +221,8 @@ class BalanceTest(dsptest.TestCase):
         self.assertIsNotNone(first, "b1 not back within 5 s of its restart")
         self.assertGreater(first, 0.35, "b1 back %.2fs after restart, before 3 checks" % first)
         print("b1 back in rotation %.2fs after its restart" % first)
+        dsptest.wait_until(lambda: dsptest.backend_state(d, "web", b1.addr) == "up", 5,
+                           "b1 up in the shared state")
         got = [request(d.port, "/echo", host="w.do").header("X-Backend") for _ in range(30)]
         self.assertEqual(got.count("b1"), 10)
 
@@ -252,7 +262,8 @@ class BalanceTest(dsptest.TestCase):
             t.start()
         ok = dsptest.wait_for(lambda: served(b[0]) >= 1, 2)
         self.assertTrue(ok, "no request reached b0")
-        time.sleep(0.2)
+        # The requests that did not land on b0 (busy for 3 s) have their answers: b1 and b2 idle.
+        dsptest.wait_until(lambda: len(slow) + served(b[0]) >= 3, 5, "b1 and b2 idle again")
         got = [request(d.port, "/echo", host="l.do").header("X-Backend") for _ in range(30)]
         self.assertNotIn("b0", got, "least-conn sent new requests to the busy backend")
         self.assertEqual(got.count("b1"), 15, "ties between idle backends are shared: %s" % got)
@@ -400,7 +411,8 @@ class BalanceCrashTest(dsptest.TestCase):
             self.assertEqual(request(d.port, "/echo", host="db.do").status, 500)
         self.assertEqual(request(d.port, "/echo", host="db.do").json()["message"], msg)
         control(b[1], health=500)
-        time.sleep(0.6)
+        dsptest.wait_until(lambda: dsptest.backend_state(d, "web", b[1].addr) == "down", 5,
+                           "b1 down after failing its check")
         n0, n1 = served(b[0]), served(b[1])
 
         old = d.worker_pids()
