@@ -542,11 +542,20 @@ class ChaosTest(dsptest.TestCase):
                 "no reconnect after the empty restart:\n%s" % d.log_tail())
             time.sleep(1.0)  # over three resyncs (resync_ms = 300) with the empty namespace
             self.assertEqual(r.cli("EXISTS", "dispatcher:production:version"), "0")
-            # A change made after the last restart is picked up (the subscription works).
-            tr.add_service(r, "production", "api", [api.addr])
-            tr.add_route(r, "production", "api", host="api.do", service="api")
-            tr.add_route(r, "production", "api2", host="api2.do", service="api")
-            r.cli("INCR", "dispatcher:production:version")
+            # The operator writes the data back, and a new route, in one transaction (a
+            # resync between separate writes would rightly apply a half-written namespace).
+            k = "dispatcher:production:"
+            script = "\n".join([
+                "MULTI",
+                "HSET %sservice:api backends %s" % (k, api.addr),
+                "SADD %sservices api" % k,
+                "HSET %sroute:api host api.do service api" % k,
+                "HSET %sroute:api2 host api2.do service api" % k,
+                "SADD %sroutes api api2" % k,
+                "INCR %sversion" % k,
+                "EXEC", ""])
+            subprocess.run([tr.REDIS_CLI, "-h", "127.0.0.1", "-p", str(r.port)],
+                           input=script.encode(), capture_output=True, check=True, timeout=10)
             tr.publish(r, "production")
             self.assertIsNotNone(tr.wait_all([d.port], "api2.do", 200, "api", timeout_s=5),
                                  d.log_tail())
