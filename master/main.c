@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -72,38 +73,72 @@ static int pid_file_in_use(const char *path)
     return 1;
 }
 
-static int write_pid_file(const char *path)
+/* The pid file is locked (flock) for the master's whole life: two masters started at once on
+ * the same pid file cannot both pass the checks before binding. The lock is taken before
+ * anything else is touched; a refused master leaves the file, the admin socket and the shared
+ * memory of the one holding it alone. Returns the locked descriptor, or -1 (said on stderr). */
+static int lock_pid_file(const char *path)
 {
-    struct stat st = {0};
-    char buf[32], err[512];
-    int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
-    int fd;
+    char err[512];
 
     /* A fresh checkout has no run/ yet: create the folder rather than fail. */
     if (fs_mkdir_parents(path, err, sizeof(err)) != 0) {
-        log_error("cannot write pid file %s: %s", path, err);
+        fprintf(stderr, "cannot use pid file %s: %s\n", path, err);
         return -1;
     }
-    /* Non-blocking and not through a symlink: a FIFO or a link planted there cannot stall or
-     * redirect the master; anything but a regular file is refused. */
-    fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | O_NOFOLLOW, 0644);
+    for (int tries = 0; tries < 10; tries++) {
+        struct stat st = {0}, now = {0};
+        /* Non-blocking and not through a symlink: a FIFO or a link planted there cannot stall
+         * or redirect the master; anything but a regular file is refused. */
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | O_NOFOLLOW,
+                      0644);
 
-    if (fd == -1) {
+        if (fd == -1) {
+            fprintf(stderr, "cannot open pid file %s: %s\n", path, strerror(errno));
+            return -1;
+        }
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+            fprintf(stderr, "cannot use pid file %s: not a regular file\n", path);
+            close(fd);
+            return -1;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            char buf[32] = "";
+            ssize_t n = errno == EWOULDBLOCK ? pread(fd, buf, sizeof(buf) - 1, 0) : -1;
+            long pid = n > 0 ? (buf[n] = '\0', strtol(buf, NULL, 10)) : 0;
+
+            if (n < 0 && errno != EWOULDBLOCK) {
+                fprintf(stderr, "cannot lock pid file %s: %s\n", path, strerror(errno));
+            } else if (pid > 0) {
+                fprintf(stderr, "pid file %s is locked by a running dispatcher (pid %ld): not "
+                                "starting another\n", path, pid);
+            } else {
+                fprintf(stderr, "pid file %s is locked by a dispatcher that is starting: not "
+                                "starting another\n", path);
+            }
+            close(fd);
+            return -1;
+        }
+        /* The holder may have removed the file between our open and our lock: then we hold a
+         * lock nobody else can see. Start again on the file the path names now. */
+        if (stat(path, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino) {
+            return fd;
+        }
+        close(fd);
+    }
+    fprintf(stderr, "cannot lock pid file %s: it keeps being replaced\n", path);
+    return -1;
+}
+
+static int write_pid_file(int fd, const char *path)
+{
+    char buf[32];
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
         log_errno(LOG_ERROR, errno, "cannot write pid file %s", path);
         return -1;
     }
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || ftruncate(fd, 0) != 0) {
-        log_error("cannot write pid file %s: %s", path,
-                  S_ISREG(st.st_mode) ? strerror(errno) : "not a regular file");
-        close(fd);
-        return -1;
-    }
-    if (write(fd, buf, (size_t)n) != n) {
-        log_errno(LOG_ERROR, errno, "cannot write pid file %s", path);
-        close(fd);
-        return -1;
-    }
-    close(fd);
     return 0;
 }
 
@@ -163,6 +198,8 @@ static void daemonize(void)
         }
     }
 }
+
+static int start(const char *conf, int daemon_mode, const char *pid_path);
 
 int main(int argc, char **argv)
 {
@@ -229,6 +266,31 @@ int main(int argc, char **argv)
         return 0;
     }
     ms.conf_path = dsp_xstrdup(realpath(conf, abspath) ? abspath : conf);
+    ms.pid_fd = -1;
+    if (pid_arg != NULL) {
+        pid_path = dsp_xstrdup(pid_arg);
+    } else if (ms.cfg->pid_file != NULL) {
+        pid_path = dsp_xstrdup(ms.cfg->pid_file);
+    }
+    /* First of all: a master refused here has touched nothing of the one holding the lock. */
+    if (pid_path != NULL && (ms.pid_fd = lock_pid_file(pid_path)) == -1) {
+        free(pid_path);
+        return MS_EXIT_START;
+    }
+    rc = start(conf, daemon_mode, pid_path);
+    if (ms.pid_fd != -1 && rc != -1) {
+        unlink(pid_path); /* still ours: we hold its lock */
+    }
+    free(pid_path);
+    return rc == -1 ? MS_EXIT_START : rc;
+}
+
+/* Everything after the pid file is locked. Returns the exit code, -1 when the pid file is not
+ * ours to remove (it names another live dispatcher). */
+static int start(const char *conf, int daemon_mode, const char *pid_path)
+{
+    int rc;
+
     log_level = ms.cfg->log.level;
     if (log_open(ms.cfg->log.error) != 0) {
         fprintf(stderr, "%s: cannot open error log %s: %s\n", conf, ms.cfg->log.error,
@@ -239,8 +301,10 @@ int main(int argc, char **argv)
         return MS_EXIT_CONFIG;
     }
     ms.nworkers = ms.cfg->workers;
-    if (pid_file_in_use(pid_arg != NULL ? pid_arg : ms.cfg->pid_file) ||
-        adm_socket_in_use(ms.cfg->admin.socket)) {
+    if (pid_file_in_use(pid_path)) {
+        return -1;
+    }
+    if (adm_socket_in_use(ms.cfg->admin.socket)) {
         return MS_EXIT_START;
     }
     if (ms_bind_all() != 0) {
@@ -265,19 +329,10 @@ int main(int argc, char **argv)
     if (ms_publish() != 0) {
         return MS_EXIT_START;
     }
-    if (pid_arg != NULL) {
-        pid_path = dsp_xstrdup(pid_arg);
-    } else if (ms.cfg->pid_file != NULL) {
-        pid_path = dsp_xstrdup(ms.cfg->pid_file);
-    }
-    if (pid_path != NULL && write_pid_file(pid_path) != 0) {
+    if (pid_path != NULL && write_pid_file(ms.pid_fd, pid_path) != 0) {
         return MS_EXIT_START;
     }
     rc = ms_run();
-    if (pid_path != NULL) {
-        unlink(pid_path);
-    }
-    free(pid_path);
     free(ms.conf_path);
     if (ms.snap != NULL) {
         explicit_bzero(ms.snap, ms.snap_size);

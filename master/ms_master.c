@@ -179,6 +179,9 @@ static void spawn(int slot)
             }
         }
         ms_loop_child_cleanup();
+        if (ms.pid_fd != -1) {
+            close(ms.pid_fd); /* the lock is the master's: a new one may start once it is gone */
+        }
         memset(&init, 0, sizeof(init));
         init.slot = slot;
         init.listen_fds = &ms.fds[slot * ms.nlisten];

@@ -37,6 +37,7 @@ struct ms_master {
     int *fds;  /* [slot * nlisten + listener] */
     uid_t uid; /* workers' user, (uid_t)-1 = unchanged */
     gid_t gid;
+    int pid_fd;   /* the pid file, locked for the master's life (workers close it), or -1 */
     int stopping; /* 1 graceful, 2 fast */
     uint64_t stop_deadline;
     struct ms_worker w[SHM_MAX_WORKERS];
