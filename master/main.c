@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "master/ms_compile.h"
 #include "master/ms_config.h"
+#include "master/ms_preflight.h"
 #include "master/ms_redis.h"
 #include "master/ms_rt.h"
 #include "master/ms_tls.h"
@@ -253,6 +254,19 @@ int main(int argc, char **argv)
         ms_config_free(ms.cfg);
         ms_tls_cleanup();
         return MS_EXIT_CONFIG;
+    }
+    /* -t: what the start would fail on; both: -D with the error log on stderr. */
+    if (ms_preflight(ms.cfg, pid_arg != NULL ? pid_arg : ms.cfg->pid_file, daemon_mode, check,
+                     &errs) > 0) {
+        fprintf(stderr, "%s\n", errs);
+        free(errs);
+        ms_config_free(ms.cfg);
+        ms_tls_cleanup();
+        return MS_EXIT_CONFIG;
+    }
+    if (errs != NULL) {
+        fprintf(stderr, "%s\n", errs);
+        free(errs);
     }
     ms_config_drop_source(ms.cfg); /* nothing waits at start; workers need not inherit it */
     if (check) {

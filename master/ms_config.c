@@ -1595,7 +1595,13 @@ int ms_config_load(const char *path, int use_env, struct ms_config **out, char *
         }
         cfg->source = lc;
     }
-    conf_src_free(&src);
+    if (c.nerrs == 0 && cfg->source != NULL) {
+        /* Kept with the tree: its settings name their files by alias (ms_config_file_of). */
+        cfg->source_names = dsp_xmalloc(sizeof(src));
+        memcpy(cfg->source_names, &src, sizeof(src));
+    } else {
+        conf_src_free(&src);
+    }
     if (c.nerrs > 0) {
         if (*errs == NULL) {
             *errs = join_errors(&c);
@@ -1616,6 +1622,18 @@ void ms_config_drop_source(struct ms_config *cfg)
         free(cfg->source);
         cfg->source = NULL;
     }
+    if (cfg != NULL && cfg->source_names != NULL) {
+        conf_src_free(cfg->source_names);
+        free(cfg->source_names);
+        cfg->source_names = NULL;
+    }
+}
+
+const char *ms_config_file_of(const struct ms_config *cfg, const char *alias)
+{
+    const char *f = cfg->source_names ? conf_src_name(cfg->source_names, alias) : NULL;
+
+    return f != NULL ? f : cfg->path;
 }
 
 void ms_config_free(struct ms_config *cfg)

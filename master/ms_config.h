@@ -110,6 +110,7 @@ struct ms_cert {
 
 struct ms_config {
     void *source;                /* the libconfig tree read, until ms_config_drop_source() */
+    void *source_names;          /* its files' real names (struct conf_src), as long */
     char *path;                  /* the file, as given */
     char *dir;                   /* its folder (absolute); relative paths resolve against it */
     int workers;                 /* resolved: "auto" = online CPUs */
@@ -191,6 +192,9 @@ void ms_config_free(struct ms_config *cfg);
  * reload does this after the new generation is published: with 100,000 routes it takes ~20 ms
  * that the switch need not wait for. ms_config_free() does it too. */
 void ms_config_drop_source(struct ms_config *cfg);
+/* The real path of a file the parser tree names by <alias> (config_setting_source_file()), or
+ * the config file's own path. Only while the tree is there. */
+const char *ms_config_file_of(const struct ms_config *cfg, const char *alias);
 
 /* Map an http method name ("GET") to its http-parser enum value, or -1. */
 int ms_method_from_name(const char *name);

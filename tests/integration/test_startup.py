@@ -110,3 +110,90 @@ class PidLockTest(dsptest.TestCase):
         self.assertEqual(request(d.port, "/echo", host="x.do").status, 200)
         # (The workers do not hold the lock: test_master_death starts a new master at once
         # after a kill -9 of the old one, while its workers still finish.)
+
+
+class CheckHostTest(dsptest.TestCase):
+    def config(self, d, **repl):
+        text = make_config(d.port, d.tmp, [svc("s", "127.0.0.1:9")], [route("*", "s")])
+        for old, new in repl.items():
+            text = text.replace(old, new)
+        d.write_config(text)
+        return text
+
+    def test_check_catches_what_start_would_fail_on(self):
+        d = dsptest.Dispatcher()
+        with open(os.path.join(d.tmp, "blocker"), "w") as f:
+            f.write("a file where a folder should be\n")
+        t = d.tmp
+        text = self.config(d, **{
+            "workers = 2;": 'workers = 2;\nuser = "no-such-user-dsp";\ngroup = "no-such-group-dsp";',
+            'error = "stderr"': 'error = "%s/missing/error.log"' % t,
+            os.path.join(t, "access.log"): os.path.join(t, "blocker/logs/access.log"),
+            os.path.join(t, "dispatcher.pid"): os.path.join(t, "blocker/run/d.pid"),
+            os.path.join(t, "admin.sock"): os.path.join(t, "blocker/admin.sock"),
+        })
+        p = check(d.conf)
+        err = p.stderr.decode()
+        self.assertEqual(p.returncode, 1, err)
+        self.assertNotIn(b"ok", p.stdout)
+        want = [
+            ("user", 'unknown user "no-such-user-dsp"'),
+            ("group", 'unknown group "no-such-group-dsp"'),
+            ("log = ", "log.error: folder %s/missing does not exist" % t),
+            ("log = ", "log.access: %s/blocker is not a directory" % t),
+            ("pid_file", "pid file: %s/blocker is not a directory" % t),
+            ("admin = ", "admin.socket: %s/blocker is not a directory" % t),
+        ]
+        for needle, msg in want:
+            self.assertIn("%s:%d: %s" % (d.conf, line_of(text, needle), msg), err)
+        self.assertEqual(len(err.strip().splitlines()), len(want), err)
+        # Start fails on them too (the first it meets): -t said so beforehand.
+        d.start(wait=False)
+        self.assertIn(d.proc.wait(15), (1, 2))
+        d._err.close()
+        d._out.close()
+        # -p names the pid file in use: checked instead of pid_file.
+        p = check(d.conf, "-p", os.path.join(t, "blocker/x.pid"))
+        self.assertIn("pid file: %s/blocker is not a directory" % t, p.stderr.decode())
+
+    def test_folders_that_start_creates_pass_the_check(self):
+        d = dsptest.Dispatcher()
+        t = d.tmp
+        self.config(d, **{
+            os.path.join(t, "access.log"): os.path.join(t, "logs/a/access.log"),
+            os.path.join(t, "dispatcher.pid"): os.path.join(t, "run/d/dispatcher.pid"),
+            os.path.join(t, "admin.sock"): os.path.join(t, "run/s/admin.sock"),
+        })
+        p = check(d.conf)
+        self.assertEqual((p.returncode, p.stderr), (0, b""))
+        self.assertIn(b"ok", p.stdout)
+        self.assertFalse(os.path.exists(os.path.join(t, "run")))  # -t creates nothing
+
+    def test_daemon_with_stderr_log_is_warned(self):
+        d = dsptest.Dispatcher()
+        t = d.tmp
+        text = self.config(d)
+        p = check(d.conf, "-D")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("%s:%d: warning: log.error is \"stderr\" and -D" %
+                      (d.conf, line_of(text, "log = ")), p.stderr.decode())
+        p = check(d.conf)
+        self.assertEqual(p.stderr, b"")
+        # The start says it too, before it detaches.
+        p = subprocess.run([dsptest.MASTER, "-c", d.conf, "-D"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20, cwd=t)
+        pidf = os.path.join(d.tmp, "dispatcher.pid")
+        self.assertTrue(dsptest.wait_for(lambda: os.path.exists(pidf) and
+                                         os.path.getsize(pidf) > 0, 10))
+        pid = d.pid_from_file()
+        dsptest._record_pid(pid)
+        try:
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn(b"warning: log.error is \"stderr\" and -D", p.stderr)
+        finally:
+            os.kill(pid, signal.SIGTERM)
+            dsptest.wait_for(lambda: dsptest.rss_kib(pid) is None, 10)
+        # Set to a file, there is nothing to warn about.
+        text = self.config(d, **{'error = "stderr"': 'error = "%s/e.log"' % d.tmp})
+        p = check(d.conf, "-D")
+        self.assertEqual((p.returncode, p.stderr), (0, b""))
