@@ -489,7 +489,7 @@ void adm_render_certs(struct adm_buf *b, const struct adm_view *v)
                      (c->flags & SHM_CERT_F_EXPIRED) || (uint64_t)v->now_s > c->not_after
                          ? "true"
                          : "false",
-                     (c->flags & SHM_CERT_F_REDIS) ? "redis" : "file");
+                     c->source == SHM_SOURCE_REDIS ? "redis" : "file");
     }
     adm_buf_adds(b, "]}");
 }

@@ -578,9 +578,7 @@ static void fill_certs(const struct ms_config *cfg, char *base, struct blob *b,
         }
         o->not_after = mc->not_after > 0 ? (uint64_t)mc->not_after : 0;
         o->flags = mc->expired ? SHM_CERT_F_EXPIRED : 0u;
-        if (mc->source == SHM_SOURCE_REDIS) {
-            o->flags |= SHM_CERT_F_REDIS;
-        }
+        o->source = mc->source;
         if (mc == &cfg->tls.self_signed) {
             o->flags |= SHM_CERT_F_SELF_SIGNED | SHM_CERT_F_DEFAULT;
         } else {

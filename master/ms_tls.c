@@ -523,6 +523,7 @@ int ms_tls_prepare(struct ms_config *cfg, char **errs)
         self_cache.key_pem = k;
     }
     memset(&self, 0, sizeof(self));
+    self.source = SHM_SOURCE_FILE; /* generated for the file's tls.self_signed_cn */
     self.cert_pem = dsp_xstrdup(self_cache.cert_pem);
     self.key_pem = dsp_xstrdup(self_cache.key_pem);
     if (ms_tls_load_cert(&self, cfg->tls.min_version, now, err, sizeof(err)) != 0) {
