@@ -476,6 +476,8 @@ static void test_prepare_and_publish(void)
     CU_ASSERT_EQUAL(ct[2].flags, SHM_CERT_F_EXPIRED);
     CU_ASSERT_EQUAL(ct[3].flags, SHM_CERT_F_DEFAULT | SHM_CERT_F_SELF_SIGNED);
     CU_ASSERT_EQUAL(ct[3].line, 0u);
+    CU_ASSERT_EQUAL(ct[0].source, SHM_SOURCE_FILE);
+    CU_ASSERT_EQUAL(ct[3].source, SHM_SOURCE_FILE); /* generated for the file's self_signed_cn */
     CU_ASSERT_STRING_EQUAL(shm_s(h, ct[3].subject), "CN=dev.local");
     CU_ASSERT_PTR_NOT_NULL(strstr(shm_s(h, ct[1].key_pem), "BEGIN PRIVATE KEY"));
     /* A worker builds its contexts from exactly these bytes. */
