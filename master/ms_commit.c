@@ -114,8 +114,10 @@ static void refused(const struct ms_change *ch, enum ms_outcome how, const char 
     }
     __atomic_fetch_add(&ms.ctl->reload_failures, 1, __ATOMIC_RELAXED);
     if (errs_out != NULL) {
-        *errs_out = dsp_xstrdup(how == MS_COMMIT_INVALID && errs != NULL ? errs :
-                                "cannot publish the new configuration (see the error log)");
+        *errs_out = dsp_xstrdup(how == MS_COMMIT_UNPUBLISHED
+                                    ? "cannot publish the new configuration (see the error log)"
+                                : errs != NULL ? errs
+                                               : "invalid configuration (see the error log)");
     }
 }
 
