@@ -25,9 +25,8 @@ struct out {
     int errors;
 };
 
-__attribute__((format(printf, 5, 6))) static void say(struct out *o, const struct ms_config *cfg,
-                                                      const char *key, int error,
-                                                      const char *fmt, ...)
+__attribute__((format(printf, 5, 6))) static void
+say(struct out *o, const struct ms_config *cfg, const char *key, int error, const char *fmt, ...)
 {
     const config_setting_t *s = cfg->source ? config_lookup(cfg->source, key) : NULL;
     const char *file = ms_config_file_of(cfg, s ? config_setting_source_file(s) : NULL);
@@ -133,8 +132,7 @@ int ms_preflight(const struct ms_config *cfg, const char *pid_file, int daemon, 
         say(&o, cfg, "log.access", 1, "log.access: %s", why);
     }
     if (pid_file != NULL) {
-        const char *key = cfg->pid_file && strcmp(cfg->pid_file, pid_file) == 0 ? "pid_file"
-                                                                                : "-p";
+        const char *key = cfg->pid_file && strcmp(cfg->pid_file, pid_file) == 0 ? "pid_file" : "-p";
         if (lstat(pid_file, &st) == 0 && !S_ISREG(st.st_mode)) {
             say(&o, cfg, key, 1, "pid file %s is %s, not a regular file", pid_file,
                 fs_type_name((unsigned)st.st_mode));
@@ -143,8 +141,7 @@ int ms_preflight(const struct ms_config *cfg, const char *pid_file, int daemon, 
         } else if (strrchr(pid_file, '/') != NULL) {
             /* The file is created and, at stop, removed: its folder must be writable. */
             char dir[PATH_MAX];
-            snprintf(dir, sizeof(dir), "%.*s", (int)(strrchr(pid_file, '/') - pid_file),
-                     pid_file);
+            snprintf(dir, sizeof(dir), "%.*s", (int)(strrchr(pid_file, '/') - pid_file), pid_file);
             if (dir[0] != '\0' && stat(dir, &st) == 0 && access(dir, W_OK | X_OK) != 0) {
                 say(&o, cfg, key, 1, "pid file: cannot create files in folder %s: %s", dir,
                     strerror(errno));
