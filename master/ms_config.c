@@ -31,6 +31,66 @@
 #define MAX_CN_LEN    64 /* X.509 upper bound for a commonName */
 #define QUAL_LEN      192
 
+/* The keys each group accepts (check_keys()); ms_config_key_table() lists them all. */
+static const char *const admin_keys[] = {"socket", "mode", "http", "http_allow", NULL};
+static const char *const log_keys[] = {"error", "level", "access", "access_format", NULL};
+static const char *const limits_keys[] = {"max_connections",        "max_header_bytes",
+                                          "max_body_bytes",         "header_timeout_ms",
+                                          "idle_timeout_ms",        "shutdown_timeout_ms",
+                                          "tunnel_idle_timeout_ms", "min_body_rate",
+                                          "send_timeout_ms",        NULL};
+static const char *const listener_keys[] = {"address", "tls", "proxy_protocol", NULL};
+static const char *const cert_keys[] = {"cert", "key", NULL};
+static const char *const tls_keys[] = {"self_signed_cn", "min_version", "certificates", NULL};
+static const char *const redis_keys[] = {
+    "host", "port",      "password",           "user",
+    "db",   "resync_ms", "connect_timeout_ms", "command_timeout_ms",
+    "tls",  NULL};
+static const char *const backend_keys[] = {"address", "weight", NULL};
+static const char *const health_keys[] = {"path", "interval_ms", "timeout_ms", "fall",
+                                          "rise", "start",       NULL};
+static const char *const circuit_keys[] = {"failures", "open_ms", "count_5xx", NULL};
+static const char *const service_keys[] = {"name",
+                                           "backends",
+                                           "balance",
+                                           "health",
+                                           "circuit_breaker",
+                                           "retries",
+                                           "connect_timeout_ms",
+                                           "response_timeout_ms",
+                                           "tls",
+                                           "verify",
+                                           "ca",
+                                           "sni",
+                                           "passive_failures",
+                                           "max_ejection_percent",
+                                           NULL};
+static const char *const route_keys[] = {"host", "path", "methods", "priority", "service", NULL};
+static const char *const top_keys[] = {
+    "workers", "user",  "group",    "pid_file",  "environment",
+    "admin",   "log",   "limits",   "listeners", "trusted_proxies",
+    "tls",     "redis", "services", "routes",    NULL};
+
+static const struct ms_config_keys key_table[] = {{"", top_keys},
+                                                  {"admin", admin_keys},
+                                                  {"log", log_keys},
+                                                  {"limits", limits_keys},
+                                                  {"listeners[]", listener_keys},
+                                                  {"tls", tls_keys},
+                                                  {"tls.certificates[]", cert_keys},
+                                                  {"redis", redis_keys},
+                                                  {"services[]", service_keys},
+                                                  {"services[].backends[]", backend_keys},
+                                                  {"services[].health", health_keys},
+                                                  {"services[].circuit_breaker", circuit_keys},
+                                                  {"routes[]", route_keys},
+                                                  {NULL, NULL}};
+
+const struct ms_config_keys *ms_config_key_table(void)
+{
+    return key_table;
+}
+
 struct cfg_err {
     const char *file;
     unsigned line;
@@ -609,7 +669,6 @@ static int is_loopback(const struct sockaddr_storage *ss)
 
 static void parse_admin(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
 {
-    static const char *const keys[] = {"socket", "mode", "http", "http_allow", NULL};
     config_setting_t *g = get_group(c, root, "", "admin");
     config_setting_t *s;
     const char *v;
@@ -618,7 +677,7 @@ static void parse_admin(struct ctx *c, config_setting_t *root, struct ms_config 
     if (g == NULL) {
         return;
     }
-    check_keys(c, g, "admin", keys);
+    check_keys(c, g, "admin", admin_keys);
     if (get_str(c, g, "admin", "socket", 0, &v) == 1) {
         struct sockaddr_un sa_un;
         cfg->admin.socket = resolve(c, v);
@@ -667,14 +726,13 @@ static void parse_admin(struct ctx *c, config_setting_t *root, struct ms_config 
 
 static void parse_log(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
 {
-    static const char *const keys[] = {"error", "level", "access", "access_format", NULL};
     config_setting_t *g = get_group(c, root, "", "log");
     const char *v;
 
     if (g == NULL) {
         return;
     }
-    check_keys(c, g, "log", keys);
+    check_keys(c, g, "log", log_keys);
     if (get_str(c, g, "log", "error", 0, &v) == 1 && strcmp(v, "stderr") != 0) {
         free(cfg->log.error);
         cfg->log.error = resolve(c, v);
@@ -705,17 +763,12 @@ static void parse_log(struct ctx *c, config_setting_t *root, struct ms_config *c
 
 static void parse_limits(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
 {
-    static const char *const keys[] = {"max_connections",     "max_header_bytes",
-                                       "max_body_bytes",      "header_timeout_ms",
-                                       "idle_timeout_ms",     "shutdown_timeout_ms",
-                                       "tunnel_idle_timeout_ms", "min_body_rate",
-                                       "send_timeout_ms",     NULL};
     config_setting_t *g = get_group(c, root, "", "limits");
 
     if (g == NULL) {
         return;
     }
-    check_keys(c, g, "limits", keys);
+    check_keys(c, g, "limits", limits_keys);
     get_long(c, g, "limits", "max_connections", 1, INT_MAX, &cfg->limits.max_connections);
     get_long(c, g, "limits", "max_header_bytes", 1024, 1048576, &cfg->limits.max_header_bytes);
     /* Above 2^31-1 it needs the L suffix: conf_read() refuses a literal libconfig would wrap. */
@@ -826,7 +879,6 @@ static void apply_env_listener(struct ctx *c, struct ms_listener *l, const char 
 static void parse_listeners(struct ctx *c, config_setting_t *root, struct ms_config *cfg,
                             int use_env)
 {
-    static const char *const keys[] = {"address", "tls", "proxy_protocol", NULL};
     config_setting_t *seq = get_seq(c, root, "", "listeners");
     int n = seq ? config_setting_length(seq) : 0;
     int *ok;
@@ -856,7 +908,7 @@ static void parse_listeners(struct ctx *c, config_setting_t *root, struct ms_con
             err_at(c, g, "%s must be a group { address = \"ip:port\"; ... }", where);
             continue;
         }
-        check_keys(c, g, where, keys);
+        check_keys(c, g, where, listener_keys);
         get_bool(c, g, where, "tls", &l->tls);
         get_bool(c, g, where, "proxy_protocol", &l->proxy_protocol);
         switch (get_str(c, g, where, "address", 0, &v)) {
@@ -963,7 +1015,6 @@ void ms_cert_dispose(struct ms_cert *ct)
 
 static void parse_certs(struct ctx *c, config_setting_t *tls, struct ms_config *cfg)
 {
-    static const char *const keys[] = {"cert", "key", NULL};
     config_setting_t *seq = get_seq(c, tls, "tls", "certificates");
     int n = seq ? config_setting_length(seq) : 0;
     char where[64];
@@ -989,7 +1040,7 @@ static void parse_certs(struct ctx *c, config_setting_t *tls, struct ms_config *
             err_at(c, g, "%s must be a group { cert = \"...\"; key = \"...\"; }", where);
             continue;
         }
-        check_keys(c, g, where, keys);
+        check_keys(c, g, where, cert_keys);
         switch (get_str(c, g, where, "cert", 0, &v)) {
         case 0:
             err_at(c, g, "%s has no cert", where);
@@ -1019,12 +1070,11 @@ static void parse_certs(struct ctx *c, config_setting_t *tls, struct ms_config *
 
 static void parse_tls(struct ctx *c, config_setting_t *root, struct ms_config *cfg, int use_env)
 {
-    static const char *const keys[] = {"self_signed_cn", "min_version", "certificates", NULL};
     config_setting_t *g = get_group(c, root, "", "tls");
     const char *v;
 
     if (g != NULL) {
-        check_keys(c, g, "tls", keys);
+        check_keys(c, g, "tls", tls_keys);
         if (get_str(c, g, "tls", "self_signed_cn", 0, &v) == 1) {
             if (!valid_cn(v)) {
                 err_at(c, config_setting_get_member(g, "self_signed_cn"),
@@ -1059,10 +1109,6 @@ static void parse_tls(struct ctx *c, config_setting_t *root, struct ms_config *c
 
 static void parse_redis(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
 {
-    static const char *const keys[] = {"host",       "port",      "password",
-                                       "user",       "db",        "resync_ms",
-                                       "connect_timeout_ms",      "command_timeout_ms",
-                                       "tls",        NULL};
     config_setting_t *g = get_group(c, root, "", "redis");
     const char *v;
     int tls = 0;
@@ -1070,7 +1116,7 @@ static void parse_redis(struct ctx *c, config_setting_t *root, struct ms_config 
     if (g == NULL) {
         return;
     }
-    check_keys(c, g, "redis", keys);
+    check_keys(c, g, "redis", redis_keys);
     cfg->redis.enabled = 1;
     cfg->redis.port = 6379;
     cfg->redis.resync_ms = 30000;
@@ -1126,7 +1172,6 @@ int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t
 static void parse_backend(struct ctx *c, config_setting_t *e, const char *where,
                           struct ms_backend *b)
 {
-    static const char *const keys[] = {"address", "weight", NULL};
     config_setting_t *as = e;
     char err[256];
 
@@ -1135,7 +1180,7 @@ static void parse_backend(struct ctx *c, config_setting_t *e, const char *where,
     if (config_setting_is_group(e)) {
         const char *v;
 
-        check_keys(c, e, where, keys);
+        check_keys(c, e, where, backend_keys);
         get_int(c, e, where, "weight", 1, MS_MAX_WEIGHT, &b->weight);
         if (get_str(c, e, where, "address", 0, &v) != 1) {
             if (config_setting_get_member(e, "address") == NULL) {
@@ -1156,11 +1201,9 @@ static void parse_backend(struct ctx *c, config_setting_t *e, const char *where,
 static void parse_health(struct ctx *c, config_setting_t *g, const char *where,
                          struct ms_health *h)
 {
-    static const char *const keys[] = {"path", "interval_ms", "timeout_ms", "fall",
-                                       "rise", "start",       NULL};
     const char *v;
 
-    check_keys(c, g, where, keys);
+    check_keys(c, g, where, health_keys);
     h->enabled = 1;
     if (get_str(c, g, where, "path", 0, &v) == 1) {
         if (!ms_valid_url_path(v)) {
@@ -1278,10 +1321,6 @@ static void parse_service_tls(struct ctx *c, config_setting_t *g, const char *wh
 
 static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms_config *cfg)
 {
-    static const char *const keys[] = {
-        "name",    "backends",           "balance",             "health", "circuit_breaker",
-        "retries", "connect_timeout_ms", "response_timeout_ms", "tls",    "verify",
-        "ca",      "sni",                "passive_failures",    "max_ejection_percent", NULL};
     struct ms_service *svc = &cfg->services[idx];
     config_setting_t *s;
     const char *v;
@@ -1295,7 +1334,7 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
         err_at(c, g, "%s must be a group { name = \"...\"; backends = [ ... ]; }", where);
         return;
     }
-    check_keys(c, g, where, keys);
+    check_keys(c, g, where, service_keys);
 
     switch (get_str(c, g, where, "name", 0, &v)) {
     case 0:
@@ -1359,8 +1398,7 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
     }
     snprintf(sub, sizeof(sub), "%s.circuit_breaker", where);
     if ((s = get_group(c, g, where, "circuit_breaker")) != NULL) {
-        static const char *const cb_keys[] = {"failures", "open_ms", "count_5xx", NULL};
-        check_keys(c, s, sub, cb_keys);
+        check_keys(c, s, sub, circuit_keys);
         svc->circuit.enabled = 1;
         get_int(c, s, sub, "failures", 1, MS_MAX_FAILURES, &svc->circuit.failures);
         get_int(c, s, sub, "open_ms", 1, MS_MAX_TIMEOUT_MS, &svc->circuit.open_ms);
@@ -1463,7 +1501,6 @@ void ms_route_dispose(struct ms_route *r)
 
 static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_config *cfg)
 {
-    static const char *const keys[] = {"host", "path", "methods", "priority", "service", NULL};
     struct ms_route *r = &cfg->routes[idx];
     config_setting_t *s;
     const char *v;
@@ -1477,7 +1514,7 @@ static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_c
         err_at(c, g, "%s must be a group { host = \"...\"; service = \"...\"; }", where);
         return;
     }
-    check_keys(c, g, where, keys);
+    check_keys(c, g, where, route_keys);
 
     switch (get_str(c, g, where, "host", 0, &v)) {
     case 0:
@@ -1545,10 +1582,6 @@ static void parse_routes(struct ctx *c, config_setting_t *root, struct ms_config
 
 int ms_config_load(const char *path, int use_env, struct ms_config **out, char **errs)
 {
-    static const char *const top_keys[] = {
-        "workers", "user",   "group",     "pid_file",        "environment", "admin",
-        "log",     "limits", "listeners", "trusted_proxies", "tls",         "redis",
-        "services", "routes", NULL};
     struct ms_config *cfg = dsp_xcalloc(1, sizeof(*cfg));
     struct ctx c = {0};
     struct conf_src src = {0};

@@ -196,6 +196,15 @@ void ms_config_drop_source(struct ms_config *cfg);
  * the config file's own path. Only while the tree is there. */
 const char *ms_config_file_of(const struct ms_config *cfg, const char *alias);
 
+/* The keys the file parser accepts, per group: <group> is "" for the top level, else a path
+ * such as "admin", "services[]" or "services[].health" ("[]": each entry of a list). The table
+ * ends with a NULL group. What the documentation (man/dispatcher.conf.5) is checked against. */
+struct ms_config_keys {
+    const char *group;
+    const char *const *keys; /* NULL-terminated */
+};
+const struct ms_config_keys *ms_config_key_table(void);
+
 /* Map an http method name ("GET") to its http-parser enum value, or -1. */
 int ms_method_from_name(const char *name);
 
