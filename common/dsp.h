@@ -1,6 +1,6 @@
 /* dispatcher: project-wide version, small macros and helpers. Every module includes it.
- * Functions return 0 on success and -1 on failure; the few that need more outcomes (the TLS
- * and chunk decoders' WANT_READ/WANT_WRITE) define them next to their API. */
+ * Functions return 0 on success and -1 on failure; the few that need more outcomes define them
+ * next to their API (the transport's XP_WANT_READ/XP_WANT_WRITE in common/xport.h). */
 #ifndef DSP_DSP_H
 #define DSP_DSP_H
 
