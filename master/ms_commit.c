@@ -65,24 +65,35 @@ static int same_listeners(const struct ms_config *a, const struct ms_config *b)
     return 1;
 }
 
-/* What only a restart changes: keep it as bound, and say so. */
-static void keep_bound(struct ms_config *old, struct ms_config *ncfg)
+static void swap_listeners(struct ms_config *a, struct ms_config *b)
 {
+    struct ms_listener *tl = a->listeners;
+    size_t tn = a->nlisteners;
+
+    a->listeners = b->listeners;
+    a->nlisteners = b->nlisteners;
+    b->listeners = tl;
+    b->nlisteners = tn;
+}
+
+/* What only a restart changes: keep it as bound, and say so. Returns 1 when the listener sets
+ * were swapped (to swap back if the change is not published). */
+static int keep_bound(struct ms_config *old, struct ms_config *ncfg)
+{
+    int swapped = 0;
+
     if (!same_listeners(old, ncfg)) {
         /* Workers hold the sockets bound at start; new ones need a restart. Keep serving the
          * old listener set with the new routes. */
-        struct ms_listener *tl = ncfg->listeners;
-        size_t tn = ncfg->nlisteners;
         log_warn("listener changes take effect at the next restart; keeping the current ones");
-        ncfg->listeners = old->listeners;
-        ncfg->nlisteners = old->nlisteners;
-        old->listeners = tl;
-        old->nlisteners = tn;
+        swap_listeners(old, ncfg);
+        swapped = 1;
     }
     if (ncfg->workers != old->workers) {
         log_warn("workers = %d takes effect at the next restart; keeping %d", ncfg->workers,
                  ms.nworkers);
     }
+    return swapped;
 }
 
 /* What the master itself derives from the configuration. */
@@ -126,6 +137,7 @@ int ms_commit(const struct ms_change *ch, char **errs_out)
     struct ms_config *old = ms.cfg, *ncfg;
     struct ms_commit_times times;
     char *errs = NULL;
+    int swapped = 0;
     double t0 = mono_ms(), t1, t2;
 
     ncfg = ch->validate(ch->arg, &errs);
@@ -138,12 +150,15 @@ int ms_commit(const struct ms_change *ch, char **errs_out)
         return -1;
     }
     if (ncfg != old) {
-        keep_bound(old, ncfg);
+        swapped = keep_bound(old, ncfg);
     }
     ms.cfg = ncfg;
     t1 = mono_ms();
     if (ms_publish() != 0) {
         ms.cfg = old;
+        if (swapped) {
+            swap_listeners(old, ncfg); /* the bound set stays with the served config */
+        }
         if (ncfg != old) {
             ms_config_free(ncfg);
         }

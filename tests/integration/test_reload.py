@@ -128,3 +128,49 @@ class ReloadTest(dsptest.TestCase):
         self.assertEqual(sorted(d.worker_pids()), workers, "a reload must not restart workers")
         print("%d keep-alive requests across 3 reloads; new route served %.3fs after SIGHUP"
               % (stats["ok"], dt))
+
+
+class UnpublishedReloadTest(dsptest.TestCase):
+
+    @dsptest.timeout(90)
+    def test_unpublished_reload_keeps_the_bound_listener_set(self):
+        """A reload that validates but cannot be published (more backends than the runtime
+        segment has slots) leaves the served config with the listener set actually bound: a
+        later reload that makes the same listener change is again kept to the bound set, so
+        plain clients keep being served (before, the failed reload left the new set in the
+        served config, and the next reload published proxy_protocol on the plain socket)."""
+        b = self.backend("one")
+        services = [svc("one", b)]
+        routes = [route("one.do", "one")]
+        d = self.dispatcher(services=services, routes=routes)
+        plain = 'listeners = ( { address = "127.0.0.1:%d"; } );' % d.port
+        proxied = ('listeners = ( { address = "127.0.0.1:%d"; proxy_protocol = true; } );'
+                   % d.port)
+
+        def proxied_conf(svcs):
+            text = make_config(d.port, d.tmp, svcs, routes)
+            self.assertIn(plain, text)
+            return text.replace(plain, proxied)
+
+        def log_count(what):
+            return d.log().count(what)
+
+        # 67 x 1,000 backends: more than the 65,536 runtime slots.
+        many = [svc("big%d" % k, *["127.0.0.%d:%d" % (k + 1, 1000 + i) for i in range(1000)])
+                for k in range(67)]
+        kept, failures = log_count("listener changes take effect"), log_count("runtime segment")
+        d.hup(proxied_conf(services + many))
+        self.assertTrue(dsptest.wait_for(lambda: log_count("runtime segment") > failures, 30),
+                        "the oversized reload was not refused at publish:\n" + d.log_tail())
+        self.assertGreater(log_count("listener changes take effect"), kept)
+        self.assertEqual(request(d.port, "/echo", host="one.do").status, 200)
+
+        kept = log_count("listener changes take effect")
+        reloaded = log_count("configuration reloaded")
+        d.hup(proxied_conf(services))
+        self.assertTrue(dsptest.wait_for(lambda: log_count("configuration reloaded") > reloaded,
+                                         15), d.log_tail())
+        self.assertGreater(log_count("listener changes take effect"), kept,
+                           "the listener change was not recognised as one after the failed "
+                           "reload:\n" + d.log_tail())
+        self.assertEqual(request(d.port, "/echo", host="one.do").status, 200)
