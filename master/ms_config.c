@@ -1230,6 +1230,59 @@ static void parse_health(struct ctx *c, config_setting_t *g, const char *where,
     }
 }
 
+struct be_order {
+    const char *address;
+    size_t i;
+};
+
+static int cmp_be_order(const void *a, const void *b)
+{
+    const struct be_order *x = a, *y = b;
+    int r = strcmp(x->address, y->address);
+
+    return r != 0 ? r : (x->i > y->i) - (x->i < y->i);
+}
+
+void ms_backend_dups(const struct ms_backend *b, size_t n, size_t *first)
+{
+    struct be_order *o = dsp_xcalloc(n + 1, sizeof(*o));
+    size_t m = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        first[i] = i;
+        if (b[i].address != NULL) {
+            o[m].address = b[i].address;
+            o[m].i = i;
+            m++;
+        }
+    }
+    qsort(o, m, sizeof(*o), cmp_be_order);
+    for (size_t k = 1; k < m; k++) {
+        if (strcmp(o[k].address, o[k - 1].address) == 0) {
+            first[o[k].i] = first[o[k - 1].i];
+        }
+    }
+    free(o);
+}
+
+/* Each backend of <svc> that repeats an earlier one's address, with that one's line. */
+static void report_duplicate_backends(struct ctx *c, config_setting_t *seq,
+                                      const struct ms_service *svc, const char *where)
+{
+    size_t *first = dsp_xcalloc(svc->nbackends + 1, sizeof(*first));
+
+    ms_backend_dups(svc->backends, svc->nbackends, first);
+    for (size_t i = 0; i < svc->nbackends; i++) {
+        if (first[i] != i) {
+            err_at(c, config_setting_get_elem(seq, (unsigned)i),
+                   "duplicate backend %s in service '%s' (already at line %d)",
+                   svc->backends[i].address, svc->name ? svc->name : where,
+                   svc->backends[first[i]].line);
+        }
+    }
+    free(first);
+}
+
 void ms_service_init(struct ms_service *svc)
 {
     memset(svc, 0, sizeof(*svc));
@@ -1378,18 +1431,8 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
 
             snprintf(sub, sizeof(sub), "%s.backends[%zu]", where, i);
             parse_backend(c, e, sub, b);
-            if (b->address == NULL) {
-                continue;
-            }
-            for (size_t j = 0; j < i; j++) {
-                if (svc->backends[j].address != NULL &&
-                    strcmp(svc->backends[j].address, b->address) == 0) {
-                    err_at(c, e, "duplicate backend %s in service '%s' (already at line %d)",
-                           b->address, svc->name ? svc->name : where, svc->backends[j].line);
-                    break;
-                }
-            }
         }
+        report_duplicate_backends(c, s, svc, where);
     }
 
     snprintf(sub, sizeof(sub), "%s.health", where);

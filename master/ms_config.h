@@ -228,6 +228,10 @@ int ms_valid_url_path(const char *s);
 char *ms_normalise_host(const char *v);
 /* "round-robin" | "least-conn" | "ip-hash" into SHM_BALANCE_*. Returns 0 or -1. */
 int ms_parse_balance(const char *v, uint32_t *out);
+/* For each backend of <b>[0, n), the index of the first one with its address (itself when none
+ * before has it; NULL addresses are their own) into <first>[0, n). O(n log n): a service may
+ * have tens of thousands. */
+void ms_backend_dups(const struct ms_backend *b, size_t n, size_t *first);
 /* Parse a backend address ("ip:port", "[ip6]:port", "localhost:port") into <b>'s address (heap,
  * normalised), ss and sslen. Returns 0, or -1 with the reason in <err>. */
 int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t errlen);

@@ -348,7 +348,7 @@ int ms_rns_parse_backends(const char *v, struct ms_backend **out, size_t *n, cha
                           size_t errlen)
 {
     struct ms_backend *b = NULL;
-    size_t nb = 0, cap = 0;
+    size_t nb = 0, cap = 0, *first;
     const char *p = v;
     char item[300], why[256];
 
@@ -392,15 +392,18 @@ int ms_rns_parse_backends(const char *v, struct ms_backend **out, size_t *n, cha
             snprintf(err, errlen, "backend \"%s\": %s", item, why);
             goto fail;
         }
-        for (size_t j = 0; j < nb; j++) {
-            if (strcmp(b[j].address, b[nb].address) == 0) {
-                snprintf(err, errlen, "duplicate backend %s", b[nb].address);
-                nb++;
-                goto fail;
-            }
-        }
         nb++;
     }
+    first = dsp_xcalloc(nb + 1, sizeof(*first));
+    ms_backend_dups(b, nb, first);
+    for (size_t i = 0; i < nb; i++) {
+        if (first[i] != i) {
+            snprintf(err, errlen, "duplicate backend %s", b[i].address);
+            free(first);
+            goto fail;
+        }
+    }
+    free(first);
     *out = b;
     *n = nb;
     return 0;

@@ -4,9 +4,11 @@ FILE:LINE, and a reload must fail without ever stalling the master: the admin so
 a killed worker is respawned, traffic goes on."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 import dsptest
@@ -140,3 +142,39 @@ class NonRegularFilesTest(dsptest.TestCase):
         d.write_config(good)
         self.assertIn('"ok":true', admin_ask(sock, "reload"))
         self.assertEqual(request(d.port).status, 200)
+
+
+class ManyBackendsTest(dsptest.TestCase):
+
+    @dsptest.timeout(60)
+    def test_duplicate_backends_found_in_n_log_n(self):
+        """A service with 100,000 backends is checked in bounded time (the duplicate search was
+        quadratic: seconds of master stall per reload), and a duplicate among them is still
+        reported with both lines."""
+        tmp = tempfile.mkdtemp(prefix="dsp-it-")
+        dsptest._record_tmp(tmp)
+        self.addCleanup(shutil.rmtree, tmp, True)
+        port = dsptest.free_port()
+        addrs = ["127.0.%d.1:%d" % (1 + i // 25000, 1000 + i % 25000) for i in range(100000)]
+        text = make_config(port, tmp, [svc("big", *addrs)], [route("big.do", "big")])
+        conf = os.path.join(tmp, "dispatcher.conf")
+        with open(conf, "w") as f:
+            f.write(text)
+        t0 = time.monotonic()
+        p = subprocess.run([dsptest.MASTER, "-t", "-c", conf], capture_output=True, timeout=30)
+        dt = time.monotonic() - t0
+        self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace")[-2000:])
+        self.assertLess(dt, T, "-t took %.1fs for 100,000 backends" % dt)
+
+        # The same address again, on a line of its own after the others.
+        text = text.replace('"%s"]' % addrs[-1], '"%s",\n "%s"]' % (addrs[-1], addrs[7]))
+        with open(conf, "w") as f:
+            f.write(text)
+        line = [i + 1 for i, s in enumerate(text.splitlines()) if s.startswith(' "%s"' % addrs[7])]
+        self.assertEqual(len(line), 1, "the test did not place the duplicate")
+        p = subprocess.run([dsptest.MASTER, "-t", "-c", conf], capture_output=True, timeout=30)
+        err = p.stderr.decode(errors="replace")
+        self.assertEqual(p.returncode, 1, err[-2000:])
+        self.assertIn("dispatcher.conf:%d: duplicate backend %s in service 'big' (already at line"
+                      % (line[0], addrs[7]), err)
+        print("-t of 100,000 backends: %.2fs" % dt)
