@@ -5,26 +5,70 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 int log_level = LOG_INFO;
 static int log_fd = 2;
 static char log_tag[32] = "master";
+/* log.error = "syslog": log_fd is a datagram socket connected to syslog_addr. */
+static int syslog_pri = -1; /* facility * 8, or -1 when logging to a file or stderr */
+static struct sockaddr_un syslog_addr;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+/* "syslog:FACILITY:SOCKET" (FACILITY a number 0..23): a datagram socket to the syslog daemon. */
+static int open_syslog(const char *spec)
+{
+    const char *sock = strchr(spec + 7, ':');
+    char *end;
+    long fac = strtol(spec + 7, &end, 10);
+    int fd;
+
+    if (sock == NULL || end != sock || fac < 0 || fac > 23 ||
+        strlen(sock + 1) >= sizeof(syslog_addr.sun_path)) {
+        errno = EINVAL;
+        return -1;
+    }
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd == -1) {
+        return -1;
+    }
+    memset(&syslog_addr, 0, sizeof(syslog_addr));
+    syslog_addr.sun_family = AF_UNIX;
+    memcpy(syslog_addr.sun_path, sock + 1, strlen(sock + 1) + 1);
+    if (connect(fd, (struct sockaddr *)&syslog_addr, sizeof(syslog_addr)) == -1) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    if (log_fd > 2) {
+        close(log_fd);
+    }
+    log_fd = fd;
+    syslog_pri = (int)fac * 8;
+    return 0;
+}
 
 int log_open(const char *path)
 {
     int fd;
 
+    if (path != NULL && strncmp(path, "syslog:", 7) == 0) {
+        return open_syslog(path);
+    }
     if (path == NULL || strcmp(path, "stderr") == 0) {
         if (log_fd > 2) {
             close(log_fd);
         }
         log_fd = 2;
+        syslog_pri = -1;
         return 0;
     }
     /* Non-blocking: a FIFO without a reader is an error (ENXIO) instead of a master stuck in
@@ -37,7 +81,36 @@ int log_open(const char *path)
         close(log_fd);
     }
     log_fd = fd;
+    syslog_pri = -1;
     return 0;
+}
+
+/* One datagram "<PRI>Mmm dd hh:mm:ss dispatcher[PID]: [level] tag: message" (RFC 3164, as the
+ * C library's syslog() sends it). A syslog daemon that restarted is reconnected once; a full or
+ * absent one drops the line rather than stall the process. */
+static void send_syslog(int level, const char *msg, size_t len)
+{
+    static const int severity[] = {3, 4, 6, 7}; /* err, warning, info, debug */
+    char line[2300];
+    time_t now = time(NULL);
+    struct tm tm;
+    size_t n;
+    int r;
+
+    localtime_r(&now, &tm);
+    r = snprintf(line, sizeof(line), "<%d>", syslog_pri + severity[level]);
+    n = r > 0 ? (size_t)r : 0;
+    n += strftime(line + n, sizeof(line) - n, "%b %e %H:%M:%S ", &tm);
+    r = snprintf(line + n, sizeof(line) - n, "dispatcher[%d]: %.*s", (int)getpid(), (int)len, msg);
+    if (r > 0) {
+        n += (size_t)r < sizeof(line) - n ? (size_t)r : sizeof(line) - n - 1;
+    }
+    if (send(log_fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL) == -1 &&
+        (errno == ECONNREFUSED || errno == ENOTCONN)) {
+        if (connect(log_fd, (struct sockaddr *)&syslog_addr, sizeof(syslog_addr)) == 0) {
+            (void)send(log_fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        }
+    }
 }
 
 void log_set_tag(const char *tag)
@@ -56,7 +129,7 @@ int log_level_parse(const char *name)
 }
 
 __attribute__((format(printf, 3, 0))) static void do_log(int level, int err, const char *fmt,
-                                                       va_list ap)
+                                                         va_list ap)
 {
     char line[2048];
     struct timeval tv;
@@ -85,6 +158,14 @@ __attribute__((format(printf, 3, 0))) static void do_log(int level, int err, con
     }
     if (n >= sizeof(line) - 1) {
         n = sizeof(line) - 2;
+    }
+    if (syslog_pri >= 0) {
+        /* The daemon stamps time and host; the level and role stay in the text. */
+        char *body = strchr(line, '[');
+        level = level < 0 ? 0 : (level > 3 ? 3 : level);
+        send_syslog(level, body, n - (size_t)(body - line));
+        errno = saved;
+        return;
     }
     line[n++] = '\n';
     /* A failed log write has nowhere to be reported; ignore it. */

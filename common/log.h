@@ -12,8 +12,10 @@
 
 extern int log_level;
 
-/* Open (or reopen, on SIGUSR1) the error log. <path> is "stderr", "syslog"-less file path, or NULL
- * for stderr. Returns 0, or -1 with errno set (the previous destination stays in use). */
+/* Open (or reopen, on SIGUSR1) the error log. <path> is "stderr" (or NULL), a file path, or
+ * "syslog:FACILITY:SOCKET" (FACILITY 0..23, e.g. 3 for daemon; SOCKET the syslog daemon's
+ * datagram socket, usually /dev/log). Returns 0, or -1 with errno set (the previous destination
+ * stays in use). */
 int log_open(const char *path);
 /* Set the role tag printed on each line ("master", "worker 1", ...). <tag> is copied. */
 void log_set_tag(const char *tag);

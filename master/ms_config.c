@@ -33,7 +33,9 @@
 
 /* The keys each group accepts (check_keys()); ms_config_key_table() lists them all. */
 static const char *const admin_keys[] = {"socket", "mode", "http", "http_allow", NULL};
-static const char *const log_keys[] = {"error", "level", "access", "access_format", NULL};
+static const char *const log_keys[] = {"error",         "level",           "access",
+                                       "access_format", "syslog_facility", "syslog_socket",
+                                       NULL};
 static const char *const limits_keys[] = {"max_connections",        "max_header_bytes",
                                           "max_body_bytes",         "header_timeout_ms",
                                           "idle_timeout_ms",        "shutdown_timeout_ms",
@@ -724,6 +726,56 @@ static void parse_admin(struct ctx *c, config_setting_t *root, struct ms_config 
     }
 }
 
+/* log.error = "syslog": the facility and the daemon's socket become part of the destination,
+ * "syslog:FACILITY:SOCKET" (see log_open()), so that a reload sees any change of either. */
+static void parse_syslog(struct ctx *c, config_setting_t *g, struct ms_config *cfg)
+{
+    static const char *const names[] = {"user",   "daemon", "local0", "local1", "local2",
+                                        "local3", "local4", "local5", "local6", "local7"};
+    static const int codes[] = {1, 3, 16, 17, 18, 19, 20, 21, 22, 23};
+    int is_syslog = strcmp(cfg->log.error, "syslog") == 0, facility = 3;
+    char *sock = NULL;
+    const char *v;
+
+    if (get_str(c, g, "log", "syslog_facility", 0, &v) == 1) {
+        size_t i = 0;
+        while (i < sizeof(names) / sizeof(names[0]) && strcmp(v, names[i]) != 0) {
+            i++;
+        }
+        if (i == sizeof(names) / sizeof(names[0])) {
+            err_at(c, config_setting_get_member(g, "syslog_facility"),
+                   "log.syslog_facility \"%s\" must be user, daemon or local0..local7", v);
+        } else {
+            facility = codes[i];
+        }
+    }
+    if (get_str(c, g, "log", "syslog_socket", 0, &v) == 1) {
+        sock = resolve(c, v);
+    }
+    if (!is_syslog) {
+        static const char *const keys[] = {"syslog_facility", "syslog_socket", NULL};
+        for (const char *const *k = keys; *k != NULL; k++) {
+            config_setting_t *s = config_setting_get_member(g, *k);
+            if (s != NULL) {
+                err_at(c, s, "log.%s applies to error = \"syslog\" only", *k);
+            }
+        }
+    } else {
+        const char *path = sock != NULL ? sock : "/dev/log";
+        struct sockaddr_un sa_un;
+        size_t n = strlen(path) + 16;
+
+        if (strlen(path) >= sizeof(sa_un.sun_path)) {
+            err_at(c, config_setting_get_member(g, "syslog_socket"),
+                   "log.syslog_socket \"%s\" is too long for a unix socket", path);
+        }
+        free(cfg->log.error);
+        cfg->log.error = dsp_xmalloc(n);
+        snprintf(cfg->log.error, n, "syslog:%d:%s", facility, path);
+    }
+    free(sock);
+}
+
 static void parse_log(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
 {
     config_setting_t *g = get_group(c, root, "", "log");
@@ -735,8 +787,9 @@ static void parse_log(struct ctx *c, config_setting_t *root, struct ms_config *c
     check_keys(c, g, "log", log_keys);
     if (get_str(c, g, "log", "error", 0, &v) == 1 && strcmp(v, "stderr") != 0) {
         free(cfg->log.error);
-        cfg->log.error = resolve(c, v);
+        cfg->log.error = strcmp(v, "syslog") == 0 ? dsp_xstrdup(v) : resolve(c, v);
     }
+    parse_syslog(c, g, cfg);
     if (get_str(c, g, "log", "level", 0, &v) == 1) {
         int lvl = log_level_parse(v);
         if (lvl < 0) {

@@ -129,7 +129,7 @@ struct ms_config {
     } admin;
 
     struct {
-        char *error;             /* "stderr" or absolute path */
+        char *error;             /* "stderr", absolute path, or "syslog:FACILITY:SOCKET" */
         int level;               /* LOG_* */
         char *access;            /* absolute path or NULL for "off" */
         uint32_t access_format;  /* SHM_ACCESS_* */

@@ -124,8 +124,20 @@ int ms_preflight(const struct ms_config *cfg, const char *pid_file, int daemon, 
     if (cfg->group != NULL && getgrnam(cfg->group) == NULL) {
         say(&o, cfg, "group", 1, "unknown group \"%s\"", cfg->group);
     }
-    if (cfg->log.error != NULL && strcmp(cfg->log.error, "stderr") != 0 &&
-        path_problem(cfg->log.error, 0, why, sizeof(why)) != NULL) {
+    if (cfg->log.error != NULL && strncmp(cfg->log.error, "syslog:", 7) == 0) {
+        const char *sock = strchr(cfg->log.error + 7, ':') + 1;
+        const char *key = cfg->source && config_lookup(cfg->source, "log.syslog_socket")
+                              ? "log.syslog_socket"
+                              : "log.error";
+        if (stat(sock, &st) != 0) {
+            say(&o, cfg, key, 1, "log.error = \"syslog\": cannot reach %s: %s", sock,
+                strerror(errno));
+        } else if (!S_ISSOCK(st.st_mode)) {
+            say(&o, cfg, key, 1, "log.error = \"syslog\": %s is %s, not a syslog socket", sock,
+                fs_type_name((unsigned)st.st_mode));
+        }
+    } else if (cfg->log.error != NULL && strcmp(cfg->log.error, "stderr") != 0 &&
+               path_problem(cfg->log.error, 0, why, sizeof(why)) != NULL) {
         say(&o, cfg, "log.error", 1, "log.error: %s", why);
     }
     if (cfg->log.access != NULL && path_problem(cfg->log.access, 1, why, sizeof(why)) != NULL) {

@@ -4,6 +4,7 @@ file, admin socket, /dev/shm objects); `-t` reports what start would fail on wit
 
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -197,3 +198,82 @@ class CheckHostTest(dsptest.TestCase):
         text = self.config(d, **{'error = "stderr"': 'error = "%s/e.log"' % d.tmp})
         p = check(d.conf, "-D")
         self.assertEqual((p.returncode, p.stderr), (0, b""))
+
+
+class SyslogTest(dsptest.TestCase):
+    def test_error_log_to_syslog(self):
+        b = self.backend("a")
+        d = dsptest.Dispatcher()
+        path = os.path.join(d.tmp, "log.sock")
+        rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        rx.bind(path)
+        rx.settimeout(0.2)
+        self.addCleanup(rx.close)
+        text = make_config(d.port, d.tmp, [svc("s", b), svc("dead", "127.0.0.1:9")],
+                           [route("dead.do", "dead"), route("*", "s")])
+        text = text.replace('error = "stderr";', 'error = "syslog"; syslog_facility = "local3"; '
+                            'syslog_socket = "log.sock";')
+        d.write_config(text)
+        p = check(d.conf, "-D")
+        self.assertEqual((p.returncode, p.stderr), (0, b""))  # nothing lost with -D
+        self.start_dispatcher(d)
+        got = []
+
+        def drain(pred, timeout=10):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if any(pred(m) for m in got):
+                    return True
+                try:
+                    got.append(rx.recv(4096).decode("utf-8", "replace"))
+                except socket.timeout:
+                    pass
+            return False
+
+        # local3 = 19: info is <158>, error <155>; one datagram per line, the pid as the tag.
+        self.assertTrue(drain(lambda m: m.startswith("<158>") and " started: " in m), got)
+        m = [m for m in got if " started: " in m][0]
+        self.assertIn("dispatcher[%d]: [info] master" % d.proc.pid, m)
+        self.assertFalse(m.endswith("\n"))
+        self.assertEqual(d.log(), "")  # nothing on stderr
+        # The workers' lines go there too (a refused backend is taken out, a warning).
+        self.assertEqual(request(d.port, "/", host="dead.do").status, 502)
+        self.assertTrue(drain(lambda m: m.startswith("<156>") and "127.0.0.1:9" in m), got)
+        m = [m for m in got if "127.0.0.1:9" in m][0]
+        self.assertTrue(any("dispatcher[%d]: [warn] worker" % w in m for w in d.worker_pids()), m)
+        # An error: a killed worker is respawned, and the master says so.
+        os.kill(d.worker_pids()[0], signal.SIGKILL)
+        self.assertTrue(drain(lambda m: m.startswith("<155>") and "killed by signal" in m), got)
+        dsptest.wait_for(lambda: len(d.worker_pids()) == 2, 5)
+        d.initial_workers = d.worker_pids()
+        # ...and a syslog daemon that restarts (new socket at the same path) gets the next ones.
+        rx.close()
+        os.unlink(path)
+        rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        rx.bind(path)
+        rx.settimeout(0.2)
+        self.addCleanup(rx.close)
+        d.hup()
+        got.clear()
+        self.assertTrue(drain(lambda m: "reloaded" in m), got)
+        self.assertEqual(request(d.port, "/echo", host="x.do").status, 200)
+
+    def test_syslog_settings_checked(self):
+        d = dsptest.Dispatcher()
+        text = make_config(d.port, d.tmp, [svc("s", "127.0.0.1:9")], [route("*", "s")])
+        bad = text.replace('error = "stderr";', 'error = "syslog"; syslog_socket = "nope.sock";')
+        d.write_config(bad)
+        p = check(d.conf)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("%s:%d: log.error = \"syslog\": cannot reach %s/nope.sock" %
+                      (d.conf, line_of(bad, "log = "), d.tmp), p.stderr.decode())
+        bad = text.replace('error = "stderr";', 'error = "syslog"; syslog_facility = "mail";')
+        d.write_config(bad)
+        p = check(d.conf)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn('log.syslog_facility "mail" must be', p.stderr.decode())
+        bad = text.replace('error = "stderr";', 'error = "stderr"; syslog_facility = "daemon";')
+        d.write_config(bad)
+        p = check(d.conf)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn('log.syslog_facility applies to error = "syslog" only', p.stderr.decode())
