@@ -124,7 +124,7 @@ static void capture_alog(struct wk_client *c, const struct wk_head *hd, const ch
                               ahost ? ahlen : host ? host->vlen : 0, base,
                               sp ? (size_t)(sp - base) : 0, hd->url, hd->url_len,
                               ua ? ua->value : NULL, ua ? ua->vlen : 0, ref ? ref->value : NULL,
-                              ref ? ref->vlen : 0, c->rq.http_major, c->rq.http_minor);
+                              ref ? ref->vlen : 0, c->vmajor, c->vminor);
 }
 
 static uint64_t request_ms(const struct wk_client *c)
@@ -803,137 +803,6 @@ static int reply_not_found(struct wk_client *c, const char *host, size_t hlen, c
 }
 
 /* ---- request parsing ------------------------------------------------------------------------ */
-/* Head callbacks: fields go to the storage of the caller that parses a head (c->tx->hp). Outside
- * a head parse there is none, and fields (trailers of a body) are never recorded. */
-static struct wk_head *parse_head_of(http_parser *p)
-{
-    const struct wk_client *c = p->data;
-
-    return c->tx != NULL ? c->tx->hp : NULL;
-}
-
-static int on_url(http_parser *p, const char *at, size_t len)
-{
-    struct wk_head *hd = parse_head_of(p);
-
-    if (hd == NULL) {
-        return 1;
-    }
-    if (hd->url == NULL) {
-        hd->url = at;
-        hd->url_len = (uint32_t)len;
-    } else {
-        hd->url_len += (uint32_t)len;
-    }
-    return 0;
-}
-
-static int on_hfield(http_parser *p, const char *at, size_t len)
-{
-    struct wk_head *hd = parse_head_of(p);
-    struct wk_hdr *h;
-
-    if (hd == NULL) {
-        return 0; /* a trailer: forwarded (validated) as body bytes, never a head field */
-    }
-    if (hd->n > 0 && !hd->in_value) {
-        h = &hd->h[hd->n - 1];
-        if (h->name + h->nlen == at) {
-            h->nlen += (uint32_t)len;
-            return 0;
-        }
-    }
-    if (hd->n == WK_MAX_HEADERS) {
-        hd->too_many = 1;
-        return 1;
-    }
-    h = &hd->h[hd->n++];
-    h->name = at;
-    h->nlen = (uint32_t)len;
-    h->value = "";
-    h->vlen = 0;
-    hd->in_value = 0;
-    return 0;
-}
-
-static int on_hvalue(http_parser *p, const char *at, size_t len)
-{
-    struct wk_head *hd = parse_head_of(p);
-    struct wk_hdr *h;
-
-    if (hd == NULL) {
-        return 0;
-    }
-    if (hd->n == 0) {
-        return 1;
-    }
-    h = &hd->h[hd->n - 1];
-    if (!hd->in_value) {
-        h->value = at;
-        h->vlen = (uint32_t)len;
-        hd->in_value = 1;
-    } else if (h->value + h->vlen == at) {
-        h->vlen += (uint32_t)len;
-    } else {
-        /* Obsolete line folding: RFC 7230 lets a proxy reject it, which is safer than guessing. */
-        hd->folded = 1;
-        return 1;
-    }
-    return 0;
-}
-
-static int on_headers_complete_req(http_parser *p)
-{
-    (void)p;
-    return 0;
-}
-
-static int on_message_complete_req(http_parser *p)
-{
-    struct wk_client *c = p->data;
-
-    c->tflags |= WK_T_REQ_DONE;
-    http_parser_pause(p, 1);
-    return 0;
-}
-
-static const http_parser_settings req_settings = {
-    .on_url = on_url,
-    .on_header_field = on_hfield,
-    .on_header_value = on_hvalue,
-    .on_headers_complete = on_headers_complete_req,
-    .on_message_complete = on_message_complete_req,
-};
-
-/* Find the end of a message head in <p>[0, n): the index just past the blank line, or 0. */
-static size_t head_end(const char *p, size_t n, size_t from)
-{
-    size_t i = from > 3 ? from - 3 : 0;
-
-    while (i < n) {
-        const char *nl = memchr(p + i, '\n', n - i);
-        size_t k;
-        if (nl == NULL) {
-            return 0;
-        }
-        k = (size_t)(nl - p) + 1;
-        if (k < n && p[k] == '\n') {
-            return k + 1;
-        }
-        if (k + 1 < n && p[k] == '\r' && p[k + 1] == '\n') {
-            return k + 2;
-        }
-        i = k;
-    }
-    return 0;
-}
-
-static int is_idempotent(unsigned method)
-{
-    return method == HTTP_GET || method == HTTP_HEAD || method == HTTP_PUT ||
-           method == HTTP_DELETE || method == HTTP_OPTIONS || method == HTTP_TRACE;
-}
-
 /* Does a header name hold an underscore? Such names are dropped on the way upstream (as nginx
  * does): many frameworks read X_Forwarded_For as X-Forwarded-For. */
 static int name_has_underscore(const struct wk_hdr *h)
@@ -961,7 +830,7 @@ static int build_upstream_head(struct wk_client *c, const struct wk_head *hd, co
     peer_ip(c, ip, sizeof(ip));
     ip_str(c->client_family, c->client_ip, rip, sizeof(rip));
     str_init(&sb, c->tx->uout.data, c->tx->uout.cap);
-    str_adds(&sb, http_method_str((enum http_method)c->rq.method));
+    str_adds(&sb, wk_h1_method_str(c->method));
     str_adds(&sb, slash ? " /" : " ");
     str_add(&sb, target, tlen);
     str_adds(&sb, " HTTP/1.1\r\n");
@@ -1083,67 +952,23 @@ static int parse_body(struct wk_client *c)
     return 0;
 }
 
-/* Trim OWS around a header value. */
-static void ows_trim(const char **v, size_t *n)
-{
-    while (*n > 0 && (**v == ' ' || **v == '\t')) {
-        (*v)++;
-        (*n)--;
-    }
-    while (*n > 0 && ((*v)[*n - 1] == ' ' || (*v)[*n - 1] == '\t')) {
-        (*n)--;
-    }
-}
-
-/* An absolute-form target "scheme://authority[path-abempty][?query]": checks it (http or https,
- * a valid authority, no userinfo, no fragment) and finds its authority and the origin-form rest.
- * Returns 0 or -1. */
-static int absolute_form(const char *t, size_t n, const char **auth, size_t *alen,
-                         const char **rest, size_t *rlen)
-{
-    size_t i = 0, a;
-
-    if (n > 7 && strncasecmp(t, "http://", 7) == 0) {
-        i = 7;
-    } else if (n > 8 && strncasecmp(t, "https://", 8) == 0) {
-        i = 8;
-    } else {
-        return -1;
-    }
-    a = i;
-    while (i < n && t[i] != '/' && t[i] != '?') {
-        i++;
-    }
-    if (!wk_host_ok(t + a, i - a)) {
-        return -1;
-    }
-    *auth = t + a;
-    *alen = i - a;
-    *rest = t + i;
-    *rlen = n - i;
-    return 0;
-}
-
 /* A complete head sits in c->in at [start, start + hlen). Parse, check (RFC 9112 framing, Host),
  * route, and start proxying. */
 static int process_head(struct wk_client *c, size_t hlen)
 {
     const struct shm_snap_hdr *s;
     const char *base = c->in.data + c->in.start;
-    const char *host = NULL, *path, *target;
-    size_t hostlen = 0, pathlen, tlen;
-    int slash = 0;
+    const char *host;
+    size_t hostlen;
     char nhost[256];
     size_t nhlen;
-    size_t n;
-    enum http_errno err;
-    const struct wk_hdr *hosth = NULL;
+    unsigned st;
     uint32_t ridx;
     const struct shm_route *rt;
     const struct shm_service *svc;
-    uint64_t clen = ULLONG_MAX;
-    int ncl = 0, nte = 0, chunked_seen = 0, te_bad = 0;
-    struct wk_head hd; /* this head's fields: pointers into c->in, alive for this call only */
+    uint64_t clen;
+    struct wk_h1_req rq; /* this head: pointers into c->in, alive for this call only */
+    const struct wk_head *hd = &rq.hd;
 
     if (txn_begin(c) != 0) {
         wk_client_close(c);
@@ -1160,172 +985,59 @@ static int process_head(struct wk_client *c, size_t hlen)
     c->tx->started_ms = wk.now;
     c->flags |= WK_C_F_STARTED;
 
-    http_parser_init(&c->rq, HTTP_REQUEST);
-    c->rq.data = c;
-    wk_head_reset(&hd);
-    c->tx->hp = &hd;
-    n = http_parser_execute(&c->rq, &req_settings, base, hlen);
-    c->tx->hp = NULL;
-    err = HTTP_PARSER_ERRNO(&c->rq);
+    st = wk_h1_parse_request(base, hlen, &rq);
+    c->method = (uint8_t)rq.method;
+    c->vmajor = rq.major;
+    c->vminor = rq.minor;
+    if (rq.flags & WK_H1_DONE) {
+        c->tflags |= WK_T_REQ_DONE;
+    }
     /* Keep the client's request id if it is sane, for the error bodies too. */
-    for (uint32_t i = 0; i < hd.n; i++) {
-        if (wk_hdr_is(&hd.h[i], "x-request-id", 12) &&
-            wk_reqid_sane(hd.h[i].value, hd.h[i].vlen)) {
-            memcpy(c->tx->reqid, hd.h[i].value, hd.h[i].vlen);
-            c->tx->reqid_len = (uint8_t)hd.h[i].vlen;
+    for (uint32_t i = 0; i < hd->n; i++) {
+        if (wk_hdr_is(&hd->h[i], "x-request-id", 12) &&
+            wk_reqid_sane(hd->h[i].value, hd->h[i].vlen)) {
+            memcpy(c->tx->reqid, hd->h[i].value, hd->h[i].vlen);
+            c->tx->reqid_len = (uint8_t)hd->h[i].vlen;
         }
     }
     if (c->tx->reqid_len == 0) {
         wk_reqid_new(wk.rng, c->tx->reqid);
         c->tx->reqid_len = 32;
     }
-    capture_alog(c, &hd, base, hlen, NULL, 0);
-    if (hd.too_many) {
-        return reply_error(c, 431, "Request header fields too large", "Too many header fields",
-                           F_CLOSE);
+    /* The host logged is the one routed on: an absolute-form authority before the Host. */
+    capture_alog(c, hd, base, hlen, rq.abs_host, rq.abs_hostlen);
+    if (st != 0) {
+        return reply_error(c, st,
+                           st == 431   ? "Request header fields too large"
+                           : st == 405 ? "Method not allowed"
+                                       : "Bad request",
+                           rq.err, F_CLOSE);
     }
-    if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen) {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "%s", hd.folded ? "Obsolete header line folding"
-                                                    : http_errno_description(err));
-        return reply_error(c, 400, "Bad request", msg, F_CLOSE);
-    }
-    {
-        const char *nl = memchr(base, '\n', hlen);
-        if (nl == NULL || !wk_request_line_ok(base, (size_t)(nl - base))) {
-            return reply_error(c, 400, "Bad request", "Malformed request line", F_CLOSE);
-        }
-    }
-    if (c->rq.http_major != 1 || c->rq.http_minor > 1) {
-        return reply_error(c, 400, "Bad request", "Unsupported HTTP version (HTTP/1.0 or 1.1 only)",
-                           F_CLOSE);
-    }
-    for (uint32_t i = 0; i < hd.n; i++) {
-        if (!wk_token_ok(hd.h[i].name, hd.h[i].nlen) ||
-            !wk_value_ok(hd.h[i].value, hd.h[i].vlen)) {
-            return reply_error(c, 400, "Bad request", "Malformed header field", F_CLOSE);
-        }
-    }
-    /* CRLF line ends only, no NUL, no obs-fold: a lenient reader must not find other lines. */
-    if (!wk_head_tiled(base, hlen, &hd)) {
-        return reply_error(c, 400, "Bad request",
-                           "Malformed request head (bare CR or LF, NUL or obsolete line folding)",
-                           F_CLOSE);
-    }
-    if (c->rq.method == HTTP_CONNECT) {
-        return reply_error(c, 405, "Method not allowed", "CONNECT is not supported", F_CLOSE);
-    }
-    for (uint32_t i = 0; i < hd.n; i++) {
-        const struct wk_hdr *h = &hd.h[i];
-        if (wk_hdr_is(h, "host", 4)) {
-            if (hosth != NULL) {
-                return reply_error(c, 400, "Bad request", "Multiple Host headers", F_CLOSE);
-            }
-            hosth = h;
-        } else if (wk_hdr_is(h, "content-length", 14)) {
-            const char *v = h->value;
-            size_t vl = h->vlen;
-            ows_trim(&v, &vl);
-            if (++ncl > 1 || !wk_content_length(v, vl, &clen)) {
-                return reply_error(c, 400, "Bad request", "Invalid or repeated Content-Length",
-                                   F_CLOSE);
-            }
-        } else if (wk_hdr_is(h, "transfer-encoding", 17)) {
-            nte++;
-            if (!wk_te_chunked_only(h->value, h->vlen, &chunked_seen)) {
-                te_bad = 1;
-            }
-        } else if (wk_hdr_is(h, "expect", 6)) {
-            if (h->vlen == 12 && strncasecmp(h->value, "100-continue", 12) == 0) {
-                c->tflags |= WK_T_CONTINUE;
-            }
-        }
-    }
-    if (nte > 0) {
-        /* Only "chunked", once, and only in HTTP/1.1 (RFC 9112 6.1): anything else could be read
-         * with other boundaries by the next hop. */
-        if (te_bad || chunked_seen != 1 || c->rq.http_minor == 0) {
-            return reply_error(c, 400, "Bad request", "Unsupported Transfer-Encoding", F_CLOSE);
-        }
-        if (ncl > 0) {
-            return reply_error(c, 400, "Bad request",
-                               "Both Content-Length and Transfer-Encoding", F_CLOSE);
-        }
-        if (!(c->rq.flags & F_CHUNKED)) {
-            return reply_error(c, 400, "Bad request", "Unsupported Transfer-Encoding", F_CLOSE);
-        }
-    } else if (c->rq.flags & F_CHUNKED) {
-        return reply_error(c, 400, "Bad request", "Unsupported Transfer-Encoding", F_CLOSE);
-    }
-    if (hd.url == NULL || hd.url_len == 0) {
-        return reply_error(c, 400, "Bad request", "Missing request target", F_CLOSE);
-    }
-    target = hd.url;
-    tlen = hd.url_len;
-    if (memchr(target, '#', tlen) != NULL) {
-        return reply_error(c, 400, "Bad request", "Invalid request target", F_CLOSE);
-    }
-    if (target[0] == '/') {
-        const char *q = memchr(target, '?', tlen);
-        path = target;
-        pathlen = q ? (size_t)(q - target) : tlen;
-    } else if (c->rq.method == HTTP_OPTIONS && tlen == 1 && target[0] == '*') {
-        path = target;
-        pathlen = 1;
-    } else {
-        /* absolute-form: its authority is the Host that is routed on and forwarded, the
-         * origin-form goes upstream */
-        const char *rest;
-        size_t rlen;
-        if (absolute_form(target, tlen, &host, &hostlen, &rest, &rlen) != 0) {
-            return reply_error(c, 400, "Bad request", "Invalid request target", F_CLOSE);
-        }
-        capture_alog(c, &hd, base, hlen, host, hostlen); /* log the Host routed on */
-        target = rest;
-        tlen = rlen;
-        slash = tlen == 0 || target[0] != '/';
-        if (slash) {
-            path = "/";
-            pathlen = 1;
-        } else {
-            const char *q = memchr(target, '?', tlen);
-            path = target;
-            pathlen = q ? (size_t)(q - target) : tlen;
-        }
-    }
-    if (hosth != NULL) {
-        const char *v = hosth->value;
-        size_t vl = hosth->vlen;
-        ows_trim(&v, &vl);
-        if (!wk_host_ok(v, vl)) {
-            return reply_error(c, 400, "Bad request", "Invalid Host header", F_CLOSE);
-        }
-        if (host == NULL) {
-            host = v;
-            hostlen = vl;
-        }
-    } else if (c->rq.http_minor >= 1) {
-        return reply_error(c, 400, "Bad request", "Missing Host header", F_CLOSE);
-    }
+    host = rq.host;
+    hostlen = rq.hostlen;
+    clen = rq.clen;
     nhlen = host ? shm_host_normalize(host, hostlen, nhost, sizeof(nhost)) : 0;
     if (host != NULL && nhlen == 0) {
         return reply_error(c, 400, "Bad request", "Invalid Host header", F_CLOSE);
     }
-    if (!http_should_keep_alive(&c->rq)) {
+    if (rq.flags & WK_H1_CONTINUE) {
+        c->tflags |= WK_T_CONTINUE;
+    }
+    if (!(rq.flags & WK_H1_KEEPALIVE)) {
         c->flags |= WK_C_F_CLOSE;
     }
-    if (c->rq.method == HTTP_HEAD) {
+    if (rq.flags & WK_H1_HEAD) {
         c->tflags |= WK_T_HEAD_REQ;
     }
-    if (c->rq.upgrade) {
+    if (rq.flags & WK_H1_UPGRADE) {
         c->tflags |= WK_T_UPGRADE;
     }
-    resolve_client(c, &hd);
-    if (is_idempotent(c->rq.method)) {
+    resolve_client(c, hd);
+    if (rq.flags & WK_H1_IDEMPOTENT) {
         c->tflags |= WK_T_IDEMPOTENT;
     }
     /* The body's framing, decided here from the checked headers. */
-    c->tx->req_chunked = nte > 0;
+    c->tx->req_chunked = rq.chunked;
     c->tx->req_left = 0;
     if (c->tx->req_chunked) {
         wk_chunk_init(&c->tx->rqc, (uint32_t)s->limits.max_header_bytes);
@@ -1338,9 +1050,9 @@ static int process_head(struct wk_client *c, size_t hlen)
     c->body_off = c->parsed_off = c->send_off = c->in.start + (uint32_t)hlen;
     c->state = WK_CS_PROXY;
 
-    ridx = shm_route_match(s, nhost, nhlen, path, pathlen, (int)c->rq.method);
+    ridx = shm_route_match(s, nhost, nhlen, rq.path, rq.pathlen, (int)c->method);
     if (ridx == SHM_NONE) {
-        return reply_not_found(c, nhost, nhlen, path, pathlen);
+        return reply_not_found(c, nhost, nhlen, rq.path, rq.pathlen);
     }
     rt = &shm_routes(s)[ridx];
     c->service = rt->service;
@@ -1368,11 +1080,11 @@ static int process_head(struct wk_client *c, size_t hlen)
             return r < 0 ? -1 : 0;
         }
     }
-    if (build_upstream_head(c, &hd, host, host ? hostlen : 0, target, tlen, slash, clen) != 0) {
+    if (build_upstream_head(c, hd, host, host ? hostlen : 0, rq.target, rq.tlen, rq.slash, clen) != 0) {
         return reply_error(c, 431, "Request header fields too large",
                            "Request head too large to forward", F_CLOSE);
     }
-    if ((c->tflags & WK_T_CONTINUE) && !(c->tflags & WK_T_REQ_DONE) && c->rq.http_minor >= 1) {
+    if ((c->tflags & WK_T_CONTINUE) && !(c->tflags & WK_T_REQ_DONE) && c->vminor >= 1) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         if (wk_buf_get(&c->out, client_buf_size()) != 0) {
             wk_client_close(c);
@@ -1609,60 +1321,19 @@ static int upstream_failed(struct wk_client *c, int why)
 }
 
 /* ---- response parsing ----------------------------------------------------------------------- */
-static const char *status_text;
-static size_t status_text_len;
-
-static int on_status(http_parser *p, const char *at, size_t len)
-{
-    (void)p;
-    if (status_text == NULL) {
-        status_text = at;
-        status_text_len = len;
-    } else {
-        status_text_len += len;
-    }
-    return 0;
-}
-
-/* Responses that have no body whatever their Content-Length or Transfer-Encoding say (RFC 9112
- * 6.3): to HEAD, 1xx, 204 and 304. */
 static int resp_bodyless(const struct wk_client *c, unsigned status)
 {
-    return (c->tflags & WK_T_HEAD_REQ) || status < 200 || status == 204 || status == 304;
+    return wk_h1_bodyless((c->tflags & WK_T_HEAD_REQ) != 0, status);
 }
-
-static int on_headers_complete_resp(http_parser *p)
-{
-    struct wk_client *c = p->data;
-
-    /* http-parser would wait for the body a 204 or 304 with a Content-Length announces. */
-    return resp_bodyless(c, p->status_code) ? 1 : 0;
-}
-
-static int on_message_complete_resp(http_parser *p)
-{
-    struct wk_client *c = p->data;
-
-    c->tflags |= WK_T_RESP_DONE;
-    http_parser_pause(p, 1);
-    return 0;
-}
-
-static const http_parser_settings resp_settings = {
-    .on_status = on_status,
-    .on_header_field = on_hfield,
-    .on_header_value = on_hvalue,
-    .on_headers_complete = on_headers_complete_resp,
-    .on_message_complete = on_message_complete_resp,
-};
 
 /* Build the client response head for the parsed upstream head. Returns 0 or -1. */
-static int build_client_head(struct wk_client *c, const struct wk_head *hd)
+static int build_client_head(struct wk_client *c, const struct wk_h1_resp *rs)
 {
+    const struct wk_head *hd = &rs->hd;
     struct str_buf sb;
-    unsigned status = c->tx->rs.status_code;
-    int chunked = (c->tx->rs.flags & F_CHUNKED) != 0;
-    int client10 = c->rq.http_major == 1 && c->rq.http_minor == 0;
+    unsigned status = rs->status;
+    int chunked = rs->chunked;
+    int client10 = c->vmajor == 1 && c->vminor == 0;
     int close_it = (c->flags & WK_C_F_CLOSE) || !(c->tflags & WK_T_REQ_DONE) || wk.stopping;
     int bodyless = resp_bodyless(c, status);
     /* 204 (and 1xx) must not carry framing headers at all; HEAD and 304 may keep the
@@ -1677,7 +1348,7 @@ static int build_client_head(struct wk_client *c, const struct wk_head *hd)
         if (chunked && client10) {
             c->tflags |= WK_T_DECHUNK;
             close_it = 1;
-        } else if (!chunked && !(c->tx->rs.flags & F_CONTENTLENGTH)) {
+        } else if (!chunked && !rs->has_clen) {
             close_it = 1; /* delimited by EOF */
         }
     }
@@ -1689,8 +1360,8 @@ static int build_client_head(struct wk_client *c, const struct wk_head *hd)
     }
     str_init(&sb, c->out.data + c->out.end, c->out.cap - c->out.end);
     str_addf(&sb, "HTTP/1.1 %u ", status);
-    if (status_text != NULL && status_text_len > 0 && status_text_len < 128) {
-        str_add(&sb, status_text, status_text_len);
+    if (c->tx->rs.reason != NULL && c->tx->rs.reason_len > 0 && c->tx->rs.reason_len < 128) {
+        str_add(&sb, c->tx->rs.reason, c->tx->rs.reason_len);
     } else {
         str_adds(&sb, wk_reason(status));
     }
@@ -1735,9 +1406,9 @@ static int build_client_head(struct wk_client *c, const struct wk_head *hd)
 }
 
 /* Forward an interim 1xx response (other than 100, which we answer ourselves) to a 1.1 client. */
-static int forward_interim(struct wk_client *c, const char *head, size_t hlen)
+static int forward_interim(struct wk_client *c, unsigned status, const char *head, size_t hlen)
 {
-    if (c->tx->rs.status_code == 100 || c->rq.http_minor == 0) {
+    if (status == 100 || c->vminor == 0) {
         return 0;
     }
     if (wk_buf_get(&c->out, client_buf_size()) != 0 || hlen > c->out.cap - c->out.end) {
@@ -1751,7 +1422,7 @@ static int forward_interim(struct wk_client *c, const char *head, size_t hlen)
 /* Consume what the upstream sent. Returns 0, or -1 if the client was answered or closed. */
 static int parse_response(struct wk_client *c)
 {
-    struct wk_head hd; /* the response head's fields, for this call only */
+    struct wk_h1_resp rs; /* the response head, for this call only */
 
     if (c->tflags & WK_T_TUNNEL) {
         c->tx->rready_off = c->tx->rparsed_off = c->tx->uin.end;
@@ -1760,58 +1431,30 @@ static int parse_response(struct wk_client *c)
     while (!(c->tflags & WK_T_RESP_HEAD)) {
         const char *base = c->tx->uin.data + c->tx->uin.start;
         size_t avail = c->tx->uin.end - c->tx->uin.start;
-        size_t hlen, n;
-        enum http_errno err;
-        int status;
+        size_t hlen;
 
         if (avail == 0) {
             return 0;
         }
-        hlen = head_end(base, avail, 0);
+        hlen = wk_h1_head_end(base, avail, 0);
         if (hlen == 0) {
             if (avail >= c->tx->uin.cap) {
                 return upstream_failed(c, WK_FAIL_BAD); /* a head larger than the buffer */
             }
             return 0;
         }
-        /* Strict framing: a status line and CRLF lines as RFC 9112 writes them, and a final
-         * status in 200-599 (1xx are interim); anything else is a 502, never relayed. */
-        status = wk_resp_status_line(base, hlen);
-        if (status < 100 || status > 599) {
-            return upstream_failed(c, WK_FAIL_BAD);
-        }
-        http_parser_init(&c->tx->rs, HTTP_RESPONSE);
-        c->tx->rs.data = c;
-        wk_head_reset(&hd);
-        status_text = NULL;
-        status_text_len = 0;
         c->tflags &= ~WK_T_RESP_DONE;
-        c->tx->hp = &hd;
-        n = http_parser_execute(&c->tx->rs, &resp_settings, base, hlen);
-        c->tx->hp = NULL;
-        err = HTTP_PARSER_ERRNO(&c->tx->rs);
-        if ((err != HPE_OK && err != HPE_PAUSED) || n != hlen || hd.too_many ||
-            c->tx->rs.status_code != (unsigned)status) {
+        if (wk_h1_parse_response(&c->tx->rs, base, hlen, (c->tflags & WK_T_HEAD_REQ) != 0,
+                                 &rs) != 0) {
             return upstream_failed(c, WK_FAIL_BAD);
         }
-        for (uint32_t i = 0; i < hd.n; i++) {
-            /* A backend must not smuggle a line break or junk into the client's response. */
-            if (!wk_token_ok(hd.h[i].name, hd.h[i].nlen) ||
-                !wk_value_ok(hd.h[i].value, hd.h[i].vlen)) {
-                return upstream_failed(c, WK_FAIL_BAD);
-            }
-        }
-        /* CRLF line ends only, no bare CR or LF, no obs-fold: the fields tile the head. */
-        if (!wk_head_tiled(base, hlen, &hd)) {
-            return upstream_failed(c, WK_FAIL_BAD);
-        }
-        if (c->tx->rs.status_code == 101 && (c->tflags & WK_T_UPGRADE)) {
+        if (rs.status == 101 && (c->tflags & WK_T_UPGRADE)) {
             /* Switching protocols: from here on both directions are opaque bytes. */
-            if (build_client_head(c, &hd) != 0) {
+            if (build_client_head(c, &rs) != 0) {
                 return upstream_failed(c, WK_FAIL_BAD);
             }
-            /* http-parser calls a 101 a complete message; the tunnel ends only with a close. */
-            c->tflags &= ~WK_T_RESP_DONE;
+            /* (The tokenizer calls a 101 a complete message; the tunnel ends only with a
+             * close.) */
             c->tflags |= WK_T_RESP_HEAD | WK_T_TUNNEL;
             c->tx->rsend_off = c->tx->uin.start + (uint32_t)hlen;
             c->tx->rready_off = c->tx->rparsed_off = c->tx->uin.end;
@@ -1820,8 +1463,8 @@ static int parse_response(struct wk_client *c)
             set_timer(c);
             return 0;
         }
-        if (c->tx->rs.status_code >= 100 && c->tx->rs.status_code < 200) {
-            if (c->tx->rs.status_code == 101) {
+        if (rs.status < 200) {
+            if (rs.status == 101) {
                 /* A switch of protocols nobody asked for is a protocol error. */
                 return upstream_failed(c, WK_FAIL_BAD);
             }
@@ -1831,17 +1474,19 @@ static int parse_response(struct wk_client *c)
             if (++c->tx->ninterim > WK_MAX_INTERIM || c->tx->interim_bytes > UPSTREAM_BUF_SIZE) {
                 return upstream_failed(c, WK_FAIL_BAD);
             }
-            if (forward_interim(c, base, hlen) != 0) {
+            if (forward_interim(c, rs.status, base, hlen) != 0) {
                 return upstream_failed(c, WK_FAIL_BAD);
             }
-            /* http-parser completed a message, but the response is still to come: the final
+            /* The tokenizer completed a message, but the response is still to come: the final
              * head may be a while (103 Early Hints), and must not find the exchange over. */
-            c->tflags &= ~WK_T_RESP_DONE;
             c->tx->uin.start += (uint32_t)hlen;
             continue;
         }
+        if (c->tx->rs.done) {
+            c->tflags |= WK_T_RESP_DONE;
+        }
         c->tx->rhead_at = c->out.end;
-        if (build_client_head(c, &hd) != 0) {
+        if (build_client_head(c, &rs) != 0) {
             return upstream_failed(c, WK_FAIL_BAD);
         }
         if (!(c->tflags & WK_T_REQ_DONE) || c->send_off != c->parsed_off ||
@@ -1854,7 +1499,7 @@ static int parse_response(struct wk_client *c)
         c->tx->rparsed_off = c->tx->rsend_off = c->tx->rready_off = c->tx->uin.start + (uint32_t)hlen;
         /* A chunked body goes through the strict decoder, not http-parser: only validated
          * bytes are relayed (or decoded for HTTP/1.0 clients). */
-        c->tx->resp_chunked = !(c->tflags & WK_T_RESP_DONE) && (c->tx->rs.flags & F_CHUNKED);
+        c->tx->resp_chunked = !(c->tflags & WK_T_RESP_DONE) && rs.chunked;
         if (c->tx->resp_chunked) {
             /* (A trailer line must fit the upstream buffer with room to spare.) */
             wk_chunk_init(&c->tx->rsc, (uint32_t)DSP_MIN(c->gen->snap->limits.max_header_bytes,
@@ -1897,17 +1542,19 @@ static int parse_response(struct wk_client *c)
             }
         }
     } else if (!(c->tflags & WK_T_RESP_DONE) && c->tx->rparsed_off < c->tx->uin.end) {
-        size_t n = http_parser_execute(&c->tx->rs, &resp_settings, c->tx->uin.data + c->tx->rparsed_off,
-                                       c->tx->uin.end - c->tx->rparsed_off);
-        enum http_errno err = HTTP_PARSER_ERRNO(&c->tx->rs);
-        c->tx->rparsed_off += (uint32_t)n;
-        if (!(c->tflags & WK_T_DECHUNK)) {
-            c->tx->rready_off = c->tx->rparsed_off;
+        long n = wk_h1_body(&c->tx->rs, c->tx->uin.data + c->tx->rparsed_off,
+                            c->tx->uin.end - c->tx->rparsed_off);
+        if (c->tx->rs.done) {
+            c->tflags |= WK_T_RESP_DONE;
         }
-        if (err != HPE_OK && err != HPE_PAUSED) {
+        if (n < 0) {
             /* Garbage in the middle of a response we already started relaying. */
             wk_client_close(c);
             return -1;
+        }
+        c->tx->rparsed_off += (uint32_t)n;
+        if (!(c->tflags & WK_T_DECHUNK)) {
+            c->tx->rready_off = c->tx->rparsed_off;
         }
     }
     return 0;
@@ -2355,7 +2002,10 @@ static int upstream_read(struct wk_client *c)
     if (!(c->tflags & WK_T_RESP_DONE)) {
         if (n == 0) {
             /* An EOF-delimited body ends here; any other framing was cut short. */
-            http_parser_execute(&c->tx->rs, &resp_settings, NULL, 0);
+            wk_h1_body_eof(&c->tx->rs);
+            if (c->tx->rs.done) {
+                c->tflags |= WK_T_RESP_DONE;
+            }
         }
         if (!(c->tflags & WK_T_RESP_DONE)) {
             if (c->tflags & WK_T_EARLY) {
@@ -2397,7 +2047,7 @@ static int finish(struct wk_client *c)
     reusable = u != NULL && !(u->flags & (WK_UP_F_HUP | WK_UP_F_WERR)) &&
                (c->tflags & (WK_T_TUNNEL | WK_T_EARLY | WK_T_RESP_DONE | WK_T_REQ_DONE)) ==
                    (WK_T_RESP_DONE | WK_T_REQ_DONE) &&
-               http_should_keep_alive(&c->tx->rs) && c->send_off == c->parsed_off &&
+               wk_h1_keep_alive(&c->tx->rs) && c->send_off == c->parsed_off &&
                c->tx->uout.start == c->tx->uout.end && c->tx->rparsed_off == c->tx->uin.end;
     if (reusable && (u->flags & WK_UP_F_READABLE)) {
         reusable = !upstream_pending(u);
@@ -2711,7 +2361,7 @@ static void run(struct wk_client *c)
                     set_timer(c);
                 }
             }
-            hlen = head_end(c->in.data + c->in.start, avail, 0);
+            hlen = wk_h1_head_end(c->in.data + c->in.start, avail, 0);
             if (hlen == 0 || hlen > csnap(c)->limits.max_header_bytes) {
                 if (avail >= csnap(c)->limits.max_header_bytes || hlen != 0) {
                     if (txn_begin(c) != 0) {

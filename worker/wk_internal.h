@@ -3,7 +3,6 @@
 #ifndef DSP_WK_INTERNAL_H
 #define DSP_WK_INTERNAL_H
 
-#include <http_parser.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -11,6 +10,7 @@
 
 #include "shm/shm_types.h"
 #include "worker/wk_chunk.h"
+#include "worker/wk_h1.h"
 
 /* ---- event sources: every object registered with epoll starts with one of these ---------- */
 #define WK_EV_LISTENER 1
@@ -172,7 +172,7 @@ struct wk_txn {
                              decoding chunks in place) */
     uint8_t reqid_len;
     char reqid[WK_REQID_MAX]; /* not NUL-terminated: reqid_len bytes */
-    http_parser rs;       /* response parser */
+    struct wk_h1_msg rs;  /* response tokenizer state (wk_h1.h) */
     uint64_t body_bytes;  /* request body bytes (decoded) so far, for max_body_bytes */
     uint64_t started_ms;
     uint64_t tried;       /* bitmask of backend positions already tried */
@@ -184,8 +184,6 @@ struct wk_txn {
                              (5 s grace, plus 1 s per min_body_rate bytes read, at most 5 s ahead) */
     uint64_t progress_ms; /* last progress of the exchange while the body is read (rate ticks) */
     struct wk_alog_req *areq; /* the request's access-log fields (NULL when logging is off) */
-    struct wk_head *hp;   /* where the head being parsed goes (the parsing caller's storage);
-                             NULL outside a head parse, so body trailers never become fields */
     struct wk_chunk rqc;  /* chunked request body: strict decoder (wk_chunk.h) */
     uint64_t req_left;    /* Content-Length request body: bytes still to come */
     uint8_t req_chunked;  /* the request body is chunked */
@@ -215,7 +213,8 @@ struct wk_client {
     uint32_t parsed_off; /* request parser consumed up to here */
     uint32_t send_off;   /* next request byte to write upstream */
 
-    http_parser rq;       /* request parser */
+    uint8_t method;       /* the current request: method (wk_h1_req.method), version */
+    uint8_t vmajor, vminor;
 
     struct wk_upstream *up;
     struct wk_txn *tx;    /* the request in progress: exactly while gen != NULL */
@@ -315,24 +314,7 @@ void wk_lb_result(struct wk_client *c, int fail, unsigned status);
 void wk_lb_abort(struct wk_client *c);
 
 /* ---- wk_hdr.c: pure helpers, unit-tested ----------------------------------------------------- */
-#define WK_MAX_HEADERS 128
-
-struct wk_hdr {
-    const char *name;
-    const char *value;
-    uint32_t nlen;
-    uint32_t vlen;
-};
-
-struct wk_head {
-    const char *url;
-    uint32_t url_len;
-    uint32_t n;
-    int too_many;
-    int folded;            /* obsolete line folding seen */
-    int in_value;
-    struct wk_hdr h[WK_MAX_HEADERS];
-};
+/* (struct wk_hdr and struct wk_head: worker/wk_h1.h) */
 
 /* Case-insensitive header-name equality. */
 int wk_hdr_is(const struct wk_hdr *h, const char *name, size_t nlen);
