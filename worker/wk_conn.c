@@ -803,13 +803,6 @@ static int reply_not_found(struct wk_client *c, const char *host, size_t hlen, c
 }
 
 /* ---- request parsing ------------------------------------------------------------------------ */
-/* Does a header name hold an underscore? Such names are dropped on the way upstream (as nginx
- * does): many frameworks read X_Forwarded_For as X-Forwarded-For. */
-static int name_has_underscore(const struct wk_hdr *h)
-{
-    return memchr(h->name, '_', h->nlen) != NULL;
-}
-
 /* Build the upstream request head into c->tx->uout: <host> is the validated Host (or the
  * absolute-form authority) that was routed on, <target> the origin-form target (<slash>: a "/"
  * goes before it). Returns 0 or -1 (no memory / too large). */
@@ -817,11 +810,9 @@ static int build_upstream_head(struct wk_client *c, const struct wk_head *hd, co
                                size_t hlen, const char *target, size_t tlen, int slash,
                                uint64_t clen)
 {
-    struct str_buf sb;
     char ip[64], rip[64];
-    const struct wk_hdr *xff[8];
-    int nxff = 0;
-    int trusted = peer_trusted(c);
+    struct wk_h1_fwd f;
+    size_t n;
 
     if (wk_buf_get(&c->tx->uout, client_buf_size() + 4096) != 0) {
         return -1;
@@ -829,73 +820,27 @@ static int build_upstream_head(struct wk_client *c, const struct wk_head *hd, co
     c->tx->uout.start = c->tx->uout.end = 0;
     peer_ip(c, ip, sizeof(ip));
     ip_str(c->client_family, c->client_ip, rip, sizeof(rip));
-    str_init(&sb, c->tx->uout.data, c->tx->uout.cap);
-    str_adds(&sb, wk_h1_method_str(c->method));
-    str_adds(&sb, slash ? " /" : " ");
-    str_add(&sb, target, tlen);
-    str_adds(&sb, " HTTP/1.1\r\n");
-    for (uint32_t i = 0; i < hd->n; i++) {
-        const struct wk_hdr *h = &hd->h[i];
-        if (wk_hdr_is(h, "host", 4)) {
-            continue; /* replaced by the Host that was routed on */
-        }
-        if (wk_hdr_is(h, "x-forwarded-for", 15)) {
-            if (trusted && nxff < 8) {
-                xff[nxff++] = h;
-            }
-            continue;
-        }
-        if (wk_hdr_is(h, "content-length", 14) || wk_hdr_is(h, "x-forwarded-proto", 17) ||
-            wk_hdr_is(h, "x-forwarded-host", 16) || wk_hdr_is(h, "x-real-ip", 9) ||
-            wk_hdr_is(h, "x-request-id", 12) || wk_hdr_is(h, "expect", 6) ||
-            name_has_underscore(h) || (!trusted && wk_hdr_is(h, "forwarded", 9))) {
-            continue;
-        }
-        if (wk_hdr_hop(hd, h->name, h->nlen) &&
-            !((c->tflags & WK_T_UPGRADE) && wk_hdr_is(h, "upgrade", 7))) {
-            continue;
-        }
-        str_add(&sb, h->name, h->nlen);
-        str_adds(&sb, ": ");
-        str_add(&sb, h->value, h->vlen);
-        str_adds(&sb, "\r\n");
-    }
-    str_adds(&sb, "Host: ");
-    if (hlen > 0) {
-        str_add(&sb, host, hlen);
-    } else {
-        /* HTTP/1.0 without Host: name the service, the only host we know. */
-        str_adds(&sb, shm_s(c->gen->snap, csvc(c)->name));
-    }
-    str_adds(&sb, "\r\nX-Forwarded-For: ");
-    for (int i = 0; i < nxff; i++) {
-        str_add(&sb, xff[i]->value, xff[i]->vlen);
-        str_adds(&sb, ", ");
-    }
-    str_adds(&sb, ip);
-    str_adds(&sb, (c->flags & WK_C_F_TLS) ? "\r\nX-Forwarded-Proto: https" : "\r\nX-Forwarded-Proto: http");
-    if (hlen > 0) {
-        str_adds(&sb, "\r\nX-Forwarded-Host: ");
-        str_add(&sb, host, hlen);
-    }
-    str_adds(&sb, "\r\nX-Real-IP: ");
-    str_adds(&sb, rip);
-    str_adds(&sb, "\r\nX-Request-ID: ");
-    str_add(&sb, c->tx->reqid, c->tx->reqid_len);
-    str_adds(&sb, "\r\n");
-    if (c->tflags & WK_T_UPGRADE) {
-        str_adds(&sb, "Connection: upgrade\r\n");
-    }
-    if (c->tx->req_chunked) {
-        str_adds(&sb, "Transfer-Encoding: chunked\r\n");
-    } else if (clen != ULLONG_MAX) {
-        str_addf(&sb, "Content-Length: %llu\r\n", (unsigned long long)clen);
-    }
-    str_adds(&sb, "\r\n");
-    if (sb.overflow) {
+    f.method = c->method;
+    f.target = target;
+    f.tlen = tlen;
+    f.slash = slash;
+    f.host = host;
+    f.hostlen = hlen;
+    f.dflt_host = hlen > 0 ? NULL : shm_s(c->gen->snap, csvc(c)->name);
+    f.peer_ip = ip;
+    f.real_ip = rip;
+    f.reqid = c->tx->reqid;
+    f.reqid_len = c->tx->reqid_len;
+    f.clen = clen;
+    f.trusted = (uint8_t)peer_trusted(c);
+    f.https = (c->flags & WK_C_F_TLS) != 0;
+    f.upgrade = (c->tflags & WK_T_UPGRADE) != 0;
+    f.chunked = c->tx->req_chunked;
+    n = wk_h1_write_request(c->tx->uout.data, c->tx->uout.cap, hd, &f);
+    if (n == 0) {
         return -1;
     }
-    c->tx->uout.end = (uint32_t)sb.len;
+    c->tx->uout.end = (uint32_t)n;
     return 0;
 }
 
@@ -1329,9 +1274,8 @@ static int resp_bodyless(const struct wk_client *c, unsigned status)
 /* Build the client response head for the parsed upstream head. Returns 0 or -1. */
 static int build_client_head(struct wk_client *c, const struct wk_h1_resp *rs)
 {
-    const struct wk_head *hd = &rs->hd;
-    struct str_buf sb;
     unsigned status = rs->status;
+    size_t n;
     int chunked = rs->chunked;
     int client10 = c->vmajor == 1 && c->vminor == 0;
     int close_it = (c->flags & WK_C_F_CLOSE) || !(c->tflags & WK_T_REQ_DONE) || wk.stopping;
@@ -1358,49 +1302,18 @@ static int build_client_head(struct wk_client *c, const struct wk_h1_resp *rs)
     if (wk_buf_get(&c->out, client_buf_size()) != 0) {
         return -1;
     }
-    str_init(&sb, c->out.data + c->out.end, c->out.cap - c->out.end);
-    str_addf(&sb, "HTTP/1.1 %u ", status);
-    if (c->tx->rs.reason != NULL && c->tx->rs.reason_len > 0 && c->tx->rs.reason_len < 128) {
-        str_add(&sb, c->tx->rs.reason, c->tx->rs.reason_len);
-    } else {
-        str_adds(&sb, wk_reason(status));
-    }
-    str_adds(&sb, "\r\n");
-    for (uint32_t i = 0; i < hd->n; i++) {
-        const struct wk_hdr *h = &hd->h[i];
-        if (wk_hdr_is(h, "x-request-id", 12)) {
-            continue;
-        }
-        if (no_framing && status != 101 && wk_hdr_is(h, "content-length", 14)) {
-            continue;
-        }
-        if (wk_hdr_hop(hd, h->name, h->nlen) &&
-            !(status == 101 && wk_hdr_is(h, "upgrade", 7))) {
-            continue;
-        }
-        str_add(&sb, h->name, h->nlen);
-        str_adds(&sb, ": ");
-        str_add(&sb, h->value, h->vlen);
-        str_adds(&sb, "\r\n");
-    }
-    if (chunked && !(c->tflags & WK_T_DECHUNK) && !(bodyless && (no_framing || client10))) {
-        str_adds(&sb, "Transfer-Encoding: chunked\r\n");
-    }
-    str_adds(&sb, "X-Request-ID: ");
-    str_add(&sb, c->tx->reqid, c->tx->reqid_len);
-    str_adds(&sb, "\r\n");
-    if (status == 101) {
-        str_adds(&sb, "Connection: upgrade\r\n");
-    } else if (close_it) {
-        str_adds(&sb, "Connection: close\r\n");
-    } else if (client10) {
-        str_adds(&sb, "Connection: keep-alive\r\n");
-    }
-    str_adds(&sb, "\r\n");
-    if (sb.overflow) {
+    n = wk_h1_write_response(c->out.data + c->out.end, c->out.cap - c->out.end, rs,
+                             chunked && !(c->tflags & WK_T_DECHUNK) &&
+                                 !(bodyless && (no_framing || client10)),
+                             c->tx->reqid, c->tx->reqid_len,
+                             status == 101 ? WK_H1_CONN_UPGRADE
+                             : close_it    ? WK_H1_CONN_CLOSE
+                             : client10    ? WK_H1_CONN_KEEPALIVE
+                                           : WK_H1_CONN_NONE);
+    if (n == 0) {
         return -1;
     }
-    c->out.end += (uint32_t)sb.len;
+    c->out.end += (uint32_t)n;
     c->status = (uint16_t)status;
     return 0;
 }

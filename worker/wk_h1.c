@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/str.h"
 #include "worker/wk_internal.h"
 
 /* ---- tokenizer callbacks: results go to the message's own storage, nothing file-level ----- */
@@ -437,6 +438,8 @@ int wk_h1_parse_response(struct wk_h1_msg *m, const char *base, size_t hlen, int
         return -1;
     }
     rs->status = m->p.status_code;
+    rs->reason = m->reason;
+    rs->reason_len = m->reason_len;
     rs->chunked = (m->p.flags & F_CHUNKED) != 0;
     rs->has_clen = (m->p.flags & F_CONTENTLENGTH) != 0;
     return 0;
@@ -467,4 +470,136 @@ int wk_h1_keep_alive(const struct wk_h1_msg *m)
 const char *wk_h1_method_str(unsigned method)
 {
     return http_method_str((enum http_method)method);
+}
+
+/* ---- writing heads --------------------------------------------------------------------------- */
+/* Does a header name hold an underscore? Such names are dropped on the way upstream (as nginx
+ * does): many frameworks read X_Forwarded_For as X-Forwarded-For. */
+static int name_has_underscore(const struct wk_hdr *h)
+{
+    return memchr(h->name, '_', h->nlen) != NULL;
+}
+
+size_t wk_h1_write_request(char *out, size_t cap, const struct wk_head *hd,
+                           const struct wk_h1_fwd *f)
+{
+    struct str_buf sb;
+    const struct wk_hdr *xff[8];
+    int nxff = 0;
+
+    str_init(&sb, out, cap);
+    str_adds(&sb, http_method_str((enum http_method)f->method));
+    str_adds(&sb, f->slash ? " /" : " ");
+    str_add(&sb, f->target, f->tlen);
+    str_adds(&sb, " HTTP/1.1\r\n");
+    for (uint32_t i = 0; i < hd->n; i++) {
+        const struct wk_hdr *h = &hd->h[i];
+        if (wk_hdr_is(h, "host", 4)) {
+            continue; /* replaced by the Host that was routed on */
+        }
+        if (wk_hdr_is(h, "x-forwarded-for", 15)) {
+            if (f->trusted && nxff < 8) {
+                xff[nxff++] = h;
+            }
+            continue;
+        }
+        if (wk_hdr_is(h, "content-length", 14) || wk_hdr_is(h, "x-forwarded-proto", 17) ||
+            wk_hdr_is(h, "x-forwarded-host", 16) || wk_hdr_is(h, "x-real-ip", 9) ||
+            wk_hdr_is(h, "x-request-id", 12) || wk_hdr_is(h, "expect", 6) ||
+            name_has_underscore(h) || (!f->trusted && wk_hdr_is(h, "forwarded", 9))) {
+            continue;
+        }
+        if (wk_hdr_hop(hd, h->name, h->nlen) && !(f->upgrade && wk_hdr_is(h, "upgrade", 7))) {
+            continue;
+        }
+        str_add(&sb, h->name, h->nlen);
+        str_adds(&sb, ": ");
+        str_add(&sb, h->value, h->vlen);
+        str_adds(&sb, "\r\n");
+    }
+    str_adds(&sb, "Host: ");
+    if (f->hostlen > 0) {
+        str_add(&sb, f->host, f->hostlen);
+    } else {
+        /* HTTP/1.0 without Host: name the service, the only host we know. */
+        str_adds(&sb, f->dflt_host);
+    }
+    str_adds(&sb, "\r\nX-Forwarded-For: ");
+    for (int i = 0; i < nxff; i++) {
+        str_add(&sb, xff[i]->value, xff[i]->vlen);
+        str_adds(&sb, ", ");
+    }
+    str_adds(&sb, f->peer_ip);
+    str_adds(&sb, f->https ? "\r\nX-Forwarded-Proto: https" : "\r\nX-Forwarded-Proto: http");
+    if (f->hostlen > 0) {
+        str_adds(&sb, "\r\nX-Forwarded-Host: ");
+        str_add(&sb, f->host, f->hostlen);
+    }
+    str_adds(&sb, "\r\nX-Real-IP: ");
+    str_adds(&sb, f->real_ip);
+    str_adds(&sb, "\r\nX-Request-ID: ");
+    str_add(&sb, f->reqid, f->reqid_len);
+    str_adds(&sb, "\r\n");
+    if (f->upgrade) {
+        str_adds(&sb, "Connection: upgrade\r\n");
+    }
+    if (f->chunked) {
+        str_adds(&sb, "Transfer-Encoding: chunked\r\n");
+    } else if (f->clen != UINT64_MAX) {
+        str_addf(&sb, "Content-Length: %llu\r\n", (unsigned long long)f->clen);
+    }
+    str_adds(&sb, "\r\n");
+    return sb.overflow ? 0 : sb.len;
+}
+
+size_t wk_h1_write_response(char *out, size_t cap, const struct wk_h1_resp *rs, int te_chunked,
+                            const char *reqid, size_t reqid_len, int conn)
+{
+    const struct wk_head *hd = &rs->hd;
+    unsigned status = rs->status;
+    /* 204 (and 1xx) must not carry framing headers at all; HEAD and 304 may keep the
+     * Content-Length of the body they do not have. */
+    int no_framing = status == 204 || status < 200;
+    struct str_buf sb;
+
+    str_init(&sb, out, cap);
+    str_addf(&sb, "HTTP/1.1 %u ", status);
+    if (rs->reason != NULL && rs->reason_len > 0 && rs->reason_len < 128) {
+        str_add(&sb, rs->reason, rs->reason_len);
+    } else {
+        str_adds(&sb, wk_reason(status));
+    }
+    str_adds(&sb, "\r\n");
+    for (uint32_t i = 0; i < hd->n; i++) {
+        const struct wk_hdr *h = &hd->h[i];
+        if (wk_hdr_is(h, "x-request-id", 12)) {
+            continue;
+        }
+        if (no_framing && status != 101 && wk_hdr_is(h, "content-length", 14)) {
+            continue;
+        }
+        if (wk_hdr_hop(hd, h->name, h->nlen) &&
+            !(status == 101 && wk_hdr_is(h, "upgrade", 7))) {
+            continue;
+        }
+        str_add(&sb, h->name, h->nlen);
+        str_adds(&sb, ": ");
+        str_add(&sb, h->value, h->vlen);
+        str_adds(&sb, "\r\n");
+    }
+    if (te_chunked) {
+        str_adds(&sb, "Transfer-Encoding: chunked\r\n");
+    }
+    str_adds(&sb, "X-Request-ID: ");
+    str_add(&sb, reqid, reqid_len);
+    str_adds(&sb, "\r\n");
+    if (conn == WK_H1_CONN_UPGRADE) {
+        str_adds(&sb, "Connection: upgrade\r\n");
+    } else if (conn == WK_H1_CONN_CLOSE) {
+        str_adds(&sb, "Connection: close\r\n");
+    } else if (conn == WK_H1_CONN_KEEPALIVE) {
+        str_adds(&sb, "Connection: keep-alive\r\n");
+    }
+    str_adds(&sb, "\r\n");
+    return sb.overflow ? 0 : sb.len;
 }

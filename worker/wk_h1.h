@@ -74,6 +74,8 @@ struct wk_h1_req {
 struct wk_h1_resp {
     struct wk_head hd;
     unsigned status;
+    const char *reason;    /* the reason phrase as sent (may be empty) */
+    uint32_t reason_len;
     uint8_t chunked;       /* Transfer-Encoding: chunked */
     uint8_t has_clen;      /* a Content-Length was given */
 };
@@ -105,6 +107,46 @@ long wk_h1_body(struct wk_h1_msg *m, const char *p, size_t n);
 void wk_h1_body_eof(struct wk_h1_msg *m);
 /* May the connection carry another message after this one (version, Connection, framing)? */
 int wk_h1_keep_alive(const struct wk_h1_msg *m);
+
+/* ---- writing heads ----------------------------------------------------------------------------
+ * What the request head forwarded upstream says beyond the client's fields. */
+struct wk_h1_fwd {
+    unsigned method;
+    const char *target;   /* origin-form target; <slash>: a "/" goes before it */
+    size_t tlen;
+    int slash;
+    const char *host;     /* the Host routed on; <hostlen> 0: none (HTTP/1.0), <dflt_host> is sent */
+    size_t hostlen;
+    const char *dflt_host;
+    const char *peer_ip;  /* appended to X-Forwarded-For */
+    const char *real_ip;  /* X-Real-IP */
+    const char *reqid;
+    size_t reqid_len;
+    uint64_t clen;        /* Content-Length to send, UINT64_MAX: none */
+    uint8_t trusted;      /* the peer is a trusted proxy: its X-Forwarded-For and Forwarded stay */
+    uint8_t https;
+    uint8_t upgrade;      /* forward Upgrade, send Connection: upgrade */
+    uint8_t chunked;      /* the body goes chunked */
+};
+
+/* Write the upstream request head for the client's fields <hd> into <out>[0, cap): hop-by-hop
+ * fields, framing and forwarding fields are dropped and written anew. Returns its length, or 0
+ * when it does not fit. */
+size_t wk_h1_write_request(char *out, size_t cap, const struct wk_head *hd,
+                           const struct wk_h1_fwd *f);
+
+/* Connection header of a response head written for the client. */
+#define WK_H1_CONN_NONE      0
+#define WK_H1_CONN_CLOSE     1
+#define WK_H1_CONN_KEEPALIVE 2
+#define WK_H1_CONN_UPGRADE   3
+
+/* Write the client response head for the upstream head <rs> into <out>[0, cap): its status and
+ * reason, its end-to-end fields (no X-Request-ID, no hop-by-hop ones but Upgrade in a 101, no
+ * Content-Length in a 1xx or 204), then "Transfer-Encoding: chunked" if <te_chunked>, our
+ * X-Request-ID and the Connection field <conn>. Returns its length, or 0 when it does not fit. */
+size_t wk_h1_write_response(char *out, size_t cap, const struct wk_h1_resp *rs, int te_chunked,
+                            const char *reqid, size_t reqid_len, int conn);
 
 /* The method's name ("GET"). */
 const char *wk_h1_method_str(unsigned method);
