@@ -862,7 +862,7 @@ static int parse_body(struct wk_client *c)
         uint32_t scan = c->parsed_off + c->tx->rqc.pend;
         while (scan < c->in.end) {
             size_t used;
-            int r = wk_chunk_parse(&c->tx->rqc, c->in.data + scan, c->in.end - scan, &used, NULL);
+            int r = wk_h1_chunk_parse(&c->tx->rqc, c->in.data + scan, c->in.end - scan, &used, NULL);
             if (r == WK_CHUNK_ERROR) {
                 char msg[160];
                 snprintf(msg, sizeof(msg), "Invalid chunked request body: %s", c->tx->rqc.err);
@@ -985,7 +985,7 @@ static int process_head(struct wk_client *c, size_t hlen)
     c->tx->req_chunked = rq.chunked;
     c->tx->req_left = 0;
     if (c->tx->req_chunked) {
-        wk_chunk_init(&c->tx->rqc, (uint32_t)s->limits.max_header_bytes);
+        wk_h1_chunk_init(&c->tx->rqc, (uint32_t)s->limits.max_header_bytes);
     } else if (clen != ULLONG_MAX) {
         c->tx->req_left = clen;
     }
@@ -1415,7 +1415,7 @@ static int parse_response(struct wk_client *c)
         c->tx->resp_chunked = !(c->tflags & WK_T_RESP_DONE) && rs.chunked;
         if (c->tx->resp_chunked) {
             /* (A trailer line must fit the upstream buffer with room to spare.) */
-            wk_chunk_init(&c->tx->rsc, (uint32_t)DSP_MIN(c->gen->snap->limits.max_header_bytes,
+            wk_h1_chunk_init(&c->tx->rsc, (uint32_t)DSP_MIN(c->gen->snap->limits.max_header_bytes,
                                                          UPSTREAM_BUF_SIZE / 2));
         }
     }
@@ -1423,7 +1423,7 @@ static int parse_response(struct wk_client *c)
         uint32_t scan = c->tx->rparsed_off + c->tx->rsc.pend;
         while (scan < c->tx->uin.end) {
             size_t used, dl;
-            int r = wk_chunk_parse(&c->tx->rsc, c->tx->uin.data + scan, c->tx->uin.end - scan,
+            int r = wk_h1_chunk_parse(&c->tx->rsc, c->tx->uin.data + scan, c->tx->uin.end - scan,
                                    &used, &dl);
             if (r == WK_CHUNK_ERROR) {
                 log_warn("backend %s sent an invalid chunked body: %s",

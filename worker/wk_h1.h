@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "worker/wk_chunk.h"
+
 /* A header field: name and value point into the parsed buffer. */
 #define WK_MAX_HEADERS 128
 
@@ -147,6 +149,19 @@ size_t wk_h1_write_request(char *out, size_t cap, const struct wk_head *hd,
  * X-Request-ID and the Connection field <conn>. Returns its length, or 0 when it does not fit. */
 size_t wk_h1_write_response(char *out, size_t cap, const struct wk_h1_resp *rs, int te_chunked,
                             const char *reqid, size_t reqid_len, int conn);
+
+/* Chunked bodies (request and response): the strict incremental decoder of wk_chunk.h, through
+ * the codec's names so that callers use one API. */
+static inline void wk_h1_chunk_init(struct wk_chunk *ch, uint32_t trailer_max)
+{
+    wk_chunk_init(ch, trailer_max);
+}
+
+static inline int wk_h1_chunk_parse(struct wk_chunk *ch, const char *p, size_t n, size_t *used,
+                                    size_t *dlen)
+{
+    return wk_chunk_parse(ch, p, n, used, dlen);
+}
 
 /* The method's name ("GET"). */
 const char *wk_h1_method_str(unsigned method);
