@@ -5,6 +5,7 @@ what the case expects: a 4xx JSON answer with nothing forwarded, or exactly the 
 
 import os
 import socket
+import ssl
 import threading
 import time
 
@@ -201,14 +202,22 @@ class DifferentialTest(dsptest.TestCase):
                                routes=[route("admin.internal", "admin"), route("*", "public")],
                                workers=1, limits={"max_header_bytes": 8192}, extra=extra)
 
-    def run_case(self, d, path):
+    def run_case(self, d, path, variant=None):
+        """<variant>, when given, is (label, connect(), prefix bytes, expected-bytes rewrite):
+        the same case over another listener kind (PROXY protocol, TLS)."""
         fields, req, fwd = load_case(path)
         name = os.path.basename(path)
+        connect = lambda: Conn(d.port, timeout=5)  # noqa: E731
+        if variant is not None:
+            label, connect, prefix, rewrite = variant
+            name = "%s over %s" % (name, label)
+            req = prefix + req
+            fwd = rewrite(fwd) if fwd is not None else None
         status = int(fields.get("status", "400"))
         late, _ = self.b.take()
         self.assertEqual(late, b"", "%s: bytes reached the backend after the previous case: %r"
                          % (name, late[:300]))
-        with Conn(d.port, timeout=5) as c:
+        with connect() as c:
             c.send(req)
             try:
                 r = c.read_response()
@@ -277,6 +286,86 @@ class DifferentialTest(dsptest.TestCase):
             with self.subTest(case=os.path.basename(path)):
                 self.run_case(d, path)
         self.assertGreater(ran, 0)
+
+
+class _TlsSock:
+    """An SSL socket whose abrupt end reads as EOF, as a plain socket's does."""
+
+    def __init__(self, ss):
+        self.ss = ss
+
+    def recv(self, n):
+        try:
+            return self.ss.recv(n)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            return b""
+
+    def __getattr__(self, name):
+        return getattr(self.ss, name)
+
+
+class TlsConn(Conn):
+    def __init__(self, port, timeout=5):
+        super().__init__(port, timeout=timeout)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        self.sock = _TlsSock(ctx.wrap_socket(self.sock, server_hostname="a.test"))
+
+
+PP2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def pp2_header():
+    """A PROXY v2 header for TCP over IPv4 from 127.0.0.1:40000 to 127.0.0.1:80."""
+    addrs = socket.inet_aton("127.0.0.1") * 2 + (40000).to_bytes(2, "big") + (80).to_bytes(2, "big")
+    return PP2_SIG + bytes([0x21, 0x11]) + len(addrs).to_bytes(2, "big") + addrs
+
+
+class DifferentialListenersTest(dsptest.TestCase):
+    """The whole corpus again over the other ways a request can arrive: after a PROXY v1 or v2
+    header (the PROXY source is 127.0.0.1, so what is forwarded is the same) and over TLS
+    (X-Forwarded-Proto https). Strict framing must not depend on the listener."""
+
+    setUp = DifferentialTest.setUp
+    run_case = DifferentialTest.run_case
+
+    @dsptest.timeout(180)
+    def test_corpus_over_proxy_protocol_and_tls(self):
+        pp_port, tls_port = dsptest.free_port(), dsptest.free_port()
+        d = dsptest.Dispatcher(workers=1)
+        conf = dsptest.make_config(d.port, d.tmp,
+                                   [svc("public", self.b.addr), svc("admin", self.b.addr)],
+                                   [route("admin.internal", "admin"), route("*", "public")],
+                                   1, {"max_header_bytes": 8192})
+        old = 'listeners = ( { address = "127.0.0.1:%d"; } );' % d.port
+        self.assertIn(old, conf)
+        conf = conf.replace(old, 'listeners = ( { address = "127.0.0.1:%d"; },\n'
+                            '  { address = "127.0.0.1:%d"; proxy_protocol = true; },\n'
+                            '  { address = "127.0.0.1:%d"; tls = true; } );\n'
+                            'tls = { self_signed_cn = "localhost"; };'
+                            % (d.port, pp_port, tls_port))
+        d.write_config(conf)
+        self.start_dispatcher(d)
+        same = lambda fwd: fwd  # noqa: E731
+        https = lambda fwd: fwd.replace(b"X-Forwarded-Proto: http\r\n",  # noqa: E731
+                                        b"X-Forwarded-Proto: https\r\n")
+        variants = [
+            ("PROXY v1", lambda: Conn(pp_port, timeout=5),
+             b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 80\r\n", same),
+            ("PROXY v2", lambda: Conn(pp_port, timeout=5), pp2_header(), same),
+            ("TLS", lambda: TlsConn(tls_port), b"", https),
+        ]
+        ran = 0
+        for i, path in enumerate(cases()):
+            if load_case(path)[0].get("listener") == "trusted":
+                continue
+            # One PROXY version per case, alternating, so both see every kind of case.
+            for v in (variants[i % 2], variants[2]):
+                with self.subTest(case=os.path.basename(path), listener=v[0]):
+                    self.run_case(d, path, v)
+                    ran += 1
+        self.assertGreaterEqual(ran, 2 * 40)
 
 
 class ScriptedBackend:
