@@ -40,22 +40,17 @@
 /* ---- small helpers ------------------------------------------------------------------------- */
 static const struct shm_snap_hdr *csnap(const struct wk_client *c)
 {
-    return c->gen ? c->gen->snap : wk.cur->snap;
-}
-
-const struct shm_service *wk_client_service(const struct wk_client *c)
-{
-    return &shm_services(c->gen->snap)[c->service];
+    return c->at.gen ? c->at.gen->snap : wk.cur->snap;
 }
 
 static const struct shm_service *csvc(const struct wk_client *c)
 {
-    return &shm_services(c->gen->snap)[c->service];
+    return &shm_services(c->at.gen->snap)[c->at.service];
 }
 
 static const struct shm_backend *cbe(const struct wk_client *c)
 {
-    return &shm_backends(c->gen->snap)[csvc(c)->backends_first + c->backend];
+    return &shm_backends(c->at.gen->snap)[csvc(c)->backends_first + c->at.backend];
 }
 
 static uint32_t client_buf_size(void)
@@ -138,15 +133,15 @@ static uint64_t request_ms(const struct wk_client *c)
  * worker's shard. */
 static void request_tally(struct wk_client *c, int how)
 {
-    const struct shm_service *svc = c->service != SHM_NONE ? csvc(c) : NULL;
-    const struct shm_backend *be = svc != NULL && c->tries > 0 ? cbe(c) : NULL;
+    const struct shm_service *svc = c->at.service != SHM_NONE ? csvc(c) : NULL;
+    const struct shm_backend *be = svc != NULL && c->at.tries > 0 ? cbe(c) : NULL;
     uint64_t dur = request_ms(c);
 
     if (c->tflags & WK_T_TALLIED) {
         return;
     }
     c->tflags |= WK_T_TALLIED;
-    if (c->gen != NULL) {
+    if (c->at.gen != NULL) {
         __atomic_fetch_add(&wk.me->requests, 1, __ATOMIC_RELAXED);
     }
     if (svc == NULL) {
@@ -172,9 +167,9 @@ static void request_tally(struct wk_client *c, int how)
  * worker's buffer. */
 static void request_done(struct wk_client *c, int how)
 {
-    const struct shm_snap_hdr *s = c->gen->snap;
-    const struct shm_service *svc = c->service != SHM_NONE ? csvc(c) : NULL;
-    const struct shm_backend *be = svc != NULL && c->tries > 0 ? cbe(c) : NULL;
+    const struct shm_snap_hdr *s = c->at.gen->snap;
+    const struct shm_service *svc = c->at.service != SHM_NONE ? csvc(c) : NULL;
+    const struct shm_backend *be = svc != NULL && c->at.tries > 0 ? cbe(c) : NULL;
     struct wk_alog_entry e;
     struct timespec ts;
     char ip[64];
@@ -189,8 +184,8 @@ static void request_done(struct wk_client *c, int how)
     if (!wk_alog_enabled()) {
         return;
     }
-    if (c->client_family != 0) {
-        ip_str(c->client_family, c->client_ip, ip, sizeof(ip));
+    if (c->at.client_family != 0) {
+        ip_str(c->at.client_family, c->at.client_ip, ip, sizeof(ip));
     } else {
         peer_ip(c, ip, sizeof(ip));
     }
@@ -248,8 +243,8 @@ static int peer_trusted(const struct wk_client *c)
  * itself a trusted proxy (entries to its left could be forged by the client). */
 static void resolve_client(struct wk_client *c, const struct wk_head *hd)
 {
-    c->client_family = c->peer_family;
-    memcpy(c->client_ip, c->peer_ip, 16);
+    c->at.client_family = c->peer_family;
+    memcpy(c->at.client_ip, c->peer_ip, 16);
     if (!peer_trusted(c)) {
         return;
     }
@@ -290,8 +285,8 @@ static void resolve_client(struct wk_client *c, const struct wk_head *hd)
             } else {
                 return;
             }
-            c->client_family = (uint8_t)fam;
-            memcpy(c->client_ip, ip, 16);
+            c->at.client_family = (uint8_t)fam;
+            memcpy(c->at.client_ip, ip, 16);
             if (!ip_trusted(c, (uint8_t)fam, ip)) {
                 return;
             }
@@ -310,7 +305,7 @@ static void resolve_client(struct wk_client *c, const struct wk_head *hd)
 
 static int body_rate_on(const struct wk_client *c)
 {
-    return c->gen != NULL && c->gen->snap->limits.min_body_rate > 0;
+    return c->at.gen != NULL && c->at.gen->snap->limits.min_body_rate > 0;
 }
 
 /* Is the request body being read from the client (and not held up by a connect)? */
@@ -323,7 +318,7 @@ static int body_phase(const struct wk_client *c)
 /* <n> request body bytes were read: move the body's due time on by n / min_body_rate. */
 static void body_credit(struct wk_client *c, size_t n)
 {
-    uint64_t due = c->tx->body_due_ms + (uint64_t)n * 1000 / c->gen->snap->limits.min_body_rate;
+    uint64_t due = c->tx->body_due_ms + (uint64_t)n * 1000 / c->at.gen->snap->limits.min_body_rate;
     uint64_t cap = wk.now + BODY_WINDOW_MS;
 
     if (due > cap) {
@@ -484,8 +479,8 @@ static void backend_active_dec(struct wk_client *c)
 /* Drop the upstream of the current attempt without reusing it. */
 static void detach_upstream(struct wk_client *c)
 {
-    if (c->tflags & WK_T_LB_PROBE) {
-        wk_lb_abort(c);
+    if (c->at.flags & WK_AT_PROBE) {
+        wk_lb_abort(&c->at);
     }
     if (c->up != NULL) {
         backend_active_dec(c);
@@ -513,8 +508,8 @@ static int txn_begin(struct wk_client *c)
     }
     memset(t, 0, sizeof(*t));
     c->tx = t;
-    c->gen = wk.cur;
-    wk_gen_ref(c->gen);
+    c->at.gen = wk.cur;
+    wk_gen_ref(c->at.gen);
     return 0;
 }
 
@@ -537,15 +532,15 @@ static void end_transaction(struct wk_client *c)
 {
     detach_upstream(c);
     txn_end(c);
-    if (c->gen != NULL) {
-        wk_gen_unref(c->gen);
-        c->gen = NULL;
+    if (c->at.gen != NULL) {
+        wk_gen_unref(c->at.gen);
+        c->at.gen = NULL;
     }
 }
 
 void wk_client_close(struct wk_client *c)
 {
-    if (c->gen != NULL && (c->state == WK_CS_PROXY || c->state == WK_CS_REPLY)) {
+    if (c->at.gen != NULL && (c->state == WK_CS_PROXY || c->state == WK_CS_REPLY)) {
         request_done(c, -1);
     }
     end_transaction(c);
@@ -669,8 +664,8 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
         memcpy(c->peer_ip, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
         c->peer_port = ntohs(((const struct sockaddr_in6 *)(const void *)sa)->sin6_port);
     }
-    c->client_family = c->peer_family;
-    memcpy(c->client_ip, c->peer_ip, 16);
+    c->at.client_family = c->peer_family;
+    memcpy(c->at.client_ip, c->peer_ip, 16);
     /* TCP_NODELAY is inherited from the listening socket (set by the master). */
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.ptr = c;
@@ -748,7 +743,7 @@ static int reply(struct wk_client *c, unsigned status, const char *body, size_t 
     if (close_it) {
         c->flags |= WK_C_F_CLOSE;
     }
-    if (status >= 500 && c->gen != NULL && c->service != SHM_NONE) {
+    if (status >= 500 && c->at.gen != NULL && c->at.service != SHM_NONE) {
         __atomic_fetch_add(&wk.rt->services[csvc(c)->rt_slot].errors, 1, __ATOMIC_RELAXED);
     }
     c->state = WK_CS_REPLY;
@@ -819,14 +814,14 @@ static int build_upstream_head(struct wk_client *c, const struct wk_head *hd, co
     }
     c->tx->uout.start = c->tx->uout.end = 0;
     peer_ip(c, ip, sizeof(ip));
-    ip_str(c->client_family, c->client_ip, rip, sizeof(rip));
+    ip_str(c->at.client_family, c->at.client_ip, rip, sizeof(rip));
     f.method = c->method;
     f.target = target;
     f.tlen = tlen;
     f.slash = slash;
     f.host = host;
     f.hostlen = hlen;
-    f.dflt_host = hlen > 0 ? NULL : shm_s(c->gen->snap, csvc(c)->name);
+    f.dflt_host = hlen > 0 ? NULL : shm_s(c->at.gen->snap, csvc(c)->name);
     f.peer_ip = ip;
     f.real_ip = rip;
     f.reqid = c->tx->reqid;
@@ -853,7 +848,7 @@ static int upstream_start(struct wk_client *c);
  * closed. */
 static int parse_body(struct wk_client *c)
 {
-    uint64_t maxb = c->gen->snap->limits.max_body_bytes;
+    uint64_t maxb = c->at.gen->snap->limits.max_body_bytes;
 
     if (c->tflags & WK_T_REQ_DONE) {
         return 0;
@@ -919,11 +914,12 @@ static int process_head(struct wk_client *c, size_t hlen)
         wk_client_close(c);
         return -1;
     }
-    s = c->gen->snap;
-    c->service = SHM_NONE;
+    s = c->at.gen->snap;
+    c->at.service = SHM_NONE;
     c->tflags = 0;
-    c->tries = 0;
-    c->tx->tried = 0;
+    c->at.flags = 0;
+    c->at.tries = 0;
+    c->at.tried = 0;
     c->tx->body_bytes = 0;
     c->status = 0;
     c->tx->reqid_len = 0;
@@ -1000,7 +996,7 @@ static int process_head(struct wk_client *c, size_t hlen)
         return reply_not_found(c, nhost, nhlen, rq.path, rq.pathlen);
     }
     rt = &shm_routes(s)[ridx];
-    c->service = rt->service;
+    c->at.service = rt->service;
     svc = csvc(c);
     if (svc->nbackends == 0) {
         char body[1024];
@@ -1123,7 +1119,7 @@ static int upstream_connect(struct wk_client *c)
         if (logged_ms == 0 || wk.now - logged_ms >= 1000) {
             logged_ms = wk.now;
             log_errno(LOG_ERROR, errno, "socket() for backend %s failed",
-                      shm_s(c->gen->snap, be->address));
+                      shm_s(c->at.gen->snap, be->address));
         }
         free(u);
         return -1;
@@ -1139,9 +1135,9 @@ static int upstream_connect(struct wk_client *c)
     }
     c->up = u;
     if (csvc(c)->tls & SHM_SVC_TLS_ON) {
-        u->tls = wk_tls_client_new(u->fd, c->gen->tls, c->service, be);
+        u->tls = wk_tls_client_new(u->fd, c->at.gen->tls, c->at.service, be);
         if (u->tls == NULL) {
-            log_error("TLS to backend %s: %s", shm_s(c->gen->snap, be->address), wk_tls_error());
+            log_error("TLS to backend %s: %s", shm_s(c->at.gen->snap, be->address), wk_tls_error());
             return 1;
         }
         u->flags |= WK_UP_F_TLSHS; /* the handshake starts once connect() completes */
@@ -1164,17 +1160,17 @@ static int upstream_start(struct wk_client *c)
 {
     for (;;) {
         char why[256];
-        int b = wk_lb_pick(c, why, sizeof(why));
+        int b = wk_lb_pick(&c->at, why, sizeof(why));
         int r;
 
         if (b < 0) {
             return reply_error(c, 503, "Service unavailable", why, 0);
         }
-        c->backend = (uint32_t)b;
+        c->at.backend = (uint32_t)b;
         if (b < 64) {
-            c->tx->tried |= 1ull << b;
+            c->at.tried |= 1ull << b;
         }
-        c->tries++;
+        c->at.tries++;
         c->tflags &= ~(WK_T_UP_WRITTEN | WK_T_RESP_BYTES | WK_T_RESP_WAIT | WK_T_EARLY);
         c->tx->ninterim = 0;
         c->tx->interim_bytes = 0;
@@ -1220,7 +1216,7 @@ static int upstream_failed(struct wk_client *c, int why)
             lb_why = WK_FAIL_ABORT;
         }
     }
-    wk_lb_result(c, lb_why, 0);
+    wk_lb_result(&c->at, lb_why, 0);
     detach_upstream(c);
     /* Only while the client has seen nothing and the request can still be replayed whole. */
     if (!(c->tflags & (WK_T_RESP_BYTES | WK_T_CLIENT_SENT | WK_T_RESP_HEAD | WK_T_BODY_LOST))) {
@@ -1237,30 +1233,30 @@ static int upstream_failed(struct wk_client *c, int why)
          * twice, not even after a keep-alive race. */
     }
     if (can_retry == 2) {
-        c->tx->tried &= c->backend < 64 ? ~(1ull << c->backend) : ~0ull;
-        c->tries--;
+        c->at.tried &= c->at.backend < 64 ? ~(1ull << c->at.backend) : ~0ull;
+        c->at.tries--;
     }
-    if (can_retry && c->tries <= svc->retries && c->tries < 64 && wk_lb_can_retry(c)) {
+    if (can_retry && c->at.tries <= svc->retries && c->at.tries < 64 && wk_lb_can_retry(&c->at)) {
         return upstream_start(c);
     }
     switch (why) {
     case WK_FAIL_CONNECT:
-        snprintf(msg, sizeof(msg), "Backend %s refused the connection", shm_s(c->gen->snap, be->address));
+        snprintf(msg, sizeof(msg), "Backend %s refused the connection", shm_s(c->at.gen->snap, be->address));
         return reply_error(c, 502, "Bad gateway", msg, 0);
     case WK_FAIL_CTIMEOUT:
-        snprintf(msg, sizeof(msg), "Connecting to backend %s timed out", shm_s(c->gen->snap, be->address));
+        snprintf(msg, sizeof(msg), "Connecting to backend %s timed out", shm_s(c->at.gen->snap, be->address));
         return reply_error(c, 504, "Gateway timeout", msg, 0);
     case WK_FAIL_RTIMEOUT:
         snprintf(msg, sizeof(msg), "Backend %s did not answer within %u ms",
-                 shm_s(c->gen->snap, be->address), svc->response_timeout_ms);
+                 shm_s(c->at.gen->snap, be->address), svc->response_timeout_ms);
         return reply_error(c, 504, "Gateway timeout", msg, 0);
     case WK_FAIL_RESET:
         snprintf(msg, sizeof(msg), "Backend %s closed the connection without a response",
-                 shm_s(c->gen->snap, be->address));
+                 shm_s(c->at.gen->snap, be->address));
         return reply_error(c, 502, "Bad gateway", msg, 0);
     default:
         snprintf(msg, sizeof(msg), "Backend %s sent an invalid response",
-                 shm_s(c->gen->snap, be->address));
+                 shm_s(c->at.gen->snap, be->address));
         return reply_error(c, 502, "Bad gateway", msg, 0);
     }
 }
@@ -1415,7 +1411,7 @@ static int parse_response(struct wk_client *c)
         c->tx->resp_chunked = !(c->tflags & WK_T_RESP_DONE) && rs.chunked;
         if (c->tx->resp_chunked) {
             /* (A trailer line must fit the upstream buffer with room to spare.) */
-            wk_h1_chunk_init(&c->tx->rsc, (uint32_t)DSP_MIN(c->gen->snap->limits.max_header_bytes,
+            wk_h1_chunk_init(&c->tx->rsc, (uint32_t)DSP_MIN(c->at.gen->snap->limits.max_header_bytes,
                                                          UPSTREAM_BUF_SIZE / 2));
         }
     }
@@ -1427,7 +1423,7 @@ static int parse_response(struct wk_client *c)
                                    &used, &dl);
             if (r == WK_CHUNK_ERROR) {
                 log_warn("backend %s sent an invalid chunked body: %s",
-                         shm_s(c->gen->snap, cbe(c)->address), c->tx->rsc.err);
+                         shm_s(c->at.gen->snap, cbe(c)->address), c->tx->rsc.err);
                 if (!(c->tflags & WK_T_CLIENT_SENT)) {
                     /* Nothing of it reached the client yet: take the queued head back and
                      * answer 502 instead. */
@@ -1618,7 +1614,7 @@ static int client_write(struct wk_client *c)
     }
     if (c->tx != NULL && !(c->tflags & WK_T_TALLIED)) {
         /* What is offered now ends the response: count it before the client can see it. */
-        if (c->state == WK_CS_REPLY && c->gen != NULL) {
+        if (c->state == WK_CS_REPLY && c->at.gen != NULL) {
             request_tally(c, 0);
         } else if (c->state == WK_CS_PROXY && (c->tflags & WK_T_RESP_DONE) &&
                    !(c->tflags & WK_T_TUNNEL)) {
@@ -1705,7 +1701,7 @@ static int upstream_handshake(struct wk_client *c)
         u->flags &= ~WK_UP_F_WRITABLE;
         return 0;
     }
-    log_warn("TLS handshake with backend %s failed: %s", shm_s(c->gen->snap, cbe(c)->address),
+    log_warn("TLS handshake with backend %s failed: %s", shm_s(c->at.gen->snap, cbe(c)->address),
              wk_tls_error());
     /* Nothing of the request reached the backend: as retryable as a refused connection. */
     return upstream_failed(c, WK_FAIL_CONNECT) == 0 ? 1 : -1;
@@ -1940,7 +1936,7 @@ static void record_outcome(struct wk_client *c)
 {
     if (!(c->tflags & WK_T_LB_DONE)) {
         c->tflags |= WK_T_LB_DONE;
-        wk_lb_result(c, 0, c->status);
+        wk_lb_result(&c->at, 0, c->status);
     }
 }
 
@@ -2007,7 +2003,8 @@ static int next_request(struct wk_client *c)
     }
     c->in.start = c->parsed_off;
     c->tflags = 0;
-    c->service = SHM_NONE;
+    c->at.flags = 0;
+    c->at.service = SHM_NONE;
     c->status = 0;
     wk_buf_put(&c->out);
     if (c->in.start == c->in.end) {
@@ -2108,8 +2105,8 @@ static int read_proxy_header(struct wk_client *c)
         memset(c->peer_ip, 0, sizeof(c->peer_ip));
         memcpy(c->peer_ip, pa.src, pa.family == AF_INET ? 4 : 16);
         c->peer_port = pa.src_port;
-        c->client_family = c->peer_family;
-        memcpy(c->client_ip, c->peer_ip, 16);
+        c->at.client_family = c->peer_family;
+        memcpy(c->at.client_ip, c->peer_ip, 16);
     }
     /* The header timeout armed at accept runs on: the PROXY header, TLS handshake and first
      * request head share it (re-arming here would let a trickled PROXY header double it). */
@@ -2281,7 +2278,7 @@ static void run(struct wk_client *c)
                         wk_client_close(c);
                         return;
                     }
-                    c->service = SHM_NONE;
+                    c->at.service = SHM_NONE;
                     c->tx->reqid_len = 0;
                     if (reply_error(c, 431, "Request header fields too large",
                                     "Request head exceeds limits.max_header_bytes",
@@ -2455,7 +2452,7 @@ void wk_client_timeout(struct wk_client *c)
             wk_client_close(c);
             return;
         }
-        c->service = SHM_NONE;
+        c->at.service = SHM_NONE;
         c->tx->reqid_len = 0;
         if (reply_error(c, 408, "Request timeout",
                         "Request headers not received within limits.header_timeout_ms",

@@ -145,7 +145,7 @@ struct wk_upstream {
                                       timer is armed once and 1xx bytes do not push it back */
 #define WK_T_EARLY         0x4000u /* final response head came before the request was fully sent:
                                       the upstream is never reused */
-#define WK_T_LB_PROBE      0x8000u /* wk_lb: this attempt holds its backend's probe lease */
+#define WK_T_FREE_8000     0x8000u /* free (was the probe lease: wk_attempt.flags now) */
 #define WK_T_UPGRADE       0x10000u /* client asked for a protocol upgrade (Upgrade header) */
 #define WK_T_TUNNEL        0x20000u /* 101 received: bytes are spliced both ways, unparsed */
 #define WK_T_UP_EOF        0x40000u /* tunnel: the backend closed its side */
@@ -175,7 +175,6 @@ struct wk_txn {
     struct wk_h1_msg rs;  /* response tokenizer state (wk_h1.h) */
     uint64_t body_bytes;  /* request body bytes (decoded) so far, for max_body_bytes */
     uint64_t started_ms;
-    uint64_t tried;       /* bitmask of backend positions already tried */
     uint64_t bytes_sent;  /* bytes written to the client for this request */
     uint64_t resp_due_ms; /* deadline of the final response head (with WK_T_RESP_WAIT) */
     uint32_t interim_bytes; /* 1xx response bytes of the current attempt */
@@ -193,6 +192,24 @@ struct wk_txn {
     struct wk_txn *next_free;
 };
 
+/* One request's backend attempts as the balancer (wk_lb.c) sees them: everything it reads or
+ * writes, so that it works without a connection (and is unit-tested on its own). Embedded in the
+ * client connection (no allocation); meaningful while a request is in progress (gen != NULL). */
+#define WK_AT_PROBE 0x01u /* the current attempt holds its backend's probe lease */
+
+struct wk_attempt {
+    struct wk_gen *gen;     /* snapshot this request was routed with (referenced) */
+    uint32_t service;       /* index in gen's service table (SHM_NONE: not routed yet) */
+    uint32_t backend;       /* the current attempt's backend: position within the service */
+    uint64_t tried;         /* bitmask of backend positions already tried */
+    uint8_t tries;          /* attempts made so far */
+    uint8_t flags;          /* WK_AT_* */
+    uint8_t client_family;  /* the request's client: peer, or the right-most untrusted
+                               X-Forwarded-For entry when the peer is a trusted proxy (the
+                               ip-hash key) */
+    uint8_t client_ip[16];
+};
+
 struct wk_client {
     struct wk_ev ev;
     uint8_t state;
@@ -201,7 +218,6 @@ struct wk_client {
     int fd;
     uint32_t tflags;
     uint16_t status;
-    uint8_t tries;
     struct wk_timer timer;
     struct wk_client *next, *prev; /* all client connections of this worker */
 
@@ -217,17 +233,12 @@ struct wk_client {
     uint8_t vmajor, vminor;
 
     struct wk_upstream *up;
-    struct wk_txn *tx;    /* the request in progress: exactly while gen != NULL */
-    struct wk_gen *gen;   /* snapshot this request was routed with (referenced) */
-    uint32_t service;     /* index in gen's service table */
-    uint32_t backend;     /* index in gen's backend table */
+    struct wk_txn *tx;    /* the request in progress: exactly while at.gen != NULL */
+    struct wk_attempt at; /* the request's routing and backend attempts (wk_lb.c works on it) */
 
     uint8_t peer_family;   /* the connection's client: socket peer, or the PROXY source */
     uint8_t peer_ip[16];
     uint16_t peer_port;
-    uint8_t client_family; /* the request's client: peer, or the right-most untrusted
-                              X-Forwarded-For entry when the peer is a trusted proxy */
-    uint8_t client_ip[16];
     struct ssl_st *tls;   /* TLS listeners: the session (NULL on plain ones) */
 };
 
@@ -298,20 +309,20 @@ size_t wk_shed_idle(size_t max_clients);
                               byte: most likely closed by the backend while idle, which says
                               nothing about its health */
 
-const struct shm_service *wk_client_service(const struct wk_client *c);
-/* Choose the backend (position within c's service) for the next attempt of c's request, skipping
- * positions in c->tried and backends that are down, disabled or whose circuit is open. Returns
- * the position, or -1 with a client-facing reason in <why> (for the 503 message). When the
- * attempt is a backend's one trial request (half-open probe, passive-down retry), WK_T_LB_PROBE
- * is set in c->tflags; wk_lb_result() hands the probe lease back (or it expires by itself). */
-int wk_lb_pick(struct wk_client *c, char *why, size_t whylen);
+/* Choose the backend (position within a's service) for the next attempt, skipping positions in
+ * a->tried and backends that are down, disabled or whose circuit is open. Returns the position,
+ * or -1 with a client-facing reason in <why> (for the 503 message). When the attempt is a
+ * backend's one trial request (half-open probe, passive-down retry), WK_AT_PROBE is set in
+ * a->flags; wk_lb_result() hands the probe lease back (or it expires by itself). The caller
+ * records the choice (a->backend, a->tried, a->tries). */
+int wk_lb_pick(struct wk_attempt *a, char *why, size_t whylen);
 /* Is there any backend left that a retry could use? */
-int wk_lb_can_retry(struct wk_client *c);
-/* Record the outcome of the attempt on c->backend: <fail> is a WK_FAIL_* code or 0 for a
+int wk_lb_can_retry(const struct wk_attempt *a);
+/* Record the outcome of the attempt on a->backend: <fail> is a WK_FAIL_* code or 0 for a
  * response with HTTP <status>. Called exactly once per attempt. */
-void wk_lb_result(struct wk_client *c, int fail, unsigned status);
+void wk_lb_result(struct wk_attempt *a, int fail, unsigned status);
 /* The attempt ends without an outcome (the client went away): give back a probe lease. */
-void wk_lb_abort(struct wk_client *c);
+void wk_lb_abort(struct wk_attempt *a);
 
 /* ---- wk_hdr.c: pure helpers, unit-tested ----------------------------------------------------- */
 /* (struct wk_hdr and struct wk_head: worker/wk_h1.h) */

@@ -135,24 +135,24 @@ done:
 }
 
 /* The schedule or table of c's service, or NULL (then callers scan the backends in order). */
-static const struct lb_svc *svc_table(const struct wk_client *c, const struct shm_service *svc)
+static const struct lb_svc *svc_table(const struct wk_attempt *a, const struct shm_service *svc)
 {
-    struct lb_gen *g = gen_cache(c->gen);
+    struct lb_gen *g = gen_cache(a->gen);
     struct lb_svc *ls;
 
-    if (g == NULL || c->service >= g->nservices) {
+    if (g == NULL || a->service >= g->nservices) {
         return NULL;
     }
-    ls = &g->svcs[c->service];
+    ls = &g->svcs[a->service];
     if (ls->state == 0) {
-        svc_build(ls, c->gen->snap, svc);
+        svc_build(ls, a->gen->snap, svc);
     }
     return ls->state == 1 ? ls : NULL;
 }
 
 /* ---- choosing ------------------------------------------------------------------------------- */
 struct pick {
-    struct wk_client *c;
+    const struct wk_attempt *a;
     const struct shm_service *svc;
     const struct shm_backend *bes;
     struct shm_lb_policy pol;
@@ -171,7 +171,7 @@ static int try_pos(struct pick *pk, uint32_t j, int take)
     uint64_t bit = j < 64 ? 1ull << j : 0;
     int r;
 
-    if (bit & (pk->c->tx->tried | pk->rejected)) {
+    if (bit & (pk->a->tried | pk->rejected)) {
         return SHM_LB_NO;
     }
     r = shm_lb_admit(rtb(&pk->bes[j]), &pk->pol, wk.now, take, NULL);
@@ -207,7 +207,7 @@ static int scan(struct pick *pk, int *res)
  * share to the one scheduled after it). */
 static int pick_rr(struct pick *pk, int *res)
 {
-    const struct lb_svc *ls = svc_table(pk->c, pk->svc);
+    const struct lb_svc *ls = svc_table(pk->a, pk->svc);
     uint32_t tries = 2 * pk->svc->nbackends + 8;
 
     for (uint32_t k = 0; ls != NULL && k < tries; k++) {
@@ -282,9 +282,9 @@ static int pick_lc(struct pick *pk, int *res)
  * which spreads its clients over the others in proportion and leaves everyone else in place. */
 static int pick_hash(struct pick *pk, int *res)
 {
-    const struct lb_svc *ls = svc_table(pk->c, pk->svc);
+    const struct lb_svc *ls = svc_table(pk->a, pk->svc);
     /* The request's client (PROXY source or trusted X-Forwarded-For), not the hop before us. */
-    uint64_t h = shm_lb_client_hash(pk->c->client_family, pk->c->client_ip);
+    uint64_t h = shm_lb_client_hash(pk->a->client_family, pk->a->client_ip);
     uint32_t n = pk->svc->nbackends;
 
     if (ls != NULL) {
@@ -310,7 +310,7 @@ static int pick_hash(struct pick *pk, int *res)
 /* The 503 message: name the open circuits when some backend is out for that reason. */
 static void no_backend(struct pick *pk, char *why, size_t whylen)
 {
-    const struct shm_snap_hdr *s = pk->c->gen->snap;
+    const struct shm_snap_hdr *s = pk->a->gen->snap;
     const char *name = shm_s(s, pk->svc->name);
     const struct shm_backend *first = NULL;
     uint32_t nopen = 0;
@@ -334,23 +334,28 @@ static void no_backend(struct pick *pk, char *why, size_t whylen)
     }
 }
 
-static void pick_init(struct pick *pk, struct wk_client *c)
+static const struct shm_service *at_service(const struct wk_attempt *a)
 {
-    pk->c = c;
-    pk->svc = wk_client_service(c);
-    pk->bes = shm_backends(c->gen->snap) + pk->svc->backends_first;
+    return &shm_services(a->gen->snap)[a->service];
+}
+
+static void pick_init(struct pick *pk, const struct wk_attempt *a)
+{
+    pk->a = a;
+    pk->svc = at_service(a);
+    pk->bes = shm_backends(a->gen->snap) + pk->svc->backends_first;
     shm_lb_policy_of(pk->svc, &pk->pol);
     pk->rejected = 0;
     pk->cursor = &wk.rt->services[pk->svc->rt_slot].rr_cursor;
 }
 
-int wk_lb_pick(struct wk_client *c, char *why, size_t whylen)
+int wk_lb_pick(struct wk_attempt *a, char *why, size_t whylen)
 {
     struct pick pk;
     int j = -1, res = SHM_LB_NO;
 
-    pick_init(&pk, c);
-    c->tflags &= ~WK_T_LB_PROBE;
+    pick_init(&pk, a);
+    a->flags &= ~WK_AT_PROBE;
     if (pk.svc->nbackends > 0) {
         switch (pk.svc->balance) {
         case SHM_BALANCE_LEASTCONN:
@@ -369,16 +374,16 @@ int wk_lb_pick(struct wk_client *c, char *why, size_t whylen)
         return -1;
     }
     if (res == SHM_LB_PROBE) {
-        c->tflags |= WK_T_LB_PROBE;
+        a->flags |= WK_AT_PROBE;
     }
     return j;
 }
 
-int wk_lb_can_retry(struct wk_client *c)
+int wk_lb_can_retry(const struct wk_attempt *a)
 {
     struct pick pk;
 
-    pick_init(&pk, c);
+    pick_init(&pk, a);
     for (uint32_t j = 0; j < pk.svc->nbackends; j++) {
         if (try_pos(&pk, j, 0) != SHM_LB_NO) {
             return 1;
@@ -422,19 +427,19 @@ static const char *keep_text(int why)
     }
 }
 
-void wk_lb_result(struct wk_client *c, int fail, unsigned status)
+void wk_lb_result(struct wk_attempt *a, int fail, unsigned status)
 {
-    const struct shm_service *svc = wk_client_service(c);
-    const struct shm_snap_hdr *s = c->gen->snap;
+    const struct shm_service *svc = at_service(a);
+    const struct shm_snap_hdr *s = a->gen->snap;
     const struct shm_backend *bes = shm_backends(s) + svc->backends_first;
-    const struct shm_backend *be = &bes[c->backend];
+    const struct shm_backend *be = &bes[a->backend];
     struct shm_rt_backend *rb = rtb(be);
     struct shm_lb_policy pol;
-    int probe = (c->tflags & WK_T_LB_PROBE) != 0;
+    int probe = (a->flags & WK_AT_PROBE) != 0;
     int outcome, why = 0;
     unsigned t;
 
-    c->tflags &= ~WK_T_LB_PROBE;
+    a->flags &= ~WK_AT_PROBE;
     shm_lb_policy_of(svc, &pol);
     switch (fail) {
     case 0:
@@ -463,7 +468,7 @@ void wk_lb_result(struct wk_client *c, int fail, unsigned status)
     t = shm_lb_outcome(rb, &pol, outcome, probe, wk.now);
     if (t & SHM_LB_T_EJECT) {
         t |= shm_lb_eject(wk.rt->backends, &wk.rt->services[svc->rt_slot], bes, svc->nbackends,
-                          c->backend, &pol, wk.now, &why);
+                          a->backend, &pol, wk.now, &why);
         /* Kept in rotation: said when the count is first reached (a later failure asks again,
          * silently), and at most once a second by this worker, whatever a client provokes. */
         if (!(t & SHM_LB_T_DOWN) && (t & SHM_LB_T_EJECT_FIRST) && why != SHM_LB_KEEP_GONE &&
@@ -493,18 +498,18 @@ void wk_lb_result(struct wk_client *c, int fail, unsigned status)
     }
 }
 
-void wk_lb_abort(struct wk_client *c)
+void wk_lb_abort(struct wk_attempt *a)
 {
     const struct shm_service *svc;
     const struct shm_backend *be;
 
-    if (!(c->tflags & WK_T_LB_PROBE)) {
+    if (!(a->flags & WK_AT_PROBE)) {
         return;
     }
     /* The client went away mid-attempt: the probe proved nothing either way; let another
      * request probe at once instead of waiting for the lease to lapse. */
-    c->tflags &= ~WK_T_LB_PROBE;
-    svc = wk_client_service(c);
-    be = &shm_backends(c->gen->snap)[svc->backends_first + c->backend];
+    a->flags &= ~WK_AT_PROBE;
+    svc = at_service(a);
+    be = &shm_backends(a->gen->snap)[svc->backends_first + a->backend];
     __atomic_store_n(&rtb(be)->probe_until_ms, 0, __ATOMIC_RELEASE);
 }

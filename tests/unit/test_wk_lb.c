@@ -11,7 +11,9 @@
 
 #include "shm/shm.h"
 #include "shm/shm_lb.h"
+#include "shm/shm_snap.h"
 #include "shm/shm_state.h"
+#include "worker/wk_internal.h"
 
 /* ---- smooth weighted round-robin ------------------------------------------------------------ */
 
@@ -780,6 +782,263 @@ static void test_policy(void)
     CU_ASSERT_EQUAL(p.max_ejection_percent, 50);
 }
 
+/* ---- the balancer on the per-attempt struct (worker/wk_lb.c) --------------------------------
+ * A hand-built snapshot of one service, a private runtime segment and a generation: what a
+ * worker has when it picks, with no connection anywhere. */
+#define LBT_NOW 1000000u
+
+struct lbt_snap {
+    struct shm_snap_hdr h;
+    struct shm_service svc;
+    struct shm_backend bes[8];
+    char strs[256];
+};
+
+struct lbt {
+    struct lbt_snap snap;
+    struct wk_gen gen;
+    struct shm_rt *rt;
+};
+
+static uint64_t lbt_gens = 1000; /* each fixture its own generation: wk_lb caches per number */
+
+static struct shm_str lbt_str(struct lbt *t, uint32_t *used, const char *str)
+{
+    struct shm_str r;
+    size_t n = strlen(str);
+
+    CU_ASSERT_FATAL(*used + n + 1 <= sizeof(t->snap.strs));
+    memcpy(t->snap.strs + *used, str, n + 1);
+    r.off = (uint32_t)(offsetof(struct lbt_snap, strs) + *used);
+    r.len = (uint32_t)n;
+    *used += (uint32_t)n + 1;
+    return r;
+}
+
+static void lbt_init(struct lbt *t, uint32_t balance, const uint32_t *w, uint32_t n)
+{
+    uint32_t used = 0;
+    char addr[32];
+
+    memset(t, 0, sizeof(*t));
+    t->rt = mmap(NULL, sizeof(*t->rt), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CU_ASSERT_FATAL(t->rt != MAP_FAILED);
+    t->snap.h.services_off = (uint32_t)offsetof(struct lbt_snap, svc);
+    t->snap.h.nservices = 1;
+    t->snap.h.backends_off = (uint32_t)offsetof(struct lbt_snap, bes);
+    t->snap.h.nbackends = n;
+    t->snap.svc.name = lbt_str(t, &used, "web");
+    t->snap.svc.nbackends = n;
+    t->snap.svc.balance = balance;
+    t->snap.svc.rt_slot = 3;
+    t->snap.svc.retries = 1;
+    t->snap.svc.connect_timeout_ms = 2000;
+    t->snap.svc.response_timeout_ms = 30000;
+    t->snap.svc.passive_failures = 3;
+    t->snap.svc.max_ejection_percent = 50;
+    for (uint32_t i = 0; i < n; i++) {
+        snprintf(addr, sizeof(addr), "127.0.0.1:%u", 9000 + i);
+        t->snap.bes[i].address = lbt_str(t, &used, addr);
+        t->snap.bes[i].weight = w[i];
+        t->snap.bes[i].rt_slot = 10 + i;
+    }
+    t->gen.snap = &t->snap.h;
+    t->gen.gen = ++lbt_gens;
+    t->snap.h.gen = t->gen.gen;
+    wk.rt = t->rt;
+    wk.now = LBT_NOW;
+}
+
+static void lbt_free(struct lbt *t)
+{
+    munmap(t->rt, sizeof(*t->rt));
+    wk.rt = NULL;
+    wk.now = 0;
+}
+
+static struct shm_rt_backend *lbt_rb(struct lbt *t, uint32_t pos)
+{
+    return &t->rt->backends[10 + pos];
+}
+
+/* A fresh request's attempt state, as wk_conn.c sets it up after routing. */
+static void lbt_attempt(struct lbt *t, struct wk_attempt *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->gen = &t->gen;
+    a->service = 0;
+    a->client_family = AF_INET;
+    a->client_ip[0] = 192;
+    a->client_ip[1] = 0;
+    a->client_ip[2] = 2;
+    a->client_ip[3] = 7;
+}
+
+/* Pick for <a> and record the choice the way wk_conn.c does. */
+static int lbt_pick(struct wk_attempt *a, char *why, size_t whylen)
+{
+    int b = wk_lb_pick(a, why, whylen);
+
+    if (b >= 0) {
+        a->backend = (uint32_t)b;
+        a->tried |= 1ull << b;
+        a->tries++;
+    }
+    return b;
+}
+
+static void test_attempt_rr_weights(void)
+{
+    static const uint32_t w[3] = {3, 1, 2};
+    uint32_t rw[3], *sched = NULL, len, count[3] = {0, 0, 0};
+    struct wk_attempt a;
+    struct lbt t;
+    char why[128];
+
+    lbt_init(&t, SHM_BALANCE_RR, w, 3);
+    len = build(w, 3, &sched, rw);
+    /* One request after another: each takes the next slot of the smooth weighted schedule. */
+    for (uint32_t k = 0; k < 10 * len; k++) {
+        lbt_attempt(&t, &a);
+        int b = lbt_pick(&a, why, sizeof(why));
+        CU_ASSERT_FATAL(b >= 0 && b < 3);
+        CU_ASSERT_EQUAL((uint32_t)b, sched[k % len]);
+        CU_ASSERT_EQUAL(a.flags & WK_AT_PROBE, 0);
+        count[b]++;
+        wk_lb_result(&a, 0, 200);
+    }
+    CU_ASSERT_EQUAL(count[0], 30);
+    CU_ASSERT_EQUAL(count[1], 10);
+    CU_ASSERT_EQUAL(count[2], 20);
+    /* Retries of one request never repeat a backend, then run out. */
+    lbt_attempt(&t, &a);
+    for (int k = 0; k < 3; k++) {
+        int b = lbt_pick(&a, why, sizeof(why));
+        CU_ASSERT(b >= 0);
+        CU_ASSERT_EQUAL(wk_lb_can_retry(&a), k < 2);
+    }
+    CU_ASSERT_EQUAL(a.tried, 7);
+    CU_ASSERT_EQUAL(a.tries, 3);
+    CU_ASSERT_EQUAL(lbt_pick(&a, why, sizeof(why)), -1);
+    CU_ASSERT_STRING_EQUAL(why, "No healthy backend for service web");
+    free(sched);
+    lbt_free(&t);
+}
+
+static void test_attempt_skips(void)
+{
+    static const uint32_t w[4] = {1, 1, 1, 1};
+    struct wk_attempt a;
+    struct lbt t;
+    char why[128];
+
+    lbt_init(&t, SHM_BALANCE_RR, w, 4);
+    t.snap.svc.health_enabled = 1; /* down stays down: no passive retry */
+    t.snap.svc.cb_enabled = 1;
+    t.snap.svc.cb_failures = 3;
+    t.snap.svc.cb_open_ms = 10000;
+    lbt_rb(&t, 1)->state = SHM_BE_DOWN;
+    lbt_rb(&t, 1)->down_since_ms = LBT_NOW - 1;
+    lbt_rb(&t, 2)->state = SHM_BE_DISABLED;
+    lbt_rb(&t, 3)->circuit = SHM_CIRCUIT_OPEN;
+    lbt_rb(&t, 3)->circuit_opened_ms = LBT_NOW - 1;
+    for (int k = 0; k < 12; k++) {
+        lbt_attempt(&t, &a);
+        CU_ASSERT_EQUAL(lbt_pick(&a, why, sizeof(why)), 0);
+        CU_ASSERT_EQUAL(wk_lb_can_retry(&a), 0);
+        CU_ASSERT_EQUAL(lbt_pick(&a, why, sizeof(why)), -1);
+        CU_ASSERT_STRING_EQUAL(why, "Circuit open for backend 127.0.0.1:9003 of service web");
+        wk_lb_result(&a, 0, 200);
+    }
+    /* The one usable backend already tried by this request: none left. */
+    lbt_attempt(&t, &a);
+    a.tried = 1;
+    CU_ASSERT_EQUAL(wk_lb_can_retry(&a), 0);
+    CU_ASSERT_EQUAL(wk_lb_pick(&a, why, sizeof(why)), -1);
+    /* A failed attempt is counted against its backend. */
+    lbt_attempt(&t, &a);
+    CU_ASSERT_EQUAL(lbt_pick(&a, why, sizeof(why)), 0);
+    wk_lb_result(&a, WK_FAIL_CONNECT, 0);
+    CU_ASSERT_EQUAL(lbt_rb(&t, 0)->errors, 1);
+    CU_ASSERT_EQUAL(lbt_rb(&t, 0)->passive_failures, 3); /* a refusal counts in full */
+    /* ip-hash: one client stays on its backend; its retry goes elsewhere. */
+    t.snap.svc.balance = SHM_BALANCE_IPHASH;
+    t.gen.gen = ++lbt_gens;
+    lbt_rb(&t, 1)->state = SHM_BE_UP;
+    lbt_rb(&t, 2)->state = SHM_BE_UP;
+    lbt_rb(&t, 3)->circuit = SHM_CIRCUIT_CLOSED;
+    {
+        int first = -1;
+        for (int k = 0; k < 8; k++) {
+            lbt_attempt(&t, &a);
+            int b = lbt_pick(&a, why, sizeof(why));
+            CU_ASSERT(b >= 0);
+            first = first < 0 ? b : first;
+            CU_ASSERT_EQUAL(b, first);
+            int b2 = lbt_pick(&a, why, sizeof(why));
+            CU_ASSERT(b2 >= 0 && b2 != b);
+        }
+    }
+    lbt_free(&t);
+}
+
+static void test_attempt_probe_lease(void)
+{
+    static const uint32_t w[1] = {1};
+    struct wk_attempt a, b, c;
+    struct lbt t;
+    char why[128];
+
+    lbt_init(&t, SHM_BALANCE_RR, w, 1);
+    t.snap.svc.cb_enabled = 1;
+    t.snap.svc.cb_failures = 3;
+    t.snap.svc.cb_open_ms = 10000;
+    lbt_rb(&t, 0)->circuit = SHM_CIRCUIT_OPEN;
+    lbt_rb(&t, 0)->circuit_opened_ms = LBT_NOW - 10001; /* open time over: half-open */
+    /* The first request takes the one trial; the next finds the backend out meanwhile. */
+    lbt_attempt(&t, &a);
+    CU_ASSERT_EQUAL(lbt_pick(&a, why, sizeof(why)), 0);
+    CU_ASSERT(a.flags & WK_AT_PROBE);
+    lbt_attempt(&t, &b);
+    CU_ASSERT_EQUAL(wk_lb_can_retry(&b), 0);
+    CU_ASSERT_EQUAL(lbt_pick(&b, why, sizeof(why)), -1);
+    CU_ASSERT_EQUAL(b.flags & WK_AT_PROBE, 0);
+    /* Its client went away: the lease is handed back at once, for the next request. */
+    wk_lb_abort(&a);
+    CU_ASSERT_EQUAL(a.flags & WK_AT_PROBE, 0);
+    CU_ASSERT_EQUAL(lbt_rb(&t, 0)->probe_until_ms, 0);
+    wk_lb_abort(&a); /* no lease: nothing happens */
+    lbt_attempt(&t, &b);
+    CU_ASSERT_EQUAL(lbt_pick(&b, why, sizeof(why)), 0);
+    CU_ASSERT(b.flags & WK_AT_PROBE);
+    /* The trial answered: the circuit closes and requests flow normally. */
+    wk_lb_result(&b, 0, 200);
+    CU_ASSERT_EQUAL(b.flags & WK_AT_PROBE, 0);
+    CU_ASSERT_EQUAL(lbt_rb(&t, 0)->circuit, SHM_CIRCUIT_CLOSED);
+    for (int k = 0; k < 3; k++) {
+        lbt_attempt(&t, &c);
+        CU_ASSERT_EQUAL(lbt_pick(&c, why, sizeof(why)), 0);
+        CU_ASSERT_EQUAL(c.flags & WK_AT_PROBE, 0);
+        wk_lb_result(&c, 0, 200);
+    }
+    /* Three failures open it again; a failed trial keeps it open. */
+    for (int k = 0; k < 3; k++) {
+        lbt_attempt(&t, &c);
+        CU_ASSERT_EQUAL(lbt_pick(&c, why, sizeof(why)), 0);
+        wk_lb_result(&c, WK_FAIL_RTIMEOUT, 0);
+    }
+    CU_ASSERT_EQUAL(lbt_rb(&t, 0)->circuit, SHM_CIRCUIT_OPEN);
+    lbt_attempt(&t, &c);
+    CU_ASSERT_EQUAL(lbt_pick(&c, why, sizeof(why)), -1);
+    CU_ASSERT_STRING_EQUAL(why, "Circuit open for backend 127.0.0.1:9000 of service web");
+    wk.now = LBT_NOW + 10001;
+    CU_ASSERT_EQUAL(lbt_pick(&c, why, sizeof(why)), 0);
+    CU_ASSERT(c.flags & WK_AT_PROBE);
+    wk_lb_result(&c, WK_FAIL_CONNECT, 0);
+    CU_ASSERT_EQUAL(lbt_rb(&t, 0)->circuit, SHM_CIRCUIT_OPEN);
+    lbt_free(&t);
+}
+
 UNIT_SUITE(wk_lb, {"swrr_sequence", test_swrr_sequence},
            {"swrr_matches_nginx", test_swrr_matches_nginx}, {"swrr_smooth", test_swrr_smooth},
            {"swrr_scaled", test_swrr_scaled}, {"maglev_even", test_maglev_even},
@@ -788,4 +1047,7 @@ UNIT_SUITE(wk_lb, {"swrr_sequence", test_swrr_sequence},
            {"passive_count", test_passive_count}, {"passive_health", test_passive_health},
            {"may_eject", test_may_eject}, {"ejection_cap", test_ejection_cap},
            {"ejection_lease", test_ejection_lease}, {"active_health", test_active_health},
-           {"manual_control", test_manual_control}, {"policy", test_policy})
+           {"manual_control", test_manual_control}, {"policy", test_policy},
+           {"attempt_rr_weights", test_attempt_rr_weights},
+           {"attempt_skips", test_attempt_skips},
+           {"attempt_probe_lease", test_attempt_probe_lease})
