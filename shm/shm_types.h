@@ -215,7 +215,8 @@ struct shm_rt_backend {
     uint32_t consecutive_failures;
     uint32_t in_use;             /* 1 while some generation names this slot (master writes) */
     uint64_t circuit_opened_ms;
-    uint64_t latency_sum_us;
+    uint64_t free0;              /* unused (latency is in the stats cells): kept so that the
+                                    fields after it do not move */
     /* Balancing, health and circuit breaker (rules in shm/shm_lb.h). Times are CLOCK_MONOTONIC
      * ms, one clock for every process of the host. */
     uint64_t down_since_ms;      /* when it was last marked down; 0 = never (health.start down) */
@@ -235,12 +236,13 @@ struct shm_rt_backend {
 } __attribute__((aligned(64)));
 
 struct shm_rt_service {
-    uint64_t requests;
+    uint64_t free0;              /* unused (request counts are in the stats cells): kept so that
+                                    the fields after it do not move */
     uint64_t errors;
     uint64_t rr_cursor;          /* shared round-robin position */
     uint32_t in_use;
     uint32_t stats_used;         /* set by the first shm_stats_record() into this slot */
-    uint64_t latency_sum_us;
+    uint64_t free1;              /* unused (latency is in the stats cells): kept likewise */
     uint64_t eject_lease_ms;     /* passive ejections of this service are decided one at a time:
                                     while > now some worker is deciding (expires by itself) */
     uint64_t reserved[9];

@@ -149,11 +149,6 @@ static void request_tally(struct wk_client *c, int how)
     }
     if (how == 1 && be != NULL) {
         __atomic_fetch_add(&wk.rt->backends[be->rt_slot].requests, 1, __ATOMIC_RELAXED);
-        __atomic_fetch_add(&wk.rt->backends[be->rt_slot].latency_sum_us, dur * 1000,
-                           __ATOMIC_RELAXED);
-        __atomic_fetch_add(&wk.rt->services[svc->rt_slot].requests, 1, __ATOMIC_RELAXED);
-        __atomic_fetch_add(&wk.rt->services[svc->rt_slot].latency_sum_us, dur * 1000,
-                           __ATOMIC_RELAXED);
         if (c->status >= 500) {
             __atomic_fetch_add(&wk.rt->services[svc->rt_slot].errors, 1, __ATOMIC_RELAXED);
         }
