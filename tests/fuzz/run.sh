@@ -19,6 +19,8 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 mkdir -p "$dir/artifacts" "$dir/logs"
 fail=0
+npass=0
+nfail=0
 for t in "${targets[@]}"; do
     bin="$dir/fuzz_$t"
     seeds="$here/corpus/$t"
@@ -40,8 +42,11 @@ for t in "${targets[@]}"; do
         echo "fuzz $t: FAILED (exit $rc) after ${execs:-?} inputs; log $log:"
         grep -E "ERROR|invariant|SUMMARY|Test unit written|runtime error|#[0-9]+ 0x" "$log" | head -30
         fail=1
+        nfail=$((nfail + 1))
     else
         echo "fuzz $t: ok, ${execs:-?} inputs in ${secs}s, 0 crashes (found corpus $corp files)"
+        npass=$((npass + 1))
     fi
 done
+echo "fuzz: $npass passed, $nfail failed"
 exit $fail
