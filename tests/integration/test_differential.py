@@ -61,33 +61,18 @@ def cases():
     return sorted(os.path.join(CORPUS, n) for n in os.listdir(CORPUS) if n.endswith(".case"))
 
 
-class RecordingBackend:
-    """A raw HTTP/1 backend that records every byte it receives (per connection, in order) and
-    answers each request it can delimit, leniently (bare LF ends lines, as many servers allow),
-    with OK_RESPONSE. Counting the requests it saw shows smuggled ones."""
+class _RawServer:
+    """Listen on an ephemeral loopback port and hand each accepted socket to self._serve in a
+    thread of its own, until stop()."""
 
-    def __init__(self):
+    def _listen(self, backlog):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
         self.addr = "127.0.0.1:%d" % self.port
-        self.lock = threading.Lock()
-        self.data = bytearray()
-        self.requests = 0
         self.stop_ev = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
-
-    def peek(self):
-        with self.lock:
-            return bytes(self.data)
-
-    def take(self):
-        with self.lock:
-            d, n = bytes(self.data), self.requests
-            self.data = bytearray()
-            self.requests = 0
-            return d, n
 
     def stop(self):
         self.stop_ev.set()
@@ -103,6 +88,29 @@ class RecordingBackend:
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+
+class RecordingBackend(_RawServer):
+    """A raw HTTP/1 backend that records every byte it receives (per connection, in order) and
+    answers each request it can delimit, leniently (bare LF ends lines, as many servers allow),
+    with OK_RESPONSE. Counting the requests it saw shows smuggled ones."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.data = bytearray()
+        self.requests = 0
+        self._listen(64)
+
+    def peek(self):
+        with self.lock:
+            return bytes(self.data)
+
+    def take(self):
+        with self.lock:
+            d, n = bytes(self.data), self.requests
+            self.data = bytearray()
+            self.requests = 0
+            return d, n
 
     @staticmethod
     def _one(buf):
@@ -368,33 +376,13 @@ class DifferentialListenersTest(dsptest.TestCase):
         self.assertGreaterEqual(ran, 2 * 40)
 
 
-class ScriptedBackend:
+class ScriptedBackend(_RawServer):
     """A raw backend that answers every request head it reads with <parts> (bytes written one
     after the other, <gap> seconds apart), then closes when <close> is true."""
 
     def __init__(self, parts, gap=0.0, close=False):
         self.parts, self.gap, self.close = parts, gap, close
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        self.stop_ev = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def stop(self):
-        self.stop_ev.set()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def _accept(self):
-        while not self.stop_ev.is_set():
-            try:
-                s, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+        self._listen(16)
 
     def _serve(self, s):
         buf = b""
