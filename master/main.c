@@ -321,6 +321,16 @@ static int start(const char *conf, int daemon_mode, const char *pid_path)
     if (adm_socket_in_use(ms.cfg->admin.socket)) {
         return MS_EXIT_START;
     }
+    /* SO_REUSEPORT would let us bind beside another process's listener and take half its
+     * traffic: refuse, naming it. */
+    for (size_t i = 0; i < ms.cfg->nlisteners; i++) {
+        const struct ms_listener *l = &ms.cfg->listeners[i];
+        char why[256];
+        if (ms_listen_taken((const struct sockaddr *)&l->ss, l->sslen, 0, why, sizeof(why))) {
+            log_error("bind() to %s failed: Address already in use: %s", l->address, why);
+            return MS_EXIT_START;
+        }
+    }
     if (ms_bind_all() != 0) {
         return MS_EXIT_START;
     }

@@ -3,11 +3,15 @@
  * file and the admin socket get their missing folders created. */
 #include "master/ms_preflight.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <grp.h>
 #include <libconfig.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <pwd.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,6 +112,22 @@ static const char *path_problem(const char *path, int mkdirs, char *why, size_t 
     return NULL;
 }
 
+/* The pid a pid file names when it is a running process, else 0. */
+static pid_t pid_in_file(const char *path)
+{
+    char buf[32] = "";
+    FILE *f = fopen(path, "re");
+    long pid = 0;
+
+    if (f != NULL) {
+        if (fgets(buf, sizeof(buf), f) != NULL) {
+            pid = strtol(buf, NULL, 10);
+        }
+        fclose(f);
+    }
+    return pid > 0 && pid <= INT_MAX && kill((pid_t)pid, 0) == 0 ? (pid_t)pid : 0;
+}
+
 int ms_preflight(const struct ms_config *cfg, const char *pid_file, int daemon, int host,
                  char **out)
 {
@@ -170,6 +190,19 @@ int ms_preflight(const struct ms_config *cfg, const char *pid_file, int daemon, 
             say(&o, cfg, "admin.socket", 1, "admin.socket: %s", why);
         }
     }
+    {
+        pid_t running = pid_file != NULL ? pid_in_file(pid_file) : 0;
+        for (size_t i = 0; i < cfg->nlisteners; i++) {
+            const struct ms_listener *l = &cfg->listeners[i];
+            char key[64];
+            snprintf(key, sizeof(key), "listeners.[%zu].address", i);
+            if (ms_listen_taken((const struct sockaddr *)&l->ss, l->sslen, running, why,
+                                sizeof(why))) {
+                say(&o, cfg, key, 1, "listener %s: address already in use: %s", l->address,
+                    why);
+            }
+        }
+    }
 warnings:
     if (daemon && (cfg->log.error == NULL || strcmp(cfg->log.error, "stderr") == 0)) {
         say(&o, cfg, "log.error", 0,
@@ -178,4 +211,299 @@ warnings:
     }
     *out = o.text;
     return o.errors;
+}
+
+/* ---- listening addresses held by other processes -------------------------------------------- */
+#define MAX_INODES  64
+#define MAX_HOLDERS 16
+
+struct holder_set {
+    unsigned long inode[MAX_INODES];
+    int ours[MAX_INODES]; /* held by this process (or <also_ours>) */
+    size_t n;
+};
+
+/* Parse a /proc/net/tcp{,6} address word: 8 (IPv4) or 32 (IPv6) hex digits, each group of 8
+ * the native-endian 32-bit word as the kernel printed it. */
+static int parse_proc_addr(const char *hex, size_t len, uint32_t *words)
+{
+    char part[9];
+
+    if (len != 8 && len != 32) {
+        return -1;
+    }
+    for (size_t w = 0; w < len / 8; w++) {
+        char *end;
+        memcpy(part, hex + w * 8, 8);
+        part[8] = '\0';
+        words[w] = (uint32_t)strtoul(part, &end, 16);
+        if (*end != '\0') {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Add to <hs> the inodes of listening sockets in /proc/net/<file> on <port> whose address
+ * overlaps: <want> (1 or 4 words; all zero = any address) or, for an IPv4 <want> read against
+ * tcp6, the IPv4-mapped form and "::". Returns 0, or -1 when the file cannot be read. */
+static int scan_proc_net(const char *file, int v6file, int v6want, const uint32_t *want,
+                         uint16_t port, struct holder_set *hs)
+{
+    char path[64], line[512];
+    FILE *f;
+    int first = 1;
+
+    snprintf(path, sizeof(path), "/proc/net/%s", file);
+    if ((f = fopen(path, "re")) == NULL) {
+        return -1;
+    }
+    while (fgets(line, sizeof(line), f) != NULL && hs->n < MAX_INODES) {
+        char *tok[12], *save = NULL, *colon;
+        int nt = 0;
+        uint32_t a[4] = {0};
+        unsigned long lport, inode;
+        int any, match;
+
+        if (first) {
+            first = 0; /* the header */
+            continue;
+        }
+        for (char *t = strtok_r(line, " \t\n", &save); t != NULL && nt < 12;
+             t = strtok_r(NULL, " \t\n", &save)) {
+            tok[nt++] = t;
+        }
+        if (nt < 10 || strcmp(tok[3], "0A") != 0 || (colon = strchr(tok[1], ':')) == NULL) {
+            continue; /* not a listening socket */
+        }
+        lport = strtoul(colon + 1, NULL, 16);
+        inode = strtoul(tok[9], NULL, 10);
+        if (lport != port || inode == 0 ||
+            parse_proc_addr(tok[1], (size_t)(colon - tok[1]), a) != 0) {
+            continue;
+        }
+        if (!v6file) {
+            any = a[0] == 0;
+            match = any || want[0] == 0 || a[0] == want[0];
+        } else if (v6want) {
+            any = !a[0] && !a[1] && !a[2] && !a[3];
+            match = any || (!want[0] && !want[1] && !want[2] && !want[3]) ||
+                    memcmp(a, want, 16) == 0;
+        } else {
+            /* An IPv4 address against a dual-stack IPv6 socket: "::" or ::ffff:a.b.c.d. */
+            struct in6_addr m;
+            memcpy(&m, a, 16);
+            any = IN6_IS_ADDR_UNSPECIFIED(&m);
+            match = any || (IN6_IS_ADDR_V4MAPPED(&m) && (want[0] == 0 || a[3] == want[0]));
+        }
+        if (match) {
+            size_t k;
+            for (k = 0; k < hs->n && hs->inode[k] != inode; k++) {
+            }
+            if (k == hs->n) {
+                hs->inode[hs->n++] = inode;
+            }
+        }
+    }
+    fclose(f);
+    return 0;
+}
+
+/* The socket inode an fd link names ("socket:[123]"), or 0. */
+static unsigned long link_inode(int dirfd, const char *name)
+{
+    char target[64];
+    ssize_t r = readlinkat(dirfd, name, target, sizeof(target) - 1);
+
+    if (r <= 8 || memcmp(target, "socket:[", 8) != 0) {
+        return 0;
+    }
+    target[r] = '\0';
+    return strtoul(target + 8, NULL, 10);
+}
+
+/* Call <fn> for each fd of process <pid> that is one of the inodes of <hs>. */
+static void each_held(const char *pid, struct holder_set *hs,
+                      void (*fn)(struct holder_set *, size_t, void *), void *arg)
+{
+    char path[64];
+    DIR *d;
+    struct dirent *de;
+
+    snprintf(path, sizeof(path), "/proc/%s/fd", pid);
+    if ((d = opendir(path)) == NULL) {
+        return;
+    }
+    while ((de = readdir(d)) != NULL) {
+        unsigned long ino = de->d_name[0] != '.' ? link_inode(dirfd(d), de->d_name) : 0;
+        for (size_t k = 0; ino != 0 && k < hs->n; k++) {
+            if (hs->inode[k] == ino) {
+                fn(hs, k, arg);
+            }
+        }
+    }
+    closedir(d);
+}
+
+static void mark_ours(struct holder_set *hs, size_t k, void *arg)
+{
+    (void)arg;
+    hs->ours[k] = 1;
+}
+
+struct others {
+    pid_t pid[MAX_HOLDERS];
+    size_t n;
+    pid_t cur;
+};
+
+static void add_other(struct holder_set *hs, size_t k, void *arg)
+{
+    struct others *o = arg;
+
+    if (!hs->ours[k] && (o->n == 0 || o->pid[o->n - 1] != o->cur) && o->n < MAX_HOLDERS) {
+        o->pid[o->n++] = o->cur;
+    }
+}
+
+static pid_t parent_of(pid_t pid)
+{
+    char path[64], buf[512], *p;
+    FILE *f;
+    long pp = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    if ((f = fopen(path, "re")) == NULL) {
+        return 0;
+    }
+    if (fgets(buf, sizeof(buf), f) != NULL && (p = strrchr(buf, ')')) != NULL) {
+        sscanf(p + 1, " %*c %ld", &pp);
+    }
+    fclose(f);
+    return (pid_t)pp;
+}
+
+static void comm_of(pid_t pid, char *out, size_t n)
+{
+    char path[64];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+    out[0] = '\0';
+    if ((f = fopen(path, "re")) != NULL) {
+        if (fgets(out, (int)n, f) != NULL) {
+            out[strcspn(out, "\n")] = '\0';
+        }
+        fclose(f);
+    }
+    for (char *p = out; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            *p = '?';
+        }
+    }
+}
+
+int ms_listen_taken(const struct sockaddr *sa, socklen_t salen, pid_t also_ours, char *why,
+                    size_t n)
+{
+    struct holder_set hs = {0};
+    struct others o = {0};
+    uint32_t want[4] = {0};
+    uint16_t port;
+    int one = 1, fd, e, v6 = sa->sa_family == AF_INET6, foreign = 0, read_any;
+    DIR *d;
+    struct dirent *de;
+
+    if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) {
+        return 0;
+    }
+    /* The kernel's own verdict, without SO_REUSEPORT: only a listening socket (or a bound one
+     * without SO_REUSEADDR) on an overlapping address refuses this bind. */
+    if ((fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1) {
+        return 0;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (v6) {
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    }
+    e = bind(fd, sa, salen) == 0 ? 0 : errno;
+    close(fd);
+    if (e != EADDRINUSE) {
+        return 0; /* free, or another problem the real bind reports with its errno */
+    }
+    if (v6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        memcpy(want, &s6->sin6_addr, 16);
+        port = ntohs(s6->sin6_port);
+        read_any = scan_proc_net("tcp6", 1, 1, want, port, &hs) == 0;
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        want[0] = s4->sin_addr.s_addr;
+        port = ntohs(s4->sin_port);
+        read_any = scan_proc_net("tcp", 0, 0, want, port, &hs) == 0;
+        read_any |= scan_proc_net("tcp6", 1, 0, want, port, &hs) == 0;
+    }
+    if (!read_any) {
+        return 0; /* no /proc/net: cannot tell ours from theirs; the bind decides */
+    }
+    each_held("self", &hs, mark_ours, NULL);
+    /* The other holders, and whether every listening socket found is ours. */
+    for (size_t k = 0; k < hs.n; k++) {
+        foreign |= !hs.ours[k];
+    }
+    if (hs.n > 0 && !foreign) {
+        return 0; /* our own listeners (kept over a reload) */
+    }
+    if ((d = opendir("/proc")) != NULL) {
+        while ((de = readdir(d)) != NULL) {
+            char *end;
+            long pid = strtol(de->d_name, &end, 10);
+            if (*end != '\0' || pid <= 0 || pid == (long)getpid()) {
+                continue;
+            }
+            o.cur = (pid_t)pid;
+            each_held(de->d_name, &hs, add_other, &o);
+        }
+        closedir(d);
+    }
+    if (also_ours > 0) {
+        /* -t beside the running master of this configuration: its sockets (held by it and by
+         * its workers) are the ones a reload keeps. */
+        size_t theirs = 0;
+        for (size_t i = 0; i < o.n; i++) {
+            theirs += o.pid[i] == also_ours || parent_of(o.pid[i]) == also_ours;
+        }
+        if (o.n > 0 && theirs == o.n) {
+            return 0;
+        }
+        if (o.n == 0 && kill(also_ours, 0) == 0) {
+            return 0; /* the holders are hidden from us; the running master is the likely one */
+        }
+    }
+    if (o.n == 0) {
+        snprintf(why, n, "another process listens there (not found in /proc)");
+        return 1;
+    }
+    /* Name the top of the holders' tree (a master rather than its workers). */
+    pid_t top = o.pid[0];
+    for (size_t i = 0; i < o.n; i++) {
+        pid_t pp = parent_of(o.pid[i]);
+        int child = 0;
+        for (size_t j = 0; j < o.n; j++) {
+            child |= o.pid[j] == pp;
+        }
+        if (!child) {
+            top = o.pid[i];
+            break;
+        }
+    }
+    char comm[64];
+    comm_of(top, comm, sizeof(comm));
+    if (o.n > 1) {
+        snprintf(why, n, "pid %d (%s) and %zu other process%s listen there", (int)top,
+                 comm[0] ? comm : "?", o.n - 1, o.n > 2 ? "es" : "");
+    } else {
+        snprintf(why, n, "pid %d (%s) listens there", (int)top, comm[0] ? comm : "?");
+    }
+    return 1;
 }

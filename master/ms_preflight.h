@@ -4,6 +4,10 @@
 #ifndef DSP_MS_PREFLIGHT_H
 #define DSP_MS_PREFLIGHT_H
 
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
 struct ms_config;
 
 /* Check <cfg> (its parser tree must still be there: ms_config_drop_source() not yet called)
@@ -15,5 +19,16 @@ struct ms_config;
  * which meets the other problems itself). */
 int ms_preflight(const struct ms_config *cfg, const char *pid_file, int daemon, int host,
                  char **out);
+
+/* Whether another process already listens on an address a listener bound at <sa> would share
+ * (SO_REUSEPORT lets a second process of the same user bind beside it and split the traffic).
+ * A trial bind without SO_REUSEPORT asks the kernel; when it reports the address in use, the
+ * listening sockets that overlap it are looked up in /proc/net/tcp{,6} and their holders in
+ * /proc/PID/fd. Sockets this process holds (its own listeners, kept over a reload) do not
+ * count, nor those of process <also_ours> and its children when it is not 0 (for -t: the
+ * running master named by the pid file). Returns 0 when free (or when it cannot be told: the
+ * bind itself decides then), 1 with "pid N (comm) listens there" or similar in <why>. */
+int ms_listen_taken(const struct sockaddr *sa, socklen_t salen, pid_t also_ours, char *why,
+                    size_t n);
 
 #endif
