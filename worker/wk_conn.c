@@ -405,10 +405,7 @@ static void upstream_close(struct wk_upstream *u)
         pool_remove(u);
     }
     wk_timer_disarm(&u->timer);
-    wk_tls_close(u->tls);
-    if (u->fd != -1) {
-        close(u->fd);
-    }
+    xp_close(&u->xp, 1);
     wk_free_later(&u->ev);
 }
 
@@ -418,16 +415,7 @@ static void upstream_close(struct wk_upstream *u)
  * are consumed and do not count. */
 static int upstream_pending(struct wk_upstream *u)
 {
-    char ch;
-
-    if (u->tls != NULL) {
-        return wk_tls_pending(u->tls) || !wk_tls_idle_ok(u->tls);
-    }
-    if (recv(u->fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
-        (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        return 0;
-    }
-    return 1;
+    return !xp_idle_ok(&u->xp);
 }
 
 /* Park an upstream whose exchange ended exactly at a message boundary (finish() checked that
@@ -438,7 +426,7 @@ static void pool_put(struct wk_upstream *u)
     struct wk_pool *p = &wk.pools[u->be_slot];
 
     /* Bytes a TLS backend sent beyond its response would be read as the next response. */
-    if (p->count >= POOL_MAX_IDLE || wk.stopping || (u->tls != NULL && wk_tls_pending(u->tls))) {
+    if (p->count >= POOL_MAX_IDLE || wk.stopping || xp_pending(&u->xp)) {
         upstream_close(u);
         return;
     }
@@ -540,11 +528,7 @@ void wk_client_close(struct wk_client *c)
     }
     end_transaction(c);
     wk_timer_disarm(&c->timer);
-    wk_tls_close(c->tls);
-    c->tls = NULL;
-    if (c->fd != -1) {
-        close(c->fd);
-    }
+    xp_close(&c->xp, 1);
     wk_buf_put(&c->in);
     wk_buf_put(&c->out);
     if (c->prev != NULL) {
@@ -639,17 +623,18 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
     }
     c->ev.kind = WK_EV_CLIENT;
     c->timer.owner = &c->ev;
-    c->fd = fd;
+    xp_init(&c->xp, fd);
     c->listener = (uint8_t)listener;
     c->flags = WK_C_F_WRITABLE;
     if (listener < s->nlisteners && shm_listeners(s)[listener].tls) {
-        c->flags |= WK_C_F_TLS;
-        c->tls = wk_tls_server_new(fd);
-        if (c->tls == NULL) {
+        struct ssl_st *ssl = wk_tls_server_new(fd);
+        if (ssl == NULL) {
             close(fd);
             free(c);
             return;
         }
+        c->flags |= WK_C_F_TLS;
+        xp_start_tls(&c->xp, ssl);
     }
     c->peer_family = (uint8_t)sa->sa_family;
     if (sa->sa_family == AF_INET) {
@@ -670,8 +655,7 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
             logged_ms = wk.now;
             log_errno(LOG_ERROR, errno, "epoll_ctl(ADD client) failed");
         }
-        wk_tls_close(c->tls);
-        close(fd);
+        xp_close(&c->xp, 0);
         free(c);
         return;
     }
@@ -684,7 +668,7 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
     c->state = WK_CS_IDLE;
     if (listener < s->nlisteners && shm_listeners(s)[listener].proxy_protocol) {
         c->state = WK_CS_PPHDR;
-    } else if (c->tls != NULL) {
+    } else if (xp_is_tls(&c->xp)) {
         c->state = WK_CS_TLS;
     }
     set_timer(c);
@@ -1058,7 +1042,7 @@ static int upstream_connect(struct wk_client *c)
         }
         pool_remove(u);
         wk_timer_disarm(&u->timer);
-        if ((u->tls != NULL) != ((csvc(c)->tls & SHM_SVC_TLS_ON) != 0)) {
+        if (xp_is_tls(&u->xp) != ((csvc(c)->tls & SHM_SVC_TLS_ON) != 0)) {
             upstream_close(u); /* pooled before a reload switched TLS on or off */
             continue;
         }
@@ -1106,8 +1090,8 @@ static int upstream_connect(struct wk_client *c)
         memcpy(&s4->sin_addr, be->ip, 4);
         sl = sizeof(*s4);
     }
-    u->fd = socket(be->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (u->fd == -1) {
+    xp_init(&u->xp, socket(be->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (u->xp.fd == -1) {
         /* Out of descriptors, every request would say so: once a second is enough (the
          * client gets its 503 at once either way). */
         static uint64_t logged_ms;
@@ -1119,25 +1103,26 @@ static int upstream_connect(struct wk_client *c)
         free(u);
         return -1;
     }
-    setsockopt(u->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(u->xp.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.ptr = u;
-    if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, u->fd, &ev) == -1) {
+    if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, u->xp.fd, &ev) == -1) {
         log_errno(LOG_ERROR, errno, "epoll_ctl(ADD upstream) failed");
-        close(u->fd);
+        xp_close(&u->xp, 0);
         free(u);
         return -1;
     }
     c->up = u;
     if (csvc(c)->tls & SHM_SVC_TLS_ON) {
-        u->tls = wk_tls_client_new(u->fd, c->at.gen->tls, c->at.service, be);
-        if (u->tls == NULL) {
+        struct ssl_st *ssl = wk_tls_client_new(u->xp.fd, c->at.gen->tls, c->at.service, be);
+        if (ssl == NULL) {
             log_error("TLS to backend %s: %s", shm_s(c->at.gen->snap, be->address), wk_tls_error());
             return 1;
         }
+        xp_start_tls(&u->xp, ssl);
         u->flags |= WK_UP_F_TLSHS; /* the handshake starts once connect() completes */
     }
-    if (connect(u->fd, (struct sockaddr *)&ss, sl) == -1) {
+    if (connect(u->xp.fd, (struct sockaddr *)&ss, sl) == -1) {
         if (errno != EINPROGRESS) {
             return 1; /* refused at once (loopback): a connect failure */
         }
@@ -1206,7 +1191,7 @@ static int upstream_failed(struct wk_client *c, int why)
          * the backend died or aborted, which passive health acts on at once. */
         struct tcp_info ti;
         socklen_t tl = sizeof(ti);
-        if (getsockopt(c->up->fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
+        if (getsockopt(c->up->xp.fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
             ti.tcpi_state == TCP_CLOSE) {
             lb_why = WK_FAIL_ABORT;
         }
@@ -1472,7 +1457,7 @@ static int client_read(struct wk_client *c)
     /* OpenSSL may hold bytes the socket no longer announces: read ahead by a handshake step
      * that ran on a write edge. Edge-triggered epoll reports readiness as of when the event is
      * fetched, so once such bytes left the socket no read edge will come for them. */
-    if (!(c->flags & WK_C_F_READABLE) && c->tls != NULL && wk_tls_pending(c->tls)) {
+    if (!(c->flags & WK_C_F_READABLE) && xp_pending(&c->xp)) {
         c->flags |= WK_C_F_READABLE;
     }
     if (!(c->flags & WK_C_F_READABLE) || (c->flags & WK_C_F_EOF)) {
@@ -1508,38 +1493,27 @@ static int client_read(struct wk_client *c)
             return 0;
         }
     }
-    if (c->tls != NULL) {
-        int t = wk_tls_read(c->tls, c->in.data + c->in.end, c->in.cap - c->in.end);
-
-        if (t == WK_TLS_WANT_READ) {
-            c->flags &= ~WK_C_F_READABLE;
-            if (c->state == WK_CS_IDLE || c->state == WK_CS_HEAD) {
-                wk_tls_ticket_now(c->tls); /* (a request in progress: its response takes it) */
-            }
-            return 0;
+    n = xp_read(&c->xp, c->in.data + c->in.end, c->in.cap - c->in.end);
+    if (n == XP_WANT_READ) {
+        c->flags &= ~WK_C_F_READABLE;
+        if (c->state == WK_CS_IDLE || c->state == WK_CS_HEAD) {
+            xp_ticket_now(&c->xp); /* (a request in progress: its response takes it) */
         }
-        if (t == WK_TLS_WANT_WRITE) {
-            c->flags &= ~WK_C_F_WRITABLE; /* retried on the write edge; READABLE stays set */
-            return 0;
-        }
-        if (t == WK_TLS_ERROR) {
-            wk_client_close(c);
-            return -1;
-        }
-        /* As below for plain reads: OpenSSL read a whole buffer's worth, came back short and
-         * holds nothing more, so the socket is empty until the next edge. */
-        if (t > 0 && !(c->flags & WK_C_F_RDHUP) && tls_drained(c->tls)) {
-            c->flags &= ~WK_C_F_READABLE;
-        }
-        n = t;
-    } else {
-        n = recv(c->fd, c->in.data + c->in.end, c->in.cap - c->in.end, 0);
-        /* Edge-triggered: a short read emptied the socket and new bytes bring a new edge, so
-         * the recv that would only say EAGAIN is skipped. Not when a FIN is already pending:
-         * it came with this edge and no other will announce it. */
-        if (n > 0 && (size_t)n < c->in.cap - c->in.end && !(c->flags & WK_C_F_RDHUP)) {
-            c->flags &= ~WK_C_F_READABLE;
-        }
+        return 0;
+    }
+    if (n == XP_WANT_WRITE) {
+        c->flags &= ~WK_C_F_WRITABLE; /* retried on the write edge; READABLE stays set */
+        return 0;
+    }
+    if (n == XP_ERR) {
+        wk_client_close(c);
+        return -1;
+    }
+    /* Edge-triggered: a read that emptied the socket means new bytes bring a new edge, so the
+     * read that would only say "again" is skipped. Not when a FIN is already pending: it came
+     * with this edge and no other will announce it. */
+    if (n > 0 && !(c->flags & WK_C_F_RDHUP) && xp_drained(&c->xp)) {
+        c->flags &= ~WK_C_F_READABLE;
     }
     if (n > 0) {
         c->in.end += (uint32_t)n;
@@ -1548,19 +1522,8 @@ static int client_read(struct wk_client *c)
         }
         return 1;
     }
-    if (n == 0) {
-        c->flags |= WK_C_F_EOF;
-        return 1;
-    }
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        c->flags &= ~WK_C_F_READABLE;
-        return 0;
-    }
-    if (errno == EINTR) {
-        return 1;
-    }
-    wk_client_close(c);
-    return -1;
+    c->flags |= WK_C_F_EOF;
+    return 1;
 }
 
 /* Does what client_write() is about to offer end the response, on a connection that closes
@@ -1616,38 +1579,17 @@ static int client_write(struct wk_client *c)
             request_tally(c, 1);
         }
     }
-    if (c->tls != NULL) {
-        n = wk_tls_writev(c->tls, iov, niov, ends_and_closes(c));
-        if (n == WK_TLS_WANT_WRITE) {
-            c->flags &= ~WK_C_F_WRITABLE;
-            send_blocked(c);
-            return 0;
-        }
-        if (n == WK_TLS_WANT_READ) {
-            return 0; /* retried on the next edge */
-        }
-        if (n < 0) {
-            wk_client_close(c);
-            return -1;
-        }
-    } else {
-        /* The last bytes before a close: corked, the FIN leaves in their segment. */
-        if (!(c->tflags & WK_T_CORKED) && ends_and_closes(c)) {
-            int one = 1;
-            (void)setsockopt(c->fd, IPPROTO_TCP, TCP_CORK, &one, sizeof(one));
-            c->tflags |= WK_T_CORKED;
-        }
-        n = writev(c->fd, iov, niov);
+    /* The last bytes before a close are corked: the FIN (and close_notify) join them. */
+    n = xp_writev(&c->xp, iov, niov, ends_and_closes(c));
+    if (n == XP_WANT_WRITE) {
+        c->flags &= ~WK_C_F_WRITABLE;
+        send_blocked(c);
+        return 0;
+    }
+    if (n == XP_WANT_READ) {
+        return 0; /* retried on the next edge */
     }
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            c->flags &= ~WK_C_F_WRITABLE;
-            send_blocked(c);
-            return 0;
-        }
-        if (errno == EINTR) {
-            return 1;
-        }
         wk_client_close(c);
         return -1;
     }
@@ -1682,22 +1624,23 @@ static int upstream_handshake(struct wk_client *c)
     if (!(u->flags & (WK_UP_F_READABLE | WK_UP_F_WRITABLE))) {
         return 0;
     }
-    r = wk_tls_handshake(u->tls);
+    r = xp_handshake(&u->xp);
     if (r == 1) {
         u->flags &= ~WK_UP_F_TLSHS;
         set_timer(c);
         return 1;
     }
-    if (r == WK_TLS_WANT_READ) {
+    if (r == XP_WANT_READ) {
         u->flags &= ~WK_UP_F_READABLE;
         return 0;
     }
-    if (r == WK_TLS_WANT_WRITE) {
+    if (r == XP_WANT_WRITE) {
         u->flags &= ~WK_UP_F_WRITABLE;
         return 0;
     }
+    wk_tls_forget(u->xp.ssl);
     log_warn("TLS handshake with backend %s failed: %s", shm_s(c->at.gen->snap, cbe(c)->address),
-             wk_tls_error());
+             xp_error());
     /* Nothing of the request reached the backend: as retryable as a refused connection. */
     return upstream_failed(c, WK_FAIL_CONNECT) == 0 ? 1 : -1;
 }
@@ -1740,30 +1683,15 @@ static int upstream_write(struct wk_client *c)
     if (niov == 0) {
         return 0;
     }
-    if (u->tls != NULL) {
-        n = wk_tls_writev(u->tls, iov, niov, 0);
-        if (n == WK_TLS_WANT_WRITE) {
-            u->flags &= ~WK_UP_F_WRITABLE;
-            return 0;
-        }
-        if (n == WK_TLS_WANT_READ) {
-            return 0;
-        }
-        if (n < 0) {
-            errno = ECONNRESET;
-            n = -1;
-        }
-    } else {
-        n = writev(u->fd, iov, niov);
+    n = xp_writev(&u->xp, iov, niov, 0);
+    if (n == XP_WANT_WRITE) {
+        u->flags &= ~WK_UP_F_WRITABLE;
+        return 0;
+    }
+    if (n == XP_WANT_READ) {
+        return 0;
     }
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            u->flags &= ~WK_UP_F_WRITABLE;
-            return 0;
-        }
-        if (errno == EINTR) {
-            return 1;
-        }
         /* Reset or closed (EPIPE, ECONNRESET): a backend that rejects an upload answers and
          * closes without reading the body. What it sent before is still in the socket: read
          * it (upstream_read() fails the attempt if there is nothing). */
@@ -1771,7 +1699,7 @@ static int upstream_write(struct wk_client *c)
         return 1;
     }
     c->tflags |= WK_T_UP_WRITTEN;
-    if (u->tls == NULL && (size_t)n < first + (niov > 1 ? iov[1].iov_len : 0)) {
+    if (!xp_is_tls(&u->xp) && (size_t)n < first + (niov > 1 ? iov[1].iov_len : 0)) {
         /* Short write: the socket buffer is full. (Not so for TLS, which writes a record at a
          * time.) */
         u->flags &= ~WK_UP_F_WRITABLE;
@@ -1821,8 +1749,8 @@ static int upstream_read(struct wk_client *c)
     if (u != NULL && (u->flags & WK_UP_F_TLSHS) && !(u->flags & WK_UP_F_CONNECTING)) {
         return upstream_handshake(c);
     }
-    if (u != NULL && !(u->flags & WK_UP_F_READABLE) && u->tls != NULL &&
-        !(u->flags & WK_UP_F_CONNECTING) && wk_tls_pending(u->tls)) {
+    if (u != NULL && !(u->flags & (WK_UP_F_READABLE | WK_UP_F_CONNECTING)) &&
+        xp_pending(&u->xp)) {
         u->flags |= WK_UP_F_READABLE; /* read ahead on a write edge: see client_read() */
     }
     if (u == NULL || (u->flags & WK_UP_F_CONNECTING) || !(u->flags & WK_UP_F_READABLE)) {
@@ -1849,47 +1777,29 @@ static int upstream_read(struct wk_client *c)
             return 0;
         }
     }
-    if (u->tls != NULL) {
-        int t = wk_tls_read(u->tls, c->tx->uin.data + c->tx->uin.end, c->tx->uin.cap - c->tx->uin.end);
-
-        if (t == WK_TLS_WANT_READ) {
-            u->flags &= ~WK_UP_F_READABLE;
-            return 0;
-        }
-        if (t == WK_TLS_WANT_WRITE) {
-            u->flags &= ~WK_UP_F_WRITABLE;
-            return 0;
-        }
-        if (t == WK_TLS_ERROR) {
-            errno = ECONNRESET;
-        }
-        n = t == WK_TLS_ERROR ? -1 : t;
-    } else {
-        n = recv(u->fd, c->tx->uin.data + c->tx->uin.end, c->tx->uin.cap - c->tx->uin.end, 0);
-    }
+    n = xp_read(&u->xp, c->tx->uin.data + c->tx->uin.end, c->tx->uin.cap - c->tx->uin.end);
     if (n > 0) {
-        /* Edge-triggered: a short read drained the socket, and new data brings a new edge, so
-         * skip the recv that would only say EAGAIN. (A short TLS read proves nothing by
-         * itself: it may end a record with the next one queued; tls_drained() knows.) */
-        if ((u->tls == NULL ? (size_t)n < c->tx->uin.cap - c->tx->uin.end : tls_drained(u->tls)) &&
-            !(u->flags & WK_UP_F_HUP)) {
-            /* (Not when epoll reported the peer's FIN or an error: it came with this edge and
-             * no other will announce it.) */
+        /* Edge-triggered: a read that drained the socket means new data brings a new edge, so
+         * skip the read that would only say "again" (xp_drained() knows for TLS too). Not when
+         * epoll reported the peer's FIN or an error: it came with this edge and no other will
+         * announce it. */
+        if (xp_drained(&u->xp) && !(u->flags & WK_UP_F_HUP)) {
             u->flags &= ~WK_UP_F_READABLE;
         }
         c->tx->uin.end += (uint32_t)n;
         c->tflags |= WK_T_RESP_BYTES;
         return 1;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    if (n == XP_WANT_WRITE) {
+        u->flags &= ~WK_UP_F_WRITABLE;
+        return 0;
+    }
+    if (n == XP_WANT_READ) {
         u->flags &= ~WK_UP_F_READABLE;
         if (!(u->flags & WK_UP_F_WERR)) {
             return 0;
         }
         n = 0; /* a failed write ended the connection: nothing more will come */
-    }
-    if (n < 0 && errno == EINTR) {
-        return 1;
     }
     /* EOF or reset from the backend. */
     if (c->tflags & WK_T_TUNNEL) {
@@ -1977,24 +1887,19 @@ static int next_request(struct wk_client *c)
         if (c->in.data != NULL && c->in.end > c->parsed_off && !(c->flags & WK_C_F_HUP)) {
             /* Unread input would turn our close into a reset that can destroy the response on
              * its way: shut down writing and drain for a moment instead. */
-            wk_tls_shutdown(c->tls);
-            shutdown(c->fd, SHUT_WR);
+            xp_shutdown(&c->xp);
             c->state = WK_CS_LINGER;
             set_timer(c);
             return 0;
         }
         if (!(c->flags & WK_C_F_HUP) && !(c->tflags & WK_T_REQ_DONE)) {
-            wk_tls_shutdown(c->tls);
-            shutdown(c->fd, SHUT_WR);
+            xp_shutdown(&c->xp);
             c->state = WK_CS_LINGER;
             set_timer(c);
             return 0;
         }
         wk_client_close(c);
         return -1;
-    }
-    if (c->tls != NULL) {
-        tls_cork(c->tls, 0); /* (never left on for a connection that stays: no system call) */
     }
     c->in.start = c->parsed_off;
     c->tflags = 0;
@@ -2070,7 +1975,7 @@ static int read_proxy_header(struct wk_client *c)
     if (!(c->flags & WK_C_F_READABLE)) {
         return 0;
     }
-    n = recv(c->fd, buf, sizeof(buf), MSG_PEEK);
+    n = recv(c->xp.fd, buf, sizeof(buf), MSG_PEEK);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         c->flags &= ~WK_C_F_READABLE;
         return 0;
@@ -2091,7 +1996,7 @@ static int read_proxy_header(struct wk_client *c)
         c->flags &= ~WK_C_F_READABLE;
         return 0;
     }
-    if (recv(c->fd, buf, (size_t)len, 0) != len) {
+    if (recv(c->xp.fd, buf, (size_t)len, 0) != len) {
         wk_client_close(c);
         return -1;
     }
@@ -2105,7 +2010,7 @@ static int read_proxy_header(struct wk_client *c)
     }
     /* The header timeout armed at accept runs on: the PROXY header, TLS handshake and first
      * request head share it (re-arming here would let a trickled PROXY header double it). */
-    c->state = c->tls != NULL ? WK_CS_TLS : WK_CS_IDLE;
+    c->state = xp_is_tls(&c->xp) ? WK_CS_TLS : WK_CS_IDLE;
     return 1;
 }
 
@@ -2118,24 +2023,24 @@ static int client_handshake(struct wk_client *c)
     if (!(c->flags & (WK_C_F_READABLE | WK_C_F_WRITABLE))) {
         return 0;
     }
-    r = wk_tls_handshake(c->tls);
+    r = xp_handshake(&c->xp);
     if (r == 1) {
-        __atomic_fetch_add(&wk.ctl->tls_handshakes[wk_tls_resumed(c->tls) ? SHM_TLS_HS_RESUMED
+        __atomic_fetch_add(&wk.ctl->tls_handshakes[wk_tls_resumed(c->xp.ssl) ? SHM_TLS_HS_RESUMED
                                                                           : SHM_TLS_HS_FULL],
                            1, __ATOMIC_RELAXED);
         c->state = WK_CS_IDLE;
         return 1;
     }
-    if (r == WK_TLS_WANT_READ) {
+    if (r == XP_WANT_READ) {
         c->flags &= ~WK_C_F_READABLE;
         return 0;
     }
-    if (r == WK_TLS_WANT_WRITE) {
+    if (r == XP_WANT_WRITE) {
         c->flags &= ~WK_C_F_WRITABLE;
         return 0;
     }
     __atomic_fetch_add(&wk.ctl->tls_handshakes[SHM_TLS_HS_FAILED], 1, __ATOMIC_RELAXED);
-    log_debug("TLS handshake failed: %s", wk_tls_error());
+    log_debug("TLS handshake failed: %s", xp_error());
     wk_client_close(c);
     return -1;
 }
@@ -2336,7 +2241,7 @@ static void run(struct wk_client *c)
             if (!(c->flags & WK_C_F_READABLE)) {
                 break;
             }
-            n = recv(c->fd, sink, sizeof(sink), 0);
+            n = recv(c->xp.fd, sink, sizeof(sink), 0);
             if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
                 wk_client_close(c);
                 return;
@@ -2382,8 +2287,8 @@ void wk_upstream_event(struct wk_upstream *u, uint32_t events)
         /* Idle in the pool: input means the backend closed it or sent something unasked. A
          * write edge (ACKs freeing send space) is harmless. */
         if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) &&
-            !(u->tls != NULL && !(events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP)) &&
-              wk_tls_idle_ok(u->tls))) {
+            !(xp_is_tls(&u->xp) && !(events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP)) &&
+              xp_idle_ok(&u->xp))) {
             /* (A TLS backend may still send session tickets after the exchange: those are
              * consumed above and leave the connection reusable.) */
             upstream_close(u);
@@ -2420,7 +2325,7 @@ void wk_upstream_event(struct wk_upstream *u, uint32_t events)
         if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
             return;
         }
-        if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &sl) == -1) {
+        if (getsockopt(u->xp.fd, SOL_SOCKET, SO_ERROR, &err, &sl) == -1) {
             err = errno;
         }
         if (err != 0) {

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "common/xport.h"
 #include "shm/shm_types.h"
 #include "worker/wk_chunk.h"
 #include "worker/wk_h1.h"
@@ -85,12 +86,11 @@ struct wk_alog_req;
 struct wk_upstream {
     struct wk_ev ev;
     uint8_t flags;
-    int fd;
+    struct xport xp;           /* the socket, plain or TLS (kept across pooled reuse) */
     uint32_t be_slot;          /* runtime slot of the backend: the pool key */
     struct wk_client *client;  /* NULL while idle in the pool */
     struct wk_upstream *pnext, *pprev;
     struct wk_timer timer;     /* pool idle timeout */
-    struct ssl_st *tls;        /* TLS backends; kept across pooled reuse */
     uint64_t pass;             /* wk.pass when it entered the pool, or when it left it
                                   unchecked (0 when its socket was seen empty at reuse) */
 };
@@ -150,7 +150,7 @@ struct wk_upstream {
 #define WK_T_TUNNEL        0x20000u /* 101 received: bytes are spliced both ways, unparsed */
 #define WK_T_UP_EOF        0x40000u /* tunnel: the backend closed its side */
 #define WK_T_LB_DONE       0x80000u /* this attempt's outcome went to wk_lb_result() */
-#define WK_T_CORKED        0x100000u /* plain client socket: TCP_CORK set for the closing write */
+#define WK_T_FREE_100000   0x100000u /* free (was TCP_CORK state: common/xport.c keeps it now) */
 #define WK_T_TALLIED       0x200000u /* statistics of this request recorded (wk_conn.c) */
 #define WK_T_SEND_WAIT     0x20000000u /* the client timer is the send timeout: the client stopped
                                           draining its response (wk_conn.c) */
@@ -215,7 +215,7 @@ struct wk_client {
     uint8_t state;
     uint8_t flags;
     uint8_t listener;
-    int fd;
+    struct xport xp;    /* the client's socket, plain or TLS */
     uint32_t tflags;
     uint16_t status;
     struct wk_timer timer;
@@ -239,7 +239,6 @@ struct wk_client {
     uint8_t peer_family;   /* the connection's client: socket peer, or the PROXY source */
     uint8_t peer_ip[16];
     uint16_t peer_port;
-    struct ssl_st *tls;   /* TLS listeners: the session (NULL on plain ones) */
 };
 
 /* ---- the worker ----------------------------------------------------------------------------- */

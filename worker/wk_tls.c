@@ -23,10 +23,6 @@
 #include "shm/shm_types.h"
 #include "worker/wk_internal.h"
 
-/* One TLS record's worth of plaintext: pieces smaller than this are coalesced so a response
- * head and a small body leave in one record rather than two. */
-#define SCRATCH_SIZE 16384
-
 struct wk_tls_gen {
     const struct shm_snap_hdr *snap;
     uint32_t ncerts;
@@ -41,7 +37,6 @@ struct wk_tls_gen {
 static EVP_CIPHER *aes256cbc;
 static int ex_upstream = -1; /* ex-data of client SSLs: (ctx id << 20) | (backend slot + 1) */
 static uint64_t next_ctx_id = 1;
-static char scratch[SCRATCH_SIZE];
 static char last_error[256];
 
 /* Last session per backend runtime slot: new upstream connections resume instead of paying a
@@ -108,7 +103,7 @@ static int mac_init(EVP_MAC_CTX *hctx, const struct shm_tkey *k)
 
 /* OpenSSL's ticket key callback. Encrypt with the current key; decrypt with any key still in its
  * window, asking for a fresh ticket (return 2) when that key no longer encrypts. (TLS 1.3
- * connections get a fresh ticket anyway: wk_tls_handshake.) */
+ * connections get a fresh ticket anyway: common/xport.c.) */
 static int on_ticket_key(SSL *s, unsigned char key_name[16], unsigned char *iv,
                          EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
 {
@@ -449,46 +444,6 @@ int wk_tls_init(void)
 
 /* ---- connections -------------------------------------------------------------------------- */
 
-/* Map a failed call's result. Fatal errors mark the SSL so that no close_notify follows (OpenSSL
- * forbids SSL_shutdown after them) and keep a reason for the caller's log line. */
-static int map_err(SSL *s, int r)
-{
-    int saved = errno;
-    int e = SSL_get_error(s, r);
-
-    switch (e) {
-    case SSL_ERROR_WANT_READ:
-        return WK_TLS_WANT_READ;
-    case SSL_ERROR_WANT_WRITE:
-        return WK_TLS_WANT_WRITE;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    case SSL_ERROR_SYSCALL:
-        SSL_set_quiet_shutdown(s, 1);
-        if (ERR_peek_error() == 0) {
-            snprintf(last_error, sizeof(last_error), "%s",
-                     saved ? strerror(saved) : "connection closed");
-            ERR_clear_error();
-        } else {
-            tls_errors(last_error, sizeof(last_error));
-        }
-        return WK_TLS_ERROR;
-    default: {
-        long v = SSL_get_verify_result(s);
-
-        SSL_set_quiet_shutdown(s, 1);
-        if (v != X509_V_OK) {
-            snprintf(last_error, sizeof(last_error), "certificate verify failed: %s",
-                     X509_verify_cert_error_string(v));
-            ERR_clear_error();
-        } else {
-            tls_errors(last_error, sizeof(last_error));
-        }
-        return WK_TLS_ERROR;
-    }
-    }
-}
-
 const char *wk_tls_error(void)
 {
     return last_error;
@@ -573,144 +528,19 @@ static int on_new_session(SSL *s, SSL_SESSION *sess)
     return 1;
 }
 
-int wk_tls_handshake(struct ssl_st *s)
+/* A handshake with a backend failed: the session it offered must not be offered again. */
+void wk_tls_forget(struct ssl_st *s)
 {
-    int r;
+    uint64_t v = (uint64_t)(uintptr_t)SSL_get_ex_data(s, ex_upstream);
+    uint64_t slot1 = v & 0xfffffu;
 
-    ERR_clear_error();
-    r = SSL_do_handshake(s);
-    if (r == 1) {
-        /* TLS 1.3: one fresh ticket per connection, resumed ones included, since clients use
-         * a ticket once (RFC 8446, C.4). It waits: for the first response, whose segment it
-         * shares (wk_tls_writev), or until the connection would wait for the client
-         * (wk_tls_ticket_now), for clients that want it before they send anything. */
-        if (SSL_is_server(s) && SSL_version(s) == TLS1_3_VERSION) {
-            tls_ticket_defer(s);
-        }
-        return 1;
+    if (up_sessions != NULL && slot1 > 0 && slot1 <= SHM_RT_MAX_BACKENDS) {
+        SSL_SESSION_free(up_sessions[slot1 - 1].sess);
+        up_sessions[slot1 - 1].sess = NULL;
     }
-    r = map_err(s, r);
-    if (r == 0) {
-        snprintf(last_error, sizeof(last_error), "connection closed during the handshake");
-        SSL_set_quiet_shutdown(s, 1);
-        r = WK_TLS_ERROR;
-    }
-    if (r == WK_TLS_ERROR) {
-        /* A session that just failed must not be offered again. */
-        uint64_t v = (uint64_t)(uintptr_t)SSL_get_ex_data(s, ex_upstream);
-        uint64_t slot1 = v & 0xfffffu;
-
-        if (up_sessions != NULL && slot1 > 0 && slot1 <= SHM_RT_MAX_BACKENDS) {
-            SSL_SESSION_free(up_sessions[slot1 - 1].sess);
-            up_sessions[slot1 - 1].sess = NULL;
-        }
-    }
-    return r;
 }
 
 int wk_tls_resumed(const struct ssl_st *s)
 {
     return SSL_session_reused(s) == 1;
-}
-
-void wk_tls_ticket_now(struct ssl_st *s)
-{
-    if (tls_ticket_take(s) && (SSL_new_session_ticket(s) != 1 || SSL_do_handshake(s) != 1)) {
-        ERR_clear_error(); /* a ticket still queued goes out with the next write */
-    }
-}
-
-int wk_tls_read(struct ssl_st *s, char *buf, size_t len)
-{
-    int n;
-
-    ERR_clear_error();
-    n = SSL_read(s, buf, len > INT32_MAX ? INT32_MAX : (int)len);
-    return n > 0 ? n : map_err(s, n);
-}
-
-int wk_tls_writev(struct ssl_st *s, const struct iovec *iov, int niov, int last)
-{
-    const char *p;
-    size_t len, total = 0;
-    int n, ticket;
-
-    for (int i = 0; i < niov; i++) {
-        total += iov[i].iov_len;
-    }
-    if (total == 0) {
-        return 0;
-    }
-    /* A ticket owed since the handshake, this response, and (with <last>) the close_notify
-     * that follows leave in one segment: cork until the socket closes, or until this write
-     * is done when the connection stays open. */
-    ticket = tls_ticket_take(s);
-    if (ticket && SSL_new_session_ticket(s) != 1) {
-        ERR_clear_error();
-        ticket = 0;
-    }
-    if (ticket || last) {
-        tls_cork(s, 1);
-    }
-    if (niov == 1 || iov[0].iov_len >= SCRATCH_SIZE) {
-        p = iov[0].iov_base;
-        len = iov[0].iov_len;
-    } else {
-        /* Coalesce the head of the queue. After a WANT_* the same rule picks the same first
-         * bytes again (or more of them), as OpenSSL requires of a retried write. */
-        len = total < SCRATCH_SIZE ? total : SCRATCH_SIZE;
-        for (size_t off = 0, i = 0; off < len; i++) {
-            size_t k = iov[i].iov_len < len - off ? iov[i].iov_len : len - off;
-            memcpy(scratch + off, iov[i].iov_base, k);
-            off += k;
-        }
-        p = scratch;
-    }
-    ERR_clear_error();
-    n = SSL_write(s, p, len > INT32_MAX ? INT32_MAX : (int)len);
-    if (!last) {
-        tls_cork(s, 0);
-    }
-    if (n > 0) {
-        return n;
-    }
-    n = map_err(s, n);
-    return n == 0 ? WK_TLS_ERROR : n;
-}
-
-int wk_tls_idle_ok(struct ssl_st *s)
-{
-    char b;
-    int n;
-
-    ERR_clear_error();
-    n = SSL_read(s, &b, 1);
-    if (n > 0) {
-        return 0;
-    }
-    return map_err(s, n) == WK_TLS_WANT_READ;
-}
-
-int wk_tls_pending(const struct ssl_st *s)
-{
-    return SSL_has_pending(s);
-}
-
-void wk_tls_shutdown(struct ssl_st *s)
-{
-    if (s == NULL || !SSL_is_init_finished(s) || SSL_get_quiet_shutdown(s) ||
-        (SSL_get_shutdown(s) & SSL_SENT_SHUTDOWN)) {
-        return;
-    }
-    ERR_clear_error();
-    SSL_shutdown(s);
-    ERR_clear_error();
-}
-
-void wk_tls_close(struct ssl_st *s)
-{
-    if (s != NULL) {
-        wk_tls_shutdown(s);
-        SSL_free(s);
-    }
 }

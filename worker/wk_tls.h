@@ -1,23 +1,17 @@
 /* dispatcher: TLS in the worker: the per-generation context set (server certificates picked by
- * SNI, client contexts for TLS backends), shared session ticket keys, and non-blocking I/O helpers
- * shaped for the edge-triggered state machine in wk_conn.c. */
+ * SNI, client contexts for TLS backends), shared session ticket keys and backend session reuse.
+ * The SSLs made here are driven through the transport (common/xport.h) like plain sockets. */
 #ifndef DSP_WK_TLS_H
 #define DSP_WK_TLS_H
 
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/uio.h>
 
 struct ssl_st;
 struct shm_backend;
 struct shm_snap_hdr;
 struct wk_tls_gen;
 struct wk_sni;
-
-/* I/O results besides a byte count (> 0) and 0 (orderly EOF). */
-#define WK_TLS_ERROR      (-1) /* fatal: the connection is unusable (no close_notify is sent) */
-#define WK_TLS_WANT_READ  (-2) /* retry once the socket is readable */
-#define WK_TLS_WANT_WRITE (-3) /* retry once the socket is writable */
 
 /* Worker start-up: cipher handles and ex-data slots. Returns 0 or -1 (logged). */
 int wk_tls_init(void);
@@ -41,31 +35,12 @@ struct ssl_st *wk_tls_server_new(int fd);
 struct ssl_st *wk_tls_client_new(int fd, const struct wk_tls_gen *tg, uint32_t svc,
                                  const struct shm_backend *be);
 
-/* Drive a handshake: 1 when done, else WK_TLS_WANT_* or WK_TLS_ERROR. */
-int wk_tls_handshake(struct ssl_st *s);
 /* Did the completed handshake of <s> resume a session? */
 int wk_tls_resumed(const struct ssl_st *s);
-/* Send the TLS 1.3 session ticket still owed since the handshake, if any: for when the
- * connection is about to wait for its client. */
-void wk_tls_ticket_now(struct ssl_st *s);
-/* Read up to <len> bytes: count, 0 at EOF, or WK_TLS_WANT_* / WK_TLS_ERROR. */
-int wk_tls_read(struct ssl_st *s, char *buf, size_t len);
-/* Write from <iov>: the count of leading bytes written (like writev), or WK_TLS_WANT_* /
- * WK_TLS_ERROR. Small pieces are coalesced into one record. After WANT_*, the next call must
- * offer the same bytes first (more may follow), which the proxy's append-only buffers ensure.
- * <last>: these bytes end the response and the connection closes after them, so the socket is
- * left corked for close_notify and the FIN to join them (closing it sends everything). */
-int wk_tls_writev(struct ssl_st *s, const struct iovec *iov, int niov, int last);
-/* Is an idle pooled connection that just became readable still clean? Consumes post-handshake
- * messages (TLS 1.3 tickets); anything else (data, alert, EOF) means no. */
-int wk_tls_idle_ok(struct ssl_st *s);
-/* Does OpenSSL hold unread bytes (decrypted or not) for <s>? */
-int wk_tls_pending(const struct ssl_st *s);
-/* Send close_notify if the connection is established and healthy (best effort, never blocks). */
-void wk_tls_shutdown(struct ssl_st *s);
-/* wk_tls_shutdown(), then free <s>. NULL is fine. */
-void wk_tls_close(struct ssl_st *s);
-/* Why the last WK_TLS_ERROR happened, for log lines ("" when unknown). */
+/* A handshake with a backend failed on <s> (a client-side SSL from wk_tls_client_new()): the
+ * session it offered is not offered again. */
+void wk_tls_forget(struct ssl_st *s);
+/* Why the last wk_tls_client_new() failed, for log lines. */
 const char *wk_tls_error(void);
 
 /* ---- the SNI index (pure; exposed for unit tests) -------------------------------------------
