@@ -326,7 +326,8 @@ static int start(const char *conf, int daemon_mode, const char *pid_path)
     for (size_t i = 0; i < ms.cfg->nlisteners; i++) {
         const struct ms_listener *l = &ms.cfg->listeners[i];
         char why[256];
-        if (ms_listen_taken((const struct sockaddr *)&l->ss, l->sslen, 0, why, sizeof(why))) {
+        if (ms_listen_taken((const struct sockaddr *)&l->ss, l->sslen, 0, NULL, why,
+                            sizeof(why))) {
             log_error("bind() to %s failed: Address already in use: %s", l->address, why);
             return MS_EXIT_START;
         }

@@ -196,8 +196,8 @@ int ms_preflight(const struct ms_config *cfg, const char *pid_file, int daemon, 
             const struct ms_listener *l = &cfg->listeners[i];
             char key[64];
             snprintf(key, sizeof(key), "listeners.[%zu].address", i);
-            if (ms_listen_taken((const struct sockaddr *)&l->ss, l->sslen, running, why,
-                                sizeof(why))) {
+            if (ms_listen_taken((const struct sockaddr *)&l->ss, l->sslen, running, cfg->path,
+                                why, sizeof(why))) {
                 say(&o, cfg, key, 1, "listener %s: address already in use: %s", l->address,
                     why);
             }
@@ -403,8 +403,60 @@ static void comm_of(pid_t pid, char *out, size_t n)
     }
 }
 
-int ms_listen_taken(const struct sockaddr *sa, socklen_t salen, pid_t also_ours, char *why,
-                    size_t n)
+/* Whether <pid> is a dispatcher running on the configuration file <conf> (its -c argument, or
+ * the default it would pick, resolved in its own working folder). */
+static int runs_config(pid_t pid, const char *conf)
+{
+    char path[64], buf[4096], cwd[PATH_MAX], file[2 * PATH_MAX + 2], mine[PATH_MAX],
+        theirs[PATH_MAX], comm[64];
+    const char *arg = NULL;
+    ssize_t r;
+    size_t len;
+    FILE *f;
+
+    comm_of(pid, comm, sizeof(comm));
+    if (conf == NULL || strncmp(comm, "dispatcher", 10) != 0 || realpath(conf, mine) == NULL) {
+        return 0;
+    }
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+    if ((f = fopen(path, "re")) == NULL) {
+        return 0;
+    }
+    len = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[len] = '\0';
+    /* Arguments are NUL-separated: "-c FILE" or "-cFILE", the last one wins (getopt). */
+    for (size_t i = strlen(buf) + 1; i < len; i += strlen(buf + i) + 1) {
+        if (strcmp(buf + i, "--") == 0) {
+            break;
+        }
+        if (strcmp(buf + i, "-c") == 0 && i + 3 <= len) {
+            i += 3;
+            arg = buf + i;
+        } else if (strncmp(buf + i, "-c", 2) == 0) {
+            arg = buf + i + 2;
+        }
+    }
+    snprintf(path, sizeof(path), "/proc/%d/cwd", (int)pid);
+    if ((r = readlink(path, cwd, sizeof(cwd) - 1)) <= 0) {
+        return 0;
+    }
+    cwd[r] = '\0';
+    if (arg == NULL) {
+        snprintf(file, sizeof(file), "%s/dispatcher.conf", cwd);
+        if (access(file, F_OK) != 0) {
+            snprintf(file, sizeof(file), "/etc/dispatcher/dispatcher.conf");
+        }
+    } else if (arg[0] == '/') {
+        snprintf(file, sizeof(file), "%s", arg);
+    } else {
+        snprintf(file, sizeof(file), "%s/%s", cwd, arg);
+    }
+    return realpath(file, theirs) != NULL && strcmp(mine, theirs) == 0;
+}
+
+int ms_listen_taken(const struct sockaddr *sa, socklen_t salen, pid_t also_ours,
+                    const char *conf, char *why, size_t n)
 {
     struct holder_set hs = {0};
     struct others o = {0};
@@ -466,12 +518,15 @@ int ms_listen_taken(const struct sockaddr *sa, socklen_t salen, pid_t also_ours,
         }
         closedir(d);
     }
-    if (also_ours > 0) {
+    if (also_ours > 0 || conf != NULL) {
         /* -t beside the running master of this configuration: its sockets (held by it and by
-         * its workers) are the ones a reload keeps. */
+         * its workers) are the ones a reload keeps. It is the process the pid file names (or
+         * its child), or a dispatcher started on the same configuration file. */
         size_t theirs = 0;
         for (size_t i = 0; i < o.n; i++) {
-            theirs += o.pid[i] == also_ours || parent_of(o.pid[i]) == also_ours;
+            theirs += (also_ours > 0 &&
+                       (o.pid[i] == also_ours || parent_of(o.pid[i]) == also_ours)) ||
+                      runs_config(o.pid[i], conf);
         }
         if (o.n > 0 && theirs == o.n) {
             return 0;
