@@ -72,22 +72,50 @@ static void do_show(struct adm_buf *out, render_fn fn, const struct adm_ops *ops
     }
 }
 
+/* The non-empty lines of <text> as a JSON array of strings. */
+static void lines_array(struct adm_buf *out, const char *text)
+{
+    int first = 1;
+
+    adm_buf_adds(out, "[");
+    for (const char *p = text; p != NULL && *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
+        if (n > 0) {
+            adm_buf_adds(out, first ? "" : ",");
+            adm_buf_jstr(out, p, n);
+            first = 0;
+        }
+        p = nl != NULL ? nl + 1 : NULL;
+    }
+    adm_buf_adds(out, "]");
+}
+
 static void do_reload(struct adm_buf *out, const struct adm_ops *ops)
 {
     uint64_t gen = 0;
-    char *errs = NULL;
+    char *errs = NULL, *warns = NULL;
 
-    if (ops->reload(&gen, &errs, ops->arg) == 0) {
-        adm_buf_addf(out, "{\"ok\":true,\"generation\":%llu}", (unsigned long long)gen);
+    if (ops->reload(&gen, &errs, &warns, ops->arg) == 0) {
+        adm_buf_addf(out, "{\"ok\":true,\"generation\":%llu", (unsigned long long)gen);
     } else {
         size_t n = errs ? strlen(errs) : 0;
-        /* One line per error in the text; the JSON keeps them as \n. */
+        /* "error" keeps the whole text (its lines joined by \n); "errors" has one per line. */
         while (n > 0 && errs[n - 1] == '\n') {
             errs[--n] = '\0';
         }
-        adm_render_error(out, errs && n ? errs : "reload failed");
+        adm_buf_adds(out, "{\"ok\":false,\"error\":");
+        adm_buf_jstrz(out, errs && n ? errs : "reload failed");
+        adm_buf_adds(out, ",\"errors\":");
+        lines_array(out, errs && n ? errs : "reload failed");
     }
+    if (warns != NULL && warns[strspn(warns, "\n")] != '\0') {
+        adm_buf_adds(out, ",\"warnings\":"); /* only when there are any */
+        lines_array(out, warns);
+    }
+    adm_buf_adds(out, "}");
     free(errs);
+    free(warns);
 }
 
 /* disable/enable backend, reset circuit: <verb> on backend <addr> of service <svc>. */

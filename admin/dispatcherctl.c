@@ -215,6 +215,26 @@ static char *clean(const char *s)
     return o;
 }
 
+/* Each line of <text> on a line of its own, "dispatcherctl: <prefix>" before it, control bytes
+ * made visible. */
+static void print_lines(FILE *out, const char *prefix, const char *text)
+{
+    for (const char *p = text; p != NULL && *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl != NULL ? (size_t)(nl - p) : strlen(p);
+        if (n > 0) {
+            char *line = dsp_xmalloc(n + 1), *c;
+            memcpy(line, p, n);
+            line[n] = '\0';
+            c = clean(line);
+            fprintf(out, "dispatcherctl: %s%s\n", prefix, c);
+            free(c);
+            free(line);
+        }
+        p = nl != NULL ? nl + 1 : NULL;
+    }
+}
+
 static char **t_row(struct table *t)
 {
     if (t->nrows == t->cap) {
@@ -636,12 +656,21 @@ int main(int argc, char **argv)
         return EXIT_CONNECT;
     }
     rc = ok->boolean ? EXIT_OK : EXIT_ANSWER;
+    if (!json) {
+        /* What a reload warned about (an expired certificate, a setting that needs a
+         * restart), whether it went through or not: on stderr, one per line. */
+        const struct adm_jval *w = adm_json_get(j, "warnings");
+        for (size_t k = 0; w != NULL && w->type == ADM_J_ARR && k < w->n; k++) {
+            if (w->items[k].type == ADM_J_STR) {
+                print_lines(stderr, "warning: ", w->items[k].str);
+            }
+        }
+    }
     if (json) {
         printf("%s\n", answer);
     } else if (!ok->boolean) {
-        char *e = clean(adm_json_str(j, "error"));
-        fprintf(stderr, "dispatcherctl: %s\n", e);
-        free(e);
+        /* A reload refused for several reasons: each on a line of its own. */
+        print_lines(stderr, "", adm_json_str(j, "error"));
     } else if (strcasecmp(cmd, "show health") == 0) {
         print_health(j);
     } else if (strcasecmp(cmd, "show instances") == 0) {

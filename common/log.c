@@ -22,6 +22,48 @@ static struct sockaddr_un syslog_addr;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
+/* log_capture_start(): warnings are also kept here (message text only, one per line), whatever
+ * log_level says, until log_capture_end(). */
+#define CAPTURE_MAX (64 * 1024)
+static int capture_on;
+static char *capture_buf;
+static size_t capture_len;
+
+static void capture(const char *msg, size_t len)
+{
+    char *p;
+
+    if (capture_len + len + 2 > CAPTURE_MAX) {
+        return; /* bounded: a flood of warnings keeps the first ones */
+    }
+    if ((p = realloc(capture_buf, capture_len + len + 2)) == NULL) {
+        return;
+    }
+    capture_buf = p;
+    memcpy(capture_buf + capture_len, msg, len);
+    capture_len += len;
+    capture_buf[capture_len++] = '\n';
+    capture_buf[capture_len] = '\0';
+}
+
+void log_capture_start(void)
+{
+    free(capture_buf);
+    capture_buf = NULL;
+    capture_len = 0;
+    capture_on = 1;
+}
+
+char *log_capture_end(void)
+{
+    char *out = capture_buf;
+
+    capture_on = 0;
+    capture_buf = NULL;
+    capture_len = 0;
+    return out;
+}
+
 /* "syslog:FACILITY:SOCKET" (FACILITY a number 0..23): a datagram socket to the syslog daemon. */
 static int open_syslog(const char *spec)
 {
@@ -134,7 +176,7 @@ __attribute__((format(printf, 3, 0))) static void do_log(int level, int err, con
     char line[2048];
     struct timeval tv;
     struct tm tm;
-    size_t n;
+    size_t n, msg_at;
     int r;
     int saved = errno;
 
@@ -146,6 +188,7 @@ __attribute__((format(printf, 3, 0))) static void do_log(int level, int err, con
     if (r > 0) {
         n += (size_t)r < sizeof(line) - n ? (size_t)r : sizeof(line) - n - 1;
     }
+    msg_at = n;
     r = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
     if (r > 0) {
         n += (size_t)r < sizeof(line) - n ? (size_t)r : sizeof(line) - n - 1;
@@ -158,6 +201,13 @@ __attribute__((format(printf, 3, 0))) static void do_log(int level, int err, con
     }
     if (n >= sizeof(line) - 1) {
         n = sizeof(line) - 2;
+    }
+    if (capture_on && level == LOG_WARN) {
+        capture(line + msg_at, n - msg_at);
+    }
+    if (level > log_level) {
+        errno = saved;
+        return; /* only wanted by the capture */
     }
     if (syslog_pri >= 0) {
         /* The daemon stamps time and host; the level and role stay in the text. */
@@ -179,7 +229,7 @@ void log_msg(int level, const char *fmt, ...)
 {
     va_list ap;
 
-    if (level > log_level) {
+    if (level > log_level && !(capture_on && level == LOG_WARN)) {
         return;
     }
     va_start(ap, fmt);
@@ -191,7 +241,7 @@ void log_errno(int level, int err, const char *fmt, ...)
 {
     va_list ap;
 
-    if (level > log_level) {
+    if (level > log_level && !(capture_on && level == LOG_WARN)) {
         return;
     }
     va_start(ap, fmt);

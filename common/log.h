@@ -29,6 +29,12 @@ void log_errno(int level, int err, const char *fmt, ...) __attribute__((format(p
 /* One log line at <level> per non-empty line of <text> (NULL is fine). */
 void log_lines(int level, const char *text);
 
+/* Keep a copy of every warning logged from now on (even below log_level), e.g. to report what
+ * one reload warned about to the operator who asked for it. log_capture_end() stops and returns
+ * the heap text (each message on a line of its own, without time stamp; NULL if none). */
+void log_capture_start(void);
+char *log_capture_end(void);
+
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
 #define log_info(...)                                                                              \

@@ -76,11 +76,18 @@ static int view(struct adm_view *v, void *arg)
     return 0;
 }
 
-static int reload(uint64_t *gen, char **errs, void *arg)
+static int reload(uint64_t *gen, char **errs, char **warns, void *arg)
 {
+    int rc;
+
     (void)arg;
     log_info("reload requested on the admin socket");
-    if (ms_reload(errs) != 0) {
+    /* What this reload warns about (an expired certificate, a setting that needs a restart)
+     * goes back to the operator who asked, as well as to the log. */
+    log_capture_start();
+    rc = ms_reload(errs);
+    *warns = log_capture_end();
+    if (rc != 0) {
         return -1;
     }
     *gen = ms.gen;

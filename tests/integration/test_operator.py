@@ -73,3 +73,67 @@ class PortHeldTest(dsptest.TestCase):
         gen = dsptest.generation(first)
         first.hup()
         dsptest.wait_until(lambda: dsptest.generation(first) > gen, 5, "reload")
+
+
+def ctl(sock, *args):
+    p = run([CTL, "-s", sock] + list(args))
+    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+
+def broken(d, b):
+    """A config of <d> with two errors (two routes naming unknown services); their lines."""
+    text = make_config(d.port, d.tmp, [svc("s", b)],
+                       [route("a.do", "nope1"), route("b.do", "s"), route("*", "nope2")])
+    lines = text.splitlines()
+    at = [i + 1 for i, l in enumerate(lines) if "nope1" in l or "nope2" in l]
+    return text, at
+
+
+class ReloadReportTest(dsptest.TestCase):
+    def test_ctl_reload_prints_each_error_and_warning_on_its_own_line(self):
+        b = self.backend("a")
+        d = self.dispatcher([svc("s", b)], [route("*", "s")])
+        sock = os.path.join(d.tmp, "admin.sock")
+        text, at = broken(d, b)
+        d.write_config(text)
+        rc, out, err = ctl(sock, "reload")
+        self.assertEqual(rc, 1, out + err)
+        lines = err.splitlines()
+        for line_no, name in zip(at, ("nope1", "nope2")):
+            mine = [l for l in lines if l.startswith("dispatcherctl: %s:%d: " % (d.conf, line_no))]
+            self.assertEqual(len(mine), 1, err)
+            self.assertIn(name, mine[0])
+        self.assertNotIn("?", err, "errors joined into one line")
+        # A reload that goes through but warns: the warning reaches the operator, even with
+        # log.level = "error" (the log does not show it then).
+        good = make_config(d.port, d.tmp, [svc("s", b)], [route("*", "s")])
+        good = good.replace('admin = { socket = "%s"; };' % sock,
+                            'admin = { socket = "%s"; http = "127.0.0.1:%d"; };'
+                            % (sock, dsptest.free_port()))
+        good = good.replace('level = "info"', 'level = "error"')
+        d.write_config(good)
+        rc, out, err = ctl(sock, "reload")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("reloaded: generation", out)
+        self.assertRegex(err, r"(?m)^dispatcherctl: warning: admin socket/http changes take "
+                              r"effect at the next restart$")
+        rc, out, err = ctl(sock, "--json", "reload")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn('"warnings":["admin socket/http changes', out)
+
+    def test_init_script_prints_each_error_once(self):
+        b = self.backend("a")
+        d = self.dispatcher([svc("s", b)], [route("*", "s")])
+        text, at = broken(d, b)
+        d.write_config(text)
+        init = os.path.join(ROOT, "contrib", "dispatcher.init")
+        for action, pidfile, want_rc in (
+                ("reload", os.path.join(d.tmp, "dispatcher.pid"), 1),
+                ("start", os.path.join(d.tmp, "none", "x.pid"), 6)):
+            env = dict(os.environ, DAEMON=dsptest.MASTER, CONF=d.conf, PIDFILE=pidfile)
+            p = run(["sh", init, action], env=env)
+            out = (p.stdout + p.stderr).decode(errors="replace")
+            self.assertEqual(p.returncode, want_rc, out)
+            for line_no in at:
+                self.assertEqual(out.count("%s:%d: " % (d.conf, line_no)), 1,
+                                 "%s: each error once:\n%s" % (action, out))

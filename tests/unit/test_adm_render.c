@@ -64,16 +64,26 @@ static int view(struct adm_view *v, void *arg)
     return 0;
 }
 
-static int reload(uint64_t *gen, char **errs, void *arg)
+static int reload(uint64_t *gen, char **errs, char **warns, void *arg)
 {
     (void)arg;
     T.reloads++;
+    *warns = strdup("/x/d.conf:3: warning one\n\nwarning \"two\"\n");
     if (T.reload_fail) {
         *errs = strdup("/x/d.conf:7: unknown service \"nope\"\n/x/d.conf:9: bad\n");
         return -1;
     }
     *gen = 42;
     return 0;
+}
+
+static void check_warnings(const struct adm_jval *j)
+{
+    const struct adm_jval *w = adm_json_get(j, "warnings");
+
+    CU_ASSERT_FATAL(w != NULL && w->type == ADM_J_ARR && w->n == 2);
+    CU_ASSERT_STRING_EQUAL(w->items[0].str, "/x/d.conf:3: warning one");
+    CU_ASSERT_STRING_EQUAL(w->items[1].str, "warning \"two\"");
 }
 
 static const struct adm_ops *ops(void)
@@ -398,11 +408,20 @@ static void test_backend_control_and_reload(void)
 
     j = run("reload", 1);
     CU_ASSERT_DOUBLE_EQUAL(adm_json_num(j, "generation", -1), 42, 1e-9);
+    check_warnings(j);
     adm_json_free(j);
     T.reload_fail = 1;
     j = run("reload", 0);
     CU_ASSERT(strstr(adm_json_str(j, "error"), "/x/d.conf:7: unknown service") != NULL);
     CU_ASSERT(strstr(adm_json_str(j, "error"), "\n/x/d.conf:9: bad") != NULL);
+    {
+        /* One array entry per error line, and the warnings beside them. */
+        const struct adm_jval *e = adm_json_get(j, "errors");
+        CU_ASSERT_FATAL(e != NULL && e->type == ADM_J_ARR && e->n == 2);
+        CU_ASSERT_STRING_EQUAL(e->items[0].str, "/x/d.conf:7: unknown service \"nope\"");
+        CU_ASSERT_STRING_EQUAL(e->items[1].str, "/x/d.conf:9: bad");
+    }
+    check_warnings(j);
     adm_json_free(j);
     T.reload_fail = 0;
     adm_json_free(run("reload now", 0));
