@@ -2,6 +2,8 @@
  * write(2) on an O_APPEND fd, so lines from several processes never interleave. */
 #include "common/log.h"
 
+#include "common/fs.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -116,6 +118,15 @@ int log_open(const char *path)
     /* Non-blocking: a FIFO without a reader is an error (ENXIO) instead of a master stuck in
      * open(); with a reader, a full pipe drops lines rather than stalling the master. */
     fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0644);
+    if (fd == -1 && errno == ENOENT) {
+        /* Like the access log, pid file and admin socket: missing folders are created (a
+         * fresh checkout has no logs/, a fresh host no /var/log/dispatcher). */
+        char err[256];
+        if (fs_mkdir_parents(path, err, sizeof(err)) != 0) {
+            return -1;
+        }
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0644);
+    }
     if (fd == -1) {
         return -1;
     }

@@ -1,6 +1,6 @@
 /* dispatcher: host checks behind `-t` (see ms_preflight.h). Each check mirrors what the start
- * does with the path: the error log is opened in an existing folder; the access log, the pid
- * file and the admin socket get their missing folders created. */
+ * does with the path: the error log, the access log, the pid file and the admin socket get
+ * their missing folders created. */
 #include "master/ms_preflight.h"
 
 #include <dirent.h>
@@ -157,7 +157,7 @@ int ms_preflight(const struct ms_config *cfg, const char *pid_file, int daemon, 
                 fs_type_name((unsigned)st.st_mode));
         }
     } else if (cfg->log.error != NULL && strcmp(cfg->log.error, "stderr") != 0 &&
-               path_problem(cfg->log.error, 0, why, sizeof(why)) != NULL) {
+               path_problem(cfg->log.error, 1, why, sizeof(why)) != NULL) {
         say(&o, cfg, "log.error", 1, "log.error: %s", why);
     }
     if (cfg->log.access != NULL && path_problem(cfg->log.access, 1, why, sizeof(why)) != NULL) {

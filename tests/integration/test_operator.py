@@ -137,3 +137,43 @@ class ReloadReportTest(dsptest.TestCase):
             for line_no in at:
                 self.assertEqual(out.count("%s:%d: " % (d.conf, line_no)), 1,
                                  "%s: each error once:\n%s" % (action, out))
+
+
+class ShippedConfigTest(dsptest.TestCase):
+    def test_shipped_config_logs_to_a_file_created_at_start(self):
+        # A copy of the shipped dispatcher.conf in a fresh folder (no logs/ or run/ yet), on
+        # free ports.
+        tmp = dsptest.Dispatcher().tmp
+        with open(os.path.join(ROOT, "dispatcher.conf")) as f:
+            text = f.read()
+        hport, port = dsptest.free_port(), dsptest.free_port()
+        self.assertIn('"127.0.0.1:9000"', text)
+        text = text.replace('"127.0.0.1:9000"', '"127.0.0.1:%d"' % hport)
+        text = text.replace('workers = "auto"', "workers = 1")
+        conf = os.path.join(tmp, "dispatcher.conf")
+        with open(conf, "w") as f:
+            f.write(text)
+        env = dict(os.environ, HTTP_PORT=str(port))
+        # -D has nothing to warn about: the error log is a file.
+        p = run([dsptest.MASTER, "-t", "-D", "-c", conf], cwd=tmp, env=env)
+        self.assertEqual((p.returncode, p.stderr.decode()), (0, ""))
+        d = dsptest.Dispatcher(port=port, tmp=tmp, workers=1)
+        d.proc = subprocess.Popen([dsptest.MASTER, "-c", conf], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp,
+                                  env=env)
+        dsptest._record_pid(d.proc.pid)
+        errlog = os.path.join(tmp, "logs", "error.log")
+
+        def started():
+            try:
+                with open(errlog) as f:
+                    return "started" in f.read()
+            except OSError:
+                return False
+        try:
+            dsptest.wait_until(started, 10, "the start logged in logs/error.log")
+        finally:
+            d.proc.send_signal(signal.SIGTERM)
+            out, err = d.proc.communicate(timeout=15)
+        self.assertEqual(d.proc.returncode, 0, err)
+        self.assertEqual(err, b"", "nothing on stderr once the error log is open")

@@ -207,6 +207,10 @@ class OpsTest(dsptest.TestCase):
             text = f.read()
         self.assertIn('"/run/dispatcher/admin.sock"', text)
         self.assertIn('"/var/log/dispatcher/access.log"', text)
+        # A daemon never logs to stderr: the installed config has an error log file, in a
+        # folder make install created.
+        self.assertIn('error = "/var/log/dispatcher/error.log"', text)
+        self.assertTrue(os.path.isdir(os.path.join(dest, "var/log/dispatcher")))
         p = subprocess.run([os.path.join(dest, "usr/sbin/dispatcher-master"), "-t", "-c", conf],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
         self.assertEqual(p.returncode, 0, p.stdout)

@@ -128,7 +128,7 @@ class CheckHostTest(dsptest.TestCase):
         t = d.tmp
         text = self.config(d, **{
             "workers = 2;": 'workers = 2;\nuser = "no-such-user-dsp";\ngroup = "no-such-group-dsp";',
-            'error = "stderr"': 'error = "%s/missing/error.log"' % t,
+            'error = "stderr"': 'error = "%s/blocker/logs/error.log"' % t,
             os.path.join(t, "access.log"): os.path.join(t, "blocker/logs/access.log"),
             os.path.join(t, "dispatcher.pid"): os.path.join(t, "blocker/run/d.pid"),
             os.path.join(t, "admin.sock"): os.path.join(t, "blocker/admin.sock"),
@@ -140,7 +140,7 @@ class CheckHostTest(dsptest.TestCase):
         want = [
             ("user", 'unknown user "no-such-user-dsp"'),
             ("group", 'unknown group "no-such-group-dsp"'),
-            ("log = ", "log.error: folder %s/missing does not exist" % t),
+            ("log = ", "log.error: %s/blocker is not a directory" % t),
             ("log = ", "log.access: %s/blocker is not a directory" % t),
             ("pid_file", "pid file: %s/blocker is not a directory" % t),
             ("admin = ", "admin.socket: %s/blocker is not a directory" % t),
@@ -161,6 +161,7 @@ class CheckHostTest(dsptest.TestCase):
         d = dsptest.Dispatcher()
         t = d.tmp
         self.config(d, **{
+            'error = "stderr"': 'error = "%s"' % os.path.join(t, "logs/e/error.log"),
             os.path.join(t, "access.log"): os.path.join(t, "logs/a/access.log"),
             os.path.join(t, "dispatcher.pid"): os.path.join(t, "run/d/dispatcher.pid"),
             os.path.join(t, "admin.sock"): os.path.join(t, "run/s/admin.sock"),
