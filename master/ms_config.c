@@ -47,7 +47,8 @@ static const char *const tls_keys[] = {"self_signed_cn", "min_version", "certifi
 static const char *const redis_keys[] = {
     "host", "port",      "password",           "user",
     "db",   "resync_ms", "connect_timeout_ms", "command_timeout_ms",
-    "tls",  NULL};
+    "tls",  "sentinels", "master_name",        "sentinel_password",
+    NULL};
 static const char *const backend_keys[] = {"address", "weight", NULL};
 static const char *const health_keys[] = {"path", "interval_ms", "timeout_ms", "fall",
                                           "rise", "start",       NULL};
@@ -1160,6 +1161,115 @@ static void parse_tls(struct ctx *c, config_setting_t *root, struct ms_config *c
     }
 }
 
+/* "host:port" or "[v6]:port" of a sentinel into <a>. Returns 0, or -1 with a reason. */
+static int parse_host_port(const char *v, struct ms_redis_addr *a, char *err, size_t errlen)
+{
+    const char *colon = strrchr(v, ':');
+    const char *h = v, *hend;
+    char *end;
+    long port;
+
+    if (colon == NULL || colon == v) {
+        snprintf(err, errlen, "\"%s\" is not HOST:PORT", v);
+        return -1;
+    }
+    hend = colon;
+    if (*v == '[') {
+        if (colon[-1] != ']' || colon - v < 3) {
+            snprintf(err, errlen, "\"%s\": an IPv6 address is written [ADDRESS]:PORT", v);
+            return -1;
+        }
+        h = v + 1;
+        hend = colon - 1;
+    }
+    for (const char *p = h; p < hend; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (!(ch == '.' || ch == '-' || ch == ':' || (ch >= '0' && ch <= '9') ||
+              (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')) ||
+            (ch == ':' && *v != '[')) {
+            snprintf(err, errlen, "\"%s\": bad host name", v);
+            return -1;
+        }
+    }
+    errno = 0;
+    port = strtol(colon + 1, &end, 10);
+    if (colon[1] < '0' || colon[1] > '9' || *end != '\0' || errno != 0 || port < 1 ||
+        port > 65535) {
+        snprintf(err, errlen, "\"%s\": the port must be 1..65535", v);
+        return -1;
+    }
+    a->host = dsp_xmalloc((size_t)(hend - h) + 1);
+    memcpy(a->host, h, (size_t)(hend - h));
+    a->host[hend - h] = '\0';
+    a->port = (int)port;
+    return 0;
+}
+
+/* redis.sentinels, redis.master_name, redis.sentinel_password. */
+static void parse_sentinels(struct ctx *c, config_setting_t *g, struct ms_config *cfg)
+{
+    config_setting_t *seq = get_seq(c, g, "redis", "sentinels");
+    config_setting_t *name = config_setting_get_member(g, "master_name");
+    int n = seq ? config_setting_length(seq) : 0;
+    const char *v;
+    char err[256];
+
+    if (seq != NULL && n == 0) {
+        err_at(c, seq, "redis.sentinels must list at least one \"HOST:PORT\"");
+    }
+    if (n > 64) {
+        err_at(c, seq, "redis.sentinels: at most 64 (got %d)", n);
+        n = 0;
+    }
+    if (n > 0) {
+        cfg->redis.sentinels = dsp_xcalloc((size_t)n, sizeof(*cfg->redis.sentinels));
+    }
+    for (int i = 0; i < n; i++) {
+        config_setting_t *e = config_setting_get_elem(seq, (unsigned)i);
+        struct ms_redis_addr *a = &cfg->redis.sentinels[cfg->redis.nsentinels];
+
+        if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+            err_at(c, e, "redis.sentinels[%d] must be a string such as \"10.0.0.1:26379\"", i);
+        } else if (parse_host_port(config_setting_get_string(e), a, err, sizeof(err)) != 0) {
+            err_at(c, e, "redis.sentinels[%d]: %s", i, err);
+        } else {
+            cfg->redis.nsentinels++;
+        }
+    }
+    if (get_str(c, g, "redis", "master_name", 0, &v) == 1) {
+        int ok = strlen(v) <= 255;
+        for (const char *p = v; *p && ok; p++) {
+            ok = (unsigned char)*p > 0x20 && (unsigned char)*p < 0x7f;
+        }
+        if (!ok) {
+            err_at(c, name, "redis.master_name must be printable ASCII without spaces "
+                            "(at most 255 bytes)");
+        } else {
+            cfg->redis.master_name = dsp_xstrdup(v);
+        }
+    }
+    if (get_str(c, g, "redis", "sentinel_password", 1, &v) == 1 && *v != '\0') {
+        cfg->redis.sentinel_password = dsp_xstrdup(v);
+    }
+    if (seq != NULL && name == NULL) {
+        err_at(c, seq, "redis.sentinels needs redis.master_name (the name the sentinels monitor)");
+    } else if (seq == NULL && name != NULL) {
+        err_at(c, name, "redis.master_name needs redis.sentinels");
+    } else if (seq == NULL && config_setting_get_member(g, "sentinel_password") != NULL) {
+        err_at(c, config_setting_get_member(g, "sentinel_password"),
+               "redis.sentinel_password needs redis.sentinels");
+    }
+    if (seq != NULL) {
+        const char *both = config_setting_get_member(g, "host") != NULL ? "host"
+                           : config_setting_get_member(g, "port") != NULL ? "port" : NULL;
+        if (both != NULL) {
+            err_at(c, config_setting_get_member(g, both),
+                   "redis.%s and redis.sentinels exclude each other: with sentinels the master "
+                   "is the one they name", both);
+        }
+    }
+}
+
 static void parse_redis(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
 {
     config_setting_t *g = get_group(c, root, "", "redis");
@@ -1200,6 +1310,7 @@ static void parse_redis(struct ctx *c, config_setting_t *root, struct ms_config 
                "redis.tls: TLS to Redis is not supported by this build's hiredis (0.14); "
                "use a local TLS tunnel (stunnel, spiped) to the Redis server");
     }
+    parse_sentinels(c, g, cfg);
 }
 
 int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t errlen)
@@ -1796,6 +1907,12 @@ void ms_config_free(struct ms_config *cfg)
     free(cfg->redis.host);
     free(cfg->redis.password);
     free(cfg->redis.user);
+    for (size_t i = 0; i < cfg->redis.nsentinels; i++) {
+        free(cfg->redis.sentinels[i].host);
+    }
+    free(cfg->redis.sentinels);
+    free(cfg->redis.master_name);
+    free(cfg->redis.sentinel_password);
     for (size_t i = 0; i < cfg->nservices; i++) {
         ms_service_dispose(&cfg->services[i]);
     }

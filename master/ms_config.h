@@ -171,6 +171,14 @@ struct ms_config {
         int resync_ms;           /* full re-read period, default 30000 */
         int connect_timeout_ms;  /* default 2000 */
         int command_timeout_ms;  /* default 2000 */
+        /* Sentinel: the master is the one the sentinels name <master_name> (host/port unused). */
+        struct ms_redis_addr {
+            char *host;          /* IP literal or a name (resolved by hiredis, synchronously) */
+            int port;
+        } *sentinels;
+        size_t nsentinels;       /* 0 = plain host/port */
+        char *master_name;       /* NULL without sentinels */
+        char *sentinel_password; /* AUTH to the sentinels, NULL when not set */
         int merged;              /* the Redis namespace is merged into this config */
     } redis;
 

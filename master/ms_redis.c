@@ -11,11 +11,20 @@
  *                                  ^                        |                         |
  *                                  +---- error, timeout, connection lost (backoff) ---+
  *
+ * With Sentinel (redis.sentinels), every attempt first asks the sentinels, one after the other,
+ * where the master is (WAIT -> RESOLVING -> CONNECTING, on a third, short-lived "sentinel"
+ * connection), and the hand-shake checks with ROLE that the server is a master. A fourth
+ * connection stays subscribed to +switch-master on one sentinel (its own backoff, rotating over
+ * the sentinels): a switch of our master drops the link and resolves again at once, without
+ * backoff. Nothing of this touches the configuration being served: only a complete read of the
+ * namespace on the new master changes it.
+ *
  * A read of the namespace runs only while UP:  IDLE -> SETS (SMEMBERS x3) -> HASHES (one HGETALL
  * per member, pipelined) -> IDLE, and starts when an event came in, on (re)connect, or when
  * resync_ms passed. A read that equals the last good data changes nothing. */
 #include "master/ms_redis.h"
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,7 +46,8 @@
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 5000
 
-enum link_state { LINK_DISABLED = 0, LINK_WAIT, LINK_CONNECTING, LINK_UP };
+enum link_state { LINK_DISABLED = 0, LINK_WAIT, LINK_RESOLVING, LINK_CONNECTING, LINK_UP };
+enum watch_state { WATCH_OFF = 0, WATCH_WAIT, WATCH_CONNECTING, WATCH_UP };
 enum read_phase { READ_IDLE = 0, READ_SETS, READ_HASHES };
 
 /* One async connection and its registration in the master loop. */
@@ -61,8 +71,25 @@ static struct {
     int state;                 /* enum link_state */
     struct conn cmd, sub;
     char *sig;                 /* the settings the link was opened with */
-    char *host;                /* for messages */
-    int port;
+    char *host;                /* the master's address (with Sentinel: as last resolved, NULL */
+    int port;                  /* before the first answer) */
+
+    /* Sentinel (see the top of the file). */
+    struct conn res;           /* asks one sentinel where the master is */
+    size_t res_idx;            /* the sentinel asked now (modulo nsentinels) */
+    size_t res_tried;          /* sentinels tried in this attempt */
+    char *res_host;            /* its answer, once res.ready */
+    int res_port;
+    char res_last[300];        /* the last sentinel's problem in this attempt */
+    struct conn sw;            /* subscribed to +switch-master */
+    int sw_state;              /* enum watch_state */
+    size_t sw_idx;
+    uint64_t sw_retry_at;
+    unsigned sw_failures;
+    char sw_last_error[400];
+    int switched;              /* +switch-master for our master came in: resolve now */
+    char switch_text[300];     /* its payload, for the log */
+
     uint64_t retry_at;
     unsigned failures;         /* consecutive: the backoff exponent */
     int ever_up;
@@ -86,7 +113,14 @@ static struct {
 } rd = {
     .cmd = {.name = "command", .fd = -1},
     .sub = {.name = "subscriber", .fd = -1},
+    .res = {.name = "sentinel", .fd = -1},
+    .sw = {.name = "sentinel subscriber", .fd = -1},
 };
+
+static int sentinel_mode(const struct ms_config *cfg)
+{
+    return cfg->redis.nsentinels > 0;
+}
 
 /* ---- hiredis event adapter onto ms_loop ----------------------------------------------------- */
 
@@ -305,10 +339,116 @@ static int sync_ok(redisContext *c, redisReply *r, const char *what, char *err, 
     return ok ? 0 : -1;
 }
 
-static int sync_read(const struct ms_config *cfg, struct ms_rns *ns, char *err, size_t errlen)
+/* The answer to SENTINEL get-master-addr-by-name: 0 and the address (heap host), or -1 with
+ * why in <err>. */
+static int parse_master_addr(const redisReply *r, const char *name, char **host, int *port,
+                             char *err, size_t errlen)
 {
-    redisContext *c = redisConnectWithTimeout(cfg->redis.host, cfg->redis.port,
-                                              tv_ms(cfg->redis.connect_timeout_ms));
+    char what[512];
+    char *end;
+    long p;
+
+    if (r == NULL) {
+        snprintf(err, errlen, "SENTINEL get-master-addr-by-name: no reply");
+        return -1;
+    }
+    if (r->type == REDIS_REPLY_NIL) {
+        snprintf(err, errlen, "does not know a master called '%s'", name);
+        return -1;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING ||
+        r->element[0]->len == 0 || r->element[0]->len > 255 ||
+        strlen(r->element[0]->str) != r->element[0]->len) {
+        snprintf(err, errlen, "SENTINEL get-master-addr-by-name: %s",
+                 r->type == REDIS_REPLY_ERROR ? rds_reply_what(r, what, sizeof(what))
+                                              : "an answer that is not [ip, port]");
+        return -1;
+    }
+    errno = 0;
+    p = strtol(r->element[1]->str, &end, 10);
+    if (*end != '\0' || errno != 0 || p < 1 || p > 65535 || r->element[1]->str[0] == '\0') {
+        snprintf(err, errlen, "SENTINEL get-master-addr-by-name: bad port in the answer");
+        return -1;
+    }
+    *host = dsp_xstrdup(r->element[0]->str);
+    *port = (int)p;
+    return 0;
+}
+
+/* Is <r>, a ROLE reply, a master's? When not, why in <err>. */
+static int role_is_master(const redisReply *r, const char *host, int port, char *err,
+                          size_t errlen)
+{
+    char what[512];
+
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+        r->element[0]->type == REDIS_REPLY_STRING) {
+        if (strcmp(r->element[0]->str, "master") == 0) {
+            return 1;
+        }
+        snprintf(err, errlen, "ROLE: %s:%d is a %.32s, not the master (a failover in progress?)",
+                 host, port, r->element[0]->str);
+        return 0;
+    }
+    snprintf(err, errlen, "ROLE: %s", r ? rds_reply_what(r, what, sizeof(what)) : "no reply");
+    return 0;
+}
+
+/* Ask the sentinels, one after the other, where the master is (at start). Returns 0 and the
+ * address (heap host), or -1 with the last sentinel's problem in <err>. */
+static int sync_resolve(const struct ms_config *cfg, char **host, int *port, char *err,
+                        size_t errlen)
+{
+    char one[400];
+
+    snprintf(err, errlen, "no sentinel");
+    for (size_t i = 0; i < cfg->redis.nsentinels; i++) {
+        const struct ms_redis_addr *a = &cfg->redis.sentinels[i];
+        redisContext *c = redisConnectWithTimeout(a->host, a->port,
+                                                  tv_ms(cfg->redis.connect_timeout_ms));
+        redisReply *r = NULL;
+        int rc = -1;
+
+        if (c == NULL) {
+            snprintf(one, sizeof(one), "out of memory");
+        } else if (c->err) {
+            snprintf(one, sizeof(one), "connect: %s", c->errstr);
+        } else {
+            redisSetTimeout(c, tv_ms(cfg->redis.command_timeout_ms));
+            if (cfg->redis.sentinel_password != NULL &&
+                sync_ok(c, redisCommand(c, "AUTH %s", cfg->redis.sentinel_password), "AUTH", one,
+                        sizeof(one)) != 0) {
+                /* one says why */
+            } else {
+                r = redisCommand(c, "SENTINEL get-master-addr-by-name %s",
+                                 cfg->redis.master_name);
+                if (r == NULL) {
+                    snprintf(one, sizeof(one), "SENTINEL get-master-addr-by-name: %s",
+                             c->errstr);
+                } else {
+                    rc = parse_master_addr(r, cfg->redis.master_name, host, port, one,
+                                           sizeof(one));
+                    freeReplyObject(r);
+                }
+            }
+        }
+        if (c != NULL) {
+            redisFree(c);
+        }
+        if (rc == 0) {
+            rd.res_idx = i; /* the background link starts with the one that answered */
+            return 0;
+        }
+        snprintf(err, errlen, "sentinel %s:%d: %s", a->host, a->port, one);
+    }
+    return -1;
+}
+
+static int sync_read(const struct ms_config *cfg, const char *host, int port, struct ms_rns *ns,
+                     char *err, size_t errlen)
+{
+    redisContext *c = redisConnectWithTimeout(host, port, tv_ms(cfg->redis.connect_timeout_ms));
     char key[1024];
     void *r;
     int rc = -1;
@@ -333,6 +473,18 @@ static int sync_read(const struct ms_config *cfg, struct ms_rns *ns, char *err, 
     if (cfg->redis.db != 0 &&
         sync_ok(c, redisCommand(c, "SELECT %d", cfg->redis.db), "SELECT", err, errlen) != 0) {
         goto out;
+    }
+    if (sentinel_mode(cfg)) {
+        int master;
+
+        r = redisCommand(c, "ROLE");
+        master = role_is_master(r, host, port, err, errlen);
+        if (r != NULL) {
+            freeReplyObject(r);
+        }
+        if (!master) {
+            goto out;
+        }
     }
     for (int k = 0; k < MS_RNS_KINDS; k++) {
         redisAppendCommand(c, "SMEMBERS %s%s", ns->prefix, ms_rns_set_name(k));
@@ -614,6 +766,10 @@ static void on_setup(redisAsyncContext *ac, void *reply, void *priv)
                  rds_reply_what(r, what, sizeof(what)));
         return;
     }
+    if (strcmp((const char *)priv, "ROLE") == 0) {
+        (void)role_is_master(r, rd.host, rd.port, c->error, sizeof(c->error));
+        return;
+    }
     if (strcmp((const char *)priv, "PING") == 0) {
         c->ready = 1;
     }
@@ -695,7 +851,7 @@ static int send_auth(struct conn *c, redisCallbackFn *fn, void *priv)
     return r == REDIS_OK ? 0 : -1;
 }
 
-static int conn_open(struct conn *c, uint64_t now)
+static int conn_open(struct conn *c, const char *host, int port, uint64_t now)
 {
     const struct ms_config *cfg = ms.cfg;
     redisAsyncContext *ac;
@@ -711,7 +867,7 @@ static int conn_open(struct conn *c, uint64_t now)
     c->deadline = 0;
     c->error[0] = '\0';
     /* A host name is resolved here, synchronously: use an address or a name from /etc/hosts. */
-    ac = redisAsyncConnect(cfg->redis.host, cfg->redis.port);
+    ac = redisAsyncConnect(host, port);
     if (ac == NULL) {
         snprintf(c->error, sizeof(c->error), "connect: out of memory");
         return -1;
@@ -767,19 +923,50 @@ static void link_close(void)
     read_abort();
     conn_close(&rd.cmd);
     conn_close(&rd.sub);
+    conn_close(&rd.res);
+    free(rd.res_host);
+    rd.res_host = NULL;
 }
 
 static char *settings_sig(const struct ms_config *cfg)
 {
     size_t n = strlen(cfg->redis.host) + strlen(cfg->environment) +
                (cfg->redis.user ? strlen(cfg->redis.user) : 0) +
-               (cfg->redis.password ? strlen(cfg->redis.password) : 0) + 64;
-    char *s = dsp_xmalloc(n);
+               (cfg->redis.password ? strlen(cfg->redis.password) : 0) +
+               (cfg->redis.master_name ? strlen(cfg->redis.master_name) : 0) +
+               (cfg->redis.sentinel_password ? strlen(cfg->redis.sentinel_password) : 0) + 64;
+    size_t len;
+    char *s;
 
-    snprintf(s, n, "%s\n%d\n%d\n%s\n%s\n%s", cfg->redis.host, cfg->redis.port, cfg->redis.db,
-             cfg->redis.user ? cfg->redis.user : "", cfg->redis.password ? cfg->redis.password : "",
-             cfg->environment);
+    for (size_t i = 0; i < cfg->redis.nsentinels; i++) {
+        n += strlen(cfg->redis.sentinels[i].host) + 16;
+    }
+    s = dsp_xmalloc(n);
+    len = (size_t)snprintf(s, n, "%s\n%d\n%d\n%s\n%s\n%s\n%s\n%s\n", cfg->redis.host,
+                           cfg->redis.port, cfg->redis.db, cfg->redis.user ? cfg->redis.user : "",
+                           cfg->redis.password ? cfg->redis.password : "", cfg->environment,
+                           cfg->redis.master_name ? cfg->redis.master_name : "",
+                           cfg->redis.sentinel_password ? cfg->redis.sentinel_password : "");
+    for (size_t i = 0; i < cfg->redis.nsentinels && len < n; i++) {
+        len += (size_t)snprintf(s + len, n - len, "%s:%d,", cfg->redis.sentinels[i].host,
+                                cfg->redis.sentinels[i].port);
+    }
     return s;
+}
+
+/* What the link talks to, for messages: "redis 10.0.0.5:6379", "redis master 'mymaster'
+ * (10.0.0.5:6379)", or "redis master 'mymaster'" before the sentinels named it. */
+static const char *link_label(char *buf, size_t n)
+{
+    if (!sentinel_mode(ms.cfg)) {
+        snprintf(buf, n, "redis %s:%d", rd.host ? rd.host : "?", rd.port);
+    } else if (rd.host == NULL || rd.state == LINK_RESOLVING) {
+        snprintf(buf, n, "redis master '%s'", ms.cfg->redis.master_name);
+    } else {
+        snprintf(buf, n, "redis master '%s' (%s:%d)", ms.cfg->redis.master_name, rd.host,
+                 rd.port);
+    }
+    return buf;
 }
 
 static void link_fail(uint64_t now, const char *why)
@@ -787,7 +974,9 @@ static void link_fail(uint64_t now, const char *why)
     unsigned shift = rd.failures < 10 ? rd.failures : 10;
     uint64_t delay = (uint64_t)BACKOFF_MIN_MS << shift;
     int repeat = strcmp(why, rd.last_error) == 0 && rd.state != LINK_UP;
+    char label[400];
 
+    link_label(label, sizeof(label));
     link_close();
     if (delay > BACKOFF_MAX_MS) {
         delay = BACKOFF_MAX_MS;
@@ -798,11 +987,10 @@ static void link_fail(uint64_t now, const char *why)
     rd.retry_at = now + delay;
     rd.state = LINK_WAIT;
     if (repeat) {
-        log_debug("redis %s:%d: %s; retrying in %llu ms", rd.host, rd.port, why,
-                  (unsigned long long)delay);
+        log_debug("%s: %s; retrying in %llu ms", label, why, (unsigned long long)delay);
     } else {
-        log_warn("redis %s:%d: %s; still serving generation %llu, retrying in %llu ms", rd.host,
-                 rd.port, why, (unsigned long long)ms.gen, (unsigned long long)delay);
+        log_warn("%s: %s; still serving generation %llu, retrying in %llu ms", label, why,
+                 (unsigned long long)ms.gen, (unsigned long long)delay);
     }
     snprintf(rd.last_error, sizeof(rd.last_error), "%s", why);
 }
@@ -813,12 +1001,12 @@ static void link_connect(uint64_t now)
     char why[512];
 
     rd.state = LINK_CONNECTING;
-    if (conn_open(&rd.cmd, now) != 0) {
+    if (conn_open(&rd.cmd, rd.host, rd.port, now) != 0) {
         snprintf(why, sizeof(why), "%s connection: %s", rd.cmd.name, rd.cmd.error);
         link_fail(now, why);
         return;
     }
-    if (conn_open(&rd.sub, now) != 0) {
+    if (conn_open(&rd.sub, rd.host, rd.port, now) != 0) {
         snprintf(why, sizeof(why), "%s connection: %s", rd.sub.name, rd.sub.error);
         link_fail(now, why);
         return;
@@ -833,6 +1021,12 @@ static void link_connect(uint64_t now)
             REDIS_OK) {
         sent(&rd.cmd);
     }
+    /* What the sentinels named may already be a replica again (a failover in progress, a stale
+     * sentinel): read only from a master. */
+    if (sentinel_mode(cfg) &&
+        redisAsyncCommand(rd.cmd.ac, on_setup, (void *)"ROLE", "ROLE") == REDIS_OK) {
+        sent(&rd.cmd);
+    }
     if (redisAsyncCommand(rd.cmd.ac, on_setup, (void *)"PING", "PING") == REDIS_OK) {
         sent(&rd.cmd);
     }
@@ -840,6 +1034,290 @@ static void link_connect(uint64_t now)
         send_auth(&rd.sub, on_sub_auth, NULL);
     } else {
         subscribe(&rd.sub);
+    }
+}
+
+/* ---- Sentinel: where the master is, and when it moves ----------------------------------------- */
+
+static void on_resolve(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct conn *c = &rd.res;
+    redisReply *r = reply;
+    char what[512];
+
+    (void)ac;
+    if (r == NULL) {
+        return;
+    }
+    answered(c);
+    if (priv != NULL) { /* AUTH */
+        if (r->type == REDIS_REPLY_ERROR) {
+            snprintf(c->error, sizeof(c->error), "AUTH: %s",
+                     rds_reply_what(r, what, sizeof(what)));
+        }
+        return;
+    }
+    if (c->error[0] != '\0' || c->ready) {
+        return;
+    }
+    free(rd.res_host);
+    rd.res_host = NULL;
+    if (parse_master_addr(r, ms.cfg->redis.master_name, &rd.res_host, &rd.res_port, c->error,
+                          sizeof(c->error)) == 0) {
+        c->ready = 1;
+    }
+}
+
+/* Ask sentinel rd.res_idx. Returns 0, or -1 with the problem in rd.res.error. */
+static int res_ask(uint64_t now)
+{
+    const struct ms_config *cfg = ms.cfg;
+    const struct ms_redis_addr *a = &cfg->redis.sentinels[rd.res_idx % cfg->redis.nsentinels];
+
+    if (conn_open(&rd.res, a->host, a->port, now) != 0) {
+        return -1;
+    }
+    if (cfg->redis.sentinel_password != NULL) {
+        if (redisAsyncCommand(rd.res.ac, on_resolve, (void *)"AUTH", "AUTH %s",
+                              cfg->redis.sentinel_password) != REDIS_OK) {
+            snprintf(rd.res.error, sizeof(rd.res.error), "cannot send AUTH");
+            return -1;
+        }
+        sent(&rd.res);
+    }
+    if (redisAsyncCommand(rd.res.ac, on_resolve, NULL, "SENTINEL get-master-addr-by-name %s",
+                          cfg->redis.master_name) != REDIS_OK) {
+        snprintf(rd.res.error, sizeof(rd.res.error), "cannot send SENTINEL");
+        return -1;
+    }
+    sent(&rd.res);
+    return 0;
+}
+
+/* One attempt begins: ask the sentinels, starting with the one that answered last. */
+static void res_begin(uint64_t now)
+{
+    rd.state = LINK_RESOLVING;
+    rd.res_tried = 0;
+    rd.res_last[0] = '\0';
+    if (res_ask(now) != 0) {
+        rd.res.deadline = now; /* the tick moves on to the next sentinel */
+    }
+}
+
+/* The sentinel being asked failed: ask the next one, or give the attempt up (backoff). */
+static void res_next(uint64_t now, const char *why)
+{
+    const struct ms_config *cfg = ms.cfg;
+
+    for (;;) {
+        const struct ms_redis_addr *a =
+            &cfg->redis.sentinels[rd.res_idx % cfg->redis.nsentinels];
+
+        snprintf(rd.res_last, sizeof(rd.res_last), "sentinel %s:%d: %s", a->host, a->port, why);
+        log_debug("redis master '%s': %s", cfg->redis.master_name, rd.res_last);
+        conn_close(&rd.res);
+        rd.res_idx = (rd.res_idx + 1) % cfg->redis.nsentinels;
+        if (++rd.res_tried >= cfg->redis.nsentinels) {
+            char msg[400];
+
+            snprintf(msg, sizeof(msg), "no sentinel named the master (%s)", rd.res_last);
+            link_fail(now, msg);
+            return;
+        }
+        if (res_ask(now) == 0) {
+            return;
+        }
+        why = rd.res.error;
+    }
+}
+
+/* The sentinel answered: connect to the master it named. */
+static void res_done(uint64_t now)
+{
+    char *host = rd.res_host;
+    int port = rd.res_port;
+
+    rd.res_host = NULL;
+    conn_close(&rd.res);
+    if (rd.host == NULL || strcmp(rd.host, host) != 0 || rd.port != port) {
+        log_info("redis master '%s': the sentinels name %s:%d", ms.cfg->redis.master_name, host,
+                 port);
+    }
+    free(rd.host);
+    rd.host = host;
+    rd.port = port;
+    link_connect(now);
+}
+
+static void on_switch(redisAsyncContext *ac, void *reply, void *priv);
+static const char *conn_problem(const struct conn *c, uint64_t now, char *buf, size_t n);
+
+static void sw_subscribe(struct conn *c)
+{
+    if (redisAsyncCommand(c->ac, on_switch, NULL, "SUBSCRIBE +switch-master") != REDIS_OK) {
+        snprintf(c->error, sizeof(c->error), "cannot send SUBSCRIBE");
+        return;
+    }
+    sent(c);
+}
+
+/* Replies on the sentinel subscriber: AUTH (<priv> set), the SUBSCRIBE confirmation, and the
+ * +switch-master messages ("<name> <old-ip> <old-port> <new-ip> <new-port>"). */
+static void on_switch(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct conn *c = &rd.sw;
+    redisReply *r = reply;
+    const redisReply *p;
+    const char *name = ms.cfg->redis.master_name;
+    size_t nl = strlen(name);
+    char what[512];
+
+    (void)ac;
+    if (r == NULL) {
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        answered(c);
+        snprintf(c->error, sizeof(c->error), "%s: %s", priv != NULL ? "AUTH" : "SUBSCRIBE",
+                 rds_reply_what(r, what, sizeof(what)));
+        return;
+    }
+    if (priv != NULL) {
+        answered(c);
+        sw_subscribe(c); /* only after AUTH's reply, as on the data subscriber */
+        return;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING) {
+        return;
+    }
+    if (strcmp(r->element[0]->str, "subscribe") == 0) {
+        answered(c);
+        c->ready = 1;
+        return;
+    }
+    p = r->element[2];
+    if (strcmp(r->element[0]->str, "message") != 0 || p->type != REDIS_REPLY_STRING ||
+        p->len <= nl || memcmp(p->str, name, nl) != 0 || p->str[nl] != ' ') {
+        return; /* another master of these sentinels */
+    }
+    snprintf(rd.switch_text, sizeof(rd.switch_text), "%.*s", (int)DSP_MIN(p->len, 250),
+             p->str);
+    rd.switched = 1;
+}
+
+static void sw_fail(uint64_t now, const char *why)
+{
+    const struct ms_config *cfg = ms.cfg;
+    const struct ms_redis_addr *a = &cfg->redis.sentinels[rd.sw_idx % cfg->redis.nsentinels];
+    unsigned shift = rd.sw_failures < 10 ? rd.sw_failures : 10;
+    uint64_t delay = DSP_MIN((uint64_t)BACKOFF_MIN_MS << shift, (uint64_t)BACKOFF_MAX_MS);
+    char msg[400];
+
+    snprintf(msg, sizeof(msg), "sentinel %s:%d: %s", a->host, a->port, why);
+    conn_close(&rd.sw);
+    if (strcmp(msg, rd.sw_last_error) != 0) {
+        log_warn("redis master '%s': %s; not watching for +switch-master, retrying in %llu ms "
+                 "(on the next sentinel)", cfg->redis.master_name, msg,
+                 (unsigned long long)delay);
+        snprintf(rd.sw_last_error, sizeof(rd.sw_last_error), "%s", msg);
+    }
+    rd.sw_failures++;
+    rd.sw_idx = (rd.sw_idx + 1) % cfg->redis.nsentinels;
+    rd.sw_retry_at = now + delay;
+    rd.sw_state = WATCH_WAIT;
+}
+
+/* The subscriber to +switch-master: (re)connect, notice its failures, act on a switch. */
+static void sw_tick(uint64_t now)
+{
+    const struct ms_config *cfg = ms.cfg;
+    char buf[512];
+    const char *why;
+
+    if (!sentinel_mode(cfg)) {
+        conn_close(&rd.sw);
+        rd.sw_state = WATCH_OFF;
+        rd.switched = 0;
+        return;
+    }
+    switch (rd.sw_state) {
+    case WATCH_OFF:
+        rd.sw_state = WATCH_WAIT;
+        rd.sw_retry_at = now;
+        rd.sw_failures = 0;
+        rd.sw_last_error[0] = '\0';
+        /* fall through */
+    case WATCH_WAIT: {
+        const struct ms_redis_addr *a = &cfg->redis.sentinels[rd.sw_idx % cfg->redis.nsentinels];
+
+        if (now < rd.sw_retry_at) {
+            break;
+        }
+        rd.sw_state = WATCH_CONNECTING;
+        if (conn_open(&rd.sw, a->host, a->port, now) != 0) {
+            sw_fail(now, rd.sw.error);
+            break;
+        }
+        if (cfg->redis.sentinel_password != NULL) {
+            if (redisAsyncCommand(rd.sw.ac, on_switch, (void *)"AUTH", "AUTH %s",
+                                  cfg->redis.sentinel_password) == REDIS_OK) {
+                sent(&rd.sw);
+            } else {
+                snprintf(rd.sw.error, sizeof(rd.sw.error), "cannot send AUTH");
+            }
+        } else {
+            sw_subscribe(&rd.sw);
+        }
+        break;
+    }
+    case WATCH_CONNECTING:
+    case WATCH_UP:
+        why = conn_problem(&rd.sw, now, buf, sizeof(buf));
+        if (why != NULL) {
+            sw_fail(now, why);
+            break;
+        }
+        if (rd.sw_state == WATCH_CONNECTING && rd.sw.ready) {
+            const struct ms_redis_addr *a =
+                &cfg->redis.sentinels[rd.sw_idx % cfg->redis.nsentinels];
+
+            rd.sw_state = WATCH_UP;
+            rd.sw_failures = 0;
+            log_info("redis master '%s': watching +switch-master on sentinel %s:%d",
+                     cfg->redis.master_name, a->host, a->port);
+            rd.sw_last_error[0] = '\0';
+            /* A switch may have happened while nobody watched: a link that is down tries at
+             * once rather than at the end of its backoff. */
+            if (rd.state == LINK_WAIT) {
+                rd.retry_at = now;
+            }
+        }
+        break;
+    default:
+        break;
+    }
+    if (rd.switched) {
+        char host[256] = "";
+        int port = 0;
+
+        rd.switched = 0;
+        /* "<name> <old-ip> <old-port> <new-ip> <new-port>": already on the new one? */
+        if (sscanf(rd.switch_text + strlen(cfg->redis.master_name), " %*s %*d %255s %d", host,
+                   &port) == 2 &&
+            rd.state == LINK_UP && rd.host != NULL && strcmp(host, rd.host) == 0 &&
+            port == rd.port) {
+            log_info("redis: +switch-master %s; already on the new master", rd.switch_text);
+            return;
+        }
+        log_info("redis: +switch-master %s; resolving the master again (still serving "
+                 "generation %llu)", rd.switch_text, (unsigned long long)ms.gen);
+        link_close();
+        rd.state = LINK_WAIT;
+        rd.retry_at = now;
+        rd.failures = 0;
+        rd.last_error[0] = '\0';
     }
 }
 
@@ -983,6 +1461,8 @@ static void on_tick(uint64_t now, void *arg)
     if (!cfg->redis.enabled) {
         if (rd.state != LINK_DISABLED) {
             link_close();
+            conn_close(&rd.sw);
+            rd.sw_state = WATCH_OFF;
             rd.state = LINK_DISABLED;
             log_info("redis: disabled by the configuration");
         }
@@ -1000,18 +1480,30 @@ static void on_tick(uint64_t now, void *arg)
             rd.unversioned = 0; /* another namespace, maybe: its first read says */
         }
         link_close();
+        conn_close(&rd.sw);
+        rd.sw_state = WATCH_OFF;
+        rd.sw_idx = 0;
         free(rd.sig);
         rd.sig = sig;
         free(rd.host);
-        rd.host = dsp_xstrdup(cfg->redis.host);
-        rd.port = cfg->redis.port;
+        rd.host = sentinel_mode(cfg) ? NULL : dsp_xstrdup(cfg->redis.host);
+        rd.port = sentinel_mode(cfg) ? 0 : cfg->redis.port;
         rd.state = LINK_WAIT;
         rd.retry_at = now;
         rd.failures = 0;
     } else {
         free(sig);
     }
+    sw_tick(now);
 
+    if (rd.state == LINK_RESOLVING) {
+        if (rd.res.ready) {
+            res_done(now);
+        } else if ((why = conn_problem(&rd.res, now, buf, sizeof(buf))) != NULL) {
+            res_next(now, rd.res.error[0] != '\0' ? rd.res.error : why);
+        }
+        return;
+    }
     if (rd.state == LINK_CONNECTING || rd.state == LINK_UP) {
         why = conn_problem(&rd.cmd, now, buf, sizeof(buf));
         if (why == NULL) {
@@ -1029,15 +1521,19 @@ static void on_tick(uint64_t now, void *arg)
     switch (rd.state) {
     case LINK_WAIT:
         if (now >= rd.retry_at) {
-            link_connect(now);
+            if (sentinel_mode(cfg)) {
+                res_begin(now);
+            } else {
+                link_connect(now);
+            }
         }
         break;
     case LINK_CONNECTING:
         if (rd.cmd.ready && rd.sub.ready) {
             rd.state = LINK_UP;
-            log_info("redis %s:%d: %s; following dispatcher:%s: (events on dispatcher:%s:events)",
-                     rd.host, rd.port, rd.ever_up ? "reconnected" : "connected", cfg->environment,
-                     cfg->environment);
+            log_info("%s: %s; following dispatcher:%s: (events on dispatcher:%s:events)",
+                     link_label(buf, sizeof(buf)), rd.ever_up ? "reconnected" : "connected",
+                     cfg->environment, cfg->environment);
             rd.ever_up = 1;
             rd.failures = 0;
             rd.last_error[0] = '\0';
@@ -1060,8 +1556,10 @@ int ms_redis_start(void)
 {
     const struct ms_config *cfg = ms.cfg;
     struct ms_rns *ns;
-    char err[512];
+    char err[512], where[400];
     char *errs = NULL;
+    char *host = NULL;
+    int port = 0, rc;
 
     if (!rd.tick_registered) {
         if (ms_loop_tick(on_tick, NULL) != 0) {
@@ -1075,9 +1573,28 @@ int ms_redis_start(void)
         return 0;
     }
     ns = ms_rns_new(cfg->environment);
-    if (sync_read(cfg, ns, err, sizeof(err)) != 0) {
-        log_warn("redis %s:%d: %s; starting from %s alone and retrying in the background",
-                 cfg->redis.host, cfg->redis.port, err, cfg->path);
+    if (sentinel_mode(cfg)) {
+        snprintf(where, sizeof(where), "redis master '%s'", cfg->redis.master_name);
+        if (sync_resolve(cfg, &host, &port, err, sizeof(err)) != 0) {
+            log_warn("%s: no sentinel named the master (%s); starting from %s alone and "
+                     "retrying in the background", where, err, cfg->path);
+            snprintf(rd.last_error, sizeof(rd.last_error), "no sentinel named the master (%.400s)",
+                     err);
+            ms_rns_free(ns);
+            return 0;
+        }
+        snprintf(where, sizeof(where), "redis master '%s' (%s:%d)", cfg->redis.master_name, host,
+                 port);
+    } else {
+        host = dsp_xstrdup(cfg->redis.host);
+        port = cfg->redis.port;
+        snprintf(where, sizeof(where), "redis %s:%d", host, port);
+    }
+    rc = sync_read(cfg, host, port, ns, err, sizeof(err));
+    free(host);
+    if (rc != 0) {
+        log_warn("%s: %s; starting from %s alone and retrying in the background", where, err,
+                 cfg->path);
         /* Worded like the background attempts' messages, so that the same failure is not
          * logged again by the first of them. */
         snprintf(rd.last_error, sizeof(rd.last_error), "command connection: %.480s", err);
@@ -1120,6 +1637,8 @@ int ms_redis_merge_into(struct ms_config *ncfg, char **errs)
 void ms_redis_stop(void)
 {
     link_close();
+    conn_close(&rd.sw);
+    rd.sw_state = WATCH_OFF;
     ms_rns_free(rd.good);
     rd.good = NULL;
     free(rd.sig);
