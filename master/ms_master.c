@@ -326,10 +326,8 @@ int ms_run(void)
             ms_loop_dispatch(ev[i].data.ptr, ev[i].events);
         }
         now = dsp_now_ms();
-        if (sig_chld) {
-            sig_chld = 0;
-            reap();
-        }
+        /* Stops first: a Ctrl-C reaches the workers too (one process group), and their exit
+         * in the same pass is part of the stop, not a crash to respawn. */
         if (sig_int && ms.stopping != 2) {
             sig_int = 0;
             log_info("fast stop requested");
@@ -345,6 +343,10 @@ int ms_run(void)
             ms.stop_deadline = now + (uint64_t)ms.cfg->limits.shutdown_timeout_ms + 2000;
             close_listeners();
             signal_workers(SIGTERM);
+        }
+        if (sig_chld) {
+            sig_chld = 0;
+            reap();
         }
         if (ms.stopping) {
             if (workers_alive() == 0) {

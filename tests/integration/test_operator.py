@@ -2,11 +2,13 @@
 (naming it), also at -t; dispatcherctl reload prints every error and warning on its own line;
 the init script prints each error once; small CLI and log messages."""
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import unittest
 
 import dsptest
 from dsptest import make_config, request, route, svc
@@ -139,21 +141,25 @@ class ReloadReportTest(dsptest.TestCase):
                                  "%s: each error once:\n%s" % (action, out))
 
 
+def shipped_copy(extra=""):
+    """A copy of the shipped dispatcher.conf in a fresh folder (no logs/ or run/ yet), on free
+    ports, one worker: (folder, config path, listen port, environment for the master)."""
+    tmp = dsptest.Dispatcher().tmp
+    with open(os.path.join(ROOT, "dispatcher.conf")) as f:
+        text = f.read()
+    hport, port = dsptest.free_port(), dsptest.free_port()
+    assert '"127.0.0.1:9000"' in text
+    text = text.replace('"127.0.0.1:9000"', '"127.0.0.1:%d"' % hport)
+    text = text.replace('workers = "auto"', "workers = 1") + extra
+    conf = os.path.join(tmp, "dispatcher.conf")
+    with open(conf, "w") as f:
+        f.write(text)
+    return tmp, conf, port, dict(os.environ, HTTP_PORT=str(port))
+
+
 class ShippedConfigTest(dsptest.TestCase):
     def test_shipped_config_logs_to_a_file_created_at_start(self):
-        # A copy of the shipped dispatcher.conf in a fresh folder (no logs/ or run/ yet), on
-        # free ports.
-        tmp = dsptest.Dispatcher().tmp
-        with open(os.path.join(ROOT, "dispatcher.conf")) as f:
-            text = f.read()
-        hport, port = dsptest.free_port(), dsptest.free_port()
-        self.assertIn('"127.0.0.1:9000"', text)
-        text = text.replace('"127.0.0.1:9000"', '"127.0.0.1:%d"' % hport)
-        text = text.replace('workers = "auto"', "workers = 1")
-        conf = os.path.join(tmp, "dispatcher.conf")
-        with open(conf, "w") as f:
-            f.write(text)
-        env = dict(os.environ, HTTP_PORT=str(port))
+        tmp, conf, port, env = shipped_copy()
         # -D has nothing to warn about: the error log is a file.
         p = run([dsptest.MASTER, "-t", "-D", "-c", conf], cwd=tmp, env=env)
         self.assertEqual((p.returncode, p.stderr.decode()), (0, ""))
@@ -177,3 +183,71 @@ class ShippedConfigTest(dsptest.TestCase):
             out, err = d.proc.communicate(timeout=15)
         self.assertEqual(d.proc.returncode, 0, err)
         self.assertEqual(err, b"", "nothing on stderr once the error log is open")
+
+    @dsptest.timeout(60)
+    def test_readme_redis_example_works_on_the_shipped_config(self):
+        import test_redis
+        if not os.path.exists(test_redis.REDIS_SERVER):
+            raise unittest.SkipTest("redis-server not installed")
+        tmp, conf, port, env = shipped_copy()
+        r = test_redis.Redis(tmp).start()
+        self.addCleanup(r.kill)
+        with open(conf, "a") as f:
+            f.write('\nredis = { host = "127.0.0.1"; port = %d; };\n' % r.port)
+        # The certificate and key the example reads, for the host it routes.
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", "api.key", "-out", "api.pem", "-days", "30",
+             "-subj", "/CN=api.example.com"], cwd=tmp)
+        d = dsptest.Dispatcher(port=port, tmp=tmp, workers=1)
+        d._err, d._out = open(d.errlog, "ab"), open(d.outlog, "ab")
+        d.proc = subprocess.Popen([dsptest.MASTER, "-c", conf], stdin=subprocess.DEVNULL,
+                                  stdout=d._out, stderr=d._err, cwd=tmp, env=env)
+        dsptest._record_pid(d.proc.pid)
+        dsptest.STARTED.append(d)
+        self.addCleanup(self._stop_dispatcher, d)
+        d.wait_ready()
+        # The README's commands, as written, against this Redis.
+        with open(os.path.join(ROOT, "README.md")) as f:
+            readme = f.read()
+        block = readme[readme.index("Seed a service and a route"):]
+        block = block[block.index("```sh\n") + 6:]
+        block = block[:block.index("\n```")]
+        cmds = [l for l in block.splitlines() if l.startswith("redis-cli ")]
+        self.assertGreaterEqual(len(cmds), 5, block)
+        for c in cmds:
+            p = run(["sh", "-c", c.replace("redis-cli ", "%s -p %d " % (test_redis.REDIS_CLI,
+                                                                        r.port), 1)], cwd=tmp)
+            self.assertEqual(p.returncode, 0, (c, p.stderr))
+
+        sock = os.path.join(tmp, "run", "admin.sock")  # the shipped admin.socket
+
+        def served():
+            routes = json.loads(ctl(sock, "--json", "show", "routes")[1])["routes"]
+            return any(x["host"] == "api.example.com" and x["service"] == "api" for x in routes)
+        dsptest.wait_until(served, 5, "the README's route served from Redis")
+        self.assertIn("api.example.com", ctl(sock, "--json", "show", "certs")[1])
+
+
+class CtrlCTest(dsptest.TestCase):
+    def test_ctrl_c_stops_master_and_workers_quietly(self):
+        # A terminal's Ctrl-C sends SIGINT to the whole foreground process group: the master
+        # and its workers at once. That is a stop, not a worker crash to respawn.
+        b = self.backend("a")
+        for _ in range(3):
+            d = dsptest.Dispatcher()
+            d.write_config(make_config(d.port, d.tmp, [svc("s", b)], [route("*", "s")]))
+            d._err, d._out = open(d.errlog, "ab"), open(d.outlog, "ab")
+            d.proc = subprocess.Popen([dsptest.MASTER, "-c", d.conf], stdin=subprocess.DEVNULL,
+                                      stdout=d._out, stderr=d._err, cwd=d.tmp,
+                                      start_new_session=True)
+            dsptest._record_pid(d.proc.pid)
+            d.wait_ready()
+            workers = d.worker_pids()
+            os.killpg(d.proc.pid, signal.SIGINT)
+            self.assertEqual(d.proc.wait(10), 0, d.log_tail())
+            for w in workers:
+                dsptest.wait_until(lambda: dsptest.rss_kib(w) is None, 5, "worker %d gone" % w)
+            d._err.close()
+            d._out.close()
+            self.assertNotIn("respawning", d.log())
+            self.assertIn("fast stop requested", d.log())
