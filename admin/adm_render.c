@@ -326,6 +326,9 @@ void adm_render_instances(struct adm_buf *b, const struct adm_view *v)
         add_classes(b, &st);
         adm_buf_adds(b, ",\"latency_ms\":");
         add_latency(b, &st);
+        if (v->service_extra != NULL) {
+            v->service_extra(b, i, v->extra_arg);
+        }
         adm_buf_adds(b, ",\"backends\":[");
         for (uint32_t j = 0; j < sv->nbackends; j++) {
             if (j > 0) {

@@ -26,6 +26,10 @@ struct adm_view {
     const char *redis_problem;         /* why the namespace in Redis is not served, or NULL */
     int redis_has_version;             /* the config holds Redis data of version redis_version */
     long long redis_version;
+    /* Appends extra members (",\"key\":...") to service <svc> of `show instances` (the master's
+     * backend-name resolution), or NULL. */
+    void (*service_extra)(struct adm_buf *b, uint32_t svc, const void *arg);
+    const void *extra_arg;
 };
 
 /* Each appends one JSON object, starting {"ok":true, ... and without a newline. */

@@ -20,6 +20,7 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "master/ms_compile.h"
+#include "master/ms_dns.h"
 #include "master/ms_config.h"
 #include "master/ms_preflight.h"
 #include "master/ms_redis.h"
@@ -267,6 +268,17 @@ int main(int argc, char **argv)
     if (errs != NULL) {
         fprintf(stderr, "%s\n", errs);
         free(errs);
+        errs = NULL;
+    }
+    /* Backend names resolve before anything is served (as HAProxy's default init-addr does):
+     * a name with no address at all is a configuration error, for -t as for the start. */
+    if (ms_dns_resolve_all(ms.cfg, &errs) != 0) {
+        fprintf(stderr, "%s\n", errs);
+        free(errs);
+        ms_dns_stop();
+        ms_config_free(ms.cfg);
+        ms_tls_cleanup();
+        return MS_EXIT_CONFIG;
     }
     ms_config_drop_source(ms.cfg); /* nothing waits at start; workers need not inherit it */
     if (check) {
@@ -275,6 +287,7 @@ int main(int argc, char **argv)
         explicit_bzero(snap, size);
         free(snap);
         ms_tls_cleanup();
+        ms_dns_stop();
         printf("%s: ok\n", conf);
         ms_config_free(ms.cfg);
         return 0;
@@ -351,6 +364,9 @@ static int start(const char *conf, int daemon_mode, const char *pid_path)
         return MS_EXIT_START;
     }
     ms_redis_start();
+    if (ms_dns_start() != 0) {
+        return MS_EXIT_START;
+    }
     if (ms_publish() != 0) {
         return MS_EXIT_START;
     }
@@ -366,6 +382,7 @@ static int start(const char *conf, int daemon_mode, const char *pid_path)
     free(ms.fds);
     ms_rt_reg_free(ms.reg);
     ms_redis_stop();
+    ms_dns_stop();
     ms_config_free(ms.cfg);
     ms_tls_cleanup();
     return rc;

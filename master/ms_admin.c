@@ -12,6 +12,7 @@
 #include "common/dsp.h"
 #include "common/log.h"
 #include "master/ms_config.h"
+#include "master/ms_dns.h"
 #include "master/ms_loop.h"
 #include "master/ms_master.h"
 #include "master/ms_redis.h"
@@ -73,6 +74,7 @@ static int view(struct adm_view *v, void *arg)
     v->redis_state = ms.cfg->redis.enabled ? ms_redis_state() : NULL;
     v->redis_problem = ms.cfg->redis.enabled ? ms_redis_rejected() : NULL;
     v->redis_has_version = ms_redis_version(&v->redis_version);
+    v->service_extra = ms_dns_render_service;
     return 0;
 }
 

@@ -18,6 +18,7 @@
 #include "common/dsp.h"
 #include "common/net.h"
 #include "master/ms_config.h"
+#include "master/ms_dns.h"
 #include "shm/shm_ridx.h"
 #include "shm/shm_types.h"
 
@@ -466,8 +467,143 @@ static uint64_t table(uint64_t *cur, uint64_t count, size_t elsz)
     return off;
 }
 
-static void fill_services(const struct ms_config *cfg, char *base, struct blob *b,
-                          const struct shm_snap_hdr *h)
+/* ---- backends by name ----------------------------------------------------------------------- */
+
+/* The backends a service publishes when some of them are named: each name expands into one
+ * backend per address it resolves to (its weight each), an address that appears twice in the
+ * service (a literal and a name, two names) once, at its first place. */
+struct xbe {
+    const char *address;  /* the ms_backend's, or <own> */
+    char *own;
+    struct sockaddr_storage ss;
+    int weight;
+};
+
+struct xsvc {
+    struct xbe *v;        /* NULL: the service has no named backend, publish cfg's list */
+    size_t n;
+};
+
+static int xbe_cmp(const void *a, const void *b)
+{
+    const struct xbe *x = *(const struct xbe *const *)a, *y = *(const struct xbe *const *)b;
+    int c = strcmp(x->address, y->address);
+
+    return c != 0 ? c : (x > y) - (x < y);
+}
+
+static void expand_service(const struct ms_service *s, struct xsvc *out)
+{
+    struct xbe *v = NULL, **ord;
+    size_t n = 0, cap = 0, k = 0;
+
+    for (size_t j = 0; j < s->nbackends; j++) {
+        const struct ms_backend *mb = &s->backends[j];
+        const struct sockaddr_storage *a = NULL;
+        size_t na = mb->name != NULL ? ms_dns_addrs(mb->name, &a) : 1;
+
+        for (size_t i = 0; i < na; i++) {
+            struct xbe *x;
+
+            if (n == cap) {
+                cap = cap ? cap * 2 : s->nbackends + 4;
+                v = dsp_xrealloc(v, cap * sizeof(*v));
+            }
+            x = &v[n++];
+            memset(x, 0, sizeof(*x));
+            x->weight = mb->weight;
+            if (mb->name == NULL) {
+                x->address = mb->address;
+                x->ss = mb->ss;
+                continue;
+            }
+            char buf[80];
+
+            x->ss = a[i];
+            if (x->ss.ss_family == AF_INET) {
+                ((struct sockaddr_in *)&x->ss)->sin_port = htons(mb->port);
+            } else {
+                ((struct sockaddr_in6 *)&x->ss)->sin6_port = htons(mb->port);
+            }
+            x->own = dsp_xstrdup(net_addr_str((const struct sockaddr *)&x->ss, buf, sizeof(buf)));
+            x->address = x->own;
+        }
+    }
+    /* Duplicates: sort pointers by address (then position), drop all but the first of each. */
+    ord = dsp_xmalloc((n + 1) * sizeof(*ord));
+    for (size_t i = 0; i < n; i++) {
+        ord[i] = &v[i];
+    }
+    qsort(ord, n, sizeof(*ord), xbe_cmp);
+    for (size_t i = 1; i < n; i++) {
+        if (strcmp(ord[i]->address, ord[i - 1]->address) == 0) {
+            ord[i]->weight = 0; /* marked: weights are >= 1 */
+        }
+    }
+    free(ord);
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].weight == 0) {
+            free(v[i].own);
+        } else {
+            v[k++] = v[i];
+        }
+    }
+    out->v = v;
+    out->n = k;
+}
+
+/* NULL when no service has a named backend (the common case costs nothing). */
+static struct xsvc *expand_backends(const struct ms_config *cfg)
+{
+    struct xsvc *xs = NULL;
+
+    for (size_t i = 0; i < cfg->nservices; i++) {
+        const struct ms_service *s = &cfg->services[i];
+
+        for (size_t j = 0; j < s->nbackends; j++) {
+            if (s->backends[j].name != NULL) {
+                if (xs == NULL) {
+                    xs = dsp_xcalloc(cfg->nservices, sizeof(*xs));
+                }
+                expand_service(s, &xs[i]);
+                break;
+            }
+        }
+    }
+    return xs;
+}
+
+static void xsvc_free(struct xsvc *xs, size_t n)
+{
+    for (size_t i = 0; xs != NULL && i < n; i++) {
+        for (size_t j = 0; j < xs[i].n; j++) {
+            free(xs[i].v[j].own);
+        }
+        free(xs[i].v);
+    }
+    free(xs);
+}
+
+static size_t svc_nbackends(const struct ms_config *cfg, const struct xsvc *xs, size_t i)
+{
+    return xs != NULL && xs[i].v != NULL ? xs[i].n : cfg->services[i].nbackends;
+}
+
+static const char *svc_backend(const struct ms_config *cfg, const struct xsvc *xs, size_t i,
+                               size_t j, const struct sockaddr_storage **ss, int *weight)
+{
+    if (xs != NULL && xs[i].v != NULL) {
+        *ss = &xs[i].v[j].ss;
+        *weight = xs[i].v[j].weight;
+        return xs[i].v[j].address;
+    }
+    *ss = &cfg->services[i].backends[j].ss;
+    *weight = cfg->services[i].backends[j].weight;
+    return cfg->services[i].backends[j].address;
+}
+
+static void fill_services(const struct ms_config *cfg, const struct xsvc *xs, char *base,
+                          struct blob *b, const struct shm_snap_hdr *h)
 {
     struct shm_service *sv = (struct shm_service *)(void *)(base + h->services_off);
     struct shm_backend *be = (struct shm_backend *)(void *)(base + h->backends_off);
@@ -479,7 +615,7 @@ static void fill_services(const struct ms_config *cfg, char *base, struct blob *
 
         o->name = put_str(b, s->name);
         o->backends_first = nb;
-        o->nbackends = (uint32_t)s->nbackends;
+        o->nbackends = (uint32_t)svc_nbackends(cfg, xs, i);
         o->balance = s->balance;
         o->rt_slot = SHM_NONE;
         o->retries = u32_of(s->retries);
@@ -502,15 +638,17 @@ static void fill_services(const struct ms_config *cfg, char *base, struct blob *
         o->tls = s->tls ? SHM_SVC_TLS_ON | (s->tls_verify ? SHM_SVC_TLS_VERIFY : 0u) : 0u;
         o->tls_sni = put_str(b, s->tls ? s->tls_sni : NULL);
         o->tls_ca_pem = put_str(b, s->tls ? s->tls_ca_pem : NULL);
-        for (size_t j = 0; j < s->nbackends; j++) {
-            const struct ms_backend *mb = &s->backends[j];
+        for (size_t j = 0; j < o->nbackends; j++) {
+            const struct sockaddr_storage *ss;
+            int weight;
+            const char *addr = svc_backend(cfg, xs, i, j, &ss, &weight);
             struct shm_backend *ob = &be[nb++];
 
-            ob->address = put_str(b, mb->address);
+            ob->address = put_str(b, addr);
             ob->service = (uint32_t)i;
-            ob->weight = u32_of(mb->weight);
+            ob->weight = u32_of(weight);
             ob->rt_slot = SHM_NONE;
-            put_addr(&mb->ss, &ob->family, &ob->port, ob->ip);
+            put_addr(ss, &ob->family, &ob->port, ob->ip);
             o->total_weight += ob->weight;
         }
     }
@@ -604,9 +742,11 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     uint64_t lo, to, so, bo, ro, co, cno, total, ncerts = 0, ncert_names = 0;
     uint32_t n;
     char *base;
+    struct xsvc *xs;
 
     DSP_ASSERT(cfg->nroutes < UINT32_MAX / 4);
     n = (uint32_t)cfg->nroutes;
+    xs = expand_backends(cfg);
 
     /* Size the string blob exactly: everything below is written in the same order. */
     strings_need = 1 + str_need(cfg->path) + str_need(cfg->tls.self_signed_cn);
@@ -621,10 +761,13 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
         if (s->tls) {
             strings_need += str_need(s->tls_sni) + str_need(s->tls_ca_pem);
         }
-        for (size_t j = 0; j < s->nbackends; j++) {
-            strings_need += str_need(s->backends[j].address);
+        for (size_t j = 0; j < svc_nbackends(cfg, xs, i); j++) {
+            const struct sockaddr_storage *ss;
+            int weight;
+
+            strings_need += str_need(svc_backend(cfg, xs, i, j, &ss, &weight));
         }
-        nbackends += s->nbackends;
+        nbackends += svc_nbackends(cfg, xs, i);
     }
     for (uint32_t r = 0; r < n; r++) {
         strings_need += str_need(route_host(cfg, r)) + str_need(route_path(cfg, r));
@@ -758,7 +901,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
         tc[i].prefix = cfg->trusted[i].prefix;
         memcpy(tc[i].addr, cfg->trusted[i].addr, sizeof(tc[i].addr));
     }
-    fill_services(cfg, base, &b, h);
+    fill_services(cfg, xs, base, &b, h);
+    xsvc_free(xs, cfg->nservices);
     fill_routes(cfg, base, &b, h);
     fill_certs(cfg, base, &b, h);
     DSP_ASSERT(b.cur == b.end);

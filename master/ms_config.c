@@ -49,6 +49,7 @@ static const char *const redis_keys[] = {
     "db",   "resync_ms", "connect_timeout_ms", "command_timeout_ms",
     "tls",  "sentinels", "master_name",        "sentinel_password",
     NULL};
+static const char *const dns_keys[] = {"servers", "resolve_ms", "min_ttl_ms", "timeout_ms", NULL};
 static const char *const backend_keys[] = {"address", "weight", NULL};
 static const char *const health_keys[] = {"path", "interval_ms", "timeout_ms", "fall",
                                           "rise", "start",       NULL};
@@ -67,12 +68,14 @@ static const char *const service_keys[] = {"name",
                                            "sni",
                                            "passive_failures",
                                            "max_ejection_percent",
+                                           "resolve_ms",
                                            NULL};
 static const char *const route_keys[] = {"host", "path", "methods", "priority", "service", NULL};
 static const char *const top_keys[] = {
     "workers", "user",  "group",    "pid_file",  "environment",
     "admin",   "log",   "limits",   "listeners", "trusted_proxies",
-    "tls",     "redis", "services", "routes",    NULL};
+    "tls",     "redis", "services", "routes",    "dns",
+    NULL};
 
 static const struct ms_config_keys key_table[] = {{"", top_keys},
                                                   {"admin", admin_keys},
@@ -82,6 +85,7 @@ static const struct ms_config_keys key_table[] = {{"", top_keys},
                                                   {"tls", tls_keys},
                                                   {"tls.certificates[]", cert_keys},
                                                   {"redis", redis_keys},
+                                                  {"dns", dns_keys},
                                                   {"services[]", service_keys},
                                                   {"services[].backends[]", backend_keys},
                                                   {"services[].health", health_keys},
@@ -1313,12 +1317,125 @@ static void parse_redis(struct ctx *c, config_setting_t *root, struct ms_config 
     parse_sentinels(c, g, cfg);
 }
 
+/* "name:port" where name is a host name (not an IP, not "localhost", which net_parse_addr()
+ * takes): returns 1 and fills <b>, 0 when <v> is no such thing, -1 with a reason in <err> for a
+ * name with a bad port. */
+static int parse_backend_name(const char *v, struct ms_backend *b, char *err, size_t errlen)
+{
+    const char *colon = strrchr(v, ':');
+    char host[TLS_MAX_NAME + 2];
+    size_t hlen;
+    unsigned long port = 0;
+    int alpha = 0;
+
+    if (colon == NULL || v[0] == '[' || colon == v) {
+        return 0;
+    }
+    hlen = (size_t)(colon - v);
+    if (hlen >= sizeof(host)) {
+        return 0;
+    }
+    for (size_t i = 0; i < hlen; i++) {
+        char ch = v[i];
+
+        host[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch);
+        alpha |= (host[i] >= 'a' && host[i] <= 'z') || host[i] == '-' || host[i] == '_';
+    }
+    if (hlen > 1 && host[hlen - 1] == '.') {
+        hlen--; /* "app.internal." is fully qualified: the same name */
+    }
+    host[hlen] = '\0';
+    /* Digits and dots only is a (bad) IPv4 address, never a name to send to DNS. */
+    if (!alpha || !valid_hostname(host)) {
+        return 0;
+    }
+    for (const char *p = colon + 1; *p; p++) {
+        if (*p < '0' || *p > '9' || port > 65535) {
+            port = 0;
+            break;
+        }
+        port = port * 10 + (unsigned long)(*p - '0');
+    }
+    if (port == 0 || port > 65535) {
+        snprintf(err, errlen, "bad port in address \"%s\"", v);
+        return -1;
+    }
+    free(b->address);
+    free(b->name);
+    b->name = dsp_xstrdup(host);
+    b->port = (uint16_t)port;
+    b->address = dsp_xmalloc(hlen + 8);
+    snprintf(b->address, hlen + 8, "%s:%lu", host, port);
+    memset(&b->ss, 0, sizeof(b->ss));
+    b->ss.ss_family = AF_UNSPEC;
+    b->sslen = 0;
+    return 1;
+}
+
+/* dns = { servers = [ "127.0.0.1:53" ]; resolve_ms; min_ttl_ms; timeout_ms; }: how the master
+ * resolves backend names (master/ms_dns.c). */
+static void parse_dns(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
+{
+    config_setting_t *g = get_group(c, root, "", "dns");
+    config_setting_t *s;
+    size_t len = 0;
+
+    cfg->dns.resolve_ms = 30000;
+    cfg->dns.min_ttl_ms = 1000;
+    cfg->dns.timeout_ms = 2000;
+    if (g == NULL) {
+        return;
+    }
+    check_keys(c, g, "dns", dns_keys);
+    get_int(c, g, "dns", "resolve_ms", 100, MS_MAX_TIMEOUT_MS, &cfg->dns.resolve_ms);
+    get_int(c, g, "dns", "min_ttl_ms", 0, MS_MAX_TIMEOUT_MS, &cfg->dns.min_ttl_ms);
+    get_int(c, g, "dns", "timeout_ms", 10, 60000, &cfg->dns.timeout_ms);
+    if (cfg->dns.min_ttl_ms > cfg->dns.resolve_ms) {
+        err_at(c, config_setting_get_member(g, "min_ttl_ms"),
+               "dns.min_ttl_ms (%d) is more than dns.resolve_ms (%d)", cfg->dns.min_ttl_ms,
+               cfg->dns.resolve_ms);
+    }
+    if ((s = get_seq(c, g, "dns", "servers")) == NULL || config_setting_length(s) == 0) {
+        return;
+    }
+    cfg->dns.servers = dsp_xcalloc((size_t)config_setting_length(s), 56);
+    for (int i = 0; i < config_setting_length(s); i++) {
+        config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        const char *v = config_setting_type(e) == CONFIG_TYPE_STRING
+                            ? config_setting_get_string(e) : NULL;
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        char err[256], buf[64], with_port[80];
+
+        if (v != NULL && strchr(v, ':') == NULL) {
+            snprintf(with_port, sizeof(with_port), "%s:53", v); /* the port may be left out */
+            v = with_port;
+        } else if (v != NULL && v[0] != '[' && strchr(v, ':') != strrchr(v, ':')) {
+            snprintf(with_port, sizeof(with_port), "[%s]:53", v); /* bare IPv6 */
+            v = with_port;
+        }
+        if (v == NULL || net_parse_addr(v, 0, &ss, &sl, err, sizeof(err)) != 0 ||
+            is_wildcard_addr(&ss)) {
+            err_at(c, e, "dns.servers[%d] must be \"ip\" or \"ip:port\"%s%s", i,
+                   v != NULL ? ": " : "", v != NULL ? v : "");
+            continue;
+        }
+        net_addr_str((struct sockaddr *)&ss, buf, sizeof(buf));
+        len += (size_t)snprintf(cfg->dns.servers + len, 56, "%s%s", len > 0 ? "," : "", buf);
+    }
+}
+
 int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t len;
     char buf[80];
+    int named;
 
+    if (strncmp(v, "localhost:", 10) != 0 &&
+        (named = parse_backend_name(v, b, err, errlen)) != 0) {
+        return named == 1 ? 0 : -1;
+    }
     if (net_parse_addr(v, 0, &ss, &len, err, errlen) != 0) {
         return -1;
     }
@@ -1328,6 +1445,8 @@ int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t
     }
     b->ss = ss;
     b->sslen = len;
+    free(b->name);
+    b->name = NULL;
     free(b->address);
     b->address = dsp_xstrdup(net_addr_str((struct sockaddr *)&ss, buf, sizeof(buf)));
     return 0;
@@ -1354,7 +1473,8 @@ static void parse_backend(struct ctx *c, config_setting_t *e, const char *where,
         }
         as = config_setting_get_member(e, "address");
     } else if (config_setting_type(e) != CONFIG_TYPE_STRING) {
-        err_at(c, e, "%s must be \"ip:port\" or { address = \"ip:port\"; weight = N; }", where);
+        err_at(c, e, "%s must be \"ip:port\", \"name:port\" or { address = \"ip:port\"; weight = N; }",
+               where);
         return;
     }
     if (ms_parse_backend_addr(config_setting_get_string(as), b, err, sizeof(err)) != 0) {
@@ -1471,6 +1591,7 @@ void ms_service_dispose(struct ms_service *svc)
 {
     for (size_t j = 0; j < svc->nbackends; j++) {
         free(svc->backends[j].address);
+        free(svc->backends[j].name);
     }
     free(svc->backends);
     free(svc->name);
@@ -1616,6 +1737,7 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
     get_int(c, g, where, "max_ejection_percent", 0, 100, &svc->max_ejection_percent);
     get_int(c, g, where, "connect_timeout_ms", 1, MS_MAX_TIMEOUT_MS, &svc->connect_timeout_ms);
     get_int(c, g, where, "response_timeout_ms", 1, MS_MAX_TIMEOUT_MS, &svc->response_timeout_ms);
+    get_int(c, g, where, "resolve_ms", 100, MS_MAX_TIMEOUT_MS, &svc->resolve_ms);
     parse_service_tls(c, g, where, svc);
 }
 
@@ -1827,6 +1949,7 @@ int ms_config_load(const char *path, int use_env, struct ms_config **out, char *
         parse_trusted(&c, root, cfg);
         parse_tls(&c, root, cfg, use_env);
         parse_redis(&c, root, cfg);
+        parse_dns(&c, root, cfg);
         parse_services(&c, root, cfg);
         parse_routes(&c, root, cfg);
         /* Messages point at file names owned by lc and src: join them before they go. */
@@ -1905,6 +2028,7 @@ void ms_config_free(struct ms_config *cfg)
     free(cfg->tls.certs);
     ms_cert_dispose(&cfg->tls.self_signed);
     free(cfg->redis.host);
+    free(cfg->dns.servers);
     free(cfg->redis.password);
     free(cfg->redis.user);
     for (size_t i = 0; i < cfg->redis.nsentinels; i++) {

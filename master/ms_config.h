@@ -34,7 +34,10 @@ struct ms_listener {
 };
 
 struct ms_backend {
-    char *address;               /* normalised "ip:port" / "[ip6]:port" */
+    char *address;               /* normalised "ip:port" / "[ip6]:port", or "name:port" */
+    char *name;                  /* a host name the master resolves (master/ms_dns.h), lower
+                                  * case, or NULL for an IP literal (then ss/sslen are set) */
+    uint16_t port;               /* the port of a named backend */
     struct sockaddr_storage ss;
     socklen_t sslen;
     int weight;                  /* 1..1000, default 1 */
@@ -70,6 +73,7 @@ struct ms_service {
     int max_ejection_percent;    /* default 50: cap on the backends passively ejected at once */
     int connect_timeout_ms;      /* default 2000 */
     int response_timeout_ms;     /* default 30000 */
+    int resolve_ms;              /* re-resolve its backend names at least this often; 0 = dns's */
     uint32_t source;             /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS */
     int line;
     /* TLS to the backends (tls = true; verify; ca; sni). */
@@ -182,6 +186,13 @@ struct ms_config {
         int merged;              /* the Redis namespace is merged into this config */
     } redis;
 
+    struct {
+        char *servers;           /* "ip:port,..." for c-ares, or NULL: /etc/resolv.conf */
+        int resolve_ms;          /* a name is re-resolved within this (caps its TTL), 30000 */
+        int min_ttl_ms;          /* and not more often than this, default 1000 */
+        int timeout_ms;          /* one query attempt, default 2000 */
+    } dns;
+
     struct ms_service *services;
     size_t nservices;
     struct ms_route *routes;
@@ -240,8 +251,9 @@ int ms_parse_balance(const char *v, uint32_t *out);
  * before has it; NULL addresses are their own) into <first>[0, n). O(n log n): a service may
  * have tens of thousands. */
 void ms_backend_dups(const struct ms_backend *b, size_t n, size_t *first);
-/* Parse a backend address ("ip:port", "[ip6]:port", "localhost:port") into <b>'s address (heap,
- * normalised), ss and sslen. Returns 0, or -1 with the reason in <err>. */
+/* Parse a backend address ("ip:port", "[ip6]:port", "localhost:port", "name:port") into <b>'s
+ * address (heap, normalised) and either ss and sslen, or for a host name name and port (the
+ * master resolves it, master/ms_dns.h). Returns 0, or -1 with the reason in <err>. */
 int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t errlen);
 
 #endif

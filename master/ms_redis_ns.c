@@ -411,6 +411,7 @@ int ms_rns_parse_backends(const char *v, struct ms_backend **out, size_t *n, cha
 fail:
     for (size_t j = 0; j < nb; j++) {
         free(b[j].address);
+        free(b[j].name);
     }
     free(b);
     return -1;

@@ -477,6 +477,67 @@ static void test_err_bad_address(void)
     expect_error("listeners = ( { tls = true; } );\n", 1, "no address");
 }
 
+/* Backends by name: kept as written (lower case, no trailing dot) for the master to resolve; a
+ * bad IPv4, a name with a bad port or characters no name has stays an error. */
+static void test_backend_names(void)
+{
+    struct ms_config *cfg = expect_ok(LISTENER "dns = { servers = [ \"127.0.0.1:5353\", "
+                                               "\"10.0.0.2\" ]; resolve_ms = 5000; "
+                                               "min_ttl_ms = 200; timeout_ms = 300; };\n"
+                                               "services = ( { name = \"a\"; resolve_ms = 700;\n"
+                                               "  backends = ( \"App.Internal.:8080\", "
+                                               "\"127.0.0.1:81\", \"localhost:82\", "
+                                               "{ address = \"db-1:5432\"; weight = 3; } ); } );\n",
+                                      0);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_EQUAL_FATAL(cfg->services[0].nbackends, 4);
+    CU_ASSERT_STRING_EQUAL(cfg->services[0].backends[0].name, "app.internal");
+    CU_ASSERT_STRING_EQUAL(cfg->services[0].backends[0].address, "app.internal:8080");
+    CU_ASSERT_EQUAL(cfg->services[0].backends[0].port, 8080);
+    CU_ASSERT_PTR_NULL(cfg->services[0].backends[1].name);
+    CU_ASSERT_PTR_NULL(cfg->services[0].backends[2].name); /* localhost needs no lookup */
+    CU_ASSERT_STRING_EQUAL(cfg->services[0].backends[2].address, "127.0.0.1:82");
+    CU_ASSERT_STRING_EQUAL(cfg->services[0].backends[3].name, "db-1");
+    CU_ASSERT_EQUAL(cfg->services[0].backends[3].weight, 3);
+    CU_ASSERT_EQUAL(cfg->services[0].resolve_ms, 700);
+    CU_ASSERT_STRING_EQUAL(cfg->dns.servers, "127.0.0.1:5353,10.0.0.2:53");
+    CU_ASSERT_EQUAL(cfg->dns.resolve_ms, 5000);
+    CU_ASSERT_EQUAL(cfg->dns.min_ttl_ms, 200);
+    CU_ASSERT_EQUAL(cfg->dns.timeout_ms, 300);
+    ms_config_free(cfg);
+
+    cfg = expect_ok(LISTENER, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_PTR_NULL(cfg->dns.servers);
+    CU_ASSERT_EQUAL(cfg->dns.resolve_ms, 30000);
+    CU_ASSERT_EQUAL(cfg->dns.min_ttl_ms, 1000);
+    ms_config_free(cfg);
+
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  backends = [ \"10.0.0.300:80\" ]; } );\n",
+                 3, "bad IPv4");
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  backends = [ \"app.internal:0\" ]; } );\n",
+                 3, "bad port");
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  backends = [ \"app.internal:80x\" ]; } );\n",
+                 3, "bad port");
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  backends = [ \"app internal:80\" ]; } );\n",
+                 3, "services[0].backends[0]");
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  backends = [ \"app..internal:80\" ]; } );\n",
+                 3, "services[0].backends[0]");
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  backends = [ \"app:80\", \"APP:80\" ]; } );\n",
+                 3, "duplicate");
+    expect_error(LISTENER "dns = {\n  servers = [ \"ns.example\" ]; };\n", 3, "dns.servers[0]");
+    expect_error(LISTENER "dns = {\n  servers = [ \"0.0.0.0\" ]; };\n", 3, "dns.servers[0]");
+    expect_error(LISTENER "dns = { resolve_ms = 1000;\n  min_ttl_ms = 2000; };\n", 3,
+                 "dns.min_ttl_ms");
+}
+
 static void test_err_bad_port(void)
 {
     expect_error("listeners = (\n  { address = \"127.0.0.1:70000\"; }\n);\n", 2, "bad port");
@@ -1010,6 +1071,7 @@ static void test_many_services(void)
 UNIT_SUITE(ms_config, {"spec example", test_spec_example}, {"defaults", test_defaults},
            {"values", test_values}, {"unknown key", test_err_unknown_key},
            {"bad address", test_err_bad_address}, {"bad port", test_err_bad_port},
+           {"backend names", test_backend_names},
            {"unknown service", test_err_unknown_service},
            {"duplicate service", test_err_duplicate_service},
            {"many services", test_many_services},

@@ -91,7 +91,7 @@ static void test_parse_backends(void)
 
     CU_ASSERT_EQUAL(ms_rns_parse_backends("10.0.0.1", &b, &n, err, sizeof(err)), -1);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "10.0.0.1"));
-    CU_ASSERT_EQUAL(ms_rns_parse_backends("not-an-address:80", &b, &n, err, sizeof(err)), -1);
+    CU_ASSERT_EQUAL(ms_rns_parse_backends("not an address:80", &b, &n, err, sizeof(err)), -1);
     CU_ASSERT_EQUAL(ms_rns_parse_backends("0.0.0.0:80", &b, &n, err, sizeof(err)), -1);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "wildcard"));
     /* A weight that would wrap into the range (2^32 + 1) or carries junk is refused. */
