@@ -32,10 +32,12 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: dispatcherctl [-s SOCKET] [-c CONFIG] [--json] COMMAND ...\n"
+            "       dispatcherctl -V | -h\n"
             "  -s SOCKET   admin socket (default: admin.socket of ./dispatcher.conf, else of\n"
             "              /etc/dispatcher/dispatcher.conf, else " DEFAULT_SOCKET ")\n"
             "  -c CONFIG   read admin.socket from this configuration file\n"
             "  --json      print the raw JSON answer\n"
+            "  -V          print the version and exit\n"
             "commands: help, show health|instances|routes|workers|stats|certs, reload,\n"
             "          disable backend SERVICE ADDRESS, enable backend SERVICE ADDRESS,\n"
             "          reset circuit SERVICE ADDRESS\n");
@@ -602,6 +604,9 @@ int main(int argc, char **argv)
             conf = argv[++i];
         } else if (strcmp(argv[i], "--json") == 0 || strcmp(argv[i], "-j") == 0) {
             json = 1;
+        } else if (strcmp(argv[i], "-V") == 0 || strcmp(argv[i], "--version") == 0) {
+            printf("dispatcherctl %s\n", DSP_VERSION);
+            return EXIT_OK;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return EXIT_OK;
@@ -629,8 +634,14 @@ int main(int argc, char **argv)
     }
     if (sock == NULL) {
         if (conf != NULL) {
+            if (access(conf, R_OK) != 0) {
+                fprintf(stderr, "dispatcherctl: cannot read %s: %s\n", conf, strerror(errno));
+                return EXIT_CONNECT;
+            }
             if (socket_from_config(conf, path, sizeof(path)) != 0) {
-                fprintf(stderr, "dispatcherctl: no admin.socket in %s\n", conf);
+                fprintf(stderr, "dispatcherctl: no admin.socket in %s (or the file does not "
+                                "parse: check it with dispatcher-master -t -c %s)\n",
+                        conf, conf);
                 return EXIT_CONNECT;
             }
             sock = path;

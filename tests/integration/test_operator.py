@@ -251,3 +251,16 @@ class CtrlCTest(dsptest.TestCase):
             d._out.close()
             self.assertNotIn("respawning", d.log())
             self.assertIn("fast stop requested", d.log())
+
+
+class CtlCliTest(dsptest.TestCase):
+    def test_version_and_missing_config(self):
+        p = run([CTL, "-V"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        master = run([dsptest.MASTER, "-V"]).stdout.decode().split()[-1]
+        self.assertEqual(p.stdout.decode().strip(), "dispatcherctl %s" % master)
+        tmp = dsptest.Dispatcher().tmp
+        missing = os.path.join(tmp, "missing.conf")
+        p = run([CTL, "-c", missing, "show", "health"])
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("cannot read %s: No such file or directory" % missing, p.stderr.decode())
