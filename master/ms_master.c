@@ -368,6 +368,8 @@ int ms_run(void)
             sig_usr1 = 0;
             if (log_open(ms.cfg->log.error) != 0) {
                 log_errno(LOG_ERROR, errno, "cannot reopen error log %s", ms.cfg->log.error);
+            } else {
+                log_info("SIGUSR1: error log reopened; the workers reopen the access log");
             }
             signal_workers(SIGUSR1);
         }

@@ -548,6 +548,12 @@ void wk_main(const struct wk_init *init)
         if (wk.stopping) {
             wk_close_idle_clients();
             if (wk.nclients == 0 || wk.now >= wk.stop_deadline) {
+                if (wk.nclients != 0) {
+                    log_warn("shutdown timeout (limits.shutdown_timeout_ms = %u) reached: "
+                             "closing %llu connection(s) still open",
+                             wk.cur->snap->limits.shutdown_timeout_ms,
+                             (unsigned long long)wk.nclients);
+                }
                 wk_alog_flush();
                 exit(0);
             }

@@ -264,3 +264,30 @@ class CtlCliTest(dsptest.TestCase):
         p = run([CTL, "-c", missing, "show", "health"])
         self.assertEqual(p.returncode, 2)
         self.assertIn("cannot read %s: No such file or directory" % missing, p.stderr.decode())
+
+
+class SignalLogTest(dsptest.TestCase):
+    def test_sigusr1_and_shutdown_timeout_are_logged(self):
+        import threading
+        b = self.backend("a")
+        d = self.dispatcher([svc("s", b)], [route("*", "s")], workers=1,
+                            limits={"shutdown_timeout_ms": 300})
+        d.proc.send_signal(signal.SIGUSR1)
+        dsptest.wait_until(lambda: "SIGUSR1" in d.log(), 5, "SIGUSR1 logged")
+        result = {}
+
+        def slow():
+            try:
+                result["r"] = request(d.port, "/sleep?ms=4000", host="x.do", timeout=10)
+            except Exception as e:  # noqa: BLE001
+                result["e"] = e
+        t = threading.Thread(target=slow)
+        t.start()
+        dsptest.wait_until(lambda: b.stats()["requests"] >= 1, 5, "the slow request in flight")
+        d.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(d.proc.wait(10), 0)
+        t.join(10)
+        self.assertIn("e", result, "the request outlived the shutdown timeout: %r" % result)
+        self.assertRegex(d.log(), r"\[warn\] worker .*shutdown timeout "
+                                  r"\(limits.shutdown_timeout_ms = 300\) reached: closing 1 "
+                                  r"connection")
