@@ -4,6 +4,7 @@
 #include "master/ms_config.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -240,8 +241,14 @@ static char *join_errors(struct ctx *c)
     out = dsp_xmalloc(total);
     out[0] = '\0';
     for (size_t i = 0; i < c->nerrs; i++) {
-        off += (size_t)snprintf(out + off, total - off, "%s%s:%u: %s", i ? "\n" : "", e[i].file,
-                                e[i].line, e[i].msg);
+        /* Line 0: about the file as a whole (no listeners, cannot be read): "FILE: ...". */
+        if (e[i].line == 0) {
+            off += (size_t)snprintf(out + off, total - off, "%s%s: %s", i ? "\n" : "",
+                                    e[i].file, e[i].msg);
+        } else {
+            off += (size_t)snprintf(out + off, total - off, "%s%s:%u: %s", i ? "\n" : "",
+                                    e[i].file, e[i].line, e[i].msg);
+        }
     }
     return out;
 }
@@ -458,6 +465,55 @@ static config_setting_t *get_seq(struct ctx *c, config_setting_t *g, const char 
     return s;
 }
 
+/* Levenshtein distance between <a> and <b>, ignoring case, or a large number when either is
+ * longer than the table (no valid key is). */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), row[65];
+
+    if (la > 64 || lb > 64) {
+        return (size_t)-1;
+    }
+    for (size_t j = 0; j <= lb; j++) {
+        row[j] = j;
+    }
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t cost = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
+            size_t best = diag + cost;
+            if (up + 1 < best) {
+                best = up + 1;
+            }
+            if (row[j - 1] + 1 < best) {
+                best = row[j - 1] + 1;
+            }
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+/* The key of <known> nearest to <name> when it is close enough to be a typo (at most 1 edit
+ * for short names, 2 from 5 letters, 3 from 10), else NULL. */
+static const char *nearest_key(const char *name, const char *const *known)
+{
+    size_t len = strlen(name), allowed = len >= 10 ? 3 : len >= 5 ? 2 : 1, best = (size_t)-1;
+    const char *pick = NULL;
+
+    for (const char *const *k = known; *k != NULL; k++) {
+        size_t d = edit_distance(name, *k);
+        if (d < best) {
+            best = d;
+            pick = *k;
+        }
+    }
+    return best <= allowed ? pick : NULL;
+}
+
 static void check_keys(struct ctx *c, config_setting_t *g, const char *where,
                        const char *const *known)
 {
@@ -474,7 +530,9 @@ static void check_keys(struct ctx *c, config_setting_t *g, const char *where,
             }
         }
         if (*k == NULL) {
-            err_at(c, e, "unknown key '%s'%s%s", name ? name : "?", *where ? " in " : "", where);
+            const char *near = name != NULL ? nearest_key(name, known) : NULL;
+            err_at(c, e, "unknown key '%s'%s%s%s%s%s", name ? name : "?", *where ? " in " : "",
+                   where, near ? " (did you mean '" : "", near ? near : "", near ? "'?)" : "");
         }
     }
 }

@@ -465,8 +465,13 @@ static void errs_add(struct errs *e, const char *file, int line, const char *msg
         e->cap = (e->cap + need) * 2;
         e->s = dsp_xrealloc(e->s, e->cap);
     }
-    e->len += (size_t)snprintf(e->s + e->len, e->cap - e->len, "%s%s:%d: %s",
-                               e->len ? "\n" : "", file, line, msg);
+    if (line <= 0) { /* about the file as a whole */
+        e->len += (size_t)snprintf(e->s + e->len, e->cap - e->len, "%s%s: %s",
+                                   e->len ? "\n" : "", file, msg);
+    } else {
+        e->len += (size_t)snprintf(e->s + e->len, e->cap - e->len, "%s%s:%d: %s",
+                                   e->len ? "\n" : "", file, line, msg);
+    }
 }
 
 int ms_tls_prepare(struct ms_config *cfg, char **errs)

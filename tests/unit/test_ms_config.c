@@ -72,7 +72,11 @@ static int has_error(const char *errs, const char *path, int line, const char *n
     size_t plen;
     const char *p = errs;
 
-    snprintf(prefix, sizeof(prefix), "%s:%d: ", path, line);
+    if (line == 0) {
+        snprintf(prefix, sizeof(prefix), "%s: ", path); /* the file as a whole */
+    } else {
+        snprintf(prefix, sizeof(prefix), "%s:%d: ", path, line);
+    }
     plen = strlen(prefix);
     while (p != NULL && *p) {
         const char *nl = strchr(p, '\n');
@@ -458,7 +462,29 @@ static void test_err_unknown_key(void)
                  5, "unknown key 'foo' in services[1]");
     expect_error(LISTENER "\nbogus = true;\n", 3, "unknown key 'bogus'");
     expect_error(LISTENER "admin = { socket = \"/tmp/x.sock\";\n  sockt = 1; };\n", 3,
-                 "unknown key 'sockt' in admin");
+                 "unknown key 'sockt' in admin (did you mean 'socket'?)");
+    /* The nearest key of the same section is suggested for a typo, nothing for a stranger. */
+    expect_error(LISTENER "limits = {\n  max_conections = 5; };\n", 3,
+                 "unknown key 'max_conections' in limits (did you mean 'max_connections'?)");
+    expect_error(LISTENER "\nWorkers = 2;\n", 3, "unknown key 'Workers' (did you mean 'workers'?)");
+    expect_error(LISTENER "services = (\n  { name = \"a\"; backend = []; }\n);\n", 3,
+                 "unknown key 'backend' in services[0] (did you mean 'backends'?)");
+    {
+        struct ms_config *cfg = NULL;
+        char *errs = NULL, *path;
+        CU_ASSERT_EQUAL(load_text(LISTENER "\nbogus = true;\n", 0, &cfg, &errs, &path), -1);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(errs);
+        CU_ASSERT_PTR_NULL(strstr(errs, "did you mean"));
+        free(errs);
+        unlink(path);
+        free(path);
+    }
+}
+
+/* Errors about the file as a whole name it without a line (no "FILE:0:"). */
+static void test_err_whole_file(void)
+{
+    expect_error("workers = 1;\n", 0, "no listeners");
 }
 
 static void test_err_bad_address(void)
@@ -1070,6 +1096,7 @@ static void test_many_services(void)
 
 UNIT_SUITE(ms_config, {"spec example", test_spec_example}, {"defaults", test_defaults},
            {"values", test_values}, {"unknown key", test_err_unknown_key},
+           {"whole file", test_err_whole_file},
            {"bad address", test_err_bad_address}, {"bad port", test_err_bad_port},
            {"backend names", test_backend_names},
            {"unknown service", test_err_unknown_service},
