@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "admin/adm_buf.h"
 #include "shm/shm_snap.h"
@@ -470,6 +471,14 @@ void adm_render_certs(struct adm_buf *b, const struct adm_view *v)
     for (uint32_t i = 0; i < s->ncerts && !b->overflow; i++) {
         const struct shm_cert *c = &certs[i];
         long long days = ((long long)c->not_after - (long long)v->now_s) / 86400;
+        char date[32] = "";
+        time_t na = (time_t)c->not_after;
+        struct tm tm;
+
+        if (gmtime_r(&na, &tm) == NULL ||
+            strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0) {
+            date[0] = '\0';
+        }
 
         adm_buf_adds(b, i ? ",{\"subject\":" : "{\"subject\":");
         adm_buf_jstr(b, shm_s(s, c->subject), c->subject.len);
@@ -484,9 +493,9 @@ void adm_render_certs(struct adm_buf *b, const struct adm_view *v)
         adm_buf_adds(b, "],\"path\":");
         adm_buf_jstr(b, shm_s(s, c->path), c->path.len);
         adm_buf_addf(b,
-                     ",\"not_after\":%llu,\"days_left\":%lld,\"default\":%s,\"self_signed\":%s,"
-                     "\"expired\":%s,\"source\":\"%s\"}",
-                     (unsigned long long)c->not_after, days,
+                     ",\"not_after\":%llu,\"not_after_date\":\"%s\",\"days_left\":%lld,"
+                     "\"default\":%s,\"self_signed\":%s,\"expired\":%s,\"source\":\"%s\"}",
+                     (unsigned long long)c->not_after, date, days,
                      (c->flags & SHM_CERT_F_DEFAULT) ? "true" : "false",
                      (c->flags & SHM_CERT_F_SELF_SIGNED) ? "true" : "false",
                      (c->flags & SHM_CERT_F_EXPIRED) || (uint64_t)v->now_s > c->not_after

@@ -530,6 +530,62 @@ static void print_stats(const struct adm_jval *j)
     t_print(&t, "");
 }
 
+/* The strings of array member <key> of <o>, comma-separated, into <buf>. */
+static const char *joined(const struct adm_jval *o, const char *key, char *buf, size_t n)
+{
+    const struct adm_jval *a = adm_json_get(o, key);
+    size_t len = 0;
+
+    buf[0] = '\0';
+    for (size_t k = 0; a != NULL && a->type == ADM_J_ARR && k < a->n && len < n - 1; k++) {
+        if (a->items[k].type == ADM_J_STR) {
+            len += (size_t)snprintf(buf + len, n - len, "%s%s", len ? "," : "", a->items[k].str);
+        }
+    }
+    return buf[0] ? buf : "-";
+}
+
+static void print_certs(const struct adm_jval *j)
+{
+    const struct adm_jval *arr = adm_json_get(j, "certs");
+    struct table t = {0};
+
+    t_cols(&t, "SUBJECT,NAMES,NOT_AFTER,>DAYS_LEFT,FLAGS,SOURCE,PATH");
+    for (size_t i = 0; arr != NULL && arr->type == ADM_J_ARR && i < arr->n; i++) {
+        const struct adm_jval *c = &arr->items[i];
+        char **row = t_row(&t);
+        char names[2048], date[32] = "-", flags[64] = "";
+        time_t na = (time_t)adm_json_num(c, "not_after", 0);
+        struct tm tm;
+        const struct adm_jval *f;
+
+        if (na > 0 && gmtime_r(&na, &tm) != NULL) {
+            strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        }
+        if ((f = adm_json_get(c, "expired")) != NULL && f->type == ADM_J_BOOL && f->boolean) {
+            strcat(flags, "expired,");
+        }
+        if ((f = adm_json_get(c, "default")) != NULL && f->type == ADM_J_BOOL && f->boolean) {
+            strcat(flags, "default,");
+        }
+        if ((f = adm_json_get(c, "self_signed")) != NULL && f->type == ADM_J_BOOL &&
+            f->boolean) {
+            strcat(flags, "self-signed,");
+        }
+        if (flags[0] != '\0') {
+            flags[strlen(flags) - 1] = '\0';
+        }
+        t_set(row, 0, adm_json_str(c, "subject"));
+        t_set(row, 1, joined(c, "names", names, sizeof(names)));
+        t_set(row, 2, date);
+        t_set(row, 3, num(c, "days_left"));
+        t_set(row, 4, flags[0] ? flags : "-");
+        t_set(row, 5, adm_json_str(c, "source"));
+        t_set(row, 6, adm_json_str(c, "path")[0] ? adm_json_str(c, "path") : "-");
+    }
+    t_print(&t, "");
+}
+
 /* Any other answer: one "key  value" line per scalar member, arrays of objects as tables of
  * their scalar members. */
 static void print_generic(const struct adm_jval *j)
@@ -692,6 +748,8 @@ int main(int argc, char **argv)
         print_workers(j);
     } else if (strcasecmp(cmd, "show stats") == 0) {
         print_stats(j);
+    } else if (strcasecmp(cmd, "show certs") == 0) {
+        print_certs(j);
     } else if (strcasecmp(cmd, "reload") == 0) {
         printf("reloaded: generation %s\n", num(j, "generation"));
     } else if (adm_json_get(j, "done") != NULL) {

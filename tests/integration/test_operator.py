@@ -291,3 +291,31 @@ class SignalLogTest(dsptest.TestCase):
         self.assertRegex(d.log(), r"\[warn\] worker .*shutdown timeout "
                                   r"\(limits.shutdown_timeout_ms = 300\) reached: closing 1 "
                                   r"connection")
+
+
+class ShowCertsTest(dsptest.TestCase):
+    def test_show_certs_names_and_date(self):
+        import calendar
+        import time
+        from test_tls import make_cert
+        tmp = dsptest.Dispatcher().tmp
+        cert, key = make_cert(tmp, "multi", "a.example.com",
+                              san="DNS:a.example.com,DNS:*.b.example.com,DNS:c.example.com")
+        end = run(["openssl", "x509", "-in", cert, "-noout", "-enddate"]).stdout.decode()
+        end = end.strip().split("=", 1)[1]  # "Mar  1 12:00:00 2027 GMT"
+        iso = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                            time.gmtime(calendar.timegm(time.strptime(end,
+                                                                      "%b %d %H:%M:%S %Y GMT"))))
+        extra = 'tls = { certificates = ( { cert = "%s"; key = "%s"; } ); };' % (cert, key)
+        d = self.dispatcher([svc("s", "127.0.0.1:9")], [route("*", "s")], extra=extra)
+        sock = os.path.join(d.tmp, "admin.sock")
+        rc, out, err = ctl(sock, "show", "certs")
+        self.assertEqual(rc, 0, err)
+        row = [l for l in out.splitlines() if "a.example.com,*.b.example.com,c.example.com" in l]
+        self.assertEqual(len(row), 1, out)
+        self.assertIn(iso, row[0], out)
+        self.assertIn(cert, row[0])
+        j = json.loads(ctl(sock, "--json", "show", "certs")[1])
+        mine = [c for c in j["certs"] if c["path"] == cert][0]
+        self.assertEqual(mine["not_after_date"], iso)
+        self.assertEqual(mine["names"], ["a.example.com", "*.b.example.com", "c.example.com"])
