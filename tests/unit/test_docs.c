@@ -129,4 +129,63 @@ static void test_every_key_documented(void)
     CU_ASSERT(parser_keys == n);
 }
 
-UNIT_SUITE(docs, {"every config key documented", test_every_key_documented})
+/* Whether <word> occurs in <text> as a whole word (not inside a longer name). */
+static int has_word(const char *text, const char *word)
+{
+    size_t n = strlen(word);
+
+    for (const char *p = strstr(text, word); p != NULL; p = strstr(p + 1, word)) {
+        char before = p > text ? p[-1] : ' ', after = p[n];
+        int inner_b = (before >= 'a' && before <= 'z') || (before >= '0' && before <= '9') ||
+                      before == '_';
+        int inner_a = (after >= 'a' && after <= 'z') || (after >= '0' && after <= '9') ||
+                      after == '_';
+        if (!inner_b && !inner_a) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A key reference entry says its type and default; what the key does is said in the sections
+ * before it: every key's own name appears there (count_5xx was listed, never explained). */
+static void test_every_key_explained(void)
+{
+    static struct doc_key doc[MAX_KEYS];
+    static char prose[1 << 20];
+    int n = read_doc_keys(doc, MAX_KEYS), in_ref = 0;
+    size_t len = 0;
+    char line[1024];
+    FILE *f = fopen(MAN_PAGE, "r");
+
+    CU_ASSERT_FATAL(f != NULL && n > 0);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, ".SH ", 4) == 0) {
+            in_ref = strcmp(line, ".SH KEY REFERENCE\n") == 0;
+        }
+        if (!in_ref && len + strlen(line) < sizeof(prose)) {
+            memcpy(prose + len, line, strlen(line) + 1);
+            len += strlen(line);
+        }
+    }
+    fclose(f);
+    for (int i = 0; i < n; i++) {
+        const char *dot = strrchr(doc[i].name, '.');
+        char leaf[128];
+
+        const char *src = dot != NULL ? dot + 1 : doc[i].name;
+        size_t l = strlen(src) < sizeof(leaf) - 1 ? strlen(src) : sizeof(leaf) - 1;
+
+        memcpy(leaf, src, l);
+        leaf[l] = '\0';
+        leaf[strcspn(leaf, "[")] = '\0';
+        if (!has_word(prose, leaf)) {
+            fprintf(stderr, "\n  %s: %s is in the KEY REFERENCE but no section explains it\n",
+                    MAN_PAGE, doc[i].name);
+            CU_FAIL("a key not explained");
+        }
+    }
+}
+
+UNIT_SUITE(docs, {"every config key documented", test_every_key_documented},
+           {"every config key explained", test_every_key_explained})
