@@ -80,7 +80,8 @@ int shm_lb_swrr_build(const uint32_t *rw, uint32_t n, uint32_t *sched, uint32_t 
         uint32_t size;
         uint32_t pos;     /* next member to pick, relative to first */
         uint64_t picks;
-    } *g;
+    };
+    struct group *g;
     uint32_t *order;
     uint32_t ng = 0;
 

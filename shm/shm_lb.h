@@ -124,8 +124,7 @@ int shm_lb_admit(struct shm_rt_backend *rb, const struct shm_lb_policy *p, uint6
 #define SHM_LB_OK        0 /* an HTTP response that is not a failure */
 #define SHM_LB_FAIL_5XX  1 /* a 5xx response counted by the breaker (circuit_breaker.count_5xx) */
 #define SHM_LB_FAIL      2 /* EOF, response timeout, unparsable response: breaker only */
-#define SHM_LB_FAIL_CONN 3 /* connect timed out, or reset on a fresh connection: one passive
-                              failure (and a breaker failure) */
+#define SHM_LB_FAIL_CONN 3 /* connect timed out, reset on a fresh connection: passive+breaker */
 #define SHM_LB_NEUTRAL   4 /* proves nothing about the backend (a stale keep-alive connection) */
 #define SHM_LB_FAIL_REFUSED 5 /* connect refused or unreachable: the full passive count at once */
 
@@ -146,8 +145,7 @@ unsigned shm_lb_outcome(struct shm_rt_backend *rb, const struct shm_lb_policy *p
 
 /* reasons shm_lb_eject() keeps a due backend in rotation */
 #define SHM_LB_KEEP_GONE 1 /* nothing to do: it is no longer up, or was answered meanwhile */
-#define SHM_LB_KEEP_BUSY 2 /* another worker is deciding an ejection of this service: the next
-                              failure asks again */
+#define SHM_LB_KEEP_BUSY 2 /* another worker decides an ejection: the next failure asks again */
 #define SHM_LB_KEEP_CAP  3 /* max_ejection_percent of the backends are ejected already */
 #define SHM_LB_KEEP_LAST 4 /* no other backend of the service is up */
 

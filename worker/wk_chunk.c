@@ -33,6 +33,7 @@ static int tchar(unsigned char ch)
     if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9')) {
         return 1;
     }
+    /* clang-format off */
     switch (ch) {
     case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+': case '-':
     case '.': case '^': case '_': case '`': case '|': case '~':
@@ -40,6 +41,7 @@ static int tchar(unsigned char ch)
     default:
         return 0;
     }
+    /* clang-format on */
 }
 
 static int hexval(unsigned char ch)

@@ -37,6 +37,7 @@ int wk_hdr_has_token(const char *v, size_t vlen, const char *token)
     return 0;
 }
 
+/* clang-format off */
 static const struct {
     const char *name;
     size_t len;
@@ -44,6 +45,7 @@ static const struct {
     {"connection", 10}, {"keep-alive", 10}, {"proxy-connection", 16}, {"te", 2},
     {"trailer", 7},     {"transfer-encoding", 17}, {"upgrade", 7},
 };
+/* clang-format on */
 
 int wk_hdr_hop(const struct wk_head *head, const char *name, size_t nlen)
 {
@@ -127,6 +129,7 @@ void wk_head_reset(struct wk_head *h)
 
 const char *wk_reason(unsigned status)
 {
+    /* clang-format off */
     switch (status) {
     case 100: return "Continue";
     case 101: return "Switching Protocols";
@@ -155,6 +158,7 @@ const char *wk_reason(unsigned status)
     case 504: return "Gateway Timeout";
     default: return "Unknown";
     }
+    /* clang-format on */
 }
 
 /* RFC 7230 tchar. */
@@ -268,6 +272,7 @@ static int hexd(unsigned char ch)
 /* reg-name characters: unreserved and the sub-delims that no DNS name uses as a separator in a
  * header (' ( ) , ; are left out: they quote, list or parameterise values downstream). '%' starts
  * a pct-encoded triplet (checked apart). A constant table: Host is checked on every request. */
+/* clang-format off */
 static const unsigned char regname_tab[256] = {
     ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['!'] = 1, ['$'] = 1, ['&'] = 1, ['*'] = 1,
     ['+'] = 1, ['='] = 1,
@@ -282,6 +287,7 @@ static const unsigned char regname_tab[256] = {
     ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
     ['y'] = 1, ['z'] = 1,
 };
+/* clang-format on */
 
 int wk_host_ok(const char *v, size_t n)
 {

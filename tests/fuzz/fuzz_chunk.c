@@ -219,7 +219,7 @@ static int ref_parse(const uint8_t *p, size_t n, size_t *end, uint8_t *out, size
 #undef BWS
 }
 
-/* ---- the decoder, fed in pieces --------------------------------------------------------------- */
+/* ---- the decoder, fed in pieces -------------------------------------------------------------- */
 struct run {
     int r;          /* WK_CHUNK_DONE / _ERROR / _MORE */
     size_t at;      /* absolute offset: end of the body, or where the error is */

@@ -230,7 +230,7 @@ static void test_name_rules(void)
     CU_ASSERT_EQUAL(tls_name_norm(".", 1, out), 0);
 }
 
-/* ---- SNI matching order ------------------------------------------------------------------------ */
+/* ---- SNI matching order ---------------------------------------------------------------------- */
 
 static void test_sni_order(void)
 {
@@ -270,7 +270,7 @@ static void test_sni_order(void)
     wk_sni_free(x);
 }
 
-/* ---- pairs ------------------------------------------------------------------------------------ */
+/* ---- pairs ----------------------------------------------------------------------------------- */
 
 static void test_pair_check(void)
 {

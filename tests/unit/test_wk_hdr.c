@@ -139,8 +139,8 @@ static void test_host(void)
     CU_ASSERT(!HOK("[1.2.3.4]"));
     CU_ASSERT(!HOK("a%zz"));
     CU_ASSERT(!HOK("a%4"));
-    CU_ASSERT(!HOK("a\x01" "b"));
-    CU_ASSERT(!HOK("a\x80" "b"));
+    CU_ASSERT(!HOK("a\001b"));
+    CU_ASSERT(!HOK("a\200b"));
 }
 
 static void test_framing_values(void)
@@ -176,7 +176,7 @@ static void test_framing_values(void)
     seen = 0;
     CU_ASSERT(!wk_te_chunked_only("chunked,", 8, &seen));
     seen = 0;
-    CU_ASSERT(!wk_te_chunked_only("\x0b" "chunked", 8, &seen));
+    CU_ASSERT(!wk_te_chunked_only("\013chunked", 8, &seen));
 }
 
 /* A head split into fields where a lenient parser would split it: <fields> lists, per field,
