@@ -26,7 +26,7 @@ static struct {
     struct shm_rt *rt;
     struct shm_ctl *ctl;
     struct ms_rt_reg *reg;
-    int reload_fail;
+    unsigned reload_turn;
 } T;
 
 static int view(struct adm_view *v, void *arg)
@@ -45,12 +45,20 @@ static int view(struct adm_view *v, void *arg)
     return 0;
 }
 
-static int reload(uint64_t *gen, char **errs, void *arg)
+/* Reload answers in turn: errors and warnings, success with warnings (blank lines, a control
+ * byte), plain success, and a failure without a text. */
+static int reload(uint64_t *gen, char **errs, char **warns, void *arg)
 {
     (void)arg;
-    T.reload_fail = !T.reload_fail;
-    if (T.reload_fail) {
+    switch (T.reload_turn++ % 4) {
+    case 0:
         *errs = strdup("/x/d.conf:7: unknown service \"n\\o\"\n/x/d.conf:9: bad \x01\n");
+        *warns = strdup("/x/d.conf:3: key \"x\" is deprecated\n");
+        return -1;
+    case 1:
+        *warns = strdup("\nbackend 10.0.0.1:80 \x7f resolves late\n\n\n");
+        break;
+    case 3:
         return -1;
     }
     *gen = 42;
