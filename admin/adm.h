@@ -25,12 +25,12 @@ struct adm_settings {
     const char *http;                       /* admin.http as written, or NULL */
     const struct sockaddr_storage *http_ss; /* admin.http resolved */
     socklen_t http_sslen;
-    const struct net_cidr *http_allow;      /* admin.http_allow: the only clients, when set */
+    const struct net_cidr *http_allow; /* admin.http_allow: the only clients, when set */
     size_t nhttp_allow;
-    const char *access_log;                 /* log.access (absolute), or NULL for "off" */
-    uint64_t header_timeout_ms;             /* limits.header_timeout_ms */
-    uint64_t idle_timeout_ms;               /* limits.idle_timeout_ms */
-    uid_t uid;                              /* the workers' user, (uid_t)-1 = unchanged */
+    const char *access_log;     /* log.access (absolute), or NULL for "off" */
+    uint64_t header_timeout_ms; /* limits.header_timeout_ms */
+    uint64_t idle_timeout_ms;   /* limits.idle_timeout_ms */
+    uid_t uid;                  /* the workers' user, (uid_t)-1 = unchanged */
     gid_t gid;
 };
 

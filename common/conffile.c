@@ -215,8 +215,10 @@ static size_t scan_number(const char *p, size_t n, char *msg, size_t msglen)
                  "for a 64-bit integer",
                  (int)DSP_MIN(i, (size_t)40), p, got, (int)i, p);
     } else {
-        snprintf(msg, msglen, "%.*s%s does not fit in a signed 64-bit integer (libconfig would read it "
-                 "as %lld)", (int)DSP_MIN(i, (size_t)40), p, i > 40 ? "..." : "", got);
+        snprintf(msg, msglen,
+                 "%.*s%s does not fit in a signed 64-bit integer (libconfig would read it "
+                 "as %lld)",
+                 (int)DSP_MIN(i, (size_t)40), p, i > 40 ? "..." : "", got);
     }
     return i;
 }

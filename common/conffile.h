@@ -18,15 +18,15 @@
 #define CONF_MAX_DEPTH 10          /* @include nesting, as libconfig allows */
 
 struct conf_file {
-    int fd;        /* the in-memory copy, open until conf_read() returns */
-    char *alias;   /* "/proc/self/fd/N": the name libconfig knows it by */
-    char *path;    /* the real file */
+    int fd;      /* the in-memory copy, open until conf_read() returns */
+    char *alias; /* "/proc/self/fd/N": the name libconfig knows it by */
+    char *path;  /* the real file */
 };
 
 struct conf_src {
     struct conf_file *f;
     size_t n;
-    size_t total;  /* bytes read */
+    size_t total; /* bytes read */
 };
 
 /* Parse <path> into <lc> (initialised by the caller). Relative @include names resolve against

@@ -96,8 +96,7 @@ int fs_open_regular(const char *path, size_t max, size_t *size, char *err, size_
     return fd;
 }
 
-int fs_read_regular(const char *path, size_t max, char **out, size_t *len, char *err,
-                    size_t errlen)
+int fs_read_regular(const char *path, size_t max, char **out, size_t *len, char *err, size_t errlen)
 {
     size_t size, off = 0;
     char *buf;

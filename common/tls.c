@@ -207,8 +207,8 @@ done:
  * EAGAIN. The BIO's data word holds the descriptor and two bits, no allocation. */
 #define SOCK_DRAINED 1u
 #define SOCK_EOF     2u
-#define SOCK_CORKED  4u  /* TCP_CORK is on (tls_cork) */
-#define SOCK_TICKET  8u  /* a TLS 1.3 session ticket is owed (tls_ticket_defer) */
+#define SOCK_CORKED  4u /* TCP_CORK is on (tls_cork) */
+#define SOCK_TICKET  8u /* a TLS 1.3 session ticket is owed (tls_ticket_defer) */
 #define SOCK_SHIFT   4
 
 static BIO_METHOD *sock_meth;
@@ -336,7 +336,6 @@ int tls_set_socket(struct ssl_st *s, int fd)
     SSL_set_bio(s, b, b);
     return 0;
 }
-
 
 
 /* The BIO of <s> when it is ours, else NULL. */

@@ -26,9 +26,10 @@ struct ssl_st;
 /* A server context with the project's defaults: <min_version> (TLS_V12 or TLS_V13), ECDHE+AEAD
  * suites for 1.2, the 1.3 suites, groups X25519 and P-256, server preference, no compression, no
  * renegotiation, ALPN http/1.1, partial writes, ticket-only resumption (no per-process session
- * cache; TLS 1.3 tickets only when the caller asks with SSL_new_session_ticket()). The certificate comes from <cert_pem> (leaf first, then its chain) and the key from
- * <key_pem>; both are checked to belong together. Returns the context (caller frees with
- * SSL_CTX_free) or NULL with a reason in <err>. Any role. */
+ * cache; TLS 1.3 tickets only when the caller asks with SSL_new_session_ticket()). The certificate
+ * comes from <cert_pem> (leaf first, then its chain) and the key from <key_pem>; both are checked
+ * to belong together. Returns the context (caller frees with SSL_CTX_free) or NULL with a reason in
+ * <err>. Any role. */
 struct ssl_ctx_st *tls_server_ctx_new(const char *cert_pem, size_t cert_len, const char *key_pem,
                                       size_t key_len, int min_version, char *err, size_t errlen);
 

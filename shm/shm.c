@@ -137,7 +137,8 @@ const struct shm_snap_hdr *shm_snap_map(int master_pid, uint64_t gen, size_t *si
         errno = err;
         return NULL;
     }
-    if (shm_snap_check(p, (size_t)st.st_size) != 0 || ((const struct shm_snap_hdr *)p)->gen != gen) {
+    if (shm_snap_check(p, (size_t)st.st_size) != 0 ||
+        ((const struct shm_snap_hdr *)p)->gen != gen) {
         munmap(p, (size_t)st.st_size);
         errno = EINVAL;
         return NULL;

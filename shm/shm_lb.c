@@ -76,9 +76,9 @@ int shm_lb_swrr_build(const uint32_t *rw, uint32_t n, uint32_t *sched, uint32_t 
 {
     struct group {
         uint64_t w;
-        uint32_t first;   /* into order[] */
+        uint32_t first; /* into order[] */
         uint32_t size;
-        uint32_t pos;     /* next member to pick, relative to first */
+        uint32_t pos; /* next member to pick, relative to first */
         uint64_t picks;
     };
     struct group *g;
@@ -264,8 +264,8 @@ void shm_lb_policy_of(const struct shm_service *svc, struct shm_lb_policy *p)
     p->max_ejection_percent = svc->max_ejection_percent <= 100 ? svc->max_ejection_percent : 100;
 }
 
-#define LD(p)     __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define ST(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define LD(p)    __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define ST(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 static int retry_due(struct shm_rt_backend *rb, const struct shm_lb_policy *p, uint64_t now)
 {
@@ -386,9 +386,8 @@ unsigned shm_lb_outcome(struct shm_rt_backend *rb, const struct shm_lb_policy *p
             /* Saturating add: the count only needs to reach the threshold. */
             do {
                 nv = old >= p->passive_failures ? old : old + add;
-            } while (nv != old &&
-                     !__atomic_compare_exchange_n(&rb->passive_failures, &old, nv, 0,
-                                                  __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+            } while (nv != old && !__atomic_compare_exchange_n(&rb->passive_failures, &old, nv, 0,
+                                                               __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
             if (nv >= p->passive_failures) {
                 t |= SHM_LB_T_EJECT | (old < p->passive_failures ? SHM_LB_T_EJECT_FIRST : 0u);
             }
@@ -458,9 +457,9 @@ unsigned shm_lb_eject(struct shm_rt_backend *slots, struct shm_rt_service *rs,
         *why = SHM_LB_KEEP_GONE;
         return 0;
     }
-    if (lease > now || !__atomic_compare_exchange_n(&rs->eject_lease_ms, &lease,
-                                                    now + SHM_LB_EJECT_LEASE_MS, 0,
-                                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    if (lease > now ||
+        !__atomic_compare_exchange_n(&rs->eject_lease_ms, &lease, now + SHM_LB_EJECT_LEASE_MS, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         *why = SHM_LB_KEEP_BUSY;
         return 0;
     }

@@ -88,8 +88,8 @@ struct shm_lb_policy {
     uint32_t cb_failures;
     uint32_t cb_open_ms;
     uint32_t cb_count_5xx;
-    uint32_t retry_ms;       /* passive-down retry interval without active checks */
-    uint32_t lease_ms;       /* probe lease: a probe should be over by then */
+    uint32_t retry_ms;             /* passive-down retry interval without active checks */
+    uint32_t lease_ms;             /* probe lease: a probe should be over by then */
     uint32_t passive_failures;     /* consecutive passive failures that make a backend due */
     uint32_t max_ejection_percent; /* cap on the share of backends ejected at once */
 };
@@ -121,11 +121,11 @@ int shm_lb_admit(struct shm_rt_backend *rb, const struct shm_lb_policy *p, uint6
                  int *why);
 
 /* attempt outcomes for shm_lb_outcome() */
-#define SHM_LB_OK        0 /* an HTTP response that is not a failure */
-#define SHM_LB_FAIL_5XX  1 /* a 5xx response counted by the breaker (circuit_breaker.count_5xx) */
-#define SHM_LB_FAIL      2 /* EOF, response timeout, unparsable response: breaker only */
-#define SHM_LB_FAIL_CONN 3 /* connect timed out, reset on a fresh connection: passive+breaker */
-#define SHM_LB_NEUTRAL   4 /* proves nothing about the backend (a stale keep-alive connection) */
+#define SHM_LB_OK           0 /* an HTTP response that is not a failure */
+#define SHM_LB_FAIL_5XX     1 /* a 5xx response counted by the breaker (circuit_breaker.count_5xx) */
+#define SHM_LB_FAIL         2 /* EOF, response timeout, unparsable response: breaker only */
+#define SHM_LB_FAIL_CONN    3 /* connect timed out, reset on a fresh connection: passive+breaker */
+#define SHM_LB_NEUTRAL      4 /* proves nothing about the backend (a stale keep-alive connection) */
 #define SHM_LB_FAIL_REFUSED 5 /* connect refused or unreachable: the full passive count at once */
 
 /* transitions reported by shm_lb_outcome() and shm_lb_health_result() (for logging) */

@@ -137,8 +137,8 @@ static int certs_ok(const struct shm_snap_hdr *h, const struct snap_bounds *sb)
         if (!str_ok(sb, ct[i].cert_pem) || !str_ok(sb, ct[i].key_pem) ||
             !str_ok(sb, ct[i].subject) || !str_ok(sb, ct[i].path) || ct[i].cert_pem.len == 0 ||
             ct[i].key_pem.len == 0 || (uint64_t)ct[i].names_first + ct[i].nnames > h->ncert_names ||
-            (ct[i].flags & ~(uint32_t)(SHM_CERT_F_DEFAULT | SHM_CERT_F_SELF_SIGNED |
-                                       SHM_CERT_F_EXPIRED)) != 0) {
+            (ct[i].flags &
+             ~(uint32_t)(SHM_CERT_F_DEFAULT | SHM_CERT_F_SELF_SIGNED | SHM_CERT_F_EXPIRED)) != 0) {
             return 0;
         }
         ndefault += (ct[i].flags & SHM_CERT_F_DEFAULT) != 0;

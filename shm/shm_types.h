@@ -27,14 +27,14 @@ struct shm_str {
 struct shm_limits {
     uint64_t max_connections;
     uint64_t max_header_bytes;
-    uint64_t max_body_bytes;     /* 0 = unlimited */
+    uint64_t max_body_bytes; /* 0 = unlimited */
     uint32_t header_timeout_ms;
     uint32_t idle_timeout_ms;
     uint32_t shutdown_timeout_ms;
     uint32_t tunnel_idle_timeout_ms;
-    uint32_t min_body_rate;      /* request body bytes/s after a grace (wk_conn.c); 0 = off */
-    uint32_t send_timeout_ms;    /* a client that drains nothing of its response for this long
-                                    is closed */
+    uint32_t min_body_rate;   /* request body bytes/s after a grace (wk_conn.c); 0 = off */
+    uint32_t send_timeout_ms; /* a client that drains nothing of its response for this long
+                                 is closed */
     uint32_t reserved[6];
 };
 
@@ -50,7 +50,7 @@ struct shm_listener {
 };
 
 struct shm_cidr {
-    uint8_t family;   /* AF_INET / AF_INET6 */
+    uint8_t family; /* AF_INET / AF_INET6 */
     uint8_t prefix;
     uint8_t addr[16];
     uint8_t pad[2];
@@ -62,10 +62,10 @@ struct shm_cidr {
 
 struct shm_service {
     struct shm_str name;
-    uint32_t backends_first;     /* index into the backend table */
+    uint32_t backends_first; /* index into the backend table */
     uint32_t nbackends;
-    uint32_t balance;            /* SHM_BALANCE_* */
-    uint32_t rt_slot;            /* index into shm_rt.services, assigned at publish */
+    uint32_t balance; /* SHM_BALANCE_* */
+    uint32_t rt_slot; /* index into shm_rt.services, assigned at publish */
     uint32_t retries;
     uint32_t connect_timeout_ms;
     uint32_t response_timeout_ms;
@@ -86,11 +86,11 @@ struct shm_service {
     /* passive health (rules in shm/shm_lb.h) */
     uint32_t passive_failures;     /* consecutive connect failures/resets that eject, >= 1 */
     uint32_t max_ejection_percent; /* at most this share of the backends ejected at once */
-    uint32_t nroutes;            /* routes pointing at this service (for 404 hints) */
-    uint32_t source;             /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS: where it was defined */
-    uint32_t tls;                /* SHM_SVC_TLS_* bits: TLS to the backends */
-    struct shm_str tls_sni;      /* server name sent and verified; "" = none (the IP is verified) */
-    struct shm_str tls_ca_pem;   /* CA bundle; "" = the system store */
+    uint32_t nroutes;              /* routes pointing at this service (for 404 hints) */
+    uint32_t source;               /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS: where it was defined */
+    uint32_t tls;                  /* SHM_SVC_TLS_* bits: TLS to the backends */
+    struct shm_str tls_sni;        /* server name sent and verified; "": none, the IP is verified */
+    struct shm_str tls_ca_pem;     /* CA bundle; "" = the system store */
     uint32_t reserved[1];
 };
 
@@ -98,13 +98,13 @@ struct shm_service {
 #define SHM_SVC_TLS_VERIFY 2u /* verify their certificate chain and name */
 
 struct shm_backend {
-    struct shm_str address;      /* "127.0.0.1:9101" */
-    uint32_t service;            /* index into the service table */
+    struct shm_str address; /* "127.0.0.1:9101" */
+    uint32_t service;       /* index into the service table */
     uint32_t weight;
-    uint32_t rt_slot;            /* index into shm_rt.backends, assigned at publish */
-    uint16_t family;             /* AF_INET / AF_INET6 */
-    uint16_t port;               /* host byte order */
-    uint8_t ip[16];              /* network byte order; IPv4 in the first 4 bytes */
+    uint32_t rt_slot; /* index into shm_rt.backends, assigned at publish */
+    uint16_t family;  /* AF_INET / AF_INET6 */
+    uint16_t port;    /* host byte order */
+    uint8_t ip[16];   /* network byte order; IPv4 in the first 4 bytes */
     uint32_t reserved[4];
 };
 
@@ -113,31 +113,31 @@ struct shm_backend {
 #define SHM_HOST_EXACT    2u
 
 struct shm_route {
-    struct shm_str host;         /* as configured, lower case */
-    struct shm_str path;         /* prefix, default "/" */
-    uint64_t methods;            /* bit (1 << enum http_method); 0 = all */
+    struct shm_str host; /* as configured, lower case */
+    struct shm_str path; /* prefix, default "/" */
+    uint64_t methods;    /* bit (1 << enum http_method); 0 = all */
     int32_t priority;
-    uint32_t service;            /* index into the service table */
-    uint32_t order;              /* position in the config: the last tie-breaker */
-    uint32_t host_kind;          /* SHM_HOST_* */
-    uint32_t source;             /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS: where it was defined */
+    uint32_t service;   /* index into the service table */
+    uint32_t order;     /* position in the config: the last tie-breaker */
+    uint32_t host_kind; /* SHM_HOST_* */
+    uint32_t source;    /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS: where it was defined */
     uint32_t reserved[1];
 };
 
 /* The route index (built by master/ms_compile.c, read by shm/shm_route.c). Opaque to everyone
  * else; its tables live inside the snapshot at the offsets below. */
 struct shm_ridx {
-    uint32_t off[12];            /* table offsets, meaning defined in shm/shm_route.c */
-    uint32_t count[12];          /* table element counts */
+    uint32_t off[12];   /* table offsets, meaning defined in shm/shm_route.c */
+    uint32_t count[12]; /* table element counts */
 };
 
 struct shm_snap_hdr {
-    uint32_t magic;              /* SHM_SNAP_MAGIC */
-    uint32_t version;            /* SHM_SNAP_VERSION */
-    uint64_t gen;                /* generation number, 1.. */
-    uint64_t size;               /* bytes in the whole segment */
-    uint64_t loaded_at;          /* unix seconds */
-    uint32_t source;             /* SHM_SOURCE_* bits: REDIS when the namespace was merged in */
+    uint32_t magic;     /* SHM_SNAP_MAGIC */
+    uint32_t version;   /* SHM_SNAP_VERSION */
+    uint64_t gen;       /* generation number, 1.. */
+    uint64_t size;      /* bytes in the whole segment */
+    uint64_t loaded_at; /* unix seconds */
+    uint32_t source;    /* SHM_SOURCE_* bits: REDIS when the namespace was merged in */
     uint32_t pad0;
     struct shm_limits limits;
     struct shm_str config_path;
@@ -147,15 +147,15 @@ struct shm_snap_hdr {
     uint32_t services_off, nservices;
     uint32_t backends_off, nbackends;
     uint32_t routes_off, nroutes;
-    uint32_t certs_off, ncerts;  /* struct shm_cert table */
+    uint32_t certs_off, ncerts; /* struct shm_cert table */
     uint32_t strings_off, strings_len;
     struct shm_ridx ridx;
-    struct shm_str access_log;   /* absolute path; len 0 = access logging off */
-    uint32_t access_format;      /* SHM_ACCESS_* */
+    struct shm_str access_log; /* absolute path; len 0 = access logging off */
+    uint32_t access_format;    /* SHM_ACCESS_* */
     uint32_t pad1;
-    uint32_t cert_names_off;     /* struct shm_str table: the host names of the certificates */
+    uint32_t cert_names_off; /* struct shm_str table: the host names of the certificates */
     uint32_t ncert_names;
-    uint32_t tls_min_version;    /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
+    uint32_t tls_min_version; /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
     uint32_t pad2;
     uint32_t reserved[24];
 };
@@ -168,16 +168,16 @@ struct shm_snap_hdr {
 #define SHM_CERT_F_EXPIRED     4u /* not_after had passed when the config was loaded */
 
 struct shm_cert {
-    struct shm_str cert_pem;     /* leaf then chain, PEM */
-    struct shm_str key_pem;      /* PKCS#8 PEM. The segment is mode 0600, owned by the workers */
-    struct shm_str subject;      /* RFC 2253 one-liner */
-    struct shm_str path;         /* certificate file; "" when generated or not from a file */
-    uint32_t names_first;        /* first of its names in the cert name table */
+    struct shm_str cert_pem; /* leaf then chain, PEM */
+    struct shm_str key_pem;  /* PKCS#8 PEM. The segment is mode 0600, owned by the workers */
+    struct shm_str subject;  /* RFC 2253 one-liner */
+    struct shm_str path;     /* certificate file; "" when generated or not from a file */
+    uint32_t names_first;    /* first of its names in the cert name table */
     uint32_t nnames;
-    uint64_t not_after;          /* unix seconds */
-    uint32_t flags;              /* SHM_CERT_F_* */
-    uint32_t line;               /* config line of the entry; 0 when generated */
-    uint32_t source;             /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS (cert:{id}) */
+    uint64_t not_after; /* unix seconds */
+    uint32_t flags;     /* SHM_CERT_F_* */
+    uint32_t line;      /* config line of the entry; 0 when generated */
+    uint32_t source;    /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS (cert:{id}) */
     uint32_t reserved[3];
 };
 
@@ -207,44 +207,44 @@ struct shm_cert {
 #define SHM_CIRCUIT_HALFOPEN 2u
 
 struct shm_rt_backend {
-    uint64_t requests;           /* completed requests */
-    uint64_t errors;             /* failed requests (connect, reset, timeout, bad response) */
-    int64_t active;              /* connections currently carrying a request, all workers */
-    uint32_t state;              /* SHM_BE_* */
-    uint32_t circuit;            /* SHM_CIRCUIT_* */
+    uint64_t requests; /* completed requests */
+    uint64_t errors;   /* failed requests (connect, reset, timeout, bad response) */
+    int64_t active;    /* connections currently carrying a request, all workers */
+    uint32_t state;    /* SHM_BE_* */
+    uint32_t circuit;  /* SHM_CIRCUIT_* */
     uint32_t consecutive_failures;
-    uint32_t in_use;             /* 1 while some generation names this slot (master writes) */
+    uint32_t in_use; /* 1 while some generation names this slot (master writes) */
     uint64_t circuit_opened_ms;
-    uint64_t free0;              /* unused (latency is in the stats cells): kept so that the
-                                    fields after it do not move */
+    uint64_t free0; /* unused (latency is in the stats cells): kept so that the
+                       fields after it do not move */
     /* Balancing, health and circuit breaker (rules in shm/shm_lb.h). Times are CLOCK_MONOTONIC
      * ms, one clock for every process of the host. */
-    uint64_t down_since_ms;      /* when it was last marked down; 0 = never (health.start down) */
-    uint64_t probe_until_ms;     /* trial-request lease: while > now, the one probe request of a
-                                    half-open circuit or of a passive-down retry is in flight */
-    uint64_t health_checked_ms;  /* end of the last active check (master writes) */
-    uint32_t health_successes;   /* consecutive passed active checks (master; a passive down
-                                    zeroes it so that `rise` fresh successes are needed) */
-    uint32_t health_failures;    /* consecutive failed active checks (master writes) */
-    uint32_t health_status;      /* last check: HTTP status, 0 = no response */
-    uint32_t ejected;            /* 1 when passive health took it out; counts only while DOWN */
-    uint32_t passive_failures;   /* consecutive connect failures and resets (passive health) */
+    uint64_t down_since_ms;     /* when it was last marked down; 0 = never (health.start down) */
+    uint64_t probe_until_ms;    /* trial-request lease: while > now, the one probe request of a
+                                   half-open circuit or of a passive-down retry is in flight */
+    uint64_t health_checked_ms; /* end of the last active check (master writes) */
+    uint32_t health_successes;  /* consecutive passed active checks (master; a passive down
+                                   zeroes it so that `rise` fresh successes are needed) */
+    uint32_t health_failures;   /* consecutive failed active checks (master writes) */
+    uint32_t health_status;     /* last check: HTTP status, 0 = no response */
+    uint32_t ejected;           /* 1 when passive health took it out; counts only while DOWN */
+    uint32_t passive_failures;  /* consecutive connect failures and resets (passive health) */
     uint32_t pad2;
     uint64_t reserved[1];
-    uint32_t stats_used;         /* set by the first shm_stats_record() into this slot */
+    uint32_t stats_used; /* set by the first shm_stats_record() into this slot */
     uint32_t pad_stats;
 } __attribute__((aligned(64)));
 
 struct shm_rt_service {
-    uint64_t free0;              /* unused (request counts are in the stats cells): kept so that
-                                    the fields after it do not move */
+    uint64_t free0; /* unused (request counts are in the stats cells): kept so that
+                       the fields after it do not move */
     uint64_t errors;
-    uint64_t rr_cursor;          /* shared round-robin position */
+    uint64_t rr_cursor; /* shared round-robin position */
     uint32_t in_use;
-    uint32_t stats_used;         /* set by the first shm_stats_record() into this slot */
-    uint64_t free1;              /* unused (latency is in the stats cells): kept likewise */
-    uint64_t eject_lease_ms;     /* passive ejections of this service are decided one at a time:
-                                    while > now some worker is deciding (expires by itself) */
+    uint32_t stats_used;     /* set by the first shm_stats_record() into this slot */
+    uint64_t free1;          /* unused (latency is in the stats cells): kept likewise */
+    uint64_t eject_lease_ms; /* passive ejections of this service are decided one at a time:
+                                while > now some worker is deciding (expires by itself) */
     uint64_t reserved[9];
 } __attribute__((aligned(64)));
 
@@ -263,19 +263,19 @@ struct shm_rt_service {
 #define SHM_RATE_SLOTS         64u  /* per-second ring: at least one minute of history */
 
 struct shm_stats_cell {
-    uint64_t count;                   /* requests recorded */
-    uint64_t sum_ms;                  /* sum of their durations */
-    uint64_t classes[6];              /* by status: [0] none/other, [1..5] 1xx..5xx */
-    uint64_t prom[SHM_PROM_BUCKETS];  /* per Prometheus bucket, not cumulative */
-    uint64_t hist[SHM_HIST_BUCKETS];  /* latency histogram, see shm_stats_bucket() */
-    uint64_t rate[SHM_RATE_SLOTS];    /* [sec % 64] = (sec + 1) << 32 | requests in that second */
+    uint64_t count;                  /* requests recorded */
+    uint64_t sum_ms;                 /* sum of their durations */
+    uint64_t classes[6];             /* by status: [0] none/other, [1..5] 1xx..5xx */
+    uint64_t prom[SHM_PROM_BUCKETS]; /* per Prometheus bucket, not cumulative */
+    uint64_t hist[SHM_HIST_BUCKETS]; /* latency histogram, see shm_stats_bucket() */
+    uint64_t rate[SHM_RATE_SLOTS];   /* [sec % 64] = (sec + 1) << 32 | requests in that second */
     uint64_t reserved[12];
 } __attribute__((aligned(64)));
 
 struct shm_rt {
     uint32_t magic;
     uint32_t version;
-    uint64_t reserved[8];        /* the tables' sizes are SHM_RT_MAX_SERVICES/BACKENDS */
+    uint64_t reserved[8]; /* the tables' sizes are SHM_RT_MAX_SERVICES/BACKENDS */
     struct shm_rt_service services[SHM_RT_MAX_SERVICES];
     struct shm_rt_backend backends[SHM_RT_MAX_BACKENDS];
     /* Added at the end (the segment is created by the master at start, so it can grow). */
@@ -292,14 +292,14 @@ struct shm_rt {
 #define SHM_MAX_WORKERS 256u
 
 struct shm_worker_slot {
-    int32_t pid;                 /* written by the master at fork, 0 when empty */
-    uint32_t restarts;           /* master writes */
+    int32_t pid;       /* written by the master at fork, 0 when empty */
+    uint32_t restarts; /* master writes */
     uint64_t started_ms;
-    uint64_t heartbeat_ms;       /* worker writes each loop pass (monotonic ms) */
-    uint64_t gen_current;        /* generation the worker serves new requests from */
-    uint64_t gen_oldest;         /* oldest generation still referenced by in-flight requests */
-    uint64_t connections;        /* open client connections */
-    uint64_t requests;           /* requests handled */
+    uint64_t heartbeat_ms; /* worker writes each loop pass (monotonic ms) */
+    uint64_t gen_current;  /* generation the worker serves new requests from */
+    uint64_t gen_oldest;   /* oldest generation still referenced by in-flight requests */
+    uint64_t connections;  /* open client connections */
+    uint64_t requests;     /* requests handled */
     uint64_t reserved[1];
 } __attribute__((aligned(64)));
 
@@ -311,16 +311,16 @@ struct shm_worker_slot {
 #define SHM_TKEY_SLOTS 4u
 
 struct shm_tkey {
-    uint64_t name[2];            /* 16-byte key name carried in the ticket */
-    uint64_t aes[4];             /* AES-256-CBC key */
-    uint64_t hmac[4];            /* HMAC-SHA256 key */
+    uint64_t name[2]; /* 16-byte key name carried in the ticket */
+    uint64_t aes[4];  /* AES-256-CBC key */
+    uint64_t hmac[4]; /* HMAC-SHA256 key */
     uint64_t enc_until;
-    uint64_t dec_until;          /* 0 = empty slot */
+    uint64_t dec_until; /* 0 = empty slot */
 };
 
 struct shm_tkeys {
     uint64_t seq;
-    uint64_t current;            /* slot that encrypts new tickets */
+    uint64_t current; /* slot that encrypts new tickets */
     struct shm_tkey keys[SHM_TKEY_SLOTS];
     uint64_t reserved[4];
 };
@@ -333,12 +333,12 @@ struct shm_tkeys {
 struct shm_ctl {
     uint32_t magic;
     uint32_t version;
-    uint64_t gen;                /* published generation: release store by master, acquire load */
+    uint64_t gen; /* published generation: release store by master, acquire load */
     int32_t master_pid;
     uint32_t nworkers;
-    uint64_t started_at;         /* unix seconds */
+    uint64_t started_at; /* unix seconds */
     uint64_t reload_failures;
-    uint64_t tls_handshakes[3];  /* SHM_TLS_HS_*: client TLS handshakes, added to by workers */
+    uint64_t tls_handshakes[3]; /* SHM_TLS_HS_*: client TLS handshakes, added to by workers */
     uint64_t reserved[8];
     struct shm_worker_slot workers[SHM_MAX_WORKERS];
     /* Added at the end (anonymous segment created by the master at start, so it can grow). */

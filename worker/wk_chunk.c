@@ -2,27 +2,27 @@
 #include "worker/wk_chunk.h"
 
 enum {
-    S_SIZE0,        /* first hex digit of a chunk size */
-    S_SIZE,         /* more hex digits, or what ends the size */
-    S_SIZE_WS,      /* BWS after the size: only ";" may follow */
-    S_EXT_NAME0,    /* after ";": BWS, then the first name character */
-    S_EXT_NAME,     /* in an extension name */
-    S_EXT_NAME_WS,  /* BWS after a name: "=" or ";" */
-    S_EXT_VAL0,     /* after "=": BWS, then a token or a quoted-string */
-    S_EXT_TOKEN,    /* in a token value */
-    S_EXT_QS,       /* in a quoted-string */
-    S_EXT_QP,       /* after a backslash in a quoted-string */
-    S_EXT_VAL_END,  /* right after a value: ";", BWS or CR */
-    S_EXT_VAL_WS,   /* BWS after a value: only ";" may follow */
-    S_LINE_LF,      /* CR of a size line seen */
-    S_DATA,         /* chunk data */
-    S_DATA_CR,      /* the CR after chunk data */
-    S_DATA_LF,      /* the LF after chunk data */
-    S_TR0,          /* start of a trailer line, or the final CRLF */
-    S_TR_NAME,      /* in a trailer field name */
-    S_TR_VALUE,     /* in a trailer field value */
-    S_TR_LF,        /* CR of a trailer line seen */
-    S_FINAL_LF,     /* CR of the final CRLF seen */
+    S_SIZE0,       /* first hex digit of a chunk size */
+    S_SIZE,        /* more hex digits, or what ends the size */
+    S_SIZE_WS,     /* BWS after the size: only ";" may follow */
+    S_EXT_NAME0,   /* after ";": BWS, then the first name character */
+    S_EXT_NAME,    /* in an extension name */
+    S_EXT_NAME_WS, /* BWS after a name: "=" or ";" */
+    S_EXT_VAL0,    /* after "=": BWS, then a token or a quoted-string */
+    S_EXT_TOKEN,   /* in a token value */
+    S_EXT_QS,      /* in a quoted-string */
+    S_EXT_QP,      /* after a backslash in a quoted-string */
+    S_EXT_VAL_END, /* right after a value: ";", BWS or CR */
+    S_EXT_VAL_WS,  /* BWS after a value: only ";" may follow */
+    S_LINE_LF,     /* CR of a size line seen */
+    S_DATA,        /* chunk data */
+    S_DATA_CR,     /* the CR after chunk data */
+    S_DATA_LF,     /* the LF after chunk data */
+    S_TR0,         /* start of a trailer line, or the final CRLF */
+    S_TR_NAME,     /* in a trailer field name */
+    S_TR_VALUE,    /* in a trailer field value */
+    S_TR_LF,       /* CR of a trailer line seen */
+    S_FINAL_LF,    /* CR of the final CRLF seen */
     S_DONE,
     S_ERROR,
 };

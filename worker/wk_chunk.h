@@ -39,7 +39,7 @@ struct wk_chunk {
     uint32_t trailer_max; /* longest trailer section accepted */
     uint8_t state;
     uint8_t digits;
-    const char *err;      /* static text, set with WK_CHUNK_ERROR */
+    const char *err; /* static text, set with WK_CHUNK_ERROR */
 };
 
 /* Start a body; <trailer_max> bounds the trailer section (0: WK_CHUNK_LINE_MAX). */

@@ -578,8 +578,7 @@ size_t wk_h1_write_response(char *out, size_t cap, const struct wk_h1_resp *rs, 
         if (no_framing && status != 101 && wk_hdr_is(h, "content-length", 14)) {
             continue;
         }
-        if (wk_hdr_hop(hd, h->name, h->nlen) &&
-            !(status == 101 && wk_hdr_is(h, "upgrade", 7))) {
+        if (wk_hdr_hop(hd, h->name, h->nlen) && !(status == 101 && wk_hdr_is(h, "upgrade", 7))) {
             continue;
         }
         str_add(&sb, h->name, h->nlen);

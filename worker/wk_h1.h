@@ -29,7 +29,7 @@ struct wk_head {
     uint32_t url_len;
     uint32_t n;
     int too_many;
-    int folded;            /* obsolete line folding seen */
+    int folded; /* obsolete line folding seen */
     int in_value;
     struct wk_hdr h[WK_MAX_HEADERS];
 };
@@ -37,11 +37,11 @@ struct wk_head {
 /* The tokenizer's state for one message: kept by the caller while a response body is followed. */
 struct wk_h1_msg {
     http_parser p;
-    struct wk_head *hd;   /* where head fields go; NULL outside a head (trailers are not fields) */
-    const char *reason;   /* response reason phrase, pointing into the head */
+    struct wk_head *hd; /* where head fields go; NULL outside a head (trailers are not fields) */
+    const char *reason; /* response reason phrase, pointing into the head */
     uint32_t reason_len;
-    uint8_t done;         /* the message is complete */
-    uint8_t head_req;     /* response to a HEAD request: no body */
+    uint8_t done;     /* the message is complete */
+    uint8_t head_req; /* response to a HEAD request: no body */
 };
 
 /* Request flags (wk_h1_req.flags). */
@@ -54,32 +54,32 @@ struct wk_h1_msg {
 
 /* A parsed request head. On error, <hd>, the version and the method hold what was read. */
 struct wk_h1_req {
-    struct wk_head hd;     /* the fields, and the raw target (hd.url) */
-    unsigned method;       /* http-parser's method numbers (the route tables use them too) */
+    struct wk_head hd; /* the fields, and the raw target (hd.url) */
+    unsigned method;   /* http-parser's method numbers (the route tables use them too) */
     uint8_t major, minor;
-    uint8_t flags;         /* WK_H1_* */
-    uint8_t chunked;       /* the body is chunked */
-    uint64_t clen;         /* Content-Length, or UINT64_MAX without one */
-    const char *host;      /* the validated Host, or the absolute-form authority; NULL: none */
+    uint8_t flags;    /* WK_H1_* */
+    uint8_t chunked;  /* the body is chunked */
+    uint64_t clen;    /* Content-Length, or UINT64_MAX without one */
+    const char *host; /* the validated Host, or the absolute-form authority; NULL: none */
     size_t hostlen;
-    const char *abs_host;  /* the absolute-form authority (what the access log records) */
+    const char *abs_host; /* the absolute-form authority (what the access log records) */
     size_t abs_hostlen;
-    const char *target;    /* origin-form target forwarded upstream ("/" goes first if slash) */
+    const char *target; /* origin-form target forwarded upstream ("/" goes first if slash) */
     size_t tlen;
     int slash;
-    const char *path;      /* path part of the target, for routing */
+    const char *path; /* path part of the target, for routing */
     size_t pathlen;
-    const char *err;       /* static text of the error */
+    const char *err; /* static text of the error */
 };
 
 /* A parsed response head. */
 struct wk_h1_resp {
     struct wk_head hd;
     unsigned status;
-    const char *reason;    /* the reason phrase as sent (may be empty) */
+    const char *reason; /* the reason phrase as sent (may be empty) */
     uint32_t reason_len;
-    uint8_t chunked;       /* Transfer-Encoding: chunked */
-    uint8_t has_clen;      /* a Content-Length was given */
+    uint8_t chunked;  /* Transfer-Encoding: chunked */
+    uint8_t has_clen; /* a Content-Length was given */
 };
 
 /* Index just past the blank line ending a head in <p>[0, n) (bare LF accepted here; the strict
@@ -114,21 +114,21 @@ int wk_h1_keep_alive(const struct wk_h1_msg *m);
  * What the request head forwarded upstream says beyond the client's fields. */
 struct wk_h1_fwd {
     unsigned method;
-    const char *target;   /* origin-form target; <slash>: a "/" goes before it */
+    const char *target; /* origin-form target; <slash>: a "/" goes before it */
     size_t tlen;
     int slash;
-    const char *host;     /* the Host routed on; <hostlen> 0: none (HTTP/1.0), <dflt_host> is sent */
+    const char *host; /* the Host routed on; <hostlen> 0: none (HTTP/1.0), <dflt_host> is sent */
     size_t hostlen;
     const char *dflt_host;
-    const char *peer_ip;  /* appended to X-Forwarded-For */
-    const char *real_ip;  /* X-Real-IP */
+    const char *peer_ip; /* appended to X-Forwarded-For */
+    const char *real_ip; /* X-Real-IP */
     const char *reqid;
     size_t reqid_len;
-    uint64_t clen;        /* Content-Length to send, UINT64_MAX: none */
-    uint8_t trusted;      /* the peer is a trusted proxy: its X-Forwarded-For and Forwarded stay */
+    uint64_t clen;   /* Content-Length to send, UINT64_MAX: none */
+    uint8_t trusted; /* the peer is a trusted proxy: its X-Forwarded-For and Forwarded stay */
     uint8_t https;
-    uint8_t upgrade;      /* forward Upgrade, send Connection: upgrade */
-    uint8_t chunked;      /* the body goes chunked */
+    uint8_t upgrade; /* forward Upgrade, send Connection: upgrade */
+    uint8_t chunked; /* the body goes chunked */
 };
 
 /* Write the upstream request head for the client's fields <hd> into <out>[0, cap): hop-by-hop

@@ -327,7 +327,8 @@ int wk_host_ok(const char *v, size_t n)
         while (i < n && v[i] != ':') {
             unsigned char ch = (unsigned char)v[i];
             if (ch == '%') {
-                if (i + 2 >= n || !hexd((unsigned char)v[i + 1]) || !hexd((unsigned char)v[i + 2])) {
+                if (i + 2 >= n || !hexd((unsigned char)v[i + 1]) ||
+                    !hexd((unsigned char)v[i + 2])) {
                     return 0;
                 }
                 i += 3;

@@ -16,13 +16,13 @@
 #define LB_GENS 4 /* generations cached at once: the current one and those still draining */
 
 struct lb_svc {
-    uint32_t *tab;   /* round-robin schedule or Maglev table, backend positions */
+    uint32_t *tab; /* round-robin schedule or Maglev table, backend positions */
     uint32_t len;
-    uint8_t state;   /* 0 not built yet, 1 built, 2 cannot be built (out of memory) */
+    uint8_t state; /* 0 not built yet, 1 built, 2 cannot be built (out of memory) */
 };
 
 struct lb_gen {
-    uint64_t gen;    /* 0 = free */
+    uint64_t gen; /* 0 = free */
     uint32_t nservices;
     struct lb_svc *svcs;
 };
@@ -156,8 +156,8 @@ struct pick {
     const struct shm_service *svc;
     const struct shm_backend *bes;
     struct shm_lb_policy pol;
-    uint64_t rejected;   /* positions < 64 already found unusable during this pick */
-    uint64_t *cursor;    /* the service's shared ticket counter */
+    uint64_t rejected; /* positions < 64 already found unusable during this pick */
+    uint64_t *cursor;  /* the service's shared ticket counter */
 };
 
 static struct shm_rt_backend *rtb(const struct shm_backend *b)
@@ -324,8 +324,8 @@ static void no_backend(struct pick *pk, char *why, size_t whylen)
         }
     }
     if (nopen == 1) {
-        snprintf(why, whylen, "Circuit open for backend %s of service %s",
-                 shm_s(s, first->address), name);
+        snprintf(why, whylen, "Circuit open for backend %s of service %s", shm_s(s, first->address),
+                 name);
     } else if (nopen > 1) {
         snprintf(why, whylen, "Circuit open for backend %s (and %u more) of service %s",
                  shm_s(s, first->address), nopen - 1, name);
@@ -475,14 +475,14 @@ void wk_lb_result(struct wk_attempt *a, int fail, unsigned status)
             wk.now >= keep_logged_ms + 1000) {
             keep_logged_ms = wk.now;
             log_warn("backend %s of service %s is due for passive ejection (%s) but stays in "
-                     "rotation: %s", shm_s(s, be->address), shm_s(s, svc->name),
-                     fail_text(fail), keep_text(why));
+                     "rotation: %s",
+                     shm_s(s, be->address), shm_s(s, svc->name), fail_text(fail), keep_text(why));
         }
     }
     /* One line per transition (the compare-and-swap winner logs it), never one per request. */
     if (t & SHM_LB_T_DOWN) {
-        log_warn("backend %s of service %s is down: %s", shm_s(s, be->address),
-                 shm_s(s, svc->name), fail_text(fail));
+        log_warn("backend %s of service %s is down: %s", shm_s(s, be->address), shm_s(s, svc->name),
+                 fail_text(fail));
     }
     if (t & SHM_LB_T_UP) {
         log_info("backend %s of service %s is up again: trial request answered",

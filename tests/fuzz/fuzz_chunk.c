@@ -34,8 +34,10 @@ static int ref_tchar(uint8_t c)
 
 static int ref_hex(uint8_t c)
 {
-    return (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-         : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+    return (c >= '0' && c <= '9')   ? c - '0'
+           : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+           : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                    : -1;
 }
 
 static int ref_text(uint8_t c) /* VCHAR / obs-text / SP / HTAB */
@@ -51,15 +53,15 @@ static int ref_parse(const uint8_t *p, size_t n, size_t *end, uint8_t *out, size
 {
     size_t i = 0;
 
-#define NEED(k) \
-    do { \
-        if (i + (k) > n) \
-            return 0; \
+#define NEED(k)                                                                                    \
+    do {                                                                                           \
+        if (i + (k) > n)                                                                           \
+            return 0;                                                                              \
     } while (0)
-#define BWS() \
-    do { \
-        while (i < n && (p[i] == ' ' || p[i] == '\t')) \
-            i++; \
+#define BWS()                                                                                      \
+    do {                                                                                           \
+        while (i < n && (p[i] == ' ' || p[i] == '\t'))                                             \
+            i++;                                                                                   \
     } while (0)
 
     *olen = 0;
@@ -221,8 +223,8 @@ static int ref_parse(const uint8_t *p, size_t n, size_t *end, uint8_t *out, size
 
 /* ---- the decoder, fed in pieces -------------------------------------------------------------- */
 struct run {
-    int r;          /* WK_CHUNK_DONE / _ERROR / _MORE */
-    size_t at;      /* absolute offset: end of the body, or where the error is */
+    int r;     /* WK_CHUNK_DONE / _ERROR / _MORE */
+    size_t at; /* absolute offset: end of the body, or where the error is */
     uint64_t total;
     size_t olen;
     const char *err;

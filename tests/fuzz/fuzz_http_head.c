@@ -41,7 +41,7 @@ static const struct wk_head *scratch_hd; /* the head whose fields find() and the
 #define scratch (*scratch_hd)
 static const char *msg_base; /* the copy being parsed, to check spans */
 static size_t msg_len;
-static const void *snap;     /* a compiled routing table */
+static const void *snap; /* a compiled routing table */
 
 static const struct wk_hdr *find(const char *name, size_t nlen)
 {
@@ -142,8 +142,9 @@ static void check_alog(const char *base, size_t hlen, unsigned major, unsigned m
     free(r);
 }
 
-/* The body after an accepted head (request or response), framed as the worker frames it: chunked bodies through the
- * strict decoder (in pieces, as reads would bring them), Content-Length bodies counted. */
+/* The body after an accepted head (request or response), framed as the worker frames it: chunked
+ * bodies through the strict decoder (in pieces, as reads would bring them), Content-Length bodies
+ * counted. */
 static void request_body(const char *p, size_t n, int chunked, uint64_t clen)
 {
     if (chunked) {

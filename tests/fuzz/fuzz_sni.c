@@ -16,8 +16,14 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char *const names[] = {
-    "a.example", "*.example", "*.b.example", "xn--bcher-kva.example", "localhost",
-    "*.x", "very.deep.name.example.org", "127.0.0.1",
+    "a.example",
+    "*.example",
+    "*.b.example",
+    "xn--bcher-kva.example",
+    "localhost",
+    "*.x",
+    "very.deep.name.example.org",
+    "127.0.0.1",
 };
 #define NNAMES (sizeof(names) / sizeof(names[0]))
 static struct wk_sni *table;

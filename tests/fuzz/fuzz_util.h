@@ -13,12 +13,12 @@
 #include "master/ms_config.h"
 
 /* A failed invariant is a crash: libFuzzer keeps the input as an artifact. */
-#define FUZZ_CHECK(cond)                                                                         \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond);         \
-            abort();                                                                             \
-        }                                                                                        \
+#define FUZZ_CHECK(cond)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond);           \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 /* A private folder for the temp files of this process (removed at exit). */
@@ -52,7 +52,8 @@ FUZZ_UNUSED static const char *fuzz_tmpdir(void)
 /* Load config text <text>[0, n) the way the master loads a file (the parser reads files only):
  * written to a temp file in a private folder, loaded, the file removed. Returns 0 with <*out>,
  * or -1 with <*errs> (heap) like ms_config_load(). */
-FUZZ_UNUSED static int fuzz_config_load(const char *text, size_t n, struct ms_config **out, char **errs)
+FUZZ_UNUSED static int fuzz_config_load(const char *text, size_t n, struct ms_config **out,
+                                        char **errs)
 {
     char path[128];
     FILE *f;

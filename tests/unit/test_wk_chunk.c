@@ -89,22 +89,22 @@ static void test_valid(void)
 
 static void test_size_line(void)
 {
-    CU_ASSERT(bad_all_ways(S("\r\nabc\r\n0\r\n\r\n")));        /* empty size */
-    CU_ASSERT(bad_all_ways(S("zz\r\nabc\r\n0\r\n\r\n")));      /* not hex */
+    CU_ASSERT(bad_all_ways(S("\r\nabc\r\n0\r\n\r\n")));   /* empty size */
+    CU_ASSERT(bad_all_ways(S("zz\r\nabc\r\n0\r\n\r\n"))); /* not hex */
     CU_ASSERT(bad_all_ways(S("3g\r\nabc\r\n0\r\n\r\n")));
-    CU_ASSERT(bad_all_ways(S("0x3\r\nabc\r\n0\r\n\r\n")));     /* 0x prefix */
-    CU_ASSERT(bad_all_ways(S("+3\r\nabc\r\n0\r\n\r\n")));      /* sign */
+    CU_ASSERT(bad_all_ways(S("0x3\r\nabc\r\n0\r\n\r\n"))); /* 0x prefix */
+    CU_ASSERT(bad_all_ways(S("+3\r\nabc\r\n0\r\n\r\n")));  /* sign */
     CU_ASSERT(bad_all_ways(S("-3\r\nabc\r\n0\r\n\r\n")));
-    CU_ASSERT(bad_all_ways(S(" 3\r\nabc\r\n0\r\n\r\n")));      /* leading whitespace */
+    CU_ASSERT(bad_all_ways(S(" 3\r\nabc\r\n0\r\n\r\n"))); /* leading whitespace */
     CU_ASSERT(bad_all_ways(S("\t3\r\nabc\r\n0\r\n\r\n")));
-    CU_ASSERT(bad_all_ways(S("3 \r\nabc\r\n0\r\n\r\n")));      /* trailing whitespace */
+    CU_ASSERT(bad_all_ways(S("3 \r\nabc\r\n0\r\n\r\n"))); /* trailing whitespace */
     CU_ASSERT(bad_all_ways(S("3\t\r\nabc\r\n0\r\n\r\n")));
-    CU_ASSERT(bad_all_ways(S("3\nabc\r\n0\r\n\r\n")));         /* bare LF */
-    CU_ASSERT(bad_all_ways(S("3\rabc\r\n0\r\n\r\n")));         /* bare CR */
+    CU_ASSERT(bad_all_ways(S("3\nabc\r\n0\r\n\r\n"))); /* bare LF */
+    CU_ASSERT(bad_all_ways(S("3\rabc\r\n0\r\n\r\n"))); /* bare CR */
     CU_ASSERT(bad_all_ways(S("3\r\r\nabc\r\n0\r\n\r\n")));
-    CU_ASSERT(bad_all_ways(S("3\0\r\nabc\r\n0\r\n\r\n")));     /* NUL */
+    CU_ASSERT(bad_all_ways(S("3\0\r\nabc\r\n0\r\n\r\n"))); /* NUL */
     CU_ASSERT(bad_all_ways(S("1_0\r\n0123456789abcdef\r\n0\r\n\r\n")));
-    CU_ASSERT(bad_all_ways(S("10000000000000000\r\n")));      /* 17 digits */
+    CU_ASSERT(bad_all_ways(S("10000000000000000\r\n"))); /* 17 digits */
     CU_ASSERT(bad_all_ways(S("00000000000000003\r\nabc\r\n0\r\n\r\n")));
     CU_ASSERT(bad_all_ways(S("3,3\r\nabc\r\n0\r\n\r\n")));
     {
@@ -122,12 +122,12 @@ static void test_extensions(void)
     CU_ASSERT(bad_all_ways(S("3d;\nAAAA\r\n0\r\n\r\n")));
     CU_ASSERT(bad_all_ways(S("3;a\nabc\r\n0\r\n\r\n")));
     CU_ASSERT(bad_all_ways(S("3;a\rb\r\nabc\r\n0\r\n\r\n")));
-    CU_ASSERT(bad_all_ways(S("3;\r\nabc\r\n0\r\n\r\n")));        /* empty name */
+    CU_ASSERT(bad_all_ways(S("3;\r\nabc\r\n0\r\n\r\n"))); /* empty name */
     CU_ASSERT(bad_all_ways(S("3;=b\r\nabc\r\n0\r\n\r\n")));
-    CU_ASSERT(bad_all_ways(S("3;a=\r\nabc\r\n0\r\n\r\n")));      /* empty value */
-    CU_ASSERT(bad_all_ways(S("3;a b\r\nabc\r\n0\r\n\r\n")));     /* two names */
+    CU_ASSERT(bad_all_ways(S("3;a=\r\nabc\r\n0\r\n\r\n")));  /* empty value */
+    CU_ASSERT(bad_all_ways(S("3;a b\r\nabc\r\n0\r\n\r\n"))); /* two names */
     CU_ASSERT(bad_all_ways(S("3;a=b c\r\nabc\r\n0\r\n\r\n")));
-    CU_ASSERT(bad_all_ways(S("3;a=\"b\r\nabc\r\n0\r\n\r\n")));   /* open quote */
+    CU_ASSERT(bad_all_ways(S("3;a=\"b\r\nabc\r\n0\r\n\r\n"))); /* open quote */
     CU_ASSERT(bad_all_ways(S("3;a=\"b\nc\"\r\nabc\r\n0\r\n\r\n")));
     CU_ASSERT(bad_all_ways(S("3;a=\"b\0\"\r\nabc\r\n0\r\n\r\n")));
     CU_ASSERT(bad_all_ways(S("3;a=\"b\"c\r\nabc\r\n0\r\n\r\n")));
@@ -139,15 +139,15 @@ static void test_extensions(void)
 
 static void test_data_and_trailers(void)
 {
-    CU_ASSERT(bad_all_ways(S("3\r\nabcd\r\n0\r\n\r\n")));        /* data longer than its size */
-    CU_ASSERT(bad_all_ways(S("3\r\nabc\n0\r\n\r\n")));           /* bare LF after data */
+    CU_ASSERT(bad_all_ways(S("3\r\nabcd\r\n0\r\n\r\n"))); /* data longer than its size */
+    CU_ASSERT(bad_all_ways(S("3\r\nabc\n0\r\n\r\n")));    /* bare LF after data */
     CU_ASSERT(bad_all_ways(S("3\r\nabc\r0\r\n\r\n")));
     CU_ASSERT(bad_all_ways(S("3\r\nabc0\r\n\r\n")));
-    CU_ASSERT(bad_all_ways(S("0\r\n\n")));                       /* final bare LF */
+    CU_ASSERT(bad_all_ways(S("0\r\n\n"))); /* final bare LF */
     CU_ASSERT(bad_all_ways(S("0\r\n\r\r\n")));
     CU_ASSERT(bad_all_ways(S("0\r\nX: a\n\r\n")));
-    CU_ASSERT(bad_all_ways(S("0\r\nX : a\r\n\r\n")));            /* space before colon */
-    CU_ASSERT(bad_all_ways(S("0\r\nX: a\r\n b\r\n\r\n")));       /* obs-fold */
+    CU_ASSERT(bad_all_ways(S("0\r\nX : a\r\n\r\n")));      /* space before colon */
+    CU_ASSERT(bad_all_ways(S("0\r\nX: a\r\n b\r\n\r\n"))); /* obs-fold */
     CU_ASSERT(bad_all_ways(S("0\r\n: a\r\n\r\n")));
     CU_ASSERT(bad_all_ways(S("0\r\nNoColon\r\n\r\n")));
     CU_ASSERT(bad_all_ways(S("0\r\nX: a\0b\r\n\r\n")));
@@ -205,7 +205,7 @@ static void test_commit(void)
     CU_ASSERT(wk_chunk_parse(&ch, S("0\r\n\r\n"), &used, &dl) == WK_CHUNK_ERROR);
 }
 
-UNIT_SUITE(wk_chunk, {"valid bodies, any split", test_valid},
-           {"chunk size line", test_size_line}, {"chunk extensions", test_extensions},
+UNIT_SUITE(wk_chunk, {"valid bodies, any split", test_valid}, {"chunk size line", test_size_line},
+           {"chunk extensions", test_extensions},
            {"data CRLF and trailers", test_data_and_trailers},
            {"stops at the body's end", test_done_stops}, {"commit points", test_commit})

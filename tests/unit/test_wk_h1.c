@@ -47,11 +47,13 @@ static void test_request_ok(void)
     CU_ASSERT_PTR_NULL(rq.host);
     CU_ASSERT_EQUAL(rq.flags, WK_H1_IDEMPOTENT | WK_H1_HEAD | WK_H1_DONE);
     CU_ASSERT_EQUAL(req("POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
-                        "Expect: 100-continue\r\nConnection: close\r\n\r\n"), 0);
+                        "Expect: 100-continue\r\nConnection: close\r\n\r\n"),
+                    0);
     CU_ASSERT_EQUAL(rq.clen, 5);
     CU_ASSERT_EQUAL(rq.flags, WK_H1_CONTINUE);
     CU_ASSERT_EQUAL(req("GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
-                        "Upgrade: websocket\r\n\r\n"), 0);
+                        "Upgrade: websocket\r\n\r\n"),
+                    0);
     CU_ASSERT_TRUE(rq.flags & WK_H1_UPGRADE);
     CU_ASSERT_EQUAL(req("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n"), 0);
     CU_ASSERT_TRUE(span_is(rq.path, rq.pathlen, "*"));
@@ -67,18 +69,21 @@ static void test_request_ok(void)
 static void test_content_length_and_te(void)
 {
     CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
-                        "Transfer-Encoding: chunked\r\n\r\n"), 400);
+                        "Transfer-Encoding: chunked\r\n\r\n"),
+                    400);
     CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
-                        "Content-Length: 3\r\n\r\n"), 400);
+                        "Content-Length: 3\r\n\r\n"),
+                    400);
     /* Two Content-Lengths, even equal ones. */
     CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
-                        "Content-Length: 3\r\n\r\n"), 400);
+                        "Content-Length: 3\r\n\r\n"),
+                    400);
     CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\n\r\n"), 400);
     CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\n"), 400);
     CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n"), 400);
     CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0x3\r\n\r\n"), 400);
-    CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1234567890123456789\r\n\r\n"),
-                    400);
+    CU_ASSERT_EQUAL(
+        req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1234567890123456789\r\n\r\n"), 400);
     CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"), 0);
     CU_ASSERT_EQUAL(rq.clen, 0);
     CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"), 0);
@@ -87,9 +92,10 @@ static void test_content_length_and_te(void)
     CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
                     400);
     CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
-                        "Transfer-Encoding: chunked\r\n\r\n"), 400);
-    CU_ASSERT_EQUAL(req("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
+                        "Transfer-Encoding: chunked\r\n\r\n"),
                     400);
+    CU_ASSERT_EQUAL(
+        req("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n"), 400);
     CU_ASSERT_EQUAL(req("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
     CU_ASSERT_STRING_EQUAL(rq.err, "Unsupported Transfer-Encoding");
 }
@@ -264,9 +270,9 @@ static void test_no_body_responses(void)
 
 static void test_chunk_sizes(void)
 {
-    static const char *bad[] = {"zz\r\n", "-1\r\n", "+1\r\n", " 1\r\n", "1 \r\n", "0x1\r\n",
-                                "1\n",    "1\r\r\n", "\r\n",   "11111111111111111\r\n",
-                                "1\r\na\n", "1\r\nab\r\n"};
+    static const char *bad[] = {"zz\r\n", "-1\r\n",   "+1\r\n",      " 1\r\n",
+                                "1 \r\n", "0x1\r\n",  "1\n",         "1\r\r\n",
+                                "\r\n",   "1\r\na\n", "1\r\nab\r\n", "11111111111111111\r\n"};
     struct wk_chunk ch;
     size_t used, dl;
 
@@ -305,7 +311,8 @@ static void test_write_request(void)
 
     CU_ASSERT_EQUAL(req("POST /p HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Hop\r\n"
                         "X-Hop: 1\r\nKeep: 2\r\nX_Under: 3\r\nX-Forwarded-For: 1.2.3.4\r\n"
-                        "Forwarded: for=x\r\nContent-Length: 2\r\nTE: trailers\r\n\r\n"), 0);
+                        "Forwarded: for=x\r\nContent-Length: 2\r\nTE: trailers\r\n\r\n"),
+                    0);
     f.method = rq.method;
     f.target = rq.target;
     f.tlen = rq.tlen;
@@ -319,10 +326,11 @@ static void test_write_request(void)
     n = wk_h1_write_request(out, sizeof(out), &rq.hd, &f);
     CU_ASSERT_TRUE(n > 0);
     out[n] = '\0';
-    CU_ASSERT_STRING_EQUAL(out, "POST /p HTTP/1.1\r\nKeep: 2\r\nHost: h\r\nX-Forwarded-For: 10.0.0.9\r\n"
-                                "X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n"
-                                "X-Real-IP: 10.0.0.9\r\nX-Request-ID: rid\r\n"
-                                "Content-Length: 2\r\n\r\n");
+    CU_ASSERT_STRING_EQUAL(out,
+                           "POST /p HTTP/1.1\r\nKeep: 2\r\nHost: h\r\nX-Forwarded-For: 10.0.0.9\r\n"
+                           "X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n"
+                           "X-Real-IP: 10.0.0.9\r\nX-Request-ID: rid\r\n"
+                           "Content-Length: 2\r\n\r\n");
     f.trusted = 1;
     f.https = 1;
     f.chunked = 1;
@@ -348,7 +356,9 @@ static void test_write_response(void)
     size_t n;
 
     CU_ASSERT_EQUAL(resp("HTTP/1.1 204 Gone Fishing\r\nContent-Length: 0\r\nX-Request-ID: b\r\n"
-                         "Connection: x\r\nX: 1\r\nY: 2\r\n\r\n", 0), 0);
+                         "Connection: x\r\nX: 1\r\nY: 2\r\n\r\n",
+                         0),
+                    0);
     n = wk_h1_write_response(out, sizeof(out), &rs, 0, "rid", 3, WK_H1_CONN_CLOSE);
     CU_ASSERT_TRUE(n > 0);
     out[n] = '\0';
@@ -360,11 +370,14 @@ static void test_write_response(void)
     CU_ASSERT_STRING_EQUAL(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Request-ID: r\r\n"
                                 "Connection: keep-alive\r\n\r\n");
     CU_ASSERT_EQUAL(resp("HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\n"
-                         "Connection: upgrade\r\n\r\n", 0), 0);
+                         "Connection: upgrade\r\n\r\n",
+                         0),
+                    0);
     n = wk_h1_write_response(out, sizeof(out), &rs, 0, "r", 1, WK_H1_CONN_UPGRADE);
     out[n] = '\0';
-    CU_ASSERT_STRING_EQUAL(out, "HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\nX-Request-ID: r\r\n"
-                                "Connection: upgrade\r\n\r\n");
+    CU_ASSERT_STRING_EQUAL(out,
+                           "HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\nX-Request-ID: r\r\n"
+                           "Connection: upgrade\r\n\r\n");
     CU_ASSERT_EQUAL(resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 0), 0);
     n = wk_h1_write_response(out, sizeof(out), &rs, 1, "r", 1, WK_H1_CONN_NONE);
     out[n] = '\0';

@@ -225,5 +225,6 @@ static void test_head_tiled(void)
 }
 
 UNIT_SUITE(wk_hdr, {"syntax", test_syntax}, {"host", test_host},
-           {"framing values", test_framing_values}, {"head tiling", test_head_tiled}, {"hop_by_hop", test_hop_by_hop}, {"tokens", test_tokens},
-           {"reqid", test_reqid}, {"reasons", test_reasons})
+           {"framing values", test_framing_values}, {"head tiling", test_head_tiled},
+           {"hop_by_hop", test_hop_by_hop}, {"tokens", test_tokens}, {"reqid", test_reqid},
+           {"reasons", test_reasons})

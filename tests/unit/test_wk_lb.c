@@ -280,7 +280,7 @@ static void test_maglev_movement(void)
 {
     enum { N = 100000 };
     static const uint32_t ten[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
-    static const uint32_t nine[] = {0, 1, 2, 3, 5, 6, 7, 8, 9};        /* 4 removed */
+    static const uint32_t nine[] = {0, 1, 2, 3, 5, 6, 7, 8, 9};          /* 4 removed */
     static const uint32_t eleven[] = {10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0}; /* 10 added, reversed */
     static const uint32_t w[11] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     uint32_t *a = malloc(N * sizeof(*a)), *b = malloc(N * sizeof(*b));
@@ -578,11 +578,11 @@ static void test_may_eject(void)
     CU_ASSERT_FALSE(shm_lb_may_eject(2, 0, 1, 49));
     CU_ASSERT_FALSE(shm_lb_may_eject(2, 0, 0, 100));
     CU_ASSERT_TRUE(shm_lb_may_eject(3, 0, 2, 50));
-    CU_ASSERT_FALSE(shm_lb_may_eject(3, 1, 1, 50));  /* 2 of 3 > 50% */
+    CU_ASSERT_FALSE(shm_lb_may_eject(3, 1, 1, 50)); /* 2 of 3 > 50% */
     CU_ASSERT_TRUE(shm_lb_may_eject(4, 1, 2, 50));
     CU_ASSERT_FALSE(shm_lb_may_eject(4, 2, 1, 50));
     CU_ASSERT_TRUE(shm_lb_may_eject(4, 2, 1, 75));
-    CU_ASSERT_FALSE(shm_lb_may_eject(4, 0, 3, 0));   /* 0: passive ejection off */
+    CU_ASSERT_FALSE(shm_lb_may_eject(4, 0, 3, 0)); /* 0: passive ejection off */
     CU_ASSERT_TRUE(shm_lb_may_eject(10, 8, 1, 100));
     CU_ASSERT_FALSE(shm_lb_may_eject(10, 9, 0, 100));
     CU_ASSERT_TRUE(shm_lb_may_eject(4000000000u, 0, 1, 100)); /* no overflow */
@@ -632,7 +632,7 @@ static void test_ejection_cap(void)
     fake_svc_init(&f, 4, 1, 100);
     f.p.cb_enabled = 1;
     f.p.cb_failures = 100;
-    f.slots[0].state = SHM_BE_DOWN;      /* active checks */
+    f.slots[0].state = SHM_BE_DOWN; /* active checks */
     f.slots[1].state = SHM_BE_DISABLED;
     f.slots[2].circuit = SHM_CIRCUIT_OPEN;
     CU_ASSERT_EQUAL(fake_result(&f, 3, SHM_LB_FAIL_CONN, 0, now, &why), 0);
@@ -1043,11 +1043,9 @@ UNIT_SUITE(wk_lb, {"swrr_sequence", test_swrr_sequence},
            {"swrr_matches_nginx", test_swrr_matches_nginx}, {"swrr_smooth", test_swrr_smooth},
            {"swrr_scaled", test_swrr_scaled}, {"maglev_even", test_maglev_even},
            {"maglev_movement", test_maglev_movement}, {"circuit_breaker", test_circuit_breaker},
-           {"circuit_probe_lease", test_circuit_probe_lease},
-           {"passive_count", test_passive_count}, {"passive_health", test_passive_health},
-           {"may_eject", test_may_eject}, {"ejection_cap", test_ejection_cap},
-           {"ejection_lease", test_ejection_lease}, {"active_health", test_active_health},
-           {"manual_control", test_manual_control}, {"policy", test_policy},
-           {"attempt_rr_weights", test_attempt_rr_weights},
-           {"attempt_skips", test_attempt_skips},
-           {"attempt_probe_lease", test_attempt_probe_lease})
+           {"circuit_probe_lease", test_circuit_probe_lease}, {"passive_count", test_passive_count},
+           {"passive_health", test_passive_health}, {"may_eject", test_may_eject},
+           {"ejection_cap", test_ejection_cap}, {"ejection_lease", test_ejection_lease},
+           {"active_health", test_active_health}, {"manual_control", test_manual_control},
+           {"policy", test_policy}, {"attempt_rr_weights", test_attempt_rr_weights},
+           {"attempt_skips", test_attempt_skips}, {"attempt_probe_lease", test_attempt_probe_lease})

@@ -62,4 +62,5 @@ static void test_status_line_alone(void)
     CU_ASSERT_EQUAL(wk_resp_status_line("HTTP/1.1 200 OK\x7f\r\n\r\n", 20), -1);
 }
 
-UNIT_SUITE(wk_resp, {"status line alone", test_status_line_alone}, {"status_line", test_status_line}, {"line_ends", test_line_ends})
+UNIT_SUITE(wk_resp, {"status line alone", test_status_line_alone},
+           {"status_line", test_status_line}, {"line_ends", test_line_ends})
