@@ -21,6 +21,7 @@ static const char *const help_lines[] = {
     "show workers",
     "show stats",
     "show certs",
+    "show fleet",
     "reload",
     "disable backend SERVICE ADDRESS",
     "enable backend SERVICE ADDRESS",
@@ -36,6 +37,7 @@ static const struct {
     {"health", adm_render_health}, {"instances", adm_render_instances},
     {"routes", adm_render_routes}, {"workers", adm_render_workers},
     {"stats", adm_render_stats},   {"certs", adm_render_certs},
+    {"fleet", adm_render_fleet},
 };
 
 static void do_help(struct adm_buf *out)
@@ -237,7 +239,7 @@ void adm_cmd_exec(struct adm_buf *out, const char *line, size_t len, const struc
     }
     if (strcasecmp(words[0], "show") == 0) {
         if (n != 2) {
-            adm_render_error(out, "usage: show health|instances|routes|workers|stats|certs");
+            adm_render_error(out, "usage: show health|instances|routes|workers|stats|certs|fleet");
             return;
         }
         for (size_t i = 0; i < sizeof(shows) / sizeof(shows[0]); i++) {

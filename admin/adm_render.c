@@ -716,3 +716,92 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
     adm_buf_addf(b, "dispatcher_uptime_seconds %llu\n", (unsigned long long)uptime_s(v));
     free(sums);
 }
+
+/* ---- show fleet ----------------------------------------------------------------------------- */
+
+int adm_fleet_flags(const struct adm_fleet *f, const struct adm_fleet_node *nd, uint64_t now_s,
+                    char *buf, size_t n)
+{
+    const char *flags[3];
+    int k = 0;
+    size_t len = 0;
+
+    if (strcmp(nd->status, "ok") != 0) {
+        flags[k++] = "rejected";
+    }
+    if (f->version >= 0 && nd->version < f->version) {
+        flags[k++] = "behind";
+    }
+    if (nd->updated_at < 0 || (long long)now_s - nd->updated_at > ADM_FLEET_SILENT_S) {
+        flags[k++] = "silent";
+    }
+    if (n > 0) {
+        buf[0] = '\0';
+    }
+    for (int i = 0; i < k && len < n; i++) {
+        int w = snprintf(buf + len, n - len, "%s%s", i ? "," : "", flags[i]);
+        if (w < 0) {
+            break;
+        }
+        len += (size_t)w;
+    }
+    return k;
+}
+
+static void fleet_num(struct adm_buf *b, const char *key, long long v)
+{
+    if (v < 0) {
+        adm_buf_addf(b, ",\"%s\":null", key);
+    } else {
+        adm_buf_addf(b, ",\"%s\":%lld", key, v);
+    }
+}
+
+void adm_render_fleet(struct adm_buf *b, const struct adm_view *v)
+{
+    const struct adm_fleet *f = v->fleet;
+    size_t flagged = 0;
+    char flags[64];
+
+    if (f == NULL) {
+        adm_render_error(b, "no fleet: Redis is not configured (each dispatcher reports what it "
+                            "applied through Redis)");
+        return;
+    }
+    for (size_t i = 0; i < f->n; i++) {
+        flagged += adm_fleet_flags(f, &f->nodes[i], v->now_s, flags, sizeof(flags)) > 0;
+    }
+    adm_buf_adds(b, "{\"ok\":true,\"environment\":");
+    adm_buf_jstrz(b, f->environment);
+    adm_buf_adds(b, ",\"node\":");
+    adm_buf_jstrz(b, f->self);
+    if (v->redis_state != NULL) {
+        adm_buf_adds(b, ",\"redis\":");
+        adm_buf_jstrz(b, v->redis_state);
+    }
+    fleet_num(b, "version", f->version);
+    adm_buf_addf(b, ",\"read_at\":%llu,\"nodes_count\":%zu,\"flagged\":%zu,\"nodes\":[",
+                 (unsigned long long)f->read_at, f->n, flagged);
+    for (size_t i = 0; i < f->n && !b->overflow; i++) {
+        const struct adm_fleet_node *nd = &f->nodes[i];
+
+        adm_fleet_flags(f, nd, v->now_s, flags, sizeof(flags));
+        adm_buf_adds(b, i ? ",{\"name\":" : "{\"name\":");
+        adm_buf_jstrz(b, nd->name);
+        adm_buf_adds(b, ",\"status\":");
+        adm_buf_jstrz(b, nd->status);
+        adm_buf_adds(b, ",\"flags\":");
+        adm_buf_jstrz(b, flags);
+        fleet_num(b, "version", nd->version);
+        fleet_num(b, "generation", nd->generation);
+        fleet_num(b, "applied_at", nd->applied_at);
+        adm_buf_adds(b, ",\"source_digest\":");
+        adm_buf_jstrz(b, nd->source_digest);
+        adm_buf_adds(b, ",\"error\":");
+        adm_buf_jstrz(b, nd->error);
+        fleet_num(b, "updated_at", nd->updated_at);
+        fleet_num(b, "pid", nd->pid);
+        adm_buf_addf(b, ",\"self\":%s}", strcmp(nd->name, f->self) == 0 ? "true" : "false");
+    }
+    adm_buf_adds(b, "]}");
+}

@@ -11,6 +11,40 @@
 
 struct adm_buf;
 
+/* One dispatcher of the fleet as its node:{node_name} hash in Redis says (show fleet). Strings
+ * are as read (any bytes: rendered escaped; "" when missing); numbers are -1 when missing or not
+ * a plain integer. */
+struct adm_fleet_node {
+    const char *name;
+    const char *status;          /* "ok" or "rejected" as written */
+    const char *error;
+    const char *source_digest;
+    long long version;           /* the Redis namespace version it serves, -1: none */
+    long long generation;        /* its own generation counter (not comparable across nodes) */
+    long long applied_at;        /* unix seconds its generation was published */
+    long long updated_at;        /* unix seconds of its last report (refreshed every 20 s) */
+    long long pid;
+};
+
+/* The fleet of this dispatcher's Redis environment, as last read from Redis. */
+struct adm_fleet {
+    const char *environment;
+    const char *self;            /* this dispatcher's node_name */
+    uint64_t read_at;            /* unix seconds of the last complete read, 0 = not read yet */
+    long long version;           /* the namespace's `version` key at that read, -1 = none */
+    const struct adm_fleet_node *nodes; /* sorted by name */
+    size_t n;
+};
+
+/* A node that has not reported for this long is flagged "silent" (its key expires at 60 s). */
+#define ADM_FLEET_SILENT_S 45
+
+/* Why <nd> is flagged, comma-separated into <buf> ("" when it is fine): "rejected" (its status is
+ * not ok: it refused the namespace in Redis), "behind" (it serves an older version than the
+ * namespace's), "silent" (no report for ADM_FLEET_SILENT_S). Returns the number of flags. */
+int adm_fleet_flags(const struct adm_fleet *f, const struct adm_fleet_node *nd, uint64_t now_s,
+                    char *buf, size_t n);
+
 /* Everything an answer is computed from. The master fills it for each request. */
 struct adm_view {
     const struct shm_snap_hdr *snap;   /* current generation */
@@ -30,6 +64,7 @@ struct adm_view {
      * backend-name resolution), or NULL. */
     void (*service_extra)(struct adm_buf *b, uint32_t svc, const void *arg);
     const void *extra_arg;
+    const struct adm_fleet *fleet;     /* NULL without Redis */
 };
 
 /* Each appends one JSON object, starting {"ok":true, ... and without a newline. */
@@ -39,6 +74,10 @@ void adm_render_routes(struct adm_buf *b, const struct adm_view *v);
 void adm_render_workers(struct adm_buf *b, const struct adm_view *v);
 void adm_render_stats(struct adm_buf *b, const struct adm_view *v);
 void adm_render_certs(struct adm_buf *b, const struct adm_view *v);
+/* {"ok":true,"environment":..,"node":..,"redis":..,"version":..,"read_at":..,"flagged":N,
+ *  "nodes":[{"name","status","flags","version","generation","applied_at","source_digest",
+ *  "error","updated_at","pid","self"}]}, or an error without Redis. */
+void adm_render_fleet(struct adm_buf *b, const struct adm_view *v);
 /* Prometheus text format 0.0.4. */
 void adm_render_metrics(struct adm_buf *b, const struct adm_view *v);
 

@@ -307,7 +307,7 @@ static void http_handle(struct adm_conn *c, size_t headlen)
                      &body, head_only, NULL);
     } else {
         http_error(c, 404, "Not Found", "no such resource; see /api/v1/dispatcher/{health,"
-                   "instances,routes,workers,stats,certs}, /health and /metrics", NULL);
+                   "instances,routes,workers,stats,certs,fleet}, /health and /metrics", NULL);
     }
     adm_buf_dispose(&body);
 }

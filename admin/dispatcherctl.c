@@ -38,8 +38,8 @@ static void usage(FILE *out)
             "  -c CONFIG   read admin.socket from this configuration file\n"
             "  --json      print the raw JSON answer\n"
             "  -V          print the version and exit\n"
-            "commands: help, show health|instances|routes|workers|stats|certs, reload,\n"
-            "          disable backend SERVICE ADDRESS, enable backend SERVICE ADDRESS,\n"
+            "commands: help, show health|instances|routes|workers|stats|certs|fleet,\n"
+            "          reload, disable backend SERVICE ADDRESS, enable backend SERVICE ADDRESS,\n"
             "          reset circuit SERVICE ADDRESS\n");
 }
 

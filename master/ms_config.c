@@ -76,7 +76,7 @@ static const char *const top_keys[] = {
     "workers", "user",  "group",    "pid_file",  "environment",
     "admin",   "log",   "limits",   "listeners", "trusted_proxies",
     "tls",     "redis", "services", "routes",    "dns",
-    NULL};
+    "node_name", NULL};
 
 static const struct ms_config_keys key_table[] = {{"", top_keys},
                                                   {"admin", admin_keys},
@@ -632,10 +632,28 @@ static int online_cpus(void)
 }
 
 
+/* The host name, as the default node_name; anything outside [A-Za-z0-9_.-] becomes '_'. */
+static char *default_node_name(void)
+{
+    char host[256];
+
+    if (gethostname(host, sizeof(host)) != 0 || host[0] == '\0') {
+        return dsp_xstrdup("dispatcher");
+    }
+    host[sizeof(host) - 1] = '\0';
+    for (char *p = host; *p; p++) {
+        if (!ms_valid_name((char[]){*p, '\0'})) {
+            *p = '_';
+        }
+    }
+    return dsp_xstrdup(host);
+}
+
 static void set_defaults(struct ms_config *cfg)
 {
     cfg->workers = online_cpus();
     cfg->environment = dsp_xstrdup("production");
+    cfg->node_name = default_node_name();
     cfg->admin.mode = 0600;
     cfg->log.error = dsp_xstrdup("stderr");
     cfg->log.level = LOG_INFO;
@@ -686,6 +704,17 @@ static void parse_top(struct ctx *c, config_setting_t *root, struct ms_config *c
         } else {
             free(cfg->environment);
             cfg->environment = dsp_xstrdup(v);
+        }
+    }
+    if (get_str(c, root, "", "node_name", 0, &v) == 1) {
+        /* Part of a Redis key name too (node:{node_name}). */
+        if (!ms_valid_name(v) || strlen(v) > 255) {
+            err_at(c, config_setting_get_member(root, "node_name"),
+                   "node_name \"%s\" may only use letters, digits, '_', '.' and '-' (at most 255)",
+                   v);
+        } else {
+            free(cfg->node_name);
+            cfg->node_name = dsp_xstrdup(v);
         }
     }
 }
@@ -2095,6 +2124,7 @@ void ms_config_free(struct ms_config *cfg)
     free(cfg->redis.sentinels);
     free(cfg->redis.master_name);
     free(cfg->redis.sentinel_password);
+    free(cfg->node_name);
     for (size_t i = 0; i < cfg->nservices; i++) {
         ms_service_dispose(&cfg->services[i]);
     }

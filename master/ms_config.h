@@ -121,6 +121,8 @@ struct ms_config {
     char *user, *group;          /* NULL when not set */
     char *pid_file;              /* absolute or NULL */
     char *environment;           /* default "production" */
+    char *node_name;             /* this dispatcher in the fleet's node reports: default the host
+                                  * name (gethostname), else "dispatcher" */
 
     struct {
         char *socket;            /* absolute or NULL */

@@ -34,6 +34,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "admin/adm_render.h"
 #include "common/dsp.h"
 #include "common/log.h"
 #include "common/rds.h"
@@ -45,6 +46,28 @@
 
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 5000
+
+/* Node reports (SPEC "Redis"): node:{node_name} is rewritten at least this often, with a TTL of
+ * REPORT_TTL_S; the fleet view is re-read at least every FLEET_EVERY_MS (and at once when a node
+ * announces a change on the node-events channel). */
+#define REPORT_EVERY_MS 20000
+#define REPORT_TTL_S    60
+#define FLEET_EVERY_MS  20000
+#define FLEET_MAX_NODES 4096
+
+/* The fields of a node report, in the order they are written. */
+enum { NF_GENERATION = 0, NF_APPLIED_AT, NF_SOURCE_DIGEST, NF_STATUS, NF_ERROR, NF_VERSION,
+       NF_UPDATED_AT, NF_PID, NF_COUNT };
+static const char *const node_fields[NF_COUNT] = {
+    "generation", "applied_at", "source_digest", "status", "error", "version", "updated_at", "pid",
+};
+
+/* One node:{name} hash as read. */
+struct fnode {
+    char *name;
+    char *f[NF_COUNT]; /* NULL when missing */
+    int gone;          /* the hash has expired: the name is pruned from the nodes SET */
+};
 
 enum link_state { LINK_DISABLED = 0, LINK_WAIT, LINK_RESOLVING, LINK_CONNECTING, LINK_UP };
 enum watch_state { WATCH_OFF = 0, WATCH_WAIT, WATCH_CONNECTING, WATCH_UP };
@@ -89,6 +112,27 @@ static struct {
     char sw_last_error[400];
     int switched;              /* +switch-master for our master came in: resolve now */
     char switch_text[300];     /* its payload, for the log */
+
+    /* This node's report, and the fleet as read. */
+    int report_dirty;          /* write the report at the next chance */
+    uint64_t report_next;      /* the heartbeat */
+    char *report_name;         /* node_name the last report went under */
+    char *report_announced;    /* its content as last announced on node-events */
+    char report_error[300];    /* last refused write (logged once) */
+    int fleet_wanted;
+    uint64_t fleet_next;
+    int fleet_phase;           /* 0 idle, 1 SMEMBERS + GET version, 2 HGETALL each */
+    size_t fleet_pending;
+    struct fnode *fr;          /* the read in progress */
+    size_t nfr;
+    long long fr_version;
+    struct fnode *fleet;       /* the last complete read, sorted by name */
+    size_t nfleet;
+    long long fleet_version;
+    uint64_t fleet_read_at;
+    char *fleet_env;           /* the environment it was read from */
+    struct adm_fleet_node *fview; /* ms_redis_fleet()'s answer, rebuilt per call */
+    struct adm_fleet fleet_view;
 
     uint64_t retry_at;
     unsigned failures;         /* consecutive: the backoff exponent */
@@ -795,11 +839,23 @@ static void on_message(redisAsyncContext *ac, void *reply, void *priv)
         return;
     }
     if (strcmp(r->element[0]->str, "subscribe") == 0) {
-        answered(c);
-        c->ready = 1;
-    } else if (strcmp(r->element[0]->str, "message") == 0) {
-        log_debug("redis: event on %s", r->element[1]->type == REDIS_REPLY_STRING
-                                            ? r->element[1]->str : "?");
+        /* One confirmation per channel: ready with the second (events and node-events). */
+        if (r->element[2]->type == REDIS_REPLY_INTEGER && r->element[2]->integer >= 2) {
+            answered(c);
+            c->ready = 1;
+        }
+    } else if (strcmp(r->element[0]->str, "message") == 0 &&
+               r->element[1]->type == REDIS_REPLY_STRING) {
+        static const char node_events[] = ":node-events";
+        const redisReply *ch = r->element[1];
+
+        if (ch->len >= sizeof(node_events) - 1 &&
+            memcmp(ch->str + ch->len - (sizeof(node_events) - 1), node_events,
+                   sizeof(node_events) - 1) == 0) {
+            rd.fleet_wanted = 1; /* a node's report changed */
+            return;
+        }
+        log_debug("redis: event on %s", ch->str);
         rd.wanted = 1;
     }
 }
@@ -808,8 +864,12 @@ static void subscribe(struct conn *c)
 {
     char channel[512];
 
+    char nodes[512];
+
     snprintf(channel, sizeof(channel), "dispatcher:%s:events", ms.cfg->environment);
-    if (redisAsyncCommand(c->ac, on_message, NULL, "SUBSCRIBE %s", channel) != REDIS_OK) {
+    snprintf(nodes, sizeof(nodes), "dispatcher:%s:node-events", ms.cfg->environment);
+    if (redisAsyncCommand(c->ac, on_message, NULL, "SUBSCRIBE %s %s", channel, nodes) !=
+        REDIS_OK) {
         snprintf(c->error, sizeof(c->error), "cannot send SUBSCRIBE");
         return;
     }
@@ -918,9 +978,12 @@ static void read_abort(void)
     rd.read_error[0] = '\0';
 }
 
+static void fleet_abort(void);
+
 static void link_close(void)
 {
     read_abort();
+    fleet_abort();
     conn_close(&rd.cmd);
     conn_close(&rd.sub);
     conn_close(&rd.res);
@@ -1428,7 +1491,364 @@ static void read_step(uint64_t now)
         rd.phase = READ_IDLE;
         ms_rns_sort(ns);
         apply(ns);
+        rd.report_dirty = 1; /* applied, refused or unchanged: what this node serves now */
     }
+}
+
+/* ---- node reports and the fleet view -------------------------------------------------------- */
+
+/* Every dispatcher keeps `node:{node_name}` (HASH, node_fields) up to date in its namespace, with
+ * a REPORT_TTL_S expiry it refreshes every REPORT_EVERY_MS, and lists the name in the `nodes` SET
+ * (names whose hash expired are pruned by the readers). When the content changes it announces
+ * the name on `node-events`, so every dispatcher re-reads the fleet at once, and `show fleet`
+ * shows a change one node refused right away. */
+
+static void fnodes_free(struct fnode *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].name);
+        for (int k = 0; k < NF_COUNT; k++) {
+            free(v[i].f[k]);
+        }
+    }
+    free(v);
+}
+
+static void fleet_abort(void)
+{
+    fnodes_free(rd.fr, rd.nfr);
+    rd.fr = NULL;
+    rd.nfr = 0;
+    rd.fleet_phase = 0;
+    rd.fleet_pending = 0;
+}
+
+static void on_report_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    redisReply *r = reply;
+    char what[512];
+
+    (void)ac;
+    if (r == NULL) {
+        return;
+    }
+    answered(&rd.cmd);
+    if (r->type != REDIS_REPLY_ERROR) {
+        if (priv != NULL && rd.report_error[0] != '\0') {
+            log_info("redis: node report written again");
+            rd.report_error[0] = '\0';
+        }
+        return;
+    }
+    rds_reply_what(r, what, sizeof(what));
+    if (rds_reply_is_error(r, "READONLY")) {
+        /* A master that became a replica (Sentinel failover): find the master again. */
+        snprintf(rd.cmd.error, sizeof(rd.cmd.error), "writing the node report: %.200s", what);
+        return;
+    }
+    if (strcmp(what, rd.report_error) != 0) {
+        log_warn("redis: cannot write this node's report (%s): %s; show fleet will not list it",
+                 priv != NULL ? (const char *)priv : "command", what);
+        snprintf(rd.report_error, sizeof(rd.report_error), "%.299s", what);
+    }
+}
+
+static void report_send(const char *tag, int argc, const char **argv)
+{
+    if (redisAsyncCommandArgv(rd.cmd.ac, on_report_reply, (void *)tag, argc, argv, NULL) !=
+        REDIS_OK) {
+        snprintf(rd.cmd.error, sizeof(rd.cmd.error), "cannot send %s", argv[0]);
+        return;
+    }
+    sent(&rd.cmd);
+}
+
+/* Write this node's report (the link is up). */
+static void report_write(uint64_t now)
+{
+    const struct ms_config *cfg = ms.cfg;
+    const char *prefix = ms_redis_namespace();
+    const char *problem = ms_redis_rejected();
+    const struct shm_snap_hdr *snap = ms.snap;
+    char val[NF_COUNT][48];
+    const char *argv[2 + 2 * NF_COUNT];
+    char key[600], set[600], chan[600], *content;
+    long long version;
+    size_t clen;
+    int argc = 0;
+
+    rd.report_dirty = 0;
+    rd.report_next = now + REPORT_EVERY_MS;
+    if (prefix == NULL) {
+        return;
+    }
+    snprintf(set, sizeof(set), "%snodes", prefix);
+    if (rd.report_name != NULL && strcmp(rd.report_name, cfg->node_name) != 0) {
+        /* node_name changed on reload: the old name goes at once. */
+        snprintf(key, sizeof(key), "%snode:%s", prefix, rd.report_name);
+        report_send(NULL, 2, (const char *[]){"DEL", key});
+        report_send(NULL, 3, (const char *[]){"SREM", set, rd.report_name});
+    }
+    free(rd.report_name);
+    rd.report_name = dsp_xstrdup(cfg->node_name);
+    snprintf(key, sizeof(key), "%snode:%s", prefix, cfg->node_name);
+    snprintf(val[NF_GENERATION], sizeof(val[0]), "%llu", (unsigned long long)ms.gen);
+    snprintf(val[NF_APPLIED_AT], sizeof(val[0]), "%llu",
+             (unsigned long long)(snap != NULL ? snap->loaded_at : 0));
+    if (cfg->redis.merged && rd.good != NULL) {
+        snprintf(val[NF_SOURCE_DIGEST], sizeof(val[0]), "%016llx",
+                 (unsigned long long)ms_rns_hash(rd.good));
+    } else {
+        snprintf(val[NF_SOURCE_DIGEST], sizeof(val[0]), "file");
+    }
+    snprintf(val[NF_STATUS], sizeof(val[0]), "%s", problem != NULL ? "rejected" : "ok");
+    if (ms_redis_version(&version)) {
+        snprintf(val[NF_VERSION], sizeof(val[0]), "%lld", version);
+    } else {
+        val[NF_VERSION][0] = '\0';
+    }
+    snprintf(val[NF_UPDATED_AT], sizeof(val[0]), "%llu", (unsigned long long)dsp_wall_s());
+    snprintf(val[NF_PID], sizeof(val[0]), "%d", (int)getpid());
+    argv[argc++] = "HSET";
+    argv[argc++] = key;
+    for (int k = 0; k < NF_COUNT; k++) {
+        argv[argc++] = node_fields[k];
+        argv[argc++] = k == NF_ERROR ? (problem != NULL ? problem : "") : val[k];
+    }
+    report_send("HSET", argc, argv);
+    {
+        char ttl[16];
+
+        snprintf(ttl, sizeof(ttl), "%d", REPORT_TTL_S);
+        report_send("EXPIRE", 3, (const char *[]){"EXPIRE", key, ttl});
+    }
+    report_send("SADD", 3, (const char *[]){"SADD", set, cfg->node_name});
+    /* Announce a change (not the heartbeat): everything but updated_at. */
+    clen = strlen(key) + (problem ? strlen(problem) : 0) + NF_COUNT * 48 + 16;
+    content = dsp_xmalloc(clen);
+    snprintf(content, clen, "%s|%s|%s|%s|%s|%s|%s", key, val[NF_GENERATION],
+             val[NF_APPLIED_AT], val[NF_SOURCE_DIGEST], val[NF_STATUS], val[NF_VERSION],
+             problem != NULL ? problem : "");
+    if (rd.report_announced == NULL || strcmp(content, rd.report_announced) != 0) {
+        snprintf(chan, sizeof(chan), "%snode-events", prefix);
+        report_send("PUBLISH", 3, (const char *[]){"PUBLISH", chan, cfg->node_name});
+        free(rd.report_announced);
+        rd.report_announced = content;
+    } else {
+        free(content);
+    }
+}
+
+static void fleet_set_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    redisReply *r = reply;
+    char what[512];
+
+    (void)ac;
+    (void)priv;
+    if (r == NULL || rd.fleet_phase != 1) {
+        return;
+    }
+    answered(&rd.cmd);
+    rd.fleet_pending--;
+    if (r->type != REDIS_REPLY_ARRAY) {
+        log_debug("redis: SMEMBERS nodes: %s", rds_reply_what(r, what, sizeof(what)));
+        return;
+    }
+    if (r->elements > 0) {
+        rd.fr = dsp_xcalloc(DSP_MIN(r->elements, (size_t)FLEET_MAX_NODES), sizeof(*rd.fr));
+    }
+    for (size_t i = 0; i < r->elements && rd.nfr < FLEET_MAX_NODES; i++) {
+        const redisReply *m = r->element[i];
+
+        if (m->type != REDIS_REPLY_STRING || m->len == 0 || m->len > 255 ||
+            strlen(m->str) != m->len) {
+            continue;
+        }
+        rd.fr[rd.nfr].name = dsp_xstrdup(m->str);
+        rd.nfr++;
+    }
+}
+
+static void fleet_version_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    redisReply *r = reply;
+    char *end;
+
+    (void)ac;
+    (void)priv;
+    if (r == NULL || rd.fleet_phase != 1) {
+        return;
+    }
+    answered(&rd.cmd);
+    rd.fleet_pending--;
+    rd.fr_version = -1;
+    if (r->type == REDIS_REPLY_STRING && r->len > 0 && r->len < 20 && r->str[0] != '-') {
+        long long v = strtoll(r->str, &end, 10);
+        if (*end == '\0' && v >= 0) {
+            rd.fr_version = v;
+        }
+    }
+}
+
+static void fleet_hash_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    redisReply *r = reply;
+    size_t idx = (size_t)(uintptr_t)priv;
+    struct fnode *nd;
+
+    (void)ac;
+    if (r == NULL || rd.fleet_phase != 2) {
+        return;
+    }
+    answered(&rd.cmd);
+    rd.fleet_pending--;
+    DSP_ASSERT(idx < rd.nfr);
+    nd = &rd.fr[idx];
+    if (r->type != REDIS_REPLY_ARRAY) {
+        return; /* WRONGTYPE and such: listed with nothing known */
+    }
+    if (r->elements == 0) {
+        nd->gone = 1;
+        return;
+    }
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const redisReply *k = r->element[i], *v = r->element[i + 1];
+
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+        for (int f = 0; f < NF_COUNT; f++) {
+            if (strcmp(k->str, node_fields[f]) == 0 && nd->f[f] == NULL) {
+                /* Any bytes: cut at a NUL and at 1 KiB, escaped when rendered. */
+                size_t n = DSP_MIN(strnlen(v->str, v->len), (size_t)1024);
+                nd->f[f] = dsp_xmalloc(n + 1);
+                memcpy(nd->f[f], v->str, n);
+                nd->f[f][n] = '\0';
+            }
+        }
+    }
+}
+
+static int fnode_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct fnode *)a)->name, ((const struct fnode *)b)->name);
+}
+
+static void fleet_start(uint64_t now)
+{
+    const char *prefix = ms_redis_namespace();
+    char key[600];
+
+    rd.fleet_wanted = 0;
+    rd.fleet_next = now + FLEET_EVERY_MS;
+    if (prefix == NULL) {
+        return;
+    }
+    fleet_abort();
+    rd.fr_version = -1;
+    rd.fleet_phase = 1;
+    snprintf(key, sizeof(key), "%snodes", prefix);
+    if (redisAsyncCommand(rd.cmd.ac, fleet_set_reply, NULL, "SMEMBERS %s", key) != REDIS_OK) {
+        snprintf(rd.cmd.error, sizeof(rd.cmd.error), "cannot send SMEMBERS");
+        return;
+    }
+    sent(&rd.cmd);
+    rd.fleet_pending++;
+    snprintf(key, sizeof(key), "%sversion", prefix);
+    if (redisAsyncCommand(rd.cmd.ac, fleet_version_reply, NULL, "GET %s", key) != REDIS_OK) {
+        snprintf(rd.cmd.error, sizeof(rd.cmd.error), "cannot send GET");
+        return;
+    }
+    sent(&rd.cmd);
+    rd.fleet_pending++;
+}
+
+static void fleet_step(uint64_t now)
+{
+    const char *prefix = ms_redis_namespace();
+    char key[600];
+
+    if (rd.fleet_phase == 0) {
+        if (rd.fleet_wanted || now >= rd.fleet_next) {
+            fleet_start(now);
+        }
+        return;
+    }
+    if (rd.fleet_pending > 0 || prefix == NULL) {
+        return;
+    }
+    if (rd.fleet_phase == 1) {
+        rd.fleet_phase = 2;
+        for (size_t i = 0; i < rd.nfr; i++) {
+            snprintf(key, sizeof(key), "%snode:%s", prefix, rd.fr[i].name);
+            if (redisAsyncCommand(rd.cmd.ac, fleet_hash_reply, (void *)(uintptr_t)i,
+                                  "HGETALL %s", key) != REDIS_OK) {
+                snprintf(rd.cmd.error, sizeof(rd.cmd.error), "cannot send HGETALL");
+                return;
+            }
+            sent(&rd.cmd);
+            rd.fleet_pending++;
+        }
+        if (rd.fleet_pending > 0) {
+            return;
+        }
+    }
+    /* Complete: prune the expired names, keep the rest. */
+    {
+        size_t keep = 0;
+
+        snprintf(key, sizeof(key), "%snodes", prefix);
+        for (size_t i = 0; i < rd.nfr; i++) {
+            if (rd.fr[i].gone) {
+                report_send(NULL, 3, (const char *[]){"SREM", key, rd.fr[i].name});
+                free(rd.fr[i].name);
+                for (int k = 0; k < NF_COUNT; k++) {
+                    free(rd.fr[i].f[k]);
+                }
+                continue;
+            }
+            rd.fr[keep++] = rd.fr[i];
+        }
+        if (keep > 1) {
+            qsort(rd.fr, keep, sizeof(*rd.fr), fnode_cmp);
+        }
+        fnodes_free(rd.fleet, rd.nfleet);
+        rd.fleet = rd.fr;
+        rd.nfleet = keep;
+        rd.fleet_version = rd.fr_version;
+        rd.fleet_read_at = dsp_wall_s();
+        free(rd.fleet_env);
+        rd.fleet_env = dsp_xstrdup(ms.cfg->environment);
+        rd.fr = NULL;
+        rd.nfr = 0;
+        rd.fleet_phase = 0;
+    }
+}
+
+static void on_published(void *arg)
+{
+    (void)arg;
+    rd.report_dirty = 1; /* a new generation: say so */
+}
+
+static void fleet_forget(void)
+{
+    fleet_abort();
+    fnodes_free(rd.fleet, rd.nfleet);
+    rd.fleet = NULL;
+    rd.nfleet = 0;
+    rd.fleet_read_at = 0;
+    rd.fleet_version = -1;
+    free(rd.fleet_env);
+    rd.fleet_env = NULL;
+    free(rd.fview);
+    rd.fview = NULL;
+    free(rd.report_name);
+    rd.report_name = NULL;
+    free(rd.report_announced);
+    rd.report_announced = NULL;
+    rd.report_error[0] = '\0';
 }
 
 /* ---- the tick -------------------------------------------------------------------------------- */
@@ -1466,6 +1886,7 @@ static void on_tick(uint64_t now, void *arg)
             rd.state = LINK_DISABLED;
             log_info("redis: disabled by the configuration");
         }
+        fleet_forget();
         ms_rns_free(rd.good);
         rd.good = NULL;
         free(rd.sig);
@@ -1479,6 +1900,7 @@ static void on_tick(uint64_t now, void *arg)
             rd.last_error[0] = '\0';
             rd.unversioned = 0; /* another namespace, maybe: its first read says */
         }
+        fleet_forget();
         link_close();
         conn_close(&rd.sw);
         rd.sw_state = WATCH_OFF;
@@ -1539,11 +1961,16 @@ static void on_tick(uint64_t now, void *arg)
             rd.last_error[0] = '\0';
             /* Events may have been missed while the link was down. */
             rd.wanted = 1;
+            rd.fleet_wanted = 1;
             read_step(now);
         }
         break;
     case LINK_UP:
         read_step(now);
+        if (rd.report_dirty || now >= rd.report_next) {
+            report_write(now);
+        }
+        fleet_step(now);
         break;
     default:
         break;
@@ -1568,6 +1995,10 @@ int ms_redis_start(void)
         }
         rd.rand_state = (unsigned)getpid() ^ (unsigned)dsp_now_ms();
         rd.tick_registered = 1;
+        if (ms_loop_on_publish(on_published, NULL) != 0) {
+            log_error("redis: cannot register the publish hook; node reports follow the "
+                      "heartbeat only");
+        }
     }
     if (!cfg->redis.enabled) {
         return 0;
@@ -1637,6 +2068,7 @@ int ms_redis_merge_into(struct ms_config *ncfg, char **errs)
 void ms_redis_stop(void)
 {
     link_close();
+    fleet_forget();
     conn_close(&rd.sw);
     rd.sw_state = WATCH_OFF;
     ms_rns_free(rd.good);
@@ -1712,4 +2144,56 @@ const char *ms_redis_namespace(void)
     }
     snprintf(buf, sizeof(buf), "dispatcher:%s:", ms.cfg->environment);
     return buf;
+}
+
+static long long fleet_num(const char *v)
+{
+    char *end;
+    long long n;
+
+    if (v == NULL || *v < '0' || *v > '9') {
+        return -1;
+    }
+    errno = 0;
+    n = strtoll(v, &end, 10);
+    return *end == '\0' && errno == 0 ? n : -1;
+}
+
+const struct adm_fleet *ms_redis_fleet(void)
+{
+    struct adm_fleet *f = &rd.fleet_view;
+    int current;
+
+    if (ms.cfg == NULL || !ms.cfg->redis.enabled) {
+        return NULL;
+    }
+    current = rd.fleet_env != NULL && strcmp(rd.fleet_env, ms.cfg->environment) == 0;
+    free(rd.fview);
+    rd.fview = NULL;
+    memset(f, 0, sizeof(*f));
+    f->environment = ms.cfg->environment;
+    f->self = ms.cfg->node_name;
+    f->version = current ? rd.fleet_version : -1;
+    f->read_at = current ? rd.fleet_read_at : 0;
+    if (!current || rd.nfleet == 0) {
+        return f;
+    }
+    rd.fview = dsp_xcalloc(rd.nfleet, sizeof(*rd.fview));
+    for (size_t i = 0; i < rd.nfleet; i++) {
+        const struct fnode *src = &rd.fleet[i];
+        struct adm_fleet_node *nd = &rd.fview[i];
+
+        nd->name = src->name;
+        nd->status = src->f[NF_STATUS] ? src->f[NF_STATUS] : "";
+        nd->error = src->f[NF_ERROR] ? src->f[NF_ERROR] : "";
+        nd->source_digest = src->f[NF_SOURCE_DIGEST] ? src->f[NF_SOURCE_DIGEST] : "";
+        nd->version = fleet_num(src->f[NF_VERSION]);
+        nd->generation = fleet_num(src->f[NF_GENERATION]);
+        nd->applied_at = fleet_num(src->f[NF_APPLIED_AT]);
+        nd->updated_at = fleet_num(src->f[NF_UPDATED_AT]);
+        nd->pid = fleet_num(src->f[NF_PID]);
+    }
+    f->nodes = rd.fview;
+    f->n = rd.nfleet;
+    return f;
 }

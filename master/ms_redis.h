@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 
+struct adm_fleet;
 struct ms_config;
 
 /* Start following Redis (master, once, after the shm segments exist and before the first
@@ -50,5 +51,10 @@ uint64_t ms_redis_synced_at(void);
 const char *ms_redis_rejected(void);
 int ms_redis_version(long long *version);
 const char *ms_redis_namespace(void);
+
+/* The fleet of this environment as last read from Redis (the node:{node_name} reports, see
+ * SPEC "Redis"), for `show fleet`; NULL when Redis is disabled. Valid until the next call or the
+ * next loop pass. */
+const struct adm_fleet *ms_redis_fleet(void);
 
 #endif

@@ -46,6 +46,7 @@ static struct {
     struct ms_rt_reg *reg;
     int reloads;
     int reload_fail;
+    const struct adm_fleet *fleet;
 } T;
 
 static int view(struct adm_view *v, void *arg)
@@ -61,6 +62,7 @@ static int view(struct adm_view *v, void *arg)
     v->started_at = 1970;
     v->loaded_at = 1990;
     v->memory_mb = 12.5;
+    v->fleet = T.fleet;
     return 0;
 }
 
@@ -369,7 +371,7 @@ static void test_routes_workers_certs(void)
     adm_json_free(j);
 
     j = run("help", 1);
-    CU_ASSERT_EQUAL(adm_json_get(j, "commands")->n, 11);
+    CU_ASSERT_EQUAL(adm_json_get(j, "commands")->n, 12);
     adm_json_free(j);
 }
 
@@ -542,8 +544,62 @@ static void test_buf_limits(void)
     adm_buf_dispose(&b);
 }
 
+/* show fleet: flags, nulls for numbers that are not, hostile strings escaped, no Redis. */
+static void test_fleet(void)
+{
+    static const struct adm_fleet_node nodes[] = {
+        {.name = "a", .status = "ok", .error = "", .source_digest = "d1", .version = 7,
+         .generation = 3, .applied_at = 1990, .updated_at = 1995, .pid = 10},
+        {.name = "b", .status = "rejected", .error = "redis x: unknown service \"q\"\n\x01",
+         .source_digest = "d0", .version = 6, .generation = 9, .applied_at = 1900,
+         .updated_at = 1999, .pid = 11},
+        {.name = "c", .status = "\xff\"", .error = "", .source_digest = "", .version = -1,
+         .generation = -1, .applied_at = -1, .updated_at = 2000 - ADM_FLEET_SILENT_S - 1,
+         .pid = -1},
+    };
+    struct adm_fleet f = {.environment = "production", .self = "a", .read_at = 1999,
+                          .version = 7, .nodes = nodes, .n = 3};
+    const struct adm_jval *arr;
+    struct adm_jval *j;
+    char flags[64];
+
+    CU_ASSERT_EQUAL(adm_fleet_flags(&f, &nodes[0], 2000, flags, sizeof(flags)), 0);
+    CU_ASSERT_STRING_EQUAL(flags, "");
+    CU_ASSERT_EQUAL(adm_fleet_flags(&f, &nodes[1], 2000, flags, sizeof(flags)), 2);
+    CU_ASSERT_STRING_EQUAL(flags, "rejected,behind");
+    CU_ASSERT_EQUAL(adm_fleet_flags(&f, &nodes[2], 2000, flags, sizeof(flags)), 3);
+    CU_ASSERT_STRING_EQUAL(flags, "rejected,behind,silent");
+    CU_ASSERT_EQUAL(adm_fleet_flags(&f, &nodes[2], 2000, flags, 5), 3); /* truncated, no crash */
+    f.version = -1; /* the namespace has no version: nobody is behind */
+    CU_ASSERT_EQUAL(adm_fleet_flags(&f, &nodes[1], 2000, flags, sizeof(flags)), 1);
+    f.version = 7;
+
+    T.fleet = &f;
+    j = run("show fleet", 1);
+    CU_ASSERT_STRING_EQUAL(adm_json_str(j, "node"), "a");
+    CU_ASSERT_DOUBLE_EQUAL(adm_json_num(j, "flagged", -1), 2, 1e-9);
+    CU_ASSERT_DOUBLE_EQUAL(adm_json_num(j, "version", -1), 7, 1e-9);
+    arr = adm_json_get(j, "nodes");
+    CU_ASSERT_FATAL(arr != NULL && arr->type == ADM_J_ARR && arr->n == 3);
+    CU_ASSERT_STRING_EQUAL(adm_json_str(&arr->items[1], "error"),
+                           "redis x: unknown service \"q\"\n\x01");
+    CU_ASSERT_STRING_EQUAL(adm_json_str(&arr->items[1], "flags"), "rejected,behind");
+    CU_ASSERT_EQUAL(adm_json_get(&arr->items[2], "version")->type, ADM_J_NULL);
+    CU_ASSERT_EQUAL(adm_json_get(&arr->items[0], "self")->boolean, 1);
+    CU_ASSERT_EQUAL(adm_json_get(&arr->items[1], "self")->boolean, 0);
+    adm_json_free(j);
+    f.n = 0;
+    j = run("show fleet", 1);
+    CU_ASSERT(adm_json_get(j, "nodes")->n == 0);
+    adm_json_free(j);
+    T.fleet = NULL;
+    j = run("show fleet", 0);
+    adm_json_free(j);
+}
+
 UNIT_SUITE(adm_render, {"json_reader", test_json_reader}, {"buf_limits", test_buf_limits},
            {"health", test_health}, {"instances_and_stats", test_instances_and_stats},
            {"routes_workers_certs", test_routes_workers_certs},
            {"backend_control_and_reload", test_backend_control_and_reload},
-           {"hostile_lines", test_hostile_lines}, {"metrics", test_metrics})
+           {"hostile_lines", test_hostile_lines}, {"metrics", test_metrics},
+           {"fleet", test_fleet})
