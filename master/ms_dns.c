@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 
 #include "admin/adm_buf.h"
 #include "common/dsp.h"
@@ -25,9 +26,11 @@
 #include "master/ms_loop.h"
 #include "master/ms_master.h"
 
-#define DNS_TRIES     2   /* attempts per server before a query fails */
-#define DNS_MAX_SOCKS 64  /* sockets c-ares may hold open at once (one per server and family) */
-#define DNS_MIN_DUE   100 /* ms: never re-query a name faster than the master's tick */
+#define DNS_TRIES       2   /* attempts per server before a query fails */
+#define DNS_MAX_SOCKS   64  /* sockets c-ares may hold open at once (one per server and family) */
+#define DNS_MIN_DUE     100 /* ms: never re-query a name faster than the master's tick */
+#define RESOLV_CONF     "/etc/resolv.conf"
+#define RESOLV_CHECK_MS 5000 /* how often its change is looked for */
 
 enum dname_state { DNAME_NEW, DNAME_OK, DNAME_FAILED };
 
@@ -55,8 +58,11 @@ static struct {
     struct dname **v;
     size_t n, cap;
     unsigned pass;
-    int dirty;                 /* an address set changed since the last publish */
-    uint64_t retry_publish_ms; /* a failed publish is retried then */
+    int dirty;                        /* an address set changed since the last publish */
+    uint64_t retry_publish_ms;        /* a failed publish is retried then */
+    const struct ms_config *last_cfg; /* the configuration object of the last publish */
+    struct stat resolv;               /* /etc/resolv.conf when the channel read it */
+    uint64_t resolv_check_ms;         /* next look at it */
     struct {
         int fd;
         uint32_t ev;
@@ -347,6 +353,20 @@ static void sync_names(const struct ms_config *cfg, ares_channel ch)
 
 static int channel_new(ares_channel *ch, const struct ms_config *cfg, int with_loop);
 
+/* Replace the loop's channel with one built from <cfg> (queries in flight come back cancelled
+ * and are asked again on the new one). */
+static void channel_replace(const struct ms_config *cfg)
+{
+    ares_channel nch;
+
+    if (channel_new(&nch, cfg, 1) == 0) {
+        ares_channel old = dns.ch;
+
+        dns.ch = nch;
+        ares_destroy(old);
+    }
+}
+
 static void on_publish(void *arg)
 {
     const struct ms_config *cfg = ms.cfg;
@@ -355,15 +375,16 @@ static void on_publish(void *arg)
     if (dns.ch != NULL && (dns.timeout_ms != cfg->dns.timeout_ms ||
                            (dns.servers == NULL) != (cfg->dns.servers == NULL) ||
                            (dns.servers != NULL && strcmp(dns.servers, cfg->dns.servers) != 0))) {
-        ares_channel nch;
-
-        if (channel_new(&nch, cfg, 1) == 0) {
-            ares_channel old = dns.ch;
-
-            dns.ch = nch;
-            ares_destroy(old); /* queries in flight come back cancelled and are asked again */
+        channel_replace(cfg);
+    }
+    /* A reload of the file (a new configuration object; Redis and DNS changes keep the object)
+     * asks every name again at once, as an operator expects of a reload. */
+    if (dns.last_cfg != NULL && dns.last_cfg != cfg) {
+        for (size_t i = 0; i < dns.n; i++) {
+            dns.v[i]->next_ms = 0;
         }
     }
+    dns.last_cfg = cfg;
     sync_names(cfg, dns.ch);
 }
 
@@ -435,6 +456,9 @@ static int channel_new(ares_channel *ch, const struct ms_config *cfg, int with_l
         return -1;
     }
     if (with_loop) {
+        if (stat(RESOLV_CONF, &dns.resolv) != 0) {
+            memset(&dns.resolv, 0, sizeof(dns.resolv));
+        }
         free(dns.servers);
         dns.servers = cfg->dns.servers != NULL ? dsp_xstrdup(cfg->dns.servers) : NULL;
         dns.timeout_ms = cfg->dns.timeout_ms;
@@ -447,6 +471,21 @@ static void on_tick(uint64_t now_ms, void *arg)
     (void)arg;
     if (dns.ch == NULL) {
         return;
+    }
+    if (now_ms >= dns.resolv_check_ms) {
+        struct stat st;
+
+        /* A container's resolv.conf may be rewritten (new servers, search domains). */
+        dns.resolv_check_ms = now_ms + RESOLV_CHECK_MS;
+        if (stat(RESOLV_CONF, &st) != 0) {
+            memset(&st, 0, sizeof(st));
+        }
+        if (st.st_ino != dns.resolv.st_ino || st.st_size != dns.resolv.st_size ||
+            st.st_mtim.tv_sec != dns.resolv.st_mtim.tv_sec ||
+            st.st_mtim.tv_nsec != dns.resolv.st_mtim.tv_nsec) {
+            log_info("dns: %s changed; resolving with its new settings", RESOLV_CONF);
+            channel_replace(ms.cfg);
+        }
     }
     ares_process_fd(dns.ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD); /* timeouts */
     for (size_t i = 0; i < dns.n; i++) {

@@ -332,3 +332,19 @@ class DnsBackendTest(dsptest.TestCase):
         wait_until(lambda: dsptest.workers_on_generation(d, dsptest.generation(d)), 5,
                    "the workers on it")
         self.assertEqual(request(d.port, "/echo", host="api.do").header("X-Backend"), "b7")
+
+    def test_reload_resolves_again(self):
+        """A long TTL holds an answer until it runs out, but a reload of the file asks again."""
+        b2 = self.named_backend("b2", "127.0.0.2")
+        b3 = self.named_backend("b3", "127.0.0.3", b2.port)
+        srv = self.dns({"app.test": ["127.0.0.2"]}, ttl=300)
+        conf = dsptest.make_config
+        d = self.dispatcher([svc("app", "app.test:%d" % b2.port)], [route("app.do", "app")],
+                            extra=self.dns_extra(srv, resolve_ms=60000))
+        self.assertEqual(resolve_info(d, "app")["resolve"][0]["ttl_ms"], 60000)
+        srv.records["app.test"] = ["127.0.0.3"]
+        time.sleep(0.5)  # give a wrong early re-resolution the time to show
+        self.assertEqual(served_addresses(d, "app"), [b2.addr])
+        d.hup(conf(d.port, d.tmp, [svc("app", "app.test:%d" % b2.port)],
+                   [route("app.do", "app")], extra=self.dns_extra(srv, resolve_ms=60000)))
+        wait_until(lambda: served_addresses(d, "app") == [b3.addr], 10, "re-resolved on reload")
