@@ -15,7 +15,7 @@ void unit_add_suite(const char *name, const struct unit_test *tests);
 
 #define UNIT_SUITE(sname, ...)                                                                     \
     static const struct unit_test sname##_tests[] = {__VA_ARGS__, {NULL, NULL}};                   \
-    __attribute__((constructor)) static void sname##_register(void)                               \
+    __attribute__((constructor)) static void sname##_register(void)                                \
     {                                                                                              \
         unit_add_suite(#sname, sname##_tests);                                                     \
     }
