@@ -68,7 +68,12 @@ static void parse_value(const char *v, size_t n)
         for (size_t i = 0; i < nb; i++) {
             FUZZ_CHECK(b[i].weight >= 1 && b[i].weight <= MS_MAX_WEIGHT);
             FUZZ_CHECK(b[i].address != NULL);
+            /* A host name backend: "name:port", the master resolves the name. */
+            FUZZ_CHECK(b[i].name == NULL ||
+                       (b[i].port > 0 && strncmp(b[i].address, b[i].name, strlen(b[i].name)) == 0 &&
+                        b[i].address[strlen(b[i].name)] == ':'));
             free(b[i].address);
+            free(b[i].name);
         }
         free(b);
     } else {
