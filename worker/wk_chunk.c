@@ -78,6 +78,212 @@ static int fail(struct wk_chunk *ch, const char *why, size_t at, size_t *used)
     return WK_CHUNK_ERROR;
 }
 
+/* One byte of a chunk extension (or the whitespace after the size). NULL, or why it is invalid. */
+static const char *ext_byte(struct wk_chunk *ch, unsigned char b)
+{
+    switch (ch->state) {
+    case S_SIZE_WS:
+    case S_EXT_VAL_WS:
+        if (b == ';') {
+            ch->state = S_EXT_NAME0;
+        } else if (b != ' ' && b != '\t') {
+            return "Invalid chunk extension";
+        }
+        break;
+    case S_EXT_NAME0:
+        if (tchar(b)) {
+            ch->state = S_EXT_NAME;
+        } else if (b != ' ' && b != '\t') {
+            return "Invalid chunk extension";
+        }
+        break;
+    case S_EXT_NAME:
+        if (tchar(b)) {
+            break;
+        }
+        if (b == '=') {
+            ch->state = S_EXT_VAL0;
+        } else if (b == ';') {
+            ch->state = S_EXT_NAME0;
+        } else if (b == '\r') {
+            ch->state = S_LINE_LF;
+        } else if (b == ' ' || b == '\t') {
+            ch->state = S_EXT_NAME_WS;
+        } else {
+            return "Invalid chunk extension";
+        }
+        break;
+    case S_EXT_NAME_WS:
+        if (b == '=') {
+            ch->state = S_EXT_VAL0;
+        } else if (b == ';') {
+            ch->state = S_EXT_NAME0;
+        } else if (b != ' ' && b != '\t') {
+            return "Invalid chunk extension";
+        }
+        break;
+    case S_EXT_VAL0:
+        if (b == '"') {
+            ch->state = S_EXT_QS;
+        } else if (tchar(b)) {
+            ch->state = S_EXT_TOKEN;
+        } else if (b != ' ' && b != '\t') {
+            return "Invalid chunk extension";
+        }
+        break;
+    case S_EXT_TOKEN:
+        if (tchar(b)) {
+            break;
+        }
+        /* fall through */
+    case S_EXT_VAL_END: /* (and a token's end): what may follow a value */
+        if (b == ';') {
+            ch->state = S_EXT_NAME0;
+        } else if (b == '\r') {
+            ch->state = S_LINE_LF;
+        } else if (b == ' ' || b == '\t') {
+            ch->state = S_EXT_VAL_WS;
+        } else {
+            return "Invalid chunk extension";
+        }
+        break;
+    case S_EXT_QS:
+        /* qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text */
+        if (b == '"') {
+            ch->state = S_EXT_VAL_END;
+        } else if (b == '\\') {
+            ch->state = S_EXT_QP;
+        } else if (!(b == '\t' || (b >= 0x20 && b != 0x7f))) {
+            return "Invalid chunk extension";
+        }
+        break;
+    case S_EXT_QP:
+        /* quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text ) */
+        if (!(b == '\t' || (b >= 0x20 && b != 0x7f))) {
+            return "Invalid chunk extension";
+        }
+        ch->state = S_EXT_QS;
+        break;
+    default:
+        return "Invalid chunked body";
+    }
+    return NULL;
+}
+
+/* One byte of a chunk-size line (size, extensions, CRLF). Returns NULL, or why it is invalid. */
+static const char *size_byte(struct wk_chunk *ch, unsigned char b)
+{
+    switch (ch->state) {
+    case S_SIZE0:
+    case S_SIZE: {
+        int v = hexval(b);
+        if (v >= 0) {
+            if (++ch->digits > WK_CHUNK_DIGITS_MAX) {
+                return "Chunk size too large";
+            }
+            ch->left = (ch->left << 4) | (uint64_t)v;
+            ch->state = S_SIZE;
+            break;
+        }
+        if (ch->state == S_SIZE0) {
+            return "Invalid chunk size";
+        }
+        if (b == '\r') {
+            ch->state = S_LINE_LF;
+        } else if (b == ';') {
+            ch->state = S_EXT_NAME0;
+        } else if (b == ' ' || b == '\t') {
+            ch->state = S_SIZE_WS;
+        } else {
+            return "Invalid chunk size";
+        }
+        break;
+    }
+    case S_LINE_LF:
+        if (b != '\n') {
+            return "Chunk size line not ended by CRLF";
+        }
+        ch->pend = 0;
+        ch->line = 0;
+        ch->digits = 0;
+        if (ch->left == 0) {
+            ch->state = S_TR0;
+        } else {
+            if (ch->total + ch->left < ch->total) {
+                return "Chunk size too large";
+            }
+            ch->total += ch->left;
+            ch->state = S_DATA;
+        }
+        break;
+    default:
+        return ext_byte(ch, b);
+    }
+    return NULL;
+}
+
+/* One byte of what frames the data: the CRLF after chunk data, trailer lines and the final CRLF
+ * (S_DONE after it). Returns NULL, or why it is invalid. */
+static const char *frame_byte(struct wk_chunk *ch, unsigned char b)
+{
+    switch (ch->state) {
+    case S_DATA_CR:
+        if (b != '\r') {
+            return "Chunk data not followed by CRLF";
+        }
+        ch->state = S_DATA_LF;
+        break;
+    case S_DATA_LF:
+        if (b != '\n') {
+            return "Chunk data not followed by CRLF";
+        }
+        ch->pend = 0;
+        ch->state = S_SIZE0;
+        break;
+    case S_TR0:
+        if (b == '\r') {
+            ch->state = S_FINAL_LF;
+        } else if (tchar(b)) {
+            ch->state = S_TR_NAME;
+        } else {
+            return "Invalid trailer field";
+        }
+        break;
+    case S_TR_NAME:
+        if (b == ':') {
+            ch->state = S_TR_VALUE;
+        } else if (!tchar(b)) {
+            return "Invalid trailer field";
+        }
+        break;
+    case S_TR_VALUE:
+        /* field-value characters: VCHAR, obs-text, SP, HTAB */
+        if (b == '\r') {
+            ch->state = S_TR_LF;
+        } else if (!(b == '\t' || (b >= 0x20 && b != 0x7f))) {
+            return "Invalid trailer field";
+        }
+        break;
+    case S_TR_LF:
+        if (b != '\n') {
+            return "Trailer line not ended by CRLF";
+        }
+        ch->pend = 0;
+        ch->state = S_TR0;
+        break;
+    case S_FINAL_LF:
+        if (b != '\n') {
+            return "Chunked body not ended by CRLF";
+        }
+        ch->pend = 0;
+        ch->state = S_DONE;
+        break;
+    default:
+        return "Invalid chunked body";
+    }
+    return NULL;
+}
+
 int wk_chunk_parse(struct wk_chunk *ch, const char *p, size_t n, size_t *used, size_t *dlen)
 {
     size_t i = 0;
@@ -95,6 +301,7 @@ int wk_chunk_parse(struct wk_chunk *ch, const char *p, size_t n, size_t *used, s
     }
     while (i < n) {
         unsigned char b = (unsigned char)p[i];
+        const char *why;
 
         if (ch->state == S_DATA) {
             size_t take = n - i;
@@ -118,190 +325,19 @@ int wk_chunk_parse(struct wk_chunk *ch, const char *p, size_t n, size_t *used, s
             if (++ch->line > WK_CHUNK_LINE_MAX) {
                 return fail(ch, "Chunk size line too long", i - 1, used);
             }
-        } else if (ch->state >= S_TR0 && ch->state <= S_FINAL_LF) {
-            if (++ch->line > ch->trailer_max) {
+            why = size_byte(ch, b);
+        } else {
+            if (ch->state >= S_TR0 && ch->state <= S_FINAL_LF && ++ch->line > ch->trailer_max) {
                 return fail(ch, "Chunked trailer section too large", i - 1, used);
             }
+            why = frame_byte(ch, b);
         }
-        switch (ch->state) {
-        case S_SIZE0:
-        case S_SIZE: {
-            int v = hexval(b);
-            if (v >= 0) {
-                if (++ch->digits > WK_CHUNK_DIGITS_MAX) {
-                    return fail(ch, "Chunk size too large", i - 1, used);
-                }
-                ch->left = (ch->left << 4) | (uint64_t)v;
-                ch->state = S_SIZE;
-                break;
-            }
-            if (ch->state == S_SIZE0) {
-                return fail(ch, "Invalid chunk size", i - 1, used);
-            }
-            if (b == '\r') {
-                ch->state = S_LINE_LF;
-            } else if (b == ';') {
-                ch->state = S_EXT_NAME0;
-            } else if (b == ' ' || b == '\t') {
-                ch->state = S_SIZE_WS;
-            } else {
-                return fail(ch, "Invalid chunk size", i - 1, used);
-            }
-            break;
+        if (why != NULL) {
+            return fail(ch, why, i - 1, used);
         }
-        case S_SIZE_WS:
-        case S_EXT_VAL_WS:
-            if (b == ';') {
-                ch->state = S_EXT_NAME0;
-            } else if (b != ' ' && b != '\t') {
-                return fail(ch, "Invalid chunk extension", i - 1, used);
-            }
-            break;
-        case S_EXT_NAME0:
-            if (tchar(b)) {
-                ch->state = S_EXT_NAME;
-            } else if (b != ' ' && b != '\t') {
-                return fail(ch, "Invalid chunk extension", i - 1, used);
-            }
-            break;
-        case S_EXT_NAME:
-            if (tchar(b)) {
-                break;
-            }
-            if (b == '=') {
-                ch->state = S_EXT_VAL0;
-            } else if (b == ';') {
-                ch->state = S_EXT_NAME0;
-            } else if (b == '\r') {
-                ch->state = S_LINE_LF;
-            } else if (b == ' ' || b == '\t') {
-                ch->state = S_EXT_NAME_WS;
-            } else {
-                return fail(ch, "Invalid chunk extension", i - 1, used);
-            }
-            break;
-        case S_EXT_NAME_WS:
-            if (b == '=') {
-                ch->state = S_EXT_VAL0;
-            } else if (b == ';') {
-                ch->state = S_EXT_NAME0;
-            } else if (b != ' ' && b != '\t') {
-                return fail(ch, "Invalid chunk extension", i - 1, used);
-            }
-            break;
-        case S_EXT_VAL0:
-            if (b == '"') {
-                ch->state = S_EXT_QS;
-            } else if (tchar(b)) {
-                ch->state = S_EXT_TOKEN;
-            } else if (b != ' ' && b != '\t') {
-                return fail(ch, "Invalid chunk extension", i - 1, used);
-            }
-            break;
-        case S_EXT_TOKEN:
-            if (tchar(b)) {
-                break;
-            }
-            /* fall through */
-        case S_EXT_VAL_END: /* (and a token's end): what may follow a value */
-            if (b == ';') {
-                ch->state = S_EXT_NAME0;
-            } else if (b == '\r') {
-                ch->state = S_LINE_LF;
-            } else if (b == ' ' || b == '\t') {
-                ch->state = S_EXT_VAL_WS;
-            } else {
-                return fail(ch, "Invalid chunk extension", i - 1, used);
-            }
-            break;
-        case S_EXT_QS:
-            /* qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text */
-            if (b == '"') {
-                ch->state = S_EXT_VAL_END;
-            } else if (b == '\\') {
-                ch->state = S_EXT_QP;
-            } else if (!(b == '\t' || (b >= 0x20 && b != 0x7f))) {
-                return fail(ch, "Invalid chunk extension", i - 1, used);
-            }
-            break;
-        case S_EXT_QP:
-            /* quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text ) */
-            if (!(b == '\t' || (b >= 0x20 && b != 0x7f))) {
-                return fail(ch, "Invalid chunk extension", i - 1, used);
-            }
-            ch->state = S_EXT_QS;
-            break;
-        case S_LINE_LF:
-            if (b != '\n') {
-                return fail(ch, "Chunk size line not ended by CRLF", i - 1, used);
-            }
-            ch->pend = 0;
-            ch->line = 0;
-            ch->digits = 0;
-            if (ch->left == 0) {
-                ch->state = S_TR0;
-            } else {
-                if (ch->total + ch->left < ch->total) {
-                    return fail(ch, "Chunk size too large", i - 1, used);
-                }
-                ch->total += ch->left;
-                ch->state = S_DATA;
-            }
-            break;
-        case S_DATA_CR:
-            if (b != '\r') {
-                return fail(ch, "Chunk data not followed by CRLF", i - 1, used);
-            }
-            ch->state = S_DATA_LF;
-            break;
-        case S_DATA_LF:
-            if (b != '\n') {
-                return fail(ch, "Chunk data not followed by CRLF", i - 1, used);
-            }
-            ch->pend = 0;
-            ch->state = S_SIZE0;
-            break;
-        case S_TR0:
-            if (b == '\r') {
-                ch->state = S_FINAL_LF;
-            } else if (tchar(b)) {
-                ch->state = S_TR_NAME;
-            } else {
-                return fail(ch, "Invalid trailer field", i - 1, used);
-            }
-            break;
-        case S_TR_NAME:
-            if (b == ':') {
-                ch->state = S_TR_VALUE;
-            } else if (!tchar(b)) {
-                return fail(ch, "Invalid trailer field", i - 1, used);
-            }
-            break;
-        case S_TR_VALUE:
-            /* field-value characters: VCHAR, obs-text, SP, HTAB */
-            if (b == '\r') {
-                ch->state = S_TR_LF;
-            } else if (!(b == '\t' || (b >= 0x20 && b != 0x7f))) {
-                return fail(ch, "Invalid trailer field", i - 1, used);
-            }
-            break;
-        case S_TR_LF:
-            if (b != '\n') {
-                return fail(ch, "Trailer line not ended by CRLF", i - 1, used);
-            }
-            ch->pend = 0;
-            ch->state = S_TR0;
-            break;
-        case S_FINAL_LF:
-            if (b != '\n') {
-                return fail(ch, "Chunked body not ended by CRLF", i - 1, used);
-            }
-            ch->pend = 0;
-            ch->state = S_DONE;
+        if (ch->state == S_DONE) {
             *used = i;
             return WK_CHUNK_DONE;
-        default:
-            return fail(ch, "Invalid chunked body", i - 1, used);
         }
     }
     *used = i;
