@@ -207,10 +207,13 @@ static void file_report(void *arg, enum ms_outcome how, const char *errs,
     case MS_COMMIT_INVALID:
         log_error("reload failed; still serving generation %llu", (unsigned long long)ms.gen);
         log_lines(LOG_ERROR, errs);
+        ms_redis_file_outcome(errs != NULL ? errs : "invalid configuration");
         break;
     case MS_COMMIT_UNPUBLISHED:
+        ms_redis_file_outcome("cannot publish the new configuration");
         break; /* ms_publish() logged why */
     case MS_COMMIT_DONE:
+        ms_redis_file_outcome(NULL);
         log_info("configuration reloaded: generation %llu, %zu services, %zu routes (read %.0f "
                  "ms, published %.0f ms later, old one freed in %.0f ms)",
                  (unsigned long long)ms.gen, ms.cfg->nservices, ms.cfg->nroutes, t->validate,

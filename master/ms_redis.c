@@ -54,6 +54,10 @@
 #define REPORT_TTL_S    60
 #define FLEET_EVERY_MS  20000
 #define FLEET_MAX_NODES 4096
+/* An idle command connection sends a PING this often, so that a master that stops answering (a
+ * hung process, a partition without a FIN) is noticed within this + command_timeout_ms, not at
+ * the next resync. */
+#define PING_EVERY_MS 5000
 
 /* The fields of a node report, in the order they are written. */
 enum { NF_GENERATION = 0, NF_APPLIED_AT, NF_SOURCE_DIGEST, NF_STATUS, NF_ERROR, NF_VERSION,
@@ -114,6 +118,8 @@ static struct {
     char switch_text[300];     /* its payload, for the log */
 
     /* This node's report, and the fleet as read. */
+    uint64_t ping_next;        /* liveness PING of the idle command connection */
+    char file_error[400];      /* the last reload of the file was refused: why (first line) */
     int report_dirty;          /* write the report at the next chance */
     uint64_t report_next;      /* the heartbeat */
     char *report_name;         /* node_name the last report went under */
@@ -1568,8 +1574,10 @@ static void report_write(uint64_t now)
 {
     const struct ms_config *cfg = ms.cfg;
     const char *prefix = ms_redis_namespace();
-    const char *problem = ms_redis_rejected();
+    const char *redis_problem = ms_redis_rejected();
     const struct shm_snap_hdr *snap = ms.snap;
+    char problem_buf[1200];
+    const char *problem = redis_problem;
     char val[NF_COUNT][48];
     const char *argv[2 + 2 * NF_COUNT];
     char key[600], set[600], chan[600], *content;
@@ -1581,6 +1589,12 @@ static void report_write(uint64_t now)
     rd.report_next = now + REPORT_EVERY_MS;
     if (prefix == NULL) {
         return;
+    }
+    if (rd.file_error[0] != '\0') {
+        /* A refused reload of the file is a refused change too. */
+        snprintf(problem_buf, sizeof(problem_buf), "%s%s%s", redis_problem ? redis_problem : "",
+                 redis_problem ? "; " : "", rd.file_error);
+        problem = problem_buf;
     }
     snprintf(set, sizeof(set), "%snodes", prefix);
     if (rd.report_name != NULL && strcmp(rd.report_name, cfg->node_name) != 0) {
@@ -1826,6 +1840,42 @@ static void fleet_step(uint64_t now)
     }
 }
 
+static void on_ping(redisAsyncContext *ac, void *reply, void *priv)
+{
+    redisReply *r = reply;
+    char what[512];
+
+    (void)ac;
+    (void)priv;
+    if (r == NULL) {
+        return;
+    }
+    answered(&rd.cmd);
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(rd.cmd.error, sizeof(rd.cmd.error), "PING: %s",
+                 rds_reply_what(r, what, sizeof(what)));
+    }
+}
+
+/* Is the master still answering? (An idle link only: any command in flight has its own
+ * deadline.) */
+static void ping_step(uint64_t now)
+{
+    if (rd.cmd.pending > 0) {
+        rd.ping_next = now + PING_EVERY_MS;
+        return;
+    }
+    if (now < rd.ping_next) {
+        return;
+    }
+    rd.ping_next = now + PING_EVERY_MS;
+    if (redisAsyncCommand(rd.cmd.ac, on_ping, NULL, "PING") != REDIS_OK) {
+        snprintf(rd.cmd.error, sizeof(rd.cmd.error), "cannot send PING");
+        return;
+    }
+    sent(&rd.cmd);
+}
+
 static void on_published(void *arg)
 {
     (void)arg;
@@ -1962,6 +2012,7 @@ static void on_tick(uint64_t now, void *arg)
             /* Events may have been missed while the link was down. */
             rd.wanted = 1;
             rd.fleet_wanted = 1;
+            rd.ping_next = now + PING_EVERY_MS;
             read_step(now);
         }
         break;
@@ -1971,6 +2022,7 @@ static void on_tick(uint64_t now, void *arg)
             report_write(now);
         }
         fleet_step(now);
+        ping_step(now);
         break;
     default:
         break;
@@ -2196,4 +2248,15 @@ const struct adm_fleet *ms_redis_fleet(void)
     f->nodes = rd.fview;
     f->n = rd.nfleet;
     return f;
+}
+
+void ms_redis_file_outcome(const char *errs)
+{
+    if (errs == NULL) {
+        rd.file_error[0] = '\0';
+    } else {
+        snprintf(rd.file_error, sizeof(rd.file_error), "reload refused: %.*s",
+                 (int)DSP_MIN(strcspn(errs, "\n"), (size_t)360), errs);
+    }
+    rd.report_dirty = 1;
 }

@@ -57,4 +57,8 @@ const char *ms_redis_namespace(void);
  * next loop pass. */
 const struct adm_fleet *ms_redis_fleet(void);
 
+/* How the last reload of the file went, for this node's report: NULL when it was applied, else
+ * the error text (its first line is reported, with status "rejected", until a reload succeeds). */
+void ms_redis_file_outcome(const char *errs);
+
 #endif

@@ -6,7 +6,8 @@ or serve an older version.
 
 - two masters on one redis-server; a Redis route naming a service only one of them has in its
   file is refused by the other: show fleet on either flags it (rejected, behind) within a second,
-  with the error; fixing the data clears the flag;
+  with the error; fixing the data clears the flag; a refused reload of one node's file is
+  flagged the same way until a good one;
 - the report's expiry, a stale foreign report ("silent"), an expired one pruned from the SET,
   garbage in a foreign report rendered safely; node_name changed on reload replaces the old key;
 - node_name defaults to the host name; a bad node_name is refused by -t.
@@ -150,6 +151,18 @@ class FleetTest(dsptest.TestCase):
         for d in (d1, d2):
             dsptest.wait_until(lambda: fleet(d)["flagged"] == 0 and all(
                 n["version"] == v3 for n in fleet(d)["nodes"]), 2 * SLACK, "flag cleared")
+
+        # A reload of its file that one node refuses is a refused change too.
+        good = open(d2.conf).read()
+        d2.hup(good.replace("services = (", "services = ( oops", 1))
+        dsptest.wait_until(lambda: node(fleet(d1), "n2")["status"] == "rejected", 2 * SLACK,
+                           "the refused reload in show fleet")
+        n2 = node(fleet(d1), "n2")
+        self.assertIn("reload refused: %s:" % d2.conf, n2["error"])
+        self.assertEqual(n2["flags"], "rejected")
+        d2.hup(good)
+        dsptest.wait_until(lambda: node(fleet(d1), "n2")["status"] == "ok" and
+                           fleet(d1)["flagged"] == 0, 2 * SLACK, "cleared by a good reload")
 
     @dsptest.timeout(60)
     def test_foreign_reports_and_rename(self):

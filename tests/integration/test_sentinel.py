@@ -15,6 +15,7 @@ DSP_SERIAL = True
 
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -262,6 +263,36 @@ class SentinelTest(dsptest.TestCase):
                     % dsptest.free_port())
         p = subprocess.run([dsptest.MASTER, "-t", "-c", conf], capture_output=True, timeout=10)
         self.assertEqual(p.returncode, 0, p.stderr.decode())
+
+    @dsptest.timeout(60)
+    def test_master_stops_answering(self):
+        """A master that hangs (SIGSTOP: no FIN, no RST) is noticed by the idle link's PING
+        within 5 s + command_timeout_ms, traffic keeps flowing, and the link comes back once
+        it answers again."""
+        tmp = self.tmpdir()
+        master = Redis(tmp).start()
+        self.addCleanup(master.stop)
+        add_service(master, "production", "ha", [self.backend("ha").addr])
+        add_route(master, "production", "ha", host="ha.do", service="ha")
+        d = self.dispatcher(services=[svc("gw", self.backend("gw"))],
+                            routes=[route("gw.do", "gw")],
+                            extra='environment = "production";\nredis = { host = "127.0.0.1"; '
+                                  'port = %d; command_timeout_ms = 500; };' % master.port)
+
+        def redis_state():
+            return dsptest.admin_ask(d, "show health")["config"].get("redis", "")
+        dsptest.wait_until(lambda: redis_state() == "connected", 5 * SLACK, "connected")
+        os.kill(master.proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            dsptest.wait_until(lambda: "timed out" in redis_state(), (5 + 0.5 + 1) * SLACK,
+                               "the hung master noticed:\n" + d.log_tail())
+            print("sentinel: a hung master noticed after %.2fs" % (time.monotonic() - t0))
+            self.assertEqual(status(d.port, "ha.do"), (200, "ha"))
+        finally:
+            os.kill(master.proc.pid, signal.SIGCONT)
+        dsptest.wait_until(lambda: redis_state() == "connected", 8 * SLACK, "reconnected")
+        self.assertEqual(status(d.port, "ha.do"), (200, "ha"))
 
     @dsptest.timeout(60)
     def test_wrong_sentinel_password(self):
