@@ -319,3 +319,38 @@ class ShowCertsTest(dsptest.TestCase):
         mine = [c for c in j["certs"] if c["path"] == cert][0]
         self.assertEqual(mine["not_after_date"], iso)
         self.assertEqual(mine["names"], ["a.example.com", "*.b.example.com", "c.example.com"])
+
+
+class HealthProbeTest(dsptest.TestCase):
+    def test_unchecked_service_without_traffic_is_not_degraded(self):
+        # A service with no health checks and no traffic yet (its backend not even listening)
+        # is not "degraded": nothing is known against it. One whose checks fail is.
+        hport = dsptest.free_port()
+        extra = 'admin = { socket = "%%s"; http = "127.0.0.1:%d"; };' % hport
+        d = dsptest.Dispatcher()
+        text = make_config(d.port, d.tmp, [svc("quiet", "127.0.0.1:9")], [route("*", "quiet")])
+        sock = os.path.join(d.tmp, "admin.sock")
+        text = text.replace('admin = { socket = "%s"; };' % sock, extra % sock)
+        d.write_config(text)
+        self.start_dispatcher(d)
+
+        def health():
+            with socket.create_connection(("127.0.0.1", hport), timeout=5) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = dsptest.read_to_eof(s)
+            head, _, body = data.partition(b"\r\n\r\n")
+            return int(head.split()[1]), json.loads(body)
+        st, j = health()
+        self.assertEqual((st, j["status"]), (200, "serving"), j)
+        # Still so after a reload.
+        gen = dsptest.generation(d)
+        d.hup()
+        dsptest.wait_until(lambda: dsptest.generation(d) > gen, 5, "reload")
+        st, j = health()
+        self.assertEqual((st, j["status"]), (200, "serving"), j)
+        # The same backend under a failing health check makes it degraded.
+        d.write_config(text.replace(
+            'backends = ["127.0.0.1:9"];',
+            'backends = ["127.0.0.1:9"]; health = { path = "/h"; interval_ms = 100; };'))
+        d.hup()
+        dsptest.wait_until(lambda: health()[0] == 503, 5, "degraded by a failing check")
