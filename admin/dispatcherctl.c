@@ -155,8 +155,7 @@ static long talk(const char *path, const char *cmd, char **answer)
         }
         if (r <= 0) {
             if (r < 0) {
-                fprintf(stderr, "dispatcherctl: read from %s failed: %s\n", path,
-                        strerror(errno));
+                fprintf(stderr, "dispatcherctl: read from %s failed: %s\n", path, strerror(errno));
             } else {
                 fprintf(stderr, "dispatcherctl: %s closed the connection without an answer\n",
                         path);
@@ -184,7 +183,7 @@ static long talk(const char *path, const char *cmd, char **answer)
 struct table {
     int ncols;
     const char *head[MAX_COLS];
-    int right[MAX_COLS];   /* numbers align right */
+    int right[MAX_COLS]; /* numbers align right */
     char ***rows;
     size_t nrows, cap;
 };
@@ -568,8 +567,7 @@ static void print_certs(const struct adm_jval *j)
         if ((f = adm_json_get(c, "default")) != NULL && f->type == ADM_J_BOOL && f->boolean) {
             strcat(flags, "default,");
         }
-        if ((f = adm_json_get(c, "self_signed")) != NULL && f->type == ADM_J_BOOL &&
-            f->boolean) {
+        if ((f = adm_json_get(c, "self_signed")) != NULL && f->type == ADM_J_BOOL && f->boolean) {
             strcat(flags, "self-signed,");
         }
         if (flags[0] != '\0') {
@@ -695,15 +693,15 @@ int main(int argc, char **argv)
                 return EXIT_CONNECT;
             }
             if (socket_from_config(conf, path, sizeof(path)) != 0) {
-                fprintf(stderr, "dispatcherctl: no admin.socket in %s (or the file does not "
-                                "parse: check it with dispatcher-master -t -c %s)\n",
+                fprintf(stderr,
+                        "dispatcherctl: no admin.socket in %s (or the file does not "
+                        "parse: check it with dispatcher-master -t -c %s)\n",
                         conf, conf);
                 return EXIT_CONNECT;
             }
             sock = path;
         } else if (socket_from_config("dispatcher.conf", path, sizeof(path)) == 0 ||
-                   socket_from_config("/etc/dispatcher/dispatcher.conf", path, sizeof(path)) ==
-                       0) {
+                   socket_from_config("/etc/dispatcher/dispatcher.conf", path, sizeof(path)) == 0) {
             sock = path;
         } else {
             sock = DEFAULT_SOCKET;

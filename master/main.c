@@ -70,8 +70,7 @@ static int pid_file_in_use(const char *path)
     if (pid <= 0 || pid > INT_MAX || pid == (long)getpid() || !fs_pid_is_ours((int)pid)) {
         return 0;
     }
-    log_error("pid file %s names a running dispatcher (pid %ld): not starting another",
-            path, pid);
+    log_error("pid file %s names a running dispatcher (pid %ld): not starting another", path, pid);
     return 1;
 }
 
@@ -112,11 +111,15 @@ static int lock_pid_file(const char *path)
             if (n < 0 && errno != EWOULDBLOCK) {
                 fprintf(stderr, "cannot lock pid file %s: %s\n", path, strerror(errno));
             } else if (pid > 0) {
-                fprintf(stderr, "pid file %s is locked by a running dispatcher (pid %ld): not "
-                                "starting another\n", path, pid);
+                fprintf(stderr,
+                        "pid file %s is locked by a running dispatcher (pid %ld): not "
+                        "starting another\n",
+                        path, pid);
             } else {
-                fprintf(stderr, "pid file %s is locked by a dispatcher that is starting: not "
-                                "starting another\n", path);
+                fprintf(stderr,
+                        "pid file %s is locked by a dispatcher that is starting: not "
+                        "starting another\n",
+                        path);
             }
             close(fd);
             return -1;
@@ -339,8 +342,7 @@ static int start(const char *conf, int daemon_mode, const char *pid_path)
     for (size_t i = 0; i < ms.cfg->nlisteners; i++) {
         const struct ms_listener *l = &ms.cfg->listeners[i];
         char why[256];
-        if (ms_listen_taken((const struct sockaddr *)&l->ss, l->sslen, 0, NULL, why,
-                            sizeof(why))) {
+        if (ms_listen_taken((const struct sockaddr *)&l->ss, l->sslen, 0, NULL, why, sizeof(why))) {
             log_error("bind() to %s failed: Address already in use: %s", l->address, why);
             return MS_EXIT_START;
         }

@@ -196,10 +196,9 @@ int ms_preflight(const struct ms_config *cfg, const char *pid_file, int daemon, 
             const struct ms_listener *l = &cfg->listeners[i];
             char key[64];
             snprintf(key, sizeof(key), "listeners.[%zu].address", i);
-            if (ms_listen_taken((const struct sockaddr *)&l->ss, l->sslen, running, cfg->path,
-                                why, sizeof(why))) {
-                say(&o, cfg, key, 1, "listener %s: address already in use: %s", l->address,
-                    why);
+            if (ms_listen_taken((const struct sockaddr *)&l->ss, l->sslen, running, cfg->path, why,
+                                sizeof(why))) {
+                say(&o, cfg, key, 1, "listener %s: address already in use: %s", l->address, why);
             }
         }
     }
@@ -455,8 +454,8 @@ static int runs_config(pid_t pid, const char *conf)
     return realpath(file, theirs) != NULL && strcmp(mine, theirs) == 0;
 }
 
-int ms_listen_taken(const struct sockaddr *sa, socklen_t salen, pid_t also_ours,
-                    const char *conf, char *why, size_t n)
+int ms_listen_taken(const struct sockaddr *sa, socklen_t salen, pid_t also_ours, const char *conf,
+                    char *why, size_t n)
 {
     struct holder_set hs = {0};
     struct others o = {0};
