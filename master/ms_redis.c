@@ -2117,8 +2117,34 @@ int ms_redis_merge_into(struct ms_config *ncfg, char **errs)
     return ms_rns_merge(ncfg, rd.good, 0, errs);
 }
 
+/* A clean stop takes this node out of the fleet at once rather than leave its report to go
+ * silent and expire: best effort, the commands are written only as far as the socket takes them
+ * without waiting. */
+static void report_remove(void)
+{
+    const char *prefix = ms_redis_namespace();
+    char key[600], set[600], chan[600];
+    int done = 0;
+
+    if (rd.state != LINK_UP || rd.cmd.ac == NULL || rd.report_name == NULL || prefix == NULL) {
+        return;
+    }
+    snprintf(key, sizeof(key), "%snode:%s", prefix, rd.report_name);
+    snprintf(set, sizeof(set), "%snodes", prefix);
+    snprintf(chan, sizeof(chan), "%snode-events", prefix);
+    report_send(NULL, 2, (const char *[]){"DEL", key});
+    report_send(NULL, 3, (const char *[]){"SREM", set, rd.report_name});
+    report_send(NULL, 3, (const char *[]){"PUBLISH", chan, rd.report_name});
+    for (int i = 0; i < 64 && !done && rd.cmd.ac != NULL; i++) {
+        if (redisBufferWrite(&rd.cmd.ac->c, &done) != REDIS_OK) {
+            break;
+        }
+    }
+}
+
 void ms_redis_stop(void)
 {
+    report_remove();
     link_close();
     fleet_forget();
     conn_close(&rd.sw);

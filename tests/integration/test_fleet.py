@@ -164,6 +164,13 @@ class FleetTest(dsptest.TestCase):
         dsptest.wait_until(lambda: node(fleet(d1), "n2")["status"] == "ok" and
                            fleet(d1)["flagged"] == 0, 2 * SLACK, "cleared by a good reload")
 
+        # A node that stops cleanly leaves the fleet at once (a crashed one expires).
+        self.assertEqual(d2.stop(), [])
+        dsptest.wait_until(lambda: node(fleet(d1), "n2") is None, 2 * SLACK,
+                           "n2 gone from show fleet")
+        self.assertEqual(r.cli("EXISTS", "dispatcher:production:node:n2"), "0")
+        self.assertNotIn("n2", r.cli("SMEMBERS", "dispatcher:production:nodes").split())
+
     @dsptest.timeout(60)
     def test_foreign_reports_and_rename(self):
         r = self.redis()
