@@ -517,6 +517,20 @@ int ms_listen_taken(const struct sockaddr *sa, socklen_t salen, pid_t also_ours,
         }
         closedir(d);
     }
+    /* Our own workers hold our listeners too (a reload that binds a listener anew while they
+     * still serve the old socket): theirs are ours. */
+    {
+        size_t kept = 0;
+        for (size_t i = 0; i < o.n; i++) {
+            if (parent_of(o.pid[i]) != getpid()) {
+                o.pid[kept++] = o.pid[i];
+            }
+        }
+        if (o.n > 0 && kept == 0) {
+            return 0;
+        }
+        o.n = kept;
+    }
     if (also_ours > 0 || conf != NULL) {
         /* -t beside the running master of this configuration: its sockets (held by it and by
          * its workers) are the ones a reload keeps. It is the process the pid file names (or

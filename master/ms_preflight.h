@@ -24,8 +24,8 @@ int ms_preflight(const struct ms_config *cfg, const char *pid_file, int daemon, 
  * (SO_REUSEPORT lets a second process of the same user bind beside it and split the traffic).
  * A trial bind without SO_REUSEPORT asks the kernel; when it reports the address in use, the
  * listening sockets that overlap it are looked up in /proc/net/tcp{,6} and their holders in
- * /proc/PID/fd. Sockets this process holds (its own listeners, kept over a reload) do not
- * count, nor (for -t, the running master of the configuration being checked) those of process
+ * /proc/PID/fd. Sockets this process or its children hold (its own listeners and its
+ * workers', kept over a reload) do not count, nor (for -t, the running master of the configuration being checked) those of process
  * <also_ours> and its children when it is not 0, or of a dispatcher started on config file
  * <conf> when that is not NULL. Returns 0 when free (or when it cannot be told: the bind itself
  * decides then), 1 with "pid N (comm) listens there" or similar in <why>. */
