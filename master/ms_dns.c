@@ -26,11 +26,13 @@
 #include "master/ms_loop.h"
 #include "master/ms_master.h"
 
-#define DNS_TRIES       2   /* attempts per server before a query fails */
-#define DNS_MAX_SOCKS   64  /* sockets c-ares may hold open at once (one per server and family) */
-#define DNS_MIN_DUE     100 /* ms: never re-query a name faster than the master's tick */
-#define RESOLV_CONF     "/etc/resolv.conf"
-#define RESOLV_CHECK_MS 5000 /* how often its change is looked for */
+#define DNS_TRIES          2  /* attempts per server before a query fails */
+#define DNS_MAX_SOCKS      64 /* sockets c-ares may hold open at once (one per server and family) */
+#define DNS_MIN_DUE        100  /* ms: never re-query a name faster than the master's tick */
+#define DNS_MAX_ADDRS      256  /* addresses of one name used as backends (the first, sorted) */
+#define DNS_PUBLISH_GAP_MS 1000 /* at most one generation a second for DNS changes */
+#define RESOLV_CONF        "/etc/resolv.conf"
+#define RESOLV_CHECK_MS    5000 /* how often its change is looked for */
 
 enum dname_state { DNAME_NEW, DNAME_OK, DNAME_FAILED };
 
@@ -41,6 +43,7 @@ struct dname {
     enum dname_state state;
     int inflight;
     int dead;                /* dropped from the table while a query was in flight */
+    int capped;              /* its answer had more than DNS_MAX_ADDRS addresses */
     unsigned failures;       /* consecutive */
     unsigned mark;           /* sync pass that last saw it used */
     uint64_t next_ms;        /* monotonic: when it is due again */
@@ -59,7 +62,8 @@ static struct {
     size_t n, cap;
     unsigned pass;
     int dirty;                        /* an address set changed since the last publish */
-    uint64_t retry_publish_ms;        /* a failed publish is retried then */
+    uint64_t retry_publish_ms;        /* no DNS publish before then */
+    uint64_t publish_backoff_ms;      /* after failed publishes */
     const struct ms_config *last_cfg; /* the configuration object of the last publish */
     struct stat resolv;               /* /etc/resolv.conf when the channel read it */
     uint64_t resolv_check_ms;         /* next look at it */
@@ -172,6 +176,16 @@ static void answered(struct dname *d, struct sockaddr_storage *a, size_t n, uint
         if (k == 0 || addr_cmp(&a[k - 1], &a[i]) != 0) {
             a[k++] = a[i];
         }
+    }
+    if (k > DNS_MAX_ADDRS) {
+        if (!d->capped) {
+            log_warn("backend name %s resolves to %zu addresses: using the first %d", d->name, k,
+                     DNS_MAX_ADDRS);
+        }
+        d->capped = 1;
+        k = DNS_MAX_ADDRS;
+    } else {
+        d->capped = 0;
     }
     if (k != d->naddrs || memcmp(a, d->addrs, k * sizeof(*a)) != 0) {
         char list[512];
@@ -493,13 +507,21 @@ static void on_tick(uint64_t now_ms, void *arg)
             query(dns.ch, dns.v[i]);
         }
     }
+    /* One generation for every change of a pass, and at most one a second however many names
+     * change at different times (each costs a compile, a shm object and a switch per worker). A
+     * publish that fails (runtime segment full) is retried with a backoff, not every tick. */
     if (dns.dirty && !ms.stopping && now_ms >= dns.retry_publish_ms) {
         dns.dirty = 0;
         if (ms_publish() != 0) {
             dns.dirty = 1;
-            dns.retry_publish_ms = now_ms + 1000;
+            dns.publish_backoff_ms = dns.publish_backoff_ms == 0       ? DNS_PUBLISH_GAP_MS
+                                     : dns.publish_backoff_ms >= 30000 ? 30000
+                                                                       : dns.publish_backoff_ms * 2;
+            dns.retry_publish_ms = now_ms + dns.publish_backoff_ms;
             return;
         }
+        dns.publish_backoff_ms = 0;
+        dns.retry_publish_ms = now_ms + DNS_PUBLISH_GAP_MS;
         log_info("backend addresses changed: generation %llu", (unsigned long long)ms.gen);
     }
 }
@@ -599,9 +621,10 @@ int ms_dns_resolve_all(const struct ms_config *cfg, char **errs)
         }
         for (int i = 0; i < np; i++) {
             if (pfd[i].revents != 0) {
-                ares_process_fd(
-                    ch, pfd[i].revents & (POLLIN | POLLERR | POLLHUP) ? pfd[i].fd : ARES_SOCKET_BAD,
-                    pfd[i].revents & POLLOUT ? pfd[i].fd : ARES_SOCKET_BAD);
+                ares_process_fd(ch,
+                                pfd[i].revents & (POLLIN | POLLERR | POLLHUP) ? pfd[i].fd
+                                                                              : ARES_SOCKET_BAD,
+                                pfd[i].revents & POLLOUT ? pfd[i].fd : ARES_SOCKET_BAD);
             }
         }
     }
