@@ -19,7 +19,9 @@
 #include "common/net.h"
 #include "master/ms_config.h"
 #include "master/ms_dns.h"
+#include "master/ms_master.h"
 #include "shm/shm_ridx.h"
+#include "shm/shm_snap.h"
 #include "shm/shm_types.h"
 
 #define ALIGN8(x) (((uint64_t)(x) + 7u) & ~(uint64_t)7u)
@@ -480,7 +482,8 @@ struct xbe {
 };
 
 struct xsvc {
-    struct xbe *v;        /* NULL: the service has no named backend, publish cfg's list */
+    int expanded;         /* 0: the service has no named backend, publish cfg's list */
+    struct xbe *v;        /* else its <n> backends (none while its names have no address) */
     size_t n;
 };
 
@@ -492,15 +495,68 @@ static int xbe_cmp(const void *a, const void *b)
     return c != 0 ? c : (x > y) - (x < y);
 }
 
+/* A name first used by this configuration (a reload, a Redis change) has no answer yet for the
+ * few milliseconds its first query takes. Meanwhile the service keeps the backends it had in the
+ * generation being replaced, so that switching a service to a name never answers 404 "not
+ * deployed" in between; the first answer (or failure) publishes again without them. */
+static void add_previous(const struct ms_service *s, struct xbe **v, size_t *n, size_t *cap)
+{
+    const struct shm_snap_hdr *old = ms.snap;
+    const struct shm_service *os;
+    const struct shm_backend *ob;
+
+    if (old == NULL || s->name == NULL) {
+        return;
+    }
+    os = shm_services(old);
+    ob = shm_backends(old);
+    for (uint32_t i = 0; i < old->nservices; i++) {
+        if (strcmp(shm_s(old, os[i].name), s->name) != 0) {
+            continue;
+        }
+        for (uint32_t j = 0; j < os[i].nbackends; j++) {
+            const struct shm_backend *b = &ob[os[i].backends_first + j];
+            struct xbe *x;
+
+            if (*n == *cap) {
+                *cap = *cap ? *cap * 2 : 8;
+                *v = dsp_xrealloc(*v, *cap * sizeof(**v));
+            }
+            x = &(*v)[(*n)++];
+            memset(x, 0, sizeof(*x));
+            x->weight = (int)b->weight;
+            x->own = dsp_xstrdup(shm_s(old, b->address));
+            x->address = x->own;
+            if (b->family == AF_INET) {
+                struct sockaddr_in *s4 = (struct sockaddr_in *)&x->ss;
+
+                s4->sin_family = AF_INET;
+                s4->sin_port = htons(b->port);
+                memcpy(&s4->sin_addr, b->ip, 4);
+            } else {
+                struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&x->ss;
+
+                s6->sin6_family = AF_INET6;
+                s6->sin6_port = htons(b->port);
+                memcpy(&s6->sin6_addr, b->ip, 16);
+            }
+        }
+        return;
+    }
+}
+
 static void expand_service(const struct ms_service *s, struct xsvc *out)
 {
     struct xbe *v = NULL, **ord;
     size_t n = 0, cap = 0, k = 0;
+    int pending = 0;
 
     for (size_t j = 0; j < s->nbackends; j++) {
         const struct ms_backend *mb = &s->backends[j];
         const struct sockaddr_storage *a = NULL;
         size_t na = mb->name != NULL ? ms_dns_addrs(mb->name, &a) : 1;
+
+        pending |= mb->name != NULL && ms_dns_pending(mb->name);
 
         for (size_t i = 0; i < na; i++) {
             struct xbe *x;
@@ -529,6 +585,9 @@ static void expand_service(const struct ms_service *s, struct xsvc *out)
             x->address = x->own;
         }
     }
+    if (pending) {
+        add_previous(s, &v, &n, &cap);
+    }
     /* Duplicates: sort pointers by address (then position), drop all but the first of each. */
     ord = dsp_xmalloc((n + 1) * sizeof(*ord));
     for (size_t i = 0; i < n; i++) {
@@ -548,6 +607,7 @@ static void expand_service(const struct ms_service *s, struct xsvc *out)
             v[k++] = v[i];
         }
     }
+    out->expanded = 1;
     out->v = v;
     out->n = k;
 }
@@ -586,13 +646,13 @@ static void xsvc_free(struct xsvc *xs, size_t n)
 
 static size_t svc_nbackends(const struct ms_config *cfg, const struct xsvc *xs, size_t i)
 {
-    return xs != NULL && xs[i].v != NULL ? xs[i].n : cfg->services[i].nbackends;
+    return xs != NULL && xs[i].expanded ? xs[i].n : cfg->services[i].nbackends;
 }
 
 static const char *svc_backend(const struct ms_config *cfg, const struct xsvc *xs, size_t i,
                                size_t j, const struct sockaddr_storage **ss, int *weight)
 {
-    if (xs != NULL && xs[i].v != NULL) {
+    if (xs != NULL && xs[i].expanded) {
         *ss = &xs[i].v[j].ss;
         *weight = xs[i].v[j].weight;
         return xs[i].v[j].address;

@@ -118,6 +118,14 @@ size_t ms_dns_addrs(const char *name, const struct sockaddr_storage **addrs)
     return d != NULL ? d->naddrs : 0;
 }
 
+int ms_dns_pending(const char *name)
+{
+    size_t pos;
+    struct dname *d = find(name, &pos);
+
+    return d == NULL || d->state == DNAME_NEW;
+}
+
 /* ---- answers -------------------------------------------------------------------------------- */
 static int addr_cmp(const void *a, const void *b)
 {
@@ -228,6 +236,9 @@ static void failed(struct dname *d, const char *why)
         }
     }
     snprintf(d->err, sizeof(d->err), "%s", why);
+    if (d->state == DNAME_NEW) {
+        dns.dirty = 1; /* publish without what ms_compile() kept while it was pending */
+    }
     d->state = DNAME_FAILED;
     d->failures++;
     d->fail_at = dsp_wall_s();

@@ -29,6 +29,10 @@ void ms_dns_stop(void);
 /* The last good addresses of <name> (port 0), sorted; 0 when it never resolved. */
 size_t ms_dns_addrs(const char *name, const struct sockaddr_storage **addrs);
 
+/* Has <name> never had an answer, good or bad (a name the served configuration has just started
+ * to use)? */
+int ms_dns_pending(const char *name);
+
 /* Append ",\"resolve\":[...]" for service <svc> of ms.cfg when it has named backends: each name
  * with its status ("ok", "failed" (last good addresses kept), "pending", "unresolved"), its
  * addresses, the last error and when it resolved last. */

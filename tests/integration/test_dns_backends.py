@@ -17,12 +17,13 @@ from dsptest import Conn, request, route, svc, wait_until
 class DnsServer:
     """UDP DNS server on 127.0.0.1: answers A queries for the names in <records> (name -> list
     of IPv4 strings) with <ttl>, AAAA with no data, other names with NXDOMAIN. mode "silent"
-    drops every query, "servfail" answers SERVFAIL."""
+    drops every query, "servfail" answers SERVFAIL; <delay> holds each answer back."""
 
     def __init__(self, records, ttl=1):
         self.records = dict(records)
         self.ttl = ttl
         self.mode = "answer"
+        self.delay = 0  # seconds before each answer leaves
         self.queries = 0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -44,8 +45,20 @@ class DnsServer:
             if self.mode == "silent" or len(data) < 12:
                 continue
             reply = self._answer(data)
-            if reply is not None:
-                self.sock.sendto(reply, peer)
+            if reply is None:
+                continue
+            if self.delay > 0:
+                t = threading.Timer(self.delay, self._send, (reply, peer))
+                t.daemon = True
+                t.start()
+            else:
+                self._send(reply, peer)
+
+    def _send(self, reply, peer):
+        try:
+            self.sock.sendto(reply, peer)
+        except OSError:
+            pass
 
     def _answer(self, q):
         qid, flags, qd = struct.unpack("!HHH", q[:6])
@@ -156,9 +169,9 @@ class DnsBackendTest(dsptest.TestCase):
         self.addCleanup(b.stop)
         return b
 
-    def dns_extra(self, srv, resolve_ms=1000):
+    def dns_extra(self, srv, resolve_ms=1000, timeout_ms=200):
         return ('dns = { servers = [ "127.0.0.1:%d" ]; resolve_ms = %d; min_ttl_ms = 100; '
-                'timeout_ms = 200; };' % (srv.port, resolve_ms))
+                'timeout_ms = %d; };' % (srv.port, resolve_ms, timeout_ms))
 
     def backends_seen(self, d, n=12):
         return {request(d.port, "/echo", host="app.do").header("X-Backend") for _ in range(n)}
@@ -348,3 +361,54 @@ class DnsBackendTest(dsptest.TestCase):
         d.hup(conf(d.port, d.tmp, [svc("app", "app.test:%d" % b2.port)],
                    [route("app.do", "app")], extra=self.dns_extra(srv, resolve_ms=60000)))
         wait_until(lambda: served_addresses(d, "app") == [b3.addr], 10, "re-resolved on reload")
+
+    def test_switch_to_a_name_never_404(self):
+        """A reload that moves a service from an address to a name not yet resolved keeps the
+        old backends until the first answer (held back 1 s here): no 404 meanwhile."""
+        b1 = self.named_backend("b1", "127.0.0.1")
+        b5 = self.named_backend("b5", "127.0.0.5")
+        srv = self.dns({"slow.test": ["127.0.0.5"]})
+        d = self.dispatcher([svc("app", b1.addr)], [route("app.do", "app")],
+                            extra=self.dns_extra(srv))
+        gen = dsptest.generation(d)
+        srv.delay = 1.0
+        d.hup(dsptest.make_config(d.port, d.tmp, [svc("app", "slow.test:%d" % b5.port)],
+                                  [route("app.do", "app")],
+                                  extra=self.dns_extra(srv, timeout_ms=3000)))
+        wait_until(lambda: dsptest.workers_on_generation(d, gen + 1), 5, "the reload applied")
+        seen = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            r = request(d.port, "/echo", host="app.do")
+            seen.append((r.status, r.header("X-Backend")))
+            if seen[-1] == (200, "b5"):
+                break
+            time.sleep(0.02)
+        self.assertEqual(seen[-1], (200, "b5"))
+        self.assertEqual({s for s, _ in seen}, {200}, seen)
+        self.assertIn((200, "b1"), seen, "the old backend served while the name was pending")
+        self.assertEqual(served_addresses(d, "app"), [b5.addr])
+
+    def test_new_name_that_never_resolves(self):
+        """A reload adds a service whose only backend is a name that does not exist: it has no
+        backend (404 "not deployed", never a connect to an address-less backend), the error is
+        logged and `show instances` says "unresolved"; the rest serves on."""
+        b1 = self.named_backend("b1", "127.0.0.1")
+        srv = self.dns({})
+        d = self.dispatcher([svc("app", b1.addr)], [route("app.do", "app")],
+                            extra=self.dns_extra(srv))
+        d.hup(dsptest.make_config(d.port, d.tmp, [svc("app", b1.addr),
+                                                  svc("other", "missing.test:8080")],
+                                  [route("app.do", "app"), route("other.do", "other")],
+                                  extra=self.dns_extra(srv)))
+        wait_until(lambda: resolve_info(d, "other") is not None
+                   and resolve_info(d, "other")["resolve"][0]["status"] == "unresolved", 10,
+                   "the failure shown")
+        wait_until(lambda: dsptest.workers_on_generation(d, dsptest.generation(d)), 5,
+                   "the workers on the last generation")
+        for _ in range(4):
+            self.assertJsonError(request(d.port, "/", host="other.do"), 404,
+                                 "Service not deployed")
+        self.assertEqual(request(d.port, "/echo", host="app.do").header("X-Backend"), "b1")
+        self.assertIn("backend name missing.test does not resolve (no such name)", d.log())
+        self.assertNotIn("Address family", d.log())

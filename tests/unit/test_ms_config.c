@@ -15,6 +15,9 @@
 #include <http_parser.h>
 
 #include "common/log.h"
+#include "master/ms_compile.h"
+#include "master/ms_dns.h"
+#include "shm/shm_snap.h"
 #include "tests/unit/unit.h"
 
 /* A plain listener on line 1, so each error test knows where its own lines start. */
@@ -564,6 +567,48 @@ static void test_backend_names(void)
                  "dns.min_ttl_ms");
 }
 
+/* Names expand into their addresses at compile time: one from /etc/hosts ("LOCALHOST" is not the
+ * literal shortcut, so it goes through the resolver), deduplicated against the literal address;
+ * a name without an address adds nothing (never a backend without an address) and is a FILE:LINE
+ * error for the start and -t. */
+static void test_backend_names_compile(void)
+{
+    struct ms_config *cfg = expect_ok(LISTENER "dns = { servers = [ \"127.0.0.1:1\" ]; "
+                                               "timeout_ms = 100; };\n"
+                                               "services = ( { name = \"a\"; backends = (\n"
+                                               "  \"LOCALHOST:81\", \"127.0.0.1:81\",\n"
+                                               "  \"nope.invalid:80\" ); },\n"
+                                               "  { name = \"b\"; backends = ( "
+                                               "\"nope.invalid:80\" ); } );\n",
+                                      0);
+    char *errs = NULL;
+    size_t size, n81 = 0;
+    const struct shm_snap_hdr *h;
+    const struct shm_backend *be;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_EQUAL(ms_dns_resolve_all(cfg, &errs), -1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(errs);
+    CU_ASSERT_PTR_NOT_NULL(strstr(errs, ":5: service \"a\": backend nope.invalid:80 does not "
+                                        "resolve"));
+    CU_ASSERT_PTR_NULL(strstr(errs, "localhost"));
+    free(errs);
+    h = ms_compile(cfg, 1, &size);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+    CU_ASSERT_EQUAL(shm_services(h)[0].nbackends, h->nbackends);
+    CU_ASSERT_EQUAL(shm_services(h)[1].nbackends, 0); /* "not deployed" while it has no address */
+    be = shm_backends(h);
+    for (uint32_t i = 0; i < h->nbackends; i++) {
+        CU_ASSERT(be[i].family == AF_INET || be[i].family == AF_INET6);
+        CU_ASSERT_PTR_NULL(strstr(shm_s(h, be[i].address), "nope"));
+        n81 += strcmp(shm_s(h, be[i].address), "127.0.0.1:81") == 0;
+    }
+    CU_ASSERT_EQUAL(n81, 1);
+    free((void *)h);
+    ms_dns_stop();
+    ms_config_free(cfg);
+}
+
 static void test_err_bad_port(void)
 {
     expect_error("listeners = (\n  { address = \"127.0.0.1:70000\"; }\n);\n", 2, "bad port");
@@ -1099,6 +1144,7 @@ UNIT_SUITE(ms_config, {"spec example", test_spec_example}, {"defaults", test_def
            {"whole file", test_err_whole_file},
            {"bad address", test_err_bad_address}, {"bad port", test_err_bad_port},
            {"backend names", test_backend_names},
+           {"backend names compiled", test_backend_names_compile},
            {"unknown service", test_err_unknown_service},
            {"duplicate service", test_err_duplicate_service},
            {"many services", test_many_services},
