@@ -138,9 +138,20 @@ static void set_timer(struct wk_client *c)
     wk_timer_arm(&c->timer, ms ? ms : 1);
 }
 
+/* A debug line for connection <c>: <what> happened, and the state it was in. */
+static void debug_client(const struct wk_client *c, const char *what)
+{
+    if (log_level >= LOG_DEBUG) {
+        char desc[512];
+        wk_client_describe(c, desc, sizeof(desc));
+        log_debug("%s: %s", what, desc);
+    }
+}
+
 void wk_client_close(struct wk_client *c)
 {
     if (c->x.at.gen != NULL && (c->state == WK_CS_PROXY || c->state == WK_CS_REPLY)) {
+        debug_client(c, "closing during a request");
         wk_xchg_log(&c->x, -1);
     }
     wk_xchg_end(&c->x);
@@ -1188,6 +1199,7 @@ static int proxy_timeout(struct wk_client *c)
 
 void wk_client_timeout(struct wk_client *c)
 {
+    debug_client(c, "timer expired");
     switch (c->state) {
     case WK_CS_IDLE:
         wk_client_close(c);

@@ -426,6 +426,12 @@ void wk_close_idle_clients(void);
  * many connections were closed. */
 size_t wk_shed_idle(size_t max_clients);
 
+/* ---- wk_debug.c: connections as text, for debug log lines ---------------------------------- */
+const char *wk_client_state_name(unsigned state);
+/* One line (NUL-terminated, "..." when cut) describing <c>: peer, transport, state and flags,
+ * buffers, and while a request is in progress its exchange and upstream. Returns its length. */
+size_t wk_client_describe(const struct wk_client *c, char *buf, size_t len);
+
 /* ---- wk_lb.c: backend choice and outcome accounting (balancing, health, circuit breaker) ---- */
 /* Why an upstream attempt failed (0 = it succeeded). */
 #define WK_FAIL_CONNECT  1 /* connect refused/unreachable: nothing reached the backend */
