@@ -36,7 +36,6 @@
 
 #define LINGER_MS 2000
 
-static const struct wk_xchg_ops wk_h1_ops;
 
 /* The client connection an exchange belongs to. */
 static struct wk_client *xclient(struct wk_xchg *x)
@@ -80,7 +79,7 @@ static void body_credit(struct wk_client *c, size_t n)
     c->x.tx->body_due_ms = due;
 }
 
-static void set_timer(struct wk_client *c)
+void wk_client_rearm(struct wk_client *c)
 {
     const struct shm_snap_hdr *s = csnap(c);
     uint32_t ms;
@@ -138,165 +137,6 @@ static void set_timer(struct wk_client *c)
     wk_timer_arm(&c->timer, ms ? ms : 1);
 }
 
-/* A debug line for connection <c>: <what> happened, and the state it was in. */
-static void debug_client(const struct wk_client *c, const char *what)
-{
-    if (log_level >= LOG_DEBUG) {
-        char desc[512];
-        wk_client_describe(c, desc, sizeof(desc));
-        log_debug("%s: %s", what, desc);
-    }
-}
-
-void wk_client_close(struct wk_client *c)
-{
-    if (c->x.at.gen != NULL && (c->state == WK_CS_PROXY || c->state == WK_CS_REPLY)) {
-        debug_client(c, "closing during a request");
-        wk_xchg_log(&c->x, -1);
-    }
-    wk_xchg_end(&c->x);
-    wk_timer_disarm(&c->timer);
-    xp_close(&c->xp, 1);
-    wk_buf_put(&c->in);
-    wk_buf_put(&c->out);
-    if (c->prev != NULL) {
-        c->prev->next = c->next;
-    } else {
-        wk.clients = c->next;
-    }
-    if (c->next != NULL) {
-        c->next->prev = c->prev;
-    }
-    wk.nclients--;
-    wk_free_later(&c->ev);
-}
-
-void wk_close_idle_clients(void)
-{
-    struct wk_client *c = wk.clients;
-
-    while (c != NULL) {
-        struct wk_client *next = c->next;
-        if ((c->state == WK_CS_IDLE || c->state == WK_CS_TLS) &&
-            (c->in.data == NULL || c->in.start == c->in.end)) {
-            wk_client_close(c);
-        }
-        c = next;
-    }
-}
-
-size_t wk_shed_idle(size_t max_clients)
-{
-    struct wk_client *c = wk.clients;
-    size_t n = wk_pool_shed();
-
-    while (c != NULL && max_clients > 0) {
-        struct wk_client *next = c->next;
-        if (c->state == WK_CS_IDLE && (c->flags & WK_C_F_STARTED) &&
-            (c->in.data == NULL || c->in.start == c->in.end)) {
-            wk_client_close(c);
-            max_clients--;
-            n++;
-        }
-        c = next;
-    }
-    return n;
-}
-
-void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
-{
-    const struct shm_snap_hdr *s = wk.cur->snap;
-    struct epoll_event ev;
-    struct wk_client *c;
-    uint64_t total = 0;
-
-    /* Other workers' counts are at most one loop pass old; ours is live. */
-    for (uint32_t i = 0; i < wk.ctl->nworkers && i < SHM_MAX_WORKERS; i++) {
-        if ((int)i != wk.slot) {
-            total += __atomic_load_n(&wk.ctl->workers[i].connections, __ATOMIC_RELAXED);
-        }
-    }
-    total += wk.nclients;
-    if (s->limits.max_connections > 0 && total >= s->limits.max_connections) {
-        static const char busy[] =
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            "Content-Length: 77\r\nConnection: close\r\n\r\n"
-            "{\"error\":\"Service unavailable\",\"message\":\"Too many connections, retry later\"}";
-        _Static_assert(sizeof("{\"error\":\"Service unavailable\",\"message\":\"Too many "
-                              "connections, retry later\"}") -
-                               1 ==
-                           77,
-                       "busy body length");
-        /* Best effort: the socket is fresh, its send buffer empty. A TLS client would only see
-         * garbage: it just gets the close. */
-        if ((listener >= s->nlisteners || !shm_listeners(s)[listener].tls) &&
-            send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
-            /* nothing to do */
-        }
-        close(fd);
-        return;
-    }
-    c = calloc(1, sizeof(*c));
-    if (c == NULL) {
-        close(fd);
-        return;
-    }
-    c->ev.kind = WK_EV_CLIENT;
-    c->timer.owner = &c->ev;
-    xp_init(&c->xp, fd);
-    c->listener = (uint8_t)listener;
-    c->flags = WK_C_F_WRITABLE;
-    if (listener < s->nlisteners && shm_listeners(s)[listener].tls) {
-        struct ssl_st *ssl = wk_tls_server_new(fd);
-        if (ssl == NULL) {
-            close(fd);
-            free(c);
-            return;
-        }
-        c->peer.https = 1;
-        xp_start_tls(&c->xp, ssl);
-    }
-    c->peer.family = (uint8_t)sa->sa_family;
-    if (sa->sa_family == AF_INET) {
-        memcpy(c->peer.ip, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
-        c->peer.port = ntohs(((const struct sockaddr_in *)(const void *)sa)->sin_port);
-    } else if (sa->sa_family == AF_INET6) {
-        memcpy(c->peer.ip, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
-        c->peer.port = ntohs(((const struct sockaddr_in6 *)(const void *)sa)->sin6_port);
-    }
-    c->x.at.client_family = c->peer.family;
-    memcpy(c->x.at.client_ip, c->peer.ip, 16);
-    c->x.ops = &wk_h1_ops;
-    c->x.peer = &c->peer;
-    c->x.rq = &c->in;
-    /* TCP_NODELAY is inherited from the listening socket (set by the master). */
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    ev.data.ptr = c;
-    if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
-        static uint64_t logged_ms; /* (out of memory or watches: once a second, not per client) */
-        if (logged_ms == 0 || wk.now - logged_ms >= 1000) {
-            logged_ms = wk.now;
-            log_errno(LOG_ERROR, errno, "epoll_ctl(ADD client) failed");
-        }
-        xp_close(&c->xp, 0);
-        free(c);
-        return;
-    }
-    c->next = wk.clients;
-    if (wk.clients != NULL) {
-        wk.clients->prev = c;
-    }
-    wk.clients = c;
-    wk.nclients++;
-    c->state = WK_CS_IDLE;
-    if (listener < s->nlisteners && shm_listeners(s)[listener].proxy_protocol) {
-        c->state = WK_CS_PPHDR;
-    } else if (xp_is_tls(&c->xp)) {
-        c->state = WK_CS_TLS;
-    }
-    set_timer(c);
-}
-
 /* ---- generated responses -------------------------------------------------------------------- */
 #define F_CLOSE 1
 
@@ -340,7 +180,7 @@ static int h1_reply(struct wk_xchg *x, unsigned status, const char *body, size_t
         c->flags |= WK_C_F_CLOSE;
     }
     c->state = WK_CS_REPLY;
-    set_timer(c);
+    wk_client_rearm(c);
     return 0;
 }
 
@@ -709,7 +549,7 @@ static int client_write(struct wk_client *c)
         wk_client_close(c);
         return -1;
     }
-    c->x.tflags &= ~WK_T_SEND_WAIT; /* it drains: the caller's set_timer() re-arms as usual */
+    c->x.tflags &= ~WK_T_SEND_WAIT; /* it drains: the caller's wk_client_rearm() re-arms as usual */
     if (c->x.tflags & WK_T_RESP_HEAD) {
         c->x.tflags |= WK_T_CLIENT_SENT;
     }
@@ -742,13 +582,13 @@ static int next_request(struct wk_client *c)
              * its way: shut down writing and drain for a moment instead. */
             xp_shutdown(&c->xp);
             c->state = WK_CS_LINGER;
-            set_timer(c);
+            wk_client_rearm(c);
             return 0;
         }
         if (!(c->flags & WK_C_F_HUP) && !(c->x.tflags & WK_T_REQ_DONE)) {
             xp_shutdown(&c->xp);
             c->state = WK_CS_LINGER;
-            set_timer(c);
+            wk_client_rearm(c);
             return 0;
         }
         wk_client_close(c);
@@ -764,7 +604,7 @@ static int next_request(struct wk_client *c)
         wk_buf_put(&c->in);
     }
     c->state = WK_CS_IDLE;
-    set_timer(c);
+    wk_client_rearm(c);
     return 0;
 }
 
@@ -811,91 +651,9 @@ static int tunnel_step(struct wk_client *c)
         return -1;
     }
     if (progress) {
-        set_timer(c);
+        wk_client_rearm(c);
     }
     return progress;
-}
-
-/* PROXY protocol header: peeked, so that on TLS listeners the ClientHello behind it stays in the
- * socket for OpenSSL; consumed only once complete. Returns 1, 0 or -1 (closed). */
-static int read_proxy_header(struct wk_client *c)
-{
-    uint8_t buf[WK_PP_MAX_V2];
-    struct wk_pp_addr pa;
-    ssize_t n;
-    int len;
-
-    if (!(c->flags & WK_C_F_READABLE)) {
-        return 0;
-    }
-    n = recv(c->xp.fd, buf, sizeof(buf), MSG_PEEK);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        c->flags &= ~WK_C_F_READABLE;
-        return 0;
-    }
-    if (n <= 0) {
-        wk_client_close(c);
-        return -1;
-    }
-    len = wk_pp_parse(buf, (size_t)n, &pa);
-    if (len < 0) {
-        log_debug("malformed PROXY protocol header: closing");
-        wk_client_close(c);
-        return -1;
-    }
-    if (len == 0) {
-        /* Incomplete: wait for the rest (the peek leaves the bytes queued, so only a new edge
-         * can tell us more arrived). */
-        c->flags &= ~WK_C_F_READABLE;
-        return 0;
-    }
-    if (recv(c->xp.fd, buf, (size_t)len, 0) != len) {
-        wk_client_close(c);
-        return -1;
-    }
-    if (pa.family == AF_INET || pa.family == AF_INET6) {
-        c->peer.family = (uint8_t)pa.family;
-        memset(c->peer.ip, 0, sizeof(c->peer.ip));
-        memcpy(c->peer.ip, pa.src, pa.family == AF_INET ? 4 : 16);
-        c->peer.port = pa.src_port;
-        c->x.at.client_family = c->peer.family;
-        memcpy(c->x.at.client_ip, c->peer.ip, 16);
-    }
-    /* The header timeout armed at accept runs on: the PROXY header, TLS handshake and first
-     * request head share it (re-arming here would let a trickled PROXY header double it). */
-    c->state = xp_is_tls(&c->xp) ? WK_CS_TLS : WK_CS_IDLE;
-    return 1;
-}
-
-/* TLS listeners: the handshake, still under the header timeout armed at accept (or after the
- * PROXY header). Returns 1 on progress, 0 when blocked, -1 when the client was closed. */
-static int client_handshake(struct wk_client *c)
-{
-    int r;
-
-    if (!(c->flags & (WK_C_F_READABLE | WK_C_F_WRITABLE))) {
-        return 0;
-    }
-    r = xp_handshake(&c->xp);
-    if (r == 1) {
-        __atomic_fetch_add(&wk.ctl->tls_handshakes[wk_tls_resumed(c->xp.ssl) ? SHM_TLS_HS_RESUMED
-                                                                          : SHM_TLS_HS_FULL],
-                           1, __ATOMIC_RELAXED);
-        c->state = WK_CS_IDLE;
-        return 1;
-    }
-    if (r == XP_WANT_READ) {
-        c->flags &= ~WK_C_F_READABLE;
-        return 0;
-    }
-    if (r == XP_WANT_WRITE) {
-        c->flags &= ~WK_C_F_WRITABLE;
-        return 0;
-    }
-    __atomic_fetch_add(&wk.ctl->tls_handshakes[SHM_TLS_HS_FAILED], 1, __ATOMIC_RELAXED);
-    log_debug("TLS handshake failed: %s", xp_error());
-    wk_client_close(c);
-    return -1;
 }
 
 static int step_parse_body(struct wk_client *c)
@@ -973,7 +731,7 @@ static int proxy_step(struct wk_client *c)
                 c->timer.deadline == c->x.tx->resp_due_ms) {
                 return progress;
             }
-            set_timer(c);
+            wk_client_rearm(c);
             if (c->timer.queue != 0 &&
                 c->timer.deadline == wk.now + wk_xsvc(&c->x)->response_timeout_ms) {
                 c->x.tflags |= WK_T_RESP_WAIT;
@@ -981,7 +739,7 @@ static int proxy_step(struct wk_client *c)
             }
             return progress;
         }
-        set_timer(c);
+        wk_client_rearm(c);
     }
     return progress;
 }
@@ -1016,7 +774,7 @@ static int head_step(struct wk_client *c)
     if (c->state == WK_CS_IDLE) {
         c->state = WK_CS_HEAD;
         if (c->flags & WK_C_F_STARTED) {
-            set_timer(c);
+            wk_client_rearm(c);
         }
     }
     hlen = wk_h1_head_end(c->in.data + c->in.start, avail, 0);
@@ -1100,14 +858,14 @@ static void run(struct wk_client *c)
             }
             break;
         case WK_CS_TLS:
-            r = client_handshake(c);
+            r = wk_client_handshake(c);
             if (r < 0) {
                 return;
             }
             progress |= r;
             break;
         case WK_CS_PPHDR:
-            r = read_proxy_header(c);
+            r = wk_client_pphdr(c);
             if (r < 0) {
                 return;
             }
@@ -1163,13 +921,13 @@ static int proxy_timeout(struct wk_client *c)
             wk_client_close(c); /* and with it the upstream */
             return 1;
         }
-        set_timer(c);
+        wk_client_rearm(c);
         return 0;
     }
     if (c->x.tflags & WK_T_RATE_TICK) {
         c->x.tflags &= ~WK_T_RATE_TICK;
         if (!body_phase(c)) {
-            set_timer(c); /* the phase changed without a re-arm */
+            wk_client_rearm(c); /* the phase changed without a re-arm */
             return 0;
         }
         if ((c->x.tflags & WK_T_BODY_STALL) || (c->in.data && c->in.end == c->in.cap)) {
@@ -1199,7 +957,7 @@ static int proxy_timeout(struct wk_client *c)
 
 void wk_client_timeout(struct wk_client *c)
 {
-    debug_client(c, "timer expired");
+    wk_client_debug(c, "timer expired");
     switch (c->state) {
     case WK_CS_IDLE:
         wk_client_close(c);
@@ -1242,7 +1000,7 @@ static void h1_close(struct wk_xchg *x)
 
 static void h1_rearm(struct wk_xchg *x)
 {
-    set_timer(xclient(x));
+    wk_client_rearm(xclient(x));
 }
 
 static void h1_wake(struct wk_xchg *x)
@@ -1250,7 +1008,7 @@ static void h1_wake(struct wk_xchg *x)
     run(xclient(x));
 }
 
-static const struct wk_xchg_ops wk_h1_ops = {
+const struct wk_xchg_ops wk_h1_ops = {
     .reply = h1_reply,
     .resp_head = h1_resp_head,
     .unhead = h1_unhead,

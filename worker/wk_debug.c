@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/dsp.h"
+#include "common/log.h"
 #include "common/str.h"
 
 struct flag_name {
@@ -116,4 +117,14 @@ size_t wk_client_describe(const struct wk_client *c, char *buf, size_t len)
     }
     buf[sb.len] = '\0';
     return sb.len;
+}
+
+/* A debug line for connection <c>: <what> happened, and the state it was in. */
+void wk_client_debug(const struct wk_client *c, const char *what)
+{
+    if (log_level >= LOG_DEBUG) {
+        char desc[512];
+        wk_client_describe(c, desc, sizeof(desc));
+        log_debug("%s: %s", what, desc);
+    }
 }

@@ -419,6 +419,16 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener);
 void wk_client_event(struct wk_client *c, uint32_t events);
 void wk_client_timeout(struct wk_client *c);
 void wk_client_close(struct wk_client *c);
+/* The HTTP/1 client side as the exchange sees it. */
+extern const struct wk_xchg_ops wk_h1_ops;
+/* Arm the client's timer for its state (and its exchange's phase). */
+void wk_client_rearm(struct wk_client *c);
+
+/* ---- wk_client.c: a client connection's lifetime ------------------------------------------- */
+/* PROXY protocol header (PPHDR state) and TLS handshake (TLS state): 1 on progress, 0 when
+ * blocked, -1 when the client was closed. */
+int wk_client_pphdr(struct wk_client *c);
+int wk_client_handshake(struct wk_client *c);
 /* Close idle keep-alive clients (graceful stop). */
 void wk_close_idle_clients(void);
 /* Out of descriptors: close the pooled idle upstream connections (of the current generation's
@@ -431,6 +441,8 @@ const char *wk_client_state_name(unsigned state);
 /* One line (NUL-terminated, "..." when cut) describing <c>: peer, transport, state and flags,
  * buffers, and while a request is in progress its exchange and upstream. Returns its length. */
 size_t wk_client_describe(const struct wk_client *c, char *buf, size_t len);
+/* At debug level: "<what>: <description of c>". */
+void wk_client_debug(const struct wk_client *c, const char *what);
 
 /* ---- wk_lb.c: backend choice and outcome accounting (balancing, health, circuit breaker) ---- */
 /* Why an upstream attempt failed (0 = it succeeded). */

@@ -2,8 +2,8 @@
  * its response, whatever the client's protocol. Routing and the generated error bodies; the
  * backend attempts (pick, connect or reuse a pooled connection, retry where the rules allow);
  * the upstream side in HTTP/1 (request head and body out, response head and body in, framing
- * checked by the codec, wk_h1.h); the attempt's outcome for the balancer; statistics and the
- * access log. The client side serves it through x->ops. */
+ * checked by the codec, wk_h1.h); the attempt's outcome for the balancer (statistics and the
+ * access log: wk_account.c). The client side serves it through x->ops. */
 #include "worker/wk_internal.h"
 
 #include <errno.h>
@@ -16,7 +16,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include "common/dsp.h"
 #include "common/log.h"
@@ -24,8 +23,6 @@
 #include "common/str.h"
 #include "shm/shm_route.h"
 #include "shm/shm_snap.h"
-#include "shm/shm_stats.h"
-#include "worker/wk_alog.h"
 #include "worker/wk_tls.h"
 
 #define UPSTREAM_BUF_SIZE (32 * 1024)
@@ -60,129 +57,6 @@ void wk_ip_str(uint8_t family, const uint8_t *ip, char *buf, size_t len)
 
     ip_to_ss(family, ip, &ss);
     net_ip_str((struct sockaddr *)&ss, buf, len);
-}
-
-/* ---- access log and statistics -------------------------------------------------------------- */
-/* ---- access log and statistics -------------------------------------------------------------- */
-static const struct wk_hdr *head_find(const struct wk_head *hd, const char *name, size_t nlen)
-{
-    for (uint32_t i = 0; i < hd->n; i++) {
-        if (wk_hdr_is(&hd->h[i], name, nlen)) {
-            return &hd->h[i];
-        }
-    }
-    return NULL;
-}
-
-/* Keep what the access log needs from the head at <base> [0, hlen) (parsed into <hd>). The
- * host logged is <ahost> when given (an absolute-form authority, which is what was routed on),
- * else the Host header. */
-static void capture_alog(struct wk_xchg *x, const struct wk_head *hd, const char *base,
-                         size_t hlen, const char *ahost, size_t ahlen)
-{
-    const struct wk_hdr *host, *ua, *ref;
-    const char *sp;
-
-    free(x->tx->areq);
-    x->tx->areq = NULL;
-    if (!wk_alog_enabled()) {
-        return;
-    }
-    host = head_find(hd, "host", 4);
-    ua = head_find(hd, "user-agent", 10);
-    ref = head_find(hd, "referer", 7);
-    sp = memchr(base, ' ', DSP_MIN(hlen, 64));
-    /* The method as written: the parser may have stopped before it knew one. */
-    x->tx->areq = wk_alog_capture(ahost ? ahost : host ? host->value : NULL,
-                              ahost ? ahlen : host ? host->vlen : 0, base,
-                              sp ? (size_t)(sp - base) : 0, hd->url, hd->url_len,
-                              ua ? ua->value : NULL, ua ? ua->vlen : 0, ref ? ref->value : NULL,
-                              ref ? ref->vlen : 0, x->vmajor, x->vminor);
-}
-
-static uint64_t request_ms(const struct wk_xchg *x)
-{
-    return x->tx->started_ms && wk.now >= x->tx->started_ms ? wk.now - x->tx->started_ms : 0;
-}
-
-/* Statistics of a request whose response is complete, once: <how> 1 = proxied, 0 = generated.
- * Called just before the write that hands the client the response's last bytes, so that whoever
- * got the response and then reads the counters finds it counted. Relaxed atomic adds into this
- * worker's shard. */
-void wk_xchg_tally(struct wk_xchg *x, int how)
-{
-    const struct shm_service *svc = x->at.service != SHM_NONE ? wk_xsvc(x) : NULL;
-    const struct shm_backend *be = svc != NULL && x->at.tries > 0 ? wk_xbe(x) : NULL;
-    uint64_t dur = request_ms(x);
-
-    if (x->tflags & WK_T_TALLIED) {
-        return;
-    }
-    x->tflags |= WK_T_TALLIED;
-    if (x->at.gen != NULL) {
-        __atomic_fetch_add(&wk.me->requests, 1, __ATOMIC_RELAXED);
-    }
-    if (svc == NULL) {
-        return;
-    }
-    if (how == 1 && be != NULL) {
-        __atomic_fetch_add(&wk.rt->backends[be->rt_slot].requests, 1, __ATOMIC_RELAXED);
-        if (x->status >= 500) {
-            __atomic_fetch_add(&wk.rt->services[svc->rt_slot].errors, 1, __ATOMIC_RELAXED);
-        }
-    }
-    shm_stats_record(wk.rt, (unsigned)wk.slot, svc->rt_slot,
-                     how == 1 && be != NULL ? be->rt_slot : SHM_NONE, x->status, dur, wk.now);
-}
-
-/* A request is over: <how> 1 = proxied response complete, 0 = generated response sent, -1 =
- * the connection closed before its end (logged only, not counted). The log line goes to the
- * worker's buffer. */
-void wk_xchg_log(struct wk_xchg *x, int how)
-{
-    const struct shm_snap_hdr *s = x->at.gen->snap;
-    const struct shm_service *svc = x->at.service != SHM_NONE ? wk_xsvc(x) : NULL;
-    const struct shm_backend *be = svc != NULL && x->at.tries > 0 ? wk_xbe(x) : NULL;
-    struct wk_alog_entry e;
-    struct timespec ts;
-    char ip[64];
-
-    if (how >= 0) {
-        wk_xchg_tally(x, how);
-    }
-    if (x->tflags & WK_T_LOGGED) {
-        return;
-    }
-    x->tflags |= WK_T_LOGGED;
-    if (!wk_alog_enabled()) {
-        return;
-    }
-    if (x->at.client_family != 0) {
-        wk_ip_str(x->at.client_family, x->at.client_ip, ip, sizeof(ip));
-    } else {
-        wk_ip_str(x->peer->family, x->peer->ip, ip, sizeof(ip));
-    }
-    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-    memset(&e, 0, sizeof(e));
-    e.client_ip = ip;
-    e.req = x->tx->areq;
-    /* 499: the client went away before it got an answer (the nginx convention). */
-    e.status = how < 0 && (x->status == 0 || x->tx->bytes_sent == 0) ? 499 : x->status;
-    e.duration_ms = request_ms(x);
-    e.bytes_sent = x->tx->bytes_sent;
-    e.reqid = x->tx->reqid;
-    e.reqid_len = x->tx->reqid_len;
-    if (svc != NULL) {
-        e.service = shm_s(s, svc->name);
-        e.service_len = svc->name.len;
-    }
-    if (be != NULL) {
-        e.backend = shm_s(s, be->address);
-        e.backend_len = be->address.len;
-    }
-    e.wall_s = ts.tv_sec;
-    e.wall_ms = (unsigned)(ts.tv_nsec / 1000000);
-    wk_alog_write(&e);
 }
 
 static int ip_trusted(const struct wk_xchg *x, uint8_t family, const uint8_t *ip)
@@ -452,25 +326,6 @@ static int build_upstream_head(struct wk_xchg *x, const struct wk_head *hd, cons
 }
 
 /* ---- the request's way in --------------------------------------------------------------------- */
-void wk_xchg_identify(struct wk_xchg *x, const struct wk_head *hd, const char *base, size_t hlen,
-                      const char *abs_host, size_t abs_hostlen)
-{
-    /* Keep the client's request id if it is sane, for the error bodies too. */
-    for (uint32_t i = 0; i < hd->n; i++) {
-        if (wk_hdr_is(&hd->h[i], "x-request-id", 12) &&
-            wk_reqid_sane(hd->h[i].value, hd->h[i].vlen)) {
-            memcpy(x->tx->reqid, hd->h[i].value, hd->h[i].vlen);
-            x->tx->reqid_len = (uint8_t)hd->h[i].vlen;
-        }
-    }
-    if (x->tx->reqid_len == 0) {
-        wk_reqid_new(wk.rng, x->tx->reqid);
-        x->tx->reqid_len = 32;
-    }
-    /* The host logged is the one routed on: an absolute-form authority before the Host. */
-    capture_alog(x, hd, base, hlen, abs_host, abs_hostlen);
-}
-
 int wk_xchg_route(struct wk_xchg *x, const struct wk_h1_req *rq, const char *nhost, size_t nhlen)
 {
     const struct shm_snap_hdr *s = x->at.gen->snap;
