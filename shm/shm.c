@@ -154,6 +154,36 @@ void shm_snap_unmap(const struct shm_snap_hdr *h, size_t size)
     }
 }
 
+/* Does process <pid> map one of its own /dev/shm/dsp.<pid>.* objects, as every live master
+ * does (its control segment)? Unreadable (another user's process): assume so. */
+static int maps_own_segment(int pid)
+{
+    char path[64], key[64], line[512];
+    FILE *f;
+    int found = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/maps", pid);
+    f = fopen(path, "re");
+    if (f == NULL) {
+        return errno != ENOENT && errno != ESRCH;
+    }
+    snprintf(key, sizeof(key), "/dev/shm/dsp.%d.", pid);
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        found = strstr(line, key) != NULL;
+    }
+    fclose(f);
+    return found;
+}
+
+/* Is the master that made objects named dsp.<pid>.* alive? Its process name is ours, or (a
+ * master started as another program, e.g. under valgrind, or from a renamed binary) it maps
+ * one of them. A pid reused by an unrelated process keeps nothing alive. */
+static int master_alive(int pid)
+{
+    return pid == getpid() || fs_pid_is_ours(pid) ||
+           ((kill(pid, 0) == 0 || errno == EPERM) && maps_own_segment(pid));
+}
+
 /* Unlink /dev/shm/dsp.PID.GEN objects: those of <only_pid>, or (0) of every dead master. */
 static void sweep(int only_pid)
 {
@@ -171,7 +201,7 @@ static void sweep(int only_pid)
         if (sscanf(de->d_name, "dsp.%d.%llu", &pid, &gen) != 2 || pid <= 0) {
             continue;
         }
-        if (only_pid != 0 ? pid != only_pid : (pid == getpid() || fs_pid_is_ours(pid))) {
+        if (only_pid != 0 ? pid != only_pid : master_alive(pid)) {
             continue; /* never those of a live master; a reused pid does not keep one alive */
         }
         snprintf(name, sizeof(name), "/%s", de->d_name);

@@ -3,10 +3,14 @@
 #include "tests/unit/unit.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -227,6 +231,60 @@ static void test_rt_slots_stable(void)
     ms_rt_reg_free(reg);
 }
 
+/* A live master is never swept, even one whose process name differs from ours (started under
+ * valgrind, or from a renamed binary): it maps its own segment. A dead one's objects go. */
+static void test_sweep_keeps_live_masters(void)
+{
+    int ready[2];
+    char name[128], dead[64], ch;
+    pid_t child, gone;
+    struct stat st;
+
+    CU_ASSERT_FATAL(pipe(ready) == 0);
+    child = fork();
+    CU_ASSERT_FATAL(child >= 0);
+    if (child == 0) {
+        int fd;
+        void *p;
+        prctl(PR_SET_NAME, "not-a-master", 0, 0, 0);
+        snprintf(name, sizeof(name), "/dsp.%d.77", (int)getpid());
+        fd = shm_open(name, O_CREAT | O_RDWR, 0600);
+        if (fd < 0 || ftruncate(fd, 4096) != 0) {
+            _exit(1);
+        }
+        p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED || write(ready[1], "r", 1) != 1) {
+            _exit(1);
+        }
+        pause();
+        _exit(0);
+    }
+    close(ready[1]);
+    CU_ASSERT_FATAL(read(ready[0], &ch, 1) == 1);
+    close(ready[0]);
+    /* A process that is gone: its objects are stale. */
+    gone = fork();
+    if (gone == 0) {
+        _exit(0);
+    }
+    waitpid(gone, NULL, 0);
+    snprintf(dead, sizeof(dead), "/dsp.%d.5", (int)gone);
+    close(shm_open(dead, O_CREAT | O_RDWR, 0600));
+
+    shm_sweep_stale();
+    snprintf(name, sizeof(name), "/dev/shm/dsp.%d.77", (int)child);
+    CU_ASSERT_EQUAL(stat(name, &st), 0);
+    snprintf(name, sizeof(name), "/dev/shm%s", dead);
+    CU_ASSERT_NOT_EQUAL(stat(name, &st), 0);
+
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    shm_sweep_stale();
+    snprintf(name, sizeof(name), "/dev/shm/dsp.%d.77", (int)child);
+    CU_ASSERT_NOT_EQUAL(stat(name, &st), 0);
+}
+
 UNIT_SUITE(shm, {"layout", test_layout}, {"publish_map_unlink", test_publish_map_unlink},
            {"fork_readers_never_torn", test_fork_readers_never_torn},
-           {"rt_slots_stable", test_rt_slots_stable})
+           {"rt_slots_stable", test_rt_slots_stable},
+           {"sweep_keeps_live_masters", test_sweep_keeps_live_masters})
