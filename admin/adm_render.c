@@ -703,6 +703,22 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
               "Reloads rejected because the configuration was invalid.");
     adm_buf_addf(b, "dispatcher_config_reload_failures_total %llu\n",
                  (unsigned long long)LD(&v->ctl->reload_failures));
+    if (v->fleet != NULL) {
+        size_t flagged = 0;
+        char flags[64];
+
+        for (size_t i = 0; i < v->fleet->n; i++) {
+            flagged += adm_fleet_flags(v->fleet, &v->fleet->nodes[i], v->now_s, flags,
+                                       sizeof(flags)) > 0;
+        }
+        prom_head(b, "dispatcher_fleet_nodes", "gauge",
+                  "Dispatchers of this Redis environment that report (show fleet).");
+        adm_buf_addf(b, "dispatcher_fleet_nodes %zu\n", v->fleet->n);
+        prom_head(b, "dispatcher_fleet_nodes_flagged", "gauge",
+                  "Of those, the ones that refused a change, serve an older version or went "
+                  "silent.");
+        adm_buf_addf(b, "dispatcher_fleet_nodes_flagged %zu\n", flagged);
+    }
     prom_head(b, "dispatcher_tls_handshakes_total", "counter",
               "TLS handshakes with clients on TLS listeners, by outcome.");
     adm_buf_addf(b,

@@ -143,6 +143,11 @@ class FleetTest(dsptest.TestCase):
             j = json.loads(resp.read())
         self.assertEqual(node(j, "n2")["status"], "rejected")
         self.assertEqual(j["flagged"], 1)
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % http_port,
+                                    timeout=5) as resp:
+            metrics = resp.read().decode()
+        self.assertIn("\ndispatcher_fleet_nodes 2\n", metrics)
+        self.assertIn("\ndispatcher_fleet_nodes_flagged 1\n", metrics)
 
         # Fixed: both serve the same version again, nothing flagged.
         remove(r, "production", "route", "loc")

@@ -588,6 +588,17 @@ static void test_fleet(void)
     CU_ASSERT_EQUAL(adm_json_get(&arr->items[0], "self")->boolean, 1);
     CU_ASSERT_EQUAL(adm_json_get(&arr->items[1], "self")->boolean, 0);
     adm_json_free(j);
+    {
+        struct adm_buf b = {0};
+        struct adm_view v;
+
+        view(&v, NULL);
+        adm_render_metrics(&b, &v);
+        CU_ASSERT_FATAL(b.p != NULL);
+        CU_ASSERT(strstr(b.p, "\ndispatcher_fleet_nodes 3\n") != NULL);
+        CU_ASSERT(strstr(b.p, "\ndispatcher_fleet_nodes_flagged 2\n") != NULL);
+        adm_buf_dispose(&b);
+    }
     f.n = 0;
     j = run("show fleet", 1);
     CU_ASSERT(adm_json_get(j, "nodes")->n == 0);
