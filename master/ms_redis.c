@@ -60,8 +60,17 @@
 #define PING_EVERY_MS 5000
 
 /* The fields of a node report, in the order they are written. */
-enum { NF_GENERATION = 0, NF_APPLIED_AT, NF_SOURCE_DIGEST, NF_STATUS, NF_ERROR, NF_VERSION,
-       NF_UPDATED_AT, NF_PID, NF_COUNT };
+enum {
+    NF_GENERATION = 0,
+    NF_APPLIED_AT,
+    NF_SOURCE_DIGEST,
+    NF_STATUS,
+    NF_ERROR,
+    NF_VERSION,
+    NF_UPDATED_AT,
+    NF_PID,
+    NF_COUNT
+};
 static const char *const node_fields[NF_COUNT] = {
     "generation", "applied_at", "source_digest", "status", "error", "version", "updated_at", "pid",
 };
@@ -79,87 +88,87 @@ enum read_phase { READ_IDLE = 0, READ_SETS, READ_HASHES };
 
 /* One async connection and its registration in the master loop. */
 struct conn {
-    const char *name;          /* "command" or "subscriber", for messages */
-    redisAsyncContext *ac;     /* NULL when closed */
+    const char *name;      /* "command" or "subscriber", for messages */
+    redisAsyncContext *ac; /* NULL when closed */
     int fd;
-    uint32_t events;           /* what hiredis wants watched */
-    uint32_t watched;          /* what the loop watches (hiredis re-arms writes per command) */
-    int registered;            /* fd is in the loop */
-    int connected;             /* TCP connect completed */
-    int closing;               /* we are freeing it: not an error */
-    int ready;                 /* AUTH/SELECT/PING, or SUBSCRIBE, answered */
-    int pending;               /* commands sent whose replies are not in yet */
-    uint64_t deadline;         /* connect or reply deadline (monotonic ms), 0 = none */
-    char error[256];           /* set by a callback: the link must be dropped */
+    uint32_t events;   /* what hiredis wants watched */
+    uint32_t watched;  /* what the loop watches (hiredis re-arms writes per command) */
+    int registered;    /* fd is in the loop */
+    int connected;     /* TCP connect completed */
+    int closing;       /* we are freeing it: not an error */
+    int ready;         /* AUTH/SELECT/PING, or SUBSCRIBE, answered */
+    int pending;       /* commands sent whose replies are not in yet */
+    uint64_t deadline; /* connect or reply deadline (monotonic ms), 0 = none */
+    char error[256];   /* set by a callback: the link must be dropped */
 };
 
 static struct {
     int tick_registered;
-    int state;                 /* enum link_state */
+    int state; /* enum link_state */
     struct conn cmd, sub;
-    char *sig;                 /* the settings the link was opened with */
-    char *host;                /* the master's address (with Sentinel: as last resolved, NULL */
-    int port;                  /* before the first answer) */
+    char *sig;  /* the settings the link was opened with */
+    char *host; /* the master's address (with Sentinel: as last resolved, NULL */
+    int port;   /* before the first answer) */
 
     /* Sentinel (see the top of the file). */
-    struct conn res;           /* asks one sentinel where the master is */
-    size_t res_idx;            /* the sentinel asked now (modulo nsentinels) */
-    size_t res_tried;          /* sentinels tried in this attempt */
-    char *res_host;            /* its answer, once res.ready */
+    struct conn res;  /* asks one sentinel where the master is */
+    size_t res_idx;   /* the sentinel asked now (modulo nsentinels) */
+    size_t res_tried; /* sentinels tried in this attempt */
+    char *res_host;   /* its answer, once res.ready */
     int res_port;
-    char res_last[300];        /* the last sentinel's problem in this attempt */
-    struct conn sw;            /* subscribed to +switch-master */
-    int sw_state;              /* enum watch_state */
+    char res_last[300]; /* the last sentinel's problem in this attempt */
+    struct conn sw;     /* subscribed to +switch-master */
+    int sw_state;       /* enum watch_state */
     size_t sw_idx;
     uint64_t sw_retry_at;
     unsigned sw_failures;
     char sw_last_error[400];
-    int switched;              /* +switch-master for our master came in: resolve now */
-    char switch_text[300];     /* its payload, for the log */
+    int switched;          /* +switch-master for our master came in: resolve now */
+    char switch_text[300]; /* its payload, for the log */
 
     /* This node's report, and the fleet as read. */
-    uint64_t ping_next;        /* liveness PING of the idle command connection */
-    char file_error[400];      /* the last reload of the file was refused: why (first line) */
-    int report_dirty;          /* write the report at the next chance */
-    uint64_t report_next;      /* the heartbeat */
-    char *report_name;         /* node_name the last report went under */
-    char *report_announced;    /* its content as last announced on node-events */
-    char report_error[300];    /* last refused write (logged once) */
+    uint64_t ping_next;     /* liveness PING of the idle command connection */
+    char file_error[400];   /* the last reload of the file was refused: why (first line) */
+    int report_dirty;       /* write the report at the next chance */
+    uint64_t report_next;   /* the heartbeat */
+    char *report_name;      /* node_name the last report went under */
+    char *report_announced; /* its content as last announced on node-events */
+    char report_error[300]; /* last refused write (logged once) */
     int fleet_wanted;
     uint64_t fleet_next;
-    int fleet_phase;           /* 0 idle, 1 SMEMBERS + GET version, 2 HGETALL each */
+    int fleet_phase; /* 0 idle, 1 SMEMBERS + GET version, 2 HGETALL each */
     size_t fleet_pending;
-    struct fnode *fr;          /* the read in progress */
+    struct fnode *fr; /* the read in progress */
     size_t nfr;
     long long fr_version;
-    struct fnode *fleet;       /* the last complete read, sorted by name */
+    struct fnode *fleet; /* the last complete read, sorted by name */
     size_t nfleet;
     long long fleet_version;
     uint64_t fleet_read_at;
-    char *fleet_env;           /* the environment it was read from */
+    char *fleet_env;              /* the environment it was read from */
     struct adm_fleet_node *fview; /* ms_redis_fleet()'s answer, rebuilt per call */
     struct adm_fleet fleet_view;
 
     uint64_t retry_at;
-    unsigned failures;         /* consecutive: the backoff exponent */
+    unsigned failures; /* consecutive: the backoff exponent */
     int ever_up;
-    char last_error[512];      /* last failure, for ms_redis_state and to log repeats once */
+    char last_error[512]; /* last failure, for ms_redis_state and to log repeats once */
     char state_text[600];
     unsigned rand_state;
 
-    int phase;                 /* enum read_phase */
-    int wanted;                /* an event came in: read again as soon as possible */
+    int phase;  /* enum read_phase */
+    int wanted; /* an event came in: read again as soon as possible */
     uint64_t next_resync;
-    struct ms_rns *reading;    /* the read in progress */
-    size_t read_pending;       /* its replies still expected */
-    char read_error[256];      /* a server error that is not about the data (LOADING, NOAUTH) */
+    struct ms_rns *reading; /* the read in progress */
+    size_t read_pending;    /* its replies still expected */
+    char read_error[256];   /* a server error that is not about the data (LOADING, NOAUTH) */
 
-    struct ms_rns *good;       /* last namespace that validated: merged into every publish */
-    uint64_t rejected;         /* fingerprint of the last refused namespace, logged once */
-    char reject_text[512];     /* its first problem, while the refusal stands */
+    struct ms_rns *good;   /* last namespace that validated: merged into every publish */
+    uint64_t rejected;     /* fingerprint of the last refused namespace, logged once */
+    char reject_text[512]; /* its first problem, while the refusal stands */
     uint64_t synced_at;
-    int unversioned;           /* the last complete read had no `version` key: not applied */
-    char problem[700];         /* for ms_redis_rejected() */
+    int unversioned;   /* the last complete read had no `version` key: not applied */
+    char problem[700]; /* for ms_redis_rejected() */
 } rd = {
     .cmd = {.name = "command", .fd = -1},
     .sub = {.name = "subscriber", .fd = -1},
@@ -380,8 +389,8 @@ static int sync_ok(redisContext *c, redisReply *r, const char *what, char *err, 
     int ok = r != NULL && r->type != REDIS_REPLY_ERROR;
 
     if (!ok) {
-        snprintf(err, errlen, "%s: %s", what, r != NULL ? rds_reply_what(r, buf, sizeof(buf))
-                                                          : c->errstr);
+        snprintf(err, errlen, "%s: %s", what,
+                 r != NULL ? rds_reply_what(r, buf, sizeof(buf)) : c->errstr);
     }
     if (r != NULL) {
         freeReplyObject(r);
@@ -427,8 +436,7 @@ static int parse_master_addr(const redisReply *r, const char *name, char **host,
 }
 
 /* Is <r>, a ROLE reply, a master's? When not, why in <err>. */
-static int role_is_master(const redisReply *r, const char *host, int port, char *err,
-                          size_t errlen)
+static int role_is_master(const redisReply *r, const char *host, int port, char *err, size_t errlen)
 {
     char what[512];
 
@@ -471,14 +479,11 @@ static int sync_resolve(const struct ms_config *cfg, char **host, int *port, cha
                         sizeof(one)) != 0) {
                 /* one says why */
             } else {
-                r = redisCommand(c, "SENTINEL get-master-addr-by-name %s",
-                                 cfg->redis.master_name);
+                r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", cfg->redis.master_name);
                 if (r == NULL) {
-                    snprintf(one, sizeof(one), "SENTINEL get-master-addr-by-name: %s",
-                             c->errstr);
+                    snprintf(one, sizeof(one), "SENTINEL get-master-addr-by-name: %s", c->errstr);
                 } else {
-                    rc = parse_master_addr(r, cfg->redis.master_name, host, port, one,
-                                           sizeof(one));
+                    rc = parse_master_addr(r, cfg->redis.master_name, host, port, one, sizeof(one));
                     freeReplyObject(r);
                 }
             }
@@ -659,8 +664,8 @@ static int versioned(const struct ms_rns *ns)
     if (ns->version_state == MS_RNS_VERSION_NONE) {
         if (!rd.unversioned) {
             log_warn("redis %s*: no %sversion key (a Redis that restarted without its data?): "
-                     "not applied; serving %s", ns->prefix, ns->prefix,
-                     serving_what(what, sizeof(what)));
+                     "not applied; serving %s",
+                     ns->prefix, ns->prefix, serving_what(what, sizeof(what)));
         }
         rd.unversioned = 1;
         return 0;
@@ -711,8 +716,9 @@ static void change_report(void *arg, enum ms_outcome how, const char *errs,
         break;
     case MS_COMMIT_DONE:
         log_info("redis %s*: applied as generation %llu (version %lld; %zu services, %zu routes "
-                 "from Redis)", ns->prefix, (unsigned long long)ms.gen, ns->version,
-                 count_redis_services(ms.cfg), count_redis_routes(ms.cfg));
+                 "from Redis)",
+                 ns->prefix, (unsigned long long)ms.gen, ns->version, count_redis_services(ms.cfg),
+                 count_redis_routes(ms.cfg));
         break;
     }
 }
@@ -874,8 +880,7 @@ static void subscribe(struct conn *c)
 
     snprintf(channel, sizeof(channel), "dispatcher:%s:events", ms.cfg->environment);
     snprintf(nodes, sizeof(nodes), "dispatcher:%s:node-events", ms.cfg->environment);
-    if (redisAsyncCommand(c->ac, on_message, NULL, "SUBSCRIBE %s %s", channel, nodes) !=
-        REDIS_OK) {
+    if (redisAsyncCommand(c->ac, on_message, NULL, "SUBSCRIBE %s %s", channel, nodes) != REDIS_OK) {
         snprintf(c->error, sizeof(c->error), "cannot send SUBSCRIBE");
         return;
     }
@@ -1032,8 +1037,7 @@ static const char *link_label(char *buf, size_t n)
     } else if (rd.host == NULL || rd.state == LINK_RESOLVING) {
         snprintf(buf, n, "redis master '%s'", ms.cfg->redis.master_name);
     } else {
-        snprintf(buf, n, "redis master '%s' (%s:%d)", ms.cfg->redis.master_name, rd.host,
-                 rd.port);
+        snprintf(buf, n, "redis master '%s' (%s:%d)", ms.cfg->redis.master_name, rd.host, rd.port);
     }
     return buf;
 }
@@ -1085,9 +1089,8 @@ static void link_connect(uint64_t now)
     if (cfg->redis.password != NULL) {
         send_auth(&rd.cmd, on_setup, (void *)"AUTH");
     }
-    if (cfg->redis.db != 0 &&
-        redisAsyncCommand(rd.cmd.ac, on_setup, (void *)"SELECT", "SELECT %d", cfg->redis.db) ==
-            REDIS_OK) {
+    if (cfg->redis.db != 0 && redisAsyncCommand(rd.cmd.ac, on_setup, (void *)"SELECT", "SELECT %d",
+                                                cfg->redis.db) == REDIS_OK) {
         sent(&rd.cmd);
     }
     /* What the sentinels named may already be a replica again (a failover in progress, a stale
@@ -1106,7 +1109,8 @@ static void link_connect(uint64_t now)
     }
 }
 
-/* ---- Sentinel: where the master is, and when it moves ----------------------------------------- */
+/* ---- Sentinel: where the master is, and when it moves -----------------------------------------
+ */
 
 static void on_resolve(redisAsyncContext *ac, void *reply, void *priv)
 {
@@ -1121,8 +1125,7 @@ static void on_resolve(redisAsyncContext *ac, void *reply, void *priv)
     answered(c);
     if (priv != NULL) { /* AUTH */
         if (r->type == REDIS_REPLY_ERROR) {
-            snprintf(c->error, sizeof(c->error), "AUTH: %s",
-                     rds_reply_what(r, what, sizeof(what)));
+            snprintf(c->error, sizeof(c->error), "AUTH: %s", rds_reply_what(r, what, sizeof(what)));
         }
         return;
     }
@@ -1180,8 +1183,7 @@ static void res_next(uint64_t now, const char *why)
     const struct ms_config *cfg = ms.cfg;
 
     for (;;) {
-        const struct ms_redis_addr *a =
-            &cfg->redis.sentinels[rd.res_idx % cfg->redis.nsentinels];
+        const struct ms_redis_addr *a = &cfg->redis.sentinels[rd.res_idx % cfg->redis.nsentinels];
 
         snprintf(rd.res_last, sizeof(rd.res_last), "sentinel %s:%d: %s", a->host, a->port, why);
         log_debug("redis master '%s': %s", cfg->redis.master_name, rd.res_last);
@@ -1271,8 +1273,7 @@ static void on_switch(redisAsyncContext *ac, void *reply, void *priv)
         p->len <= nl || memcmp(p->str, name, nl) != 0 || p->str[nl] != ' ') {
         return; /* another master of these sentinels */
     }
-    snprintf(rd.switch_text, sizeof(rd.switch_text), "%.*s", (int)DSP_MIN(p->len, 250),
-             p->str);
+    snprintf(rd.switch_text, sizeof(rd.switch_text), "%.*s", (int)DSP_MIN(p->len, 250), p->str);
     rd.switched = 1;
 }
 
@@ -1288,8 +1289,8 @@ static void sw_fail(uint64_t now, const char *why)
     conn_close(&rd.sw);
     if (strcmp(msg, rd.sw_last_error) != 0) {
         log_warn("redis master '%s': %s; not watching for +switch-master, retrying in %llu ms "
-                 "(on the next sentinel)", cfg->redis.master_name, msg,
-                 (unsigned long long)delay);
+                 "(on the next sentinel)",
+                 cfg->redis.master_name, msg, (unsigned long long)delay);
         snprintf(rd.sw_last_error, sizeof(rd.sw_last_error), "%s", msg);
     }
     rd.sw_failures++;
@@ -1381,7 +1382,8 @@ static void sw_tick(uint64_t now)
             return;
         }
         log_info("redis: +switch-master %s; resolving the master again (still serving "
-                 "generation %llu)", rd.switch_text, (unsigned long long)ms.gen);
+                 "generation %llu)",
+                 rd.switch_text, (unsigned long long)ms.gen);
         link_close();
         rd.state = LINK_WAIT;
         rd.retry_at = now;
@@ -1640,8 +1642,8 @@ static void report_write(uint64_t now)
     /* Announce a change (not the heartbeat): everything but updated_at. */
     clen = strlen(key) + (problem ? strlen(problem) : 0) + NF_COUNT * 48 + 16;
     content = dsp_xmalloc(clen);
-    snprintf(content, clen, "%s|%s|%s|%s|%s|%s|%s", key, val[NF_GENERATION],
-             val[NF_APPLIED_AT], val[NF_SOURCE_DIGEST], val[NF_STATUS], val[NF_VERSION],
+    snprintf(content, clen, "%s|%s|%s|%s|%s|%s|%s", key, val[NF_GENERATION], val[NF_APPLIED_AT],
+             val[NF_SOURCE_DIGEST], val[NF_STATUS], val[NF_VERSION],
              problem != NULL ? problem : "");
     if (rd.report_announced == NULL || strcmp(content, rd.report_announced) != 0) {
         snprintf(chan, sizeof(chan), "%snode-events", prefix);
@@ -1796,8 +1798,8 @@ static void fleet_step(uint64_t now)
         rd.fleet_phase = 2;
         for (size_t i = 0; i < rd.nfr; i++) {
             snprintf(key, sizeof(key), "%snode:%s", prefix, rd.fr[i].name);
-            if (redisAsyncCommand(rd.cmd.ac, fleet_hash_reply, (void *)(uintptr_t)i,
-                                  "HGETALL %s", key) != REDIS_OK) {
+            if (redisAsyncCommand(rd.cmd.ac, fleet_hash_reply, (void *)(uintptr_t)i, "HGETALL %s",
+                                  key) != REDIS_OK) {
                 snprintf(rd.cmd.error, sizeof(rd.cmd.error), "cannot send HGETALL");
                 return;
             }
@@ -2060,7 +2062,8 @@ int ms_redis_start(void)
         snprintf(where, sizeof(where), "redis master '%s'", cfg->redis.master_name);
         if (sync_resolve(cfg, &host, &port, err, sizeof(err)) != 0) {
             log_warn("%s: no sentinel named the master (%s); starting from %s alone and "
-                     "retrying in the background", where, err, cfg->path);
+                     "retrying in the background",
+                     where, err, cfg->path);
             snprintf(rd.last_error, sizeof(rd.last_error), "no sentinel named the master (%.400s)",
                      err);
             ms_rns_free(ns);
@@ -2193,7 +2196,8 @@ const char *ms_redis_rejected(void)
     if (rd.unversioned) {
         snprintf(rd.problem, sizeof(rd.problem),
                  "no version key in the namespace (a Redis that restarted without its data?): "
-                 "not applied; serving %s", serving_what(what, sizeof(what)));
+                 "not applied; serving %s",
+                 serving_what(what, sizeof(what)));
         return rd.problem;
     }
     if (rd.reject_text[0] != '\0') {

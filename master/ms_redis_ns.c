@@ -265,8 +265,9 @@ uint64_t ms_rns_hash(const struct ms_rns *ns)
     uint64_t h = 0xcbf29ce484222325ull;
 
     h = fnv(h, ns->prefix);
-    h = fnv(h, ns->version_state == MS_RNS_VERSION_NONE ? "no version"
-               : ns->version_state == MS_RNS_VERSION_BAD ? "bad version" : "version");
+    h = fnv(h, ns->version_state == MS_RNS_VERSION_NONE  ? "no version"
+               : ns->version_state == MS_RNS_VERSION_BAD ? "bad version"
+                                                         : "version");
     h = fnv(h, ns->version_error);
     for (int k = 0; k < MS_RNS_KINDS; k++) {
         h = fnv(h, set_names[k]);
@@ -372,8 +373,7 @@ int ms_rns_parse_backends(const char *v, struct ms_backend **out, size_t *n, cha
         eq = strchr(item, '=');
         if (eq != NULL) {
             *eq = '\0';
-            if (ms_rns_parse_int(skip_space(eq + 1), 1, MS_MAX_WEIGHT, &w, why, sizeof(why)) !=
-                0) {
+            if (ms_rns_parse_int(skip_space(eq + 1), 1, MS_MAX_WEIGHT, &w, why, sizeof(why)) != 0) {
                 snprintf(err, errlen, "backend \"%s\": weight %s", item, why);
                 goto fail;
             }
@@ -472,19 +472,17 @@ static void add_err(struct errs *el, const char *key, const char *fmt, ...)
     el->count++;
 }
 
-static const char *entry_key(char *buf, size_t n, const struct ms_rns *ns, int kind,
-                             const char *id)
+static const char *entry_key(char *buf, size_t n, const struct ms_rns *ns, int kind, const char *id)
 {
     snprintf(buf, n, "%s%s%s", ns->prefix, hash_names[kind], id);
     return buf;
 }
 
 static const char *const service_fields[] = {
-    "backends",          "balance",          "health_path",        "health_interval_ms",
-    "health_timeout_ms", "health_fall",      "health_rise",        "retries",
-    "connect_timeout_ms", "response_timeout_ms", NULL};
-static const char *const route_fields[] = {"host",    "path", "methods", "priority",
-                                           "service", NULL};
+    "backends",    "balance",     "health_path", "health_interval_ms", "health_timeout_ms",
+    "health_fall", "health_rise", "retries",     "connect_timeout_ms", "response_timeout_ms",
+    NULL};
+static const char *const route_fields[] = {"host", "path", "methods", "priority", "service", NULL};
 static const char *const cert_fields[] = {"cert", "key", NULL};
 
 static void unknown_field(struct errs *el, const char *key, const char *name,
@@ -629,8 +627,7 @@ static void parse_route(struct errs *el, const char *key, const struct ms_rns_en
             }
         } else if (strcmp(n, "path") == 0) {
             if (!ms_valid_url_path(f->value)) {
-                add_err(el, key, "path \"%s\" must start with '/' and contain no spaces",
-                        f->value);
+                add_err(el, key, "path \"%s\" must start with '/' and contain no spaces", f->value);
             } else {
                 free(r->path);
                 r->path = dsp_xstrdup(f->value);
@@ -756,8 +753,8 @@ int ms_rns_merge(struct ms_config *cfg, const struct ms_rns *ns, int quiet, char
         }
         if (lookup(&file_ix, e->id) >= 0) {
             if (!quiet) {
-                log_warn("redis %s: service '%s' is also defined in %s; the file's entry wins",
-                         key, e->id, cfg->path);
+                log_warn("redis %s: service '%s' is also defined in %s; the file's entry wins", key,
+                         e->id, cfg->path);
             }
             continue;
         }

@@ -22,12 +22,12 @@ struct ms_rns_field {
 };
 
 struct ms_rns_entry {
-    char *id;                    /* member of the kind's SET */
-    struct ms_rns_field *f;      /* the hash's fields (sorted by name after ms_rns_sort) */
+    char *id;               /* member of the kind's SET */
+    struct ms_rns_field *f; /* the hash's fields (sorted by name after ms_rns_sort) */
     size_t nf;
     size_t capf;
-    int missing;                 /* listed in the SET, but the hash does not exist */
-    char *error;                 /* reading the hash failed (WRONGTYPE, NUL byte...), or NULL */
+    int missing; /* listed in the SET, but the hash does not exist */
+    char *error; /* reading the hash failed (WRONGTYPE, NUL byte...), or NULL */
 };
 
 /* The namespace's `version` key (writers INCR it on every change). A namespace without one is
@@ -37,12 +37,12 @@ struct ms_rns_entry {
 #define MS_RNS_VERSION_BAD  2 /* anything else: why in .version_error */
 
 struct ms_rns {
-    char *prefix;                          /* "dispatcher:{environment}:" */
-    int version_state;                     /* MS_RNS_VERSION_* */
+    char *prefix;      /* "dispatcher:{environment}:" */
+    int version_state; /* MS_RNS_VERSION_* */
     long long version;
     char *version_error;
-    char *set_error[MS_RNS_KINDS];         /* reading the SET itself failed, or NULL */
-    struct ms_rns_entry *e[MS_RNS_KINDS];  /* sorted by id after ms_rns_sort */
+    char *set_error[MS_RNS_KINDS];        /* reading the SET itself failed, or NULL */
+    struct ms_rns_entry *e[MS_RNS_KINDS]; /* sorted by id after ms_rns_sort */
     size_t n[MS_RNS_KINDS];
     size_t cap[MS_RNS_KINDS];
 };
