@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -227,5 +228,17 @@ int net_set_nonblock(int fd)
     if (fl == -1 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) == -1) {
         return -1;
     }
+    return 0;
+}
+
+int net_unix_addr(const char *path, size_t len, struct sockaddr_un *sun, socklen_t *sl)
+{
+    if (len == 0 || path[0] != '/' || len >= sizeof(sun->sun_path) || memchr(path, '\0', len)) {
+        return -1;
+    }
+    memset(sun, 0, sizeof(*sun));
+    sun->sun_family = AF_UNIX;
+    memcpy(sun->sun_path, path, len);
+    *sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
     return 0;
 }

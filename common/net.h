@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
 /* Parse "IPv4:port", "[IPv6]:port", "*:port" or "localhost:port" into <ss>/<len>.
  * Port must be 1..65535 (0 allowed when <allow_port0>). Returns 0, or -1 with a reason in <err>. */
@@ -30,5 +31,12 @@ int net_cidr_parse(const char *s, struct net_cidr *out, char *err, size_t errlen
 int net_cidr_match(const struct net_cidr *c, const struct sockaddr *sa);
 
 int net_set_nonblock(int fd);
+
+/* Unix-socket backends are written "unix:/abs/path" (NET_UNIX_PREFIX, then the path). */
+#define NET_UNIX_PREFIX     "unix:"
+#define NET_UNIX_PREFIX_LEN 5
+/* The socket address of absolute path <path> (<len> bytes, no NUL inside) into <sun>/<sl>.
+ * Returns 0, or -1 when it is not absolute or does not fit sun_path. */
+int net_unix_addr(const char *path, size_t len, struct sockaddr_un *sun, socklen_t *sl);
 
 #endif

@@ -527,7 +527,15 @@ static void add_previous(const struct ms_service *s, struct xbe **v, size_t *n, 
             x->weight = (int)b->weight;
             x->own = dsp_xstrdup(shm_s(old, b->address));
             x->address = x->own;
-            if (b->family == AF_INET) {
+            if (b->family == AF_UNIX) {
+                const char *path = x->own + NET_UNIX_PREFIX_LEN;
+                struct sockaddr_un sun;
+                socklen_t sl;
+
+                if (net_unix_addr(path, strlen(path), &sun, &sl) == 0) {
+                    memcpy(&x->ss, &sun, sl);
+                }
+            } else if (b->family == AF_INET) {
                 struct sockaddr_in *s4 = (struct sockaddr_in *)&x->ss;
 
                 s4->sin_family = AF_INET;

@@ -1512,6 +1512,41 @@ static void parse_dns(struct ctx *c, config_setting_t *root, struct ms_config *c
     }
 }
 
+/* "unix:/path": a Unix-domain socket. The path must be absolute and fit sun_path; whether it
+ * exists is not checked (the backend may create it later, like a TCP backend may start later). */
+static int parse_backend_unix(const char *v, struct ms_backend *b, char *err, size_t errlen)
+{
+    const char *path = v + NET_UNIX_PREFIX_LEN;
+    size_t len = strlen(path);
+    struct sockaddr_un sun;
+    socklen_t sl;
+
+    for (const char *p = path; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            snprintf(err, errlen, "unix socket path of \"%.*s...\" has a control character",
+                     (int)(p - v), v);
+            return -1;
+        }
+    }
+    if (len == 0 || path[0] != '/') {
+        snprintf(err, errlen, "\"%s\": a unix socket backend is \"unix:/absolute/path\"", v);
+        return -1;
+    }
+    if (net_unix_addr(path, len, &sun, &sl) != 0) {
+        snprintf(err, errlen, "unix socket path \"%s\" is %zu bytes, longer than the %zu allowed",
+                 path, len, sizeof(sun.sun_path) - 1);
+        return -1;
+    }
+    memset(&b->ss, 0, sizeof(b->ss));
+    memcpy(&b->ss, &sun, sl);
+    b->sslen = sl;
+    free(b->name);
+    b->name = NULL;
+    free(b->address);
+    b->address = dsp_xstrdup(v);
+    return 0;
+}
+
 int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
@@ -1519,6 +1554,9 @@ int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t
     char buf[80];
     int named;
 
+    if (strncmp(v, NET_UNIX_PREFIX, NET_UNIX_PREFIX_LEN) == 0) {
+        return parse_backend_unix(v, b, err, errlen);
+    }
     if (strncmp(v, "localhost:", 10) != 0 &&
         (named = parse_backend_name(v, b, err, errlen)) != 0) {
         return named == 1 ? 0 : -1;
@@ -1560,7 +1598,9 @@ static void parse_backend(struct ctx *c, config_setting_t *e, const char *where,
         }
         as = config_setting_get_member(e, "address");
     } else if (config_setting_type(e) != CONFIG_TYPE_STRING) {
-        err_at(c, e, "%s must be \"ip:port\", \"name:port\" or { address = \"ip:port\"; weight = N; }",
+        err_at(c, e,
+               "%s must be \"ip:port\", \"name:port\", \"unix:/path\" or "
+               "{ address = \"ip:port\"; weight = N; }",
                where);
         return;
     }
@@ -1826,6 +1866,16 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
     get_int(c, g, where, "response_timeout_ms", 1, MS_MAX_TIMEOUT_MS, &svc->response_timeout_ms);
     get_int(c, g, where, "resolve_ms", 100, MS_MAX_TIMEOUT_MS, &svc->resolve_ms);
     parse_service_tls(c, g, where, svc);
+    for (size_t i = 0; svc->tls && svc->tls_verify && svc->tls_sni == NULL && i < svc->nbackends;
+         i++) {
+        if (svc->backends[i].ss.ss_family == AF_UNIX) {
+            err_line(c, config_setting_source_file(g), (unsigned)svc->backends[i].line,
+                     "%s: backend %s is a unix socket, which has no address to verify its "
+                     "certificate against: set %s.sni (or verify = false)",
+                     where, svc->backends[i].address, where);
+            break;
+        }
+    }
 }
 
 static void parse_services(struct ctx *c, config_setting_t *root, struct ms_config *cfg)

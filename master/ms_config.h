@@ -34,7 +34,8 @@ struct ms_listener {
 };
 
 struct ms_backend {
-    char *address;               /* normalised "ip:port" / "[ip6]:port", or "name:port" */
+    char *address;               /* normalised "ip:port" / "[ip6]:port", "name:port" or
+                                  * "unix:/path" */
     char *name;                  /* a host name the master resolves (master/ms_dns.h), lower
                                   * case, or NULL for an IP literal (then ss/sslen are set) */
     uint16_t port;               /* the port of a named backend */
@@ -253,9 +254,9 @@ int ms_parse_balance(const char *v, uint32_t *out);
  * before has it; NULL addresses are their own) into <first>[0, n). O(n log n): a service may
  * have tens of thousands. */
 void ms_backend_dups(const struct ms_backend *b, size_t n, size_t *first);
-/* Parse a backend address ("ip:port", "[ip6]:port", "localhost:port", "name:port") into <b>'s
- * address (heap, normalised) and either ss and sslen, or for a host name name and port (the
- * master resolves it, master/ms_dns.h). Returns 0, or -1 with the reason in <err>. */
+/* Parse a backend address ("ip:port", "[ip6]:port", "localhost:port", "name:port",
+ * "unix:/path") into <b>'s address (heap, normalised) and either ss and sslen (AF_UNIX for a
+ * unix socket), or for a host name name and port (the master resolves it, master/ms_dns.h). Returns 0, or -1 with the reason in <err>. */
 int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t errlen);
 
 #endif

@@ -16,6 +16,7 @@
 
 #include "common/dsp.h"
 #include "common/log.h"
+#include "common/net.h"
 #include "common/tls.h"
 #include "common/xport.h"
 #include "master/ms_loop.h"
@@ -256,6 +257,7 @@ static void hc_step(struct hc *h, uint32_t events, uint64_t now)
 static void hc_start(struct hc *h, uint64_t now)
 {
     struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = h};
+    const char *host;
     int len, fd;
 
     h->started_ms = now;
@@ -266,15 +268,17 @@ static void hc_start(struct hc *h, uint64_t now)
         h->next_ms = now + h->interval_ms; /* logged when the context failed to build */
         return;
     }
+    /* A unix socket has no host:port to name: its TLS name, else localhost. */
+    host = h->ss.ss_family != AF_UNIX ? h->address : h->tls_sni != NULL ? h->tls_sni : "localhost";
     len = snprintf(NULL, 0,
                    "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: dispatcher-health/%s\r\n"
                    "Accept: */*\r\nConnection: close\r\n\r\n",
-                   h->path, h->address, DSP_VERSION);
+                   h->path, host, DSP_VERSION);
     h->req = dsp_xmalloc((size_t)len + 1);
     snprintf(h->req, (size_t)len + 1,
              "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: dispatcher-health/%s\r\n"
              "Accept: */*\r\nConnection: close\r\n\r\n",
-             h->path, h->address, DSP_VERSION);
+             h->path, host, DSP_VERSION);
     h->reqlen = (size_t)len;
     fd = socket(h->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1) {
@@ -421,7 +425,14 @@ static void on_publish(void *arg)
             replace(&h->path, shm_s(s, svc->health_path));
             hc_set_tls(h, s, svc, b);
             memset(&h->ss, 0, sizeof(h->ss));
-            if (b->family == AF_INET6) {
+            if (b->family == AF_UNIX) {
+                const char *path = shm_s(s, b->address) + NET_UNIX_PREFIX_LEN;
+
+                if (net_unix_addr(path, strlen(path), (struct sockaddr_un *)&h->ss,
+                                  &h->sslen) != 0) {
+                    h->sslen = 0; /* cannot happen: the config checked it */
+                }
+            } else if (b->family == AF_INET6) {
                 struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&h->ss;
                 s6->sin6_family = AF_INET6;
                 s6->sin6_port = htons(b->port);

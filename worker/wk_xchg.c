@@ -404,7 +404,15 @@ static int upstream_connect(struct wk_xchg *x)
     u->be_slot = be->rt_slot;
     u->x = x;
     memset(&ss, 0, sizeof(ss));
-    if (be->family == AF_INET6) {
+    if (be->family == AF_UNIX) {
+        /* "unix:/path": the master checked that the path fits. */
+        if (net_unix_addr(shm_s(x->at.gen->snap, be->address) + NET_UNIX_PREFIX_LEN,
+                          be->address.len - NET_UNIX_PREFIX_LEN, (struct sockaddr_un *)&ss,
+                          &sl) != 0) {
+            free(u);
+            return -1;
+        }
+    } else if (be->family == AF_INET6) {
         struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
         s6->sin6_family = AF_INET6;
         s6->sin6_port = htons(be->port);
@@ -430,7 +438,9 @@ static int upstream_connect(struct wk_xchg *x)
         free(u);
         return -1;
     }
-    setsockopt(u->xp.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (be->family != AF_UNIX) {
+        setsockopt(u->xp.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.ptr = u;
     if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, u->xp.fd, &ev) == -1) {
@@ -450,6 +460,8 @@ static int upstream_connect(struct wk_xchg *x)
         u->flags |= WK_UP_F_TLSHS; /* the handshake starts once connect() completes */
     }
     if (connect(u->xp.fd, (struct sockaddr *)&ss, sl) == -1) {
+        /* A unix socket never connects in the background: EAGAIN is a full backlog, ENOENT
+         * a socket not created yet; like a refusal, both are connect failures. */
         if (errno != EINPROGRESS) {
             return 1; /* refused at once (loopback): a connect failure */
         }
@@ -511,7 +523,7 @@ static int upstream_failed(struct wk_xchg *x, int why)
 
     if (why == WK_FAIL_RESET && reused) {
         lb_why = WK_FAIL_STALE;
-    } else if (why == WK_FAIL_RESET && x->up != NULL) {
+    } else if (why == WK_FAIL_RESET && x->up != NULL && be->family != AF_UNIX) {
         /* An RST leaves the socket CLOSED, a FIN leaves it in CLOSE_WAIT: only the former says
          * the backend died or aborted, which passive health acts on at once. */
         struct tcp_info ti;
