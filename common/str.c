@@ -5,21 +5,6 @@
 #include <stdio.h>
 #include <string.h>
 
-void str_add(struct str_buf *s, const char *data, size_t n)
-{
-    if (s->overflow || n > s->cap - s->len) {
-        s->overflow = 1;
-        return;
-    }
-    memcpy(s->p + s->len, data, n);
-    s->len += n;
-}
-
-void str_adds(struct str_buf *s, const char *cstr)
-{
-    str_add(s, cstr, strlen(cstr));
-}
-
 void str_addf(struct str_buf *s, const char *fmt, ...)
 {
     va_list ap;

@@ -300,7 +300,11 @@ static int build_upstream_head(struct wk_xchg *x, const struct wk_head *hd, cons
     }
     x->tx->uout.start = x->tx->uout.end = 0;
     wk_ip_str(x->peer->family, x->peer->ip, ip, sizeof(ip));
-    wk_ip_str(x->at.client_family, x->at.client_ip, rip, sizeof(rip));
+    if (x->at.client_family == x->peer->family && memcmp(x->at.client_ip, x->peer->ip, 16) == 0) {
+        memcpy(rip, ip, sizeof(rip)); /* (most requests: no trusted proxy in front) */
+    } else {
+        wk_ip_str(x->at.client_family, x->at.client_ip, rip, sizeof(rip));
+    }
     f.method = x->method;
     f.target = target;
     f.tlen = tlen;
