@@ -217,6 +217,10 @@ void adm_render_health(struct adm_buf *b, const struct adm_view *v)
     if (v->redis_state != NULL) {
         adm_buf_adds(b, ",\"redis\":");
         adm_buf_jstrz(b, v->redis_state);
+        if (v->redis_master != NULL) {
+            adm_buf_adds(b, ",\"redis_master\":");
+            adm_buf_jstrz(b, v->redis_master);
+        }
         if (v->redis_has_version) {
             adm_buf_addf(b, ",\"redis_version\":%lld", v->redis_version);
         }

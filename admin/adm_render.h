@@ -58,6 +58,7 @@ struct adm_view {
     double memory_mb;                  /* RSS of the master and its workers; < 0 = unknown */
     const char *redis_state;           /* "connected", "error: ...", ...; NULL without Redis */
     const char *redis_problem;         /* why the namespace in Redis is not served, or NULL */
+    const char *redis_master;          /* with Sentinel: "NAME at HOST:PORT" followed, or NULL */
     int redis_has_version;             /* the config holds Redis data of version redis_version */
     long long redis_version;
     /* Appends extra members (",\"key\":...") to service <svc> of `show instances` (the master's

@@ -360,6 +360,11 @@ static void print_health(const struct adm_jval *j)
            adm_json_str(cf, "source"));
     if (adm_json_get(cf, "redis") != NULL) {
         printf("redis       %s", adm_json_str(cf, "redis"));
+        if (adm_json_get(cf, "redis_master") != NULL) {
+            char *m = clean(adm_json_str(cf, "redis_master"));
+            printf(", master %s", m);
+            free(m);
+        }
         if (adm_json_get(cf, "redis_version") != NULL) {
             printf(", data version %s", num(cf, "redis_version"));
         }

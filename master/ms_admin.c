@@ -73,6 +73,7 @@ static int view(struct adm_view *v, void *arg)
     v->memory_mb = rss_mb();
     v->redis_state = ms.cfg->redis.enabled ? ms_redis_state() : NULL;
     v->redis_problem = ms.cfg->redis.enabled ? ms_redis_rejected() : NULL;
+    v->redis_master = ms.cfg->redis.enabled ? ms_redis_master() : NULL;
     v->redis_has_version = ms_redis_version(&v->redis_version);
     v->service_extra = ms_dns_render_service;
     v->fleet = ms_redis_fleet();

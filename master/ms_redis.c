@@ -2290,3 +2290,18 @@ void ms_redis_file_outcome(const char *errs)
     }
     rd.report_dirty = 1;
 }
+
+const char *ms_redis_master(void)
+{
+    static char buf[600];
+
+    if (ms.cfg == NULL || !ms.cfg->redis.enabled || !sentinel_mode(ms.cfg)) {
+        return NULL;
+    }
+    if (rd.host == NULL) {
+        snprintf(buf, sizeof(buf), "%s (not known yet)", ms.cfg->redis.master_name);
+    } else {
+        snprintf(buf, sizeof(buf), "%s at %s:%d", ms.cfg->redis.master_name, rd.host, rd.port);
+    }
+    return buf;
+}

@@ -51,6 +51,9 @@ uint64_t ms_redis_synced_at(void);
 const char *ms_redis_rejected(void);
 int ms_redis_version(long long *version);
 const char *ms_redis_namespace(void);
+/* With Sentinel, the master followed: "NAME at HOST:PORT" (as the sentinels last named it) or
+ * "NAME (not known yet)"; NULL without Sentinel. */
+const char *ms_redis_master(void);
 
 /* The fleet of this environment as last read from Redis (the node:{node_name} reports, see
  * SPEC "Redis"), for `show fleet`; NULL when Redis is disabled. Valid until the next call or the

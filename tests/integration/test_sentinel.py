@@ -195,6 +195,7 @@ class SentinelTest(dsptest.TestCase):
         self.assertEqual(status(d.port, "ha.do"), (200, "ha"), "the old Redis route kept")
         h = dsptest.admin_ask(d, "show health")["config"]
         self.assertEqual(h.get("redis"), "connected", h)
+        self.assertEqual(h.get("redis_master"), "mymaster at 127.0.0.1:%d" % replica.port, h)
         self.assertRegex(d.log(), r"\+switch-master mymaster 127\.0\.0\.1 %d 127\.0\.0\.1 %d"
                          % (master.port, replica.port))
         # Events on the new master work as before.
@@ -293,6 +294,48 @@ class SentinelTest(dsptest.TestCase):
             os.kill(master.proc.pid, signal.SIGCONT)
         dsptest.wait_until(lambda: redis_state() == "connected", 8 * SLACK, "reconnected")
         self.assertEqual(status(d.port, "ha.do"), (200, "ha"))
+
+    @dsptest.timeout(60)
+    def test_reload_onto_sentinels(self):
+        """A reload moves a dispatcher from redis.host to Sentinel: a name the sentinels do not
+        know is said in show health while the Redis routes keep serving; the right name
+        follows the master, whose events are applied."""
+        tmp = self.tmpdir()
+        master = Redis(tmp).start()
+        self.addCleanup(master.stop)
+        ha = self.backend("ha")
+        add_service(master, "production", "ha", [ha.addr])
+        add_route(master, "production", "ha", host="ha.do", service="ha")
+        s = Sentinel(tmp, master.port).start()
+        self.addCleanup(s.stop)
+        d = self.dispatcher(services=[svc("gw", self.backend("gw"))],
+                            routes=[route("gw.do", "gw")],
+                            extra='environment = "production";\nredis = { host = "127.0.0.1"; '
+                                  'port = %d; };' % master.port)
+        self.assertEqual(status(d.port, "ha.do"), (200, "ha"))
+        plain = open(d.conf).read()
+        block = plain.split("redis = ")[1].split("\n")[0]
+
+        def health():
+            return dsptest.admin_ask(d, "show health")["config"]
+        gen = dsptest.generation(d)
+        d.hup(plain.replace(block, dsptest._group({
+            "sentinels": ["127.0.0.1:%d" % s.port], "master_name": "nosuch"}) + ";"))
+        dsptest.wait_until(lambda: "does not know a master called 'nosuch'" in
+                           health().get("redis", ""), 5 * SLACK,
+                           "unknown master name said:\n" + d.log_tail())
+        self.assertGreater(dsptest.generation(d), gen, "the reload itself applied")
+        self.assertEqual(health().get("redis_master"), "nosuch (not known yet)")
+        self.assertEqual(status(d.port, "ha.do"), (200, "ha"), "Redis routes kept")
+        d.hup(plain.replace(block, dsptest._group({
+            "sentinels": ["127.0.0.1:%d" % s.port], "master_name": "mymaster"}) + ";"))
+        dsptest.wait_until(lambda: health().get("redis") == "connected", 8 * SLACK,
+                           "connected through the sentinel:\n" + d.log_tail())
+        self.assertEqual(health().get("redis_master"), "mymaster at 127.0.0.1:%d" % master.port)
+        add_route(master, "production", "ha2", host="ha2.do", service="ha")
+        publish(master, "production")
+        dsptest.wait_until(lambda: status(d.port, "ha2.do") == (200, "ha"), 2 * SLACK,
+                           "event applied after the move")
 
     @dsptest.timeout(60)
     def test_wrong_sentinel_password(self):
