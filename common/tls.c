@@ -432,6 +432,12 @@ struct ssl_ctx_st *tls_server_ctx_new(const char *cert_pem, size_t cert_len, con
     return ctx;
 }
 
+int tls_ctx_use_pem(struct ssl_ctx_st *ctx, const char *cert_pem, size_t cert_len,
+                    const char *key_pem, size_t key_len, char *err, size_t errlen)
+{
+    return load_pem_pair(ctx, cert_pem, cert_len, key_pem, key_len, err, errlen);
+}
+
 struct ssl_st *tls_client_conn(struct ssl_ctx_st *ctx, int fd, const char *sni, int verify,
                                const uint8_t *ip, size_t iplen, char *err, size_t errlen)
 {

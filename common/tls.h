@@ -39,6 +39,12 @@ struct ssl_ctx_st *tls_server_ctx_new(const char *cert_pem, size_t cert_len, con
 struct ssl_ctx_st *tls_client_ctx_new(int verify, const char *ca_pem, size_t ca_len, char *err,
                                       size_t errlen);
 
+/* Give <ctx> (a client context: the certificate it presents when asked) the certificate chain
+ * <cert_pem> (leaf first) and the key <key_pem>, checked to belong together. Returns 0, or -1
+ * with a reason in <err>. */
+int tls_ctx_use_pem(struct ssl_ctx_st *ctx, const char *cert_pem, size_t cert_len,
+                    const char *key_pem, size_t key_len, char *err, size_t errlen);
+
 /* A client SSL on connected (or connecting) socket <fd>, from <ctx>: sends SNI <sni> (NULL:
  * none); with <verify>, the peer's certificate must name <sni>, or without one, the address
  * <ip> (<iplen> 4 or 16 bytes). Returns the SSL (for xp_start_tls() of common/xport.h, or

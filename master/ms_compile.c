@@ -706,6 +706,8 @@ static void fill_services(const struct ms_config *cfg, const struct xsvc *xs, ch
         o->tls = s->tls ? SHM_SVC_TLS_ON | (s->tls_verify ? SHM_SVC_TLS_VERIFY : 0u) : 0u;
         o->tls_sni = put_str(b, s->tls ? s->tls_sni : NULL);
         o->tls_ca_pem = put_str(b, s->tls ? s->tls_ca_pem : NULL);
+        o->tls_client_cert_pem = put_str(b, s->tls ? s->tls_client_cert_pem : NULL);
+        o->tls_client_key_pem = put_str(b, s->tls ? s->tls_client_key_pem : NULL);
         for (size_t j = 0; j < o->nbackends; j++) {
             const struct sockaddr_storage *ss;
             int weight;
@@ -827,7 +829,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
 
         strings_need += str_need(s->name) + str_need(s->health.path);
         if (s->tls) {
-            strings_need += str_need(s->tls_sni) + str_need(s->tls_ca_pem);
+            strings_need += str_need(s->tls_sni) + str_need(s->tls_ca_pem) +
+                            str_need(s->tls_client_cert_pem) + str_need(s->tls_client_key_pem);
         }
         for (size_t j = 0; j < svc_nbackends(cfg, xs, i); j++) {
             const struct sockaddr_storage *ss;

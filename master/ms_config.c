@@ -67,6 +67,8 @@ static const char *const service_keys[] = {"name",
                                            "verify",
                                            "ca",
                                            "sni",
+                                           "client_cert",
+                                           "client_key",
                                            "passive_failures",
                                            "max_ejection_percent",
                                            "resolve_ms",
@@ -1726,6 +1728,13 @@ void ms_service_dispose(struct ms_service *svc)
     free(svc->tls_sni);
     free(svc->tls_ca);
     free(svc->tls_ca_pem);
+    free(svc->tls_client_cert);
+    free(svc->tls_client_key);
+    free(svc->tls_client_cert_pem);
+    if (svc->tls_client_key_pem != NULL) {
+        explicit_bzero(svc->tls_client_key_pem, strlen(svc->tls_client_key_pem));
+        free(svc->tls_client_key_pem);
+    }
     memset(svc, 0, sizeof(*svc));
 }
 
@@ -1741,6 +1750,54 @@ int ms_parse_balance(const char *v, uint32_t *out)
         return -1;
     }
     return 0;
+}
+
+/* client_cert / client_key of a service (mTLS to its backends): both or neither, read with the
+ * same reader and checks as the listeners' certificates (a key that does not match its
+ * certificate is an error of the client_key line). */
+static void parse_service_client_cert(struct ctx *c, config_setting_t *g, const char *where,
+                                      struct ms_service *svc)
+{
+    config_setting_t *cs = config_setting_get_member(g, "client_cert");
+    config_setting_t *ks = config_setting_get_member(g, "client_key");
+    const char *cv = NULL, *kv = NULL;
+    struct ms_cert ct;
+    char err[768];
+    int rc;
+
+    if (cs == NULL && ks == NULL) {
+        return;
+    }
+    if (get_str(c, g, where, "client_cert", 0, &cv) != 1 ||
+        get_str(c, g, where, "client_key", 0, &kv) != 1) {
+        if (cs == NULL || ks == NULL) {
+            err_at(c, cs != NULL ? cs : ks, "%s.%s needs %s.%s as well", where,
+                   cs != NULL ? "client_cert" : "client_key", where,
+                   cs != NULL ? "client_key" : "client_cert");
+        }
+        return;
+    }
+    svc->tls_client_cert = resolve(c, cv);
+    svc->tls_client_key = resolve(c, kv);
+    memset(&ct, 0, sizeof(ct));
+    ct.cert = svc->tls_client_cert;
+    ct.key = svc->tls_client_key;
+    rc = ms_tls_load_cert(&ct, TLS_V12, 0, err, sizeof(err));
+    ct.cert = ct.key = NULL; /* the service's */
+    if (rc != 0) {
+        /* On the line of the file at fault: the key's when the pair does not match. */
+        int key = strstr(err, "do not match") != NULL || strstr(err, "private key") != NULL ||
+                  strstr(err, "is encrypted") != NULL ||
+                  (strstr(err, svc->tls_client_key) != NULL &&
+                   strstr(err, svc->tls_client_cert) == NULL);
+
+        err_at(c, key ? ks : cs, "%s.%s: %s", where, key ? "client_key" : "client_cert", err);
+    } else {
+        svc->tls_client_cert_pem = ct.cert_pem;
+        svc->tls_client_key_pem = ct.key_pem;
+        ct.cert_pem = ct.key_pem = NULL;
+    }
+    ms_cert_dispose(&ct);
 }
 
 /* tls / verify / ca / sni of a service: TLS to its backends. The CA bundle is read here so that
@@ -1772,8 +1829,10 @@ static void parse_service_tls(struct ctx *c, config_setting_t *g, const char *wh
             err_at(c, s, "%s.ca: %s", where, err);
         }
     }
+    parse_service_client_cert(c, g, where, svc);
     if (!svc->tls) {
-        static const char *const needs_tls[] = {"verify", "ca", "sni", NULL};
+        static const char *const needs_tls[] = {"verify", "ca", "sni", "client_cert", "client_key",
+                                                NULL};
 
         for (const char *const *k = needs_tls; *k != NULL; k++) {
             config_setting_t *s = config_setting_get_member(g, *k);

@@ -83,6 +83,11 @@ struct ms_service {
     char *tls_sni;               /* lower case, or NULL: no SNI, the backend IP is verified */
     char *tls_ca;                /* absolute path, or NULL for the system store */
     char *tls_ca_pem;            /* tls_ca's contents, read and checked at load */
+    /* mTLS: the certificate the service presents to its backends (client_cert, client_key). */
+    char *tls_client_cert;       /* absolute paths, or NULL */
+    char *tls_client_key;
+    char *tls_client_cert_pem;   /* their contents, checked to match at load (chain; PKCS#8) */
+    char *tls_client_key_pem;    /* zeroed before it is freed */
 };
 
 struct ms_route {

@@ -57,6 +57,8 @@ struct hc {
     struct ssl_ctx_st *tls_ctx; /* rebuilt when the flags or the CA change */
     char *tls_ca;              /* the CA PEM it was built from ("" = system store) */
     char *tls_sni;             /* NULL: none (the address is verified) */
+    char *tls_cert;            /* mTLS: the client certificate and key it was built with ("") */
+    char *tls_key;
     uint8_t ip[16];
     size_t iplen;
 };
@@ -75,6 +77,11 @@ static void hc_free(struct hc *h)
     tls_ctx_free(h->tls_ctx);
     free(h->tls_ca);
     free(h->tls_sni);
+    free(h->tls_cert);
+    if (h->tls_key != NULL) {
+        explicit_bzero(h->tls_key, strlen(h->tls_key));
+        free(h->tls_key);
+    }
     free(h->service);
     free(h->address);
     free(h->path);
@@ -353,6 +360,8 @@ static void hc_set_tls(struct hc *h, const struct shm_snap_hdr *s, const struct 
                        const struct shm_backend *b)
 {
     const char *ca = shm_s(s, svc->tls_ca_pem);
+    const char *cert = shm_s(s, svc->tls_client_cert_pem);
+    const char *key = shm_s(s, svc->tls_client_key_pem);
     char err[256];
 
     free(h->tls_sni);
@@ -366,15 +375,28 @@ static void hc_set_tls(struct hc *h, const struct shm_snap_hdr *s, const struct 
         return;
     }
     if (h->tls_ctx != NULL && h->tls_flags == svc->tls && h->tls_ca != NULL &&
-        strcmp(h->tls_ca, ca) == 0) {
+        strcmp(h->tls_ca, ca) == 0 && strcmp(h->tls_cert, cert) == 0 &&
+        strcmp(h->tls_key, key) == 0) {
         return;
     }
     /* A check in flight keeps the old context alive through its SSL. */
     tls_ctx_free(h->tls_ctx);
     h->tls_flags = svc->tls;
     replace(&h->tls_ca, ca);
+    replace(&h->tls_cert, cert);
+    if (h->tls_key != NULL) {
+        explicit_bzero(h->tls_key, strlen(h->tls_key));
+        free(h->tls_key);
+    }
+    h->tls_key = dsp_xstrdup(key);
     h->tls_ctx = tls_client_ctx_new((svc->tls & SHM_SVC_TLS_VERIFY) != 0, ca,
                                     svc->tls_ca_pem.len, err, sizeof(err));
+    if (h->tls_ctx != NULL && svc->tls_client_cert_pem.len > 0 &&
+        tls_ctx_use_pem(h->tls_ctx, cert, svc->tls_client_cert_pem.len, key,
+                        svc->tls_client_key_pem.len, err, sizeof(err)) != 0) {
+        tls_ctx_free(h->tls_ctx);
+        h->tls_ctx = NULL;
+    }
     if (h->tls_ctx == NULL) {
         log_error("health checks of backend %s (service %s): no TLS: %s", shm_s(s, b->address),
                   shm_s(s, svc->name), err);

@@ -91,6 +91,8 @@ struct shm_service {
     uint32_t tls;                  /* SHM_SVC_TLS_* bits: TLS to the backends */
     struct shm_str tls_sni;        /* server name sent and verified; "": none, the IP is verified */
     struct shm_str tls_ca_pem;     /* CA bundle; "" = the system store */
+    struct shm_str tls_client_cert_pem; /* mTLS: the chain presented to backends; "" = none */
+    struct shm_str tls_client_key_pem;  /* its key, PKCS#8 (the segment is mode 0600) */
     uint32_t reserved[1];
 };
 

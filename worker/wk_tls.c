@@ -334,6 +334,8 @@ static SSL_CTX *client_ctx(const struct wk_tls_gen *prev, const struct shm_snap_
         }
         pv = &shm_services(prev->snap)[j];
         if (pv->tls == sv->tls && same_str(h, sv->tls_ca_pem, prev->snap, pv->tls_ca_pem) &&
+            same_str(h, sv->tls_client_cert_pem, prev->snap, pv->tls_client_cert_pem) &&
+            same_str(h, sv->tls_client_key_pem, prev->snap, pv->tls_client_key_pem) &&
             SSL_CTX_up_ref(prev->svc_ctx[j]) == 1) {
             *id = prev->svc_ctx_id[j];
             return prev->svc_ctx[j];
@@ -343,6 +345,14 @@ static SSL_CTX *client_ctx(const struct wk_tls_gen *prev, const struct shm_snap_
                              sv->tls_ca_pem.len, err, sizeof(err));
     if (ctx == NULL) {
         log_error("service %s: cannot set up TLS to its backends: %s", shm_s(h, sv->name), err);
+        return NULL;
+    }
+    if (sv->tls_client_cert_pem.len > 0 &&
+        tls_ctx_use_pem(ctx, shm_s(h, sv->tls_client_cert_pem), sv->tls_client_cert_pem.len,
+                        shm_s(h, sv->tls_client_key_pem), sv->tls_client_key_pem.len, err,
+                        sizeof(err)) != 0) {
+        log_error("service %s: cannot use its client certificate: %s", shm_s(h, sv->name), err);
+        SSL_CTX_free(ctx);
         return NULL;
     }
     SSL_CTX_sess_set_new_cb(ctx, on_new_session);

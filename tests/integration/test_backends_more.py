@@ -6,15 +6,17 @@ it answers every request 200 with a JSON body naming the request's path, its hea
 number of the connection it came on, so that a test sees what the dispatcher forwarded and
 whether it reused its upstream connection."""
 
+import http.server
 import json
 import os
-import socket
 import socketserver
+import ssl
 import subprocess
 import threading
 
 import dsptest
 from dsptest import MASTER, Conn, admin_ask, route, svc
+from test_tls_clients import issue, make_ca
 
 
 class UnixHTTP:
@@ -155,3 +157,122 @@ class UnixBackendTest(dsptest.TestCase):
         rc, err = check_config(d)
         self.assertEqual(rc, 1, err)
         self.assertIn("set services[0].sni", err)
+
+
+class MtlsBackend:
+    """HTTPS/1.1 keep-alive origin that requires a client certificate from <ca> (CERT_REQUIRED);
+    GET answers JSON {"path", "peer"}: the subject of the certificate the client presented."""
+
+    def __init__(self, cert, key, ca):
+        self.paths = []
+        self.lock = threading.Lock()
+        backend = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                pc = self.connection.getpeercert() or {}
+                peer = ",".join("%s=%s" % kv for rdn in pc.get("subject", ()) for kv in rdn)
+                with backend.lock:
+                    backend.paths.append(self.path)
+                body = json.dumps({"path": self.path, "peer": peer}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(ca)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.addr = "127.0.0.1:%d" % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class MtlsBackendTest(dsptest.TestCase):
+    def setUp(self):
+        self.d = dsptest.Dispatcher()
+        t = self.d.tmp
+        self.ca = make_ca(t, "test-ca")
+        self.server = issue(t, self.ca, "backend", "/CN=backend.test", san="DNS:backend.test")
+        self.client = issue(t, self.ca, "client", "/CN=dispatcher-client/O=edge",
+                            usage="clientAuth")
+        self.other_ca = make_ca(t, "other-ca")
+        self.stranger = issue(t, self.other_ca, "stranger", "/CN=stranger", usage="clientAuth")
+        self.be = MtlsBackend(self.server[0], self.server[1], self.ca[0])
+        self.addCleanup(self.be.stop)
+
+    def config(self, **opts):
+        o = {"tls": True, "ca": self.ca[0], "sni": "backend.test"}
+        o.update(opts)
+        return dsptest.make_config(self.d.port, self.d.tmp, [svc("api", self.be.addr, **o)],
+                                   [route("*", "api")])
+
+    def test_client_certificate_presented_to_backend_and_health_checks(self):
+        self.d.write_config(self.config(client_cert=self.client[0], client_key=self.client[1],
+                                        health={"path": "/hc", "interval_ms": 100, "rise": 1}))
+        self.start_dispatcher(self.d)
+        with Conn(self.d.port) as c:
+            for i in range(3):
+                r = c.request("GET", "/p%d" % i, host="api.do")
+                self.assertEqual(r.status, 200, r.body)
+                self.assertEqual(r.json()["peer"], "commonName=dispatcher-client,"
+                                                   "organizationName=edge")
+        dsptest.wait_until(lambda: "/hc" in self.be.paths, 5, "an mTLS health check")
+        self.assertEqual(dsptest.backend_state(self.d, "api", self.be.addr), "up")
+
+    def test_without_or_with_a_foreign_certificate_refused(self):
+        self.d.write_config(self.config())
+        self.start_dispatcher(self.d)
+        r = dsptest.request(self.d.port, "/", host="api.do")
+        self.assertEqual(r.status, 502, r.body)
+        # A certificate the backend's CA did not issue: refused as well. Then the right one,
+        # by reload: served (the client context is rebuilt, not reused).
+        gen = dsptest.generation(self.d)
+        self.d.hup(self.config(client_cert=self.stranger[0], client_key=self.stranger[1]))
+        dsptest.wait_until(lambda: dsptest.workers_on_generation(self.d, gen + 1), 10, "reload")
+        self.assertEqual(dsptest.request(self.d.port, "/", host="api.do").status, 502)
+        self.d.hup(self.config(client_cert=self.client[0], client_key=self.client[1]))
+        dsptest.wait_until(lambda: dsptest.workers_on_generation(self.d, gen + 2), 10, "reload")
+        dsptest.wait_until(lambda: dsptest.request(self.d.port, "/", host="api.do").status == 200,
+                           10, "served with the right certificate")
+
+    def test_bad_settings_refused_with_file_line(self):
+        missing = os.path.join(self.d.tmp, "nope.pem")
+        cases = [({"client_cert": self.client[0], "client_key": self.stranger[1]},
+                  "services[0].client_key: the certificate", "do not match"),
+                 ({"client_cert": self.client[0]}, "services[0].client_cert needs", "client_key"),
+                 ({"client_key": self.client[1]}, "services[0].client_key needs", "client_cert"),
+                 ({"client_cert": missing, "client_key": self.client[1]},
+                  "services[0].client_cert:", "nope.pem"),
+                 ({"client_cert": self.client[0], "client_key": missing},
+                  "services[0].client_key:", "nope.pem"),
+                 ({"tls": False, "ca": None, "sni": None, "client_cert": self.client[0],
+                   "client_key": self.client[1]},
+                  "services[0].client_cert applies to TLS backends only", "add tls = true")]
+        for opts, msg, msg2 in cases:
+            o = {k: v for k, v in opts.items() if v is not None}
+            text = self.config(**o)
+            for k in ("ca", "sni"):
+                if k in opts and opts[k] is None:
+                    text = text.replace(' %s = "%s";' % (k, self.ca[0] if k == "ca"
+                                                         else "backend.test"), "")
+            self.d.write_config(text)
+            line = [i for i, l in enumerate(text.split("\n"), 1) if 'name = "api"' in l][0]
+            rc, err = check_config(self.d)
+            self.assertEqual(rc, 1, (opts, err))
+            self.assertIn("%s:%d: " % (self.d.conf, line), err, opts)
+            self.assertIn(msg, err, opts)
+            self.assertIn(msg2, err, opts)
