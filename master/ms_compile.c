@@ -652,6 +652,26 @@ static void xsvc_free(struct xsvc *xs, size_t n)
     free(xs);
 }
 
+/* The server name sent to and verified on a TLS service's backends: its sni, else the host name
+ * its backends are all named by (as nginx's proxy_ssl_name defaults to the upstream's name),
+ * else none (the backend's IP is verified). */
+static const char *svc_sni(const struct ms_service *s)
+{
+    const char *name = NULL;
+
+    if (!s->tls || s->tls_sni != NULL) {
+        return s->tls ? s->tls_sni : NULL;
+    }
+    for (size_t j = 0; j < s->nbackends; j++) {
+        if (s->backends[j].name == NULL ||
+            (name != NULL && strcmp(name, s->backends[j].name) != 0)) {
+            return NULL;
+        }
+        name = s->backends[j].name;
+    }
+    return name;
+}
+
 static size_t svc_nbackends(const struct ms_config *cfg, const struct xsvc *xs, size_t i)
 {
     return xs != NULL && xs[i].expanded ? xs[i].n : cfg->services[i].nbackends;
@@ -704,7 +724,7 @@ static void fill_services(const struct ms_config *cfg, const struct xsvc *xs, ch
         o->max_ejection_percent = u32_of(s->max_ejection_percent);
         o->source = s->source;
         o->tls = s->tls ? SHM_SVC_TLS_ON | (s->tls_verify ? SHM_SVC_TLS_VERIFY : 0u) : 0u;
-        o->tls_sni = put_str(b, s->tls ? s->tls_sni : NULL);
+        o->tls_sni = put_str(b, svc_sni(s));
         o->tls_ca_pem = put_str(b, s->tls ? s->tls_ca_pem : NULL);
         o->tls_client_cert_pem = put_str(b, s->tls ? s->tls_client_cert_pem : NULL);
         o->tls_client_key_pem = put_str(b, s->tls ? s->tls_client_key_pem : NULL);
@@ -829,7 +849,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
 
         strings_need += str_need(s->name) + str_need(s->health.path);
         if (s->tls) {
-            strings_need += str_need(s->tls_sni) + str_need(s->tls_ca_pem) +
+            strings_need += str_need(svc_sni(s)) + str_need(s->tls_ca_pem) +
                             str_need(s->tls_client_cert_pem) + str_need(s->tls_client_key_pem);
         }
         for (size_t j = 0; j < svc_nbackends(cfg, xs, i); j++) {

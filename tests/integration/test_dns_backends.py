@@ -412,3 +412,20 @@ class DnsBackendTest(dsptest.TestCase):
         self.assertEqual(request(d.port, "/echo", host="app.do").header("X-Backend"), "b1")
         self.assertIn("backend name missing.test does not resolve (no such name)", d.log())
         self.assertNotIn("Address family", d.log())
+
+    def test_tls_backend_by_name_verifies_the_name(self):
+        """A TLS service whose backends are one name (and no sni) sends that name as SNI and
+        verifies the certificate against it, not against the resolved IP."""
+        import tempfile
+        import test_tls
+        tmp = tempfile.mkdtemp(prefix="dsp-it-dns-tls-")
+        dsptest._record_tmp(tmp)
+        cert, key = test_tls.make_cert(tmp, "secure", "secure.test", san="DNS:secure.test")
+        tb = test_tls.TlsBackend("tb", cert, key)
+        self.addCleanup(tb.stop)
+        srv = self.dns({"secure.test": ["127.0.0.1"]})
+        d = self.dispatcher([svc("sec", "secure.test:%d" % tb.port, tls=True, ca=cert)],
+                            [route("sec.do", "sec")], extra=self.dns_extra(srv))
+        r = request(d.port, "/x", host="sec.do")
+        self.assertEqual((r.status, r.header("X-Backend")), (200, "tb"), r.body[:300])
+        self.assertEqual(set(tb.snis), {"secure.test"})
