@@ -377,6 +377,43 @@ static void print_health(const struct adm_jval *j)
     }
 }
 
+/* The backend names of a service and how their resolution stands (master/ms_dns.h). */
+static void print_resolve(const struct adm_jval *names)
+{
+    struct table t = {0};
+
+    if (names == NULL || names->type != ADM_J_ARR || names->n == 0) {
+        return;
+    }
+    t_cols(&t, "NAME,RESOLVES,>TTL ms,>FAILS,ADDRESSES,ERROR");
+    for (size_t k = 0; k < names->n; k++) {
+        const struct adm_jval *r = &names->items[k];
+        const struct adm_jval *a = adm_json_get(r, "addresses");
+        char al[1024] = "", **row = t_row(&t);
+        size_t an = 0;
+
+        for (size_t m = 0; a != NULL && a->type == ADM_J_ARR && m < a->n; m++) {
+            if (a->items[m].type == ADM_J_STR && an < sizeof(al) - 1) {
+                an += (size_t)snprintf(al + an, sizeof(al) - an, "%s%s", m ? "," : "",
+                                       a->items[m].str);
+                if (an >= sizeof(al)) {
+                    an = sizeof(al) - 1;
+                }
+            }
+        }
+        t_set(row, 0, adm_json_str(r, "name"));
+        t_set(row, 1, adm_json_str(r, "status"));
+        t_set(row, 2, num(r, "ttl_ms"));
+        t_set(row, 3, num(r, "failures"));
+        t_set(row, 4, an ? al : "-");
+        t_set(row, 5, adm_json_get(r, "error") != NULL &&
+                              adm_json_get(r, "error")->type == ADM_J_STR
+                          ? adm_json_str(r, "error")
+                          : "-");
+    }
+    t_print(&t, "  ");
+}
+
 static void print_instances(const struct adm_jval *j)
 {
     const struct adm_jval *arr = adm_json_get(j, "instances");
@@ -412,6 +449,7 @@ static void print_instances(const struct adm_jval *j)
         latency_cols(row, 5, s);
         t_set(row, 8, hn ? hl : "-");
         t_print(&t, "");
+        print_resolve(adm_json_get(s, "resolve"));
         if (bes == NULL || bes->type != ADM_J_ARR || bes->n == 0) {
             printf("  (no backends)\n");
             continue;

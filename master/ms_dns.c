@@ -31,8 +31,14 @@
 #define DNS_MIN_DUE        100  /* ms: never re-query a name faster than the master's tick */
 #define DNS_MAX_ADDRS      256  /* addresses of one name used as backends (the first, sorted) */
 #define DNS_PUBLISH_GAP_MS 1000 /* at most one generation a second for DNS changes */
-#define RESOLV_CONF        "/etc/resolv.conf"
-#define RESOLV_CHECK_MS    5000 /* how often its change is looked for */
+#define DNS_LOG(fn, ...)                                                                           \
+    do {                                                                                           \
+        if (!dns.quiet) {                                                                          \
+            fn(__VA_ARGS__);                                                                       \
+        }                                                                                          \
+    } while (0)
+#define RESOLV_CONF     "/etc/resolv.conf"
+#define RESOLV_CHECK_MS 5000 /* how often its change is looked for */
 
 enum dname_state { DNAME_NEW, DNAME_OK, DNAME_FAILED };
 
@@ -72,6 +78,7 @@ static struct {
         uint32_t ev;
     } socks[DNS_MAX_SOCKS];
     int nsocks;
+    int quiet; /* ms_dns_resolve_all(): its errors are the answer; the start logs a summary */
 } dns;
 
 /* ---- entries -------------------------------------------------------------------------------- */
@@ -187,8 +194,8 @@ static void answered(struct dname *d, struct sockaddr_storage *a, size_t n, uint
     }
     if (k > DNS_MAX_ADDRS) {
         if (!d->capped) {
-            log_warn("backend name %s resolves to %zu addresses: using the first %d", d->name, k,
-                     DNS_MAX_ADDRS);
+            DNS_LOG(log_warn, "backend name %s resolves to %zu addresses: using the first %d",
+                    d->name, k, DNS_MAX_ADDRS);
         }
         d->capped = 1;
         k = DNS_MAX_ADDRS;
@@ -199,8 +206,8 @@ static void answered(struct dname *d, struct sockaddr_storage *a, size_t n, uint
         char list[512];
 
         addr_list(list, sizeof(list), a, k);
-        log_info("backend name %s resolves to %zu address%s: %s%s", d->name, k, k == 1 ? "" : "es",
-                 list, d->naddrs > 0 ? " (changed)" : "");
+        DNS_LOG(log_info, "backend name %s resolves to %zu address%s: %s%s", d->name, k,
+                k == 1 ? "" : "es", list, d->naddrs > 0 ? " (changed)" : "");
         free(d->addrs);
         d->addrs = a;
         d->naddrs = k;
@@ -208,8 +215,8 @@ static void answered(struct dname *d, struct sockaddr_storage *a, size_t n, uint
     } else {
         free(a);
         if (d->state == DNAME_FAILED) {
-            log_info("backend name %s resolves again (same %zu address%s)", d->name, k,
-                     k == 1 ? "" : "es");
+            DNS_LOG(log_info, "backend name %s resolves again (same %zu address%s)", d->name, k,
+                    k == 1 ? "" : "es");
         }
     }
     d->state = DNAME_OK;
@@ -228,11 +235,13 @@ static void failed(struct dname *d, const char *why)
 
     if (d->state != DNAME_FAILED || strcmp(d->err, why) != 0) {
         if (d->naddrs > 0) {
-            log_warn("backend name %s: resolution failed (%s); keeping its last %zu address%s",
-                     d->name, why, d->naddrs, d->naddrs == 1 ? "" : "es");
+            DNS_LOG(log_warn,
+                    "backend name %s: resolution failed (%s); keeping its last %zu address%s",
+                    d->name, why, d->naddrs, d->naddrs == 1 ? "" : "es");
         } else {
-            log_error("backend name %s does not resolve (%s): no backend for it until it does",
-                      d->name, why);
+            DNS_LOG(log_error,
+                    "backend name %s does not resolve (%s): no backend for it until it does",
+                    d->name, why);
         }
     }
     snprintf(d->err, sizeof(d->err), "%s", why);
@@ -547,6 +556,14 @@ int ms_dns_start(void)
         log_error("dns: master loop tables full");
         return -1;
     }
+    /* What the start resolved (quietly, before the error log was open). */
+    for (size_t i = 0; i < dns.n; i++) {
+        char list[512];
+
+        addr_list(list, sizeof(list), dns.v[i]->addrs, dns.v[i]->naddrs);
+        log_info("backend name %s resolves to %zu address%s: %s", dns.v[i]->name, dns.v[i]->naddrs,
+                 dns.v[i]->naddrs == 1 ? "" : "es", list);
+    }
     sync_names(ms.cfg, dns.ch);
     return 0;
 }
@@ -597,6 +614,7 @@ int ms_dns_resolve_all(const struct ms_config *cfg, char **errs)
         *errs = dsp_xstrdup("cannot set up the DNS resolver (see the error log)");
         return -1;
     }
+    dns.quiet = 1;
     for (size_t i = 0; i < dns.n; i++) {
         query(ch, dns.v[i]);
     }
@@ -641,6 +659,7 @@ int ms_dns_resolve_all(const struct ms_config *cfg, char **errs)
     }
     ares_destroy(ch); /* what is still in flight is cancelled: due again at once on the loop */
     dns.dirty = 0;
+    dns.quiet = 0;
     for (size_t i = 0; i < cfg->nservices; i++) {
         const struct ms_service *s = &cfg->services[i];
 

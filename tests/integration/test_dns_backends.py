@@ -2,6 +2,7 @@
 test runs on 127.0.0.1 (dns.servers), re-resolves them at the TTL, publishes address changes as
 new generations, keeps the last good addresses when resolution fails, and honours /etc/hosts."""
 import json
+import os
 import re
 import select
 import socket
@@ -251,6 +252,12 @@ class DnsBackendTest(dsptest.TestCase):
         self.assertEqual(sorted(served_addresses(d, "app")), sorted([b2.addr, "127.0.0.1:1"]))
         self.assertEqual(request(d.port, "/echo", host="app.do").header("X-Backend"), "b2")
         self.assertIn("keeping its last 1 address", d.log())
+        # dispatcherctl's table says it too.
+        out = subprocess.run([os.path.join(dsptest.BIN_DIR, "dispatcherctl"), "-s",
+                              os.path.join(d.tmp, "admin.sock"), "show", "instances"],
+                             capture_output=True, timeout=10).stdout.decode()
+        self.assertRegex(out, r"app\.test:%d +failed .*%s +no such name" % (b2.port,
+                                                                           re.escape(b2.addr)))
         srv.records = {"app.test": ["127.0.0.2"]}
         wait_until(lambda: resolve_info(d, "app")["resolve"][0]["status"] == "ok", 10,
                    "resolving again")
@@ -275,6 +282,7 @@ class DnsBackendTest(dsptest.TestCase):
         srv.records["nope.test"] = ["127.0.0.2"]
         p = subprocess.run([dsptest.MASTER, "-t", "-c", d.conf], capture_output=True, timeout=20)
         self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual((p.stdout, p.stderr), (("%s: ok\n" % d.conf).encode(), b""))
 
     def test_hosts_file_and_localhost(self):
         """A name in /etc/hosts resolves without DNS (the DNS server knows nothing), and
