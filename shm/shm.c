@@ -59,6 +59,24 @@ void shm_snap_name(char *buf, size_t buflen, int master_pid, uint64_t gen)
     snprintf(buf, buflen, "/dsp.%d.%llu", master_pid, (unsigned long long)gen);
 }
 
+/* The publisher keeps the first page of its latest generation mapped: what tells another
+ * master's start-up sweep (maps_own_segment()) that this one is alive whatever its process name.
+ * Its control and runtime segments are anonymous, so nothing else of it shows in its maps. */
+static void hold_mark(int fd)
+{
+    static void *mark;
+    long page = sysconf(_SC_PAGESIZE);
+    void *p = mmap(NULL, (size_t)(page > 0 ? page : 4096), PROT_READ, MAP_SHARED, fd, 0);
+
+    if (p == MAP_FAILED) {
+        return; /* keep the previous mark: an older generation of ours shows as well */
+    }
+    if (mark != NULL) {
+        munmap(mark, (size_t)(page > 0 ? page : 4096));
+    }
+    mark = p;
+}
+
 int shm_snap_publish(struct shm_ctl *ctl, const void *snap, size_t size, uint64_t gen, uid_t uid,
                      gid_t gid)
 {
@@ -90,6 +108,7 @@ int shm_snap_publish(struct shm_ctl *ctl, const void *snap, size_t size, uint64_
         }
         off += (size_t)n;
     }
+    hold_mark(fd);
     close(fd);
     __atomic_store_n(&ctl->gen, gen, __ATOMIC_RELEASE);
     return 0;
