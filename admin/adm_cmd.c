@@ -96,10 +96,13 @@ static void lines_array(struct adm_buf *out, const char *text)
 static void do_reload(struct adm_buf *out, const struct adm_ops *ops)
 {
     uint64_t gen = 0;
-    char *errs = NULL, *warns = NULL;
+    char *errs = NULL, *warns = NULL, *changes = NULL;
 
-    if (ops->reload(&gen, &errs, &warns, ops->arg) == 0) {
+    if (ops->reload(&gen, &errs, &warns, &changes, ops->arg) == 0) {
         adm_buf_addf(out, "{\"ok\":true,\"generation\":%llu", (unsigned long long)gen);
+        /* What changed in listeners and workers: "listener 127.0.0.1:8081 added", ... */
+        adm_buf_adds(out, ",\"changes\":");
+        lines_array(out, changes);
     } else {
         size_t n = errs ? strlen(errs) : 0;
         /* "error" keeps the whole text (its lines joined by \n); "errors" has one per line. */
@@ -118,6 +121,7 @@ static void do_reload(struct adm_buf *out, const struct adm_ops *ops)
     adm_buf_adds(out, "}");
     free(errs);
     free(warns);
+    free(changes);
 }
 
 /* disable/enable backend, reset circuit: <verb> on backend <addr> of service <svc>. */

@@ -19,10 +19,11 @@ struct shm_rt;
 struct adm_ops {
     /* Fill <v> with the current state. Returns 0, or -1 when nothing is published yet. */
     int (*view)(struct adm_view *v, void *arg);
-    /* Reload the configuration: 0 with the new generation in <*gen>, or -1 with a heap error
+    /* Reload the configuration: 0 with the new generation in <*gen> and what changed in
+     * listeners and workers in <*changes> (heap lines, or left NULL), or -1 with a heap error
      * text ("FILE:LINE: message" lines) in <*errs>. Either way <*warns> may receive the heap
      * text of what the reload warned about, one warning per line. */
-    int (*reload)(uint64_t *gen, char **errs, char **warns, void *arg);
+    int (*reload)(uint64_t *gen, char **errs, char **warns, char **changes, void *arg);
     /* The runtime segment, writable (disable/enable/reset circuit). */
     struct shm_rt *rt;
     void *arg;

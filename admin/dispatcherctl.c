@@ -792,7 +792,15 @@ int main(int argc, char **argv)
     } else if (strcasecmp(cmd, "show certs") == 0) {
         print_certs(j);
     } else if (strcasecmp(cmd, "reload") == 0) {
+        const struct adm_jval *ch = adm_json_get(j, "changes");
         printf("reloaded: generation %s\n", num(j, "generation"));
+        for (size_t k = 0; ch != NULL && ch->type == ADM_J_ARR && k < ch->n; k++) {
+            if (ch->items[k].type == ADM_J_STR) {
+                char *c = clean(ch->items[k].str);
+                printf("  %s\n", c);
+                free(c);
+            }
+        }
     } else if (adm_json_get(j, "done") != NULL) {
         printf("backend %s of service %s: %s\n", adm_json_str(j, "backend"),
                adm_json_str(j, "service"), adm_json_str(j, "done"));

@@ -381,7 +381,6 @@ static int start(const char *conf, int daemon_mode, const char *pid_path)
         explicit_bzero(ms.snap, ms.snap_size);
     }
     free(ms.snap);
-    free(ms.fds);
     ms_rt_reg_free(ms.reg);
     ms_redis_stop();
     ms_dns_stop();

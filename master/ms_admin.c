@@ -80,7 +80,7 @@ static int view(struct adm_view *v, void *arg)
     return 0;
 }
 
-static int reload(uint64_t *gen, char **errs, char **warns, void *arg)
+static int reload(uint64_t *gen, char **errs, char **warns, char **changes, void *arg)
 {
     int rc;
 
@@ -89,7 +89,7 @@ static int reload(uint64_t *gen, char **errs, char **warns, void *arg)
     /* What this reload warns about (an expired certificate, a setting that needs a restart)
      * goes back to the operator who asked, as well as to the log. */
     log_capture_start();
-    rc = ms_reload(errs);
+    rc = ms_reload(errs, changes);
     *warns = log_capture_end();
     if (rc != 0) {
         return -1;

@@ -49,52 +49,8 @@ int ms_publish(void)
 }
 
 /* ---- commit --------------------------------------------------------------------------------- */
-static int same_listeners(const struct ms_config *a, const struct ms_config *b)
-{
-    if (a->nlisteners != b->nlisteners) {
-        return 0;
-    }
-    for (size_t i = 0; i < a->nlisteners; i++) {
-        if (a->listeners[i].sslen != b->listeners[i].sslen ||
-            memcmp(&a->listeners[i].ss, &b->listeners[i].ss, a->listeners[i].sslen) != 0 ||
-            a->listeners[i].tls != b->listeners[i].tls ||
-            a->listeners[i].proxy_protocol != b->listeners[i].proxy_protocol) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-static void swap_listeners(struct ms_config *a, struct ms_config *b)
-{
-    struct ms_listener *tl = a->listeners;
-    size_t tn = a->nlisteners;
-
-    a->listeners = b->listeners;
-    a->nlisteners = b->nlisteners;
-    b->listeners = tl;
-    b->nlisteners = tn;
-}
-
-/* What only a restart changes: keep it as bound, and say so. Returns 1 when the listener sets
- * were swapped (to swap back if the change is not published). */
-static int keep_bound(struct ms_config *old, struct ms_config *ncfg)
-{
-    int swapped = 0;
-
-    if (!same_listeners(old, ncfg)) {
-        /* Workers hold the sockets bound at start; new ones need a restart. Keep serving the
-         * old listener set with the new routes. */
-        log_warn("listener changes take effect at the next restart; keeping the current ones");
-        swap_listeners(old, ncfg);
-        swapped = 1;
-    }
-    if (ncfg->workers != old->workers) {
-        log_warn("workers = %d takes effect at the next restart; keeping %d", ncfg->workers,
-                 ms.nworkers);
-    }
-    return swapped;
-}
+/* What the last successful file reload changed in listeners and workers (heap lines, or NULL). */
+static char *last_changes;
 
 /* What the master itself derives from the configuration. */
 static void apply_master(const struct ms_config *old, const struct ms_config *ncfg)
@@ -136,8 +92,7 @@ int ms_commit(const struct ms_change *ch, char **errs_out)
 {
     struct ms_config *old = ms.cfg, *ncfg;
     struct ms_commit_times times;
-    char *errs = NULL;
-    int swapped = 0;
+    char *errs = NULL, *changes = NULL;
     double t0 = mono_ms(), t1, t2;
 
     ncfg = ch->validate(ch->arg, &errs);
@@ -149,17 +104,25 @@ int ms_commit(const struct ms_change *ch, char **errs_out)
         free(errs);
         return -1;
     }
-    if (ncfg != old) {
-        swapped = keep_bound(old, ncfg);
+    /* New listeners (and the sockets more workers need) are bound before anything changes: a
+     * reload that cannot bind is refused like an invalid file. */
+    if (ncfg != old && ms_listeners_prepare(ncfg, &errs, &changes) != 0) {
+        ms_config_free(ncfg);
+        free(changes);
+        refused(ch, MS_COMMIT_INVALID, errs, errs_out);
+        if (ch->undo != NULL) {
+            ch->undo(ch->arg);
+        }
+        free(errs);
+        return -1;
     }
     ms.cfg = ncfg;
     t1 = mono_ms();
     if (ms_publish() != 0) {
         ms.cfg = old;
-        if (swapped) {
-            swap_listeners(old, ncfg); /* the bound set stays with the served config */
-        }
         if (ncfg != old) {
+            ms_listeners_abort();
+            free(changes);
             ms_config_free(ncfg);
         }
         refused(ch, MS_COMMIT_UNPUBLISHED, NULL, errs_out);
@@ -167,6 +130,10 @@ int ms_commit(const struct ms_change *ch, char **errs_out)
             ch->undo(ch->arg);
         }
         return -1;
+    }
+    /* Published first: a worker started or handed a socket now serves the new generation. */
+    if (ncfg != old) {
+        ms_listeners_apply();
     }
     apply_master(old, ncfg);
     t2 = mono_ms();
@@ -177,6 +144,12 @@ int ms_commit(const struct ms_change *ch, char **errs_out)
     times.validate = t1 - t0;
     times.publish = t2 - t1;
     times.free_old = mono_ms() - t2;
+    if (ch->origin == MS_ORIGIN_FILE) {
+        free(last_changes);
+        last_changes = changes;
+        changes = NULL;
+    }
+    free(changes);
     ch->report(ch->arg, MS_COMMIT_DONE, NULL, &times);
     return 0;
 }
@@ -218,11 +191,12 @@ static void file_report(void *arg, enum ms_outcome how, const char *errs,
                  "ms, published %.0f ms later, old one freed in %.0f ms)",
                  (unsigned long long)ms.gen, ms.cfg->nservices, ms.cfg->nroutes, t->validate,
                  t->publish, t->free_old);
+        log_lines(LOG_INFO, last_changes);
         break;
     }
 }
 
-int ms_reload(char **errs_out)
+int ms_reload(char **errs_out, char **changes_out)
 {
     static const struct ms_change file = {
         .origin = MS_ORIGIN_FILE,
@@ -230,5 +204,13 @@ int ms_reload(char **errs_out)
         .report = file_report,
     };
 
-    return ms_commit(&file, errs_out);
+    free(last_changes);
+    last_changes = NULL;
+    if (ms_commit(&file, errs_out) != 0) {
+        return -1;
+    }
+    if (changes_out != NULL) {
+        *changes_out = last_changes != NULL ? dsp_xstrdup(last_changes) : NULL;
+    }
+    return 0;
 }

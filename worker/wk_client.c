@@ -72,7 +72,7 @@ size_t wk_shed_idle(size_t max_clients)
     return n;
 }
 
-void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
+void wk_client_accept(int fd, const struct sockaddr *sa, const struct wk_listener *l)
 {
     const struct shm_snap_hdr *s = wk.cur->snap;
     struct epoll_event ev;
@@ -98,7 +98,7 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
                        "busy body length");
         /* Best effort: the socket is fresh, its send buffer empty. A TLS client would only see
          * garbage: it just gets the close. */
-        if ((listener >= s->nlisteners || !shm_listeners(s)[listener].tls) &&
+        if (!l->tls &&
             send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
             /* nothing to do */
         }
@@ -113,9 +113,9 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
     c->ev.kind = WK_EV_CLIENT;
     c->timer.owner = &c->ev;
     xp_init(&c->xp, fd);
-    c->listener = (uint8_t)listener;
+    c->listener = (uint8_t)l->idx;
     c->flags = WK_C_F_WRITABLE;
-    if (listener < s->nlisteners && shm_listeners(s)[listener].tls) {
+    if (l->tls) {
         struct ssl_st *ssl = wk_tls_server_new(fd);
         if (ssl == NULL) {
             close(fd);
@@ -158,7 +158,7 @@ void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener)
     wk.clients = c;
     wk.nclients++;
     c->state = WK_CS_IDLE;
-    if (listener < s->nlisteners && shm_listeners(s)[listener].proxy_protocol) {
+    if (l->proxy_protocol) {
         c->state = WK_CS_PPHDR;
     } else if (xp_is_tls(&c->xp)) {
         c->state = WK_CS_TLS;

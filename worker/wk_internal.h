@@ -289,7 +289,11 @@ struct wk_client {
 struct wk_listener {
     struct wk_ev ev;
     int fd;
-    uint32_t idx;
+    uint32_t idx;    /* the listener's position in the configuration */
+    uint32_t lid;    /* the master's names for this socket (worker/wk.h) */
+    uint32_t sock;
+    uint8_t tls;     /* options for new connections (a reload may change them) */
+    uint8_t proxy_protocol;
 };
 
 struct wk_pool {
@@ -415,7 +419,7 @@ void wk_upstream_timeout(struct wk_upstream *u);
 size_t wk_pool_shed(void);
 
 /* ---- wk_conn.c: the HTTP/1 client side ------------------------------------------------------- */
-void wk_client_accept(int fd, const struct sockaddr *sa, uint32_t listener);
+void wk_client_accept(int fd, const struct sockaddr *sa, const struct wk_listener *l);
 void wk_client_event(struct wk_client *c, uint32_t events);
 void wk_client_timeout(struct wk_client *c);
 void wk_client_close(struct wk_client *c);

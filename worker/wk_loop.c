@@ -26,6 +26,7 @@
 struct wk_worker wk;
 
 static volatile sig_atomic_t sig_term, sig_int, sig_usr1;
+static int retiring; /* WK_CTL_RETIRE: stopping, but open connections are not cut */
 
 static void on_signal(int sig)
 {
@@ -356,7 +357,7 @@ static void do_accept(struct wk_listener *l)
             log_errno(LOG_ERROR, errno, "accept4() failed");
             return;
         }
-        wk_client_accept(fd, (struct sockaddr *)&ss, l->idx);
+        wk_client_accept(fd, (struct sockaddr *)&ss, l);
     }
 }
 
@@ -385,6 +386,211 @@ static void close_listeners(void)
             close(wk.listeners[i].fd);
             wk.listeners[i].fd = -1;
         }
+    }
+}
+
+/* ---- the listener set: what the master hands over (worker/wk.h) -----------------------------
+ * Entries live in one array; a removed one keeps its place (fd -1) for the next added socket.
+ * The array only moves between event batches (ctl_read() runs after the batch), and every
+ * registered entry is then re-pointed, so no event ever names a moved entry. */
+static int lsn_cap;
+static int ctl_fd = -1;
+static struct wk_ev ctl_ev = {.kind = 0xff};
+
+static uint32_t listener_events(void)
+{
+    return wk.listeners_off ? 0 : EPOLLIN | EPOLLET;
+}
+
+static struct wk_listener *lsn_find(uint32_t lid, uint32_t sock)
+{
+    for (int i = 0; i < wk.nlisten; i++) {
+        if (wk.listeners[i].fd != -1 && wk.listeners[i].lid == lid &&
+            wk.listeners[i].sock == sock) {
+            return &wk.listeners[i];
+        }
+    }
+    return NULL;
+}
+
+static void lsn_close(struct wk_listener *l)
+{
+    epoll_ctl(wk.epfd, EPOLL_CTL_DEL, l->fd, NULL);
+    close(l->fd);
+    l->fd = -1;
+}
+
+/* Start accepting on <fd>. Returns the entry, or NULL (logged; <fd> closed). */
+static struct wk_listener *lsn_add(int fd, uint32_t lid, uint32_t sock, uint32_t idx, int tls,
+                                   int proxy_protocol)
+{
+    struct epoll_event ev = {.events = listener_events()};
+    struct wk_listener *l = NULL;
+
+    for (int i = 0; i < wk.nlisten; i++) {
+        if (wk.listeners[i].fd == -1) {
+            l = &wk.listeners[i];
+            break;
+        }
+    }
+    if (l == NULL && wk.nlisten == lsn_cap) {
+        int cap = lsn_cap ? lsn_cap * 2 : 8;
+        struct wk_listener *n = realloc(wk.listeners, (size_t)cap * sizeof(*n));
+
+        if (n == NULL) {
+            log_error("out of memory for listener %u: not accepting on it", (unsigned)idx);
+            close(fd);
+            return NULL;
+        }
+        wk.listeners = n;
+        lsn_cap = cap;
+        for (int i = 0; i < wk.nlisten; i++) {
+            struct epoll_event mv = {.events = listener_events()};
+            mv.data.ptr = &wk.listeners[i];
+            if (wk.listeners[i].fd != -1) {
+                (void)epoll_ctl(wk.epfd, EPOLL_CTL_MOD, wk.listeners[i].fd, &mv);
+            }
+        }
+    }
+    if (l == NULL) {
+        l = &wk.listeners[wk.nlisten++];
+    }
+    memset(l, 0, sizeof(*l));
+    l->ev.kind = WK_EV_LISTENER;
+    l->fd = fd;
+    l->lid = lid;
+    l->sock = sock;
+    l->idx = idx;
+    l->tls = tls != 0;
+    l->proxy_protocol = proxy_protocol != 0;
+    ev.data.ptr = l;
+    if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
+        log_errno(LOG_ERROR, errno, "epoll_ctl(ADD listener %u) failed", (unsigned)idx);
+        close(fd);
+        l->fd = -1;
+        return NULL;
+    }
+    return l;
+}
+
+static void ctl_apply(const struct wk_ctl_msg *m, int fd)
+{
+    struct wk_listener *l = lsn_find(m->lid, m->sock);
+
+    switch (m->op) {
+    case WK_CTL_ADD:
+        if (fd == -1) {
+            log_error("control message without its socket (listener %u)", (unsigned)m->idx);
+            return;
+        }
+        if (wk.stopping) {
+            close(fd);
+            return;
+        }
+        if (l != NULL) {
+            lsn_close(l); /* the same socket again: keep one copy */
+        }
+        l = lsn_add(fd, m->lid, m->sock, m->idx, m->tls, m->proxy_protocol);
+        if (l != NULL && wk.accept_resume_ms == 0) {
+            do_accept(l); /* what queued before it was ours */
+        }
+        log_debug("accepting on listener %u (socket %u.%u)", (unsigned)m->idx,
+                  (unsigned)m->lid, (unsigned)m->sock);
+        return;
+    case WK_CTL_DEL:
+    case WK_CTL_DRAIN:
+        if (l == NULL) {
+            break;
+        }
+        if (m->op == WK_CTL_DRAIN && !wk.stopping) {
+            /* Nobody else will take what waits in this queue: serve it. */
+            do_accept(l);
+        }
+        lsn_close(l);
+        break;
+    case WK_CTL_RETIRE:
+        if (!wk.stopping) {
+            /* Unlike a stop, no idle connection is closed now: a client may be sending on
+             * it at this very moment (or have connected and not yet sent). Each gets its
+             * next answer with Connection: close, or ends at its own timeout. */
+            retiring = 1;
+            wk.stopping = 1;
+            wk.stop_deadline = wk.now + wk.cur->snap->limits.shutdown_timeout_ms;
+            close_listeners();
+            log_info("retiring: %llu connections to finish", (unsigned long long)wk.nclients);
+        }
+        break;
+    case WK_CTL_SET:
+        if (l != NULL) {
+            l->idx = m->idx;
+            l->tls = m->tls != 0;
+            l->proxy_protocol = m->proxy_protocol != 0;
+        }
+        break;
+    default:
+        log_error("unknown control message %u from the master", (unsigned)m->op);
+        break;
+    }
+    if (fd != -1) {
+        close(fd);
+    }
+}
+
+/* Read every pending control message. */
+static void ctl_read(void)
+{
+    while (ctl_fd != -1) {
+        struct wk_ctl_msg m;
+        union {
+            struct cmsghdr h;
+            char b[CMSG_SPACE(sizeof(int) * 4)];
+        } cb;
+        struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.b,
+                            .msg_controllen = sizeof(cb.b)};
+        ssize_t n = recvmsg(ctl_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        int fd = -1;
+
+        if (n == -1) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                log_errno(LOG_ERROR, errno, "reading the master's control channel failed");
+                n = 0;
+            } else {
+                return;
+            }
+        }
+        if (n == 0) {
+            /* The master is gone (its death signal stops this worker). */
+            epoll_ctl(wk.epfd, EPOLL_CTL_DEL, ctl_fd, NULL);
+            close(ctl_fd);
+            ctl_fd = -1;
+            return;
+        }
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t i = 0; i < k; i++) {
+                    int got;
+                    memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                    if (fd == -1) {
+                        fd = got;
+                    } else {
+                        close(got);
+                    }
+                }
+            }
+        }
+        if ((size_t)n != sizeof(m) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+            log_error("malformed control message from the master (%zd bytes)", n);
+            if (fd != -1) {
+                close(fd);
+            }
+            continue;
+        }
+        ctl_apply(&m, fd);
     }
 }
 
@@ -459,16 +665,18 @@ void wk_main(const struct wk_init *init)
         log_errno(LOG_ERROR, errno, "worker start-up failed");
         exit(1);
     }
-    wk.nlisten = init->nlisten;
-    wk.listeners = calloc((size_t)init->nlisten + 1, sizeof(*wk.listeners));
     for (int i = 0; i < init->nlisten; i++) {
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLET};
-        wk.listeners[i].ev.kind = WK_EV_LISTENER;
-        wk.listeners[i].fd = init->listen_fds[i];
-        wk.listeners[i].idx = (uint32_t)i;
-        ev.data.ptr = &wk.listeners[i];
-        if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, init->listen_fds[i], &ev) == -1) {
-            log_errno(LOG_ERROR, errno, "epoll_ctl(ADD listener %d) failed", i);
+        const struct wk_listen *li = &init->listen[i];
+        if (lsn_add(li->fd, li->lid, li->sock, li->idx, li->tls, li->proxy_protocol) == NULL) {
+            exit(1);
+        }
+    }
+    ctl_fd = init->ctl_fd;
+    if (ctl_fd != -1) {
+        struct epoll_event ev = {.events = EPOLLIN};
+        ev.data.ptr = &ctl_ev;
+        if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, ctl_fd, &ev) == -1) {
+            log_errno(LOG_ERROR, errno, "epoll_ctl(ADD control channel) failed");
             exit(1);
         }
     }
@@ -501,8 +709,13 @@ void wk_main(const struct wk_init *init)
         /* Before the events too: an idle worker wakes up for the request that follows a publish
          * (reload, Redis event), and that request must already see the new generation. */
         adopt_generation();
+        int ctl_ready = 0;
         for (int i = 0; i < n; i++) {
             struct wk_ev *e = evs[i].data.ptr;
+            if (e == &ctl_ev) {
+                ctl_ready = 1; /* read after the batch: it may move the listener array */
+                continue;
+            }
             switch (e->kind) {
             case WK_EV_LISTENER:
                 if (!wk.stopping && wk.accept_resume_ms == 0) {
@@ -518,6 +731,9 @@ void wk_main(const struct wk_init *init)
             default:
                 break;
             }
+        }
+        if (ctl_ready) {
+            ctl_read();
         }
         if (wk.accept_resume_ms != 0 && wk.now >= wk.accept_resume_ms && !wk.stopping) {
             accept_all();
@@ -536,6 +752,10 @@ void wk_main(const struct wk_init *init)
             sig_usr1 = 0;
             wk_alog_reopen();
         }
+        if (sig_term && retiring) {
+            retiring = 0; /* a stop while retiring: now as any stop */
+            wk_close_idle_clients();
+        }
         if (sig_term && !wk.stopping) {
             if (getppid() != wk.ctl->master_pid) {
                 shm_unlink_all_of(wk.ctl->master_pid); /* the master died: nobody else will */
@@ -546,7 +766,9 @@ void wk_main(const struct wk_init *init)
             wk_close_idle_clients();
         }
         if (wk.stopping) {
-            wk_close_idle_clients();
+            if (!retiring) {
+                wk_close_idle_clients();
+            }
             if (wk.nclients == 0 || wk.now >= wk.stop_deadline) {
                 if (wk.nclients != 0) {
                     log_warn("shutdown timeout (limits.shutdown_timeout_ms = %u) reached: "

@@ -66,7 +66,7 @@ static int view(struct adm_view *v, void *arg)
     return 0;
 }
 
-static int reload(uint64_t *gen, char **errs, char **warns, void *arg)
+static int reload(uint64_t *gen, char **errs, char **warns, char **changes, void *arg)
 {
     (void)arg;
     T.reloads++;
@@ -76,6 +76,7 @@ static int reload(uint64_t *gen, char **errs, char **warns, void *arg)
         return -1;
     }
     *gen = 42;
+    *changes = strdup("listener 127.0.0.1:8081 added\nworkers 2 -> 4\n");
     return 0;
 }
 
@@ -411,6 +412,12 @@ static void test_backend_control_and_reload(void)
     j = run("reload", 1);
     CU_ASSERT_DOUBLE_EQUAL(adm_json_num(j, "generation", -1), 42, 1e-9);
     check_warnings(j);
+    {
+        const struct adm_jval *ch = adm_json_get(j, "changes");
+        CU_ASSERT_FATAL(ch != NULL && ch->type == ADM_J_ARR && ch->n == 2);
+        CU_ASSERT_STRING_EQUAL(ch->items[0].str, "listener 127.0.0.1:8081 added");
+        CU_ASSERT_STRING_EQUAL(ch->items[1].str, "workers 2 -> 4");
+    }
     adm_json_free(j);
     T.reload_fail = 1;
     j = run("reload", 0);
