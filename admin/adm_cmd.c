@@ -100,9 +100,12 @@ static void do_reload(struct adm_buf *out, const struct adm_ops *ops)
 
     if (ops->reload(&gen, &errs, &warns, &changes, ops->arg) == 0) {
         adm_buf_addf(out, "{\"ok\":true,\"generation\":%llu", (unsigned long long)gen);
-        /* What changed in listeners and workers: "listener 127.0.0.1:8081 added", ... */
-        adm_buf_adds(out, ",\"changes\":");
-        lines_array(out, changes);
+        /* What changed in listeners and workers ("listener 127.0.0.1:8081 added", ...),
+         * only when anything did. */
+        if (changes != NULL && changes[strspn(changes, "\n")] != '\0') {
+            adm_buf_adds(out, ",\"changes\":");
+            lines_array(out, changes);
+        }
     } else {
         size_t n = errs ? strlen(errs) : 0;
         /* "error" keeps the whole text (its lines joined by \n); "errors" has one per line. */

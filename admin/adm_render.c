@@ -70,7 +70,19 @@ static const char *source_name(uint32_t src)
 
 static unsigned nshards(const struct adm_view *v)
 {
-    return shm_stats_nshards(v->nworkers);
+    /* Shards of workers retired since still hold their counts. */
+    return shm_stats_nshards(v->slots_ever > v->nworkers ? v->slots_ever : v->nworkers);
+}
+
+static unsigned configured(const struct adm_view *v)
+{
+    return v->configured != 0 ? v->configured : v->nworkers;
+}
+
+static unsigned slots_ever(const struct adm_view *v)
+{
+    unsigned n = v->slots_ever > v->nworkers ? v->slots_ever : v->nworkers;
+    return n < SHM_MAX_WORKERS ? n : SHM_MAX_WORKERS;
 }
 
 static uint64_t uptime_s(const struct adm_view *v)
@@ -155,6 +167,9 @@ int adm_healthy(const struct adm_view *v, char *why, size_t whylen)
         const struct shm_worker_slot *w = &v->ctl->workers[i];
         uint64_t cur = LD(&w->gen_current);
 
+        if (v->retiring[i]) {
+            continue; /* finishing its connections (or gone) after `workers` was lowered */
+        }
         if (LD(&w->pid) == 0) {
             snprintf(why, whylen, "worker %u is not running (restarting)", i);
             return 0;
@@ -194,8 +209,8 @@ void adm_render_health(struct adm_buf *b, const struct adm_view *v)
     unsigned long long restarts = 0;
     int ok = adm_healthy(v, why, sizeof(why));
 
-    for (unsigned i = 0; i < v->nworkers && i < SHM_MAX_WORKERS; i++) {
-        alive += LD(&v->ctl->workers[i].pid) != 0;
+    for (unsigned i = 0; i < slots_ever(v); i++) {
+        alive += i < v->nworkers && LD(&v->ctl->workers[i].pid) != 0;
         restarts += LD(&v->ctl->workers[i].restarts);
     }
     adm_buf_addf(b, "{\"ok\":true,\"status\":\"%s\",", ok ? "healthy" : "degraded");
@@ -210,7 +225,7 @@ void adm_render_health(struct adm_buf *b, const struct adm_view *v)
                  ",\"workers\":{\"configured\":%u,\"alive\":%u,\"restarts\":%llu},"
                  "\"instances\":%u,\"config\":{\"generation\":%llu,\"loaded_at\":%llu,"
                  "\"source\":\"%s\",\"path\":",
-                 v->nworkers, alive, restarts, v->snap->nservices,
+                 configured(v), alive, restarts, v->snap->nservices,
                  (unsigned long long)v->snap->gen, (unsigned long long)v->loaded_at,
                  source_name(v->snap->source));
     adm_buf_jstr(b, shm_s(v->snap, v->snap->config_path), v->snap->config_path.len);
@@ -391,7 +406,7 @@ void adm_render_workers(struct adm_buf *b, const struct adm_view *v)
         alive += LD(&v->ctl->workers[i].pid) != 0;
     }
     adm_buf_addf(b, "{\"ok\":true,\"configured\":%u,\"alive\":%u,\"generation\":%llu,\"workers\":[",
-                 v->nworkers, alive, (unsigned long long)LD(&v->ctl->gen));
+                 configured(v), alive, (unsigned long long)LD(&v->ctl->gen));
     for (unsigned i = 0; i < v->nworkers && i < SHM_MAX_WORKERS; i++) {
         const struct shm_worker_slot *w = &v->ctl->workers[i];
         int32_t pid = LD(&w->pid);
@@ -401,7 +416,7 @@ void adm_render_workers(struct adm_buf *b, const struct adm_view *v)
         adm_buf_addf(b,
                      "%s{\"slot\":%u,\"pid\":%d,\"alive\":%s,\"restarts\":%u,\"uptime_s\":%llu,"
                      "\"heartbeat_age_ms\":%llu,\"generation\":%llu,\"oldest_generation\":%llu,"
-                     "\"connections\":%llu,\"requests\":%llu}",
+                     "\"connections\":%llu,\"requests\":%llu,\"retiring\":%s}",
                      i ? "," : "", i, (int)pid, pid ? "true" : "false", LD(&w->restarts),
                      (unsigned long long)(pid && v->now_ms > started ? (v->now_ms - started) / 1000
                                                                       : 0),
@@ -409,7 +424,7 @@ void adm_render_workers(struct adm_buf *b, const struct adm_view *v)
                      (unsigned long long)LD(&w->gen_current),
                      (unsigned long long)LD(&w->gen_oldest),
                      (unsigned long long)LD(&w->connections),
-                     (unsigned long long)LD(&w->requests));
+                     (unsigned long long)LD(&w->requests), v->retiring[i] ? "true" : "false");
     }
     adm_buf_adds(b, "]}");
 }
@@ -615,10 +630,10 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
         adm_buf_addf(b, "} %llu\n", cum);
     }
 
-    for (unsigned i = 0; i < v->nworkers && i < SHM_MAX_WORKERS; i++) {
-        conns += LD(&v->ctl->workers[i].connections);
+    for (unsigned i = 0; i < slots_ever(v); i++) {
+        conns += i < v->nworkers ? LD(&v->ctl->workers[i].connections) : 0;
         restarts += LD(&v->ctl->workers[i].restarts);
-        alive += LD(&v->ctl->workers[i].pid) != 0;
+        alive += i < v->nworkers && LD(&v->ctl->workers[i].pid) != 0;
     }
     prom_head(b, "dispatcher_active_connections", "gauge", "Open client connections.");
     adm_buf_addf(b, "dispatcher_active_connections %llu\n", conns);
@@ -691,7 +706,7 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
     }
 
     prom_head(b, "dispatcher_workers", "gauge", "Configured worker processes.");
-    adm_buf_addf(b, "dispatcher_workers %u\n", v->nworkers);
+    adm_buf_addf(b, "dispatcher_workers %u\n", configured(v));
     prom_head(b, "dispatcher_workers_alive", "gauge", "Worker processes running.");
     adm_buf_addf(b, "dispatcher_workers_alive %u\n", alive);
     prom_head(b, "dispatcher_worker_restarts_total", "counter",

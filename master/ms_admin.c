@@ -66,6 +66,11 @@ static int view(struct adm_view *v, void *arg)
     v->rt = ms.rt;
     v->ctl = ms.ctl;
     v->nworkers = (unsigned)ms.nworkers;
+    v->configured = (unsigned)ms.nactive;
+    v->slots_ever = (unsigned)ms.slots_ever;
+    for (int i = 0; i < ms.nworkers && i < (int)SHM_MAX_WORKERS; i++) {
+        v->retiring[i] = ms_slot_retired(i);
+    }
     v->now_ms = dsp_now_ms();
     v->now_s = dsp_wall_s();
     v->started_at = ms.ctl->started_at;

@@ -23,6 +23,7 @@
 #include "master/ms_config.h"
 #include "master/ms_health.h"
 #include "master/ms_loop.h"
+#include "master/ms_preflight.h"
 #include "master/ms_rt.h"
 #include "shm/shm.h"
 #include "worker/wk.h"
@@ -287,8 +288,9 @@ static void ctl_flush(int slot)
         if (rc == -1) {
             /* The worker is gone (its reaping resets the channel) or the channel broke: a
              * worker that missed a change is restarted so that it serves the current set. */
-            log_errno(LOG_ERROR, errno, "control channel of worker %d failed", slot);
-            if (w->pid != 0 && errno != EPIPE && errno != ECONNRESET) {
+            int err = errno;
+            log_errno(LOG_ERROR, err, "control channel of worker %d failed", slot);
+            if (w->pid != 0 && err != EPIPE && err != ECONNRESET) {
                 kill(w->pid, SIGTERM);
             }
             i = w->npend;
@@ -296,7 +298,9 @@ static void ctl_flush(int slot)
         }
         i++;
     }
-    memmove(w->pend, w->pend + i, (size_t)(w->npend - i) * sizeof(*w->pend));
+    if (i > 0 && i < w->npend) {
+        memmove(w->pend, w->pend + i, (size_t)(w->npend - i) * sizeof(*w->pend));
+    }
     w->npend -= i;
 }
 
@@ -356,6 +360,11 @@ static void sync_worker(int slot)
     ctl_flush(slot);
 }
 
+int ms_slot_retired(int slot)
+{
+    return active_pos(slot) < 0;
+}
+
 static void update_span(void)
 {
     int span = 0;
@@ -367,6 +376,9 @@ static void update_span(void)
         }
     }
     ms.nworkers = span;
+    if (span > ms.slots_ever) {
+        ms.slots_ever = span;
+    }
     if (ms.ctl != NULL) {
         __atomic_store_n(&ms.ctl->nworkers, (uint32_t)span, __ATOMIC_RELEASE);
     }
@@ -659,7 +671,19 @@ int ms_listeners_prepare(const struct ms_config *ncfg, char **errs, char **chang
                      n->proxy_protocol ? "on" : "off");
             }
         } else {
+            char why[256];
+
             n->id = 0; /* numbered at apply: an aborted plan uses no id */
+            /* As at start: SO_REUSEPORT would let it bind beside another process's listener
+             * and take part of its traffic. Our workers' sockets (a listener re-added while
+             * they still drain it) do not count. */
+            if (ms_listen_taken((const struct sockaddr *)&l->ss, l->sslen, getpid(), NULL, why,
+                                sizeof(why))) {
+                addf(errs, "%s:%d: cannot bind listener %s: address already in use: %s",
+                     ncfg->path, l->line, l->address, why);
+                plan_free(1);
+                return -1;
+            }
             addf(changes, "listener %s added", l->address);
         }
         if (n->nsock < nact && lsn_bind(n, l, n->nsock, nact) != 0) {

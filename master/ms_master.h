@@ -59,6 +59,7 @@ struct ms_master {
     int nworkers; /* worker slots in use: the active ones and those still retiring */
     int nactive;  /* the configured count: slots active[0..nactive) serve the listeners */
     int active[SHM_MAX_WORKERS];
+    int slots_ever; /* highest slot ever used + 1 (its shm counters still count) */
     struct ms_lsn *lsn; /* the bound listeners */
     int nlsn;
     uint32_t next_lid;
@@ -82,6 +83,10 @@ int ms_bind_all(void);
  * ("listener 127.0.0.1:8081 added"). Then exactly one of apply (after the new generation is
  * published: hand sockets to the workers, close removed listeners, start or retire workers) or
  * abort (close what prepare bound). */
+/* 1 when worker <slot> is not one of the configured workers (retiring after a smaller
+ * `workers`, or gone), for the admin views. */
+int ms_slot_retired(int slot);
+
 int ms_listeners_prepare(const struct ms_config *ncfg, char **errs, char **changes);
 void ms_listeners_apply(void);
 void ms_listeners_abort(void);

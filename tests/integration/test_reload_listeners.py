@@ -2,6 +2,7 @@
 workers, a removed listener stops accepting while its open connections finish, the worker count
 grows and shrinks gracefully, and a client hammering a listener that stays sees no error."""
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -172,6 +173,41 @@ class ReloadListenersTest(dsptest.TestCase):
               % (load.ok, 10))
         d.initial_workers = d.worker_pids()
 
+    @dsptest.timeout(90)
+    def test_wrk_through_listener_and_worker_reloads(self):
+        """wrk (64 keep-alive connections) on the listener that stays while reloads add and
+        remove another listener and move the worker count between 1 and 4: no socket error,
+        no non-2xx answer."""
+        wrk = shutil.which("wrk")
+        if wrk is None:
+            self.skipTest("wrk is not installed (make deps installs it with the bench packages)")
+        d = self.dispatcher(self.services, self.routes, workers=2)
+        p2 = free_port()
+        secs = 6
+        proc = subprocess.Popen([wrk, "-t2", "-c64", "-d%ds" % secs, "-H", "Host: a.do",
+                                 "http://127.0.0.1:%d/echo" % d.port],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        steps = [(4, True), (4, False), (1, False), (3, True), (2, True), (1, False), (2, False)]
+        n = 0
+        end = time.monotonic() + secs - 1.5
+        while time.monotonic() < end:
+            w, extra = steps[n % len(steps)]
+            ls = [plain(d.port)] + ([plain(p2)] if extra else [])
+            reload(self, d, self.conf(d, listeners_line(*ls), w))
+            if extra:  # applied, not merely accepted
+                self.assertEqual(request(p2, "/echo", host="b.do", timeout=5).status, 200)
+            else:
+                wait_until(lambda: refused(p2), 5, "port %d refused" % p2)
+            n += 1
+            time.sleep(0.15)  # paces the reloads: wrk keeps running between them
+        out = proc.communicate(timeout=60)[0]
+        print("wrk across %d reloads:\n%s" % (n, out))
+        self.assertGreater(n, 10)
+        self.assertNotIn("Socket errors", out)
+        self.assertNotIn("Non-2xx", out)
+        self.assertRegex(out, r"(\d+) requests in")
+        d.initial_workers = d.worker_pids()
+
     @dsptest.timeout(60)
     def test_respawned_worker_gets_the_current_listeners(self):
         """A worker killed after a reload added a listener is respawned on the current set
@@ -277,12 +313,24 @@ class ReloadListenersTest(dsptest.TestCase):
         wait_until(lambda: sum(w["connections"] for w in admin_ask(d, "show workers")["workers"])
                    >= 9, 5, "9 slow requests in flight")
         busy = [w["pid"] for w in admin_ask(d, "show workers")["workers"] if w["connections"]]
+        for _ in range(30):
+            self.assertEqual(request(d.port, "/echo", host="a.do").status, 200)
+        before = admin_ask(d, "show stats")["requests"]
         r = reload(self, d, self.conf(d, listeners_line(plain(d.port)), 1))
         self.assertEqual(r.get("changes"), ["workers 3 -> 1"])
+        # While they drain: one worker configured, the others flagged, and that is healthy.
+        ws = admin_ask(d, "show workers")
+        self.assertEqual(ws["configured"], 1)
+        self.assertEqual(sum(1 for w in ws["workers"] if w["alive"] and not w["retiring"]), 1)
+        self.assertEqual(admin_ask(d, "show health")["status"], "healthy")
         for t in threads:
             t.join(15)
         self.assertEqual(results, [200] * 9)
         wait_until(lambda: alive_workers(d) == 1, 10, "the retired workers gone")
+        self.assertEqual(admin_ask(d, "show health")["status"], "healthy",
+                         admin_ask(d, "show health"))
+        # What the retired workers counted still counts.
+        self.assertGreaterEqual(admin_ask(d, "show stats")["requests"], before + 9)
         self.assertGreater(len(busy), 1, "the slow requests all went to one worker")
         self.assertIn("retired", d.log())
         self.assertEqual(request(d.port, "/echo", host="a.do").status, 200)
