@@ -807,6 +807,9 @@ void ms_listeners_apply(void)
         spawn(spawned[k]);
     }
     update_span();
+    /* A worker reads what was sent before its next accept: a connection made after the
+     * reload's answer gets the new options. */
+    __atomic_add_fetch(&ms.ctl->listeners_seq, 1, __ATOMIC_RELEASE);
 }
 
 int ms_run(void)

@@ -341,7 +341,10 @@ struct shm_ctl {
     uint64_t started_at; /* unix seconds */
     uint64_t reload_failures;
     uint64_t tls_handshakes[3]; /* SHM_TLS_HS_*: client TLS handshakes, added to by workers */
-    uint64_t reserved[8];
+    uint64_t listeners_seq;     /* master bumps (release) once it has sent listener changes to
+                                   the workers' control channels: a worker reads them before
+                                   its next accept */
+    uint64_t reserved[7];
     struct shm_worker_slot workers[SHM_MAX_WORKERS];
     /* Added at the end (anonymous segment created by the master at start, so it can grow). */
     struct shm_tkeys tkeys;

@@ -312,7 +312,7 @@ struct wk_worker {
     struct shm_worker_slot *me;
     struct wk_gen *cur;       /* current generation (referenced) */
     struct wk_gen *gens;      /* all mapped generations */
-    struct wk_listener *listeners;
+    struct wk_listener **listeners; /* each allocated on its own (events point to them) */
     int nlisten;
     int accept_starved;       /* accept4() ran out of descriptors: logged once per episode */
     uint64_t starved_since;

@@ -310,15 +310,27 @@ static void listeners_watch(int on)
     wk.listeners_off = !on;
     for (int i = 0; i < wk.nlisten; i++) {
         struct epoll_event ev = {.events = on ? EPOLLIN | EPOLLET : 0};
-        ev.data.ptr = &wk.listeners[i];
-        if (wk.listeners[i].fd != -1) {
-            (void)epoll_ctl(wk.epfd, EPOLL_CTL_MOD, wk.listeners[i].fd, &ev);
-        }
+        ev.data.ptr = wk.listeners[i];
+        (void)epoll_ctl(wk.epfd, EPOLL_CTL_MOD, wk.listeners[i]->fd, &ev);
     }
 }
 
+static void ctl_read(void);
+
 static void do_accept(struct wk_listener *l)
 {
+    static uint64_t seq_seen;
+    uint64_t seq = __atomic_load_n(&wk.ctl->listeners_seq, __ATOMIC_ACQUIRE);
+
+    if (seq != seq_seen) {
+        /* The master changed listeners (and answered the reload) before this connection may
+         * have arrived: apply what it sent first, so that it gets the new options. */
+        seq_seen = seq;
+        ctl_read();
+        if (l->ev.kind != WK_EV_LISTENER || l->fd == -1) {
+            return; /* closed by what was read */
+        }
+    }
     for (int got = 0;; got++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
@@ -365,7 +377,7 @@ static void accept_all(void)
 {
     wk.accept_resume_ms = 0;
     for (int i = 0; i < wk.nlisten && wk.accept_resume_ms == 0; i++) {
-        do_accept(&wk.listeners[i]);
+        do_accept(wk.listeners[i]);
     }
     if (wk.accept_resume_ms == 0) {
         listeners_watch(1); /* (re-arming reports what is queued: nothing is missed) */
@@ -378,36 +390,18 @@ static void accept_all(void)
     }
 }
 
-static void close_listeners(void)
-{
-    for (int i = 0; i < wk.nlisten; i++) {
-        if (wk.listeners[i].fd != -1) {
-            epoll_ctl(wk.epfd, EPOLL_CTL_DEL, wk.listeners[i].fd, NULL);
-            close(wk.listeners[i].fd);
-            wk.listeners[i].fd = -1;
-        }
-    }
-}
-
 /* ---- the listener set: what the master hands over (worker/wk.h) -----------------------------
- * Entries live in one array; a removed one keeps its place (fd -1) for the next added socket.
- * The array only moves between event batches (ctl_read() runs after the batch), and every
- * registered entry is then re-pointed, so no event ever names a moved entry. */
+ * Each entry is allocated on its own, so that the array may move while an epoll batch still
+ * names entries; a closed one is freed once the batch is done (wk_free_later). */
 static int lsn_cap;
 static int ctl_fd = -1;
 static struct wk_ev ctl_ev = {.kind = 0xff};
 
-static uint32_t listener_events(void)
-{
-    return wk.listeners_off ? 0 : EPOLLIN | EPOLLET;
-}
-
 static struct wk_listener *lsn_find(uint32_t lid, uint32_t sock)
 {
     for (int i = 0; i < wk.nlisten; i++) {
-        if (wk.listeners[i].fd != -1 && wk.listeners[i].lid == lid &&
-            wk.listeners[i].sock == sock) {
-            return &wk.listeners[i];
+        if (wk.listeners[i]->lid == lid && wk.listeners[i]->sock == sock) {
+            return wk.listeners[i];
         }
     }
     return NULL;
@@ -415,27 +409,35 @@ static struct wk_listener *lsn_find(uint32_t lid, uint32_t sock)
 
 static void lsn_close(struct wk_listener *l)
 {
+    for (int i = 0; i < wk.nlisten; i++) {
+        if (wk.listeners[i] == l) {
+            wk.listeners[i] = wk.listeners[--wk.nlisten];
+            break;
+        }
+    }
     epoll_ctl(wk.epfd, EPOLL_CTL_DEL, l->fd, NULL);
     close(l->fd);
     l->fd = -1;
+    wk_free_later(&l->ev);
+}
+
+static void close_listeners(void)
+{
+    while (wk.nlisten > 0) {
+        lsn_close(wk.listeners[0]);
+    }
 }
 
 /* Start accepting on <fd>. Returns the entry, or NULL (logged; <fd> closed). */
 static struct wk_listener *lsn_add(int fd, uint32_t lid, uint32_t sock, uint32_t idx, int tls,
                                    int proxy_protocol)
 {
-    struct epoll_event ev = {.events = listener_events()};
-    struct wk_listener *l = NULL;
+    struct epoll_event ev = {.events = wk.listeners_off ? 0 : EPOLLIN | EPOLLET};
+    struct wk_listener *l;
 
-    for (int i = 0; i < wk.nlisten; i++) {
-        if (wk.listeners[i].fd == -1) {
-            l = &wk.listeners[i];
-            break;
-        }
-    }
-    if (l == NULL && wk.nlisten == lsn_cap) {
+    if (wk.nlisten == lsn_cap) {
         int cap = lsn_cap ? lsn_cap * 2 : 8;
-        struct wk_listener *n = realloc(wk.listeners, (size_t)cap * sizeof(*n));
+        struct wk_listener **n = realloc(wk.listeners, (size_t)cap * sizeof(*n));
 
         if (n == NULL) {
             log_error("out of memory for listener %u: not accepting on it", (unsigned)idx);
@@ -444,18 +446,13 @@ static struct wk_listener *lsn_add(int fd, uint32_t lid, uint32_t sock, uint32_t
         }
         wk.listeners = n;
         lsn_cap = cap;
-        for (int i = 0; i < wk.nlisten; i++) {
-            struct epoll_event mv = {.events = listener_events()};
-            mv.data.ptr = &wk.listeners[i];
-            if (wk.listeners[i].fd != -1) {
-                (void)epoll_ctl(wk.epfd, EPOLL_CTL_MOD, wk.listeners[i].fd, &mv);
-            }
-        }
     }
+    l = calloc(1, sizeof(*l));
     if (l == NULL) {
-        l = &wk.listeners[wk.nlisten++];
+        log_error("out of memory for listener %u: not accepting on it", (unsigned)idx);
+        close(fd);
+        return NULL;
     }
-    memset(l, 0, sizeof(*l));
     l->ev.kind = WK_EV_LISTENER;
     l->fd = fd;
     l->lid = lid;
@@ -467,9 +464,10 @@ static struct wk_listener *lsn_add(int fd, uint32_t lid, uint32_t sock, uint32_t
     if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
         log_errno(LOG_ERROR, errno, "epoll_ctl(ADD listener %u) failed", (unsigned)idx);
         close(fd);
-        l->fd = -1;
+        free(l);
         return NULL;
     }
+    wk.listeners[wk.nlisten++] = l;
     return l;
 }
 
@@ -539,6 +537,12 @@ static void ctl_apply(const struct wk_ctl_msg *m, int fd)
 /* Read every pending control message. */
 static void ctl_read(void)
 {
+    static int reading; /* (an ADD accepts at once, and an accept may look here first) */
+
+    if (reading) {
+        return;
+    }
+    reading = 1;
     while (ctl_fd != -1) {
         struct wk_ctl_msg m;
         union {
@@ -559,7 +563,7 @@ static void ctl_read(void)
                 log_errno(LOG_ERROR, errno, "reading the master's control channel failed");
                 n = 0;
             } else {
-                return;
+                break;
             }
         }
         if (n == 0) {
@@ -567,7 +571,7 @@ static void ctl_read(void)
             epoll_ctl(wk.epfd, EPOLL_CTL_DEL, ctl_fd, NULL);
             close(ctl_fd);
             ctl_fd = -1;
-            return;
+            break;
         }
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
             if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
@@ -592,6 +596,7 @@ static void ctl_read(void)
         }
         ctl_apply(&m, fd);
     }
+    reading = 0;
 }
 
 static void drop_privileges(const struct wk_init *init)
@@ -709,11 +714,10 @@ void wk_main(const struct wk_init *init)
         /* Before the events too: an idle worker wakes up for the request that follows a publish
          * (reload, Redis event), and that request must already see the new generation. */
         adopt_generation();
-        int ctl_ready = 0;
         for (int i = 0; i < n; i++) {
             struct wk_ev *e = evs[i].data.ptr;
             if (e == &ctl_ev) {
-                ctl_ready = 1; /* read after the batch: it may move the listener array */
+                ctl_read();
                 continue;
             }
             switch (e->kind) {
@@ -731,9 +735,6 @@ void wk_main(const struct wk_init *init)
             default:
                 break;
             }
-        }
-        if (ctl_ready) {
-            ctl_read();
         }
         if (wk.accept_resume_ms != 0 && wk.now >= wk.accept_resume_ms && !wk.stopping) {
             accept_all();
