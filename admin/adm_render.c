@@ -419,12 +419,12 @@ void adm_render_workers(struct adm_buf *b, const struct adm_view *v)
                      "\"connections\":%llu,\"requests\":%llu,\"retiring\":%s}",
                      i ? "," : "", i, (int)pid, pid ? "true" : "false", LD(&w->restarts),
                      (unsigned long long)(pid && v->now_ms > started ? (v->now_ms - started) / 1000
-                                                                      : 0),
+                                                                     : 0),
                      (unsigned long long)(pid && hb && v->now_ms > hb ? v->now_ms - hb : 0),
                      (unsigned long long)LD(&w->gen_current),
                      (unsigned long long)LD(&w->gen_oldest),
-                     (unsigned long long)LD(&w->connections),
-                     (unsigned long long)LD(&w->requests), v->retiring[i] ? "true" : "false");
+                     (unsigned long long)LD(&w->connections), (unsigned long long)LD(&w->requests),
+                     v->retiring[i] ? "true" : "false");
     }
     adm_buf_adds(b, "]}");
 }

@@ -50,9 +50,9 @@ struct adm_view {
     const struct shm_snap_hdr *snap;   /* current generation */
     const struct shm_rt *rt;
     const struct shm_ctl *ctl;
-    unsigned nworkers;                 /* worker slots in use (configured, or retiring) */
-    unsigned configured;               /* the configured count (0: nworkers) */
-    unsigned slots_ever;               /* slots ever used: per-slot counters (0: nworkers) */
+    unsigned nworkers;                       /* worker slots in use (configured, or retiring) */
+    unsigned configured;                     /* the configured count (0: nworkers) */
+    unsigned slots_ever;                     /* slots ever used: per-slot counters (0: nworkers) */
     unsigned char retiring[SHM_MAX_WORKERS]; /* 1: not a configured slot (a smaller `workers`
                                                 left it: draining, or gone) */
     uint64_t now_ms;                   /* monotonic (same clock as the workers' stats) */

@@ -178,7 +178,7 @@ static int lsn_fd(uint32_t lid, uint32_t sock)
     return -1;
 }
 
-/* ---- which worker serves which socket --------------------------------------------------------- */
+/* ---- which worker serves which socket ------------------------------------------------------- */
 static int active_pos(int slot)
 {
     for (int p = 0; p < ms.nactive; p++) {
@@ -340,17 +340,14 @@ static void sync_worker(int slot)
         int h = held_has(w->held, w->nheld, &d[i]);
         if (h < 0) {
             ctl_queue(w, WK_CTL_ADD, &d[i]);
-        } else if (w->held[h].tls != d[i].tls ||
-                   w->held[h].proxy_protocol != d[i].proxy_protocol ||
+        } else if (w->held[h].tls != d[i].tls || w->held[h].proxy_protocol != d[i].proxy_protocol ||
                    w->held[h].idx != d[i].idx) {
             ctl_queue(w, WK_CTL_SET, &d[i]);
         }
     }
     for (int i = 0; i < w->nheld; i++) {
         if (held_has(d, nd, &w->held[i]) < 0) {
-            ctl_queue(w,
-                      lsn_by_id(ms.lsn, ms.nlsn, w->held[i].lid) < 0 ? WK_CTL_DRAIN
-                                                                      : WK_CTL_DEL,
+            ctl_queue(w, lsn_by_id(ms.lsn, ms.nlsn, w->held[i].lid) < 0 ? WK_CTL_DRAIN : WK_CTL_DEL,
                       &w->held[i]);
         }
     }
@@ -571,12 +568,12 @@ static void signal_workers(int sig)
     }
 }
 
-/* ---- reload: listeners and the worker count --------------------------------------------------- */
+/* ---- reload: listeners and the worker count ------------------------------------------------- */
 static struct {
     int ready;
     struct ms_lsn *lsn; /* the set to serve after apply, in ncfg order */
     int nlsn;
-    int *kept_from; /* [nlsn]: index in ms.lsn, or -1 when bound by prepare */
+    int *kept_from;  /* [nlsn]: index in ms.lsn, or -1 when bound by prepare */
     int *kept_nsock; /* [nlsn]: sockets it had (the rest were bound by prepare) */
     int nactive;
 } plan;
@@ -633,8 +630,9 @@ int ms_listeners_prepare(const struct ms_config *ncfg, char **errs, char **chang
     }
     grow = nact > ms.nactive ? nact - ms.nactive : 0;
     if (grow > 0 && slots_in_use() + grow > (int)SHM_MAX_WORKERS) {
-        addf(errs, "%s: workers = %d: %d workers of an earlier reduction are still finishing "
-                   "their connections; retry when they are done",
+        addf(errs,
+             "%s: workers = %d: %d workers of an earlier reduction are still finishing "
+             "their connections; retry when they are done",
              ncfg->path, nact, slots_in_use() - ms.nactive);
         return -1;
     }
@@ -679,8 +677,8 @@ int ms_listeners_prepare(const struct ms_config *ncfg, char **errs, char **chang
              * they still drain it) do not count. */
             if (ms_listen_taken((const struct sockaddr *)&l->ss, l->sslen, getpid(), NULL, why,
                                 sizeof(why))) {
-                addf(errs, "%s:%d: cannot bind listener %s: address already in use: %s",
-                     ncfg->path, l->line, l->address, why);
+                addf(errs, "%s:%d: cannot bind listener %s: address already in use: %s", ncfg->path,
+                     l->line, l->address, why);
                 plan_free(1);
                 return -1;
             }

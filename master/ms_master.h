@@ -59,7 +59,7 @@ struct ms_master {
     int nworkers; /* worker slots in use: the active ones and those still retiring */
     int nactive;  /* the configured count: slots active[0..nactive) serve the listeners */
     int active[SHM_MAX_WORKERS];
-    int slots_ever; /* highest slot ever used + 1 (its shm counters still count) */
+    int slots_ever;     /* highest slot ever used + 1 (its shm counters still count) */
     struct ms_lsn *lsn; /* the bound listeners */
     int nlsn;
     uint32_t next_lid;

@@ -19,9 +19,10 @@ struct shm_rt;
 #define WK_CTL_DEL   2u /* stop accepting on it: another worker takes it over */
 #define WK_CTL_DRAIN 3u /* its listener is removed: accept what is queued, then close it */
 #define WK_CTL_SET   4u /* new options for a socket it holds (apply to new connections) */
-#define WK_CTL_RETIRE 5u /* a smaller `workers`: stop accepting, let every open connection end
-                          * on its own (next response with Connection: close, or its idle
-                          * timeout) within shutdown_timeout_ms, then exit */
+#define WK_CTL_RETIRE                                                                              \
+    5u /* a smaller `workers`: stop accepting, let every open connection end                       \
+        * on its own (next response with Connection: close, or its idle                            \
+        * timeout) within shutdown_timeout_ms, then exit */
 
 struct wk_ctl_msg {
     uint32_t op;

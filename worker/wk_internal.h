@@ -289,10 +289,10 @@ struct wk_client {
 struct wk_listener {
     struct wk_ev ev;
     int fd;
-    uint32_t idx;    /* the listener's position in the configuration */
-    uint32_t lid;    /* the master's names for this socket (worker/wk.h) */
+    uint32_t idx; /* the listener's position in the configuration */
+    uint32_t lid; /* the master's names for this socket (worker/wk.h) */
     uint32_t sock;
-    uint8_t tls;     /* options for new connections (a reload may change them) */
+    uint8_t tls; /* options for new connections (a reload may change them) */
     uint8_t proxy_protocol;
 };
 

@@ -492,8 +492,8 @@ static void ctl_apply(const struct wk_ctl_msg *m, int fd)
         if (l != NULL && wk.accept_resume_ms == 0) {
             do_accept(l); /* what queued before it was ours */
         }
-        log_debug("accepting on listener %u (socket %u.%u)", (unsigned)m->idx,
-                  (unsigned)m->lid, (unsigned)m->sock);
+        log_debug("accepting on listener %u (socket %u.%u)", (unsigned)m->idx, (unsigned)m->lid,
+                  (unsigned)m->sock);
         return;
     case WK_CTL_DEL:
     case WK_CTL_DRAIN:
@@ -550,7 +550,9 @@ static void ctl_read(void)
             char b[CMSG_SPACE(sizeof(int) * 4)];
         } cb;
         struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.b,
+        struct msghdr mh = {.msg_iov = &iov,
+                            .msg_iovlen = 1,
+                            .msg_control = cb.b,
                             .msg_controllen = sizeof(cb.b)};
         ssize_t n = recvmsg(ctl_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         int fd = -1;
