@@ -98,8 +98,7 @@ void wk_client_accept(int fd, const struct sockaddr *sa, const struct wk_listene
                        "busy body length");
         /* Best effort: the socket is fresh, its send buffer empty. A TLS client would only see
          * garbage: it just gets the close. */
-        if (!l->tls &&
-            send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        if (!l->tls && send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
             /* nothing to do */
         }
         close(fd);
