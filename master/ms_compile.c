@@ -829,7 +829,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     struct blob b;
     uint64_t ub_off[SHM_RIDX_NTABLES];
     uint64_t cur, idx_start, ub_end, strings_need, nbackends = 0;
-    uint64_t lo, to, so, bo, ro, co, cno, total, ncerts = 0, ncert_names = 0;
+    uint64_t lo, to, so, bo, ro, co, cno, eo, total, ncerts = 0, ncert_names = 0;
     uint32_t n;
     char *base;
     struct xsvc *xs;
@@ -841,6 +841,9 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     /* Size the string blob exactly: everything below is written in the same order. */
     strings_need = 1 + str_need(cfg->path) + str_need(cfg->tls.self_signed_cn);
     strings_need += str_need(cfg->log.access);
+    for (size_t i = 0; i < cfg->errors.npages; i++) {
+        strings_need += str_need(cfg->errors.pages[i].body);
+    }
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         strings_need += str_need(cfg->listeners[i].address);
     }
@@ -886,6 +889,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     ro = table(&cur, n, sizeof(struct shm_route));
     co = table(&cur, ncerts, sizeof(struct shm_cert));
     cno = table(&cur, ncert_names, sizeof(struct shm_str));
+    eo = table(&cur, cfg->errors.npages, sizeof(struct shm_error_page));
 
     /* Worst-case index region: at most one group and one path entry per route. */
     memset(&rb, 0, sizeof(rb));
@@ -962,6 +966,10 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     h->cert_names_off = (uint32_t)cno;
     h->ncert_names = (uint32_t)ncert_names;
     h->tls_min_version = cfg->tls.min_version == 0x0304 ? 0x0304u : 0x0303u;
+    h->errors_flags = (cfg->errors.expose_backend ? SHM_ERRORS_EXPOSE_BACKEND : 0u) |
+                      (cfg->errors.list_services ? SHM_ERRORS_LIST_SERVICES : 0u);
+    h->error_pages_off = (uint32_t)eo;
+    h->nerror_pages = (uint32_t)cfg->errors.npages;
     h->strings_off = (uint32_t)cur;
     h->strings_len = (uint32_t)strings_need;
 
@@ -976,6 +984,12 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     h->self_signed_cn = put_str(&b, cfg->tls.self_signed_cn);
     h->access_log = put_str(&b, cfg->log.access);
     h->access_format = cfg->log.access_format;
+    for (size_t i = 0; i < cfg->errors.npages; i++) {
+        struct shm_error_page *pg = (struct shm_error_page *)(void *)(base + eo) + i;
+
+        pg->status = (uint32_t)cfg->errors.pages[i].status;
+        pg->body = put_str(&b, cfg->errors.pages[i].body);
+    }
 
     ls = (struct shm_listener *)(void *)(base + lo);
     for (size_t i = 0; i < cfg->nlisteners; i++) {

@@ -74,11 +74,13 @@ static const char *const service_keys[] = {"name",
                                            "resolve_ms",
                                            NULL};
 static const char *const route_keys[] = {"host", "path", "methods", "priority", "service", NULL};
+static const char *const errors_keys[] = {"expose_backend", "list_services", "pages", NULL};
+static const char *const error_page_keys[] = {"status", "file", NULL};
 static const char *const top_keys[] = {
     "workers", "user",  "group",    "pid_file",  "environment",
     "admin",   "log",   "limits",   "listeners", "trusted_proxies",
     "tls",     "redis", "services", "routes",    "dns",
-    "node_name", NULL};
+    "node_name", "errors", NULL};
 
 static const struct ms_config_keys key_table[] = {{"", top_keys},
                                                   {"admin", admin_keys},
@@ -94,6 +96,8 @@ static const struct ms_config_keys key_table[] = {{"", top_keys},
                                                   {"services[].health", health_keys},
                                                   {"services[].circuit_breaker", circuit_keys},
                                                   {"routes[]", route_keys},
+                                                  {"errors", errors_keys},
+                                                  {"errors.pages[]", error_page_keys},
                                                   {NULL, NULL}};
 
 const struct ms_config_keys *ms_config_key_table(void)
@@ -671,6 +675,7 @@ static void set_defaults(struct ms_config *cfg)
     cfg->limits.send_timeout_ms = 60000;
     cfg->tls.self_signed_cn = dsp_xstrdup("localhost");
     cfg->tls.min_version = 0x0303;
+    cfg->errors.list_services = 1;
 }
 
 static void parse_top(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
@@ -2105,6 +2110,80 @@ static void parse_routes(struct ctx *c, config_setting_t *root, struct ms_config
 }
 
 
+/* errors = { expose_backend; list_services; pages = ( { status; file; }, ... ); }. The pages
+ * are read here, like certificates (no blocking open, regular files of bounded size), so a
+ * missing or unreadable page fails -t, the start and the reload with its line. */
+static void parse_errors(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
+{
+    config_setting_t *g = get_group(c, root, "", "errors");
+    config_setting_t *seq;
+    int n;
+
+    if (g == NULL) {
+        return;
+    }
+    check_keys(c, g, "errors", errors_keys);
+    get_bool(c, g, "errors", "expose_backend", &cfg->errors.expose_backend);
+    get_bool(c, g, "errors", "list_services", &cfg->errors.list_services);
+    seq = get_seq(c, g, "errors", "pages");
+    n = seq ? config_setting_length(seq) : 0;
+    if (n == 0) {
+        return;
+    }
+    cfg->errors.pages = dsp_xcalloc((size_t)n, sizeof(*cfg->errors.pages));
+    for (int i = 0; i < n; i++) {
+        config_setting_t *e = config_setting_get_elem(seq, (unsigned)i);
+        struct ms_error_page *pg = &cfg->errors.pages[cfg->errors.npages];
+        char where[64], err[512];
+        const char *v;
+        int status = 0, have_file;
+
+        snprintf(where, sizeof(where), "errors.pages[%d]", i);
+        if (!config_setting_is_group(e)) {
+            err_at(c, e, "%s must be a group { status = 502; file = \"errors/502.html\"; }",
+                   where);
+            continue;
+        }
+        check_keys(c, e, where, error_page_keys);
+        switch (get_int(c, e, where, "status", 400, 599, &status)) {
+        case 0:
+            err_at(c, e, "%s has no status", where);
+            continue;
+        case 1:
+            break;
+        default:
+            continue;
+        }
+        for (size_t k = 0; k < cfg->errors.npages; k++) {
+            if (cfg->errors.pages[k].status == status) {
+                err_at(c, config_setting_get_member(e, "status"),
+                       "%s: a page for status %d is already given on line %d", where, status,
+                       cfg->errors.pages[k].line);
+                status = 0;
+                break;
+            }
+        }
+        have_file = get_str(c, e, where, "file", 0, &v);
+        if (have_file == 0) {
+            err_at(c, e, "%s has no file", where);
+        }
+        if (status == 0 || have_file != 1) {
+            continue;
+        }
+        pg->status = status;
+        pg->line = (int)config_setting_source_line(e);
+        pg->file = resolve(c, v);
+        cfg->errors.npages++;
+        if (fs_read_regular(pg->file, MS_ERROR_PAGE_MAX, &pg->body, &pg->len, err,
+                            sizeof(err)) != 0) {
+            err_at(c, config_setting_get_member(e, "file"), "%s.file: %s", where, err);
+        } else if (memchr(pg->body, '\0', pg->len) != NULL) {
+            err_at(c, config_setting_get_member(e, "file"), "%s.file: \"%s\" holds a NUL byte",
+                   where, pg->file);
+        }
+    }
+}
+
 int ms_config_load(const char *path, int use_env, struct ms_config **out, char **errs)
 {
     struct ms_config *cfg = dsp_xcalloc(1, sizeof(*cfg));
@@ -2148,6 +2227,7 @@ int ms_config_load(const char *path, int use_env, struct ms_config **out, char *
         parse_dns(&c, root, cfg);
         parse_services(&c, root, cfg);
         parse_routes(&c, root, cfg);
+        parse_errors(&c, root, cfg);
         /* Messages point at file names owned by lc and src: join them before they go. */
         if (c.nerrs > 0) {
             *errs = join_errors(&c);
@@ -2242,6 +2322,11 @@ void ms_config_free(struct ms_config *cfg)
         ms_route_dispose(&cfg->routes[i]);
     }
     free(cfg->routes);
+    for (size_t i = 0; i < cfg->errors.npages; i++) {
+        free(cfg->errors.pages[i].file);
+        free(cfg->errors.pages[i].body);
+    }
+    free(cfg->errors.pages);
     free(cfg);
 }
 

@@ -118,6 +118,16 @@ struct ms_cert {
     int expired;                 /* not_after had passed at load (still served) */
 };
 
+/* An operator's error page (errors.pages[]): read at load, copied into the snapshot. */
+#define MS_ERROR_PAGE_MAX (12u * 1024) /* it goes out of the client's reply buffer whole */
+struct ms_error_page {
+    int status;                  /* 400..599, each status at most once */
+    char *file;                  /* absolute path */
+    char *body;                  /* the file's bytes (no NUL among them) */
+    size_t len;
+    int line;
+};
+
 struct ms_config {
     void *source;                /* the libconfig tree read, until ms_config_drop_source() */
     void *source_names;          /* its files' real names (struct conf_src), as long */
@@ -200,6 +210,14 @@ struct ms_config {
         int min_ttl_ms;          /* and not more often than this, default 1000 */
         int timeout_ms;          /* one query attempt, default 2000 */
     } dns;
+
+    /* errors = { expose_backend; list_services; pages }: what generated error bodies show. */
+    struct {
+        int expose_backend;      /* default 0: 502/503/504 messages name no backend address */
+        int list_services;       /* default 1: the no-route 404 lists available_services */
+        struct ms_error_page *pages; /* served to clients that prefer text/html */
+        size_t npages;
+    } errors;
 
     struct ms_service *services;
     size_t nservices;

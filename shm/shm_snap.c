@@ -179,6 +179,15 @@ int shm_snap_check(const struct shm_snap_hdr *h, size_t size)
         !certs_ok(h, &sb)) {
         return -1;
     }
+    if (!table_ok(&sb, h->error_pages_off, h->nerror_pages, sizeof(struct shm_error_page))) {
+        return -1;
+    }
+    for (uint32_t i = 0; i < h->nerror_pages; i++) {
+        const struct shm_error_page *pg = &shm_error_pages(h)[i];
+        if (!str_ok(&sb, pg->body) || pg->status < 400 || pg->status > 599) {
+            return -1;
+        }
+    }
     if (!str_ok(&sb, h->config_path) || !str_ok(&sb, h->self_signed_cn) ||
         !str_ok(&sb, h->access_log)) {
         return -1;

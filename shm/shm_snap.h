@@ -47,6 +47,11 @@ static inline const struct shm_str *shm_cert_names(const struct shm_snap_hdr *h)
     return (const struct shm_str *)(const void *)((const char *)h + h->cert_names_off);
 }
 
+static inline const struct shm_error_page *shm_error_pages(const struct shm_snap_hdr *h)
+{
+    return (const struct shm_error_page *)(const void *)((const char *)h + h->error_pages_off);
+}
+
 /* Check that a mapped segment of <size> bytes is a well-formed snapshot: magic, version, and
  * every table and string inside the segment. Returns 0 or -1. Any role. */
 int shm_snap_check(const struct shm_snap_hdr *h, size_t size);

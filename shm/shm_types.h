@@ -159,7 +159,21 @@ struct shm_snap_hdr {
     uint32_t ncert_names;
     uint32_t tls_min_version; /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
     uint32_t pad2;
-    uint32_t reserved[24];
+    uint32_t errors_flags;    /* SHM_ERRORS_*: what generated error bodies show */
+    uint32_t error_pages_off; /* struct shm_error_page table (errors.pages) */
+    uint32_t nerror_pages;
+    uint32_t pad3;
+    uint32_t reserved[20];
+};
+
+#define SHM_ERRORS_EXPOSE_BACKEND 1u /* 502/503/504 messages name the backend's address */
+#define SHM_ERRORS_LIST_SERVICES  2u /* the no-route 404 lists available_services */
+
+/* An operator's page for a generated status, served to clients that prefer text/html. */
+struct shm_error_page {
+    uint32_t status;   /* 400..599, at most one page each */
+    uint32_t pad;
+    struct shm_str body; /* the file's bytes (no NUL among them) */
 };
 
 /* A certificate to serve, with the names SNI selects it by (exact names first, then "*.parent"
@@ -232,7 +246,7 @@ struct shm_rt_backend {
     uint32_t ejected;           /* 1 when passive health took it out; counts only while DOWN */
     uint32_t passive_failures;  /* consecutive connect failures and resets (passive health) */
     uint32_t pad2;
-    uint64_t reserved[1];
+    uint64_t tls_verify_failures; /* TLS handshakes that failed verifying its certificate */
     uint32_t stats_used; /* set by the first shm_stats_record() into this slot */
     uint32_t pad_stats;
 } __attribute__((aligned(64)));
@@ -355,6 +369,7 @@ _Static_assert(sizeof(struct shm_service) % 8 == 0, "shm_service alignment");
 _Static_assert(sizeof(struct shm_backend) % 8 == 0, "shm_backend alignment");
 _Static_assert(sizeof(struct shm_route) % 8 == 0, "shm_route alignment");
 _Static_assert(sizeof(struct shm_cert) % 8 == 0, "shm_cert alignment");
+_Static_assert(sizeof(struct shm_error_page) % 8 == 0, "shm_error_page alignment");
 _Static_assert(sizeof(struct shm_tkey) == 96, "ticket key is 12 words");
 _Static_assert(sizeof(struct shm_listener) % 4 == 0, "shm_listener alignment");
 _Static_assert(sizeof(struct shm_rt_backend) == 128, "shm_rt_backend is two cache lines");

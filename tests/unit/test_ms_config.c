@@ -609,6 +609,88 @@ static void test_backend_names_compile(void)
     ms_config_free(cfg);
 }
 
+/* errors = { expose_backend; list_services; pages }: defaults, pages read into the snapshot,
+ * and every bad page refused with its line. */
+static void test_errors_section(void)
+{
+    char dir[] = "/tmp/dsp-ms-config-pages-XXXXXX";
+    char page[PATH_MAX], big[PATH_MAX], nul[PATH_MAX], text[4 * PATH_MAX];
+    struct ms_config *cfg;
+    const struct shm_snap_hdr *h;
+    size_t size;
+    FILE *f;
+
+    cfg = expect_ok(LISTENER, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_EQUAL(cfg->errors.expose_backend, 0);
+    CU_ASSERT_EQUAL(cfg->errors.list_services, 1);
+    CU_ASSERT_EQUAL(cfg->errors.npages, 0);
+    h = ms_compile(cfg, 1, &size);
+    CU_ASSERT_EQUAL(h->errors_flags, SHM_ERRORS_LIST_SERVICES);
+    CU_ASSERT_EQUAL(h->nerror_pages, 0);
+    free((void *)h);
+    ms_config_free(cfg);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    snprintf(page, sizeof(page), "%s/502.html", dir);
+    snprintf(big, sizeof(big), "%s/big.html", dir);
+    snprintf(nul, sizeof(nul), "%s/nul.html", dir);
+    free(write_file(page, "<h1>Down for a moment</h1>\n"));
+    f = fopen(big, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    for (unsigned i = 0; i <= MS_ERROR_PAGE_MAX; i++) {
+        fputc('x', f);
+    }
+    fclose(f);
+    f = fopen(nul, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fwrite("a\0b", 1, 3, f);
+    fclose(f);
+
+    snprintf(text, sizeof(text),
+             LISTENER "errors = { expose_backend = true; list_services = false;\n"
+                      "  pages = ( { status = 502; file = \"%s\"; },\n"
+                      "            { status = 404; file = \"%s\"; } ); };\n",
+             page, page);
+    cfg = expect_ok(text, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_EQUAL(cfg->errors.npages, 2);
+    h = ms_compile(cfg, 1, &size);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+    CU_ASSERT_EQUAL(shm_snap_check(h, size), 0);
+    CU_ASSERT_EQUAL(h->errors_flags, SHM_ERRORS_EXPOSE_BACKEND);
+    CU_ASSERT_EQUAL(h->nerror_pages, 2);
+    CU_ASSERT_EQUAL(shm_error_pages(h)[0].status, 502);
+    CU_ASSERT_EQUAL(shm_error_pages(h)[1].status, 404);
+    CU_ASSERT_STRING_EQUAL(shm_s(h, shm_error_pages(h)[1].body), "<h1>Down for a moment</h1>\n");
+    free((void *)h);
+    ms_config_free(cfg);
+
+    expect_error(LISTENER "errors = { pages = ( { status = 502; file = "
+                          "\"/nonexistent/dsp-502.html\"; } ); };\n",
+                 2, "cannot read \"/nonexistent/dsp-502.html\"");
+    snprintf(text, sizeof(text), LISTENER "errors = {\n pages = (\n { status = 502; file = \"%s\"; } ); };\n",
+             big);
+    expect_error(text, 4, "larger than");
+    snprintf(text, sizeof(text), LISTENER "errors = {\n pages = (\n { status = 502; file = \"%s\"; } ); };\n",
+             nul);
+    expect_error(text, 4, "NUL");
+    snprintf(text, sizeof(text), LISTENER "errors = {\n pages = (\n { status = 502; file = \"%s\"; },\n"
+                                          " { status = 502; file = \"%s\"; } ); };\n",
+             page, page);
+    expect_error(text, 5, "already given on line 4");
+    snprintf(text, sizeof(text), LISTENER "errors = { pages = ( { status = 302; file = \"%s\"; } ); };\n",
+             page);
+    expect_error(text, 2, "between 400 and 599");
+    expect_error(LISTENER "errors = { pages = ( { status = 502; } ); };\n", 2, "has no file");
+    expect_error(LISTENER "errors = { expose_backends = true; };\n", 2, "expose_backend");
+    expect_error(LISTENER "errors = { list_services = 1; };\n", 2, "true or false");
+    unlink(page);
+    unlink(big);
+    unlink(nul);
+    rmdir(dir);
+}
+
 static void test_err_bad_port(void)
 {
     expect_error("listeners = (\n  { address = \"127.0.0.1:70000\"; }\n);\n", 2, "bad port");
@@ -1158,4 +1240,4 @@ UNIT_SUITE(ms_config, {"spec example", test_spec_example}, {"defaults", test_def
            {"wrapped number in an include", test_numbers_include}, {"bad hosts", test_err_hosts},
            {"many errors", test_many_errors}, {"env overrides", test_env},
            {"relative paths", test_relative_paths}, {"missing file", test_missing_file},
-           {"method names", test_method_names})
+           {"method names", test_method_names}, {"errors section", test_errors_section})
