@@ -279,12 +279,14 @@ static void add_backend(struct adm_buf *b, const struct adm_view *v, const struc
     adm_buf_addf(b,
                  ",\"weight\":%u,\"state\":\"%s\",\"circuit\":\"%s\",\"active_connections\":%lld,"
                  "\"requests\":%llu,\"errors\":%llu,\"consecutive_failures\":%u,"
-                 "\"passive_failures\":%u,\"ejected\":%s,\"rps\":%.2f,\"latency_ms\":",
+                 "\"passive_failures\":%u,\"ejected\":%s,\"tls_verify_failures\":%llu,"
+                 "\"rps\":%.2f,\"latency_ms\":",
                  be->weight, state_name(LD(&r->state)), circuit_name(LD(&r->circuit)),
                  (long long)(active < 0 ? 0 : active), (unsigned long long)LD(&r->requests),
                  (unsigned long long)LD(&r->errors), LD(&r->consecutive_failures),
                  LD(&r->passive_failures),
-                 LD(&r->state) == SHM_BE_DOWN && LD(&r->ejected) ? "true" : "false", rate(v, &st));
+                 LD(&r->state) == SHM_BE_DOWN && LD(&r->ejected) ? "true" : "false",
+                 (unsigned long long)LD(&r->tls_verify_failures), rate(v, &st));
     add_latency(b, &st);
     adm_buf_adds(b, "}");
 }
@@ -436,7 +438,7 @@ void adm_render_stats(struct adm_buf *b, const struct adm_view *v)
     const struct shm_service *svcs = shm_services(s);
     const struct shm_backend *bes = shm_backends(s);
     struct shm_stats_sum total, st;
-    unsigned long long errors = 0, conns = 0;
+    unsigned long long errors = 0, conns = 0, tls_verify = 0;
     long long active = 0;
 
     shm_stats_sum_init(&total);
@@ -448,6 +450,7 @@ void adm_render_stats(struct adm_buf *b, const struct adm_view *v)
     for (uint32_t i = 0; i < s->nbackends; i++) {
         int64_t a = LD(&v->rt->backends[bes[i].rt_slot].active);
         active += a > 0 ? a : 0;
+        tls_verify += LD(&v->rt->backends[bes[i].rt_slot].tls_verify_failures);
     }
     for (unsigned i = 0; i < v->nworkers && i < SHM_MAX_WORKERS; i++) {
         conns += LD(&v->ctl->workers[i].connections);
@@ -455,10 +458,10 @@ void adm_render_stats(struct adm_buf *b, const struct adm_view *v)
     adm_buf_addf(b,
                  "{\"ok\":true,\"uptime_s\":%llu,\"generation\":%llu,\"reload_failures\":%llu,"
                  "\"client_connections\":%llu,\"active_connections\":%lld,\"requests\":%llu,"
-                 "\"errors\":%llu,\"rps\":%.2f,\"status\":",
+                 "\"errors\":%llu,\"tls_verify_failures\":%llu,\"rps\":%.2f,\"status\":",
                  (unsigned long long)uptime_s(v), (unsigned long long)s->gen,
                  (unsigned long long)LD(&v->ctl->reload_failures), conns, active,
-                 (unsigned long long)total.count, errors, rate(v, &total));
+                 (unsigned long long)total.count, errors, tls_verify, rate(v, &total));
     add_classes(b, &total);
     adm_buf_adds(b, ",\"latency_ms\":");
     add_latency(b, &total);
@@ -467,9 +470,15 @@ void adm_render_stats(struct adm_buf *b, const struct adm_view *v)
         shm_stats_sum_service(v->rt, nshards(v), svcs[i].rt_slot, v->now_ms, &st);
         adm_buf_adds(b, i ? ",{\"name\":" : "{\"name\":");
         adm_buf_jstr(b, shm_s(s, svcs[i].name), svcs[i].name.len);
-        adm_buf_addf(b, ",\"requests\":%llu,\"errors\":%llu,\"rps\":%.2f,\"status\":",
+        unsigned long long tv = 0;
+        for (uint32_t j = 0; j < svcs[i].nbackends; j++) {
+            tv += LD(&v->rt->backends[bes[svcs[i].backends_first + j].rt_slot].tls_verify_failures);
+        }
+        adm_buf_addf(b,
+                     ",\"requests\":%llu,\"errors\":%llu,\"tls_verify_failures\":%llu,"
+                     "\"rps\":%.2f,\"status\":",
                      (unsigned long long)st.count,
-                     (unsigned long long)LD(&v->rt->services[svcs[i].rt_slot].errors),
+                     (unsigned long long)LD(&v->rt->services[svcs[i].rt_slot].errors), tv,
                      rate(v, &st));
         add_classes(b, &st);
         adm_buf_adds(b, ",\"latency_ms\":");
@@ -702,6 +711,17 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
             prom_be(b, s, &svcs[i], be);
             adm_buf_addf(b, "} %llu\n",
                          (unsigned long long)LD(&v->rt->backends[be->rt_slot].errors));
+        }
+    }
+    prom_head(b, "dispatcher_backend_tls_verify_failures_total", "counter",
+              "TLS handshakes with a backend that failed verifying its certificate.");
+    for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
+        for (uint32_t j = 0; j < svcs[i].nbackends; j++) {
+            const struct shm_backend *be = &bes[svcs[i].backends_first + j];
+            adm_buf_adds(b, "dispatcher_backend_tls_verify_failures_total{");
+            prom_be(b, s, &svcs[i], be);
+            adm_buf_addf(b, "} %llu\n",
+                         (unsigned long long)LD(&v->rt->backends[be->rt_slot].tls_verify_failures));
         }
     }
 

@@ -149,6 +149,7 @@ void wk_xchg_identify(struct wk_xchg *x, const struct wk_head *hd, const char *b
         wk_reqid_new(wk.rng, x->tx->reqid);
         x->tx->reqid_len = 32;
     }
+    wk_xchg_accept(x, hd);
     /* The host logged is the one routed on: an absolute-form authority before the Host. */
     capture_alog(x, hd, base, hlen, abs_host, abs_hostlen);
 }

@@ -140,10 +140,11 @@ void wk_client_rearm(struct wk_client *c)
 /* ---- generated responses -------------------------------------------------------------------- */
 #define F_CLOSE 1
 
-/* wk_h1_ops.reply: queue a complete generated response (<status>, JSON <body>). The exchange
- * dropped its upstream already. Returns 0, or -1 when the client had to be closed instead. */
-static int h1_reply(struct wk_xchg *x, unsigned status, const char *body, size_t blen,
-                    int close_it)
+/* wk_h1_ops.reply: queue a complete generated response (<status>, <body> of type <ctype>). The
+ * exchange dropped its upstream already. Returns 0; 1 when it does not fit the output buffer
+ * (nothing queued); -1 when the client had to be closed instead. */
+static int h1_reply(struct wk_xchg *x, unsigned status, const char *ctype, const char *body,
+                    size_t blen, int close_it)
 {
     struct wk_client *c = xclient(x);
     struct str_buf sb;
@@ -159,8 +160,8 @@ static int h1_reply(struct wk_xchg *x, unsigned status, const char *body, size_t
         return -1;
     }
     str_init(&sb, c->out.data + c->out.end, c->out.cap - c->out.end);
-    str_addf(&sb, "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n",
-             status, wk_reason(status), blen);
+    str_addf(&sb, "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n", status,
+             wk_reason(status), ctype, blen);
     if (x->tx != NULL && x->tx->reqid_len > 0) {
         str_adds(&sb, "X-Request-ID: ");
         str_add(&sb, x->tx->reqid, x->tx->reqid_len);
@@ -172,8 +173,7 @@ static int h1_reply(struct wk_xchg *x, unsigned status, const char *body, size_t
     str_adds(&sb, "\r\n");
     str_add(&sb, body, blen);
     if (sb.overflow) {
-        wk_client_close(c);
-        return -1;
+        return 1; /* (out.end did not move) */
     }
     c->out.end += (uint32_t)sb.len;
     if (close_it) {

@@ -415,3 +415,113 @@ int wk_te_chunked_only(const char *v, size_t n, int *seen)
         i++;
     }
 }
+
+/* ---- Accept: does the client prefer an HTML page to JSON? ------------------------------------ */
+/* A q-value ("1", "0.8", "1.000"; RFC 9110 12.4.2) in thousandths, or -1. */
+static int accept_q(const char *v, size_t n)
+{
+    int q = 0, scale = 100;
+    size_t i;
+
+    if (n == 0 || (v[0] != '0' && v[0] != '1')) {
+        return -1;
+    }
+    q = (v[0] - '0') * 1000;
+    if (n == 1) {
+        return q;
+    }
+    if (v[1] != '.' || n > 5) {
+        return -1;
+    }
+    for (i = 2; i < n; i++, scale /= 10) {
+        if (v[i] < '0' || v[i] > '9' || (v[0] == '1' && v[i] != '0')) {
+            return -1;
+        }
+        q += (v[i] - '0') * scale;
+    }
+    return q;
+}
+
+/* How specifically the media range <r>[0, n) covers <type>/<sub> (3 exact, 2 "type/ *", 1 "* / *"),
+ * or 0 when it does not. */
+static int accept_match(const char *r, size_t n, const char *type, const char *sub)
+{
+    size_t tl = strlen(type), sl = strlen(sub);
+
+    if (n == 3 && memcmp(r, "*/*", 3) == 0) {
+        return 1;
+    }
+    if (n < tl + 2 || strncasecmp(r, type, tl) != 0 || r[tl] != '/') {
+        return 0;
+    }
+    if (n == tl + 2 && r[tl + 1] == '*') {
+        return 2;
+    }
+    return n == tl + 1 + sl && strncasecmp(r + tl + 1, sub, sl) == 0 ? 3 : 0;
+}
+
+static void accept_take(struct wk_accept *a, int i, int spec, int q)
+{
+    if (spec > a->spec[i]) {
+        a->spec[i] = (int8_t)spec;
+        a->q[i] = (int16_t)q;
+    } else if (spec == a->spec[i] && spec > 0 && q > a->q[i]) {
+        a->q[i] = (int16_t)q;
+    }
+}
+
+void wk_accept_scan(struct wk_accept *a, const char *v, size_t n)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        size_t rs, re, end;
+        int q = 1000, spec;
+
+        end = i;
+        while (end < n && v[end] != ',') {
+            end++;
+        }
+        rs = i;
+        while (rs < end && (v[rs] == ' ' || v[rs] == '\t')) {
+            rs++;
+        }
+        re = rs;
+        while (re < end && v[re] != ';' && v[re] != ' ' && v[re] != '\t') {
+            re++;
+        }
+        /* Parameters: only q matters (the last one given; a bad one drops the element). */
+        for (size_t p = re; p < end;) {
+            size_t ps, pe;
+            while (p < end && (v[p] == ';' || v[p] == ' ' || v[p] == '\t')) {
+                p++;
+            }
+            ps = p;
+            while (p < end && v[p] != ';') {
+                p++;
+            }
+            pe = p;
+            while (pe > ps && (v[pe - 1] == ' ' || v[pe - 1] == '\t')) {
+                pe--;
+            }
+            if (pe - ps >= 2 && (v[ps] == 'q' || v[ps] == 'Q') && v[ps + 1] == '=') {
+                q = accept_q(v + ps + 2, pe - ps - 2);
+            }
+        }
+        if (q >= 0 && re > rs) {
+            if ((spec = accept_match(v + rs, re - rs, "text", "html")) > 0) {
+                accept_take(a, 0, spec, q);
+            }
+            if ((spec = accept_match(v + rs, re - rs, "application", "json")) > 0) {
+                accept_take(a, 1, spec, q);
+            }
+        }
+        i = end + 1;
+    }
+}
+
+int wk_accept_html(const struct wk_accept *a)
+{
+    /* Not said at all: JSON, the default. A tie (curl's "* / *") also keeps JSON. */
+    return a->spec[0] > 0 && a->q[0] > 0 && (a->spec[1] == 0 || a->q[0] > a->q[1]);
+}

@@ -152,6 +152,8 @@ struct wk_upstream {
 #define WK_T_LB_DONE       0x80000u /* this attempt's outcome went to wk_lb_result() */
 #define WK_T_FREE_100000   0x100000u /* free (was TCP_CORK state: common/xport.c keeps it now) */
 #define WK_T_TALLIED       0x200000u /* statistics of this request recorded (wk_conn.c) */
+#define WK_T_HTML          0x400000u /* the client prefers text/html (Accept): generated errors
+                                        with an operator's page (errors.pages) send the page */
 #define WK_T_SEND_WAIT     0x20000000u /* the client timer is the send timeout: the client stopped
                                           draining its response (wk_conn.c) */
 #define WK_T_RATE_TICK     0x40000000u /* the client timer is the body-rate tick (wk_conn.c) */
@@ -230,8 +232,11 @@ struct wk_peer {
  * goes on or was answered (a generated response is queued: the client side sees that through
  * its own state), -1 when the client side was closed (the exchange is gone with it). */
 struct wk_xchg_ops {
-    /* Queue a generated response (<status>, JSON <body>) and drop the exchange's upstream. */
-    int (*reply)(struct wk_xchg *x, unsigned status, const char *body, size_t blen, int close_it);
+    /* Queue a generated response (<status>, <body> of Content-Type <ctype>: JSON, or an
+     * operator's HTML page) and drop the exchange's upstream. 0; 1 when it does not fit what
+     * the client side can queue now (nothing queued: a smaller answer may); -1 when closed. */
+    int (*reply)(struct wk_xchg *x, unsigned status, const char *ctype, const char *body,
+                 size_t blen, int close_it);
     /* Queue the client's response head for the backend's final (or 101) head <rs>: 0, or -1
      * (the attempt fails as a bad response). May set WK_T_DECHUNK: the client wants the chunked
      * body delivered decoded. */
@@ -382,7 +387,10 @@ int wk_xchg_finish(struct wk_xchg *x);
 /* The client side's timer expired during the exchange (connect, response, body or tunnel idle
  * timeout): fail the attempt (retrying where allowed), answer 408/504, or cut the client. */
 int wk_xchg_expired(struct wk_xchg *x);
-/* Answer with a generated response: JSON {"error", "message"}, or the <body> as given. */
+/* Note what the request's Accept headers prefer (only when the snapshot has error pages). */
+void wk_xchg_accept(struct wk_xchg *x, const struct wk_head *hd);
+/* Answer with a generated response: JSON {"error", "message"}, or the <body> as given; an
+ * operator's page for <status> instead when the client prefers text/html. */
 int wk_xchg_error(struct wk_xchg *x, unsigned status, const char *error, const char *msg,
                   int close_it);
 int wk_xchg_reply(struct wk_xchg *x, unsigned status, const char *body, size_t blen, int close_it);
@@ -455,6 +463,8 @@ void wk_client_debug(const struct wk_client *c, const char *what);
 #define WK_FAIL_CTIMEOUT 3 /* connect timed out */
 #define WK_FAIL_RTIMEOUT 4 /* no (complete) response within response_timeout_ms */
 #define WK_FAIL_BAD      5 /* response unparsable or truncated */
+#define WK_FAIL_TLS      8 /* TLS handshake with the backend failed (not its certificate) */
+#define WK_FAIL_TLSVERIFY 9 /* the backend's certificate failed verification */
 /* Refinements of WK_FAIL_RESET that upstream_failed() passes to wk_lb_result() only: */
 #define WK_FAIL_ABORT    6 /* RST on a fresh connection before any response byte */
 #define WK_FAIL_STALE    7 /* reset/EOF on a reused keep-alive connection before any response
@@ -514,6 +524,17 @@ int wk_content_length(const char *v, size_t n, uint64_t *out);
 int wk_te_chunked_only(const char *v, size_t n, int *seen);
 /* The reason phrase for a status code ("OK", "Not Found", ...). */
 const char *wk_reason(unsigned status);
+
+/* Accept header(s) of a request, as far as generated error bodies care: the q-value the client
+ * gives text/html ([0]) and application/json ([1]) through its most specific media range
+ * (spec: 3 exact, 2 "type/ *", 1 "* / *", 0 not covered). Zero it, scan every Accept value. */
+struct wk_accept {
+    int16_t q[2];   /* thousandths */
+    int8_t spec[2];
+};
+void wk_accept_scan(struct wk_accept *a, const char *v, size_t n);
+/* Does the client prefer text/html to application/json (strictly: a tie keeps JSON)? */
+int wk_accept_html(const struct wk_accept *a);
 
 /* Shared http-parser callbacks that fill a struct wk_head passed as parser->data's head. */
 void wk_head_reset(struct wk_head *h);

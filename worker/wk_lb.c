@@ -323,7 +323,11 @@ static void no_backend(struct pick *pk, char *why, size_t whylen)
             nopen++;
         }
     }
-    if (nopen == 1) {
+    if (nopen > 0 && !(s->errors_flags & SHM_ERRORS_EXPOSE_BACKEND)) {
+        /* Addresses only with errors.expose_backend. */
+        snprintf(why, whylen, "Circuit open for %u backend%s of service %s", nopen,
+                 nopen > 1 ? "s" : "", name);
+    } else if (nopen == 1) {
         snprintf(why, whylen, "Circuit open for backend %s of service %s", shm_s(s, first->address),
                  name);
     } else if (nopen > 1) {
@@ -398,6 +402,10 @@ static const char *fail_text(int fail)
     switch (fail) {
     case WK_FAIL_CONNECT:
         return "connection refused";
+    case WK_FAIL_TLS:
+        return "TLS handshake failed";
+    case WK_FAIL_TLSVERIFY:
+        return "TLS certificate verification failed";
     case WK_FAIL_CTIMEOUT:
         return "connect timed out";
     case WK_FAIL_ABORT:
@@ -446,6 +454,8 @@ void wk_lb_result(struct wk_attempt *a, int fail, unsigned status)
         outcome = status >= 500 && pol.cb_count_5xx ? SHM_LB_FAIL_5XX : SHM_LB_OK;
         break;
     case WK_FAIL_CONNECT:
+    case WK_FAIL_TLS:
+    case WK_FAIL_TLSVERIFY:
         /* Refused or unreachable (or no TLS session could be set up): nothing a client can
          * provoke, so it counts in full at once. */
         outcome = SHM_LB_FAIL_REFUSED;

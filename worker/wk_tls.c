@@ -554,3 +554,8 @@ int wk_tls_resumed(const struct ssl_st *s)
 {
     return SSL_session_reused(s) == 1;
 }
+
+int wk_tls_verify_failed(const struct ssl_st *s)
+{
+    return SSL_get_verify_result(s) != X509_V_OK;
+}

@@ -40,6 +40,9 @@ int wk_tls_resumed(const struct ssl_st *s);
 /* A handshake with a backend failed on <s> (a client-side SSL from wk_tls_client_new()): the
  * session it offered is not offered again. */
 void wk_tls_forget(struct ssl_st *s);
+/* Did a failed handshake on client-side SSL <s> fail verifying the peer's certificate (chain,
+ * name or address), rather than for another reason? */
+int wk_tls_verify_failed(const struct ssl_st *s);
 /* Why the last wk_tls_client_new() failed, for log lines. */
 const char *wk_tls_error(void);
 

@@ -6,6 +6,7 @@
  * access log: wk_account.c). The client side serves it through x->ops. */
 #include "worker/wk_internal.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <arpa/inet.h>
@@ -217,8 +218,50 @@ void wk_xchg_end(struct wk_xchg *x)
 }
 
 /* ---- generated responses ---------------------------------------------------------------------- */
+void wk_xchg_accept(struct wk_xchg *x, const struct wk_head *hd)
+{
+    struct wk_accept a;
+
+    /* Nothing to choose without pages: the common case costs one load. */
+    if (x->at.gen == NULL || x->at.gen->snap->nerror_pages == 0) {
+        return;
+    }
+    memset(&a, 0, sizeof(a));
+    for (uint32_t i = 0; i < hd->n; i++) {
+        if (wk_hdr_is(&hd->h[i], "accept", 6)) {
+            wk_accept_scan(&a, hd->h[i].value, hd->h[i].vlen);
+        }
+    }
+    if (wk_accept_html(&a)) {
+        x->tflags |= WK_T_HTML;
+    }
+}
+
+/* Do generated bodies of this request name backend addresses (errors.expose_backend)? */
+static int expose_backend(const struct wk_xchg *x)
+{
+    return (xsnap(x)->errors_flags & SHM_ERRORS_EXPOSE_BACKEND) != 0;
+}
+
 int wk_xchg_reply(struct wk_xchg *x, unsigned status, const char *body, size_t blen, int close_it)
 {
+    const char *ctype = "application/json", *json = body;
+    size_t jlen = blen;
+    int r;
+
+    if ((x->tflags & WK_T_HTML) && x->at.gen != NULL) {
+        const struct shm_snap_hdr *s = x->at.gen->snap;
+        const struct shm_error_page *pg = shm_error_pages(s);
+
+        for (uint32_t i = 0; i < s->nerror_pages; i++) {
+            if (pg[i].status == status) {
+                body = shm_s(s, pg[i].body);
+                blen = pg[i].body.len;
+                ctype = "text/html";
+                break;
+            }
+        }
+    }
     if (x->tflags & WK_T_RESP_HEAD) {
         /* Part of a proxied response is already queued or sent: the only honest signal left
          * is to cut the connection. */
@@ -226,7 +269,16 @@ int wk_xchg_reply(struct wk_xchg *x, unsigned status, const char *body, size_t b
         return -1;
     }
     wk_xchg_detach(x);
-    if (x->ops->reply(x, status, body, blen, close_it) != 0) {
+    r = x->ops->reply(x, status, ctype, body, blen, close_it);
+    if (r == 1 && body != json) {
+        /* No room for the page (interim responses still queued, say): the JSON body then. */
+        r = x->ops->reply(x, status, "application/json", json, jlen, close_it);
+    }
+    if (r == 1) {
+        x->ops->close(x);
+        return -1;
+    }
+    if (r != 0) {
         return -1;
     }
     x->status = (uint16_t)status;
@@ -264,6 +316,10 @@ static int reply_not_found(struct wk_xchg *x, const char *host, size_t hlen, con
     str_adds(&sb, "{\"error\":\"Service not found\",\"message\":\"No service for ");
     str_add_json(&sb, host, DSP_MIN(hlen, 256));
     str_add_json(&sb, path, DSP_MIN(plen, 512));
+    if (!(s->errors_flags & SHM_ERRORS_LIST_SERVICES)) {
+        str_adds(&sb, "\"}");
+        return wk_xchg_reply(x, 404, body, sb.len, 0);
+    }
     str_adds(&sb, "\",\"available_services\":[");
     for (uint32_t i = 0; i < s->nservices; i++) {
         size_t before = sb.len;
@@ -523,11 +579,11 @@ static int upstream_failed(struct wk_xchg *x, int why)
     int reused = x->up != NULL && (x->up->flags & WK_UP_F_REUSED);
     int lb_why = why;
     int can_retry = 0;
-    char msg[256];
+    int stale = why == WK_FAIL_RESET && reused;
+    int retry;
+    char msg[400], who[300], Who[300];
 
-    if (why == WK_FAIL_RESET && reused) {
-        lb_why = WK_FAIL_STALE;
-    } else if (why == WK_FAIL_RESET && x->up != NULL && be->family != AF_UNIX) {
+    if (why == WK_FAIL_RESET && x->up != NULL && be->family != AF_UNIX) {
         /* An RST leaves the socket CLOSED, a FIN leaves it in CLOSE_WAIT: only the former says
          * the backend died or aborted, which passive health acts on at once. */
         struct tcp_info ti;
@@ -537,8 +593,6 @@ static int upstream_failed(struct wk_xchg *x, int why)
             lb_why = WK_FAIL_ABORT;
         }
     }
-    wk_lb_result(&x->at, lb_why, 0);
-    wk_xchg_detach(x);
     /* Only while the client has seen nothing and the request can still be replayed whole. */
     if (!(x->tflags & (WK_T_RESP_BYTES | WK_T_CLIENT_SENT | WK_T_RESP_HEAD | WK_T_BODY_LOST))) {
         if (!(x->tflags & WK_T_UP_WRITTEN)) {
@@ -557,27 +611,58 @@ static int upstream_failed(struct wk_xchg *x, int why)
         x->at.tried &= x->at.backend < 64 ? ~(1ull << x->at.backend) : ~0ull;
         x->at.tries--;
     }
-    if (can_retry && x->at.tries <= svc->retries && x->at.tries < 64 && wk_lb_can_retry(&x->at)) {
-        return upstream_start(x);
+    retry = can_retry && x->at.tries <= svc->retries && x->at.tries < 64;
+    if (stale && retry) {
+        /* Most likely a keep-alive race (the backend closed the idle connection as the request
+         * went out): it proves nothing about the backend, as long as the request is retried. */
+        wk_lb_result(&x->at, WK_FAIL_STALE, 0);
+        wk_xchg_detach(x);
+        if (wk_lb_can_retry(&x->at)) {
+            return upstream_start(x);
+        }
+        /* No backend is left for the retry: the failure reaches the client as a 502 and counts
+         * against the backend like any other (the probe lease, if it held one, is back). */
+        wk_lb_result(&x->at, lb_why, 0);
+    } else {
+        /* A stale connection's failure that ends as the client's 502 counts too: errors,
+         * passive health and the circuit breaker see it like a fresh connection's. */
+        wk_lb_result(&x->at, lb_why, 0);
+        wk_xchg_detach(x);
+        if (retry && wk_lb_can_retry(&x->at)) {
+            return upstream_start(x);
+        }
     }
+    /* The client hears what went wrong, not where (errors.expose_backend names the address). */
+    if (expose_backend(x)) {
+        snprintf(who, sizeof(who), "backend %s", shm_s(x->at.gen->snap, be->address));
+    } else {
+        snprintf(who, sizeof(who), "the backend");
+    }
+    memcpy(Who, who, sizeof(who));
+    Who[0] = (char)toupper((unsigned char)Who[0]);
     switch (why) {
     case WK_FAIL_CONNECT:
-        snprintf(msg, sizeof(msg), "Backend %s refused the connection", shm_s(x->at.gen->snap, be->address));
+        snprintf(msg, sizeof(msg), "%s refused the connection", Who);
+        return wk_xchg_error(x, 502, "Bad gateway", msg, 0);
+    case WK_FAIL_TLS:
+        snprintf(msg, sizeof(msg), "TLS handshake with %s failed", who);
+        return wk_xchg_error(x, 502, "Bad gateway", msg, 0);
+    case WK_FAIL_TLSVERIFY:
+        snprintf(msg, sizeof(msg), "TLS verification failed: the certificate of %s was not accepted",
+                 who);
         return wk_xchg_error(x, 502, "Bad gateway", msg, 0);
     case WK_FAIL_CTIMEOUT:
-        snprintf(msg, sizeof(msg), "Connecting to backend %s timed out", shm_s(x->at.gen->snap, be->address));
+        snprintf(msg, sizeof(msg), "Connecting to %s timed out", who);
         return wk_xchg_error(x, 504, "Gateway timeout", msg, 0);
     case WK_FAIL_RTIMEOUT:
-        snprintf(msg, sizeof(msg), "Backend %s did not answer within %u ms",
-                 shm_s(x->at.gen->snap, be->address), svc->response_timeout_ms);
+        snprintf(msg, sizeof(msg), "%s did not answer within %u ms", Who,
+                 svc->response_timeout_ms);
         return wk_xchg_error(x, 504, "Gateway timeout", msg, 0);
     case WK_FAIL_RESET:
-        snprintf(msg, sizeof(msg), "Backend %s closed the connection without a response",
-                 shm_s(x->at.gen->snap, be->address));
+        snprintf(msg, sizeof(msg), "%s closed the connection without a response", Who);
         return wk_xchg_error(x, 502, "Bad gateway", msg, 0);
     default:
-        snprintf(msg, sizeof(msg), "Backend %s sent an invalid response",
-                 shm_s(x->at.gen->snap, be->address));
+        snprintf(msg, sizeof(msg), "%s sent an invalid response", Who);
         return wk_xchg_error(x, 502, "Bad gateway", msg, 0);
     }
 }
@@ -765,10 +850,20 @@ static int upstream_handshake(struct wk_xchg *x)
         return 0;
     }
     wk_tls_forget(u->xp.ssl);
+    /* Nothing of the request reached the backend: as retryable as a refused connection, and
+     * counted as fully (wk_lb.c); a certificate that fails verification is said as such, to
+     * the client, in the log and in the backend's tls_verify_failures. */
+    if (wk_tls_verify_failed(u->xp.ssl)) {
+        __atomic_fetch_add(&wk.rt->backends[wk_xbe(x)->rt_slot].tls_verify_failures, 1,
+                           __ATOMIC_RELAXED);
+        log_warn("TLS verification of backend %s of service %s failed: %s",
+                 shm_s(x->at.gen->snap, wk_xbe(x)->address), shm_s(x->at.gen->snap, wk_xsvc(x)->name),
+                 xp_error());
+        return upstream_failed(x, WK_FAIL_TLSVERIFY) == 0 ? 1 : -1;
+    }
     log_warn("TLS handshake with backend %s failed: %s", shm_s(x->at.gen->snap, wk_xbe(x)->address),
              xp_error());
-    /* Nothing of the request reached the backend: as retryable as a refused connection. */
-    return upstream_failed(x, WK_FAIL_CONNECT) == 0 ? 1 : -1;
+    return upstream_failed(x, WK_FAIL_TLS) == 0 ? 1 : -1;
 }
 
 int wk_xchg_send(struct wk_xchg *x)

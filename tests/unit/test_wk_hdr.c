@@ -224,7 +224,46 @@ static void test_head_tiled(void)
     CU_ASSERT(!tiled(ok, okf, 1)); /* a field the parser did not report */
 }
 
+static int prefers_html(const char *v)
+{
+    struct wk_accept a;
+
+    memset(&a, 0, sizeof(a));
+    wk_accept_scan(&a, v, strlen(v));
+    return wk_accept_html(&a);
+}
+
+static void test_accept(void)
+{
+    /* Browsers. */
+    CU_ASSERT(prefers_html("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"));
+    CU_ASSERT(prefers_html("text/html, */*; q=0.01"));
+    CU_ASSERT(prefers_html("TEXT/HTML"));
+    CU_ASSERT(prefers_html("text/*;q=0.9, application/json;q=0.5"));
+    /* API clients, curl, nothing said, ties, refusals. */
+    CU_ASSERT(!prefers_html(""));
+    CU_ASSERT(!prefers_html("*/*"));
+    CU_ASSERT(!prefers_html("application/json"));
+    CU_ASSERT(!prefers_html("application/json, text/html"));
+    CU_ASSERT(!prefers_html("text/html;q=0.5, application/json"));
+    CU_ASSERT(!prefers_html("text/html;q=0, */*"));
+    CU_ASSERT(!prefers_html("text/*;q=0.9, */*"));
+    CU_ASSERT(!prefers_html("text/htmlx, application/jsonx"));
+    /* The most specific range decides: text/html;q=0 beats the text range. */
+    CU_ASSERT(!prefers_html("text/*, text/html;q=0, application/json;q=0.1"));
+    CU_ASSERT(prefers_html("*/*;q=0.1, text/html;level=1"));
+    /* Bad q-values drop their element; garbage stays garbage. */
+    CU_ASSERT(!prefers_html("text/html;q=2"));
+    CU_ASSERT(!prefers_html("text/html;q=1.5"));
+    CU_ASSERT(!prefers_html("text/html;q=0.12345"));
+    CU_ASSERT(!prefers_html("text/html;q=abc"));
+    CU_ASSERT(prefers_html("text/html;q=1.000"));
+    CU_ASSERT(!prefers_html(",,,;;;=q"));
+    CU_ASSERT(!prefers_html("text/"));
+    CU_ASSERT(!prefers_html("/html"));
+}
+
 UNIT_SUITE(wk_hdr, {"syntax", test_syntax}, {"host", test_host},
            {"framing values", test_framing_values}, {"head tiling", test_head_tiled},
            {"hop_by_hop", test_hop_by_hop}, {"tokens", test_tokens}, {"reqid", test_reqid},
-           {"reasons", test_reasons})
+           {"reasons", test_reasons}, {"accept", test_accept})

@@ -947,7 +947,12 @@ static void test_attempt_skips(void)
         CU_ASSERT_EQUAL(lbt_pick(&a, why, sizeof(why)), 0);
         CU_ASSERT_EQUAL(wk_lb_can_retry(&a), 0);
         CU_ASSERT_EQUAL(lbt_pick(&a, why, sizeof(why)), -1);
+        /* The address only with errors.expose_backend. */
+        CU_ASSERT_STRING_EQUAL(why, "Circuit open for 1 backend of service web");
+        t.snap.h.errors_flags = SHM_ERRORS_EXPOSE_BACKEND;
+        CU_ASSERT_EQUAL(lbt_pick(&a, why, sizeof(why)), -1);
         CU_ASSERT_STRING_EQUAL(why, "Circuit open for backend 127.0.0.1:9003 of service web");
+        t.snap.h.errors_flags = 0;
         wk_lb_result(&a, 0, 200);
     }
     /* The one usable backend already tried by this request: none left. */
@@ -1030,7 +1035,7 @@ static void test_attempt_probe_lease(void)
     CU_ASSERT_EQUAL(lbt_rb(&t, 0)->circuit, SHM_CIRCUIT_OPEN);
     lbt_attempt(&t, &c);
     CU_ASSERT_EQUAL(lbt_pick(&c, why, sizeof(why)), -1);
-    CU_ASSERT_STRING_EQUAL(why, "Circuit open for backend 127.0.0.1:9000 of service web");
+    CU_ASSERT_STRING_EQUAL(why, "Circuit open for 1 backend of service web");
     wk.now = LBT_NOW + 10001;
     CU_ASSERT_EQUAL(lbt_pick(&c, why, sizeof(why)), 0);
     CU_ASSERT(c.flags & WK_AT_PROBE);
