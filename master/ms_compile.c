@@ -845,7 +845,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
         strings_need += str_need(cfg->errors.pages[i].body);
     }
     for (size_t i = 0; i < cfg->nlisteners; i++) {
-        strings_need += str_need(cfg->listeners[i].address);
+        strings_need += str_need(cfg->listeners[i].address) +
+                        str_need(cfg->listeners[i].client_ca_pem);
     }
     for (size_t i = 0; i < cfg->nservices; i++) {
         const struct ms_service *s = &cfg->services[i];
@@ -999,6 +1000,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
         ls[i].tls = l->tls != 0;
         ls[i].proxy_protocol = l->proxy_protocol != 0;
         ls[i].address = put_str(&b, l->address);
+        ls[i].client_ca_pem = put_str(&b, l->client_ca_pem);
+        ls[i].client_verify = l->client_ca_pem != NULL ? l->client_verify : SHM_CLIENT_VERIFY_OFF;
     }
     tc = (struct shm_cidr *)(void *)(base + to);
     for (size_t i = 0; i < cfg->ntrusted; i++) {

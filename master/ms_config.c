@@ -42,7 +42,8 @@ static const char *const limits_keys[] = {"max_connections",        "max_header_
                                           "idle_timeout_ms",        "shutdown_timeout_ms",
                                           "tunnel_idle_timeout_ms", "min_body_rate",
                                           "send_timeout_ms",        NULL};
-static const char *const listener_keys[] = {"address", "tls", "proxy_protocol", NULL};
+static const char *const listener_keys[] = {"address",   "tls",           "proxy_protocol",
+                                            "client_ca", "client_verify", NULL};
 static const char *const cert_keys[] = {"cert", "key", NULL};
 static const char *const tls_keys[] = {"self_signed_cn", "min_version", "certificates", NULL};
 static const char *const redis_keys[] = {
@@ -1028,6 +1029,9 @@ static void apply_env_listener(struct ctx *c, struct ms_listener *l, const char 
     l->address = addr;
 }
 
+static void parse_client_ca(struct ctx *c, config_setting_t *g, const char *where,
+                            struct ms_listener *l);
+
 static void parse_listeners(struct ctx *c, config_setting_t *root, struct ms_config *cfg,
                             int use_env)
 {
@@ -1063,6 +1067,7 @@ static void parse_listeners(struct ctx *c, config_setting_t *root, struct ms_con
         check_keys(c, g, where, listener_keys);
         get_bool(c, g, where, "tls", &l->tls);
         get_bool(c, g, where, "proxy_protocol", &l->proxy_protocol);
+        parse_client_ca(c, g, where, l);
         switch (get_str(c, g, where, "address", 0, &v)) {
         case 0:
             err_at(c, g, "%s has no address", where);
@@ -1122,6 +1127,48 @@ static void parse_listeners(struct ctx *c, config_setting_t *root, struct ms_con
         }
     }
     free(ok);
+}
+
+/* client_ca / client_verify of a TLS listener: client certificates, verified against the CA
+ * bundle (read here, like a service's ca). client_verify defaults to "required". */
+static void parse_client_ca(struct ctx *c, config_setting_t *g, const char *where,
+                            struct ms_listener *l)
+{
+    config_setting_t *ca = config_setting_get_member(g, "client_ca");
+    config_setting_t *vs = config_setting_get_member(g, "client_verify");
+    const char *v;
+    char err[512];
+
+    if (ca == NULL && vs == NULL) {
+        return;
+    }
+    if (!l->tls) {
+        err_at(c, ca != NULL ? ca : vs, "%s.%s applies to TLS listeners only: add tls = true",
+               where, ca != NULL ? "client_ca" : "client_verify");
+        return;
+    }
+    if (ca == NULL) {
+        err_at(c, vs, "%s.client_verify needs %s.client_ca (the CAs to verify against)", where,
+               where);
+        return;
+    }
+    l->client_verify = SHM_CLIENT_VERIFY_REQUIRED;
+    if (get_str(c, g, where, "client_verify", 0, &v) == 1) {
+        if (strcmp(v, "required") == 0) {
+            l->client_verify = SHM_CLIENT_VERIFY_REQUIRED;
+        } else if (strcmp(v, "optional") == 0) {
+            l->client_verify = SHM_CLIENT_VERIFY_OPTIONAL;
+        } else {
+            err_at(c, vs, "%s.client_verify \"%s\" must be \"optional\" or \"required\"", where,
+                   v);
+        }
+    }
+    if (get_str(c, g, where, "client_ca", 0, &v) == 1) {
+        l->client_ca = resolve(c, v);
+        if (ms_tls_read_ca(l->client_ca, &l->client_ca_pem, err, sizeof(err)) != 0) {
+            err_at(c, ca, "%s.client_ca: %s", where, err);
+        }
+    }
 }
 
 static void parse_trusted(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
@@ -2294,6 +2341,8 @@ void ms_config_free(struct ms_config *cfg)
     free(cfg->log.access);
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         free(cfg->listeners[i].address);
+        free(cfg->listeners[i].client_ca);
+        free(cfg->listeners[i].client_ca_pem);
     }
     free(cfg->listeners);
     free(cfg->trusted);

@@ -30,6 +30,9 @@ struct ms_listener {
     socklen_t sslen;
     int tls;
     int proxy_protocol;
+    char *client_ca;             /* absolute path of client_ca, or NULL */
+    char *client_ca_pem;         /* its contents, read and checked at load */
+    uint32_t client_verify;      /* SHM_CLIENT_VERIFY_*: OFF without client_ca */
     int line;
 };
 

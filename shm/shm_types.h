@@ -46,8 +46,14 @@ struct shm_listener {
     uint8_t proxy_protocol;
     uint8_t pad[2];
     struct shm_str address;
-    uint32_t reserved[4];
+    struct shm_str client_ca_pem; /* TLS: CAs that client certificates must chain to; "": none */
+    uint32_t client_verify;       /* SHM_CLIENT_VERIFY_* (with client_ca_pem) */
+    uint32_t reserved[1];
 };
+
+#define SHM_CLIENT_VERIFY_OFF      0u
+#define SHM_CLIENT_VERIFY_OPTIONAL 1u /* a certificate is asked for; one presented must verify */
+#define SHM_CLIENT_VERIFY_REQUIRED 2u /* no valid certificate, no handshake */
 
 struct shm_cidr {
     uint8_t family; /* AF_INET / AF_INET6 */

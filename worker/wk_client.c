@@ -26,6 +26,8 @@ void wk_client_close(struct wk_client *c)
     wk_xchg_end(&c->x);
     wk_timer_disarm(&c->timer);
     xp_close(&c->xp, 1);
+    free(c->peer.cert_subject);
+    c->peer.cert_subject = NULL;
     wk_buf_put(&c->in);
     wk_buf_put(&c->out);
     if (c->prev != NULL) {
@@ -115,7 +117,7 @@ void wk_client_accept(int fd, const struct sockaddr *sa, const struct wk_listene
     c->listener = (uint8_t)l->idx;
     c->flags = WK_C_F_WRITABLE;
     if (l->tls) {
-        struct ssl_st *ssl = wk_tls_server_new(fd);
+        struct ssl_st *ssl = wk_tls_server_new(fd, l->idx);
         if (ssl == NULL) {
             close(fd);
             free(c);
@@ -230,6 +232,8 @@ int wk_client_handshake(struct wk_client *c)
         __atomic_fetch_add(&wk.ctl->tls_handshakes[wk_tls_resumed(c->xp.ssl) ? SHM_TLS_HS_RESUMED
                                                                           : SHM_TLS_HS_FULL],
                            1, __ATOMIC_RELAXED);
+        /* A listener with client_ca verified a certificate: its subject goes upstream. */
+        c->peer.cert_subject = wk_tls_client_subject(c->xp.ssl);
         c->state = WK_CS_IDLE;
         return 1;
     }

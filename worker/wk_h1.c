@@ -506,6 +506,7 @@ size_t wk_h1_write_request(char *out, size_t cap, const struct wk_head *hd,
         if (wk_hdr_is(h, "content-length", 14) || wk_hdr_is(h, "x-forwarded-proto", 17) ||
             wk_hdr_is(h, "x-forwarded-host", 16) || wk_hdr_is(h, "x-real-ip", 9) ||
             wk_hdr_is(h, "x-request-id", 12) || wk_hdr_is(h, "expect", 6) ||
+            wk_hdr_is(h, "x-client-cert-subject", 21) ||
             name_has_underscore(h) || (!f->trusted && wk_hdr_is(h, "forwarded", 9))) {
             continue;
         }
@@ -540,6 +541,11 @@ size_t wk_h1_write_request(char *out, size_t cap, const struct wk_head *hd,
     str_adds(&sb, "\r\nX-Request-ID: ");
     str_add(&sb, f->reqid, f->reqid_len);
     str_adds(&sb, "\r\n");
+    if (f->cert_subject != NULL) {
+        str_adds(&sb, "X-Client-Cert-Subject: ");
+        str_adds(&sb, f->cert_subject);
+        str_adds(&sb, "\r\n");
+    }
     if (f->upgrade) {
         str_adds(&sb, "Connection: upgrade\r\n");
     }

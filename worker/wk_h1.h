@@ -122,6 +122,7 @@ struct wk_h1_fwd {
     const char *dflt_host;
     const char *peer_ip; /* appended to X-Forwarded-For */
     const char *real_ip; /* X-Real-IP */
+    const char *cert_subject; /* X-Client-Cert-Subject, or NULL: none (a client's is dropped) */
     const char *reqid;
     size_t reqid_len;
     uint64_t clen;   /* Content-Length to send, UINT64_MAX: none */

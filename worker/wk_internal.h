@@ -217,6 +217,7 @@ struct wk_peer {
     uint8_t ip[16];
     uint16_t port;
     uint8_t https;       /* arrived on a TLS listener (forwarded proto https) */
+    char *cert_subject;  /* the verified client certificate's subject (heap), or NULL */
 };
 
 /* ---- the exchange (wk_xchg.c) ----------------------------------------------------------------

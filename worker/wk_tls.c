@@ -32,6 +32,18 @@ struct wk_tls_gen {
     uint32_t nservices;
     SSL_CTX **svc_ctx;        /* per service: client context, NULL without TLS */
     uint64_t *svc_ctx_id;     /* identity of each client context, for session reuse */
+    uint32_t nlisteners;
+    struct tg_listener *lst;  /* per listener: client certificate verification */
+};
+
+/* A listener with client_ca: what each of its SSLs gets. */
+struct tg_listener {
+    int mode;                 /* SSL_VERIFY_*; 0 = no client certificates */
+    X509_STORE *store;        /* the CAs of client_ca */
+    STACK_OF(X509_NAME) *names; /* their subjects, sent in the certificate request */
+    unsigned char sid[SSL_MAX_SID_CTX_LENGTH]; /* session id context: a session (ticket)
+                                  * made elsewhere never resumes here, skipping verification */
+    unsigned sidlen;
 };
 
 static EVP_CIPHER *aes256cbc;
@@ -279,7 +291,18 @@ static int on_servername(SSL *s, int *al, void *arg)
         c = tg->def;
     }
     if (c != SHM_NONE && tg->ctx[c] != NULL && tg->ctx[c] != SSL_get_SSL_CTX(s)) {
+        X509_STORE *st = NULL;
+
+        /* The verify store lives with the certificate settings, which the switch replaces. */
+        SSL_get0_verify_cert_store(s, &st);
+        if (st != NULL && X509_STORE_up_ref(st) != 1) {
+            return SSL_TLSEXT_ERR_ALERT_FATAL;
+        }
         SSL_set_SSL_CTX(s, tg->ctx[c]);
+        if (st != NULL && SSL_set0_verify_cert_store(s, st) != 1) {
+            X509_STORE_free(st);
+            return SSL_TLSEXT_ERR_ALERT_FATAL;
+        }
     }
     return SSL_TLSEXT_ERR_OK;
 }
@@ -360,6 +383,58 @@ static SSL_CTX *client_ctx(const struct wk_tls_gen *prev, const struct shm_snap_
     return ctx;
 }
 
+/* The client certificate settings of listener <i> into <l> (left off, logged, when its CA
+ * bundle cannot be used: the master checked it, so only memory can fail here). */
+static void listener_verify(const struct shm_snap_hdr *h, uint32_t i, struct tg_listener *l)
+{
+    const struct shm_listener *ls = &shm_listeners(h)[i];
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    BIO *b;
+    X509 *x;
+    int n = 0;
+
+    if (!ls->tls || ls->client_verify == SHM_CLIENT_VERIFY_OFF || ls->client_ca_pem.len == 0) {
+        return;
+    }
+    l->store = X509_STORE_new();
+    l->names = sk_X509_NAME_new_null();
+    b = BIO_new_mem_buf(shm_s(h, ls->client_ca_pem), (int)ls->client_ca_pem.len);
+    while (l->store != NULL && l->names != NULL && b != NULL &&
+           (x = PEM_read_bio_X509(b, NULL, tls_no_passphrase, NULL)) != NULL) {
+        X509_NAME *nm = X509_NAME_dup(X509_get_subject_name(x));
+
+        if (X509_STORE_add_cert(l->store, x) == 1) {
+            n++;
+        }
+        if (nm != NULL && sk_X509_NAME_push(l->names, nm) <= 0) {
+            X509_NAME_free(nm);
+        }
+        X509_free(x);
+    }
+    BIO_free(b);
+    ERR_clear_error();
+    /* The session id context names the CA bundle and the mode. */
+    memcpy(l->sid, "dsp-cca", 7);
+    if (n == 0 || EVP_Digest(shm_s(h, ls->client_ca_pem), ls->client_ca_pem.len, md, &mdlen,
+                             EVP_sha256(), NULL) != 1) {
+        log_error("listener %s: cannot use its client_ca; TLS connections to it are refused",
+                  shm_s(h, ls->address));
+        X509_STORE_free(l->store);
+        sk_X509_NAME_pop_free(l->names, X509_NAME_free);
+        l->store = NULL;
+        l->names = NULL;
+        l->mode = -1;
+        return;
+    }
+    l->sid[7] = (unsigned char)ls->client_verify;
+    memcpy(l->sid + 8, md, 24);
+    l->sidlen = 32;
+    l->mode = SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE |
+              (ls->client_verify == SHM_CLIENT_VERIFY_REQUIRED ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+                                                               : 0);
+}
+
 struct wk_tls_gen *wk_tls_gen_new(const struct shm_snap_hdr *h, const struct wk_tls_gen *prev)
 {
     const struct shm_cert *certs = shm_certs(h);
@@ -414,6 +489,14 @@ struct wk_tls_gen *wk_tls_gen_new(const struct shm_snap_hdr *h, const struct wk_
             tg->svc_ctx[i] = client_ctx(prev, h, i, &tg->svc_ctx_id[i]);
         }
     }
+    tg->nlisteners = h->nlisteners;
+    tg->lst = calloc((size_t)h->nlisteners + 1, sizeof(*tg->lst));
+    if (tg->lst == NULL) {
+        goto oom;
+    }
+    for (uint32_t i = 0; i < h->nlisteners; i++) {
+        listener_verify(h, i, &tg->lst[i]);
+    }
     return tg;
 oom:
     log_error("out of memory building the TLS contexts of generation %llu",
@@ -433,6 +516,11 @@ void wk_tls_gen_free(struct wk_tls_gen *tg)
     for (uint32_t i = 0; tg->svc_ctx != NULL && i < tg->nservices; i++) {
         SSL_CTX_free(tg->svc_ctx[i]);
     }
+    for (uint32_t i = 0; tg->lst != NULL && i < tg->nlisteners; i++) {
+        X509_STORE_free(tg->lst[i].store);
+        sk_X509_NAME_pop_free(tg->lst[i].names, X509_NAME_free);
+    }
+    free(tg->lst);
     free(tg->ctx);
     free(tg->svc_ctx);
     free(tg->svc_ctx_id);
@@ -459,7 +547,7 @@ const char *wk_tls_error(void)
     return last_error;
 }
 
-struct ssl_st *wk_tls_server_new(int fd)
+struct ssl_st *wk_tls_server_new(int fd, uint32_t listener)
 {
     const struct wk_tls_gen *tg = wk.cur != NULL ? wk.cur->tls : NULL;
     SSL *s;
@@ -478,8 +566,57 @@ struct ssl_st *wk_tls_server_new(int fd)
         SSL_free(s);
         return NULL;
     }
+    if (listener < tg->nlisteners && tg->lst[listener].mode != 0) {
+        const struct tg_listener *l = &tg->lst[listener];
+        STACK_OF(X509_NAME) *names = l->mode > 0 ? SSL_dup_CA_list(l->names) : NULL;
+
+        /* mode -1: the CA bundle was unusable; refusing beats serving without verification. */
+        if (l->mode < 0 || names == NULL || SSL_set1_verify_cert_store(s, l->store) != 1 ||
+            SSL_set_session_id_context(s, l->sid, l->sidlen) != 1) {
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+            ERR_clear_error();
+            SSL_free(s);
+            return NULL;
+        }
+        SSL_set_client_CA_list(s, names);
+        SSL_set_verify(s, l->mode, NULL);
+    }
     SSL_set_accept_state(s);
     return s;
+}
+
+char *wk_tls_client_subject(const struct ssl_st *s)
+{
+    X509 *x = SSL_get0_peer_certificate(s);
+    BIO *b;
+    char *out = NULL;
+    long n;
+    char *p;
+
+    if (x == NULL || SSL_get_verify_result(s) != X509_V_OK) {
+        return NULL;
+    }
+    b = BIO_new(BIO_s_mem());
+    if (b == NULL || X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253) < 0) {
+        BIO_free(b);
+        ERR_clear_error();
+        return NULL;
+    }
+    n = BIO_get_mem_data(b, &p);
+    if (n > 0 && n <= 4096 && (out = malloc((size_t)n + 1)) != NULL) {
+        size_t k = 0;
+
+        /* RFC 2253 escapes what is not printable ASCII; drop anything left that a header
+         * value cannot carry. */
+        for (long i = 0; i < n; i++) {
+            if ((unsigned char)p[i] >= 0x20 && (unsigned char)p[i] < 0x7f) {
+                out[k++] = p[i];
+            }
+        }
+        out[k] = '\0';
+    }
+    BIO_free(b);
+    return out;
 }
 
 struct ssl_st *wk_tls_client_new(int fd, const struct wk_tls_gen *tg, uint32_t svc,

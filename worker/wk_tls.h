@@ -25,9 +25,14 @@ struct wk_tls_gen *wk_tls_gen_new(const struct shm_snap_hdr *snap, const struct 
 /* Drop a set. Connections created from its contexts keep them alive (OpenSSL counts refs). */
 void wk_tls_gen_free(struct wk_tls_gen *tg);
 
-/* A server-side SSL for accepted socket <fd>, starting on the default certificate of the current
- * generation; SNI switches it during the handshake. NULL on failure (logged once per burst). */
-struct ssl_st *wk_tls_server_new(int fd);
+/* A server-side SSL for socket <fd> accepted on listener <listener>, starting on the default
+ * certificate of the current generation; SNI switches it during the handshake. On a listener with
+ * client_ca it asks for a client certificate (client_verify). NULL on failure (logged once per
+ * burst). */
+struct ssl_st *wk_tls_server_new(int fd, uint32_t listener);
+/* After the handshake of server-side <s>: the RFC 2253 subject of the client certificate it
+ * verified (printable ASCII only), as a heap string, or NULL when none was verified. */
+char *wk_tls_client_subject(const struct ssl_st *s);
 /* A client-side SSL on socket <fd> to backend <be> of service <svc> (an index in <tg>'s
  * generation): SNI and name or IP verification as the service says, resuming the last session
  * with that backend (kept per runtime slot) when it was made under the same settings. NULL when

@@ -351,7 +351,10 @@ static int build_upstream_head(struct wk_xchg *x, const struct wk_head *hd, cons
     struct wk_h1_fwd f;
     size_t n;
 
-    if (wk_buf_get(&x->tx->uout, wk_head_buf_size(x->at.gen->snap) + 4096) != 0) {
+    if (wk_buf_get(&x->tx->uout, wk_head_buf_size(x->at.gen->snap) + 4096 +
+                                     (x->peer->cert_subject != NULL
+                                          ? strlen(x->peer->cert_subject) + 32
+                                          : 0)) != 0) {
         return -1;
     }
     x->tx->uout.start = x->tx->uout.end = 0;
@@ -370,6 +373,7 @@ static int build_upstream_head(struct wk_xchg *x, const struct wk_head *hd, cons
     f.dflt_host = hlen > 0 ? NULL : shm_s(x->at.gen->snap, wk_xsvc(x)->name);
     f.peer_ip = ip;
     f.real_ip = rip;
+    f.cert_subject = x->peer->cert_subject;
     f.reqid = x->tx->reqid;
     f.reqid_len = x->tx->reqid_len;
     f.clen = clen;

@@ -44,3 +44,161 @@ def issue(d, ca, name, subj, san=None, usage="serverAuth", ocsp_url=None):
     _run(["openssl", "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1],
           "-CAcreateserial", "-out", cert, "-days", "30", "-sha256", "-extfile", ext])
     return cert, key
+
+
+# ---- client certificates on TLS listeners -------------------------------------------------------
+
+import json  # noqa: E402
+
+import dsptest  # noqa: E402
+from dsptest import MASTER, route, svc  # noqa: E402
+
+
+def curl(port, path="/echo", headers=(), cert=None, host="app.do"):
+    """curl -k to <host> pinned to 127.0.0.1:<port>: (exit code, status, JSON body or None)."""
+    cmd = ["curl", "-sk", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "--resolve",
+           "%s:%d:127.0.0.1" % (host, port), "https://%s:%d%s" % (host, port, path)]
+    for h in headers:
+        cmd += ["-H", "%s: %s" % h]
+    if cert:
+        cmd += ["--cert", cert[0], "--key", cert[1]]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    out = p.stdout.decode("utf-8", "replace")
+    body, _, code = out.rpartition("\n")
+    try:
+        j = json.loads(body)
+    except ValueError:
+        j = None
+    return p.returncode, int(code or 0), j
+
+
+def hvals(j, name):
+    return [v for k, v in j["headers"] if k.lower() == name.lower()]
+
+
+def s_client(port, args=(), stdin=b""):
+    p = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port,
+                        "-servername", "app.do"] + list(args),
+                       input=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=20)
+    return p.stdout.decode("utf-8", "replace")
+
+
+class ClientCertTest(dsptest.TestCase):
+    """Three listeners: client_verify required (d.port), optional, and a TLS one without
+    client_ca; a plain one."""
+
+    def setUp(self):
+        self.d = dsptest.Dispatcher()
+        t = self.d.tmp
+        self.ca = make_ca(t, "clients-ca")
+        self.server_ca = make_ca(t, "server-ca")
+        self.server = issue(t, self.server_ca, "server", "/CN=app.do", san="DNS:app.do")
+        self.alice = issue(t, self.ca, "alice", "/CN=alice/O=Edge, Inc.", usage="clientAuth")
+        self.other_ca = make_ca(t, "other-ca")
+        self.mallory = issue(t, self.other_ca, "mallory", "/CN=alice/O=Edge, Inc.",
+                             usage="clientAuth")
+        self.optional, self.notls_ca, self.plain = (dsptest.free_port(), dsptest.free_port(),
+                                                    dsptest.free_port())
+
+    def config(self, required_extra="", optional_extra=""):
+        be = self.backend("app")
+        text = dsptest.make_config(self.d.port, self.d.tmp, [svc("app", be)],
+                                   [route("*", "app")])
+        old = 'listeners = ( { address = "127.0.0.1:%d"; } );' % self.d.port
+        assert old in text
+        listeners = (
+            'listeners = (\n'
+            '  { address = "127.0.0.1:%d"; tls = true; client_ca = "%s";%s },\n'
+            '  { address = "127.0.0.1:%d"; tls = true; client_ca = "%s"; '
+            'client_verify = "optional";%s },\n'
+            '  { address = "127.0.0.1:%d"; tls = true; },\n'
+            '  { address = "127.0.0.1:%d"; } );\n'
+            'tls = { certificates = ( { cert = "%s"; key = "%s"; } ); };'
+            % (self.d.port, self.ca[0], required_extra, self.optional, self.ca[0],
+               optional_extra, self.notls_ca, self.plain, self.server[0], self.server[1]))
+        return text.replace(old, listeners)
+
+    def start(self):
+        self.d.write_config(self.config())
+        self.start_dispatcher(self.d)
+
+    def test_required(self):
+        self.start()
+        forged = [("X-Client-Cert-Subject", "CN=admin")]
+        rc, status, _ = curl(self.d.port)
+        self.assertNotEqual(rc, 0, "handshake without a certificate must fail")
+        self.assertEqual(status, 0)
+        rc, status, _ = curl(self.d.port, cert=self.mallory)
+        self.assertNotEqual(rc, 0, "a certificate from another CA must fail")
+        rc, status, j = curl(self.d.port, headers=forged, cert=self.alice)
+        self.assertEqual((rc, status), (0, 200))
+        self.assertEqual(hvals(j, "X-Client-Cert-Subject"), ["O=Edge\\, Inc.,CN=alice"])
+        # The certificate request names the CA (s_client lists it).
+        out = s_client(self.d.port, ["-cert", self.alice[0], "-key", self.alice[1]])
+        self.assertIn("Acceptable client certificate CA names", out)
+        self.assertIn("CN = clients-ca", out)
+
+    def test_optional_and_forged_header_stripped(self):
+        self.start()
+        forged = [("X-Client-Cert-Subject", "CN=admin")]
+        rc, status, j = curl(self.optional, headers=forged)
+        self.assertEqual((rc, status), (0, 200))
+        self.assertEqual(hvals(j, "X-Client-Cert-Subject"), [])
+        rc, status, j = curl(self.optional, headers=forged, cert=self.alice)
+        self.assertEqual((rc, status), (0, 200))
+        self.assertEqual(hvals(j, "X-Client-Cert-Subject"), ["O=Edge\\, Inc.,CN=alice"])
+        # A presented certificate must verify, even where one is optional.
+        rc, _, _ = curl(self.optional, cert=self.mallory)
+        self.assertNotEqual(rc, 0)
+        # No client_ca: a client certificate is not asked for, and the header never passes.
+        rc, status, j = curl(self.notls_ca, headers=forged, cert=self.alice)
+        self.assertEqual((rc, status), (0, 200))
+        self.assertEqual(hvals(j, "X-Client-Cert-Subject"), [])
+        r = dsptest.request(self.plain, "/echo", host="app.do",
+                            headers=forged + [("x-client-cert-subject", "CN=root")])
+        self.assertEqual(r.status, 200)
+        self.assertEqual(hvals(r.json(), "X-Client-Cert-Subject"), [])
+
+    def test_session_from_another_listener_not_resumed(self):
+        self.start()
+        sess = os.path.join(self.d.tmp, "sess.pem")
+        req = b"GET /echo HTTP/1.1\r\nHost: app.do\r\nConnection: close\r\n\r\n"
+        out = s_client(self.notls_ca, ["-sess_out", sess, "-ign_eof"], req)
+        self.assertIn("HTTP/1.1 200", out)
+        self.assertTrue(os.path.getsize(sess) > 0)
+        # The session resumes on the listener it came from.
+        out = s_client(self.notls_ca, ["-sess_in", sess, "-ign_eof"], req)
+        self.assertIn("Reused,", out)
+        # Offered to the required listener without a certificate: a full handshake, which
+        # fails for want of a certificate, never a resumption that would skip the check.
+        out = s_client(self.d.port, ["-sess_in", sess, "-ign_eof"], req)
+        self.assertNotIn("Reused,", out)
+        self.assertNotIn("HTTP/1.1 200", out)
+
+    def test_bad_settings_refused_with_file_line(self):
+        missing = os.path.join(self.d.tmp, "none.pem")
+        good = self.config()
+        cases = [
+            (good.replace('client_verify = "optional";', 'client_verify = "maybe";'),
+             'client_verify = "maybe"', 'must be "optional" or "required"'),
+            (good.replace('client_ca = "%s"; client_verify' % self.ca[0],
+                          'client_ca = "%s"; client_verify' % missing),
+             'client_verify = "optional"', "none.pem"),
+            (good.replace('{ address = "127.0.0.1:%d"; } );' % self.plain,
+                          '{ address = "127.0.0.1:%d"; client_ca = "%s"; } );'
+                          % (self.plain, self.ca[0])),
+             "127.0.0.1:%d" % self.plain, "applies to TLS listeners only"),
+            (good.replace('{ address = "127.0.0.1:%d"; tls = true; }' % self.notls_ca,
+                          '{ address = "127.0.0.1:%d"; tls = true; client_verify = "required"; }'
+                          % self.notls_ca),
+             "127.0.0.1:%d" % self.notls_ca, "client_verify needs"),
+        ]
+        for text, needle, msg in cases:
+            self.d.write_config(text)
+            line = [i for i, l in enumerate(text.split("\n"), 1) if needle in l][0]
+            p = subprocess.run([MASTER, "-t", "-c", self.d.conf], capture_output=True,
+                               timeout=20, cwd=self.d.tmp)
+            err = p.stderr.decode(errors="replace")
+            self.assertEqual(p.returncode, 1, (needle, err))
+            self.assertIn("%s:%d: " % (self.d.conf, line), err, needle)
+            self.assertIn(msg, err, needle)
