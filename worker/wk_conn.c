@@ -171,7 +171,9 @@ static int h1_reply(struct wk_xchg *x, unsigned status, const char *ctype, const
         str_adds(&sb, "Connection: close\r\n");
     }
     str_adds(&sb, "\r\n");
-    str_add(&sb, body, blen);
+    if (!(x->tflags & WK_T_HEAD_REQ)) {
+        str_add(&sb, body, blen); /* (a HEAD gets the head alone, Content-Length included) */
+    }
     if (sb.overflow) {
         return 1; /* (out.end did not move) */
     }
