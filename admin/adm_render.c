@@ -767,6 +767,17 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
                  (unsigned long long)LD(&v->ctl->tls_handshakes[SHM_TLS_HS_FULL]),
                  (unsigned long long)LD(&v->ctl->tls_handshakes[SHM_TLS_HS_RESUMED]),
                  (unsigned long long)LD(&v->ctl->tls_handshakes[SHM_TLS_HS_FAILED]));
+    prom_head(b, "dispatcher_responses_cut_total", "counter",
+              "Proxied responses cut after their head was relayed, by reason.");
+    {
+        static const char *const why[SHM_CUT_COUNTED] = {
+            "stream_idle_timeout", "send_timeout", "client_closed", "backend_closed",
+            "backend_invalid"};
+        for (unsigned i = 0; i < SHM_CUT_COUNTED; i++) {
+            adm_buf_addf(b, "dispatcher_responses_cut_total{reason=\"%s\"} %llu\n", why[i],
+                         (unsigned long long)LD(&v->ctl->responses_cut[i]));
+        }
+    }
     prom_head(b, "dispatcher_uptime_seconds", "gauge", "Seconds since the master started.");
     adm_buf_addf(b, "dispatcher_uptime_seconds %llu\n", (unsigned long long)uptime_s(v));
     free(sums);

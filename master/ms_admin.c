@@ -146,15 +146,46 @@ static void unwatch(int fd, void *ctx)
     ms_loop_del(fd);
 }
 
+/* What admin GET /health would answer, for the workers' listeners[].health_uri: they read one
+ * word instead of judging every backend per probe. (The view is built without the costly parts
+ * of view(): memory, Redis.) */
+static void publish_health(void)
+{
+    uint32_t h = SHM_HEALTH_STARTING;
+    char why[256];
+
+    if (ms.ctl == NULL) {
+        return;
+    }
+    if (ms.stopping) {
+        h = SHM_HEALTH_DRAINING;
+    } else if (ms.snap != NULL && ms.rt != NULL) {
+        struct adm_view v;
+        memset(&v, 0, sizeof(v));
+        v.snap = ms.snap;
+        v.rt = ms.rt;
+        v.ctl = ms.ctl;
+        v.nworkers = (unsigned)ms.nworkers;
+        v.now_ms = dsp_now_ms();
+        v.now_s = dsp_wall_s();
+        v.started_at = ms.ctl->started_at;
+        v.loaded_at = v.snap->loaded_at;
+        h = adm_healthy(&v, why, sizeof(why)) ? SHM_HEALTH_SERVING : SHM_HEALTH_DEGRADED;
+    }
+    __atomic_store_n(&ms.ctl->health, h, __ATOMIC_RELEASE);
+}
+
 static void on_tick(uint64_t now_ms, void *arg)
 {
     (void)arg;
+    publish_health();
     adm_tick(now_ms);
 }
 
 static void on_publish(void *arg)
 {
     (void)arg;
+    publish_health();
     adm_config_changed();
 }
 

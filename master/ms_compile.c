@@ -709,6 +709,8 @@ static void fill_services(const struct ms_config *cfg, const struct xsvc *xs, ch
         o->retries = u32_of(s->retries);
         o->connect_timeout_ms = u32_of(s->connect_timeout_ms);
         o->response_timeout_ms = u32_of(s->response_timeout_ms);
+        o->stream_idle_timeout_ms = u32_of(s->stream_idle_timeout_ms > 0 ? s->stream_idle_timeout_ms
+                                                                          : s->response_timeout_ms);
         o->health_enabled = s->health.enabled != 0;
         o->health_interval_ms = u32_of(s->health.interval_ms);
         o->health_timeout_ms = u32_of(s->health.timeout_ms);
@@ -846,7 +848,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     }
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         strings_need += str_need(cfg->listeners[i].address) +
-                        str_need(cfg->listeners[i].client_ca_pem);
+                        str_need(cfg->listeners[i].client_ca_pem) +
+                        str_need(cfg->listeners[i].health_uri);
     }
     for (size_t i = 0; i < cfg->nservices; i++) {
         const struct ms_service *s = &cfg->services[i];
@@ -1002,6 +1005,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
         ls[i].address = put_str(&b, l->address);
         ls[i].client_ca_pem = put_str(&b, l->client_ca_pem);
         ls[i].client_verify = l->client_ca_pem != NULL ? l->client_verify : SHM_CLIENT_VERIFY_OFF;
+        ls[i].health_uri = put_str(&b, l->health_uri);
     }
     tc = (struct shm_cidr *)(void *)(base + to);
     for (size_t i = 0; i < cfg->ntrusted; i++) {

@@ -43,7 +43,8 @@ static const char *const limits_keys[] = {"max_connections",        "max_header_
                                           "tunnel_idle_timeout_ms", "min_body_rate",
                                           "send_timeout_ms",        NULL};
 static const char *const listener_keys[] = {"address",   "tls",           "proxy_protocol",
-                                            "client_ca", "client_verify", NULL};
+                                            "client_ca", "client_verify", "health_uri",
+                                            NULL};
 static const char *const cert_keys[] = {"cert", "key", NULL};
 static const char *const tls_keys[] = {"self_signed_cn", "min_version", "certificates", NULL};
 static const char *const redis_keys[] = {
@@ -64,6 +65,7 @@ static const char *const service_keys[] = {"name",
                                            "retries",
                                            "connect_timeout_ms",
                                            "response_timeout_ms",
+                                           "stream_idle_timeout_ms",
                                            "tls",
                                            "verify",
                                            "ca",
@@ -1031,6 +1033,22 @@ static void apply_env_listener(struct ctx *c, struct ms_listener *l, const char 
 
 static void parse_client_ca(struct ctx *c, config_setting_t *g, const char *where,
                             struct ms_listener *l);
+/* listeners[].health_uri: an origin-form path compared as is with a request's path. */
+static int health_uri_ok(const char *v)
+{
+    size_t n = strlen(v);
+
+    if (n == 0 || n > 255 || v[0] != '/') {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '?' || ch == '#') {
+            return 0;
+        }
+    }
+    return 1;
+}
 
 static void parse_listeners(struct ctx *c, config_setting_t *root, struct ms_config *cfg,
                             int use_env)
@@ -1068,6 +1086,16 @@ static void parse_listeners(struct ctx *c, config_setting_t *root, struct ms_con
         get_bool(c, g, where, "tls", &l->tls);
         get_bool(c, g, where, "proxy_protocol", &l->proxy_protocol);
         parse_client_ca(c, g, where, l);
+        if (get_str(c, g, where, "health_uri", 0, &v) == 1) {
+            if (!health_uri_ok(v)) {
+                err_at(c, config_setting_get_member(g, "health_uri"),
+                       "%s.health_uri must be a path starting with '/' (at most 255 bytes, no "
+                       "query, spaces or control characters)",
+                       where);
+            } else {
+                l->health_uri = dsp_xstrdup(v);
+            }
+        }
         switch (get_str(c, g, where, "address", 0, &v)) {
         case 0:
             err_at(c, g, "%s has no address", where);
@@ -1975,6 +2003,8 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
     get_int(c, g, where, "max_ejection_percent", 0, 100, &svc->max_ejection_percent);
     get_int(c, g, where, "connect_timeout_ms", 1, MS_MAX_TIMEOUT_MS, &svc->connect_timeout_ms);
     get_int(c, g, where, "response_timeout_ms", 1, MS_MAX_TIMEOUT_MS, &svc->response_timeout_ms);
+    get_int(c, g, where, "stream_idle_timeout_ms", 1, MS_MAX_TIMEOUT_MS,
+            &svc->stream_idle_timeout_ms);
     get_int(c, g, where, "resolve_ms", 100, MS_MAX_TIMEOUT_MS, &svc->resolve_ms);
     parse_service_tls(c, g, where, svc);
     for (size_t i = 0; svc->tls && svc->tls_verify && svc->tls_sni == NULL && i < svc->nbackends;
@@ -2343,6 +2373,7 @@ void ms_config_free(struct ms_config *cfg)
         free(cfg->listeners[i].address);
         free(cfg->listeners[i].client_ca);
         free(cfg->listeners[i].client_ca_pem);
+        free(cfg->listeners[i].health_uri);
     }
     free(cfg->listeners);
     free(cfg->trusted);

@@ -33,6 +33,7 @@ struct ms_listener {
     char *client_ca;             /* absolute path of client_ca, or NULL */
     char *client_ca_pem;         /* its contents, read and checked at load */
     uint32_t client_verify;      /* SHM_CLIENT_VERIFY_*: OFF without client_ca */
+    char *health_uri;            /* answered like admin GET /health, before routing; or NULL */
     int line;
 };
 
@@ -77,6 +78,7 @@ struct ms_service {
     int max_ejection_percent;    /* default 50: cap on the backends passively ejected at once */
     int connect_timeout_ms;      /* default 2000 */
     int response_timeout_ms;     /* default 30000 */
+    int stream_idle_timeout_ms;  /* gap allowed inside a response body; 0 = response_timeout_ms */
     int resolve_ms;              /* re-resolve its backend names at least this often; 0 = dns's */
     uint32_t source;             /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS */
     int line;

@@ -481,7 +481,7 @@ static const char *entry_key(char *buf, size_t n, const struct ms_rns *ns, int k
 static const char *const service_fields[] = {
     "backends",    "balance",     "health_path", "health_interval_ms", "health_timeout_ms",
     "health_fall", "health_rise", "retries",     "connect_timeout_ms", "response_timeout_ms",
-    NULL};
+    "stream_idle_timeout_ms", NULL};
 static const char *const route_fields[] = {"host", "path", "methods", "priority", "service", NULL};
 static const char *const cert_fields[] = {"cert", "key", NULL};
 
@@ -561,6 +561,8 @@ static void parse_service(struct errs *el, const char *key, const struct ms_rns_
             int_field(el, key, f, 1, MS_MAX_TIMEOUT_MS, &svc->connect_timeout_ms);
         } else if (strcmp(n, "response_timeout_ms") == 0) {
             int_field(el, key, f, 1, MS_MAX_TIMEOUT_MS, &svc->response_timeout_ms);
+        } else if (strcmp(n, "stream_idle_timeout_ms") == 0) {
+            int_field(el, key, f, 1, MS_MAX_TIMEOUT_MS, &svc->stream_idle_timeout_ms);
         } else {
             unknown_field(el, key, n, service_fields);
         }

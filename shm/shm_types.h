@@ -48,7 +48,7 @@ struct shm_listener {
     struct shm_str address;
     struct shm_str client_ca_pem; /* TLS: CAs that client certificates must chain to; "": none */
     uint32_t client_verify;       /* SHM_CLIENT_VERIFY_* (with client_ca_pem) */
-    uint32_t reserved[1];
+    struct shm_str health_uri; /* "" = none: else answered like admin GET /health */
 };
 
 #define SHM_CLIENT_VERIFY_OFF      0u
@@ -99,7 +99,8 @@ struct shm_service {
     struct shm_str tls_ca_pem;     /* CA bundle; "" = the system store */
     struct shm_str tls_client_cert_pem; /* mTLS: the chain presented to backends; "" = none */
     struct shm_str tls_client_key_pem;  /* its key, PKCS#8 (the segment is mode 0600) */
-    uint32_t reserved[1];
+    uint32_t stream_idle_timeout_ms; /* gap allowed inside a response body once its head is
+                                        relayed (the config's default: response_timeout_ms) */
 };
 
 #define SHM_SVC_TLS_ON     1u /* connect to the backends with TLS */
@@ -347,6 +348,26 @@ struct shm_tkeys {
     uint64_t reserved[4];
 };
 
+/* shm_ctl.health (0 until the master's first tick). */
+#define SHM_HEALTH_STARTING 0u
+#define SHM_HEALTH_SERVING  1u
+#define SHM_HEALTH_DEGRADED 2u
+#define SHM_HEALTH_DRAINING 3u
+
+/* Why a response ended before its end (the access log's "reason"; shm_ctl.responses_cut counts
+ * reasons 1..SHM_CUT_COUNTED for responses whose head had been relayed). */
+#define SHM_CUT_NONE            0u
+#define SHM_CUT_STREAM_IDLE     1u /* no body byte from the backend for stream_idle_timeout_ms */
+#define SHM_CUT_SEND_TIMEOUT    2u /* the client read nothing for limits.send_timeout_ms */
+#define SHM_CUT_CLIENT_CLOSED   3u /* the client closed or reset its connection */
+#define SHM_CUT_BACKEND_CLOSED  4u /* the backend closed or reset mid-body */
+#define SHM_CUT_BACKEND_INVALID 5u /* the backend's body framing went wrong mid-body */
+#define SHM_CUT_COUNTED         5u
+#define SHM_CUT_TUNNEL_IDLE     6u /* a tunnel idle for limits.tunnel_idle_timeout_ms */
+#define SHM_CUT_INTERNAL        7u /* out of memory */
+#define SHM_CUT_REQUEST_ERROR   8u /* the request went wrong (body too slow, too large, bad
+                                      chunk) after the response had started */
+
 /* shm_ctl.tls_handshakes: handshakes on TLS listeners by outcome. */
 #define SHM_TLS_HS_FULL    0u
 #define SHM_TLS_HS_RESUMED 1u
@@ -364,7 +385,12 @@ struct shm_ctl {
     uint64_t listeners_seq;     /* master bumps (release) once it has sent listener changes to
                                    the workers' control channels: a worker reads them before
                                    its next accept */
-    uint64_t reserved[7];
+    uint32_t health;            /* SHM_HEALTH_*: what admin GET /health would say, published by
+                                   the master each tick; workers answer health_uri from it */
+    uint32_t pad0;
+    uint64_t responses_cut[SHM_CUT_COUNTED]; /* started responses cut, by SHM_CUT_* reason - 1
+                                                (workers add) */
+    uint64_t reserved[1];
     struct shm_worker_slot workers[SHM_MAX_WORKERS];
     /* Added at the end (anonymous segment created by the master at start, so it can grow). */
     struct shm_tkeys tkeys;

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "common/dsp.h"
+#include "common/log.h"
 #include "shm/shm_snap.h"
 #include "shm/shm_stats.h"
 #include "worker/wk_alog.h"
@@ -84,6 +85,61 @@ void wk_xchg_tally(struct wk_xchg *x, int how)
                      how == 1 && be != NULL ? be->rt_slot : SHM_NONE, x->status, dur, wk.now);
 }
 
+/* The access log's name of a SHM_CUT_* reason. */
+static const char *cut_name(unsigned cut)
+{
+    switch (cut) {
+    case SHM_CUT_STREAM_IDLE:
+        return "stream_idle_timeout";
+    case SHM_CUT_SEND_TIMEOUT:
+        return "send_timeout";
+    case SHM_CUT_CLIENT_CLOSED:
+        return "client_closed";
+    case SHM_CUT_BACKEND_CLOSED:
+        return "backend_closed";
+    case SHM_CUT_BACKEND_INVALID:
+        return "backend_invalid";
+    case SHM_CUT_TUNNEL_IDLE:
+        return "tunnel_idle_timeout";
+    case SHM_CUT_REQUEST_ERROR:
+        return "request_error";
+    case SHM_CUT_INTERNAL:
+        return "internal_error";
+    default:
+        return NULL;
+    }
+}
+
+/* A response whose head was relayed did not reach its end: count it by reason, and say so in
+ * the error log (a client that leaves is routine: debug only). */
+static void report_cut(const struct wk_xchg *x, unsigned cut)
+{
+    const struct shm_service *svc = x->at.service != SHM_NONE ? wk_xsvc(x) : NULL;
+    const char *sname = svc != NULL ? shm_s(x->at.gen->snap, svc->name) : "-";
+    const char *baddr = svc != NULL && x->at.tries > 0 ? shm_s(x->at.gen->snap, wk_xbe(x)->address)
+                                                       : "-";
+    int level = cut == SHM_CUT_CLIENT_CLOSED  ? LOG_DEBUG
+                : cut == SHM_CUT_SEND_TIMEOUT ? LOG_INFO
+                                              : LOG_WARN;
+
+    if (cut >= 1 && cut <= SHM_CUT_COUNTED) {
+        __atomic_fetch_add(&wk.ctl->responses_cut[cut - 1], 1, __ATOMIC_RELAXED);
+    }
+    if (level > log_level) {
+        return;
+    }
+    if (cut == SHM_CUT_STREAM_IDLE) {
+        log_msg(level, "service %s, backend %s: response cut after %llu bytes: no data for "
+                "stream_idle_timeout_ms (%u ms) (request %.*s)", sname, baddr,
+                (unsigned long long)x->tx->bytes_sent, svc != NULL ? svc->stream_idle_timeout_ms : 0,
+                (int)x->tx->reqid_len, x->tx->reqid);
+    } else {
+        log_msg(level, "service %s, backend %s: response cut after %llu bytes: %s (request %.*s)",
+                sname, baddr, (unsigned long long)x->tx->bytes_sent, cut_name(cut),
+                (int)x->tx->reqid_len, x->tx->reqid);
+    }
+}
+
 /* A request is over: <how> 1 = proxied response complete, 0 = generated response sent, -1 =
  * the connection closed before its end (logged only, not counted). The log line goes to the
  * worker's buffer. */
@@ -95,6 +151,7 @@ void wk_xchg_log(struct wk_xchg *x, int how)
     struct wk_alog_entry e;
     struct timespec ts;
     char ip[64];
+    unsigned cut;
 
     if (how >= 0) {
         wk_xchg_tally(x, how);
@@ -103,6 +160,13 @@ void wk_xchg_log(struct wk_xchg *x, int how)
         return;
     }
     x->tflags |= WK_T_LOGGED;
+    cut = x->tx->cut;
+    if (how < 0 && cut == SHM_CUT_NONE) {
+        cut = SHM_CUT_CLIENT_CLOSED;
+    }
+    if (how < 0 && (x->tflags & (WK_T_RESP_HEAD | WK_T_TUNNEL | WK_T_REPLIED)) == WK_T_RESP_HEAD) {
+        report_cut(x, cut);
+    }
     if (!wk_alog_enabled()) {
         return;
     }
@@ -129,6 +193,7 @@ void wk_xchg_log(struct wk_xchg *x, int how)
         e.backend = shm_s(s, be->address);
         e.backend_len = be->address.len;
     }
+    e.reason = cut_name(cut);
     e.wall_s = ts.tv_sec;
     e.wall_ms = (unsigned)(ts.tv_nsec / 1000000);
     wk_alog_write(&e);

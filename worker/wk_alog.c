@@ -161,6 +161,11 @@ size_t wk_alog_format(char *buf, size_t cap, unsigned format, const struct wk_al
         clf_str(&sb, e->service, e->service_len);
         str_adds(&sb, "\" \"");
         clf_str(&sb, e->backend, e->backend_len);
+        if (e->reason != NULL) {
+            /* Only on the line of a cut response: complete ones keep the usual fields. */
+            str_adds(&sb, "\" \"");
+            clf_str(&sb, e->reason, strlen(e->reason));
+        }
         str_adds(&sb, "\"\n");
     } else {
         str_addf(&sb, "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03uZ\"", tm.tm_year + 1900,
@@ -177,6 +182,9 @@ size_t wk_alog_format(char *buf, size_t cap, unsigned format, const struct wk_al
         json_field(&sb, "request_id", e->reqid, e->reqid_len, 0);
         json_field(&sb, "service", e->service, e->service_len, 1);
         json_field(&sb, "backend", e->backend, e->backend_len, 1);
+        if (e->reason != NULL) {
+            json_field(&sb, "reason", e->reason, strlen(e->reason), 0);
+        }
         str_adds(&sb, "}\n");
     }
     return sb.overflow ? 0 : sb.len;

@@ -79,6 +79,16 @@ static void body_credit(struct wk_client *c, size_t n)
     c->x.tx->body_due_ms = due;
 }
 
+/* What the exchange waits for from the backend: its final response head (response_timeout_ms,
+ * from the end of the request), or, once that head is relayed, the next piece of the body
+ * (stream_idle_timeout_ms, re-armed on every step of progress: SSE and slow downloads). */
+static uint32_t backend_wait_ms(const struct wk_client *c)
+{
+    const struct shm_service *svc = wk_xsvc(&c->x);
+
+    return (c->x.tflags & WK_T_RESP_HEAD) ? svc->stream_idle_timeout_ms : svc->response_timeout_ms;
+}
+
 void wk_client_rearm(struct wk_client *c)
 {
     const struct shm_snap_hdr *s = csnap(c);
@@ -110,7 +120,7 @@ void wk_client_rearm(struct wk_client *c)
         } else if (c->x.up != NULL && (c->x.up->flags & (WK_UP_F_CONNECTING | WK_UP_F_TLSHS))) {
             ms = wk_xsvc(&c->x)->connect_timeout_ms;
         } else if (!(c->x.tflags & WK_T_REQ_DONE)) {
-            ms = DSP_MAX(s->limits.idle_timeout_ms, wk_xsvc(&c->x)->response_timeout_ms);
+            ms = DSP_MAX(s->limits.idle_timeout_ms, backend_wait_ms(c));
             if (body_rate_on(c) && body_phase(c)) {
                 /* Not re-armed per byte: the tick judges the rate, and the progress time. */
                 c->x.tx->progress_ms = wk.now;
@@ -121,7 +131,7 @@ void wk_client_rearm(struct wk_client *c)
                 ms = BODY_TICK_MS;
             }
         } else {
-            ms = wk_xsvc(&c->x)->response_timeout_ms;
+            ms = backend_wait_ms(c);
         }
         break;
     case WK_CS_LINGER:
@@ -270,6 +280,34 @@ static void take_request(struct wk_client *c, const struct wk_h1_req *rq, size_t
     x->body_off = x->parsed_off = x->send_off = c->in.start + (uint32_t)hlen;
 }
 
+/* listeners[].health_uri: is <rq> a GET or HEAD of exactly that path (the query aside)? */
+static int health_probe(const struct wk_client *c, const struct wk_h1_req *rq)
+{
+    const struct shm_snap_hdr *s = c->x.at.gen->snap;
+    const struct shm_str *u = &shm_listeners(s)[c->listener].health_uri;
+
+    return rq->pathlen == u->len && memcmp(rq->path, shm_s(s, *u), u->len) == 0 &&
+           ((rq->flags & WK_H1_HEAD) || strcmp(wk_h1_method_str(rq->method), "GET") == 0);
+}
+
+/* Answer a health probe as admin GET /health does, from the state the master publishes (one
+ * load: nothing is judged per probe). */
+static int answer_health(struct wk_client *c)
+{
+    uint32_t h = __atomic_load_n(&wk.ctl->health, __ATOMIC_ACQUIRE);
+    const char *status = wk.stopping                     ? "draining"
+                         : h == SHM_HEALTH_SERVING  ? "serving"
+                         : h == SHM_HEALTH_DEGRADED ? "degraded"
+                         : h == SHM_HEALTH_DRAINING ? "draining"
+                                                    : "starting";
+    int ok = strcmp(status, "serving") == 0;
+    char body[64];
+    int n = snprintf(body, sizeof(body), "{\"ok\":%s,\"status\":\"%s\"}\n", ok ? "true" : "false",
+                     status);
+
+    return wk_xchg_reply(&c->x, ok ? 200 : 503, body, (size_t)n, 0) < 0 ? -1 : 0;
+}
+
 /* A complete head sits in c->in at [start, start + hlen). Parse and check it (RFC 9112 framing,
  * Host), then hand it to the exchange: route, check the body bytes that came with it, forward.
  * Returns 0, or -1 when the client was closed. */
@@ -309,6 +347,10 @@ static int process_head(struct wk_client *c, size_t hlen)
     }
     take_request(c, &rq, hlen);
     c->state = WK_CS_PROXY;
+    if (c->listener < x->at.gen->snap->nlisteners &&
+        shm_listeners(x->at.gen->snap)[c->listener].health_uri.len != 0 && health_probe(c, &rq)) {
+        return answer_health(c);
+    }
     r = wk_xchg_route(x, &rq, nhost, nhlen);
     /* Any body bytes that came with the head are checked before a backend sees anything. */
     if (r == 0) {
@@ -917,6 +959,7 @@ static int proxy_timeout(struct wk_client *c)
             char ip[64];
             wk_ip_str(c->peer.family, c->peer.ip, ip, sizeof(ip));
             log_debug("client %s read nothing for limits.send_timeout_ms: closing", ip);
+            wk_xchg_cut(&c->x, SHM_CUT_SEND_TIMEOUT);
             if (c->x.tflags & WK_T_TUNNEL) {
                 wk_xchg_finish(&c->x);
             }
@@ -947,7 +990,7 @@ static int proxy_timeout(struct wk_client *c)
             return 0;
         }
         if (wk.now - c->x.tx->progress_ms <
-            DSP_MAX(csnap(c)->limits.idle_timeout_ms, wk_xsvc(&c->x)->response_timeout_ms)) {
+            DSP_MAX(csnap(c)->limits.idle_timeout_ms, backend_wait_ms(c))) {
             c->x.tflags |= WK_T_RATE_TICK;
             wk_timer_arm(&c->timer, BODY_TICK_MS);
             return 1;

@@ -181,6 +181,8 @@ struct wk_txn {
     uint64_t resp_due_ms; /* deadline of the final response head (with WK_T_RESP_WAIT) */
     uint32_t interim_bytes; /* 1xx response bytes of the current attempt */
     uint8_t ninterim;     /* 1xx responses of the current attempt */
+    uint8_t cut;          /* SHM_CUT_*: why the response ends before its end (the first reason
+                             known wins; none set when the client goes = client_closed) */
     uint64_t body_due_ms; /* limits.min_body_rate: the body is behind its rate from this time on
                              (5 s grace, plus 1 s per min_body_rate bytes read, at most 5 s ahead) */
     uint64_t progress_ms; /* last progress of the exchange while the body is read (rate ticks) */
@@ -402,6 +404,13 @@ void wk_xchg_tally(struct wk_xchg *x, int how);
 /* The request is over: <how> 1 = proxied response complete, 0 = generated response sent, -1 =
  * the client went before its end (logged only, not counted). */
 void wk_xchg_log(struct wk_xchg *x, int how);
+/* Why the exchange is about to be cut (SHM_CUT_*), for its log line; the first reason wins. */
+static inline void wk_xchg_cut(struct wk_xchg *x, unsigned why)
+{
+    if (x->tx != NULL && x->tx->cut == SHM_CUT_NONE) {
+        x->tx->cut = (uint8_t)why;
+    }
+}
 /* Drop the upstream of the current attempt without reusing it (and a probe lease). */
 void wk_xchg_detach(struct wk_xchg *x);
 /* End the request: detach, give back the transaction and the generation. */

@@ -265,6 +265,7 @@ int wk_xchg_reply(struct wk_xchg *x, unsigned status, const char *body, size_t b
     if (x->tflags & WK_T_RESP_HEAD) {
         /* Part of a proxied response is already queued or sent: the only honest signal left
          * is to cut the connection. */
+        wk_xchg_cut(x, SHM_CUT_REQUEST_ERROR);
         x->ops->close(x);
         return -1;
     }
@@ -789,6 +790,7 @@ static int parse_response(struct wk_xchg *x)
                     x->tflags &= ~(WK_T_RESP_HEAD | WK_T_DECHUNK);
                     return upstream_failed(x, WK_FAIL_BAD);
                 }
+                wk_xchg_cut(x, SHM_CUT_BACKEND_INVALID);
                 x->ops->close(x);
                 return -1;
             }
@@ -816,6 +818,7 @@ static int parse_response(struct wk_xchg *x)
         }
         if (n < 0) {
             /* Garbage in the middle of a response we already started relaying. */
+            wk_xchg_cut(x, SHM_CUT_BACKEND_INVALID);
             x->ops->close(x);
             return -1;
         }
@@ -986,6 +989,7 @@ int wk_xchg_recv(struct wk_xchg *x)
     }
     if (x->tx->uin.data == NULL) {
         if (wk_buf_get(&x->tx->uin, UPSTREAM_BUF_SIZE) != 0) {
+            wk_xchg_cut(x, SHM_CUT_INTERNAL);
             x->ops->close(x);
             return -1;
         }
@@ -1050,6 +1054,7 @@ int wk_xchg_recv(struct wk_xchg *x)
                  * 413), cut by the backend's reset: the backend answered, it did not fail. */
                 record_outcome(x);
             }
+            wk_xchg_cut(x, SHM_CUT_BACKEND_CLOSED);
             x->ops->close(x);
             return -1;
         }
@@ -1114,6 +1119,7 @@ int wk_xchg_parse(struct wk_xchg *x)
 int wk_xchg_expired(struct wk_xchg *x)
 {
     if (x->tflags & WK_T_TUNNEL) {
+        wk_xchg_cut(x, SHM_CUT_TUNNEL_IDLE);
         wk_xchg_finish(x);
         x->ops->close(x);
         return -1;
@@ -1127,6 +1133,9 @@ int wk_xchg_expired(struct wk_xchg *x)
     if (!(x->tflags & WK_T_RESP_HEAD)) {
         return upstream_failed(x, WK_FAIL_RTIMEOUT);
     }
+    /* The head was relayed and the body stalled for stream_idle_timeout_ms (the client side
+     * re-arms its timer on every step of progress): cut, and say why. */
+    wk_xchg_cut(x, SHM_CUT_STREAM_IDLE);
     x->ops->close(x);
     return -1;
 }

@@ -90,6 +90,22 @@ static void test_json_line(void)
     CU_ASSERT_STRING_EQUAL(adm_json_str(j, "path"), "");
     adm_json_free(j);
 
+    /* A cut response carries its reason; a complete one has no such key. */
+    entry(&e, r);
+    e.reason = "stream_idle_timeout";
+    n = wk_alog_format(buf, sizeof(buf), WK_ALOG_JSON, &e);
+    j = adm_json_parse(buf, n - 1, err, sizeof(err));
+    CU_ASSERT_FATAL(j != NULL);
+    CU_ASSERT_STRING_EQUAL(adm_json_str(j, "reason"), "stream_idle_timeout");
+    CU_ASSERT_DOUBLE_EQUAL(adm_json_num(j, "status", 0), 200, 1e-9);
+    adm_json_free(j);
+    entry(&e, r);
+    n = wk_alog_format(buf, sizeof(buf), WK_ALOG_JSON, &e);
+    j = adm_json_parse(buf, n - 1, err, sizeof(err));
+    CU_ASSERT_FATAL(j != NULL);
+    CU_ASSERT_PTR_NULL(adm_json_get(j, "reason"));
+    adm_json_free(j);
+
     /* Too small a buffer: nothing, rather than half a line. */
     entry(&e, r);
     CU_ASSERT_EQUAL(wk_alog_format(buf, 40, WK_ALOG_JSON, &e), 0);
@@ -115,6 +131,12 @@ static void test_combined_line(void)
     n = wk_alog_format(buf, sizeof(buf), WK_ALOG_COMBINED, &e);
     buf[n] = '\0';
     CU_ASSERT(strstr(buf, "] \"-\" 200 345 \"-\" \"-\" \"-\" 12 \"abc\" \"web\" \"-\"\n") != NULL);
+    /* A cut response: the reason as one more quoted field at the end. */
+    entry(&e, r);
+    e.reason = "client_closed";
+    n = wk_alog_format(buf, sizeof(buf), WK_ALOG_COMBINED, &e);
+    buf[n] = '\0';
+    CU_ASSERT(strstr(buf, "\"abc\" \"web\" \"127.0.0.1:9001\" \"client_closed\"\n") != NULL);
     free(r);
 }
 
