@@ -782,6 +782,23 @@ static const struct ms_cert *cert_at(const struct ms_config *cfg, size_t i)
                                                                          : NULL;
 }
 
+/* <len> bytes of binary data (may hold NULs), NUL-terminated like the strings. */
+static struct shm_str put_bin(struct blob *b, const void *p, size_t len)
+{
+    struct shm_str out = {(uint32_t)b->start, 0};
+
+    if (p == NULL || len == 0) {
+        return out;
+    }
+    DSP_ASSERT(b->cur + len + 1 <= b->end);
+    memcpy(b->base + b->cur, p, len);
+    b->base[b->cur + len] = '\0';
+    out.off = (uint32_t)b->cur;
+    out.len = (uint32_t)len;
+    b->cur += len + 1;
+    return out;
+}
+
 static void fill_certs(const struct ms_config *cfg, char *base, struct blob *b,
                        const struct shm_snap_hdr *h)
 {
@@ -801,6 +818,9 @@ static void fill_certs(const struct ms_config *cfg, char *base, struct blob *b,
         o->key_pem = put_str(b, mc->key_pem);
         o->subject = put_str(b, mc->subject);
         o->path = put_str(b, mc->cert);
+        if (!mc->ocsp_stale) {
+            o->ocsp = put_bin(b, mc->ocsp_der, mc->ocsp_len);
+        }
         o->names_first = nn;
         o->nnames = (uint32_t)mc->nnames;
         for (size_t k = 0; k < mc->nnames; k++) {
@@ -879,7 +899,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
         ncerts++;
         ncert_names += mc->nnames;
         strings_need += str_need(mc->cert_pem) + str_need(mc->key_pem) + str_need(mc->subject) +
-                        str_need(mc->cert);
+                        str_need(mc->cert) + (mc->ocsp_der != NULL ? mc->ocsp_len + 1 : 0);
         for (size_t k = 0; k < mc->nnames; k++) {
             strings_need += str_need(mc->names[k]);
         }

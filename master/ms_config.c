@@ -45,7 +45,7 @@ static const char *const limits_keys[] = {"max_connections",        "max_header_
 static const char *const listener_keys[] = {"address",   "tls",           "proxy_protocol",
                                             "client_ca", "client_verify", "health_uri",
                                             NULL};
-static const char *const cert_keys[] = {"cert", "key", NULL};
+static const char *const cert_keys[] = {"cert", "key", "ocsp", NULL};
 static const char *const tls_keys[] = {"self_signed_cn", "min_version", "certificates", NULL};
 static const char *const redis_keys[] = {
     "host", "port",      "password",           "user",
@@ -1226,6 +1226,8 @@ void ms_cert_dispose(struct ms_cert *ct)
 {
     free(ct->cert);
     free(ct->key);
+    free(ct->ocsp);
+    free(ct->ocsp_der);
     free(ct->file);
     free(ct->cert_pem);
     if (ct->key_pem != NULL) {
@@ -1291,6 +1293,11 @@ static void parse_certs(struct ctx *c, config_setting_t *tls, struct ms_config *
             break;
         default:
             break;
+        }
+        if (get_str(c, g, where, "ocsp", 0, &v) == 1) {
+            ct->ocsp = resolve(c, v);
+            check_readable(c, config_setting_get_member(g, "ocsp"),
+                           qual(what, sizeof(what), where, "ocsp"), ct->ocsp);
         }
     }
 }

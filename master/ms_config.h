@@ -109,6 +109,7 @@ struct ms_route {
 struct ms_cert {
     char *cert;                  /* absolute path (NULL when the PEM came from elsewhere) */
     char *key;                   /* absolute path (idem) */
+    char *ocsp;                  /* absolute path of a DER OCSP response to staple, or NULL */
     int line;
     uint32_t source;             /* SHM_SOURCE_*: Redis certificates follow the file's */
     /* Filled by ms_tls_prepare() (master/ms_tls.h) from the files, or from cert_pem/key_pem when
@@ -121,6 +122,11 @@ struct ms_cert {
     char *subject;               /* RFC 2253 one-liner, for messages and `show certs` */
     int64_t not_after;           /* unix seconds */
     int expired;                 /* not_after had passed at load (still served) */
+    unsigned char *ocsp_der;     /* the OCSP response read from <ocsp>, checked to be a
+                                  * successful one for this certificate; NULL: none stapled */
+    size_t ocsp_len;
+    int64_t ocsp_next_update;    /* its nextUpdate (unix seconds), 0 when it has none */
+    int ocsp_stale;              /* nextUpdate had passed at load: not stapled (a warning) */
 };
 
 /* An operator's error page (errors.pages[]): read at load, copied into the snapshot. */

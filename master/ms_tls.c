@@ -16,6 +16,7 @@
 #include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
@@ -30,7 +31,8 @@
 #include "master/ms_loop.h"
 #include "shm/shm_types.h"
 
-#define MAX_PEM_FILE (4u << 20) /* a certificate file, key or CA bundle */
+#define MAX_PEM_FILE  (4u << 20) /* a certificate file, key or CA bundle */
+#define MAX_OCSP_FILE (64u << 10) /* a stapled OCSP response (a few KiB in practice) */
 #define MAX_CHAIN    16
 #define SELF_DAYS    365
 
@@ -173,6 +175,84 @@ static int64_t not_after_of(const X509 *x)
     return (int64_t)timegm(&tm);
 }
 
+static int64_t gtime_unix(const ASN1_GENERALIZEDTIME *t)
+{
+    struct tm tm;
+
+    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1) {
+        return 0;
+    }
+    return (int64_t)timegm(&tm);
+}
+
+/* Read <path>, a DER OCSP response to staple for <leaf>: it must parse, say "successful", and
+ * hold a status for <leaf>'s serial number that is not "revoked". Returns 0 with the bytes in
+ * <*der>/<*len> and its nextUpdate in <*next> (0: none), or -1 with the reason in <err>. */
+static int load_ocsp(const char *path, X509 *leaf, unsigned char **der, size_t *len,
+                     int64_t *next, char *err, size_t errlen)
+{
+    char *raw = NULL;
+    size_t rlen = 0;
+    const unsigned char *p;
+    OCSP_RESPONSE *rsp = NULL;
+    OCSP_BASICRESP *bs = NULL;
+    const ASN1_INTEGER *serial = X509_get0_serialNumber(leaf);
+    int rc = -1, found = 0;
+
+    if (fs_read_regular(path, MAX_OCSP_FILE, &raw, &rlen, err, errlen) != 0) {
+        return -1;
+    }
+    p = (const unsigned char *)raw;
+    rsp = rlen > 0 && rlen < INT32_MAX ? d2i_OCSP_RESPONSE(NULL, &p, (long)rlen) : NULL;
+    if (rsp == NULL || p != (const unsigned char *)raw + rlen) {
+        snprintf(err, errlen, "\"%s\" is not a DER OCSP response", path);
+        goto done;
+    }
+    if (OCSP_response_status(rsp) != OCSP_RESPONSE_STATUS_SUCCESSFUL ||
+        (bs = OCSP_response_get1_basic(rsp)) == NULL) {
+        snprintf(err, errlen, "the OCSP response \"%s\" is not a successful one (status %s)",
+                 path, OCSP_response_status_str(OCSP_response_status(rsp)));
+        goto done;
+    }
+    for (int i = 0; i < OCSP_resp_count(bs); i++) {
+        OCSP_SINGLERESP *sr = OCSP_resp_get0(bs, i);
+        ASN1_INTEGER *sn = NULL;
+        ASN1_GENERALIZEDTIME *thisupd = NULL, *nextupd = NULL, *rev = NULL;
+        int reason = 0, st;
+
+        if (sr == NULL ||
+            OCSP_id_get0_info(NULL, NULL, NULL, &sn, (OCSP_CERTID *)OCSP_SINGLERESP_get0_id(sr)) !=
+                1 ||
+            sn == NULL || ASN1_INTEGER_cmp(sn, serial) != 0) {
+            continue;
+        }
+        st = OCSP_single_get0_status(sr, &reason, &rev, &thisupd, &nextupd);
+        if (st == V_OCSP_CERTSTATUS_REVOKED) {
+            snprintf(err, errlen, "the OCSP response \"%s\" says the certificate is revoked",
+                     path);
+            goto done;
+        }
+        *next = gtime_unix(nextupd);
+        found = 1;
+        break;
+    }
+    if (!found) {
+        snprintf(err, errlen, "the OCSP response \"%s\" is not about this certificate (no "
+                 "status for its serial number)", path);
+        goto done;
+    }
+    *der = (unsigned char *)raw;
+    *len = rlen;
+    raw = NULL;
+    rc = 0;
+done:
+    ERR_clear_error();
+    OCSP_BASICRESP_free(bs);
+    OCSP_RESPONSE_free(rsp);
+    free(raw);
+    return rc;
+}
+
 int ms_tls_load_cert(struct ms_cert *ct, int min_version, int64_t now, char *err, size_t errlen)
 {
     const char *cname = ct->cert ? ct->cert : "certificate";
@@ -186,6 +266,9 @@ int ms_tls_load_cert(struct ms_cert *ct, int min_version, int64_t now, char *err
     struct names ns = {0};
     struct ssl_ctx_st *ctx;
     char e2[384];
+    unsigned char *ocsp = NULL;
+    size_t ocsp_len = 0;
+    int64_t ocsp_next = 0;
     int rc = -1;
 
     if (ct->cert != NULL && ct->key != NULL) {
@@ -274,8 +357,18 @@ int ms_tls_load_cert(struct ms_cert *ct, int min_version, int64_t now, char *err
         goto done;
     }
     SSL_CTX_free(ctx);
+    if (ct->ocsp != NULL &&
+        load_ocsp(ct->ocsp, chain[0], &ocsp, &ocsp_len, &ocsp_next, err, errlen) != 0) {
+        goto done;
+    }
 
     free(ct->cert_pem);
+    free(ct->ocsp_der);
+    ct->ocsp_der = ocsp;
+    ct->ocsp_len = ocsp_len;
+    ct->ocsp_next_update = ocsp_next;
+    ct->ocsp_stale = ocsp != NULL && ocsp_next != 0 && ocsp_next < now;
+    ocsp = NULL;
     free_secret(ct->key_pem, ct->key_pem ? strlen(ct->key_pem) : 0);
     for (size_t i = 0; i < ct->nnames; i++) {
         free(ct->names[i]);
@@ -302,6 +395,7 @@ done:
     free(cpem);
     free_secret(kpem, kpem ? strlen(kpem) : 0);
     free(craw);
+    free(ocsp);
     free_secret(kraw, klen);
     return rc;
 }
@@ -501,6 +595,11 @@ int ms_tls_prepare(struct ms_config *cfg, char **errs)
             log_warn("%s:%d: tls.certificates[%zu]: certificate \"%s\" (%s) expired on %s; "
                      "still served",
                      file, ct->line, i, ct->cert ? ct->cert : "", ct->subject, when);
+        }
+        if (ct->ocsp_stale) {
+            log_warn("%s:%d: tls.certificates[%zu]: the OCSP response \"%s\" is out of date "
+                     "(nextUpdate passed): not stapled until it is replaced",
+                     file, ct->line, i, ct->ocsp);
         }
         if (ct->nnames == 0) {
             log_warn("%s:%d: tls.certificates[%zu]: certificate \"%s\" (%s) names no host (no "

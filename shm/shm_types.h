@@ -201,7 +201,8 @@ struct shm_cert {
     uint32_t flags;     /* SHM_CERT_F_* */
     uint32_t line;      /* config line of the entry; 0 when generated */
     uint32_t source;    /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS (cert:{id}) */
-    uint32_t reserved[3];
+    struct shm_str ocsp; /* DER OCSP response stapled as is (binary, <len> bytes); len 0: none */
+    uint32_t reserved[1];
 };
 
 #define SHM_ACCESS_JSON     0u

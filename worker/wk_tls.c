@@ -47,6 +47,7 @@ struct tg_listener {
 };
 
 static EVP_CIPHER *aes256cbc;
+static int ex_ocsp = -1;     /* ex-data of server contexts: their stapled OCSP response */
 static int ex_upstream = -1; /* ex-data of client SSLs: (ctx id << 20) | (backend slot + 1) */
 static uint64_t next_ctx_id = 1;
 static char last_error[256];
@@ -313,6 +314,69 @@ static int same_str(const struct shm_snap_hdr *a, struct shm_str x, const struct
     return x.len == y.len && memcmp(shm_s(a, x), shm_s(b, y), x.len) == 0;
 }
 
+/* A stapled OCSP response, owned by the server context it belongs to (which may outlive the
+ * generation whose snapshot it came from). */
+struct ocsp_blob {
+    size_t len;
+    unsigned char der[];
+};
+
+static void ocsp_blob_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                           void *argp)
+{
+    (void)parent;
+    (void)ad;
+    (void)idx;
+    (void)argl;
+    (void)argp;
+    free(ptr);
+}
+
+/* OpenSSL asks what to staple when a client sent status_request: the context's response, as is
+ * (the OCSP response of the certificate SNI picked; none: nothing stapled). */
+static int on_status(SSL *s, void *arg)
+{
+    const struct ocsp_blob *ob = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(s), ex_ocsp);
+    unsigned char *copy;
+
+    (void)arg;
+    if (ob == NULL || SSL_get_tlsext_status_type(s) != TLSEXT_STATUSTYPE_ocsp) {
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    copy = OPENSSL_malloc(ob->len);
+    if (copy == NULL) {
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    memcpy(copy, ob->der, ob->len);
+    if (SSL_set_tlsext_status_ocsp_resp(s, copy, (long)ob->len) != 1) {
+        OPENSSL_free(copy);
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* Give <ctx> certificate <c>'s OCSP response to staple. Returns 0 or -1 (out of memory). */
+static int set_ocsp(SSL_CTX *ctx, const struct shm_snap_hdr *h, const struct shm_cert *c)
+{
+    struct ocsp_blob *ob;
+
+    if (c->ocsp.len == 0) {
+        return 0;
+    }
+    ob = malloc(sizeof(*ob) + c->ocsp.len);
+    if (ob == NULL) {
+        return -1;
+    }
+    ob->len = c->ocsp.len;
+    memcpy(ob->der, shm_s(h, c->ocsp), c->ocsp.len);
+    if (SSL_CTX_set_ex_data(ctx, ex_ocsp, ob) != 1) {
+        free(ob);
+        return -1;
+    }
+    SSL_CTX_set_tlsext_status_cb(ctx, on_status);
+    return 0;
+}
+
 /* A server context of <prev> made from the same PEM text and policy as certificate <i>. */
 static SSL_CTX *reuse_server_ctx(const struct wk_tls_gen *prev, const struct shm_snap_hdr *h,
                                  uint32_t i)
@@ -332,7 +396,8 @@ static SSL_CTX *reuse_server_ctx(const struct wk_tls_gen *prev, const struct shm
             continue;
         }
         if (same_str(h, c->cert_pem, prev->snap, pc[j].cert_pem) &&
-            same_str(h, c->key_pem, prev->snap, pc[j].key_pem)) {
+            same_str(h, c->key_pem, prev->snap, pc[j].key_pem) &&
+            same_str(h, c->ocsp, prev->snap, pc[j].ocsp)) {
             return SSL_CTX_up_ref(prev->ctx[j]) == 1 ? prev->ctx[j] : NULL;
         }
     }
@@ -471,6 +536,10 @@ struct wk_tls_gen *wk_tls_gen_new(const struct shm_snap_hdr *h, const struct wk_
             }
             SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
             SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
+            if (set_ocsp(ctx, h, c) != 0) {
+                log_error("certificate %s (%s): no memory for its OCSP response: not stapled",
+                          shm_s(h, c->path), shm_s(h, c->subject));
+            }
         }
         tg->ctx[i] = ctx;
         if (c->flags & SHM_CERT_F_DEFAULT) {
@@ -532,7 +601,8 @@ int wk_tls_init(void)
 {
     aes256cbc = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
     ex_upstream = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-    if (aes256cbc == NULL || ex_upstream < 0) {
+    ex_ocsp = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, ocsp_blob_free);
+    if (aes256cbc == NULL || ex_upstream < 0 || ex_ocsp < 0) {
         char err[256];
         log_error("TLS start-up failed: %s", tls_errors(err, sizeof(err)));
         return -1;

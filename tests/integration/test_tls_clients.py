@@ -202,3 +202,96 @@ class ClientCertTest(dsptest.TestCase):
             self.assertEqual(p.returncode, 1, (needle, err))
             self.assertIn("%s:%d: " % (self.d.conf, line), err, needle)
             self.assertIn(msg, err, needle)
+
+
+# ---- OCSP stapling from a file -----------------------------------------------------------------
+
+def ocsp_response(d, ca, cert, name, revoked=False):
+    """A real OCSP response for <cert> signed by <ca>, from `openssl ocsp` answering against
+    an index naming the certificate (good, or revoked): <d>/<name>.der."""
+    serial = _run(["openssl", "x509", "-noout", "-serial", "-in", cert]).strip().split("=")[1]
+    subj = _run(["openssl", "x509", "-noout", "-subject", "-nameopt", "compat", "-in",
+                 cert]).strip().partition("=")[2].strip()
+    index = os.path.join(d, name + ".index")
+    with open(index, "w") as f:
+        f.write("%s\t301231235959Z\t%s\t%s\tunknown\t%s\n"
+                % ("R" if revoked else "V", "240101000000Z" if revoked else "", serial, subj))
+    req, resp = os.path.join(d, name + ".req"), os.path.join(d, name + ".der")
+    _run(["openssl", "ocsp", "-issuer", ca[0], "-cert", cert, "-reqout", req, "-no_nonce"])
+    _run(["openssl", "ocsp", "-index", index, "-rsigner", ca[0], "-rkey", ca[1], "-CA", ca[0],
+          "-reqin", req, "-respout", resp, "-ndays", "7"])
+    return resp, serial
+
+
+class OcspTest(dsptest.TestCase):
+    def setUp(self):
+        self.d = dsptest.Dispatcher()
+        t = self.d.tmp
+        self.ca = make_ca(t, "ocsp-ca")
+        self.cert = issue(t, self.ca, "app", "/CN=app.do", san="DNS:app.do")
+        self.other = issue(t, self.ca, "app2", "/CN=app.do/O=second", san="DNS:app.do")
+        self.resp, self.serial = ocsp_response(t, self.ca, self.cert[0], "good")
+
+    def config(self, cert, ocsp):
+        be = self.backend("app")
+        text = dsptest.make_config(self.d.port, self.d.tmp, [svc("app", be)],
+                                   [route("*", "app")])
+        old = 'listeners = ( { address = "127.0.0.1:%d"; } );' % self.d.port
+        return text.replace(old, (
+            'listeners = ( { address = "127.0.0.1:%d"; tls = true; } );\n'
+            'tls = { certificates = (\n'
+            '  { cert = "%s"; key = "%s";%s }\n'
+            '); };' % (self.d.port, cert[0], cert[1],
+                       ' ocsp = "%s";' % ocsp if ocsp else "")))
+
+    def stapled(self):
+        return s_client(self.d.port, ["-status"])
+
+    def test_stapled_and_reloaded_with_the_certificate(self):
+        self.d.write_config(self.config(self.cert, self.resp))
+        self.start_dispatcher(self.d)
+        out = self.stapled()
+        self.assertIn("OCSP Response Status: successful", out)
+        self.assertIn("Cert Status: good", out)
+        self.assertIn("Serial Number: %s" % self.serial, out)
+        # A client that does not ask gets nothing stapled.
+        self.assertNotIn("OCSP Response Status", s_client(self.d.port))
+        # Another certificate with its own response: SIGHUP staples the new one.
+        resp2, serial2 = ocsp_response(self.d.tmp, self.ca, self.other[0], "good2")
+        gen = dsptest.generation(self.d)
+        self.d.hup(self.config(self.other, resp2))
+        dsptest.wait_until(lambda: dsptest.workers_on_generation(self.d, gen + 1), 10, "reload")
+        out = self.stapled()
+        self.assertIn("Serial Number: %s" % serial2, out)
+        self.assertIn("O = second", out)
+        # A response that does not cover the certificate is refused; the served pair stays.
+        self.d.hup(self.config(self.other, self.resp))
+        dsptest.wait_until(lambda: "not about this certificate" in self.d.log(), 10,
+                           "refused reload")
+        self.assertEqual(dsptest.generation(self.d), gen + 1)
+        self.assertIn("Serial Number: %s" % serial2, self.stapled())
+        # Without ocsp: nothing stapled.
+        self.d.hup(self.config(self.other, None))
+        dsptest.wait_until(lambda: dsptest.workers_on_generation(self.d, gen + 2), 10, "reload")
+        self.assertIn("OCSP response: no response sent", self.stapled())
+
+    def test_bad_responses_refused_with_file_line(self):
+        garbage = os.path.join(self.d.tmp, "garbage.ocsp")
+        with open(garbage, "wb") as f:
+            f.write(b"\x30\x03\x0a\x01\x00 trailing junk")
+        revoked, _ = ocsp_response(self.d.tmp, self.ca, self.cert[0], "revoked", revoked=True)
+        cases = [(garbage, "is not a DER OCSP response"),
+                 (os.path.join(self.d.tmp, "missing.ocsp"), "missing.ocsp"),
+                 (ocsp_response(self.d.tmp, self.ca, self.other[0], "for-other")[0],
+                  "not about this certificate"),
+                 (revoked, "says the certificate is revoked")]
+        for path, msg in cases:
+            text = self.config(self.cert, path)
+            self.d.write_config(text)
+            line = [i for i, l in enumerate(text.split("\n"), 1) if 'ocsp = "' in l][0]
+            p = subprocess.run([MASTER, "-t", "-c", self.d.conf], capture_output=True,
+                               timeout=20, cwd=self.d.tmp)
+            err = p.stderr.decode(errors="replace")
+            self.assertEqual(p.returncode, 1, (path, err))
+            self.assertIn("%s:%d: " % (self.d.conf, line), err, path)
+            self.assertIn(msg, err, path)
