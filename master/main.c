@@ -292,6 +292,18 @@ int main(int argc, char **argv)
         ms_tls_cleanup();
         ms_dns_stop();
         printf("%s: ok\n", conf);
+        {
+            /* Beside a running master: what a reload would change in listeners and workers. */
+            char *changes = NULL;
+            int running = ms_reload_preview(
+                ms.cfg, pid_arg != NULL ? pid_arg : ms.cfg->pid_file, &changes);
+            for (char *p = changes, *nl; p != NULL && *p != '\0'; p = nl + 1) {
+                nl = strchr(p, '\n');
+                *nl = '\0';
+                printf("%s: a reload of pid %d would apply: %s\n", conf, running, p);
+            }
+            free(changes);
+        }
         ms_config_free(ms.cfg);
         return 0;
     }

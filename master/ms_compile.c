@@ -990,6 +990,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     h->cert_names_off = (uint32_t)cno;
     h->ncert_names = (uint32_t)ncert_names;
     h->tls_min_version = cfg->tls.min_version == 0x0304 ? 0x0304u : 0x0303u;
+    h->workers = cfg->workers > 0 ? (uint32_t)cfg->workers : 0;
     h->errors_flags = (cfg->errors.expose_backend ? SHM_ERRORS_EXPOSE_BACKEND : 0u) |
                       (cfg->errors.list_services ? SHM_ERRORS_LIST_SERVICES : 0u);
     h->error_pages_off = (uint32_t)eo;

@@ -3,7 +3,10 @@
  * flags: reap and respawn workers, reload, stop, retire old generations. */
 #include "master/ms_master.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -17,6 +20,7 @@
 #include <unistd.h>
 
 #include "common/dsp.h"
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/net.h"
 #include "master/ms_admin.h"
@@ -26,6 +30,7 @@
 #include "master/ms_preflight.h"
 #include "master/ms_rt.h"
 #include "shm/shm.h"
+#include "shm/shm_snap.h"
 #include "worker/wk.h"
 
 struct ms_master ms;
@@ -808,6 +813,98 @@ void ms_listeners_apply(void)
     /* A worker reads what was sent before its next accept: a connection made after the
      * reload's answer gets the new options. */
     __atomic_add_fetch(&ms.ctl->listeners_seq, 1, __ATOMIC_RELEASE);
+}
+
+/* ---- -t: what a reload would change ---------------------------------------------------------- */
+static int same_shm_address(const struct shm_listener *a, const struct ms_listener *b)
+{
+    if (a->family != b->ss.ss_family) {
+        return 0;
+    }
+    if (b->ss.ss_family == AF_INET) {
+        struct sockaddr_in sin;
+        memcpy(&sin, &b->ss, sizeof(sin));
+        return a->port == ntohs(sin.sin_port) && memcmp(a->ip, &sin.sin_addr, 4) == 0;
+    }
+    if (b->ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 sin6;
+        memcpy(&sin6, &b->ss, sizeof(sin6));
+        return a->port == ntohs(sin6.sin6_port) && memcmp(a->ip, &sin6.sin6_addr, 16) == 0;
+    }
+    return 0;
+}
+
+int ms_reload_preview(const struct ms_config *cfg, const char *pid_file, char **out)
+{
+    char buf[32] = "";
+    unsigned long long gen = 0;
+    const struct shm_snap_hdr *h;
+    const struct shm_listener *ls;
+    struct dirent *de;
+    size_t size;
+    long pid = 0;
+    ssize_t n;
+    DIR *d;
+    int fd;
+
+    *out = NULL;
+    if (pid_file == NULL ||
+        (fd = open(pid_file, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)) == -1) {
+        return 0;
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    pid = n > 0 ? strtol(buf, NULL, 10) : 0;
+    if (pid <= 0 || pid > INT_MAX || pid == (long)getpid() || !fs_pid_is_ours((int)pid) ||
+        (d = opendir("/dev/shm")) == NULL) {
+        return 0;
+    }
+    /* Its latest generation is the one with the highest number. */
+    while ((de = readdir(d)) != NULL) {
+        int p;
+        unsigned long long g;
+        if (sscanf(de->d_name, "dsp.%d.%llu", &p, &g) == 2 && p == (int)pid && g > gen) {
+            gen = g;
+        }
+    }
+    closedir(d);
+    if (gen == 0 || (h = shm_snap_map((int)pid, gen, &size)) == NULL) {
+        return 0;
+    }
+    ls = shm_listeners(h);
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct ms_listener *l = &cfg->listeners[i];
+        uint32_t k = 0;
+
+        while (k < h->nlisteners && !same_shm_address(&ls[k], l)) {
+            k++;
+        }
+        if (k == h->nlisteners) {
+            addf(out, "listener %s added", l->address);
+            continue;
+        }
+        if (ls[k].tls != (l->tls != 0)) {
+            addf(out, "listener %s: tls %s", l->address, l->tls ? "on" : "off");
+        }
+        if (ls[k].proxy_protocol != (l->proxy_protocol != 0)) {
+            addf(out, "listener %s: proxy_protocol %s", l->address,
+                 l->proxy_protocol ? "on" : "off");
+        }
+    }
+    for (uint32_t k = 0; k < h->nlisteners; k++) {
+        size_t i = 0;
+        while (i < cfg->nlisteners && !same_shm_address(&ls[k], &cfg->listeners[i])) {
+            i++;
+        }
+        if (i == cfg->nlisteners) {
+            addf(out, "listener %.*s removed", (int)ls[k].address.len, shm_s(h, ls[k].address));
+        }
+    }
+    if (h->workers != 0 && h->workers != (uint32_t)cfg->workers) {
+        addf(out, "workers %u -> %d", (unsigned)h->workers, cfg->workers);
+    }
+    shm_snap_unmap(h, size);
+    return (int)pid;
 }
 
 int ms_run(void)

@@ -101,6 +101,11 @@ int ms_publish(void);
  * changed in listeners and workers on success (heap lines, NULL when nothing did). */
 int ms_reload(char **errs, char **changes);
 
+/* For -t: when <pid_file> names a running dispatcher, what reloading it with <cfg> would change
+ * in listeners and workers, compared with its latest generation, in <*out> (heap lines in the
+ * reload's words, NULL when nothing). Returns its pid, or 0 (none, or it cannot be read). */
+int ms_reload_preview(const struct ms_config *cfg, const char *pid_file, char **out);
+
 /* Fork the workers and run the master loop until stopped. Returns the exit code. */
 int ms_run(void);
 

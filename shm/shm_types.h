@@ -169,7 +169,7 @@ struct shm_snap_hdr {
     uint32_t errors_flags;    /* SHM_ERRORS_*: what generated error bodies show */
     uint32_t error_pages_off; /* struct shm_error_page table (errors.pages) */
     uint32_t nerror_pages;
-    uint32_t pad3;
+    uint32_t workers; /* the configured worker count (what `-t` compares with) */
     uint32_t reserved[20];
 };
 

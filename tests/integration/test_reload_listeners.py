@@ -300,6 +300,37 @@ class ReloadListenersTest(dsptest.TestCase):
         d.initial_workers = d.worker_pids()
 
     @dsptest.timeout(60)
+    def test_check_says_what_a_reload_would_change(self):
+        """`-t` beside the running master (named by the pid file) lists what a reload of the
+        checked file would change in listeners and workers, and nothing when nothing would."""
+        d = self.dispatcher(self.services, self.routes, workers=2)
+        p2 = free_port()
+
+        def check():
+            out = subprocess.run([dsptest.MASTER, "-t", "-c", d.conf], capture_output=True,
+                                 text=True, timeout=30, cwd=d.tmp)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            return out.stdout
+
+        out = check()
+        self.assertEqual(out.strip(), "%s: ok" % d.conf)
+        d.write_config(self.conf(d, listeners_line(plain(d.port, proxy_protocol=True),
+                                                   plain(p2)), 3))
+        out = check()
+        pid = d.proc.pid
+        for what in ("listener 127.0.0.1:%d added" % p2,
+                     "listener 127.0.0.1:%d: proxy_protocol on" % d.port, "workers 2 -> 3"):
+            self.assertIn("%s: a reload of pid %d would apply: %s" % (d.conf, pid, what), out)
+        # And a reload then does exactly that.
+        r = admin_ask(d, "reload", timeout=30)
+        self.assertEqual(sorted(r.get("changes", [])),
+                         sorted(["listener 127.0.0.1:%d added" % p2,
+                                 "listener 127.0.0.1:%d: proxy_protocol on" % d.port,
+                                 "workers 2 -> 3"]))
+        self.assertEqual(check().strip(), "%s: ok" % d.conf)
+        d.initial_workers = d.worker_pids()
+
+    @dsptest.timeout(60)
     def test_retired_worker_finishes_its_requests(self):
         """Shrinking the workers retires the extra ones like SIGQUIT does: slow requests in
         flight on them complete, then they exit and are not respawned."""
