@@ -295,8 +295,8 @@ int main(int argc, char **argv)
         {
             /* Beside a running master: what a reload would change in listeners and workers. */
             char *changes = NULL;
-            int running = ms_reload_preview(
-                ms.cfg, pid_arg != NULL ? pid_arg : ms.cfg->pid_file, &changes);
+            int running = ms_reload_preview(ms.cfg, pid_arg != NULL ? pid_arg : ms.cfg->pid_file,
+                                            &changes);
             for (char *p = changes, *nl; p != NULL && *p != '\0'; p = nl + 1) {
                 nl = strchr(p, '\n');
                 *nl = '\0';
