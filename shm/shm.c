@@ -71,6 +71,8 @@ static void hold_mark(int fd)
     if (p == MAP_FAILED) {
         return; /* keep the previous mark: an older generation of ours shows as well */
     }
+    /* Not inherited: a worker maps the generations it serves, and only those. */
+    (void)madvise(p, (size_t)(page > 0 ? page : 4096), MADV_DONTFORK);
     if (mark != NULL) {
         munmap(mark, (size_t)(page > 0 ? page : 4096));
     }
