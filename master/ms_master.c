@@ -472,6 +472,7 @@ static void spawn(int slot)
             }
         }
         close(sv[0]);
+        shm_snap_drop_mark(); /* the master's, not to outlive the generation in this worker */
         ms_loop_child_cleanup();
         if (ms.pid_fd != -1) {
             close(ms.pid_fd); /* the lock is the master's: a new one may start once it is gone */

@@ -62,9 +62,20 @@ void shm_snap_name(char *buf, size_t buflen, int master_pid, uint64_t gen)
 /* The publisher keeps the first page of its latest generation mapped: what tells another
  * master's start-up sweep (maps_own_segment()) that this one is alive whatever its process name.
  * Its control and runtime segments are anonymous, so nothing else of it shows in its maps. */
+static void *mark;
+
+void shm_snap_drop_mark(void)
+{
+    long page = sysconf(_SC_PAGESIZE);
+
+    if (mark != NULL) {
+        munmap(mark, (size_t)(page > 0 ? page : 4096));
+        mark = NULL;
+    }
+}
+
 static void hold_mark(int fd)
 {
-    static void *mark;
     long page = sysconf(_SC_PAGESIZE);
     void *p = mmap(NULL, (size_t)(page > 0 ? page : 4096), PROT_READ, MAP_SHARED, fd, 0);
 

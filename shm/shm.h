@@ -26,6 +26,9 @@ int shm_snap_publish(struct shm_ctl *ctl, const void *snap, size_t size, uint64_
 
 /* Master: remove generation <gen>'s name (mappings that still exist stay valid). */
 void shm_snap_unlink(int master_pid, uint64_t gen);
+/* In a worker just forked from the master: unmap the page of a generation the master keeps
+ * mapped as its sign of life (shm_snap_publish()), which would otherwise pin that generation. */
+void shm_snap_drop_mark(void);
 
 /* Workers/admin: map generation <gen> read-only and check it. Returns the header and its size in
  * <*size>, or NULL with errno set (ENOENT when the generation was already retired). */
