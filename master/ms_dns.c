@@ -255,8 +255,23 @@ static void failed(struct dname *d, const char *why)
     d->next_ms = now + clamp_ms(base << sh, min_ttl_ms(), d->max_ms);
 }
 
+/* An address a backend can be: not unspecified (0.0.0.0/8, ::, which connect to this host),
+ * broadcast or multicast, whatever a DNS server answers. */
+static int usable(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        uint32_t a = ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr);
+
+        return (a >> 24) != 0 && (a >> 28) != 0xe && a != 0xffffffffu;
+    }
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+
+    return !IN6_IS_ADDR_UNSPECIFIED(a6) && !IN6_IS_ADDR_MULTICAST(a6);
+}
+
 static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo *res)
 {
+    size_t unusable = 0;
     struct dname *d = arg;
     struct sockaddr_storage *a = NULL;
     size_t n = 0, cap = 0;
@@ -292,6 +307,10 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
         } else {
             continue;
         }
+        if (!usable(&ss)) {
+            unusable++;
+            continue;
+        }
         if (n == cap) {
             cap = cap ? cap * 2 : 4;
             a = dsp_xrealloc(a, cap * sizeof(*a));
@@ -307,10 +326,11 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
         return;
     }
     free(a);
-    failed(d, status == ARES_SUCCESS || status == ARES_ENODATA ? "no address for the name"
-              : status == ARES_ENOTFOUND                       ? "no such name"
-              : status == ARES_ETIMEOUT                        ? "no answer from the DNS servers"
-                                                               : ares_strerror(status));
+    failed(d, unusable > 0 ? "no usable address (unspecified, broadcast or multicast only)"
+              : status == ARES_SUCCESS || status == ARES_ENODATA ? "no address for the name"
+              : status == ARES_ENOTFOUND                         ? "no such name"
+              : status == ARES_ETIMEOUT                          ? "no answer from the DNS servers"
+                                                                 : ares_strerror(status));
 }
 
 static void query(ares_channel ch, struct dname *d)

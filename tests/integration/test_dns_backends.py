@@ -437,3 +437,21 @@ class DnsBackendTest(dsptest.TestCase):
         r = request(d.port, "/x", host="sec.do")
         self.assertEqual((r.status, r.header("X-Backend")), (200, "tb"), r.body[:300])
         self.assertEqual(set(tb.snis), {"secure.test"})
+
+    def test_unusable_addresses_dropped(self):
+        """0.0.0.0 (which connects to this host), broadcast and multicast answers are never
+        backends; a name with nothing else is refused by -t like one that does not resolve."""
+        b2 = self.named_backend("b2", "127.0.0.2")
+        srv = self.dns({"app.test": ["0.0.0.0", "127.0.0.2", "224.0.0.1", "255.255.255.255"],
+                        "bad.test": ["0.0.0.0", "239.1.2.3"]})
+        d = self.dispatcher([svc("app", "app.test:%d" % b2.port)], [route("app.do", "app")],
+                            extra=self.dns_extra(srv))
+        self.assertEqual(served_addresses(d, "app"), [b2.addr])
+        self.assertEqual(self.backends_seen(d, 4), {"b2"})
+        bad = dsptest.Dispatcher()
+        bad.write_config(dsptest.make_config(bad.port, bad.tmp, [svc("x", "bad.test:80")],
+                                             [route("x.do", "x")], extra=self.dns_extra(srv)))
+        p = subprocess.run([dsptest.MASTER, "-t", "-c", bad.conf], capture_output=True,
+                           timeout=20)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"bad.test:80 does not resolve: no usable address", p.stderr)
