@@ -63,15 +63,18 @@ void shm_snap_name(char *buf, size_t buflen, int master_pid, uint64_t gen)
  * master's start-up sweep (maps_own_segment()) that this one is alive whatever its process name.
  * Its control and runtime segments are anonymous, so nothing else of it shows in its maps. */
 static void *mark;
+static int mark_not_inherited; /* MADV_DONTFORK took: a child has nothing there to unmap */
 
 void shm_snap_drop_mark(void)
 {
     long page = sysconf(_SC_PAGESIZE);
 
-    if (mark != NULL) {
+    /* With MADV_DONTFORK the child never had the page, and the range may already hold one of
+     * its own mappings: unmapping it would pull that from under it. */
+    if (mark != NULL && !mark_not_inherited) {
         munmap(mark, (size_t)(page > 0 ? page : 4096));
-        mark = NULL;
     }
+    mark = NULL;
 }
 
 static void hold_mark(int fd)
@@ -83,11 +86,11 @@ static void hold_mark(int fd)
         return; /* keep the previous mark: an older generation of ours shows as well */
     }
     /* Not inherited: a worker maps the generations it serves, and only those. */
-    (void)madvise(p, (size_t)(page > 0 ? page : 4096), MADV_DONTFORK);
     if (mark != NULL) {
         munmap(mark, (size_t)(page > 0 ? page : 4096));
     }
     mark = p;
+    mark_not_inherited = madvise(p, (size_t)(page > 0 ? page : 4096), MADV_DONTFORK) == 0;
 }
 
 int shm_snap_publish(struct shm_ctl *ctl, const void *snap, size_t size, uint64_t gen, uid_t uid,
