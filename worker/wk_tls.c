@@ -34,6 +34,7 @@ struct wk_tls_gen {
     uint64_t *svc_ctx_id;     /* identity of each client context, for session reuse */
     uint32_t nlisteners;
     struct tg_listener *lst;  /* per listener: client certificate verification */
+    int client_ca;            /* some listener has client_ca */
 };
 
 /* A listener with client_ca: what each of its SSLs gets. */
@@ -44,6 +45,8 @@ struct tg_listener {
     unsigned char sid[SSL_MAX_SID_CTX_LENGTH]; /* session id context: a session (ticket)
                                   * made elsewhere never resumes here, skipping verification */
     unsigned sidlen;
+    uint16_t family, port;    /* its address, to recognise its sockets by */
+    uint8_t ip[16];
 };
 
 static EVP_CIPHER *aes256cbc;
@@ -459,6 +462,9 @@ static void listener_verify(const struct shm_snap_hdr *h, uint32_t i, struct tg_
     X509 *x;
     int n = 0;
 
+    l->family = ls->family;
+    l->port = ls->port;
+    memcpy(l->ip, ls->ip, sizeof(l->ip));
     if (!ls->tls || ls->client_verify == SHM_CLIENT_VERIFY_OFF || ls->client_ca_pem.len == 0) {
         return;
     }
@@ -565,6 +571,7 @@ struct wk_tls_gen *wk_tls_gen_new(const struct shm_snap_hdr *h, const struct wk_
     }
     for (uint32_t i = 0; i < h->nlisteners; i++) {
         listener_verify(h, i, &tg->lst[i]);
+        tg->client_ca |= tg->lst[i].mode != 0;
     }
     return tg;
 oom:
@@ -617,8 +624,77 @@ const char *wk_tls_error(void)
     return last_error;
 }
 
+/* Does listener <l> (bound to <l>'s address, maybe a wildcard) own local address <ss>?
+ * 2: exactly, 1: through its wildcard address, 0: no. */
+static int listener_owns(const struct tg_listener *l, const struct sockaddr_storage *ss)
+{
+    static const uint8_t zero[16];
+    const uint8_t *ip;
+    uint16_t port;
+    size_t n = l->family == AF_INET6 ? 16 : 4;
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)(const void *)ss;
+        ip = (const uint8_t *)&s4->sin_addr;
+        port = ntohs(s4->sin_port);
+        if (l->family != AF_INET && !(l->family == AF_INET6 && memcmp(l->ip, zero, 16) == 0)) {
+            return 0;
+        }
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)ss;
+        ip = (const uint8_t *)&s6->sin6_addr;
+        port = ntohs(s6->sin6_port);
+        if (l->family != AF_INET6) {
+            return 0;
+        }
+    } else {
+        return 0;
+    }
+    if (port != l->port) {
+        return 0;
+    }
+    if (ss->ss_family == (int)l->family && memcmp(ip, l->ip, n) == 0) {
+        return 2;
+    }
+    return memcmp(l->ip, zero, n) == 0 ? 1 : 0;
+}
+
+static const struct tg_listener no_verify; /* mode 0 */
+
+/* The client certificate settings for a connection accepted on socket <fd>, said to be from
+ * listener <idx>. The index comes from the master's listener messages, which may run a moment
+ * behind or ahead of the generation this worker serves: the socket's own address decides.
+ * NULL when the generation has no listener with that address: the connection is refused rather
+ * than served without the verification a newer generation may ask for. */
+static const struct tg_listener *listener_of(const struct wk_tls_gen *tg, int fd, uint32_t idx)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    const struct tg_listener *best = NULL;
+    int how = 0;
+
+    if (!tg->client_ca && __atomic_load_n(&wk.ctl->gen, __ATOMIC_ACQUIRE) == tg->snap->gen) {
+        return &no_verify; /* (nothing asks for certificates: no system call) */
+    }
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0) {
+        return NULL;
+    }
+    if (idx < tg->nlisteners && listener_owns(&tg->lst[idx], &ss) == 2) {
+        return &tg->lst[idx];
+    }
+    for (uint32_t i = 0; i < tg->nlisteners && how < 2; i++) {
+        int h = listener_owns(&tg->lst[i], &ss);
+        if (h > how) {
+            how = h;
+            best = &tg->lst[i];
+        }
+    }
+    return best;
+}
+
 struct ssl_st *wk_tls_server_new(int fd, uint32_t listener)
 {
+    const struct tg_listener *l;
     const struct wk_tls_gen *tg = wk.cur != NULL ? wk.cur->tls : NULL;
     SSL *s;
 
@@ -636,8 +712,12 @@ struct ssl_st *wk_tls_server_new(int fd, uint32_t listener)
         SSL_free(s);
         return NULL;
     }
-    if (listener < tg->nlisteners && tg->lst[listener].mode != 0) {
-        const struct tg_listener *l = &tg->lst[listener];
+    l = listener_of(tg, fd, listener);
+    if (l == NULL) {
+        SSL_free(s);
+        return NULL;
+    }
+    if (l->mode != 0) {
         STACK_OF(X509_NAME) *names = l->mode > 0 ? SSL_dup_CA_list(l->names) : NULL;
 
         /* mode -1: the CA bundle was unusable; refusing beats serving without verification. */

@@ -276,3 +276,34 @@ class MtlsBackendTest(dsptest.TestCase):
             self.assertIn("%s:%d: " % (self.d.conf, line), err, opts)
             self.assertIn(msg, err, opts)
             self.assertIn(msg2, err, opts)
+
+
+class UnixBackendRedisTest(dsptest.TestCase):
+    def test_unix_backend_from_redis(self):
+        import shutil
+        import tempfile
+        from test_redis import Redis, add_route, add_service, publish, redis_block, wait_log
+
+        t = tempfile.mkdtemp(prefix="dsp-it-redis-")
+        dsptest._record_tmp(t)
+        self.addCleanup(shutil.rmtree, t, True)
+        r = Redis(t).start()
+        self.addCleanup(r.stop)
+        gw = self.backend("gw")
+        d = self.dispatcher([svc("gw", gw)], [route("gw.do", "gw")], extra=redis_block(r))
+        sock = os.path.join(d.tmp, "redis-app.sock")
+        be = UnixHTTP(sock)
+        self.addCleanup(be.stop)
+        self.assertTrue(wait_log(d, r"redis 127\.0\.0\.1:\d+: connected"), d.log_tail())
+        add_service(r, "production", "app", ["unix:%s=2" % sock])
+        add_route(r, "production", "app", host="app.do", service="app")
+        publish(r, "production")
+        dsptest.wait_until(lambda: dsptest.request(d.port, "/r", host="app.do").status == 200,
+                           10, "the Redis service on a unix socket served")
+        self.assertIn("/r", be.paths())
+        self.assertEqual(dsptest.backend_state(d, "app", "unix:" + sock), "up")
+        # A relative path in Redis is refused as a whole, with the key named.
+        add_service(r, "production", "bad", ["unix:run/x.sock"])
+        publish(r, "production")
+        dsptest.wait_until(lambda: "unix:/absolute/path" in d.log(), 10, "refused")
+        self.assertEqual(dsptest.request(d.port, "/r", host="app.do").status, 200)

@@ -83,7 +83,7 @@ def s_client(port, args=(), stdin=b""):
     return p.stdout.decode("utf-8", "replace")
 
 
-class ClientCertTest(dsptest.TestCase):
+class ClientCertBase(dsptest.TestCase):
     """Three listeners: client_verify required (d.port), optional, and a TLS one without
     client_ca; a plain one."""
 
@@ -122,6 +122,9 @@ class ClientCertTest(dsptest.TestCase):
         self.d.write_config(self.config())
         self.start_dispatcher(self.d)
 
+
+
+class ClientCertTest(ClientCertBase):
     def test_required(self):
         self.start()
         forged = [("X-Client-Cert-Subject", "CN=admin")]
@@ -295,3 +298,35 @@ class OcspTest(dsptest.TestCase):
             self.assertEqual(p.returncode, 1, (path, err))
             self.assertIn("%s:%d: " % (self.d.conf, line), err, path)
             self.assertIn(msg, err, path)
+
+
+class ClientCertReloadTest(ClientCertBase):
+    def test_reload_adds_client_ca(self):
+        # Start without client certificates anywhere, then reload: the TLS listener without
+        # client_ca gets one, and a new listener with client_ca appears. Neither ever serves a
+        # client without a certificate after the reload.
+        text = self.config()
+        plain_tls = text.replace(' client_ca = "%s";' % self.ca[0], "").replace(
+            ' client_verify = "optional";', "")
+        self.d.write_config(plain_tls)
+        self.start_dispatcher(self.d)
+        self.assertEqual(curl(self.notls_ca)[:2], (0, 200))
+        gen = dsptest.generation(self.d)
+        newport = dsptest.free_port()
+        text2 = self.config().replace(
+            '{ address = "127.0.0.1:%d"; tls = true; }' % self.notls_ca,
+            '{ address = "127.0.0.1:%d"; tls = true; client_ca = "%s"; },\n'
+            '  { address = "127.0.0.1:%d"; tls = true; client_ca = "%s"; }'
+            % (self.notls_ca, self.ca[0], newport, self.ca[0]))
+        self.d.hup(text2)
+        dsptest.wait_until(lambda: dsptest.workers_on_generation(self.d, gen + 1), 10, "reload")
+        for port in (self.notls_ca, self.d.port):
+            rc, _, _ = curl(port)
+            self.assertNotEqual(rc, 0, "port %d served without a certificate" % port)
+            rc, status, j = curl(port, cert=self.alice)
+            self.assertEqual((rc, status), (0, 200))
+            self.assertEqual(hvals(j, "X-Client-Cert-Subject"), ["O=Edge\\, Inc.,CN=alice"])
+        dsptest.wait_until(lambda: curl(newport, cert=self.alice)[1] == 200, 10,
+                           "the new listener serves")
+        for _ in range(20):
+            self.assertNotEqual(curl(newport)[0], 0, "new listener served without a certificate")
