@@ -62,7 +62,10 @@ static void on_signal(int sig)
 }
 
 /* ---- listeners ------------------------------------------------------------------------------ */
-static int bind_one(const struct ms_listener *l)
+/* A socket bound to <l>'s address; listening when <do_listen>. A reload binds without listening
+ * (a bound socket joins the SO_REUSEPORT group only once it listens), so that a reload that is
+ * not published closes sockets no connection was ever queued on. */
+static int bind_one(const struct ms_listener *l, int do_listen)
 {
     int one = 1;
     int fd = socket(l->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -87,7 +90,7 @@ static int bind_one(const struct ms_listener *l)
         close(fd);
         return -1;
     }
-    if (listen(fd, 4096) == -1) {
+    if (do_listen && listen(fd, 4096) == -1) {
         log_errno(LOG_ERROR, errno, "listen() on %s failed", l->address);
         close(fd);
         return -1;
@@ -126,11 +129,11 @@ static void lsn_free(struct ms_lsn *set, int n, int close_fds)
 }
 
 /* Bind sockets [from, to) of <n>. Returns 0, or -1 (logged) with the ones it bound closed. */
-static int lsn_bind(struct ms_lsn *n, const struct ms_listener *l, int from, int to)
+static int lsn_bind(struct ms_lsn *n, const struct ms_listener *l, int from, int to, int do_listen)
 {
     n->fds = dsp_xrealloc(n->fds, (size_t)to * sizeof(int));
     for (int j = from; j < to; j++) {
-        n->fds[j] = bind_one(l);
+        n->fds[j] = bind_one(l, do_listen);
         if (n->fds[j] == -1) {
             while (--j >= from) {
                 close(n->fds[j]);
@@ -149,7 +152,7 @@ int ms_bind_all(void)
     for (int l = 0; l < ms.nlsn; l++) {
         lsn_init(&ms.lsn[l], &ms.cfg->listeners[l], (uint32_t)l);
         ms.lsn[l].id = ++ms.next_lid;
-        if (lsn_bind(&ms.lsn[l], &ms.cfg->listeners[l], 0, ms.nworkers) != 0) {
+        if (lsn_bind(&ms.lsn[l], &ms.cfg->listeners[l], 0, ms.nworkers, 1) != 0) {
             return -1;
         }
     }
@@ -206,6 +209,9 @@ static int desired(int slot, struct wk_listen **out)
             if (n == cap) {
                 cap = cap ? cap * 2 : 8;
                 v = dsp_xrealloc(v, (size_t)cap * sizeof(*v));
+            }
+            if (ms.lsn[l].fds[j] == -1) {
+                continue; /* its listen() failed at a reload (logged) */
             }
             v[n].fd = ms.lsn[l].fds[j];
             v[n].lid = ms.lsn[l].id;
@@ -690,7 +696,7 @@ int ms_listeners_prepare(const struct ms_config *ncfg, char **errs, char **chang
             }
             addf(changes, "listener %s added", l->address);
         }
-        if (n->nsock < nact && lsn_bind(n, l, n->nsock, nact) != 0) {
+        if (n->nsock < nact && lsn_bind(n, l, n->nsock, nact, 0) != 0) {
             addf(errs, "%s:%d: cannot bind listener %s: %s", ncfg->path, l->line, l->address,
                  strerror(errno));
             plan_free(1);
@@ -730,6 +736,17 @@ void ms_listeners_apply(void)
     for (int i = 0; i < plan.nlsn; i++) {
         if (plan.lsn[i].id == 0) {
             plan.lsn[i].id = ++ms.next_lid;
+        }
+    }
+    /* What prepare bound starts listening now, published: it joins the SO_REUSEPORT groups. */
+    for (int i = 0; i < plan.nlsn; i++) {
+        int from = plan.kept_from[i] >= 0 ? plan.kept_nsock[i] : 0;
+        for (int j = from; j < plan.lsn[i].nsock; j++) {
+            if (listen(plan.lsn[i].fds[j], 4096) == -1) {
+                log_errno(LOG_ERROR, errno, "listen() on %s failed", plan.lsn[i].address);
+                close(plan.lsn[i].fds[j]);
+                plan.lsn[i].fds[j] = -1;
+            }
         }
     }
     ms.lsn = plan.lsn;

@@ -212,6 +212,29 @@ class ReloadListenersTest(dsptest.TestCase):
         self.assertRegex(out, r"(\d+) requests in")
         d.initial_workers = d.worker_pids()
 
+    @dsptest.timeout(90)
+    def test_unpublished_reload_resets_nothing(self):
+        """A reload that grows the workers but cannot be published (more backends than the
+        runtime segment holds) changes nothing, and the sockets it prepared for the new workers
+        never took a connection: a client loop on the listener sees no reset."""
+        d = self.dispatcher(self.services, self.routes, workers=2)
+        load = Hammer(d.port, "a.do", fresh=4, kept=0)
+        try:
+            load.progress(50)
+            many = [svc("big%d" % k, *["127.0.0.%d:%d" % (k + 1, 1000 + i) for i in range(1000)])
+                    for k in range(67)]
+            text = make_config(d.port, d.tmp, self.services + many, self.routes, workers=4)
+            for _ in range(2):
+                d.write_config(text)
+                r = admin_ask(d, "reload", timeout=60)
+                self.assertFalse(r.get("ok"), r)
+                load.progress(30)
+        finally:
+            load.stop()
+        self.assertEqual(load.fail, [], "failed requests on the listener")
+        self.assertEqual(alive_workers(d), 2)
+        self.assertEqual(admin_ask(d, "show workers")["configured"], 2)
+
     @dsptest.timeout(60)
     def test_respawned_worker_gets_the_current_listeners(self):
         """A worker killed after a reload added a listener is respawned on the current set
