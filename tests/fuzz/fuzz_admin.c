@@ -46,8 +46,8 @@ static int view(struct adm_view *v, void *arg)
 }
 
 /* Reload answers in turn: errors and warnings, success with warnings (blank lines, a control
- * byte), plain success, and a failure without a text. */
-static int reload(uint64_t *gen, char **errs, char **warns, void *arg)
+ * byte) and changes, plain success, and a failure without a text. */
+static int reload(uint64_t *gen, char **errs, char **warns, char **changes, void *arg)
 {
     (void)arg;
     switch (T.reload_turn++ % 4) {
@@ -57,6 +57,7 @@ static int reload(uint64_t *gen, char **errs, char **warns, void *arg)
         return -1;
     case 1:
         *warns = strdup("\nbackend 10.0.0.1:80 \x7f resolves late\n\n\n");
+        *changes = strdup("listener 127.0.0.1:8081 added\n\nworkers 2 -> \"4\"\n");
         break;
     case 3:
         return -1;
