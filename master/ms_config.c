@@ -80,10 +80,9 @@ static const char *const route_keys[] = {"host", "path", "methods", "priority", 
 static const char *const errors_keys[] = {"expose_backend", "list_services", "pages", NULL};
 static const char *const error_page_keys[] = {"status", "file", NULL};
 static const char *const top_keys[] = {
-    "workers", "user",  "group",    "pid_file",  "environment",
-    "admin",   "log",   "limits",   "listeners", "trusted_proxies",
-    "tls",     "redis", "services", "routes",    "dns",
-    "node_name", "errors", NULL};
+    "workers",  "user",   "group",     "pid_file",        "environment", "admin",
+    "log",      "limits", "listeners", "trusted_proxies", "tls",         "redis",
+    "services", "routes", "dns",       "node_name",       "errors",      NULL};
 
 static const struct ms_config_keys key_table[] = {{"", top_keys},
                                                   {"admin", admin_keys},
@@ -2224,8 +2223,7 @@ static void parse_errors(struct ctx *c, config_setting_t *root, struct ms_config
 
         snprintf(where, sizeof(where), "errors.pages[%d]", i);
         if (!config_setting_is_group(e)) {
-            err_at(c, e, "%s must be a group { status = 502; file = \"errors/502.html\"; }",
-                   where);
+            err_at(c, e, "%s must be a group { status = 502; file = \"errors/502.html\"; }", where);
             continue;
         }
         check_keys(c, e, where, error_page_keys);
@@ -2258,8 +2256,8 @@ static void parse_errors(struct ctx *c, config_setting_t *root, struct ms_config
         pg->line = (int)config_setting_source_line(e);
         pg->file = resolve(c, v);
         cfg->errors.npages++;
-        if (fs_read_regular(pg->file, MS_ERROR_PAGE_MAX, &pg->body, &pg->len, err,
-                            sizeof(err)) != 0) {
+        if (fs_read_regular(pg->file, MS_ERROR_PAGE_MAX, &pg->body, &pg->len, err, sizeof(err)) !=
+            0) {
             err_at(c, config_setting_get_member(e, "file"), "%s.file: %s", where, err);
         } else if (memchr(pg->body, '\0', pg->len) != NULL) {
             err_at(c, config_setting_get_member(e, "file"), "%s.file: \"%s\" holds a NUL byte",

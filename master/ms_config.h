@@ -132,9 +132,9 @@ struct ms_cert {
 /* An operator's error page (errors.pages[]): read at load, copied into the snapshot. */
 #define MS_ERROR_PAGE_MAX (12u * 1024) /* it goes out of the client's reply buffer whole */
 struct ms_error_page {
-    int status;                  /* 400..599, each status at most once */
-    char *file;                  /* absolute path */
-    char *body;                  /* the file's bytes (no NUL among them) */
+    int status; /* 400..599, each status at most once */
+    char *file; /* absolute path */
+    char *body; /* the file's bytes (no NUL among them) */
     size_t len;
     int line;
 };
@@ -224,8 +224,8 @@ struct ms_config {
 
     /* errors = { expose_backend; list_services; pages }: what generated error bodies show. */
     struct {
-        int expose_backend;      /* default 0: 502/503/504 messages name no backend address */
-        int list_services;       /* default 1: the no-route 404 lists available_services */
+        int expose_backend;          /* default 0: 502/503/504 messages name no backend address */
+        int list_services;           /* default 1: the no-route 404 lists available_services */
         struct ms_error_page *pages; /* served to clients that prefer text/html */
         size_t npages;
     } errors;

@@ -178,7 +178,7 @@ struct shm_snap_hdr {
 
 /* An operator's page for a generated status, served to clients that prefer text/html. */
 struct shm_error_page {
-    uint32_t status;   /* 400..599, at most one page each */
+    uint32_t status; /* 400..599, at most one page each */
     uint32_t pad;
     struct shm_str body; /* the file's bytes (no NUL among them) */
 };

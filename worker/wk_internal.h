@@ -152,8 +152,7 @@ struct wk_upstream {
 #define WK_T_LB_DONE       0x80000u /* this attempt's outcome went to wk_lb_result() */
 #define WK_T_FREE_100000   0x100000u /* free (was TCP_CORK state: common/xport.c keeps it now) */
 #define WK_T_TALLIED       0x200000u /* statistics of this request recorded (wk_conn.c) */
-#define WK_T_HTML          0x400000u /* the client prefers text/html (Accept): generated errors
-                                        with an operator's page (errors.pages) send the page */
+#define WK_T_HTML          0x400000u /* Accept prefers text/html: errors.pages apply */
 #define WK_T_SEND_WAIT     0x20000000u /* the client timer is the send timeout: the client stopped
                                           draining its response (wk_conn.c) */
 #define WK_T_RATE_TICK     0x40000000u /* the client timer is the body-rate tick (wk_conn.c) */
@@ -473,7 +472,7 @@ void wk_client_debug(const struct wk_client *c, const char *what);
 #define WK_FAIL_CTIMEOUT 3 /* connect timed out */
 #define WK_FAIL_RTIMEOUT 4 /* no (complete) response within response_timeout_ms */
 #define WK_FAIL_BAD      5 /* response unparsable or truncated */
-#define WK_FAIL_TLS      8 /* TLS handshake with the backend failed (not its certificate) */
+#define WK_FAIL_TLS       8 /* TLS handshake with the backend failed (not its certificate) */
 #define WK_FAIL_TLSVERIFY 9 /* the backend's certificate failed verification */
 /* Refinements of WK_FAIL_RESET that upstream_failed() passes to wk_lb_result() only: */
 #define WK_FAIL_ABORT    6 /* RST on a fresh connection before any response byte */
@@ -539,7 +538,7 @@ const char *wk_reason(unsigned status);
  * gives text/html ([0]) and application/json ([1]) through its most specific media range
  * (spec: 3 exact, 2 "type/ *", 1 "* / *", 0 not covered). Zero it, scan every Accept value. */
 struct wk_accept {
-    int16_t q[2];   /* thousandths */
+    int16_t q[2]; /* thousandths */
     int8_t spec[2];
 };
 void wk_accept_scan(struct wk_accept *a, const char *v, size_t n);

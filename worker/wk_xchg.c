@@ -653,15 +653,14 @@ static int upstream_failed(struct wk_xchg *x, int why)
         snprintf(msg, sizeof(msg), "TLS handshake with %s failed", who);
         return wk_xchg_error(x, 502, "Bad gateway", msg, 0);
     case WK_FAIL_TLSVERIFY:
-        snprintf(msg, sizeof(msg), "TLS verification failed: the certificate of %s was not accepted",
-                 who);
+        snprintf(msg, sizeof(msg),
+                 "TLS verification failed: the certificate of %s was not accepted", who);
         return wk_xchg_error(x, 502, "Bad gateway", msg, 0);
     case WK_FAIL_CTIMEOUT:
         snprintf(msg, sizeof(msg), "Connecting to %s timed out", who);
         return wk_xchg_error(x, 504, "Gateway timeout", msg, 0);
     case WK_FAIL_RTIMEOUT:
-        snprintf(msg, sizeof(msg), "%s did not answer within %u ms", Who,
-                 svc->response_timeout_ms);
+        snprintf(msg, sizeof(msg), "%s did not answer within %u ms", Who, svc->response_timeout_ms);
         return wk_xchg_error(x, 504, "Gateway timeout", msg, 0);
     case WK_FAIL_RESET:
         snprintf(msg, sizeof(msg), "%s closed the connection without a response", Who);
@@ -864,8 +863,8 @@ static int upstream_handshake(struct wk_xchg *x)
         __atomic_fetch_add(&wk.rt->backends[wk_xbe(x)->rt_slot].tls_verify_failures, 1,
                            __ATOMIC_RELAXED);
         log_warn("TLS verification of backend %s of service %s failed: %s",
-                 shm_s(x->at.gen->snap, wk_xbe(x)->address), shm_s(x->at.gen->snap, wk_xsvc(x)->name),
-                 xp_error());
+                 shm_s(x->at.gen->snap, wk_xbe(x)->address),
+                 shm_s(x->at.gen->snap, wk_xsvc(x)->name), xp_error());
         return upstream_failed(x, WK_FAIL_TLSVERIFY) == 0 ? 1 : -1;
     }
     log_warn("TLS handshake with backend %s failed: %s", shm_s(x->at.gen->snap, wk_xbe(x)->address),

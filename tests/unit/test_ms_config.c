@@ -669,18 +669,19 @@ static void test_errors_section(void)
     expect_error(LISTENER "errors = { pages = ( { status = 502; file = "
                           "\"/nonexistent/dsp-502.html\"; } ); };\n",
                  2, "cannot read \"/nonexistent/dsp-502.html\"");
-    snprintf(text, sizeof(text), LISTENER "errors = {\n pages = (\n { status = 502; file = \"%s\"; } ); };\n",
-             big);
+    snprintf(text, sizeof(text),
+             LISTENER "errors = {\n pages = (\n { status = 502; file = \"%s\"; } ); };\n", big);
     expect_error(text, 4, "larger than");
-    snprintf(text, sizeof(text), LISTENER "errors = {\n pages = (\n { status = 502; file = \"%s\"; } ); };\n",
-             nul);
+    snprintf(text, sizeof(text),
+             LISTENER "errors = {\n pages = (\n { status = 502; file = \"%s\"; } ); };\n", nul);
     expect_error(text, 4, "NUL");
-    snprintf(text, sizeof(text), LISTENER "errors = {\n pages = (\n { status = 502; file = \"%s\"; },\n"
-                                          " { status = 502; file = \"%s\"; } ); };\n",
+    snprintf(text, sizeof(text),
+             LISTENER "errors = {\n pages = (\n { status = 502; file = \"%s\"; },\n"
+                      " { status = 502; file = \"%s\"; } ); };\n",
              page, page);
     expect_error(text, 5, "already given on line 4");
-    snprintf(text, sizeof(text), LISTENER "errors = { pages = ( { status = 302; file = \"%s\"; } ); };\n",
-             page);
+    snprintf(text, sizeof(text),
+             LISTENER "errors = { pages = ( { status = 302; file = \"%s\"; } ); };\n", page);
     expect_error(text, 2, "between 400 and 599");
     expect_error(LISTENER "errors = { pages = ( { status = 502; } ); };\n", 2, "has no file");
     expect_error(LISTENER "errors = { expose_backends = true; };\n", 2, "expose_backend");
@@ -1223,19 +1224,16 @@ static void test_many_services(void)
 
 UNIT_SUITE(ms_config, {"spec example", test_spec_example}, {"defaults", test_defaults},
            {"values", test_values}, {"unknown key", test_err_unknown_key},
-           {"whole file", test_err_whole_file},
-           {"bad address", test_err_bad_address}, {"bad port", test_err_bad_port},
-           {"backend names", test_backend_names},
+           {"whole file", test_err_whole_file}, {"bad address", test_err_bad_address},
+           {"bad port", test_err_bad_port}, {"backend names", test_backend_names},
            {"backend names compiled", test_backend_names_compile},
            {"unknown service", test_err_unknown_service},
-           {"duplicate service", test_err_duplicate_service},
-           {"many services", test_many_services},
+           {"duplicate service", test_err_duplicate_service}, {"many services", test_many_services},
            {"duplicate listener", test_err_duplicate_listener},
            {"bad balance", test_err_bad_balance}, {"bad method", test_err_bad_method},
            {"bad path", test_err_bad_path}, {"bad cidr", test_err_bad_cidr},
            {"missing cert", test_err_missing_cert}, {"syntax error", test_err_syntax},
-           {"type errors", test_err_types},
-           {"numbers libconfig would wrap", test_err_numbers},
+           {"type errors", test_err_types}, {"numbers libconfig would wrap", test_err_numbers},
            {"numbers read as written", test_numbers_ok},
            {"wrapped number in an include", test_numbers_include}, {"bad hosts", test_err_hosts},
            {"many errors", test_many_errors}, {"env overrides", test_env},
