@@ -14,6 +14,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
 #include "common/dsp.h"
 #include "common/log.h"
 #include "common/net.h"
@@ -217,6 +220,12 @@ static void hc_step(struct hc *h, uint32_t events, uint64_t now)
         }
         n = xp_handshake(&h->x);
         if (n != 1) {
+            if (n != XP_WANT_READ && n != XP_WANT_WRITE &&
+                SSL_get_verify_result(h->x.ssl) != X509_V_OK) {
+                /* Counted like the workers' handshakes (show instances, /metrics). */
+                __atomic_fetch_add(&ms.rt->backends[h->rt_slot].tls_verify_failures, 1,
+                                   __ATOMIC_RELAXED);
+            }
             hc_blocked(h, n, now);
             return;
         }

@@ -336,8 +336,12 @@ class ErrorsTest(dsptest.TestCase):
         http_port = free_port()
         d = self.dispatcher(
             services=[svc("strict", tb.addr, tls=True, verify=True, retries=0),
-                      svc("trusting", tb.addr, tls=True, ca=cert, retries=0)],
-            routes=[route("strict.do", "strict"), route("trusting.do", "trusting")],
+                      svc("trusting", tb.addr, tls=True, ca=cert, retries=0),
+                      svc("checked", tb.addr, tls=True, retries=0,
+                          health={"path": "/health", "interval_ms": 100, "timeout_ms": 1000,
+                                  "fall": 1, "rise": 1})],
+            routes=[route("strict.do", "strict"), route("trusting.do", "trusting"),
+                    route("checked.do", "checked")],
             start=False)
         sock = os.path.join(d.tmp, "admin.sock")
         text = open(d.conf).read().replace(
@@ -360,8 +364,11 @@ class ErrorsTest(dsptest.TestCase):
         self.assertNotIn("refused", log)
         self.assertEqual(backend_row(d, "strict", tb.addr)["tls_verify_failures"], 2)
         self.assertEqual(backend_row(d, "trusting", tb.addr)["tls_verify_failures"], 0)
+        # The master's health checks count their verification failures too.
+        dsptest.wait_until(lambda: backend_row(d, "checked", tb.addr)["tls_verify_failures"] >= 2,
+                           5, "health checks counted in tls_verify_failures")
         stats = dsptest.admin_ask(d, "show stats")
-        self.assertEqual(stats["tls_verify_failures"], 2)
+        self.assertGreaterEqual(stats["tls_verify_failures"], 4)
         by_name = dict((s["name"], s) for s in stats["services"])
         self.assertEqual(by_name["strict"]["tls_verify_failures"], 2)
         self.assertEqual(by_name["trusting"]["tls_verify_failures"], 0)
