@@ -974,6 +974,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     h->limits.shutdown_timeout_ms = u32_of(cfg->limits.shutdown_timeout_ms);
     h->limits.tunnel_idle_timeout_ms = u32_of(cfg->limits.tunnel_idle_timeout_ms);
     h->limits.min_body_rate = u32_of(cfg->limits.min_body_rate);
+    h->limits.h2_max_streams = u32_of(cfg->limits.h2_max_streams);
+    h->limits.h2_stream_window = u32_of(cfg->limits.h2_stream_window);
     h->limits.send_timeout_ms = u32_of(cfg->limits.send_timeout_ms);
     h->listeners_off = (uint32_t)lo;
     h->nlisteners = (uint32_t)cfg->nlisteners;
@@ -1023,6 +1025,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
         put_addr(&l->ss, &ls[i].family, &ls[i].port, ls[i].ip);
         ls[i].tls = l->tls != 0;
         ls[i].proxy_protocol = l->proxy_protocol != 0;
+        ls[i].http2 = l->http2 != 0;
         ls[i].address = put_str(&b, l->address);
         ls[i].client_ca_pem = put_str(&b, l->client_ca_pem);
         ls[i].client_verify = l->client_ca_pem != NULL ? l->client_verify : SHM_CLIENT_VERIFY_OFF;

@@ -41,10 +41,11 @@ static const char *const limits_keys[] = {"max_connections",        "max_header_
                                           "max_body_bytes",         "header_timeout_ms",
                                           "idle_timeout_ms",        "shutdown_timeout_ms",
                                           "tunnel_idle_timeout_ms", "min_body_rate",
-                                          "send_timeout_ms",        NULL};
+                                          "send_timeout_ms",        "h2_max_streams",
+                                          "h2_stream_window",       NULL};
 static const char *const listener_keys[] = {"address",   "tls",           "proxy_protocol",
                                             "client_ca", "client_verify", "health_uri",
-                                            NULL};
+                                            "http2",     NULL};
 static const char *const cert_keys[] = {"cert", "key", "ocsp", NULL};
 static const char *const tls_keys[] = {"self_signed_cn", "min_version", "certificates", NULL};
 static const char *const redis_keys[] = {
@@ -674,6 +675,8 @@ static void set_defaults(struct ms_config *cfg)
     cfg->limits.shutdown_timeout_ms = 10000;
     cfg->limits.tunnel_idle_timeout_ms = 3600000;
     cfg->limits.min_body_rate = 256;
+    cfg->limits.h2_max_streams = 128;
+    cfg->limits.h2_stream_window = 262144;
     cfg->limits.send_timeout_ms = 60000;
     cfg->tls.self_signed_cn = dsp_xstrdup("localhost");
     cfg->tls.min_version = 0x0303;
@@ -938,6 +941,9 @@ static void parse_limits(struct ctx *c, config_setting_t *root, struct ms_config
      * network: such a value is a unit mistake. */
     get_long(c, g, "limits", "min_body_rate", 0, 100000000, &cfg->limits.min_body_rate);
     get_long(c, g, "limits", "send_timeout_ms", 1, MS_MAX_TIMEOUT_MS, &cfg->limits.send_timeout_ms);
+    get_long(c, g, "limits", "h2_max_streams", 1, 10000, &cfg->limits.h2_max_streams);
+    /* At least HTTP/2's default window, at most what a stream may buffer without harm. */
+    get_long(c, g, "limits", "h2_stream_window", 65535, 16777216, &cfg->limits.h2_stream_window);
 }
 
 /* Read an environment override; empty counts as unset (env files often carry `HTTP_PORT=`). */
@@ -1082,7 +1088,9 @@ static void parse_listeners(struct ctx *c, config_setting_t *root, struct ms_con
             continue;
         }
         check_keys(c, g, where, listener_keys);
+        l->http2 = 1;
         get_bool(c, g, where, "tls", &l->tls);
+        get_bool(c, g, where, "http2", &l->http2);
         get_bool(c, g, where, "proxy_protocol", &l->proxy_protocol);
         parse_client_ca(c, g, where, l);
         if (get_str(c, g, where, "health_uri", 0, &v) == 1) {

@@ -34,6 +34,7 @@ struct ms_listener {
     char *client_ca_pem;         /* its contents, read and checked at load */
     uint32_t client_verify;      /* SHM_CLIENT_VERIFY_*: OFF without client_ca */
     char *health_uri;            /* answered like admin GET /health, before routing; or NULL */
+    int http2;                   /* HTTP/2 offered (ALPN h2, or the prior-knowledge preface) */
     int line;
 };
 
@@ -178,6 +179,8 @@ struct ms_config {
         long tunnel_idle_timeout_ms; /* default 3600000 */
         long min_body_rate;      /* default 256 bytes/s, 0 = off */
         long send_timeout_ms;    /* default 60000 */
+        long h2_max_streams;     /* default 128: concurrent streams per HTTP/2 connection */
+        long h2_stream_window;   /* default 262144: bytes buffered per stream and direction */
     } limits;
 
     struct ms_listener *listeners;

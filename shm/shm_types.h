@@ -35,7 +35,10 @@ struct shm_limits {
     uint32_t min_body_rate;   /* request body bytes/s after a grace (wk_conn.c); 0 = off */
     uint32_t send_timeout_ms; /* a client that drains nothing of its response for this long
                                  is closed */
-    uint32_t reserved[6];
+    uint32_t h2_max_streams;  /* concurrent streams per HTTP/2 client connection */
+    uint32_t h2_stream_window; /* HTTP/2 flow-control window per stream: what the worker buffers
+                                  per stream in each direction */
+    uint32_t reserved[4];
 };
 
 struct shm_listener {
@@ -44,7 +47,8 @@ struct shm_listener {
     uint8_t ip[16];
     uint8_t tls;
     uint8_t proxy_protocol;
-    uint8_t pad[2];
+    uint8_t http2;           /* HTTP/2 offered to clients */
+    uint8_t pad[1];
     struct shm_str address;
     struct shm_str client_ca_pem; /* TLS: CAs that client certificates must chain to; "": none */
     uint32_t client_verify;       /* SHM_CLIENT_VERIFY_* (with client_ca_pem) */

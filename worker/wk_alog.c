@@ -175,6 +175,9 @@ size_t wk_alog_format(char *buf, size_t cap, unsigned format, const struct wk_al
         json_field(&sb, "host", host, hl, 0);
         json_field(&sb, "method", method, ml, 0);
         json_field(&sb, "path", path, pl, 0);
+        if (e->req != NULL) {
+            str_addf(&sb, ",\"proto\":\"HTTP/%u.%u\"", e->req->http_major, e->req->http_minor);
+        }
         str_addf(&sb, ",\"status\":%u,\"duration_ms\":%llu,\"bytes_sent\":%llu", e->status,
                  (unsigned long long)e->duration_ms, (unsigned long long)e->bytes_sent);
         json_field(&sb, "user_agent", ua, ul, 0);

@@ -24,6 +24,7 @@ void wk_client_close(struct wk_client *c)
         wk_xchg_log(&c->x, -1);
     }
     wk_xchg_end(&c->x);
+    wk_h2_free(c);
     wk_timer_disarm(&c->timer);
     xp_close(&c->xp, 1);
     free(c->peer.cert_subject);
@@ -48,7 +49,13 @@ void wk_close_idle_clients(void)
 
     while (c != NULL) {
         struct wk_client *next = c->next;
-        if ((c->state == WK_CS_IDLE || c->state == WK_CS_TLS) &&
+        if (c->state == WK_CS_H2) {
+            if (wk_h2_idle(c)) {
+                wk_client_close(c);
+            } else {
+                wk_client_run(c); /* (sends a GOAWAY once: no new streams) */
+            }
+        } else if ((c->state == WK_CS_IDLE || c->state == WK_CS_TLS) &&
             (c->in.data == NULL || c->in.start == c->in.end)) {
             wk_client_close(c);
         }
@@ -235,6 +242,10 @@ int wk_client_handshake(struct wk_client *c)
         /* A listener with client_ca verified a certificate: its subject goes upstream. */
         c->peer.cert_subject = wk_tls_client_subject(c->xp.ssl);
         c->state = WK_CS_IDLE;
+        if (wk_tls_alpn_h2(c->xp.ssl) && wk_h2_start(c, NULL, 0) != 0) {
+            wk_client_close(c);
+            return -1;
+        }
         return 1;
     }
     if (r == XP_WANT_READ) {

@@ -280,34 +280,6 @@ static void take_request(struct wk_client *c, const struct wk_h1_req *rq, size_t
     x->body_off = x->parsed_off = x->send_off = c->in.start + (uint32_t)hlen;
 }
 
-/* listeners[].health_uri: is <rq> a GET or HEAD of exactly that path (the query aside)? */
-static int health_probe(const struct wk_client *c, const struct wk_h1_req *rq)
-{
-    const struct shm_snap_hdr *s = c->x.at.gen->snap;
-    const struct shm_str *u = &shm_listeners(s)[c->listener].health_uri;
-
-    return rq->pathlen == u->len && memcmp(rq->path, shm_s(s, *u), u->len) == 0 &&
-           ((rq->flags & WK_H1_HEAD) || strcmp(wk_h1_method_str(rq->method), "GET") == 0);
-}
-
-/* Answer a health probe as admin GET /health does, from the state the master publishes (one
- * load: nothing is judged per probe). */
-static int answer_health(struct wk_client *c)
-{
-    uint32_t h = __atomic_load_n(&wk.ctl->health, __ATOMIC_ACQUIRE);
-    const char *status = wk.stopping                     ? "draining"
-                         : h == SHM_HEALTH_SERVING  ? "serving"
-                         : h == SHM_HEALTH_DEGRADED ? "degraded"
-                         : h == SHM_HEALTH_DRAINING ? "draining"
-                                                    : "starting";
-    int ok = strcmp(status, "serving") == 0;
-    char body[64];
-    int n = snprintf(body, sizeof(body), "{\"ok\":%s,\"status\":\"%s\"}\n", ok ? "true" : "false",
-                     status);
-
-    return wk_xchg_reply(&c->x, ok ? 200 : 503, body, (size_t)n, 0) < 0 ? -1 : 0;
-}
-
 /* A complete head sits in c->in at [start, start + hlen). Parse and check it (RFC 9112 framing,
  * Host), then hand it to the exchange: route, check the body bytes that came with it, forward.
  * Returns 0, or -1 when the client was closed. */
@@ -347,9 +319,9 @@ static int process_head(struct wk_client *c, size_t hlen)
     }
     take_request(c, &rq, hlen);
     c->state = WK_CS_PROXY;
-    if (c->listener < x->at.gen->snap->nlisteners &&
-        shm_listeners(x->at.gen->snap)[c->listener].health_uri.len != 0 && health_probe(c, &rq)) {
-        return answer_health(c);
+    r = wk_xchg_health(x, c->listener, &rq);
+    if (r != 0) {
+        return r < 0 ? -1 : 0;
     }
     r = wk_xchg_route(x, &rq, nhost, nhlen);
     /* Any body bytes that came with the head are checked before a backend sees anything. */
@@ -788,6 +760,32 @@ static int proxy_step(struct wk_client *c)
     return progress;
 }
 
+/* A plain listener's connection starts with "P": the HTTP/2 client preface (prior knowledge),
+ * when the listener offers HTTP/2? Returns 1 when the connection switched to HTTP/2, 0 to go on
+ * with HTTP/1 (not a preface, or not yet all of one: 0 with nothing done but waiting), -1 when
+ * it was closed. */
+static int h2_preface(struct wk_client *c, size_t avail)
+{
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const struct shm_snap_hdr *s = csnap(c);
+    const char *p = c->in.data + c->in.start;
+    size_t n = DSP_MIN(avail, sizeof(preface) - 1);
+
+    if (xp_is_tls(&c->xp) || c->listener >= s->nlisteners || !shm_listeners(s)[c->listener].http2 ||
+        memcmp(p, preface, n) != 0) {
+        return 0;
+    }
+    if (n < sizeof(preface) - 1) {
+        return 0; /* (the HTTP/1 head search finds no end in it either: more is read) */
+    }
+    if (wk_h2_start(c, p, avail) != 0) {
+        wk_client_close(c);
+        return -1;
+    }
+    c->in.start = c->in.end = 0;
+    return 1;
+}
+
 /* Waiting for a request head (IDLE, HEAD): read, skip the empty lines allowed before a request,
  * and hand a complete head to process_head(). Returns 1, 0 or -1 (closed). */
 static int head_step(struct wk_client *c)
@@ -814,6 +812,13 @@ static int head_step(struct wk_client *c)
             c->state = WK_CS_IDLE;
         }
         return r;
+    }
+    if (c->in.data[c->in.start] == 'P' && !(c->flags & WK_C_F_STARTED)) {
+        /* HTTP/2 with prior knowledge: the client preface instead of a request line. */
+        int h2 = h2_preface(c, avail);
+        if (h2 != 0) {
+            return h2;
+        }
     }
     if (c->state == WK_CS_IDLE) {
         c->state = WK_CS_HEAD;
@@ -865,7 +870,7 @@ static int linger_step(struct wk_client *c)
 }
 
 /* Drive the connection as far as it can go without blocking. */
-static void run(struct wk_client *c)
+void wk_client_run(struct wk_client *c)
 {
     for (int guard = 0; guard < 10000; guard++) {
         int progress = 0;
@@ -908,6 +913,13 @@ static void run(struct wk_client *c)
             }
             progress |= r;
             break;
+        case WK_CS_H2:
+            r = wk_h2_step(c);
+            if (r < 0) {
+                return;
+            }
+            progress |= r;
+            break;
         case WK_CS_PPHDR:
             r = wk_client_pphdr(c);
             if (r < 0) {
@@ -945,7 +957,7 @@ void wk_client_event(struct wk_client *c, uint32_t events)
     if (events & (EPOLLERR | EPOLLHUP)) {
         c->flags |= WK_C_F_READABLE | WK_C_F_WRITABLE;
     }
-    run(c);
+    wk_client_run(c);
 }
 
 /* The timer of a proxied request expired: the send timeout, the body-rate tick, or the
@@ -1026,6 +1038,9 @@ void wk_client_timeout(struct wk_client *c)
             return;
         }
         break;
+    case WK_CS_H2: /* idle, or not draining what it is sent */
+        wk_h2_timeout(c);
+        return;
     case WK_CS_TLS: /* a handshake that did not finish in time failed */
         __atomic_fetch_add(&wk.ctl->tls_handshakes[SHM_TLS_HS_FAILED], 1, __ATOMIC_RELAXED);
         wk_client_close(c);
@@ -1034,7 +1049,7 @@ void wk_client_timeout(struct wk_client *c)
         wk_client_close(c);
         return;
     }
-    run(c);
+    wk_client_run(c);
 }
 
 /* ---- the exchange's view of this connection ---------------------------------------------------- */
@@ -1050,7 +1065,7 @@ static void h1_rearm(struct wk_xchg *x)
 
 static void h1_wake(struct wk_xchg *x)
 {
-    run(xclient(x));
+    wk_client_run(xclient(x));
 }
 
 const struct wk_xchg_ops wk_h1_ops = {

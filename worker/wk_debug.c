@@ -18,7 +18,7 @@ struct flag_name {
 static const char *const client_states[] = {
     [WK_CS_IDLE] = "IDLE",   [WK_CS_HEAD] = "HEAD",   [WK_CS_PROXY] = "PROXY",
     [WK_CS_REPLY] = "REPLY", [WK_CS_LINGER] = "LINGER", [WK_CS_PPHDR] = "PPHDR",
-    [WK_CS_TLS] = "TLS",
+    [WK_CS_TLS] = "TLS",     [WK_CS_H2] = "H2",
 };
 
 static const struct flag_name client_flags[] = {

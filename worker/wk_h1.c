@@ -472,6 +472,31 @@ const char *wk_h1_method_str(unsigned method)
     return http_method_str((enum http_method)method);
 }
 
+int wk_h1_method_num(const char *s, size_t n, unsigned *out)
+{
+    for (unsigned m = 0; m < 64; m++) {
+        const char *name = http_method_str((enum http_method)m);
+        if (strcmp(name, "<unknown>") == 0) {
+            break;
+        }
+        if (strlen(name) == n && memcmp(name, s, n) == 0) {
+            *out = m;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int wk_h1_method_idempotent(unsigned method)
+{
+    return is_idempotent(method);
+}
+
+unsigned wk_h1_method_head(void)
+{
+    return HTTP_HEAD;
+}
+
 /* ---- writing heads --------------------------------------------------------------------------- */
 /* Does a header name hold an underscore? Such names are dropped on the way upstream (as nginx
  * does): many frameworks read X_Forwarded_For as X-Forwarded-For. */

@@ -166,5 +166,10 @@ static inline int wk_h1_chunk_parse(struct wk_chunk *ch, const char *p, size_t n
 
 /* The method's name ("GET"). */
 const char *wk_h1_method_str(unsigned method);
+/* The method number of the method name <s>[0, n) (exact, case-sensitive): 1 and *out, or 0 for
+ * a method the tokenizer does not know. */
+int wk_h1_method_num(const char *s, size_t n, unsigned *out);
+int wk_h1_method_idempotent(unsigned method);
+unsigned wk_h1_method_head(void);
 
 #endif

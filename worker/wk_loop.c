@@ -201,6 +201,8 @@ static void timers_run(void)
                 wk_upstream_timeout((struct wk_upstream *)(void *)t->owner);
             } else if (t->owner->kind == WK_EV_CLIENT) {
                 wk_client_timeout((struct wk_client *)(void *)t->owner);
+            } else if (t->owner->kind == WK_EV_H2STREAM) {
+                wk_h2_stream_timeout((struct wk_h2_stream *)(void *)t->owner);
             }
         }
     }

@@ -52,6 +52,7 @@ struct tg_listener {
 static EVP_CIPHER *aes256cbc;
 static int ex_ocsp = -1;     /* ex-data of server contexts: their stapled OCSP response */
 static int ex_upstream = -1; /* ex-data of client SSLs: (ctx id << 20) | (backend slot + 1) */
+static int ex_h2 = -1;       /* ex-data of server SSLs: non-NULL when the listener offers h2 */
 static uint64_t next_ctx_id = 1;
 static char last_error[256];
 
@@ -407,6 +408,26 @@ static SSL_CTX *reuse_server_ctx(const struct wk_tls_gen *prev, const struct shm
     return NULL;
 }
 
+/* ALPN: "h2" when the client offers it and the listener allows it, else "http/1.1" when
+ * offered; a client that offers neither goes on without ALPN (and speaks HTTP/1). */
+static int on_alpn(SSL *s, const unsigned char **out, unsigned char *outlen,
+                   const unsigned char *in, unsigned int inlen, void *arg)
+{
+    static const unsigned char both[] = "\x02h2\x08http/1.1";
+    static const unsigned char h1[] = "\x08http/1.1";
+    int h2 = SSL_get_ex_data(s, ex_h2) != NULL;
+    unsigned char *sel;
+
+    (void)arg;
+    if (SSL_select_next_proto(&sel, outlen, h2 ? both : h1,
+                              (unsigned)(h2 ? sizeof(both) : sizeof(h1)) - 1, in,
+                              inlen) != OPENSSL_NPN_NEGOTIATED) {
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    *out = sel;
+    return SSL_TLSEXT_ERR_OK;
+}
+
 static int on_new_session(SSL *s, SSL_SESSION *sess);
 
 static SSL_CTX *client_ctx(const struct wk_tls_gen *prev, const struct shm_snap_hdr *h,
@@ -541,6 +562,7 @@ struct wk_tls_gen *wk_tls_gen_new(const struct shm_snap_hdr *h, const struct wk_
                 continue;
             }
             SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
+            SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
             SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
             if (set_ocsp(ctx, h, c) != 0) {
                 log_error("certificate %s (%s): no memory for its OCSP response: not stapled",
@@ -609,7 +631,8 @@ int wk_tls_init(void)
     aes256cbc = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
     ex_upstream = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     ex_ocsp = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, ocsp_blob_free);
-    if (aes256cbc == NULL || ex_upstream < 0 || ex_ocsp < 0) {
+    ex_h2 = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    if (aes256cbc == NULL || ex_upstream < 0 || ex_ocsp < 0 || ex_h2 < 0) {
         char err[256];
         log_error("TLS start-up failed: %s", tls_errors(err, sizeof(err)));
         return -1;
@@ -692,6 +715,15 @@ static const struct tg_listener *listener_of(const struct wk_tls_gen *tg, int fd
     return best;
 }
 
+int wk_tls_alpn_h2(const struct ssl_st *s)
+{
+    const unsigned char *p;
+    unsigned int n;
+
+    SSL_get0_alpn_selected(s, &p, &n);
+    return n == 2 && memcmp(p, "h2", 2) == 0;
+}
+
 struct ssl_st *wk_tls_server_new(int fd, uint32_t listener)
 {
     const struct tg_listener *l;
@@ -711,6 +743,9 @@ struct ssl_st *wk_tls_server_new(int fd, uint32_t listener)
         ERR_clear_error();
         SSL_free(s);
         return NULL;
+    }
+    if (listener < tg->snap->nlisteners && shm_listeners(tg->snap)[listener].http2) {
+        SSL_set_ex_data(s, ex_h2, (void *)1);
     }
     l = listener_of(tg, fd, listener);
     if (l == NULL) {

@@ -33,6 +33,8 @@ struct ssl_st *wk_tls_server_new(int fd, uint32_t listener);
 /* After the handshake of server-side <s>: the RFC 2253 subject of the client certificate it
  * verified (printable ASCII only), as a heap string, or NULL when none was verified. */
 char *wk_tls_client_subject(const struct ssl_st *s);
+/* Did the handshake of <s> select ALPN "h2"? (Offered when the listener has http2.) */
+int wk_tls_alpn_h2(const struct ssl_st *s);
 /* A client-side SSL on socket <fd> to backend <be> of service <svc> (an index in <tg>'s
  * generation): SNI and name or IP verification as the service says, resuming the last session
  * with that backend (kept per runtime slot) when it was made under the same settings. NULL when

@@ -391,6 +391,44 @@ static int build_upstream_head(struct wk_xchg *x, const struct wk_head *hd, cons
 }
 
 /* ---- the request's way in --------------------------------------------------------------------- */
+/* listeners[].health_uri: is <rq> a GET or HEAD of exactly that path (the query aside)? */
+static int health_probe(const struct shm_snap_hdr *s, uint32_t listener,
+                        const struct wk_h1_req *rq)
+{
+    const struct shm_str *u;
+
+    if (listener >= s->nlisteners || shm_listeners(s)[listener].health_uri.len == 0) {
+        return 0;
+    }
+    u = &shm_listeners(s)[listener].health_uri;
+    return rq->pathlen == u->len && memcmp(rq->path, shm_s(s, *u), u->len) == 0 &&
+           ((rq->flags & WK_H1_HEAD) || strcmp(wk_h1_method_str(rq->method), "GET") == 0);
+}
+
+int wk_xchg_health(struct wk_xchg *x, uint32_t listener, const struct wk_h1_req *rq)
+{
+    uint32_t h;
+    const char *status;
+    char body[64];
+    int ok, n;
+
+    if (!health_probe(x->at.gen->snap, listener, rq)) {
+        return 0;
+    }
+    /* Answered as admin GET /health does, from the state the master publishes (one load:
+     * nothing is judged per probe). */
+    h = __atomic_load_n(&wk.ctl->health, __ATOMIC_ACQUIRE);
+    status = wk.stopping                     ? "draining"
+             : h == SHM_HEALTH_SERVING  ? "serving"
+             : h == SHM_HEALTH_DEGRADED ? "degraded"
+             : h == SHM_HEALTH_DRAINING ? "draining"
+                                        : "starting";
+    ok = strcmp(status, "serving") == 0;
+    n = snprintf(body, sizeof(body), "{\"ok\":%s,\"status\":\"%s\"}\n", ok ? "true" : "false",
+                 status);
+    return wk_xchg_reply(x, ok ? 200 : 503, body, (size_t)n, 0) < 0 ? -1 : 1;
+}
+
 int wk_xchg_route(struct wk_xchg *x, const struct wk_h1_req *rq, const char *nhost, size_t nhlen)
 {
     const struct shm_snap_hdr *s = x->at.gen->snap;

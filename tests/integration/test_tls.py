@@ -397,8 +397,14 @@ class TlsTest(dsptest.TestCase):
         st, h, body = curl(d.port, "nothing.do", "/x")
         self.assertEqual(st, 404)
         self.assertEqual(json.loads(body)["error"], "Service not found")
-        # ALPN: http/1.1 is chosen when offered, even next to h2.
+        # ALPN: h2 is preferred when offered (test_http2.py covers HTTP/2 itself); a client
+        # that offers only http/1.1 gets it.
         p = subprocess.run(["curl", "-skv", "--http2", "-o", "/dev/null", "--resolve",
+                            "secure.do:%d:127.0.0.1" % d.port,
+                            "https://secure.do:%d/echo" % d.port],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+        self.assertIn("ALPN: server accepted h2", p.stderr.decode())
+        p = subprocess.run(["curl", "-skv", "--http1.1", "-o", "/dev/null", "--resolve",
                             "secure.do:%d:127.0.0.1" % d.port,
                             "https://secure.do:%d/echo" % d.port],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)

@@ -1,0 +1,1118 @@
+/* dispatcher: the HTTP/2 client side. A client connection that negotiated ALPN "h2" (TLS) or
+ * began with the HTTP/2 preface (plain, prior knowledge) is served by an nghttp2 server session:
+ * nghttp2 does the framing, HPACK, flow control and the RFC 9113 message checks, and does no I/O;
+ * the bytes go through the connection's transport (common/xport.h) like HTTP/1's.
+ *
+ * Each stream is one request and drives its own exchange (wk_xchg.c) exactly as an HTTP/1
+ * request does: the stream builds the parsed-request struct from its header block, and serves
+ * the exchange through wk_h2_ops (a generated answer or the backend's response head become a
+ * HEADERS frame, response bytes are read out of the exchange's buffer by a data provider).
+ *
+ * Memory per stream is bounded by limits.h2_stream_window in each direction: request DATA is
+ * acknowledged (WINDOW_UPDATE) only once it has been written to the backend, and response bytes
+ * stay in the exchange's upstream buffer until the stream's send window takes them. */
+#include "worker/wk_internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/dsp.h"
+#include "common/log.h"
+#include "common/str.h"
+#include "shm/shm_route.h"
+#include "shm/shm_snap.h"
+
+#define H2_OUT_SIZE (64 * 1024)     /* serialized frames waiting for the socket */
+#define H2_RESET_BURST 1000         /* RST_STREAMs a client may send in a burst (rapid reset) */
+#define H2_RESET_RATE 33            /* ... and per second after it */
+#define H2_MAX_CONTINUATIONS 8      /* CONTINUATION frames per header block */
+
+/* Stream flags. */
+#define S_END_STREAM 0x01u /* the client's half is closed: the request is complete */
+#define S_STARTED    0x02u /* the exchange was begun (x is live until S_ENDED) */
+#define S_ENDED      0x04u /* the exchange was ended (logged and released) */
+#define S_RESPONDED  0x08u /* a response (proxied or generated) was submitted */
+#define S_EOF        0x10u /* the response's last byte went to nghttp2 */
+#define S_CHUNKED    0x20u /* the body goes upstream chunked (no Content-Length was sent) */
+#define S_DISCARD    0x40u /* request DATA is no longer wanted: consumed and dropped */
+#define S_HEAD_BAD   0x80u /* the header block broke a rule: refused with 400 at its end */
+
+struct wk_h2;
+
+/* A header block as it arrives: offsets into the stream's copy buffer. */
+struct h2_head {
+    uint32_t n;
+    uint32_t noff[WK_MAX_HEADERS], nlen[WK_MAX_HEADERS];
+    uint32_t voff[WK_MAX_HEADERS], vlen[WK_MAX_HEADERS];
+    uint32_t poff[4], plen[4];  /* :method, :path, :authority, :scheme (offset + 1; 0: absent) */
+};
+
+struct wk_h2_stream {
+    struct wk_ev ev;            /* WK_EV_H2STREAM: owner of the stream's timer */
+    struct wk_xchg x;
+    struct wk_timer timer;
+    struct wk_h2 *h;
+    int32_t id;
+    uint32_t flags;             /* S_* */
+    struct wk_buf rq;           /* request bytes for the backend (chunk-framed with S_CHUNKED) */
+    uint64_t unacked;           /* DATA payload received but not yet acknowledged */
+    uint64_t body_bytes;        /* DATA payload received in all */
+    /* The header block while it arrives: names and values copied into <hb>, the method written
+     * first ("GET ") for the access log's raw method. */
+    char *hb;
+    uint32_t hb_len, hb_cap;
+    struct h2_head *head;       /* the fields as offsets in <hb>, until the block is complete */
+    const char *err;            /* why the header block was refused (S_HEAD_BAD) */
+    char *reply;                /* a generated answer's body */
+    uint32_t reply_len, reply_off;
+    struct wk_h2_stream *next, *prev;
+};
+
+struct wk_h2 {
+    nghttp2_session *s;
+    struct wk_client *c;
+    struct wk_h2_stream *streams;
+    uint32_t nstreams;
+    uint8_t goaway;             /* a graceful GOAWAY was sent (worker stopping) */
+    char *out;                  /* serialized frames not yet written: [out_off, out_len) */
+    uint32_t out_off, out_len, out_cap;
+};
+
+enum { P_METHOD, P_PATH, P_AUTHORITY, P_SCHEME };
+
+static const struct wk_xchg_ops wk_h2_ops;
+
+static struct wk_h2_stream *xstream(struct wk_xchg *x)
+{
+    return (struct wk_h2_stream *)(void *)((char *)x - offsetof(struct wk_h2_stream, x));
+}
+
+static const struct shm_snap_hdr *cur_snap(void)
+{
+    return wk.cur->snap;
+}
+
+/* ---- stream lifetime ------------------------------------------------------------------------ */
+static struct wk_h2_stream *stream_new(struct wk_h2 *h, int32_t id)
+{
+    struct wk_h2_stream *st = calloc(1, sizeof(*st));
+
+    if (st == NULL) {
+        return NULL;
+    }
+    st->ev.kind = WK_EV_H2STREAM;
+    st->timer.owner = &st->ev;
+    st->h = h;
+    st->id = id;
+    st->x.ops = &wk_h2_ops;
+    st->x.peer = &h->c->peer;
+    st->x.rq = &st->rq;
+    st->x.at.client_family = h->c->peer.family;
+    memcpy(st->x.at.client_ip, h->c->peer.ip, 16);
+    st->next = h->streams;
+    if (h->streams != NULL) {
+        h->streams->prev = st;
+    }
+    h->streams = st;
+    h->nstreams++;
+    return st;
+}
+
+static void head_free(struct wk_h2_stream *st)
+{
+    free(st->hb);
+    free(st->head);
+    st->hb = NULL;
+    st->head = NULL;
+    st->hb_len = st->hb_cap = 0;
+}
+
+/* End the stream's exchange once: <how> as wk_xchg_log() takes it. */
+static void stream_end_exchange(struct wk_h2_stream *st, int how)
+{
+    if ((st->flags & (S_STARTED | S_ENDED)) == S_STARTED) {
+        st->flags |= S_ENDED;
+        wk_xchg_log(&st->x, how);
+        wk_xchg_end(&st->x);
+    }
+}
+
+static void stream_free(struct wk_h2_stream *st)
+{
+    struct wk_h2 *h = st->h;
+
+    stream_end_exchange(st, -1);
+    wk_timer_disarm(&st->timer);
+    head_free(st);
+    free(st->reply);
+    wk_buf_put(&st->rq);
+    if (st->prev != NULL) {
+        st->prev->next = st->next;
+    } else {
+        h->streams = st->next;
+    }
+    if (st->next != NULL) {
+        st->next->prev = st->prev;
+    }
+    h->nstreams--;
+    wk_free_later(&st->ev);
+}
+
+/* ---- the header block ------------------------------------------------------------------------- */
+static int hb_add(struct wk_h2_stream *st, const uint8_t *p, size_t n, uint32_t *off)
+{
+    if (n > st->hb_cap - st->hb_len) {
+        return -1;
+    }
+    memcpy(st->hb + st->hb_len, p, n);
+    *off = st->hb_len;
+    st->hb_len += (uint32_t)n;
+    return 0;
+}
+
+static void head_refuse(struct wk_h2_stream *st, const char *why)
+{
+    if (!(st->flags & S_HEAD_BAD)) {
+        st->flags |= S_HEAD_BAD;
+        st->err = why;
+    }
+}
+
+static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    struct wk_h2 *h = ud;
+    struct wk_h2_stream *st;
+    uint32_t cap = (uint32_t)cur_snap()->limits.max_header_bytes + 64;
+
+    (void)s;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        return 0;
+    }
+    st = stream_new(h, f->hd.stream_id);
+    if (st == NULL) {
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    st->hb = malloc(cap);
+    st->head = calloc(1, sizeof(*st->head));
+    if (st->hb == NULL || st->head == NULL) {
+        stream_free(st);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    st->hb_cap = cap;
+    nghttp2_session_set_stream_user_data(h->s, f->hd.stream_id, st);
+    return 0;
+}
+
+static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
+                     const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    struct wk_h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    struct h2_head *hh;
+    uint32_t no, vo;
+
+    (void)flags;
+    (void)ud;
+    if (st == NULL || f->hd.type != NGHTTP2_HEADERS || (st->flags & S_HEAD_BAD) ||
+        st->head == NULL) {
+        return 0; /* trailers of a request, or a block already refused: ignored */
+    }
+    hh = st->head;
+    if (nlen > 0 && name[0] == ':') {
+        static const char *const names[] = {":method", ":path", ":authority", ":scheme"};
+        for (int i = 0; i < 4; i++) {
+            if (nlen == strlen(names[i]) && memcmp(name, names[i], nlen) == 0) {
+                if (hb_add(st, value, vlen, &vo) != 0) {
+                    head_refuse(st, "Request header fields too large");
+                    return 0;
+                }
+                hh->poff[i] = vo + 1;
+                hh->plen[i] = (uint32_t)vlen;
+                return 0;
+            }
+        }
+        return 0; /* (nghttp2 refuses unknown pseudo-headers itself) */
+    }
+    if (hh->n >= WK_MAX_HEADERS) {
+        head_refuse(st, "Too many header fields");
+        return 0;
+    }
+    if (!wk_value_ok((const char *)value, vlen) || !wk_token_ok((const char *)name, nlen)) {
+        head_refuse(st, "Malformed header field");
+        return 0;
+    }
+    if (hb_add(st, name, nlen, &no) != 0 || hb_add(st, value, vlen, &vo) != 0) {
+        head_refuse(st, "Request header fields too large");
+        return 0;
+    }
+    /* Offsets while the block grows; pointers once it is complete. */
+    hh->noff[hh->n] = no;
+    hh->nlen[hh->n] = (uint32_t)nlen;
+    hh->voff[hh->n] = vo;
+    hh->vlen[hh->n] = (uint32_t)vlen;
+    hh->n++;
+    return 0;
+}
+
+/* ---- the request -------------------------------------------------------------------------------- */
+/* The header block is complete: turn it into a parsed request for the exchange. Returns 0, or the
+ * status to refuse it with (<why> says why). */
+static unsigned build_request(struct wk_h2_stream *st, int end_stream, struct wk_h1_req *rq,
+                              const char **why)
+{
+    struct h2_head *hh = st->head;
+    const char *m, *path, *auth = NULL, *clv = NULL;
+    size_t mlen, plen, alen = 0, clvl = 0;
+    uint32_t cookie = 0, w = 0;
+
+    memset(rq, 0, sizeof(*rq));
+    rq->clen = ULLONG_MAX;
+    if (st->flags & S_HEAD_BAD) {
+        *why = st->err;
+        return strstr(st->err, "too large") || strstr(st->err, "Too many") ? 431 : 400;
+    }
+    if (hh->poff[P_METHOD] == 0 || hh->poff[P_PATH] == 0 || hh->poff[P_SCHEME] == 0) {
+        *why = "Missing :method, :path or :scheme";
+        return 400;
+    }
+    m = st->hb + hh->poff[P_METHOD] - 1;
+    mlen = hh->plen[P_METHOD];
+    path = st->hb + hh->poff[P_PATH] - 1;
+    plen = hh->plen[P_PATH];
+    if (hh->poff[P_AUTHORITY] != 0) {
+        auth = st->hb + hh->poff[P_AUTHORITY] - 1;
+        alen = hh->plen[P_AUTHORITY];
+    }
+    for (uint32_t i = 0; i < hh->n; i++) {
+        struct wk_hdr *h = &rq->hd.h[w];
+        h->name = st->hb + hh->noff[i];
+        h->nlen = hh->nlen[i];
+        h->value = st->hb + hh->voff[i];
+        h->vlen = hh->vlen[i];
+        if (h->nlen == 4 && memcmp(h->name, "host", 4) == 0 && auth == NULL) {
+            auth = h->value; /* (:authority wins over Host when both are there) */
+            alen = h->vlen;
+        }
+        if (h->nlen == 14 && memcmp(h->name, "content-length", 14) == 0) {
+            if (clv != NULL && (clvl != h->vlen || memcmp(clv, h->value, clvl) != 0)) {
+                *why = "Conflicting Content-Length";
+                return 400;
+            }
+            clv = h->value;
+            clvl = h->vlen;
+        }
+        if (h->nlen == 6 && memcmp(h->name, "cookie", 6) == 0) {
+            if (cookie != 0) {
+                /* RFC 9113 8.2.3: the crumbs become one field again for HTTP/1.1. */
+                struct wk_hdr *c0 = &rq->hd.h[cookie - 1];
+                if (st->hb_len + c0->vlen + 2 + h->vlen > st->hb_cap) {
+                    *why = "Request header fields too large";
+                    return 431;
+                }
+                memcpy(st->hb + st->hb_len, c0->value, c0->vlen);
+                memcpy(st->hb + st->hb_len + c0->vlen, "; ", 2);
+                memcpy(st->hb + st->hb_len + c0->vlen + 2, h->value, h->vlen);
+                c0->value = st->hb + st->hb_len;
+                c0->vlen += 2 + h->vlen;
+                st->hb_len += c0->vlen;
+                continue;
+            }
+            cookie = w + 1;
+        }
+        w++;
+    }
+    rq->hd.n = w;
+    rq->hd.url = path;
+    rq->hd.url_len = (uint32_t)plen;
+    if (!wk_h1_method_num(m, mlen, &rq->method)) {
+        *why = "Unknown method";
+        return 400;
+    }
+    if (mlen == 7 && memcmp(m, "CONNECT", 7) == 0) {
+        *why = "CONNECT is not supported";
+        return 405;
+    }
+    if (auth == NULL || alen == 0 || !wk_host_ok(auth, alen)) {
+        *why = auth == NULL || alen == 0 ? "Missing :authority" : "Invalid :authority";
+        return 400;
+    }
+    if (memchr(path, '#', plen) != NULL ||
+        !(plen > 0 && (path[0] == '/' || (plen == 1 && path[0] == '*' && mlen == 7 &&
+                                          memcmp(m, "OPTIONS", 7) == 0)))) {
+        *why = "Invalid :path";
+        return 400;
+    }
+    if (clv != NULL && !wk_content_length(clv, clvl, &rq->clen)) {
+        *why = "Invalid Content-Length";
+        return 400;
+    }
+    rq->major = 2;
+    rq->minor = 0;
+    rq->host = auth;
+    rq->hostlen = alen;
+    rq->target = path;
+    rq->tlen = plen;
+    rq->path = path;
+    rq->pathlen = memchr(path, '?', plen) ? (size_t)((const char *)memchr(path, '?', plen) - path)
+                                          : plen;
+    rq->chunked = !end_stream && rq->clen == ULLONG_MAX;
+    rq->flags = WK_H1_KEEPALIVE;
+    if (end_stream) {
+        rq->flags |= WK_H1_DONE;
+    }
+    if (rq->method == wk_h1_method_head()) {
+        rq->flags |= WK_H1_HEAD;
+    }
+    if (wk_h1_method_idempotent(rq->method)) {
+        rq->flags |= WK_H1_IDEMPOTENT;
+    }
+    return 0;
+}
+
+static void rst(struct wk_h2_stream *st, uint32_t code)
+{
+    st->flags |= S_DISCARD;
+    nghttp2_submit_rst_stream(st->h->s, NGHTTP2_FLAG_NONE, st->id, code);
+}
+
+/* The header block of a new request is complete: build the request and start its exchange. */
+static void stream_request(struct wk_h2_stream *st, int end_stream)
+{
+    struct wk_xchg *x = &st->x;
+    const struct shm_snap_hdr *s;
+    struct wk_h1_req *rq = malloc(sizeof(*rq));
+    const char *why = NULL;
+    char mbuf[40], nhost[256];
+    size_t nhlen, ml;
+    unsigned status;
+    int r;
+
+    if (rq == NULL || wk_xchg_begin(x) != 0) {
+        free(rq);
+        rst(st, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    st->flags |= S_STARTED | (end_stream ? S_END_STREAM : 0);
+    s = x->at.gen->snap;
+    status = build_request(st, end_stream, rq, &why);
+    x->method = (uint8_t)rq->method;
+    x->vmajor = 2;
+    x->vminor = 0;
+    /* The access log records the method as sent, from the "METHOD " at the head's start. */
+    ml = st->head->poff[P_METHOD] ? DSP_MIN(st->head->plen[P_METHOD], sizeof(mbuf) - 2) : 0;
+    memcpy(mbuf, st->hb + (ml ? st->head->poff[P_METHOD] - 1 : 0), ml);
+    mbuf[ml] = ' ';
+    wk_xchg_identify(x, &rq->hd, mbuf, ml + 1, rq->host, rq->host ? rq->hostlen : 0);
+    if (status != 0) {
+        wk_xchg_error(x, status,
+                      status == 431   ? "Request header fields too large"
+                      : status == 405 ? "Method not allowed"
+                                      : "Bad request",
+                      why, 1);
+        goto out;
+    }
+    nhlen = shm_host_normalize(rq->host, rq->hostlen, nhost, sizeof(nhost));
+    if (nhlen == 0) {
+        wk_xchg_error(x, 400, "Bad request", "Invalid :authority", 1);
+        goto out;
+    }
+    if (rq->chunked) {
+        st->flags |= S_CHUNKED;
+    }
+    if (rq->flags & WK_H1_IDEMPOTENT) {
+        x->tflags |= WK_T_IDEMPOTENT;
+    }
+    if (rq->flags & WK_H1_HEAD) {
+        x->tflags |= WK_T_HEAD_REQ;
+    }
+    if (rq->flags & WK_H1_DONE) {
+        x->tflags |= WK_T_REQ_DONE;
+    }
+    x->tx->req_chunked = rq->chunked;
+    x->body_off = x->parsed_off = x->send_off = 0;
+    if (!end_stream && wk_buf_get(&st->rq, 2 * s->limits.h2_stream_window + 64) != 0) {
+        wk_xchg_error(x, 503, "Service unavailable", "Out of resources", 1);
+        goto out;
+    }
+    r = wk_xchg_health(x, st->h->c->listener, rq);
+    if (r == 0) {
+        r = wk_xchg_route(x, rq, nhost, nhlen);
+    }
+    if (r == 0) {
+        r = wk_xchg_forward(x, rq);
+    }
+    free(rq);
+    rq = NULL;
+    head_free(st);
+    if (r == 0) {
+        wk_xchg_start(x);
+    }
+out:
+    free(rq);
+    head_free(st);
+}
+
+/* Append request DATA for the backend (chunk-framed when the request has no Content-Length).
+ * Returns 0, or -1 when it does not fit: a client that floods tiny frames. */
+static int rq_append(struct wk_h2_stream *st, const uint8_t *p, size_t n)
+{
+    struct wk_xchg *x = &st->x;
+    struct wk_buf *b = &st->rq;
+    char sz[24];
+    int zl = 0;
+
+    if (x->send_off == x->parsed_off && x->send_off > 0) {
+        /* Everything so far went upstream: start the buffer over (a retry can no longer
+         * replay the body). */
+        if (x->send_off > x->body_off) {
+            x->tflags |= WK_T_BODY_LOST;
+        }
+        b->start = b->end = 0;
+        x->body_off = x->parsed_off = x->send_off = 0;
+    }
+    if (st->flags & S_CHUNKED) {
+        zl = snprintf(sz, sizeof(sz), "%zx\r\n", n);
+    }
+    if (b->data == NULL || (size_t)zl + n + 2 > b->cap - b->end) {
+        return -1;
+    }
+    memcpy(b->data + b->end, sz, (size_t)zl);
+    memcpy(b->data + b->end + zl, p, n);
+    b->end += (uint32_t)zl + (uint32_t)n;
+    if (st->flags & S_CHUNKED) {
+        memcpy(b->data + b->end, "\r\n", 2);
+        b->end += 2;
+    }
+    x->parsed_off = b->end;
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *ud)
+{
+    struct wk_h2_stream *st = nghttp2_session_get_stream_user_data(s, id);
+    uint64_t maxb;
+
+    (void)flags;
+    (void)ud;
+    if (st == NULL || (st->flags & (S_DISCARD | S_ENDED | S_EOF)) || !(st->flags & S_STARTED)) {
+        nghttp2_session_consume(s, id, len);
+        return 0;
+    }
+    st->body_bytes += len;
+    maxb = st->x.at.gen->snap->limits.max_body_bytes;
+    if (maxb > 0 && st->body_bytes > maxb) {
+        nghttp2_session_consume(s, id, len);
+        wk_xchg_error(&st->x, 413, "Payload too large",
+                      "Request body exceeds limits.max_body_bytes", 1);
+        return 0;
+    }
+    if (rq_append(st, data, len) != 0) {
+        nghttp2_session_consume(s, id, len);
+        stream_end_exchange(st, -1);
+        rst(st, NGHTTP2_ENHANCE_YOUR_CALM);
+        return 0;
+    }
+    st->unacked += len;
+    return 0;
+}
+
+/* The client's half of the stream ended (END_STREAM on DATA or trailers). */
+static void request_end(struct wk_h2_stream *st)
+{
+    struct wk_xchg *x = &st->x;
+
+    st->flags |= S_END_STREAM;
+    if (!(st->flags & S_STARTED) || (st->flags & (S_ENDED | S_DISCARD))) {
+        return;
+    }
+    if ((st->flags & S_CHUNKED) && !(x->tflags & WK_T_REQ_DONE)) {
+        static const uint8_t last[] = "0\r\n\r\n";
+        struct wk_buf *b = &st->rq;
+        if (b->data == NULL || b->cap - b->end < sizeof(last) - 1) {
+            stream_end_exchange(st, -1);
+            rst(st, NGHTTP2_INTERNAL_ERROR);
+            return;
+        }
+        memcpy(b->data + b->end, last, sizeof(last) - 1);
+        b->end += sizeof(last) - 1;
+        x->parsed_off = b->end;
+    }
+    x->tflags |= WK_T_REQ_DONE;
+}
+
+static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    struct wk_h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+
+    (void)ud;
+    if (st == NULL) {
+        return 0;
+    }
+    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST &&
+        !(st->flags & S_STARTED)) {
+        stream_request(st, (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
+    } else if ((f->hd.type == NGHTTP2_DATA || f->hd.type == NGHTTP2_HEADERS) &&
+               (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        request_end(st);
+    }
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    struct wk_h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+
+    (void)ud;
+    /* Answered before the request was complete (an early 413, a 404 to an upload): the rest
+     * of the body is not wanted. */
+    if (st != NULL && (f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+        (f->hd.type == NGHTTP2_DATA || f->hd.type == NGHTTP2_HEADERS) &&
+        !(st->flags & S_END_STREAM)) {
+        st->flags |= S_DISCARD;
+        nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+    }
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *ud)
+{
+    struct wk_h2_stream *st = nghttp2_session_get_stream_user_data(s, id);
+
+    (void)code;
+    (void)ud;
+    if (st != NULL) {
+        nghttp2_session_set_stream_user_data(s, id, NULL);
+        stream_end_exchange(st, (st->flags & S_EOF) ? (st->reply ? 0 : 1) : -1);
+        stream_free(st);
+    }
+    return 0;
+}
+
+/* ---- the response ------------------------------------------------------------------------------- */
+static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
+                         uint32_t *dflags, nghttp2_data_source *src, void *ud)
+{
+    struct wk_h2_stream *st = src->ptr;
+    struct wk_xchg *x = &st->x;
+    struct wk_txn *tx = x->tx;
+    size_t n;
+
+    (void)s;
+    (void)id;
+    (void)ud;
+    if (st->reply != NULL) {
+        n = DSP_MIN(len, (size_t)(st->reply_len - st->reply_off));
+        memcpy(buf, st->reply + st->reply_off, n);
+        st->reply_off += (uint32_t)n;
+        if (tx != NULL) {
+            tx->bytes_sent += n;
+        }
+        if (st->reply_off == st->reply_len) {
+            *dflags |= NGHTTP2_DATA_FLAG_EOF;
+            st->flags |= S_EOF;
+            if (st->flags & S_STARTED) {
+                wk_xchg_tally(x, 0);
+            }
+        }
+        return (ssize_t)n;
+    }
+    if (tx == NULL || (st->flags & (S_ENDED | S_EOF))) {
+        *dflags |= NGHTTP2_DATA_FLAG_EOF;
+        return 0;
+    }
+    n = DSP_MIN(len, (size_t)(tx->rready_off - tx->rsend_off));
+    memcpy(buf, tx->uin.data + tx->rsend_off, n);
+    tx->rsend_off += (uint32_t)n;
+    tx->bytes_sent += n;
+    if ((x->tflags & WK_T_RESP_DONE) && tx->rsend_off == tx->rready_off) {
+        *dflags |= NGHTTP2_DATA_FLAG_EOF;
+        st->flags |= S_EOF;
+        wk_xchg_tally(x, 1);
+        wk_xchg_finish(x);
+        wk_timer_disarm(&st->timer);
+        return (ssize_t)n;
+    }
+    return n > 0 ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
+}
+
+static size_t nv_set(nghttp2_nv *nv, const char *name, size_t nlen, const char *value,
+                     size_t vlen)
+{
+    nv->name = (uint8_t *)(uintptr_t)name;
+    nv->namelen = nlen;
+    nv->value = (uint8_t *)(uintptr_t)value;
+    nv->valuelen = vlen;
+    nv->flags = NGHTTP2_NV_FLAG_NONE;
+    return 1;
+}
+
+static int h2_reply(struct wk_xchg *x, unsigned status, const char *ctype, const char *body,
+                    size_t blen, int close_it)
+{
+    struct wk_h2_stream *st = xstream(x);
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = resp_read};
+    nghttp2_nv nva[4];
+    char sbuf[8], lbuf[24];
+    size_t n = 0;
+
+    (void)close_it;
+    if (st->flags & S_RESPONDED) {
+        stream_end_exchange(st, -1);
+        rst(st, NGHTTP2_INTERNAL_ERROR);
+        return -1;
+    }
+    st->reply = malloc(blen ? blen : 1);
+    if (st->reply == NULL) {
+        stream_end_exchange(st, -1);
+        rst(st, NGHTTP2_INTERNAL_ERROR);
+        return -1;
+    }
+    memcpy(st->reply, body, blen);
+    st->reply_len = (uint32_t)blen;
+    snprintf(sbuf, sizeof(sbuf), "%u", status);
+    snprintf(lbuf, sizeof(lbuf), "%zu", blen);
+    n += nv_set(&nva[n], ":status", 7, sbuf, strlen(sbuf));
+    n += nv_set(&nva[n], "content-type", 12, ctype, strlen(ctype));
+    n += nv_set(&nva[n], "content-length", 14, lbuf, strlen(lbuf));
+    if (x->tx != NULL && x->tx->reqid_len > 0) {
+        n += nv_set(&nva[n], "x-request-id", 12, x->tx->reqid, x->tx->reqid_len);
+    }
+    /* (a HEAD gets the head alone, Content-Length included) */
+    if (nghttp2_submit_response(st->h->s, st->id, nva, n,
+                                (x->tflags & WK_T_HEAD_REQ) ? NULL : &prd) != 0) {
+        stream_end_exchange(st, -1);
+        rst(st, NGHTTP2_INTERNAL_ERROR);
+        return -1;
+    }
+    st->flags |= S_RESPONDED;
+    if (x->tflags & WK_T_HEAD_REQ) {
+        st->flags |= S_EOF;
+        wk_xchg_tally(x, 0);
+    }
+    if (!(st->flags & S_END_STREAM)) {
+        st->flags |= S_DISCARD; /* the rest of the body is consumed and dropped */
+    }
+    wk_timer_disarm(&st->timer);
+    return 0;
+}
+
+/* Is <name> one of the fields HTTP/2 forbids (connection-specific) or that we write ourselves? */
+static int resp_field_dropped(const struct wk_h1_resp *rs, const struct wk_hdr *h, int chunked)
+{
+    return wk_hdr_hop(&rs->hd, h->name, h->nlen) || wk_hdr_is(h, "x-request-id", 12) ||
+           ((chunked || rs->status == 204 || rs->status == 304) &&
+            wk_hdr_is(h, "content-length", 14));
+}
+
+static int h2_resp_head(struct wk_xchg *x, const struct wk_h1_resp *rs)
+{
+    struct wk_h2_stream *st = xstream(x);
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = resp_read};
+    const struct wk_head *hd = &rs->hd;
+    nghttp2_nv nva[WK_MAX_HEADERS + 2];
+    char sbuf[8], *low;
+    size_t n = 0, total = 0, at = 0;
+    int bodyless = wk_h1_bodyless((x->tflags & WK_T_HEAD_REQ) != 0, rs->status);
+    int r;
+
+    if (rs->status < 200 || (st->flags & S_RESPONDED)) {
+        return -1; /* (a 101 nobody can have asked for over HTTP/2) */
+    }
+    for (uint32_t i = 0; i < hd->n; i++) {
+        total += hd->h[i].nlen;
+    }
+    low = malloc(total + 1);
+    if (low == NULL) {
+        return -1;
+    }
+    snprintf(sbuf, sizeof(sbuf), "%u", rs->status);
+    n += nv_set(&nva[n], ":status", 7, sbuf, strlen(sbuf));
+    for (uint32_t i = 0; i < hd->n; i++) {
+        const struct wk_hdr *h = &hd->h[i];
+        if (resp_field_dropped(rs, h, rs->chunked)) {
+            continue;
+        }
+        for (uint32_t k = 0; k < h->nlen; k++) {
+            char ch = h->name[k];
+            low[at + k] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+        }
+        n += nv_set(&nva[n], low + at, h->nlen, h->value, h->vlen);
+        at += h->nlen;
+    }
+    if (x->tx->reqid_len > 0) {
+        n += nv_set(&nva[n], "x-request-id", 12, x->tx->reqid, x->tx->reqid_len);
+    }
+    if (rs->chunked) {
+        x->tflags |= WK_T_DECHUNK; /* HTTP/2 frames the body itself */
+    }
+    r = nghttp2_submit_response(st->h->s, st->id, nva, n, bodyless ? NULL : &prd);
+    free(low);
+    if (r != 0) {
+        return -1;
+    }
+    /* A HEADERS frame cannot be taken back: from here on only a reset can end it badly. */
+    x->tflags |= WK_T_CLIENT_SENT;
+    x->status = (uint16_t)rs->status;
+    st->flags |= S_RESPONDED;
+    return 0;
+}
+
+static void h2_unhead(struct wk_xchg *x)
+{
+    (void)x; /* never asked: the head counts as sent (WK_T_CLIENT_SENT) */
+}
+
+static int h2_interim(struct wk_xchg *x, unsigned status, const char *head, size_t hlen)
+{
+    (void)x;
+    (void)status;
+    (void)head;
+    (void)hlen;
+    return 0; /* 1xx responses are not passed on to HTTP/2 clients */
+}
+
+static void h2_close(struct wk_xchg *x)
+{
+    struct wk_h2_stream *st = xstream(x);
+
+    stream_end_exchange(st, -1);
+    rst(st, NGHTTP2_INTERNAL_ERROR);
+}
+
+static void h2_rearm(struct wk_xchg *x)
+{
+    struct wk_h2_stream *st = xstream(x);
+    const struct shm_service *svc;
+    uint32_t ms;
+
+    if ((st->flags & (S_ENDED | S_EOF)) || x->at.gen == NULL || x->at.service == SHM_NONE ||
+        (x->tflags & WK_T_REPLIED)) {
+        wk_timer_disarm(&st->timer);
+        return;
+    }
+    svc = wk_xsvc(x);
+    if (x->up != NULL && (x->up->flags & (WK_UP_F_CONNECTING | WK_UP_F_TLSHS))) {
+        ms = svc->connect_timeout_ms;
+    } else if (!(x->tflags & WK_T_REQ_DONE)) {
+        ms = DSP_MAX(x->at.gen->snap->limits.idle_timeout_ms, svc->response_timeout_ms);
+    } else {
+        ms = svc->response_timeout_ms;
+    }
+    wk_timer_arm(&st->timer, ms ? ms : 1);
+}
+
+static void h2_wake(struct wk_xchg *x)
+{
+    wk_client_run(xstream(x)->h->c);
+}
+
+static const struct wk_xchg_ops wk_h2_ops = {
+    .reply = h2_reply,
+    .resp_head = h2_resp_head,
+    .unhead = h2_unhead,
+    .interim = h2_interim,
+    .close = h2_close,
+    .rearm = h2_rearm,
+    .wake = h2_wake,
+};
+
+void wk_h2_stream_timeout(struct wk_h2_stream *st)
+{
+    struct wk_client *c = st->h->c;
+
+    if ((st->flags & (S_STARTED | S_ENDED | S_EOF)) == S_STARTED) {
+        wk_xchg_expired(&st->x);
+    }
+    wk_client_run(c);
+}
+
+/* ---- the connection ------------------------------------------------------------------------------ */
+int wk_h2_start(struct wk_client *c, const char *pre, size_t plen)
+{
+    const struct shm_snap_hdr *sn = cur_snap();
+    nghttp2_session_callbacks *cb = NULL;
+    nghttp2_option *opt = NULL;
+    nghttp2_settings_entry iv[3];
+    struct wk_h2 *h = calloc(1, sizeof(*h));
+    int r = -1;
+
+    if (h == NULL || nghttp2_session_callbacks_new(&cb) != 0 || nghttp2_option_new(&opt) != 0) {
+        goto out;
+    }
+    h->c = c;
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    /* Request DATA is acknowledged once it reached the backend (back-pressure), not on
+     * arrival. */
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_stream_reset_rate_limit(opt, H2_RESET_BURST, H2_RESET_RATE);
+    nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS);
+    if (nghttp2_session_server_new2(&h->s, cb, h, opt) != 0) {
+        goto out;
+    }
+    iv[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS;
+    iv[0].value = sn->limits.h2_max_streams;
+    iv[1].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE;
+    iv[1].value = sn->limits.h2_stream_window;
+    iv[2].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE;
+    iv[2].value = (uint32_t)sn->limits.max_header_bytes;
+    if (nghttp2_submit_settings(h->s, NGHTTP2_FLAG_NONE, iv, 3) != 0 ||
+        nghttp2_session_set_local_window_size(
+            h->s, NGHTTP2_FLAG_NONE, 0,
+            (int32_t)DSP_MIN((uint64_t)sn->limits.h2_stream_window * 4, (uint64_t)INT32_MAX)) != 0) {
+        goto out;
+    }
+    c->h2 = h;
+    c->state = WK_CS_H2;
+    if (plen > 0 && nghttp2_session_mem_recv(h->s, (const uint8_t *)pre, plen) < 0) {
+        r = -1; /* (c->h2 is set: the close frees it) */
+        goto out;
+    }
+    r = 0;
+out:
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_option_del(opt);
+    if (c->h2 == NULL && h != NULL) {
+        nghttp2_session_del(h->s);
+        free(h);
+    }
+    return r;
+}
+
+void wk_h2_free(struct wk_client *c)
+{
+    struct wk_h2 *h = c->h2;
+
+    if (h == NULL) {
+        return;
+    }
+    while (h->streams != NULL) {
+        stream_free(h->streams);
+    }
+    nghttp2_session_del(h->s);
+    free(h->out);
+    free(h);
+    c->h2 = NULL;
+}
+
+int wk_h2_idle(const struct wk_client *c)
+{
+    return c->h2 == NULL || c->h2->nstreams == 0;
+}
+
+/* Serialize what nghttp2 has to send into h->out and write it. Returns 1 on progress, 0 when
+ * blocked or done, -1 when the connection failed. */
+static int flush(struct wk_client *c, struct wk_h2 *h)
+{
+    int progress = 0;
+
+    for (;;) {
+        if (h->out_off < h->out_len) {
+            ssize_t n;
+            if (!(c->flags & WK_C_F_WRITABLE)) {
+                return progress;
+            }
+            n = xp_write(&c->xp, h->out + h->out_off, h->out_len - h->out_off, 0);
+            if (n == XP_WANT_WRITE) {
+                c->flags &= ~WK_C_F_WRITABLE;
+                return progress;
+            }
+            if (n == XP_WANT_READ) {
+                return progress;
+            }
+            if (n < 0) {
+                return -1;
+            }
+            h->out_off += (uint32_t)n;
+            progress = 1;
+            if (h->out_off < h->out_len) {
+                continue;
+            }
+            h->out_off = h->out_len = 0;
+        }
+        for (;;) {
+            const uint8_t *data;
+            ssize_t n = nghttp2_session_mem_send(h->s, &data);
+            if (n < 0) {
+                return -1;
+            }
+            if (n == 0) {
+                break;
+            }
+            if ((size_t)n > h->out_cap - h->out_len) {
+                uint32_t cap = DSP_MAX(h->out_cap * 2, (uint32_t)(h->out_len + (size_t)n));
+                char *p = realloc(h->out, cap);
+                if (p == NULL) {
+                    return -1;
+                }
+                h->out = p;
+                h->out_cap = cap;
+            }
+            memcpy(h->out + h->out_len, data, (size_t)n);
+            h->out_len += (uint32_t)n;
+            if (h->out_len >= H2_OUT_SIZE) {
+                break; /* enough queued: the socket takes it first */
+            }
+        }
+        if (h->out_off == h->out_len) {
+            return progress;
+        }
+    }
+}
+
+/* One pass over the streams: move request and response bytes through each exchange. */
+static int pump_streams(struct wk_h2 *h)
+{
+    int progress = 0;
+
+    for (struct wk_h2_stream *st = h->streams, *next; st != NULL; st = next) {
+        struct wk_xchg *x = &st->x;
+        int r, moved = 0;
+
+        next = st->next;
+        if ((st->flags & (S_STARTED | S_ENDED | S_EOF)) != S_STARTED ||
+            (x->tflags & WK_T_REPLIED)) {
+            continue;
+        }
+        r = wk_xchg_send(x);
+        if (r < 0) {
+            continue;
+        }
+        moved |= r;
+        r = wk_xchg_recv(x);
+        if (r < 0) {
+            continue;
+        }
+        moved |= r;
+        if (wk_xchg_parse(x) < 0 || (st->flags & (S_ENDED | S_EOF))) {
+            continue;
+        }
+        if ((x->tflags & (WK_T_RESP_DONE | WK_T_REPLIED)) == WK_T_RESP_DONE &&
+            (st->flags & S_RESPONDED) && wk_h1_bodyless((x->tflags & WK_T_HEAD_REQ) != 0,
+                                                        x->status)) {
+            /* A response without a body ended with its HEADERS frame. */
+            st->flags |= S_EOF;
+            wk_xchg_tally(x, 1);
+            wk_xchg_finish(x);
+            wk_timer_disarm(&st->timer);
+            continue;
+        }
+        if ((st->flags & S_RESPONDED) && x->tx != NULL &&
+            (x->tx->rready_off > x->tx->rsend_off || (x->tflags & WK_T_RESP_DONE))) {
+            nghttp2_session_resume_data(h->s, st->id);
+        }
+        if (st->unacked > 0 && x->send_off == x->parsed_off) {
+            /* All of it reached the backend: the client may send that much again. */
+            nghttp2_session_consume(h->s, st->id, (size_t)st->unacked);
+            st->unacked = 0;
+            moved = 1;
+        }
+        if (moved) {
+            h2_rearm(x);
+        }
+        progress |= moved;
+    }
+    return progress;
+}
+
+/* The connection's own timer: idle (no stream) or a client that does not drain its frames. */
+static void conn_timer(struct wk_client *c, struct wk_h2 *h)
+{
+    const struct shm_snap_hdr *sn = cur_snap();
+
+    if (h->out_off < h->out_len && !(c->flags & WK_C_F_WRITABLE)) {
+        if (c->timer.queue == 0) {
+            wk_timer_arm(&c->timer, sn->limits.send_timeout_ms);
+        }
+    } else if (h->nstreams == 0) {
+        wk_timer_arm(&c->timer, sn->limits.idle_timeout_ms);
+    } else {
+        wk_timer_disarm(&c->timer);
+    }
+}
+
+int wk_h2_step(struct wk_client *c)
+{
+    struct wk_h2 *h = c->h2;
+    int progress = 0, r;
+
+    if (!(c->flags & WK_C_F_READABLE) && xp_pending(&c->xp)) {
+        c->flags |= WK_C_F_READABLE;
+    }
+    if ((c->flags & WK_C_F_READABLE) && !(c->flags & WK_C_F_EOF)) {
+        ssize_t n;
+        if (c->in.data == NULL && wk_buf_get(&c->in, wk_head_buf_size(cur_snap())) != 0) {
+            wk_client_close(c);
+            return -1;
+        }
+        n = xp_read(&c->xp, c->in.data, c->in.cap);
+        if (n == XP_WANT_READ) {
+            c->flags &= ~WK_C_F_READABLE;
+        } else if (n == XP_WANT_WRITE) {
+            c->flags &= ~WK_C_F_WRITABLE;
+        } else if (n == XP_ERR) {
+            wk_client_close(c);
+            return -1;
+        } else if (n == 0) {
+            c->flags |= WK_C_F_EOF;
+        } else {
+            if (!(c->flags & WK_C_F_RDHUP) && xp_drained(&c->xp)) {
+                c->flags &= ~WK_C_F_READABLE;
+            }
+            progress = 1;
+            if (nghttp2_session_mem_recv(h->s, (const uint8_t *)c->in.data, (size_t)n) < 0) {
+                /* A connection error: nghttp2 queued a GOAWAY; send it if the socket takes it. */
+                flush(c, h);
+                wk_client_close(c);
+                return -1;
+            }
+        }
+    }
+    if (c->flags & (WK_C_F_EOF | WK_C_F_HUP)) {
+        wk_client_close(c); /* (streams in progress are logged as cut, 499) */
+        return -1;
+    }
+    if (wk.stopping && !h->goaway) {
+        h->goaway = 1;
+        nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->s),
+                              NGHTTP2_NO_ERROR, NULL, 0);
+    }
+    progress |= pump_streams(h);
+    r = flush(c, h);
+    if (r < 0) {
+        wk_client_close(c);
+        return -1;
+    }
+    progress |= r;
+    if ((!nghttp2_session_want_read(h->s) && !nghttp2_session_want_write(h->s) &&
+         h->out_off == h->out_len) ||
+        (h->goaway && h->nstreams == 0 && h->out_off == h->out_len)) {
+        wk_client_close(c);
+        return -1;
+    }
+    conn_timer(c, h);
+    return progress;
+}
+
+void wk_h2_timeout(struct wk_client *c)
+{
+    struct wk_h2 *h = c->h2;
+
+    /* Idle (no stream for idle_timeout_ms), or frames not drained for send_timeout_ms: a GOAWAY
+     * if the socket takes it, then the close. */
+    if (h != NULL && h->out_off == h->out_len) {
+        nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->s),
+                              NGHTTP2_NO_ERROR, NULL, 0);
+        flush(c, h);
+    }
+    wk_client_close(c);
+}
