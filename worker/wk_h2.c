@@ -800,6 +800,8 @@ static void h2_rearm(struct wk_xchg *x)
         ms = svc->connect_timeout_ms;
     } else if (!(x->tflags & WK_T_REQ_DONE)) {
         ms = DSP_MAX(x->at.gen->snap->limits.idle_timeout_ms, svc->response_timeout_ms);
+    } else if (x->tflags & WK_T_RESP_HEAD) {
+        ms = svc->stream_idle_timeout_ms; /* a gap inside the body (SSE, slow downloads) */
     } else {
         ms = svc->response_timeout_ms;
     }
