@@ -616,9 +616,10 @@ static void drop_privileges(const struct wk_init *init)
     prctl(PR_SET_DUMPABLE, 1);
 }
 
-void wk_main(const struct wk_init *init)
+/* Worker start-up: signals, privileges, randomness, TLS, the first generation, the epoll set
+ * with the listening sockets and the control channel. Exits on failure. */
+static void worker_setup(const struct wk_init *init)
 {
-    struct epoll_event evs[256];
     struct sigaction sa;
     char tag[32];
 
@@ -693,7 +694,81 @@ void wk_main(const struct wk_init *init)
     log_debug("worker started");
     /* Connections may already be queued from before a respawn: an edge may never come. */
     accept_all();
+}
 
+/* Hand each event of a batch to its owner. */
+static void dispatch(struct epoll_event *evs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        struct wk_ev *e = evs[i].data.ptr;
+        if (e == &ctl_ev) {
+            ctl_read();
+            continue;
+        }
+        switch (e->kind) {
+        case WK_EV_LISTENER:
+            if (!wk.stopping && wk.accept_resume_ms == 0) {
+                do_accept((struct wk_listener *)(void *)e);
+            }
+            break;
+        case WK_EV_CLIENT:
+            wk_client_event((struct wk_client *)(void *)e, evs[i].events);
+            break;
+        case WK_EV_UPSTREAM:
+            wk_upstream_event((struct wk_upstream *)(void *)e, evs[i].events);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+/* After a pass: signals (stop, log reopen) and the end of a graceful stop. */
+static void after_pass(void)
+{
+    if (sig_int) {
+        wk_alog_flush();
+        exit(0);
+    }
+    if (sig_usr1) {
+        sig_usr1 = 0;
+        wk_alog_reopen();
+    }
+    if (sig_term && retiring) {
+        retiring = 0; /* a stop while retiring: now as any stop */
+        wk_close_idle_clients();
+    }
+    if (sig_term && !wk.stopping) {
+        if (getppid() != wk.ctl->master_pid) {
+            shm_unlink_all_of(wk.ctl->master_pid); /* the master died: nobody else will */
+        }
+        wk.stopping = 1;
+        wk.stop_deadline = wk.now + wk.cur->snap->limits.shutdown_timeout_ms;
+        close_listeners();
+        wk_close_idle_clients();
+    }
+    if (wk.stopping) {
+        if (!retiring) {
+            wk_close_idle_clients();
+        }
+        if (wk.nclients == 0 || wk.now >= wk.stop_deadline) {
+            if (wk.nclients != 0) {
+                log_warn("shutdown timeout (limits.shutdown_timeout_ms = %u) reached: "
+                         "closing %llu connection(s) still open",
+                         wk.cur->snap->limits.shutdown_timeout_ms,
+                         (unsigned long long)wk.nclients);
+            }
+            wk_alog_flush();
+            exit(0);
+        }
+    }
+}
+
+void wk_main(const struct wk_init *init)
+{
+    struct epoll_event evs[256];
+
+    worker_setup(init);
     for (;;) {
         int timeout = timers_next_ms();
         int n;
@@ -718,28 +793,7 @@ void wk_main(const struct wk_init *init)
         /* Before the events too: an idle worker wakes up for the request that follows a publish
          * (reload, Redis event), and that request must already see the new generation. */
         adopt_generation();
-        for (int i = 0; i < n; i++) {
-            struct wk_ev *e = evs[i].data.ptr;
-            if (e == &ctl_ev) {
-                ctl_read();
-                continue;
-            }
-            switch (e->kind) {
-            case WK_EV_LISTENER:
-                if (!wk.stopping && wk.accept_resume_ms == 0) {
-                    do_accept((struct wk_listener *)(void *)e);
-                }
-                break;
-            case WK_EV_CLIENT:
-                wk_client_event((struct wk_client *)(void *)e, evs[i].events);
-                break;
-            case WK_EV_UPSTREAM:
-                wk_upstream_event((struct wk_upstream *)(void *)e, evs[i].events);
-                break;
-            default:
-                break;
-            }
-        }
+        dispatch(evs, n);
         if (wk.accept_resume_ms != 0 && wk.now >= wk.accept_resume_ms && !wk.stopping) {
             accept_all();
         }
@@ -749,41 +803,6 @@ void wk_main(const struct wk_init *init)
         adopt_generation();
         wk_alog_tick(wk.now);
 
-        if (sig_int) {
-            wk_alog_flush();
-            exit(0);
-        }
-        if (sig_usr1) {
-            sig_usr1 = 0;
-            wk_alog_reopen();
-        }
-        if (sig_term && retiring) {
-            retiring = 0; /* a stop while retiring: now as any stop */
-            wk_close_idle_clients();
-        }
-        if (sig_term && !wk.stopping) {
-            if (getppid() != wk.ctl->master_pid) {
-                shm_unlink_all_of(wk.ctl->master_pid); /* the master died: nobody else will */
-            }
-            wk.stopping = 1;
-            wk.stop_deadline = wk.now + wk.cur->snap->limits.shutdown_timeout_ms;
-            close_listeners();
-            wk_close_idle_clients();
-        }
-        if (wk.stopping) {
-            if (!retiring) {
-                wk_close_idle_clients();
-            }
-            if (wk.nclients == 0 || wk.now >= wk.stop_deadline) {
-                if (wk.nclients != 0) {
-                    log_warn("shutdown timeout (limits.shutdown_timeout_ms = %u) reached: "
-                             "closing %llu connection(s) still open",
-                             wk.cur->snap->limits.shutdown_timeout_ms,
-                             (unsigned long long)wk.nclients);
-                }
-                wk_alog_flush();
-                exit(0);
-            }
-        }
+        after_pass();
     }
 }
