@@ -86,8 +86,10 @@ static int bind_one(const struct ms_listener *l, int do_listen)
     /* Accepted sockets inherit it: one syscall per listener instead of one per connection. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (bind(fd, (const struct sockaddr *)&l->ss, l->sslen) == -1) {
-        log_errno(LOG_ERROR, errno, "bind() to %s failed", l->address);
+        int err = errno;
+        log_errno(LOG_ERROR, err, "bind() to %s failed", l->address);
         close(fd);
+        errno = err; /* a reload names it in its refusal */
         return -1;
     }
     if (do_listen && listen(fd, 4096) == -1) {
