@@ -25,6 +25,8 @@ class DnsServer:
         self.ttl = ttl
         self.mode = "answer"
         self.delay = 0  # seconds before each answer leaves
+        self.flip = False  # answer A queries with one address of the list, alternating
+        self.flips = 0
         self.queries = 0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -82,7 +84,11 @@ class DnsServer:
         elif name not in self.records:
             rflags |= 3  # NXDOMAIN
         elif qtype == 1:
-            for ip in self.records[name]:
+            ips = self.records[name]
+            if self.flip and qtype == 1:
+                self.flips += 1
+                ips = ips[self.flips % 2:][:1]  # every A answer differs from the last
+            for ip in ips:
                 answers.append(b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, self.ttl, 4)
                                + socket.inet_aton(ip))
         head = struct.pack("!HHHHHH", qid, rflags, 1, len(answers), 0, 0)
@@ -455,3 +461,26 @@ class DnsBackendTest(dsptest.TestCase):
                            timeout=20)
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn(b"bad.test:80 does not resolve: no usable address", p.stderr)
+
+    def test_flapping_answers_bounded(self):
+        """A name whose every answer differs (TTL 0) publishes at most about one generation a
+        second, and traffic flows throughout."""
+        b2 = self.named_backend("b2", "127.0.0.2")
+        b3 = self.named_backend("b3", "127.0.0.3", b2.port)
+        srv = self.dns({"app.test": ["127.0.0.2", "127.0.0.3"]}, ttl=0)
+        d = self.dispatcher([svc("app", "app.test:%d" % b2.port)], [route("app.do", "app")],
+                            extra=self.dns_extra(srv))
+        srv.flip = True
+        gen0 = dsptest.generation(d)
+        t0 = time.monotonic()
+        seen = set()
+        while time.monotonic() - t0 < 3.0:
+            r = request(d.port, "/echo", host="app.do")
+            self.assertEqual(r.status, 200)
+            seen.add(r.header("X-Backend"))
+            time.sleep(0.05)
+        published = dsptest.generation(d) - gen0
+        self.assertGreater(srv.flips, 10, "the name was re-resolved at min_ttl_ms")
+        self.assertGreaterEqual(published, 1)
+        self.assertLessEqual(published, 5, "%d generations in 3 s for %d answers"
+                             % (published, srv.flips))
