@@ -1194,8 +1194,7 @@ static void parse_client_ca(struct ctx *c, config_setting_t *g, const char *wher
         } else if (strcmp(v, "optional") == 0) {
             l->client_verify = SHM_CLIENT_VERIFY_OPTIONAL;
         } else {
-            err_at(c, vs, "%s.client_verify \"%s\" must be \"optional\" or \"required\"", where,
-                   v);
+            err_at(c, vs, "%s.client_verify \"%s\" must be \"optional\" or \"required\"", where, v);
         }
     }
     if (get_str(c, g, where, "client_ca", 0, &v) == 1) {
@@ -1925,8 +1924,8 @@ static void parse_service_tls(struct ctx *c, config_setting_t *g, const char *wh
     }
     parse_service_client_cert(c, g, where, svc);
     if (!svc->tls) {
-        static const char *const needs_tls[] = {"verify", "ca", "sni", "client_cert", "client_key",
-                                                NULL};
+        static const char *const needs_tls[] = {"verify",      "ca",         "sni",
+                                                "client_cert", "client_key", NULL};
 
         for (const char *const *k = needs_tls; *k != NULL; k++) {
             config_setting_t *s = config_setting_get_member(g, *k);

@@ -293,7 +293,8 @@ int ms_parse_balance(const char *v, uint32_t *out);
 void ms_backend_dups(const struct ms_backend *b, size_t n, size_t *first);
 /* Parse a backend address ("ip:port", "[ip6]:port", "localhost:port", "name:port",
  * "unix:/path") into <b>'s address (heap, normalised) and either ss and sslen (AF_UNIX for a
- * unix socket), or for a host name name and port (the master resolves it, master/ms_dns.h). Returns 0, or -1 with the reason in <err>. */
+ * unix socket), or for a host name name and port (the master resolves it, master/ms_dns.h).
+ * Returns 0, or -1 with the reason in <err>. */
 int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t errlen);
 
 #endif

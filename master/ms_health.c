@@ -459,8 +459,8 @@ static void on_publish(void *arg)
             if (b->family == AF_UNIX) {
                 const char *path = shm_s(s, b->address) + NET_UNIX_PREFIX_LEN;
 
-                if (net_unix_addr(path, strlen(path), (struct sockaddr_un *)&h->ss,
-                                  &h->sslen) != 0) {
+                if (net_unix_addr(path, strlen(path), (struct sockaddr_un *)&h->ss, &h->sslen) !=
+                    0) {
                     h->sslen = 0; /* cannot happen: the config checked it */
                 }
             } else if (b->family == AF_INET6) {

@@ -31,7 +31,7 @@
 #include "master/ms_loop.h"
 #include "shm/shm_types.h"
 
-#define MAX_PEM_FILE  (4u << 20) /* a certificate file, key or CA bundle */
+#define MAX_PEM_FILE  (4u << 20)  /* a certificate file, key or CA bundle */
 #define MAX_OCSP_FILE (64u << 10) /* a stapled OCSP response (a few KiB in practice) */
 #define MAX_CHAIN    16
 #define SELF_DAYS    365
@@ -188,8 +188,8 @@ static int64_t gtime_unix(const ASN1_GENERALIZEDTIME *t)
 /* Read <path>, a DER OCSP response to staple for <leaf>: it must parse, say "successful", and
  * hold a status for <leaf>'s serial number that is not "revoked". Returns 0 with the bytes in
  * <*der>/<*len> and its nextUpdate in <*next> (0: none), or -1 with the reason in <err>. */
-static int load_ocsp(const char *path, X509 *leaf, unsigned char **der, size_t *len,
-                     int64_t *next, char *err, size_t errlen)
+static int load_ocsp(const char *path, X509 *leaf, unsigned char **der, size_t *len, int64_t *next,
+                     char *err, size_t errlen)
 {
     char *raw = NULL;
     size_t rlen = 0;
@@ -210,8 +210,8 @@ static int load_ocsp(const char *path, X509 *leaf, unsigned char **der, size_t *
     }
     if (OCSP_response_status(rsp) != OCSP_RESPONSE_STATUS_SUCCESSFUL ||
         (bs = OCSP_response_get1_basic(rsp)) == NULL) {
-        snprintf(err, errlen, "the OCSP response \"%s\" is not a successful one (status %s)",
-                 path, OCSP_response_status_str(OCSP_response_status(rsp)));
+        snprintf(err, errlen, "the OCSP response \"%s\" is not a successful one (status %s)", path,
+                 OCSP_response_status_str(OCSP_response_status(rsp)));
         goto done;
     }
     for (int i = 0; i < OCSP_resp_count(bs); i++) {
@@ -228,8 +228,7 @@ static int load_ocsp(const char *path, X509 *leaf, unsigned char **der, size_t *
         }
         st = OCSP_single_get0_status(sr, &reason, &rev, &thisupd, &nextupd);
         if (st == V_OCSP_CERTSTATUS_REVOKED) {
-            snprintf(err, errlen, "the OCSP response \"%s\" says the certificate is revoked",
-                     path);
+            snprintf(err, errlen, "the OCSP response \"%s\" says the certificate is revoked", path);
             goto done;
         }
         *next = gtime_unix(nextupd);
@@ -237,8 +236,10 @@ static int load_ocsp(const char *path, X509 *leaf, unsigned char **der, size_t *
         break;
     }
     if (!found) {
-        snprintf(err, errlen, "the OCSP response \"%s\" is not about this certificate (no "
-                 "status for its serial number)", path);
+        snprintf(err, errlen,
+                 "the OCSP response \"%s\" is not about this certificate (no "
+                 "status for its serial number)",
+                 path);
         goto done;
     }
     *der = (unsigned char *)raw;

@@ -531,8 +531,8 @@ size_t wk_h1_write_request(char *out, size_t cap, const struct wk_head *hd,
         if (wk_hdr_is(h, "content-length", 14) || wk_hdr_is(h, "x-forwarded-proto", 17) ||
             wk_hdr_is(h, "x-forwarded-host", 16) || wk_hdr_is(h, "x-real-ip", 9) ||
             wk_hdr_is(h, "x-request-id", 12) || wk_hdr_is(h, "expect", 6) ||
-            wk_hdr_is(h, "x-client-cert-subject", 21) ||
-            name_has_underscore(h) || (!f->trusted && wk_hdr_is(h, "forwarded", 9))) {
+            wk_hdr_is(h, "x-client-cert-subject", 21) || name_has_underscore(h) ||
+            (!f->trusted && wk_hdr_is(h, "forwarded", 9))) {
             continue;
         }
         if (wk_hdr_hop(hd, h->name, h->nlen) && !(f->upgrade && wk_hdr_is(h, "upgrade", 7))) {

@@ -33,19 +33,20 @@ struct wk_tls_gen {
     SSL_CTX **svc_ctx;        /* per service: client context, NULL without TLS */
     uint64_t *svc_ctx_id;     /* identity of each client context, for session reuse */
     uint32_t nlisteners;
-    struct tg_listener *lst;  /* per listener: client certificate verification */
-    int client_ca;            /* some listener has client_ca */
+    struct tg_listener *lst; /* per listener: client certificate verification */
+    int client_ca;           /* some listener has client_ca */
 };
 
 /* A listener with client_ca: what each of its SSLs gets. */
 struct tg_listener {
-    int mode;                 /* SSL_VERIFY_*; 0 = no client certificates */
-    X509_STORE *store;        /* the CAs of client_ca */
-    STACK_OF(X509_NAME) *names; /* their subjects, sent in the certificate request */
-    unsigned char sid[SSL_MAX_SID_CTX_LENGTH]; /* session id context: a session (ticket)
-                                  * made elsewhere never resumes here, skipping verification */
+    int mode;                    /* SSL_VERIFY_*; 0 = no client certificates */
+    X509_STORE *store;           /* the CAs of client_ca */
+    STACK_OF(X509_NAME) * names; /* their subjects, sent in the certificate request */
+    unsigned char
+        sid[SSL_MAX_SID_CTX_LENGTH]; /* session id context: a session (ticket)
+                                      * made elsewhere never resumes here, skipping verification */
     unsigned sidlen;
-    uint16_t family, port;    /* its address, to recognise its sockets by */
+    uint16_t family, port; /* its address, to recognise its sockets by */
     uint8_t ip[16];
 };
 

@@ -352,10 +352,10 @@ static int build_upstream_head(struct wk_xchg *x, const struct wk_head *hd, cons
     struct wk_h1_fwd f;
     size_t n;
 
-    if (wk_buf_get(&x->tx->uout, wk_head_buf_size(x->at.gen->snap) + 4096 +
-                                     (x->peer->cert_subject != NULL
-                                          ? strlen(x->peer->cert_subject) + 32
-                                          : 0)) != 0) {
+    if (wk_buf_get(&x->tx->uout,
+                   wk_head_buf_size(x->at.gen->snap) + 4096 +
+                       (x->peer->cert_subject != NULL ? strlen(x->peer->cert_subject) + 32 : 0)) !=
+        0) {
         return -1;
     }
     x->tx->uout.start = x->tx->uout.end = 0;
