@@ -2,11 +2,16 @@
  * line, and the statistics in shared memory (per worker shard, per service and backend). */
 #include "worker/wk_internal.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "common/dsp.h"
+#include "common/net.h"
 #include "common/log.h"
 #include "shm/shm_snap.h"
 #include "shm/shm_stats.h"
@@ -219,3 +224,109 @@ void wk_xchg_identify(struct wk_xchg *x, const struct wk_head *hd, const char *b
     capture_alog(x, hd, base, hlen, abs_host, abs_hostlen);
 }
 
+/* ---- who the client is ----------------------------------------------------------------------- */
+static void ip_to_ss(uint8_t family, const uint8_t *ip, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    ss->ss_family = family;
+    if (family == AF_INET) {
+        memcpy(&((struct sockaddr_in *)ss)->sin_addr, ip, 4);
+    } else {
+        memcpy(&((struct sockaddr_in6 *)ss)->sin6_addr, ip, 16);
+    }
+}
+
+void wk_ip_str(uint8_t family, const uint8_t *ip, char *buf, size_t len)
+{
+    struct sockaddr_storage ss;
+
+    ip_to_ss(family, ip, &ss);
+    net_ip_str((struct sockaddr *)&ss, buf, len);
+}
+
+static int ip_trusted(const struct wk_xchg *x, uint8_t family, const uint8_t *ip)
+{
+    const struct shm_snap_hdr *s = x->at.gen ? x->at.gen->snap : wk.cur->snap;
+    const struct shm_cidr *t = shm_trusted(s);
+    struct sockaddr_storage ss;
+
+    if (s->ntrusted == 0) {
+        return 0;
+    }
+    ip_to_ss(family, ip, &ss);
+    for (uint32_t i = 0; i < s->ntrusted; i++) {
+        struct net_cidr nc;
+        nc.family = t[i].family;
+        nc.prefix = t[i].prefix;
+        memcpy(nc.addr, t[i].addr, 16);
+        if (net_cidr_match(&nc, (struct sockaddr *)&ss)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int wk_xchg_peer_trusted(const struct wk_xchg *x)
+{
+    return ip_trusted(x, x->peer->family, x->peer->ip);
+}
+
+/* The request's client: for a trusted peer, the right-most X-Forwarded-For entry that is not
+ * itself a trusted proxy (entries to its left could be forged by the client). */
+void wk_xchg_resolve_client(struct wk_xchg *x, const struct wk_head *hd)
+{
+    x->at.client_family = x->peer->family;
+    memcpy(x->at.client_ip, x->peer->ip, 16);
+    if (!wk_xchg_peer_trusted(x)) {
+        return;
+    }
+    for (int i = (int)hd->n - 1; i >= 0; i--) {
+        const struct wk_hdr *h = &hd->h[i];
+        size_t end;
+        if (!wk_hdr_is(h, "x-forwarded-for", 15)) {
+            continue;
+        }
+        end = h->vlen;
+        while (end > 0) {
+            size_t st = end, a, b;
+            char tmp[64];
+            uint8_t ip[16];
+            int fam = 0;
+            while (st > 0 && h->value[st - 1] != ',') {
+                st--;
+            }
+            a = st;
+            b = end;
+            while (a < b && (h->value[a] == ' ' || h->value[a] == '\t')) {
+                a++;
+            }
+            while (b > a && (h->value[b - 1] == ' ' || h->value[b - 1] == '\t')) {
+                b--;
+            }
+            end = st > 0 ? st - 1 : 0;
+            if (b - a == 0 || b - a >= sizeof(tmp)) {
+                return; /* garbage: stop trusting the chain here */
+            }
+            memcpy(tmp, h->value + a, b - a);
+            tmp[b - a] = '\0';
+            memset(ip, 0, sizeof(ip));
+            if (inet_pton(AF_INET, tmp, ip) == 1) {
+                fam = AF_INET;
+            } else if (inet_pton(AF_INET6, tmp, ip) == 1) {
+                fam = AF_INET6;
+            } else {
+                return;
+            }
+            x->at.client_family = (uint8_t)fam;
+            memcpy(x->at.client_ip, ip, 16);
+            if (!ip_trusted(x, (uint8_t)fam, ip)) {
+                return;
+            }
+            if (st == 0) {
+                break;
+            }
+        }
+    }
+}
+
+/* ---- the exchange's lifetime ---------------------------------------------------------------- */

@@ -361,6 +361,11 @@ static inline uint32_t wk_head_buf_size(const struct shm_snap_hdr *s)
 /* ---- wk_xchg.c: the exchange (return conventions: see struct wk_xchg_ops) ------------------- */
 /* An address (AF_INET: 4 bytes, AF_INET6: 16) as text. */
 void wk_ip_str(uint8_t family, const uint8_t *ip, char *buf, size_t len);
+/* (wk_account.c) Is the connection's peer a trusted proxy (trusted_proxies)? */
+int wk_xchg_peer_trusted(const struct wk_xchg *x);
+/* (wk_account.c) The request's client into x->at: the peer, or for a trusted peer the right-most
+ * X-Forwarded-For entry of <hd> that is not itself a trusted proxy. */
+void wk_xchg_resolve_client(struct wk_xchg *x, const struct wk_head *hd);
 /* Start a request: reference the current generation, take a transaction, reset the attempt
  * state. 0, or -1 when out of memory (the caller closes the client). */
 int wk_xchg_begin(struct wk_xchg *x);

@@ -41,111 +41,6 @@ static const struct shm_snap_hdr *xsnap(const struct wk_xchg *x)
     return x->at.gen ? x->at.gen->snap : wk.cur->snap;
 }
 
-static void ip_to_ss(uint8_t family, const uint8_t *ip, struct sockaddr_storage *ss)
-{
-    memset(ss, 0, sizeof(*ss));
-    ss->ss_family = family;
-    if (family == AF_INET) {
-        memcpy(&((struct sockaddr_in *)ss)->sin_addr, ip, 4);
-    } else {
-        memcpy(&((struct sockaddr_in6 *)ss)->sin6_addr, ip, 16);
-    }
-}
-
-void wk_ip_str(uint8_t family, const uint8_t *ip, char *buf, size_t len)
-{
-    struct sockaddr_storage ss;
-
-    ip_to_ss(family, ip, &ss);
-    net_ip_str((struct sockaddr *)&ss, buf, len);
-}
-
-static int ip_trusted(const struct wk_xchg *x, uint8_t family, const uint8_t *ip)
-{
-    const struct shm_snap_hdr *s = xsnap(x);
-    const struct shm_cidr *t = shm_trusted(s);
-    struct sockaddr_storage ss;
-
-    if (s->ntrusted == 0) {
-        return 0;
-    }
-    ip_to_ss(family, ip, &ss);
-    for (uint32_t i = 0; i < s->ntrusted; i++) {
-        struct net_cidr nc;
-        nc.family = t[i].family;
-        nc.prefix = t[i].prefix;
-        memcpy(nc.addr, t[i].addr, 16);
-        if (net_cidr_match(&nc, (struct sockaddr *)&ss)) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-static int peer_trusted(const struct wk_xchg *x)
-{
-    return ip_trusted(x, x->peer->family, x->peer->ip);
-}
-
-/* The request's client: for a trusted peer, the right-most X-Forwarded-For entry that is not
- * itself a trusted proxy (entries to its left could be forged by the client). */
-static void resolve_client(struct wk_xchg *x, const struct wk_head *hd)
-{
-    x->at.client_family = x->peer->family;
-    memcpy(x->at.client_ip, x->peer->ip, 16);
-    if (!peer_trusted(x)) {
-        return;
-    }
-    for (int i = (int)hd->n - 1; i >= 0; i--) {
-        const struct wk_hdr *h = &hd->h[i];
-        size_t end;
-        if (!wk_hdr_is(h, "x-forwarded-for", 15)) {
-            continue;
-        }
-        end = h->vlen;
-        while (end > 0) {
-            size_t st = end, a, b;
-            char tmp[64];
-            uint8_t ip[16];
-            int fam = 0;
-            while (st > 0 && h->value[st - 1] != ',') {
-                st--;
-            }
-            a = st;
-            b = end;
-            while (a < b && (h->value[a] == ' ' || h->value[a] == '\t')) {
-                a++;
-            }
-            while (b > a && (h->value[b - 1] == ' ' || h->value[b - 1] == '\t')) {
-                b--;
-            }
-            end = st > 0 ? st - 1 : 0;
-            if (b - a == 0 || b - a >= sizeof(tmp)) {
-                return; /* garbage: stop trusting the chain here */
-            }
-            memcpy(tmp, h->value + a, b - a);
-            tmp[b - a] = '\0';
-            memset(ip, 0, sizeof(ip));
-            if (inet_pton(AF_INET, tmp, ip) == 1) {
-                fam = AF_INET;
-            } else if (inet_pton(AF_INET6, tmp, ip) == 1) {
-                fam = AF_INET6;
-            } else {
-                return;
-            }
-            x->at.client_family = (uint8_t)fam;
-            memcpy(x->at.client_ip, ip, 16);
-            if (!ip_trusted(x, (uint8_t)fam, ip)) {
-                return;
-            }
-            if (st == 0) {
-                break;
-            }
-        }
-    }
-}
-
-/* ---- the exchange's lifetime ---------------------------------------------------------------- */
 static void backend_active_dec(struct wk_xchg *x)
 {
     if (x->tflags & WK_T_COUNTED) {
@@ -378,7 +273,7 @@ static int build_upstream_head(struct wk_xchg *x, const struct wk_head *hd, cons
     f.reqid = x->tx->reqid;
     f.reqid_len = x->tx->reqid_len;
     f.clen = clen;
-    f.trusted = (uint8_t)peer_trusted(x);
+    f.trusted = (uint8_t)wk_xchg_peer_trusted(x);
     f.https = x->peer->https;
     f.upgrade = (x->tflags & WK_T_UPGRADE) != 0;
     f.chunked = x->tx->req_chunked;
@@ -435,7 +330,7 @@ int wk_xchg_route(struct wk_xchg *x, const struct wk_h1_req *rq, const char *nho
     const struct shm_service *svc;
     uint32_t ridx;
 
-    resolve_client(x, &rq->hd);
+    wk_xchg_resolve_client(x, &rq->hd);
     ridx = shm_route_match(s, nhost, nhlen, rq->path, rq->pathlen, (int)x->method);
     if (ridx == SHM_NONE) {
         return reply_not_found(x, nhost, nhlen, rq->path, rq->pathlen) == 0 ? 1 : -1;
