@@ -548,9 +548,9 @@ static void print_stats(const struct adm_jval *j)
     char **row;
 
     printf("generation %s, %s reload failures, %s client connections, %s active backend "
-           "connections\n\n",
+           "connections, %s backend TLS verification failures\n\n",
            num(j, "generation"), num(j, "reload_failures"), num(j, "client_connections"),
-           num(j, "active_connections"));
+           num(j, "active_connections"), num(j, "tls_verify_failures"));
     t_cols(&t, "SERVICE,>REQUESTS,>ERRORS,>RPS,>2xx,>3xx,>4xx,>5xx,>P50 ms,>P95 ms,>P99 ms");
     for (size_t i = 0; arr != NULL && arr->type == ADM_J_ARR && i < arr->n; i++) {
         const struct adm_jval *s = &arr->items[i];

@@ -369,6 +369,11 @@ class ErrorsTest(dsptest.TestCase):
                            5, "health checks counted in tls_verify_failures")
         stats = dsptest.admin_ask(d, "show stats")
         self.assertGreaterEqual(stats["tls_verify_failures"], 4)
+        ctl = os.path.join(dsptest.BIN_DIR, "dispatcherctl")
+        p = subprocess.run([ctl, "-s", os.path.join(d.tmp, "admin.sock"), "show", "stats"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout.decode(), r"\d+ backend TLS verification failures")
         by_name = dict((s["name"], s) for s in stats["services"])
         self.assertEqual(by_name["strict"]["tls_verify_failures"], 2)
         self.assertEqual(by_name["trusting"]["tls_verify_failures"], 0)
