@@ -19,9 +19,12 @@ import test_tls
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
 
-def curl(port, host, path="/", headers=(), method=None):
-    """Plain-HTTP curl to 127.0.0.1:<port> with Host <host>; (status, headers, body bytes)."""
+def curl(port, host, path="/", headers=(), method=None, h2=False):
+    """Plain-HTTP curl to 127.0.0.1:<port> with Host <host> (HTTP/2 prior knowledge with <h2>);
+    (status, headers, body bytes)."""
     cmd = ["curl", "-s", "--max-time", "10", "-D", "-", "-H", "Host: " + host]
+    if h2:
+        cmd.append("--http2-prior-knowledge")
     for h in headers:
         cmd += ["-H", h]
     if method:
@@ -212,6 +215,13 @@ class ErrorsTest(dsptest.TestCase):
         st, h, body = curl(d.port, "nowhere.do", "/x", headers=["Accept: " + BROWSER_ACCEPT])
         self.assertEqual((st, h.get("content-type"), body), (404, "text/html", pages[404]))
         self.assertTrue(h.get("x-request-id"))
+        # The same over HTTP/2.
+        st, h, body = curl(d.port, "dead.do", headers=["Accept: " + BROWSER_ACCEPT,
+                                                        "X-Request-ID: page-test-2"], h2=True)
+        self.assertEqual((st, h.get("content-type"), body), (502, "text/html", pages[502]))
+        self.assertEqual(h.get("x-request-id"), "page-test-2")
+        st, h, body = curl(d.port, "dead.do", h2=True)
+        self.assertEqual((st, h.get("content-type")), (502, "application/json"))
         curl(d.port, "cb.do")  # opens the circuit
         st, h, body = curl(d.port, "cb.do", headers=["Accept: text/html"])
         self.assertEqual((st, h.get("content-type"), body), (503, "text/html", pages[503]))
