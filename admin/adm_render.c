@@ -780,6 +780,9 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
     }
     prom_head(b, "dispatcher_uptime_seconds", "gauge", "Seconds since the master started.");
     adm_buf_addf(b, "dispatcher_uptime_seconds %llu\n", (unsigned long long)uptime_s(v));
+    if (v->metrics_extra != NULL) {
+        v->metrics_extra(b, v->extra_arg);
+    }
     free(sums);
 }
 

@@ -68,6 +68,8 @@ struct adm_view {
     /* Appends extra members (",\"key\":...") to service <svc> of `show instances` (the master's
      * backend-name resolution), or NULL. */
     void (*service_extra)(struct adm_buf *b, uint32_t svc, const void *arg);
+    /* Appends more Prometheus families after the built-in ones, or NULL. */
+    void (*metrics_extra)(struct adm_buf *b, const void *arg);
     const void *extra_arg;
     const struct adm_fleet *fleet;     /* NULL without Redis */
 };

@@ -81,6 +81,7 @@ static int view(struct adm_view *v, void *arg)
     v->redis_master = ms.cfg->redis.enabled ? ms_redis_master() : NULL;
     v->redis_has_version = ms_redis_version(&v->redis_version);
     v->service_extra = ms_dns_render_service;
+    v->metrics_extra = ms_dns_render_metrics;
     v->fleet = ms_redis_fleet();
     return 0;
 }

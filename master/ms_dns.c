@@ -777,3 +777,44 @@ void ms_dns_render_service(struct adm_buf *b, uint32_t svc, const void *arg)
         adm_buf_adds(b, "]");
     }
 }
+
+/* ---- metrics -------------------------------------------------------------------------------- */
+static void metric_family(struct adm_buf *b, int addresses)
+{
+    const struct ms_config *cfg = ms.cfg;
+
+    for (size_t i = 0; i < cfg->nservices; i++) {
+        const struct ms_service *s = &cfg->services[i];
+
+        for (size_t j = 0; j < s->nbackends; j++) {
+            const struct ms_backend *be = &s->backends[j];
+            struct dname *d;
+            size_t pos;
+
+            if (be->name == NULL) {
+                continue;
+            }
+            d = find(be->name, &pos);
+            /* Service names are [A-Za-z0-9_.-], backend names [a-z0-9._-]: no escaping. */
+            adm_buf_addf(b, "dispatcher_backend_name_%s{service=\"%s\",name=\"%s\"} %zu\n",
+                         addresses ? "addresses" : "resolved", s->name ? s->name : "", be->address,
+                         addresses ? (d != NULL ? d->naddrs : 0)
+                                   : (size_t)(d != NULL && d->state == DNAME_OK));
+        }
+    }
+}
+
+void ms_dns_render_metrics(struct adm_buf *b, const void *arg)
+{
+    (void)arg;
+    if (ms.cfg == NULL || dns.n == 0) {
+        return;
+    }
+    adm_buf_adds(b, "# HELP dispatcher_backend_name_resolved Whether the last resolution of a "
+                    "backend name answered (0: failed or pending; its last good addresses "
+                    "serve).\n# TYPE dispatcher_backend_name_resolved gauge\n");
+    metric_family(b, 0);
+    adm_buf_adds(b, "# HELP dispatcher_backend_name_addresses Addresses a backend name serves "
+                    "on.\n# TYPE dispatcher_backend_name_addresses gauge\n");
+    metric_family(b, 1);
+}

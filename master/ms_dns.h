@@ -38,4 +38,9 @@ int ms_dns_pending(const char *name);
  * addresses, the last error and when it resolved last. */
 void ms_dns_render_service(struct adm_buf *b, uint32_t svc, const void *arg);
 
+/* Prometheus: dispatcher_backend_name_resolved{service,name} (1: the last resolution answered,
+ * 0: it failed or never answered) and dispatcher_backend_name_addresses{service,name} (the
+ * addresses served); nothing when no backend is named. */
+void ms_dns_render_metrics(struct adm_buf *b, const void *arg);
+
 #endif

@@ -484,3 +484,38 @@ class DnsBackendTest(dsptest.TestCase):
         self.assertGreaterEqual(published, 1)
         self.assertLessEqual(published, 5, "%d generations in 3 s for %d answers"
                              % (published, srv.flips))
+
+    def test_metrics_per_name(self):
+        """/metrics says per name whether its last resolution answered and how many addresses
+        it serves; a failure keeps the count and drops the gauge to 0."""
+        b2 = self.named_backend("b2", "127.0.0.2")
+        srv = self.dns({"app.test": ["127.0.0.2", "127.0.0.3"]})
+        d = dsptest.Dispatcher()
+        hport = dsptest.free_port()
+        sock = os.path.join(d.tmp, "admin.sock")
+        text = dsptest.make_config(d.port, d.tmp, [svc("app", "app.test:%d" % b2.port)],
+                                   [route("app.do", "app")],
+                                   extra=self.dns_extra(srv, resolve_ms=500))
+        text = text.replace('admin = { socket = "%s"; };' % sock,
+                            'admin = { socket = "%s"; http = "127.0.0.1:%d"; };' % (sock, hport))
+        d.write_config(text)
+        self.start_dispatcher(d)
+        label = '{service="app",name="app.test:%d"}' % b2.port
+
+        def metrics():
+            with socket.create_connection(("127.0.0.1", hport), timeout=5) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            return data.decode()
+        m = metrics()
+        self.assertIn("dispatcher_backend_name_resolved%s 1\n" % label, m)
+        self.assertIn("dispatcher_backend_name_addresses%s 2\n" % label, m)
+        srv.mode = "servfail"
+        wait_until(lambda: "dispatcher_backend_name_resolved%s 0\n" % label in metrics(), 10,
+                   "the failure in /metrics")
+        self.assertIn("dispatcher_backend_name_addresses%s 2\n" % label, metrics())
