@@ -50,10 +50,12 @@ void wk_close_idle_clients(void)
     while (c != NULL) {
         struct wk_client *next = c->next;
         if (c->state == WK_CS_H2) {
-            if (wk_h2_idle(c)) {
+            /* Idle or not, a GOAWAY first (once): no new streams, and the step closes the
+             * connection as soon as no stream is left and the GOAWAY went out. */
+            if (c->h2 == NULL) {
                 wk_client_close(c);
             } else {
-                wk_client_run(c); /* (sends a GOAWAY once: no new streams) */
+                wk_client_run(c);
             }
         } else if ((c->state == WK_CS_IDLE || c->state == WK_CS_TLS) &&
             (c->in.data == NULL || c->in.start == c->in.end)) {
