@@ -1042,6 +1042,23 @@ static void conn_timer(struct wk_client *c, struct wk_h2 *h)
     }
 }
 
+/* The end of a connection whose last frames are written. Frames the client sent meanwhile (a
+ * WINDOW_UPDATE for the last DATA, a stream opened across our GOAWAY) would turn a close into a
+ * reset that can destroy those last frames on their way: with no stream left, writing is shut
+ * down and the input drained for a moment (LINGER), as for HTTP/1. Returns -1 when closed, 1. */
+static int h2_end(struct wk_client *c)
+{
+    if (c->h2->nstreams != 0 || (c->flags & (WK_C_F_EOF | WK_C_F_HUP))) {
+        wk_client_close(c);
+        return -1;
+    }
+    wk_h2_free(c);
+    xp_shutdown(&c->xp);
+    c->state = WK_CS_LINGER;
+    wk_client_rearm(c);
+    return 1;
+}
+
 int wk_h2_step(struct wk_client *c)
 {
     struct wk_h2 *h = c->h2;
@@ -1098,8 +1115,7 @@ int wk_h2_step(struct wk_client *c)
     if ((!nghttp2_session_want_read(h->s) && !nghttp2_session_want_write(h->s) &&
          h->out_off == h->out_len) ||
         (h->goaway && h->nstreams == 0 && h->out_off == h->out_len)) {
-        wk_client_close(c);
-        return -1;
+        return h2_end(c);
     }
     conn_timer(c, h);
     return progress;
@@ -1114,7 +1130,10 @@ void wk_h2_timeout(struct wk_client *c)
     if (h != NULL && h->out_off == h->out_len) {
         nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->s),
                               NGHTTP2_NO_ERROR, NULL, 0);
-        flush(c, h);
+        if (flush(c, h) >= 0 && h->out_off == h->out_len) {
+            h2_end(c);
+            return;
+        }
     }
     wk_client_close(c);
 }
