@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <http_parser.h>
@@ -565,6 +566,48 @@ static void test_backend_names(void)
     expect_error(LISTENER "dns = {\n  servers = [ \"0.0.0.0\" ]; };\n", 3, "dns.servers[0]");
     expect_error(LISTENER "dns = { resolve_ms = 1000;\n  min_ttl_ms = 2000; };\n", 3,
                  "dns.min_ttl_ms");
+}
+
+/* "unix:/path" backends: AF_UNIX addresses kept as written; relative, empty, too long and
+ * repeated paths refused at their line. */
+static void test_unix_backends(void)
+{
+    char longp[160];
+    char conf[512];
+    struct ms_config *cfg = expect_ok(LISTENER
+                                      "services = ( { name = \"a\";\n"
+                                      "  backends = ( \"unix:/run/app.sock\", \"127.0.0.1:81\", "
+                                      "{ address = \"unix:/run/b.sock\"; weight = 2; } ); } );\n",
+                                      0);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_EQUAL_FATAL(cfg->services[0].nbackends, 3);
+    CU_ASSERT_STRING_EQUAL(cfg->services[0].backends[0].address, "unix:/run/app.sock");
+    CU_ASSERT_EQUAL(cfg->services[0].backends[0].ss.ss_family, AF_UNIX);
+    CU_ASSERT_PTR_NULL(cfg->services[0].backends[0].name);
+    CU_ASSERT_STRING_EQUAL(((struct sockaddr_un *)&cfg->services[0].backends[0].ss)->sun_path,
+                           "/run/app.sock");
+    CU_ASSERT_EQUAL(cfg->services[0].backends[1].ss.ss_family, AF_INET);
+    CU_ASSERT_EQUAL(cfg->services[0].backends[2].weight, 2);
+    ms_config_free(cfg);
+
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  backends = [ \"unix:run/app.sock\" ]; } );\n",
+                 3, "unix:/absolute/path");
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  backends = [ \"unix:\" ]; } );\n",
+                 3, "unix:/absolute/path");
+    expect_error(LISTENER "services = ( { name = \"a\";\n"
+                          "  backends = [ \"unix:/a.sock\", \"unix:/a.sock\" ]; } );\n",
+                 3, "duplicate");
+    memset(longp, 'x', sizeof(longp) - 1);
+    longp[sizeof(longp) - 1] = '\0';
+    snprintf(conf, sizeof(conf),
+             LISTENER "services = ( { name = \"a\";\n  backends = [ \"unix:/%s\" ]; } );\n", longp);
+    expect_error(conf, 3, "longer than the 107 allowed");
+    expect_error(LISTENER "services = ( { name = \"a\"; tls = true;\n"
+                          "  backends = [ \"unix:/a.sock\" ]; } );\n",
+                 3, "sni");
 }
 
 /* Names expand into their addresses at compile time: one from /etc/hosts ("LOCALHOST" is not the
@@ -1226,6 +1269,7 @@ UNIT_SUITE(ms_config, {"spec example", test_spec_example}, {"defaults", test_def
            {"values", test_values}, {"unknown key", test_err_unknown_key},
            {"whole file", test_err_whole_file}, {"bad address", test_err_bad_address},
            {"bad port", test_err_bad_port}, {"backend names", test_backend_names},
+           {"unix backends", test_unix_backends},
            {"backend names compiled", test_backend_names_compile},
            {"unknown service", test_err_unknown_service},
            {"duplicate service", test_err_duplicate_service}, {"many services", test_many_services},
