@@ -54,10 +54,10 @@ import dsptest  # noqa: E402
 from dsptest import MASTER, route, svc  # noqa: E402
 
 
-def curl(port, path="/echo", headers=(), cert=None, host="app.do"):
+def curl(port, path="/echo", headers=(), cert=None, host="app.do", extra=()):
     """curl -k to <host> pinned to 127.0.0.1:<port>: (exit code, status, JSON body or None)."""
     cmd = ["curl", "-sk", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "--resolve",
-           "%s:%d:127.0.0.1" % (host, port), "https://%s:%d%s" % (host, port, path)]
+           "%s:%d:127.0.0.1" % (host, port), "https://%s:%d%s" % (host, port, path)] + list(extra)
     for h in headers:
         cmd += ["-H", "%s: %s" % h]
     if cert:
@@ -150,6 +150,16 @@ class ClientCertTest(ClientCertBase):
         rc, status, j = curl(self.optional, headers=forged, cert=self.alice)
         self.assertEqual((rc, status), (0, 200))
         self.assertEqual(hvals(j, "X-Client-Cert-Subject"), ["O=Edge\\, Inc.,CN=alice"])
+        # The same over HTTP/2 (ALPN h2), with the header in lower case as h2 sends it.
+        v = subprocess.run(["curl", "-sk", "--http2", "-o", "/dev/null", "-w", "%{http_version}",
+                            "--resolve", "app.do:%d:127.0.0.1" % self.optional,
+                            "https://app.do:%d/echo" % self.optional],
+                           stdout=subprocess.PIPE, timeout=20).stdout.decode()
+        self.assertEqual(v, "2", "HTTP/2 not negotiated")
+        for cert, want in ((None, []), (self.alice, ["O=Edge\\, Inc.,CN=alice"])):
+            rc, status, j = curl(self.optional, headers=forged, cert=cert, extra=["--http2"])
+            self.assertEqual((rc, status), (0, 200))
+            self.assertEqual(hvals(j, "X-Client-Cert-Subject"), want)
         # A presented certificate must verify, even where one is optional.
         rc, _, _ = curl(self.optional, cert=self.mallory)
         self.assertNotEqual(rc, 0)
