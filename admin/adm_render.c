@@ -210,7 +210,7 @@ void adm_render_health(struct adm_buf *b, const struct adm_view *v)
     int ok = adm_healthy(v, why, sizeof(why));
 
     for (unsigned i = 0; i < slots_ever(v); i++) {
-        alive += i < v->nworkers && LD(&v->ctl->workers[i].pid) != 0;
+        alive += i < v->nworkers && !v->retiring[i] && LD(&v->ctl->workers[i].pid) != 0;
         restarts += LD(&v->ctl->workers[i].restarts);
     }
     adm_buf_addf(b, "{\"ok\":true,\"status\":\"%s\",", ok ? "healthy" : "degraded");
@@ -402,13 +402,19 @@ void adm_render_routes(struct adm_buf *b, const struct adm_view *v)
 /* ---- workers -------------------------------------------------------------------------------- */
 void adm_render_workers(struct adm_buf *b, const struct adm_view *v)
 {
-    unsigned alive = 0;
+    unsigned alive = 0, retiring = 0; /* (alive: of the configured workers) */
 
     for (unsigned i = 0; i < v->nworkers && i < SHM_MAX_WORKERS; i++) {
-        alive += LD(&v->ctl->workers[i].pid) != 0;
+        if (LD(&v->ctl->workers[i].pid) != 0 && v->retiring[i]) {
+            retiring++;
+        } else if (LD(&v->ctl->workers[i].pid) != 0) {
+            alive++;
+        }
     }
-    adm_buf_addf(b, "{\"ok\":true,\"configured\":%u,\"alive\":%u,\"generation\":%llu,\"workers\":[",
-                 configured(v), alive, (unsigned long long)LD(&v->ctl->gen));
+    adm_buf_addf(b,
+                 "{\"ok\":true,\"configured\":%u,\"alive\":%u,\"retiring\":%u,"
+                 "\"generation\":%llu,\"workers\":[",
+                 configured(v), alive, retiring, (unsigned long long)LD(&v->ctl->gen));
     for (unsigned i = 0; i < v->nworkers && i < SHM_MAX_WORKERS; i++) {
         const struct shm_worker_slot *w = &v->ctl->workers[i];
         int32_t pid = LD(&w->pid);
@@ -642,7 +648,7 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
     for (unsigned i = 0; i < slots_ever(v); i++) {
         conns += i < v->nworkers ? LD(&v->ctl->workers[i].connections) : 0;
         restarts += LD(&v->ctl->workers[i].restarts);
-        alive += i < v->nworkers && LD(&v->ctl->workers[i].pid) != 0;
+        alive += i < v->nworkers && !v->retiring[i] && LD(&v->ctl->workers[i].pid) != 0;
     }
     prom_head(b, "dispatcher_active_connections", "gauge", "Open client connections.");
     adm_buf_addf(b, "dispatcher_active_connections %llu\n", conns);

@@ -509,8 +509,12 @@ static void print_workers(const struct adm_jval *j)
     const struct adm_jval *arr = adm_json_get(j, "workers");
     struct table t = {0};
 
-    printf("workers %s/%s alive, generation %s\n", num(j, "alive"), num(j, "configured"),
+    printf("workers %s/%s alive, generation %s", num(j, "alive"), num(j, "configured"),
            num(j, "generation"));
+    if (adm_json_num(j, "retiring", 0) > 0) {
+        printf(", %s retiring", num(j, "retiring"));
+    }
+    printf("\n");
     t_cols(&t, ">SLOT,>PID,ALIVE,>RESTARTS,UPTIME,>GEN,>CONNS,>REQUESTS,>HEARTBEAT ms");
     for (size_t i = 0; arr != NULL && arr->type == ADM_J_ARR && i < arr->n; i++) {
         const struct adm_jval *w = &arr->items[i];
@@ -520,7 +524,13 @@ static void print_workers(const struct adm_jval *j)
         duration(up, sizeof(up), adm_json_num(w, "uptime_s", 0));
         t_set(row, 0, num(w, "slot"));
         t_set(row, 1, num(w, "pid"));
-        t_set(row, 2, num(w, "alive"));
+        {
+            const struct adm_jval *rt = adm_json_get(w, "retiring");
+            int retiring = rt != NULL && rt->type == ADM_J_BOOL && rt->boolean;
+            const struct adm_jval *al = adm_json_get(w, "alive");
+            int alive = al != NULL && al->type == ADM_J_BOOL && al->boolean;
+            t_set(row, 2, !retiring ? num(w, "alive") : alive ? "retiring" : "retired");
+        }
         t_set(row, 3, num(w, "restarts"));
         t_set(row, 4, up);
         t_set(row, 5, num(w, "generation"));

@@ -380,8 +380,17 @@ class ReloadListenersTest(dsptest.TestCase):
         # While they drain: one worker configured, the others flagged, and that is healthy.
         ws = admin_ask(d, "show workers")
         self.assertEqual(ws["configured"], 1)
+        self.assertEqual(ws["alive"], 1)
+        # (the retired ones with slow requests are surely still there; an idle one may be gone)
+        busy_retiring = sum(1 for w in ws["workers"] if w["pid"] in busy and w["slot"] != 0)
+        self.assertTrue(busy_retiring <= ws["retiring"] <= 2, ws)
         self.assertEqual(sum(1 for w in ws["workers"] if w["alive"] and not w["retiring"]), 1)
         self.assertEqual(admin_ask(d, "show health")["status"], "healthy")
+        ctl = os.path.join(os.path.dirname(dsptest.MASTER), "dispatcherctl")
+        out = subprocess.run([ctl, "-s", os.path.join(d.tmp, "admin.sock"), "show", "workers"],
+                             capture_output=True, text=True, timeout=30).stdout
+        self.assertIn("workers 1/1 alive", out)
+        self.assertIn("retiring", out)
         for t in threads:
             t.join(15)
         self.assertEqual(results, [200] * 9)
