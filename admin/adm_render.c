@@ -528,14 +528,16 @@ void adm_render_certs(struct adm_buf *b, const struct adm_view *v)
         adm_buf_jstr(b, shm_s(s, c->path), c->path.len);
         adm_buf_addf(b,
                      ",\"not_after\":%llu,\"not_after_date\":\"%s\",\"days_left\":%lld,"
-                     "\"default\":%s,\"self_signed\":%s,\"expired\":%s,\"source\":\"%s\"}",
+                     "\"default\":%s,\"self_signed\":%s,\"expired\":%s,\"source\":\"%s\","
+                     "\"ocsp_stapled\":%s}",
                      (unsigned long long)c->not_after, date, days,
                      (c->flags & SHM_CERT_F_DEFAULT) ? "true" : "false",
                      (c->flags & SHM_CERT_F_SELF_SIGNED) ? "true" : "false",
                      (c->flags & SHM_CERT_F_EXPIRED) || (uint64_t)v->now_s > c->not_after
                          ? "true"
                          : "false",
-                     c->source == SHM_SOURCE_REDIS ? "redis" : "file");
+                     c->source == SHM_SOURCE_REDIS ? "redis" : "file",
+                     c->ocsp.len > 0 ? "true" : "false");
     }
     adm_buf_adds(b, "]}");
 }

@@ -623,6 +623,9 @@ static void print_certs(const struct adm_jval *j)
         if ((f = adm_json_get(c, "self_signed")) != NULL && f->type == ADM_J_BOOL && f->boolean) {
             strcat(flags, "self-signed,");
         }
+        if ((f = adm_json_get(c, "ocsp_stapled")) != NULL && f->type == ADM_J_BOOL && f->boolean) {
+            strcat(flags, "ocsp,");
+        }
         if (flags[0] != '\0') {
             flags[strlen(flags) - 1] = '\0';
         }

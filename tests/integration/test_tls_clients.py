@@ -267,6 +267,9 @@ class OcspTest(dsptest.TestCase):
         self.assertIn("OCSP Response Status: successful", out)
         self.assertIn("Cert Status: good", out)
         self.assertIn("Serial Number: %s" % self.serial, out)
+        certs = dsptest.admin_ask(self.d, "show certs")["certs"]
+        self.assertEqual([c["ocsp_stapled"] for c in certs if c["path"] == self.cert[0]], [True])
+        self.assertTrue(all(not c["ocsp_stapled"] for c in certs if c["self_signed"]))
         # A client that does not ask gets nothing stapled.
         self.assertNotIn("OCSP Response Status", s_client(self.d.port))
         # Another certificate with its own response: SIGHUP staples the new one.
