@@ -372,6 +372,8 @@ struct shm_tkeys {
 #define SHM_CUT_INTERNAL        7u /* out of memory */
 #define SHM_CUT_REQUEST_ERROR   8u /* the request went wrong (body too slow, too large, bad
                                       chunk) after the response had started */
+#define SHM_CUT_SHUTDOWN        9u /* still open when the graceful stop's shutdown_timeout_ms ran
+                                      out */
 
 /* shm_ctl.tls_handshakes: handshakes on TLS listeners by outcome. */
 #define SHM_TLS_HS_FULL    0u

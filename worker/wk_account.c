@@ -110,6 +110,8 @@ static const char *cut_name(unsigned cut)
         return "request_error";
     case SHM_CUT_INTERNAL:
         return "internal_error";
+    case SHM_CUT_SHUTDOWN:
+        return "shutdown";
     default:
         return NULL;
     }
@@ -123,7 +125,7 @@ static void report_cut(const struct wk_xchg *x, unsigned cut)
     const char *sname = svc != NULL ? shm_s(x->at.gen->snap, svc->name) : "-";
     const char *baddr = svc != NULL && x->at.tries > 0 ? shm_s(x->at.gen->snap, wk_xbe(x)->address)
                                                        : "-";
-    int level = cut == SHM_CUT_CLIENT_CLOSED  ? LOG_DEBUG
+    int level = cut == SHM_CUT_CLIENT_CLOSED || cut == SHM_CUT_SHUTDOWN ? LOG_DEBUG
                 : cut == SHM_CUT_SEND_TIMEOUT ? LOG_INFO
                                               : LOG_WARN;
 

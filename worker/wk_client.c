@@ -65,6 +65,15 @@ void wk_close_idle_clients(void)
     }
 }
 
+void wk_close_all_clients(unsigned why)
+{
+    while (wk.clients != NULL) {
+        struct wk_client *c = wk.clients;
+        wk_xchg_cut(&c->x, why);
+        wk_client_close(c); /* (unlinks it) */
+    }
+}
+
 size_t wk_shed_idle(size_t max_clients)
 {
     struct wk_client *c = wk.clients;

@@ -481,6 +481,8 @@ int wk_client_pphdr(struct wk_client *c);
 int wk_client_handshake(struct wk_client *c);
 /* Close idle keep-alive clients (graceful stop). */
 void wk_close_idle_clients(void);
+/* Close every client connection, a request in progress logged as cut for <why> (SHM_CUT_*). */
+void wk_close_all_clients(unsigned why);
 /* Out of descriptors: close the pooled idle upstream connections (of the current generation's
  * backends) and up to <max_clients> kept-alive clients waiting between requests. Returns how
  * many connections were closed. */

@@ -757,6 +757,7 @@ static void after_pass(void)
                          "closing %llu connection(s) still open",
                          wk.cur->snap->limits.shutdown_timeout_ms,
                          (unsigned long long)wk.nclients);
+                wk_close_all_clients(SHM_CUT_SHUTDOWN); /* their requests logged as cut */
             }
             wk_alog_flush();
             exit(0);

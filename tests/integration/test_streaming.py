@@ -146,7 +146,8 @@ def http_get(port, path, method="GET"):
     return int(head.split()[1]), head.decode("latin-1"), body
 
 
-class StreamIdleTest(dsptest.TestCase):
+class StreamBase(dsptest.TestCase):
+    """A one-worker dispatcher in front of one ScriptBackend service "sse"."""
 
     def start(self, backend, fmt=None, admin_http=None, listener_extra="", **svc_opts):
         d = dsptest.Dispatcher(workers=1)
@@ -173,6 +174,9 @@ class StreamIdleTest(dsptest.TestCase):
         b = ScriptBackend(script, end)
         self.addCleanup(b.stop)
         return b
+
+
+class StreamIdleTest(StreamBase):
 
     def test_stall_cut_after_stream_idle_not_response_timeout(self):
         # Three events, then silence: the cut comes stream_idle_timeout_ms (600) after the last
@@ -369,3 +373,23 @@ class GeneratedHeadTest(dsptest.TestCase):
             r = c.request("GET", "/echo/next", host="app.do")
             self.assertEqual(r.status, 200)
             self.assertEqual(r.json()["path"], "/echo/next")
+
+
+class ShutdownCutTest(StreamBase):
+
+    def test_stream_open_at_the_end_of_a_graceful_stop_is_logged(self):
+        # An SSE stream still open when shutdown_timeout_ms (3000) runs out: its line is written
+        # (status 200, reason "shutdown") before the worker exits, not lost.
+        b = self.script_backend([(0, SSE_HEAD + event(0))])
+        d = self.start(b)  # (response_timeout_ms, 30 s, is the stream's idle timeout)
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"GET /open HTTP/1.1\r\nHost: s.do\r\n\r\n")
+        got = b""
+        while b"event 0" not in got:
+            got += s.recv(65536)
+        problems = d.stop()
+        self.assertEqual(problems, [])
+        line = log_line_for(self.alog, lambda l: '"path":"/open"' in l, timeout_s=2)
+        j = json.loads(line)
+        self.assertEqual((j["status"], j["reason"]), (200, "shutdown"), line)
