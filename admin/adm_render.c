@@ -778,9 +778,9 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
     prom_head(b, "dispatcher_responses_cut_total", "counter",
               "Proxied responses cut after their head was relayed, by reason.");
     {
-        static const char *const why[SHM_CUT_COUNTED] = {
-            "stream_idle_timeout", "send_timeout", "client_closed", "backend_closed",
-            "backend_invalid"};
+        static const char *const why[SHM_CUT_COUNTED] = {"stream_idle_timeout", "send_timeout",
+                                                         "client_closed", "backend_closed",
+                                                         "backend_invalid"};
         for (unsigned i = 0; i < SHM_CUT_COUNTED; i++) {
             adm_buf_addf(b, "dispatcher_responses_cut_total{reason=\"%s\"} %llu\n", why[i],
                          (unsigned long long)LD(&v->ctl->responses_cut[i]));

@@ -710,7 +710,7 @@ static void fill_services(const struct ms_config *cfg, const struct xsvc *xs, ch
         o->connect_timeout_ms = u32_of(s->connect_timeout_ms);
         o->response_timeout_ms = u32_of(s->response_timeout_ms);
         o->stream_idle_timeout_ms = u32_of(s->stream_idle_timeout_ms > 0 ? s->stream_idle_timeout_ms
-                                                                          : s->response_timeout_ms);
+                                                                         : s->response_timeout_ms);
         o->health_enabled = s->health.enabled != 0;
         o->health_interval_ms = u32_of(s->health.interval_ms);
         o->health_timeout_ms = u32_of(s->health.timeout_ms);

@@ -478,10 +478,18 @@ static const char *entry_key(char *buf, size_t n, const struct ms_rns *ns, int k
     return buf;
 }
 
-static const char *const service_fields[] = {
-    "backends",    "balance",     "health_path", "health_interval_ms", "health_timeout_ms",
-    "health_fall", "health_rise", "retries",     "connect_timeout_ms", "response_timeout_ms",
-    "stream_idle_timeout_ms", NULL};
+static const char *const service_fields[] = {"backends",
+                                             "balance",
+                                             "health_path",
+                                             "health_interval_ms",
+                                             "health_timeout_ms",
+                                             "health_fall",
+                                             "health_rise",
+                                             "retries",
+                                             "connect_timeout_ms",
+                                             "response_timeout_ms",
+                                             "stream_idle_timeout_ms",
+                                             NULL};
 static const char *const route_fields[] = {"host", "path", "methods", "priority", "service", NULL};
 static const char *const cert_fields[] = {"cert", "key", NULL};
 

@@ -52,7 +52,7 @@ struct shm_listener {
     struct shm_str address;
     struct shm_str client_ca_pem; /* TLS: CAs that client certificates must chain to; "": none */
     uint32_t client_verify;       /* SHM_CLIENT_VERIFY_* (with client_ca_pem) */
-    struct shm_str health_uri; /* "" = none: else answered like admin GET /health */
+    struct shm_str health_uri;    /* "" = none: else answered like admin GET /health */
 };
 
 #define SHM_CLIENT_VERIFY_OFF      0u
@@ -103,8 +103,8 @@ struct shm_service {
     struct shm_str tls_ca_pem;     /* CA bundle; "" = the system store */
     struct shm_str tls_client_cert_pem; /* mTLS: the chain presented to backends; "" = none */
     struct shm_str tls_client_key_pem;  /* its key, PKCS#8 (the segment is mode 0600) */
-    uint32_t stream_idle_timeout_ms; /* gap allowed inside a response body once its head is
-                                        relayed (the config's default: response_timeout_ms) */
+    uint32_t stream_idle_timeout_ms;    /* gap allowed inside a response body once its head is
+                                           relayed (the config's default: response_timeout_ms) */
 };
 
 #define SHM_SVC_TLS_ON     1u /* connect to the backends with TLS */
@@ -370,10 +370,12 @@ struct shm_tkeys {
 #define SHM_CUT_COUNTED         5u
 #define SHM_CUT_TUNNEL_IDLE     6u /* a tunnel idle for limits.tunnel_idle_timeout_ms */
 #define SHM_CUT_INTERNAL        7u /* out of memory */
-#define SHM_CUT_REQUEST_ERROR   8u /* the request went wrong (body too slow, too large, bad
-                                      chunk) after the response had started */
-#define SHM_CUT_SHUTDOWN        9u /* still open when the graceful stop's shutdown_timeout_ms ran
-                                      out */
+#define SHM_CUT_REQUEST_ERROR                                                                      \
+    8u /* the request went wrong (body too slow, too large, bad                                    \
+          chunk) after the response had started */
+#define SHM_CUT_SHUTDOWN                                                                           \
+    9u /* still open when the graceful stop's shutdown_timeout_ms ran                              \
+          out */
 
 /* shm_ctl.tls_handshakes: handshakes on TLS listeners by outcome. */
 #define SHM_TLS_HS_FULL    0u

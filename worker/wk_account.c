@@ -126,8 +126,8 @@ static void report_cut(const struct wk_xchg *x, unsigned cut)
     const char *baddr = svc != NULL && x->at.tries > 0 ? shm_s(x->at.gen->snap, wk_xbe(x)->address)
                                                        : "-";
     int level = cut == SHM_CUT_CLIENT_CLOSED || cut == SHM_CUT_SHUTDOWN ? LOG_DEBUG
-                : cut == SHM_CUT_SEND_TIMEOUT ? LOG_INFO
-                                              : LOG_WARN;
+                : cut == SHM_CUT_SEND_TIMEOUT                           ? LOG_INFO
+                                                                        : LOG_WARN;
 
     if (cut >= 1 && cut <= SHM_CUT_COUNTED) {
         __atomic_fetch_add(&wk.ctl->responses_cut[cut - 1], 1, __ATOMIC_RELAXED);
@@ -136,10 +136,11 @@ static void report_cut(const struct wk_xchg *x, unsigned cut)
         return;
     }
     if (cut == SHM_CUT_STREAM_IDLE) {
-        log_msg(level, "service %s, backend %s: response cut after %llu bytes: no data for "
-                "stream_idle_timeout_ms (%u ms) (request %.*s)", sname, baddr,
-                (unsigned long long)x->tx->bytes_sent, svc != NULL ? svc->stream_idle_timeout_ms : 0,
-                (int)x->tx->reqid_len, x->tx->reqid);
+        log_msg(level,
+                "service %s, backend %s: response cut after %llu bytes: no data for "
+                "stream_idle_timeout_ms (%u ms) (request %.*s)",
+                sname, baddr, (unsigned long long)x->tx->bytes_sent,
+                svc != NULL ? svc->stream_idle_timeout_ms : 0, (int)x->tx->reqid_len, x->tx->reqid);
     } else {
         log_msg(level, "service %s, backend %s: response cut after %llu bytes: %s (request %.*s)",
                 sname, baddr, (unsigned long long)x->tx->bytes_sent, cut_name(cut),
