@@ -13,7 +13,7 @@ Environment knobs, mostly for development runs:
   BENCH_ROUNDS     rounds per throughput scenario and reloads (default 5; (d) runs min(3, this))
   BENCH_IDLE_CONNS idle keep-alive connections for scenario (d) (default 10000)
   BENCH_ROUTES     routes for scenario (e) (default 100000)
-  BENCH_ONLY       comma-separated subset of a,b,c,d,e,f,g,h (default all)
+  BENCH_ONLY       comma-separated subset of a,b,c,d,e,f,g,h,i,j (default all)
   BENCH_SLOW_CONNS slowloris connections held open during scenario (h) (default 2000)
   BENCH_TLS_ROUNDS rounds for the TLS scenarios (f), (g) (default min(3, BENCH_ROUNDS))
   BENCH_OUT        results file (default bench/RESULTS.md; "-" writes none)
@@ -42,7 +42,7 @@ DURATION = int(os.environ.get("BENCH_DURATION", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 IDLE_CONNS = int(os.environ.get("BENCH_IDLE_CONNS", "10000"))
 NROUTES = int(os.environ.get("BENCH_ROUTES", "100000"))
-ONLY = set(os.environ.get("BENCH_ONLY", "a,b,c,d,e,f,g,h").replace(" ", "").split(","))
+ONLY = set(os.environ.get("BENCH_ONLY", "a,b,c,d,e,f,g,h,i,j").replace(" ", "").split(","))
 TLS_ROUNDS = int(os.environ.get("BENCH_TLS_ROUNDS", str(min(3, ROUNDS))))
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "RESULTS.md"))
 KEEP = os.environ.get("BENCH_KEEP", "") not in ("", "0")
@@ -56,6 +56,7 @@ KEEPALIVE_CONNS = 64    # scenario (a), (b) and (e)
 LARGE_CONNS = 16        # scenario (c)
 TLS_CONNS = 50          # scenarios (f) and (g)
 SLOW_CLIENTS = 10       # scenario (h): the normal clients measured calm and under attack
+H2_CONNS, H2_STREAMS = 10, 100     # scenarios (i), (j): h2load connections x concurrent streams
 # scenario (h): the proxies' request-head timeout, the same for all three and well above one attack
 # run, so that no proxy sheds the slowloris connections during the measurement
 SLOW_HEADER_TIMEOUT_S = 60
@@ -451,11 +452,14 @@ def start_dispatcher(name, conf_text, port):
     return Proxy(name, p, port, lambda: children(p.pid)), conf
 
 
-def start_front_nginx(port, bport, tls=None, name="nginx", header_timeout_s=None):
+def start_front_nginx(port, bport, tls=None, name="nginx", header_timeout_s=None, h2=False):
     d, top = nginx_common(name)
-    listen = "listen 127.0.0.1:%d backlog=4096;" % port
+    # HTTP/2 (scenarios (i), (j)): nginx 1.22 spells `http2 on` as a listen parameter; without
+    # ssl it is h2c with prior knowledge, as h2load speaks it
+    h2p = " http2" if h2 else ""
+    listen = "listen 127.0.0.1:%d%s backlog=4096;" % (port, h2p)
     if tls:
-        listen = """listen 127.0.0.1:%d ssl backlog=4096;
+        listen = """listen 127.0.0.1:%d ssl%s backlog=4096;
         ssl_certificate %s;
         ssl_certificate_key %s;
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -463,7 +467,7 @@ def start_front_nginx(port, bport, tls=None, name="nginx", header_timeout_s=None
         ssl_ciphers %s;
         ssl_prefer_server_ciphers on;
         ssl_session_tickets on;
-        ssl_session_timeout 2h;""" % (port, tls.pem, tls.key, TLS12_CIPHERS)
+        ssl_session_timeout 2h;""" % (port, h2p, tls.pem, tls.key, TLS12_CIPHERS)
     if header_timeout_s:
         listen += "\n        client_header_timeout %ds;" % header_timeout_s
     conf = top + """http {
@@ -495,17 +499,20 @@ def start_front_nginx(port, bport, tls=None, name="nginx", header_timeout_s=None
     return Proxy(name, p, port, lambda: children(p.pid))
 
 
-def start_haproxy(port, bport, tls=None, name="haproxy", header_timeout_s=None):
+def start_haproxy(port, bport, tls=None, name="haproxy", header_timeout_s=None, h2=False):
     d = os.path.join(TMP, name)
     os.makedirs(d, exist_ok=True)
     tls_global, bind, proto = "", "bind 127.0.0.1:%d" % port, "http"
+    if h2 and not tls:
+        bind += " proto h2"     # (j): h2c with prior knowledge
     if tls:
         tls_global = """    ssl-default-bind-ciphers %s
     ssl-default-bind-ciphersuites %s
     ssl-default-bind-options ssl-min-ver TLSv1.2
     ssl-default-bind-curves X25519:P-256
 """ % (TLS12_CIPHERS, TLS13_SUITES)
-        bind = "bind 127.0.0.1:%d ssl crt %s alpn http/1.1" % (port, tls.combined)
+        bind = "bind 127.0.0.1:%d ssl crt %s alpn %s" % (
+            port, tls.combined, "h2,http/1.1" if h2 else "http/1.1")
         proto = "https"
     conf = """global
     nbthread 1
@@ -603,6 +610,58 @@ def wrk(proxy, path, conns, duration, headers=()):
         "requests": nreq,
         "errors": errs,
         "restarted": restarted,
+    }
+
+
+def h2load(proxy, path, duration):
+    """Scenarios (i), (j): h2load -t1 -c H2_CONNS -m H2_STREAMS for duration seconds, pinned to the
+    load CPU; p99 from its per-request log. Same result fields as wrk()."""
+    logp = os.path.join(TMP, "h2load-requests.log")
+    argv = pin(LOAD_CPU) + ["h2load", "-t1", "-c%d" % H2_CONNS, "-m%d" % H2_STREAMS,
+                            "-D", str(duration), "--log-file", logp,
+                            "%s://%s:%d%s" % (proxy.scheme, proxy.url_host, proxy.port, path)]
+    pids = proxy.pids()
+    b0, m0, w0 = cpu_ticks(BACKEND_PIDS), machine_busy_ticks(), children_cpu_s()
+    t0, (u0, s0) = time.monotonic(), cpu_ticks_split(pids)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    t1, (u1, s1) = time.monotonic(), cpu_ticks_split(pids)
+    b1, m1, w1 = cpu_ticks(BACKEND_PIDS), machine_busy_ticks(), children_cpu_s()
+    out = r.stdout
+    if r.returncode != 0:
+        die("h2load failed (%d): %s %s" % (r.returncode, out[-2000:], r.stderr[-2000:]))
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    sc = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    proto = re.search(r"Application protocol: (\S+)", out)
+    if not (m and sc):
+        die("cannot parse h2load output:\n" + out + r.stderr)
+    if not proto or proto.group(1) not in ("h2", "h2c"):
+        die("%s: h2load did not negotiate HTTP/2:\n%s" % (proxy.name, out))
+    durs = []
+    with open(logp) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                durs.append(int(parts[2]))
+    os.unlink(logp)
+    durs.sort()
+    nreq = int(m.group(4))
+    errs = int(m.group(5)) + int(m.group(6)) + int(m.group(7)) + int(sc.group(3)) + int(sc.group(4))
+    c0, c1 = u0 + s0, u1 + s1
+    cpu_s = (c1 - c0) / CLK_TCK
+    other_s = (m1 - m0 - (c1 - c0) - (b1 - b0)) / CLK_TCK - (w1 - w0)
+    return {
+        "rps": nreq / (t1 - t0),
+        "p99_ms": durs[min(len(durs) - 1, int(len(durs) * 0.99))] / 1000.0 if durs else float("nan"),
+        "cpu_us": (cpu_s * 1e6 / nreq) if nreq else float("nan"),
+        "cpu_pct": 100.0 * cpu_s / (t1 - t0),
+        "sys_pct": (100.0 * (s1 - s0) / (c1 - c0)) if c1 > c0 else float("nan"),
+        "backend_us": ((b1 - b0) / CLK_TCK * 1e6 / nreq) if nreq else float("nan"),
+        "wrk_us": ((w1 - w0) * 1e6 / nreq) if nreq else float("nan"),
+        "other_pct": max(0.0, 100.0 * other_s / (t1 - t0)),
+        "requests": nreq,
+        "errors": errs,
+        "restarted": proxy.pids() != pids,
     }
 
 
@@ -886,6 +945,9 @@ SCEN = {
     "c": "(c) /1m (1 MiB), %d keep-alive conns" % LARGE_CONNS,
     "f": "(f) TLS /small, %d keep-alive conns" % TLS_CONNS,
     "g": "(g) TLS /small, new conn per request, resumed handshakes (wrk, %d conns)" % TLS_CONNS,
+    "i": "(i) HTTP/2 over TLS /small, h2load %d conns x %d streams" % (H2_CONNS, H2_STREAMS),
+    "j": "(j) HTTP/2 cleartext (prior knowledge) /small, h2load %d conns x %d streams"
+         % (H2_CONNS, H2_STREAMS),
 }
 STIME_LABEL = "(g) TLS full handshakes, `openssl s_time -new` (client-bound)"
 STIME_METRICS = [("rps", "handshakes/s", "rps"), ("cpu_us", "proxy CPU µs/handshake", "us"),
@@ -1043,6 +1105,13 @@ def report(res, idle, e_res, reloads, started, elapsed, notes, stime=None):
                  "handshakes: `openssl s_time -new` (no request sent, no SNI, so dispatcher "
                  "answers with its self-signed EC P-256 default; same key type), one process on "
                  "the load CPU: client-bound, handshakes/s = connections / wall time" % TLS_ROUNDS)
+    if "i" in res or "j" in res:
+        L.append("- HTTP/2 (i), (j): h2load -t1 -c%d -m%d on the load CPU, %d s per run (req/s = "
+                 "succeeded requests / wall time, p99 from h2load's per-request log), HTTP/1.1 "
+                 "keep-alive to the backend; (i) over TLS with ALPN h2 (dispatcher's TLS listener, "
+                 "nginx `listen ... ssl http2`, HAProxy `alpn h2,http/1.1`), (j) h2c with prior "
+                 "knowledge (dispatcher's plain listener, nginx `listen ... http2`, HAProxy "
+                 "`bind ... proto h2`)" % (H2_CONNS, H2_STREAMS, DURATION))
     L.append("")
     L.append("| scenario | metric | dispatcher | nginx | HAProxy | dispatcher/nginx | "
              "dispatcher/HAProxy |")
@@ -1068,6 +1137,19 @@ def report(res, idle, e_res, reloads, started, elapsed, notes, stime=None):
                     ratio(vals["dispatcher"], vals["haproxy"])))
     L.extend(tls_table_rows(res, stime))
     L.extend(slow_table_rows(res))
+    for sc in "ij":
+        if sc not in res:
+            continue
+        first = True
+        for key, label, kind in METRICS:
+            vals = {p: med([r[key] for r in res[sc][p]]) for p in PROXIES}
+            L.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                SCEN[sc] if first else "", label,
+                fmt(vals["dispatcher"], kind), fmt(vals["nginx"], kind),
+                fmt(vals["haproxy"], kind),
+                ratio(vals["dispatcher"], vals["nginx"]),
+                ratio(vals["dispatcher"], vals["haproxy"])))
+            first = False
     L.append("")
     if e_res:
         L.append("(e) dispatcher only, /small over %d keep-alive conns, Host %s "
@@ -1152,7 +1234,7 @@ def report(res, idle, e_res, reloads, started, elapsed, notes, stime=None):
     L.append("| scenario | proxy | round | req/s | p99 ms | CPU µs/req | CPU busy | kernel share "
              "| backend µs/req | load generator µs/req | other load | requests | errors |")
     L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for sc in "abcfg":
+    for sc in "abcfgij":
         if sc not in res:
             continue
         for p in PROXIES:
@@ -1335,6 +1417,51 @@ def main():
                                 rnd + 1, p, r["rps"], r["cpu_us"], r["cpu_pct"], r["other_pct"]))
         for p in PROXIES:
             stop(tproxies[p].proc)
+
+    h2_scen = [s for s in "ij" if s in ONLY]
+    if h2_scen:
+        if shutil.which("h2load") is None:
+            die("h2load not found (Debian nghttp2-client) for scenarios (i), (j)")
+        cert = Cert()
+        h2proxies = {}
+        for sc in h2_scen:
+            tls = cert if sc == "i" else None
+            h2proxies[sc] = {}
+            for p in PROXIES:
+                port, name = free_port(), "%s-h2%s" % (p, "tls" if tls else "c")
+                if p == "dispatcher":
+                    prx = start_dispatcher(name, dsp_config(port, bport, bport2, main_routes,
+                                                            tls=tls), port)[0]
+                elif p == "nginx":
+                    prx = start_front_nginx(port, bport, tls=tls, name=name, h2=True)
+                else:
+                    prx = start_haproxy(port, bport, tls=tls, name=name, h2=True)
+                if tls:
+                    prx.scheme, prx.url_host = "https", "localhost"
+                h2proxies[sc][p] = prx
+                h2load(prx, "/small", 1)       # check and short warm-up, not recorded
+                log("%s on %s://%s:%d, worker pid(s) %s"
+                    % (name, prx.scheme, prx.url_host, port, prx.pids()))
+            res[sc] = {p: [] for p in PROXIES}
+        for rnd in range(ROUNDS):
+            order = PROXIES[rnd % 3:] + PROXIES[:rnd % 3]
+            for sc in h2_scen:
+                for p in order:
+                    r = h2load(h2proxies[sc][p], "/small", DURATION)
+                    res[sc][p].append(r)
+                    log("round %d %s %-10s %8.0f req/s  p99 %7.2f ms  %6.2f us/req  cpu %3.0f%%  "
+                        "other load %3.0f%%%s" % (
+                            rnd + 1, sc, p, r["rps"], r["p99_ms"], r["cpu_us"], r["cpu_pct"],
+                            r["other_pct"], "  errors %d" % r["errors"] if r["errors"] else ""))
+                    if r["errors"]:
+                        notes.append("%s round %d %s: %d failed or non-2xx requests"
+                                     % (sc, rnd + 1, LABEL[p], r["errors"]))
+                    if r["restarted"]:
+                        notes.append("%s round %d %s: the worker process changed during the run"
+                                     % (sc, rnd + 1, LABEL[p]))
+        for sc in h2_scen:
+            for p in PROXIES:
+                stop(h2proxies[sc][p].proc)
 
     if "h" in ONLY:
         hports = {p: free_port() for p in PROXIES}
