@@ -84,6 +84,7 @@ def reader():
                 cond.notify_all()
     except (EOFError, OSError):
         pass
+    sock.close()        # as a browser does once the server's side ended
     with cond:
         state["eof"] = time.monotonic() - state["t0"]
         cond.notify_all()
