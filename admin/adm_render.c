@@ -85,6 +85,27 @@ static unsigned slots_ever(const struct adm_view *v)
     return n < SHM_MAX_WORKERS ? n : SHM_MAX_WORKERS;
 }
 
+/* Requests by client protocol and HTTP/2 abuse by kind, summed over every worker slot used. */
+struct proto_sums {
+    uint64_t http1, h2;
+    uint64_t abuse[SHM_H2_ABUSE_KINDS];
+};
+
+static void proto_sums(const struct adm_view *v, struct proto_sums *p)
+{
+    uint64_t all = 0;
+
+    memset(p, 0, sizeof(*p));
+    for (unsigned i = 0; i < slots_ever(v); i++) {
+        all += LD(&v->ctl->workers[i].requests);
+        p->h2 += LD(&v->ctl->h2[i].requests);
+        for (unsigned k = 0; k < SHM_H2_ABUSE_KINDS; k++) {
+            p->abuse[k] += LD(&v->ctl->h2[i].abuse[k]);
+        }
+    }
+    p->http1 = all > p->h2 ? all - p->h2 : 0;
+}
+
 static uint64_t uptime_s(const struct adm_view *v)
 {
     return v->now_s > v->started_at ? v->now_s - v->started_at : 0;
@@ -469,6 +490,17 @@ void adm_render_stats(struct adm_buf *b, const struct adm_view *v)
                  (unsigned long long)LD(&v->ctl->reload_failures), conns, active,
                  (unsigned long long)total.count, errors, tls_verify, rate(v, &total));
     add_classes(b, &total);
+    {
+        struct proto_sums ps;
+        proto_sums(v, &ps);
+        adm_buf_addf(b, ",\"requests_by_proto\":{\"http1\":%llu,\"h2\":%llu},\"h2_abuse\":{",
+                     (unsigned long long)ps.http1, (unsigned long long)ps.h2);
+        for (unsigned k = 0; k < SHM_H2_ABUSE_KINDS; k++) {
+            adm_buf_addf(b, "%s\"%s\":%llu", k ? "," : "", shm_h2_abuse_name(k),
+                         (unsigned long long)ps.abuse[k]);
+        }
+        adm_buf_adds(b, "}");
+    }
     adm_buf_adds(b, ",\"latency_ms\":");
     add_latency(b, &total);
     adm_buf_adds(b, ",\"services\":[");
@@ -775,6 +807,23 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
                  (unsigned long long)LD(&v->ctl->tls_handshakes[SHM_TLS_HS_FULL]),
                  (unsigned long long)LD(&v->ctl->tls_handshakes[SHM_TLS_HS_RESUMED]),
                  (unsigned long long)LD(&v->ctl->tls_handshakes[SHM_TLS_HS_FAILED]));
+    {
+        struct proto_sums ps;
+        proto_sums(v, &ps);
+        prom_head(b, "dispatcher_requests_by_proto_total", "counter",
+                  "Requests handled, by client protocol (http1: HTTP/1.x, h2: HTTP/2).");
+        adm_buf_addf(b,
+                     "dispatcher_requests_by_proto_total{proto=\"http1\"} %llu\n"
+                     "dispatcher_requests_by_proto_total{proto=\"h2\"} %llu\n",
+                     (unsigned long long)ps.http1, (unsigned long long)ps.h2);
+        prom_head(b, "dispatcher_h2_abuse_total", "counter",
+                  "HTTP/2 client abuse stopped, by kind (floods: connections sent GOAWAY; "
+                  "refused_stream, zero_window: streams reset).");
+        for (unsigned k = 0; k < SHM_H2_ABUSE_KINDS; k++) {
+            adm_buf_addf(b, "dispatcher_h2_abuse_total{kind=\"%s\"} %llu\n",
+                         shm_h2_abuse_name(k), (unsigned long long)ps.abuse[k]);
+        }
+    }
     prom_head(b, "dispatcher_responses_cut_total", "counter",
               "Proxied responses cut after their head was relayed, by reason.");
     {

@@ -558,9 +558,25 @@ static void print_stats(const struct adm_jval *j)
     char **row;
 
     printf("generation %s, %s reload failures, %s client connections, %s active backend "
-           "connections, %s backend TLS verification failures\n\n",
+           "connections, %s backend TLS verification failures\n",
            num(j, "generation"), num(j, "reload_failures"), num(j, "client_connections"),
            num(j, "active_connections"), num(j, "tls_verify_failures"));
+    {
+        const struct adm_jval *bp = adm_json_get(j, "requests_by_proto");
+        const struct adm_jval *ab = adm_json_get(j, "h2_abuse");
+        if (bp != NULL) {
+            printf("requests by protocol: HTTP/1 %s, HTTP/2 %s\n", num(bp, "http1"),
+                   num(bp, "h2"));
+        }
+        if (ab != NULL && ab->type == ADM_J_OBJ) {
+            printf("HTTP/2 abuse stopped:");
+            for (size_t k = 0; k < ab->n; k++) {
+                printf(" %s %s", ab->keys[k], num(ab, ab->keys[k]));
+            }
+            printf("\n");
+        }
+        printf("\n");
+    }
     t_cols(&t, "SERVICE,>REQUESTS,>ERRORS,>RPS,>2xx,>3xx,>4xx,>5xx,>P50 ms,>P95 ms,>P99 ms");
     for (size_t i = 0; arr != NULL && arr->type == ADM_J_ARR && i < arr->n; i++) {
         const struct adm_jval *s = &arr->items[i];

@@ -382,6 +382,37 @@ struct shm_tkeys {
 #define SHM_TLS_HS_RESUMED 1u
 #define SHM_TLS_HS_FAILED  2u
 
+/* shm_ctl.h2[slot].abuse: HTTP/2 client misbehaviour the worker stopped, by kind. Floods and
+ * bombs count once per connection (it is sent GOAWAY ENHANCE_YOUR_CALM and closed); refused
+ * streams and zero-window stalls count per stream (it is reset). */
+#define SHM_H2_RAPID_RESET    0u /* streams reset (by the client or for its errors) too fast */
+#define SHM_H2_CONTINUATION   1u /* more CONTINUATION frames in a header block than allowed */
+#define SHM_H2_HPACK_BOMB     2u /* a header block decompressing far beyond max_header_bytes */
+#define SHM_H2_SETTINGS_FLOOD 3u
+#define SHM_H2_PING_FLOOD     4u
+#define SHM_H2_EMPTY_DATA     5u /* zero-length DATA frames without END_STREAM */
+#define SHM_H2_PRIORITY_FLOOD 6u
+#define SHM_H2_ACK_FLOOD      7u /* frames to acknowledge piling up unread (nghttp2's limit) */
+#define SHM_H2_ZERO_WINDOW    8u /* a response stalled on a closed window for send_timeout_ms */
+#define SHM_H2_REFUSED_STREAM 9u /* a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS */
+#define SHM_H2_ABUSE_KINDS    10u
+
+/* The metrics' name of a SHM_H2_* kind. */
+static inline const char *shm_h2_abuse_name(unsigned kind)
+{
+    static const char *const names[SHM_H2_ABUSE_KINDS] = {
+        "rapid_reset", "continuation_flood", "hpack_bomb",  "settings_flood", "ping_flood",
+        "empty_data",  "priority_flood",     "ack_flood",   "zero_window",    "refused_stream"};
+    return kind < SHM_H2_ABUSE_KINDS ? names[kind] : "unknown";
+}
+
+/* Per worker slot HTTP/2 counters (one worker writes, relaxed atomics; readers sum). */
+struct shm_worker_h2 {
+    uint64_t requests; /* requests that came over HTTP/2 (also in shm_worker_slot.requests) */
+    uint64_t abuse[SHM_H2_ABUSE_KINDS];
+    uint64_t reserved[5];
+} __attribute__((aligned(64)));
+
 struct shm_ctl {
     uint32_t magic;
     uint32_t version;
@@ -403,6 +434,7 @@ struct shm_ctl {
     struct shm_worker_slot workers[SHM_MAX_WORKERS];
     /* Added at the end (anonymous segment created by the master at start, so it can grow). */
     struct shm_tkeys tkeys;
+    struct shm_worker_h2 h2[SHM_MAX_WORKERS];
 };
 
 _Static_assert(sizeof(struct shm_str) == 8, "shm_str layout");
@@ -416,6 +448,7 @@ _Static_assert(sizeof(struct shm_listener) % 4 == 0, "shm_listener alignment");
 _Static_assert(sizeof(struct shm_rt_backend) == 128, "shm_rt_backend is two cache lines");
 _Static_assert(sizeof(struct shm_rt_service) == 128, "shm_rt_service is two cache lines");
 _Static_assert(sizeof(struct shm_worker_slot) == 64, "worker slot is one cache line");
+_Static_assert(sizeof(struct shm_worker_h2) == 128, "worker h2 counters are two cache lines");
 _Static_assert(sizeof(struct shm_stats_cell) == 2048, "stats cell is 32 cache lines");
 _Static_assert(sizeof(struct shm_snap_hdr) % 8 == 0, "snapshot header alignment");
 

@@ -76,6 +76,9 @@ void wk_xchg_tally(struct wk_xchg *x, int how)
     x->tflags |= WK_T_TALLIED;
     if (x->at.gen != NULL) {
         __atomic_fetch_add(&wk.me->requests, 1, __ATOMIC_RELAXED);
+        if (x->vmajor == 2) {
+            __atomic_fetch_add(&wk.ctl->h2[wk.slot].requests, 1, __ATOMIC_RELAXED);
+        }
     }
     if (svc == NULL) {
         return;

@@ -12,6 +12,7 @@
  * acknowledged (WINDOW_UPDATE) only once it has been written to the backend, and response bytes
  * stay in the exchange's upstream buffer until the stream's send window takes them. */
 #include "worker/wk_internal.h"
+#include "worker/wk_h2msg.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -28,9 +29,6 @@
 #include "shm/shm_snap.h"
 
 #define H2_OUT_SIZE (64 * 1024)     /* serialized frames waiting for the socket */
-#define H2_RESET_BURST 1000         /* RST_STREAMs a client may send in a burst (rapid reset) */
-#define H2_RESET_RATE 33            /* ... and per second after it */
-#define H2_MAX_CONTINUATIONS 8      /* CONTINUATION frames per header block */
 
 /* Stream flags. */
 #define S_END_STREAM 0x01u /* the client's half is closed: the request is complete */
@@ -40,17 +38,8 @@
 #define S_EOF        0x10u /* the response's last byte went to nghttp2 */
 #define S_CHUNKED    0x20u /* the body goes upstream chunked (no Content-Length was sent) */
 #define S_DISCARD    0x40u /* request DATA is no longer wanted: consumed and dropped */
-#define S_HEAD_BAD   0x80u /* the header block broke a rule: refused with 400 at its end */
 
 struct wk_h2;
-
-/* A header block as it arrives: offsets into the stream's copy buffer. */
-struct h2_head {
-    uint32_t n;
-    uint32_t noff[WK_MAX_HEADERS], nlen[WK_MAX_HEADERS];
-    uint32_t voff[WK_MAX_HEADERS], vlen[WK_MAX_HEADERS];
-    uint32_t poff[4], plen[4];  /* :method, :path, :authority, :scheme (offset + 1; 0: absent) */
-};
 
 struct wk_h2_stream {
     struct wk_ev ev;            /* WK_EV_H2STREAM: owner of the stream's timer */
@@ -62,12 +51,8 @@ struct wk_h2_stream {
     struct wk_buf rq;           /* request bytes for the backend (chunk-framed with S_CHUNKED) */
     uint64_t unacked;           /* DATA payload received but not yet acknowledged */
     uint64_t body_bytes;        /* DATA payload received in all */
-    /* The header block while it arrives: names and values copied into <hb>, the method written
-     * first ("GET ") for the access log's raw method. */
-    char *hb;
-    uint32_t hb_len, hb_cap;
-    struct h2_head *head;       /* the fields as offsets in <hb>, until the block is complete */
-    const char *err;            /* why the header block was refused (S_HEAD_BAD) */
+    uint64_t hsize;             /* decompressed size of the header blocks (RFC 9113 6.5.2) */
+    struct wk_h2_head *head;    /* the header block while it arrives */
     char *reply;                /* a generated answer's body */
     uint32_t reply_len, reply_off;
     struct wk_h2_stream *next, *prev;
@@ -79,11 +64,10 @@ struct wk_h2 {
     struct wk_h2_stream *streams;
     uint32_t nstreams;
     uint8_t goaway;             /* a graceful GOAWAY was sent (worker stopping) */
+    struct wk_h2_guard g;       /* abuse limits */
     char *out;                  /* serialized frames not yet written: [out_off, out_len) */
     uint32_t out_off, out_len, out_cap;
 };
-
-enum { P_METHOD, P_PATH, P_AUTHORITY, P_SCHEME };
 
 static const struct wk_xchg_ops wk_h2_ops;
 
@@ -125,11 +109,8 @@ static struct wk_h2_stream *stream_new(struct wk_h2 *h, int32_t id)
 
 static void head_free(struct wk_h2_stream *st)
 {
-    free(st->hb);
-    free(st->head);
-    st->hb = NULL;
+    wk_h2_head_free(st->head);
     st->head = NULL;
-    st->hb_len = st->hb_cap = 0;
 }
 
 /* End the stream's exchange once: <how> as wk_xchg_log() takes it. */
@@ -164,30 +145,10 @@ static void stream_free(struct wk_h2_stream *st)
 }
 
 /* ---- the header block ------------------------------------------------------------------------- */
-static int hb_add(struct wk_h2_stream *st, const uint8_t *p, size_t n, uint32_t *off)
-{
-    if (n > st->hb_cap - st->hb_len) {
-        return -1;
-    }
-    memcpy(st->hb + st->hb_len, p, n);
-    *off = st->hb_len;
-    st->hb_len += (uint32_t)n;
-    return 0;
-}
-
-static void head_refuse(struct wk_h2_stream *st, const char *why)
-{
-    if (!(st->flags & S_HEAD_BAD)) {
-        st->flags |= S_HEAD_BAD;
-        st->err = why;
-    }
-}
-
 static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud)
 {
     struct wk_h2 *h = ud;
     struct wk_h2_stream *st;
-    uint32_t cap = (uint32_t)cur_snap()->limits.max_header_bytes + 64;
 
     (void)s;
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) {
@@ -197,13 +158,11 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
     if (st == NULL) {
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    st->hb = malloc(cap);
-    st->head = calloc(1, sizeof(*st->head));
-    if (st->hb == NULL || st->head == NULL) {
+    st->head = wk_h2_head_new(cur_snap()->limits.max_header_bytes);
+    if (st->head == NULL) {
         stream_free(st);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    st->hb_cap = cap;
     nghttp2_session_set_stream_user_data(h->s, f->hd.stream_id, st);
     return 0;
 }
@@ -212,167 +171,23 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
                      const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
     struct wk_h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
-    struct h2_head *hh;
-    uint32_t no, vo;
+    struct wk_h2 *h = ud;
 
     (void)flags;
-    (void)ud;
-    if (st == NULL || f->hd.type != NGHTTP2_HEADERS || (st->flags & S_HEAD_BAD) ||
-        st->head == NULL) {
-        return 0; /* trailers of a request, or a block already refused: ignored */
-    }
-    hh = st->head;
-    if (nlen > 0 && name[0] == ':') {
-        static const char *const names[] = {":method", ":path", ":authority", ":scheme"};
-        for (int i = 0; i < 4; i++) {
-            if (nlen == strlen(names[i]) && memcmp(name, names[i], nlen) == 0) {
-                if (hb_add(st, value, vlen, &vo) != 0) {
-                    head_refuse(st, "Request header fields too large");
-                    return 0;
-                }
-                hh->poff[i] = vo + 1;
-                hh->plen[i] = (uint32_t)vlen;
-                return 0;
-            }
-        }
-        return 0; /* (nghttp2 refuses unknown pseudo-headers itself) */
-    }
-    if (hh->n >= WK_MAX_HEADERS) {
-        head_refuse(st, "Too many header fields");
+    if (st == NULL) {
         return 0;
     }
-    if (!wk_value_ok((const char *)value, vlen) || !wk_token_ok((const char *)name, nlen)) {
-        head_refuse(st, "Malformed header field");
-        return 0;
+    if (wk_h2_guard_header(&h->g, s, &st->hsize, nlen, vlen,
+                           cur_snap()->limits.max_header_bytes) != 0) {
+        return NGHTTP2_ERR_CALLBACK_FAILURE; /* an HPACK bomb */
     }
-    if (hb_add(st, name, nlen, &no) != 0 || hb_add(st, value, vlen, &vo) != 0) {
-        head_refuse(st, "Request header fields too large");
-        return 0;
-    }
-    /* Offsets while the block grows; pointers once it is complete. */
-    hh->noff[hh->n] = no;
-    hh->nlen[hh->n] = (uint32_t)nlen;
-    hh->voff[hh->n] = vo;
-    hh->vlen[hh->n] = (uint32_t)vlen;
-    hh->n++;
+    if (f->hd.type == NGHTTP2_HEADERS && st->head != NULL) {
+        wk_h2_head_field(st->head, name, nlen, value, vlen);
+    } /* (else trailers of a request: ignored) */
     return 0;
 }
 
 /* ---- the request -------------------------------------------------------------------------------- */
-/* The header block is complete: turn it into a parsed request for the exchange. Returns 0, or the
- * status to refuse it with (<why> says why). */
-static unsigned build_request(struct wk_h2_stream *st, int end_stream, struct wk_h1_req *rq,
-                              const char **why)
-{
-    struct h2_head *hh = st->head;
-    const char *m, *path, *auth = NULL, *clv = NULL;
-    size_t mlen, plen, alen = 0, clvl = 0;
-    uint32_t cookie = 0, w = 0;
-
-    memset(rq, 0, sizeof(*rq));
-    rq->clen = ULLONG_MAX;
-    if (st->flags & S_HEAD_BAD) {
-        *why = st->err;
-        return strstr(st->err, "too large") || strstr(st->err, "Too many") ? 431 : 400;
-    }
-    if (hh->poff[P_METHOD] == 0 || hh->poff[P_PATH] == 0 || hh->poff[P_SCHEME] == 0) {
-        *why = "Missing :method, :path or :scheme";
-        return 400;
-    }
-    m = st->hb + hh->poff[P_METHOD] - 1;
-    mlen = hh->plen[P_METHOD];
-    path = st->hb + hh->poff[P_PATH] - 1;
-    plen = hh->plen[P_PATH];
-    if (hh->poff[P_AUTHORITY] != 0) {
-        auth = st->hb + hh->poff[P_AUTHORITY] - 1;
-        alen = hh->plen[P_AUTHORITY];
-    }
-    for (uint32_t i = 0; i < hh->n; i++) {
-        struct wk_hdr *h = &rq->hd.h[w];
-        h->name = st->hb + hh->noff[i];
-        h->nlen = hh->nlen[i];
-        h->value = st->hb + hh->voff[i];
-        h->vlen = hh->vlen[i];
-        if (h->nlen == 4 && memcmp(h->name, "host", 4) == 0 && auth == NULL) {
-            auth = h->value; /* (:authority wins over Host when both are there) */
-            alen = h->vlen;
-        }
-        if (h->nlen == 14 && memcmp(h->name, "content-length", 14) == 0) {
-            if (clv != NULL && (clvl != h->vlen || memcmp(clv, h->value, clvl) != 0)) {
-                *why = "Conflicting Content-Length";
-                return 400;
-            }
-            clv = h->value;
-            clvl = h->vlen;
-        }
-        if (h->nlen == 6 && memcmp(h->name, "cookie", 6) == 0) {
-            if (cookie != 0) {
-                /* RFC 9113 8.2.3: the crumbs become one field again for HTTP/1.1. */
-                struct wk_hdr *c0 = &rq->hd.h[cookie - 1];
-                if (st->hb_len + c0->vlen + 2 + h->vlen > st->hb_cap) {
-                    *why = "Request header fields too large";
-                    return 431;
-                }
-                memcpy(st->hb + st->hb_len, c0->value, c0->vlen);
-                memcpy(st->hb + st->hb_len + c0->vlen, "; ", 2);
-                memcpy(st->hb + st->hb_len + c0->vlen + 2, h->value, h->vlen);
-                c0->value = st->hb + st->hb_len;
-                c0->vlen += 2 + h->vlen;
-                st->hb_len += c0->vlen;
-                continue;
-            }
-            cookie = w + 1;
-        }
-        w++;
-    }
-    rq->hd.n = w;
-    rq->hd.url = path;
-    rq->hd.url_len = (uint32_t)plen;
-    if (!wk_h1_method_num(m, mlen, &rq->method)) {
-        *why = "Unknown method";
-        return 400;
-    }
-    if (mlen == 7 && memcmp(m, "CONNECT", 7) == 0) {
-        *why = "CONNECT is not supported";
-        return 405;
-    }
-    if (auth == NULL || alen == 0 || !wk_host_ok(auth, alen)) {
-        *why = auth == NULL || alen == 0 ? "Missing :authority" : "Invalid :authority";
-        return 400;
-    }
-    if (memchr(path, '#', plen) != NULL ||
-        !(plen > 0 && (path[0] == '/' || (plen == 1 && path[0] == '*' && mlen == 7 &&
-                                          memcmp(m, "OPTIONS", 7) == 0)))) {
-        *why = "Invalid :path";
-        return 400;
-    }
-    if (clv != NULL && !wk_content_length(clv, clvl, &rq->clen)) {
-        *why = "Invalid Content-Length";
-        return 400;
-    }
-    rq->major = 2;
-    rq->minor = 0;
-    rq->host = auth;
-    rq->hostlen = alen;
-    rq->target = path;
-    rq->tlen = plen;
-    rq->path = path;
-    rq->pathlen = memchr(path, '?', plen) ? (size_t)((const char *)memchr(path, '?', plen) - path)
-                                          : plen;
-    rq->chunked = !end_stream && rq->clen == ULLONG_MAX;
-    rq->flags = WK_H1_KEEPALIVE;
-    if (end_stream) {
-        rq->flags |= WK_H1_DONE;
-    }
-    if (rq->method == wk_h1_method_head()) {
-        rq->flags |= WK_H1_HEAD;
-    }
-    if (wk_h1_method_idempotent(rq->method)) {
-        rq->flags |= WK_H1_IDEMPOTENT;
-    }
-    return 0;
-}
-
 static void rst(struct wk_h2_stream *st, uint32_t code)
 {
     st->flags |= S_DISCARD;
@@ -398,13 +213,14 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
     }
     st->flags |= S_STARTED | (end_stream ? S_END_STREAM : 0);
     s = x->at.gen->snap;
-    status = build_request(st, end_stream, rq, &why);
+    status = wk_h2_head_request(st->head, end_stream, rq, &why);
     x->method = (uint8_t)rq->method;
     x->vmajor = 2;
     x->vminor = 0;
     /* The access log records the method as sent, from the "METHOD " at the head's start. */
-    ml = st->head->poff[P_METHOD] ? DSP_MIN(st->head->plen[P_METHOD], sizeof(mbuf) - 2) : 0;
-    memcpy(mbuf, st->hb + (ml ? st->head->poff[P_METHOD] - 1 : 0), ml);
+    ml = st->head->poff[WK_H2_P_METHOD] ? DSP_MIN(st->head->plen[WK_H2_P_METHOD], sizeof(mbuf) - 2)
+                                        : 0;
+    memcpy(mbuf, st->head->hb + (ml ? st->head->poff[WK_H2_P_METHOD] - 1 : 0), ml);
     mbuf[ml] = ' ';
     wk_xchg_identify(x, &rq->hd, mbuf, ml + 1, rq->host, rq->host ? rq->hostlen : 0);
     if (status != 0) {
@@ -547,9 +363,14 @@ static void request_end(struct wk_h2_stream *st)
 
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
 {
-    struct wk_h2_stream *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    struct wk_h2_stream *st;
 
-    (void)ud;
+    struct wk_h2 *h = ud;
+
+    if (f->hd.type != NGHTTP2_HEADERS && wk_h2_guard_frame(&h->g, s, f) != 0) {
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     if (st == NULL) {
         return 0;
     }
@@ -561,6 +382,17 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
         request_end(st);
     }
     return 0;
+}
+
+/* A frame nghttp2 refused: a stream the client made us reset (a stream beyond
+ * SETTINGS_MAX_CONCURRENT_STREAMS, a frame on a closed stream, a window overflow...) counts
+ * against the reset bucket like a reset the client sent itself. */
+static int on_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int err, void *ud)
+{
+    struct wk_h2 *h = ud;
+
+    (void)f;
+    return wk_h2_guard_invalid(&h->g, s, err);
 }
 
 static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud)
@@ -592,6 +424,8 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
     }
     return 0;
 }
+
+static void h2_rearm(struct wk_xchg *x);
 
 /* ---- the response ------------------------------------------------------------------------------- */
 static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
@@ -629,6 +463,9 @@ static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     memcpy(buf, tx->uin.data + tx->rsend_off, n);
     tx->rsend_off += (uint32_t)n;
     tx->bytes_sent += n;
+    if (n > 0) {
+        h2_rearm(x); /* the client took bytes: its send timer starts over */
+    }
     if ((x->tflags & WK_T_RESP_DONE) && tx->rsend_off == tx->rready_off) {
         *dflags |= NGHTTP2_DATA_FLAG_EOF;
         st->flags |= S_EOF;
@@ -697,7 +534,13 @@ static int h2_reply(struct wk_xchg *x, unsigned status, const char *ctype, const
     if (!(st->flags & S_END_STREAM)) {
         st->flags |= S_DISCARD; /* the rest of the body is consumed and dropped */
     }
-    wk_timer_disarm(&st->timer);
+    if (st->flags & S_EOF) {
+        wk_timer_disarm(&st->timer);
+    } else {
+        /* The body must leave within send_timeout_ms, whatever the client's window. */
+        wk_timer_arm(&st->timer, x->at.gen != NULL ? x->at.gen->snap->limits.send_timeout_ms
+                                                   : cur_snap()->limits.send_timeout_ms);
+    }
     return 0;
 }
 
@@ -802,6 +645,11 @@ static void h2_rearm(struct wk_xchg *x)
         ms = DSP_MAX(x->at.gen->snap->limits.idle_timeout_ms, svc->response_timeout_ms);
     } else if (x->tflags & WK_T_RESP_HEAD) {
         ms = svc->stream_idle_timeout_ms; /* a gap inside the body (SSE, slow downloads) */
+        if (x->tx != NULL && x->tx->rready_off > x->tx->rsend_off) {
+            /* Bytes wait for the client (its window, or the socket): it must take some
+             * within send_timeout_ms (wk_h2_stream_timeout). */
+            ms = x->at.gen->snap->limits.send_timeout_ms;
+        }
     } else {
         ms = svc->response_timeout_ms;
     }
@@ -823,15 +671,48 @@ static const struct wk_xchg_ops wk_h2_ops = {
     .wake = h2_wake,
 };
 
+/* Does the stream's response wait for the client to take it? */
+static int stream_stalled(const struct wk_h2_stream *st)
+{
+    const struct wk_txn *tx = st->x.tx;
+
+    if ((st->flags & (S_RESPONDED | S_EOF)) != S_RESPONDED) {
+        return 0;
+    }
+    return st->reply != NULL || (tx != NULL && tx->rready_off > tx->rsend_off);
+}
+
 void wk_h2_stream_timeout(struct wk_h2_stream *st)
 {
-    struct wk_client *c = st->h->c;
+    struct wk_h2 *h = st->h;
+    struct wk_client *c = h->c;
 
+    if (stream_stalled(st)) {
+        /* The client took nothing for send_timeout_ms. With its window shut (a zero-window
+         * stall), that is abuse: the stream is reset and its backend connection released; a
+         * shut connection window ends the connection. A socket that does not drain is the
+         * connection timer's business (conn_timer). */
+        int conn_shut = nghttp2_session_get_remote_window_size(h->s) <= 0;
+        int shut = conn_shut || nghttp2_session_get_stream_remote_window_size(h->s, st->id) <= 0;
+        if ((st->flags & (S_STARTED | S_ENDED)) == S_STARTED) {
+            wk_xchg_cut(&st->x, SHM_CUT_SEND_TIMEOUT);
+        }
+        stream_end_exchange(st, -1);
+        rst(st, shut ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_CANCEL);
+        if (conn_shut) {
+            wk_h2_guard_abuse(&h->g, h->s, SHM_H2_ZERO_WINDOW);
+        } else if (shut) {
+            wk_h2_guard_count(SHM_H2_ZERO_WINDOW);
+        }
+        wk_client_run(c);
+        return;
+    }
     if ((st->flags & (S_STARTED | S_ENDED | S_EOF)) == S_STARTED) {
         wk_xchg_expired(&st->x);
     }
     wk_client_run(c);
 }
+
 
 /* ---- the connection ------------------------------------------------------------------------------ */
 int wk_h2_start(struct wk_client *c, const char *pre, size_t plen)
@@ -853,11 +734,11 @@ int wk_h2_start(struct wk_client *c, const char *pre, size_t plen)
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
     /* Request DATA is acknowledged once it reached the backend (back-pressure), not on
      * arrival. */
     nghttp2_option_set_no_auto_window_update(opt, 1);
-    nghttp2_option_set_stream_reset_rate_limit(opt, H2_RESET_BURST, H2_RESET_RATE);
-    nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS);
+    wk_h2_guard_options(opt);
     if (nghttp2_session_server_new2(&h->s, cb, h, opt) != 0) {
         goto out;
     }
@@ -875,10 +756,11 @@ int wk_h2_start(struct wk_client *c, const char *pre, size_t plen)
     }
     c->h2 = h;
     c->state = WK_CS_H2;
-    if (plen > 0 && nghttp2_session_mem_recv(h->s, (const uint8_t *)pre, plen) < 0) {
+    if (plen > 0 && wk_h2_guard_recv(&h->g, h->s, (const uint8_t *)pre, plen) < 0 && !h->g.abused) {
         r = -1; /* (c->h2 is set: the close frees it) */
         goto out;
     }
+    /* (an abuse in the first bytes: wk_h2_step() sends the GOAWAY) */
     r = 0;
 out:
     nghttp2_session_callbacks_del(cb);
@@ -1059,6 +941,21 @@ static int h2_end(struct wk_client *c)
     return 1;
 }
 
+/* A connection error (nghttp2 or an abuse limit queued a GOAWAY): send it if the socket takes
+ * it, end the streams (logged as cut) and linger (h2_end), so that the client's unread frames
+ * do not turn our close into a reset that destroys the GOAWAY. Returns 1 or -1 (closed). */
+static int goaway_close(struct wk_client *c, struct wk_h2 *h)
+{
+    if (flush(c, h) < 0 || h->out_off < h->out_len) {
+        wk_client_close(c);
+        return -1;
+    }
+    while (h->streams != NULL) {
+        stream_free(h->streams);
+    }
+    return h2_end(c);
+}
+
 int wk_h2_step(struct wk_client *c)
 {
     struct wk_h2 *h = c->h2;
@@ -1066,6 +963,9 @@ int wk_h2_step(struct wk_client *c)
 
     if (!(c->flags & WK_C_F_READABLE) && xp_pending(&c->xp)) {
         c->flags |= WK_C_F_READABLE;
+    }
+    if (h->g.abused) {
+        return goaway_close(c, h);
     }
     if ((c->flags & WK_C_F_READABLE) && !(c->flags & WK_C_F_EOF)) {
         ssize_t n;
@@ -1088,11 +988,8 @@ int wk_h2_step(struct wk_client *c)
                 c->flags &= ~WK_C_F_READABLE;
             }
             progress = 1;
-            if (nghttp2_session_mem_recv(h->s, (const uint8_t *)c->in.data, (size_t)n) < 0) {
-                /* A connection error: nghttp2 queued a GOAWAY; send it if the socket takes it. */
-                flush(c, h);
-                wk_client_close(c);
-                return -1;
+            if (wk_h2_guard_recv(&h->g, h->s, (const uint8_t *)c->in.data, (size_t)n) < 0) {
+                return goaway_close(c, h);
             }
         }
     }

@@ -1,0 +1,341 @@
+/* dispatcher: HTTP/2 requests from header blocks, and the abuse limits of HTTP/2 clients (see
+ * worker/wk_h2msg.h). */
+#include "worker/wk_h2msg.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/dsp.h"
+#include "common/log.h"
+#include "worker/wk_internal.h"
+
+#define H2_MAX_CONTINUATIONS 8   /* CONTINUATION frames per header block */
+#define H2_MAX_SETTINGS 32       /* entries in one SETTINGS frame */
+#define H2_MAX_OUTBOUND_ACK 1000 /* SETTINGS/PING acks queued unread (then: ack flood) */
+#define H2_BOMB_FACTOR 4         /* a header block decompressing to more than this many times
+                                    max_header_bytes is a bomb, not a mistake */
+
+/* Frames a client may send in a burst, then per second. Stream resets count the client's
+ * RST_STREAMs and the streams it made us reset or refuse (rapid reset, CVE-2023-44487, and its
+ * variants). */
+static const struct {
+    uint16_t burst, per_s;
+    uint8_t kind; /* SHM_H2_* counted when exceeded */
+} h2_rl[WK_H2_RL_KINDS] = {
+    [WK_H2_RL_RESET] = {200, 20, SHM_H2_RAPID_RESET},
+    [WK_H2_RL_SETTINGS] = {100, 10, SHM_H2_SETTINGS_FLOOD},
+    [WK_H2_RL_PING] = {100, 10, SHM_H2_PING_FLOOD},
+    [WK_H2_RL_EMPTY_DATA] = {100, 10, SHM_H2_EMPTY_DATA},
+    [WK_H2_RL_PRIORITY] = {1000, 100, SHM_H2_PRIORITY_FLOOD},
+};
+
+/* ---- the header block ------------------------------------------------------------------------- */
+struct wk_h2_head *wk_h2_head_new(uint64_t max_header_bytes)
+{
+    uint32_t cap = (uint32_t)DSP_MIN(max_header_bytes, (uint64_t)UINT32_MAX / 2) + 64;
+    struct wk_h2_head *hh = malloc(sizeof(*hh) + cap);
+
+    if (hh == NULL) {
+        return NULL;
+    }
+    memset(hh, 0, sizeof(*hh));
+    hh->hb = (char *)(hh + 1);
+    hh->hb_cap = cap;
+    return hh;
+}
+
+void wk_h2_head_free(struct wk_h2_head *hh)
+{
+    free(hh);
+}
+
+static int hb_add(struct wk_h2_head *hh, const uint8_t *p, size_t n, uint32_t *off)
+{
+    if (n > hh->hb_cap - hh->hb_len) {
+        return -1;
+    }
+    memcpy(hh->hb + hh->hb_len, p, n);
+    *off = hh->hb_len;
+    hh->hb_len += (uint32_t)n;
+    return 0;
+}
+
+static void head_refuse(struct wk_h2_head *hh, const char *why)
+{
+    if (hh->err == NULL) {
+        hh->err = why;
+    }
+}
+
+void wk_h2_head_field(struct wk_h2_head *hh, const uint8_t *name, size_t nlen,
+                      const uint8_t *value, size_t vlen)
+{
+    uint32_t no, vo;
+
+    if (hh->err != NULL) {
+        return;
+    }
+    if (nlen > 0 && name[0] == ':') {
+        static const char *const names[] = {":method", ":path", ":authority", ":scheme"};
+        for (int i = 0; i < 4; i++) {
+            if (nlen == strlen(names[i]) && memcmp(name, names[i], nlen) == 0) {
+                if (hb_add(hh, value, vlen, &vo) != 0) {
+                    head_refuse(hh, "Request header fields too large");
+                    return;
+                }
+                hh->poff[i] = vo + 1;
+                hh->plen[i] = (uint32_t)vlen;
+                return;
+            }
+        }
+        return; /* (nghttp2 refuses unknown pseudo-headers itself) */
+    }
+    if (hh->n >= WK_MAX_HEADERS) {
+        head_refuse(hh, "Too many header fields");
+        return;
+    }
+    if (!wk_value_ok((const char *)value, vlen) || !wk_token_ok((const char *)name, nlen)) {
+        head_refuse(hh, "Malformed header field");
+        return;
+    }
+    if (hb_add(hh, name, nlen, &no) != 0 || hb_add(hh, value, vlen, &vo) != 0) {
+        head_refuse(hh, "Request header fields too large");
+        return;
+    }
+    /* Offsets while the block grows; pointers once it is complete. */
+    hh->noff[hh->n] = no;
+    hh->nlen[hh->n] = (uint32_t)nlen;
+    hh->voff[hh->n] = vo;
+    hh->vlen[hh->n] = (uint32_t)vlen;
+    hh->n++;
+}
+
+/* The header block is complete: turn it into a parsed request for the exchange. Returns 0, or the
+ * status to refuse it with (<why> says why). */
+unsigned wk_h2_head_request(struct wk_h2_head *hh, int end_stream, struct wk_h1_req *rq,
+                            const char **why)
+{
+    const char *m, *path, *auth = NULL, *clv = NULL;
+    size_t mlen, plen, alen = 0, clvl = 0;
+    uint32_t cookie = 0, w = 0;
+
+    memset(rq, 0, sizeof(*rq));
+    rq->clen = ULLONG_MAX;
+    if (hh->err != NULL) {
+        *why = hh->err;
+        return strstr(hh->err, "too large") || strstr(hh->err, "Too many") ? 431 : 400;
+    }
+    if (hh->poff[WK_H2_P_METHOD] == 0 || hh->poff[WK_H2_P_PATH] == 0 || hh->poff[WK_H2_P_SCHEME] == 0) {
+        *why = "Missing :method, :path or :scheme";
+        return 400;
+    }
+    m = hh->hb + hh->poff[WK_H2_P_METHOD] - 1;
+    mlen = hh->plen[WK_H2_P_METHOD];
+    path = hh->hb + hh->poff[WK_H2_P_PATH] - 1;
+    plen = hh->plen[WK_H2_P_PATH];
+    if (hh->poff[WK_H2_P_AUTHORITY] != 0) {
+        auth = hh->hb + hh->poff[WK_H2_P_AUTHORITY] - 1;
+        alen = hh->plen[WK_H2_P_AUTHORITY];
+    }
+    for (uint32_t i = 0; i < hh->n; i++) {
+        struct wk_hdr *h = &rq->hd.h[w];
+        h->name = hh->hb + hh->noff[i];
+        h->nlen = hh->nlen[i];
+        h->value = hh->hb + hh->voff[i];
+        h->vlen = hh->vlen[i];
+        if (h->nlen == 4 && memcmp(h->name, "host", 4) == 0 && auth == NULL) {
+            auth = h->value; /* (:authority wins over Host when both are there) */
+            alen = h->vlen;
+        }
+        if (h->nlen == 14 && memcmp(h->name, "content-length", 14) == 0) {
+            if (clv != NULL && (clvl != h->vlen || memcmp(clv, h->value, clvl) != 0)) {
+                *why = "Conflicting Content-Length";
+                return 400;
+            }
+            clv = h->value;
+            clvl = h->vlen;
+        }
+        if (h->nlen == 6 && memcmp(h->name, "cookie", 6) == 0) {
+            if (cookie != 0) {
+                /* RFC 9113 8.2.3: the crumbs become one field again for HTTP/1.1. */
+                struct wk_hdr *c0 = &rq->hd.h[cookie - 1];
+                if (hh->hb_len + c0->vlen + 2 + h->vlen > hh->hb_cap) {
+                    *why = "Request header fields too large";
+                    return 431;
+                }
+                memcpy(hh->hb + hh->hb_len, c0->value, c0->vlen);
+                memcpy(hh->hb + hh->hb_len + c0->vlen, "; ", 2);
+                memcpy(hh->hb + hh->hb_len + c0->vlen + 2, h->value, h->vlen);
+                c0->value = hh->hb + hh->hb_len;
+                c0->vlen += 2 + h->vlen;
+                hh->hb_len += c0->vlen;
+                continue;
+            }
+            cookie = w + 1;
+        }
+        w++;
+    }
+    rq->hd.n = w;
+    rq->hd.url = path;
+    rq->hd.url_len = (uint32_t)plen;
+    if (!wk_h1_method_num(m, mlen, &rq->method)) {
+        *why = "Unknown method";
+        return 400;
+    }
+    if (mlen == 7 && memcmp(m, "CONNECT", 7) == 0) {
+        *why = "CONNECT is not supported";
+        return 405;
+    }
+    if (auth == NULL || alen == 0 || !wk_host_ok(auth, alen)) {
+        *why = auth == NULL || alen == 0 ? "Missing :authority" : "Invalid :authority";
+        return 400;
+    }
+    if (memchr(path, '#', plen) != NULL ||
+        !(plen > 0 && (path[0] == '/' || (plen == 1 && path[0] == '*' && mlen == 7 &&
+                                          memcmp(m, "OPTIONS", 7) == 0)))) {
+        *why = "Invalid :path";
+        return 400;
+    }
+    if (clv != NULL && !wk_content_length(clv, clvl, &rq->clen)) {
+        *why = "Invalid Content-Length";
+        return 400;
+    }
+    rq->major = 2;
+    rq->minor = 0;
+    rq->host = auth;
+    rq->hostlen = alen;
+    rq->target = path;
+    rq->tlen = plen;
+    rq->path = path;
+    rq->pathlen = memchr(path, '?', plen) ? (size_t)((const char *)memchr(path, '?', plen) - path)
+                                          : plen;
+    rq->chunked = !end_stream && rq->clen == ULLONG_MAX;
+    rq->flags = WK_H1_KEEPALIVE;
+    if (end_stream) {
+        rq->flags |= WK_H1_DONE;
+    }
+    if (rq->method == wk_h1_method_head()) {
+        rq->flags |= WK_H1_HEAD;
+    }
+    if (wk_h1_method_idempotent(rq->method)) {
+        rq->flags |= WK_H1_IDEMPOTENT;
+    }
+    return 0;
+}
+
+/* ---- abuse limits ----------------------------------------------------------------------------- */
+void wk_h2_guard_options(nghttp2_option *opt)
+{
+    nghttp2_option_set_stream_reset_rate_limit(opt, 2u * h2_rl[WK_H2_RL_RESET].burst,
+                                               2u * h2_rl[WK_H2_RL_RESET].per_s);
+    nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS);
+    nghttp2_option_set_max_settings(opt, H2_MAX_SETTINGS);
+    nghttp2_option_set_max_outbound_ack(opt, H2_MAX_OUTBOUND_ACK);
+}
+
+void wk_h2_guard_count(unsigned kind)
+{
+    if (wk.ctl != NULL && wk.slot >= 0 && (unsigned)wk.slot < SHM_MAX_WORKERS &&
+        kind < SHM_H2_ABUSE_KINDS) {
+        __atomic_fetch_add(&wk.ctl->h2[wk.slot].abuse[kind], 1, __ATOMIC_RELAXED);
+    }
+}
+
+int wk_h2_guard_abuse(struct wk_h2_guard *g, nghttp2_session *s, unsigned kind)
+{
+    if (!g->abused) {
+        g->abused = 1;
+        wk_h2_guard_count(kind);
+        log_debug("HTTP/2 client abuse (%s): GOAWAY ENHANCE_YOUR_CALM", shm_h2_abuse_name(kind));
+        nghttp2_session_terminate_session(s, NGHTTP2_ENHANCE_YOUR_CALM);
+    }
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+/* Take one token of bucket <k>: 0, or -1 when the client is over its limit. */
+static int rl_take(struct wk_h2_guard *g, unsigned k)
+{
+    uint64_t now = wk.now;
+
+    if (g->rl[k].at == 0) {
+        g->rl[k].tokens = h2_rl[k].burst;
+        g->rl[k].at = now ? now : 1;
+    } else if (now > g->rl[k].at) {
+        uint64_t add = (now - g->rl[k].at) * h2_rl[k].per_s / 1000;
+        if (add > 0) {
+            g->rl[k].tokens = (uint32_t)DSP_MIN((uint64_t)h2_rl[k].burst, g->rl[k].tokens + add);
+            g->rl[k].at = g->rl[k].tokens == h2_rl[k].burst ? now
+                                                             : g->rl[k].at + add * 1000 / h2_rl[k].per_s;
+        }
+    }
+    if (g->rl[k].tokens == 0) {
+        return -1;
+    }
+    g->rl[k].tokens--;
+    return 0;
+}
+
+static int rl_check(struct wk_h2_guard *g, nghttp2_session *s, unsigned k)
+{
+    return rl_take(g, k) == 0 ? 0 : wk_h2_guard_abuse(g, s, h2_rl[k].kind);
+}
+
+int wk_h2_guard_frame(struct wk_h2_guard *g, nghttp2_session *s, const nghttp2_frame *f)
+{
+    switch (f->hd.type) {
+    case NGHTTP2_RST_STREAM:
+        return rl_check(g, s, WK_H2_RL_RESET);
+    case NGHTTP2_SETTINGS:
+        return (f->hd.flags & NGHTTP2_FLAG_ACK) ? 0 : rl_check(g, s, WK_H2_RL_SETTINGS);
+    case NGHTTP2_PING:
+        return rl_check(g, s, WK_H2_RL_PING);
+    case NGHTTP2_PRIORITY:
+        return rl_check(g, s, WK_H2_RL_PRIORITY);
+    case NGHTTP2_DATA:
+        return f->hd.length == 0 && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)
+                   ? rl_check(g, s, WK_H2_RL_EMPTY_DATA)
+                   : 0;
+    default:
+        return 0;
+    }
+}
+
+int wk_h2_guard_invalid(struct wk_h2_guard *g, nghttp2_session *s, int err)
+{
+    /* A stream beyond SETTINGS_MAX_CONCURRENT_STREAMS, a frame on a closed stream, a window
+     * overflow...: a stream the client made us reset counts like one it reset itself. */
+    if (err == NGHTTP2_ERR_REFUSED_STREAM) {
+        wk_h2_guard_count(SHM_H2_REFUSED_STREAM);
+    }
+    return rl_check(g, s, WK_H2_RL_RESET);
+}
+
+int wk_h2_guard_header(struct wk_h2_guard *g, nghttp2_session *s, uint64_t *hsize, size_t nlen,
+                       size_t vlen, uint64_t max_header_bytes)
+{
+    *hsize += nlen + vlen + 32;
+    if (*hsize > max_header_bytes * H2_BOMB_FACTOR + 4096) {
+        return wk_h2_guard_abuse(g, s, SHM_H2_HPACK_BOMB);
+    }
+    return 0;
+}
+
+int wk_h2_guard_recv(struct wk_h2_guard *g, nghttp2_session *s, const uint8_t *p, size_t n)
+{
+    ssize_t r;
+
+    if (g->abused) {
+        return -1;
+    }
+    r = nghttp2_session_mem_recv(s, p, n);
+    if (r >= 0) {
+        return 0;
+    }
+    if (r == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS) {
+        wk_h2_guard_abuse(g, s, SHM_H2_CONTINUATION);
+    } else if (r == NGHTTP2_ERR_FLOODED) {
+        wk_h2_guard_abuse(g, s, SHM_H2_ACK_FLOOD);
+    }
+    return -1;
+}

@@ -1,0 +1,77 @@
+/* dispatcher: HTTP/2 requests from header blocks, and the limits on what an HTTP/2 client may make
+ * the worker do (worker/wk_h2msg.c). No I/O and no connection state: worker/wk_h2.c drives them
+ * from its nghttp2 callbacks, and tests/fuzz/fuzz_h2.c drives them the same way. */
+#ifndef DSP_WK_H2MSG_H
+#define DSP_WK_H2MSG_H
+
+#include <nghttp2/nghttp2.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "worker/wk_h1.h"
+
+/* ---- a request's header block ----------------------------------------------------------------
+ * Names and values are copied into <hb> as they arrive (at most max_header_bytes + 64 bytes),
+ * the fields kept as offsets; wk_h2_head_request() turns the complete block into the parsed
+ * request an HTTP/1 head gives (pointing into <hb>). */
+enum { WK_H2_P_METHOD, WK_H2_P_PATH, WK_H2_P_AUTHORITY, WK_H2_P_SCHEME };
+
+struct wk_h2_head {
+    char *hb;
+    uint32_t hb_len, hb_cap;
+    const char *err; /* why the block is refused (checked at its end), or NULL */
+    uint32_t n;
+    uint32_t noff[WK_MAX_HEADERS], nlen[WK_MAX_HEADERS];
+    uint32_t voff[WK_MAX_HEADERS], vlen[WK_MAX_HEADERS];
+    uint32_t poff[4], plen[4]; /* WK_H2_P_*: offset + 1 (0: absent), length */
+};
+
+/* A new, empty block for at most <max_header_bytes> of fields (one allocation), or NULL. */
+struct wk_h2_head *wk_h2_head_new(uint64_t max_header_bytes);
+void wk_h2_head_free(struct wk_h2_head *hh);
+/* One field as nghttp2 decoded it (its RFC 9113 checks passed). A field that breaks our own
+ * rules (too many, too large, a value or name HTTP/1.1 cannot carry) marks the block refused. */
+void wk_h2_head_field(struct wk_h2_head *hh, const uint8_t *name, size_t nlen,
+                      const uint8_t *value, size_t vlen);
+/* The complete block as a request (<end_stream>: no body follows). Returns 0, or the status to
+ * refuse it with (400, 405, 431; <why> says why). May append joined cookie crumbs to <hb>. */
+unsigned wk_h2_head_request(struct wk_h2_head *hh, int end_stream, struct wk_h1_req *rq,
+                            const char **why);
+
+/* ---- abuse limits ---------------------------------------------------------------------------
+ * Per connection token buckets on the loop's clock (wk.now: no syscall) for frames that cost us
+ * work and give the client nothing; past one, or past nghttp2's own limits, the connection is
+ * sent GOAWAY ENHANCE_YOUR_CALM and read no more. Counted per kind in shm_ctl.h2[slot].abuse. */
+enum { WK_H2_RL_RESET, WK_H2_RL_SETTINGS, WK_H2_RL_PING, WK_H2_RL_EMPTY_DATA, WK_H2_RL_PRIORITY,
+       WK_H2_RL_KINDS };
+
+struct wk_h2_guard {
+    struct {
+        uint32_t tokens;
+        uint64_t at; /* wk.now of the last refill (0: never used, full) */
+    } rl[WK_H2_RL_KINDS];
+    uint8_t abused; /* the GOAWAY was queued: nothing more is read */
+};
+
+/* The nghttp2 options every client session gets (CONTINUATION, SETTINGS entries, unread
+ * acknowledgements, nghttp2's own reset limit as a backstop to ours). */
+void wk_h2_guard_options(nghttp2_option *opt);
+/* Count one <kind> (SHM_H2_*) without ending anything (a refused stream, a stalled one). */
+void wk_h2_guard_count(unsigned kind);
+/* The client abused <s>: count it once, queue GOAWAY ENHANCE_YOUR_CALM. Returns
+ * NGHTTP2_ERR_CALLBACK_FAILURE, for a callback to return (nghttp2 stops at once). */
+int wk_h2_guard_abuse(struct wk_h2_guard *g, nghttp2_session *s, unsigned kind);
+/* From on_frame_recv (any frame but HEADERS) and on_invalid_frame_recv (<err>: the library's
+ * error): 0, or NGHTTP2_ERR_CALLBACK_FAILURE once over a limit. */
+int wk_h2_guard_frame(struct wk_h2_guard *g, nghttp2_session *s, const nghttp2_frame *f);
+int wk_h2_guard_invalid(struct wk_h2_guard *g, nghttp2_session *s, int err);
+/* From on_header: <hsize> adds up a stream's decompressed fields (RFC 9113 sizes); a block far
+ * beyond <max_header_bytes> is an HPACK bomb, stopped before it is inflated to its end. Returns
+ * 0 or NGHTTP2_ERR_CALLBACK_FAILURE. */
+int wk_h2_guard_header(struct wk_h2_guard *g, nghttp2_session *s, uint64_t *hsize, size_t nlen,
+                       size_t vlen, uint64_t max_header_bytes);
+/* Feed <n> bytes from the client to <s>: 0, or -1 on a connection error (GOAWAY queued where
+ * nghttp2 or we could: flush, then close). */
+int wk_h2_guard_recv(struct wk_h2_guard *g, nghttp2_session *s, const uint8_t *p, size_t n);
+
+#endif
