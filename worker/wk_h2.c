@@ -1014,6 +1014,16 @@ int wk_h2_step(struct wk_client *c)
         (h->goaway && h->nstreams == 0 && h->out_off == h->out_len)) {
         return h2_end(c);
     }
+    /* Idle HTTP/2 connections hold no buffers (as idle HTTP/1 ones): what was read is in
+     * nghttp2 already, and the frame queue is empty. */
+    if (!(c->flags & WK_C_F_READABLE)) {
+        wk_buf_put(&c->in);
+    }
+    if (h->out_off == h->out_len && h->nstreams == 0 && h->out != NULL) {
+        free(h->out);
+        h->out = NULL;
+        h->out_off = h->out_len = h->out_cap = 0;
+    }
     conn_timer(c, h);
     return progress;
 }
