@@ -188,6 +188,25 @@ static int lsn_fd(uint32_t lid, uint32_t sock)
     return -1;
 }
 
+/* <n>'s address as the snapshot's listener table has it (ms_compile.c). */
+static void lsn_addr(const struct ms_lsn *n, uint16_t *family, uint16_t *port, uint8_t ip[16])
+{
+    memset(ip, 0, 16);
+    *family = n->ss.ss_family;
+    *port = 0;
+    if (n->ss.ss_family == AF_INET) {
+        struct sockaddr_in sin;
+        memcpy(&sin, &n->ss, sizeof(sin));
+        *port = ntohs(sin.sin_port);
+        memcpy(ip, &sin.sin_addr, 4);
+    } else if (n->ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 sin6;
+        memcpy(&sin6, &n->ss, sizeof(sin6));
+        *port = ntohs(sin6.sin6_port);
+        memcpy(ip, &sin6.sin6_addr, 16);
+    }
+}
+
 /* ---- which worker serves which socket ------------------------------------------------------- */
 static int active_pos(int slot)
 {
@@ -221,6 +240,7 @@ static int desired(int slot, struct wk_listen **out)
             v[n].idx = ms.lsn[l].idx;
             v[n].tls = ms.lsn[l].tls;
             v[n].proxy_protocol = ms.lsn[l].proxy_protocol;
+            lsn_addr(&ms.lsn[l], &v[n].family, &v[n].port, v[n].ip);
             n++;
         }
     }
@@ -257,6 +277,9 @@ static void ctl_queue(struct ms_worker *w, uint32_t op, const struct wk_listen *
     m->idx = s->idx;
     m->tls = s->tls;
     m->proxy_protocol = s->proxy_protocol;
+    m->family = s->family;
+    m->port = s->port;
+    memcpy(m->ip, s->ip, sizeof(m->ip));
 }
 
 /* Send what is queued for <slot> as far as its channel takes it. A full channel (a worker busy

@@ -31,7 +31,10 @@ struct wk_ctl_msg {
     uint32_t idx; /* the listener's position in the configuration */
     uint8_t tls;
     uint8_t proxy_protocol;
+    uint16_t family; /* its address, to find it in each generation's listener table */
+    uint16_t port;
     uint8_t pad[2];
+    uint8_t ip[16];
 };
 
 /* A listening socket given to a worker at fork. */
@@ -39,6 +42,8 @@ struct wk_listen {
     int fd;
     uint32_t lid, sock, idx;
     uint8_t tls, proxy_protocol;
+    uint16_t family, port;
+    uint8_t ip[16];
 };
 
 struct wk_init {

@@ -304,6 +304,9 @@ struct wk_listener {
     uint32_t sock;
     uint8_t tls; /* options for new connections (a reload may change them) */
     uint8_t proxy_protocol;
+    uint16_t family; /* its address: idx is looked up again in each adopted generation */
+    uint16_t port;
+    uint8_t ip[16];
 };
 
 struct wk_pool {

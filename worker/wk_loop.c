@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <grp.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -244,6 +245,8 @@ void wk_gen_unref(struct wk_gen *g)
     publish_gen_usage();
 }
 
+static void lsn_reindex_all(void);
+
 /* Adopt the published generation if it is newer. Returns 0, or -1 if none could be mapped. */
 static int adopt_generation(void)
 {
@@ -291,6 +294,7 @@ static int adopt_generation(void)
         wk.cur = g;
     }
     publish_gen_usage();
+    lsn_reindex_all();
     log_debug("serving configuration generation %llu", (unsigned long long)gen);
     return 0;
 }
@@ -431,9 +435,34 @@ static void close_listeners(void)
 }
 
 /* Start accepting on <fd>. Returns the entry, or NULL (logged; <fd> closed). */
-static struct wk_listener *lsn_add(int fd, uint32_t lid, uint32_t sock, uint32_t idx, int tls,
-                                   int proxy_protocol)
+/* Its position in the current generation's listener table (HTTP/2 and the like look options
+ * up there by c->listener): found by address, so that it always matches the generation that
+ * new connections are served with. 255 (no entry) for a listener being drained away. */
+static void lsn_reindex(struct wk_listener *l)
 {
+    const struct shm_snap_hdr *s = wk.cur != NULL ? wk.cur->snap : NULL;
+
+    l->idx = 255;
+    for (uint32_t k = 0; s != NULL && k < s->nlisteners; k++) {
+        const struct shm_listener *e = &shm_listeners(s)[k];
+        if (e->family == l->family && e->port == l->port &&
+            memcmp(e->ip, l->ip, e->family == AF_INET6 ? 16 : 4) == 0) {
+            l->idx = k;
+            return;
+        }
+    }
+}
+
+static void lsn_reindex_all(void)
+{
+    for (int i = 0; i < wk.nlisten; i++) {
+        lsn_reindex(wk.listeners[i]);
+    }
+}
+
+static struct wk_listener *lsn_add(int fd, const struct wk_listen *li)
+{
+    uint32_t idx = li->idx;
     struct epoll_event ev = {.events = wk.listeners_off ? 0 : EPOLLIN | EPOLLET};
     struct wk_listener *l;
 
@@ -457,11 +486,14 @@ static struct wk_listener *lsn_add(int fd, uint32_t lid, uint32_t sock, uint32_t
     }
     l->ev.kind = WK_EV_LISTENER;
     l->fd = fd;
-    l->lid = lid;
-    l->sock = sock;
-    l->idx = idx;
-    l->tls = tls != 0;
-    l->proxy_protocol = proxy_protocol != 0;
+    l->lid = li->lid;
+    l->sock = li->sock;
+    l->tls = li->tls != 0;
+    l->proxy_protocol = li->proxy_protocol != 0;
+    l->family = li->family;
+    l->port = li->port;
+    memcpy(l->ip, li->ip, sizeof(l->ip));
+    lsn_reindex(l);
     ev.data.ptr = l;
     if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
         log_errno(LOG_ERROR, errno, "epoll_ctl(ADD listener %u) failed", (unsigned)idx);
@@ -490,7 +522,17 @@ static void ctl_apply(const struct wk_ctl_msg *m, int fd)
         if (l != NULL) {
             lsn_close(l); /* the same socket again: keep one copy */
         }
-        l = lsn_add(fd, m->lid, m->sock, m->idx, m->tls, m->proxy_protocol);
+        {
+            struct wk_listen li = {.lid = m->lid,
+                                   .sock = m->sock,
+                                   .idx = m->idx,
+                                   .tls = m->tls,
+                                   .proxy_protocol = m->proxy_protocol,
+                                   .family = m->family,
+                                   .port = m->port};
+            memcpy(li.ip, m->ip, sizeof(li.ip));
+            l = lsn_add(fd, &li);
+        }
         if (l != NULL && wk.accept_resume_ms == 0) {
             do_accept(l); /* what queued before it was ours */
         }
@@ -522,7 +564,6 @@ static void ctl_apply(const struct wk_ctl_msg *m, int fd)
         break;
     case WK_CTL_SET:
         if (l != NULL) {
-            l->idx = m->idx;
             l->tls = m->tls != 0;
             l->proxy_protocol = m->proxy_protocol != 0;
         }
@@ -677,7 +718,7 @@ static void worker_setup(const struct wk_init *init)
     }
     for (int i = 0; i < init->nlisten; i++) {
         const struct wk_listen *li = &init->listen[i];
-        if (lsn_add(li->fd, li->lid, li->sock, li->idx, li->tls, li->proxy_protocol) == NULL) {
+        if (lsn_add(li->fd, li) == NULL) {
             exit(1);
         }
     }

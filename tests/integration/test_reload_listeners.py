@@ -295,6 +295,35 @@ class ReloadListenersTest(dsptest.TestCase):
         old.close()
 
     @dsptest.timeout(60)
+    def test_reordered_listeners_keep_their_own_http2_setting(self):
+        """Listeners reordered by a reload (one added in front): each keeps its own `http2`
+        setting from the first connection after the answer on (a worker looks its listeners
+        up by address in each generation, not by their old positions)."""
+        curl = shutil.which("curl")
+        if curl is None:
+            self.skipTest("curl is not installed")
+        d = self.dispatcher(self.services, self.routes, workers=2)
+        p_off, p_new = free_port(), free_port()
+        on = plain(d.port)
+        off = '{ address = "127.0.0.1:%d"; http2 = false; }' % p_off
+
+        def version(port):
+            out = subprocess.run([curl, "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w",
+                                  "%{http_version}", "http://127.0.0.1:%d/echo" % port],
+                                 capture_output=True, text=True, timeout=10)
+            return out.stdout
+
+        reload(self, d, self.conf(d, listeners_line(on, off), 2))
+        self.assertEqual(version(d.port), "2")
+        self.assertNotEqual(version(p_off), "2")
+        r = reload(self, d, self.conf(d, listeners_line(plain(p_new), off, on), 2))
+        self.assertEqual(r.get("changes"), ["listener 127.0.0.1:%d added" % p_new])
+        for _ in range(4):
+            self.assertEqual(version(d.port), "2")
+            self.assertNotEqual(version(p_off), "2")
+            self.assertEqual(version(p_new), "2")
+
+    @dsptest.timeout(60)
     def test_unbindable_listener_refuses_the_reload(self):
         """A listener that cannot be bound (another process listens there) refuses the reload
         with the file, line and errno text; nothing else of it applies and the old set serves."""
