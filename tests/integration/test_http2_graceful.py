@@ -117,6 +117,19 @@ for line in sys.stdin:
             cond.wait_for(lambda: state["goaway"] is not None or state["eof"] is not None,
                           float(a[1]))
             answer(state["goaway"] or {"timeout": True, "eof": state["eof"] is not None})
+    elif a[0] == "spam":
+        # a connection WINDOW_UPDATE (+1) every 3 ms until the end: there is always client
+        # input in flight when the server finishes, as with a browser acknowledging DATA
+        # (no PINGs: those count as a flood)
+        def spam():
+            while state["eof"] is None:
+                try:
+                    send(F.WindowUpdateFrame(0, window_increment=1))
+                except OSError:
+                    return
+                time.sleep(0.003)
+        threading.Thread(target=spam, daemon=True).start()
+        answer({"ok": True})
     elif a[0] == "eof":
         with cond:
             cond.wait_for(lambda: state["eof"] is not None, float(a[1]))
@@ -202,6 +215,25 @@ class Http2GracefulTest(dsptest.TestCase):
 
     def test_sigquit_goaway_lets_streams_finish(self):
         self.stop_with_stream_in_flight(signal.SIGQUIT)
+
+    def test_last_frames_survive_client_input_at_close(self):
+        """The worker must not close (reset) a connection with client frames unread: the final
+        DATA frame would be lost on its way."""
+        for rnd in range(3):
+            self.start()
+            c = self.c
+            c.ask("req 1 h2.test /sleep?ms=300")
+            dsptest.wait_until(lambda: self.b.stats()["requests"] >= 1, 5, "request in flight")
+            self.d.proc.send_signal(signal.SIGTERM)
+            self.assertNotIn("timeout", c.ask("goaway 5"))
+            c.ask("spam")
+            r = c.ask("wait 1 10")
+            self.assertEqual((r["status"], r["body"] > 0, r["end"]), (200, True, True),
+                             "round %d: %s" % (rnd, r))
+            self.assertTrue(c.ask("eof 10")["eof"])
+            self.d.proc.wait(10)
+            self.c.close()
+            self.b.stop()
 
     def test_stop_sends_goaway_to_idle_connection(self):
         self.start()
