@@ -10,11 +10,12 @@
 #include "common/log.h"
 #include "worker/wk_internal.h"
 
-#define H2_MAX_CONTINUATIONS 8   /* CONTINUATION frames per header block */
-#define H2_MAX_SETTINGS 32       /* entries in one SETTINGS frame */
-#define H2_MAX_OUTBOUND_ACK 1000 /* SETTINGS/PING acks queued unread (then: ack flood) */
-#define H2_BOMB_FACTOR 4         /* a header block decompressing to more than this many times
-                                    max_header_bytes is a bomb, not a mistake */
+#define H2_MAX_CONTINUATIONS 8    /* CONTINUATION frames per header block */
+#define H2_MAX_SETTINGS      32   /* entries in one SETTINGS frame */
+#define H2_MAX_OUTBOUND_ACK  1000 /* SETTINGS/PING acks queued unread (then: ack flood) */
+#define H2_BOMB_FACTOR                                                                             \
+    4 /* a header block decompressing to more than this many times                                 \
+         max_header_bytes is a bomb, not a mistake */
 
 /* Frames a client may send in a burst, then per second. Stream resets count the client's
  * RST_STREAMs and the streams it made us reset or refuse (rapid reset, CVE-2023-44487, and its
@@ -30,7 +31,8 @@ static const struct {
     [WK_H2_RL_PRIORITY] = {1000, 100, SHM_H2_PRIORITY_FLOOD},
 };
 
-/* ---- the header block ------------------------------------------------------------------------- */
+/* ---- the header block -------------------------------------------------------------------------
+ */
 struct wk_h2_head *wk_h2_head_new(uint64_t max_header_bytes)
 {
     uint32_t cap = (uint32_t)DSP_MIN(max_header_bytes, (uint64_t)UINT32_MAX / 2) + 64;
@@ -68,8 +70,8 @@ static void head_refuse(struct wk_h2_head *hh, const char *why)
     }
 }
 
-void wk_h2_head_field(struct wk_h2_head *hh, const uint8_t *name, size_t nlen,
-                      const uint8_t *value, size_t vlen)
+void wk_h2_head_field(struct wk_h2_head *hh, const uint8_t *name, size_t nlen, const uint8_t *value,
+                      size_t vlen)
 {
     uint32_t no, vo;
 
@@ -126,7 +128,8 @@ unsigned wk_h2_head_request(struct wk_h2_head *hh, int end_stream, struct wk_h1_
         *why = hh->err;
         return strstr(hh->err, "too large") || strstr(hh->err, "Too many") ? 431 : 400;
     }
-    if (hh->poff[WK_H2_P_METHOD] == 0 || hh->poff[WK_H2_P_PATH] == 0 || hh->poff[WK_H2_P_SCHEME] == 0) {
+    if (hh->poff[WK_H2_P_METHOD] == 0 || hh->poff[WK_H2_P_PATH] == 0 ||
+        hh->poff[WK_H2_P_SCHEME] == 0) {
         *why = "Missing :method, :path or :scheme";
         return 400;
     }
@@ -224,7 +227,8 @@ unsigned wk_h2_head_request(struct wk_h2_head *hh, int end_stream, struct wk_h1_
     return 0;
 }
 
-/* ---- abuse limits ----------------------------------------------------------------------------- */
+/* ---- abuse limits -----------------------------------------------------------------------------
+ */
 void wk_h2_guard_options(nghttp2_option *opt)
 {
     nghttp2_option_set_stream_reset_rate_limit(opt, 2u * h2_rl[WK_H2_RL_RESET].burst,
@@ -265,8 +269,9 @@ static int rl_take(struct wk_h2_guard *g, unsigned k)
         uint64_t add = (now - g->rl[k].at) * h2_rl[k].per_s / 1000;
         if (add > 0) {
             g->rl[k].tokens = (uint32_t)DSP_MIN((uint64_t)h2_rl[k].burst, g->rl[k].tokens + add);
-            g->rl[k].at = g->rl[k].tokens == h2_rl[k].burst ? now
-                                                             : g->rl[k].at + add * 1000 / h2_rl[k].per_s;
+            g->rl[k].at = g->rl[k].tokens == h2_rl[k].burst
+                              ? now
+                              : g->rl[k].at + add * 1000 / h2_rl[k].per_s;
         }
     }
     if (g->rl[k].tokens == 0) {

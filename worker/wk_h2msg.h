@@ -31,8 +31,8 @@ struct wk_h2_head *wk_h2_head_new(uint64_t max_header_bytes);
 void wk_h2_head_free(struct wk_h2_head *hh);
 /* One field as nghttp2 decoded it (its RFC 9113 checks passed). A field that breaks our own
  * rules (too many, too large, a value or name HTTP/1.1 cannot carry) marks the block refused. */
-void wk_h2_head_field(struct wk_h2_head *hh, const uint8_t *name, size_t nlen,
-                      const uint8_t *value, size_t vlen);
+void wk_h2_head_field(struct wk_h2_head *hh, const uint8_t *name, size_t nlen, const uint8_t *value,
+                      size_t vlen);
 /* The complete block as a request (<end_stream>: no body follows). Returns 0, or the status to
  * refuse it with (400, 405, 431; <why> says why). May append joined cookie crumbs to <hb>. */
 unsigned wk_h2_head_request(struct wk_h2_head *hh, int end_stream, struct wk_h1_req *rq,
@@ -42,8 +42,14 @@ unsigned wk_h2_head_request(struct wk_h2_head *hh, int end_stream, struct wk_h1_
  * Per connection token buckets on the loop's clock (wk.now: no syscall) for frames that cost us
  * work and give the client nothing; past one, or past nghttp2's own limits, the connection is
  * sent GOAWAY ENHANCE_YOUR_CALM and read no more. Counted per kind in shm_ctl.h2[slot].abuse. */
-enum { WK_H2_RL_RESET, WK_H2_RL_SETTINGS, WK_H2_RL_PING, WK_H2_RL_EMPTY_DATA, WK_H2_RL_PRIORITY,
-       WK_H2_RL_KINDS };
+enum {
+    WK_H2_RL_RESET,
+    WK_H2_RL_SETTINGS,
+    WK_H2_RL_PING,
+    WK_H2_RL_EMPTY_DATA,
+    WK_H2_RL_PRIORITY,
+    WK_H2_RL_KINDS
+};
 
 struct wk_h2_guard {
     struct {
