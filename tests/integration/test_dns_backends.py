@@ -378,17 +378,18 @@ class DnsBackendTest(dsptest.TestCase):
 
     def test_switch_to_a_name_never_404(self):
         """A reload that moves a service from an address to a name not yet resolved keeps the
-        old backends until the first answer (held back 1 s here): no 404 meanwhile."""
+        old backends until the first answer (held back 3 s here): no 404 meanwhile."""
         b1 = self.named_backend("b1", "127.0.0.1")
         b5 = self.named_backend("b5", "127.0.0.5")
         srv = self.dns({"slow.test": ["127.0.0.5"]})
         d = self.dispatcher([svc("app", b1.addr)], [route("app.do", "app")],
                             extra=self.dns_extra(srv))
         gen = dsptest.generation(d)
-        srv.delay = 1.0
+        # Held back long enough that a loaded machine still sees the pending window.
+        srv.delay = 3.0
         d.hup(dsptest.make_config(d.port, d.tmp, [svc("app", "slow.test:%d" % b5.port)],
                                   [route("app.do", "app")],
-                                  extra=self.dns_extra(srv, timeout_ms=3000)))
+                                  extra=self.dns_extra(srv, timeout_ms=8000)))
         wait_until(lambda: dsptest.workers_on_generation(d, gen + 1), 5, "the reload applied")
         seen = []
         deadline = time.monotonic() + 10
