@@ -565,9 +565,8 @@ void adm_render_certs(struct adm_buf *b, const struct adm_view *v)
                      (unsigned long long)c->not_after, date, days,
                      (c->flags & SHM_CERT_F_DEFAULT) ? "true" : "false",
                      (c->flags & SHM_CERT_F_SELF_SIGNED) ? "true" : "false",
-                     (c->flags & SHM_CERT_F_EXPIRED) || (uint64_t)v->now_s > c->not_after
-                         ? "true"
-                         : "false",
+                     (c->flags & SHM_CERT_F_EXPIRED) || (uint64_t)v->now_s > c->not_after ? "true"
+                                                                                          : "false",
                      c->source == SHM_SOURCE_REDIS ? "redis" : "file",
                      c->ocsp.len > 0 ? "true" : "false");
     }
@@ -731,8 +730,7 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
             adm_buf_addf(b, "} %lld\n", (long long)(a > 0 ? a : 0));
         }
     }
-    prom_head(b, "dispatcher_backend_requests_total", "counter",
-              "Requests a backend answered.");
+    prom_head(b, "dispatcher_backend_requests_total", "counter", "Requests a backend answered.");
     for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
         for (uint32_t j = 0; j < svcs[i].nbackends; j++) {
             const struct shm_backend *be = &bes[svcs[i].backends_first + j];
@@ -820,8 +818,8 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
                   "HTTP/2 client abuse stopped, by kind (floods: connections sent GOAWAY; "
                   "refused_stream, zero_window: streams reset).");
         for (unsigned k = 0; k < SHM_H2_ABUSE_KINDS; k++) {
-            adm_buf_addf(b, "dispatcher_h2_abuse_total{kind=\"%s\"} %llu\n",
-                         shm_h2_abuse_name(k), (unsigned long long)ps.abuse[k]);
+            adm_buf_addf(b, "dispatcher_h2_abuse_total{kind=\"%s\"} %llu\n", shm_h2_abuse_name(k),
+                         (unsigned long long)ps.abuse[k]);
         }
     }
     prom_head(b, "dispatcher_responses_cut_total", "counter",

@@ -16,22 +16,22 @@ struct adm_buf;
  * a plain integer. */
 struct adm_fleet_node {
     const char *name;
-    const char *status;          /* "ok" or "rejected" as written */
+    const char *status; /* "ok" or "rejected" as written */
     const char *error;
     const char *source_digest;
-    long long version;           /* the Redis namespace version it serves, -1: none */
-    long long generation;        /* its own generation counter (not comparable across nodes) */
-    long long applied_at;        /* unix seconds its generation was published */
-    long long updated_at;        /* unix seconds of its last report (refreshed every 20 s) */
+    long long version;    /* the Redis namespace version it serves, -1: none */
+    long long generation; /* its own generation counter (not comparable across nodes) */
+    long long applied_at; /* unix seconds its generation was published */
+    long long updated_at; /* unix seconds of its last report (refreshed every 20 s) */
     long long pid;
 };
 
 /* The fleet of this dispatcher's Redis environment, as last read from Redis. */
 struct adm_fleet {
     const char *environment;
-    const char *self;            /* this dispatcher's node_name */
-    uint64_t read_at;            /* unix seconds of the last complete read, 0 = not read yet */
-    long long version;           /* the namespace's `version` key at that read, -1 = none */
+    const char *self;  /* this dispatcher's node_name */
+    uint64_t read_at;  /* unix seconds of the last complete read, 0 = not read yet */
+    long long version; /* the namespace's `version` key at that read, -1 = none */
     const struct adm_fleet_node *nodes; /* sorted by name */
     size_t n;
 };
@@ -47,7 +47,7 @@ int adm_fleet_flags(const struct adm_fleet *f, const struct adm_fleet_node *nd, 
 
 /* Everything an answer is computed from. The master fills it for each request. */
 struct adm_view {
-    const struct shm_snap_hdr *snap;   /* current generation */
+    const struct shm_snap_hdr *snap; /* current generation */
     const struct shm_rt *rt;
     const struct shm_ctl *ctl;
     unsigned nworkers;                       /* worker slots in use (configured, or retiring) */
@@ -55,15 +55,15 @@ struct adm_view {
     unsigned slots_ever;                     /* slots ever used: per-slot counters (0: nworkers) */
     unsigned char retiring[SHM_MAX_WORKERS]; /* 1: not a configured slot (a smaller `workers`
                                                 left it: draining, or gone) */
-    uint64_t now_ms;                   /* monotonic (same clock as the workers' stats) */
-    uint64_t now_s;                    /* wall clock */
-    uint64_t started_at;               /* wall clock, master start */
-    uint64_t loaded_at;                /* wall clock, current generation */
-    double memory_mb;                  /* RSS of the master and its workers; < 0 = unknown */
-    const char *redis_state;           /* "connected", "error: ...", ...; NULL without Redis */
-    const char *redis_problem;         /* why the namespace in Redis is not served, or NULL */
-    const char *redis_master;          /* with Sentinel: "NAME at HOST:PORT" followed, or NULL */
-    int redis_has_version;             /* the config holds Redis data of version redis_version */
+    uint64_t now_ms;                         /* monotonic (same clock as the workers' stats) */
+    uint64_t now_s;                          /* wall clock */
+    uint64_t started_at;                     /* wall clock, master start */
+    uint64_t loaded_at;                      /* wall clock, current generation */
+    double memory_mb;                        /* RSS of the master and its workers; < 0 = unknown */
+    const char *redis_state;   /* "connected", "error: ...", ...; NULL without Redis */
+    const char *redis_problem; /* why the namespace in Redis is not served, or NULL */
+    const char *redis_master;  /* with Sentinel: "NAME at HOST:PORT" followed, or NULL */
+    int redis_has_version;     /* the config holds Redis data of version redis_version */
     long long redis_version;
     /* Appends extra members (",\"key\":...") to service <svc> of `show instances` (the master's
      * backend-name resolution), or NULL. */
@@ -71,7 +71,7 @@ struct adm_view {
     /* Appends more Prometheus families after the built-in ones, or NULL. */
     void (*metrics_extra)(struct adm_buf *b, const void *arg);
     const void *extra_arg;
-    const struct adm_fleet *fleet;     /* NULL without Redis */
+    const struct adm_fleet *fleet; /* NULL without Redis */
 };
 
 /* Each appends one JSON object, starting {"ok":true, ... and without a newline. */

@@ -27,33 +27,33 @@
 /* Admin clients at once (the master loop holds 1024 fds). Each listener has its own slots, so
  * the admin HTTP port, which anyone on an allowed address can reach, can never crowd out the
  * operator on the admin socket. */
-#define UNIX_CONNS     128
-#define HTTP_CONNS     128
-#define MAX_CONNS      (UNIX_CONNS + HTTP_CONNS)
-#define UNIX_IN_CAP    16384          /* pending command bytes */
-#define HTTP_HEAD_MAX  8192
-#define OUT_HIGH       (1024 * 1024)  /* stop reading commands while this much is unsent */
-#define UNIX_IDLE_MS   60000          /* at most; limits.idle_timeout_ms when lower */
-#define HTTP_LIMIT_MS  10000          /* a whole HTTP exchange */
-#define HTTP_HEAD_MS   10000          /* at most; limits.header_timeout_ms when lower */
-#define LINGER_MS      2000
-#define ALOG_CHECK_MS  1000
+#define UNIX_CONNS    128
+#define HTTP_CONNS    128
+#define MAX_CONNS     (UNIX_CONNS + HTTP_CONNS)
+#define UNIX_IN_CAP   16384 /* pending command bytes */
+#define HTTP_HEAD_MAX 8192
+#define OUT_HIGH      (1024 * 1024) /* stop reading commands while this much is unsent */
+#define UNIX_IDLE_MS  60000         /* at most; limits.idle_timeout_ms when lower */
+#define HTTP_LIMIT_MS 10000         /* a whole HTTP exchange */
+#define HTTP_HEAD_MS  10000         /* at most; limits.header_timeout_ms when lower */
+#define LINGER_MS     2000
+#define ALOG_CHECK_MS 1000
 
 struct adm_conn {
     int fd;
-    int http;          /* admin HTTP (else the line protocol) */
-    int eof;           /* the peer sent everything it will send */
-    int discard;       /* skipping the rest of an over-long line */
-    int answered;      /* HTTP: the response is queued; close once sent */
-    int lingering;     /* HTTP: write side shut, draining input until EOF */
-    uint32_t events;   /* what the loop watches */
+    int http;        /* admin HTTP (else the line protocol) */
+    int eof;         /* the peer sent everything it will send */
+    int discard;     /* skipping the rest of an over-long line */
+    int answered;    /* HTTP: the response is queued; close once sent */
+    int lingering;   /* HTTP: write side shut, draining input until EOF */
+    uint32_t events; /* what the loop watches */
     uint64_t start_ms;
-    uint64_t last_ms;  /* last byte read or written */
-    uint64_t line_ms;  /* socket: when the command line pending in <in> began */
+    uint64_t last_ms; /* last byte read or written */
+    uint64_t line_ms; /* socket: when the command line pending in <in> began */
     size_t inlen;
-    size_t out_off;    /* bytes of out already sent */
+    size_t out_off; /* bytes of out already sent */
     struct adm_buf out;
-    char *in;          /* UNIX_IN_CAP or HTTP_HEAD_MAX + 1 bytes */
+    char *in; /* UNIX_IN_CAP or HTTP_HEAD_MAX + 1 bytes */
 };
 
 _Static_assert(UNIX_IN_CAP > ADM_LINE_MAX + 1, "a whole command line and its newline fit");
@@ -61,8 +61,8 @@ _Static_assert(UNIX_IN_CAP > ADM_LINE_MAX + 1, "a whole command line and its new
 static struct {
     int unix_fd;
     int http_fd;
-    char *sock_path;   /* what we bound, to unlink at exit */
-    char *http_addr;   /* admin.http as bound */
+    char *sock_path; /* what we bound, to unlink at exit */
+    char *http_addr; /* admin.http as bound */
     pid_t master_pid;
     struct adm_conn *conns[MAX_CONNS];
     uint64_t alog_checked_ms;
@@ -203,9 +203,8 @@ static const http_parser_settings http_settings = {
     .on_headers_complete = on_headers_complete,
 };
 
-static void http_respond(struct adm_conn *c, unsigned status, const char *reason,
-                         const char *ctype, const struct adm_buf *body, int head_only,
-                         const char *extra)
+static void http_respond(struct adm_conn *c, unsigned status, const char *reason, const char *ctype,
+                         const struct adm_buf *body, int head_only, const char *extra)
 {
     adm_buf_addf(&c->out,
                  "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
@@ -272,8 +271,8 @@ static void http_handle(struct adm_conn *c, size_t headlen)
         } else if (!adm_healthy(&v, why, sizeof(why))) {
             status = "degraded";
         }
-        adm_buf_addf(&body, "{\"ok\":%s,\"status\":\"%s\"", strcmp(status, "serving") == 0 ?
-                     "true" : "false", status);
+        adm_buf_addf(&body, "{\"ok\":%s,\"status\":\"%s\"",
+                     strcmp(status, "serving") == 0 ? "true" : "false", status);
         if (why[0] != '\0') {
             adm_buf_adds(&body, ",\"reason\":");
             adm_buf_jstrz(&body, why);
@@ -282,8 +281,7 @@ static void http_handle(struct adm_conn *c, size_t headlen)
         if (strcmp(status, "serving") == 0) {
             http_respond(c, 200, "OK", "application/json", &body, head_only, NULL);
         } else {
-            http_respond(c, 503, "Service Unavailable", "application/json", &body, head_only,
-                         NULL);
+            http_respond(c, 503, "Service Unavailable", "application/json", &body, head_only, NULL);
         }
     } else if (strcmp(path, "/metrics") == 0) {
         struct adm_view v;
@@ -306,8 +304,10 @@ static void http_handle(struct adm_conn *c, size_t headlen)
         http_respond(c, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "application/json",
                      &body, head_only, NULL);
     } else {
-        http_error(c, 404, "Not Found", "no such resource; see /api/v1/dispatcher/{health,"
-                   "instances,routes,workers,stats,certs,fleet}, /health and /metrics", NULL);
+        http_error(c, 404, "Not Found",
+                   "no such resource; see /api/v1/dispatcher/{health,"
+                   "instances,routes,workers,stats,certs,fleet}, /health and /metrics",
+                   NULL);
     }
     adm_buf_dispose(&body);
 }
@@ -374,8 +374,7 @@ static int conn_read(struct adm_conn *c)
         if (hl > 0) {
             http_handle(c, hl);
         } else if (c->inlen >= HTTP_HEAD_MAX) {
-            http_error(c, 431, "Request Header Fields Too Large", "request head too large",
-                       NULL);
+            http_error(c, 431, "Request Header Fields Too Large", "request head too large", NULL);
         }
     }
     return 0;

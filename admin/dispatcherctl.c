@@ -406,10 +406,10 @@ static void print_resolve(const struct adm_jval *names)
         t_set(row, 2, num(r, "ttl_ms"));
         t_set(row, 3, num(r, "failures"));
         t_set(row, 4, an ? al : "-");
-        t_set(row, 5, adm_json_get(r, "error") != NULL &&
-                              adm_json_get(r, "error")->type == ADM_J_STR
-                          ? adm_json_str(r, "error")
-                          : "-");
+        t_set(row, 5,
+              adm_json_get(r, "error") != NULL && adm_json_get(r, "error")->type == ADM_J_STR
+                  ? adm_json_str(r, "error")
+                  : "-");
     }
     t_print(&t, "  ");
 }
@@ -565,8 +565,7 @@ static void print_stats(const struct adm_jval *j)
         const struct adm_jval *bp = adm_json_get(j, "requests_by_proto");
         const struct adm_jval *ab = adm_json_get(j, "h2_abuse");
         if (bp != NULL) {
-            printf("requests by protocol: HTTP/1 %s, HTTP/2 %s\n", num(bp, "http1"),
-                   num(bp, "h2"));
+            printf("requests by protocol: HTTP/1 %s, HTTP/2 %s\n", num(bp, "http1"), num(bp, "h2"));
         }
         if (ab != NULL && ab->type == ADM_J_OBJ) {
             printf("HTTP/2 abuse stopped:");

@@ -59,9 +59,9 @@ extern const struct xport_type xp_tls_type;
 
 struct xport {
     const struct xport_type *type;
-    int fd;                  /* -1: none */
-    uint32_t flags;          /* XP_F_* */
-    struct ssl_st *ssl;      /* TLS only */
+    int fd;             /* -1: none */
+    uint32_t flags;     /* XP_F_* */
+    struct ssl_st *ssl; /* TLS only */
 };
 
 /* ---- setting up and tearing down ------------------------------------------------------------ */

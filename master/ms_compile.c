@@ -475,15 +475,15 @@ static uint64_t table(uint64_t *cur, uint64_t count, size_t elsz)
  * backend per address it resolves to (its weight each), an address that appears twice in the
  * service (a literal and a name, two names) once, at its first place. */
 struct xbe {
-    const char *address;  /* the ms_backend's, or <own> */
+    const char *address; /* the ms_backend's, or <own> */
     char *own;
     struct sockaddr_storage ss;
     int weight;
 };
 
 struct xsvc {
-    int expanded;         /* 0: the service has no named backend, publish cfg's list */
-    struct xbe *v;        /* else its <n> backends (none while its names have no address) */
+    int expanded;  /* 0: the service has no named backend, publish cfg's list */
+    struct xbe *v; /* else its <n> backends (none while its names have no address) */
     size_t n;
 };
 

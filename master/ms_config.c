@@ -29,23 +29,23 @@
 #include "master/ms_tls.h"
 #include "shm/shm_lb.h"
 
-#define MAX_CN_LEN    64 /* X.509 upper bound for a commonName */
-#define QUAL_LEN      192
+#define MAX_CN_LEN 64 /* X.509 upper bound for a commonName */
+#define QUAL_LEN   192
 
 /* The keys each group accepts (check_keys()); ms_config_key_table() lists them all. */
 static const char *const admin_keys[] = {"socket", "mode", "http", "http_allow", NULL};
-static const char *const log_keys[] = {"error",         "level",           "access",
-                                       "access_format", "syslog_facility", "syslog_socket",
-                                       NULL};
+static const char *const log_keys[] = {
+    "error", "level", "access", "access_format", "syslog_facility", "syslog_socket", NULL};
 static const char *const limits_keys[] = {"max_connections",        "max_header_bytes",
                                           "max_body_bytes",         "header_timeout_ms",
                                           "idle_timeout_ms",        "shutdown_timeout_ms",
                                           "tunnel_idle_timeout_ms", "min_body_rate",
                                           "send_timeout_ms",        "h2_max_streams",
                                           "h2_stream_window",       NULL};
-static const char *const listener_keys[] = {"address",   "tls",           "proxy_protocol",
-                                            "client_ca", "client_verify", "health_uri",
-                                            "http2",     NULL};
+static const char *const listener_keys[] = {"address",        "tls",
+                                            "proxy_protocol", "client_ca",
+                                            "client_verify",  "health_uri",
+                                            "http2",          NULL};
 static const char *const cert_keys[] = {"cert", "key", "ocsp", NULL};
 static const char *const tls_keys[] = {"self_signed_cn", "min_version", "certificates", NULL};
 static const char *const redis_keys[] = {
@@ -252,11 +252,11 @@ static char *join_errors(struct ctx *c)
     for (size_t i = 0; i < c->nerrs; i++) {
         /* Line 0: about the file as a whole (no listeners, cannot be read): "FILE: ...". */
         if (e[i].line == 0) {
-            off += (size_t)snprintf(out + off, total - off, "%s%s: %s", i ? "\n" : "",
-                                    e[i].file, e[i].msg);
+            off += (size_t)snprintf(out + off, total - off, "%s%s: %s", i ? "\n" : "", e[i].file,
+                                    e[i].msg);
         } else {
-            off += (size_t)snprintf(out + off, total - off, "%s%s:%u: %s", i ? "\n" : "",
-                                    e[i].file, e[i].line, e[i].msg);
+            off += (size_t)snprintf(out + off, total - off, "%s%s:%u: %s", i ? "\n" : "", e[i].file,
+                                    e[i].line, e[i].msg);
         }
     }
     return out;
@@ -376,8 +376,8 @@ static int get_long(struct ctx *c, config_setting_t *g, const char *where, const
     v = config_setting_get_int64(s);
     if (v < min || v > max) {
         if (max == LONG_MAX) {
-            err_at(c, s, "%s must be %ld or more (got %lld)", qual(q, sizeof(q), where, name),
-                   min, v);
+            err_at(c, s, "%s must be %ld or more (got %lld)", qual(q, sizeof(q), where, name), min,
+                   v);
         } else {
             err_at(c, s, "%s must be between %ld and %ld (got %lld)",
                    qual(q, sizeof(q), where, name), min, max, v);
@@ -798,8 +798,8 @@ static void parse_admin(struct ctx *c, config_setting_t *root, struct ms_config 
         parse_mode(c, s, &cfg->admin.mode);
     }
     if (get_str(c, g, "admin", "http", 0, &v) == 1) {
-        if (net_parse_addr(v, 0, &cfg->admin.http_ss, &cfg->admin.http_sslen, err,
-                           sizeof(err)) != 0) {
+        if (net_parse_addr(v, 0, &cfg->admin.http_ss, &cfg->admin.http_sslen, err, sizeof(err)) !=
+            0) {
             err_at(c, config_setting_get_member(g, "http"), "admin.http: %s", err);
         } else {
             cfg->admin.http = dsp_xstrdup(v);
@@ -814,8 +814,8 @@ static void parse_admin(struct ctx *c, config_setting_t *root, struct ms_config 
             config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
             if (config_setting_type(e) != CONFIG_TYPE_STRING) {
                 err_at(c, e, "admin.http_allow[%d] must be a string such as \"10.0.0.0/8\"", i);
-            } else if (net_cidr_parse(config_setting_get_string(e), &cfg->admin.http_allow[i],
-                                      err, sizeof(err)) != 0) {
+            } else if (net_cidr_parse(config_setting_get_string(e), &cfg->admin.http_allow[i], err,
+                                      sizeof(err)) != 0) {
                 err_at(c, e, "admin.http_allow[%d]: %s", i, err);
             }
         }
@@ -931,7 +931,7 @@ static void parse_limits(struct ctx *c, config_setting_t *root, struct ms_config
     /* Above 2^31-1 it needs the L suffix: conf_read() refuses a literal libconfig would wrap. */
     get_long(c, g, "limits", "max_body_bytes", 0, LONG_MAX, &cfg->limits.max_body_bytes);
     get_long(c, g, "limits", "header_timeout_ms", 1, MS_MAX_TIMEOUT_MS,
-              &cfg->limits.header_timeout_ms);
+             &cfg->limits.header_timeout_ms);
     get_long(c, g, "limits", "idle_timeout_ms", 1, MS_MAX_TIMEOUT_MS, &cfg->limits.idle_timeout_ms);
     get_long(c, g, "limits", "shutdown_timeout_ms", 1, MS_MAX_TIMEOUT_MS,
              &cfg->limits.shutdown_timeout_ms);
@@ -1155,8 +1155,7 @@ static void parse_listeners(struct ctx *c, config_setting_t *root, struct ms_con
                                                 sizeof(b))) == 0) {
                 err_line(c, config_setting_source_file(config_setting_get_elem(seq, (unsigned)i)),
                          (unsigned)cfg->listeners[i].line,
-                         "duplicate listener %s (already at line %d)", a,
-                         cfg->listeners[j].line);
+                         "duplicate listener %s (already at line %d)", a, cfg->listeners[j].line);
                 break;
             }
         }
@@ -1428,8 +1427,9 @@ static void parse_sentinels(struct ctx *c, config_setting_t *g, struct ms_config
             ok = (unsigned char)*p > 0x20 && (unsigned char)*p < 0x7f;
         }
         if (!ok) {
-            err_at(c, name, "redis.master_name must be printable ASCII without spaces "
-                            "(at most 255 bytes)");
+            err_at(c, name,
+                   "redis.master_name must be printable ASCII without spaces "
+                   "(at most 255 bytes)");
         } else {
             cfg->redis.master_name = dsp_xstrdup(v);
         }
@@ -1446,12 +1446,14 @@ static void parse_sentinels(struct ctx *c, config_setting_t *g, struct ms_config
                "redis.sentinel_password needs redis.sentinels");
     }
     if (seq != NULL) {
-        const char *both = config_setting_get_member(g, "host") != NULL ? "host"
-                           : config_setting_get_member(g, "port") != NULL ? "port" : NULL;
+        const char *both = config_setting_get_member(g, "host") != NULL   ? "host"
+                           : config_setting_get_member(g, "port") != NULL ? "port"
+                                                                          : NULL;
         if (both != NULL) {
             err_at(c, config_setting_get_member(g, both),
                    "redis.%s and redis.sentinels exclude each other: with sentinels the master "
-                   "is the one they name", both);
+                   "is the one they name",
+                   both);
         }
     }
 }
@@ -1487,9 +1489,9 @@ static void parse_redis(struct ctx *c, config_setting_t *root, struct ms_config 
     get_int(c, g, "redis", "db", 0, 1000000, &cfg->redis.db);
     get_int(c, g, "redis", "resync_ms", 100, MS_MAX_TIMEOUT_MS, &cfg->redis.resync_ms);
     get_int(c, g, "redis", "connect_timeout_ms", 1, MS_MAX_TIMEOUT_MS,
-             &cfg->redis.connect_timeout_ms);
+            &cfg->redis.connect_timeout_ms);
     get_int(c, g, "redis", "command_timeout_ms", 1, MS_MAX_TIMEOUT_MS,
-             &cfg->redis.command_timeout_ms);
+            &cfg->redis.command_timeout_ms);
     /* Debian's hiredis (0.14) has no TLS; say so rather than call the key unknown. */
     if (get_bool(c, g, "redis", "tls", &tls) == 1 && tls) {
         err_at(c, config_setting_get_member(g, "tls"),
@@ -1583,8 +1585,8 @@ static void parse_dns(struct ctx *c, config_setting_t *root, struct ms_config *c
     cfg->dns.servers = dsp_xcalloc((size_t)config_setting_length(s), 56);
     for (int i = 0; i < config_setting_length(s); i++) {
         config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
-        const char *v = config_setting_type(e) == CONFIG_TYPE_STRING
-                            ? config_setting_get_string(e) : NULL;
+        const char *v = config_setting_type(e) == CONFIG_TYPE_STRING ? config_setting_get_string(e)
+                                                                     : NULL;
         struct sockaddr_storage ss;
         socklen_t sl;
         char err[256], buf[64], with_port[80];
@@ -1652,8 +1654,7 @@ int ms_parse_backend_addr(const char *v, struct ms_backend *b, char *err, size_t
     if (strncmp(v, NET_UNIX_PREFIX, NET_UNIX_PREFIX_LEN) == 0) {
         return parse_backend_unix(v, b, err, errlen);
     }
-    if (strncmp(v, "localhost:", 10) != 0 &&
-        (named = parse_backend_name(v, b, err, errlen)) != 0) {
+    if (strncmp(v, "localhost:", 10) != 0 && (named = parse_backend_name(v, b, err, errlen)) != 0) {
         return named == 1 ? 0 : -1;
     }
     if (net_parse_addr(v, 0, &ss, &len, err, errlen) != 0) {
@@ -1704,8 +1705,7 @@ static void parse_backend(struct ctx *c, config_setting_t *e, const char *where,
     }
 }
 
-static void parse_health(struct ctx *c, config_setting_t *g, const char *where,
-                         struct ms_health *h)
+static void parse_health(struct ctx *c, config_setting_t *g, const char *where, struct ms_health *h)
 {
     const char *v;
 
@@ -1907,8 +1907,8 @@ static void parse_service_tls(struct ctx *c, config_setting_t *g, const char *wh
         char *h = ms_normalise_host(v);
 
         if (h == NULL || h[0] == '*') {
-            err_at(c, config_setting_get_member(g, "sni"),
-                   "%s.sni \"%s\" must be a host name", where, v);
+            err_at(c, config_setting_get_member(g, "sni"), "%s.sni \"%s\" must be a host name",
+                   where, v);
             free(h);
         } else {
             svc->tls_sni = h;

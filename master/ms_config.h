@@ -25,109 +25,109 @@
 #define MS_MAX_FAILURES     1000000 /* circuit_breaker.failures, passive_failures */
 
 struct ms_listener {
-    char *address;               /* as written (after env overrides) */
+    char *address; /* as written (after env overrides) */
     struct sockaddr_storage ss;
     socklen_t sslen;
     int tls;
     int proxy_protocol;
-    char *client_ca;             /* absolute path of client_ca, or NULL */
-    char *client_ca_pem;         /* its contents, read and checked at load */
-    uint32_t client_verify;      /* SHM_CLIENT_VERIFY_*: OFF without client_ca */
-    char *health_uri;            /* answered like admin GET /health, before routing; or NULL */
-    int http2;                   /* HTTP/2 offered (ALPN h2, or the prior-knowledge preface) */
+    char *client_ca;        /* absolute path of client_ca, or NULL */
+    char *client_ca_pem;    /* its contents, read and checked at load */
+    uint32_t client_verify; /* SHM_CLIENT_VERIFY_*: OFF without client_ca */
+    char *health_uri;       /* answered like admin GET /health, before routing; or NULL */
+    int http2;              /* HTTP/2 offered (ALPN h2, or the prior-knowledge preface) */
     int line;
 };
 
 struct ms_backend {
-    char *address;               /* normalised "ip:port" / "[ip6]:port", "name:port" or
-                                  * "unix:/path" */
-    char *name;                  /* a host name the master resolves (master/ms_dns.h), lower
-                                  * case, or NULL for an IP literal (then ss/sslen are set) */
-    uint16_t port;               /* the port of a named backend */
+    char *address; /* normalised "ip:port" / "[ip6]:port", "name:port" or
+                    * "unix:/path" */
+    char *name;    /* a host name the master resolves (master/ms_dns.h), lower
+                    * case, or NULL for an IP literal (then ss/sslen are set) */
+    uint16_t port; /* the port of a named backend */
     struct sockaddr_storage ss;
     socklen_t sslen;
-    int weight;                  /* 1..1000, default 1 */
+    int weight; /* 1..1000, default 1 */
     int line;
 };
 
 struct ms_health {
-    int enabled;                 /* a health block was given */
-    char *path;                  /* default "/health" */
-    int interval_ms;             /* default 30000 */
-    int timeout_ms;              /* default 2000 */
-    int fall;                    /* default 1 */
-    int rise;                    /* default 3 */
-    int start_down;              /* health.start = "down" */
+    int enabled;     /* a health block was given */
+    char *path;      /* default "/health" */
+    int interval_ms; /* default 30000 */
+    int timeout_ms;  /* default 2000 */
+    int fall;        /* default 1 */
+    int rise;        /* default 3 */
+    int start_down;  /* health.start = "down" */
 };
 
 struct ms_circuit {
-    int enabled;                 /* a circuit_breaker block was given */
-    int failures;                /* default 5 */
-    int open_ms;                 /* default 30000 */
-    int count_5xx;               /* circuit_breaker.count_5xx = true */
+    int enabled;   /* a circuit_breaker block was given */
+    int failures;  /* default 5 */
+    int open_ms;   /* default 30000 */
+    int count_5xx; /* circuit_breaker.count_5xx = true */
 };
 
 struct ms_service {
     char *name;
-    uint32_t balance;            /* SHM_BALANCE_* */
+    uint32_t balance; /* SHM_BALANCE_* */
     struct ms_backend *backends;
     size_t nbackends;
     struct ms_health health;
     struct ms_circuit circuit;
-    int retries;                 /* default 1 */
-    int passive_failures;        /* default 3: consecutive connect failures/resets that eject */
-    int max_ejection_percent;    /* default 50: cap on the backends passively ejected at once */
-    int connect_timeout_ms;      /* default 2000 */
-    int response_timeout_ms;     /* default 30000 */
-    int stream_idle_timeout_ms;  /* gap allowed inside a response body; 0 = response_timeout_ms */
-    int resolve_ms;              /* re-resolve its backend names at least this often; 0 = dns's */
-    uint32_t source;             /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS */
+    int retries;                /* default 1 */
+    int passive_failures;       /* default 3: consecutive connect failures/resets that eject */
+    int max_ejection_percent;   /* default 50: cap on the backends passively ejected at once */
+    int connect_timeout_ms;     /* default 2000 */
+    int response_timeout_ms;    /* default 30000 */
+    int stream_idle_timeout_ms; /* gap allowed inside a response body; 0 = response_timeout_ms */
+    int resolve_ms;             /* re-resolve its backend names at least this often; 0 = dns's */
+    uint32_t source;            /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS */
     int line;
     /* TLS to the backends (tls = true; verify; ca; sni). */
     int tls;
-    int tls_verify;              /* default 1: chain to tls_ca (or the system store) and name */
-    char *tls_sni;               /* lower case, or NULL: no SNI, the backend IP is verified */
-    char *tls_ca;                /* absolute path, or NULL for the system store */
-    char *tls_ca_pem;            /* tls_ca's contents, read and checked at load */
+    int tls_verify;   /* default 1: chain to tls_ca (or the system store) and name */
+    char *tls_sni;    /* lower case, or NULL: no SNI, the backend IP is verified */
+    char *tls_ca;     /* absolute path, or NULL for the system store */
+    char *tls_ca_pem; /* tls_ca's contents, read and checked at load */
     /* mTLS: the certificate the service presents to its backends (client_cert, client_key). */
-    char *tls_client_cert;       /* absolute paths, or NULL */
+    char *tls_client_cert; /* absolute paths, or NULL */
     char *tls_client_key;
-    char *tls_client_cert_pem;   /* their contents, checked to match at load (chain; PKCS#8) */
-    char *tls_client_key_pem;    /* zeroed before it is freed */
+    char *tls_client_cert_pem; /* their contents, checked to match at load (chain; PKCS#8) */
+    char *tls_client_key_pem;  /* zeroed before it is freed */
 };
 
 struct ms_route {
-    char *host;                  /* lower-cased; "*", "*.suffix" or exact */
-    char *path;                  /* default "/" */
-    uint64_t methods;            /* bit (1 << enum http_method); 0 = all methods */
-    int priority;                /* default 0 */
+    char *host;       /* lower-cased; "*", "*.suffix" or exact */
+    char *path;       /* default "/" */
+    uint64_t methods; /* bit (1 << enum http_method); 0 = all methods */
+    int priority;     /* default 0 */
     char *service;
-    size_t service_idx;          /* index into ms_config.services */
-    uint32_t source;             /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS */
+    size_t service_idx; /* index into ms_config.services */
+    uint32_t source;    /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS */
     int line;
 };
 
 struct ms_cert {
-    char *cert;                  /* absolute path (NULL when the PEM came from elsewhere) */
-    char *key;                   /* absolute path (idem) */
-    char *ocsp;                  /* absolute path of a DER OCSP response to staple, or NULL */
+    char *cert; /* absolute path (NULL when the PEM came from elsewhere) */
+    char *key;  /* absolute path (idem) */
+    char *ocsp; /* absolute path of a DER OCSP response to staple, or NULL */
     int line;
-    uint32_t source;             /* SHM_SOURCE_*: Redis certificates follow the file's */
+    uint32_t source; /* SHM_SOURCE_*: Redis certificates follow the file's */
     /* Filled by ms_tls_prepare() (master/ms_tls.h) from the files, or from cert_pem/key_pem when
      * a source other than the file gave the PEM text directly. */
-    char *file;                  /* config file of the entry, for messages (NULL: ms_config.path) */
-    char *cert_pem;              /* leaf, then its chain */
-    char *key_pem;               /* PKCS#8; zeroed before it is freed */
-    char **names;                /* SAN DNS names, else the CN: lower case, "*.x" wildcards */
+    char *file;     /* config file of the entry, for messages (NULL: ms_config.path) */
+    char *cert_pem; /* leaf, then its chain */
+    char *key_pem;  /* PKCS#8; zeroed before it is freed */
+    char **names;   /* SAN DNS names, else the CN: lower case, "*.x" wildcards */
     size_t nnames;
-    char *subject;               /* RFC 2253 one-liner, for messages and `show certs` */
-    int64_t not_after;           /* unix seconds */
-    int expired;                 /* not_after had passed at load (still served) */
-    unsigned char *ocsp_der;     /* the OCSP response read from <ocsp>, checked to be a
-                                  * successful one for this certificate; NULL: none stapled */
+    char *subject;           /* RFC 2253 one-liner, for messages and `show certs` */
+    int64_t not_after;       /* unix seconds */
+    int expired;             /* not_after had passed at load (still served) */
+    unsigned char *ocsp_der; /* the OCSP response read from <ocsp>, checked to be a
+                              * successful one for this certificate; NULL: none stapled */
     size_t ocsp_len;
-    int64_t ocsp_next_update;    /* its nextUpdate (unix seconds), 0 when it has none */
-    int ocsp_stale;              /* nextUpdate had passed at load: not stapled (a warning) */
+    int64_t ocsp_next_update; /* its nextUpdate (unix seconds), 0 when it has none */
+    int ocsp_stale;           /* nextUpdate had passed at load: not stapled (a warning) */
 };
 
 /* An operator's error page (errors.pages[]): read at load, copied into the snapshot. */
@@ -140,22 +140,28 @@ struct ms_error_page {
     int line;
 };
 
+/* A Redis Sentinel's address (redis.sentinels). */
+struct ms_redis_addr {
+    char *host; /* IP literal or a name (resolved by hiredis, synchronously) */
+    int port;
+};
+
 struct ms_config {
-    void *source;                /* the libconfig tree read, until ms_config_drop_source() */
-    void *source_names;          /* its files' real names (struct conf_src), as long */
-    char *path;                  /* the file, as given */
-    char *dir;                   /* its folder (absolute); relative paths resolve against it */
-    int workers;                 /* resolved: "auto" = online CPUs */
-    char *user, *group;          /* NULL when not set */
-    char *pid_file;              /* absolute or NULL */
-    char *environment;           /* default "production" */
-    char *node_name;             /* this dispatcher in the fleet's node reports: default the host
-                                  * name (gethostname), else "dispatcher" */
+    void *source;       /* the libconfig tree read, until ms_config_drop_source() */
+    void *source_names; /* its files' real names (struct conf_src), as long */
+    char *path;         /* the file, as given */
+    char *dir;          /* its folder (absolute); relative paths resolve against it */
+    int workers;        /* resolved: "auto" = online CPUs */
+    char *user, *group; /* NULL when not set */
+    char *pid_file;     /* absolute or NULL */
+    char *environment;  /* default "production" */
+    char *node_name;    /* this dispatcher in the fleet's node reports: default the host
+                         * name (gethostname), else "dispatcher" */
 
     struct {
-        char *socket;            /* absolute or NULL */
-        int mode;                /* default 0600 */
-        char *http;              /* "127.0.0.1:9000" or NULL when not set */
+        char *socket; /* absolute or NULL */
+        int mode;     /* default 0600 */
+        char *http;   /* "127.0.0.1:9000" or NULL when not set */
         struct sockaddr_storage http_ss;
         socklen_t http_sslen;
         struct net_cidr *http_allow; /* admin.http_allow: the only clients served, when set */
@@ -163,24 +169,24 @@ struct ms_config {
     } admin;
 
     struct {
-        char *error;             /* "stderr", absolute path, or "syslog:FACILITY:SOCKET" */
-        int level;               /* LOG_* */
-        char *access;            /* absolute path or NULL for "off" */
-        uint32_t access_format;  /* SHM_ACCESS_* */
+        char *error;            /* "stderr", absolute path, or "syslog:FACILITY:SOCKET" */
+        int level;              /* LOG_* */
+        char *access;           /* absolute path or NULL for "off" */
+        uint32_t access_format; /* SHM_ACCESS_* */
     } log;
 
     struct {
-        long max_connections;    /* default 10000 */
-        long max_header_bytes;   /* default 16384 */
-        long max_body_bytes;     /* default 0 = unlimited */
-        long header_timeout_ms;  /* default 10000 */
-        long idle_timeout_ms;    /* default 60000 */
-        long shutdown_timeout_ms;/* default 10000 */
+        long max_connections;        /* default 10000 */
+        long max_header_bytes;       /* default 16384 */
+        long max_body_bytes;         /* default 0 = unlimited */
+        long header_timeout_ms;      /* default 10000 */
+        long idle_timeout_ms;        /* default 60000 */
+        long shutdown_timeout_ms;    /* default 10000 */
         long tunnel_idle_timeout_ms; /* default 3600000 */
-        long min_body_rate;      /* default 256 bytes/s, 0 = off */
-        long send_timeout_ms;    /* default 60000 */
-        long h2_max_streams;     /* default 128: concurrent streams per HTTP/2 connection */
-        long h2_stream_window;   /* default 262144: bytes buffered per stream and direction */
+        long min_body_rate;          /* default 256 bytes/s, 0 = off */
+        long send_timeout_ms;        /* default 60000 */
+        long h2_max_streams;         /* default 128: concurrent streams per HTTP/2 connection */
+        long h2_stream_window;       /* default 262144: bytes buffered per stream and direction */
     } limits;
 
     struct ms_listener *listeners;
@@ -190,8 +196,8 @@ struct ms_config {
     size_t ntrusted;
 
     struct {
-        char *self_signed_cn;    /* default "localhost" */
-        int min_version;         /* 0x0303 TLS1.2 (default) or 0x0304 TLS1.3 */
+        char *self_signed_cn; /* default "localhost" */
+        int min_version;      /* 0x0303 TLS1.2 (default) or 0x0304 TLS1.3 */
         struct ms_cert *certs;
         size_t ncerts;
         struct ms_cert self_signed; /* generated by ms_tls_prepare(): the default certificate */
@@ -201,17 +207,14 @@ struct ms_config {
         int enabled;
         char *host;
         int port;
-        char *password;          /* NULL when not set */
-        char *user;              /* ACL user (AUTH user password), NULL when not set */
-        int db;                  /* SELECT index, default 0 */
-        int resync_ms;           /* full re-read period, default 30000 */
-        int connect_timeout_ms;  /* default 2000 */
-        int command_timeout_ms;  /* default 2000 */
+        char *password;         /* NULL when not set */
+        char *user;             /* ACL user (AUTH user password), NULL when not set */
+        int db;                 /* SELECT index, default 0 */
+        int resync_ms;          /* full re-read period, default 30000 */
+        int connect_timeout_ms; /* default 2000 */
+        int command_timeout_ms; /* default 2000 */
         /* Sentinel: the master is the one the sentinels name <master_name> (host/port unused). */
-        struct ms_redis_addr {
-            char *host;          /* IP literal or a name (resolved by hiredis, synchronously) */
-            int port;
-        } *sentinels;
+        struct ms_redis_addr *sentinels;
         size_t nsentinels;       /* 0 = plain host/port */
         char *master_name;       /* NULL without sentinels */
         char *sentinel_password; /* AUTH to the sentinels, NULL when not set */
@@ -219,10 +222,10 @@ struct ms_config {
     } redis;
 
     struct {
-        char *servers;           /* "ip:port,..." for c-ares, or NULL: /etc/resolv.conf */
-        int resolve_ms;          /* a name is re-resolved within this (caps its TTL), 30000 */
-        int min_ttl_ms;          /* and not more often than this, default 1000 */
-        int timeout_ms;          /* one query attempt, default 2000 */
+        char *servers;  /* "ip:port,..." for c-ares, or NULL: /etc/resolv.conf */
+        int resolve_ms; /* a name is re-resolved within this (caps its TTL), 30000 */
+        int min_ttl_ms; /* and not more often than this, default 1000 */
+        int timeout_ms; /* one query attempt, default 2000 */
     } dns;
 
     /* errors = { expose_backend; list_services; pages }: what generated error bodies show. */

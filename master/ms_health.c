@@ -38,29 +38,29 @@
 
 struct hc {
     uint32_t rt_slot;
-    uint32_t mark;             /* publish pass that last found it configured */
-    struct xport x;            /* the check's connection; x.fd is -1 between checks */
-    uint32_t events;           /* what it waits for in the checker's epoll set */
-    int phase;                 /* HC_* */
+    uint32_t mark;   /* publish pass that last found it configured */
+    struct xport x;  /* the check's connection; x.fd is -1 between checks */
+    uint32_t events; /* what it waits for in the checker's epoll set */
+    int phase;       /* HC_* */
     uint64_t started_ms;
     uint64_t deadline_ms;
-    uint64_t next_ms;          /* when the next check starts */
+    uint64_t next_ms; /* when the next check starts */
     uint32_t interval_ms, timeout_ms, fall, rise;
     struct sockaddr_storage ss;
     socklen_t sslen;
-    char *service;             /* names, for log lines */
+    char *service; /* names, for log lines */
     char *address;
     char *path;
-    char *req;                 /* the request of the check in flight */
+    char *req; /* the request of the check in flight */
     size_t reqlen, sent;
     char buf[HC_BUF];
     size_t got;
     /* Services with tls = true are checked over TLS, verified as their traffic is. */
-    uint32_t tls_flags;        /* shm_service.tls */
+    uint32_t tls_flags;         /* shm_service.tls */
     struct ssl_ctx_st *tls_ctx; /* rebuilt when the flags or the CA change */
-    char *tls_ca;              /* the CA PEM it was built from ("" = system store) */
-    char *tls_sni;             /* NULL: none (the address is verified) */
-    char *tls_cert;            /* mTLS: the client certificate and key it was built with ("") */
+    char *tls_ca;               /* the CA PEM it was built from ("" = system store) */
+    char *tls_sni;              /* NULL: none (the address is verified) */
+    char *tls_cert;             /* mTLS: the client certificate and key it was built with ("") */
     char *tls_key;
     uint8_t ip[16];
     size_t iplen;
@@ -70,7 +70,7 @@ static struct {
     int epfd;
     struct hc **t;
     size_t n, cap;
-    uint32_t *by_slot;         /* runtime slot -> index in t + 1 */
+    uint32_t *by_slot; /* runtime slot -> index in t + 1 */
     uint32_t mark;
     uint32_t inflight;
 } hc = {.epfd = -1};
@@ -125,11 +125,11 @@ static void hc_done(struct hc *h, int ok, uint32_t status, const char *reason, u
         log_warn("backend %s of service %s is down: health check %s failed (%s)", h->address,
                  h->service, h->path, reason);
     } else if (t & SHM_LB_T_UP) {
-        log_info("backend %s of service %s is up: health check %s passed", h->address,
-                 h->service, h->path);
+        log_info("backend %s of service %s is up: health check %s passed", h->address, h->service,
+                 h->path);
     } else {
-        log_debug("health check %s of backend %s (service %s): %s", h->path, h->address,
-                  h->service, ok ? "ok" : reason);
+        log_debug("health check %s of backend %s (service %s): %s", h->path, h->address, h->service,
+                  ok ? "ok" : reason);
     }
     h->next_ms = h->started_ms + h->interval_ms > now ? h->started_ms + h->interval_ms : now;
 }
@@ -149,8 +149,8 @@ static void hc_judge(struct hc *h, uint64_t now)
     uint32_t status = 0;
     char reason[64];
 
-    if (h->got >= 12 && memcmp(b, "HTTP/1.", 7) == 0 && b[8] == ' ' && b[9] >= '1' &&
-        b[9] <= '5' && b[10] >= '0' && b[10] <= '9' && b[11] >= '0' && b[11] <= '9') {
+    if (h->got >= 12 && memcmp(b, "HTTP/1.", 7) == 0 && b[8] == ' ' && b[9] >= '1' && b[9] <= '5' &&
+        b[10] >= '0' && b[10] <= '9' && b[11] >= '0' && b[11] <= '9') {
         status = (uint32_t)((b[9] - '0') * 100 + (b[10] - '0') * 10 + (b[11] - '0'));
     }
     if (status == 0) {
@@ -320,8 +320,7 @@ static void hc_start(struct hc *h, uint64_t now)
         return;
     }
     if (epoll_ctl(hc.epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
-        log_errno(LOG_ERROR, errno, "epoll_ctl(ADD) for the health check of %s failed",
-                  h->address);
+        log_errno(LOG_ERROR, errno, "epoll_ctl(ADD) for the health check of %s failed", h->address);
         xp_close(&h->x, 0);
         hc.inflight--;
         free(h->req);
@@ -398,8 +397,8 @@ static void hc_set_tls(struct hc *h, const struct shm_snap_hdr *s, const struct 
         free(h->tls_key);
     }
     h->tls_key = dsp_xstrdup(key);
-    h->tls_ctx = tls_client_ctx_new((svc->tls & SHM_SVC_TLS_VERIFY) != 0, ca,
-                                    svc->tls_ca_pem.len, err, sizeof(err));
+    h->tls_ctx = tls_client_ctx_new((svc->tls & SHM_SVC_TLS_VERIFY) != 0, ca, svc->tls_ca_pem.len,
+                                    err, sizeof(err));
     if (h->tls_ctx != NULL && svc->tls_client_cert_pem.len > 0 &&
         tls_ctx_use_pem(h->tls_ctx, cert, svc->tls_client_cert_pem.len, key,
                         svc->tls_client_key_pem.len, err, sizeof(err)) != 0) {
@@ -526,8 +525,8 @@ int ms_health_init(void)
         log_error("pthread_atfork() for the health checker failed");
         return -1;
     }
-    if (ms_loop_add(hc.epfd, EPOLLIN, on_events, NULL) != 0 ||
-        ms_loop_tick(on_tick, NULL) != 0 || ms_loop_on_publish(on_publish, NULL) != 0) {
+    if (ms_loop_add(hc.epfd, EPOLLIN, on_events, NULL) != 0 || ms_loop_tick(on_tick, NULL) != 0 ||
+        ms_loop_on_publish(on_publish, NULL) != 0) {
         log_error("cannot register the health checker with the master loop");
         return -1;
     }

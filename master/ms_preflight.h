@@ -25,11 +25,11 @@ int ms_preflight(const struct ms_config *cfg, const char *pid_file, int daemon, 
  * A trial bind without SO_REUSEPORT asks the kernel; when it reports the address in use, the
  * listening sockets that overlap it are looked up in /proc/net/tcp{,6} and their holders in
  * /proc/PID/fd. Sockets this process or its children hold (its own listeners and its
- * workers', kept over a reload) do not count, nor (for -t, the running master of the configuration being checked) those of process
- * <also_ours> and its children when it is not 0, or of a dispatcher started on config file
- * <conf> when that is not NULL. Returns 0 when free (or when it cannot be told: the bind itself
- * decides then), 1 with "pid N (comm) listens there" or similar in <why>. */
-int ms_listen_taken(const struct sockaddr *sa, socklen_t salen, pid_t also_ours,
-                    const char *conf, char *why, size_t n);
+ * workers', kept over a reload) do not count, nor (for -t, the running master of the configuration
+ * being checked) those of process <also_ours> and its children when it is not 0, or of a dispatcher
+ * started on config file <conf> when that is not NULL. Returns 0 when free (or when it cannot be
+ * told: the bind itself decides then), 1 with "pid N (comm) listens there" or similar in <why>. */
+int ms_listen_taken(const struct sockaddr *sa, socklen_t salen, pid_t also_ours, const char *conf,
+                    char *why, size_t n);
 
 #endif

@@ -206,8 +206,8 @@ int ms_rt_assign(struct ms_rt_reg *reg, struct shm_rt *rt, struct shm_snap_hdr *
                 struct shm_rt_backend *rb = &rt->backends[slot];
                 shm_stats_clear_backend(rt, slot);
                 memset(rb, 0, sizeof(*rb));
-                rb->state =
-                    svcs[i].health_enabled && svcs[i].health_start_down ? SHM_BE_DOWN : SHM_BE_UP;
+                rb->state = svcs[i].health_enabled && svcs[i].health_start_down ? SHM_BE_DOWN
+                                                                                : SHM_BE_UP;
                 __atomic_store_n(&rb->in_use, 1, __ATOMIC_RELEASE);
             }
             b->rt_slot = slot;

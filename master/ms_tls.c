@@ -33,8 +33,8 @@
 
 #define MAX_PEM_FILE  (4u << 20)  /* a certificate file, key or CA bundle */
 #define MAX_OCSP_FILE (64u << 10) /* a stapled OCSP response (a few KiB in practice) */
-#define MAX_CHAIN    16
-#define SELF_DAYS    365
+#define MAX_CHAIN     16
+#define SELF_DAYS     365
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
@@ -320,7 +320,8 @@ int ms_tls_load_cert(struct ms_cert *ct, int min_version, int64_t now, char *err
 
     names_of(chain[0], &ns);
     b = BIO_new(BIO_s_mem());
-    if (b == NULL || X509_NAME_print_ex(b, X509_get_subject_name(chain[0]), 0, XN_FLAG_RFC2253) < 0) {
+    if (b == NULL ||
+        X509_NAME_print_ex(b, X509_get_subject_name(chain[0]), 0, XN_FLAG_RFC2253) < 0) {
         BIO_free(b);
         snprintf(err, errlen, "%s", tls_errors(e2, sizeof(e2)));
         goto done;
@@ -545,7 +546,7 @@ void ms_tls_cleanup(void)
     }
 }
 
-/* ---- the whole certificate set of a config ---------------------------------------------------- */
+/* ---- the whole certificate set of a config --------------------------------------------------- */
 
 struct errs {
     char *s;
@@ -561,8 +562,8 @@ static void errs_add(struct errs *e, const char *file, int line, const char *msg
         e->s = dsp_xrealloc(e->s, e->cap);
     }
     if (line <= 0) { /* about the file as a whole */
-        e->len += (size_t)snprintf(e->s + e->len, e->cap - e->len, "%s%s: %s",
-                                   e->len ? "\n" : "", file, msg);
+        e->len += (size_t)snprintf(e->s + e->len, e->cap - e->len, "%s%s: %s", e->len ? "\n" : "",
+                                   file, msg);
     } else {
         e->len += (size_t)snprintf(e->s + e->len, e->cap - e->len, "%s%s:%d: %s",
                                    e->len ? "\n" : "", file, line, msg);
@@ -643,7 +644,7 @@ int ms_tls_prepare(struct ms_config *cfg, char **errs)
     return 0;
 }
 
-/* ---- session ticket keys ---------------------------------------------------------------------- */
+/* ---- session ticket keys --------------------------------------------------------------------- */
 
 static void put_words(uint64_t *dst, const uint64_t *src, size_t n)
 {

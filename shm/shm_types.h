@@ -32,10 +32,10 @@ struct shm_limits {
     uint32_t idle_timeout_ms;
     uint32_t shutdown_timeout_ms;
     uint32_t tunnel_idle_timeout_ms;
-    uint32_t min_body_rate;   /* request body bytes/s after a grace (wk_conn.c); 0 = off */
-    uint32_t send_timeout_ms; /* a client that drains nothing of its response for this long
-                                 is closed */
-    uint32_t h2_max_streams;  /* concurrent streams per HTTP/2 client connection */
+    uint32_t min_body_rate;    /* request body bytes/s after a grace (wk_conn.c); 0 = off */
+    uint32_t send_timeout_ms;  /* a client that drains nothing of its response for this long
+                                  is closed */
+    uint32_t h2_max_streams;   /* concurrent streams per HTTP/2 client connection */
     uint32_t h2_stream_window; /* HTTP/2 flow-control window per stream: what the worker buffers
                                   per stream in each direction */
     uint32_t reserved[4];
@@ -47,7 +47,7 @@ struct shm_listener {
     uint8_t ip[16];
     uint8_t tls;
     uint8_t proxy_protocol;
-    uint8_t http2;           /* HTTP/2 offered to clients */
+    uint8_t http2; /* HTTP/2 offered to clients */
     uint8_t pad[1];
     struct shm_str address;
     struct shm_str client_ca_pem; /* TLS: CAs that client certificates must chain to; "": none */
@@ -201,10 +201,10 @@ struct shm_cert {
     struct shm_str path;     /* certificate file; "" when generated or not from a file */
     uint32_t names_first;    /* first of its names in the cert name table */
     uint32_t nnames;
-    uint64_t not_after; /* unix seconds */
-    uint32_t flags;     /* SHM_CERT_F_* */
-    uint32_t line;      /* config line of the entry; 0 when generated */
-    uint32_t source;    /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS (cert:{id}) */
+    uint64_t not_after;  /* unix seconds */
+    uint32_t flags;      /* SHM_CERT_F_* */
+    uint32_t line;       /* config line of the entry; 0 when generated */
+    uint32_t source;     /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS (cert:{id}) */
     struct shm_str ocsp; /* DER OCSP response stapled as is (binary, <len> bytes); len 0: none */
     uint32_t reserved[1];
 };
@@ -259,7 +259,7 @@ struct shm_rt_backend {
     uint32_t passive_failures;  /* consecutive connect failures and resets (passive health) */
     uint32_t pad2;
     uint64_t tls_verify_failures; /* TLS handshakes that failed verifying its certificate */
-    uint32_t stats_used; /* set by the first shm_stats_record() into this slot */
+    uint32_t stats_used;          /* set by the first shm_stats_record() into this slot */
     uint32_t pad_stats;
 } __attribute__((aligned(64)));
 
@@ -400,9 +400,11 @@ struct shm_tkeys {
 /* The metrics' name of a SHM_H2_* kind. */
 static inline const char *shm_h2_abuse_name(unsigned kind)
 {
-    static const char *const names[SHM_H2_ABUSE_KINDS] = {
-        "rapid_reset", "continuation_flood", "hpack_bomb",  "settings_flood", "ping_flood",
-        "empty_data",  "priority_flood",     "ack_flood",   "zero_window",    "refused_stream"};
+    static const char *const names[SHM_H2_ABUSE_KINDS] = {"rapid_reset",    "continuation_flood",
+                                                          "hpack_bomb",     "settings_flood",
+                                                          "ping_flood",     "empty_data",
+                                                          "priority_flood", "ack_flood",
+                                                          "zero_window",    "refused_stream"};
     return kind < SHM_H2_ABUSE_KINDS ? names[kind] : "unknown";
 }
 

@@ -32,8 +32,8 @@ static const struct wk_hdr *head_find(const struct wk_head *hd, const char *name
 /* Keep what the access log needs from the head at <base> [0, hlen) (parsed into <hd>). The
  * host logged is <ahost> when given (an absolute-form authority, which is what was routed on),
  * else the Host header. */
-static void capture_alog(struct wk_xchg *x, const struct wk_head *hd, const char *base,
-                         size_t hlen, const char *ahost, size_t ahlen)
+static void capture_alog(struct wk_xchg *x, const struct wk_head *hd, const char *base, size_t hlen,
+                         const char *ahost, size_t ahlen)
 {
     const struct wk_hdr *host, *ua, *ref;
     const char *sp;
@@ -48,11 +48,15 @@ static void capture_alog(struct wk_xchg *x, const struct wk_head *hd, const char
     ref = head_find(hd, "referer", 7);
     sp = memchr(base, ' ', DSP_MIN(hlen, 64));
     /* The method as written: the parser may have stopped before it knew one. */
-    x->tx->areq = wk_alog_capture(ahost ? ahost : host ? host->value : NULL,
-                              ahost ? ahlen : host ? host->vlen : 0, base,
-                              sp ? (size_t)(sp - base) : 0, hd->url, hd->url_len,
-                              ua ? ua->value : NULL, ua ? ua->vlen : 0, ref ? ref->value : NULL,
-                              ref ? ref->vlen : 0, x->vmajor, x->vminor);
+    x->tx->areq = wk_alog_capture(ahost  ? ahost
+                                  : host ? host->value
+                                         : NULL,
+                                  ahost  ? ahlen
+                                  : host ? host->vlen
+                                         : 0,
+                                  base, sp ? (size_t)(sp - base) : 0, hd->url, hd->url_len,
+                                  ua ? ua->value : NULL, ua ? ua->vlen : 0, ref ? ref->value : NULL,
+                                  ref ? ref->vlen : 0, x->vmajor, x->vminor);
 }
 
 static uint64_t request_ms(const struct wk_xchg *x)

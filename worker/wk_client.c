@@ -58,7 +58,7 @@ void wk_close_idle_clients(void)
                 wk_client_run(c);
             }
         } else if ((c->state == WK_CS_IDLE || c->state == WK_CS_TLS) &&
-            (c->in.data == NULL || c->in.start == c->in.end)) {
+                   (c->in.data == NULL || c->in.start == c->in.end)) {
             wk_client_close(c);
         }
         c = next;
@@ -248,7 +248,7 @@ int wk_client_handshake(struct wk_client *c)
     r = xp_handshake(&c->xp);
     if (r == 1) {
         __atomic_fetch_add(&wk.ctl->tls_handshakes[wk_tls_resumed(c->xp.ssl) ? SHM_TLS_HS_RESUMED
-                                                                          : SHM_TLS_HS_FULL],
+                                                                             : SHM_TLS_HS_FULL],
                            1, __ATOMIC_RELAXED);
         /* A listener with client_ca verified a certificate: its subject goes upstream. */
         c->peer.cert_subject = wk_tls_client_subject(c->xp.ssl);

@@ -70,7 +70,8 @@ static int body_phase(const struct wk_client *c)
 /* <n> request body bytes were read: move the body's due time on by n / min_body_rate. */
 static void body_credit(struct wk_client *c, size_t n)
 {
-    uint64_t due = c->x.tx->body_due_ms + (uint64_t)n * 1000 / c->x.at.gen->snap->limits.min_body_rate;
+    uint64_t due = c->x.tx->body_due_ms +
+                   (uint64_t)n * 1000 / c->x.at.gen->snap->limits.min_body_rate;
     uint64_t cap = wk.now + BODY_WINDOW_MS;
 
     if (due > cap) {
@@ -212,7 +213,8 @@ static int parse_body(struct wk_client *c)
         uint32_t scan = c->x.parsed_off + c->x.tx->rqc.pend;
         while (scan < c->in.end) {
             size_t used;
-            int r = wk_h1_chunk_parse(&c->x.tx->rqc, c->in.data + scan, c->in.end - scan, &used, NULL);
+            int r = wk_h1_chunk_parse(&c->x.tx->rqc, c->in.data + scan, c->in.end - scan, &used,
+                                      NULL);
             if (r == WK_CHUNK_ERROR) {
                 char msg[160];
                 snprintf(msg, sizeof(msg), "Invalid chunked request body: %s", c->x.tx->rqc.err);
@@ -240,7 +242,7 @@ static int parse_body(struct wk_client *c)
     }
     if (maxb > 0 && c->x.tx->body_bytes > maxb) {
         return wk_xchg_error(&c->x, 413, "Payload too large",
-                           "Request body exceeds limits.max_body_bytes", F_CLOSE) == 0
+                             "Request body exceeds limits.max_body_bytes", F_CLOSE) == 0
                    ? 1
                    : -1;
     }
@@ -440,7 +442,8 @@ static int client_read(struct wk_client *c)
         return -1;
     }
     if (c->in.end == c->in.cap) {
-        if (c->state == WK_CS_PROXY && (!(c->x.tflags & WK_T_REQ_DONE) || (c->x.tflags & WK_T_TUNNEL)) &&
+        if (c->state == WK_CS_PROXY &&
+            (!(c->x.tflags & WK_T_REQ_DONE) || (c->x.tflags & WK_T_TUNNEL)) &&
             c->x.send_off > c->in.start) {
             /* Streaming a body: drop what the upstream already has. */
             uint32_t shift = c->x.send_off;
@@ -506,9 +509,8 @@ static int ends_and_closes(const struct wk_client *c)
     if (!((c->flags & (WK_C_F_CLOSE | WK_C_F_HUP)) || wk.stopping)) {
         return 0;
     }
-    return c->state == WK_CS_REPLY ||
-           (c->state == WK_CS_PROXY && (c->x.tflags & WK_T_RESP_DONE) &&
-            !(c->x.tflags & WK_T_TUNNEL));
+    return c->state == WK_CS_REPLY || (c->state == WK_CS_PROXY && (c->x.tflags & WK_T_RESP_DONE) &&
+                                       !(c->x.tflags & WK_T_TUNNEL));
 }
 
 /* The client's socket is full with more to send: from now on it has limits.send_timeout_ms to
@@ -534,7 +536,8 @@ static int client_write(struct wk_client *c)
         iov[niov].iov_len = first = c->out.end - c->out.start;
         niov++;
     }
-    if ((c->x.tflags & WK_T_RESP_HEAD) && c->x.tx->rready_off > c->x.tx->rsend_off && c->state == WK_CS_PROXY) {
+    if ((c->x.tflags & WK_T_RESP_HEAD) && c->x.tx->rready_off > c->x.tx->rsend_off &&
+        c->state == WK_CS_PROXY) {
         iov[niov].iov_base = c->x.tx->uin.data + c->x.tx->rsend_off;
         iov[niov].iov_len = c->x.tx->rready_off - c->x.tx->rsend_off;
         niov++;
@@ -693,7 +696,8 @@ static int step_parse_response(struct wk_client *c)
 }
 
 /* The request/response pump, in order. Each returns 1 on progress, 0 when blocked, -1 when the
- * client is gone; any of them may also end the transaction (an error reply), which ends the pass. */
+ * client is gone; any of them may also end the transaction (an error reply), which ends the pass.
+ */
 static int (*const proxy_steps[])(struct wk_client *) = {
     step_parse_body, step_send, step_recv, step_parse_response, client_write,
 };
@@ -710,8 +714,7 @@ static int proxy_step(struct wk_client *c)
         }
         progress |= r;
     }
-    if ((c->flags & WK_C_F_HUP) ||
-        ((c->flags & WK_C_F_EOF) && !(c->x.tflags & WK_T_REQ_DONE))) {
+    if ((c->flags & WK_C_F_HUP) || ((c->flags & WK_C_F_EOF) && !(c->x.tflags & WK_T_REQ_DONE))) {
         /* The client gave up mid-request (or the socket failed): nothing can be answered. */
         wk_client_close(c);
         return -1;
@@ -996,7 +999,7 @@ static int proxy_timeout(struct wk_client *c)
             /* Too slow to be worth a backend connection: 408 while nothing of the
              * response went out (the upstream is closed, never pooled), else a close. */
             if (wk_xchg_error(&c->x, 408, "Request timeout",
-                            "Request body slower than limits.min_body_rate", F_CLOSE) != 0) {
+                              "Request body slower than limits.min_body_rate", F_CLOSE) != 0) {
                 return 1;
             }
             return 0;
@@ -1025,8 +1028,8 @@ void wk_client_timeout(struct wk_client *c)
             return;
         }
         if (wk_xchg_error(&c->x, 408, "Request timeout",
-                        "Request headers not received within limits.header_timeout_ms",
-                        F_CLOSE) != 0) {
+                          "Request headers not received within limits.header_timeout_ms",
+                          F_CLOSE) != 0) {
             return;
         }
         break;
@@ -1052,7 +1055,7 @@ void wk_client_timeout(struct wk_client *c)
     wk_client_run(c);
 }
 
-/* ---- the exchange's view of this connection ---------------------------------------------------- */
+/* ---- the exchange's view of this connection -------------------------------------------------- */
 static void h1_close(struct wk_xchg *x)
 {
     wk_client_close(xclient(x));

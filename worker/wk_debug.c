@@ -16,38 +16,56 @@ struct flag_name {
 };
 
 static const char *const client_states[] = {
-    [WK_CS_IDLE] = "IDLE",   [WK_CS_HEAD] = "HEAD",   [WK_CS_PROXY] = "PROXY",
+    [WK_CS_IDLE] = "IDLE",   [WK_CS_HEAD] = "HEAD",     [WK_CS_PROXY] = "PROXY",
     [WK_CS_REPLY] = "REPLY", [WK_CS_LINGER] = "LINGER", [WK_CS_PPHDR] = "PPHDR",
     [WK_CS_TLS] = "TLS",     [WK_CS_H2] = "H2",
 };
 
 static const struct flag_name client_flags[] = {
-    {WK_C_F_READABLE, "READABLE"}, {WK_C_F_WRITABLE, "WRITABLE"}, {WK_C_F_EOF, "EOF"},
-    {WK_C_F_CLOSE, "CLOSE"},       {WK_C_F_HUP, "HUP"},           {WK_C_F_STARTED, "STARTED"},
+    {WK_C_F_READABLE, "READABLE"}, {WK_C_F_WRITABLE, "WRITABLE"},
+    {WK_C_F_EOF, "EOF"},           {WK_C_F_CLOSE, "CLOSE"},
+    {WK_C_F_HUP, "HUP"},           {WK_C_F_STARTED, "STARTED"},
     {WK_C_F_RDHUP, "RDHUP"},       {0, NULL},
 };
 
 static const struct flag_name txn_flags[] = {
-    {WK_T_REQ_DONE, "REQ_DONE"},       {WK_T_HEAD_REQ, "HEAD_REQ"},
-    {WK_T_UP_WRITTEN, "UP_WRITTEN"},   {WK_T_RESP_BYTES, "RESP_BYTES"},
-    {WK_T_RESP_HEAD, "RESP_HEAD"},     {WK_T_RESP_DONE, "RESP_DONE"},
-    {WK_T_CLIENT_SENT, "CLIENT_SENT"}, {WK_T_DECHUNK, "DECHUNK"},
-    {WK_T_BODY_LOST, "BODY_LOST"},     {WK_T_UP_REUSABLE, "UP_REUSABLE"},
-    {WK_T_CONTINUE, "CONTINUE"},       {WK_T_IDEMPOTENT, "IDEMPOTENT"},
-    {WK_T_COUNTED, "COUNTED"},         {WK_T_RESP_WAIT, "RESP_WAIT"},
-    {WK_T_EARLY, "EARLY"},             {WK_T_REPLIED, "REPLIED"},
-    {WK_T_UPGRADE, "UPGRADE"},         {WK_T_TUNNEL, "TUNNEL"},
-    {WK_T_UP_EOF, "UP_EOF"},           {WK_T_LB_DONE, "LB_DONE"},
-    {WK_T_TALLIED, "TALLIED"},         {WK_T_BODY_STALL, "BODY_STALL"},
-    {WK_T_SEND_WAIT, "SEND_WAIT"},     {WK_T_RATE_TICK, "RATE_TICK"},
-    {WK_T_LOGGED, "LOGGED"},           {0, NULL},
+    {WK_T_REQ_DONE, "REQ_DONE"},
+    {WK_T_HEAD_REQ, "HEAD_REQ"},
+    {WK_T_UP_WRITTEN, "UP_WRITTEN"},
+    {WK_T_RESP_BYTES, "RESP_BYTES"},
+    {WK_T_RESP_HEAD, "RESP_HEAD"},
+    {WK_T_RESP_DONE, "RESP_DONE"},
+    {WK_T_CLIENT_SENT, "CLIENT_SENT"},
+    {WK_T_DECHUNK, "DECHUNK"},
+    {WK_T_BODY_LOST, "BODY_LOST"},
+    {WK_T_UP_REUSABLE, "UP_REUSABLE"},
+    {WK_T_CONTINUE, "CONTINUE"},
+    {WK_T_IDEMPOTENT, "IDEMPOTENT"},
+    {WK_T_COUNTED, "COUNTED"},
+    {WK_T_RESP_WAIT, "RESP_WAIT"},
+    {WK_T_EARLY, "EARLY"},
+    {WK_T_REPLIED, "REPLIED"},
+    {WK_T_UPGRADE, "UPGRADE"},
+    {WK_T_TUNNEL, "TUNNEL"},
+    {WK_T_UP_EOF, "UP_EOF"},
+    {WK_T_LB_DONE, "LB_DONE"},
+    {WK_T_TALLIED, "TALLIED"},
+    {WK_T_BODY_STALL, "BODY_STALL"},
+    {WK_T_SEND_WAIT, "SEND_WAIT"},
+    {WK_T_RATE_TICK, "RATE_TICK"},
+    {WK_T_LOGGED, "LOGGED"},
+    {0, NULL},
 };
 
 static const struct flag_name upstream_flags[] = {
-    {WK_UP_F_READABLE, "READABLE"}, {WK_UP_F_WRITABLE, "WRITABLE"},
-    {WK_UP_F_CONNECTING, "CONNECTING"}, {WK_UP_F_HUP, "HUP"},
-    {WK_UP_F_REUSED, "REUSED"},     {WK_UP_F_TLSHS, "TLSHS"},
-    {WK_UP_F_WERR, "WERR"},         {0, NULL},
+    {WK_UP_F_READABLE, "READABLE"},
+    {WK_UP_F_WRITABLE, "WRITABLE"},
+    {WK_UP_F_CONNECTING, "CONNECTING"},
+    {WK_UP_F_HUP, "HUP"},
+    {WK_UP_F_REUSED, "REUSED"},
+    {WK_UP_F_TLSHS, "TLSHS"},
+    {WK_UP_F_WERR, "WERR"},
+    {0, NULL},
 };
 
 /* "A|B|C" for the bits of <v> named in <names>, "0x..." for the others, "-" for none. */

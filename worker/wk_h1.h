@@ -120,8 +120,8 @@ struct wk_h1_fwd {
     const char *host; /* the Host routed on; <hostlen> 0: none (HTTP/1.0), <dflt_host> is sent */
     size_t hostlen;
     const char *dflt_host;
-    const char *peer_ip; /* appended to X-Forwarded-For */
-    const char *real_ip; /* X-Real-IP */
+    const char *peer_ip;      /* appended to X-Forwarded-For */
+    const char *real_ip;      /* X-Real-IP */
     const char *cert_subject; /* X-Client-Cert-Subject, or NULL: none (a client's is dropped) */
     const char *reqid;
     size_t reqid_len;

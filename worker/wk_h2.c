@@ -28,7 +28,7 @@
 #include "shm/shm_route.h"
 #include "shm/shm_snap.h"
 
-#define H2_OUT_SIZE (64 * 1024)     /* serialized frames waiting for the socket */
+#define H2_OUT_SIZE (64 * 1024) /* serialized frames waiting for the socket */
 
 /* Stream flags. */
 #define S_END_STREAM 0x01u /* the client's half is closed: the request is complete */
@@ -42,18 +42,18 @@
 struct wk_h2;
 
 struct wk_h2_stream {
-    struct wk_ev ev;            /* WK_EV_H2STREAM: owner of the stream's timer */
+    struct wk_ev ev; /* WK_EV_H2STREAM: owner of the stream's timer */
     struct wk_xchg x;
     struct wk_timer timer;
     struct wk_h2 *h;
     int32_t id;
-    uint32_t flags;             /* S_* */
-    struct wk_buf rq;           /* request bytes for the backend (chunk-framed with S_CHUNKED) */
-    uint64_t unacked;           /* DATA payload received but not yet acknowledged */
-    uint64_t body_bytes;        /* DATA payload received in all */
-    uint64_t hsize;             /* decompressed size of the header blocks (RFC 9113 6.5.2) */
-    struct wk_h2_head *head;    /* the header block while it arrives */
-    char *reply;                /* a generated answer's body */
+    uint32_t flags;          /* S_* */
+    struct wk_buf rq;        /* request bytes for the backend (chunk-framed with S_CHUNKED) */
+    uint64_t unacked;        /* DATA payload received but not yet acknowledged */
+    uint64_t body_bytes;     /* DATA payload received in all */
+    uint64_t hsize;          /* decompressed size of the header blocks (RFC 9113 6.5.2) */
+    struct wk_h2_head *head; /* the header block while it arrives */
+    char *reply;             /* a generated answer's body */
     uint32_t reply_len, reply_off;
     struct wk_h2_stream *next, *prev;
 };
@@ -63,9 +63,9 @@ struct wk_h2 {
     struct wk_client *c;
     struct wk_h2_stream *streams;
     uint32_t nstreams;
-    uint8_t goaway;             /* a graceful GOAWAY was sent (worker stopping) */
-    struct wk_h2_guard g;       /* abuse limits */
-    char *out;                  /* serialized frames not yet written: [out_off, out_len) */
+    uint8_t goaway;       /* a graceful GOAWAY was sent (worker stopping) */
+    struct wk_h2_guard g; /* abuse limits */
+    char *out;            /* serialized frames not yet written: [out_off, out_len) */
     uint32_t out_off, out_len, out_cap;
 };
 
@@ -144,7 +144,7 @@ static void stream_free(struct wk_h2_stream *st)
     wk_free_later(&st->ev);
 }
 
-/* ---- the header block ------------------------------------------------------------------------- */
+/* ---- the header block ------------------------------------------------------------------------ */
 static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud)
 {
     struct wk_h2 *h = ud;
@@ -177,8 +177,8 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     if (st == NULL) {
         return 0;
     }
-    if (wk_h2_guard_header(&h->g, s, &st->hsize, nlen, vlen,
-                           cur_snap()->limits.max_header_bytes) != 0) {
+    if (wk_h2_guard_header(&h->g, s, &st->hsize, nlen, vlen, cur_snap()->limits.max_header_bytes) !=
+        0) {
         return NGHTTP2_ERR_CALLBACK_FAILURE; /* an HPACK bomb */
     }
     if (f->hd.type == NGHTTP2_HEADERS && st->head != NULL) {
@@ -187,7 +187,7 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     return 0;
 }
 
-/* ---- the request -------------------------------------------------------------------------------- */
+/* ---- the request ----------------------------------------------------------------------------- */
 static void rst(struct wk_h2_stream *st, uint32_t code)
 {
     st->flags |= S_DISCARD;
@@ -427,9 +427,9 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
 
 static void h2_rearm(struct wk_xchg *x);
 
-/* ---- the response ------------------------------------------------------------------------------- */
-static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
-                         uint32_t *dflags, nghttp2_data_source *src, void *ud)
+/* ---- the response ---------------------------------------------------------------------------- */
+static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *dflags,
+                         nghttp2_data_source *src, void *ud)
 {
     struct wk_h2_stream *st = src->ptr;
     struct wk_xchg *x = &st->x;
@@ -477,8 +477,7 @@ static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     return n > 0 ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
 }
 
-static size_t nv_set(nghttp2_nv *nv, const char *name, size_t nlen, const char *value,
-                     size_t vlen)
+static size_t nv_set(nghttp2_nv *nv, const char *name, size_t nlen, const char *value, size_t vlen)
 {
     nv->name = (uint8_t *)(uintptr_t)name;
     nv->namelen = nlen;
@@ -714,7 +713,7 @@ void wk_h2_stream_timeout(struct wk_h2_stream *st)
 }
 
 
-/* ---- the connection ------------------------------------------------------------------------------ */
+/* ---- the connection -------------------------------------------------------------------------- */
 int wk_h2_start(struct wk_client *c, const char *pre, size_t plen)
 {
     const struct shm_snap_hdr *sn = cur_snap();
@@ -751,7 +750,8 @@ int wk_h2_start(struct wk_client *c, const char *pre, size_t plen)
     if (nghttp2_submit_settings(h->s, NGHTTP2_FLAG_NONE, iv, 3) != 0 ||
         nghttp2_session_set_local_window_size(
             h->s, NGHTTP2_FLAG_NONE, 0,
-            (int32_t)DSP_MIN((uint64_t)sn->limits.h2_stream_window * 4, (uint64_t)INT32_MAX)) != 0) {
+            (int32_t)DSP_MIN((uint64_t)sn->limits.h2_stream_window * 4, (uint64_t)INT32_MAX)) !=
+            0) {
         goto out;
     }
     c->h2 = h;
@@ -881,8 +881,8 @@ static int pump_streams(struct wk_h2 *h)
             continue;
         }
         if ((x->tflags & (WK_T_RESP_DONE | WK_T_REPLIED)) == WK_T_RESP_DONE &&
-            (st->flags & S_RESPONDED) && wk_h1_bodyless((x->tflags & WK_T_HEAD_REQ) != 0,
-                                                        x->status)) {
+            (st->flags & S_RESPONDED) &&
+            wk_h1_bodyless((x->tflags & WK_T_HEAD_REQ) != 0, x->status)) {
             /* A response without a body ended with its HEADERS frame. */
             st->flags |= S_EOF;
             wk_xchg_tally(x, 1);
@@ -999,8 +999,9 @@ int wk_h2_step(struct wk_client *c)
     }
     if (wk.stopping && !h->goaway) {
         h->goaway = 1;
-        nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->s),
-                              NGHTTP2_NO_ERROR, NULL, 0);
+        nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(h->s), NGHTTP2_NO_ERROR, NULL,
+                              0);
     }
     progress |= pump_streams(h);
     r = flush(c, h);
@@ -1035,8 +1036,9 @@ void wk_h2_timeout(struct wk_client *c)
     /* Idle (no stream for idle_timeout_ms), or frames not drained for send_timeout_ms: a GOAWAY
      * if the socket takes it, then the close. */
     if (h != NULL && h->out_off == h->out_len) {
-        nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->s),
-                              NGHTTP2_NO_ERROR, NULL, 0);
+        nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(h->s), NGHTTP2_NO_ERROR, NULL,
+                              0);
         if (flush(c, h) >= 0 && h->out_off == h->out_len) {
             h2_end(c);
             return;

@@ -48,9 +48,9 @@ void wk_buf_put(struct wk_buf *b);
  * expiry are O(1) without a heap. */
 struct wk_timer {
     struct wk_timer *prev, *next;
-    struct wk_ev *owner;     /* the client or upstream to notify */
+    struct wk_ev *owner; /* the client or upstream to notify */
     uint64_t deadline;
-    uint32_t queue;          /* queue index + 1; 0 = not armed */
+    uint32_t queue; /* queue index + 1; 0 = not armed */
 };
 
 void wk_timer_arm(struct wk_timer *t, uint32_t ms);
@@ -64,9 +64,9 @@ struct wk_gen {
     const struct shm_snap_hdr *snap;
     size_t size;
     uint64_t gen;
-    uint32_t refs;           /* one for "current", one per request in flight */
+    uint32_t refs; /* one for "current", one per request in flight */
     struct wk_gen *next;
-    struct wk_tls_gen *tls;  /* its SSL contexts (worker/wk_tls.h); NULL without TLS */
+    struct wk_tls_gen *tls; /* its SSL contexts (worker/wk_tls.h); NULL without TLS */
 };
 
 void wk_gen_ref(struct wk_gen *g);
@@ -79,8 +79,9 @@ void wk_gen_unref(struct wk_gen *g);
 #define WK_UP_F_HUP        0x08u /* peer closed or error reported by epoll */
 #define WK_UP_F_REUSED     0x10u /* taken from the pool (so a reset may be a keep-alive race) */
 #define WK_UP_F_TLSHS      0x20u /* TLS handshake in progress (counts as connecting) */
-#define WK_UP_F_WERR       0x40u /* a write failed (the backend reset or closed): what it sent
-                                    before that is still read, and nothing more is written */
+/* a write failed (the backend reset or closed): what it sent before that is still read, and
+ * nothing more is written */
+#define WK_UP_F_WERR 0x40u
 
 struct wk_xchg;
 struct wk_alog_req;
@@ -88,13 +89,13 @@ struct wk_alog_req;
 struct wk_upstream {
     struct wk_ev ev;
     uint8_t flags;
-    struct xport xp;           /* the socket, plain or TLS (kept across pooled reuse) */
-    uint32_t be_slot;          /* runtime slot of the backend: the pool key */
-    struct wk_xchg *x;         /* the exchange it serves; NULL while idle in the pool */
+    struct xport xp;   /* the socket, plain or TLS (kept across pooled reuse) */
+    uint32_t be_slot;  /* runtime slot of the backend: the pool key */
+    struct wk_xchg *x; /* the exchange it serves; NULL while idle in the pool */
     struct wk_upstream *pnext, *pprev;
-    struct wk_timer timer;     /* pool idle timeout */
-    uint64_t pass;             /* wk.pass when it entered the pool, or when it left it
-                                  unchecked (0 when its socket was seen empty at reuse) */
+    struct wk_timer timer; /* pool idle timeout */
+    uint64_t pass;         /* wk.pass when it entered the pool, or when it left it
+                              unchecked (0 when its socket was seen empty at reuse) */
 };
 
 /* Longest client X-Request-ID kept (longer ones are replaced by a generated id); a UUID is 36. */
@@ -126,48 +127,50 @@ struct wk_upstream {
 #define WK_C_F_EOF      0x04u /* client half-closed (read 0) */
 #define WK_C_F_CLOSE    0x08u /* close once the current response is out */
 #define WK_C_F_HUP      0x10u /* error/hangup reported by epoll */
-#define WK_C_F_RDHUP    0x80u /* epoll reported the peer's FIN: read until EOF, no short-read shortcut */
+#define WK_C_F_RDHUP    0x80u /* epoll saw the peer's FIN: read until EOF (no short-read shortcut) */
 #define WK_C_F_STARTED  0x40u /* has sent at least one request (idle vs header timeout) */
 
 /* Transaction flags, reset for each request. */
-#define WK_T_REQ_DONE      0x0001u /* request message fully parsed */
-#define WK_T_HEAD_REQ      0x0002u /* request method is HEAD: response has no body */
-#define WK_T_UP_WRITTEN    0x0004u /* some request byte reached the upstream socket */
-#define WK_T_RESP_BYTES    0x0008u /* some response byte came from the upstream */
-#define WK_T_RESP_HEAD     0x0010u /* response head parsed and queued for the client */
-#define WK_T_RESP_DONE     0x0020u /* response message fully parsed */
-#define WK_T_CLIENT_SENT   0x0040u /* some response byte reached the client */
-#define WK_T_DECHUNK       0x0080u /* chunked response to an HTTP/1.0 client: decode in place */
-#define WK_T_BODY_LOST     0x0100u /* request body bytes were discarded: no retry possible */
-#define WK_T_UP_REUSABLE   0x0200u /* upstream may go back to the pool */
-#define WK_T_CONTINUE      0x0400u /* client sent Expect: 100-continue */
-#define WK_T_IDEMPOTENT    0x0800u
-#define WK_T_COUNTED       0x1000u /* backend active counter incremented */
-#define WK_T_RESP_WAIT     0x2000u /* request sent, final response head awaited: the response
-                                      timer is armed once and 1xx bytes do not push it back */
-#define WK_T_EARLY         0x4000u /* final response head came before the request was fully sent:
-                                      the upstream is never reused */
-#define WK_T_REPLIED       0x8000u /* the exchange answered by itself (wk_xchg_reply) */
-#define WK_T_UPGRADE       0x10000u /* client asked for a protocol upgrade (Upgrade header) */
-#define WK_T_TUNNEL        0x20000u /* 101 received: bytes are spliced both ways, unparsed */
-#define WK_T_UP_EOF        0x40000u /* tunnel: the backend closed its side */
-#define WK_T_LB_DONE       0x80000u /* this attempt's outcome went to wk_lb_result() */
-#define WK_T_FREE_100000   0x100000u /* free (was TCP_CORK state: common/xport.c keeps it now) */
-#define WK_T_TALLIED       0x200000u /* statistics of this request recorded (wk_conn.c) */
-#define WK_T_HTML          0x400000u /* Accept prefers text/html: errors.pages apply */
-#define WK_T_SEND_WAIT     0x20000000u /* the client timer is the send timeout: the client stopped
-                                          draining its response (wk_conn.c) */
-#define WK_T_RATE_TICK     0x40000000u /* the client timer is the body-rate tick (wk_conn.c) */
-#define WK_T_BODY_STALL    0x10000000u /* the body was not read because our buffer was full: not
-                                          the client's fault, its rate window restarts */
-#define WK_T_LOGGED        0x80000000u /* access log line written (wk_conn.c) */
+#define WK_T_REQ_DONE    0x0001u /* request message fully parsed */
+#define WK_T_HEAD_REQ    0x0002u /* request method is HEAD: response has no body */
+#define WK_T_UP_WRITTEN  0x0004u /* some request byte reached the upstream socket */
+#define WK_T_RESP_BYTES  0x0008u /* some response byte came from the upstream */
+#define WK_T_RESP_HEAD   0x0010u /* response head parsed and queued for the client */
+#define WK_T_RESP_DONE   0x0020u /* response message fully parsed */
+#define WK_T_CLIENT_SENT 0x0040u /* some response byte reached the client */
+#define WK_T_DECHUNK     0x0080u /* chunked response to an HTTP/1.0 client: decode in place */
+#define WK_T_BODY_LOST   0x0100u /* request body bytes were discarded: no retry possible */
+#define WK_T_UP_REUSABLE 0x0200u /* upstream may go back to the pool */
+#define WK_T_CONTINUE    0x0400u /* client sent Expect: 100-continue */
+#define WK_T_IDEMPOTENT  0x0800u
+#define WK_T_COUNTED     0x1000u /* backend active counter incremented */
+/* request sent, final response head awaited: the response timer is armed once and 1xx bytes do
+ * not push it back */
+#define WK_T_RESP_WAIT 0x2000u
+/* final response head came before the request was fully sent: the upstream is never reused */
+#define WK_T_EARLY       0x4000u
+#define WK_T_REPLIED     0x8000u   /* the exchange answered by itself (wk_xchg_reply) */
+#define WK_T_UPGRADE     0x10000u  /* client asked for a protocol upgrade (Upgrade header) */
+#define WK_T_TUNNEL      0x20000u  /* 101 received: bytes are spliced both ways, unparsed */
+#define WK_T_UP_EOF      0x40000u  /* tunnel: the backend closed its side */
+#define WK_T_LB_DONE     0x80000u  /* this attempt's outcome went to wk_lb_result() */
+#define WK_T_FREE_100000 0x100000u /* free (was TCP_CORK state: common/xport.c keeps it now) */
+#define WK_T_TALLIED     0x200000u /* statistics of this request recorded (wk_conn.c) */
+#define WK_T_HTML        0x400000u /* Accept prefers text/html: errors.pages apply */
+/* the client timer is the send timeout: the client stopped draining its response (wk_conn.c) */
+#define WK_T_SEND_WAIT 0x20000000u
+#define WK_T_RATE_TICK 0x40000000u /* the client timer is the body-rate tick (wk_conn.c) */
+/* the body was not read because our buffer was full: not the client's fault, its rate window
+ * restarts */
+#define WK_T_BODY_STALL 0x10000000u
+#define WK_T_LOGGED     0x80000000u /* access log line written (wk_conn.c) */
 
 /* What only a request in progress needs. Idle keep-alive connections hold none of it (they are
  * most connections, and memory per idle connection is what a proxy's capacity is made of); it
  * lives exactly as long as wk_client.gen is set, and comes from a per-worker free list. */
 struct wk_txn {
-    struct wk_buf uin;    /* bytes from the upstream (response) */
-    struct wk_buf uout;   /* rewritten request head for the upstream */
+    struct wk_buf uin;  /* bytes from the upstream (response) */
+    struct wk_buf uout; /* rewritten request head for the upstream */
     /* positions in uin.data */
     uint32_t rparsed_off; /* response parser consumed up to here */
     uint32_t rsend_off;   /* next response body byte to write to the client */
@@ -175,24 +178,25 @@ struct wk_txn {
                              decoding chunks in place) */
     uint8_t reqid_len;
     char reqid[WK_REQID_MAX]; /* not NUL-terminated: reqid_len bytes */
-    struct wk_h1_msg rs;  /* response tokenizer state (wk_h1.h) */
-    uint64_t body_bytes;  /* request body bytes (decoded) so far, for max_body_bytes */
+    struct wk_h1_msg rs;      /* response tokenizer state (wk_h1.h) */
+    uint64_t body_bytes;      /* request body bytes (decoded) so far, for max_body_bytes */
     uint64_t started_ms;
-    uint64_t bytes_sent;  /* bytes written to the client for this request */
-    uint64_t resp_due_ms; /* deadline of the final response head (with WK_T_RESP_WAIT) */
+    uint64_t bytes_sent;    /* bytes written to the client for this request */
+    uint64_t resp_due_ms;   /* deadline of the final response head (with WK_T_RESP_WAIT) */
     uint32_t interim_bytes; /* 1xx response bytes of the current attempt */
-    uint8_t ninterim;     /* 1xx responses of the current attempt */
-    uint8_t cut;          /* SHM_CUT_*: why the response ends before its end (the first reason
-                             known wins; none set when the client goes = client_closed) */
-    uint64_t body_due_ms; /* limits.min_body_rate: the body is behind its rate from this time on
+    uint8_t ninterim;       /* 1xx responses of the current attempt */
+    uint8_t cut;            /* SHM_CUT_*: why the response ends before its end (the first reason
+                               known wins; none set when the client goes = client_closed) */
+    uint64_t
+        body_due_ms;      /* limits.min_body_rate: the body is behind its rate from this time on
                              (5 s grace, plus 1 s per min_body_rate bytes read, at most 5 s ahead) */
     uint64_t progress_ms; /* last progress of the exchange while the body is read (rate ticks) */
     struct wk_alog_req *areq; /* the request's access-log fields (NULL when logging is off) */
-    struct wk_chunk rqc;  /* chunked request body: strict decoder (wk_chunk.h) */
-    uint64_t req_left;    /* Content-Length request body: bytes still to come */
-    uint8_t req_chunked;  /* the request body is chunked */
-    uint8_t resp_chunked; /* the response body is chunked: rsc decodes it */
-    struct wk_chunk rsc;  /* chunked response body: strict decoder */
+    struct wk_chunk rqc;      /* chunked request body: strict decoder (wk_chunk.h) */
+    uint64_t req_left;        /* Content-Length request body: bytes still to come */
+    uint8_t req_chunked;      /* the request body is chunked */
+    uint8_t resp_chunked;     /* the response body is chunked: rsc decodes it */
+    struct wk_chunk rsc;      /* chunked response body: strict decoder */
     struct wk_txn *next_free;
 };
 
@@ -202,25 +206,25 @@ struct wk_txn {
 #define WK_AT_PROBE 0x01u /* the current attempt holds its backend's probe lease */
 
 struct wk_attempt {
-    struct wk_gen *gen;     /* snapshot this request was routed with (referenced) */
-    uint32_t service;       /* index in gen's service table (SHM_NONE: not routed yet) */
-    uint32_t backend;       /* the current attempt's backend: position within the service */
-    uint64_t tried;         /* bitmask of backend positions already tried */
-    uint8_t tries;          /* attempts made so far */
-    uint8_t flags;          /* WK_AT_* */
-    uint8_t client_family;  /* the request's client: peer, or the right-most untrusted
-                               X-Forwarded-For entry when the peer is a trusted proxy (the
-                               ip-hash key) */
+    struct wk_gen *gen;    /* snapshot this request was routed with (referenced) */
+    uint32_t service;      /* index in gen's service table (SHM_NONE: not routed yet) */
+    uint32_t backend;      /* the current attempt's backend: position within the service */
+    uint64_t tried;        /* bitmask of backend positions already tried */
+    uint8_t tries;         /* attempts made so far */
+    uint8_t flags;         /* WK_AT_* */
+    uint8_t client_family; /* the request's client: peer, or the right-most untrusted
+                              X-Forwarded-For entry when the peer is a trusted proxy (the
+                              ip-hash key) */
     uint8_t client_ip[16];
 };
 
 /* Where a request comes from, as the exchange needs it (access log, X-Forwarded-*, ip-hash). */
 struct wk_peer {
-    uint8_t family;      /* the connection's client: socket peer, or the PROXY source */
+    uint8_t family; /* the connection's client: socket peer, or the PROXY source */
     uint8_t ip[16];
     uint16_t port;
-    uint8_t https;       /* arrived on a TLS listener (forwarded proto https) */
-    char *cert_subject;  /* the verified client certificate's subject (heap), or NULL */
+    uint8_t https;      /* arrived on a TLS listener (forwarded proto https) */
+    char *cert_subject; /* the verified client certificate's subject (heap), or NULL */
 };
 
 /* ---- the exchange (wk_xchg.c) ----------------------------------------------------------------
@@ -260,9 +264,9 @@ struct wk_xchg_ops {
 struct wk_xchg {
     const struct wk_xchg_ops *ops;
     const struct wk_peer *peer;
-    uint32_t tflags;      /* WK_T_*, reset for each request */
-    uint16_t status;      /* the response's status (proxied or generated) */
-    uint8_t method;       /* the request: method (wk_h1_req.method), version */
+    uint32_t tflags; /* WK_T_*, reset for each request */
+    uint16_t status; /* the response's status (proxied or generated) */
+    uint8_t method;  /* the request: method (wk_h1_req.method), version */
     uint8_t vmajor, vminor;
     struct wk_upstream *up;
     struct wk_txn *tx;    /* the request in progress: exactly while at.gen != NULL */
@@ -276,23 +280,23 @@ struct wk_xchg {
     uint32_t send_off;
 };
 
-/* ---- client connections: the HTTP/1 side (wk_conn.c) ------------------------------------------ */
+/* ---- client connections: the HTTP/1 side (wk_conn.c) ----------------------------------------- */
 struct wk_client {
     struct wk_ev ev;
-    uint8_t state;        /* WK_CS_* */
-    uint8_t flags;        /* WK_C_F_* */
+    uint8_t state; /* WK_CS_* */
+    uint8_t flags; /* WK_C_F_* */
     uint8_t listener;
-    struct xport xp;      /* the client's socket, plain or TLS */
+    struct xport xp; /* the client's socket, plain or TLS */
     struct wk_timer timer;
     struct wk_client *next, *prev; /* all client connections of this worker */
 
-    struct wk_buf in;     /* bytes from the client */
-    struct wk_buf out;    /* generated bytes for the client: 100-continue, response head, errors */
-    uint32_t rhead_at;    /* out.end before the final response head was queued */
+    struct wk_buf in;  /* bytes from the client */
+    struct wk_buf out; /* generated bytes for the client: 100-continue, response head, errors */
+    uint32_t rhead_at; /* out.end before the final response head was queued */
 
-    struct wk_xchg x;     /* the current request (HTTP/1) */
+    struct wk_xchg x; /* the current request (HTTP/1) */
     struct wk_peer peer;
-    struct wk_h2 *h2;     /* HTTP/2 state (WK_CS_H2), else NULL */
+    struct wk_h2 *h2; /* HTTP/2 state (WK_CS_H2), else NULL */
 };
 
 /* ---- the worker ----------------------------------------------------------------------------- */
@@ -317,26 +321,26 @@ struct wk_pool {
 struct wk_worker {
     int epfd;
     int slot;
-    int stopping;             /* graceful stop in progress */
-    uint64_t now;             /* monotonic ms, refreshed each loop pass */
+    int stopping; /* graceful stop in progress */
+    uint64_t now; /* monotonic ms, refreshed each loop pass */
     uint64_t stop_deadline;
     struct shm_ctl *ctl;
     struct shm_rt *rt;
     struct shm_worker_slot *me;
-    struct wk_gen *cur;       /* current generation (referenced) */
-    struct wk_gen *gens;      /* all mapped generations */
+    struct wk_gen *cur;             /* current generation (referenced) */
+    struct wk_gen *gens;            /* all mapped generations */
     struct wk_listener **listeners; /* each allocated on its own (events point to them) */
     int nlisten;
-    int accept_starved;       /* accept4() ran out of descriptors: logged once per episode */
+    int accept_starved; /* accept4() ran out of descriptors: logged once per episode */
     uint64_t starved_since;
     uint64_t accept_resume_ms; /* accepting paused until then (0: not paused) */
-    int listeners_off;        /* listeners taken out of the epoll set during the pause */
+    int listeners_off;         /* listeners taken out of the epoll set during the pause */
     struct wk_client *clients; /* list head */
     uint64_t nclients;
-    struct wk_pool *pools;     /* indexed by backend runtime slot */
-    uint64_t pass;             /* epoll_wait() calls so far: events of the current batch are
-                                  older than anything done while handling them */
-    int batch_full;            /* the last epoll_wait() filled its array: more may be ready */
+    struct wk_pool *pools; /* indexed by backend runtime slot */
+    uint64_t pass;         /* epoll_wait() calls so far: events of the current batch are
+                              older than anything done while handling them */
+    int batch_full;        /* the last epoll_wait() filled its array: more may be ready */
     uint64_t rng[2];
 };
 
@@ -501,18 +505,18 @@ void wk_client_debug(const struct wk_client *c, const char *what);
 
 /* ---- wk_lb.c: backend choice and outcome accounting (balancing, health, circuit breaker) ---- */
 /* Why an upstream attempt failed (0 = it succeeded). */
-#define WK_FAIL_CONNECT  1 /* connect refused/unreachable: nothing reached the backend */
-#define WK_FAIL_RESET    2 /* reset or EOF before any response byte */
-#define WK_FAIL_CTIMEOUT 3 /* connect timed out */
-#define WK_FAIL_RTIMEOUT 4 /* no (complete) response within response_timeout_ms */
-#define WK_FAIL_BAD      5 /* response unparsable or truncated */
+#define WK_FAIL_CONNECT   1 /* connect refused/unreachable: nothing reached the backend */
+#define WK_FAIL_RESET     2 /* reset or EOF before any response byte */
+#define WK_FAIL_CTIMEOUT  3 /* connect timed out */
+#define WK_FAIL_RTIMEOUT  4 /* no (complete) response within response_timeout_ms */
+#define WK_FAIL_BAD       5 /* response unparsable or truncated */
 #define WK_FAIL_TLS       8 /* TLS handshake with the backend failed (not its certificate) */
 #define WK_FAIL_TLSVERIFY 9 /* the backend's certificate failed verification */
 /* Refinements of WK_FAIL_RESET that upstream_failed() passes to wk_lb_result() only: */
-#define WK_FAIL_ABORT    6 /* RST on a fresh connection before any response byte */
-#define WK_FAIL_STALE    7 /* reset/EOF on a reused keep-alive connection before any response
-                              byte: most likely closed by the backend while idle, which says
-                              nothing about its health */
+#define WK_FAIL_ABORT 6 /* RST on a fresh connection before any response byte */
+/* reset/EOF on a reused keep-alive connection before any response byte: most likely closed by
+ * the backend while idle, which says nothing about its health */
+#define WK_FAIL_STALE 7
 
 /* Choose the backend (position within a's service) for the next attempt, skipping positions in
  * a->tried and backends that are down, disabled or whose circuit is open. Returns the position,
@@ -582,7 +586,7 @@ int wk_accept_html(const struct wk_accept *a);
 /* Shared http-parser callbacks that fill a struct wk_head passed as parser->data's head. */
 void wk_head_reset(struct wk_head *h);
 
-/* ---- wk_resp.c: response head syntax ---------------------------------------------------------- */
+/* ---- wk_resp.c: response head syntax --------------------------------------------------------- */
 /* Is <p>[0, n) a complete response head in strict RFC 9112 form ("HTTP/1.0|1.1 SP 3DIGIT" then SP
  * and a reason or the line end; CRLF line ends only, no bare CR, no control bytes but HTAB; the
  * empty line at the end)? Returns its status code (0-999, not range-checked), or -1. */

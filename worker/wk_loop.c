@@ -796,8 +796,7 @@ static void after_pass(void)
             if (wk.nclients != 0) {
                 log_warn("shutdown timeout (limits.shutdown_timeout_ms = %u) reached: "
                          "closing %llu connection(s) still open",
-                         wk.cur->snap->limits.shutdown_timeout_ms,
-                         (unsigned long long)wk.nclients);
+                         wk.cur->snap->limits.shutdown_timeout_ms, (unsigned long long)wk.nclients);
                 wk_close_all_clients(SHM_CUT_SHUTDOWN); /* their requests logged as cut */
             }
             wk_alog_flush();

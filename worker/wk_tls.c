@@ -26,12 +26,12 @@
 struct wk_tls_gen {
     const struct shm_snap_hdr *snap;
     uint32_t ncerts;
-    uint32_t def;             /* default certificate, or SHM_NONE */
-    SSL_CTX **ctx;            /* per certificate; NULL when it could not be built */
+    uint32_t def;  /* default certificate, or SHM_NONE */
+    SSL_CTX **ctx; /* per certificate; NULL when it could not be built */
     struct wk_sni *sni;
     uint32_t nservices;
-    SSL_CTX **svc_ctx;        /* per service: client context, NULL without TLS */
-    uint64_t *svc_ctx_id;     /* identity of each client context, for session reuse */
+    SSL_CTX **svc_ctx;    /* per service: client context, NULL without TLS */
+    uint64_t *svc_ctx_id; /* identity of each client context, for session reuse */
     uint32_t nlisteners;
     struct tg_listener *lst; /* per listener: client certificate verification */
     int client_ca;           /* some listener has client_ca */
@@ -65,7 +65,7 @@ struct up_session {
 };
 static struct up_session *up_sessions;
 
-/* ---- session ticket keys ----------------------------------------------------------------------- */
+/* ---- session ticket keys --------------------------------------------------------------------- */
 
 /* A private copy of the control segment's key ring, refreshed when its seqlock moves. */
 static struct {
@@ -216,8 +216,7 @@ static struct sni_ent *sni_slot(const struct wk_sni *x, const char *name, size_t
     for (uint32_t i = h & x->mask;; i = (i + 1) & x->mask) {
         struct sni_ent *e = &x->tab[i];
 
-        if (e->name == NULL ||
-            (e->hash == h && e->len == len && memcmp(e->name, name, len) == 0)) {
+        if (e->name == NULL || (e->hash == h && e->len == len && memcmp(e->name, name, len) == 0)) {
             return e;
         }
     }
@@ -276,7 +275,7 @@ void wk_sni_free(struct wk_sni *x)
     }
 }
 
-/* ---- contexts per generation ------------------------------------------------------------------ */
+/* ---- contexts per generation ----------------------------------------------------------------- */
 
 static int on_servername(SSL *s, int *al, void *arg)
 {
@@ -431,8 +430,8 @@ static int on_alpn(SSL *s, const unsigned char **out, unsigned char *outlen,
 
 static int on_new_session(SSL *s, SSL_SESSION *sess);
 
-static SSL_CTX *client_ctx(const struct wk_tls_gen *prev, const struct shm_snap_hdr *h,
-                           uint32_t i, uint64_t *id)
+static SSL_CTX *client_ctx(const struct wk_tls_gen *prev, const struct shm_snap_hdr *h, uint32_t i,
+                           uint64_t *id)
 {
     const struct shm_service *sv = &shm_services(h)[i];
     SSL_CTX *ctx;

@@ -112,7 +112,7 @@ void wk_xchg_end(struct wk_xchg *x)
     }
 }
 
-/* ---- generated responses ---------------------------------------------------------------------- */
+/* ---- generated responses --------------------------------------------------------------------- */
 void wk_xchg_accept(struct wk_xchg *x, const struct wk_head *hd)
 {
     struct wk_accept a;
@@ -235,7 +235,7 @@ static int reply_not_found(struct wk_xchg *x, const char *host, size_t hlen, con
     return wk_xchg_reply(x, 404, body, sb.len, 0);
 }
 
-/* ---- the request ------------------------------------------------------------------------------ */
+/* ---- the request ----------------------------------------------------------------------------- */
 /* Build the upstream request head into x->tx->uout: <host> is the validated Host (or the
  * absolute-form authority) that was routed on, <target> the origin-form target (<slash>: a "/"
  * goes before it). Returns 0 or -1 (no memory / too large). */
@@ -285,10 +285,9 @@ static int build_upstream_head(struct wk_xchg *x, const struct wk_head *hd, cons
     return 0;
 }
 
-/* ---- the request's way in --------------------------------------------------------------------- */
+/* ---- the request's way in -------------------------------------------------------------------- */
 /* listeners[].health_uri: is <rq> a GET or HEAD of exactly that path (the query aside)? */
-static int health_probe(const struct shm_snap_hdr *s, uint32_t listener,
-                        const struct wk_h1_req *rq)
+static int health_probe(const struct shm_snap_hdr *s, uint32_t listener, const struct wk_h1_req *rq)
 {
     const struct shm_str *u;
 
@@ -313,7 +312,7 @@ int wk_xchg_health(struct wk_xchg *x, uint32_t listener, const struct wk_h1_req 
     /* Answered as admin GET /health does, from the state the master publishes (one load:
      * nothing is judged per probe). */
     h = __atomic_load_n(&wk.ctl->health, __ATOMIC_ACQUIRE);
-    status = wk.stopping                     ? "draining"
+    status = wk.stopping                ? "draining"
              : h == SHM_HEALTH_SERVING  ? "serving"
              : h == SHM_HEALTH_DEGRADED ? "degraded"
              : h == SHM_HEALTH_DRAINING ? "draining"
@@ -361,8 +360,8 @@ int wk_xchg_route(struct wk_xchg *x, const struct wk_h1_req *rq, const char *nho
 
 int wk_xchg_forward(struct wk_xchg *x, const struct wk_h1_req *rq)
 {
-    if (build_upstream_head(x, &rq->hd, rq->host, rq->host ? rq->hostlen : 0, rq->target,
-                            rq->tlen, rq->slash, rq->clen) != 0) {
+    if (build_upstream_head(x, &rq->hd, rq->host, rq->host ? rq->hostlen : 0, rq->target, rq->tlen,
+                            rq->slash, rq->clen) != 0) {
         return wk_xchg_error(x, 431, "Request header fields too large",
                              "Request head too large to forward", 1) == 0
                    ? 1
@@ -627,8 +626,8 @@ static int parse_response_head(struct wk_xchg *x)
             return 0;
         }
         x->tflags &= ~WK_T_RESP_DONE;
-        if (wk_h1_parse_response(&x->tx->rs, base, hlen, (x->tflags & WK_T_HEAD_REQ) != 0,
-                                 &rs) != 0) {
+        if (wk_h1_parse_response(&x->tx->rs, base, hlen, (x->tflags & WK_T_HEAD_REQ) != 0, &rs) !=
+            0) {
             return upstream_failed(x, WK_FAIL_BAD);
         }
         if (rs.status == 101 && (x->tflags & WK_T_UPGRADE)) {
@@ -642,7 +641,7 @@ static int parse_response_head(struct wk_xchg *x)
             x->tx->rsend_off = x->tx->uin.start + (uint32_t)hlen;
             x->tx->rready_off = x->tx->rparsed_off = x->tx->uin.end;
             x->send_off = x->parsed_off; /* nothing of the request is left unsent */
-            x->parsed_off = x->rq->end;   /* bytes after the upgrade request are tunnel data */
+            x->parsed_off = x->rq->end;  /* bytes after the upgrade request are tunnel data */
             x->ops->rearm(x);
             return 0;
         }
@@ -678,14 +677,16 @@ static int parse_response_head(struct wk_xchg *x)
             x->tflags |= WK_T_EARLY;
         }
         x->tflags |= WK_T_RESP_HEAD;
-        x->tx->rparsed_off = x->tx->rsend_off = x->tx->rready_off = x->tx->uin.start + (uint32_t)hlen;
+        x->tx->rparsed_off = x->tx->rsend_off = x->tx->rready_off = x->tx->uin.start +
+                                                                    (uint32_t)hlen;
         /* A chunked body goes through the strict decoder, not http-parser: only validated
          * bytes are relayed (or decoded for HTTP/1.0 clients). */
         x->tx->resp_chunked = !(x->tflags & WK_T_RESP_DONE) && rs.chunked;
         if (x->tx->resp_chunked) {
             /* (A trailer line must fit the upstream buffer with room to spare.) */
-            wk_h1_chunk_init(&x->tx->rsc, (uint32_t)DSP_MIN(x->at.gen->snap->limits.max_header_bytes,
-                                                         UPSTREAM_BUF_SIZE / 2));
+            wk_h1_chunk_init(&x->tx->rsc,
+                             (uint32_t)DSP_MIN(x->at.gen->snap->limits.max_header_bytes,
+                                               UPSTREAM_BUF_SIZE / 2));
         }
     }
     return 0;
@@ -711,7 +712,7 @@ static int parse_response(struct wk_xchg *x)
         while (scan < x->tx->uin.end) {
             size_t used, dl;
             int r = wk_h1_chunk_parse(&x->tx->rsc, x->tx->uin.data + scan, x->tx->uin.end - scan,
-                                   &used, &dl);
+                                      &used, &dl);
             if (r == WK_CHUNK_ERROR) {
                 log_warn("backend %s sent an invalid chunked body: %s",
                          shm_s(x->at.gen->snap, wk_xbe(x)->address), x->tx->rsc.err);
@@ -728,8 +729,8 @@ static int parse_response(struct wk_xchg *x)
             }
             if (r == WK_CHUNK_DATA && (x->tflags & WK_T_DECHUNK)) {
                 /* Decoded bytes never overtake the raw ones, so decoding in place is safe. */
-                memmove(x->tx->uin.data + x->tx->rready_off,
-                        x->tx->uin.data + scan + used - dl, dl);
+                memmove(x->tx->uin.data + x->tx->rready_off, x->tx->uin.data + scan + used - dl,
+                        dl);
                 x->tx->rready_off += (uint32_t)dl;
             }
             scan += (uint32_t)used;
@@ -881,7 +882,8 @@ static void uin_compact(struct wk_xchg *x)
 
     if (!(x->tflags & WK_T_RESP_HEAD)) {
         if (x->tx->uin.start > 0) {
-            memmove(x->tx->uin.data, x->tx->uin.data + x->tx->uin.start, x->tx->uin.end - x->tx->uin.start);
+            memmove(x->tx->uin.data, x->tx->uin.data + x->tx->uin.start,
+                    x->tx->uin.end - x->tx->uin.start);
             x->tx->uin.end -= x->tx->uin.start;
             x->tx->uin.start = 0;
         }
@@ -907,8 +909,7 @@ int wk_xchg_recv(struct wk_xchg *x)
     if (u != NULL && (u->flags & WK_UP_F_TLSHS) && !(u->flags & WK_UP_F_CONNECTING)) {
         return upstream_handshake(x);
     }
-    if (u != NULL && !(u->flags & (WK_UP_F_READABLE | WK_UP_F_CONNECTING)) &&
-        xp_pending(&u->xp)) {
+    if (u != NULL && !(u->flags & (WK_UP_F_READABLE | WK_UP_F_CONNECTING)) && xp_pending(&u->xp)) {
         u->flags |= WK_UP_F_READABLE; /* read ahead on a write edge: see client_read() */
     }
     if (u == NULL || (u->flags & WK_UP_F_CONNECTING) || !(u->flags & WK_UP_F_READABLE)) {
@@ -928,7 +929,8 @@ int wk_xchg_recv(struct wk_xchg *x)
     }
     if ((x->tflags & WK_T_RESP_HEAD) && x->tx->rsend_off == x->tx->rready_off &&
         x->tx->rparsed_off == x->tx->uin.end) {
-        x->tx->uin.start = x->tx->uin.end = x->tx->rsend_off = x->tx->rready_off = x->tx->rparsed_off = 0;
+        x->tx->uin.start = x->tx->uin.end = x->tx->rsend_off = x->tx->rready_off =
+            x->tx->rparsed_off = 0;
     }
     if (x->tx->uin.end == x->tx->uin.cap) {
         uin_compact(x);

@@ -67,7 +67,7 @@
 static const char *tb_name = "backend";
 static atomic_ullong tb_requests;
 static atomic_ullong tb_health;
-static atomic_int tb_fail_code;   /* /control: fail=, health=, delay= */
+static atomic_int tb_fail_code; /* /control: fail=, health=, delay= */
 static atomic_int tb_health_code;
 static atomic_llong tb_delay_ms;
 static atomic_ullong tb_connections;
@@ -95,7 +95,7 @@ struct tb_req {
     char method[32];
     char target[8192];
     char version[16];
-    int minor;                /* HTTP/1.<minor> */
+    int minor; /* HTTP/1.<minor> */
     struct tb_header headers[TB_MAX_HEADERS];
     size_t nheaders;
     int chunked;
@@ -103,15 +103,15 @@ struct tb_req {
     int conn_close;           /* "Connection: close" */
     int conn_keepalive;       /* "Connection: keep-alive" */
     int expect_continue;
-    int head;                 /* method is HEAD */
-    char *head_copy;          /* the head bytes the header pointers point into */
+    int head;        /* method is HEAD */
+    char *head_copy; /* the head bytes the header pointers point into */
 };
 
 struct tb_body {
     unsigned long long bytes;
     unsigned long long sum;
     uint32_t crc;
-    char *keep;               /* first TB_ECHO_BODY bytes when non-NULL */
+    char *keep; /* first TB_ECHO_BODY bytes when non-NULL */
     size_t kept;
 };
 
@@ -147,8 +147,7 @@ static void str_add(struct tb_str *s, const char *p, size_t n)
     s->p[s->len] = '\0';
 }
 
-__attribute__((format(printf, 2, 3))) static void str_printf(struct tb_str *s, const char *fmt,
-                                                              ...)
+__attribute__((format(printf, 2, 3))) static void str_printf(struct tb_str *s, const char *fmt, ...)
 {
     va_list ap;
     int n;
@@ -592,23 +591,40 @@ static void sleep_ms(long long ms)
 static const char *reason(int code)
 {
     switch (code) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Status";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Status";
     }
 }
 
@@ -785,8 +801,7 @@ static int handle(struct tb_conn *c, struct tb_req *r, char *echo_buf)
             n = 0;
         }
         head_start(&h, r, 200, keep);
-        str_printf(&h, "Content-Type: application/octet-stream\r\nContent-Length: %lld\r\n\r\n",
-                   n);
+        str_printf(&h, "Content-Type: application/octet-stream\r\nContent-Length: %lld\r\n\r\n", n);
         ok = write_all(fd, h.p, h.len) == 0 &&
              (r->head || send_pattern(fd, 0, (unsigned long long)n) == 0);
     } else if (path_is(r->target, "/chunked", 0)) {
@@ -863,8 +878,10 @@ static int handle(struct tb_conn *c, struct tb_req *r, char *echo_buf)
         if (code < 100 || code > 199 || code == 101) {
             code = 103;
         }
-        snprintf(small, sizeof(small), "HTTP/1.1 %lld Interim\r\nLink: </s.css>; rel=preload"
-                 "\r\n\r\n", code);
+        snprintf(small, sizeof(small),
+                 "HTTP/1.1 %lld Interim\r\nLink: </s.css>; rel=preload"
+                 "\r\n\r\n",
+                 code);
         ok = write_str(fd, small) == 0;
         sleep_ms(ms);
         snprintf(small, sizeof(small), "{\"interim\":%lld}\n", code);
@@ -872,8 +889,8 @@ static int handle(struct tb_conn *c, struct tb_req *r, char *echo_buf)
     } else if (path_is(r->target, "/expect", 0)) {
         snprintf(small, sizeof(small),
                  "{\"expect\":%s,\"continue_sent\":%s,\"bytes\":%llu,\"crc32\":%lu}\n",
-                 r->expect_continue ? "true" : "false", sent_continue ? "true" : "false",
-                 b.bytes, (unsigned long)b.crc);
+                 r->expect_continue ? "true" : "false", sent_continue ? "true" : "false", b.bytes,
+                 (unsigned long)b.crc);
         ok = send_simple(fd, r, 200, keep, "application/json", small, strlen(small)) == 0;
     } else {
         ok = do_echo(fd, r, keep, &b, sent_continue) == 0;

@@ -555,17 +555,40 @@ static void test_buf_limits(void)
 static void test_fleet(void)
 {
     static const struct adm_fleet_node nodes[] = {
-        {.name = "a", .status = "ok", .error = "", .source_digest = "d1", .version = 7,
-         .generation = 3, .applied_at = 1990, .updated_at = 1995, .pid = 10},
-        {.name = "b", .status = "rejected", .error = "redis x: unknown service \"q\"\n\x01",
-         .source_digest = "d0", .version = 6, .generation = 9, .applied_at = 1900,
-         .updated_at = 1999, .pid = 11},
-        {.name = "c", .status = "\xff\"", .error = "", .source_digest = "", .version = -1,
-         .generation = -1, .applied_at = -1, .updated_at = 2000 - ADM_FLEET_SILENT_S - 1,
+        {.name = "a",
+         .status = "ok",
+         .error = "",
+         .source_digest = "d1",
+         .version = 7,
+         .generation = 3,
+         .applied_at = 1990,
+         .updated_at = 1995,
+         .pid = 10},
+        {.name = "b",
+         .status = "rejected",
+         .error = "redis x: unknown service \"q\"\n\x01",
+         .source_digest = "d0",
+         .version = 6,
+         .generation = 9,
+         .applied_at = 1900,
+         .updated_at = 1999,
+         .pid = 11},
+        {.name = "c",
+         .status = "\xff\"",
+         .error = "",
+         .source_digest = "",
+         .version = -1,
+         .generation = -1,
+         .applied_at = -1,
+         .updated_at = 2000 - ADM_FLEET_SILENT_S - 1,
          .pid = -1},
     };
-    struct adm_fleet f = {.environment = "production", .self = "a", .read_at = 1999,
-                          .version = 7, .nodes = nodes, .n = 3};
+    struct adm_fleet f = {.environment = "production",
+                          .self = "a",
+                          .read_at = 1999,
+                          .version = 7,
+                          .nodes = nodes,
+                          .n = 3};
     const struct adm_jval *arr;
     struct adm_jval *j;
     char flags[64];
@@ -619,5 +642,4 @@ UNIT_SUITE(adm_render, {"json_reader", test_json_reader}, {"buf_limits", test_bu
            {"health", test_health}, {"instances_and_stats", test_instances_and_stats},
            {"routes_workers_certs", test_routes_workers_certs},
            {"backend_control_and_reload", test_backend_control_and_reload},
-           {"hostile_lines", test_hostile_lines}, {"metrics", test_metrics},
-           {"fleet", test_fleet})
+           {"hostile_lines", test_hostile_lines}, {"metrics", test_metrics}, {"fleet", test_fleet})

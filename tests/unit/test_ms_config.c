@@ -1010,8 +1010,8 @@ static void test_numbers_include(void)
 
 static void test_err_hosts(void)
 {
-    static const char *const bad[] = {"api.do:80", "[::1]", "*.", "a.*.b", "*foo", "a..b",
-                                      "", "sp ace", "*.*.x"};
+    static const char *const bad[] = {"api.do:80", "[::1]", "*.",     "a.*.b", "*foo",
+                                      "a..b",      "",      "sp ace", "*.*.x"};
     char text[512];
 
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -1151,12 +1151,12 @@ static void test_relative_paths(void)
     char *errs = NULL;
     char want[PATH_MAX + 64], cwd[PATH_MAX], rel[PATH_MAX + 64];
 
-    fixture_make(&fx, "pid_file = \"./run/d.pid\";\n"
-                      "admin = { socket = \"/run/abs.sock\"; };\n"
-                      "log = { error = \"logs/error.log\"; access = \"../access.log\"; };\n"
-                      LISTENER
-                      "tls = { certificates = ( { cert = \"./certs/example.pem\";\n"
-                      "                           key = \"certs/example.key\"; } ); };\n");
+    fixture_make(&fx,
+                 "pid_file = \"./run/d.pid\";\n"
+                 "admin = { socket = \"/run/abs.sock\"; };\n"
+                 "log = { error = \"logs/error.log\"; access = \"../access.log\"; };\n" LISTENER
+                 "tls = { certificates = ( { cert = \"./certs/example.pem\";\n"
+                 "                           key = \"certs/example.key\"; } ); };\n");
     /* Load through a relative path from another working directory. */
     CU_ASSERT_PTR_NOT_NULL_FATAL(getcwd(cwd, sizeof(cwd)));
     CU_ASSERT_FATAL(chdir("/tmp") == 0);
@@ -1258,7 +1258,8 @@ static void test_many_services(void)
     len = 0;
     len += (size_t)snprintf(text + len, cap - len, LISTENER "services = (\n");
     for (int i = 0; i < NS; i++) {
-        len += (size_t)snprintf(text + len, cap - len, "  { name = \"svc-%d\"; backends = []; },\n", i);
+        len += (size_t)snprintf(text + len, cap - len, "  { name = \"svc-%d\"; backends = []; },\n",
+                                i);
     }
     snprintf(text + len, cap - len, "  { name = \"svc-1234\"; backends = []; }\n);\n");
     expect_error(text, 2 + NS + 1, "duplicate service name 'svc-1234' (already at line 1237)");

@@ -68,8 +68,8 @@ static void test_parse_backends(void)
     size_t n;
     char err[256];
 
-    CU_ASSERT_EQUAL(ms_rns_parse_backends("127.0.0.1:81=3, [::1]:82 ,localhost:83 = 2", &b, &n,
-                                          err, sizeof(err)),
+    CU_ASSERT_EQUAL(ms_rns_parse_backends("127.0.0.1:81=3, [::1]:82 ,localhost:83 = 2", &b, &n, err,
+                                          sizeof(err)),
                     0);
     CU_ASSERT_EQUAL_FATAL(n, 3);
     CU_ASSERT_STRING_EQUAL(b[0].address, "127.0.0.1:81");
@@ -145,11 +145,29 @@ static void test_parse_int(void)
     CU_ASSERT_EQUAL(ms_rns_parse_int("1e3", 0, 10000, &v, err, sizeof(err)), -1);
     CU_ASSERT_EQUAL(ms_rns_parse_int("99999999999999999999", 0, 100, &v, err, sizeof(err)), -1);
     /* Strictly decimal digits, nothing around them, never wrapped into the range. */
-    static const char *const bad[] = {
-        "4294967296", "4294967297", "-4294967295", "2147483648", "-2147483649",
-        "9223372036854775808", "-9223372036854775809", "18446744073709551617", "0x10",
-        "1.0", "1e3", "10 ", " 10", "10\n", "\t10", "10abc", "+-1", "--1", "-", "+", "1,5",
-        "true", "10L"};
+    static const char *const bad[] = {"4294967296",
+                                      "4294967297",
+                                      "-4294967295",
+                                      "2147483648",
+                                      "-2147483649",
+                                      "9223372036854775808",
+                                      "-9223372036854775809",
+                                      "18446744073709551617",
+                                      "0x10",
+                                      "1.0",
+                                      "1e3",
+                                      "10 ",
+                                      " 10",
+                                      "10\n",
+                                      "\t10",
+                                      "10abc",
+                                      "+-1",
+                                      "--1",
+                                      "-",
+                                      "+",
+                                      "1,5",
+                                      "true",
+                                      "10L"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         v = 12345;
         if (ms_rns_parse_int(bad[i], INT_MIN, INT_MAX, &v, err, sizeof(err)) != -1) {
@@ -366,8 +384,7 @@ static void test_certs(void)
     char err[256];
     size_t nfile = cfg->tls.ncerts;
 
-    CU_ASSERT_EQUAL_FATAL(ms_tls_self_signed("shop.example.com", &cert, &key, err, sizeof(err)),
-                          0);
+    CU_ASSERT_EQUAL_FATAL(ms_tls_self_signed("shop.example.com", &cert, &key, err, sizeof(err)), 0);
     CU_ASSERT_EQUAL_FATAL(ms_tls_self_signed("other.example.com", &other_cert, &other_key, err,
                                              sizeof(err)),
                           0);
@@ -387,8 +404,7 @@ static void test_certs(void)
     ms_config_free(cfg);
 
     ns = base_ns();
-    add(ns, MS_RNS_CERT, "bad", "cert", "-----BEGIN CERTIFICATE-----\ngarbage\n", "key", key,
-        NULL);
+    add(ns, MS_RNS_CERT, "bad", "cert", "-----BEGIN CERTIFICATE-----\ngarbage\n", "key", key, NULL);
     expect_refused(ns, "cert:bad", "");
 
     ns = base_ns();
@@ -562,5 +578,4 @@ UNIT_SUITE(ms_redis, {"backends \"addr[=weight],...\"", test_parse_backends},
            {"merge: file wins, order, unmerge", test_merge},
            {"refused as a whole, key named", test_refused},
            {"certificates: PEM checked like files", test_certs},
-           {"canonical form: equal and hash", test_equal_and_hash},
-           {"version key", test_version})
+           {"canonical form: equal and hash", test_equal_and_hash}, {"version key", test_version})

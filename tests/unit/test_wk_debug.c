@@ -21,8 +21,9 @@ static void test_idle(void)
     c.peer.port = 4242;
     n = wk_client_describe(&c, buf, sizeof(buf));
     CU_ASSERT_EQUAL(n, strlen(buf));
-    CU_ASSERT_STRING_EQUAL(buf, "client 127.0.0.9:4242 fd=7 plain state=IDLE flags=WRITABLE|STARTED "
-                                "in=0/0 out=0/0");
+    CU_ASSERT_STRING_EQUAL(buf,
+                           "client 127.0.0.9:4242 fd=7 plain state=IDLE flags=WRITABLE|STARTED "
+                           "in=0/0 out=0/0");
 }
 
 static void test_proxy(void)
