@@ -34,6 +34,13 @@ def page():
             "});</script></body></html>" % (js, imgs)).encode()
 
 
+class AssetServer(http.server.ThreadingHTTPServer):
+    # A browser's burst of streams becomes a burst of backend connections: socketserver's
+    # default backlog of 5 drops SYNs under it, which ends as connect timeouts.
+    request_queue_size = 256
+    daemon_threads = True
+
+
 class Assets(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"   # keep-alive toward the dispatcher
 
@@ -66,7 +73,7 @@ class Assets(http.server.BaseHTTPRequestHandler):
 @unittest.skipUnless(CHROMIUM, "chromium not installed")
 class Http2BrowserTest(dsptest.TestCase):
     def test_chromium_loads_page_over_h2(self):
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Assets)
+        srv = AssetServer(("127.0.0.1", 0), Assets)
         srv.daemon_threads = True
         t = threading.Thread(target=srv.serve_forever, daemon=True)
         t.start()
