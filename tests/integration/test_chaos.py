@@ -325,10 +325,15 @@ class ChaosTest(dsptest.TestCase):
         workers = sorted(d.worker_pids())
 
         # Warm up (buffers, pools, first snapshots), then take the baseline with no client.
+        # (New connections too: kept-alive ones may all land on one worker, and a worker that
+        # served nothing has not opened its access log yet, which would show as a new fd.)
         warm = Load(d.port, 4, echo_req("r.do")).start()
+        warm_fresh = Load(d.port, 1, echo_req("r.do"), per_request_conn=True).start()
         time.sleep(0.5)
         warm.stop()
+        warm_fresh.stop()
         self.assertEqual(warm.failures(), [])
+        self.assertEqual(warm_fresh.failures(), [])
         time.sleep(0.3)
         base_fds = {p: fd_kinds(p) for p in [d.proc.pid] + workers}
         base_shm = shm_objects(d.proc.pid)
