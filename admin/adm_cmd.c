@@ -26,6 +26,7 @@ static const char *const help_lines[] = {
     "disable backend SERVICE ADDRESS",
     "enable backend SERVICE ADDRESS",
     "reset circuit SERVICE ADDRESS",
+    "trip circuit SERVICE ADDRESS",
 };
 
 typedef void (*render_fn)(struct adm_buf *b, const struct adm_view *v);
@@ -127,11 +128,12 @@ static void do_reload(struct adm_buf *out, const struct adm_ops *ops)
     free(changes);
 }
 
-/* disable/enable backend, reset circuit: <verb> on backend <addr> of service <svc>. */
-static void do_backend(struct adm_buf *out, int verb, const char *svc, const char *addr,
-                       const struct adm_ops *ops)
+/* disable/enable backend, reset/trip circuit: <verb> (ADM_VERB_*) on backend <addr> of service
+ * <svc>. */
+void adm_cmd_backend(struct adm_buf *out, int verb, const char *svc, const char *addr,
+                     const struct adm_ops *ops)
 {
-    static const char *const done[] = {"disabled", "enabled", "circuit reset"};
+    static const char *const done[] = {"disabled", "enabled", "circuit reset", "circuit tripped"};
     struct adm_view v;
     uint32_t slot = 0;
     const char *what = "service";
@@ -152,11 +154,14 @@ static void do_backend(struct adm_buf *out, int verb, const char *svc, const cha
         return;
     }
     switch (verb) {
-    case 0:
+    case ADM_VERB_DISABLE:
         shm_state_disable(ops->rt, slot);
         break;
-    case 1:
+    case ADM_VERB_ENABLE:
         shm_state_enable(ops->rt, slot);
+        break;
+    case ADM_VERB_TRIP:
+        shm_state_trip_circuit(ops->rt, slot);
         break;
     default:
         shm_state_reset_circuit(ops->rt, slot);
@@ -269,21 +274,25 @@ void adm_cmd_exec(struct adm_buf *out, const char *line, size_t len, const struc
     }
     if ((strcasecmp(words[0], "disable") == 0 || strcasecmp(words[0], "enable") == 0) && n >= 2 &&
         strcasecmp(words[1], "backend") == 0) {
-        int verb = strcasecmp(words[0], "disable") == 0 ? 0 : 1;
+        int verb = strcasecmp(words[0], "disable") == 0 ? ADM_VERB_DISABLE : ADM_VERB_ENABLE;
         if (n != 4) {
-            adm_render_error(out, verb == 0 ? "usage: disable backend SERVICE ADDRESS"
-                                            : "usage: enable backend SERVICE ADDRESS");
+            adm_render_error(out, verb == ADM_VERB_DISABLE
+                                      ? "usage: disable backend SERVICE ADDRESS"
+                                      : "usage: enable backend SERVICE ADDRESS");
             return;
         }
-        do_backend(out, verb, words[2], words[3], ops);
+        adm_cmd_backend(out, verb, words[2], words[3], ops);
         return;
     }
-    if (strcasecmp(words[0], "reset") == 0 && n >= 2 && strcasecmp(words[1], "circuit") == 0) {
+    if ((strcasecmp(words[0], "reset") == 0 || strcasecmp(words[0], "trip") == 0) && n >= 2 &&
+        strcasecmp(words[1], "circuit") == 0) {
+        int verb = strcasecmp(words[0], "reset") == 0 ? ADM_VERB_RESET : ADM_VERB_TRIP;
         if (n != 4) {
-            adm_render_error(out, "usage: reset circuit SERVICE ADDRESS");
+            adm_render_error(out, verb == ADM_VERB_RESET ? "usage: reset circuit SERVICE ADDRESS"
+                                                         : "usage: trip circuit SERVICE ADDRESS");
             return;
         }
-        do_backend(out, 2, words[2], words[3], ops);
+        adm_cmd_backend(out, verb, words[2], words[3], ops);
         return;
     }
     snprintf(msg, sizeof(msg), "unknown command \"%s\"; try \"help\"", words[0]);

@@ -24,7 +24,7 @@ struct adm_ops {
      * text ("FILE:LINE: message" lines) in <*errs>. Either way <*warns> may receive the heap
      * text of what the reload warned about, one warning per line. */
     int (*reload)(uint64_t *gen, char **errs, char **warns, char **changes, void *arg);
-    /* The runtime segment, writable (disable/enable/reset circuit). */
+    /* The runtime segment, writable (disable/enable, reset/trip circuit). */
     struct shm_rt *rt;
     void *arg;
 };
@@ -33,6 +33,18 @@ struct adm_ops {
  * one JSON object, without a newline, to <out>. Any bytes are accepted: garbage gets an
  * {"ok":false,"error":...} answer. Master only (or tests). */
 void adm_cmd_exec(struct adm_buf *out, const char *line, size_t len, const struct adm_ops *ops);
+
+/* Backend actions: the verbs of adm_cmd_backend(). */
+#define ADM_VERB_DISABLE 0
+#define ADM_VERB_ENABLE  1
+#define ADM_VERB_RESET   2 /* reset circuit */
+#define ADM_VERB_TRIP    3 /* trip circuit */
+
+/* Run backend action <verb> on backend <addr> of service <svc> (the admin socket's "disable
+ * backend", "enable backend", "reset circuit", "trip circuit", and the admin HTTP POSTs), and
+ * append its one JSON answer to <out>. */
+void adm_cmd_backend(struct adm_buf *out, int verb, const char *svc, const char *addr,
+                     const struct adm_ops *ops);
 
 /* The JSON answer for a GET of the admin HTTP API path <path> ("health", "instances", ...:
  * the part after /api/v1/dispatcher/). Returns 0, or -1 when there is no such resource. */

@@ -57,6 +57,12 @@ static const char *circuit_name(uint32_t c)
     }
 }
 
+/* The circuit as shown: a circuit tripped by hand is open whatever the breaker's own state. */
+static uint32_t circuit_of(const struct shm_rt_backend *r)
+{
+    return LD(&r->circuit_forced) ? SHM_CIRCUIT_OPEN : LD(&r->circuit);
+}
+
 static const char *source_name(uint32_t src)
 {
     if ((src & SHM_SOURCE_FILE) && (src & SHM_SOURCE_REDIS)) {
@@ -174,7 +180,7 @@ static int backend_available(const struct adm_view *v, const struct shm_backend 
 {
     const struct shm_rt_backend *r = &v->rt->backends[be->rt_slot];
 
-    return LD(&r->state) == SHM_BE_UP && LD(&r->circuit) != SHM_CIRCUIT_OPEN;
+    return LD(&r->state) == SHM_BE_UP && circuit_of(r) != SHM_CIRCUIT_OPEN;
 }
 
 int adm_healthy(const struct adm_view *v, char *why, size_t whylen)
@@ -298,14 +304,15 @@ static void add_backend(struct adm_buf *b, const struct adm_view *v, const struc
     adm_buf_adds(b, "{\"address\":");
     adm_buf_jstr(b, shm_s(v->snap, be->address), be->address.len);
     adm_buf_addf(b,
-                 ",\"weight\":%u,\"state\":\"%s\",\"circuit\":\"%s\",\"active_connections\":%lld,"
+                 ",\"weight\":%u,\"state\":\"%s\",\"circuit\":\"%s\",\"circuit_manual\":%s,"
+                 "\"active_connections\":%lld,"
                  "\"requests\":%llu,\"errors\":%llu,\"consecutive_failures\":%u,"
                  "\"passive_failures\":%u,\"ejected\":%s,\"tls_verify_failures\":%llu,"
                  "\"rps\":%.2f,\"latency_ms\":",
-                 be->weight, state_name(LD(&r->state)), circuit_name(LD(&r->circuit)),
-                 (long long)(active < 0 ? 0 : active), (unsigned long long)LD(&r->requests),
-                 (unsigned long long)LD(&r->errors), LD(&r->consecutive_failures),
-                 LD(&r->passive_failures),
+                 be->weight, state_name(LD(&r->state)), circuit_name(circuit_of(r)),
+                 LD(&r->circuit_forced) ? "true" : "false", (long long)(active < 0 ? 0 : active),
+                 (unsigned long long)LD(&r->requests), (unsigned long long)LD(&r->errors),
+                 LD(&r->consecutive_failures), LD(&r->passive_failures),
                  LD(&r->state) == SHM_BE_DOWN && LD(&r->ejected) ? "true" : "false",
                  (unsigned long long)LD(&r->tls_verify_failures), rate(v, &st));
     add_latency(b, &st);
@@ -716,7 +723,7 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
             const struct shm_backend *be = &bes[svcs[i].backends_first + j];
             adm_buf_adds(b, "dispatcher_backend_circuit_state{");
             prom_be(b, s, &svcs[i], be);
-            adm_buf_addf(b, "} %u\n", LD(&v->rt->backends[be->rt_slot].circuit));
+            adm_buf_addf(b, "} %u\n", circuit_of(&v->rt->backends[be->rt_slot]));
         }
     }
     prom_head(b, "dispatcher_backend_active_connections", "gauge",

@@ -176,6 +176,9 @@ struct http_req {
     const char *url;
     size_t url_len;
     int done;
+    int origin;  /* an Origin header came: a browser, maybe on some other site's behalf */
+    int in_name; /* the header-name callback's bytes so far match "origin" */
+    size_t name_len;
 };
 
 static int on_url(http_parser *p, const char *at, size_t len)
@@ -186,6 +189,36 @@ static int on_url(http_parser *p, const char *at, size_t len)
         r->url = at;
     }
     r->url_len += len;
+    return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    static const char origin[] = "origin";
+    struct http_req *r = p->data;
+
+    if (r->name_len == 0) {
+        r->in_name = 1;
+    }
+    for (size_t i = 0; i < len; i++, r->name_len++) {
+        if (r->name_len >= sizeof(origin) - 1 || (at[i] | 0x20) != origin[r->name_len]) {
+            r->in_name = 0;
+        }
+    }
+    return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    struct http_req *r = p->data;
+
+    (void)at;
+    (void)len;
+    if (r->name_len > 0) {
+        r->origin |= r->in_name && r->name_len == 6;
+        r->name_len = 0;
+        r->in_name = 0;
+    }
     return 0;
 }
 
@@ -200,6 +233,8 @@ static int on_headers_complete(http_parser *p)
 
 static const http_parser_settings http_settings = {
     .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
     .on_headers_complete = on_headers_complete,
 };
 
@@ -227,6 +262,96 @@ static void http_error(struct adm_conn *c, unsigned status, const char *reason, 
     adm_buf_dispose(&body);
 }
 
+/* Query parameter <key> of <q>[0, qlen) ("a=1&b=2", no '?'), percent- and '+'-decoded into
+ * <out>. Returns 0, or -1 when absent, too long, or not printable ASCII once decoded. */
+static int query_param(const char *q, size_t qlen, const char *key, char *out, size_t outlen)
+{
+    size_t kl = strlen(key), i = 0;
+
+    while (i < qlen) {
+        size_t end = i;
+        while (end < qlen && q[end] != '&') {
+            end++;
+        }
+        if (end - i > kl && memcmp(q + i, key, kl) == 0 && q[i + kl] == '=') {
+            size_t o = 0;
+            for (size_t k = i + kl + 1; k < end; k++) {
+                int ch = (unsigned char)q[k];
+                if (ch == '%') {
+                    static const char hex[] = "0123456789abcdef";
+                    const char *h1, *h2;
+                    if (k + 2 >= end || q[k + 1] == '\0' || q[k + 2] == '\0') {
+                        return -1;
+                    }
+                    h1 = strchr(hex, q[k + 1] | 0x20);
+                    h2 = strchr(hex, q[k + 2] | 0x20);
+                    if (h1 == NULL || h2 == NULL) {
+                        return -1;
+                    }
+                    ch = (int)((h1 - hex) << 4 | (h2 - hex));
+                    k += 2;
+                } else if (ch == '+') {
+                    ch = ' ';
+                }
+                if (ch <= 0x20 || ch >= 0x7f || o + 1 >= outlen) {
+                    return -1;
+                }
+                out[o++] = (char)ch;
+            }
+            out[o] = '\0';
+            return o > 0 ? 0 : -1;
+        }
+        i = end + 1;
+    }
+    return -1;
+}
+
+/* POST /api/v1/dispatcher/{backend/disable,backend/enable,circuit/reset,circuit/trip}
+ * ?service=S&address=A: the admin socket's backend actions. A request with an Origin header is
+ * refused: a browser page elsewhere must not be able to drive them (a plain form POST carries
+ * one; curl and scripts do not). */
+static void http_post(struct adm_conn *c, const struct http_req *r, const char *path, const char *q,
+                      size_t qlen)
+{
+    static const struct {
+        const char *path;
+        int verb;
+    } acts[] = {
+        {"/api/v1/dispatcher/backend/disable", ADM_VERB_DISABLE},
+        {"/api/v1/dispatcher/backend/enable", ADM_VERB_ENABLE},
+        {"/api/v1/dispatcher/circuit/reset", ADM_VERB_RESET},
+        {"/api/v1/dispatcher/circuit/trip", ADM_VERB_TRIP},
+    };
+    char svc[256], addr[512];
+    struct adm_buf body = {0};
+    int ok;
+
+    for (size_t i = 0; i < sizeof(acts) / sizeof(acts[0]); i++) {
+        if (strcmp(path, acts[i].path) != 0) {
+            continue;
+        }
+        if (r->origin) {
+            http_error(c, 403, "Forbidden", "cross-origin requests are refused", NULL);
+            return;
+        }
+        if (query_param(q, qlen, "service", svc, sizeof(svc)) != 0 ||
+            query_param(q, qlen, "address", addr, sizeof(addr)) != 0) {
+            http_error(c, 400, "Bad Request",
+                       "usage: POST ...?service=SERVICE&address=ADDRESS (percent-encoded)", NULL);
+            return;
+        }
+        adm_cmd_backend(&body, acts[i].verb, svc, addr, &adm.host.cmd);
+        ok = body.len > 10 && strncmp(body.p, "{\"ok\":true", 10) == 0;
+        adm_buf_add(&body, "\n", 1);
+        http_respond(c, ok ? 200 : 404, ok ? "OK" : "Not Found", "application/json", &body, 0,
+                     NULL);
+        adm_buf_dispose(&body);
+        return;
+    }
+    http_error(c, 405, "Method Not Allowed", "only GET and HEAD are served here",
+               "Allow: GET, HEAD\r\n");
+}
+
 static void http_handle(struct adm_conn *c, size_t headlen)
 {
     static const char api[] = "/api/v1/dispatcher/";
@@ -245,9 +370,9 @@ static void http_handle(struct adm_conn *c, size_t headlen)
         http_error(c, 400, "Bad Request", "malformed request", NULL);
         return;
     }
-    if (p.method != HTTP_GET && p.method != HTTP_HEAD) {
-        http_error(c, 405, "Method Not Allowed", "only GET and HEAD are served",
-                   "Allow: GET, HEAD\r\n");
+    if (p.method != HTTP_GET && p.method != HTTP_HEAD && p.method != HTTP_POST) {
+        http_error(c, 405, "Method Not Allowed", "only GET, HEAD and POST are served",
+                   "Allow: GET, HEAD, POST\r\n");
         return;
     }
     head_only = p.method == HTTP_HEAD;
@@ -259,6 +384,10 @@ static void http_handle(struct adm_conn *c, size_t headlen)
     }
     memcpy(path, r.url, plen);
     path[plen] = '\0';
+    if (p.method == HTTP_POST) {
+        http_post(c, &r, path, q ? q + 1 : "", q ? r.url_len - plen - 1 : 0);
+        return;
+    }
     if (strcmp(path, "/health") == 0) {
         /* For load balancers and probes: 200 while serving, 503 degraded or draining. */
         struct adm_view v;

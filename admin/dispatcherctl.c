@@ -40,7 +40,7 @@ static void usage(FILE *out)
             "  -V          print the version and exit\n"
             "commands: help, show health|instances|routes|workers|stats|certs|fleet,\n"
             "          reload, disable backend SERVICE ADDRESS, enable backend SERVICE ADDRESS,\n"
-            "          reset circuit SERVICE ADDRESS\n");
+            "          reset circuit SERVICE ADDRESS, trip circuit SERVICE ADDRESS\n");
 }
 
 /* admin.socket of config file <conf>, resolved against the file's folder, into <out>.
@@ -461,7 +461,14 @@ static void print_instances(const struct adm_jval *j)
             row = t_row(&t);
             t_set(row, 0, adm_json_str(b, "address"));
             t_set(row, 1, adm_json_str(b, "state"));
-            t_set(row, 2, adm_json_str(b, "circuit"));
+            {
+                const struct adm_jval *m = adm_json_get(b, "circuit_manual");
+                char cs[64];
+                /* A circuit tripped by hand says so: only `reset circuit` closes it. */
+                snprintf(cs, sizeof(cs), "%s%s", adm_json_str(b, "circuit"),
+                         m != NULL && m->type == ADM_J_BOOL && m->boolean ? " (manual)" : "");
+                t_set(row, 2, cs);
+            }
             t_set(row, 3, num(b, "active_connections"));
             t_set(row, 4, num(b, "requests"));
             t_set(row, 5, num(b, "errors"));

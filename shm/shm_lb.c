@@ -287,6 +287,11 @@ static int shut(struct shm_rt_backend *rb, const struct shm_lb_policy *p, uint64
         *why = SHM_LB_WHY_DISABLED;
         return 1;
     }
+    if (LD(&rb->circuit_forced)) {
+        /* Tripped by hand: open whatever the breaker says, and it never half-opens. */
+        *why = SHM_LB_WHY_OPEN;
+        return 1;
+    }
     if (st == SHM_BE_DOWN && !retry_due(rb, p, now)) {
         *why = SHM_LB_WHY_DOWN;
         return 1;
@@ -475,7 +480,7 @@ unsigned shm_lb_eject(struct shm_rt_backend *slots, struct shm_rt_service *rs,
         uint32_t st = LD(&o->state);
         if (st == SHM_BE_DOWN && LD(&o->ejected)) {
             ejected++;
-        } else if (j != pos && st == SHM_BE_UP &&
+        } else if (j != pos && st == SHM_BE_UP && !LD(&o->circuit_forced) &&
                    !(p->cb_enabled && LD(&o->circuit) == SHM_CIRCUIT_OPEN)) {
             others_up++;
         }

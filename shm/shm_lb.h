@@ -63,6 +63,8 @@ int shm_lb_maglev_build(const uint64_t *keys, const uint32_t *w, uint32_t n, uin
  *   circuit:  CLOSED --`failures` consecutive failed requests--> OPEN
  *             OPEN --open_ms elapsed, one request wins the probe lease--> HALFOPEN
  *             HALFOPEN --the probe succeeds--> CLOSED        HALFOPEN --it fails--> OPEN (again)
+ *             any --`trip circuit`--> forced open (circuit_forced: no request and no probe,
+ *             with or without a circuit_breaker block) --`reset circuit`--> CLOSED
  *
  * Passive ejection: `passive_failures` consecutive connect failures or resets on fresh
  * connections (a refused connect counts as all of them at once; any HTTP answer starts the count

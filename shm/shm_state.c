@@ -55,6 +55,14 @@ void shm_state_reset_circuit(struct shm_rt *rt, uint32_t rt_slot)
 
     __atomic_store_n(&rb->consecutive_failures, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&rb->circuit, SHM_CIRCUIT_CLOSED, __ATOMIC_RELEASE);
+    __atomic_store_n(&rb->circuit_forced, 0, __ATOMIC_RELEASE);
     /* A probe still in flight reports to a closed circuit, which it leaves closed on success. */
     __atomic_store_n(&rb->probe_until_ms, 0, __ATOMIC_RELEASE);
+}
+
+void shm_state_trip_circuit(struct shm_rt *rt, uint32_t rt_slot)
+{
+    /* A flag beside the breaker's state: the breaker's own transitions (a probe that ends, a
+     * failure count that opens it) can never close or half-open a circuit tripped by hand. */
+    __atomic_store_n(&rt->backends[rt_slot].circuit_forced, 1, __ATOMIC_RELEASE);
 }

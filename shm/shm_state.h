@@ -1,6 +1,6 @@
-/* dispatcher: operator control of backend runtime state (disable/enable, circuit reset), shared
- * by the admin socket and the health checker. Writes go to the runtime segment with atomics; any
- * role holding a snapshot and the runtime segment may call these. */
+/* dispatcher: operator control of backend runtime state (disable/enable, circuit reset/trip),
+ * shared by the admin socket and the health checker. Writes go to the runtime segment with atomics;
+ * any role holding a snapshot and the runtime segment may call these. */
 #ifndef DSP_SHM_STATE_H
 #define DSP_SHM_STATE_H
 
@@ -19,7 +19,12 @@ void shm_state_disable(struct shm_rt *rt, uint32_t rt_slot);
 /* Put a disabled backend back: state "up", with its health-check counters cleared (checks may
  * mark it down again). A backend that is not disabled is left as it is. */
 void shm_state_enable(struct shm_rt *rt, uint32_t rt_slot);
-/* Close a backend's circuit, clear its consecutive failures and any probe lease. */
+/* Close a backend's circuit (also one tripped by hand), clear its consecutive failures and any
+ * probe lease. */
 void shm_state_reset_circuit(struct shm_rt *rt, uint32_t rt_slot);
+/* Open a backend's circuit by hand: no request and no probe reach it until reset_circuit, with or
+ * without a circuit breaker configured, whatever open_ms says. Kept across reloads while the
+ * backend exists (its runtime slot does) and across worker restarts. */
+void shm_state_trip_circuit(struct shm_rt *rt, uint32_t rt_slot);
 
 #endif

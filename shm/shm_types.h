@@ -247,17 +247,18 @@ struct shm_rt_backend {
                        fields after it do not move */
     /* Balancing, health and circuit breaker (rules in shm/shm_lb.h). Times are CLOCK_MONOTONIC
      * ms, one clock for every process of the host. */
-    uint64_t down_since_ms;     /* when it was last marked down; 0 = never (health.start down) */
-    uint64_t probe_until_ms;    /* trial-request lease: while > now, the one probe request of a
-                                   half-open circuit or of a passive-down retry is in flight */
-    uint64_t health_checked_ms; /* end of the last active check (master writes) */
-    uint32_t health_successes;  /* consecutive passed active checks (master; a passive down
-                                   zeroes it so that `rise` fresh successes are needed) */
-    uint32_t health_failures;   /* consecutive failed active checks (master writes) */
-    uint32_t health_status;     /* last check: HTTP status, 0 = no response */
-    uint32_t ejected;           /* 1 when passive health took it out; counts only while DOWN */
-    uint32_t passive_failures;  /* consecutive connect failures and resets (passive health) */
-    uint32_t pad2;
+    uint64_t down_since_ms;       /* when it was last marked down; 0 = never (health.start down) */
+    uint64_t probe_until_ms;      /* trial-request lease: while > now, the one probe request of a
+                                     half-open circuit or of a passive-down retry is in flight */
+    uint64_t health_checked_ms;   /* end of the last active check (master writes) */
+    uint32_t health_successes;    /* consecutive passed active checks (master; a passive down
+                                     zeroes it so that `rise` fresh successes are needed) */
+    uint32_t health_failures;     /* consecutive failed active checks (master writes) */
+    uint32_t health_status;       /* last check: HTTP status, 0 = no response */
+    uint32_t ejected;             /* 1 when passive health took it out; counts only while DOWN */
+    uint32_t passive_failures;    /* consecutive connect failures and resets (passive health) */
+    uint32_t circuit_forced;      /* 1: circuit opened by hand (`trip circuit`): no request, no
+                                     probe, until `reset circuit` clears it */
     uint64_t tls_verify_failures; /* TLS handshakes that failed verifying its certificate */
     uint32_t stats_used;          /* set by the first shm_stats_record() into this slot */
     uint32_t pad_stats;

@@ -372,7 +372,7 @@ static void test_routes_workers_certs(void)
     adm_json_free(j);
 
     j = run("help", 1);
-    CU_ASSERT_EQUAL(adm_json_get(j, "commands")->n, 12);
+    CU_ASSERT_EQUAL(adm_json_get(j, "commands")->n, 13);
     adm_json_free(j);
 }
 

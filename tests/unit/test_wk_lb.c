@@ -424,6 +424,47 @@ static void test_circuit_probe_lease(void)
     }
 }
 
+/* A circuit tripped by hand: no request, no probe, past open_ms, with or without a breaker, and
+ * whatever a probe already in flight reports; reset closes it. */
+static void test_circuit_tripped(void)
+{
+    struct shm_lb_policy p = cb_policy(), nocb;
+    struct shm_rt *rt = shm_rt_create();
+    struct shm_rt_backend *rb;
+    uint64_t now = 5000;
+    int why = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rt);
+    memset(&nocb, 0, sizeof(nocb));
+    nocb.retry_ms = 10000;
+    nocb.lease_ms = 3000;
+    nocb.passive_failures = 3;
+    rb = &rt->backends[3];
+    /* Open by failures, probe won, then tripped while the probe is in flight. */
+    for (int i = 0; i < 3; i++) {
+        shm_lb_outcome(rb, &p, SHM_LB_FAIL_CONN, 0, now);
+    }
+    CU_ASSERT_EQUAL(shm_lb_admit(rb, &p, now + 1000, 1, &why), SHM_LB_PROBE);
+    shm_state_trip_circuit(rt, 3);
+    CU_ASSERT_EQUAL(shm_lb_outcome(rb, &p, SHM_LB_OK, 1, now + 1001) & SHM_LB_T_CLOSE,
+                    SHM_LB_T_CLOSE); /* the breaker closes its own state... */
+    for (uint64_t t = now; t < now + 100000000; t += 999983) {
+        why = 0;
+        CU_ASSERT_EQUAL(shm_lb_admit(rb, &p, t, 1, &why), SHM_LB_NO); /* ...the trip holds */
+        CU_ASSERT_EQUAL(why, SHM_LB_WHY_OPEN);
+        CU_ASSERT_EQUAL(shm_lb_admit(rb, &nocb, t, 1, &why), SHM_LB_NO);
+        CU_ASSERT_EQUAL(shm_lb_admit(rb, &p, t, 0, &why), SHM_LB_NO);
+    }
+    shm_lb_outcome(rb, &nocb, SHM_LB_OK, 0, now + 2000); /* clears a leftover breaker state */
+    CU_ASSERT_EQUAL(shm_lb_admit(rb, &nocb, now + 2001, 1, &why), SHM_LB_NO);
+    shm_state_reset_circuit(rt, 3);
+    CU_ASSERT_EQUAL(rb->circuit_forced, 0);
+    CU_ASSERT_EQUAL(rb->circuit, SHM_CIRCUIT_CLOSED);
+    CU_ASSERT_EQUAL(shm_lb_admit(rb, &p, now + 2002, 1, &why), SHM_LB_YES);
+    CU_ASSERT_EQUAL(shm_lb_admit(rb, &nocb, now + 2002, 1, &why), SHM_LB_YES);
+    munmap(rt, sizeof(*rt));
+}
+
 /* A service of <n> backends whose runtime slots are slots[0, n), all up. */
 struct fake_svc {
     struct shm_rt_backend slots[8];
@@ -1048,7 +1089,8 @@ UNIT_SUITE(wk_lb, {"swrr_sequence", test_swrr_sequence},
            {"swrr_matches_nginx", test_swrr_matches_nginx}, {"swrr_smooth", test_swrr_smooth},
            {"swrr_scaled", test_swrr_scaled}, {"maglev_even", test_maglev_even},
            {"maglev_movement", test_maglev_movement}, {"circuit_breaker", test_circuit_breaker},
-           {"circuit_probe_lease", test_circuit_probe_lease}, {"passive_count", test_passive_count},
+           {"circuit_probe_lease", test_circuit_probe_lease},
+           {"circuit_tripped", test_circuit_tripped}, {"passive_count", test_passive_count},
            {"passive_health", test_passive_health}, {"may_eject", test_may_eject},
            {"ejection_cap", test_ejection_cap}, {"ejection_lease", test_ejection_lease},
            {"active_health", test_active_health}, {"manual_control", test_manual_control},
