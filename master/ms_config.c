@@ -28,6 +28,7 @@
 #include "common/tls.h"
 #include "master/ms_tls.h"
 #include "shm/shm_lb.h"
+#include "shm/shm_rl.h"
 
 #define MAX_CN_LEN 64 /* X.509 upper bound for a commonName */
 #define QUAL_LEN   192
@@ -36,12 +37,19 @@
 static const char *const admin_keys[] = {"socket", "mode", "http", "http_allow", NULL};
 static const char *const log_keys[] = {
     "error", "level", "access", "access_format", "syslog_facility", "syslog_socket", NULL};
-static const char *const limits_keys[] = {"max_connections",        "max_header_bytes",
-                                          "max_body_bytes",         "header_timeout_ms",
-                                          "idle_timeout_ms",        "shutdown_timeout_ms",
-                                          "tunnel_idle_timeout_ms", "min_body_rate",
-                                          "send_timeout_ms",        "h2_max_streams",
-                                          "h2_stream_window",       NULL};
+static const char *const limits_keys[] = {"max_connections",
+                                          "max_header_bytes",
+                                          "max_body_bytes",
+                                          "header_timeout_ms",
+                                          "idle_timeout_ms",
+                                          "shutdown_timeout_ms",
+                                          "tunnel_idle_timeout_ms",
+                                          "min_body_rate",
+                                          "send_timeout_ms",
+                                          "h2_max_streams",
+                                          "h2_stream_window",
+                                          "rate_limit_keys",
+                                          NULL};
 static const char *const listener_keys[] = {"address",        "tls",
                                             "proxy_protocol", "client_ca",
                                             "client_verify",  "health_uri",
@@ -677,6 +685,7 @@ static void set_defaults(struct ms_config *cfg)
     cfg->limits.min_body_rate = 256;
     cfg->limits.h2_max_streams = 128;
     cfg->limits.h2_stream_window = 262144;
+    cfg->limits.rate_limit_keys = 65536;
     cfg->limits.send_timeout_ms = 60000;
     cfg->tls.self_signed_cn = dsp_xstrdup("localhost");
     cfg->tls.min_version = 0x0303;
@@ -944,6 +953,8 @@ static void parse_limits(struct ctx *c, config_setting_t *root, struct ms_config
     get_long(c, g, "limits", "h2_max_streams", 1, 10000, &cfg->limits.h2_max_streams);
     /* At least HTTP/2's default window, at most what a stream may buffer without harm. */
     get_long(c, g, "limits", "h2_stream_window", 65535, 16777216, &cfg->limits.h2_stream_window);
+    get_long(c, g, "limits", "rate_limit_keys", SHM_RL_MIN_KEYS, SHM_RL_MAX_KEYS,
+             &cfg->limits.rate_limit_keys);
 }
 
 /* Read an environment override; empty counts as unset (env files often carry `HTTP_PORT=`). */

@@ -187,6 +187,7 @@ struct ms_config {
         long send_timeout_ms;        /* default 60000 */
         long h2_max_streams;         /* default 128: concurrent streams per HTTP/2 connection */
         long h2_stream_window;       /* default 262144: bytes buffered per stream and direction */
+        long rate_limit_keys;        /* default 65536: rate_limit buckets (sized at start) */
     } limits;
 
     struct ms_listener *listeners;

@@ -2033,6 +2033,50 @@ static void on_tick(uint64_t now, void *arg)
 
 /* ---- API ------------------------------------------------------------------------------------- */
 
+struct ext_cmd {
+    ms_redis_reply_fn *fn;
+    void *priv;
+};
+
+static void on_ext_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct ext_cmd *e = priv;
+
+    if (reply != NULL) {
+        answered(&rd.cmd);
+        if (((redisReply *)reply)->type == REDIS_REPLY_ERROR &&
+            rds_reply_is_error(reply, "READONLY")) {
+            snprintf(rd.cmd.error, sizeof(rd.cmd.error), "a write was refused: READONLY");
+        }
+    }
+    e->fn(ac, reply, e->priv);
+    free(e);
+}
+
+int ms_redis_up(void)
+{
+    return rd.state == LINK_UP && rd.cmd.ac != NULL && rd.cmd.error[0] == '\0';
+}
+
+int ms_redis_command(ms_redis_reply_fn *fn, void *priv, int argc, const char **argv,
+                     const size_t *argvlen)
+{
+    struct ext_cmd *e;
+
+    if (!ms_redis_up()) {
+        return -1;
+    }
+    e = dsp_xmalloc(sizeof(*e));
+    e->fn = fn;
+    e->priv = priv;
+    if (redisAsyncCommandArgv(rd.cmd.ac, on_ext_reply, e, argc, argv, argvlen) != REDIS_OK) {
+        free(e);
+        return -1;
+    }
+    sent(&rd.cmd);
+    return 0;
+}
+
 int ms_redis_start(void)
 {
     const struct ms_config *cfg = ms.cfg;

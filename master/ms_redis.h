@@ -7,6 +7,7 @@
 #ifndef DSP_MS_REDIS_H
 #define DSP_MS_REDIS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct adm_fleet;
@@ -26,6 +27,16 @@ int ms_redis_start(void);
  * Returns 0, or -1 when the Redis data does not validate against the new file: <*errs> (heap)
  * then holds one "redis KEY: message" line per problem and the reload must be refused. */
 int ms_redis_merge_into(struct ms_config *ncfg, char **errs);
+
+/* For other master modules (the rate limiter's fleet reconciliation, master/ms_rl.c): is the
+ * command connection up, and send one command on it. <fn> gets the reply (NULL when the link
+ * dropped before it came; it is called exactly once). Returns 0 when sent, -1 when the link is
+ * not up or the command could not be queued (<fn> is then never called). */
+struct redisAsyncContext;
+typedef void ms_redis_reply_fn(struct redisAsyncContext *ac, void *reply, void *priv);
+int ms_redis_up(void);
+int ms_redis_command(ms_redis_reply_fn *fn, void *priv, int argc, const char **argv,
+                     const size_t *argvlen);
 
 /* Close the connections and free what the module holds (master exit). */
 void ms_redis_stop(void);

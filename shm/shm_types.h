@@ -7,6 +7,8 @@
 
 #include <stdint.h>
 
+#include "shm/shm_rl.h"
+
 #define SHM_NONE UINT32_MAX
 
 /* ------------------------------------------------------------------------------------------
@@ -310,6 +312,8 @@ struct shm_rt {
     /* Added at the end (the segment is created by the master at start, so it can grow). */
     struct shm_stats_cell svc_stats[SHM_STATS_SHARDS][SHM_STATS_MAX_SERVICES];
     struct shm_stats_cell be_stats[SHM_STATS_SHARDS][SHM_STATS_MAX_BACKENDS];
+    /* The rate limiter's buckets (shm/shm_rl.h): after the rest, touched only where used. */
+    struct shm_rl rl;
 };
 
 /* ------------------------------------------------------------------------------------------
