@@ -509,8 +509,8 @@ static int ends_and_closes(const struct wk_client *c)
     if (!((c->flags & (WK_C_F_CLOSE | WK_C_F_HUP)) || wk.stopping)) {
         return 0;
     }
-    return c->state == WK_CS_REPLY || (c->state == WK_CS_PROXY && (c->x.tflags & WK_T_RESP_DONE) &&
-                                       !(c->x.tflags & WK_T_TUNNEL));
+    return c->state == WK_CS_REPLY ||
+           (c->state == WK_CS_PROXY && wk_xchg_body_final(&c->x) && !(c->x.tflags & WK_T_TUNNEL));
 }
 
 /* The client's socket is full with more to send: from now on it has limits.send_timeout_ms to
@@ -536,10 +536,10 @@ static int client_write(struct wk_client *c)
         iov[niov].iov_len = first = c->out.end - c->out.start;
         niov++;
     }
-    if ((c->x.tflags & WK_T_RESP_HEAD) && c->x.tx->rready_off > c->x.tx->rsend_off &&
-        c->state == WK_CS_PROXY) {
-        iov[niov].iov_base = c->x.tx->uin.data + c->x.tx->rsend_off;
-        iov[niov].iov_len = c->x.tx->rready_off - c->x.tx->rsend_off;
+    if ((c->x.tflags & WK_T_RESP_HEAD) && c->state == WK_CS_PROXY && wk_xchg_has_ready(&c->x)) {
+        char *p;
+        iov[niov].iov_len = wk_xchg_ready(&c->x, &p);
+        iov[niov].iov_base = p;
         niov++;
     }
     if (niov == 0 || !(c->flags & WK_C_F_WRITABLE)) {
@@ -549,7 +549,7 @@ static int client_write(struct wk_client *c)
         /* What is offered now ends the response: count it before the client can see it. */
         if (c->state == WK_CS_REPLY && c->x.at.gen != NULL) {
             wk_xchg_tally(&c->x, 0);
-        } else if (c->state == WK_CS_PROXY && (c->x.tflags & WK_T_RESP_DONE) &&
+        } else if (c->state == WK_CS_PROXY && wk_xchg_body_final(&c->x) &&
                    !(c->x.tflags & WK_T_TUNNEL)) {
             wk_xchg_tally(&c->x, 1);
         }
@@ -579,7 +579,7 @@ static int client_write(struct wk_client *c)
         c->out.start += (uint32_t)n;
     } else {
         c->out.start = c->out.end;
-        c->x.tx->rsend_off += (uint32_t)((size_t)n - first);
+        wk_xchg_took(&c->x, (uint32_t)((size_t)n - first));
     }
     if (c->out.start == c->out.end) {
         c->out.start = c->out.end = 0;
@@ -732,8 +732,7 @@ static int proxy_step(struct wk_client *c)
             return 1;
         }
     }
-    if ((c->x.tflags & WK_T_RESP_DONE) && c->out.start == c->out.end &&
-        c->x.tx->rsend_off == c->x.tx->rready_off) {
+    if (wk_xchg_body_final(&c->x) && c->out.start == c->out.end && !wk_xchg_has_ready(&c->x)) {
         wk_xchg_finish(&c->x);
         return next_request(c) != 0 ? -1 : 1;
     }

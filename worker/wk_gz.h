@@ -58,7 +58,7 @@ const char *wk_gz_name(unsigned enc);
 struct wk_gz;
 /* A stream for coding <enc> at <level> (gzip 1-9, brotli quality 0-11). <size_hint> is the body
  * length when known (UINT64_MAX otherwise): a small body gets a smaller window and hash, so
- * memory follows the body (at most ~260 KiB for gzip, ~1.6 MiB for brotli at quality 4).
+ * memory follows the body (at most ~260 KiB for gzip, ~3 MiB for brotli at quality 4).
  * NULL when out of memory. */
 struct wk_gz *wk_gz_new(unsigned enc, int level, uint64_t size_hint);
 void wk_gz_free(struct wk_gz *z);

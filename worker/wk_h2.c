@@ -459,14 +459,17 @@ static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
         *dflags |= NGHTTP2_DATA_FLAG_EOF;
         return 0;
     }
-    n = DSP_MIN(len, (size_t)(tx->rready_off - tx->rsend_off));
-    memcpy(buf, tx->uin.data + tx->rsend_off, n);
-    tx->rsend_off += (uint32_t)n;
+    {
+        char *p;
+        n = DSP_MIN(len, (size_t)wk_xchg_ready(x, &p));
+        memcpy(buf, p, n);
+    }
+    wk_xchg_took(x, (uint32_t)n);
     tx->bytes_sent += n;
     if (n > 0) {
         h2_rearm(x); /* the client took bytes: its send timer starts over */
     }
-    if ((x->tflags & WK_T_RESP_DONE) && tx->rsend_off == tx->rready_off) {
+    if (wk_xchg_body_final(x) && !wk_xchg_has_ready(x)) {
         *dflags |= NGHTTP2_DATA_FLAG_EOF;
         st->flags |= S_EOF;
         wk_xchg_tally(x, 1);
@@ -644,7 +647,7 @@ static void h2_rearm(struct wk_xchg *x)
         ms = DSP_MAX(x->at.gen->snap->limits.idle_timeout_ms, svc->response_timeout_ms);
     } else if (x->tflags & WK_T_RESP_HEAD) {
         ms = svc->stream_idle_timeout_ms; /* a gap inside the body (SSE, slow downloads) */
-        if (x->tx != NULL && x->tx->rready_off > x->tx->rsend_off) {
+        if (x->tx != NULL && wk_xchg_has_ready(x)) {
             /* Bytes wait for the client (its window, or the socket): it must take some
              * within send_timeout_ms (wk_h2_stream_timeout). */
             ms = x->at.gen->snap->limits.send_timeout_ms;
@@ -678,7 +681,7 @@ static int stream_stalled(const struct wk_h2_stream *st)
     if ((st->flags & (S_RESPONDED | S_EOF)) != S_RESPONDED) {
         return 0;
     }
-    return st->reply != NULL || (tx != NULL && tx->rready_off > tx->rsend_off);
+    return st->reply != NULL || (tx != NULL && wk_xchg_has_ready(&st->x));
 }
 
 void wk_h2_stream_timeout(struct wk_h2_stream *st)
@@ -891,7 +894,7 @@ static int pump_streams(struct wk_h2 *h)
             continue;
         }
         if ((st->flags & S_RESPONDED) && x->tx != NULL &&
-            (x->tx->rready_off > x->tx->rsend_off || (x->tflags & WK_T_RESP_DONE))) {
+            (wk_xchg_has_ready(x) || wk_xchg_body_final(x))) {
             nghttp2_session_resume_data(h->s, st->id);
         }
         if (st->unacked > 0 && x->send_off == x->parsed_off) {

@@ -197,7 +197,25 @@ struct wk_txn {
     uint8_t req_chunked;      /* the request body is chunked */
     uint8_t resp_chunked;     /* the response body is chunked: rsc decodes it */
     struct wk_chunk rsc;      /* chunked response body: strict decoder */
+    /* The compress middleware (worker/wk_mwgz.c): its settings when the request's route has it
+     * (NULL: none, the common case, which costs nothing else), the coding the client accepts
+     * (WK_GZ_*), and once the response is being compressed, its encoder and output. */
+    const void *gzp;
+    uint8_t gz_enc;
+    struct wk_gzb *gzb;
     struct wk_txn *next_free;
+};
+
+/* A response being compressed: the body bytes the exchange has ready (decoded, in uin) go
+ * through the encoder into <out>, framed as the client side asked (HTTP/1.1 chunks, or raw for
+ * HTTP/1.0 and HTTP/2), and the client side takes them from there (wk_xchg_ready()). */
+struct wk_gz;
+struct wk_gzb {
+    struct wk_gz *gz;
+    struct wk_buf out; /* [start, end): bytes for the client */
+    uint8_t chunked;   /* frame as chunks */
+    uint8_t ended;     /* the encoder finished: all of the body is in <out> (or sent) */
+    uint8_t pending;   /* the encoder's last call filled <out>: it may hold more output */
 };
 
 /* One request's backend attempts as the balancer (wk_lb.c) sees them: everything it reads or
@@ -428,6 +446,60 @@ static inline void wk_xchg_cut(struct wk_xchg *x, unsigned why)
         x->tx->cut = (uint8_t)why;
     }
 }
+/* The response body bytes ready for the client side: their start in *p and their count. */
+static inline uint32_t wk_xchg_ready(const struct wk_xchg *x, char **p)
+{
+    const struct wk_txn *t = x->tx;
+
+    if (t->gzb != NULL) {
+        *p = t->gzb->out.data + t->gzb->out.start;
+        return t->gzb->out.end - t->gzb->out.start;
+    }
+    *p = t->uin.data + t->rsend_off;
+    return t->rready_off - t->rsend_off;
+}
+/* Are response body bytes ready for the client side? */
+static inline int wk_xchg_has_ready(const struct wk_xchg *x)
+{
+    const struct wk_txn *t = x->tx;
+
+    return t->gzb != NULL ? t->gzb->out.end > t->gzb->out.start : t->rready_off > t->rsend_off;
+}
+/* The client side sent <n> of the ready bytes. */
+static inline void wk_xchg_took(struct wk_xchg *x, uint32_t n)
+{
+    struct wk_txn *t = x->tx;
+
+    if (t->gzb != NULL) {
+        t->gzb->out.start += n;
+        if (t->gzb->out.start == t->gzb->out.end) {
+            t->gzb->out.start = t->gzb->out.end = 0;
+        }
+    } else {
+        t->rsend_off += n;
+    }
+}
+/* Is every byte of the response body produced (the backend's part complete, and a compressed
+ * body finished), so that the ready bytes are its end? */
+static inline int wk_xchg_body_final(const struct wk_xchg *x)
+{
+    return (x->tflags & WK_T_RESP_DONE) && (x->tx->gzb == NULL || x->tx->gzb->ended);
+}
+
+/* ---- wk_mwgz.c: the compress middleware in the exchange -------------------------------------- */
+/* The request hook: the route compresses with <params> (struct shm_mw_compress); note the coding
+ * the client accepts from the request head <hd>. */
+void wk_mwgz_request(struct wk_xchg *x, const void *params, const struct wk_head *hd);
+/* The response head <rs> goes to the client side through here when the route compresses
+ * (x->tx->gzp): when it qualifies, the head is rewritten (Content-Encoding, no Content-Length,
+ * Vary, weak ETag) and the body will be compressed. What ops->resp_head returns. */
+int wk_mwgz_resp_head(struct wk_xchg *x, const struct wk_h1_resp *rs);
+/* Move the ready body bytes through the encoder (the exchange calls it after each parse while
+ * x->tx->gzb is set). 0, or -1 when the encoder failed (the client side was cut). */
+int wk_mwgz_pump(struct wk_xchg *x);
+/* Forget the compression of a head that was taken back (ops->unhead), and at the end. */
+void wk_mwgz_drop(struct wk_txn *t);
+
 /* Drop the upstream of the current attempt without reusing it (and a probe lease). */
 void wk_xchg_detach(struct wk_xchg *x);
 /* End the request: detach, give back the transaction and the generation. */
