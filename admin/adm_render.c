@@ -271,7 +271,7 @@ void adm_render_health(struct adm_buf *b, const struct adm_view *v)
             adm_buf_jstrz(b, v->redis_problem);
         }
     }
-    adm_buf_adds(b, "}}");
+    adm_buf_addf(b, "},\"rate_limit\":\"%s\"}", shm_rl_mode_name(LD(&v->rt->rl.mode)));
 }
 
 /* ---- instances ------------------------------------------------------------------------------ */
@@ -618,6 +618,34 @@ static void prom_be(struct adm_buf *b, const struct shm_snap_hdr *s, const struc
     prom_label(b, shm_s(s, be->address), be->address.len);
 }
 
+/* The rate limiter's bucket table (shm/shm_rl.h), and its fleet reconciliation. */
+static void render_rl_metrics(struct adm_buf *b, const struct shm_rl *rl)
+{
+    uint32_t mode = LD(&rl->mode);
+
+    prom_head(b, "dispatcher_rate_limit_keys", "gauge",
+              "Keys with a bucket in the rate_limit table (all middlewares, all workers).");
+    adm_buf_addf(b, "dispatcher_rate_limit_keys %llu\n", (unsigned long long)LD(&rl->keys));
+    prom_head(b, "dispatcher_rate_limit_capacity", "gauge",
+              "Buckets the rate_limit table holds (limits.rate_limit_keys, rounded up).");
+    adm_buf_addf(b, "dispatcher_rate_limit_capacity %llu\n",
+                 (unsigned long long)rl->ngroups * SHM_RL_WAYS);
+    prom_head(b, "dispatcher_rate_limit_evictions_total", "counter",
+              "Buckets not yet full given to another key because the table was full there.");
+    adm_buf_addf(b, "dispatcher_rate_limit_evictions_total %llu\n",
+                 (unsigned long long)LD(&rl->evictions));
+    prom_head(b, "dispatcher_rate_limit_fleet_fallback", "gauge",
+              "1 while fleet-scope rate limits count on this host only (Redis unreachable).");
+    adm_buf_addf(b, "dispatcher_rate_limit_fleet_fallback %d\n", mode == SHM_RL_MODE_FALLBACK);
+    prom_head(b, "dispatcher_rate_limit_fleet_syncs_total", "counter",
+              "Fleet-scope reconciliations with Redis, by result.");
+    adm_buf_addf(b,
+                 "dispatcher_rate_limit_fleet_syncs_total{result=\"ok\"} %llu\n"
+                 "dispatcher_rate_limit_fleet_syncs_total{result=\"failed\"} %llu\n",
+                 (unsigned long long)LD(&rl->fleet_syncs),
+                 (unsigned long long)LD(&rl->fleet_failures));
+}
+
 void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
 {
     static const char *const classes[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
@@ -840,6 +868,7 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
                          (unsigned long long)LD(&v->ctl->responses_cut[i]));
         }
     }
+    render_rl_metrics(b, &v->rt->rl);
     prom_head(b, "dispatcher_uptime_seconds", "gauge", "Seconds since the master started.");
     adm_buf_addf(b, "dispatcher_uptime_seconds %llu\n", (unsigned long long)uptime_s(v));
     if (v->metrics_extra != NULL) {
