@@ -334,6 +334,8 @@ struct wk_listener {
 struct wk_pool {
     struct wk_upstream *head;
     uint32_t count;
+    uint32_t hiwat;    /* the most requests busy on the backend at once lately (wk_pool_put) */
+    uint64_t hiwat_ms; /* when hiwat was set */
 };
 
 struct wk_worker {

@@ -8,9 +8,10 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 
+#include "common/dsp.h"
 #include "shm/shm_snap.h"
 
-#define POOL_MAX_IDLE 64
+#define POOL_MAX_IDLE 64 /* idle connections kept per backend, or as many as are busy */
 #define POOL_IDLE_MS  30000
 
 static void pool_remove(struct wk_upstream *u)
@@ -50,8 +51,17 @@ void wk_pool_put(struct wk_upstream *u)
 {
     struct wk_pool *p = &wk.pools[u->be_slot];
 
-    /* Bytes a TLS backend sent beyond its response would be read as the next response. */
-    if (p->count >= POOL_MAX_IDLE || wk.stopping || xp_pending(&u->xp)) {
+    int64_t busy = __atomic_load_n(&wk.rt->backends[u->be_slot].active, __ATOMIC_RELAXED);
+
+    /* A burst wider than POOL_MAX_IDLE (HTTP/2 clients: 100 streams per connection) would
+     * otherwise close and reopen backend connections all the time: keep up to as many idle as
+     * were busy at once lately (the idle ones expire after POOL_IDLE_MS).
+     * Bytes a TLS backend sent beyond its response would be read as the next response. */
+    if (busy > (int64_t)p->hiwat || wk.now - p->hiwat_ms > POOL_IDLE_MS) {
+        p->hiwat = (uint32_t)DSP_MAX(busy, 0);
+        p->hiwat_ms = wk.now;
+    }
+    if ((p->count >= POOL_MAX_IDLE && p->count >= p->hiwat) || wk.stopping || xp_pending(&u->xp)) {
         wk_upstream_close(u); /* (u->x still set: not in a pool list) */
         return;
     }
