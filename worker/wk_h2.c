@@ -63,7 +63,9 @@ struct wk_h2 {
     struct wk_client *c;
     struct wk_h2_stream *streams;
     uint32_t nstreams;
-    uint8_t goaway;       /* a graceful GOAWAY was sent (worker stopping) */
+    uint8_t goaway; /* a graceful GOAWAY was sent (worker stopping) */
+    uint8_t due;    /* on wk.h2_due (wk_h2_run_due) */
+    struct wk_h2 *due_next, *due_prev;
     struct wk_h2_guard g; /* abuse limits */
     char *out;            /* serialized frames not yet written: [out_off, out_len) */
     uint32_t out_off, out_len, out_cap;
@@ -660,7 +662,43 @@ static void h2_rearm(struct wk_xchg *x)
 
 static void h2_wake(struct wk_xchg *x)
 {
-    wk_client_run(xstream(x)->h->c);
+    struct wk_h2 *h = xstream(x)->h;
+
+    /* The backend of one stream had an event: the others' may follow in this batch. */
+    if (!h->due) {
+        h->due = 1;
+        h->due_prev = NULL;
+        h->due_next = wk.h2_due;
+        if (wk.h2_due != NULL) {
+            wk.h2_due->due_prev = h;
+        }
+        wk.h2_due = h;
+    }
+}
+
+static void due_remove(struct wk_h2 *h)
+{
+    if (!h->due) {
+        return;
+    }
+    h->due = 0;
+    if (h->due_prev != NULL) {
+        h->due_prev->due_next = h->due_next;
+    } else {
+        wk.h2_due = h->due_next;
+    }
+    if (h->due_next != NULL) {
+        h->due_next->due_prev = h->due_prev;
+    }
+}
+
+void wk_h2_run_due(void)
+{
+    while (wk.h2_due != NULL) {
+        struct wk_h2 *h = wk.h2_due;
+        due_remove(h);
+        wk_client_run(h->c);
+    }
 }
 
 static const struct wk_xchg_ops wk_h2_ops = {
@@ -785,6 +823,7 @@ void wk_h2_free(struct wk_client *c)
     while (h->streams != NULL) {
         stream_free(h->streams);
     }
+    due_remove(h);
     nghttp2_session_del(h->s);
     free(h->out);
     free(h);

@@ -361,6 +361,7 @@ struct wk_worker {
     uint64_t pass;         /* epoll_wait() calls so far: events of the current batch are
                               older than anything done while handling them */
     int batch_full;        /* the last epoll_wait() filled its array: more may be ready */
+    struct wk_h2 *h2_due;  /* HTTP/2 connections to run once the batch's events are handled */
     uint64_t rng[2];
 };
 
@@ -552,6 +553,9 @@ void wk_h2_free(struct wk_client *c);
 /* Has the connection no stream in progress? */
 int wk_h2_idle(const struct wk_client *c);
 void wk_h2_stream_timeout(struct wk_h2_stream *st);
+/* Run the HTTP/2 connections whose streams' backends had events in this batch: one pass over
+ * each connection's streams and one write of all their frames, not one per backend event. */
+void wk_h2_run_due(void);
 /* The connection's timer expired (idle, or a client not draining): GOAWAY and close. */
 void wk_h2_timeout(struct wk_client *c);
 

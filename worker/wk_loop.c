@@ -807,7 +807,7 @@ static void after_pass(void)
 
 void wk_main(const struct wk_init *init)
 {
-    struct epoll_event evs[256];
+    struct epoll_event evs[1024];
 
     worker_setup(init);
     for (;;) {
@@ -835,10 +835,12 @@ void wk_main(const struct wk_init *init)
          * (reload, Redis event), and that request must already see the new generation. */
         adopt_generation();
         dispatch(evs, n);
+        wk_h2_run_due();
         if (wk.accept_resume_ms != 0 && wk.now >= wk.accept_resume_ms && !wk.stopping) {
             accept_all();
         }
         timers_run();
+        wk_h2_run_due();
         __atomic_store_n(&wk.me->heartbeat_ms, wk.now, __ATOMIC_RELAXED);
         __atomic_store_n(&wk.me->connections, wk.nclients, __ATOMIC_RELAXED);
         adopt_generation();
