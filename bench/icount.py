@@ -6,7 +6,13 @@ of dsp-testbackend, sends keep-alive GETs on one connection, and reads the worke
 total. Two runs (N and 2N requests) are subtracted, so start-up and shutdown cancel out:
 
     python3 bench/icount.py [--master bin/dispatcher-master] [--backend build/release/dsp-testbackend]
-                            [--requests 2000] [--path /x] [--body 0]
+                            [--requests 2000] [--path /x] [--body 0] [--client py|h2|h1load]
+                            [--streams 10]
+
+--client h2 drives the load with `h2load -n N -c 1 -m STREAMS` (HTTP/2 with prior knowledge on
+the plain listener: one connection, STREAMS concurrent streams), --client h1load with `h2load
+--h1 -n N -c 1 -m 1` (the same client in HTTP/1.1, for an HTTP/1 vs HTTP/2 comparison); the
+default (py) is one keep-alive connection of sequential GETs from this script.
 
 Compare two builds by pointing --master at each; ICOUNT_KEEP=1 keeps the profiles for
 callgrind_annotate. Not part of `make bench` (valgrind is slow: a
@@ -76,6 +82,17 @@ def send_requests(port, n, path, body):
     s.close()
 
 
+def h2load_requests(port, n, path, client, streams):
+    argv = ["h2load", "-n", str(n), "-c", "1", "-t", "1"]
+    argv += ["--h1", "-m", "1"] if client == "h1load" else ["-m", str(streams)]
+    r = subprocess.run(argv + ["http://127.0.0.1:%d%s" % (port, path)], capture_output=True,
+                       text=True, timeout=600)
+    m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded", r.stdout)
+    sc = re.search(r"status codes: (\d+) 2xx", r.stdout)
+    if r.returncode != 0 or not m or int(m.group(2)) != n or not sc or int(sc.group(1)) != n:
+        raise SystemExit("h2load did not complete %d requests:\n%s%s" % (n, r.stdout, r.stderr))
+
+
 def one_run(args, n):
     tmp = tempfile.mkdtemp(prefix="dsp-icount-")
     bport, pport = free_port(), free_port()
@@ -96,7 +113,10 @@ def one_run(args, n):
         wait_port(bport)
         wait_port(pport)
         time.sleep(1.0)     # the worker maps its generation and settles
-        send_requests(pport, n, args.path, args.body)
+        if args.client == "py":
+            send_requests(pport, n, args.path, args.body)
+        else:
+            h2load_requests(pport, n, args.path, args.client, args.streams)
     finally:
         os.killpg(vg.pid, signal.SIGTERM)
         try:
@@ -144,16 +164,22 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--path", default="/x")
     ap.add_argument("--body", type=int, default=0, help="POST a body of this many bytes")
+    ap.add_argument("--client", default="py", choices=("py", "h2", "h1load"),
+                    help="py: this script, HTTP/1.1 keep-alive; h2: h2load HTTP/2 prior "
+                    "knowledge; h1load: h2load --h1")
+    ap.add_argument("--streams", type=int, default=10, help="h2: concurrent streams (-m)")
     ap.add_argument("--which", default="max", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.client != "py" and (args.body or shutil.which("h2load") is None):
+        raise SystemExit("--client h2/h1load needs h2load (nghttp2-client) and no --body")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is needed (apt-get install valgrind)")
     n = args.requests
     a = retried(one_run, args, n)
     b = retried(one_run, args, 2 * n)
     per = (b - a) / n
-    print("%s: %.0f instructions per request (%d requests: %d, %d requests: %d)"
-          % (args.master, per, n, a, 2 * n, b))
+    print("%s [%s]: %.0f instructions per request (%d requests: %d, %d requests: %d)"
+          % (args.master, args.client, per, n, a, 2 * n, b))
 
 
 if __name__ == "__main__":
