@@ -18,6 +18,7 @@
 #include "common/dsp.h"
 #include "common/net.h"
 #include "master/ms_config.h"
+#include "master/ms_mw.h"
 #include "master/ms_dns.h"
 #include "master/ms_master.h"
 #include "shm/shm_ridx.h"
@@ -747,7 +748,7 @@ static void fill_services(const struct ms_config *cfg, const struct xsvc *xs, ch
 }
 
 static void fill_routes(const struct ms_config *cfg, char *base, struct blob *b,
-                        const struct shm_snap_hdr *h)
+                        const struct shm_snap_hdr *h, const uint32_t *mw_lists)
 {
     struct shm_route *rt = (struct shm_route *)(void *)(base + h->routes_off);
     struct shm_service *sv = (struct shm_service *)(void *)(base + h->services_off);
@@ -764,6 +765,7 @@ static void fill_routes(const struct ms_config *cfg, char *base, struct blob *b,
         rt[r].order = r;
         rt[r].host_kind = host_kind(route_host(cfg, r));
         rt[r].source = mr->source;
+        rt[r].mw_list = mw_lists[r];
         sv[mr->service_idx].nroutes++;
     }
 }
@@ -851,14 +853,18 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     struct blob b;
     uint64_t ub_off[SHM_RIDX_NTABLES];
     uint64_t cur, idx_start, ub_end, strings_need, nbackends = 0;
-    uint64_t lo, to, so, bo, ro, co, cno, eo, total, ncerts = 0, ncert_names = 0;
-    uint32_t n;
+    uint64_t lo, to, so, bo, ro, co, cno, eo, mo, total, ncerts = 0, ncert_names = 0;
+    uint32_t n, *mw_lists;
     char *base;
     struct xsvc *xs;
+    void *mw;
+    size_t mw_len;
 
     DSP_ASSERT(cfg->nroutes < UINT32_MAX / 4);
     n = (uint32_t)cfg->nroutes;
     xs = expand_backends(cfg);
+    mw_lists = dsp_xcalloc((size_t)n + 1, sizeof(*mw_lists));
+    mw = ms_mw_compile(cfg, mw_lists, &mw_len);
 
     /* Size the string blob exactly: everything below is written in the same order. */
     strings_need = 1 + str_need(cfg->path) + str_need(cfg->tls.self_signed_cn);
@@ -914,6 +920,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     co = table(&cur, ncerts, sizeof(struct shm_cert));
     cno = table(&cur, ncert_names, sizeof(struct shm_str));
     eo = table(&cur, cfg->errors.npages, sizeof(struct shm_error_page));
+    mo = table(&cur, mw_len, 1);
 
     /* Worst-case index region: at most one group and one path entry per route. */
     memset(&rb, 0, sizeof(rb));
@@ -997,6 +1004,12 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
                       (cfg->errors.list_services ? SHM_ERRORS_LIST_SERVICES : 0u);
     h->error_pages_off = (uint32_t)eo;
     h->nerror_pages = (uint32_t)cfg->errors.npages;
+    h->mw_off = (uint32_t)mo;
+    h->mw_len = (uint32_t)mw_len;
+    if (mw_len > 0) {
+        memcpy(base + mo, mw, mw_len);
+    }
+    free(mw);
     h->strings_off = (uint32_t)cur;
     h->strings_len = (uint32_t)strings_need;
 
@@ -1039,7 +1052,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     }
     fill_services(cfg, xs, base, &b, h);
     xsvc_free(xs, cfg->nservices);
-    fill_routes(cfg, base, &b, h);
+    fill_routes(cfg, base, &b, h, mw_lists);
+    free(mw_lists);
     fill_certs(cfg, base, &b, h);
     DSP_ASSERT(b.cur == b.end);
     memset(base + b.end, 0, (size_t)(total - b.end));

@@ -29,6 +29,7 @@
 #include "master/ms_tls.h"
 #include "shm/shm_lb.h"
 #include "shm/shm_rl.h"
+#include "master/ms_mw.h"
 
 #define MAX_CN_LEN 64 /* X.509 upper bound for a commonName */
 #define QUAL_LEN   192
@@ -85,13 +86,14 @@ static const char *const service_keys[] = {"name",
                                            "max_ejection_percent",
                                            "resolve_ms",
                                            NULL};
-static const char *const route_keys[] = {"host", "path", "methods", "priority", "service", NULL};
+static const char *const route_keys[] = {"host",    "path",        "methods", "priority",
+                                         "service", "middlewares", NULL};
 static const char *const errors_keys[] = {"expose_backend", "list_services", "pages", NULL};
 static const char *const error_page_keys[] = {"status", "file", NULL};
 static const char *const top_keys[] = {
-    "workers",  "user",   "group",     "pid_file",        "environment", "admin",
-    "log",      "limits", "listeners", "trusted_proxies", "tls",         "redis",
-    "services", "routes", "dns",       "node_name",       "errors",      NULL};
+    "workers", "user",      "group",           "pid_file",    "environment", "admin",    "log",
+    "limits",  "listeners", "trusted_proxies", "tls",         "redis",       "services", "routes",
+    "dns",     "node_name", "errors",          "middlewares", NULL};
 
 static const struct ms_config_keys key_table[] = {{"", top_keys},
                                                   {"admin", admin_keys},
@@ -110,10 +112,32 @@ static const struct ms_config_keys key_table[] = {{"", top_keys},
                                                   {"errors", errors_keys},
                                                   {"errors.pages[]", error_page_keys},
                                                   {NULL, NULL}};
+static const char *const mw_keys[] = {"name", "type", NULL};
 
+/* The static groups, then middlewares[] and each middleware type's own keys, listed as
+ * "middlewares[type=NAME]" (built once, from the type table of master/ms_mw.c). */
 const struct ms_config_keys *ms_config_key_table(void)
 {
-    return key_table;
+    static struct ms_config_keys all[DSP_ARRAY_SIZE(key_table) + SHM_MW_NTYPES + 1];
+    static char groups[SHM_MW_NTYPES][48];
+    const struct ms_mw_type *const *t = ms_mw_types();
+    size_t n = 0;
+
+    if (all[0].group != NULL) {
+        return all;
+    }
+    for (size_t i = 0; key_table[i].group != NULL; i++) {
+        all[n++] = key_table[i];
+    }
+    all[n].group = "middlewares[]";
+    all[n++].keys = mw_keys;
+    for (size_t i = 0; t[i] != NULL && i < SHM_MW_NTYPES; i++) {
+        snprintf(groups[i], sizeof(groups[i]), "middlewares[type=%s]", t[i]->name);
+        all[n].group = groups[i];
+        all[n++].keys = t[i]->keys;
+    }
+    all[n].group = NULL;
+    return all;
 }
 
 struct cfg_err {
@@ -2124,10 +2148,37 @@ void ms_route_init(struct ms_route *r)
 
 void ms_route_dispose(struct ms_route *r)
 {
+    ms_mw_strv_free(r->mw_names, r->nmw);
+    free(r->mw_ids);
     free(r->host);
     free(r->path);
     free(r->service);
     memset(r, 0, sizeof(*r));
+}
+
+/* A route's middlewares = ["a", "b"]: names of middlewares defined at top level, in order. */
+static void parse_route_mws(struct ctx *c, config_setting_t *g, const char *where,
+                            const struct ms_config *cfg, struct ms_route *r)
+{
+    config_setting_t *seq = get_seq(c, g, where, "middlewares");
+    int n = seq ? config_setting_length(seq) : 0;
+    char err[256];
+
+    if (n <= 0) {
+        return;
+    }
+    r->mw_names = dsp_xcalloc((size_t)n, sizeof(*r->mw_names));
+    for (int i = 0; i < n; i++) {
+        config_setting_t *e = config_setting_get_elem(seq, (unsigned)i);
+        if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+            err_at(c, e, "%s.middlewares[%d] must be a string (a middleware's name)", where, i);
+            return;
+        }
+        r->mw_names[r->nmw++] = dsp_xstrdup(config_setting_get_string(e));
+    }
+    if (ms_mw_resolve(cfg, r->mw_names, r->nmw, &r->mw_ids, err, sizeof(err)) != 0) {
+        err_at(c, seq, "%s.middlewares: %s", where, err);
+    }
 }
 
 static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_config *cfg)
@@ -2175,6 +2226,7 @@ static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_c
         parse_methods(c, s, where, &r->methods);
     }
     get_int(c, g, where, "priority", INT_MIN, INT_MAX, &r->priority);
+    parse_route_mws(c, g, where, cfg, r);
 
     switch (get_str(c, g, where, "service", 0, &v)) {
     case 0:
@@ -2192,6 +2244,155 @@ static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_c
         break;
     default:
         break;
+    }
+}
+
+/* ---- middlewares = ( { name; type; ...the type's keys }, ... ) ------------------------------- */
+/* A libconfig group as a middleware's key source (master/ms_mw.h). */
+struct lc_src {
+    struct ctx *c;
+    config_setting_t *g;
+};
+
+static config_setting_t *lc_member(struct ms_mw_src *s, const char *key)
+{
+    return config_setting_get_member(((struct lc_src *)s->impl)->g, key);
+}
+
+static int lc_str(struct ms_mw_src *s, const char *key, const char **out)
+{
+    struct lc_src *l = s->impl;
+    int r = get_str(l->c, l->g, s->where, key, 1, out);
+
+    s->errors += r < 0;
+    return r;
+}
+
+static int lc_num(struct ms_mw_src *s, const char *key, long min, long max, long *out)
+{
+    struct lc_src *l = s->impl;
+    int r = get_long(l->c, l->g, s->where, key, min, max, out);
+
+    s->errors += r < 0;
+    return r;
+}
+
+static int lc_bool(struct ms_mw_src *s, const char *key, int *out)
+{
+    struct lc_src *l = s->impl;
+    int r = get_bool(l->c, l->g, s->where, key, out);
+
+    s->errors += r < 0;
+    return r;
+}
+
+static int lc_list(struct ms_mw_src *s, const char *key, char ***out, size_t *n)
+{
+    struct lc_src *l = s->impl;
+    config_setting_t *seq = lc_member(s, key);
+    int len;
+
+    *out = NULL;
+    *n = 0;
+    if (seq == NULL) {
+        return 0;
+    }
+    seq = get_seq(l->c, l->g, s->where, key);
+    if (seq == NULL) {
+        s->errors++;
+        return -1;
+    }
+    len = config_setting_length(seq);
+    *out = dsp_xcalloc((size_t)len + 1, sizeof(**out));
+    for (int i = 0; i < len; i++) {
+        config_setting_t *e = config_setting_get_elem(seq, (unsigned)i);
+        if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+            err_at(l->c, e, "%s.%s[%d] must be a string", s->where, key, i);
+            s->errors++;
+            ms_mw_strv_free(*out, *n);
+            *out = NULL;
+            *n = 0;
+            return -1;
+        }
+        (*out)[(*n)++] = dsp_xstrdup(config_setting_get_string(e));
+    }
+    return 1;
+}
+
+static void lc_err(struct ms_mw_src *s, const char *key, const char *msg)
+{
+    struct lc_src *l = s->impl;
+    config_setting_t *at = key != NULL ? lc_member(s, key) : NULL;
+
+    err_at(l->c, at != NULL ? at : l->g, "%s", msg);
+}
+
+static const struct ms_mw_src_ops lc_ops = {
+    .str = lc_str, .num = lc_num, .boolean = lc_bool, .list = lc_list, .err = lc_err};
+
+static void parse_middleware(struct ctx *c, config_setting_t *g, int idx, struct ms_config *cfg)
+{
+    struct lc_src l = {c, g};
+    struct ms_mw_src src = {.ops = &lc_ops, .impl = &l, .dir = c->dir};
+    const struct ms_mw_type *t;
+    const char *name = NULL, *type = NULL;
+    char where[96];
+    int line = (int)config_setting_source_line(g);
+
+    snprintf(where, sizeof(where), "middlewares[%d]", idx);
+    src.where = where;
+    if (!config_setting_is_group(g)) {
+        err_at(c, g, "%s must be a group { name = \"...\"; type = \"...\"; ... }", where);
+        return;
+    }
+    if (get_str(c, g, where, "name", 0, &name) != 1 ||
+        get_str(c, g, where, "type", 0, &type) != 1) {
+        if (name == NULL && config_setting_get_member(g, "name") == NULL) {
+            err_at(c, g, "%s has no name", where);
+        }
+        if (type == NULL && config_setting_get_member(g, "type") == NULL) {
+            err_at(c, g, "%s has no type", where);
+        }
+        return;
+    }
+    for (size_t k = 0; k < cfg->nmws; k++) {
+        if (strcmp(cfg->mws[k].name, name) == 0) {
+            err_at(c, config_setting_get_member(g, "name"),
+                   "%s: middleware '%s' is already defined on line %d", where, name,
+                   cfg->mws[k].line);
+            return;
+        }
+    }
+    t = ms_mw_type_find(type);
+    if (t != NULL) {
+        const char *known[64];
+        size_t n = 0;
+        known[n++] = "name";
+        known[n++] = "type";
+        for (size_t k = 0; t->keys[k] != NULL && n < DSP_ARRAY_SIZE(known) - 1; k++) {
+            known[n++] = t->keys[k];
+        }
+        known[n] = NULL;
+        check_keys(c, g, where, known);
+    }
+    if (ms_mw_parse(&src, name, type, &cfg->mws[cfg->nmws]) == 0) {
+        cfg->mws[cfg->nmws].source = SHM_SOURCE_FILE;
+        cfg->mws[cfg->nmws].line = line;
+        cfg->nmws++;
+    }
+}
+
+static void parse_middlewares(struct ctx *c, config_setting_t *root, struct ms_config *cfg)
+{
+    config_setting_t *seq = get_seq(c, root, "", "middlewares");
+    int n = seq ? config_setting_length(seq) : 0;
+
+    if (n == 0) {
+        return;
+    }
+    cfg->mws = dsp_xcalloc((size_t)n, sizeof(*cfg->mws));
+    for (int i = 0; i < n; i++) {
+        parse_middleware(c, config_setting_get_elem(seq, (unsigned)i), i, cfg);
     }
 }
 
@@ -2326,6 +2527,7 @@ int ms_config_load(const char *path, int use_env, struct ms_config **out, char *
         parse_redis(&c, root, cfg);
         parse_dns(&c, root, cfg);
         parse_services(&c, root, cfg);
+        parse_middlewares(&c, root, cfg);
         parse_routes(&c, root, cfg);
         parse_errors(&c, root, cfg);
         /* Messages point at file names owned by lc and src: join them before they go. */
@@ -2425,6 +2627,10 @@ void ms_config_free(struct ms_config *cfg)
         ms_route_dispose(&cfg->routes[i]);
     }
     free(cfg->routes);
+    for (size_t i = 0; i < cfg->nmws; i++) {
+        ms_mw_dispose(&cfg->mws[i]);
+    }
+    free(cfg->mws);
     for (size_t i = 0; i < cfg->errors.npages; i++) {
         free(cfg->errors.pages[i].file);
         free(cfg->errors.pages[i].body);

@@ -105,6 +105,9 @@ struct ms_route {
     size_t service_idx; /* index into ms_config.services */
     uint32_t source;    /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS */
     int line;
+    char **mw_names; /* middlewares = [...], in order (heap) */
+    size_t nmw;
+    uint32_t *mw_ids; /* their indexes in ms_config.mws */
 };
 
 struct ms_cert {
@@ -145,6 +148,8 @@ struct ms_redis_addr {
     char *host; /* IP literal or a name (resolved by hiredis, synchronously) */
     int port;
 };
+
+struct ms_mw;
 
 struct ms_config {
     void *source;       /* the libconfig tree read, until ms_config_drop_source() */
@@ -241,6 +246,8 @@ struct ms_config {
     size_t nservices;
     struct ms_route *routes;
     size_t nroutes;
+    struct ms_mw *mws; /* middlewares = (...) (master/ms_mw.h) */
+    size_t nmws;
 };
 
 /* Parse and validate <path>. On success returns 0 and a heap config in <*out>. On failure returns

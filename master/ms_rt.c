@@ -8,6 +8,7 @@
 
 #include "common/dsp.h"
 #include "common/log.h"
+#include "shm/shm_mw.h"
 #include "shm/shm_snap.h"
 #include "shm/shm_stats.h"
 
@@ -30,6 +31,7 @@ struct rt_table {
 struct ms_rt_reg {
     struct rt_table svc;
     struct rt_table be;
+    struct rt_table mw;
 };
 
 struct ms_rt_reg *ms_rt_reg_new(void)
@@ -40,6 +42,8 @@ struct ms_rt_reg *ms_rt_reg_new(void)
     r->be.limit = SHM_RT_MAX_BACKENDS;
     r->svc.freelist = dsp_xcalloc(SHM_RT_MAX_SERVICES, sizeof(uint32_t));
     r->be.freelist = dsp_xcalloc(SHM_RT_MAX_BACKENDS, sizeof(uint32_t));
+    r->mw.limit = SHM_RT_MAX_MIDDLEWARES;
+    r->mw.freelist = dsp_xcalloc(SHM_RT_MAX_MIDDLEWARES, sizeof(uint32_t));
     return r;
 }
 
@@ -58,6 +62,7 @@ void ms_rt_reg_free(struct ms_rt_reg *reg)
         return;
     }
     table_free(&reg->svc);
+    table_free(&reg->mw);
     table_free(&reg->be);
     free(reg);
 }
@@ -168,6 +173,39 @@ static void retire_unseen(struct rt_table *t, uint64_t gen)
     }
 }
 
+/* Middlewares keep their counters by name across reloads. */
+static int assign_mws(struct ms_rt_reg *reg, struct shm_rt *rt, struct shm_snap_hdr *snap,
+                      uint64_t gen)
+{
+    uint32_t n = shm_mw_count(snap);
+    struct shm_mw *m;
+    struct rt_index ix;
+    int rc = 0;
+
+    if (n == 0) {
+        return 0;
+    }
+    m = (struct shm_mw *)(void *)((char *)snap + snap->mw_off + shm_mw_region(snap)->mws_off);
+    index_build(&ix, &reg->mw, n);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t slot;
+        int fresh;
+
+        if (lookup(&reg->mw, &ix, shm_mw_s(snap, m[i].name), gen, &slot, &fresh) != 0) {
+            log_error("runtime segment full: more than %u middlewares", SHM_RT_MAX_MIDDLEWARES);
+            rc = -1;
+            break;
+        }
+        if (fresh) {
+            memset(&rt->mws[slot], 0, sizeof(rt->mws[slot]));
+            __atomic_store_n(&rt->mws[slot].in_use, 1, __ATOMIC_RELEASE);
+        }
+        m[i].rt_slot = slot;
+    }
+    free(ix.idx);
+    return rc;
+}
+
 int ms_rt_assign(struct ms_rt_reg *reg, struct shm_rt *rt, struct shm_snap_hdr *snap, uint64_t gen)
 {
     struct shm_service *svcs = (struct shm_service *)(void *)((char *)snap + snap->services_off);
@@ -216,8 +254,12 @@ int ms_rt_assign(struct ms_rt_reg *reg, struct shm_rt *rt, struct shm_snap_hdr *
     free(six.idx);
     free(bix.idx);
     if (rc == 0) {
+        rc = assign_mws(reg, rt, snap, gen);
+    }
+    if (rc == 0) {
         retire_unseen(&reg->svc, gen);
         retire_unseen(&reg->be, gen);
+        retire_unseen(&reg->mw, gen);
     }
     return rc;
 }
@@ -244,4 +286,5 @@ void ms_rt_release(struct ms_rt_reg *reg, struct shm_rt *rt, uint64_t oldest_liv
 {
     release_table(&reg->svc, oldest_live_gen, &rt->services[0].in_use, sizeof(rt->services[0]));
     release_table(&reg->be, oldest_live_gen, &rt->backends[0].in_use, sizeof(rt->backends[0]));
+    release_table(&reg->mw, oldest_live_gen, &rt->mws[0].in_use, sizeof(rt->mws[0]));
 }

@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 
+#include "shm/shm_mw.h"
 #include "shm/shm_ridx.h"
 #include "shm/shm_types.h"
 
@@ -220,6 +221,9 @@ int shm_snap_check(const struct shm_snap_hdr *h, size_t size)
             rt[i].host_kind > SHM_HOST_EXACT) {
             return -1;
         }
+    }
+    if (shm_mw_check(h, size) != 0) {
+        return -1;
     }
     return ridx_ok(h, &sb) ? 0 : -1;
 }

@@ -136,7 +136,7 @@ struct shm_route {
     uint32_t order;     /* position in the config: the last tie-breaker */
     uint32_t host_kind; /* SHM_HOST_* */
     uint32_t source;    /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS: where it was defined */
-    uint32_t reserved[1];
+    uint32_t mw_list;   /* its middlewares (shm/shm_mw.h): offset in the region, 0 = none */
 };
 
 /* The route index (built by master/ms_compile.c, read by shm/shm_route.c). Opaque to everyone
@@ -176,7 +176,9 @@ struct shm_snap_hdr {
     uint32_t error_pages_off; /* struct shm_error_page table (errors.pages) */
     uint32_t nerror_pages;
     uint32_t workers; /* the configured worker count (what `-t` compares with) */
-    uint32_t reserved[20];
+    uint32_t mw_off;  /* the middleware region (shm/shm_mw.h); mw_len 0 = no middlewares */
+    uint32_t mw_len;
+    uint32_t reserved[18];
 };
 
 #define SHM_ERRORS_EXPOSE_BACKEND 1u /* 502/503/504 messages name the backend's address */
@@ -279,6 +281,18 @@ struct shm_rt_service {
     uint64_t reserved[9];
 } __attribute__((aligned(64)));
 
+/* Per middleware counters (keyed by its name), added to by workers with relaxed atomics. */
+#define SHM_RT_MAX_MIDDLEWARES 4096u
+
+struct shm_rt_mw {
+    uint64_t answered; /* requests it answered itself */
+    uint64_t passed;   /* requests it let through */
+    uint32_t in_use;   /* 1 while some generation names this slot (master writes) */
+    uint32_t pad;
+    uint64_t type_counters[4]; /* for the type's own use (what its metrics say) */
+    uint64_t reserved[1];
+} __attribute__((aligned(64)));
+
 /* Request statistics (written by workers, summed by admin readers; see shm/shm_stats.h). Each
  * worker records into the shard of its slot (slot % SHM_STATS_SHARDS) with relaxed atomic adds:
  * no lock, no syscall, and no cache line shared with another worker while there are at most
@@ -312,6 +326,7 @@ struct shm_rt {
     /* Added at the end (the segment is created by the master at start, so it can grow). */
     struct shm_stats_cell svc_stats[SHM_STATS_SHARDS][SHM_STATS_MAX_SERVICES];
     struct shm_stats_cell be_stats[SHM_STATS_SHARDS][SHM_STATS_MAX_BACKENDS];
+    struct shm_rt_mw mws[SHM_RT_MAX_MIDDLEWARES];
     /* The rate limiter's buckets (shm/shm_rl.h): after the rest, touched only where used. */
     struct shm_rl rl;
 };
@@ -453,6 +468,7 @@ _Static_assert(sizeof(struct shm_error_page) % 8 == 0, "shm_error_page alignment
 _Static_assert(sizeof(struct shm_tkey) == 96, "ticket key is 12 words");
 _Static_assert(sizeof(struct shm_listener) % 4 == 0, "shm_listener alignment");
 _Static_assert(sizeof(struct shm_rt_backend) == 128, "shm_rt_backend is two cache lines");
+_Static_assert(sizeof(struct shm_rt_mw) == 64, "shm_rt_mw is one cache line");
 _Static_assert(sizeof(struct shm_rt_service) == 128, "shm_rt_service is two cache lines");
 _Static_assert(sizeof(struct shm_worker_slot) == 64, "worker slot is one cache line");
 _Static_assert(sizeof(struct shm_worker_h2) == 128, "worker h2 counters are two cache lines");

@@ -209,6 +209,7 @@ void wk_xchg_log(struct wk_xchg *x, int how)
         e.backend_len = be->address.len;
     }
     e.reason = cut_name(cut);
+    e.middleware = wk_mw_answered(x, &e.middleware_len);
     e.wall_s = ts.tv_sec;
     e.wall_ms = (unsigned)(ts.tv_nsec / 1000000);
     wk_alog_write(&e);

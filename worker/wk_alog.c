@@ -166,6 +166,11 @@ size_t wk_alog_format(char *buf, size_t cap, unsigned format, const struct wk_al
             str_adds(&sb, "\" \"");
             clf_str(&sb, e->reason, strlen(e->reason));
         }
+        if (e->middleware != NULL) {
+            /* Only on the line of a request a middleware answered. */
+            str_adds(&sb, "\" \"middleware=");
+            clf_str(&sb, e->middleware, e->middleware_len);
+        }
         str_adds(&sb, "\"\n");
     } else {
         str_addf(&sb, "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03uZ\"", tm.tm_year + 1900,
@@ -187,6 +192,9 @@ size_t wk_alog_format(char *buf, size_t cap, unsigned format, const struct wk_al
         json_field(&sb, "backend", e->backend, e->backend_len, 1);
         if (e->reason != NULL) {
             json_field(&sb, "reason", e->reason, strlen(e->reason), 0);
+        }
+        if (e->middleware != NULL) {
+            json_field(&sb, "middleware", e->middleware, e->middleware_len, 0);
         }
         str_adds(&sb, "}\n");
     }

@@ -35,6 +35,8 @@ struct wk_alog_entry {
     size_t service_len;
     const char *backend;
     size_t backend_len;
+    const char *middleware; /* the middleware that answered the request, or NULL */
+    size_t middleware_len;
     const char *reason; /* why the response was cut ("stream_idle_timeout", ...); NULL when it
                            ended normally */
     time_t wall_s;

@@ -171,8 +171,13 @@ static int h1_reply(struct wk_xchg *x, unsigned status, const char *ctype, const
         return -1;
     }
     str_init(&sb, c->out.data + c->out.end, c->out.cap - c->out.end);
-    str_addf(&sb, "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n", status,
-             wk_reason(status), ctype, blen);
+    str_addf(&sb, "HTTP/1.1 %u %s\r\n", status, wk_reason(status));
+    if (status != 204 && status != 304) {
+        str_addf(&sb, "Content-Type: %s\r\nContent-Length: %zu\r\n", ctype, blen);
+    }
+    if (x->tx != NULL && x->tx->mw.xh_len > 0) {
+        str_add(&sb, x->tx->mw.xh, x->tx->mw.xh_len); /* a middleware's fields */
+    }
     if (x->tx != NULL && x->tx->reqid_len > 0) {
         str_adds(&sb, "X-Request-ID: ");
         str_add(&sb, x->tx->reqid, x->tx->reqid_len);
@@ -245,6 +250,9 @@ static int parse_body(struct wk_client *c)
                              "Request body exceeds limits.max_body_bytes", F_CLOSE) == 0
                    ? 1
                    : -1;
+    }
+    if (c->x.tx->mw.max_body != 0) {
+        return wk_mw_body_over(&c->x, c->x.tx->body_bytes);
     }
     return 0;
 }

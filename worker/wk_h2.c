@@ -329,6 +329,10 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
                       "Request body exceeds limits.max_body_bytes", 1);
         return 0;
     }
+    if (st->x.tx->mw.max_body != 0 && wk_mw_body_over(&st->x, st->body_bytes) != 0) {
+        nghttp2_session_consume(s, id, len);
+        return 0;
+    }
     if (rq_append(st, data, len) != 0) {
         nghttp2_session_consume(s, id, len);
         stream_end_exchange(st, -1);
@@ -497,7 +501,7 @@ static int h2_reply(struct wk_xchg *x, unsigned status, const char *ctype, const
 {
     struct wk_h2_stream *st = xstream(x);
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = resp_read};
-    nghttp2_nv nva[4];
+    nghttp2_nv nva[4 + 32];
     char sbuf[8], lbuf[24];
     size_t n = 0;
 
@@ -518,8 +522,22 @@ static int h2_reply(struct wk_xchg *x, unsigned status, const char *ctype, const
     snprintf(sbuf, sizeof(sbuf), "%u", status);
     snprintf(lbuf, sizeof(lbuf), "%zu", blen);
     n += nv_set(&nva[n], ":status", 7, sbuf, strlen(sbuf));
-    n += nv_set(&nva[n], "content-type", 12, ctype, strlen(ctype));
-    n += nv_set(&nva[n], "content-length", 14, lbuf, strlen(lbuf));
+    if (status != 204 && status != 304) {
+        n += nv_set(&nva[n], "content-type", 12, ctype, strlen(ctype));
+        n += nv_set(&nva[n], "content-length", 14, lbuf, strlen(lbuf));
+    }
+    if (x->tx != NULL && x->tx->mw.xh_len > 0) {
+        /* A middleware's fields (Location, WWW-Authenticate, ...), names lower-cased. */
+        size_t at = 0, nl, vl;
+        char *nm;
+        const char *v;
+        while (n < DSP_ARRAY_SIZE(nva) - 1 && wk_mw_xh_next(x, &at, &nm, &nl, &v, &vl)) {
+            for (size_t k = 0; k < nl; k++) {
+                nm[k] = (char)(nm[k] >= 'A' && nm[k] <= 'Z' ? nm[k] + 32 : nm[k]);
+            }
+            n += nv_set(&nva[n], nm, nl, v, vl);
+        }
+    }
     if (x->tx != NULL && x->tx->reqid_len > 0) {
         n += nv_set(&nva[n], "x-request-id", 12, x->tx->reqid, x->tx->reqid_len);
     }

@@ -13,6 +13,7 @@
 #include "shm/shm_types.h"
 #include "worker/wk_chunk.h"
 #include "worker/wk_h1.h"
+#include "worker/wk_mw.h"
 
 /* ---- event sources: every object registered with epoll starts with one of these ---------- */
 #define WK_EV_LISTENER 1
@@ -203,6 +204,7 @@ struct wk_txn {
     const void *gzp;
     uint8_t gz_enc;
     struct wk_gzb *gzb;
+    struct wk_mw_txn mw; /* the route's middleware chain (worker/wk_mw.h); zero: none */
     struct wk_txn *next_free;
 };
 
@@ -410,7 +412,9 @@ int wk_xchg_route(struct wk_xchg *x, const struct wk_h1_req *rq, const char *nho
  * GET /health, before routing. 0 when <rq> is no probe, 1 when answered, -1 when closed. */
 int wk_xchg_health(struct wk_xchg *x, uint32_t listener, const struct wk_h1_req *rq);
 /* Build the request head for the backend (X-Forwarded-*, X-Request-ID, hop-by-hop headers
- * dropped). 0, 1 when answered (431), -1 when the client was closed. */
+ * dropped), then run the route's middlewares on it (worker/wk_mw.h). 0 to go on to a backend,
+ * 1 when answered (431, or by a middleware) or suspended by a middleware (which resumes it),
+ * -1 when the client was closed. */
 int wk_xchg_forward(struct wk_xchg *x, const struct wk_h1_req *rq);
 /* Pick a backend and connect (or reuse a pooled connection); retries follow by themselves. */
 int wk_xchg_start(struct wk_xchg *x);
@@ -435,6 +439,9 @@ void wk_xchg_accept(struct wk_xchg *x, const struct wk_head *hd);
 int wk_xchg_error(struct wk_xchg *x, unsigned status, const char *error, const char *msg,
                   int close_it);
 int wk_xchg_reply(struct wk_xchg *x, unsigned status, const char *body, size_t blen, int close_it);
+/* The same with a body of type <ctype>, given as is (no operator's page). */
+int wk_xchg_reply_as(struct wk_xchg *x, unsigned status, const char *ctype, const char *body,
+                     size_t blen, int close_it);
 /* Statistics of a request whose response is complete, once: <how> 1 = proxied, 0 = generated.
  * Called just before the write that hands the client the response's last bytes, so whoever got
  * the response and then reads the counters finds it counted. */

@@ -94,6 +94,9 @@ static void txn_end(struct wk_xchg *x)
     if (t == NULL) {
         return;
     }
+    if (t->mw.list != 0 || t->mw.xh != NULL) {
+        wk_mw_end(x); /* (before the head goes: a cancelled hook may look at it) */
+    }
     wk_buf_put(&t->uin);
     wk_buf_put(&t->uout);
     free(t->areq);
@@ -140,11 +143,19 @@ static int expose_backend(const struct wk_xchg *x)
 
 int wk_xchg_reply(struct wk_xchg *x, unsigned status, const char *body, size_t blen, int close_it)
 {
-    const char *ctype = "application/json", *json = body;
+    return wk_xchg_reply_as(x, status, NULL, body, blen, close_it);
+}
+
+int wk_xchg_reply_as(struct wk_xchg *x, unsigned status, const char *ctype, const char *body,
+                     size_t blen, int close_it)
+{
+    const char *json = body;
     size_t jlen = blen;
     int r;
 
-    if ((x->tflags & WK_T_HTML) && x->at.gen != NULL) {
+    if (ctype != NULL) {
+        json = NULL; /* as given: no page, no JSON */
+    } else if ((ctype = "application/json", x->tflags & WK_T_HTML) && x->at.gen != NULL) {
         const struct shm_snap_hdr *s = x->at.gen->snap;
         const struct shm_error_page *pg = shm_error_pages(s);
 
@@ -166,7 +177,7 @@ int wk_xchg_reply(struct wk_xchg *x, unsigned status, const char *body, size_t b
     }
     wk_xchg_detach(x);
     r = x->ops->reply(x, status, ctype, body, blen, close_it);
-    if (r == 1 && body != json) {
+    if (r == 1 && json != NULL && body != json) {
         /* No room for the page (interim responses still queued, say): the JSON body then. */
         r = x->ops->reply(x, status, "application/json", json, jlen, close_it);
     }
@@ -335,6 +346,7 @@ int wk_xchg_route(struct wk_xchg *x, const struct wk_h1_req *rq, const char *nho
         return reply_not_found(x, nhost, nhlen, rq->path, rq->pathlen) == 0 ? 1 : -1;
     }
     x->at.service = shm_routes(s)[ridx].service;
+    x->tx->mw.list = shm_routes(s)[ridx].mw_list;
     svc = wk_xsvc(x);
     if (svc->nbackends == 0) {
         char body[1024];
@@ -366,6 +378,12 @@ int wk_xchg_forward(struct wk_xchg *x, const struct wk_h1_req *rq)
                              "Request head too large to forward", 1) == 0
                    ? 1
                    : -1;
+    }
+    if (x->tx->mw.list != 0) {
+        int r = wk_mw_request(x);
+        if (r != WK_MW_PASS) {
+            return r == WK_MW_CLOSED ? -1 : 1;
+        }
     }
     return 0;
 }
@@ -666,6 +684,9 @@ static int parse_response_head(struct wk_xchg *x)
         }
         if (x->tx->rs.done) {
             x->tflags |= WK_T_RESP_DONE;
+        }
+        if (x->tx->mw.list != 0 && wk_mw_response(x, &rs) != 0) {
+            return upstream_failed(x, WK_FAIL_BAD);
         }
         if (x->ops->resp_head(x, &rs) != 0) {
             return upstream_failed(x, WK_FAIL_BAD);
@@ -1052,6 +1073,9 @@ int wk_xchg_parse(struct wk_xchg *x)
 
 int wk_xchg_expired(struct wk_xchg *x)
 {
+    if (x->tx != NULL && (x->tx->mw.flags & WK_MW_F_WAIT)) {
+        return wk_mw_expired(x);
+    }
     if (x->tflags & WK_T_TUNNEL) {
         wk_xchg_cut(x, SHM_CUT_TUNNEL_IDLE);
         wk_xchg_finish(x);
