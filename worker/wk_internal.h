@@ -20,6 +20,8 @@
 #define WK_EV_CLIENT   2
 #define WK_EV_UPSTREAM 3
 #define WK_EV_H2STREAM 4 /* never in epoll: an HTTP/2 stream, as the owner of its timer */
+#define WK_EV_AUTH     8 /* basic_auth's hashing thread's eventfd (worker/wk_auth.c) */
+#define WK_EV_FAUTH    9 /* a connection to a forward_auth service (worker/wk_fauth.c) */
 
 struct wk_ev {
     uint8_t kind;
@@ -365,6 +367,8 @@ struct wk_worker {
     int batch_full;        /* the last epoll_wait() filled its array: more may be ready */
     struct wk_h2 *h2_due;  /* HTTP/2 connections to run once the batch's events are handled */
     uint64_t rng[2];
+    struct wk_authw *auth;   /* basic_auth's checks (worker/wk_auth.c), NULL until used */
+    struct wk_fauthw *fauth; /* forward_auth's connections (worker/wk_fauth.c), NULL until used */
 };
 
 extern struct wk_worker wk;

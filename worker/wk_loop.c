@@ -21,6 +21,7 @@
 #include "shm/shm.h"
 #include "shm/shm_snap.h"
 #include "worker/wk_alog.h"
+#include "worker/wk_auth.h"
 #include "worker/wk_internal.h"
 #include "worker/wk_tls.h"
 
@@ -757,6 +758,9 @@ static void dispatch(struct epoll_event *evs, int n)
             break;
         case WK_EV_UPSTREAM:
             wk_upstream_event((struct wk_upstream *)(void *)e, evs[i].events);
+            break;
+        case WK_EV_AUTH:
+            wk_auth_event();
             break;
         default:
             break;

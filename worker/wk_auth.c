@@ -1,0 +1,369 @@
+/* dispatcher: basic_auth's password checks off the event loop (see wk_auth.h). */
+#include "worker/wk_auth.h"
+
+#include <crypt.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "common/htpasswd.h"
+#include "common/log.h"
+#include "worker/wk_internal.h"
+
+/* One hash to compute. The hashing thread reads pass and setting and writes ok; the event loop
+ * alone touches the rest. */
+struct wk_auth_job {
+    struct wk_auth_job *next;          /* the thread's todo and done lists (under mu) */
+    struct wk_auth_job *inext, *iprev; /* the event loop's list of jobs in flight */
+    struct wk_auth_wait *waiters;
+    uint8_t tag[16];
+    uint8_t dummy; /* an unknown user's stand-in hash: the answer is a failure */
+    uint8_t ok;
+    char pass[HTP_PASS_MAX + 1];
+    char setting[HTP_HASH_MAX + 1];
+};
+
+struct wk_auth_entry {
+    uint8_t tag[16];
+    uint64_t used; /* last hit (a tick): the least recently used way is replaced; 0 = empty */
+};
+
+/* The worker's state (wk.auth), made on first use. */
+struct wk_authw {
+    struct wk_ev ev; /* the eventfd's epoll owner */
+    int efd;
+    uint8_t key[16];
+    uint64_t tick;
+    struct wk_auth_entry cache[WK_AUTH_CACHE_SETS][WK_AUTH_CACHE_WAYS];
+    struct wk_auth_job *inflight; /* queued or running (event loop's list) */
+    unsigned njobs;
+    struct wk_auth_stats st;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct wk_auth_job *todo, **todo_tail; /* under mu */
+    struct wk_auth_job *done;              /* under mu */
+    int thread_started;
+};
+
+static struct wk_authw *state(void)
+{
+    struct wk_authw *a = wk.auth;
+
+    if (a != NULL) {
+        return a;
+    }
+    a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        return NULL;
+    }
+    if (getrandom(a->key, sizeof(a->key), 0) != (ssize_t)sizeof(a->key)) {
+        free(a);
+        return NULL;
+    }
+    a->ev.kind = WK_EV_AUTH;
+    a->efd = -1;
+    a->todo_tail = &a->todo;
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cv, NULL);
+    wk.auth = a;
+    return a;
+}
+
+/* ---- the cache --------------------------------------------------------------------------------
+ */
+static int tag_eq(const uint8_t *a, const uint8_t *b)
+{
+    uint64_t a0, a1, b0, b1;
+
+    memcpy(&a0, a, 8);
+    memcpy(&a1, a + 8, 8);
+    memcpy(&b0, b, 8);
+    memcpy(&b1, b + 8, 8);
+    return ((a0 ^ b0) | (a1 ^ b1)) == 0;
+}
+
+static struct wk_auth_entry *cache_set(struct wk_authw *a, const uint8_t tag[16])
+{
+    return a->cache[(tag[0] | (unsigned)tag[1] << 8) % WK_AUTH_CACHE_SETS];
+}
+
+int wk_auth_cache_has(const uint8_t tag[16])
+{
+    struct wk_authw *a = state();
+    struct wk_auth_entry *set;
+
+    if (a == NULL) {
+        return 0;
+    }
+    set = cache_set(a, tag);
+    for (int i = 0; i < WK_AUTH_CACHE_WAYS; i++) {
+        if (set[i].used != 0 && tag_eq(set[i].tag, tag)) {
+            set[i].used = ++a->tick;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void wk_auth_cache_put(const uint8_t tag[16])
+{
+    struct wk_authw *a = state();
+    struct wk_auth_entry *set, *victim;
+
+    if (a == NULL) {
+        return;
+    }
+    set = cache_set(a, tag);
+    victim = &set[0];
+    for (int i = 0; i < WK_AUTH_CACHE_WAYS; i++) {
+        if (set[i].used != 0 && tag_eq(set[i].tag, tag)) {
+            set[i].used = ++a->tick;
+            return;
+        }
+        if (set[i].used < victim->used) {
+            victim = &set[i];
+        }
+    }
+    memcpy(victim->tag, tag, 16);
+    victim->used = ++a->tick;
+}
+
+/* ---- the hashing thread -----------------------------------------------------------------------
+ */
+static void *hash_main(void *arg)
+{
+    struct wk_authw *a = arg;
+    struct crypt_data *cd = malloc(sizeof(*cd));
+
+    /* The event loop keeps its priority over the hashing. */
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
+    for (;;) {
+        struct wk_auth_job *j;
+        const char *r = NULL;
+        uint64_t one = 1;
+
+        pthread_mutex_lock(&a->mu);
+        while (a->todo == NULL) {
+            pthread_cond_wait(&a->cv, &a->mu);
+        }
+        j = a->todo;
+        a->todo = j->next;
+        if (a->todo == NULL) {
+            a->todo_tail = &a->todo;
+        }
+        pthread_mutex_unlock(&a->mu);
+
+        if (cd != NULL) {
+            memset(cd, 0, sizeof(*cd));
+            r = crypt_r(j->pass, j->setting, cd);
+        }
+        j->ok = r != NULL && !j->dummy && strlen(r) == strlen(j->setting) &&
+                htp_ct_equal(r, j->setting, strlen(r));
+        explicit_bzero(j->pass, sizeof(j->pass));
+        if (cd != NULL) {
+            explicit_bzero(cd, sizeof(*cd));
+        }
+
+        pthread_mutex_lock(&a->mu);
+        j->next = a->done;
+        a->done = j;
+        pthread_mutex_unlock(&a->mu);
+        while (write(a->efd, &one, sizeof(one)) == -1 && errno == EINTR) {
+        }
+    }
+    return NULL;
+}
+
+static int start_thread(struct wk_authw *a)
+{
+    struct epoll_event ev = {.events = EPOLLIN};
+    sigset_t all, old;
+    pthread_attr_t at;
+    pthread_t th;
+    int r;
+
+    a->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (a->efd == -1) {
+        log_errno(LOG_ERROR, errno, "basic_auth: eventfd() failed");
+        return -1;
+    }
+    ev.data.ptr = &a->ev;
+    if (epoll_ctl(wk.epfd, EPOLL_CTL_ADD, a->efd, &ev) == -1) {
+        log_errno(LOG_ERROR, errno, "basic_auth: epoll_ctl(ADD eventfd) failed");
+        close(a->efd);
+        a->efd = -1;
+        return -1;
+    }
+    /* Signals stay with the event loop's thread. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&at, 256 * 1024);
+    r = pthread_create(&th, &at, hash_main, a);
+    pthread_attr_destroy(&at);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (r != 0) {
+        log_errno(LOG_ERROR, r, "basic_auth: cannot start the hashing thread");
+        epoll_ctl(wk.epfd, EPOLL_CTL_DEL, a->efd, NULL);
+        close(a->efd);
+        a->efd = -1;
+        return -1;
+    }
+    a->thread_started = 1;
+    return 0;
+}
+
+/* ---- checks -----------------------------------------------------------------------------------
+ */
+/* The cache tag of (user, password, stored hash): NUL-separated (none of them holds a NUL). */
+static void make_tag(const struct wk_authw *a, const char *user, size_t ulen, const char *pass,
+                     size_t plen, const char *hash, size_t hlen, uint8_t tag[16])
+{
+    char buf[HTP_USER_MAX + HTP_PASS_MAX + HTP_HASH_MAX + 3];
+    size_t n = 0;
+
+    memcpy(buf, user, ulen);
+    n += ulen;
+    buf[n++] = 0;
+    memcpy(buf + n, pass, plen);
+    n += plen;
+    buf[n++] = 0;
+    memcpy(buf + n, hash, hlen);
+    n += hlen;
+    htp_siphash128(a->key, buf, n, tag);
+    explicit_bzero(buf, n);
+}
+
+int wk_auth_check(const char *user, size_t ulen, const char *pass, size_t plen, const char *hash,
+                  size_t hlen, const char *dummy, size_t dlen, struct wk_auth_wait *w)
+{
+    struct wk_authw *a = state();
+    struct wk_auth_job *j;
+    uint8_t tag[16];
+    int unknown = hash == NULL;
+
+    w->job = NULL;
+    if (a == NULL || ulen > HTP_USER_MAX || plen > HTP_PASS_MAX) {
+        return a == NULL ? WK_AUTH_BUSY : WK_AUTH_FAIL;
+    }
+    if (unknown) {
+        hash = dummy;
+        hlen = dlen;
+    }
+    if (hash == NULL || hlen > HTP_HASH_MAX) {
+        return WK_AUTH_FAIL;
+    }
+    make_tag(a, user, ulen, pass, plen, hash, hlen, tag);
+    if (!unknown && wk_auth_cache_has(tag)) {
+        a->st.hits++;
+        return WK_AUTH_OK;
+    }
+    a->st.misses++;
+    /* The same credentials already being hashed: wait for that one. */
+    for (j = a->inflight; j != NULL; j = j->inext) {
+        if (tag_eq(j->tag, tag) && j->dummy == unknown) {
+            a->st.shared++;
+            goto attach;
+        }
+    }
+    if (a->njobs >= WK_AUTH_MAX_JOBS || (!a->thread_started && start_thread(a) != 0) ||
+        (j = calloc(1, sizeof(*j))) == NULL) {
+        a->st.busy++;
+        return WK_AUTH_BUSY;
+    }
+    memcpy(j->tag, tag, 16);
+    j->dummy = (uint8_t)unknown;
+    memcpy(j->pass, pass, plen);
+    memcpy(j->setting, hash, hlen);
+    a->njobs++;
+    a->st.hashes++;
+    j->inext = a->inflight;
+    if (a->inflight != NULL) {
+        a->inflight->iprev = j;
+    }
+    a->inflight = j;
+    pthread_mutex_lock(&a->mu);
+    *a->todo_tail = j;
+    a->todo_tail = &j->next;
+    pthread_mutex_unlock(&a->mu);
+    pthread_cond_signal(&a->cv);
+attach:
+    w->next = j->waiters;
+    j->waiters = w;
+    w->job = j;
+    return WK_AUTH_WAIT;
+}
+
+void wk_auth_cancel(struct wk_auth_wait *w)
+{
+    struct wk_auth_wait **pp;
+
+    if (w->job == NULL) {
+        return;
+    }
+    for (pp = &w->job->waiters; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    }
+    w->job = NULL;
+    w->next = NULL;
+}
+
+void wk_auth_event(void)
+{
+    struct wk_authw *a = wk.auth;
+    struct wk_auth_job *done, *j;
+    uint64_t v;
+
+    if (a == NULL) {
+        return;
+    }
+    while (read(a->efd, &v, sizeof(v)) == -1 && errno == EINTR) {
+    }
+    pthread_mutex_lock(&a->mu);
+    done = a->done;
+    a->done = NULL;
+    pthread_mutex_unlock(&a->mu);
+    while ((j = done) != NULL) {
+        struct wk_auth_wait *w;
+        done = j->next;
+        if (j->iprev != NULL) {
+            j->iprev->inext = j->inext;
+        } else {
+            a->inflight = j->inext;
+        }
+        if (j->inext != NULL) {
+            j->inext->iprev = j->iprev;
+        }
+        a->njobs--;
+        if (j->ok) {
+            wk_auth_cache_put(j->tag);
+        }
+        /* A callback may cancel another waiter of the same job: take them one at a time. */
+        while ((w = j->waiters) != NULL) {
+            j->waiters = w->next;
+            w->next = NULL;
+            w->job = NULL;
+            w->done(w, j->ok);
+        }
+        free(j);
+    }
+}
+
+const struct wk_auth_stats *wk_auth_stats(void)
+{
+    static const struct wk_auth_stats none;
+
+    return wk.auth != NULL ? &wk.auth->st : &none;
+}
