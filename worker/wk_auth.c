@@ -243,29 +243,34 @@ static void make_tag(const struct wk_authw *a, const char *user, size_t ulen, co
     explicit_bzero(buf, n);
 }
 
-int wk_auth_check(const char *user, size_t ulen, const char *pass, size_t plen, const char *hash,
-                  size_t hlen, const char *dummy, size_t dlen, struct wk_auth_wait *w)
+int wk_auth_cached(const char *user, size_t ulen, const char *pass, size_t plen, const char *hash,
+                   size_t hlen, uint8_t tag[16])
+{
+    struct wk_authw *a = state();
+
+    if (a == NULL || ulen > HTP_USER_MAX || plen > HTP_PASS_MAX || hlen > HTP_HASH_MAX) {
+        return 0;
+    }
+    make_tag(a, user, ulen, pass, plen, hash, hlen, tag);
+    if (wk_auth_cache_has(tag)) {
+        a->st.hits++;
+        return 1;
+    }
+    return 0;
+}
+
+int wk_auth_queue(const uint8_t tag[16], const char *pass, size_t plen, const char *hash,
+                  size_t hlen, int unknown, struct wk_auth_wait *w)
 {
     struct wk_authw *a = state();
     struct wk_auth_job *j;
-    uint8_t tag[16];
-    int unknown = hash == NULL;
 
     w->job = NULL;
-    if (a == NULL || ulen > HTP_USER_MAX || plen > HTP_PASS_MAX) {
-        return a == NULL ? WK_AUTH_BUSY : WK_AUTH_FAIL;
+    if (a == NULL) {
+        return WK_AUTH_BUSY;
     }
-    if (unknown) {
-        hash = dummy;
-        hlen = dlen;
-    }
-    if (hash == NULL || hlen > HTP_HASH_MAX) {
+    if (plen > HTP_PASS_MAX || hash == NULL || hlen > HTP_HASH_MAX) {
         return WK_AUTH_FAIL;
-    }
-    make_tag(a, user, ulen, pass, plen, hash, hlen, tag);
-    if (!unknown && wk_auth_cache_has(tag)) {
-        a->st.hits++;
-        return WK_AUTH_OK;
     }
     a->st.misses++;
     /* The same credentials already being hashed: wait for that one. */
@@ -281,7 +286,7 @@ int wk_auth_check(const char *user, size_t ulen, const char *pass, size_t plen, 
         return WK_AUTH_BUSY;
     }
     memcpy(j->tag, tag, 16);
-    j->dummy = (uint8_t)unknown;
+    j->dummy = (uint8_t)(unknown != 0);
     memcpy(j->pass, pass, plen);
     memcpy(j->setting, hash, hlen);
     a->njobs++;
@@ -301,6 +306,28 @@ attach:
     j->waiters = w;
     w->job = j;
     return WK_AUTH_WAIT;
+}
+
+int wk_auth_check(const char *user, size_t ulen, const char *pass, size_t plen, const char *hash,
+                  size_t hlen, const char *dummy, size_t dlen, struct wk_auth_wait *w)
+{
+    uint8_t tag[16];
+    int unknown = hash == NULL;
+
+    w->job = NULL;
+    if (unknown) {
+        hash = dummy;
+        hlen = dlen;
+    }
+    if (hash == NULL || ulen > HTP_USER_MAX || plen > HTP_PASS_MAX || hlen > HTP_HASH_MAX) {
+        return WK_AUTH_FAIL;
+    }
+    if (wk_auth_cached(user, ulen, pass, plen, hash, hlen, tag)) {
+        if (!unknown) {
+            return WK_AUTH_OK;
+        }
+    }
+    return wk_auth_queue(tag, pass, plen, hash, hlen, unknown, w);
 }
 
 void wk_auth_cancel(struct wk_auth_wait *w)

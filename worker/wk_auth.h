@@ -39,6 +39,14 @@ struct wk_auth_wait {
  * answer takes as long as for a known user, and the result is a failure. */
 int wk_auth_check(const char *user, size_t ulen, const char *pass, size_t plen, const char *hash,
                   size_t hlen, const char *dummy, size_t dlen, struct wk_auth_wait *w);
+/* The two halves of wk_auth_check(), for a caller that allocates its waiter only on a miss:
+ * 1 when (user, password, hash) is cached as verified; else 0 with its tag in <tag>. */
+int wk_auth_cached(const char *user, size_t ulen, const char *pass, size_t plen, const char *hash,
+                   size_t hlen, uint8_t tag[16]);
+/* Queue the hash of <pass> against <hash> (<unknown>: a stand-in for an unknown user, always a
+ * failure): WK_AUTH_WAIT, WK_AUTH_BUSY or WK_AUTH_FAIL. */
+int wk_auth_queue(const uint8_t tag[16], const char *pass, size_t plen, const char *hash,
+                  size_t hlen, int unknown, struct wk_auth_wait *w);
 /* Stop waiting (the request went away). */
 void wk_auth_cancel(struct wk_auth_wait *w);
 /* The eventfd's event: run the callbacks of finished checks. */

@@ -22,6 +22,7 @@
 #include "shm/shm_snap.h"
 #include "worker/wk_alog.h"
 #include "worker/wk_auth.h"
+#include "worker/wk_fauth.h"
 #include "worker/wk_internal.h"
 #include "worker/wk_tls.h"
 
@@ -205,6 +206,8 @@ static void timers_run(void)
                 wk_client_timeout((struct wk_client *)(void *)t->owner);
             } else if (t->owner->kind == WK_EV_H2STREAM) {
                 wk_h2_stream_timeout((struct wk_h2_stream *)(void *)t->owner);
+            } else if (t->owner->kind == WK_EV_FAUTH) {
+                wk_fauth_timeout((struct wk_fauth_conn *)(void *)t->owner);
             }
         }
     }
@@ -761,6 +764,9 @@ static void dispatch(struct epoll_event *evs, int n)
             break;
         case WK_EV_AUTH:
             wk_auth_event();
+            break;
+        case WK_EV_FAUTH:
+            wk_fauth_event((struct wk_fauth_conn *)(void *)e, evs[i].events);
             break;
         default:
             break;
