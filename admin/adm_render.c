@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "admin/adm_buf.h"
+#include "shm/shm_mw.h"
 #include "shm/shm_snap.h"
 #include "shm/shm_stats.h"
 
@@ -393,6 +394,43 @@ void adm_render_instances(struct adm_buf *b, const struct adm_view *v)
 }
 
 /* ---- routes --------------------------------------------------------------------------------- */
+/* ,"middlewares":["a","b"]: the route's chain, in order. */
+static void add_route_mws(struct adm_buf *b, const struct shm_snap_hdr *s,
+                          const struct shm_route *r)
+{
+    uint32_t n;
+    const uint32_t *ids = shm_mw_route_list(s, r->mw_list, &n);
+
+    adm_buf_adds(b, ",\"middlewares\":[");
+    for (uint32_t k = 0; k < n; k++) {
+        const struct shm_mw *m = &shm_mws(s)[ids[k]];
+        adm_buf_adds(b, k ? "," : "");
+        adm_buf_jstr(b, shm_mw_s(s, m->name), m->name.len);
+    }
+    adm_buf_adds(b, "]");
+}
+
+/* ,"middlewares":[{"name","type","answered","passed"}]: every middleware's counters. */
+static void add_mw_stats(struct adm_buf *b, const struct adm_view *v)
+{
+    const struct shm_snap_hdr *s = v->snap;
+    uint32_t n = shm_mw_count(s);
+
+    adm_buf_adds(b, ",\"middlewares\":[");
+    for (uint32_t i = 0; i < n && !b->overflow; i++) {
+        const struct shm_mw *m = &shm_mws(s)[i];
+        const struct shm_rt_mw *c = m->rt_slot < SHM_RT_MAX_MIDDLEWARES ? &v->rt->mws[m->rt_slot]
+                                                                        : NULL;
+        adm_buf_adds(b, i ? ",{\"name\":" : "{\"name\":");
+        adm_buf_jstr(b, shm_mw_s(s, m->name), m->name.len);
+        adm_buf_addf(b, ",\"type\":\"%s\",\"answered\":%llu,\"passed\":%llu}",
+                     shm_mw_type_name(m->type),
+                     (unsigned long long)(c != NULL ? LD(&c->answered) : 0),
+                     (unsigned long long)(c != NULL ? LD(&c->passed) : 0));
+    }
+    adm_buf_adds(b, "]");
+}
+
 void adm_render_routes(struct adm_buf *b, const struct adm_view *v)
 {
     const struct shm_snap_hdr *s = v->snap;
@@ -422,6 +460,7 @@ void adm_render_routes(struct adm_buf *b, const struct adm_view *v)
         } else {
             adm_buf_adds(b, "null");
         }
+        add_route_mws(b, s, r);
         adm_buf_adds(b, "}");
     }
     adm_buf_adds(b, "]}");
@@ -510,6 +549,7 @@ void adm_render_stats(struct adm_buf *b, const struct adm_view *v)
     }
     adm_buf_adds(b, ",\"latency_ms\":");
     add_latency(b, &total);
+    add_mw_stats(b, v);
     adm_buf_adds(b, ",\"services\":[");
     for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
         shm_stats_sum_service(v->rt, nshards(v), svcs[i].rt_slot, v->now_ms, &st);
@@ -855,6 +895,22 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
         for (unsigned k = 0; k < SHM_H2_ABUSE_KINDS; k++) {
             adm_buf_addf(b, "dispatcher_h2_abuse_total{kind=\"%s\"} %llu\n", shm_h2_abuse_name(k),
                          (unsigned long long)ps.abuse[k]);
+        }
+    }
+    if (shm_mw_count(v->snap) > 0) {
+        const struct shm_snap_hdr *ms = v->snap;
+        prom_head(b, "dispatcher_middleware_total", "counter",
+                  "Requests through each middleware: answered by it, or passed on.");
+        for (uint32_t i = 0; i < shm_mw_count(ms) && !b->overflow; i++) {
+            const struct shm_mw *m = &shm_mws(ms)[i];
+            const struct shm_rt_mw *c = &v->rt->mws[m->rt_slot % SHM_RT_MAX_MIDDLEWARES];
+            for (int k = 0; k < 2; k++) {
+                adm_buf_adds(b, "dispatcher_middleware_total{middleware=");
+                prom_label(b, shm_mw_s(ms, m->name), m->name.len);
+                adm_buf_addf(b, ",type=\"%s\",result=\"%s\"} %llu\n", shm_mw_type_name(m->type),
+                             k ? "passed" : "answered",
+                             (unsigned long long)LD(k ? &c->passed : &c->answered));
+            }
         }
     }
     prom_head(b, "dispatcher_responses_cut_total", "counter",

@@ -43,16 +43,11 @@ struct wk_mw_hooks {
     /* The request ends while this middleware's request hook is suspended (client gone, timer):
      * free what it holds for it (x->tx->mw.wait) and stop its work. */
     void (*cancel)(struct wk_xchg *x, const struct wk_mw_ctx *c);
-    /* Body transform (set up by the response hook with wk_mw_body_start()): <in>[0, n) is
-     * the next piece of the decoded response body, <fin> set once it is complete. Write the
-     * output with wk_mw_body_out(); 0, or -1 to cut the response. */
-    int (*body)(struct wk_xchg *x, const struct wk_mw_ctx *c, const char *in, size_t n, int fin);
-    /* The request is over (any way): free per-request state it keeps (x->tx->mw.body). */
+    /* The request is over (any way): free per-request state it keeps (x->tx->mw.state). */
     void (*end)(struct wk_xchg *x, const struct wk_mw_ctx *c);
 };
 
 #define WK_MW_F_WAIT     0x01u /* a request hook is suspended at position pos */
-#define WK_MW_F_BODY     0x02u /* a body transform is on */
 #define WK_MW_F_REQ_DONE 0x04u /* the request side has run through */
 
 /* The chain's state, in the request's transaction (zero for a route without middlewares). */
@@ -61,7 +56,7 @@ struct wk_mw_txn {
     uint8_t n;     /* chain length */
     uint8_t pos;   /* the middleware running (or suspended) */
     uint8_t flags; /* WK_MW_F_* */
-    uint8_t body_pos;
+    uint8_t pad0;
     uint32_t answered;    /* id + 1 of the middleware that answered, 0: none */
     uint32_t passed;      /* bit per chain position: passed (its response hook runs) */
     uint64_t max_body;    /* the smallest max_body of the chain (0: none) */
@@ -69,8 +64,8 @@ struct wk_mw_txn {
     uint32_t pad;
     char *xh; /* extra fields for an answer: "Name: value\r\n" lines (heap) */
     uint32_t xh_len, xh_cap;
-    void *wait; /* the suspended hook's own state */
-    void *body; /* the body transform's own state */
+    void *wait;  /* the suspended hook's own state */
+    void *state; /* a hook's own per-request state (freed by its end hook) */
 };
 
 /* Exchange side: called by wk_xchg.c / the client sides. */
@@ -127,13 +122,6 @@ int wk_mw_resp_set(struct wk_h1_resp *rs, const char *name, size_t nlen, const c
 int wk_mw_resp_add(struct wk_h1_resp *rs, const char *name, size_t nlen, const char *v,
                    size_t vlen);
 const struct wk_hdr *wk_mw_resp_get(const struct wk_h1_resp *rs, const char *name);
-
-/* Start transforming the response body from the response hook of <c> (compress): the client
- * then gets the body re-framed (chunked for HTTP/1.1, up to the close for 1.0, DATA frames in
- * HTTP/2; the caller drops Content-Length). 0 or -1. */
-int wk_mw_body_start(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk_h1_resp *rs);
-/* Output of a body hook. 0, or -1 (no memory). */
-int wk_mw_body_out(struct wk_xchg *x, const char *p, size_t n);
 
 /* Is the request's client (x->at: the PROXY source or the trusted X-Forwarded-For entry) in
  * one of <n> CIDR blocks? */

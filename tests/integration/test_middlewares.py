@@ -71,14 +71,20 @@ def echo_headers(r):
 
 class MiddlewareTests(dsptest.TestCase):
 
-    def start(self, workers=1):
+    def start(self, workers=1, http_port=None):
         self.be = self.backend("b1")
         d = dsptest.Dispatcher(workers=workers)
         with open(os.path.join(d.tmp, "maint.html"), "w") as f:
             f.write("<h1>Down for maintenance</h1>\n")
         routes = [route(h, "app", middlewares=m) for h, m in ROUTES] + [route("*", "app")]
-        d.write_config(dsptest.make_config(d.port, d.tmp, [svc("app", self.be)], routes,
-                                           workers=workers, extra=MIDDLEWARES))
+        text = dsptest.make_config(d.port, d.tmp, [svc("app", self.be)], routes,
+                                   workers=workers, extra=MIDDLEWARES)
+        if http_port is not None:
+            sock = os.path.join(d.tmp, "admin.sock")
+            text = text.replace('admin = { socket = "%s"; };' % sock,
+                                'admin = { socket = "%s"; http = "127.0.0.1:%d"; };'
+                                % (sock, http_port))
+        d.write_config(text)
         self.start_dispatcher(d)
         return d
 
@@ -238,6 +244,43 @@ class MiddlewareTests(dsptest.TestCase):
         self.assertEqual(self.backend_requests(), before)
         st, hd, body = curl(p, "s.do", "/api/q", h2=True)
         self.assertEqual(json.loads(body)["path"], "/q")
+
+    def test_counters_and_admin(self):
+        """Per-middleware counters (answered, passed) across both workers, in show stats and
+        /metrics; show routes lists each route's chain; a reload keeps counters by name."""
+        hp = dsptest.free_port()
+        d = self.start(workers=2, http_port=hp)
+        p = d.port
+        for _ in range(5):
+            self.assertEqual(request(p, "/", host="office.do").status, 403)
+            self.assertEqual(request(p, "/", host="h.do").status, 200)
+        self.assertEqual(request(p, "/", host="maint.do").status, 503)
+
+        def mw_stats():
+            return {m["name"]: m for m in dsptest.admin_ask(d, "show stats")["middlewares"]}
+        dsptest.wait_until(lambda: mw_stats()["office"]["answered"] == 5, 5, "office counted")
+        st = mw_stats()
+        self.assertEqual((st["office"]["answered"], st["office"]["passed"]), (5, 0))
+        self.assertEqual((st["secure"]["answered"], st["secure"]["passed"]), (0, 6))
+        self.assertEqual((st["maint"]["answered"], st["maint"]["type"]), (1, "static"))
+        routes = dsptest.admin_ask(d, "show routes")["routes"]
+        chains = {r["host"]: r["middlewares"] for r in routes}
+        self.assertEqual(chains["maint.do"], ["secure", "maint"])
+        self.assertEqual(chains["*"], [])
+        with socket.create_connection(("127.0.0.1", hp), timeout=5) as c:
+            c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            body = dsptest.read_to_eof(c).decode()
+        self.assertIn('dispatcher_middleware_total{middleware="office",type="ip_allow",'
+                      'result="answered"} 5', body)
+        self.assertIn('dispatcher_middleware_total{middleware="secure",type="headers",'
+                      'result="passed"} 6', body)
+        # A reload that keeps "office" keeps its counters; one that drops a middleware is fine.
+        gen = dsptest.generation(d)
+        d.hup()
+        dsptest.wait_until(lambda: dsptest.workers_on_generation(d, gen + 1), 10, "reload")
+        self.assertEqual(mw_stats()["office"]["answered"], 5)
+        self.assertEqual(request(p, "/", host="office.do").status, 403)
+        dsptest.wait_until(lambda: mw_stats()["office"]["answered"] == 6, 5, "office counted")
 
     def bigfile(self, d, n):
         path = os.path.join(d.tmp, "big.bin")
