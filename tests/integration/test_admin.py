@@ -232,7 +232,8 @@ class AdminTest(dsptest.TestCase):
         self.assertEqual(len(j["routes"]), 2)
         self.assertEqual(j["routes"][1], {"host": "idle.do", "path": "/i/",
                                           "methods": ["GET", "POST"], "priority": 2,
-                                          "source": "file", "service": "idle"})
+                                          "source": "file", "service": "idle",
+                                          "middlewares": []})
 
         j = c.ask("show workers")
         self.assertEqual(len(j["workers"]), 2)
