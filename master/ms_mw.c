@@ -49,7 +49,11 @@ void ms_mw_err(struct ms_mw_src *s, const char *key, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    if (key != NULL) {
+    if (key != NULL && s->where[0] == '\0') {
+        snprintf(full, sizeof(full), "%s: %s", key, msg);
+    } else if (s->where[0] == '\0') {
+        snprintf(full, sizeof(full), "%s", msg);
+    } else if (key != NULL) {
         snprintf(full, sizeof(full), "%s.%s: %s", s->where, key, msg);
     } else {
         snprintf(full, sizeof(full), "%s: %s", s->where, msg);

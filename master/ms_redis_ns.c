@@ -14,11 +14,12 @@
 #include "common/dsp.h"
 #include "common/log.h"
 #include "master/ms_config.h"
+#include "master/ms_mw.h"
 #include "master/ms_tls.h"
 
 
-static const char *const set_names[MS_RNS_KINDS] = {"services", "routes", "certs"};
-static const char *const hash_names[MS_RNS_KINDS] = {"service:", "route:", "cert:"};
+static const char *const set_names[MS_RNS_KINDS] = {"services", "routes", "certs", "middlewares"};
+static const char *const hash_names[MS_RNS_KINDS] = {"service:", "route:", "cert:", "middleware:"};
 
 const char *ms_rns_set_name(int kind)
 {
@@ -490,7 +491,8 @@ static const char *const service_fields[] = {"backends",
                                              "response_timeout_ms",
                                              "stream_idle_timeout_ms",
                                              NULL};
-static const char *const route_fields[] = {"host", "path", "methods", "priority", "service", NULL};
+static const char *const route_fields[] = {"host",    "path",        "methods", "priority",
+                                           "service", "middlewares", NULL};
 static const char *const cert_fields[] = {"cert", "key", NULL};
 
 static void unknown_field(struct errs *el, const char *key, const char *name,
@@ -616,9 +618,176 @@ static long lookup(const struct svc_index *ix, const char *name)
     return hit != NULL ? (long)hit->idx : -1;
 }
 
+/* "a,b" (spaces around names allowed; "" for none) -> a heap array of heap names. */
+static char **split_list(const char *v, size_t *n)
+{
+    size_t cap = 1;
+    char **out;
+
+    for (const char *p = v; *p != '\0'; p++) {
+        cap += *p == ',';
+    }
+    out = dsp_xcalloc(cap + 1, sizeof(*out));
+    *n = 0;
+    while (*v != '\0') {
+        const char *e = strchr(v, ','), *a = v, *b;
+        b = e != NULL ? e : v + strlen(v);
+        while (a < b && (*a == ' ' || *a == '\t')) {
+            a++;
+        }
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t')) {
+            b--;
+        }
+        if (b > a || e != NULL || *n > 0) {
+            out[*n] = dsp_xmalloc((size_t)(b - a) + 1);
+            memcpy(out[*n], a, (size_t)(b - a));
+            out[(*n)++][b - a] = '\0';
+        }
+        if (e == NULL) {
+            break;
+        }
+        v = e + 1;
+    }
+    return out;
+}
+
+/* A route's "middlewares" field: names of file or Redis middlewares, in order. */
+static void route_mws(struct errs *el, const char *key, const char *v, const struct ms_config *cfg,
+                      struct ms_route *r)
+{
+    char why[256];
+
+    r->mw_names = split_list(v, &r->nmw);
+    for (size_t i = 0; i < r->nmw; i++) {
+        if (r->mw_names[i][0] == '\0') {
+            add_err(el, key, "middlewares: an empty name in \"%s\"", v);
+            return;
+        }
+    }
+    if (ms_mw_resolve(cfg, r->mw_names, r->nmw, &r->mw_ids, why, sizeof(why)) != 0) {
+        add_err(el, key, "middlewares: %s", why);
+    }
+}
+
+/* ---- middleware:{name}: the hash read through master/ms_mw.h's accessors ------------------- */
+struct rns_src {
+    struct errs *el;
+    const char *key;
+    const struct ms_rns_entry *e;
+};
+
+static const char *rns_field(struct ms_mw_src *s, const char *name)
+{
+    const struct ms_rns_entry *e = ((struct rns_src *)s->impl)->e;
+
+    for (size_t i = 0; i < e->nf; i++) {
+        if (strcmp(e->f[i].name, name) == 0) {
+            return e->f[i].value;
+        }
+    }
+    return NULL;
+}
+
+static int rns_str(struct ms_mw_src *s, const char *key, const char **out)
+{
+    *out = rns_field(s, key);
+    return *out != NULL;
+}
+
+static int rns_num(struct ms_mw_src *s, const char *key, long min, long max, long *out)
+{
+    const char *v = rns_field(s, key);
+    char why[256];
+
+    if (v == NULL) {
+        return 0;
+    }
+    if (ms_rns_parse_int(v, min, max, out, why, sizeof(why)) != 0) {
+        ms_mw_err(s, key, "%s", why);
+        return -1;
+    }
+    return 1;
+}
+
+static int rns_bool(struct ms_mw_src *s, const char *key, int *out)
+{
+    const char *v = rns_field(s, key);
+
+    if (v == NULL) {
+        return 0;
+    }
+    if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0) {
+        *out = 1;
+    } else if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0) {
+        *out = 0;
+    } else {
+        ms_mw_err(s, key, "must be true or false (got \"%s\")", v);
+        return -1;
+    }
+    return 1;
+}
+
+static int rns_list(struct ms_mw_src *s, const char *key, char ***out, size_t *n)
+{
+    const char *v = rns_field(s, key);
+
+    *out = NULL;
+    *n = 0;
+    if (v == NULL) {
+        return 0;
+    }
+    *out = split_list(v, n);
+    return 1;
+}
+
+static void rns_err(struct ms_mw_src *s, const char *key, const char *msg)
+{
+    struct rns_src *r = s->impl;
+
+    (void)key;
+    add_err(r->el, r->key, "%s", msg);
+}
+
+static const struct ms_mw_src_ops rns_ops = {
+    .str = rns_str, .num = rns_num, .boolean = rns_bool, .list = rns_list, .err = rns_err};
+
+/* A middleware from its hash: "type" and the type's keys, as in the file. 0, or -1 (reported). */
+static int parse_mw(struct errs *el, const char *key, const struct ms_rns_entry *e, const char *dir,
+                    struct ms_mw *out)
+{
+    struct rns_src r = {el, key, e};
+    struct ms_mw_src src = {.ops = &rns_ops, .impl = &r, .where = "", .dir = dir};
+    const struct ms_mw_type *t;
+    const char *type = NULL;
+
+    if (!rns_str(&src, "type", &type)) {
+        add_err(el, key, "no type field");
+        return -1;
+    }
+    t = ms_mw_type_find(type);
+    for (size_t i = 0; t != NULL && i < e->nf; i++) {
+        size_t k = 0;
+        if (strcmp(e->f[i].name, "type") == 0) {
+            continue;
+        }
+        while (t->keys[k] != NULL && strcmp(t->keys[k], e->f[i].name) != 0) {
+            k++;
+        }
+        if (t->keys[k] == NULL) {
+            unknown_field(el, key, e->f[i].name, t->keys);
+            return -1;
+        }
+    }
+    if (ms_mw_parse(&src, e->id, type, out) != 0) {
+        return -1;
+    }
+    out->source = SHM_SOURCE_REDIS;
+    return 0;
+}
+
 static void parse_route(struct errs *el, const char *key, const struct ms_rns_entry *e,
                         const struct svc_index *file_ix, const struct svc_index *redis_ix,
-                        struct ms_route *r)
+                        const struct ms_config *cfg, struct ms_route *r)
 {
     int have_host = 0, have_service = 0;
     char why[256];
@@ -652,6 +821,8 @@ static void parse_route(struct errs *el, const char *key, const struct ms_rns_en
             } else {
                 r->priority = (int)v;
             }
+        } else if (strcmp(n, "middlewares") == 0) {
+            route_mws(el, key, f->value, cfg, r);
         } else if (strcmp(n, "service") == 0) {
             long idx = lookup(file_ix, f->value);
 
@@ -739,7 +910,7 @@ int ms_rns_merge(struct ms_config *cfg, const struct ms_rns *ns, int quiet, char
     struct ms_route *rr = NULL;
     struct ms_cert *rc = NULL;
     struct svc_index file_ix, redis_ix;
-    size_t nrs = 0, nrr = 0, nrc = 0;
+    size_t nrs = 0, nrr = 0, nrc = 0, nfile_mws;
     int64_t now = (int64_t)time(NULL);
     char key[512];
 
@@ -775,6 +946,34 @@ int ms_rns_merge(struct ms_config *cfg, const struct ms_rns *ns, int quiet, char
         nrs++;
     }
 
+    /* Middlewares go into cfg at once (routes resolve names there), out again on failure. */
+    nfile_mws = cfg->nmws;
+    if (ns->n[MS_RNS_MW] > 0) {
+        cfg->mws = dsp_xrealloc(cfg->mws, (cfg->nmws + ns->n[MS_RNS_MW]) * sizeof(*cfg->mws));
+    }
+    for (size_t i = 0; i < ns->n[MS_RNS_MW]; i++) {
+        const struct ms_rns_entry *e = &ns->e[MS_RNS_MW][i];
+        size_t k = 0;
+
+        entry_key(key, sizeof(key), ns, MS_RNS_MW, e->id);
+        if (!entry_ok(&el, ns, MS_RNS_MW, e, key)) {
+            continue;
+        }
+        while (k < nfile_mws && strcmp(cfg->mws[k].name, e->id) != 0) {
+            k++;
+        }
+        if (k < nfile_mws) {
+            if (!quiet) {
+                log_warn("redis %s: middleware '%s' is also defined in %s; the file's entry wins",
+                         key, e->id, cfg->path);
+            }
+            continue;
+        }
+        if (parse_mw(&el, key, e, cfg->dir, &cfg->mws[cfg->nmws]) == 0) {
+            cfg->nmws++;
+        }
+    }
+
     index_services(&redis_ix, rs, nrs, cfg->nservices);
     rr = dsp_xcalloc(ns->n[MS_RNS_ROUTE] + 1, sizeof(*rr));
     for (size_t i = 0; i < ns->n[MS_RNS_ROUTE]; i++) {
@@ -786,7 +985,7 @@ int ms_rns_merge(struct ms_config *cfg, const struct ms_rns *ns, int quiet, char
         }
         ms_route_init(&rr[nrr]);
         rr[nrr].source = SHM_SOURCE_REDIS;
-        parse_route(&el, key, e, &file_ix, &redis_ix, &rr[nrr]);
+        parse_route(&el, key, e, &file_ix, &redis_ix, cfg, &rr[nrr]);
         nrr++;
     }
 
@@ -818,6 +1017,9 @@ int ms_rns_merge(struct ms_config *cfg, const struct ms_rns *ns, int quiet, char
         free(rs);
         free(rr);
         free(rc);
+        while (cfg->nmws > nfile_mws) {
+            ms_mw_dispose(&cfg->mws[--cfg->nmws]);
+        }
         *errs = el.buf;
         return -1;
     }
@@ -851,6 +1053,9 @@ void ms_rns_unmerge(struct ms_config *cfg)
     }
     while (cfg->nservices > 0 && cfg->services[cfg->nservices - 1].source == SHM_SOURCE_REDIS) {
         ms_service_dispose(&cfg->services[--cfg->nservices]);
+    }
+    while (cfg->nmws > 0 && cfg->mws[cfg->nmws - 1].source == SHM_SOURCE_REDIS) {
+        ms_mw_dispose(&cfg->mws[--cfg->nmws]);
     }
     while (cfg->tls.ncerts > 0 && cfg->tls.certs[cfg->tls.ncerts - 1].source == SHM_SOURCE_REDIS) {
         ms_cert_dispose(&cfg->tls.certs[--cfg->tls.ncerts]);

@@ -14,7 +14,8 @@ struct ms_config;
 #define MS_RNS_SERVICE 0 /* SET services, HASH service:{name} */
 #define MS_RNS_ROUTE   1 /* SET routes,   HASH route:{id} */
 #define MS_RNS_CERT    2 /* SET certs,    HASH cert:{id} */
-#define MS_RNS_KINDS   3
+#define MS_RNS_MW      3 /* SET middlewares, HASH middleware:{name} */
+#define MS_RNS_KINDS   4
 
 struct ms_rns_field {
     char *name;
@@ -80,11 +81,12 @@ int ms_rns_equal(const struct ms_rns *a, const struct ms_rns *b);
  * one only once). */
 uint64_t ms_rns_hash(const struct ms_rns *ns);
 
-/* Validate <ns> against <cfg> (which must hold no Redis entries) and append its services, routes
- * and certificates after the file's, each kind sorted by id, marked SHM_SOURCE_REDIS; sets
- * cfg->redis.merged. A Redis service named like a file service is skipped (the file wins; logged
- * as a warning unless <quiet>). Returns 0, or -1 when anything is invalid: <cfg> is then
- * unchanged and <*errs> (heap, caller frees) holds one "redis KEY: message" line per problem. */
+/* Validate <ns> against <cfg> (which must hold no Redis entries) and append its services,
+ * middlewares, routes and certificates after the file's, each kind sorted by id, marked
+ * SHM_SOURCE_REDIS; sets cfg->redis.merged. A Redis service named like a file service is skipped
+ * (the file wins; logged as a warning unless <quiet>). Returns 0, or -1 when anything is invalid:
+ * <cfg> is then unchanged and <*errs> (heap, caller frees) holds one "redis KEY: message" line per
+ * problem. */
 int ms_rns_merge(struct ms_config *cfg, const struct ms_rns *ns, int quiet, char **errs);
 /* Remove every Redis entry from <cfg> again (and clear cfg->redis.merged). */
 void ms_rns_unmerge(struct ms_config *cfg);

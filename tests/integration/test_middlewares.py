@@ -5,6 +5,7 @@ HTTP/2, with one master for many cases."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -339,3 +340,79 @@ def nghttp_status(port, host, path, data_file, no_cl=False):
 
 def echo_headers_json(body):
     return {k.lower(): v for k, v in json.loads(body)["headers"]}
+
+
+class MiddlewareRedisTest(dsptest.TestCase):
+    """`middlewares` SET + `middleware:{name}` HASH (type and the file's keys, lists
+    comma-separated) and route:{id}'s `middlewares` field; a bad one is reported and not
+    applied; a name defined in the file wins."""
+
+    @dsptest.timeout(60)
+    def test_middlewares_from_redis(self):
+        import test_redis as tr
+        tmp = dsptest.tempfile.mkdtemp(prefix="dsp-it-redis-")
+        dsptest._record_tmp(tmp)
+        r = tr.Redis(tmp).start()
+        self.addCleanup(r.stop)
+        be = self.backend("api")
+        file_mw = ('middlewares = ( { name = "tag"; type = "headers"; '
+                   'response_set = ["X-Tag: file"]; } );')
+        d = self.dispatcher(services=[svc("gw", be)], routes=[route("gw.do", "gw")], workers=1,
+                            extra=file_mw + "\n" + tr.redis_block(r))
+        self.assertTrue(tr.wait_log(d, r"connected; following"))
+        env = "production"
+
+        def add_mw(name, **fields):
+            args = []
+            for k, v in fields.items():
+                args += [k, v]
+            r.cli("HSET", "dispatcher:%s:middleware:%s" % (env, name), *args)
+            r.cli("SADD", "dispatcher:%s:middlewares" % env, name)
+            tr.bump(r, env)
+
+        add_mw("office", type="ip_allow", cidrs="10.0.0.0/8, fd00::/8")
+        add_mw("sec", type="headers", request_set="X-Env: prod", response_remove="X-Backend")
+        add_mw("tag", type="headers", response_set="X-Tag: redis")  # the file's wins
+        tr.add_service(r, env, "api", [be.addr])
+        tr.add_route(r, env, "a", host="a.do", service="api", middlewares="sec, tag")
+        tr.add_route(r, env, "b", host="b.do", service="api", middlewares="office")
+        tr.publish(r, env)
+        self.assertIsNotNone(tr.wait_all([d.port], "a.do", 200, timeout_s=5), d.log_tail())
+        res = request(d.port, "/", host="a.do")
+        self.assertEqual(echo_headers(res).get("x-env"), "prod")
+        self.assertIsNone(res.header("X-Backend"))
+        self.assertEqual(res.header("X-Tag"), "file")
+        self.assertEqual(request(d.port, "/", host="b.do").status, 403)
+        self.assertTrue(tr.wait_log(d, r"middleware 'tag' is also defined in"))
+        routes = {x["host"]: x["middlewares"] for x in dsptest.admin_ask(d, "show routes")["routes"]}
+        self.assertEqual(routes["a.do"], ["sec", "tag"])
+
+        applied = d.log().count("applied as generation")
+        cases = [
+            (lambda: add_mw("bad", type="nosuch"), "middleware:bad", "unknown middleware type"),
+            (lambda: add_mw("bad", type="ip_allow", cidrs="10.0.0.0/33"), "middleware:bad",
+             "10.0.0.0/33"),
+            (lambda: add_mw("bad", type="headers", request_set="X-A: 1", colour="red"),
+             "middleware:bad", "unknown field 'colour'"),
+            (lambda: tr.add_route(r, env, "bad", host="bad.do", service="api",
+                                  middlewares="sec,nope"),
+             "route:bad", "unknown middleware 'nope'"),
+        ]
+        for brk, k, msg in cases:
+            tr.add_route(r, env, "ride", host="ride.do", service="api")
+            brk()
+            tr.publish(r, env)
+            pat = r"\[error\].*redis dispatcher:production:%s: .*%s" % (re.escape(k),
+                                                                       re.escape(msg))
+            self.assertTrue(tr.wait_log(d, pat, 3), "no error naming %s:\n%s" % (k, d.log_tail()))
+            self.assertEqual(tr.status(d.port, "ride.do")[0], 404, "nothing changes")
+            self.assertEqual(d.log().count("applied as generation"), applied)
+            kind, name = k.split(":")
+            tr.remove(r, env, kind, name)
+            tr.publish(r, env)
+            self.assertIsNotNone(tr.wait_all([d.port], "ride.do", 200, timeout_s=3), d.log_tail())
+            tr.remove(r, env, "route", "ride")
+            tr.publish(r, env)
+            self.assertIsNotNone(tr.wait_all([d.port], "ride.do", 404, timeout_s=3))
+            applied = d.log().count("applied as generation")
+        self.assertEqual(request(d.port, "/", host="b.do").status, 403)
