@@ -107,5 +107,7 @@ int ms_mw_resolve(const struct ms_config *cfg, char *const *names, size_t n, uin
 /* ---- the built-in types (master/ms_mw_types.c) ---------------------------------------------- */
 extern const struct ms_mw_type ms_mw_headers, ms_mw_static, ms_mw_ip_allow, ms_mw_redirect_https,
     ms_mw_strip_prefix, ms_mw_max_body, ms_mw_cors;
+/* basic_auth and forward_auth (master/ms_mw_auth.c) */
+extern const struct ms_mw_type ms_mw_basic_auth, ms_mw_forward_auth;
 
 #endif

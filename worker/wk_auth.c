@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -15,8 +16,11 @@
 #include <unistd.h>
 
 #include "common/htpasswd.h"
+#include "common/dsp.h"
 #include "common/log.h"
+#include "shm/shm_mw_auth.h"
 #include "worker/wk_internal.h"
+#include "worker/wk_mw.h"
 
 /* One hash to compute. The hashing thread reads pass and setting and writes ok; the event loop
  * alone touches the rest. */
@@ -394,3 +398,151 @@ const struct wk_auth_stats *wk_auth_stats(void)
 
     return wk.auth != NULL ? &wk.auth->st : &none;
 }
+
+/* ---- the basic_auth middleware (worker/wk_mw.c's hook table) ----------------------------------
+ */
+struct basic_wait {
+    struct wk_auth_wait w; /* first: the callback gets it */
+    struct wk_xchg *x;
+    const struct shm_snap_hdr *s;
+    const struct shm_mw_basic_auth *p;
+};
+
+/* The users table, NULL when the block does not fit its region (never from a sane master). */
+static const struct shm_mw_htuser *users_of(const struct shm_snap_hdr *s,
+                                            const struct shm_mw_basic_auth *p)
+{
+    uint64_t size = shm_mw_region(s)->size;
+
+    if (p->nusers == 0 || p->users_off % 8 != 0 || p->users_off > size ||
+        (uint64_t)p->nusers * sizeof(struct shm_mw_htuser) > size - p->users_off) {
+        return NULL;
+    }
+    return (const struct shm_mw_htuser *)(const void *)(shm_mw_base(s) + p->users_off);
+}
+
+static const struct shm_mw_htuser *find_user(const struct shm_snap_hdr *s,
+                                             const struct shm_mw_htuser *t, uint32_t n,
+                                             const char *user, size_t ulen)
+{
+    uint32_t lo = 0, hi = n;
+
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int c = htp_user_cmp(shm_mw_s(s, t[mid].user), t[mid].user.len, user, ulen);
+        if (c == 0) {
+            return &t[mid];
+        }
+        if (c < 0) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return NULL;
+}
+
+/* 401 with the realm's challenge. */
+static int challenge(struct wk_xchg *x, const struct shm_snap_hdr *s,
+                     const struct shm_mw_basic_auth *p, const char *msg)
+{
+    char v[256];
+    int n = snprintf(v, sizeof(v), "Basic realm=\"%.*s\"", (int)DSP_MIN(p->realm.len, 200u),
+                     shm_mw_s(s, p->realm));
+
+    wk_mw_hdr(x, "WWW-Authenticate", v, (size_t)n);
+    return wk_mw_error(x, 401, "Unauthorized", msg);
+}
+
+/* Verified: the credentials stay here (the backend never sees them). */
+static int granted(struct wk_xchg *x)
+{
+    wk_mw_req_remove(x, "authorization");
+    return WK_MW_PASS;
+}
+
+static void basic_done(struct wk_auth_wait *w, int ok)
+{
+    struct basic_wait *bw = (struct basic_wait *)(void *)w;
+    struct wk_xchg *x = bw->x;
+    const struct shm_snap_hdr *s = bw->s;
+    const struct shm_mw_basic_auth *p = bw->p;
+
+    x->tx->mw.wait = NULL;
+    free(bw);
+    if (ok) {
+        wk_mw_resume(x, granted(x));
+    } else if (challenge(x, s, p, "Invalid credentials") == WK_MW_DONE) {
+        wk_mw_resume(x, WK_MW_DONE);
+    }
+}
+
+static int basic_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
+{
+    const struct shm_mw_basic_auth *p = c->params;
+    const struct shm_mw_htuser *t = users_of(c->s, p), *u;
+    char buf[HTP_USER_MAX + HTP_PASS_MAX + 8];
+    const char *v, *user, *pass, *hash;
+    size_t vlen, ulen, plen, hlen;
+    struct basic_wait *bw;
+    uint8_t tag[16];
+    int r, hit;
+
+    if (t == NULL) {
+        return wk_mw_error(x, 503, "Service unavailable", "Authentication is misconfigured");
+    }
+    if (!wk_mw_req_get(x, "authorization", &v, &vlen)) {
+        return challenge(x, c->s, p, "Authentication required");
+    }
+    if (htp_basic_decode(v, vlen, buf, sizeof(buf), &user, &ulen, &pass, &plen) != 0) {
+        explicit_bzero(buf, sizeof(buf));
+        return challenge(x, c->s, p, "Malformed credentials");
+    }
+    /* An unknown user is hashed against the file's first hash (and always fails), so that
+     * the answer takes as long as for a known one. */
+    u = find_user(c->s, t, p->nusers, user, ulen);
+    hash = shm_mw_s(c->s, (u != NULL ? u : t)->hash);
+    hlen = (u != NULL ? u : t)->hash.len;
+    hit = wk_auth_cached(user, ulen, pass, plen, hash, hlen, tag) && u != NULL;
+    if (hit) {
+        explicit_bzero(buf, sizeof(buf));
+        return granted(x);
+    }
+    bw = malloc(sizeof(*bw));
+    r = WK_AUTH_BUSY;
+    if (bw != NULL) {
+        bw->w.done = basic_done;
+        bw->x = x;
+        bw->s = c->s;
+        bw->p = p;
+        r = wk_auth_queue(tag, pass, plen, hash, hlen, u == NULL, &bw->w);
+    }
+    explicit_bzero(buf, sizeof(buf));
+    if (r == WK_AUTH_WAIT) {
+        x->tx->mw.wait = bw;
+        return WK_MW_WAIT;
+    }
+    free(bw);
+    if (r == WK_AUTH_BUSY) {
+        wk_mw_hdr(x, "Retry-After", "1", 1);
+        return wk_mw_error(x, 503, "Service unavailable", "Too many password checks in progress");
+    }
+    return challenge(x, c->s, p, "Invalid credentials");
+}
+
+static void basic_cancel(struct wk_xchg *x, const struct wk_mw_ctx *c)
+{
+    struct basic_wait *bw = x->tx->mw.wait;
+
+    (void)c;
+    if (bw != NULL) {
+        wk_auth_cancel(&bw->w);
+        free(bw);
+        x->tx->mw.wait = NULL;
+    }
+}
+
+const struct wk_mw_hooks wk_mw_basic_auth_hooks = {
+    .request = basic_request,
+    .cancel = basic_cancel,
+};

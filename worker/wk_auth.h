@@ -25,6 +25,7 @@
 #define WK_AUTH_BUSY 3 /* too many checks in progress (or out of memory): answer 503 */
 
 struct wk_auth_job;
+struct wk_mw_hooks;
 
 /* A request waiting for a check; owned by the caller, who must call wk_auth_cancel() if it goes
  * away before done() runs. */
@@ -51,6 +52,9 @@ int wk_auth_queue(const uint8_t tag[16], const char *pass, size_t plen, const ch
 void wk_auth_cancel(struct wk_auth_wait *w);
 /* The eventfd's event: run the callbacks of finished checks. */
 void wk_auth_event(void);
+
+/* The basic_auth middleware's hooks (worker/wk_mw.c's table). */
+extern const struct wk_mw_hooks wk_mw_basic_auth_hooks;
 
 /* Counters, for tests and statistics. */
 struct wk_auth_stats {

@@ -16,7 +16,9 @@
 
 #include "common/log.h"
 #include "common/net.h"
+#include "shm/shm_mw_auth.h"
 #include "worker/wk_internal.h"
+#include "worker/wk_mw.h"
 
 #define FA_IN_CAP (WK_FAUTH_HEAD_MAX + WK_FAUTH_BODY_MAX)
 
@@ -55,6 +57,7 @@ struct wk_fauthw {
     struct wk_fauth_conn *idle; /* most recently parked first */
     unsigned nidle, nconns;
     struct wk_fauth_stats st;
+    uint64_t logged_ms; /* the last failure logged (once a second at most) */
 };
 
 static struct wk_fauthw *state(void)
@@ -638,3 +641,205 @@ void wk_fauth_timeout(struct wk_fauth_conn *c)
     }
     conn_fail(c, "timed out");
 }
+
+/* ---- the forward_auth middleware (worker/wk_mw.c's hook table) --------------------------------
+ */
+struct fa_wait {
+    struct wk_fauth_wait w; /* first: the callback gets it */
+    struct wk_xchg *x;
+    const struct shm_snap_hdr *s;
+    const struct shm_mw_forward_auth *p;
+    uint32_t name_off, name_len; /* the middleware's name (for the log) */
+};
+
+/* Log a failure of the auth service, at most once a second per worker. */
+static void fa_log(const struct fa_wait *fw, const char *why)
+{
+    struct wk_fauthw *f = state();
+
+    if (f != NULL && (f->logged_ms == 0 || wk.now - f->logged_ms >= 1000)) {
+        f->logged_ms = wk.now;
+        log_warn("forward_auth %.*s: auth service %s: %s: answering 503", (int)fw->name_len,
+                 shm_mw_base(fw->s) + fw->name_off, shm_mw_s(fw->s, fw->p->address), why);
+    }
+}
+
+/* Fields of the auth service's answer that are not passed on to the client: framing,
+ * connection, and those the reply writes itself. */
+static int fa_drop_answer_field(const struct wk_hdr *h)
+{
+    static const char *const drop[] = {"content-length",
+                                       "transfer-encoding",
+                                       "connection",
+                                       "keep-alive",
+                                       "upgrade",
+                                       "te",
+                                       "trailer",
+                                       "proxy-connection",
+                                       "content-type",
+                                       "x-request-id",
+                                       "date",
+                                       "server",
+                                       NULL};
+
+    for (int i = 0; drop[i] != NULL; i++) {
+        if (wk_hdr_is(h, drop[i], strlen(drop[i]))) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* 2xx: the listed fields of the answer replace whatever the client sent under those names. */
+static int fa_copy(struct wk_xchg *x, const struct shm_snap_hdr *s,
+                   const struct shm_mw_forward_auth *p, const struct wk_h1_resp *rs)
+{
+    const struct shm_str *names = shm_mw_list_at(s, p->copy_headers);
+
+    for (uint32_t i = 0; i < p->copy_headers.n; i++) {
+        const char *name = shm_mw_s(s, names[i]);
+        wk_mw_req_remove(x, name);
+        for (uint32_t k = 0; k < rs->hd.n; k++) {
+            const struct wk_hdr *h = &rs->hd.h[k];
+            if (wk_hdr_is(h, name, names[i].len) &&
+                wk_mw_req_add(x, name, names[i].len, h->value, h->vlen) != 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Non-2xx: the answer goes to the client as it is (status, fields, body). */
+static int fa_pass_answer(struct wk_xchg *x, const struct wk_fauth_res *r)
+{
+    char name[256], ctype[512];
+    const char *ct = NULL;
+
+    for (uint32_t k = 0; k < r->rs->hd.n; k++) {
+        const struct wk_hdr *h = &r->rs->hd.h[k];
+        if (wk_hdr_is(h, "content-type", 12)) {
+            if (h->vlen >= sizeof(ctype)) {
+                return -1;
+            }
+            memcpy(ctype, h->value, h->vlen);
+            ctype[h->vlen] = '\0';
+            ct = ctype;
+            continue;
+        }
+        if (fa_drop_answer_field(h)) {
+            continue;
+        }
+        if (h->nlen >= sizeof(name)) {
+            return -1;
+        }
+        memcpy(name, h->name, h->nlen);
+        name[h->nlen] = '\0';
+        if (wk_mw_hdr(x, name, h->value, h->vlen) != 0) {
+            return -1;
+        }
+    }
+    return wk_mw_reply(x, r->status, ct != NULL ? ct : "text/plain; charset=utf-8", r->body,
+                       r->blen) == WK_MW_DONE
+               ? 0
+               : -2;
+}
+
+static void fa_done(struct wk_fauth_wait *w, const struct wk_fauth_res *r)
+{
+    struct fa_wait *fw = (struct fa_wait *)(void *)w;
+    struct wk_xchg *x = fw->x;
+    const struct shm_snap_hdr *s = fw->s;
+    const struct shm_mw_forward_auth *p = fw->p;
+    int rc;
+
+    x->tx->mw.wait = NULL;
+    if (!r->fail && r->status >= 200 && r->status < 300) {
+        free(fw);
+        if (fa_copy(x, s, p, r->rs) != 0) {
+            if (wk_mw_error(x, 431, "Request header fields too large",
+                            "Request head too large to forward") == WK_MW_DONE) {
+                wk_mw_resume(x, WK_MW_DONE);
+            }
+            return;
+        }
+        wk_mw_resume(x, WK_MW_PASS);
+        return;
+    }
+    if (r->fail) {
+        fa_log(fw, r->why);
+        rc = -1;
+    } else {
+        rc = fa_pass_answer(x, r);
+        if (rc == -1) {
+            fa_log(fw, "answer too large to relay");
+        }
+    }
+    free(fw);
+    if (rc == -2) {
+        return; /* the client was closed */
+    }
+    if (rc == 0 || wk_mw_error(x, 503, "Service unavailable",
+                               "Authentication service unavailable") == WK_MW_DONE) {
+        wk_mw_resume(x, WK_MW_DONE);
+    }
+}
+
+static int fa_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
+{
+    const struct shm_mw_forward_auth *p = c->params;
+    struct wk_fauth_target t;
+    struct fa_wait *fw;
+    size_t cap = x->tx->uout.end + p->path.len + p->address.len + 256, n;
+    char *head = malloc(cap);
+
+    memset(&t, 0, sizeof(t));
+    t.addr = shm_mw_s(c->s, p->address);
+    t.alen = p->address.len;
+    t.family = p->family;
+    t.port = p->port;
+    memcpy(t.ip, p->ip, 16);
+    t.timeout_ms = p->timeout_ms;
+    fw = malloc(sizeof(*fw));
+    n = head != NULL ? wk_fauth_head(head, cap, &t, shm_mw_s(c->s, p->path), p->path.len,
+                                     x->tx->uout.data + x->tx->uout.start,
+                                     x->tx->uout.end - x->tx->uout.start)
+                     : 0;
+    if (fw == NULL || n == 0) {
+        free(head);
+        free(fw);
+        return wk_mw_error(x, 503, "Service unavailable", "Authentication service unavailable");
+    }
+    fw->w.done = fa_done;
+    fw->x = x;
+    fw->s = c->s;
+    fw->p = p;
+    fw->name_off = c->m->name.off;
+    fw->name_len = c->m->name.len;
+    if (wk_fauth_start(&t, head, n, &fw->w) != 0) {
+        free(head);
+        fa_log(fw, "no connection can be made now");
+        free(fw);
+        return wk_mw_error(x, 503, "Service unavailable", "Authentication service unavailable");
+    }
+    free(head);
+    x->tx->mw.wait = fw;
+    return WK_MW_WAIT;
+}
+
+static void fa_cancel(struct wk_xchg *x, const struct wk_mw_ctx *c)
+{
+    struct fa_wait *fw = x->tx->mw.wait;
+
+    (void)c;
+    if (fw != NULL) {
+        wk_fauth_cancel(&fw->w);
+        free(fw);
+        x->tx->mw.wait = NULL;
+    }
+}
+
+const struct wk_mw_hooks wk_mw_forward_auth_hooks = {
+    .request = fa_request,
+    .cancel = fa_cancel,
+};

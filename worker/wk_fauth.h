@@ -15,7 +15,7 @@
 #include <stdint.h>
 
 #define WK_FAUTH_HEAD_MAX  32768 /* the auth service's response head */
-#define WK_FAUTH_BODY_MAX  65536 /* the body of an answer returned to the client */
+#define WK_FAUTH_BODY_MAX  8192  /* the body of an answer returned to the client */
 #define WK_FAUTH_MAX_CONNS 512
 #define WK_FAUTH_MAX_IDLE  64
 #define WK_FAUTH_IDLE_MS   30000 /* an idle pooled connection is closed after this */
@@ -23,6 +23,7 @@
 struct wk_fauth_conn;
 struct wk_h1_resp;
 struct wk_head;
+struct wk_mw_hooks;
 
 /* Where the auth service is (from the snapshot). */
 struct wk_fauth_target {
@@ -70,6 +71,9 @@ void wk_fauth_cancel(struct wk_fauth_wait *w);
 
 void wk_fauth_event(struct wk_fauth_conn *c, uint32_t events);
 void wk_fauth_timeout(struct wk_fauth_conn *c);
+
+/* The forward_auth middleware's hooks (worker/wk_mw.c's table). */
+extern const struct wk_mw_hooks wk_mw_forward_auth_hooks;
 
 struct wk_fauth_stats {
     uint64_t requests, reused, failed, conns_open;

@@ -10,15 +10,22 @@
 
 #include "common/dsp.h"
 #include "common/str.h"
+#include "worker/wk_auth.h"
+#include "worker/wk_fauth.h"
 #include "worker/wk_internal.h"
 #include "worker/wk_mw_types.h"
 
 /* Every type's hooks, by SHM_MW_* (a type without a row here passes every request). */
 static const struct wk_mw_hooks *const hooks[SHM_MW_NTYPES] = {
-    [SHM_MW_HEADERS] = &wk_mw_headers_hooks,    [SHM_MW_STATIC] = &wk_mw_static_hooks,
-    [SHM_MW_IP_ALLOW] = &wk_mw_ip_allow_hooks,  [SHM_MW_REDIRECT_HTTPS] = &wk_mw_redirect_hooks,
-    [SHM_MW_STRIP_PREFIX] = &wk_mw_strip_hooks, [SHM_MW_MAX_BODY] = &wk_mw_max_body_hooks,
+    [SHM_MW_HEADERS] = &wk_mw_headers_hooks,
+    [SHM_MW_STATIC] = &wk_mw_static_hooks,
+    [SHM_MW_IP_ALLOW] = &wk_mw_ip_allow_hooks,
+    [SHM_MW_REDIRECT_HTTPS] = &wk_mw_redirect_hooks,
+    [SHM_MW_STRIP_PREFIX] = &wk_mw_strip_hooks,
+    [SHM_MW_MAX_BODY] = &wk_mw_max_body_hooks,
     [SHM_MW_CORS] = &wk_mw_cors_hooks,
+    [SHM_MW_BASIC_AUTH] = &wk_mw_basic_auth_hooks,
+    [SHM_MW_FORWARD_AUTH] = &wk_mw_forward_auth_hooks,
 };
 
 static const struct wk_mw_hooks *hooks_of(uint32_t type)
