@@ -144,6 +144,13 @@ class MiddlewareTests(dsptest.TestCase):
         r = request(p, "/", host="local.do")
         self.assertEqual(r.status, 200)
         self.assertEqual(echo_headers(r).get("x-env"), "prod")
+        # The real client: X-Forwarded-For counts from a trusted proxy (127.0.0.2) only.
+        xff = [("X-Forwarded-For", "10.9.8.7")]
+        self.assertEqual(request(p, "/", host="office.do", headers=xff).status, 403)
+        self.assertEqual(request_from("127.0.0.2", p, "office.do", xff).status, 200)
+        self.assertEqual(request_from("127.0.0.2", p, "office.do",
+                                      [("X-Forwarded-For", "10.9.8.7, 192.0.2.1")]).status, 403)
+        self.assertEqual(request_from("127.0.0.2", p, "office.do").status, 403)
 
         # redirect_https: host without port, path and query kept; 308 by default.
         r = request(p, "/a/b?q=1&r=2", host="r.do:%d" % p)
@@ -324,6 +331,19 @@ routes = ( { host = "*"; service = "s"; middlewares = ["a", "zzz"]; } );
             self.assertIn("%s:%d:" % (conf, line), err, what)
             found = [l for l in err.splitlines() if l.startswith("%s:%d:" % (conf, line))]
             self.assertTrue(any(what in l for l in found), "%s: %r" % (what, found))
+
+
+def request_from(src, port, host, headers=()):
+    """One request from source address <src> (a loopback alias)."""
+    c = Conn.__new__(Conn)
+    c.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    c.sock.bind((src, 0))
+    c.sock.settimeout(10)
+    c.sock.connect(("127.0.0.1", port))
+    c.buf = bytearray()
+    c.eof = False
+    with c:
+        return c.request("GET", "/", host, headers)
 
 
 def nghttp_status(port, host, path, data_file, no_cl=False):
