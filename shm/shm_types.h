@@ -397,6 +397,8 @@ struct shm_tkeys {
     9u /* still open when the graceful stop's shutdown_timeout_ms ran                              \
           out */
 
+#define SHM_CUT_DEADLINE 10u /* a gRPC call's deadline (grpc-timeout) passed mid-response */
+
 /* shm_ctl.tls_handshakes: handshakes on TLS listeners by outcome. */
 #define SHM_TLS_HS_FULL    0u
 #define SHM_TLS_HS_RESUMED 1u

@@ -119,6 +119,8 @@ static const char *cut_name(unsigned cut)
         return "internal_error";
     case SHM_CUT_SHUTDOWN:
         return "shutdown";
+    case SHM_CUT_DEADLINE:
+        return "grpc_deadline";
     default:
         return NULL;
     }

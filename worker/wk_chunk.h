@@ -51,6 +51,11 @@ void wk_chunk_init(struct wk_chunk *ch, uint32_t trailer_max);
  * rest after WK_CHUNK_DATA. <dlen> may be NULL when the caller only validates. */
 int wk_chunk_parse(struct wk_chunk *ch, const char *p, size_t n, size_t *used, size_t *dlen);
 
+/* Bytes of the trailer section consumed and committed so far (they lie just before the
+ * committed position), while the decoder is inside it; 0 elsewhere. At WK_CHUNK_DONE the whole
+ * section, its final CRLF included, is the <line> bytes before the end. */
+uint32_t wk_chunk_trailer_bytes(const struct wk_chunk *ch);
+
 /* Validate a whole buffer at once (a convenience for tests and small bodies). Returns the
  * length of the body (what a DONE consumed), 0 when incomplete, -1 on error. */
 long wk_chunk_check(const char *p, size_t n, uint32_t trailer_max, uint64_t *decoded);

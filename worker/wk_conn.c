@@ -416,18 +416,38 @@ static void h1_unhead(struct wk_xchg *x)
 
 /* wk_h1_ops.interim: forward an interim 1xx response (other than 100, which we answer
  * ourselves) to a 1.1 client. */
-static int h1_interim(struct wk_xchg *x, unsigned status, const char *head, size_t hlen)
+static int h1_interim(struct wk_xchg *x, const struct wk_h1_resp *rs, const char *head, size_t hlen)
 {
     struct wk_client *c = xclient(x);
 
-    if (status == 100 || c->x.vminor == 0) {
+    if (rs->status == 100 || c->x.vminor == 0) {
         return 0;
     }
-    if (wk_buf_get(&c->out, wk_head_buf_size(csnap(c))) != 0 || hlen > c->out.cap - c->out.end) {
+    if (wk_buf_get(&c->out, wk_head_buf_size(csnap(c))) != 0) {
+        return -1;
+    }
+    if (head == NULL) {
+        /* (from a backend that does not speak HTTP/1: its fields, written as a head) */
+        hlen = wk_h1_write_response(c->out.data + c->out.end, c->out.cap - c->out.end, rs, 0,
+                                    x->tx->reqid, x->tx->reqid_len, WK_H1_CONN_NONE);
+        c->out.end += (uint32_t)hlen;
+        return hlen > 0 ? 0 : -1;
+    }
+    if (hlen > c->out.cap - c->out.end) {
         return -1;
     }
     memcpy(c->out.data + c->out.end, head, hlen);
     c->out.end += (uint32_t)hlen;
+    return 0;
+}
+
+/* wk_h1_ops.trailers: an HTTP/1.1 client gets a chunked body's trailer section inside the body
+ * bytes it is relayed; an HTTP/1.0 client (the body decoded for it) cannot carry trailers. */
+static int h1_trailers(struct wk_xchg *x, const struct wk_hdr *f, uint32_t n)
+{
+    (void)x;
+    (void)f;
+    (void)n;
     return 0;
 }
 
@@ -1083,6 +1103,7 @@ const struct wk_xchg_ops wk_h1_ops = {
     .resp_head = h1_resp_head,
     .unhead = h1_unhead,
     .interim = h1_interim,
+    .trailers = h1_trailers,
     .close = h1_close,
     .rearm = h1_rearm,
     .wake = h1_wake,

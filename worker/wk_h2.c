@@ -12,6 +12,7 @@
  * acknowledged (WINDOW_UPDATE) only once it has been written to the backend, and response bytes
  * stay in the exchange's upstream buffer until the stream's send window takes them. */
 #include "worker/wk_internal.h"
+#include "worker/wk_grpc.h"
 #include "worker/wk_h2msg.h"
 
 #include <errno.h>
@@ -38,6 +39,7 @@
 #define S_EOF        0x10u /* the response's last byte went to nghttp2 */
 #define S_CHUNKED    0x20u /* the body goes upstream chunked (no Content-Length was sent) */
 #define S_DISCARD    0x40u /* request DATA is no longer wanted: consumed and dropped */
+#define S_GRPC       0x80u /* a gRPC request (its Content-Type): our errors are gRPC answers */
 
 struct wk_h2;
 
@@ -47,13 +49,16 @@ struct wk_h2_stream {
     struct wk_timer timer;
     struct wk_h2 *h;
     int32_t id;
-    uint32_t flags;          /* S_* */
-    struct wk_buf rq;        /* request bytes for the backend (chunk-framed with S_CHUNKED) */
-    uint64_t unacked;        /* DATA payload received but not yet acknowledged */
-    uint64_t body_bytes;     /* DATA payload received in all */
-    uint64_t hsize;          /* decompressed size of the header blocks (RFC 9113 6.5.2) */
-    struct wk_h2_head *head; /* the header block while it arrives */
-    char *reply;             /* a generated answer's body */
+    uint32_t flags;             /* S_* */
+    struct wk_buf rq;           /* request bytes for the backend (chunk-framed with S_CHUNKED) */
+    uint64_t unacked;           /* DATA payload received but not yet acknowledged */
+    uint64_t body_bytes;        /* DATA payload received in all */
+    uint64_t hsize;             /* decompressed size of the header blocks (RFC 9113 6.5.2) */
+    struct wk_h2_head *head;    /* the header block while it arrives (then the trailers') */
+    struct wk_hdr *rtr;         /* the request's trailer fields (x.rtrail), or NULL */
+    struct wk_h2_fields *trail; /* the response's trailers, sent after its last DATA */
+    uint64_t deadline;          /* grpc-timeout: the call's end (wk.now ms), 0: none */
+    char *reply;                /* a generated answer's body */
     uint32_t reply_len, reply_off;
     struct wk_h2_stream *next, *prev;
 };
@@ -133,6 +138,8 @@ static void stream_free(struct wk_h2_stream *st)
     wk_timer_disarm(&st->timer);
     head_free(st);
     free(st->reply);
+    free(st->rtr);
+    free(st->trail);
     wk_buf_put(&st->rq);
     if (st->prev != NULL) {
         st->prev->next = st->next;
@@ -144,6 +151,12 @@ static void stream_free(struct wk_h2_stream *st)
     }
     h->nstreams--;
     wk_free_later(&st->ev);
+}
+
+/* Is the stream's request a gRPC call, whose errors must be gRPC answers? */
+static int stream_grpc(const struct wk_h2_stream *st)
+{
+    return (st->flags & S_GRPC) != 0;
 }
 
 /* ---- the header block ------------------------------------------------------------------------ */
@@ -183,9 +196,20 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         0) {
         return NGHTTP2_ERR_CALLBACK_FAILURE; /* an HPACK bomb */
     }
-    if (f->hd.type == NGHTTP2_HEADERS && st->head != NULL) {
+    if (f->hd.type != NGHTTP2_HEADERS) {
+        return 0;
+    }
+    if (st->head == NULL && f->headers.cat == NGHTTP2_HCAT_HEADERS && (st->flags & S_STARTED) &&
+        !(st->flags & (S_ENDED | S_DISCARD))) {
+        /* The request's trailers (nghttp2 allows no pseudo-header there). */
+        st->head = wk_h2_head_new(cur_snap()->limits.max_header_bytes);
+        if (st->head == NULL) {
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+    }
+    if (st->head != NULL) {
         wk_h2_head_field(st->head, name, nlen, value, vlen);
-    } /* (else trailers of a request: ignored) */
+    }
     return 0;
 }
 
@@ -194,6 +218,35 @@ static void rst(struct wk_h2_stream *st, uint32_t code)
 {
     st->flags |= S_DISCARD;
     nghttp2_submit_rst_stream(st->h->s, NGHTTP2_FLAG_NONE, st->id, code);
+}
+
+/* A gRPC call's grpc-timeout: the deadline of the whole call, when there is one. A malformed
+ * value is refused as grpc-go refuses it (INTERNAL, from our 400); a zero one has passed.
+ * 0, 1 when answered, -1 when the client side was closed. */
+static int stream_deadline(struct wk_h2_stream *st, const struct wk_h1_req *rq)
+{
+    uint64_t ms;
+
+    if (!stream_grpc(st)) {
+        return 0;
+    }
+    for (uint32_t i = 0; i < rq->hd.n; i++) {
+        const struct wk_hdr *h = &rq->hd.h[i];
+        int r = 0;
+        if (!wk_hdr_is(h, "grpc-timeout", 12)) {
+            continue;
+        }
+        if (wk_grpc_timeout(h->value, h->vlen, &ms) != 0) {
+            r = wk_xchg_error(&st->x, 400, "Bad request", "Malformed grpc-timeout", 1);
+        } else if (ms == 0) {
+            r = wk_xchg_error(&st->x, 504, "Gateway timeout", "The call's deadline passed", 0);
+        } else {
+            st->deadline = wk.now + ms;
+            return 0;
+        }
+        return r < 0 ? -1 : 1;
+    }
+    return 0;
 }
 
 /* The header block of a new request is complete: build the request and start its exchange. */
@@ -214,6 +267,9 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
         return;
     }
     st->flags |= S_STARTED | (end_stream ? S_END_STREAM : 0);
+    if (wk_h2_head_grpc(st->head)) {
+        st->flags |= S_GRPC;
+    }
     s = x->at.gen->snap;
     status = wk_h2_head_request(st->head, end_stream, rq, &why);
     x->method = (uint8_t)rq->method;
@@ -261,7 +317,15 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
         r = wk_xchg_route(x, rq, nhost, nhlen);
     }
     if (r == 0) {
+        r = stream_deadline(st, rq);
+    }
+    if (r == 0) {
         r = wk_xchg_forward(x, rq);
+    }
+    if (r == 0 && (rq->flags & WK_H1_CONTINUE) && !(st->flags & S_END_STREAM)) {
+        /* Expect: 100-continue is answered here (never forwarded), as on HTTP/1. */
+        static const nghttp2_nv cont = {(uint8_t *)":status", (uint8_t *)"100", 7, 3, 0};
+        nghttp2_submit_headers(st->h->s, NGHTTP2_FLAG_NONE, st->id, NULL, &cont, 1, NULL);
     }
     free(rq);
     rq = NULL;
@@ -343,6 +407,44 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
     return 0;
 }
 
+/* The request's trailers (a HEADERS frame after its DATA) are complete: they become x->rtrail.
+ * 0, or -1 when the stream was reset. */
+static int request_trailers(struct wk_h2_stream *st)
+{
+    struct wk_h2_head *hh = st->head;
+
+    if (hh->err != NULL) {
+        stream_end_exchange(st, -1);
+        rst(st, NGHTTP2_PROTOCOL_ERROR);
+        return -1;
+    }
+    st->rtr = malloc(sizeof(*st->rtr) * WK_MAX_HEADERS);
+    if (st->rtr == NULL) {
+        stream_end_exchange(st, -1);
+        rst(st, NGHTTP2_INTERNAL_ERROR);
+        return -1;
+    }
+    st->x.nrtrail = wk_h2_head_trailers(hh, st->rtr);
+    st->x.rtrail = st->x.nrtrail > 0 ? st->rtr : NULL;
+    return 0;
+}
+
+/* The last chunk of a body that goes upstream chunked, with the request's trailer section. */
+static int request_last_chunk(struct wk_h2_stream *st)
+{
+    struct wk_buf *b = &st->rq;
+    size_t n = b->data != NULL ? wk_h2_last_chunk(b->data + b->end, b->cap - b->end, st->x.rtrail,
+                                                  st->x.nrtrail)
+                               : 0;
+
+    if (n == 0) {
+        return -1;
+    }
+    b->end += (uint32_t)n;
+    st->x.parsed_off = b->end;
+    return 0;
+}
+
 /* The client's half of the stream ended (END_STREAM on DATA or trailers). */
 static void request_end(struct wk_h2_stream *st)
 {
@@ -352,17 +454,15 @@ static void request_end(struct wk_h2_stream *st)
     if (!(st->flags & S_STARTED) || (st->flags & (S_ENDED | S_DISCARD))) {
         return;
     }
-    if ((st->flags & S_CHUNKED) && !(x->tflags & WK_T_REQ_DONE)) {
-        static const uint8_t last[] = "0\r\n\r\n";
-        struct wk_buf *b = &st->rq;
-        if (b->data == NULL || b->cap - b->end < sizeof(last) - 1) {
-            stream_end_exchange(st, -1);
-            rst(st, NGHTTP2_INTERNAL_ERROR);
-            return;
-        }
-        memcpy(b->data + b->end, last, sizeof(last) - 1);
-        b->end += sizeof(last) - 1;
-        x->parsed_off = b->end;
+    if (st->head != NULL && request_trailers(st) != 0) {
+        return;
+    }
+    /* (Trailers of a body sent with its Content-Length have no place in HTTP/1.1: an HTTP/1
+     * backend does not get them.) */
+    if ((st->flags & S_CHUNKED) && !(x->tflags & WK_T_REQ_DONE) && request_last_chunk(st) != 0) {
+        stream_end_exchange(st, -1);
+        rst(st, NGHTTP2_INTERNAL_ERROR);
+        return;
     }
     x->tflags |= WK_T_REQ_DONE;
 }
@@ -425,13 +525,14 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
     (void)ud;
     if (st != NULL) {
         nghttp2_session_set_stream_user_data(s, id, NULL);
-        stream_end_exchange(st, (st->flags & S_EOF) ? (st->reply ? 0 : 1) : -1);
+        stream_end_exchange(st, (st->flags & S_EOF) ? ((st->x.tflags & WK_T_REPLIED) ? 0 : 1) : -1);
         stream_free(st);
     }
     return 0;
 }
 
 static void h2_rearm(struct wk_xchg *x);
+static void h2_close(struct wk_xchg *x);
 
 /* ---- the response ---------------------------------------------------------------------------- */
 static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *dflags,
@@ -442,7 +543,6 @@ static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     struct wk_txn *tx = x->tx;
     size_t n;
 
-    (void)s;
     (void)id;
     (void)ud;
     if (st->reply != NULL) {
@@ -477,6 +577,10 @@ static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     }
     if (wk_xchg_body_final(x) && !wk_xchg_has_ready(x)) {
         *dflags |= NGHTTP2_DATA_FLAG_EOF;
+        if (st->trail != NULL && st->trail->n > 0 &&
+            nghttp2_submit_trailer(s, st->id, st->trail->nv, st->trail->n) == 0) {
+            *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM; /* the trailers end the stream */
+        }
         st->flags |= S_EOF;
         wk_xchg_tally(x, 1);
         wk_xchg_finish(x);
@@ -486,14 +590,30 @@ static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     return n > 0 ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
 }
 
-static size_t nv_set(nghttp2_nv *nv, const char *name, size_t nlen, const char *value, size_t vlen)
+/* The stream's response is submitted whole (its HEADERS end the stream). */
+static void stream_answered(struct wk_h2_stream *st)
 {
-    nv->name = (uint8_t *)(uintptr_t)name;
-    nv->namelen = nlen;
-    nv->value = (uint8_t *)(uintptr_t)value;
-    nv->valuelen = vlen;
-    nv->flags = NGHTTP2_NV_FLAG_NONE;
-    return 1;
+    st->flags |= S_RESPONDED | S_EOF;
+    if (!(st->flags & S_END_STREAM)) {
+        st->flags |= S_DISCARD; /* the rest of the body is consumed and dropped */
+    }
+    wk_timer_disarm(&st->timer);
+}
+
+/* h2_reply for a gRPC client: the gRPC status of our answer, trailers-only. */
+static int grpc_reply(struct wk_h2_stream *st, unsigned status, const char *body, size_t blen)
+{
+    struct wk_xchg *x = &st->x;
+
+    if (wk_h2_submit_grpc_error(st->h->s, st->id, x, status, body, blen) != 0) {
+        stream_end_exchange(st, -1);
+        rst(st, NGHTTP2_INTERNAL_ERROR);
+        return -1;
+    }
+    x->status = (uint16_t)status; /* (what the statistics and the log record) */
+    stream_answered(st);
+    wk_xchg_tally(x, 0);
+    return 0;
 }
 
 static int h2_reply(struct wk_xchg *x, unsigned status, const char *ctype, const char *body,
@@ -501,15 +621,15 @@ static int h2_reply(struct wk_xchg *x, unsigned status, const char *ctype, const
 {
     struct wk_h2_stream *st = xstream(x);
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = resp_read};
-    nghttp2_nv nva[4 + 32];
-    char sbuf[8], lbuf[24];
-    size_t n = 0;
 
     (void)close_it;
     if (st->flags & S_RESPONDED) {
         stream_end_exchange(st, -1);
         rst(st, NGHTTP2_INTERNAL_ERROR);
         return -1;
+    }
+    if (stream_grpc(st) && (status < 200 || status >= 300)) {
+        return grpc_reply(st, status, body, blen);
     }
     st->reply = malloc(blen ? blen : 1);
     if (st->reply == NULL) {
@@ -519,31 +639,9 @@ static int h2_reply(struct wk_xchg *x, unsigned status, const char *ctype, const
     }
     memcpy(st->reply, body, blen);
     st->reply_len = (uint32_t)blen;
-    snprintf(sbuf, sizeof(sbuf), "%u", status);
-    snprintf(lbuf, sizeof(lbuf), "%zu", blen);
-    n += nv_set(&nva[n], ":status", 7, sbuf, strlen(sbuf));
-    if (status != 204 && status != 304) {
-        n += nv_set(&nva[n], "content-type", 12, ctype, strlen(ctype));
-        n += nv_set(&nva[n], "content-length", 14, lbuf, strlen(lbuf));
-    }
-    if (x->tx != NULL && x->tx->mw.xh_len > 0) {
-        /* A middleware's fields (Location, WWW-Authenticate, ...), names lower-cased. */
-        size_t at = 0, nl, vl;
-        char *nm;
-        const char *v;
-        while (n < DSP_ARRAY_SIZE(nva) - 1 && wk_mw_xh_next(x, &at, &nm, &nl, &v, &vl)) {
-            for (size_t k = 0; k < nl; k++) {
-                nm[k] = (char)(nm[k] >= 'A' && nm[k] <= 'Z' ? nm[k] + 32 : nm[k]);
-            }
-            n += nv_set(&nva[n], nm, nl, v, vl);
-        }
-    }
-    if (x->tx != NULL && x->tx->reqid_len > 0) {
-        n += nv_set(&nva[n], "x-request-id", 12, x->tx->reqid, x->tx->reqid_len);
-    }
     /* (a HEAD gets the head alone, Content-Length included) */
-    if (nghttp2_submit_response(st->h->s, st->id, nva, n,
-                                (x->tflags & WK_T_HEAD_REQ) ? NULL : &prd) != 0) {
+    if (wk_h2_submit_reply(st->h->s, st->id, x, status, ctype, blen,
+                           (x->tflags & WK_T_HEAD_REQ) ? NULL : &prd) != 0) {
         stream_end_exchange(st, -1);
         rst(st, NGHTTP2_INTERNAL_ERROR);
         return -1;
@@ -566,58 +664,20 @@ static int h2_reply(struct wk_xchg *x, unsigned status, const char *ctype, const
     return 0;
 }
 
-/* Is <name> one of the fields HTTP/2 forbids (connection-specific) or that we write ourselves? */
-static int resp_field_dropped(const struct wk_h1_resp *rs, const struct wk_hdr *h, int chunked)
-{
-    return wk_hdr_hop(&rs->hd, h->name, h->nlen) || wk_hdr_is(h, "x-request-id", 12) ||
-           ((chunked || rs->status == 204 || rs->status == 304) &&
-            wk_hdr_is(h, "content-length", 14));
-}
-
 static int h2_resp_head(struct wk_xchg *x, const struct wk_h1_resp *rs)
 {
     struct wk_h2_stream *st = xstream(x);
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = resp_read};
-    const struct wk_head *hd = &rs->hd;
-    nghttp2_nv nva[WK_MAX_HEADERS + 2];
-    char sbuf[8], *low;
-    size_t n = 0, total = 0, at = 0;
     int bodyless = wk_h1_bodyless((x->tflags & WK_T_HEAD_REQ) != 0, rs->status);
-    int r;
 
     if (rs->status < 200 || (st->flags & S_RESPONDED)) {
         return -1; /* (a 101 nobody can have asked for over HTTP/2) */
     }
-    for (uint32_t i = 0; i < hd->n; i++) {
-        total += hd->h[i].nlen;
-    }
-    low = malloc(total + 1);
-    if (low == NULL) {
-        return -1;
-    }
-    snprintf(sbuf, sizeof(sbuf), "%u", rs->status);
-    n += nv_set(&nva[n], ":status", 7, sbuf, strlen(sbuf));
-    for (uint32_t i = 0; i < hd->n; i++) {
-        const struct wk_hdr *h = &hd->h[i];
-        if (resp_field_dropped(rs, h, rs->chunked)) {
-            continue;
-        }
-        for (uint32_t k = 0; k < h->nlen; k++) {
-            char ch = h->name[k];
-            low[at + k] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
-        }
-        n += nv_set(&nva[n], low + at, h->nlen, h->value, h->vlen);
-        at += h->nlen;
-    }
-    if (x->tx->reqid_len > 0) {
-        n += nv_set(&nva[n], "x-request-id", 12, x->tx->reqid, x->tx->reqid_len);
-    }
     if (rs->chunked) {
         x->tflags |= WK_T_DECHUNK; /* HTTP/2 frames the body itself */
     }
-    r = nghttp2_submit_response(st->h->s, st->id, nva, n, bodyless ? NULL : &prd);
-    free(low);
-    if (r != 0) {
+    if (wk_h2_submit_head(st->h->s, st->id, rs, x->tx->reqid, x->tx->reqid_len,
+                          bodyless ? NULL : &prd) != 0) {
         return -1;
     }
     /* A HEADERS frame cannot be taken back: from here on only a reset can end it badly. */
@@ -632,13 +692,34 @@ static void h2_unhead(struct wk_xchg *x)
     (void)x; /* never asked: the head counts as sent (WK_T_CLIENT_SENT) */
 }
 
-static int h2_interim(struct wk_xchg *x, unsigned status, const char *head, size_t hlen)
+/* A 1xx of the backend goes on as a HEADERS frame of its own. A 100 (Continue) only tells what
+ * we told the client already, if it asked (Expect is answered here, never forwarded), as the
+ * HTTP/1 side does. */
+static int h2_interim(struct wk_xchg *x, const struct wk_h1_resp *rs, const char *head, size_t hlen)
 {
-    (void)x;
-    (void)status;
+    struct wk_h2_stream *st = xstream(x);
+
     (void)head;
     (void)hlen;
-    return 0; /* 1xx responses are not passed on to HTTP/2 clients */
+    if (rs->status == 100 || (st->flags & S_RESPONDED)) {
+        return 0;
+    }
+    return wk_h2_submit_head(st->h->s, st->id, rs, x->tx->reqid, x->tx->reqid_len, NULL);
+}
+
+/* The response's trailers: kept until its last DATA frame is out (resp_read). */
+static int h2_trailers(struct wk_xchg *x, const struct wk_hdr *f, uint32_t n)
+{
+    struct wk_h2_stream *st = xstream(x);
+
+    free(st->trail);
+    st->trail = wk_h2_fields_new(f, n);
+    if (st->trail == NULL) {
+        wk_xchg_cut(x, SHM_CUT_INTERNAL);
+        h2_close(x);
+        return -1;
+    }
+    return 0;
 }
 
 static void h2_close(struct wk_xchg *x)
@@ -674,6 +755,10 @@ static void h2_rearm(struct wk_xchg *x)
         }
     } else {
         ms = svc->response_timeout_ms;
+    }
+    if (st->deadline != 0) {
+        /* grpc-timeout: every phase ends by the call's deadline at the latest. */
+        ms = (uint32_t)DSP_MIN((uint64_t)ms, st->deadline > wk.now ? st->deadline - wk.now : 0);
     }
     wk_timer_arm(&st->timer, ms ? ms : 1);
 }
@@ -724,6 +809,7 @@ static const struct wk_xchg_ops wk_h2_ops = {
     .resp_head = h2_resp_head,
     .unhead = h2_unhead,
     .interim = h2_interim,
+    .trailers = h2_trailers,
     .close = h2_close,
     .rearm = h2_rearm,
     .wake = h2_wake,
@@ -740,11 +826,33 @@ static int stream_stalled(const struct wk_h2_stream *st)
     return st->reply != NULL || (tx != NULL && wk_xchg_has_ready(&st->x));
 }
 
+/* The call's deadline (grpc-timeout) passed: DEADLINE_EXCEEDED while the response has not
+ * begun, else the stream is cancelled (the client's own deadline has passed too). */
+static void deadline_passed(struct wk_h2_stream *st)
+{
+    struct wk_xchg *x = &st->x;
+
+    if (!(x->tflags & WK_T_RESP_HEAD)) {
+        wk_xchg_error(x, 504, "Gateway timeout", "The call's deadline (grpc-timeout) passed", 0);
+        return;
+    }
+    wk_xchg_cut(x, SHM_CUT_DEADLINE);
+    stream_end_exchange(st, -1);
+    rst(st, NGHTTP2_CANCEL);
+}
+
 void wk_h2_stream_timeout(struct wk_h2_stream *st)
 {
     struct wk_h2 *h = st->h;
     struct wk_client *c = h->c;
 
+    if (st->deadline != 0 && wk.now >= st->deadline &&
+        (st->flags & (S_STARTED | S_ENDED | S_EOF)) == S_STARTED &&
+        !(st->x.tflags & WK_T_REPLIED)) {
+        deadline_passed(st);
+        wk_client_run(c);
+        return;
+    }
     if (stream_stalled(st)) {
         /* The client took nothing for send_timeout_ms. With its window shut (a zero-window
          * stall), that is abuse: the stream is reset and its backend connection released; a

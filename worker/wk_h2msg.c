@@ -3,12 +3,16 @@
 #include "worker/wk_h2msg.h"
 
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/dsp.h"
 #include "common/log.h"
+#include "common/str.h"
+#include "worker/wk_grpc.h"
 #include "worker/wk_internal.h"
+#include "worker/wk_mw.h"
 
 #define H2_MAX_CONTINUATIONS 8    /* CONTINUATION frames per header block */
 #define H2_MAX_SETTINGS      32   /* entries in one SETTINGS frame */
@@ -121,6 +125,7 @@ unsigned wk_h2_head_request(struct wk_h2_head *hh, int end_stream, struct wk_h1_
     const char *m, *path, *auth = NULL, *clv = NULL;
     size_t mlen, plen, alen = 0, clvl = 0;
     uint32_t cookie = 0, w = 0;
+    int expect = 0;
 
     memset(rq, 0, sizeof(*rq));
     rq->clen = ULLONG_MAX;
@@ -158,6 +163,10 @@ unsigned wk_h2_head_request(struct wk_h2_head *hh, int end_stream, struct wk_h1_
             }
             clv = h->value;
             clvl = h->vlen;
+        }
+        if (h->nlen == 6 && memcmp(h->name, "expect", 6) == 0 &&
+            wk_hdr_has_token(h->value, h->vlen, "100-continue")) {
+            expect = 1;
         }
         if (h->nlen == 6 && memcmp(h->name, "cookie", 6) == 0) {
             if (cookie != 0) {
@@ -217,6 +226,8 @@ unsigned wk_h2_head_request(struct wk_h2_head *hh, int end_stream, struct wk_h1_
     rq->flags = WK_H1_KEEPALIVE;
     if (end_stream) {
         rq->flags |= WK_H1_DONE;
+    } else if (expect) {
+        rq->flags |= WK_H1_CONTINUE;
     }
     if (rq->method == wk_h1_method_head()) {
         rq->flags |= WK_H1_HEAD;
@@ -225,6 +236,192 @@ unsigned wk_h2_head_request(struct wk_h2_head *hh, int end_stream, struct wk_h1_
         rq->flags |= WK_H1_IDEMPOTENT;
     }
     return 0;
+}
+
+int wk_h2_head_grpc(const struct wk_h2_head *hh)
+{
+    for (uint32_t i = 0; i < hh->n; i++) {
+        if (hh->nlen[i] == 12 && memcmp(hh->hb + hh->noff[i], "content-type", 12) == 0) {
+            return wk_grpc_ctype(hh->hb + hh->voff[i], hh->vlen[i]);
+        }
+    }
+    return 0;
+}
+
+uint32_t wk_h2_head_trailers(const struct wk_h2_head *hh, struct wk_hdr *out)
+{
+    uint32_t k = 0;
+
+    for (uint32_t i = 0; i < hh->n; i++) {
+        const char *name = hh->hb + hh->noff[i];
+        if (!wk_trailer_ok(name, hh->nlen[i]) || memchr(name, '_', hh->nlen[i]) != NULL) {
+            continue; /* (underscores: as for header fields, wk_h1_write_request()) */
+        }
+        out[k].name = name;
+        out[k].nlen = hh->nlen[i];
+        out[k].value = hh->hb + hh->voff[i];
+        out[k].vlen = hh->vlen[i];
+        k++;
+    }
+    return k;
+}
+
+size_t wk_h2_last_chunk(char *out, size_t cap, const struct wk_hdr *f, uint32_t n)
+{
+    struct str_buf sb;
+
+    str_init(&sb, out, cap);
+    str_adds(&sb, "0\r\n");
+    for (uint32_t i = 0; i < n; i++) {
+        str_add(&sb, f[i].name, f[i].nlen);
+        str_adds(&sb, ": ");
+        str_add(&sb, f[i].value, f[i].vlen);
+        str_adds(&sb, "\r\n");
+    }
+    str_adds(&sb, "\r\n");
+    return sb.overflow ? 0 : sb.len;
+}
+
+/* ---- what goes to the client ------------------------------------------------------------------
+ */
+static size_t nv_put(nghttp2_nv *nv, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    nv->name = (uint8_t *)(uintptr_t)name;
+    nv->namelen = nlen;
+    nv->value = (uint8_t *)(uintptr_t)value;
+    nv->valuelen = vlen;
+    nv->flags = NGHTTP2_NV_FLAG_NONE;
+    return 1;
+}
+
+/* Lower-case <n> bytes of <name> into <to>. */
+static void lower(char *to, const char *name, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        char ch = name[k];
+        to[k] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+    }
+}
+
+int wk_h2_submit_head(nghttp2_session *s, int32_t id, const struct wk_h1_resp *rs,
+                      const char *reqid, size_t reqid_len, const nghttp2_data_provider *prd)
+{
+    const struct wk_head *hd = &rs->hd;
+    nghttp2_nv nva[WK_MAX_HEADERS + 2];
+    char sbuf[8], *low;
+    size_t n = 0, total = 0, at = 0;
+    /* a body HTTP/2 frames itself, or none at all: no Content-Length */
+    int no_clen = rs->chunked || rs->status < 200 || rs->status == 204 || rs->status == 304;
+    int r;
+
+    for (uint32_t i = 0; i < hd->n; i++) {
+        total += hd->h[i].nlen;
+    }
+    low = malloc(total + 1);
+    if (low == NULL) {
+        return -1;
+    }
+    snprintf(sbuf, sizeof(sbuf), "%u", rs->status);
+    n += nv_put(&nva[n], ":status", 7, sbuf, strlen(sbuf));
+    for (uint32_t i = 0; i < hd->n; i++) {
+        const struct wk_hdr *h = &hd->h[i];
+        /* (connection-specific fields are forbidden in HTTP/2; X-Request-ID is ours) */
+        if (wk_hdr_hop(hd, h->name, h->nlen) || wk_hdr_is(h, "x-request-id", 12) ||
+            (no_clen && wk_hdr_is(h, "content-length", 14))) {
+            continue;
+        }
+        lower(low + at, h->name, h->nlen);
+        n += nv_put(&nva[n], low + at, h->nlen, h->value, h->vlen);
+        at += h->nlen;
+    }
+    if (reqid_len > 0) {
+        n += nv_put(&nva[n], "x-request-id", 12, reqid, reqid_len);
+    }
+    r = rs->status < 200 ? nghttp2_submit_headers(s, NGHTTP2_FLAG_NONE, id, NULL, nva, n, NULL)
+                         : nghttp2_submit_response(s, id, nva, n, prd);
+    free(low);
+    return r < 0 ? -1 : 0;
+}
+
+/* The fields every generated answer of <x> ends with: a middleware's (Location,
+ * WWW-Authenticate, Retry-After...), names lower-cased, then our X-Request-ID. */
+static size_t reply_fields(struct wk_xchg *x, nghttp2_nv *nva, size_t n, size_t max)
+{
+    if (x->tx != NULL && x->tx->mw.xh_len > 0) {
+        size_t at = 0, nl, vl;
+        char *nm;
+        const char *v;
+        while (n < max - 1 && wk_mw_xh_next(x, &at, &nm, &nl, &v, &vl)) {
+            lower(nm, nm, nl);
+            n += nv_put(&nva[n], nm, nl, v, vl);
+        }
+    }
+    if (x->tx != NULL && x->tx->reqid_len > 0) {
+        n += nv_put(&nva[n], "x-request-id", 12, x->tx->reqid, x->tx->reqid_len);
+    }
+    return n;
+}
+
+int wk_h2_submit_reply(nghttp2_session *s, int32_t id, struct wk_xchg *x, unsigned status,
+                       const char *ctype, size_t blen, const nghttp2_data_provider *prd)
+{
+    nghttp2_nv nva[4 + 32];
+    char sbuf[8], lbuf[24];
+    size_t n = 0;
+
+    snprintf(sbuf, sizeof(sbuf), "%u", status);
+    snprintf(lbuf, sizeof(lbuf), "%zu", blen);
+    n += nv_put(&nva[n], ":status", 7, sbuf, strlen(sbuf));
+    if (status != 204 && status != 304) {
+        n += nv_put(&nva[n], "content-type", 12, ctype, strlen(ctype));
+        n += nv_put(&nva[n], "content-length", 14, lbuf, strlen(lbuf));
+    }
+    n = reply_fields(x, nva, n, DSP_ARRAY_SIZE(nva));
+    return nghttp2_submit_response(s, id, nva, n, prd) != 0 ? -1 : 0;
+}
+
+int wk_h2_submit_grpc_error(nghttp2_session *s, int32_t id, struct wk_xchg *x, unsigned status,
+                            const char *body, size_t blen)
+{
+    nghttp2_nv nva[4 + 32];
+    char code[12], msg[512];
+    size_t n = 0, ml = wk_grpc_message(status, body, blen, msg, sizeof(msg));
+
+    snprintf(code, sizeof(code), "%u", wk_grpc_code(status, body, blen));
+    n += nv_put(&nva[n], ":status", 7, "200", 3);
+    n += nv_put(&nva[n], "content-type", 12, "application/grpc", 16);
+    n += nv_put(&nva[n], "grpc-status", 11, code, strlen(code));
+    n += nv_put(&nva[n], "grpc-message", 12, msg, ml);
+    n = reply_fields(x, nva, n, DSP_ARRAY_SIZE(nva));
+    return nghttp2_submit_response(s, id, nva, n, NULL) != 0 ? -1 : 0;
+}
+
+struct wk_h2_fields *wk_h2_fields_new(const struct wk_hdr *f, uint32_t n)
+{
+    size_t bytes = 0, k = 0;
+    struct wk_h2_fields *tf;
+    char *p;
+
+    for (uint32_t i = 0; i < n; i++) {
+        bytes += f[i].nlen + f[i].vlen;
+    }
+    tf = malloc(sizeof(*tf) + n * sizeof(nghttp2_nv) + bytes + 1);
+    if (tf == NULL) {
+        return NULL;
+    }
+    tf->nv = (nghttp2_nv *)(void *)(tf + 1);
+    p = (char *)(tf->nv + n);
+    for (uint32_t i = 0; i < n; i++) {
+        if (!wk_trailer_ok(f[i].name, f[i].nlen) || !wk_value_ok(f[i].value, f[i].vlen)) {
+            continue;
+        }
+        lower(p, f[i].name, f[i].nlen);
+        memcpy(p + f[i].nlen, f[i].value, f[i].vlen);
+        k += nv_put(&tf->nv[k], p, f[i].nlen, p + f[i].nlen, f[i].vlen);
+        p += f[i].nlen + f[i].vlen;
+    }
+    tf->n = k;
+    return tf;
 }
 
 /* ---- abuse limits -----------------------------------------------------------------------------

@@ -10,6 +10,8 @@
 
 #include "worker/wk_h1.h"
 
+struct wk_xchg;
+
 /* ---- a request's header block ----------------------------------------------------------------
  * Names and values are copied into <hb> as they arrive (at most max_header_bytes + 64 bytes),
  * the fields kept as offsets; wk_h2_head_request() turns the complete block into the parsed
@@ -37,6 +39,43 @@ void wk_h2_head_field(struct wk_h2_head *hh, const uint8_t *name, size_t nlen, c
  * refuse it with (400, 405, 431; <why> says why). May append joined cookie crumbs to <hb>. */
 unsigned wk_h2_head_request(struct wk_h2_head *hh, int end_stream, struct wk_h1_req *rq,
                             const char **why);
+
+/* Is the block's Content-Type a gRPC one (wk_grpc_ctype())? */
+int wk_h2_head_grpc(const struct wk_h2_head *hh);
+/* The block as trailer fields (a request's trailing HEADERS): those wk_trailer_ok() lets
+ * through and without an underscore (as header fields), pointing into <hb>, into <out> (room
+ * for WK_MAX_HEADERS). Returns how many. */
+uint32_t wk_h2_head_trailers(const struct wk_h2_head *hh, struct wk_hdr *out);
+/* The last chunk of a body sent upstream chunked, with the trailer fields <f>[0, n) as its
+ * trailer section, into <out>[0, cap): its length, or 0 when it does not fit. */
+size_t wk_h2_last_chunk(char *out, size_t cap, const struct wk_hdr *f, uint32_t n);
+
+/* ---- what goes to the client ----------------------------------------------------------------- */
+/* Submit the response head <rs> (a backend's, HTTP/1 fields) on stream <id>: its fields
+ * lower-cased, without the connection-specific ones and X-Request-ID (<reqid> is ours), without
+ * Content-Length where HTTP/2 frames the body (chunked) or there is none (1xx, 204, 304). A 1xx
+ * is an interim HEADERS frame (<prd> unused); a final head goes with <prd> (NULL: it ends the
+ * stream). 0, or -1. */
+int wk_h2_submit_head(nghttp2_session *s, int32_t id, const struct wk_h1_resp *rs,
+                      const char *reqid, size_t reqid_len, const nghttp2_data_provider *prd);
+/* Submit the head of <x>'s generated answer: <status>, <ctype>, Content-Length <blen> (neither
+ * for 204 and 304), a middleware's fields, X-Request-ID; the body from <prd> (NULL: none). 0,
+ * or -1. */
+int wk_h2_submit_reply(nghttp2_session *s, int32_t id, struct wk_xchg *x, unsigned status,
+                       const char *ctype, size_t blen, const nghttp2_data_provider *prd);
+/* Submit the gRPC form of <x>'s generated answer <status> with <body> (wk_grpc.h): HTTP 200,
+ * one HEADERS frame with END_STREAM (trailers-only) carrying content-type application/grpc,
+ * grpc-status, grpc-message, a middleware's fields and X-Request-ID. 0, or -1. */
+int wk_h2_submit_grpc_error(nghttp2_session *s, int32_t id, struct wk_xchg *x, unsigned status,
+                            const char *body, size_t blen);
+/* Trailer fields kept for nghttp2_submit_trailer(): a copy of those of <f>[0, n) that
+ * wk_trailer_ok() lets through with a clean value, names lower-cased; one allocation (free()),
+ * NULL when out of memory. */
+struct wk_h2_fields {
+    nghttp2_nv *nv;
+    size_t n;
+};
+struct wk_h2_fields *wk_h2_fields_new(const struct wk_hdr *f, uint32_t n);
 
 /* ---- abuse limits ---------------------------------------------------------------------------
  * Per connection token buckets on the loop's clock (wk.now: no syscall) for frames that cost us

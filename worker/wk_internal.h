@@ -273,8 +273,16 @@ struct wk_xchg_ops {
     int (*resp_head)(struct wk_xchg *x, const struct wk_h1_resp *rs);
     /* Take back the head queued by resp_head (nothing of it reached the client). */
     void (*unhead)(struct wk_xchg *x);
-    /* Pass on an interim (1xx) response: 0, or -1 (the attempt fails as a bad response). */
-    int (*interim)(struct wk_xchg *x, unsigned status, const char *head, size_t hlen);
+    /* Pass on an interim (1xx) response <rs>, whose HTTP/1 head is <head>[0, hlen) when the
+     * backend spoke HTTP/1 (else NULL: a client side that needs the bytes writes them from
+     * <rs>): 0, or -1 (the attempt fails as a bad response). */
+    int (*interim)(struct wk_xchg *x, const struct wk_h1_resp *rs, const char *head, size_t hlen);
+    /* The response's trailer fields <f>[0, n), once its body is complete (before the client
+     * side sees WK_T_RESP_DONE), when they do not travel inside the relayed bytes: an HTTP/1
+     * chunked body decoded for the client (WK_T_DECHUNK), or an HTTP/2 backend's trailing
+     * HEADERS. Not yet checked: the client side keeps what wk_trailer_ok() (wk_grpc.h) lets
+     * through. 0, or -1 when the client side was closed. */
+    int (*trailers)(struct wk_xchg *x, const struct wk_hdr *f, uint32_t n);
     /* The exchange cannot go on and nothing honest can be answered: cut the client. */
     void (*close)(struct wk_xchg *x);
     /* The exchange changed phase (connected, request sent, ...): re-arm the client's timer. */
@@ -300,6 +308,11 @@ struct wk_xchg {
     uint32_t body_off;
     uint32_t parsed_off;
     uint32_t send_off;
+    /* The request's trailer fields (an HTTP/2 client's trailing HEADERS), set by the client side
+     * before WK_T_REQ_DONE, checked (wk_trailer_ok()); NULL: none. An HTTP/1.1 backend gets them
+     * inside the chunked body the client side frames, so only an HTTP/2 upstream reads them. */
+    const struct wk_hdr *rtrail;
+    uint32_t nrtrail;
 };
 
 /* ---- client connections: the HTTP/1 side (wk_conn.c) ----------------------------------------- */

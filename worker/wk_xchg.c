@@ -5,6 +5,7 @@
  * checked by the codec, wk_h1.h); the attempt's outcome for the balancer (statistics and the
  * access log: wk_account.c). The client side serves it through x->ops. */
 #include "worker/wk_internal.h"
+#include "worker/wk_grpc.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -674,7 +675,7 @@ static int parse_response_head(struct wk_xchg *x)
             if (++x->tx->ninterim > WK_MAX_INTERIM || x->tx->interim_bytes > UPSTREAM_BUF_SIZE) {
                 return upstream_failed(x, WK_FAIL_BAD);
             }
-            if (x->ops->interim(x, rs.status, base, hlen) != 0) {
+            if (x->ops->interim(x, &rs, base, hlen) != 0) {
                 return upstream_failed(x, WK_FAIL_BAD);
             }
             /* The tokenizer completed a message, but the response is still to come: the final
@@ -711,6 +712,17 @@ static int parse_response_head(struct wk_xchg *x)
         }
     }
     return 0;
+}
+
+/* A chunked body decoded for the client ended at <end> in uin with a trailer section (its
+ * rsc.line bytes before <end>, kept there by uin_compact()): the fields go to the client side. */
+static int resp_trailers(struct wk_xchg *x, uint32_t end)
+{
+    struct wk_hdr f[WK_MAX_HEADERS];
+    uint32_t n = wk_trailer_split(x->tx->uin.data + end - x->tx->rsc.line, x->tx->rsc.line, f,
+                                  WK_MAX_HEADERS);
+
+    return n > 0 ? x->ops->trailers(x, f, n) : 0;
 }
 
 /* Consume what the upstream sent: the head, then body bytes up to where they are checked (and,
@@ -760,6 +772,10 @@ static int parse_response(struct wk_xchg *x)
                 x->tx->rready_off = x->tx->rparsed_off;
             }
             if (r == WK_CHUNK_DONE) {
+                if ((x->tflags & WK_T_DECHUNK) && x->tx->rsc.line > 2 &&
+                    resp_trailers(x, scan) != 0) {
+                    return -1;
+                }
                 x->tflags |= WK_T_RESP_DONE;
                 break;
             }
@@ -895,11 +911,22 @@ int wk_xchg_send(struct wk_xchg *x)
     return 1;
 }
 
+/* Trailer bytes of a chunked body decoded for the client, parsed and kept before rparsed_off
+ * until the section ends (resp_trailers()). */
+static uint32_t trailer_kept(const struct wk_xchg *x)
+{
+    return (x->tflags & WK_T_DECHUNK) && x->tx->resp_chunked ? wk_chunk_trailer_bytes(&x->tx->rsc)
+                                                             : 0;
+}
+
 /* Make room in x->tx->uin by dropping bytes already sent to the client. */
 static void uin_compact(struct wk_xchg *x)
 {
     uint32_t keep_ready = x->tx->rready_off - x->tx->rsend_off;
-    uint32_t raw = x->tx->uin.end - x->tx->rparsed_off;
+    /* A chunked body decoded for the client keeps the trailer lines it parsed (until the end
+     * of the section hands them over as fields, resp_trailers()). */
+    uint32_t tr = trailer_kept(x);
+    uint32_t raw = x->tx->uin.end - x->tx->rparsed_off + tr;
 
     if (!(x->tflags & WK_T_RESP_HEAD)) {
         if (x->tx->uin.start > 0) {
@@ -910,15 +937,15 @@ static void uin_compact(struct wk_xchg *x)
         }
         return;
     }
-    if (x->tx->rsend_off == 0 && x->tx->rready_off == x->tx->rparsed_off) {
+    if (x->tx->rsend_off == 0 && x->tx->rready_off == x->tx->rparsed_off - tr) {
         return;
     }
     memmove(x->tx->uin.data, x->tx->uin.data + x->tx->rsend_off, keep_ready);
-    memmove(x->tx->uin.data + keep_ready, x->tx->uin.data + x->tx->rparsed_off, raw);
+    memmove(x->tx->uin.data + keep_ready, x->tx->uin.data + x->tx->rparsed_off - tr, raw);
     x->tx->uin.start = 0;
     x->tx->rsend_off = 0;
     x->tx->rready_off = keep_ready;
-    x->tx->rparsed_off = keep_ready;
+    x->tx->rparsed_off = keep_ready + tr;
     x->tx->uin.end = keep_ready + raw;
 }
 
@@ -949,7 +976,7 @@ int wk_xchg_recv(struct wk_xchg *x)
         }
     }
     if ((x->tflags & WK_T_RESP_HEAD) && x->tx->rsend_off == x->tx->rready_off &&
-        x->tx->rparsed_off == x->tx->uin.end) {
+        x->tx->rparsed_off == x->tx->uin.end && trailer_kept(x) == 0) {
         x->tx->uin.start = x->tx->uin.end = x->tx->rsend_off = x->tx->rready_off =
             x->tx->rparsed_off = 0;
     }

@@ -1,0 +1,361 @@
+"""gRPC through the dispatcher (issue 14): errors the dispatcher produces are gRPC answers
+(trailers-only, HTTP 200, grpc-status/grpc-message) for gRPC clients, `grpc-timeout` is the call's
+deadline, trailers travel both ways and 1xx responses reach HTTP/2 clients.
+
+Real peers: a gRPC client and server on python3-grpcio (tests/integration/grpc_peer.py) and a
+frame-level HTTP/2 client on python3-h2 (tests/integration/h2_frames.py), both run under
+/usr/bin/python3 (Debian's, which has those modules); HTTP/1 backends are small raw-socket
+servers in this file. One dispatcher per test, several cases per test.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import unittest
+
+import dsptest
+from dsptest import route, svc
+
+SYS_PY = "/usr/bin/python3"
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEER = os.path.join(HERE, "grpc_peer.py")
+FRAMES = os.path.join(HERE, "h2_frames.py")
+
+
+def sys_has(module):
+    if not os.path.exists(SYS_PY):
+        return False
+    return subprocess.run([SYS_PY, "-c", "import " + module], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
+
+
+HAVE_GRPC = sys_has("grpc")
+HAVE_H2 = sys_has("h2")
+
+
+def grpc_call(port, authority, case, arg="", timeout=30):
+    p = subprocess.run([SYS_PY, PEER, "client", "127.0.0.1:%d" % port, authority, case, arg],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    if p.returncode != 0:
+        raise AssertionError("grpc client failed: %s" % p.stderr.decode()[-2000:])
+    return json.loads(p.stdout.decode())
+
+
+def h2_streams(port, streams, timeout=10):
+    """Open <streams> (see h2_frames.py) on one connection; the events of each, in order."""
+    spec = json.dumps({"streams": streams, "timeout": timeout})
+    p = subprocess.run([SYS_PY, FRAMES, str(port), spec], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=timeout + 20)
+    if p.returncode != 0:
+        raise AssertionError("h2 client failed: %s" % p.stderr.decode()[-2000:])
+    got = json.loads(p.stdout.decode())
+    return [got[k] for k in sorted(got, key=int)]
+
+
+def req(host, path, method="POST", extra=()):
+    return [[":method", method], [":scheme", "http"], [":authority", host], [":path", path]] + \
+        [list(h) for h in extra]
+
+
+def grpc_req(host, path="/dsp.Test/Echo", extra=()):
+    return req(host, path, extra=[("content-type", "application/grpc"), ("te", "trailers")] +
+               list(extra))
+
+
+def first(events, kind):
+    for k, v, t in events:
+        if k == kind:
+            return v, t
+    return None, None
+
+
+def hdict(pairs):
+    return {k: v for k, v in pairs}
+
+
+class RawBackend:
+    """An HTTP/1.1 backend on a raw socket: records each request's bytes (head and body, a
+    chunked body read to its end) and answers by path:
+      /trailers  a chunked body with a trailer section (and fields that must not pass)
+      /hints     103 Early Hints, then 200
+      /hang      nothing, until the client goes
+      anything else: 200 with the recorded request as the body"""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.requests = []
+        self.hung = []
+        self._stop = False
+        self.t = threading.Thread(target=self._accept, daemon=True)
+        self.t.start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _read_request(c, buf):
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(65536)
+            if not d:
+                return None, b""
+            buf += d
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        low = head.lower()
+        if b"transfer-encoding: chunked" in low:
+            body = b""
+
+            def need(n):
+                nonlocal rest
+                while len(rest) < n:
+                    d = c.recv(65536)
+                    if not d:
+                        raise OSError("eof")
+                    rest += d
+
+            def line():
+                nonlocal rest
+                while b"\r\n" not in rest:
+                    need(len(rest) + 1)
+                ln, _, rest = rest.partition(b"\r\n")
+                return ln
+            while True:
+                ln = line()
+                body += ln + b"\r\n"
+                size = int(ln.split(b";")[0], 16)
+                if size == 0:
+                    break
+                need(size + 2)
+                body += rest[:size + 2]
+                rest = rest[size + 2:]
+            while True:
+                ln = line()
+                body += ln + b"\r\n"
+                if ln == b"":
+                    break
+            return head + b"\r\n\r\n" + body, rest
+        n = 0
+        for line in low.split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                n = int(line.split(b":")[1])
+        while len(rest) < n:
+            d = c.recv(65536)
+            if not d:
+                break
+            rest += d
+        return head + b"\r\n\r\n" + rest[:n], rest[n:]
+
+    def _serve(self, c):
+        buf = b""
+        try:
+            while True:
+                raw, buf = self._read_request(c, buf)
+                if raw is None:
+                    return
+                self.requests.append(raw)
+                path = raw.split(b" ")[1]
+                if path == b"/trailers":
+                    c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                              b"Content-Type: text/plain\r\nTrailer: X-Checksum\r\n\r\n"
+                              b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc123\r\n"
+                              b"Grpc-Status: 0\r\nContent-Length: 99\r\nConnection: close\r\n"
+                              b"Transfer-Encoding: gzip\r\nX-Empty:\r\n\r\n")
+                elif path == b"/trailers-big":
+                    # 256 KiB of body in 4 KiB chunks, then a 6 KiB trailer section in pieces
+                    c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    for i in range(64):
+                        c.sendall(b"1000\r\n" + bytes([65 + i % 26]) * 4096 + b"\r\n")
+                    # (whole lines and pieces of lines, each in a read of its own)
+                    lines = [b"0\r\n"] + [b"X-T%d: %s\r\n" % (i, b"v" * 50)
+                                           for i in range(110)] + [b"\r\n"]
+                    for k in range(0, len(lines), 10):
+                        c.sendall(b"".join(lines[k:k + 10]))
+                        time.sleep(0.01)
+                elif path == b"/hints":
+                    c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                    time.sleep(0.3)
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                elif path == b"/hang":
+                    self.hung.append(time.monotonic())
+                    c.recv(1)  # until the dispatcher closes it
+                    self.hung.append(time.monotonic())
+                    return
+                else:
+                    body = raw
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) +
+                              body)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        self._stop = True
+        self.sock.close()
+
+
+@unittest.skipUnless(HAVE_H2, "python3-h2 under /usr/bin/python3")
+class GrpcErrorsTest(dsptest.TestCase):
+    """The dispatcher's own errors, to gRPC clients: trailers-only gRPC answers with the SPEC's
+    status mapping; still JSON to other clients."""
+
+    def setUp(self):
+        self.raw = RawBackend()
+        self.addCleanup(self.raw.stop)
+        dead = "127.0.0.1:%d" % dsptest.free_port()
+        self.d = self.dispatcher(
+            services=[svc("gone", dead, retries=0), svc("empty"),
+                      svc("raw", self.raw.addr, response_timeout_ms=1500)],
+            routes=[route("gone.test", "gone"), route("empty.test", "empty"),
+                    route("raw.test", "raw")],
+            workers=1, limits={"max_body_bytes": 100000})
+
+    def grpc_answer(self, events):
+        """The one HEADERS frame (END_STREAM) of a trailers-only answer, as a dict."""
+        self.assertEqual([e[0] for e in events], ["response", "end"], events)
+        h = hdict(events[0][1])
+        self.assertEqual(h[":status"], "200", h)
+        self.assertEqual(h["content-type"], "application/grpc", h)
+        self.assertNotIn("content-length", h)
+        self.assertIn("x-request-id", h)
+        return h
+
+    @unittest.skipUnless(HAVE_GRPC, "python3-grpcio under /usr/bin/python3")
+    def test_grpc_client_sees_grpc_status(self):
+        port = self.d.port
+        r = grpc_call(port, "nowhere.test", "echo")
+        self.assertEqual(r["code"], "UNIMPLEMENTED", r)              # no route: 12
+        self.assertIn("nowhere.test/dsp.Test/Echo", r["details"])
+        r = grpc_call(port, "gone.test", "echo")
+        self.assertEqual(r["code"], "UNAVAILABLE", r)                # refused (502): 14
+        self.assertEqual(r["details"], "The backend refused the connection")
+        r = grpc_call(port, "empty.test", "echo")
+        self.assertEqual(r["code"], "UNAVAILABLE", r)                # not deployed: 14
+        r = grpc_call(port, "gone.test", "big", "200000")
+        self.assertEqual(r["code"], "RESOURCE_EXHAUSTED", r)         # 413: 8
+        self.assertEqual(self.raw.requests, [])
+
+    def test_frames_status_mapping_and_deadline(self):
+        port = self.d.port
+        ev = h2_streams(port, [
+            {"headers": grpc_req("nowhere.test")},
+            {"headers": grpc_req("gone.test"), "data": ["\0\0\0\0\0"]},
+            {"headers": grpc_req("raw.test", extra=[("grpc-timeout", "1.5S")])},
+            {"headers": grpc_req("raw.test", extra=[("grpc-timeout", "123456789m")])},
+            {"headers": grpc_req("raw.test", "/hang", extra=[("grpc-timeout", "300m")]),
+             "data": ["\0\0\0\0\0"]},
+            {"headers": grpc_req("raw.test", "/hang", extra=[("grpc-timeout", "0n")])},
+            # not gRPC: JSON as before
+            {"headers": req("nowhere.test", "/x", "GET")},
+            {"headers": req("raw.test", "/hang", extra=[("grpc-timeout", "100m")]),
+             "data": ["x"]},
+        ])
+        h = self.grpc_answer(ev[0])
+        self.assertEqual((h["grpc-status"], h["grpc-message"]),
+                         ("12", "No service for nowhere.test/dsp.Test/Echo"))
+        h = self.grpc_answer(ev[1])
+        self.assertEqual(h["grpc-status"], "14")
+        # a malformed grpc-timeout is refused as grpc-go refuses it: INTERNAL
+        for e in ev[2:4]:
+            h = self.grpc_answer(e)
+            self.assertEqual((h["grpc-status"], h["grpc-message"]),
+                             ("13", "Malformed grpc-timeout"))
+        # the deadline: DEADLINE_EXCEEDED at 300 ms, not the service's 1.5 s response timeout
+        h = self.grpc_answer(ev[4])
+        self.assertEqual(h["grpc-status"], "4")
+        self.assertIn("deadline", h["grpc-message"])
+        t = ev[4][0][2]
+        self.assertGreaterEqual(t, 0.28)
+        self.assertLess(t, 2.5)
+        h = self.grpc_answer(ev[5])                                  # 0: passed at once
+        self.assertEqual(h["grpc-status"], "4")
+        # a plain HTTP/2 request keeps JSON errors, and its grpc-timeout means nothing
+        self.assertEqual(hdict(ev[6][0][1])[":status"], "404")
+        self.assertEqual(hdict(ev[6][0][1])["content-type"], "application/json")
+        self.assertEqual(json.loads(first(ev[6], "data")[0])["error"], "Service not found")
+        self.assertEqual(hdict(ev[7][0][1])[":status"], "504")
+        self.assertGreater(ev[7][0][2], 1.2)
+        # the hung backend connections were dropped when the deadline passed
+        dsptest.wait_until(lambda: len(self.raw.hung) == 4, 5, "hung connections closed")
+
+    def test_http1_client_gets_json(self):
+        r = dsptest.request(self.d.port, "/dsp.Test/Echo", host="nowhere.test", method="POST",
+                            headers=[("Content-Type", "application/grpc")], body=b"\0\0\0\0\0")
+        self.assertJsonError(r, 404, "Service not found")
+
+
+@unittest.skipUnless(HAVE_H2, "python3-h2 under /usr/bin/python3")
+class TrailersTest(dsptest.TestCase):
+    """Trailers both ways and 1xx responses between HTTP/2 clients and HTTP/1.1 backends."""
+
+    def setUp(self):
+        self.raw = RawBackend()
+        self.addCleanup(self.raw.stop)
+        self.d = self.dispatcher(services=[svc("raw", self.raw.addr)],
+                                 routes=[route("raw.test", "raw")], workers=1)
+
+    def test_trailers_and_interim(self):
+        ev = h2_streams(self.d.port, [
+            # response trailers from a chunked HTTP/1.1 body: a trailing HEADERS frame
+            {"headers": req("raw.test", "/trailers", "GET")},
+            # request trailers: the body goes upstream chunked, with the trailer section
+            {"headers": req("raw.test", "/record"), "data": ["abc", "defg"],
+             "trailers": [["x-sum", "42"], ["grpc-status", "0"], ["x_under", "1"]]},
+            # with a Content-Length the body is not chunked: HTTP/1.1 has no place for them
+            {"headers": req("raw.test", "/record-cl", extra=[("content-length", "3")]),
+             "data": ["xyz"], "trailers": [["x-sum", "1"]]},
+            # a big body and a trailer section that arrives in pieces
+            {"headers": req("raw.test", "/trailers-big", "GET")},
+            # 103 Early Hints reaches the client before the response
+            {"headers": req("raw.test", "/hints", "GET")},
+            # Expect: 100-continue is answered by the dispatcher, never forwarded
+            {"headers": req("raw.test", "/record-expect", extra=[("expect", "100-continue")]),
+             "data": ["body"]},
+            # trailer fields are checked like header fields: no framing in them
+            {"headers": req("raw.test", "/record-bad"), "data": ["abc"],
+             "trailers": [["content-length", "3"], ["x-ok", "1"]]},
+        ])
+        kinds = [e[0] for e in ev[0]]
+        self.assertEqual(kinds[0], "response")
+        self.assertEqual(kinds[-2:], ["trailers", "end"], ev[0])
+        self.assertEqual("".join(e[1] for e in ev[0] if e[0] == "data"), "hello world")
+        tr = hdict(first(ev[0], "trailers")[0])
+        self.assertEqual(tr, {"x-checksum": "abc123", "grpc-status": "0", "x-empty": ""})
+        self.assertNotIn("trailer", hdict(ev[0][0][1]))
+        # request trailers, as the backend got them
+        self.assertEqual(first(ev[1], "response")[0][0], [":status", "200"])
+        got = [r for r in self.raw.requests if r.startswith(b"POST /record ")][0]
+        self.assertIn(b"\r\nTransfer-Encoding: chunked\r\n", got)
+        self.assertTrue(got.endswith(b"\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n"
+                                     b"x-sum: 42\r\ngrpc-status: 0\r\n\r\n"), got)
+        got = [r for r in self.raw.requests if r.startswith(b"POST /record-cl ")][0]
+        self.assertTrue(got.endswith(b"Content-Length: 3\r\n\r\nxyz"), got)
+        big = ev.pop(3)
+        body = "".join(e[1] for e in big if e[0] == "data")
+        self.assertEqual(body, "".join(chr(65 + i % 26) * 4096 for i in range(64)))
+        self.assertEqual([e[0] for e in big][-2:], ["trailers", "end"])
+        self.assertEqual(hdict(first(big, "trailers")[0]),
+                         {"x-t%d" % i: "v" * 50 for i in range(110)})
+        # 103
+        self.assertEqual([e[0] for e in ev[3]], ["info", "response", "data", "end"], ev[3])
+        info = hdict(ev[3][0][1])
+        self.assertEqual((info[":status"], info["link"]), ("103", "</a.css>; rel=preload"))
+        self.assertLess(ev[3][0][2] + 0.2, ev[3][1][2])  # before the final head, not with it
+        # 100
+        self.assertEqual([e[0] for e in ev[4]][:2], ["info", "response"], ev[4])
+        self.assertEqual(hdict(ev[4][0][1])[":status"], "100")
+        got = [r for r in self.raw.requests if r.startswith(b"POST /record-expect ")][0]
+        self.assertNotIn(b"expect:", got.lower())
+        got = [r for r in self.raw.requests if r.startswith(b"POST /record-bad ")]
+        if [e[0] for e in ev[5]] != ["reset"]:  # (nghttp2 may reset the stream itself)
+            self.assertTrue(got[0].endswith(b"\r\n3\r\nabc\r\n0\r\nx-ok: 1\r\n\r\n"), got)
