@@ -57,6 +57,16 @@ int wk_grpc_timeout(const char *v, size_t n, uint64_t *ms)
     return 0;
 }
 
+int wk_grpc_head_timeout(const struct wk_head *hd, uint64_t *ms)
+{
+    for (uint32_t i = 0; i < hd->n; i++) {
+        if (wk_hdr_is(&hd->h[i], "grpc-timeout", 12)) {
+            return wk_grpc_timeout(hd->h[i].value, hd->h[i].vlen, ms) == 0 ? 1 : -1;
+        }
+    }
+    return 0;
+}
+
 /* The JSON string value of key <key> (a quoted name, e.g. "\"error\"") at the top of <body>, its
  * raw (still escaped) bytes in [*s, *s + *len). 1 when found. Our bodies are flat objects we
  * wrote ourselves; a body that is no such object simply has no value. */

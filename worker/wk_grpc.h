@@ -33,6 +33,10 @@ int wk_grpc_ctype(const char *v, size_t n);
  * only a zero timeout is 0), or -1 when it is malformed. */
 int wk_grpc_timeout(const char *v, size_t n, uint64_t *ms);
 
+/* The grpc-timeout field of <hd> (the first one): 0 when there is none, 1 with its value in *ms,
+ * -1 when it is malformed. */
+int wk_grpc_head_timeout(const struct wk_head *hd, uint64_t *ms);
+
 /* The gRPC status that carries our generated HTTP answer <status> to a gRPC client: 14
  * UNAVAILABLE for 502/503 (and for a 404 whose JSON <body> says "Service not deployed": a known
  * service without backends), 4 DEADLINE_EXCEEDED for 504 and 408, 12 UNIMPLEMENTED for 404

@@ -220,33 +220,31 @@ static void rst(struct wk_h2_stream *st, uint32_t code)
     nghttp2_submit_rst_stream(st->h->s, NGHTTP2_FLAG_NONE, st->id, code);
 }
 
+/* The stream cannot go on: its exchange ends as cut, the stream is reset with <code>. -1. */
+static int stream_fail(struct wk_h2_stream *st, uint32_t code)
+{
+    stream_end_exchange(st, -1);
+    rst(st, code);
+    return -1;
+}
+
 /* A gRPC call's grpc-timeout: the deadline of the whole call, when there is one. A malformed
  * value is refused as grpc-go refuses it (INTERNAL, from our 400); a zero one has passed.
  * 0, 1 when answered, -1 when the client side was closed. */
 static int stream_deadline(struct wk_h2_stream *st, const struct wk_h1_req *rq)
 {
     uint64_t ms;
+    int r = stream_grpc(st) ? wk_grpc_head_timeout(&rq->hd, &ms) : 0;
 
-    if (!stream_grpc(st)) {
+    if (r < 0) {
+        r = wk_xchg_error(&st->x, 400, "Bad request", "Malformed grpc-timeout", 1);
+    } else if (r == 0 || ms > 0) {
+        st->deadline = r ? wk.now + ms : 0;
         return 0;
+    } else {
+        r = wk_xchg_error(&st->x, 504, "Gateway timeout", "The call's deadline passed", 0);
     }
-    for (uint32_t i = 0; i < rq->hd.n; i++) {
-        const struct wk_hdr *h = &rq->hd.h[i];
-        int r = 0;
-        if (!wk_hdr_is(h, "grpc-timeout", 12)) {
-            continue;
-        }
-        if (wk_grpc_timeout(h->value, h->vlen, &ms) != 0) {
-            r = wk_xchg_error(&st->x, 400, "Bad request", "Malformed grpc-timeout", 1);
-        } else if (ms == 0) {
-            r = wk_xchg_error(&st->x, 504, "Gateway timeout", "The call's deadline passed", 0);
-        } else {
-            st->deadline = wk.now + ms;
-            return 0;
-        }
-        return r < 0 ? -1 : 1;
-    }
-    return 0;
+    return r < 0 ? -1 : 1;
 }
 
 /* The header block of a new request is complete: build the request and start its exchange. */
@@ -407,62 +405,40 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
     return 0;
 }
 
-/* The request's trailers (a HEADERS frame after its DATA) are complete: they become x->rtrail.
- * 0, or -1 when the stream was reset. */
-static int request_trailers(struct wk_h2_stream *st)
-{
-    struct wk_h2_head *hh = st->head;
-
-    if (hh->err != NULL) {
-        stream_end_exchange(st, -1);
-        rst(st, NGHTTP2_PROTOCOL_ERROR);
-        return -1;
-    }
-    st->rtr = malloc(sizeof(*st->rtr) * WK_MAX_HEADERS);
-    if (st->rtr == NULL) {
-        stream_end_exchange(st, -1);
-        rst(st, NGHTTP2_INTERNAL_ERROR);
-        return -1;
-    }
-    st->x.nrtrail = wk_h2_head_trailers(hh, st->rtr);
-    st->x.rtrail = st->x.nrtrail > 0 ? st->rtr : NULL;
-    return 0;
-}
-
-/* The last chunk of a body that goes upstream chunked, with the request's trailer section. */
-static int request_last_chunk(struct wk_h2_stream *st)
-{
-    struct wk_buf *b = &st->rq;
-    size_t n = b->data != NULL ? wk_h2_last_chunk(b->data + b->end, b->cap - b->end, st->x.rtrail,
-                                                  st->x.nrtrail)
-                               : 0;
-
-    if (n == 0) {
-        return -1;
-    }
-    b->end += (uint32_t)n;
-    st->x.parsed_off = b->end;
-    return 0;
-}
-
-/* The client's half of the stream ended (END_STREAM on DATA or trailers). */
+/* The client's half of the stream ended (END_STREAM on DATA or trailers). Its trailers (a
+ * HEADERS frame after its DATA) become x->rtrail, and the trailer section of a body that goes
+ * upstream chunked. (A body sent with its Content-Length has no place for them in HTTP/1.1.) */
 static void request_end(struct wk_h2_stream *st)
 {
     struct wk_xchg *x = &st->x;
+    struct wk_buf *b = &st->rq;
+    size_t n;
 
     st->flags |= S_END_STREAM;
     if (!(st->flags & S_STARTED) || (st->flags & (S_ENDED | S_DISCARD))) {
         return;
     }
-    if (st->head != NULL && request_trailers(st) != 0) {
-        return;
+    if (st->head != NULL) {
+        if (st->head->err != NULL) {
+            stream_fail(st, NGHTTP2_PROTOCOL_ERROR);
+            return;
+        }
+        if ((st->rtr = malloc(sizeof(*st->rtr) * WK_MAX_HEADERS)) == NULL) {
+            stream_fail(st, NGHTTP2_INTERNAL_ERROR);
+            return;
+        }
+        x->nrtrail = wk_h2_head_trailers(st->head, st->rtr);
+        x->rtrail = x->nrtrail > 0 ? st->rtr : NULL;
     }
-    /* (Trailers of a body sent with its Content-Length have no place in HTTP/1.1: an HTTP/1
-     * backend does not get them.) */
-    if ((st->flags & S_CHUNKED) && !(x->tflags & WK_T_REQ_DONE) && request_last_chunk(st) != 0) {
-        stream_end_exchange(st, -1);
-        rst(st, NGHTTP2_INTERNAL_ERROR);
-        return;
+    if ((st->flags & S_CHUNKED) && !(x->tflags & WK_T_REQ_DONE)) {
+        n = b->data ? wk_h2_last_chunk(b->data + b->end, b->cap - b->end, x->rtrail, x->nrtrail)
+                    : 0;
+        if (n == 0) {
+            stream_fail(st, NGHTTP2_INTERNAL_ERROR);
+            return;
+        }
+        b->end += (uint32_t)n;
+        x->parsed_off = b->end;
     }
     x->tflags |= WK_T_REQ_DONE;
 }
@@ -590,28 +566,18 @@ static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     return n > 0 ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
 }
 
-/* The stream's response is submitted whole (its HEADERS end the stream). */
-static void stream_answered(struct wk_h2_stream *st)
-{
-    st->flags |= S_RESPONDED | S_EOF;
-    if (!(st->flags & S_END_STREAM)) {
-        st->flags |= S_DISCARD; /* the rest of the body is consumed and dropped */
-    }
-    wk_timer_disarm(&st->timer);
-}
-
-/* h2_reply for a gRPC client: the gRPC status of our answer, trailers-only. */
+/* h2_reply for a gRPC client: the gRPC status of our answer, trailers-only (its HEADERS end
+ * the stream; the rest of the request body is consumed and dropped). */
 static int grpc_reply(struct wk_h2_stream *st, unsigned status, const char *body, size_t blen)
 {
     struct wk_xchg *x = &st->x;
 
     if (wk_h2_submit_grpc_error(st->h->s, st->id, x, status, body, blen) != 0) {
-        stream_end_exchange(st, -1);
-        rst(st, NGHTTP2_INTERNAL_ERROR);
-        return -1;
+        return stream_fail(st, NGHTTP2_INTERNAL_ERROR);
     }
     x->status = (uint16_t)status; /* (what the statistics and the log record) */
-    stream_answered(st);
+    st->flags |= S_RESPONDED | S_EOF | (st->flags & S_END_STREAM ? 0 : S_DISCARD);
+    wk_timer_disarm(&st->timer);
     wk_xchg_tally(x, 0);
     return 0;
 }
@@ -624,27 +590,21 @@ static int h2_reply(struct wk_xchg *x, unsigned status, const char *ctype, const
 
     (void)close_it;
     if (st->flags & S_RESPONDED) {
-        stream_end_exchange(st, -1);
-        rst(st, NGHTTP2_INTERNAL_ERROR);
-        return -1;
+        return stream_fail(st, NGHTTP2_INTERNAL_ERROR);
     }
     if (stream_grpc(st) && (status < 200 || status >= 300)) {
         return grpc_reply(st, status, body, blen);
     }
     st->reply = malloc(blen ? blen : 1);
     if (st->reply == NULL) {
-        stream_end_exchange(st, -1);
-        rst(st, NGHTTP2_INTERNAL_ERROR);
-        return -1;
+        return stream_fail(st, NGHTTP2_INTERNAL_ERROR);
     }
     memcpy(st->reply, body, blen);
     st->reply_len = (uint32_t)blen;
     /* (a HEAD gets the head alone, Content-Length included) */
     if (wk_h2_submit_reply(st->h->s, st->id, x, status, ctype, blen,
                            (x->tflags & WK_T_HEAD_REQ) ? NULL : &prd) != 0) {
-        stream_end_exchange(st, -1);
-        rst(st, NGHTTP2_INTERNAL_ERROR);
-        return -1;
+        return stream_fail(st, NGHTTP2_INTERNAL_ERROR);
     }
     st->flags |= S_RESPONDED;
     if (x->tflags & WK_T_HEAD_REQ) {

@@ -48,6 +48,23 @@ static void test_timeout(void)
     CU_ASSERT(tmo("0x1S") == UINT64_MAX);
 }
 
+static void test_head_timeout(void)
+{
+    struct wk_head hd;
+    uint64_t ms = 0;
+
+    memset(&hd, 0, sizeof(hd));
+    hd.h[0] = (struct wk_hdr){"content-type", "application/grpc", 12, 16};
+    hd.n = 1;
+    CU_ASSERT(wk_grpc_head_timeout(&hd, &ms) == 0);
+    hd.h[1] = (struct wk_hdr){"Grpc-Timeout", "250m", 12, 4};
+    hd.n = 2;
+    CU_ASSERT(wk_grpc_head_timeout(&hd, &ms) == 1 && ms == 250);
+    hd.h[1].value = "250";
+    hd.h[1].vlen = 3;
+    CU_ASSERT(wk_grpc_head_timeout(&hd, &ms) == -1);
+}
+
 static void test_ctype(void)
 {
     CU_ASSERT(wk_grpc_ctype(S("application/grpc")));
@@ -151,6 +168,6 @@ static void test_trailers(void)
     CU_ASSERT(wk_trailer_split(S("a: b"), f, 8) == 1); /* (no line end) */
 }
 
-UNIT_SUITE(wk_grpc, {"grpc-timeout", test_timeout}, {"gRPC content types", test_ctype},
-           {"status for generated errors", test_code}, {"grpc-message", test_message},
-           {"trailer fields", test_trailers})
+UNIT_SUITE(wk_grpc, {"grpc-timeout", test_timeout}, {"grpc-timeout field", test_head_timeout},
+           {"gRPC content types", test_ctype}, {"status for generated errors", test_code},
+           {"grpc-message", test_message}, {"trailer fields", test_trailers})
