@@ -109,5 +109,7 @@ extern const struct ms_mw_type ms_mw_headers, ms_mw_static, ms_mw_ip_allow, ms_m
     ms_mw_strip_prefix, ms_mw_max_body, ms_mw_cors;
 /* basic_auth and forward_auth (master/ms_mw_auth.c) */
 extern const struct ms_mw_type ms_mw_basic_auth, ms_mw_forward_auth;
+/* (master/ms_mw_compress.c) */
+extern const struct ms_mw_type ms_mw_compress;
 
 #endif

@@ -107,6 +107,19 @@ struct shm_mw_cors {
     uint32_t flags;         /* SHM_MW_CORS_* */
 };
 
+/* compress (master/ms_mw_compress.c, worker/wk_mwgz.c). */
+#define SHM_MW_GZ_GZIP (1u << 1) /* encodings: the bits are worker/wk_gz.h's WK_GZ_* */
+#define SHM_MW_GZ_BR   (1u << 2)
+
+struct shm_mw_compress {
+    uint64_t min_bytes;       /* a smaller Content-Length goes as it is */
+    struct shm_mw_list types; /* media type patterns; none: the default list (wk_mwgz.c) */
+    uint32_t encodings;       /* SHM_MW_GZ_* */
+    uint32_t level;           /* gzip, 1-9 */
+    uint32_t br_quality;      /* brotli, 0-11 */
+    uint32_t pad;
+};
+
 /* ---- access (any role; the region was checked by shm_snap_check()) -------------------------- */
 static inline const char *shm_mw_base(const struct shm_snap_hdr *h)
 {

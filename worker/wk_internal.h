@@ -200,11 +200,11 @@ struct wk_txn {
     uint8_t req_chunked;      /* the request body is chunked */
     uint8_t resp_chunked;     /* the response body is chunked: rsc decodes it */
     struct wk_chunk rsc;      /* chunked response body: strict decoder */
-    /* The compress middleware (worker/wk_mwgz.c): its settings when the request's route has it
-     * (NULL: none, the common case, which costs nothing else), the coding the client accepts
-     * (WK_GZ_*), and once the response is being compressed, its encoder and output. */
-    const void *gzp;
+    /* The compress middleware (worker/wk_mwgz.c): the coding the client accepts (WK_GZ_*, set
+     * by its request hook), and once the response is being compressed, its encoder and output
+     * (NULL otherwise: the common case, which costs nothing else). */
     uint8_t gz_enc;
+    uint8_t gz_mw; /* chain position + 1 of the compress middleware that took the request */
     struct wk_gzb *gzb;
     struct wk_mw_txn mw; /* the route's middleware chain (worker/wk_mw.h); zero: none */
     struct wk_txn *next_free;
@@ -382,6 +382,9 @@ struct wk_worker {
     uint64_t rng[2];
     struct wk_authw *auth;   /* basic_auth's checks (worker/wk_auth.c), NULL until used */
     struct wk_fauthw *fauth; /* forward_auth's connections (worker/wk_fauth.c), NULL until used */
+    /* Field values a response hook writes (compress: Vary, ETag), read when the head it edited
+     * is written, right after the hooks ran. */
+    char mw_scratch[1536];
 };
 
 extern struct wk_worker wk;
@@ -513,14 +516,11 @@ static inline int wk_xchg_body_final(const struct wk_xchg *x)
     return (x->tflags & WK_T_RESP_DONE) && (x->tx->gzb == NULL || x->tx->gzb->ended);
 }
 
-/* ---- wk_mwgz.c: the compress middleware in the exchange -------------------------------------- */
-/* The request hook: the route compresses with <params> (struct shm_mw_compress); note the coding
- * the client accepts from the request head <hd>. */
-void wk_mwgz_request(struct wk_xchg *x, const void *params, const struct wk_head *hd);
-/* The response head <rs> goes to the client side through here when the route compresses
- * (x->tx->gzp): when it qualifies, the head is rewritten (Content-Encoding, no Content-Length,
- * Vary, weak ETag) and the body will be compressed. What ops->resp_head returns. */
-int wk_mwgz_resp_head(struct wk_xchg *x, const struct wk_h1_resp *rs);
+/* ---- wk_mwgz.c: the compress middleware in the exchange --------------------------------------
+ * (Its request and response hooks are in the chain's table, worker/wk_mw.c.) */
+/* The response head went to the client side with compression on (x->tx->gzb): note how the
+ * client side frames the body, and decode the backend's when it is chunked (<up_chunked>). */
+void wk_mwgz_framed(struct wk_xchg *x, int up_chunked);
 /* Move the ready body bytes through the encoder (the exchange calls it after each parse while
  * x->tx->gzb is set). 0, or -1 when the encoder failed (the client side was cut). */
 int wk_mwgz_pump(struct wk_xchg *x);

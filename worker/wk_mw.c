@@ -26,6 +26,7 @@ static const struct wk_mw_hooks *const hooks[SHM_MW_NTYPES] = {
     [SHM_MW_CORS] = &wk_mw_cors_hooks,
     [SHM_MW_BASIC_AUTH] = &wk_mw_basic_auth_hooks,
     [SHM_MW_FORWARD_AUTH] = &wk_mw_forward_auth_hooks,
+    [SHM_MW_COMPRESS] = &wk_mw_compress_hooks,
 };
 
 static const struct wk_mw_hooks *hooks_of(uint32_t type)

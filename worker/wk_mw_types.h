@@ -8,7 +8,8 @@
 #include "worker/wk_mw.h"
 
 extern const struct wk_mw_hooks wk_mw_headers_hooks, wk_mw_static_hooks, wk_mw_ip_allow_hooks,
-    wk_mw_redirect_hooks, wk_mw_strip_hooks, wk_mw_max_body_hooks, wk_mw_cors_hooks;
+    wk_mw_redirect_hooks, wk_mw_strip_hooks, wk_mw_max_body_hooks, wk_mw_cors_hooks,
+    wk_mw_compress_hooks;
 
 /* strip_prefix: where the target <t>[0, n) goes on without <prefix>[0, plen) (whole path
  * segments only: "/api" strips "/api", "/api/x" and "/api?q", not "/apix"): the new target is

@@ -100,6 +100,9 @@ static void txn_end(struct wk_xchg *x)
     }
     wk_buf_put(&t->uin);
     wk_buf_put(&t->uout);
+    if (t->gzb != NULL) {
+        wk_mwgz_drop(t);
+    }
     free(t->areq);
     x->tx = NULL;
     t->next_free = txn_free_list;
@@ -622,6 +625,26 @@ static int upstream_failed(struct wk_xchg *x, int why)
     }
 }
 
+/* The final response head <rs>: through the route's response hooks, which may re-frame the
+ * client's copy (compress), to the client side. 0, or -1 (the attempt fails as a bad response);
+ * rs->chunked is the backend's framing again afterwards. */
+static int relay_head(struct wk_xchg *x, struct wk_h1_resp *rs)
+{
+    uint8_t up_chunked = rs->chunked;
+
+    if ((x->tx->mw.list != 0 && wk_mw_response(x, rs) != 0) || x->ops->resp_head(x, rs) != 0) {
+        if (x->tx->gzb != NULL) {
+            wk_mwgz_drop(x->tx);
+        }
+        return -1;
+    }
+    if (x->tx->gzb != NULL) {
+        wk_mwgz_framed(x, up_chunked);
+    }
+    rs->chunked = up_chunked;
+    return 0;
+}
+
 /* Parse the response head (after any 1xx) from the upstream's bytes and hand it to the client
  * side. Returns 0 (done, or more bytes needed: WK_T_RESP_HEAD tells), or what upstream_failed()
  * returns. */
@@ -686,10 +709,7 @@ static int parse_response_head(struct wk_xchg *x)
         if (x->tx->rs.done) {
             x->tflags |= WK_T_RESP_DONE;
         }
-        if (x->tx->mw.list != 0 && wk_mw_response(x, &rs) != 0) {
-            return upstream_failed(x, WK_FAIL_BAD);
-        }
-        if (x->ops->resp_head(x, &rs) != 0) {
+        if (relay_head(x, &rs) != 0) {
             return upstream_failed(x, WK_FAIL_BAD);
         }
         if (!(x->tflags & WK_T_REQ_DONE) || x->send_off != x->parsed_off ||
@@ -754,6 +774,9 @@ static int parse_response(struct wk_xchg *x)
                      * answer 502 instead. */
                     x->ops->unhead(x);
                     x->tflags &= ~(WK_T_RESP_HEAD | WK_T_DECHUNK);
+                    if (x->tx->gzb != NULL) {
+                        wk_mwgz_drop(x->tx);
+                    }
                     return upstream_failed(x, WK_FAIL_BAD);
                 }
                 wk_xchg_cut(x, SHM_CUT_BACKEND_INVALID);
@@ -1087,6 +1110,9 @@ int wk_xchg_finish(struct wk_xchg *x)
 int wk_xchg_parse(struct wk_xchg *x)
 {
     if (x->tx->uin.data != NULL && parse_response(x) != 0) {
+        return -1;
+    }
+    if (x->tx->gzb != NULL && (x->tflags & WK_T_RESP_HEAD) && wk_mwgz_pump(x) != 0) {
         return -1;
     }
     /* The backend's part is over once its response is complete: count it now, before the last
