@@ -359,3 +359,104 @@ class TrailersTest(dsptest.TestCase):
         got = [r for r in self.raw.requests if r.startswith(b"POST /record-bad ")]
         if [e[0] for e in ev[5]] != ["reset"]:  # (nghttp2 may reset the stream itself)
             self.assertTrue(got[0].endswith(b"\r\n3\r\nabc\r\n0\r\nx-ok: 1\r\n\r\n"), got)
+
+
+class GrpcServer:
+    """grpc_peer.py's server (dsp.Test) on an ephemeral port; stop() kills it."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([SYS_PY, PEER, "server"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        dsptest._record_pid(self.proc.pid)
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("PORT "):
+            self.proc.kill()
+            raise AssertionError("grpc server did not start: %r %r"
+                                 % (line, self.proc.stderr.read()[-2000:]))
+        self.port = int(line.split()[1])
+        self.addr = "127.0.0.1:%d" % self.port
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+@unittest.skipUnless(HAVE_GRPC, "python3-grpcio under /usr/bin/python3")
+class GrpcCallsTest(dsptest.TestCase):
+    """Real gRPC calls through the dispatcher to a real gRPC server (`protocol = "grpc"`): the
+    four kinds of RPC relayed as they flow, metadata and trailers both ways, custom statuses,
+    deadlines, and a killed backend."""
+
+    def setUp(self):
+        self.srv = GrpcServer()
+        self.addCleanup(self.srv.stop)
+        self.victim = GrpcServer()
+        self.addCleanup(self.victim.stop)
+        self.d = self.dispatcher(
+            services=[svc("g", self.srv.addr, protocol="grpc", response_timeout_ms=5000),
+                      svc("v", self.victim.addr, protocol="grpc", retries=0)],
+            routes=[route("grpc.test", "g"), route("victim.test", "v")], workers=1,
+            start=False)
+        p = subprocess.run([dsptest.MASTER, "-t", "-c", self.d.conf], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+        if p.returncode != 0:
+            self.skipTest("no gRPC backends in this build: %s" % p.stdout.decode()[-300:])
+        self.start_dispatcher(self.d)
+
+    def call(self, case, arg="", authority="grpc.test"):
+        return grpc_call(self.d.port, authority, case, arg)
+
+    def test_calls(self):
+        r = self.call("echo", "hello")
+        self.assertEqual((r["code"], r["messages"]), ("OK", ["echo:hello"]), r)
+        # metadata both ways
+        self.assertEqual((r["initial"].get("x-echo-one"), r["initial"].get("x-echo-two")),
+                         ("1", "zwei"), r)
+        # server streaming, relayed as it flows: message 1 reached the client before the server
+        # sent message 2 (it waits for the client's marker)
+        marker = os.path.join(self.d.tmp, "marker")
+        r = self.call("count", marker)
+        self.assertEqual((r["code"], r["messages"]), ("OK", ["msg-0", "msg-1 seen", "msg-2"]), r)
+        # client streaming
+        r = self.call("sum", "50")
+        self.assertEqual((r["code"], r["messages"]), ("OK", ["n=50 bytes=122500"]), r)
+        # bidirectional, each message sent only once the answer to the previous one came back
+        r = self.call("chat")
+        self.assertEqual((r["code"], r["messages"]),
+                         ("OK", ["re:m0", "re:m1", "re:m2", "re:m3", "re:m4"]), r)
+        # a status of the server's own, its message and trailing metadata reach the client
+        r = self.call("fail", "FAILED_PRECONDITION:not now, 100% sure")
+        self.assertEqual((r["code"], r["details"]),
+                         ("FAILED_PRECONDITION", "not now, 100% sure"), r)
+        self.assertEqual(r["trailing"].get("x-trail"), "t-value", r)
+        self.assertEqual(r["trailing"].get("x-trail-bin"), "0001ff", r)
+        # no route: UNIMPLEMENTED
+        r = self.call("echo", authority="nowhere.test")
+        self.assertEqual(r["code"], "UNIMPLEMENTED", r)
+        # an unknown method is the server's UNIMPLEMENTED, passed on
+        r = self.call("method", "/dsp.Test/Nope")
+        self.assertEqual(r["code"], "UNIMPLEMENTED", r)
+
+    def test_deadline(self):
+        cancelled = os.path.join(self.d.tmp, "cancelled")
+        t0 = time.monotonic()
+        r = self.call("sleep", "4000:0.5:" + cancelled)
+        self.assertEqual(r["code"], "DEADLINE_EXCEEDED", r)
+        self.assertLess(time.monotonic() - t0, 3.0)
+        # the backend's stream was ended too, long before its 4 s
+        dsptest.wait_until(lambda: os.path.exists(cancelled), 2.5, "the server saw the cancel")
+        # within the deadline all is well
+        r = self.call("sleep", "100:5")
+        self.assertEqual((r["code"], r["messages"]), ("OK", ["echo:zz"]), r)
+
+    def test_killed_backend(self):
+        r = self.call("echo", "x", authority="victim.test")
+        self.assertEqual(r["code"], "OK", r)
+        self.victim.stop()
+        r = self.call("echo", "x", authority="victim.test")
+        self.assertEqual(r["code"], "UNAVAILABLE", r)
+        r = self.call("echo", "x", authority="victim.test")
+        self.assertEqual(r["code"], "UNAVAILABLE", r)
