@@ -213,12 +213,24 @@ class GrpcErrorsTest(dsptest.TestCase):
         self.raw = RawBackend()
         self.addCleanup(self.raw.stop)
         dead = "127.0.0.1:%d" % dsptest.free_port()
-        self.d = self.dispatcher(
-            services=[svc("gone", dead, retries=0), svc("empty"),
-                      svc("raw", self.raw.addr, response_timeout_ms=1500)],
-            routes=[route("gone.test", "gone"), route("empty.test", "empty"),
-                    route("raw.test", "raw")],
-            workers=1, limits={"max_body_bytes": 100000})
+        d = dsptest.Dispatcher(workers=1)
+        users = os.path.join(d.tmp, "staff.htpasswd")
+        with open(users, "w") as f:  # (a sha512-crypt line: nobody here sends credentials)
+            f.write("alice:$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8"
+                    "wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/\n")
+        mws = ('middlewares = ( { name = "office"; type = "ip_allow"; cidrs = ["10.0.0.0/8"]; },'
+               ' { name = "staff"; type = "basic_auth"; realm = "staff"; users_file = "%s"; },'
+               ' { name = "maint"; type = "static"; status = 503; body = "down"; } );' % users)
+        d.write_config(dsptest.make_config(
+            d.port, d.tmp,
+            [svc("gone", dead, retries=0), svc("empty"),
+             svc("raw", self.raw.addr, response_timeout_ms=1500)],
+            [route("gone.test", "gone"), route("empty.test", "empty"), route("raw.test", "raw"),
+             route("office.test", "raw", middlewares=["office"]),
+             route("staff.test", "raw", middlewares=["staff"]),
+             route("maint.test", "raw", middlewares=["maint"])],
+            1, {"max_body_bytes": 100000}, mws))
+        self.d = self.start_dispatcher(d)
 
     def grpc_answer(self, events):
         """The one HEADERS frame (END_STREAM) of a trailers-only answer, as a dict."""
@@ -255,6 +267,10 @@ class GrpcErrorsTest(dsptest.TestCase):
             {"headers": grpc_req("raw.test", "/hang", extra=[("grpc-timeout", "300m")]),
              "data": ["\0\0\0\0\0"]},
             {"headers": grpc_req("raw.test", "/hang", extra=[("grpc-timeout", "0n")])},
+            # middlewares' answers
+            {"headers": grpc_req("office.test")},
+            {"headers": grpc_req("staff.test")},
+            {"headers": grpc_req("maint.test")},
             # not gRPC: JSON as before
             {"headers": req("nowhere.test", "/x", "GET")},
             {"headers": req("raw.test", "/hang", extra=[("grpc-timeout", "100m")]),
@@ -279,6 +295,13 @@ class GrpcErrorsTest(dsptest.TestCase):
         self.assertLess(t, 2.5)
         h = self.grpc_answer(ev[5])                                  # 0: passed at once
         self.assertEqual(h["grpc-status"], "4")
+        h = self.grpc_answer(ev.pop(6))                              # ip_allow's 403: 7
+        self.assertEqual(h["grpc-status"], "7")
+        h = self.grpc_answer(ev.pop(6))                              # basic_auth's 401: 16
+        self.assertEqual(h["grpc-status"], "16")
+        self.assertEqual(h["www-authenticate"], 'Basic realm="staff"')
+        h = self.grpc_answer(ev.pop(6))                              # a static 503: 14
+        self.assertEqual(h["grpc-status"], "14")
         # a plain HTTP/2 request keeps JSON errors, and its grpc-timeout means nothing
         self.assertEqual(hdict(ev[6][0][1])[":status"], "404")
         self.assertEqual(hdict(ev[6][0][1])["content-type"], "application/json")
