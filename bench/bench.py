@@ -13,12 +13,13 @@ Environment knobs, mostly for development runs:
   BENCH_ROUNDS     rounds per throughput scenario and reloads (default 5; (d) runs min(3, this))
   BENCH_IDLE_CONNS idle keep-alive connections for scenario (d) (default 10000)
   BENCH_ROUTES     routes for scenario (e) (default 100000)
-  BENCH_ONLY       comma-separated subset of a,b,c,d,e,f,g,h,i,j (default all)
+  BENCH_ONLY       comma-separated subset of a,b,c,d,e,f,g,h,i,j,l (default all)
   BENCH_SLOW_CONNS slowloris connections held open during scenario (h) (default 2000)
   BENCH_TLS_ROUNDS rounds for the TLS scenarios (f), (g) (default min(3, BENCH_ROUNDS))
   BENCH_OUT        results file (default bench/RESULTS.md; "-" writes none)
   BENCH_KEEP=1     keep the temporary directory (configs, logs) for inspection
   BENCH_QUIET_WAIT seconds to wait at start for other jobs on the machine to go quiet (default 60)
+  BENCH_GZIP_LEVEL gzip level of scenario (l), for dispatcher and nginx alike (default 6)
 """
 
 import atexit
@@ -42,7 +43,7 @@ DURATION = int(os.environ.get("BENCH_DURATION", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 IDLE_CONNS = int(os.environ.get("BENCH_IDLE_CONNS", "10000"))
 NROUTES = int(os.environ.get("BENCH_ROUTES", "100000"))
-ONLY = set(os.environ.get("BENCH_ONLY", "a,b,c,d,e,f,g,h,i,j").replace(" ", "").split(","))
+ONLY = set(os.environ.get("BENCH_ONLY", "a,b,c,d,e,f,g,h,i,j,l").replace(" ", "").split(","))
 TLS_ROUNDS = int(os.environ.get("BENCH_TLS_ROUNDS", str(min(3, ROUNDS))))
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "RESULTS.md"))
 KEEP = os.environ.get("BENCH_KEEP", "") not in ("", "0")
@@ -57,6 +58,9 @@ LARGE_CONNS = 16        # scenario (c)
 TLS_CONNS = 50          # scenarios (f) and (g)
 SLOW_CLIENTS = 10       # scenario (h): the normal clients measured calm and under attack
 H2_CONNS, H2_STREAMS = 10, 100     # scenarios (i), (j): h2load connections x concurrent streams
+GZIP_CONNS = 16         # scenario (l): gzip of a 100 KiB JSON response
+GZIP_LEVEL = int(os.environ.get("BENCH_GZIP_LEVEL", "6"))
+GZIP_PROXIES = ["dispatcher", "nginx"]
 # scenario (h): the proxies' request-head timeout, the same for all three and well above one attack
 # run, so that no proxy sheds the slowloris connections during the measurement
 SLOW_HEADER_TIMEOUT_S = 60
@@ -345,6 +349,8 @@ def start_backend(port, port2):
     os.makedirs(www, exist_ok=True)
     with open(os.path.join(www, "1m"), "wb") as f:
         f.write((b"0123456789abcdef" * 64 + b"\n")[:1024] * 1024)
+    with open(os.path.join(www, "100k.json"), "wb") as f:
+        f.write(json_100k())
     d, top = nginx_common("backend")
     conf = top + """http {
 %s    default_type text/plain;
@@ -355,13 +361,14 @@ def start_backend(port, port2):
         listen 127.0.0.1:%d backlog=4096;
         location = /small { return 200 "%s"; }
         location = /1m { default_type application/octet-stream; alias %s/1m; }
+        location = /json100k { default_type application/json; alias %s/100k.json; }
     }
     server {
         listen 127.0.0.1:%d;
         location / { return 200 "second backend\\n"; }
     }
 }
-""" % (nginx_http_common(d), port, SMALL_BODY.replace("\n", "\\n"), www, port2)
+""" % (nginx_http_common(d), port, SMALL_BODY.replace("\n", "\\n"), www, www, port2)
     p = start_nginx("backend", conf, port, LOAD_CPU)
     BACKEND_PIDS[:] = children(p.pid)
     st, _, body = http_get(port, "/small")
@@ -452,7 +459,8 @@ def start_dispatcher(name, conf_text, port):
     return Proxy(name, p, port, lambda: children(p.pid)), conf
 
 
-def start_front_nginx(port, bport, tls=None, name="nginx", header_timeout_s=None, h2=False):
+def start_front_nginx(port, bport, tls=None, name="nginx", header_timeout_s=None, h2=False,
+                      http_extra=""):
     d, top = nginx_common(name)
     # HTTP/2 (scenarios (i), (j)): nginx 1.22 spells `http2 on` as a listen parameter; without
     # ssl it is h2c with prior knowledge, as h2load speaks it
@@ -473,7 +481,7 @@ def start_front_nginx(port, bport, tls=None, name="nginx", header_timeout_s=None
     conf = top + """http {
 %s    proxy_http_version 1.1;
     proxy_max_temp_file_size 0;
-    upstream b {
+%s    upstream b {
         server 127.0.0.1:%d;
         keepalive 256;
         keepalive_requests 1000000;
@@ -494,7 +502,7 @@ def start_front_nginx(port, bport, tls=None, name="nginx", header_timeout_s=None
         }
     }
 }
-""" % (nginx_http_common(d), bport, listen)
+""" % (nginx_http_common(d), http_extra, bport, listen)
     p = start_nginx(name, conf, port, PROXY_CPU)
     return Proxy(name, p, port, lambda: children(p.pid))
 
@@ -939,6 +947,91 @@ def git_rev():
         return "?"
 
 
+# ---- scenario (l): gzip of a 100 KiB JSON response ---------------------------------------------
+def json_100k():
+    """About 100 KiB of a JSON API answer (an array of records, repetitive like real ones)."""
+    recs, i, size = [], 0, 2
+    while True:
+        recs.append(('{"id":%d,"sku":"SKU-%06d","name":"Product %d","price":%d.%02d,'
+                     '"tags":["%s","%s"],"stock":%d,"active":%s}' % (
+                         i, (i * 7919) % 1000000, i, (i * 37) % 500, i % 100,
+                         ("red", "green", "blue", "black")[i % 4], ("s", "m", "l", "xl")[i % 3],
+                         (i * 13) % 97, "true" if i % 5 else "false")).encode())
+        size += len(recs[-1]) + 1
+        if size > 102400:
+            recs.pop()
+            return b"[" + b",".join(recs) + b"]"
+        i += 1
+
+
+def gzip_check(prx):
+    """GET /json100k with Accept-Encoding: gzip is answered gzip, decoding to the file."""
+    import http.client
+    import zlib
+    c = http.client.HTTPConnection("127.0.0.1", prx.port, timeout=10)
+    c.request("GET", "/json100k", headers={"Host": prx.host, "Accept-Encoding": "gzip"})
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    if r.status != 200 or r.getheader("Content-Encoding") != "gzip":
+        die("%s: /json100k answered %d, Content-Encoding %r" % (prx.name, r.status,
+                                                               r.getheader("Content-Encoding")))
+    if zlib.decompress(body, 31) != json_100k():
+        die("%s: /json100k does not decode to the backend's body" % prx.name)
+    return len(body)
+
+
+def gzip_scenario(bport, bport2, notes):
+    """(l): dispatcher's compress middleware against nginx's gzip filter at the same level."""
+    prx = {}
+    port = free_port()
+    conf = dsp_config(port, bport, bport2, [("*", None, "b")]).replace(
+        '{ host = "*"; service = "b"; }', '{ host = "*"; service = "b"; middlewares = ["gz"]; }')
+    conf += ('middlewares = ( { name = "gz"; type = "compress"; level = %d; min_bytes = 1024; '
+             'types = ["application/json"]; } );\n' % GZIP_LEVEL)
+    prx["dispatcher"] = start_dispatcher("dispatcher-gzip", conf, port)[0]
+    prx["nginx"] = start_front_nginx(
+        free_port(), bport, name="nginx-gzip",
+        http_extra="    gzip on;\n    gzip_comp_level %d;\n    gzip_types application/json;\n"
+                   "    gzip_min_length 1024;\n    gzip_proxied any;\n    gzip_vary on;\n"
+                   % GZIP_LEVEL)
+    for p in GZIP_PROXIES:
+        n = gzip_check(prx[p])
+        log("%s-gzip on 127.0.0.1:%d: /json100k %d bytes -> %d gzip bytes at level %d"
+            % (p, prx[p].port, len(json_100k()), n, GZIP_LEVEL))
+        wrk(prx[p], "/json100k", GZIP_CONNS, 1, ("Accept-Encoding: gzip",))   # warm-up
+    res = {p: [] for p in GZIP_PROXIES}
+    for rnd in range(ROUNDS):
+        order = GZIP_PROXIES[rnd % 2:] + GZIP_PROXIES[:rnd % 2]
+        for p in order:
+            r = wrk(prx[p], "/json100k", GZIP_CONNS, DURATION, ("Accept-Encoding: gzip",))
+            res[p].append(r)
+            log("round %d l %-10s %8.0f req/s  p99 %7.2f ms  %6.2f us/req  cpu %3.0f%%  "
+                "other load %3.0f%%%s" % (
+                    rnd + 1, p, r["rps"], r["p99_ms"], r["cpu_us"], r["cpu_pct"],
+                    r["other_pct"], "  errors %d" % r["errors"] if r["errors"] else ""))
+            if r["errors"]:
+                notes.append("l round %d %s: %d socket errors or non-2xx responses"
+                             % (rnd + 1, LABEL[p], r["errors"]))
+    for p in GZIP_PROXIES:
+        stop(prx[p].proc)
+    return res
+
+
+def gzip_table_rows(res):
+    """Rows of the main table for scenario (l) (no HAProxy: its gzip is libslz, without levels)."""
+    if "l" not in res:
+        return []
+    out, first = [], True
+    for key, label, kind in METRICS:
+        vals = {p: med([r[key] for r in res["l"][p]]) for p in GZIP_PROXIES}
+        out.append("| %s | %s | %s | %s | n/a | %s | |" % (
+            SCEN["l"] if first else "", label, fmt(vals["dispatcher"], kind),
+            fmt(vals["nginx"], kind), ratio(vals["dispatcher"], vals["nginx"])))
+        first = False
+    return out
+
+
 SCEN = {
     "a": "(a) /small, %d keep-alive conns" % KEEPALIVE_CONNS,
     "b": "(b) /small, new conn per request (%d conns)" % KEEPALIVE_CONNS,
@@ -948,6 +1041,8 @@ SCEN = {
     "i": "(i) HTTP/2 over TLS /small, h2load %d conns x %d streams" % (H2_CONNS, H2_STREAMS),
     "j": "(j) HTTP/2 cleartext (prior knowledge) /small, h2load %d conns x %d streams"
          % (H2_CONNS, H2_STREAMS),
+    "l": "(l) gzip level %d of a 100 KiB JSON response, %d keep-alive conns"
+         % (GZIP_LEVEL, GZIP_CONNS),
 }
 STIME_LABEL = "(g) TLS full handshakes, `openssl s_time -new` (client-bound)"
 STIME_METRICS = [("rps", "handshakes/s", "rps"), ("cpu_us", "proxy CPU µs/handshake", "us"),
@@ -1150,6 +1245,7 @@ def report(res, idle, e_res, reloads, started, elapsed, notes, stime=None):
                 ratio(vals["dispatcher"], vals["nginx"]),
                 ratio(vals["dispatcher"], vals["haproxy"])))
             first = False
+    L.extend(gzip_table_rows(res))
     L.append("")
     if e_res:
         L.append("(e) dispatcher only, /small over %d keep-alive conns, Host %s "
@@ -1210,6 +1306,14 @@ def report(res, idle, e_res, reloads, started, elapsed, notes, stime=None):
         for name, ok, got in T:
             L.append("- [%s] %s: %s" % ("x" if ok else " ", name, got))
         L.append("")
+    if "l" in res:
+        d = med([r["cpu_us"] for r in res["l"]["dispatcher"]])
+        n = med([r["cpu_us"] for r in res["l"]["nginx"]])
+        L.append("Targets (issue 15, middlewares):")
+        L.append("")
+        L.append("- [%s] (l) gzip CPU µs/req ≤ nginx's `gzip on` at level %d: %s× nginx"
+                 % ("x" if d <= n else " ", GZIP_LEVEL, ratio(d, n)))
+        L.append("")
     T12 = slow_targets(res)
     if T12:
         L.append("Targets (issue 12, hardening):")
@@ -1240,6 +1344,9 @@ def report(res, idle, e_res, reloads, started, elapsed, notes, stime=None):
         for p in PROXIES:
             for i, r in enumerate(res[sc][p]):
                 L.append(row(sc, LABEL[p], i, r))
+    for p in (GZIP_PROXIES if "l" in res else []):
+        for i, r in enumerate(res["l"][p]):
+            L.append(row("l", LABEL[p], i, r))
     for sc, nm in (("h", "h calm"), ("h_attack", "h under attack")):
         for p in (PROXIES if sc in res else []):
             for i, r in enumerate(res[sc][p]):
@@ -1502,6 +1609,9 @@ def main():
                                                                  SLOW_CONNS))
         for p in PROXIES:
             stop(hproxies[p].proc)
+
+    if "l" in ONLY:
+        res["l"] = gzip_scenario(bport, bport2, notes)
 
     if "e" in ONLY:
         t0 = time.monotonic()
