@@ -32,14 +32,15 @@
 #define H2_OUT_SIZE (64 * 1024) /* serialized frames waiting for the socket */
 
 /* Stream flags. */
-#define S_END_STREAM 0x01u /* the client's half is closed: the request is complete */
-#define S_STARTED    0x02u /* the exchange was begun (x is live until S_ENDED) */
-#define S_ENDED      0x04u /* the exchange was ended (logged and released) */
-#define S_RESPONDED  0x08u /* a response (proxied or generated) was submitted */
-#define S_EOF        0x10u /* the response's last byte went to nghttp2 */
-#define S_CHUNKED    0x20u /* the body goes upstream chunked (no Content-Length was sent) */
-#define S_DISCARD    0x40u /* request DATA is no longer wanted: consumed and dropped */
-#define S_GRPC       0x80u /* a gRPC request (its Content-Type): our errors are gRPC answers */
+#define S_END_STREAM 0x01u  /* the client's half is closed: the request is complete */
+#define S_STARTED    0x02u  /* the exchange was begun (x is live until S_ENDED) */
+#define S_ENDED      0x04u  /* the exchange was ended (logged and released) */
+#define S_RESPONDED  0x08u  /* a response (proxied or generated) was submitted */
+#define S_EOF        0x10u  /* the response's last byte went to nghttp2 */
+#define S_CHUNKED    0x20u  /* the body goes upstream chunked (no Content-Length was sent) */
+#define S_DISCARD    0x40u  /* request DATA is no longer wanted: consumed and dropped */
+#define S_GRPC       0x80u  /* a gRPC request (its Content-Type): our errors are gRPC answers */
+#define S_NOBODY     0x100u /* the response has no body: its HEADERS end the stream */
 
 struct wk_h2;
 
@@ -628,7 +629,10 @@ static int h2_resp_head(struct wk_xchg *x, const struct wk_h1_resp *rs)
 {
     struct wk_h2_stream *st = xstream(x);
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = resp_read};
-    int bodyless = wk_h1_bodyless((x->tflags & WK_T_HEAD_REQ) != 0, rs->status);
+    /* (complete with its head: no body, such as a gRPC trailers-only answer, whose grpc-status
+     * gRPC clients look for only in a HEADERS frame that ends the stream) */
+    int bodyless = wk_h1_bodyless((x->tflags & WK_T_HEAD_REQ) != 0, rs->status) ||
+                   (x->tflags & WK_T_RESP_DONE);
 
     if (rs->status < 200 || (st->flags & S_RESPONDED)) {
         return -1; /* (a 101 nobody can have asked for over HTTP/2) */
@@ -643,7 +647,7 @@ static int h2_resp_head(struct wk_xchg *x, const struct wk_h1_resp *rs)
     /* A HEADERS frame cannot be taken back: from here on only a reset can end it badly. */
     x->tflags |= WK_T_CLIENT_SENT;
     x->status = (uint16_t)rs->status;
-    st->flags |= S_RESPONDED;
+    st->flags |= S_RESPONDED | (bodyless ? S_NOBODY : 0);
     return 0;
 }
 
@@ -1009,8 +1013,7 @@ static int pump_streams(struct wk_h2 *h)
             continue;
         }
         if ((x->tflags & (WK_T_RESP_DONE | WK_T_REPLIED)) == WK_T_RESP_DONE &&
-            (st->flags & S_RESPONDED) &&
-            wk_h1_bodyless((x->tflags & WK_T_HEAD_REQ) != 0, x->status)) {
+            (st->flags & S_NOBODY)) {
             /* A response without a body ended with its HEADERS frame. */
             st->flags |= S_EOF;
             wk_xchg_tally(x, 1);

@@ -181,6 +181,11 @@ class RawBackend:
                     for k in range(0, len(lines), 10):
                         c.sendall(b"".join(lines[k:k + 10]))
                         time.sleep(0.01)
+                elif path == b"/empty":
+                    # a gRPC trailers-only answer through an HTTP/1.1 backend
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\n"
+                              b"Grpc-Status: 5\r\nGrpc-Message: no such thing\r\n"
+                              b"Content-Length: 0\r\n\r\n")
                 elif path == b"/hints":
                     c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
                     time.sleep(0.3)
@@ -344,6 +349,8 @@ class TrailersTest(dsptest.TestCase):
             # Expect: 100-continue is answered by the dispatcher, never forwarded
             {"headers": req("raw.test", "/record-expect", extra=[("expect", "100-continue")]),
              "data": ["body"]},
+            # a response complete with its head ends the stream with its HEADERS frame
+            {"headers": req("raw.test", "/empty", "POST"), "data": ["x"]},
             # trailer fields are checked like header fields: no framing in them
             {"headers": req("raw.test", "/record-bad"), "data": ["abc"],
              "trailers": [["content-length", "3"], ["x-ok", "1"]]},
@@ -379,8 +386,10 @@ class TrailersTest(dsptest.TestCase):
         self.assertEqual(hdict(ev[4][0][1])[":status"], "100")
         got = [r for r in self.raw.requests if r.startswith(b"POST /record-expect ")][0]
         self.assertNotIn(b"expect:", got.lower())
+        self.assertEqual([e[0] for e in ev[5]], ["response", "end"], ev[5])
+        self.assertEqual(hdict(ev[5][0][1])["grpc-status"], "5")
         got = [r for r in self.raw.requests if r.startswith(b"POST /record-bad ")]
-        if [e[0] for e in ev[5]] != ["reset"]:  # (nghttp2 may reset the stream itself)
+        if [e[0] for e in ev[6]] != ["reset"]:  # (nghttp2 may reset the stream itself)
             self.assertTrue(got[0].endswith(b"\r\n3\r\nabc\r\n0\r\nx-ok: 1\r\n\r\n"), got)
 
 
