@@ -290,6 +290,26 @@ static void take_request(struct wk_client *c, const struct wk_h1_req *rq, size_t
     x->body_off = x->parsed_off = x->send_off = c->in.start + (uint32_t)hlen;
 }
 
+/* Does the client wait for a 100 Continue before it sends its body? */
+static int continue_owed(const struct wk_client *c)
+{
+    return (c->x.tflags & WK_T_CONTINUE) && !(c->x.tflags & WK_T_REQ_DONE) && c->x.vminor >= 1;
+}
+
+/* Queue the 100 Continue: 0, or -1 when the client was closed. */
+static int queue_continue(struct wk_client *c)
+{
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+    if (wk_buf_get(&c->out, wk_head_buf_size(csnap(c))) != 0) {
+        wk_client_close(c);
+        return -1;
+    }
+    memcpy(c->out.data + c->out.end, cont, sizeof(cont) - 1);
+    c->out.end += sizeof(cont) - 1;
+    return 0;
+}
+
 /* A complete head sits in c->in at [start, start + hlen). Parse and check it (RFC 9112 framing,
  * Host), then hand it to the exchange: route, check the body bytes that came with it, forward.
  * Returns 0, or -1 when the client was closed. */
@@ -342,16 +362,13 @@ static int process_head(struct wk_client *c, size_t hlen)
         r = wk_xchg_forward(x, &rq);
     }
     if (r != 0) {
+        if (r > 0 && (x->tx->mw.flags & WK_MW_F_WAIT) && continue_owed(c)) {
+            x->tflags |= WK_T_100_PENDING; /* (sent if the middleware lets the request go on) */
+        }
         return r < 0 ? -1 : 0;
     }
-    if ((x->tflags & WK_T_CONTINUE) && !(x->tflags & WK_T_REQ_DONE) && x->vminor >= 1) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        if (wk_buf_get(&c->out, wk_head_buf_size(csnap(c))) != 0) {
-            wk_client_close(c);
-            return -1;
-        }
-        memcpy(c->out.data + c->out.end, cont, sizeof(cont) - 1);
-        c->out.end += sizeof(cont) - 1;
+    if (continue_owed(c) && queue_continue(c) != 0) {
+        return -1;
     }
     x->tx->body_due_ms = wk.now + BODY_GRACE_MS;
     return wk_xchg_start(x);
@@ -1095,7 +1112,18 @@ static void h1_rearm(struct wk_xchg *x)
 
 static void h1_wake(struct wk_xchg *x)
 {
-    wk_client_run(xclient(x));
+    struct wk_client *c = xclient(x);
+
+    /* A middleware that suspended the request let it go on to a backend: the client now gets
+     * the 100 Continue it waits for (not when the middleware answered instead). */
+    if (x->tflags & WK_T_100_PENDING) {
+        x->tflags &= ~WK_T_100_PENDING;
+        if (!(x->tflags & WK_T_REPLIED) && x->tx != NULL && x->up != NULL && continue_owed(c) &&
+            c->out.start == c->out.end && queue_continue(c) != 0) {
+            return;
+        }
+    }
+    wk_client_run(c);
 }
 
 const struct wk_xchg_ops wk_h1_ops = {

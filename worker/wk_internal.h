@@ -157,7 +157,7 @@ struct wk_upstream {
 #define WK_T_TUNNEL      0x20000u  /* 101 received: bytes are spliced both ways, unparsed */
 #define WK_T_UP_EOF      0x40000u  /* tunnel: the backend closed its side */
 #define WK_T_LB_DONE     0x80000u  /* this attempt's outcome went to wk_lb_result() */
-#define WK_T_FREE_100000 0x100000u /* free (was TCP_CORK state: common/xport.c keeps it now) */
+#define WK_T_100_PENDING 0x100000u /* 100 Continue owed once a suspended middleware passes */
 #define WK_T_TALLIED     0x200000u /* statistics of this request recorded (wk_conn.c) */
 #define WK_T_HTML        0x400000u /* Accept prefers text/html: errors.pages apply */
 /* the client timer is the send timeout: the client stopped draining its response (wk_conn.c) */

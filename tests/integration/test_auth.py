@@ -105,7 +105,8 @@ class BasicAuthTest(dsptest.TestCase):
     @dsptest.timeout(90)
     def test_basic_auth(self):
         lines = ["# staff", htpasswd_line("-B", "alice", "wonder land", "-C", "5"),
-                 htpasswd_line("-5", "bob", "b0b"), htpasswd_line("-2", "carol", "c:a:r:o:l")]
+                 htpasswd_line("-5", "bob", "b0b"), htpasswd_line("-2", "carol", "c:a:r:o:l"),
+                 htpasswd_line("-B", "dave", "d4ve", "-C", "5")]
         d = self.start(lines)
         with Conn(d.port) as c:
             # missing, malformed, wrong, unknown: 401 with the challenge and the JSON body
@@ -125,6 +126,23 @@ class BasicAuthTest(dsptest.TestCase):
                                   headers=[("Authorization", basic(user, pw))])
                     self.assertEqual(r.status, 200, (user, r.body[:200]))
                     self.assertNotIn("authorization", echo_headers(r))
+            # Expect: 100-continue while the password is hashed: the 100 comes once it is
+            # verified (not a second later, when clients give up waiting), never before a 401
+            for user, pw, want in (("dave", "d4ve", 200), ("dave", "wrong", 401)):
+                with Conn(d.port) as c2:
+                    c2.send(dsptest.build_request(
+                        "POST", "/up", "auth.do",
+                        [("Authorization", basic(user, pw)), ("Expect", "100-continue"),
+                         ("Content-Length", "5")]))
+                    c2.settimeout(0.8)
+                    _, status, _, _ = c2.read_head()
+                    c2.settimeout(10)
+                    self.assertEqual(status, 100 if want == 200 else 401, user + ":" + pw)
+                    if want == 200:
+                        c2.send(b"hello")
+                        r = c2.read_response("POST")
+                        self.assertEqual(r.status, 200)
+                        self.assertEqual(json.loads(r.body)["body_bytes"], 5)
             # a route without the middleware forwards Authorization as it is
             r = c.request("GET", "/x", host="open.do", headers=[("Authorization", "Bearer t")])
             self.assertEqual(echo_headers(r)["authorization"], ["Bearer t"])
