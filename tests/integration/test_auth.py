@@ -106,7 +106,7 @@ class BasicAuthTest(dsptest.TestCase):
     def test_basic_auth(self):
         lines = ["# staff", htpasswd_line("-B", "alice", "wonder land", "-C", "5"),
                  htpasswd_line("-5", "bob", "b0b"), htpasswd_line("-2", "carol", "c:a:r:o:l"),
-                 htpasswd_line("-B", "dave", "d4ve", "-C", "5")]
+                 htpasswd_line("-B", "dave", "d4ve", "-C", "5"), htpasswd_line("-5", "erin", "3r1n")]
         d = self.start(lines)
         with Conn(d.port) as c:
             # missing, malformed, wrong, unknown: 401 with the challenge and the JSON body
@@ -158,6 +158,8 @@ class BasicAuthTest(dsptest.TestCase):
         out = curl("--http2-prior-knowledge", "-H", "Host: auth.do", "-u", "bob:b0b", url)
         self.assertEqual(curl_status(out), 200, out)
         self.assertNotIn('"authorization"', out.lower())
+        out = curl("--http2-prior-knowledge", "-H", "Host: auth.do", "-u", "erin:3r1n", url)
+        self.assertEqual(curl_status(out), 200, out)  # (hashed: the stream waited for it)
         out = curl("--http2-prior-knowledge", "-H", "Host: auth.do", "-u", "bob:nope", url)
         self.assertEqual(curl_status(out), 401, out)
 
@@ -339,8 +341,9 @@ class AuthService:
                     hdrs.append((k.strip().lower(), v.strip()))
                 with self.lock:
                     self.requests.append((method, target, hdrs))
-                s.sendall(self._answer(dict(hdrs)))
-                if self.close_after:
+                ans = self._answer(dict(hdrs))
+                s.sendall(ans)
+                if self.close_after or ans == b"" or b"Content-Length: 100\r\n" in ans:
                     return
         except (OSError, ValueError):
             pass
@@ -366,6 +369,24 @@ class AuthService:
         if auth == "Bearer chunked":
             return (b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
                     b"Transfer-Encoding: chunked\r\n\r\n5\r\nno wa\r\n2\r\ny!\r\n0\r\n\r\n")
+        hostile = {
+            "Bearer bighead": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 40000 +
+                              b"\r\nContent-Length: 0\r\n\r\n",
+            "Bearer page8k": b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/html\r\n"
+                             b"Content-Length: 8192\r\n\r\n" + b"p" * 8192,
+            "Bearer page100k": b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 102400\r\n\r\n"
+                               + b"p" * 102400,
+            "Bearer okbig": b"HTTP/1.1 200 OK\r\nX-User: big\r\nContent-Length: 1048576\r\n\r\n"
+                            + b"b" * 1048576,
+            "Bearer badcl": b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+            "Bearer interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+                              b"Content-Length: 0\r\n\r\n",
+            "Bearer barelf": b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+            "Bearer short": b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 100\r\n\r\nshort",
+            "Bearer close": b"",
+        }
+        if auth in hostile:
+            return hostile[auth]
         body = b'{"error":"who are you"}'
         return (b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"sso\"\r\n"
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
@@ -462,3 +483,42 @@ class ForwardAuthTest(dsptest.TestCase):
             r = dsptest.request(d.port, "/", host="sso.do",
                                 headers=[("Authorization", "Bearer good")])
             self.assertEqual(r.status, 200)
+
+    @dsptest.timeout(90)
+    def test_forward_auth_hostile(self):
+        """Answers that are not clean HTTP/1.1 are 503s (a big or malformed head, a body over
+        the relay limit, a close before the answer or in its body, an interim response, bare
+        LFs); a 2xx with a huge body still lets the request through; each case leaves the next
+        request its own clean answer."""
+        be = self.backend("b1")
+        auth = AuthService()
+        self.addCleanup(auth.stop)
+        mws = [{"name": "sso", "type": "forward_auth", "address": auth.addr, "path": "/v",
+                "copy_headers": ["X-User"], "timeout_ms": 2000}]
+        d = self.dispatcher([svc("app", be)], [route("sso.do", "app", middlewares=["sso"])],
+                            workers=1, extra=mw_conf(mws))
+        cases = [("Bearer bighead", 503), ("Bearer page8k", 401), ("Bearer page100k", 503),
+                 ("Bearer okbig", 200), ("Bearer badcl", 503), ("Bearer interim", 503),
+                 ("Bearer barelf", 503), ("Bearer short", 503), ("Bearer close", 503)]
+        for _ in range(2):
+            for tok, want in cases:
+                for http2 in (False, True):
+                    if http2:
+                        out = curl("--http2-prior-knowledge", "-H", "Host: sso.do", "-H",
+                                   "Authorization: " + tok, "http://127.0.0.1:%d/" % d.port,
+                                   "-o", "/dev/null")
+                        self.assertEqual(curl_status(out), want, (tok, out))
+                        continue
+                    r = dsptest.request(d.port, "/", host="sso.do",
+                                        headers=[("Authorization", tok)])
+                    self.assertEqual(r.status, want, (tok, r.body[:200]))
+                    if want == 503:
+                        self.assertJsonError(r, 503, "Service unavailable")
+                    elif want == 401:
+                        self.assertEqual(r.body, b"p" * 8192)
+                    else:
+                        self.assertEqual(echo_headers(r)["x-user"], ["big"])
+                    r = dsptest.request(d.port, "/", host="sso.do",
+                                        headers=[("Authorization", "Bearer good")])
+                    self.assertEqual(r.status, 200, tok)
+        self.assertIn("forward_auth sso: auth service %s" % auth.addr, d.log())
