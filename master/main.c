@@ -24,6 +24,7 @@
 #include "master/ms_config.h"
 #include "master/ms_preflight.h"
 #include "master/ms_redis.h"
+#include "master/ms_rl.h"
 #include "master/ms_rt.h"
 #include "master/ms_tls.h"
 #include "shm/shm.h"
@@ -373,6 +374,10 @@ static int start(const char *conf, int daemon_mode, const char *pid_path)
         return MS_EXIT_START;
     }
     ms.ctl->started_at = dsp_wall_s();
+    /* Before the first fork and the first publish: the rate limiter's table and its tick. */
+    if (ms_rl_start() != 0) {
+        return MS_EXIT_START;
+    }
     /* Before the first fork: every worker must find a ticket key from its first handshake. */
     if (ms_tls_tickets_start(ms.ctl) != 0) {
         return MS_EXIT_START;

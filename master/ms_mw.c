@@ -11,17 +11,12 @@
 #include "master/ms_config.h"
 
 /* Every type: one row each (see ms_mw.h for how to add one). */
-static const struct ms_mw_type *const types[] = {&ms_mw_headers,
-                                                 &ms_mw_static,
-                                                 &ms_mw_ip_allow,
-                                                 &ms_mw_redirect_https,
-                                                 &ms_mw_strip_prefix,
-                                                 &ms_mw_max_body,
-                                                 &ms_mw_cors,
-                                                 &ms_mw_basic_auth,
-                                                 &ms_mw_forward_auth,
-                                                 &ms_mw_compress,
-                                                 NULL};
+static const struct ms_mw_type *const types[] = {&ms_mw_headers,      &ms_mw_static,
+                                                 &ms_mw_ip_allow,     &ms_mw_redirect_https,
+                                                 &ms_mw_strip_prefix, &ms_mw_max_body,
+                                                 &ms_mw_cors,         &ms_mw_basic_auth,
+                                                 &ms_mw_forward_auth, &ms_mw_compress,
+                                                 &ms_mw_rate_limit,   NULL};
 
 const struct ms_mw_type *const *ms_mw_types(void)
 {

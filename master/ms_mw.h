@@ -111,5 +111,7 @@ extern const struct ms_mw_type ms_mw_headers, ms_mw_static, ms_mw_ip_allow, ms_m
 extern const struct ms_mw_type ms_mw_basic_auth, ms_mw_forward_auth;
 /* (master/ms_mw_compress.c) */
 extern const struct ms_mw_type ms_mw_compress;
+/* rate_limit (master/ms_rl.c) */
+extern const struct ms_mw_type ms_mw_rate_limit;
 
 #endif

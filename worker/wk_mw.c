@@ -24,6 +24,7 @@ static const struct wk_mw_hooks *const hooks[SHM_MW_NTYPES] = {
     [SHM_MW_STRIP_PREFIX] = &wk_mw_strip_hooks,
     [SHM_MW_MAX_BODY] = &wk_mw_max_body_hooks,
     [SHM_MW_CORS] = &wk_mw_cors_hooks,
+    [SHM_MW_RATE_LIMIT] = &wk_mw_rate_limit_hooks,
     [SHM_MW_BASIC_AUTH] = &wk_mw_basic_auth_hooks,
     [SHM_MW_FORWARD_AUTH] = &wk_mw_forward_auth_hooks,
     [SHM_MW_COMPRESS] = &wk_mw_compress_hooks,

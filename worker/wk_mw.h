@@ -66,6 +66,10 @@ struct wk_mw_txn {
     uint32_t xh_len, xh_cap;
     void *wait;  /* the suspended hook's own state */
     void *state; /* a hook's own per-request state (freed by its end hook) */
+    /* rate_limit (worker/wk_rl.c): the tightest bucket's figures for the response fields */
+    uint32_t rl_remaining, rl_reset;
+    uint8_t rl_set;
+    char rl_buf[23]; /* their text, once written into a response head */
 };
 
 /* Exchange side: called by wk_xchg.c / the client sides. */

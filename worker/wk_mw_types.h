@@ -10,6 +10,8 @@
 extern const struct wk_mw_hooks wk_mw_headers_hooks, wk_mw_static_hooks, wk_mw_ip_allow_hooks,
     wk_mw_redirect_hooks, wk_mw_strip_hooks, wk_mw_max_body_hooks, wk_mw_cors_hooks,
     wk_mw_compress_hooks;
+/* rate_limit (worker/wk_rl.c) */
+extern const struct wk_mw_hooks wk_mw_rate_limit_hooks;
 
 /* strip_prefix: where the target <t>[0, n) goes on without <prefix>[0, plen) (whole path
  * segments only: "/api" strips "/api", "/api/x" and "/api?q", not "/apix"): the new target is
