@@ -455,7 +455,18 @@ void adm_render_routes(struct adm_buf *b, const struct adm_view *v)
         }
         adm_buf_addf(b, "],\"priority\":%d,\"source\":\"%s\",\"service\":", (int)r->priority,
                      r->source == SHM_SOURCE_REDIS ? "redis" : "file");
-        if (r->service < s->nservices) {
+        if (r->nsplit > 0) {
+            /* A split: "service" is null, the services and weights are in "split". */
+            const struct shm_split *sp = shm_route_split(s, r);
+            adm_buf_adds(b, "null,\"split\":[");
+            for (uint32_t k = 0; k < r->nsplit; k++) {
+                adm_buf_adds(b, k ? ",{\"service\":" : "{\"service\":");
+                adm_buf_jstr(b, shm_s(s, svcs[sp[k].service].name), svcs[sp[k].service].name.len);
+                adm_buf_addf(b, ",\"weight\":%u}", sp[k].weight);
+            }
+            adm_buf_addf(b, "],\"sticky\":%s",
+                         (r->split_flags & SHM_SPLIT_STICKY) ? "true" : "false");
+        } else if (r->service < s->nservices) {
             adm_buf_jstr(b, shm_s(s, svcs[r->service].name), svcs[r->service].name.len);
         } else {
             adm_buf_adds(b, "null");

@@ -479,6 +479,28 @@ static void print_instances(const struct adm_jval *j)
     }
 }
 
+/* A split route's SERVICE cell: "shop-v1=95,shop-v2=5" and " (sticky)". */
+static void split_cell(char **row, int col, const struct adm_jval *r)
+{
+    const struct adm_jval *sp = adm_json_get(r, "split");
+    const struct adm_jval *st = adm_json_get(r, "sticky");
+    char cell[1024];
+    size_t n = 0;
+
+    if (sp == NULL || sp->type != ADM_J_ARR) {
+        return;
+    }
+    cell[0] = '\0';
+    for (size_t k = 0; k < sp->n && n < sizeof(cell) - 1; k++) {
+        n += (size_t)snprintf(cell + n, sizeof(cell) - n, "%s%s=%s", k ? "," : "",
+                              adm_json_str(&sp->items[k], "service"), num(&sp->items[k], "weight"));
+    }
+    if (n < sizeof(cell) - 1 && st != NULL && st->type == ADM_J_BOOL && st->boolean) {
+        snprintf(cell + n, sizeof(cell) - n, " (sticky)");
+    }
+    t_set(row, col, cell);
+}
+
 static void print_routes(const struct adm_jval *j)
 {
     const struct adm_jval *arr = adm_json_get(j, "routes");
@@ -506,6 +528,7 @@ static void print_routes(const struct adm_jval *j)
         t_set(row, 2, mn ? ml : "*");
         t_set(row, 3, num(r, "priority"));
         t_set(row, 4, adm_json_str(r, "service"));
+        split_cell(row, 4, r);
         t_set(row, 5, adm_json_str(r, "source"));
     }
     t_print(&t, "");

@@ -9,6 +9,7 @@
 
 #include <netinet/in.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -747,11 +748,54 @@ static void fill_services(const struct ms_config *cfg, const struct xsvc *xs, ch
     }
 }
 
+/* The Set-Cookie value that keeps a client on split entry <service> (heap). */
+static char *split_cookie(const char *service)
+{
+    size_t n = sizeof(SHM_SPLIT_COOKIE "=" SHM_SPLIT_COOKIE_ATTRS) + strlen(service);
+    char *p = dsp_xmalloc(n);
+
+    snprintf(p, n, "%s=%s%s", SHM_SPLIT_COOKIE, service, SHM_SPLIT_COOKIE_ATTRS);
+    return p;
+}
+
+static uint64_t split_cookie_need(const char *service)
+{
+    return sizeof(SHM_SPLIT_COOKIE "=" SHM_SPLIT_COOKIE_ATTRS) + strlen(service);
+}
+
+/* Route <mr>'s split entries from <*next> of the split table on. */
+static void fill_split(const struct ms_config *cfg, char *base, struct blob *b,
+                       const struct shm_snap_hdr *h, const struct ms_route *mr,
+                       struct shm_route *out, uint32_t *next)
+{
+    struct shm_split *sp = (struct shm_split *)(void *)(base + h->splits_off) + *next;
+    struct shm_service *sv = (struct shm_service *)(void *)(base + h->services_off);
+
+    out->split_first = *next;
+    out->nsplit = (uint16_t)mr->nsplit;
+    out->split_flags = mr->sticky ? SHM_SPLIT_STICKY : 0u;
+    for (size_t k = 0; k < mr->nsplit; k++) {
+        const struct ms_split *e = &mr->split[k];
+        char *ck = split_cookie(cfg->services[e->service_idx].name);
+
+        DSP_ASSERT(e->service_idx < cfg->nservices);
+        sp[k].service = (uint32_t)e->service_idx;
+        sp[k].weight = (uint32_t)e->weight;
+        sp[k].cookie = put_str(b, ck);
+        free(ck);
+        if (k > 0) { /* (the first entry is the route's service, counted by the caller) */
+            sv[e->service_idx].nroutes++;
+        }
+    }
+    *next += (uint32_t)mr->nsplit;
+}
+
 static void fill_routes(const struct ms_config *cfg, char *base, struct blob *b,
                         const struct shm_snap_hdr *h, const uint32_t *mw_lists)
 {
     struct shm_route *rt = (struct shm_route *)(void *)(base + h->routes_off);
     struct shm_service *sv = (struct shm_service *)(void *)(base + h->services_off);
+    uint32_t next_split = 0;
 
     for (uint32_t r = 0; r < h->nroutes; r++) {
         const struct ms_route *mr = &cfg->routes[r];
@@ -767,6 +811,9 @@ static void fill_routes(const struct ms_config *cfg, char *base, struct blob *b,
         rt[r].source = mr->source;
         rt[r].mw_list = mw_lists[r];
         sv[mr->service_idx].nroutes++;
+        if (mr->nsplit > 0) {
+            fill_split(cfg, base, b, h, mr, &rt[r], &next_split);
+        }
     }
 }
 
@@ -853,7 +900,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     struct blob b;
     uint64_t ub_off[SHM_RIDX_NTABLES];
     uint64_t cur, idx_start, ub_end, strings_need, nbackends = 0;
-    uint64_t lo, to, so, bo, ro, co, cno, eo, mo, total, ncerts = 0, ncert_names = 0;
+    uint64_t lo, to, so, bo, ro, co, cno, eo, mo, spo, total, ncerts = 0, ncert_names = 0;
+    uint64_t nsplits = 0;
     uint32_t n, *mw_lists;
     char *base;
     struct xsvc *xs;
@@ -895,6 +943,11 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     }
     for (uint32_t r = 0; r < n; r++) {
         strings_need += str_need(route_host(cfg, r)) + str_need(route_path(cfg, r));
+        for (size_t k = 0; k < cfg->routes[r].nsplit; k++) {
+            strings_need += split_cookie_need(
+                cfg->services[cfg->routes[r].split[k].service_idx].name);
+            nsplits++;
+        }
     }
     for (size_t i = 0; i <= cfg->tls.ncerts; i++) {
         const struct ms_cert *mc = cert_at(cfg, i);
@@ -921,6 +974,7 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
     cno = table(&cur, ncert_names, sizeof(struct shm_str));
     eo = table(&cur, cfg->errors.npages, sizeof(struct shm_error_page));
     mo = table(&cur, mw_len, 1);
+    spo = table(&cur, nsplits, sizeof(struct shm_split));
 
     /* Worst-case index region: at most one group and one path entry per route. */
     memset(&rb, 0, sizeof(rb));
@@ -1010,6 +1064,8 @@ void *ms_compile(const struct ms_config *cfg, uint64_t gen, size_t *size)
         memcpy(base + mo, mw, mw_len);
     }
     free(mw);
+    h->splits_off = (uint32_t)spo;
+    h->nsplits = (uint32_t)nsplits;
     h->strings_off = (uint32_t)cur;
     h->strings_len = (uint32_t)strings_need;
 

@@ -86,8 +86,9 @@ static const char *const service_keys[] = {"name",
                                            "max_ejection_percent",
                                            "resolve_ms",
                                            NULL};
-static const char *const route_keys[] = {"host",    "path",        "methods", "priority",
-                                         "service", "middlewares", NULL};
+static const char *const route_keys[] = {"host",        "path",  "methods", "priority", "service",
+                                         "middlewares", "split", "sticky",  NULL};
+static const char *const split_keys[] = {"service", "weight", NULL};
 static const char *const errors_keys[] = {"expose_backend", "list_services", "pages", NULL};
 static const char *const error_page_keys[] = {"status", "file", NULL};
 static const char *const top_keys[] = {
@@ -109,6 +110,7 @@ static const struct ms_config_keys key_table[] = {{"", top_keys},
                                                   {"services[].health", health_keys},
                                                   {"services[].circuit_breaker", circuit_keys},
                                                   {"routes[]", route_keys},
+                                                  {"routes[].split[]", split_keys},
                                                   {"errors", errors_keys},
                                                   {"errors.pages[]", error_page_keys},
                                                   {NULL, NULL}};
@@ -2153,6 +2155,10 @@ void ms_route_dispose(struct ms_route *r)
     free(r->host);
     free(r->path);
     free(r->service);
+    for (size_t i = 0; i < r->nsplit; i++) {
+        free(r->split[i].service);
+    }
+    free(r->split);
     memset(r, 0, sizeof(*r));
 }
 
@@ -2179,6 +2185,88 @@ static void parse_route_mws(struct ctx *c, config_setting_t *g, const char *wher
     if (ms_mw_resolve(cfg, r->mw_names, r->nmw, &r->mw_ids, err, sizeof(err)) != 0) {
         err_at(c, seq, "%s.middlewares: %s", where, err);
     }
+}
+
+int ms_split_check(const struct ms_route *r, char *why, size_t whylen)
+{
+    long total = 0;
+
+    for (size_t i = 0; i < r->nsplit; i++) {
+        total += r->split[i].weight;
+        for (size_t j = 0; j < i && r->split[i].service != NULL; j++) {
+            if (r->split[j].service != NULL &&
+                strcmp(r->split[i].service, r->split[j].service) == 0) {
+                snprintf(why, whylen, "service '%s' is listed twice", r->split[i].service);
+                return -1;
+            }
+        }
+    }
+    if (r->nsplit > 0 && total == 0) {
+        snprintf(why, whylen, "every weight is 0 (at least one must be above 0)");
+        return -1;
+    }
+    return 0;
+}
+
+void ms_split_finish(struct ms_route *r)
+{
+    if (r->nsplit > 0 && r->split[0].service != NULL) {
+        free(r->service);
+        r->service = dsp_xstrdup(r->split[0].service);
+        r->service_idx = r->split[0].service_idx;
+    }
+}
+
+/* split = ( { service = "..."; weight = N; }, ... ) of route <where> into <r>. */
+static void parse_split(struct ctx *c, config_setting_t *seq, const char *where, struct ms_route *r,
+                        const struct ms_config *cfg)
+{
+    int n = config_setting_length(seq);
+    char sub[96], why[320];
+    const char *v;
+    long found;
+
+    if (n == 0 || n > MS_MAX_SPLIT) {
+        err_at(c, seq, "%s.split must list 1 to %d { service = \"...\"; weight = N; } (has %d)",
+               where, MS_MAX_SPLIT, n);
+        return;
+    }
+    r->split = dsp_xcalloc((size_t)n, sizeof(*r->split));
+    r->nsplit = (size_t)n;
+    for (int i = 0; i < n; i++) {
+        config_setting_t *e = config_setting_get_elem(seq, (unsigned)i);
+        struct ms_split *sp = &r->split[i];
+
+        sp->weight = 1;
+        snprintf(sub, sizeof(sub), "%s.split[%d]", where, i);
+        if (!config_setting_is_group(e)) {
+            err_at(c, e, "%s must be a group { service = \"...\"; weight = N; }", sub);
+            continue;
+        }
+        check_keys(c, e, sub, split_keys);
+        switch (get_str(c, e, sub, "service", 0, &v)) {
+        case 0:
+            err_at(c, e, "%s has no service", sub);
+            break;
+        case 1:
+            sp->service = dsp_xstrdup(v);
+            found = svc_lookup(c, cfg, v);
+            if (found >= 0) {
+                sp->service_idx = (size_t)found;
+            } else {
+                err_at(c, config_setting_get_member(e, "service"),
+                       "%s: unknown service '%s' (not in services)", sub, v);
+            }
+            break;
+        default:
+            break;
+        }
+        get_int(c, e, sub, "weight", 0, MS_MAX_SPLIT_WEIGHT, &sp->weight);
+    }
+    if (ms_split_check(r, why, sizeof(why)) != 0) {
+        err_at(c, seq, "%s.split: %s", where, why);
+    }
+    ms_split_finish(r);
 }
 
 static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_config *cfg)
@@ -2227,10 +2315,27 @@ static void parse_route(struct ctx *c, config_setting_t *g, int idx, struct ms_c
     }
     get_int(c, g, where, "priority", INT_MIN, INT_MAX, &r->priority);
     parse_route_mws(c, g, where, cfg, r);
+    get_bool(c, g, where, "sticky", &r->sticky);
 
+    if ((s = config_setting_get_member(g, "split")) != NULL) {
+        if (config_setting_get_member(g, "service") != NULL) {
+            err_at(c, s,
+                   "%s has both service and split (a route names one service, or splits "
+                   "its requests among several)",
+                   where);
+        }
+        if ((s = get_seq(c, g, where, "split")) != NULL) {
+            parse_split(c, s, where, r, cfg);
+        }
+        return;
+    }
+    if (r->sticky) {
+        err_at(c, config_setting_get_member(g, "sticky"), "%s: sticky applies to a split only",
+               where);
+    }
     switch (get_str(c, g, where, "service", 0, &v)) {
     case 0:
-        err_at(c, g, "%s has no service", where);
+        err_at(c, g, "%s has no service (or split)", where);
         break;
     case 1:
         r->service = dsp_xstrdup(v);

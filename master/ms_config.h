@@ -96,11 +96,28 @@ struct ms_service {
     char *tls_client_key_pem;  /* zeroed before it is freed */
 };
 
+/* Bounds of a route's weighted split (file and Redis). */
+#define MS_MAX_SPLIT        16      /* services in one split */
+#define MS_MAX_SPLIT_WEIGHT 1000000 /* one entry's weight */
+
+/* One entry of a route's weighted split. */
+struct ms_split {
+    char *service;
+    size_t service_idx; /* index into ms_config.services */
+    int weight;         /* 0..MS_MAX_SPLIT_WEIGHT, default 1 */
+};
+
 struct ms_route {
     char *host;       /* lower-cased; "*", "*.suffix" or exact */
     char *path;       /* default "/" */
     uint64_t methods; /* bit (1 << enum http_method); 0 = all methods */
     int priority;     /* default 0 */
+    /* split = ( { service; weight; }, ... ) instead of service: the service is drawn per
+     * request by weight (service/service_idx are then the first entry's); sticky keeps a client
+     * on its draw with the dsp_split cookie. */
+    struct ms_split *split;
+    size_t nsplit;
+    int sticky;
     char *service;
     size_t service_idx; /* index into ms_config.services */
     uint32_t source;    /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS */
@@ -288,6 +305,13 @@ void ms_route_init(struct ms_route *r);
 void ms_service_dispose(struct ms_service *svc);
 void ms_route_dispose(struct ms_route *r);
 void ms_cert_dispose(struct ms_cert *ct);
+
+/* The checks of a route's split that span its entries (a service listed twice, every weight 0),
+ * for the file and Redis alike. Returns 0, or -1 with the reason in <why>. */
+int ms_split_check(const struct ms_route *r, char *why, size_t whylen);
+/* Make a split route's service/service_idx those of its first entry (what code that sees one
+ * service per route uses). */
+void ms_split_finish(struct ms_route *r);
 
 /* Service names and the environment: 1+ of [A-Za-z0-9_.-]. Returns 1 when valid. */
 int ms_valid_name(const char *s);

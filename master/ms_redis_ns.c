@@ -418,6 +418,64 @@ fail:
     return -1;
 }
 
+int ms_rns_parse_split(const char *v, struct ms_split **out, size_t *n, char *err, size_t errlen)
+{
+    struct ms_split *sp = dsp_xcalloc(MS_MAX_SPLIT, sizeof(*sp));
+    size_t ns = 0;
+    const char *p = v;
+    char item[300], why[256];
+
+    *out = NULL;
+    *n = 0;
+    for (size_t idx = 0; p != NULL; idx++) {
+        char *eq;
+        long w;
+
+        if (take_item(&p, item, sizeof(item)) != 0) {
+            snprintf(err, errlen, "entry #%zu is too long", idx + 1);
+            goto fail;
+        }
+        if (ns == MS_MAX_SPLIT) {
+            snprintf(err, errlen, "more than %d entries", MS_MAX_SPLIT);
+            goto fail;
+        }
+        eq = strchr(item, '=');
+        if (eq == NULL) {
+            snprintf(err, errlen, "entry #%zu \"%s\" must be service=weight", idx + 1, item);
+            goto fail;
+        }
+        *eq = '\0';
+        for (size_t k = strlen(item); k > 0 && (item[k - 1] == ' ' || item[k - 1] == '\t'); k--) {
+            item[k - 1] = '\0';
+        }
+        if (!ms_valid_name(item)) {
+            snprintf(err, errlen,
+                     "entry #%zu: service name \"%s\" may only use letters, digits, "
+                     "'_', '.' and '-'",
+                     idx + 1, item);
+            goto fail;
+        }
+        if (ms_rns_parse_int(skip_space(eq + 1), 0, MS_MAX_SPLIT_WEIGHT, &w, why, sizeof(why)) !=
+            0) {
+            snprintf(err, errlen, "service \"%s\": weight %s", item, why);
+            goto fail;
+        }
+        sp[ns].service = dsp_xstrdup(item);
+        sp[ns].weight = (int)w;
+        ns++;
+    }
+    *out = sp;
+    *n = ns;
+    return 0;
+
+fail:
+    for (size_t j = 0; j < ns; j++) {
+        free(sp[j].service);
+    }
+    free(sp);
+    return -1;
+}
+
 int ms_rns_parse_methods(const char *v, uint64_t *out, char *err, size_t errlen)
 {
     const char *p = v;
@@ -491,8 +549,8 @@ static const char *const service_fields[] = {"backends",
                                              "response_timeout_ms",
                                              "stream_idle_timeout_ms",
                                              NULL};
-static const char *const route_fields[] = {"host",    "path",        "methods", "priority",
-                                           "service", "middlewares", NULL};
+static const char *const route_fields[] = {"host",        "path",  "methods", "priority", "service",
+                                           "middlewares", "split", "sticky",  NULL};
 static const char *const cert_fields[] = {"cert", "key", NULL};
 
 static void unknown_field(struct errs *el, const char *key, const char *name,
@@ -785,11 +843,43 @@ static int parse_mw(struct errs *el, const char *key, const struct ms_rns_entry 
     return 0;
 }
 
+/* A route's split: each service known (file first, then Redis), the checks across entries. */
+static void route_split(struct errs *el, const char *key, const struct svc_index *file_ix,
+                        const struct svc_index *redis_ix, struct ms_route *r, int have_service)
+{
+    char why[320];
+
+    if (have_service) {
+        add_err(el, key,
+                "has both service and split (a route names one service, or splits its "
+                "requests among several)");
+        return;
+    }
+    for (size_t k = 0; k < r->nsplit; k++) {
+        long idx = lookup(file_ix, r->split[k].service);
+
+        if (idx < 0) {
+            idx = lookup(redis_ix, r->split[k].service);
+        }
+        if (idx < 0) {
+            add_err(el, key, "split: unknown service '%s' (neither in the file nor in Redis)",
+                    r->split[k].service);
+            return;
+        }
+        r->split[k].service_idx = (size_t)idx;
+    }
+    if (ms_split_check(r, why, sizeof(why)) != 0) {
+        add_err(el, key, "split: %s", why);
+        return;
+    }
+    ms_split_finish(r);
+}
+
 static void parse_route(struct errs *el, const char *key, const struct ms_rns_entry *e,
                         const struct svc_index *file_ix, const struct svc_index *redis_ix,
                         const struct ms_config *cfg, struct ms_route *r)
 {
-    int have_host = 0, have_service = 0;
+    int have_host = 0, have_service = 0, have_split = 0;
     char why[256];
     long v;
 
@@ -838,6 +928,17 @@ static void parse_route(struct errs *el, const char *key, const struct ms_rns_en
             } else {
                 r->service_idx = (size_t)idx;
             }
+        } else if (strcmp(n, "split") == 0) {
+            have_split = 1;
+            if (ms_rns_parse_split(f->value, &r->split, &r->nsplit, why, sizeof(why)) != 0) {
+                add_err(el, key, "split: %s", why);
+            }
+        } else if (strcmp(n, "sticky") == 0) {
+            if (strcmp(f->value, "true") == 0 || strcmp(f->value, "1") == 0) {
+                r->sticky = 1;
+            } else if (strcmp(f->value, "false") != 0 && strcmp(f->value, "0") != 0) {
+                add_err(el, key, "sticky \"%s\" must be true or false", f->value);
+            }
         } else {
             unknown_field(el, key, n, route_fields);
         }
@@ -845,8 +946,12 @@ static void parse_route(struct errs *el, const char *key, const struct ms_rns_en
     if (!have_host) {
         add_err(el, key, "no host field (use \"*\" to match every host)");
     }
-    if (!have_service) {
-        add_err(el, key, "no service field");
+    if (have_split) {
+        route_split(el, key, file_ix, redis_ix, r, have_service);
+    } else if (!have_service) {
+        add_err(el, key, "no service field (or split)");
+    } else if (r->sticky) {
+        add_err(el, key, "sticky applies to a split only");
     }
 }
 

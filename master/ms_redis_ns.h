@@ -10,6 +10,7 @@
 
 struct ms_backend;
 struct ms_config;
+struct ms_split;
 
 #define MS_RNS_SERVICE 0 /* SET services, HASH service:{name} */
 #define MS_RNS_ROUTE   1 /* SET routes,   HASH route:{id} */
@@ -97,6 +98,10 @@ int ms_rns_parse_backends(const char *v, struct ms_backend **out, size_t *n, cha
                           size_t errlen);
 /* "GET,POST" (case-insensitive, spaces allowed around names) -> bit mask of http methods. */
 int ms_rns_parse_methods(const char *v, uint64_t *out, char *err, size_t errlen);
+/* "shop-v1=95,shop-v2=5" (a route's split; spaces allowed around names and weights) -> heap
+ * array of <*n> entries, names and weights only (no lookup), at most MS_MAX_SPLIT, each weight
+ * 0..MS_MAX_SPLIT_WEIGHT. */
+int ms_rns_parse_split(const char *v, struct ms_split **out, size_t *n, char *err, size_t errlen);
 /* A decimal integer in [min, max], nothing else around it. */
 int ms_rns_parse_int(const char *v, long min, long max, long *out, char *err, size_t errlen);
 

@@ -180,7 +180,8 @@ int shm_snap_check(const struct shm_snap_hdr *h, size_t size)
         !certs_ok(h, &sb)) {
         return -1;
     }
-    if (!table_ok(&sb, h->error_pages_off, h->nerror_pages, sizeof(struct shm_error_page))) {
+    if (!table_ok(&sb, h->error_pages_off, h->nerror_pages, sizeof(struct shm_error_page)) ||
+        !table_ok(&sb, h->splits_off, h->nsplits, sizeof(struct shm_split))) {
         return -1;
     }
     for (uint32_t i = 0; i < h->nerror_pages; i++) {
@@ -218,7 +219,15 @@ int shm_snap_check(const struct shm_snap_hdr *h, size_t size)
     rt = shm_routes(h);
     for (uint32_t i = 0; i < h->nroutes; i++) {
         if (!str_ok(&sb, rt[i].host) || !str_ok(&sb, rt[i].path) || rt[i].service >= h->nservices ||
-            rt[i].host_kind > SHM_HOST_EXACT) {
+            rt[i].host_kind > SHM_HOST_EXACT ||
+            (uint64_t)rt[i].split_first + rt[i].nsplit > h->nsplits) {
+            return -1;
+        }
+    }
+    for (uint32_t i = 0; i < h->nsplits; i++) {
+        const struct shm_split *sp =
+            (const struct shm_split *)(const void *)(sb.base + h->splits_off) + i;
+        if (sp->service >= h->nservices || !str_ok(&sb, sp->cookie)) {
             return -1;
         }
     }

@@ -52,6 +52,14 @@ static inline const struct shm_error_page *shm_error_pages(const struct shm_snap
     return (const struct shm_error_page *)(const void *)((const char *)h + h->error_pages_off);
 }
 
+/* The entries of route <r>'s weighted split (r->nsplit of them; none when 0). */
+static inline const struct shm_split *shm_route_split(const struct shm_snap_hdr *h,
+                                                      const struct shm_route *r)
+{
+    return (const struct shm_split *)(const void *)((const char *)h + h->splits_off) +
+           r->split_first;
+}
+
 /* Check that a mapped segment of <size> bytes is a well-formed snapshot: magic, version, and
  * every table and string inside the segment. Returns 0 or -1. Any role. */
 int shm_snap_check(const struct shm_snap_hdr *h, size_t size);

@@ -132,11 +132,26 @@ struct shm_route {
     struct shm_str path; /* prefix, default "/" */
     uint64_t methods;    /* bit (1 << enum http_method); 0 = all */
     int32_t priority;
-    uint32_t service;   /* index into the service table */
-    uint32_t order;     /* position in the config: the last tie-breaker */
-    uint32_t host_kind; /* SHM_HOST_* */
-    uint32_t source;    /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS: where it was defined */
-    uint32_t mw_list;   /* its middlewares (shm/shm_mw.h): offset in the region, 0 = none */
+    uint32_t service;     /* index into the service table (a split: its first entry's) */
+    uint32_t split_first; /* a weighted split: its first entry in the split table */
+    uint16_t nsplit;      /* its entries; 0 = no split, the request goes to <service> */
+    uint16_t split_flags; /* SHM_SPLIT_* */
+    uint32_t order;       /* position in the config: the last tie-breaker */
+    uint32_t host_kind;   /* SHM_HOST_* */
+    uint32_t source;      /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS: where it was defined */
+    uint32_t mw_list;     /* its middlewares (shm/shm_mw.h): offset in the region, 0 = none */
+};
+
+#define SHM_SPLIT_STICKY 1u          /* the choice is kept for a client by the dsp_split cookie */
+#define SHM_SPLIT_COOKIE "dsp_split" /* its name; the value names the service */
+#define SHM_SPLIT_COOKIE_ATTRS                                                                     \
+    "; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax" /* what the Set-Cookie adds */
+
+/* One service of a route's weighted split (split = ( { service; weight; }, ... )). */
+struct shm_split {
+    uint32_t service;      /* index into the service table */
+    uint32_t weight;       /* 0 = takes no new clients */
+    struct shm_str cookie; /* "dsp_split=NAME; Path=/; ..." as set on a response (sticky) */
 };
 
 /* The route index (built by master/ms_compile.c, read by shm/shm_route.c). Opaque to everyone
@@ -178,7 +193,9 @@ struct shm_snap_hdr {
     uint32_t workers; /* the configured worker count (what `-t` compares with) */
     uint32_t mw_off;  /* the middleware region (shm/shm_mw.h); mw_len 0 = no middlewares */
     uint32_t mw_len;
-    uint32_t reserved[18];
+    uint32_t splits_off; /* struct shm_split table (routes' weighted splits) */
+    uint32_t nsplits;
+    uint32_t reserved[16];
 };
 
 #define SHM_ERRORS_EXPOSE_BACKEND 1u /* 502/503/504 messages name the backend's address */
@@ -465,6 +482,7 @@ _Static_assert(sizeof(struct shm_str) == 8, "shm_str layout");
 _Static_assert(sizeof(struct shm_service) % 8 == 0, "shm_service alignment");
 _Static_assert(sizeof(struct shm_backend) % 8 == 0, "shm_backend alignment");
 _Static_assert(sizeof(struct shm_route) % 8 == 0, "shm_route alignment");
+_Static_assert(sizeof(struct shm_split) % 8 == 0, "shm_split alignment");
 _Static_assert(sizeof(struct shm_cert) % 8 == 0, "shm_cert alignment");
 _Static_assert(sizeof(struct shm_error_page) % 8 == 0, "shm_error_page alignment");
 _Static_assert(sizeof(struct shm_tkey) == 96, "ticket key is 12 words");

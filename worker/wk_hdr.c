@@ -105,6 +105,11 @@ static uint64_t xorshift128p(uint64_t s[2])
     return s[1] + y;
 }
 
+uint64_t wk_rand(uint64_t rng[2])
+{
+    return xorshift128p(rng);
+}
+
 void wk_reqid_new(uint64_t rng[2], char *out)
 {
     static const char hex[] = "0123456789abcdef";

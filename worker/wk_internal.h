@@ -238,6 +238,8 @@ struct wk_attempt {
                               X-Forwarded-For entry when the peer is a trusted proxy (the
                               ip-hash key) */
     uint8_t client_ip[16];
+    struct shm_str set_cookie; /* a sticky split's draw: the Set-Cookie value that keeps the
+                                  client on it (in gen's snapshot); len 0 = none */
 };
 
 /* Where a request comes from, as the exchange needs it (access log, X-Forwarded-*, ip-hash). */
@@ -635,6 +637,25 @@ void wk_lb_result(struct wk_attempt *a, int fail, unsigned status);
 /* The attempt ends without an outcome (the client went away): give back a probe lease. */
 void wk_lb_abort(struct wk_attempt *a);
 
+/* ---- wk_split.c: weighted splits (route `split`, `sticky`) ----------------------------------- */
+/* The entry of <e>[0, n) drawn by weight with random bits <rnd>, leaving out the entries whose
+ * bit is set in <skip> (and those of weight 0); UINT32_MAX when nothing is left to draw. */
+uint32_t wk_split_draw(const struct shm_split *e, uint32_t n, uint32_t skip, uint64_t rnd);
+/* The next "name=value" pair of Cookie header value <v>[0, vlen) from <*pos> on (RFC 6265
+ * cookie-string, leniently: OWS around ';' and '=', a quoted value unquoted, pairs without '='
+ * skipped). Returns 1 with the pair and <*pos> moved past it, or 0 at the end. */
+int wk_cookie_next(const char *v, size_t vlen, size_t *pos, const char **name, size_t *nlen,
+                   const char **val, size_t *vallen);
+/* The entry of split <e>[0, n) (of snapshot <s>) of weight > 0 that a dsp_split cookie of <hd>'s
+ * Cookie headers names, or UINT32_MAX; <*seen> says whether any dsp_split cookie came. */
+uint32_t wk_split_cookie_entry(const struct shm_snap_hdr *s, const struct shm_split *e, uint32_t n,
+                               const struct wk_head *hd, int *seen);
+/* Route <r> has a split: choose x's service (x->at.service) for this request from the request
+ * head <hd>, and for a sticky split that needs it the Set-Cookie (x->at.set_cookie). */
+void wk_split_route(struct wk_xchg *x, const struct shm_route *r, const struct wk_head *hd);
+/* Add the Set-Cookie of x's split draw, if any, to the response head <rs> about to be relayed. */
+void wk_split_set_cookie(struct wk_xchg *x, struct wk_h1_resp *rs);
+
 /* ---- wk_hdr.c: pure helpers, unit-tested ----------------------------------------------------- */
 /* (struct wk_hdr and struct wk_head: worker/wk_h1.h) */
 
@@ -649,6 +670,8 @@ int wk_hdr_has_token(const char *v, size_t vlen, const char *token);
 int wk_reqid_sane(const char *v, size_t vlen);
 /* Generate a 32-hex-char request id into <out> (at least 33 bytes). */
 void wk_reqid_new(uint64_t rng[2], char *out);
+/* The next 64 random bits of the worker's generator <rng> (xorshift128+: fast, not secret). */
+uint64_t wk_rand(uint64_t rng[2]);
 /* Is <s> a non-empty RFC 7230 token (header name, method)? */
 int wk_token_ok(const char *s, size_t n);
 /* Is <s> free of control bytes other than HTAB (header value)? */

@@ -79,6 +79,7 @@ int wk_xchg_begin(struct wk_xchg *x)
     x->at.gen = wk.cur;
     wk_gen_ref(x->at.gen);
     x->at.service = SHM_NONE;
+    x->at.set_cookie.len = 0;
     x->at.flags = 0;
     x->at.tries = 0;
     x->at.tried = 0;
@@ -351,6 +352,9 @@ int wk_xchg_route(struct wk_xchg *x, const struct wk_h1_req *rq, const char *nho
     }
     x->at.service = shm_routes(s)[ridx].service;
     x->tx->mw.list = shm_routes(s)[ridx].mw_list;
+    if (shm_routes(s)[ridx].nsplit > 0) {
+        wk_split_route(x, &shm_routes(s)[ridx], &rq->hd);
+    }
     svc = wk_xsvc(x);
     if (svc->nbackends == 0) {
         char body[1024];
@@ -632,6 +636,9 @@ static int relay_head(struct wk_xchg *x, struct wk_h1_resp *rs)
 {
     uint8_t up_chunked = rs->chunked;
 
+    if (x->at.set_cookie.len > 0) {
+        wk_split_set_cookie(x, rs); /* a sticky split's draw */
+    }
     if ((x->tx->mw.list != 0 && wk_mw_response(x, rs) != 0) || x->ops->resp_head(x, rs) != 0) {
         if (x->tx->gzb != NULL) {
             wk_mwgz_drop(x->tx);
