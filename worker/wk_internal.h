@@ -653,8 +653,28 @@ uint32_t wk_split_cookie_entry(const struct shm_snap_hdr *s, const struct shm_sp
 /* Route <r> has a split: choose x's service (x->at.service) for this request from the request
  * head <hd>, and for a sticky split that needs it the Set-Cookie (x->at.set_cookie). */
 void wk_split_route(struct wk_xchg *x, const struct shm_route *r, const struct wk_head *hd);
-/* Add the Set-Cookie of x's split draw, if any, to the response head <rs> about to be relayed. */
+/* Add the Set-Cookie of x's split draw to the response head <rs> about to be relayed. */
 void wk_split_set_cookie(struct wk_xchg *x, struct wk_h1_resp *rs);
+
+/* The exchange's routing to route <r>: its service, or for a split the one drawn for this
+ * request (head <hd>); inline so that a route without a split pays two stores and a test. */
+static inline void wk_route_service(struct wk_xchg *x, const struct shm_route *r,
+                                    const struct wk_head *hd)
+{
+    x->at.service = r->service;
+    x->at.set_cookie.len = 0;
+    if (r->nsplit > 0) {
+        wk_split_route(x, r, hd);
+    }
+}
+
+/* The response head <rs> about to be relayed: add a sticky split draw's Set-Cookie, if any. */
+static inline void wk_split_cookie_out(struct wk_xchg *x, struct wk_h1_resp *rs)
+{
+    if (x->at.set_cookie.len > 0) {
+        wk_split_set_cookie(x, rs);
+    }
+}
 
 /* ---- wk_hdr.c: pure helpers, unit-tested ----------------------------------------------------- */
 /* (struct wk_hdr and struct wk_head: worker/wk_h1.h) */

@@ -79,7 +79,6 @@ int wk_xchg_begin(struct wk_xchg *x)
     x->at.gen = wk.cur;
     wk_gen_ref(x->at.gen);
     x->at.service = SHM_NONE;
-    x->at.set_cookie.len = 0;
     x->at.flags = 0;
     x->at.tries = 0;
     x->at.tried = 0;
@@ -350,11 +349,8 @@ int wk_xchg_route(struct wk_xchg *x, const struct wk_h1_req *rq, const char *nho
     if (ridx == SHM_NONE) {
         return reply_not_found(x, nhost, nhlen, rq->path, rq->pathlen) == 0 ? 1 : -1;
     }
-    x->at.service = shm_routes(s)[ridx].service;
+    wk_route_service(x, &shm_routes(s)[ridx], &rq->hd);
     x->tx->mw.list = shm_routes(s)[ridx].mw_list;
-    if (shm_routes(s)[ridx].nsplit > 0) {
-        wk_split_route(x, &shm_routes(s)[ridx], &rq->hd);
-    }
     svc = wk_xsvc(x);
     if (svc->nbackends == 0) {
         char body[1024];
@@ -636,9 +632,7 @@ static int relay_head(struct wk_xchg *x, struct wk_h1_resp *rs)
 {
     uint8_t up_chunked = rs->chunked;
 
-    if (x->at.set_cookie.len > 0) {
-        wk_split_set_cookie(x, rs); /* a sticky split's draw */
-    }
+    wk_split_cookie_out(x, rs);
     if ((x->tx->mw.list != 0 && wk_mw_response(x, rs) != 0) || x->ops->resp_head(x, rs) != 0) {
         if (x->tx->gzb != NULL) {
             wk_mwgz_drop(x->tx);
