@@ -670,8 +670,10 @@ static void prom_be(struct adm_buf *b, const struct shm_snap_hdr *s, const struc
 }
 
 /* The rate limiter's bucket table (shm/shm_rl.h), and its fleet reconciliation. */
-static void render_rl_metrics(struct adm_buf *b, const struct shm_rl *rl)
+static void render_rl_metrics(struct adm_buf *b, const struct adm_view *v)
 {
+    const struct shm_rl *rl = &v->rt->rl;
+    const struct shm_snap_hdr *s = v->snap;
     uint32_t mode = LD(&rl->mode);
 
     prom_head(b, "dispatcher_rate_limit_keys", "gauge",
@@ -695,6 +697,26 @@ static void render_rl_metrics(struct adm_buf *b, const struct shm_rl *rl)
                  "dispatcher_rate_limit_fleet_syncs_total{result=\"failed\"} %llu\n",
                  (unsigned long long)LD(&rl->fleet_syncs),
                  (unsigned long long)LD(&rl->fleet_failures));
+    if (mode == SHM_RL_MODE_OFF) {
+        return;
+    }
+    prom_head(b, "dispatcher_rate_limit_middleware_keys_total", "counter",
+              "Buckets given to new keys of each rate_limit middleware, and (evicted) those that "
+              "took the place of a bucket not yet full.");
+    for (uint32_t i = 0; i < shm_mw_count(s) && !b->overflow; i++) {
+        const struct shm_mw *m = &shm_mws(s)[i];
+        const uint64_t *tc = v->rt->mws[m->rt_slot % SHM_RT_MAX_MIDDLEWARES].type_counters;
+
+        if (m->type != SHM_MW_RATE_LIMIT) {
+            continue;
+        }
+        for (int k = 0; k < 2; k++) {
+            adm_buf_adds(b, "dispatcher_rate_limit_middleware_keys_total{middleware=");
+            prom_label(b, shm_mw_s(s, m->name), m->name.len);
+            adm_buf_addf(b, ",result=\"%s\"} %llu\n", k ? "evicted" : "new",
+                         (unsigned long long)LD(&tc[k ? SHM_RL_TC_EVICTIONS : SHM_RL_TC_KEYS]));
+        }
+    }
 }
 
 void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
@@ -935,7 +957,7 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
                          (unsigned long long)LD(&v->ctl->responses_cut[i]));
         }
     }
-    render_rl_metrics(b, &v->rt->rl);
+    render_rl_metrics(b, v);
     prom_head(b, "dispatcher_uptime_seconds", "gauge", "Seconds since the master started.");
     adm_buf_addf(b, "dispatcher_uptime_seconds %llu\n", (unsigned long long)uptime_s(v));
     if (v->metrics_extra != NULL) {

@@ -220,7 +220,7 @@ struct claim {
 /* Give a way of group <gi> to the key (under the group's lock). Returns the way, or -1 when the
  * lock could not be had. */
 static int claim(struct shm_rl *rl, uint32_t gi, const struct claim *k, uint64_t now_ms,
-                 uint64_t *state)
+                 uint64_t *state, struct shm_rl_verdict *v)
 {
     struct shm_rl_group *g = &rl->groups[gi];
     struct shm_rl_slot *s;
@@ -243,7 +243,9 @@ static int claim(struct shm_rl *rl, uint32_t gi, const struct claim *k, uint64_t
         __atomic_add_fetch(&rl->keys, 1, __ATOMIC_RELAXED);
     } else if (old_tat > now_ms * 1000) {
         __atomic_add_fetch(&rl->evictions, 1, __ATOMIC_RELAXED);
+        v->evicted = 1;
     }
+    v->claimed = 1;
     idx = (size_t)gi * SHM_RL_WAYS + w;
     s = &rl->slots[idx];
     st = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
@@ -293,12 +295,14 @@ void shm_rl_take(struct shm_rl *rl, const struct shm_mw_rate_limit *p, uint8_t k
     k.kind = key_kind;
     k.key = key;
     k.len = len;
+    v->claimed = 0;
+    v->evicted = 0;
     for (int attempt = 0; attempt < 8; attempt++) {
         uint64_t state;
         int w = find(rl, gi, k.tag, k.check, &state);
         struct shm_rl_slot *s;
 
-        if (w < 0 && (w = claim(rl, gi, &k, now_ms, &state)) < 0) {
+        if (w < 0 && (w = claim(rl, gi, &k, now_ms, &state, v)) < 0) {
             break;
         }
         s = &rl->slots[(size_t)gi * SHM_RL_WAYS + (unsigned)w];

@@ -111,6 +111,11 @@ _Static_assert(sizeof(struct shm_rl_group) == 64, "a group is one cache line");
 _Static_assert(sizeof(struct shm_rl_slot) == 32, "a slot is half a cache line");
 _Static_assert(sizeof(struct shm_mw_rate_limit) % 8 == 0, "rate_limit block alignment");
 
+/* shm_rt_mw.type_counters of a rate_limit middleware: the buckets its keys were given, and of
+ * those the ones that took the way of a bucket not yet full (evictions it caused). */
+#define SHM_RL_TC_KEYS      0u
+#define SHM_RL_TC_EVICTIONS 1u
+
 /* The outcome of taking a token. */
 struct shm_rl_verdict {
     int allowed;
@@ -118,6 +123,8 @@ struct shm_rl_verdict {
     uint64_t remaining;     /* whole tokens left after this request (RateLimit-Remaining) */
     uint64_t reset_s;       /* seconds until the bucket is full again (RateLimit-Reset) */
     uint64_t retry_after_s; /* denied: seconds until a token is there (Retry-After), >= 1 */
+    uint8_t claimed;        /* shm_rl_take(): the key got a new bucket */
+    uint8_t evicted;        /* ...taking the way of a bucket that was not full */
 };
 
 /* ---- the bucket arithmetic (pure; unit-tested) ------------------------------------------- */

@@ -77,6 +77,13 @@ static int rl_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
     }
     q.id = shm_rl_mw_id(shm_mw_s(c->s, c->m->name), c->m->name.len);
     shm_rl_take(&wk.rt->rl, &q, (uint8_t)p->key, key, klen, wk.now, &v);
+    if (v.claimed && c->m->rt_slot < SHM_RT_MAX_MIDDLEWARES) {
+        uint64_t *tc = wk.rt->mws[c->m->rt_slot].type_counters;
+        __atomic_fetch_add(&tc[SHM_RL_TC_KEYS], 1, __ATOMIC_RELAXED);
+        if (v.evicted) {
+            __atomic_fetch_add(&tc[SHM_RL_TC_EVICTIONS], 1, __ATOMIC_RELAXED);
+        }
+    }
     {
         /* Two limits on one route: the answer shows the tighter one. */
         struct wk_mw_txn *mt = &x->tx->mw;

@@ -20,6 +20,7 @@ Fleet scope (two masters, one redis-server started by the test):
 # Counts requests against time: run alone (see run.py).
 DSP_SERIAL = True
 
+import json
 import os
 import re
 import shutil
@@ -113,6 +114,7 @@ class HostScope(dsptest.TestCase):
                 mw("by-ip", average=1, period_s=60, burst=2),
                 mw("flood", average=1, period_s=60, burst=2, key="header:X-API-Key"),
                 mw("keep", average=1, period_s=60, burst=2, key="header:X-Keep"),
+                mw("h2", average=1, period_s=60, burst=2, key="header:X-H2"),
             ),
         ])
         conf = dsptest.make_config(
@@ -123,6 +125,7 @@ class HostScope(dsptest.TestCase):
              route("ip.rl", "rl", middlewares=["by-ip"]),
              route("flood.rl", "rl", middlewares=["flood"]),
              route("keep.rl", "rl", middlewares=["keep"]),
+             route("h2.rl", "rl", middlewares=["h2"]),
              route("plain.rl", "rl")],
             workers=2, limits={"rate_limit_keys": 1024}, extra=extra)
         # make_config wrote an admin line first: the later one (with http) must win, so drop it.
@@ -230,6 +233,10 @@ class HostScope(dsptest.TestCase):
         keys = metric(self.d, "dispatcher_rate_limit_keys")
         self.assertLessEqual(keys, cap)
         self.assertGreater(metric(self.d, "dispatcher_rate_limit_evictions_total") - ev0, 1000)
+        text = admin_http_metrics(self.d)
+        m = re.search(r'^dispatcher_rate_limit_middleware_keys_total\{middleware="flood",'
+                      r'result="evicted"\} (\d+)$', text, re.M)
+        self.assertTrue(m and int(m.group(1)) > 1000, "evictions of the flood's middleware")
         r = c.request("GET", "/echo", "flood.rl", headers=[("X-API-Key", "victim")])
         self.assertEqual(r.status, 429, "the flood did not give the exhausted key a new bucket")
         self.assertLess(t_after, t_before * 3 + 0.002,
@@ -250,6 +257,31 @@ class HostScope(dsptest.TestCase):
         codes = [request(self.d.port, "/echo", host="keep.rl",
                          headers=[("X-Keep", "k")]).status for _ in range(6)]
         self.assertEqual(codes, [429] * 6, "after a worker was killed")
+
+    def test_http2(self):
+        # The same bucket, fields and answer for HTTP/2 clients (curl, prior knowledge).
+        def curl():
+            p = subprocess.run(["curl", "-s", "--max-time", "10", "--http2-prior-knowledge",
+                                "-D", "-", "-H", "Host: h2.rl", "-H", "X-H2: k",
+                                "http://127.0.0.1:%d/echo" % self.d.port],
+                               capture_output=True, timeout=20)
+            head, _, body = p.stdout.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            hd = {k.strip().lower(): v.strip() for k, _, v in
+                  (l.partition(":") for l in lines[1:])}
+            return lines[0], hd, body
+
+        if not shutil.which("curl"):
+            self.skipTest("curl is not installed")
+        for rem in ("1", "0"):
+            st, hd, _ = curl()
+            self.assertTrue(st.startswith("HTTP/2 200"), st)
+            self.assertEqual(hd.get("ratelimit-remaining"), rem)
+            self.assertIn("ratelimit-reset", hd)
+        st, hd, body = curl()
+        self.assertTrue(st.startswith("HTTP/2 429"), st)
+        self.assertEqual(hd.get("ratelimit-limit"), "2")
+        self.assertEqual(int(hd.get("retry-after")), json.loads(body)["retry_after_s"])
 
     def test_health_says_host(self):
         self.assertEqual(admin_ask(self.d, "show health").get("rate_limit"), "host")

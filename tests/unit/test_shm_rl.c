@@ -120,6 +120,8 @@ static void test_table_keys(void)
     CU_ASSERT_EQUAL(rl->ngroups, 256); /* 1024 keys: 147 groups, rounded up */
     for (int i = 0; i < 10; i++) {
         n += take(rl, &a, "alice", now, &v);
+        CU_ASSERT_EQUAL(v.claimed, i == 0); /* a new bucket the first time only */
+        CU_ASSERT_EQUAL(v.evicted, 0);
     }
     CU_ASSERT_EQUAL(n, 3);
     /* Another key, another middleware with the same key, the empty key: their own buckets. */
@@ -141,6 +143,7 @@ static void test_table_flood(void)
     struct shm_mw_rate_limit p = params(9, 1, 2);
     struct shm_rl_verdict v;
     const uint64_t now = 2000000;
+    uint64_t evicted = 0;
     char key[32];
 
     /* An exhausted client... */
@@ -153,7 +156,10 @@ static void test_table_flood(void)
     for (int i = 0; i < 200000; i++) {
         snprintf(key, sizeof(key), "flood-%d", i);
         CU_ASSERT_TRUE_FATAL(take(rl, &p, key, now, &v));
+        CU_ASSERT_TRUE_FATAL(v.claimed);
+        evicted += v.evicted;
     }
+    CU_ASSERT_EQUAL(evicted, rl->evictions);
     CU_ASSERT_TRUE(rl->keys <= (uint64_t)rl->ngroups * SHM_RL_WAYS);
     CU_ASSERT_EQUAL(rl->keys, (uint64_t)rl->ngroups * SHM_RL_WAYS);
     CU_ASSERT_TRUE(rl->evictions >= 200000 - (uint64_t)rl->ngroups * SHM_RL_WAYS);
