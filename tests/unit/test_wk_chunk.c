@@ -205,7 +205,29 @@ static void test_commit(void)
     CU_ASSERT(wk_chunk_parse(&ch, S("0\r\n\r\n"), &used, &dl) == WK_CHUNK_ERROR);
 }
 
+static void test_trailer_bytes(void)
+{
+    /* Inside the trailer section, the committed bytes of it so far; at its end, <line> is the
+     * whole section with its final CRLF. */
+    struct wk_chunk ch;
+    size_t used, dl;
+
+    wk_chunk_init(&ch, 0);
+    CU_ASSERT(wk_chunk_parse(&ch, S("2\r\nab\r\n0\r\n"), &used, &dl) == WK_CHUNK_DATA);
+    CU_ASSERT(wk_chunk_trailer_bytes(&ch) == 0);
+    CU_ASSERT(wk_chunk_parse(&ch, S("\r\n0\r\n"), &used, &dl) == WK_CHUNK_MORE);
+    CU_ASSERT(wk_chunk_trailer_bytes(&ch) == 0); /* (in the section, nothing of it yet) */
+    CU_ASSERT(wk_chunk_parse(&ch, S("A: 1\r\nBb: x"), &used, &dl) == WK_CHUNK_MORE);
+    CU_ASSERT(wk_chunk_trailer_bytes(&ch) == 6 && ch.pend == 5);
+    CU_ASSERT(wk_chunk_parse(&ch, S("y\r\n"), &used, &dl) == WK_CHUNK_MORE);
+    CU_ASSERT(wk_chunk_trailer_bytes(&ch) == 14);
+    CU_ASSERT(wk_chunk_parse(&ch, S("\r\nZ"), &used, &dl) == WK_CHUNK_DONE);
+    CU_ASSERT(used == 2 && ch.line == 16);
+    CU_ASSERT(wk_chunk_trailer_bytes(&ch) == 0);
+}
+
 UNIT_SUITE(wk_chunk, {"valid bodies, any split", test_valid}, {"chunk size line", test_size_line},
            {"chunk extensions", test_extensions},
            {"data CRLF and trailers", test_data_and_trailers},
-           {"stops at the body's end", test_done_stops}, {"commit points", test_commit})
+           {"stops at the body's end", test_done_stops}, {"commit points", test_commit},
+           {"trailer section bytes", test_trailer_bytes})

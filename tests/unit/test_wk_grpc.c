@@ -3,9 +3,11 @@
  * encoding, and which trailer fields may travel. */
 #include "tests/unit/unit.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "worker/wk_grpc.h"
+#include "worker/wk_h2msg.h"
 
 #define S(x) x, sizeof(x) - 1
 
@@ -168,6 +170,30 @@ static void test_trailers(void)
     CU_ASSERT(wk_trailer_split(S("a: b"), f, 8) == 1); /* (no line end) */
 }
 
+static void test_h2_trailer_fields(void)
+{
+    struct wk_hdr f[4] = {{"X-Sum", "42", 5, 2},
+                          {"Content-Length", "3", 14, 1},
+                          {"grpc-status", "0", 11, 1},
+                          {"x-bad", "a\rb", 5, 3}};
+    struct wk_h2_fields *tf = wk_h2_fields_new(f, 4);
+    char out[128];
+    size_t n;
+
+    CU_ASSERT_FATAL(tf != NULL);
+    CU_ASSERT(tf->n == 2);
+    CU_ASSERT(tf->nv[0].namelen == 5 && memcmp(tf->nv[0].name, "x-sum", 5) == 0); /* lowered */
+    CU_ASSERT(tf->nv[0].valuelen == 2 && memcmp(tf->nv[0].value, "42", 2) == 0);
+    CU_ASSERT(tf->nv[1].namelen == 11 && memcmp(tf->nv[1].name, "grpc-status", 11) == 0);
+    free(tf);
+    /* the last chunk of a request body sent upstream chunked, with the trailer section */
+    n = wk_h2_last_chunk(out, sizeof(out), f, 1);
+    CU_ASSERT(n == 16 && memcmp(out, "0\r\nX-Sum: 42\r\n\r\n", 16) == 0);
+    CU_ASSERT(wk_h2_last_chunk(out, sizeof(out), NULL, 0) == 5);
+    CU_ASSERT(wk_h2_last_chunk(out, 15, f, 1) == 0); /* does not fit */
+}
+
 UNIT_SUITE(wk_grpc, {"grpc-timeout", test_timeout}, {"grpc-timeout field", test_head_timeout},
            {"gRPC content types", test_ctype}, {"status for generated errors", test_code},
-           {"grpc-message", test_message}, {"trailer fields", test_trailers})
+           {"grpc-message", test_message}, {"trailer fields", test_trailers},
+           {"HTTP/2 trailer fields and the last chunk", test_h2_trailer_fields})
