@@ -225,7 +225,9 @@ class GrpcErrorsTest(dsptest.TestCase):
                     "wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/\n")
         mws = ('middlewares = ( { name = "office"; type = "ip_allow"; cidrs = ["10.0.0.0/8"]; },'
                ' { name = "staff"; type = "basic_auth"; realm = "staff"; users_file = "%s"; },'
-               ' { name = "maint"; type = "static"; status = 503; body = "down"; } );' % users)
+               ' { name = "maint"; type = "static"; status = 503; body = "down"; },'
+               ' { name = "slow"; type = "rate_limit"; average = 1; burst = 1; key = "host"; } );'
+               % users)
         d.write_config(dsptest.make_config(
             d.port, d.tmp,
             [svc("gone", dead, retries=0), svc("empty"),
@@ -233,7 +235,8 @@ class GrpcErrorsTest(dsptest.TestCase):
             [route("gone.test", "gone"), route("empty.test", "empty"), route("raw.test", "raw"),
              route("office.test", "raw", middlewares=["office"]),
              route("staff.test", "raw", middlewares=["staff"]),
-             route("maint.test", "raw", middlewares=["maint"])],
+             route("maint.test", "raw", middlewares=["maint"]),
+             route("limited.test", "raw", middlewares=["slow"])],
             1, {"max_body_bytes": 100000}, mws))
         self.d = self.start_dispatcher(d)
 
@@ -276,6 +279,8 @@ class GrpcErrorsTest(dsptest.TestCase):
             {"headers": grpc_req("office.test")},
             {"headers": grpc_req("staff.test")},
             {"headers": grpc_req("maint.test")},
+            {"headers": grpc_req("limited.test")},
+            {"headers": grpc_req("limited.test")},
             # not gRPC: JSON as before
             {"headers": req("nowhere.test", "/x", "GET")},
             {"headers": req("raw.test", "/hang", extra=[("grpc-timeout", "100m")]),
@@ -307,6 +312,11 @@ class GrpcErrorsTest(dsptest.TestCase):
         self.assertEqual(h["www-authenticate"], 'Basic realm="staff"')
         h = self.grpc_answer(ev.pop(6))                              # a static 503: 14
         self.assertEqual(h["grpc-status"], "14")
+        passed, limited = ev.pop(6), ev.pop(6)                      # rate_limit's 429: 8
+        self.assertEqual(hdict(passed[0][1])[":status"], "200")
+        h = self.grpc_answer(limited)
+        self.assertEqual(h["grpc-status"], "8")
+        self.assertIn("retry-after", h)
         # a plain HTTP/2 request keeps JSON errors, and its grpc-timeout means nothing
         self.assertEqual(hdict(ev[6][0][1])[":status"], "404")
         self.assertEqual(hdict(ev[6][0][1])["content-type"], "application/json")
