@@ -6,7 +6,7 @@ make one GET (/x) and then stay open and idle, and reports the worker's RSS grow
 (/proc/PID/statm, as bench (d) does) and its Private_Dirty growth (/proc/PID/smaps_rollup):
 
     /usr/bin/python3 bench/idlemem.py [--master bin/dispatcher-master] [--conns 2000]
-                                      [--proto h1|h2|both]
+                                      [--proto h1|h2|both] [--per-conn 1]
 
 HTTP/2 uses prior knowledge on the plain listener (python3-h2 builds the frames). Not part of
 `make bench`; short, single-process, loopback only.
@@ -67,8 +67,14 @@ def connect(i, port):
     return s
 
 
-def h1_one(i, port):
+def h1_one(i, port, k=1):
     s = connect(i, port)
+    for _ in range(k):
+        h1_req(s, i)
+    return s
+
+
+def h1_req(s, i):
     s.sendall(b"GET /x HTTP/1.1\r\nHost: bench\r\nUser-Agent: idlemem\r\nAccept: */*\r\n\r\n")
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -82,18 +88,24 @@ def h1_one(i, port):
             clen = int(line.split(b":")[1])
     while len(body) < clen:
         body += s.recv(65536)
-    return s
 
 
-def h2_one(i, port):
+def h2_one(i, port, k=1):
     import h2.config
     import h2.connection
     import h2.events
     s = connect(i, port)
     c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     c.initiate_connection()
-    c.send_headers(1, [(":method", "GET"), (":path", "/x"), (":scheme", "http"),
-                       (":authority", "bench"), ("user-agent", "idlemem"), ("accept", "*/*")],
+    for sid in range(1, 2 * k, 2):
+        h2_req(s, c, sid, i)
+    return s
+
+
+def h2_req(s, c, sid, i):
+    import h2.events
+    c.send_headers(sid, [(":method", "GET"), (":path", "/x"), (":scheme", "http"),
+                         (":authority", "bench"), ("user-agent", "idlemem"), ("accept", "*/*")],
                    end_stream=True)
     s.sendall(c.data_to_send())
     done = False
@@ -102,7 +114,7 @@ def h2_one(i, port):
         if not data:
             raise SystemExit("h2 connection %d closed" % i)
         for ev in c.receive_data(data):
-            if isinstance(ev, h2.events.StreamEnded):
+            if isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
                 done = True
             if isinstance(ev, h2.events.ResponseReceived):
                 st = dict(ev.headers).get(b":status")
@@ -111,7 +123,6 @@ def h2_one(i, port):
             if isinstance(ev, h2.events.DataReceived):
                 c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         s.sendall(c.data_to_send())
-    return s
 
 
 def measure(args, proto):
@@ -142,7 +153,7 @@ def measure(args, proto):
         time.sleep(0.5)
         rss0, dirty0 = mem(wpid)
         for i in range(args.conns):
-            socks.append(one(i, pport))
+            socks.append(one(i, pport, args.per_conn))
         time.sleep(1.0)
         rss1, dirty1 = mem(wpid)
     finally:
@@ -161,6 +172,7 @@ def main():
     ap.add_argument("--master", default=os.path.join(ROOT, "bin", "dispatcher-master"))
     ap.add_argument("--backend", default=os.path.join(ROOT, "build", "release", "dsp-testbackend"))
     ap.add_argument("--conns", type=int, default=2000)
+    ap.add_argument("--per-conn", type=int, default=1, help="requests made on each connection")
     ap.add_argument("--proto", default="both", choices=("h1", "h2", "both"))
     args = ap.parse_args()
     res = {}

@@ -868,6 +868,9 @@ int wk_h2_start(struct wk_client *c, const char *pre, size_t plen)
     /* Request DATA is acknowledged once it reached the backend (back-pressure), not on
      * arrival. */
     nghttp2_option_set_no_auto_window_update(opt, 1);
+    /* Closed streams are kept only for RFC 7540's priority tree, which nothing here uses: up
+     * to h2_max_streams of them (~200 bytes each) would stay with an idle connection. */
+    nghttp2_option_set_no_closed_streams(opt, 1);
     wk_h2_guard_options(opt);
     if (nghttp2_session_server_new2(&h->s, cb, h, opt) != 0) {
         goto out;

@@ -294,6 +294,15 @@ static size_t nv_put(nghttp2_nv *nv, const char *name, size_t nlen, const char *
     return 1;
 }
 
+/* X-Request-ID differs in every response: entering it in the HPACK table would only evict the
+ * fields that repeat (and cost an insertion and an eviction per response). */
+static size_t nv_reqid(nghttp2_nv *nv, const char *reqid, size_t reqid_len)
+{
+    nv_put(nv, "x-request-id", 12, reqid, reqid_len);
+    nv->flags = NGHTTP2_NV_FLAG_NO_INDEX;
+    return 1;
+}
+
 /* Lower-case <n> bytes of <name> into <to>. */
 static void lower(char *to, const char *name, size_t n)
 {
@@ -335,7 +344,7 @@ int wk_h2_submit_head(nghttp2_session *s, int32_t id, const struct wk_h1_resp *r
         at += h->nlen;
     }
     if (reqid_len > 0) {
-        n += nv_put(&nva[n], "x-request-id", 12, reqid, reqid_len);
+        n += nv_reqid(&nva[n], reqid, reqid_len);
     }
     r = rs->status < 200 ? nghttp2_submit_headers(s, NGHTTP2_FLAG_NONE, id, NULL, nva, n, NULL)
                          : nghttp2_submit_response(s, id, nva, n, prd);
@@ -357,7 +366,7 @@ static size_t reply_fields(struct wk_xchg *x, nghttp2_nv *nva, size_t n, size_t 
         }
     }
     if (x->tx != NULL && x->tx->reqid_len > 0) {
-        n += nv_put(&nva[n], "x-request-id", 12, x->tx->reqid, x->tx->reqid_len);
+        n += nv_reqid(&nva[n], x->tx->reqid, x->tx->reqid_len);
     }
     return n;
 }

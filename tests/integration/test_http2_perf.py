@@ -1,7 +1,10 @@
 """HTTP/2 client side under load (worker/wk_h2.c, worker/wk_pool.c): a burst of streams wider
 than the backend pool's floor (64 idle connections) reuses its backend connections instead of
-closing and reopening them on every wave of requests."""
+closing and reopening them on every wave of requests; an idle connection that served many
+requests holds no more memory than one that served one (no closed streams kept, X-Request-ID
+never entered in the HPACK table)."""
 
+import os
 import shutil
 import subprocess
 import unittest
@@ -9,14 +12,16 @@ import unittest
 import dsptest
 from dsptest import route, svc
 
+SYS_PY = "/usr/bin/python3"
+
 
 class Http2PerfTest(dsptest.TestCase):
     def setUp(self):
         self.b = self.backend("h2perf")
-        self.d = self.dispatcher(services=[svc("web", self.b)], routes=[route("h2.test", "web")])
 
     @unittest.skipUnless(shutil.which("h2load"), "nghttp2-client")
     def test_wide_burst_keeps_its_backend_connections(self):
+        self.d = self.dispatcher(services=[svc("web", self.b)], routes=[route("h2.test", "web")])
         # 100 concurrent streams, 50 waves of them: at most 100 backend connections are ever
         # busy at once, so about that many should be opened in all (the old pool kept 64 idle
         # and reopened the rest on every wave: hundreds of connections more).
@@ -28,6 +33,72 @@ class Http2PerfTest(dsptest.TestCase):
         accepted = self.b.stats()["accepted"]
         self.assertLessEqual(accepted, 250, "backend connections opened for 5,000 requests")
 
+
+    @unittest.skipUnless(os.path.exists(SYS_PY), "python3-h2")
+    def test_idle_connections_after_many_requests_stay_small(self):
+        d = self.dispatcher(services=[svc("web", self.b)], routes=[route("h2.test", "web")],
+                            workers=1)
+        wpid = d.worker_pids()[0]
+        p = subprocess.Popen([SYS_PY, "-c", MANY_CLIENT, str(d.port), "40", "60"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(p.stdout.readline().strip(), "warm")
+            rss0 = dsptest.rss_kib(wpid)
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            ready = p.stdout.readline().split()
+            self.assertEqual(ready[:1], ["ready"], ready)
+            rss1 = dsptest.rss_kib(wpid)
+            # ~21 KiB each (nghttp2's session and frame buffer); ~50 KiB when each kept up to
+            # 128 closed streams and an HPACK table full of request ids.
+            per_conn = (rss1 - rss0) / 40.0
+            self.assertLess(per_conn, 32, "KiB of worker RSS per idle HTTP/2 connection")
+            # Every response's X-Request-ID came as a never-indexed literal.
+            self.assertEqual(int(ready[1]), 40 * 60)
+        finally:
+            p.stdin.close()
+            p.wait(timeout=30)
+
+# Opens N connections, makes K concurrent requests on each, keeps them open and idle: first a
+# warm-up round (closed), then "warm", a line on stdin, the measured round, "ready COUNT" (how many
+# X-Request-IDs arrived never-indexed), a line or EOF on stdin, and the end.
+MANY_CLIENT = r"""
+import socket, sys, h2.connection, h2.config, h2.events
+from hpack import NeverIndexedHeaderTuple
+port, n, k = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def conn():
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    for sid in range(1, 2 * k, 2):
+        c.send_headers(sid, [(":method", "GET"), (":path", "/x"), (":scheme", "http"),
+                             (":authority", "h2.test"), ("user-agent", "perf-test")],
+                       end_stream=True)
+    s.sendall(c.data_to_send())
+    ended, never = 0, 0
+    while ended < k:
+        data = s.recv(65536)
+        if not data:
+            raise SystemExit("closed")
+        for ev in c.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                for h in ev.headers:
+                    if h[0] == b"x-request-id" and isinstance(h, NeverIndexedHeaderTuple):
+                        never += 1
+            elif isinstance(ev, h2.events.DataReceived):
+                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                ended += 1
+        s.sendall(c.data_to_send())
+    return s, never
+for s, _ in [conn() for _ in range(10)]:
+    s.close()
+print("warm", flush=True)
+sys.stdin.readline()
+held = [conn() for _ in range(n)]
+print("ready %d" % sum(nv for _, nv in held), flush=True)
+sys.stdin.readline()
+"""
 
 if __name__ == "__main__":
     unittest.main()
