@@ -115,10 +115,29 @@ static struct wk_h2_stream *stream_new(struct wk_h2 *h, int32_t id)
     return st;
 }
 
+#define H2_SPARE_HEADS 32 /* header blocks kept for the next streams (~18 KiB each) */
+
 static void head_free(struct wk_h2_stream *st)
 {
-    wk_h2_head_free(st->head);
+    if (st->head != NULL && wk.h2_nheads < H2_SPARE_HEADS) {
+        st->head->next_free = wk.h2_heads;
+        wk.h2_heads = st->head;
+        wk.h2_nheads++;
+    } else {
+        wk_h2_head_free(st->head);
+    }
     st->head = NULL;
+}
+
+static struct wk_h2_head *head_take(void)
+{
+    struct wk_h2_head *hh = wk.h2_heads;
+
+    if (hh != NULL) {
+        wk.h2_heads = hh->next_free;
+        wk.h2_nheads--;
+    }
+    return wk_h2_head_renew(hh, cur_snap()->limits.max_header_bytes);
 }
 
 /* End the stream's exchange once: <how> as wk_xchg_log() takes it. */
@@ -174,7 +193,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
     if (st == NULL) {
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    st->head = wk_h2_head_new(cur_snap()->limits.max_header_bytes);
+    st->head = head_take();
     if (st->head == NULL) {
         stream_free(st);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -253,15 +272,14 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
 {
     struct wk_xchg *x = &st->x;
     const struct shm_snap_hdr *s;
-    struct wk_h1_req *rq = malloc(sizeof(*rq));
+    struct wk_h1_req rqs, *rq = &rqs; /* pointers into st->head */
     const char *why = NULL;
     char mbuf[40], nhost[256];
     size_t nhlen, ml;
     unsigned status;
     int r;
 
-    if (rq == NULL || wk_xchg_begin(x) != 0) {
-        free(rq);
+    if (wk_xchg_begin(x) != 0) {
         rst(st, NGHTTP2_INTERNAL_ERROR);
         return;
     }
@@ -326,14 +344,11 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
         static const nghttp2_nv cont = {(uint8_t *)":status", (uint8_t *)"100", 7, 3, 0};
         nghttp2_submit_headers(st->h->s, NGHTTP2_FLAG_NONE, st->id, NULL, &cont, 1, NULL);
     }
-    free(rq);
-    rq = NULL;
     head_free(st);
     if (r == 0) {
         wk_xchg_start(x);
     }
 out:
-    free(rq);
     head_free(st);
 }
 

@@ -37,17 +37,39 @@ static const struct {
 
 /* ---- the header block -------------------------------------------------------------------------
  */
+static uint32_t head_cap(uint64_t max_header_bytes)
+{
+    return (uint32_t)DSP_MIN(max_header_bytes, (uint64_t)UINT32_MAX / 2) + 64;
+}
+
 struct wk_h2_head *wk_h2_head_new(uint64_t max_header_bytes)
 {
-    uint32_t cap = (uint32_t)DSP_MIN(max_header_bytes, (uint64_t)UINT32_MAX / 2) + 64;
-    struct wk_h2_head *hh = malloc(sizeof(*hh) + cap);
+    return wk_h2_head_renew(NULL, max_header_bytes);
+}
 
-    if (hh == NULL) {
-        return NULL;
+struct wk_h2_head *wk_h2_head_renew(struct wk_h2_head *hh, uint64_t max_header_bytes)
+{
+    uint32_t cap = head_cap(max_header_bytes);
+
+    if (hh != NULL && hh->hb_cap != cap) {
+        free(hh);
+        hh = NULL;
     }
-    memset(hh, 0, sizeof(*hh));
-    hh->hb = (char *)(hh + 1);
-    hh->hb_cap = cap;
+    if (hh == NULL) {
+        hh = malloc(sizeof(*hh) + cap);
+        if (hh == NULL) {
+            return NULL;
+        }
+        hh->hb = (char *)(hh + 1);
+        hh->hb_cap = cap;
+    }
+    /* (the field arrays are read only below n) */
+    hh->hb_len = 0;
+    hh->err = NULL;
+    hh->n = 0;
+    memset(hh->poff, 0, sizeof(hh->poff));
+    memset(hh->plen, 0, sizeof(hh->plen));
+    hh->next_free = NULL;
     return hh;
 }
 
@@ -317,7 +339,7 @@ int wk_h2_submit_head(nghttp2_session *s, int32_t id, const struct wk_h1_resp *r
 {
     const struct wk_head *hd = &rs->hd;
     nghttp2_nv nva[WK_MAX_HEADERS + 2];
-    char sbuf[8], *low;
+    char sbuf[8], lowbuf[1024], *low = lowbuf;
     size_t n = 0, total = 0, at = 0;
     /* a body HTTP/2 frames itself, or none at all: no Content-Length */
     int no_clen = rs->chunked || rs->status < 200 || rs->status == 204 || rs->status == 304;
@@ -326,8 +348,7 @@ int wk_h2_submit_head(nghttp2_session *s, int32_t id, const struct wk_h1_resp *r
     for (uint32_t i = 0; i < hd->n; i++) {
         total += hd->h[i].nlen;
     }
-    low = malloc(total + 1);
-    if (low == NULL) {
+    if (total >= sizeof(lowbuf) && (low = malloc(total + 1)) == NULL) {
         return -1;
     }
     snprintf(sbuf, sizeof(sbuf), "%u", rs->status);
@@ -348,7 +369,9 @@ int wk_h2_submit_head(nghttp2_session *s, int32_t id, const struct wk_h1_resp *r
     }
     r = rs->status < 200 ? nghttp2_submit_headers(s, NGHTTP2_FLAG_NONE, id, NULL, nva, n, NULL)
                          : nghttp2_submit_response(s, id, nva, n, prd);
-    free(low);
+    if (low != lowbuf) {
+        free(low);
+    }
     return r < 0 ? -1 : 0;
 }
 

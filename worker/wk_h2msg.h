@@ -25,12 +25,16 @@ struct wk_h2_head {
     uint32_t n;
     uint32_t noff[WK_MAX_HEADERS], nlen[WK_MAX_HEADERS];
     uint32_t voff[WK_MAX_HEADERS], vlen[WK_MAX_HEADERS];
-    uint32_t poff[4], plen[4]; /* WK_H2_P_*: offset + 1 (0: absent), length */
+    uint32_t poff[4], plen[4];    /* WK_H2_P_*: offset + 1 (0: absent), length */
+    struct wk_h2_head *next_free; /* (kept for reuse by its owner) */
 };
 
 /* A new, empty block for at most <max_header_bytes> of fields (one allocation), or NULL. */
 struct wk_h2_head *wk_h2_head_new(uint64_t max_header_bytes);
 void wk_h2_head_free(struct wk_h2_head *hh);
+/* <hh> (which may be NULL) emptied for a new block: the same memory when its capacity is the one
+ * <max_header_bytes> asks for, else a new block (and <hh> freed). NULL when out of memory. */
+struct wk_h2_head *wk_h2_head_renew(struct wk_h2_head *hh, uint64_t max_header_bytes);
 /* One field as nghttp2 decoded it (its RFC 9113 checks passed). A field that breaks our own
  * rules (too many, too large, a value or name HTTP/1.1 cannot carry) marks the block refused. */
 void wk_h2_head_field(struct wk_h2_head *hh, const uint8_t *name, size_t nlen, const uint8_t *value,

@@ -376,11 +376,13 @@ struct wk_worker {
     int listeners_off;         /* listeners taken out of the epoll set during the pause */
     struct wk_client *clients; /* list head */
     uint64_t nclients;
-    struct wk_pool *pools; /* indexed by backend runtime slot */
-    uint64_t pass;         /* epoll_wait() calls so far: events of the current batch are
-                              older than anything done while handling them */
-    int batch_full;        /* the last epoll_wait() filled its array: more may be ready */
-    struct wk_h2 *h2_due;  /* HTTP/2 connections to run once the batch's events are handled */
+    struct wk_pool *pools;       /* indexed by backend runtime slot */
+    uint64_t pass;               /* epoll_wait() calls so far: events of the current batch are
+                                    older than anything done while handling them */
+    int batch_full;              /* the last epoll_wait() filled its array: more may be ready */
+    struct wk_h2 *h2_due;        /* HTTP/2 connections to run once the batch's events are handled */
+    struct wk_h2_head *h2_heads; /* spare header blocks (wk_h2.c), h2_nheads of them */
+    uint32_t h2_nheads;
     uint64_t rng[2];
     struct wk_authw *auth;   /* basic_auth's checks (worker/wk_auth.c), NULL until used */
     struct wk_fauthw *fauth; /* forward_auth's connections (worker/wk_fauth.c), NULL until used */
@@ -569,6 +571,7 @@ void wk_client_run(struct wk_client *c);
 /* ---- wk_h2.c: the HTTP/2 client side --------------------------------------------------------- */
 struct wk_h2;
 struct wk_h2_stream;
+struct wk_h2_head;
 /* Serve <c> in HTTP/2 from now on (state WK_CS_H2); <pre> holds bytes already read (the client
  * preface on a plain listener). 0, or -1 (the caller closes the client). */
 int wk_h2_start(struct wk_client *c, const char *pre, size_t plen);

@@ -49,14 +49,14 @@ static struct {
     uint32_t size;
     uint32_t n;
     char *items[BUF_FREE_MAX];
-} buf_free[2];
+} buf_free[4]; /* client buffers, upstream request heads, upstream input, HTTP/2 request bodies */
 
 int wk_buf_get(struct wk_buf *b, uint32_t size)
 {
     if (b->data != NULL) {
         return 0;
     }
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < (int)DSP_ARRAY_SIZE(buf_free); i++) {
         if (buf_free[i].size == size && buf_free[i].n > 0) {
             b->data = buf_free[i].items[--buf_free[i].n];
             goto done;
@@ -77,7 +77,7 @@ void wk_buf_put(struct wk_buf *b)
     if (b->data == NULL) {
         return;
     }
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < (int)DSP_ARRAY_SIZE(buf_free); i++) {
         if (buf_free[i].size == 0) {
             buf_free[i].size = b->cap;
         }
