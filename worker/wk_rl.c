@@ -112,20 +112,49 @@ static int rl_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
     return wk_mw_reply(x, 429, "application/json", body, (size_t)n);
 }
 
+/* <v> in decimal at <p> (room for 10 digits): its length. (snprintf() costs more than the whole
+ * rate limit does on every proxied answer.) */
+static size_t u32_dec(char *p, uint32_t v)
+{
+    char tmp[10];
+    size_t n = 0;
+
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = tmp[n - 1 - i];
+    }
+    return n;
+}
+
 static int rl_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk_h1_resp *rs)
 {
     struct wk_mw_txn *mt = &x->tx->mw;
-    int a, b;
+    size_t a, b;
 
     (void)c;
     if (!mt->rl_set || mt->rl_buf[0] != '\0') {
         return 0; /* another rate_limit of the chain wrote them already */
     }
-    a = snprintf(mt->rl_buf, sizeof(mt->rl_buf), "%llu", (unsigned long long)mt->rl_remaining);
-    b = snprintf(mt->rl_buf + a + 1, sizeof(mt->rl_buf) - (size_t)a - 1, "%llu",
-                 (unsigned long long)mt->rl_reset);
-    wk_mw_resp_set(rs, "RateLimit-Remaining", 19, mt->rl_buf, (size_t)a);
-    wk_mw_resp_set(rs, "RateLimit-Reset", 15, mt->rl_buf + a + 1, (size_t)b);
+    _Static_assert(sizeof(mt->rl_buf) >= 22, "two 10-digit numbers and their NULs");
+    a = u32_dec(mt->rl_buf, mt->rl_remaining);
+    mt->rl_buf[a] = '\0';
+    b = u32_dec(mt->rl_buf + a + 1, mt->rl_reset);
+    mt->rl_buf[a + 1 + b] = '\0';
+    /* The backend's own fields of these names give way (one read-only pass: rarely any). */
+    for (uint32_t i = 0; i < rs->hd.n; i++) {
+        const struct wk_hdr *h = &rs->hd.h[i];
+        if ((h->nlen == 19 || h->nlen == 15) && (h->name[0] | 0x20) == 'r' &&
+            (wk_hdr_is(h, "ratelimit-remaining", 19) || wk_hdr_is(h, "ratelimit-reset", 15))) {
+            wk_mw_resp_remove(rs, "ratelimit-remaining");
+            wk_mw_resp_remove(rs, "ratelimit-reset");
+            break;
+        }
+    }
+    wk_mw_resp_add(rs, "RateLimit-Remaining", 19, mt->rl_buf, a);
+    wk_mw_resp_add(rs, "RateLimit-Reset", 15, mt->rl_buf + a + 1, b);
     return 0;
 }
 
