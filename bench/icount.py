@@ -102,7 +102,10 @@ def one_run(args, n):
                 'log = { error = "%s/error.log"; level = "warn"; };\n'
                 'listeners = ( { address = "127.0.0.1:%d"; } );\n'
                 'services = ( { name = "b"; backends = ( { address = "127.0.0.1:%d"; } ); } );\n'
-                'routes = ( { host = "*"; service = "b"; } );\n' % (tmp, tmp, tmp, pport, bport))
+                'routes = ( { host = "*"; service = "b"; %s} );\n%s'
+                % (tmp, tmp, tmp, pport, bport,
+                   "middlewares = [%s]; " % ", ".join('"%s"' % m for m in args.route_mw.split(","))
+                   if args.route_mw else "", args.conf_extra))
     be = subprocess.Popen([args.backend, "-l", "127.0.0.1:%d" % bport], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
     vg = subprocess.Popen(["valgrind", "--tool=callgrind", "--trace-children=yes",
@@ -168,6 +171,9 @@ def main():
                     help="py: this script, HTTP/1.1 keep-alive; h2: h2load HTTP/2 prior "
                     "knowledge; h1load: h2load --h1")
     ap.add_argument("--streams", type=int, default=10, help="h2: concurrent streams (-m)")
+    ap.add_argument("--conf-extra", default="",
+                    help="config text to add (e.g. a middlewares = (...) list)")
+    ap.add_argument("--route-mw", default="", help="middleware names for the route, a,b")
     ap.add_argument("--which", default="max", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.client != "py" and (args.body or shutil.which("h2load") is None):

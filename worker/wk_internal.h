@@ -440,6 +440,9 @@ int wk_xchg_health(struct wk_xchg *x, uint32_t listener, const struct wk_h1_req 
  * 1 when answered (431, or by a middleware) or suspended by a middleware (which resumes it),
  * -1 when the client was closed. */
 int wk_xchg_forward(struct wk_xchg *x, const struct wk_h1_req *rq);
+/* Build the upstream head from <rq> alone (wk_xchg_forward() without middlewares): 0, 1 when
+ * answered 431, -1 when the client was closed. */
+int wk_xchg_build(struct wk_xchg *x, const struct wk_h1_req *rq);
 /* Pick a backend and connect (or reuse a pooled connection); retries follow by themselves. */
 int wk_xchg_start(struct wk_xchg *x);
 /* Move request bytes (the head, then [send_off, parsed_off) of x->rq) to the upstream: 1 on

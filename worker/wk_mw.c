@@ -57,8 +57,22 @@ void wk_mw_count(uint32_t rt_slot, int answered)
     }
 }
 
-/* ---- the request side -------------------------------------------------------------------------
- */
+/* ---- the request side ---------------------------------------------------------------- */
+/* Build the upstream head from the edited request: edits go to the text from here on. 0, or
+ * WK_MW_DONE (431 answered) / WK_MW_CLOSED. */
+static int build_head(struct wk_xchg *x)
+{
+    struct wk_h1_req *rq = x->tx->mw.rq;
+    int r;
+
+    if (rq == NULL) {
+        return 0;
+    }
+    x->tx->mw.rq = NULL;
+    r = wk_xchg_build(x, rq);
+    return r == 0 ? 0 : r > 0 ? WK_MW_DONE : WK_MW_CLOSED;
+}
+
 /* Run the chain from x->tx->mw.pos on. */
 static int run_from(struct wk_xchg *x)
 {
@@ -71,8 +85,25 @@ static int run_from(struct wk_xchg *x)
 
         ctx_at(x, mt->pos, &c);
         h = hooks_of(c.m->type);
+        if (h != NULL && h->needs_head && (r = build_head(x)) != 0) {
+            return r;
+        }
         if (h != NULL && h->request != NULL) {
             r = h->request(x, &c);
+        }
+        if (h != NULL && h->end != NULL) {
+            mt->flags |= WK_MW_F_END;
+        }
+        if (r == WK_MW_WAIT && mt->rq != NULL) {
+            /* (Suspended: the parsed request does not outlive this call.) */
+            int b = build_head(x);
+            if (b != 0) {
+                if (h->cancel != NULL) {
+                    h->cancel(x, &c);
+                }
+                mt->wait = NULL;
+                return b;
+            }
         }
         switch (r) {
         case WK_MW_PASS:
@@ -169,7 +200,7 @@ void wk_mw_end(struct wk_xchg *x)
 {
     struct wk_mw_txn *mt = &x->tx->mw;
 
-    if (mt->n > 0 && x->at.gen != NULL) {
+    if ((mt->flags & (WK_MW_F_WAIT | WK_MW_F_END)) && mt->n > 0 && x->at.gen != NULL) {
         if (mt->flags & WK_MW_F_WAIT) {
             struct wk_mw_ctx c;
             const struct wk_mw_hooks *h;
@@ -341,11 +372,28 @@ static int line_is(const char *p, size_t len, const char *name, size_t nlen, con
     return 1;
 }
 
+/* Is field <h> named <name> (<nlen> bytes)? (The length first: most fields differ there.) */
+static inline int hdr_is(const struct wk_hdr *h, const char *name, size_t nlen)
+{
+    return h->nlen == nlen && strncasecmp(h->name, name, nlen) == 0;
+}
+
 int wk_mw_req_get(const struct wk_xchg *x, const char *name, const char **v, size_t *vlen)
 {
     const char *p = x->tx->uout.data;
     size_t at, end, nlen = strlen(name);
 
+    if (x->tx->mw.rq != NULL) {
+        const struct wk_head *hd = &x->tx->mw.rq->hd;
+        for (uint32_t i = 0; i < hd->n; i++) {
+            if (hdr_is(&hd->h[i], name, nlen)) {
+                *v = hd->h[i].value;
+                *vlen = hd->h[i].vlen;
+                return 1;
+            }
+        }
+        return 0;
+    }
     if (p == NULL) {
         return 0;
     }
@@ -367,6 +415,18 @@ int wk_mw_req_remove(struct wk_xchg *x, const char *name)
     size_t at, end, nlen = strlen(name);
     int n = 0;
 
+    if (x->tx->mw.rq != NULL) {
+        struct wk_head *hd = &x->tx->mw.rq->hd;
+        uint32_t w = 0;
+        for (uint32_t i = 0; i < hd->n; i++) {
+            if (!hdr_is(&hd->h[i], name, nlen)) {
+                hd->h[w++] = hd->h[i];
+            }
+        }
+        n = (int)(hd->n - w);
+        hd->n = w;
+        return n;
+    }
     head_fields(x, &at, &end);
     while (at < end) {
         const char *nl = memchr(p + at, '\n', end - at);
@@ -392,6 +452,19 @@ int wk_mw_req_add(struct wk_xchg *x, const char *name, size_t nlen, const char *
     char *p = x->tx->uout.data;
     size_t need = nlen + vlen + 4, at = x->tx->uout.end - 2;
 
+    if (x->tx->mw.rq != NULL) {
+        struct wk_head *hd = &x->tx->mw.rq->hd;
+        struct wk_hdr *h;
+        if (hd->n >= WK_MAX_HEADERS) {
+            return -1;
+        }
+        h = &hd->h[hd->n++];
+        h->name = name;
+        h->nlen = (uint32_t)nlen;
+        h->value = v;
+        h->vlen = (uint32_t)vlen;
+        return 0;
+    }
     if (x->tx->uout.end + need > x->tx->uout.cap) {
         return -1;
     }
@@ -433,6 +506,13 @@ void wk_mw_req_target(const struct wk_xchg *x, const char **t, size_t *tlen)
 {
     size_t a, b;
 
+    if (x->tx->mw.rq != NULL) {
+        /* (wk_xchg_forward() never leaves a "/"-less target with a query to this mode) */
+        const struct wk_h1_req *rq = x->tx->mw.rq;
+        *t = rq->slash ? "/" : rq->target;
+        *tlen = rq->slash ? 1 : rq->tlen;
+        return;
+    }
     if (x->tx->uout.data == NULL || target_span(x, &a, &b) != 0) {
         *t = "/";
         *tlen = 1;
@@ -447,6 +527,12 @@ int wk_mw_req_set_target(struct wk_xchg *x, const char *t, size_t tlen)
     char *p = x->tx->uout.data;
     size_t a, b, old;
 
+    if (x->tx->mw.rq != NULL) {
+        x->tx->mw.rq->target = t;
+        x->tx->mw.rq->tlen = tlen;
+        x->tx->mw.rq->slash = 0;
+        return 0;
+    }
     if (target_span(x, &a, &b) != 0) {
         return -1;
     }
@@ -473,7 +559,7 @@ const struct wk_hdr *wk_mw_resp_get(const struct wk_h1_resp *rs, const char *nam
     size_t nlen = strlen(name);
 
     for (uint32_t i = 0; i < rs->hd.n; i++) {
-        if (wk_hdr_is(&rs->hd.h[i], name, nlen)) {
+        if (hdr_is(&rs->hd.h[i], name, nlen)) {
             return &rs->hd.h[i];
         }
     }
@@ -486,7 +572,7 @@ void wk_mw_resp_remove(struct wk_h1_resp *rs, const char *name)
     uint32_t w = 0;
 
     for (uint32_t i = 0; i < rs->hd.n; i++) {
-        if (!wk_hdr_is(&rs->hd.h[i], name, nlen)) {
+        if (!hdr_is(&rs->hd.h[i], name, nlen)) {
             rs->hd.h[w++] = rs->hd.h[i];
         }
     }
@@ -513,7 +599,7 @@ int wk_mw_resp_set(struct wk_h1_resp *rs, const char *name, size_t nlen, const c
     uint32_t w = 0;
 
     for (uint32_t i = 0; i < rs->hd.n; i++) {
-        if (!wk_hdr_is(&rs->hd.h[i], name, nlen)) {
+        if (!hdr_is(&rs->hd.h[i], name, nlen)) {
             rs->hd.h[w++] = rs->hd.h[i];
         }
     }

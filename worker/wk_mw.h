@@ -17,6 +17,7 @@
 #include "shm/shm_mw.h"
 
 struct wk_xchg;
+struct wk_h1_req;
 struct wk_h1_resp;
 
 /* What a request hook returns (and what wk_mw_resume() takes). */
@@ -35,6 +36,10 @@ struct wk_mw_ctx {
 };
 
 struct wk_mw_hooks {
+    /* The request hook reads the built upstream head (x->tx->uout), or may suspend: the head
+     * is built before it runs. Hooks without it edit the parsed request when they run before
+     * any such hook (cheaper: no text to scan); the edit functions below work either way. */
+    uint8_t needs_head;
     /* The request, after routing: WK_MW_*. */
     int (*request)(struct wk_xchg *x, const struct wk_mw_ctx *c);
     /* The response head of a proxied response (its fields editable with wk_mw_resp_*()); runs
@@ -49,6 +54,7 @@ struct wk_mw_hooks {
 
 #define WK_MW_F_WAIT     0x01u /* a request hook is suspended at position pos */
 #define WK_MW_F_REQ_DONE 0x04u /* the request side has run through */
+#define WK_MW_F_END      0x08u /* some middleware of the chain has an end hook */
 
 /* The chain's state, in the request's transaction (zero for a route without middlewares). */
 struct wk_mw_txn {
@@ -66,6 +72,8 @@ struct wk_mw_txn {
     uint32_t xh_len, xh_cap;
     void *wait;  /* the suspended hook's own state */
     void *state; /* a hook's own per-request state (freed by its end hook) */
+    struct wk_h1_req *rq; /* while the head is not built yet: the parsed request the edits go
+                             to (its fields and target); NULL once uout holds the head */
     /* rate_limit (worker/wk_rl.c): the tightest bucket's figures for the response fields */
     uint32_t rl_remaining, rl_reset;
     uint8_t rl_set;
@@ -111,7 +119,11 @@ int wk_mw_hdr(struct wk_xchg *x, const char *name, const char *value, size_t vle
 int wk_mw_req_get(const struct wk_xchg *x, const char *name, const char **v, size_t *vlen);
 void wk_mw_req_target(const struct wk_xchg *x, const char **t, size_t *tlen);
 /* Edits: remove every field <name>; set (remove, then add); add; replace the target. 0, or -1
- * when the head would not fit its buffer (the request is then answered 431 by the caller). */
+ * when the head would not fit its buffer (the request is then answered 431 by the caller).
+ * Before the head is built (x->tx->mw.rq set), names, values and targets are kept by pointer
+ * until it is: snapshot strings, the request's own bytes, or memory of the transaction. The
+ * dispatcher's own fields (X-Forwarded-*, X-Real-IP, X-Request-ID) are written by the builder
+ * whatever the edits say. */
 int wk_mw_req_remove(struct wk_xchg *x, const char *name);
 int wk_mw_req_set(struct wk_xchg *x, const char *name, const char *v, size_t vlen);
 int wk_mw_req_add(struct wk_xchg *x, const char *name, size_t nlen, const char *v, size_t vlen);

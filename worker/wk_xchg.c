@@ -374,7 +374,7 @@ int wk_xchg_route(struct wk_xchg *x, const struct wk_h1_req *rq, const char *nho
     return 0;
 }
 
-int wk_xchg_forward(struct wk_xchg *x, const struct wk_h1_req *rq)
+int wk_xchg_build(struct wk_xchg *x, const struct wk_h1_req *rq)
 {
     if (build_upstream_head(x, &rq->hd, rq->host, rq->host ? rq->hostlen : 0, rq->target, rq->tlen,
                             rq->slash, rq->clen) != 0) {
@@ -383,13 +383,32 @@ int wk_xchg_forward(struct wk_xchg *x, const struct wk_h1_req *rq)
                    ? 1
                    : -1;
     }
-    if (x->tx->mw.list != 0) {
-        int r = wk_mw_request(x);
-        if (r != WK_MW_PASS) {
-            return r == WK_MW_CLOSED ? -1 : 1;
-        }
-    }
     return 0;
+}
+
+int wk_xchg_forward(struct wk_xchg *x, const struct wk_h1_req *rq)
+{
+    int r;
+
+    if (x->tx->mw.list == 0) {
+        return wk_xchg_build(x, rq);
+    }
+    /* The chain edits the parsed request (wk_mw.h) until a hook needs the head built or
+     * suspends; a "/"-less target with a query (absolute-form) is edited as built text. */
+    if (rq->slash && rq->tlen > 0) {
+        if ((r = wk_xchg_build(x, rq)) != 0) {
+            return r;
+        }
+    } else {
+        x->tx->mw.rq = (struct wk_h1_req *)(uintptr_t)rq;
+    }
+    r = wk_mw_request(x);
+    if (r == WK_MW_PASS && x->tx->mw.rq != NULL) {
+        x->tx->mw.rq = NULL;
+        return wk_xchg_build(x, rq);
+    }
+    x->tx->mw.rq = NULL;
+    return r == WK_MW_PASS ? 0 : r == WK_MW_CLOSED ? -1 : 1;
 }
 
 int wk_xchg_start(struct wk_xchg *x)
