@@ -69,8 +69,7 @@ static int field_reserved(const char *name, size_t n)
     return 0;
 }
 
-/* ---- headers ----------------------------------------------------------------------------------
- */
+/* ---- headers -------------------------------------------------------------------------------- */
 struct mw_headers {
     char **set_n[2], **set_v[2]; /* [0] request, [1] response */
     size_t nset[2];
@@ -181,6 +180,14 @@ static uint32_t headers_compile(const void *p, struct ms_mw_blob *b, uint32_t *l
     o.resp_set_names = ms_mw_put_list(b, h->set_n[1], h->nset[1]);
     o.resp_set_values = ms_mw_put_list(b, h->set_v[1], h->nset[1]);
     o.resp_remove = ms_mw_put_list(b, h->rm[1], h->nrm[1]);
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < h->nset[k]; i++) {
+            o.len_mask[k] |= 1ull << (strlen(h->set_n[k][i]) % 64);
+        }
+        for (size_t i = 0; i < h->nrm[k]; i++) {
+            o.len_mask[k] |= 1ull << (strlen(h->rm[k][i]) % 64);
+        }
+    }
     *len = sizeof(o);
     return ms_mw_put(b, &o, sizeof(o));
 }
@@ -188,8 +195,7 @@ static uint32_t headers_compile(const void *p, struct ms_mw_blob *b, uint32_t *l
 const struct ms_mw_type ms_mw_headers = {"headers",     SHM_MW_HEADERS,  headers_keys,
                                          headers_parse, headers_compile, headers_free};
 
-/* ---- static -----------------------------------------------------------------------------------
- */
+/* ---- static --------------------------------------------------------------------------------- */
 struct mw_static {
     long status;
     char *ctype;
@@ -265,8 +271,7 @@ static uint32_t static_compile(const void *p, struct ms_mw_blob *b, uint32_t *le
 const struct ms_mw_type ms_mw_static = {"static",     SHM_MW_STATIC,  static_keys,
                                         static_parse, static_compile, static_free};
 
-/* ---- ip_allow ---------------------------------------------------------------------------------
- */
+/* ---- ip_allow ------------------------------------------------------------------------------- */
 struct mw_ip_allow {
     struct shm_cidr *c;
     size_t n;
@@ -326,8 +331,7 @@ static uint32_t ip_allow_compile(const void *p, struct ms_mw_blob *b, uint32_t *
 const struct ms_mw_type ms_mw_ip_allow = {"ip_allow",     SHM_MW_IP_ALLOW,  ip_allow_keys,
                                           ip_allow_parse, ip_allow_compile, ip_allow_free};
 
-/* ---- redirect_https ---------------------------------------------------------------------------
- */
+/* ---- redirect_https ------------------------------------------------------------------------- */
 static const char *const redirect_keys[] = {"status", NULL};
 
 static void *redirect_parse(struct ms_mw_src *s)
@@ -358,8 +362,7 @@ const struct ms_mw_type ms_mw_redirect_https = {"redirect_https", SHM_MW_REDIREC
                                                 redirect_keys,    redirect_parse,
                                                 redirect_compile, free};
 
-/* ---- strip_prefix -----------------------------------------------------------------------------
- */
+/* ---- strip_prefix --------------------------------------------------------------------------- */
 static const char *const strip_keys[] = {"prefix", NULL};
 
 static void *strip_parse(struct ms_mw_src *s)
@@ -395,8 +398,7 @@ static uint32_t strip_compile(const void *p, struct ms_mw_blob *b, uint32_t *len
 const struct ms_mw_type ms_mw_strip_prefix = {"strip_prefix", SHM_MW_STRIP_PREFIX, strip_keys,
                                               strip_parse,    strip_compile,       free};
 
-/* ---- max_body ---------------------------------------------------------------------------------
- */
+/* ---- max_body ------------------------------------------------------------------------------- */
 static const char *const max_body_keys[] = {"bytes", NULL};
 
 static void *max_body_parse(struct ms_mw_src *s)
@@ -425,8 +427,7 @@ static uint32_t max_body_compile(const void *p, struct ms_mw_blob *b, uint32_t *
 const struct ms_mw_type ms_mw_max_body = {"max_body",     SHM_MW_MAX_BODY,  max_body_keys,
                                           max_body_parse, max_body_compile, free};
 
-/* ---- cors -------------------------------------------------------------------------------------
- */
+/* ---- cors ----------------------------------------------------------------------------------- */
 struct mw_cors {
     char **origins;
     size_t norigins;

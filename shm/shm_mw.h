@@ -68,6 +68,9 @@ struct shm_mw_headers {
     struct shm_mw_list req_remove;
     struct shm_mw_list resp_set_names, resp_set_values;
     struct shm_mw_list resp_remove;
+    /* bit (len % 64) set for the length of every name of the request ([0]) and response ([1])
+     * lists: most fields are kept after one test */
+    uint64_t len_mask[2];
 };
 
 struct shm_mw_static {

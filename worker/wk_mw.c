@@ -278,8 +278,7 @@ const char *wk_mw_answered(const struct wk_xchg *x, size_t *len)
     return shm_mw_s(x->at.gen->snap, m->name);
 }
 
-/* ---- the response side ------------------------------------------------------------------------
- */
+/* ---- the response side ---------------------------------------------------------------------- */
 int wk_mw_response(struct wk_xchg *x, struct wk_h1_resp *rs)
 {
     struct wk_mw_txn *mt = &x->tx->mw;
@@ -300,8 +299,7 @@ int wk_mw_response(struct wk_xchg *x, struct wk_h1_resp *rs)
     return 0;
 }
 
-/* ---- answers ----------------------------------------------------------------------------------
- */
+/* ---- answers -------------------------------------------------------------------------------- */
 int wk_mw_hdr(struct wk_xchg *x, const char *name, const char *value, size_t vlen)
 {
     struct wk_mw_txn *mt = &x->tx->mw;
@@ -552,8 +550,7 @@ int wk_mw_req_set_target(struct wk_xchg *x, const char *t, size_t tlen)
     return 0;
 }
 
-/* ---- response head edits ----------------------------------------------------------------------
- */
+/* ---- response head edits -------------------------------------------------------------------- */
 const struct wk_hdr *wk_mw_resp_get(const struct wk_h1_resp *rs, const char *name)
 {
     size_t nlen = strlen(name);
@@ -607,8 +604,7 @@ int wk_mw_resp_set(struct wk_h1_resp *rs, const char *name, size_t nlen, const c
     return wk_mw_resp_add(rs, name, nlen, v, vlen);
 }
 
-/* ---- the client -------------------------------------------------------------------------------
- */
+/* ---- the client ----------------------------------------------------------------------------- */
 static int prefix_match(const uint8_t *a, const uint8_t *b, unsigned bits)
 {
     unsigned bytes = bits / 8, rest = bits % 8;

@@ -70,8 +70,8 @@ struct wk_mw_txn {
     uint32_t pad;
     char *xh; /* extra fields for an answer: "Name: value\r\n" lines (heap) */
     uint32_t xh_len, xh_cap;
-    void *wait;  /* the suspended hook's own state */
-    void *state; /* a hook's own per-request state (freed by its end hook) */
+    void *wait;           /* the suspended hook's own state */
+    void *state;          /* a hook's own per-request state (freed by its end hook) */
     struct wk_h1_req *rq; /* while the head is not built yet: the parsed request the edits go
                              to (its fields and target); NULL once uout holds the head */
     /* rate_limit (worker/wk_rl.c): the tightest bucket's figures for the response fields */

@@ -9,8 +9,53 @@
 
 #include "worker/wk_internal.h"
 
-/* ---- headers ----------------------------------------------------------------------------------
- */
+/* ---- headers -------------------------------------------------------------------------------- */
+/* Is <h> one of the <n> names <l>? (Lengths first.) */
+static int named_in(const struct wk_mw_ctx *c, const struct wk_hdr *h, const struct shm_str *l,
+                    uint32_t n)
+{
+    for (uint32_t k = 0; k < n; k++) {
+        if (l[k].len == h->nlen && strncasecmp(shm_mw_s(c->s, l[k]), h->name, h->nlen) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* One pass over <hd>: drop the fields named in <rml> or <snl>, then add <snl>: <svl>. 0, or -1
+ * when the fields do not fit. */
+static int edit_fields(const struct wk_mw_ctx *c, struct wk_head *hd, uint64_t mask,
+                       struct shm_mw_list rml, struct shm_mw_list snl, struct shm_mw_list svl)
+{
+    const struct shm_str *rm = shm_mw_list_at(c->s, rml);
+    const struct shm_str *sn = shm_mw_list_at(c->s, snl);
+    const struct shm_str *sv = shm_mw_list_at(c->s, svl);
+    uint32_t w = 0;
+
+    for (uint32_t i = 0; i < hd->n; i++) {
+        if (!((mask >> (hd->h[i].nlen % 64)) & 1) ||
+            (!named_in(c, &hd->h[i], rm, rml.n) && !named_in(c, &hd->h[i], sn, snl.n))) {
+            if (w != i) {
+                hd->h[w] = hd->h[i];
+            }
+            w++;
+        }
+    }
+    hd->n = w;
+    for (uint32_t i = 0; i < snl.n; i++) {
+        struct wk_hdr *h;
+        if (hd->n >= WK_MAX_HEADERS) {
+            return -1;
+        }
+        h = &hd->h[hd->n++];
+        h->name = shm_mw_s(c->s, sn[i]);
+        h->nlen = sn[i].len;
+        h->value = shm_mw_s(c->s, sv[i]);
+        h->vlen = sv[i].len;
+    }
+    return 0;
+}
+
 static int headers_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
 {
     const struct shm_mw_headers *p = c->params;
@@ -18,6 +63,15 @@ static int headers_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
     const struct shm_str *sn = shm_mw_list_at(c->s, p->req_set_names);
     const struct shm_str *sv = shm_mw_list_at(c->s, p->req_set_values);
 
+    if (x->tx->mw.rq != NULL) {
+        /* The parsed request: one pass. */
+        if (edit_fields(c, &x->tx->mw.rq->hd, p->len_mask[0], p->req_remove, p->req_set_names,
+                        p->req_set_values) != 0) {
+            return wk_mw_error(x, 431, "Request header fields too large",
+                               "Too many request header fields to forward");
+        }
+        return WK_MW_PASS;
+    }
     for (uint32_t i = 0; i < p->req_remove.n; i++) {
         wk_mw_req_remove(x, shm_mw_s(c->s, rm[i]));
     }
@@ -33,26 +87,17 @@ static int headers_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
 static int headers_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk_h1_resp *rs)
 {
     const struct shm_mw_headers *p = c->params;
-    const struct shm_str *rm = shm_mw_list_at(c->s, p->resp_remove);
-    const struct shm_str *sn = shm_mw_list_at(c->s, p->resp_set_names);
-    const struct shm_str *sv = shm_mw_list_at(c->s, p->resp_set_values);
 
     (void)x;
-    for (uint32_t i = 0; i < p->resp_remove.n; i++) {
-        wk_mw_resp_remove(rs, shm_mw_s(c->s, rm[i]));
-    }
-    for (uint32_t i = 0; i < p->resp_set_names.n; i++) {
-        /* (No room for one more field: the response goes without it.) */
-        wk_mw_resp_set(rs, shm_mw_s(c->s, sn[i]), sn[i].len, shm_mw_s(c->s, sv[i]), sv[i].len);
-    }
+    /* (No room for one more field: the response goes without it.) */
+    edit_fields(c, &rs->hd, p->len_mask[1], p->resp_remove, p->resp_set_names, p->resp_set_values);
     return 0;
 }
 
 const struct wk_mw_hooks wk_mw_headers_hooks = {.request = headers_request,
                                                 .response = headers_response};
 
-/* ---- static -----------------------------------------------------------------------------------
- */
+/* ---- static --------------------------------------------------------------------------------- */
 static int static_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
 {
     const struct shm_mw_static *p = c->params;
@@ -63,8 +108,7 @@ static int static_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
 
 const struct wk_mw_hooks wk_mw_static_hooks = {.request = static_request};
 
-/* ---- ip_allow ---------------------------------------------------------------------------------
- */
+/* ---- ip_allow ------------------------------------------------------------------------------- */
 static int ip_allow_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
 {
     const struct shm_mw_ip_allow *p = c->params;
@@ -79,8 +123,7 @@ static int ip_allow_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
 
 const struct wk_mw_hooks wk_mw_ip_allow_hooks = {.request = ip_allow_request};
 
-/* ---- redirect_https ---------------------------------------------------------------------------
- */
+/* ---- redirect_https ------------------------------------------------------------------------- */
 size_t wk_mw_host_noport(const char *h, size_t n)
 {
     if (n > 0 && h[0] == '[') {
@@ -121,8 +164,7 @@ static int redirect_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
 
 const struct wk_mw_hooks wk_mw_redirect_hooks = {.request = redirect_request};
 
-/* ---- strip_prefix -----------------------------------------------------------------------------
- */
+/* ---- strip_prefix --------------------------------------------------------------------------- */
 size_t wk_mw_strip(const char *t, size_t n, const char *prefix, size_t plen, int *slash)
 {
     *slash = 0;
@@ -161,8 +203,7 @@ static int strip_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
 
 const struct wk_mw_hooks wk_mw_strip_hooks = {.request = strip_request};
 
-/* ---- max_body ---------------------------------------------------------------------------------
- */
+/* ---- max_body ------------------------------------------------------------------------------- */
 static int max_body_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
 {
     const struct shm_mw_max_body *p = c->params;
@@ -189,8 +230,7 @@ static int max_body_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
 
 const struct wk_mw_hooks wk_mw_max_body_hooks = {.request = max_body_request};
 
-/* ---- cors -------------------------------------------------------------------------------------
- */
+/* ---- cors ----------------------------------------------------------------------------------- */
 /* Is <o>[0, n) one of the allowed origins? */
 static int origin_allowed(const struct wk_mw_ctx *c, const struct shm_mw_cors *p, const char *o,
                           size_t n)
