@@ -840,6 +840,7 @@ static void fa_cancel(struct wk_xchg *x, const struct wk_mw_ctx *c)
 }
 
 const struct wk_mw_hooks wk_mw_forward_auth_hooks = {
+    .needs_head = 1, /* the sub-request is made from the built upstream head */
     .request = fa_request,
     .cancel = fa_cancel,
 };

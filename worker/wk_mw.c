@@ -500,6 +500,16 @@ static int target_span(const struct wk_xchg *x, size_t *a, size_t *b)
     return 0;
 }
 
+int wk_mw_req_host(const struct wk_xchg *x, const char **h, size_t *hlen)
+{
+    if (x->tx->mw.rq != NULL) {
+        *h = x->tx->mw.rq->host;
+        *hlen = x->tx->mw.rq->host != NULL ? x->tx->mw.rq->hostlen : 0;
+        return *h != NULL && *hlen > 0;
+    }
+    return wk_mw_req_get(x, "host", h, hlen) && *hlen > 0;
+}
+
 void wk_mw_req_target(const struct wk_xchg *x, const char **t, size_t *tlen)
 {
     size_t a, b;

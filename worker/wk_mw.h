@@ -118,6 +118,9 @@ int wk_mw_hdr(struct wk_xchg *x, const char *name, const char *value, size_t vle
 /* The request as it goes upstream (the built head): a field's first value, the target. */
 int wk_mw_req_get(const struct wk_xchg *x, const char *name, const char **v, size_t *vlen);
 void wk_mw_req_target(const struct wk_xchg *x, const char **t, size_t *tlen);
+/* The Host the request goes upstream with (HTTP/2: the :authority; absolute-form: its
+ * authority): 1, or 0 when it has none (HTTP/1.0). */
+int wk_mw_req_host(const struct wk_xchg *x, const char **h, size_t *hlen);
 /* Edits: remove every field <name>; set (remove, then add); add; replace the target. 0, or -1
  * when the head would not fit its buffer (the request is then answered 431 by the caller).
  * Before the head is built (x->tx->mw.rq set), names, values and targets are kept by pointer

@@ -149,7 +149,7 @@ static int redirect_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
     if (x->peer->https) {
         return WK_MW_PASS;
     }
-    if (!wk_mw_req_get(x, "host", &host, &hl) || hl == 0) {
+    if (!wk_mw_req_host(x, &host, &hl)) {
         return wk_mw_error(x, 400, "Bad request", "No Host to redirect to");
     }
     hl = wk_mw_host_noport(host, hl);

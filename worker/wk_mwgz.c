@@ -336,6 +336,7 @@ int wk_mwgz_pump(struct wk_xchg *x)
 }
 
 const struct wk_mw_hooks wk_mw_compress_hooks = {
+    .needs_head = 1, /* Accept-Encoding is read from the built upstream head */
     .request = gz_request,
     .response = gz_response,
 };

@@ -119,6 +119,42 @@ static void test_req_edits(void)
     }
 }
 
+/* Before the head is built the edits go to the parsed request. */
+static void test_req_edits_parsed(void)
+{
+    static struct wk_h1_req rq;
+    struct wk_xchg x;
+    struct wk_txn t;
+    const char *v, *tg;
+    size_t vl, tl;
+    char target[] = "/api/x?q";
+
+    memset(&rq, 0, sizeof(rq));
+    memset(&x, 0, sizeof(x));
+    memset(&t, 0, sizeof(t));
+    x.tx = &t;
+    t.mw.rq = &rq;
+    rq.host = "a.do:81";
+    rq.hostlen = 7;
+    rq.target = target;
+    rq.tlen = strlen(target);
+    CU_ASSERT_EQUAL(wk_mw_req_add(&x, "X-Debug", 7, "1", 1), 0);
+    CU_ASSERT_EQUAL(wk_mw_req_add(&x, "Accept", 6, "*/*", 3), 0);
+    CU_ASSERT_EQUAL(wk_mw_req_add(&x, "x-debug", 7, "2", 1), 0);
+    CU_ASSERT(wk_mw_req_get(&x, "X-DEBUG", &v, &vl) == 1 && *v == '1');
+    CU_ASSERT_EQUAL(wk_mw_req_remove(&x, "x-debug"), 2);
+    CU_ASSERT(rq.hd.n == 1 && wk_mw_req_get(&x, "accept", &v, &vl) == 1 && vl == 3);
+    CU_ASSERT_EQUAL(wk_mw_req_set(&x, "Accept", "text/html", 9), 0);
+    CU_ASSERT(rq.hd.n == 1 && rq.hd.h[0].vlen == 9);
+    CU_ASSERT(wk_mw_req_host(&x, &v, &vl) == 1 && vl == 7);
+    wk_mw_req_target(&x, &tg, &tl);
+    CU_ASSERT_EQUAL(wk_mw_req_set_target(&x, tg + 4, tl - 4), 0);
+    CU_ASSERT(rq.tlen == 4 && memcmp(rq.target, "/x?q", 4) == 0 && rq.slash == 0);
+    rq.hd.n = WK_MAX_HEADERS;
+    CU_ASSERT_EQUAL(wk_mw_req_add(&x, "X", 1, "1", 1), -1);
+    CU_ASSERT_EQUAL(t.uout.end, 0); /* (nothing built) */
+}
+
 static void test_resp_edits(void)
 {
     struct wk_h1_resp rs;
@@ -328,6 +364,6 @@ static void test_config_errors(void)
 }
 
 UNIT_SUITE(mw, {"strip_prefix", test_strip}, {"host without port", test_host_noport},
-           {"upstream head edits", test_req_edits}, {"response head edits", test_resp_edits},
-           {"client in CIDRs", test_client_in}, {"config to snapshot region", test_compile},
-           {"config errors", test_config_errors})
+           {"upstream head edits", test_req_edits}, {"parsed request edits", test_req_edits_parsed},
+           {"response head edits", test_resp_edits}, {"client in CIDRs", test_client_in},
+           {"config to snapshot region", test_compile}, {"config errors", test_config_errors})
