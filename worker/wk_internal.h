@@ -465,10 +465,14 @@ void wk_xchg_accept(struct wk_xchg *x, const struct wk_head *hd);
  * operator's page for <status> instead when the client prefers text/html. */
 int wk_xchg_error(struct wk_xchg *x, unsigned status, const char *error, const char *msg,
                   int close_it);
-int wk_xchg_reply(struct wk_xchg *x, unsigned status, const char *body, size_t blen, int close_it);
-/* The same with a body of type <ctype>, given as is (no operator's page). */
+/* (wk_xchg_reply_as() with a <ctype>: that body as given, no operator's page.) */
 int wk_xchg_reply_as(struct wk_xchg *x, unsigned status, const char *ctype, const char *body,
                      size_t blen, int close_it);
+static inline int wk_xchg_reply(struct wk_xchg *x, unsigned status, const char *body, size_t blen,
+                                int close_it)
+{
+    return wk_xchg_reply_as(x, status, NULL, body, blen, close_it);
+}
 /* Statistics of a request whose response is complete, once: <how> 1 = proxied, 0 = generated.
  * Called just before the write that hands the client the response's last bytes, so whoever got
  * the response and then reads the counters finds it counted. */

@@ -128,6 +128,28 @@ static int run_from(struct wk_xchg *x)
     return WK_MW_PASS;
 }
 
+int wk_mw_forward(struct wk_xchg *x, const struct wk_h1_req *rq)
+{
+    int r;
+
+    /* The chain edits the parsed request until a hook needs the head built or suspends; a
+     * "/"-less target with a query (absolute-form) is edited as built text. */
+    if (rq->slash && rq->tlen > 0) {
+        if ((r = wk_xchg_build(x, rq)) != 0) {
+            return r;
+        }
+    } else {
+        x->tx->mw.rq = (struct wk_h1_req *)(uintptr_t)rq;
+    }
+    r = wk_mw_request(x);
+    if (r == WK_MW_PASS && x->tx->mw.rq != NULL) {
+        x->tx->mw.rq = NULL;
+        return wk_xchg_build(x, rq);
+    }
+    x->tx->mw.rq = NULL;
+    return r == WK_MW_PASS ? 0 : r == WK_MW_CLOSED ? -1 : 1;
+}
+
 int wk_mw_request(struct wk_xchg *x)
 {
     struct wk_mw_txn *mt = &x->tx->mw;

@@ -81,6 +81,9 @@ struct wk_mw_txn {
 };
 
 /* Exchange side: called by wk_xchg.c / the client sides. */
+/* wk_xchg_forward() of a route with middlewares: run the chain on <rq> and build the upstream
+ * head. 0 to go on to a backend, 1 when answered or suspended, -1 when the client was closed. */
+int wk_mw_forward(struct wk_xchg *x, const struct wk_h1_req *rq);
 /* Run the chain from its start: WK_MW_PASS (go on to the backend), WK_MW_DONE, WK_MW_WAIT or
  * WK_MW_CLOSED. */
 int wk_mw_request(struct wk_xchg *x);

@@ -145,11 +145,6 @@ static int expose_backend(const struct wk_xchg *x)
     return (xsnap(x)->errors_flags & SHM_ERRORS_EXPOSE_BACKEND) != 0;
 }
 
-int wk_xchg_reply(struct wk_xchg *x, unsigned status, const char *body, size_t blen, int close_it)
-{
-    return wk_xchg_reply_as(x, status, NULL, body, blen, close_it);
-}
-
 int wk_xchg_reply_as(struct wk_xchg *x, unsigned status, const char *ctype, const char *body,
                      size_t blen, int close_it)
 {
@@ -388,27 +383,7 @@ int wk_xchg_build(struct wk_xchg *x, const struct wk_h1_req *rq)
 
 int wk_xchg_forward(struct wk_xchg *x, const struct wk_h1_req *rq)
 {
-    int r;
-
-    if (x->tx->mw.list == 0) {
-        return wk_xchg_build(x, rq);
-    }
-    /* The chain edits the parsed request (wk_mw.h) until a hook needs the head built or
-     * suspends; a "/"-less target with a query (absolute-form) is edited as built text. */
-    if (rq->slash && rq->tlen > 0) {
-        if ((r = wk_xchg_build(x, rq)) != 0) {
-            return r;
-        }
-    } else {
-        x->tx->mw.rq = (struct wk_h1_req *)(uintptr_t)rq;
-    }
-    r = wk_mw_request(x);
-    if (r == WK_MW_PASS && x->tx->mw.rq != NULL) {
-        x->tx->mw.rq = NULL;
-        return wk_xchg_build(x, rq);
-    }
-    x->tx->mw.rq = NULL;
-    return r == WK_MW_PASS ? 0 : r == WK_MW_CLOSED ? -1 : 1;
+    return x->tx->mw.list == 0 ? wk_xchg_build(x, rq) : wk_mw_forward(x, rq);
 }
 
 int wk_xchg_start(struct wk_xchg *x)
