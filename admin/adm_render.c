@@ -719,6 +719,42 @@ static void render_rl_metrics(struct adm_buf *b, const struct adm_view *v)
     }
 }
 
+/* basic_auth and forward_auth: their outcomes per middleware (shm/shm_mw_auth.h counters). */
+static void render_auth_metrics(struct adm_buf *b, const struct adm_view *v)
+{
+    static const char *const ba[4] = {"cached", "hashed", "rejected", "busy"};
+    static const char *const fa[3] = {"allowed", "denied", "failed"};
+    const struct shm_snap_hdr *s = v->snap;
+
+    for (int t = 0; t < 2; t++) {
+        uint32_t type = t ? SHM_MW_FORWARD_AUTH : SHM_MW_BASIC_AUTH;
+        int headed = 0;
+        for (uint32_t i = 0; i < shm_mw_count(s) && !b->overflow; i++) {
+            const struct shm_mw *m = &shm_mws(s)[i];
+            const uint64_t *tc = v->rt->mws[m->rt_slot % SHM_RT_MAX_MIDDLEWARES].type_counters;
+            if (m->type != type) {
+                continue;
+            }
+            if (!headed) {
+                headed = 1;
+                prom_head(b, t ? "dispatcher_forward_auth_total" : "dispatcher_basic_auth_total",
+                          "counter",
+                          t ? "forward_auth decisions: the auth service allowed (2xx), denied (its "
+                              "answer returned), or failed (503)."
+                            : "basic_auth checks: verified from the cache or by hashing, rejected "
+                              "(401), or refused while too many checks waited (503).");
+            }
+            for (int k = 0; k < (t ? 3 : 4); k++) {
+                adm_buf_adds(b, t ? "dispatcher_forward_auth_total{middleware="
+                                  : "dispatcher_basic_auth_total{middleware=");
+                prom_label(b, shm_mw_s(s, m->name), m->name.len);
+                adm_buf_addf(b, ",result=\"%s\"} %llu\n", t ? fa[k] : ba[k],
+                             (unsigned long long)LD(&tc[k]));
+            }
+        }
+    }
+}
+
 void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
 {
     static const char *const classes[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
@@ -958,6 +994,7 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
         }
     }
     render_rl_metrics(b, v);
+    render_auth_metrics(b, v);
     prom_head(b, "dispatcher_uptime_seconds", "gauge", "Seconds since the master started.");
     adm_buf_addf(b, "dispatcher_uptime_seconds %llu\n", (unsigned long long)uptime_s(v));
     if (v->metrics_extra != NULL) {

@@ -32,6 +32,15 @@ struct shm_mw_forward_auth {
     uint8_t ip[16];
 };
 
+/* Their counters in the runtime segment's shm_rt_mw.type_counters (/metrics). */
+#define SHM_BA_TC_CACHED   0 /* basic_auth: credentials found verified in the cache */
+#define SHM_BA_TC_HASHED   1 /* verified by hashing them */
+#define SHM_BA_TC_REJECTED 2 /* 401: missing, malformed or wrong */
+#define SHM_BA_TC_BUSY     3 /* 503: too many checks waiting */
+#define SHM_FA_TC_ALLOWED  0 /* forward_auth: a 2xx let the request through */
+#define SHM_FA_TC_DENIED   1 /* another answer was returned to the client */
+#define SHM_FA_TC_FAILED   2 /* 503: no usable answer */
+
 _Static_assert(sizeof(struct shm_mw_htuser) % 8 == 0, "shm_mw_htuser alignment");
 _Static_assert(sizeof(struct shm_mw_basic_auth) % 8 == 0, "shm_mw_basic_auth alignment");
 _Static_assert(sizeof(struct shm_mw_forward_auth) % 8 == 0, "shm_mw_forward_auth alignment");

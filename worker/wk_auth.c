@@ -403,10 +403,18 @@ const struct wk_auth_stats *wk_auth_stats(void)
  */
 struct basic_wait {
     struct wk_auth_wait w; /* first: the callback gets it */
+    uint32_t rt_slot;      /* the middleware's counters */
     struct wk_xchg *x;
     const struct shm_snap_hdr *s;
     const struct shm_mw_basic_auth *p;
 };
+
+static void ba_count(uint32_t rt_slot, int k)
+{
+    if (rt_slot < SHM_RT_MAX_MIDDLEWARES) {
+        __atomic_fetch_add(&wk.rt->mws[rt_slot].type_counters[k], 1, __ATOMIC_RELAXED);
+    }
+}
 
 /* The users table, NULL when the block does not fit its region (never from a sane master). */
 static const struct shm_mw_htuser *users_of(const struct shm_snap_hdr *s,
@@ -444,12 +452,13 @@ static const struct shm_mw_htuser *find_user(const struct shm_snap_hdr *s,
 
 /* 401 with the realm's challenge. */
 static int challenge(struct wk_xchg *x, const struct shm_snap_hdr *s,
-                     const struct shm_mw_basic_auth *p, const char *msg)
+                     const struct shm_mw_basic_auth *p, uint32_t rt_slot, const char *msg)
 {
     char v[256];
     int n = snprintf(v, sizeof(v), "Basic realm=\"%.*s\"", (int)DSP_MIN(p->realm.len, 200u),
                      shm_mw_s(s, p->realm));
 
+    ba_count(rt_slot, SHM_BA_TC_REJECTED);
     wk_mw_hdr(x, "WWW-Authenticate", v, (size_t)n);
     return wk_mw_error(x, 401, "Unauthorized", msg);
 }
@@ -467,12 +476,14 @@ static void basic_done(struct wk_auth_wait *w, int ok)
     struct wk_xchg *x = bw->x;
     const struct shm_snap_hdr *s = bw->s;
     const struct shm_mw_basic_auth *p = bw->p;
+    uint32_t rt_slot = bw->rt_slot;
 
     x->tx->mw.wait = NULL;
     free(bw);
     if (ok) {
+        ba_count(rt_slot, SHM_BA_TC_HASHED);
         wk_mw_resume(x, granted(x));
-    } else if (challenge(x, s, p, "Invalid credentials") == WK_MW_DONE) {
+    } else if (challenge(x, s, p, rt_slot, "Invalid credentials") == WK_MW_DONE) {
         wk_mw_resume(x, WK_MW_DONE);
     }
 }
@@ -492,11 +503,11 @@ static int basic_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
         return wk_mw_error(x, 503, "Service unavailable", "Authentication is misconfigured");
     }
     if (!wk_mw_req_get(x, "authorization", &v, &vlen)) {
-        return challenge(x, c->s, p, "Authentication required");
+        return challenge(x, c->s, p, c->m->rt_slot, "Authentication required");
     }
     if (htp_basic_decode(v, vlen, buf, sizeof(buf), &user, &ulen, &pass, &plen) != 0) {
         explicit_bzero(buf, sizeof(buf));
-        return challenge(x, c->s, p, "Malformed credentials");
+        return challenge(x, c->s, p, c->m->rt_slot, "Malformed credentials");
     }
     /* An unknown user is hashed against the file's first hash (and always fails), so that
      * the answer takes as long as for a known one. */
@@ -506,12 +517,14 @@ static int basic_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
     hit = wk_auth_cached(user, ulen, pass, plen, hash, hlen, tag) && u != NULL;
     if (hit) {
         explicit_bzero(buf, sizeof(buf));
+        ba_count(c->m->rt_slot, SHM_BA_TC_CACHED);
         return granted(x);
     }
     bw = malloc(sizeof(*bw));
     r = WK_AUTH_BUSY;
     if (bw != NULL) {
         bw->w.done = basic_done;
+        bw->rt_slot = c->m->rt_slot;
         bw->x = x;
         bw->s = c->s;
         bw->p = p;
@@ -524,10 +537,11 @@ static int basic_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
     }
     free(bw);
     if (r == WK_AUTH_BUSY) {
+        ba_count(c->m->rt_slot, SHM_BA_TC_BUSY);
         wk_mw_hdr(x, "Retry-After", "1", 1);
         return wk_mw_error(x, 503, "Service unavailable", "Too many password checks in progress");
     }
-    return challenge(x, c->s, p, "Invalid credentials");
+    return challenge(x, c->s, p, c->m->rt_slot, "Invalid credentials");
 }
 
 static void basic_cancel(struct wk_xchg *x, const struct wk_mw_ctx *c)

@@ -610,8 +610,11 @@ static void conn_run(struct wk_fauth_conn *c)
 void wk_fauth_event(struct wk_fauth_conn *c, uint32_t events)
 {
     if (c->state == FA_IDLE) {
-        /* Input or a close on an idle pooled connection: it is not fit for reuse. */
-        conn_close(c);
+        /* Input or a close on an idle pooled connection: it is not fit for reuse (a write edge,
+         * the request's last bytes acknowledged, is no news). */
+        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+            conn_close(c);
+        }
         return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
@@ -650,7 +653,15 @@ struct fa_wait {
     const struct shm_snap_hdr *s;
     const struct shm_mw_forward_auth *p;
     uint32_t name_off, name_len; /* the middleware's name (for the log) */
+    uint32_t rt_slot;            /* its counters */
 };
+
+static void fa_count(uint32_t rt_slot, int k)
+{
+    if (rt_slot < SHM_RT_MAX_MIDDLEWARES) {
+        __atomic_fetch_add(&wk.rt->mws[rt_slot].type_counters[k], 1, __ATOMIC_RELAXED);
+    }
+}
 
 /* Log a failure of the auth service, at most once a second per worker. */
 static void fa_log(const struct fa_wait *fw, const char *why)
@@ -754,6 +765,9 @@ static void fa_done(struct wk_fauth_wait *w, const struct wk_fauth_res *r)
     int rc;
 
     x->tx->mw.wait = NULL;
+    fa_count(fw->rt_slot, r->fail                               ? SHM_FA_TC_FAILED
+                          : r->status >= 200 && r->status < 300 ? SHM_FA_TC_ALLOWED
+                                                                : SHM_FA_TC_DENIED);
     if (!r->fail && r->status >= 200 && r->status < 300) {
         free(fw);
         if (fa_copy(x, s, p, r->rs) != 0) {
@@ -816,9 +830,11 @@ static int fa_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
     fw->p = p;
     fw->name_off = c->m->name.off;
     fw->name_len = c->m->name.len;
+    fw->rt_slot = c->m->rt_slot;
     if (wk_fauth_start(&t, head, n, &fw->w) != 0) {
         free(head);
         fa_log(fw, "no connection can be made now");
+        fa_count(fw->rt_slot, SHM_FA_TC_FAILED);
         free(fw);
         return wk_mw_error(x, 503, "Service unavailable", "Authentication service unavailable");
     }

@@ -73,6 +73,28 @@ def cpu_ns(pid):
         return int(f.read().split()[0])
 
 
+def with_admin_http(d, text):
+    """<text> (a make_config() output for <d>) with an admin HTTP listener: d.admin_port."""
+    d.admin_port = dsptest.free_port()
+    sock = 'admin = { socket = "%s"; };' % os.path.join(d.tmp, "admin.sock")
+    assert sock in text
+    return text.replace(sock, 'admin = { socket = "%s"; http = "127.0.0.1:%d"; };'
+                        % (os.path.join(d.tmp, "admin.sock"), d.admin_port))
+
+
+def metrics(d, prefix):
+    """/metrics lines starting with <prefix>: {line without value: value}."""
+    with socket.create_connection(("127.0.0.1", d.admin_port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        text = dsptest.read_to_eof(s).decode("latin-1")
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            k, _, v = line.rpartition(" ")
+            out[k] = int(v)
+    return out
+
+
 def mw_conf(mws):
     return "middlewares = (\n  " + ",\n  ".join(dsptest._group(m) for m in mws) + "\n);"
 
@@ -98,7 +120,7 @@ class BasicAuthTest(dsptest.TestCase):
             workers=workers,
             extra=mw_conf([{"name": "staff", "type": "basic_auth", "realm": realm,
                             "users_file": path}]))
-        d.write_config(self.conf())
+        d.write_config(with_admin_http(d, self.conf()))
         self.start_dispatcher(d)
         return d
 
@@ -165,6 +187,12 @@ class BasicAuthTest(dsptest.TestCase):
 
         # reload with a changed file: alice's new password, bob removed; the old (cached)
         # password no longer lets anyone in
+        m = metrics(d, "dispatcher_basic_auth_total")
+        lbl = 'dispatcher_basic_auth_total{middleware="staff",result="%s"}'
+        self.assertEqual(m[lbl % "busy"], 0)
+        self.assertEqual(m[lbl % "hashed"], 5, m)  # alice, bob, carol, dave, erin (h2)
+        self.assertGreaterEqual(m[lbl % "cached"], 4, m)
+        self.assertGreaterEqual(m[lbl % "rejected"], 9, m)
         self.users_file(d, [htpasswd_line("-B", "alice", "new pw", "-C", "5"),
                             htpasswd_line("-2", "carol", "c:a:r:o:l")])
         gen = dsptest.generation(d)
@@ -411,7 +439,9 @@ class ForwardAuthTest(dsptest.TestCase):
             [route("sso.do", "app", middlewares=["sso"]),
              route("down.do", "app", middlewares=["down"]),
              route("junk.do", "app", middlewares=["junk"])],
-            workers=1, extra=mw_conf(mws))
+            workers=1, extra=mw_conf(mws), start=False)
+        d.write_config(with_admin_http(d, open(d.conf).read()))
+        self.start_dispatcher(d)
         with Conn(d.port) as c:
             # 2xx: through, the listed fields copied, the client's copies gone
             for _ in range(10):
@@ -477,6 +507,12 @@ class ForwardAuthTest(dsptest.TestCase):
         self.assertIn("location: https://login.example/?rd=/h2?q=1", out)
         out = curl("--http2-prior-knowledge", "-H", "Host: down.do", url)
         self.assertEqual(curl_status(out), 503, out)
+        m = metrics(d, "dispatcher_forward_auth_total")
+        lbl = 'dispatcher_forward_auth_total{middleware="%s",result="%s"}'
+        self.assertEqual((m[lbl % ("sso", "allowed")], m[lbl % ("sso", "denied")],
+                          m[lbl % ("sso", "failed")]), (11, 4, 1), m)
+        self.assertEqual(m[lbl % ("down", "failed")], 2, m)
+        self.assertEqual(m[lbl % ("junk", "failed")], 1, m)
         # an auth service that closes after each answer: a new connection each time
         auth.close_after = True
         for _ in range(3):
