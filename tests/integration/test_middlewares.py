@@ -289,6 +289,17 @@ class MiddlewareTests(dsptest.TestCase):
         self.assertEqual(mw_stats()["office"]["answered"], 5)
         self.assertEqual(request(p, "/", host="office.do").status, 403)
         dsptest.wait_until(lambda: mw_stats()["office"]["answered"] == 6, 5, "office counted")
+        # A reload whose middleware is invalid changes nothing and says where.
+        with open(d.conf) as f:
+            text = f.read()
+        d.hup(text.replace('cidrs = ["10.0.0.0/8", "fd00::/8"]', 'cidrs = ["10.0.0.0/88"]')
+              .replace('"office"]', '"office", "nosuch"]'))
+        dsptest.wait_until(lambda: "10.0.0.0/88" in d.log(), 10, "the reload's error logged")
+        log = d.log()
+        self.assertRegex(log, r"dispatcher\.conf:\d+: middlewares\[\d+\]\.cidrs: \"10\.0\.0\.0/88\"")
+        self.assertEqual(dsptest.generation(d), gen + 1)
+        self.assertEqual(request(p, "/", host="office.do").status, 403)
+        self.assertEqual(request(p, "/", host="h.do").header("X-Frame-Options"), "DENY")
 
     def bigfile(self, d, n):
         path = os.path.join(d.tmp, "big.bin")

@@ -104,6 +104,16 @@ static void test_json_line(void)
     j = adm_json_parse(buf, n - 1, err, sizeof(err));
     CU_ASSERT_FATAL(j != NULL);
     CU_ASSERT_PTR_NULL(adm_json_get(j, "reason"));
+    CU_ASSERT_PTR_NULL(adm_json_get(j, "middleware"));
+    adm_json_free(j);
+    /* A middleware's answer names it. */
+    entry(&e, r);
+    e.middleware = "api-limit";
+    e.middleware_len = 9;
+    n = wk_alog_format(buf, sizeof(buf), WK_ALOG_JSON, &e);
+    j = adm_json_parse(buf, n - 1, err, sizeof(err));
+    CU_ASSERT_FATAL(j != NULL);
+    CU_ASSERT_STRING_EQUAL(adm_json_str(j, "middleware"), "api-limit");
     adm_json_free(j);
 
     /* Too small a buffer: nothing, rather than half a line. */
@@ -137,6 +147,14 @@ static void test_combined_line(void)
     n = wk_alog_format(buf, sizeof(buf), WK_ALOG_COMBINED, &e);
     buf[n] = '\0';
     CU_ASSERT(strstr(buf, "\"abc\" \"web\" \"127.0.0.1:9001\" \"client_closed\"\n") != NULL);
+    /* A middleware's answer: named in a last field of its own. */
+    entry(&e, r);
+    e.backend = NULL;
+    e.middleware = "office";
+    e.middleware_len = 6;
+    n = wk_alog_format(buf, sizeof(buf), WK_ALOG_COMBINED, &e);
+    buf[n] = '\0';
+    CU_ASSERT(strstr(buf, "\"abc\" \"web\" \"-\" \"middleware=office\"\n") != NULL);
     free(r);
 }
 
