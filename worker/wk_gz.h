@@ -62,6 +62,9 @@ struct wk_gz;
  * NULL when out of memory. */
 struct wk_gz *wk_gz_new(unsigned enc, int level, uint64_t size_hint);
 void wk_gz_free(struct wk_gz *z);
+/* The memory a stream of wk_gz_new(<enc>, <level>, <size_hint>) may come to use, in bytes (an
+ * estimate from above: what the callers budget with). */
+size_t wk_gz_cost(unsigned enc, int level, uint64_t size_hint);
 
 #define WK_GZ_RUN    0 /* take input, output what the coder has ready */
 #define WK_GZ_FLUSH  1 /* and push out everything taken so far (a sync point) */

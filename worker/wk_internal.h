@@ -204,7 +204,8 @@ struct wk_txn {
      * by its request hook), and once the response is being compressed, its encoder and output
      * (NULL otherwise: the common case, which costs nothing else). */
     uint8_t gz_enc;
-    uint8_t gz_mw; /* chain position + 1 of the compress middleware that took the request */
+    uint8_t gz_alt; /* the coding it accepts besides brotli (when brotli is over the budget) */
+    uint8_t gz_mw;  /* chain position + 1 of the compress middleware that took the request */
     struct wk_gzb *gzb;
     struct wk_mw_txn mw; /* the route's middleware chain (worker/wk_mw.h); zero: none */
     struct wk_txn *next_free;
@@ -220,6 +221,7 @@ struct wk_gzb {
     uint8_t chunked;   /* frame as chunks */
     uint8_t ended;     /* the encoder finished: all of the body is in <out> (or sent) */
     uint8_t pending;   /* the encoder's last call filled <out>: it may hold more output */
+    size_t cost;       /* what it counts in wk.gz_mem */
 };
 
 /* One request's backend attempts as the balancer (wk_lb.c) sees them: everything it reads or
@@ -389,6 +391,9 @@ struct wk_worker {
     /* Field values a response hook writes (compress: Vary, ETag), read when the head it edited
      * is written, right after the hooks ran. */
     char mw_scratch[1536];
+    /* What the live compress encoders and their buffers may use (wk_mwgz.c): a new one starts
+     * only within WK_GZ_MEM_MAX, else the response goes with a cheaper coding or as it is. */
+    uint64_t gz_mem;
 };
 
 extern struct wk_worker wk;

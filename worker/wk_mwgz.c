@@ -26,6 +26,10 @@ _Static_assert(SHM_MW_GZ_GZIP == 1u << WK_GZ_GZIP && SHM_MW_GZ_BR == 1u << WK_GZ
 
 #define GZ_OUT_SIZE   (32 * 1024) /* (the upstream buffer's size: the same free list) */
 #define GZ_CHUNK_HEAD 6           /* "xxxx\r\n": a chunk of at most 0xffff bytes */
+/* Memory of the live encoders per worker. Brotli (~3 MiB a stream) may take half of it (20-odd
+ * concurrent streams), gzip (~300 KiB) the rest; past that a brotli client gets gzip, and past
+ * the whole no compression: a flood of slow compressed downloads costs no more than this. */
+#define WK_GZ_MEM_MAX (128ull << 20)
 
 /* Media types compressed when `types` is not given. */
 static const char *const default_types[] = {
@@ -76,6 +80,7 @@ static int gz_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
     wk_ae_init(&ae);
     scan_accept_encoding(x, &ae);
     x->tx->gz_enc = (uint8_t)wk_ae_choose(&ae, p->encodings);
+    x->tx->gz_alt = (uint8_t)wk_ae_choose(&ae, p->encodings & ~(1u << WK_GZ_BR));
     return WK_MW_PASS;
 }
 
@@ -143,26 +148,35 @@ static void view_head(const struct wk_h1_resp *rs, struct gz_view *v)
     }
 }
 
-/* Start compressing: the encoder, and the head's framing. NULL when out of memory (the body
- * then goes as it is). */
+/* Start compressing with <enc>: the encoder, within the worker's budget. NULL when over it or
+ * out of memory (the body then goes as it is). */
 static struct wk_gzb *gzb_new(const struct shm_mw_compress *p, unsigned enc, uint64_t clen)
 {
-    struct wk_gzb *g = calloc(1, sizeof(*g));
+    int level = enc == WK_GZ_BR ? (int)p->br_quality : (int)p->level;
+    size_t cost = wk_gz_cost(enc, level, clen) + GZ_OUT_SIZE;
+    struct wk_gzb *g;
 
+    if (wk.gz_mem + cost > (enc == WK_GZ_BR ? WK_GZ_MEM_MAX / 2 : WK_GZ_MEM_MAX)) {
+        return NULL;
+    }
+    g = calloc(1, sizeof(*g));
     if (g == NULL) {
         return NULL;
     }
-    g->gz = wk_gz_new(enc, enc == WK_GZ_BR ? (int)p->br_quality : (int)p->level, clen);
+    g->gz = wk_gz_new(enc, level, clen);
     if (g->gz == NULL) {
         free(g);
         return NULL;
     }
+    g->cost = cost;
+    wk.gz_mem += cost;
     return g;
 }
 
 void wk_mwgz_drop(struct wk_txn *t)
 {
     if (t->gzb != NULL) {
+        wk.gz_mem -= t->gzb->cost;
         wk_gz_free(t->gzb->gz);
         wk_buf_put(&t->gzb->out);
         free(t->gzb);
@@ -203,6 +217,10 @@ static int gz_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk_h
     }
     if (x->tx->gz_enc != WK_GZ_NONE) {
         g = gzb_new(p, x->tx->gz_enc, v.clen);
+        if (g == NULL && x->tx->gz_enc == WK_GZ_BR && x->tx->gz_alt != WK_GZ_NONE) {
+            x->tx->gz_enc = x->tx->gz_alt; /* brotli over the budget: gzip costs a tenth */
+            g = gzb_new(p, x->tx->gz_enc, v.clen);
+        }
     }
     for (uint32_t i = 0; i < rs->hd.n; i++) {
         struct wk_hdr *h = &rs->hd.h[i];

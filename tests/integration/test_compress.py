@@ -49,6 +49,7 @@ class CompressBackend:
         self.port = self.sock.getsockname()[1]
         self.addr = "127.0.0.1:%d" % self.port
         self.sse_seen = threading.Event()   # the client side saw the last event sent
+        self.release = threading.Event()    # /hold answers end
         self.closed = False
         self.big = body_of(64 * 1024, seed=7)
         threading.Thread(target=self._accept, daemon=True).start()
@@ -104,6 +105,12 @@ class CompressBackend:
             return self._big(c, n, chunked="chunked" in args)
         if kind == "sse":
             return self._sse(c, hdrs)
+        if kind == "hold":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body) + body + b"\r\n")
+            self.release.wait(30)
+            c.sendall(b"0\r\n\r\n")
+            return True
         extra = []
         status = None
         if kind == "encoded":
@@ -360,6 +367,41 @@ class CompressTest(dsptest.TestCase):
             self.assertLess(growth, RSS_GROWTH_SAN_KIB if dsptest.SANITIZED else RSS_GROWTH_KIB,
                             "%s: worker RSS grew by %d KiB" % (ae, growth))
 
+    def test_encoder_memory_budget(self):
+        """Many slow compressed streams at once: past brotli's share of the worker's encoder
+        budget a brotli client gets gzip (a tenth of the memory), and brotli again once they
+        are over."""
+        d = self.start()
+        n = 60
+        conns, encs = [], []
+        try:
+            for i in range(n):
+                c = Conn(d.port, timeout=20)
+                conns.append(c)
+                c.send(b"GET /hold?n=4000 HTTP/1.1\r\nHost: gz.do\r\n"
+                       b"Accept-Encoding: br, gzip\r\n\r\n")
+                _, status, _, fields = c.read_head()
+                self.assertEqual(status, 200)
+                encs.append(dict((k.lower(), v) for k, v in fields).get("content-encoding"))
+        finally:
+            self.be.release.set()
+        br, gz = encs.count("br"), encs.count("gzip")
+        print("%d slow streams: %d br, %d gzip" % (n, br, gz))
+        self.assertEqual(br + gz, n, encs)
+        self.assertGreaterEqual(br, 16)
+        self.assertLessEqual(br, 24)
+        self.assertEqual(encs[:br], ["br"] * br)   # the first ones got brotli, then gzip
+        for c, enc in zip(conns, encs):
+            body = _read_chunked(c)
+            if enc == "gzip":
+                self.assertEqual(zlib.decompress(body, 31), body_of(4000))
+            c.close()
+        self.be.release.clear()
+        self.be.release.set()
+        st, f, body = fetch(d.port, "/hold?n=4000", "-H", "Accept-Encoding: br, gzip")
+        self.assertEqual(f.get("content-encoding"), ["br"])
+        self.assertEqual(body, body_of(4000))
+
     def test_event_stream_not_held(self):
         """An event stream, compressed, reaches the client event by event: the backend sends
         the next event only once the client decoded the one before."""
@@ -472,3 +514,16 @@ routes = ( { host = "*"; service = "s"; middlewares = ["ok"]; } );
             self.assertTrue(any(what in l for l in found), "line %d, %s: %r\n%s"
                             % (line, what, found, err))
         self.assertFalse([l for l in err.splitlines() if l.startswith("%s:4:" % conf)], err)
+
+
+def _read_chunked(c):
+    """The rest of a chunked body on Conn <c> (its head already read)."""
+    out = []
+    while True:
+        size = int(c._line().split(b";")[0].strip(), 16)
+        if size == 0:
+            while c._line() != b"":
+                pass
+            return b"".join(out)
+        c._take(size, None, out)
+        c._line()

@@ -239,6 +239,17 @@ static void test_brotli_round_trip(void)
     round_trip(WK_GZ_BR, 4, 1, 1, 16, 1, 1);
 }
 
+/* The budget's estimates: a small body's gzip costs less than an unknown one's, brotli more. */
+static void test_cost(void)
+{
+    size_t g = wk_gz_cost(WK_GZ_GZIP, 6, UINT64_MAX), b = wk_gz_cost(WK_GZ_BR, 4, UINT64_MAX);
+
+    CU_ASSERT(g > 256 * 1024 && g < 300 * 1024);
+    CU_ASSERT(wk_gz_cost(WK_GZ_GZIP, 6, 2000) < g / 8);
+    CU_ASSERT(b > 2 * 1024 * 1024 && b < 4 * 1024 * 1024);
+    CU_ASSERT(wk_gz_cost(WK_GZ_BR, 11, UINT64_MAX) > b);
+}
+
 /* A flush with nothing new taken adds nothing the decoder minds, and a stream that ends right
  * after a flush is still whole. */
 static void test_idle_flush(void)
@@ -268,4 +279,5 @@ static void test_idle_flush(void)
 UNIT_SUITE(wk_gz, {"negotiate", test_negotiate},
            {"negotiate_two_fields", test_negotiate_two_fields}, {"type_match", test_type_match},
            {"vary_etag", test_vary_etag}, {"gzip_round_trip", test_gzip_round_trip},
-           {"brotli_round_trip", test_brotli_round_trip}, {"idle_flush", test_idle_flush})
+           {"brotli_round_trip", test_brotli_round_trip}, {"idle_flush", test_idle_flush},
+           {"cost", test_cost})
