@@ -30,6 +30,8 @@ static const struct wk_mw_hooks *const hooks[SHM_MW_NTYPES] = {
     [SHM_MW_COMPRESS] = &wk_mw_compress_hooks,
 };
 
+static void decorate(struct wk_xchg *x);
+
 static const struct wk_mw_hooks *hooks_of(uint32_t type)
 {
     return type < SHM_MW_NTYPES ? hooks[type] : NULL;
@@ -258,6 +260,7 @@ int wk_mw_body_over(struct wk_xchg *x, uint64_t total)
         mt->answered = mt->max_body_id;
         wk_mw_count(shm_mws(x->at.gen->snap)[mt->max_body_id - 1].rt_slot, 1);
     }
+    decorate(x);
     return wk_xchg_error(x, 413, "Payload too large", "Request body exceeds the route's limit",
                          1) == 0
                ? 1
@@ -347,14 +350,37 @@ int wk_mw_hdr(struct wk_xchg *x, const char *name, const char *value, size_t vle
     return 0;
 }
 
+/* The answer hooks of the middlewares that let the request through before the one answering,
+ * outermost last (a 401 or 429 behind cors or headers still carries their fields). */
+static void decorate(struct wk_xchg *x)
+{
+    struct wk_mw_txn *mt = &x->tx->mw;
+
+    for (uint32_t i = mt->n; i-- > 0;) {
+        struct wk_mw_ctx c;
+        const struct wk_mw_hooks *h;
+
+        if (!(mt->passed & (1u << i))) {
+            continue;
+        }
+        ctx_at(x, i, &c);
+        h = hooks_of(c.m->type);
+        if (h != NULL && h->answer != NULL) {
+            h->answer(x, &c);
+        }
+    }
+}
+
 int wk_mw_reply(struct wk_xchg *x, unsigned status, const char *ctype, const char *body,
                 size_t blen)
 {
+    decorate(x);
     return wk_xchg_reply_as(x, status, ctype, body, blen, 0) == 0 ? WK_MW_DONE : WK_MW_CLOSED;
 }
 
 int wk_mw_error(struct wk_xchg *x, unsigned status, const char *error, const char *msg)
 {
+    decorate(x);
     return wk_xchg_error(x, status, error, msg, 0) == 0 ? WK_MW_DONE : WK_MW_CLOSED;
 }
 

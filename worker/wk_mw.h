@@ -50,6 +50,10 @@ struct wk_mw_hooks {
     void (*cancel)(struct wk_xchg *x, const struct wk_mw_ctx *c);
     /* The request is over (any way): free per-request state it keeps (x->tx->mw.state). */
     void (*end)(struct wk_xchg *x, const struct wk_mw_ctx *c);
+    /* A middleware after this one (which passed) answers by itself (wk_mw_reply/wk_mw_error):
+     * add the fields this one puts on responses with wk_mw_hdr() (CORS, security fields), as
+     * the response hook does on a proxied response. */
+    void (*answer)(struct wk_xchg *x, const struct wk_mw_ctx *c);
 };
 
 #define WK_MW_F_WAIT     0x01u /* a request hook is suspended at position pos */

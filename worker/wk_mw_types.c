@@ -94,8 +94,21 @@ static int headers_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct
     return 0;
 }
 
+/* A later middleware's answer gets the response fields set (there is nothing to remove). */
+static void headers_answer(struct wk_xchg *x, const struct wk_mw_ctx *c)
+{
+    const struct shm_mw_headers *p = c->params;
+    const struct shm_str *sn = shm_mw_list_at(c->s, p->resp_set_names);
+    const struct shm_str *sv = shm_mw_list_at(c->s, p->resp_set_values);
+
+    for (uint32_t i = 0; i < p->resp_set_names.n; i++) {
+        wk_mw_hdr(x, shm_mw_s(c->s, sn[i]), shm_mw_s(c->s, sv[i]), sv[i].len);
+    }
+}
+
 const struct wk_mw_hooks wk_mw_headers_hooks = {.request = headers_request,
-                                                .response = headers_response};
+                                                .response = headers_response,
+                                                .answer = headers_answer};
 
 /* ---- static --------------------------------------------------------------------------------- */
 static int static_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
@@ -312,4 +325,25 @@ static int cors_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk
     return 0;
 }
 
-const struct wk_mw_hooks wk_mw_cors_hooks = {.request = cors_request, .response = cors_response};
+/* A later middleware's answer (a 401, a 429) stays readable by the page that asked. */
+static void cors_answer(struct wk_xchg *x, const struct wk_mw_ctx *c)
+{
+    const struct shm_mw_cors *p = c->params;
+    const char *o;
+    size_t ol;
+
+    if (wk_mw_req_get(x, "origin", &o, &ol) && origin_allowed(c, p, o, ol)) {
+        allow_origin(p, &o, &ol);
+        wk_mw_hdr(x, "Access-Control-Allow-Origin", o, ol);
+        if (p->flags & SHM_MW_CORS_CREDENTIALS) {
+            wk_mw_hdr(x, "Access-Control-Allow-Credentials", "true", 4);
+        }
+    }
+    if ((p->flags & (SHM_MW_CORS_ANY_ORIGIN | SHM_MW_CORS_CREDENTIALS)) != SHM_MW_CORS_ANY_ORIGIN) {
+        wk_mw_hdr(x, "Vary", "Origin", 6);
+    }
+}
+
+const struct wk_mw_hooks wk_mw_cors_hooks = {.request = cors_request,
+                                             .response = cors_response,
+                                             .answer = cors_answer};

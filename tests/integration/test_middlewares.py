@@ -47,6 +47,7 @@ ROUTES = [
     ("b.do", ["small"]),
     ("c.do", ["api-cors"]),
     ("any.do", ["any-cors"]),
+    ("co.do", ["api-cors", "secure", "office"]),  # office's 403 carries cors and secure fields
 ]
 
 
@@ -211,6 +212,13 @@ class MiddlewareTests(dsptest.TestCase):
         self.assertIsNone(r.header("Access-Control-Allow-Origin"))
         r = request(p, "/api", host="any.do", headers=[("Origin", "https://x.example")])
         self.assertEqual(r.header("Access-Control-Allow-Origin"), "*")
+        # An answer of a later middleware keeps the fields of those that let it through.
+        r = request(p, "/", host="co.do", headers=[("Origin", "https://app.example.com")])
+        self.assertJsonError(r, 403, "Forbidden")
+        self.assertEqual(r.header("Access-Control-Allow-Origin"), "https://app.example.com")
+        self.assertEqual(r.header("Access-Control-Allow-Credentials"), "true")
+        self.assertIn("Origin", r.header_all("Vary"))
+        self.assertEqual(r.header("X-Frame-Options"), "DENY")
 
         # The access log names the middleware that answered, only on those lines.
         lines = self.access_lines(d, 10)
