@@ -558,3 +558,65 @@ class ForwardAuthTest(dsptest.TestCase):
                                         headers=[("Authorization", "Bearer good")])
                     self.assertEqual(r.status, 200, tok)
         self.assertIn("forward_auth sso: auth service %s" % auth.addr, d.log())
+
+
+class AuthRedisTest(dsptest.TestCase):
+    """basic_auth and forward_auth defined in Redis (`middleware:{name}` hashes, copy_headers
+    comma-separated): served like the file's; a users file with an MD5 line refuses the
+    namespace naming the users file's line."""
+
+    @dsptest.timeout(60)
+    def test_auth_from_redis(self):
+        import test_redis as tr
+        tmp = dsptest.tempfile.mkdtemp(prefix="dsp-it-redis-")
+        dsptest._record_tmp(tmp)
+        r = tr.Redis(tmp).start()
+        self.addCleanup(r.stop)
+        be = self.backend("api")
+        auth = AuthService()
+        self.addCleanup(auth.stop)
+        users = os.path.join(tmp, "users")
+        with open(users, "w") as f:
+            f.write(htpasswd_line("-5", "bob", "b0b") + "\n")
+        d = self.dispatcher(services=[svc("gw", be)], routes=[route("gw.do", "gw")], workers=1,
+                            extra=tr.redis_block(r))
+        self.assertTrue(tr.wait_log(d, r"connected; following"))
+        env = "production"
+
+        def add_mw(name, **fields):
+            args = []
+            for k, v in fields.items():
+                args += [k, v]
+            r.cli("HSET", "dispatcher:%s:middleware:%s" % (env, name), *args)
+            r.cli("SADD", "dispatcher:%s:middlewares" % env, name)
+            tr.bump(r, env)
+
+        add_mw("staff", type="basic_auth", realm="redis staff", users_file=users)
+        add_mw("sso", type="forward_auth", address=auth.addr, path="/check",
+               copy_headers="X-User, X-Groups", timeout_ms="1000")
+        tr.add_service(r, env, "api", [be.addr])
+        tr.add_route(r, env, "a", host="a.do", service="api", middlewares="staff")
+        tr.add_route(r, env, "b", host="b.do", service="api", middlewares="sso")
+        tr.publish(r, env)
+        self.assertIsNotNone(tr.wait_all([d.port], "a.do", 401, timeout_s=5), d.log_tail())
+        res = dsptest.request(d.port, "/", host="a.do")
+        self.assertEqual(res.header("WWW-Authenticate"), 'Basic realm="redis staff"')
+        res = dsptest.request(d.port, "/", host="a.do", headers=[("Authorization",
+                                                                  basic("bob", "b0b"))])
+        self.assertEqual(res.status, 200)
+        self.assertNotIn("authorization", echo_headers(res))
+        res = dsptest.request(d.port, "/", host="b.do", headers=[("Authorization", "Bearer good"),
+                                                                  ("X-User", "mallory")])
+        self.assertEqual(res.status, 200)
+        self.assertEqual(echo_headers(res)["x-user"], ["alice"])
+        self.assertEqual(echo_headers(res)["x-groups"], ["admin", "ops"])
+        self.assertEqual(auth.requests[-1][1], "/check")
+        # a users file with an MD5 line: the namespace is refused, the error names its line
+        applied = d.log().count("applied as generation")
+        with open(users, "a") as f:
+            f.write(htpasswd_line("-m", "eve", "md5") + "\n")
+        add_mw("staff2", type="basic_auth", users_file=users)
+        tr.publish(r, env)
+        self.assertTrue(tr.wait_log(d, r"middleware:staff2.*%s:2: .*apr1" % users, 3),
+                        d.log_tail())
+        self.assertEqual(d.log().count("applied as generation"), applied)
