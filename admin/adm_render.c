@@ -278,21 +278,53 @@ void adm_render_health(struct adm_buf *b, const struct adm_view *v)
 /* ---- instances ------------------------------------------------------------------------------ */
 static const struct shm_snap_hdr *sort_snap; /* qsort has no context argument */
 
+/* A (service, route) pair: every route once for its service, and a split route once more for
+ * each other service of its split, so that each service lists the hosts that can reach it. */
+struct svc_route {
+    uint32_t service;
+    uint32_t route;
+};
+
 static int cmp_route_by_service_host(const void *a, const void *b)
 {
     const struct shm_route *rt = shm_routes(sort_snap);
-    const struct shm_route *x = &rt[*(const uint32_t *)a];
-    const struct shm_route *y = &rt[*(const uint32_t *)b];
+    const struct svc_route *pa = a, *pb = b;
+    const struct shm_route *x = &rt[pa->route];
+    const struct shm_route *y = &rt[pb->route];
     int c;
 
-    if (x->service != y->service) {
-        return x->service < y->service ? -1 : 1;
+    if (pa->service != pb->service) {
+        return pa->service < pb->service ? -1 : 1;
     }
     c = strcmp(shm_s(sort_snap, x->host), shm_s(sort_snap, y->host));
     if (c != 0) {
         return c;
     }
     return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* The (service, route) pairs of snapshot <s>, sorted, into a heap array of <*n>; NULL on OOM. */
+static struct svc_route *service_routes(const struct shm_snap_hdr *s, uint32_t *n)
+{
+    const struct shm_route *rts = shm_routes(s);
+    struct svc_route *o = malloc(((size_t)s->nroutes + s->nsplits + 1) * sizeof(*o));
+
+    *n = 0;
+    if (o == NULL) {
+        return NULL;
+    }
+    for (uint32_t i = 0; i < s->nroutes; i++) {
+        const struct shm_split *sp = shm_route_split(s, &rts[i]);
+        o[(*n)++] = (struct svc_route){rts[i].service, i};
+        for (uint32_t k = 0; k < rts[i].nsplit; k++) {
+            if (sp[k].service != rts[i].service) {
+                o[(*n)++] = (struct svc_route){sp[k].service, i};
+            }
+        }
+    }
+    sort_snap = s;
+    qsort(o, *n, sizeof(*o), cmp_route_by_service_host);
+    return o;
 }
 
 static void add_backend(struct adm_buf *b, const struct adm_view *v, const struct shm_backend *be)
@@ -326,21 +358,14 @@ void adm_render_instances(struct adm_buf *b, const struct adm_view *v)
     const struct shm_service *svcs = shm_services(s);
     const struct shm_backend *bes = shm_backends(s);
     const struct shm_route *rts = shm_routes(s);
-    uint32_t *order = NULL;
-    uint32_t ri = 0;
+    struct svc_route *order;
+    uint32_t ri = 0, norder;
 
     /* Hosts per service: one sorted pass over the routes instead of a scan per service. */
-    if (s->nroutes > 0) {
-        order = malloc((size_t)s->nroutes * sizeof(*order));
-        if (order == NULL) {
-            b->overflow = 1;
-            return;
-        }
-        for (uint32_t i = 0; i < s->nroutes; i++) {
-            order[i] = i;
-        }
-        sort_snap = s;
-        qsort(order, s->nroutes, sizeof(*order), cmp_route_by_service_host);
+    order = service_routes(s, &norder);
+    if (order == NULL) {
+        b->overflow = 1;
+        return;
     }
     adm_buf_adds(b, "{\"ok\":true,\"instances\":[");
     for (uint32_t i = 0; i < s->nservices && !b->overflow; i++) {
@@ -354,18 +379,18 @@ void adm_render_instances(struct adm_buf *b, const struct adm_view *v)
         adm_buf_adds(b, i ? ",{\"name\":" : "{\"name\":");
         adm_buf_jstr(b, shm_s(s, sv->name), sv->name.len);
         adm_buf_adds(b, ",\"hosts\":[");
-        while (ri < s->nroutes && rts[order[ri]].service < i) {
+        while (ri < norder && order[ri].service < i) {
             ri++;
         }
-        for (; ri < s->nroutes && rts[order[ri]].service == i; ri++) {
-            const char *h = shm_s(s, rts[order[ri]].host);
+        for (; ri < norder && order[ri].service == i; ri++) {
+            const char *h = shm_s(s, rts[order[ri].route].host);
             if (prev != NULL && strcmp(prev, h) == 0) {
                 continue;
             }
             if (!first) {
                 adm_buf_adds(b, ",");
             }
-            adm_buf_jstr(b, h, rts[order[ri]].host.len);
+            adm_buf_jstr(b, h, rts[order[ri].route].host.len);
             prev = h;
             first = 0;
         }

@@ -174,6 +174,9 @@ class SplitTest(dsptest.TestCase):
         self.assertIs(rs["ab.do"]["sticky"], True)
         self.assertIs(rs["shop.do"]["sticky"], False)
         self.assertIsNone(rs["shop.do"]["service"])
+        hosts = {i["name"]: i["hosts"] for i in admin_ask(d, "show instances")["instances"]}
+        self.assertEqual(hosts["v2"], ["ab.do", "shop.do", "zero.do"])
+        self.assertEqual(hosts["dark"], ["canary.do", "dead.do"])
         rc, out = self.ctl(d, "show", "routes")
         self.assertEqual(rc, 0)
         self.assertRegex(out, r"shop\.do .* v1=95,v2=5 ")
