@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import subprocess
+import threading
 import time
 
 import dsptest
@@ -309,6 +310,59 @@ class MiddlewareTests(dsptest.TestCase):
         self.assertEqual(request(p, "/", host="office.do").status, 403)
         self.assertEqual(request(p, "/", host="h.do").header("X-Frame-Options"), "DENY")
 
+    def test_max_body_streamed(self):
+        """A chunked body that crosses max_body mid-stream: 413, the connection closed, and the
+        backend never gets a byte past the limit (here: none of the second chunk)."""
+        rec = RecordingBackend()
+        self.addCleanup(rec.stop)
+        d = self.dispatcher([svc("app", rec.addr)],
+                            [route("b.do", "app", middlewares=["small"])], workers=1,
+                            extra=MIDDLEWARES, start=False)
+        with open(os.path.join(d.tmp, "maint.html"), "w") as f:
+            f.write("down\n")
+        self.start_dispatcher(d)
+        for h2 in (False, True):
+            if h2 and not os.path.exists("/usr/bin/python3"):
+                continue
+            rec.data = b""
+            if not h2:
+                c = Conn(d.port)
+                c.send(dsptest.build_request("POST", "/up", "b.do",
+                                             [("Transfer-Encoding", "chunked")]))
+                c.send(b"40\r\n" + b"a" * 64 + b"\r\n")
+            else:
+                c = H2Upload(d.port, "b.do")
+            dsptest.wait_until(lambda: b"a" * 64 in rec.data, 5, "the first chunk upstream")
+            if not h2:
+                c.send(b"40\r\n" + b"b" * 64 + b"\r\n")
+                r = c.read_response()
+                self.assertJsonError(r, 413)
+                self.assertTrue(r.closed)
+                c.close()
+            else:
+                self.assertEqual(c.go(), 413)
+            time.sleep(0.2)  # (anything wrongly forwarded would arrive meanwhile)
+            self.assertNotIn(b"b", rec.data.partition(b"\r\n\r\n")[2], "h2=%s" % h2)
+
+    def test_ip_allow_proxy_protocol(self):
+        """Behind a PROXY-protocol listener the client is the PROXY header's source."""
+        be = self.backend("b1")
+        d = dsptest.Dispatcher(workers=1)
+        with open(os.path.join(d.tmp, "maint.html"), "w") as f:
+            f.write("down\n")
+        text = dsptest.make_config(d.port, d.tmp, [svc("app", be)],
+                                   [route("office.do", "app", middlewares=["office"])],
+                                   workers=1, extra=MIDDLEWARES)
+        text = text.replace('address = "127.0.0.1:%d"; }' % d.port,
+                            'address = "127.0.0.1:%d"; proxy_protocol = true; }' % d.port)
+        d.write_config(text)
+        self.start_dispatcher(d)
+        for src, want in [("10.1.2.3", 200), ("192.0.2.1", 403)]:
+            with Conn(d.port) as c:
+                c.send(("PROXY TCP4 %s 127.0.0.1 4321 80\r\n" % src).encode())
+                r = c.request("GET", "/", "office.do")
+                self.assertEqual(r.status, want, src)
+
     def bigfile(self, d, n):
         path = os.path.join(d.tmp, "big.bin")
         with open(path, "wb") as f:
@@ -350,6 +404,82 @@ routes = ( { host = "*"; service = "s"; middlewares = ["a", "zzz"]; } );
             self.assertIn("%s:%d:" % (conf, line), err, what)
             found = [l for l in err.splitlines() if l.startswith("%s:%d:" % (conf, line))]
             self.assertTrue(any(what in l for l in found), "%s: %r" % (what, found))
+
+
+class RecordingBackend:
+    """Accepts connections and records every byte received; never answers."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.data = b""
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._read, args=(c,), daemon=True).start()
+
+    def _read(self, c):
+        with c:
+            while True:
+                try:
+                    b = c.recv(65536)
+                except OSError:
+                    return
+                if not b:
+                    return
+                self.data += b
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+
+
+H2_UPLOAD = r"""
+import socket, sys
+import h2.config, h2.connection, h2.events
+port, host = int(sys.argv[1]), sys.argv[2]
+sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+conn.initiate_connection()
+conn.send_headers(1, [(":method", "POST"), (":path", "/up"), (":scheme", "http"),
+                      (":authority", host)])
+conn.send_data(1, b"a" * 64)
+sock.sendall(conn.data_to_send())
+sys.stdin.readline()
+conn.send_data(1, b"b" * 64)
+sock.sendall(conn.data_to_send())
+status = 0
+while not status:
+    chunk = sock.recv(65536)
+    if not chunk:
+        break
+    for ev in conn.receive_data(chunk):
+        if isinstance(ev, h2.events.ResponseReceived):
+            status = int(dict(ev.headers)[b":status"])
+    sock.sendall(conn.data_to_send())
+print(status, flush=True)
+"""
+
+
+class H2Upload:
+    """An HTTP/2 POST without Content-Length: 64 bytes of DATA, then (go()) 64 more; the
+    answer's status. Run by the system's python3, which has python3-h2."""
+
+    def __init__(self, port, host):
+        self.p = subprocess.Popen(["/usr/bin/python3", "-c", H2_UPLOAD, str(port), host],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def go(self):
+        out, _ = self.p.communicate(b"go\n", timeout=20)
+        return int(out.strip() or 0)
 
 
 def request_from(src, port, host, headers=()):
