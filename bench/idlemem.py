@@ -154,7 +154,7 @@ def measure(args, proto):
         rss0, dirty0 = mem(wpid)
         for i in range(args.conns):
             socks.append(one(i, pport, args.per_conn))
-        time.sleep(1.0)
+        time.sleep(2.0)     # (an idle HTTP/2 connection gives pages back after 1 s)
         rss1, dirty1 = mem(wpid)
     finally:
         for s in socks:

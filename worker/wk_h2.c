@@ -29,7 +29,8 @@
 #include "shm/shm_route.h"
 #include "shm/shm_snap.h"
 
-#define H2_OUT_SIZE (64 * 1024) /* serialized frames waiting for the socket */
+#define H2_OUT_SIZE   (64 * 1024) /* serialized frames waiting for the socket */
+#define H2_RELEASE_MS 1000 /* idle this long, a connection gives its frame buffer's pages back */
 
 /* Stream flags. */
 #define S_END_STREAM 0x01u  /* the client's half is closed: the request is complete */
@@ -73,6 +74,7 @@ struct wk_h2 {
     uint8_t due;    /* on wk.h2_due (wk_h2_run_due) */
     struct wk_h2 *due_next, *due_prev;
     struct wk_h2_guard g; /* abuse limits */
+    struct wk_h2_mem mem; /* nghttp2's allocator (frame buffer pages given back when idle) */
     char *out;            /* serialized frames not yet written: [out_off, out_len) */
     uint32_t out_off, out_len, out_cap;
 };
@@ -115,29 +117,10 @@ static struct wk_h2_stream *stream_new(struct wk_h2 *h, int32_t id)
     return st;
 }
 
-#define H2_SPARE_HEADS 32 /* header blocks kept for the next streams (~18 KiB each) */
-
 static void head_free(struct wk_h2_stream *st)
 {
-    if (st->head != NULL && wk.h2_nheads < H2_SPARE_HEADS) {
-        st->head->next_free = wk.h2_heads;
-        wk.h2_heads = st->head;
-        wk.h2_nheads++;
-    } else {
-        wk_h2_head_free(st->head);
-    }
+    wk_h2_head_put(st->head);
     st->head = NULL;
-}
-
-static struct wk_h2_head *head_take(void)
-{
-    struct wk_h2_head *hh = wk.h2_heads;
-
-    if (hh != NULL) {
-        wk.h2_heads = hh->next_free;
-        wk.h2_nheads--;
-    }
-    return wk_h2_head_renew(hh, cur_snap()->limits.max_header_bytes);
 }
 
 /* End the stream's exchange once: <how> as wk_xchg_log() takes it. */
@@ -193,7 +176,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
     if (st == NULL) {
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    st->head = head_take();
+    st->head = wk_h2_head_take(cur_snap()->limits.max_header_bytes);
     if (st->head == NULL) {
         stream_free(st);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -887,7 +870,8 @@ int wk_h2_start(struct wk_client *c, const char *pre, size_t plen)
      * to h2_max_streams of them (~200 bytes each) would stay with an idle connection. */
     nghttp2_option_set_no_closed_streams(opt, 1);
     wk_h2_guard_options(opt);
-    if (nghttp2_session_server_new2(&h->s, cb, h, opt) != 0) {
+    wk_h2_mem_init(&h->mem);
+    if (nghttp2_session_server_new3(&h->s, cb, h, opt, &h->mem.mem) != 0) {
         goto out;
     }
     iv[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS;
@@ -991,6 +975,7 @@ static int flush(struct wk_client *c, struct wk_h2 *h)
                 h->out = p;
                 h->out_cap = cap;
             }
+            h->mem.dirty = 1;
             memcpy(h->out + h->out_len, data, (size_t)n);
             h->out_len += (uint32_t)n;
             if (h->out_len >= H2_OUT_SIZE) {
@@ -1067,7 +1052,10 @@ static void conn_timer(struct wk_client *c, struct wk_h2 *h)
             wk_timer_arm(&c->timer, sn->limits.send_timeout_ms);
         }
     } else if (h->nstreams == 0) {
-        wk_timer_arm(&c->timer, sn->limits.idle_timeout_ms);
+        /* (idle for H2_RELEASE_MS first: the frame buffer's pages go back, wk_h2_timeout) */
+        wk_timer_arm(&c->timer, h->mem.dirty && sn->limits.idle_timeout_ms > H2_RELEASE_MS
+                                    ? H2_RELEASE_MS
+                                    : sn->limits.idle_timeout_ms);
     } else {
         wk_timer_disarm(&c->timer);
     }
@@ -1169,7 +1157,7 @@ int wk_h2_step(struct wk_client *c)
     if (!(c->flags & WK_C_F_READABLE)) {
         wk_buf_put(&c->in);
     }
-    if (h->out_off == h->out_len && h->nstreams == 0 && h->out != NULL) {
+    if (h->out_off == h->out_len && h->nstreams == 0) {
         free(h->out);
         h->out = NULL;
         h->out_off = h->out_len = h->out_cap = 0;
@@ -1181,7 +1169,14 @@ int wk_h2_step(struct wk_client *c)
 void wk_h2_timeout(struct wk_client *c)
 {
     struct wk_h2 *h = c->h2;
+    uint32_t idle_ms = cur_snap()->limits.idle_timeout_ms;
 
+    if (h != NULL && h->nstreams == 0 && h->mem.dirty && h->out_off == h->out_len &&
+        !nghttp2_session_want_write(h->s) && idle_ms > H2_RELEASE_MS) {
+        wk_h2_mem_idle(&h->mem); /* idle for H2_RELEASE_MS: on to the idle timeout */
+        wk_timer_arm(&c->timer, idle_ms - H2_RELEASE_MS);
+        return;
+    }
     /* Idle (no stream for idle_timeout_ms), or frames not drained for send_timeout_ms: a GOAWAY
      * if the socket takes it, then the close. */
     if (h != NULL && h->out_off == h->out_len) {

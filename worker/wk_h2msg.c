@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "common/dsp.h"
 #include "common/log.h"
@@ -76,6 +77,30 @@ struct wk_h2_head *wk_h2_head_renew(struct wk_h2_head *hh, uint64_t max_header_b
 void wk_h2_head_free(struct wk_h2_head *hh)
 {
     free(hh);
+}
+
+#define H2_SPARE_HEADS 32 /* header blocks kept for the next streams (~18 KiB each) */
+
+void wk_h2_head_put(struct wk_h2_head *hh)
+{
+    if (hh != NULL && wk.h2_nheads < H2_SPARE_HEADS) {
+        hh->next_free = wk.h2_heads;
+        wk.h2_heads = hh;
+        wk.h2_nheads++;
+    } else {
+        wk_h2_head_free(hh);
+    }
+}
+
+struct wk_h2_head *wk_h2_head_take(uint64_t max_header_bytes)
+{
+    struct wk_h2_head *hh = wk.h2_heads;
+
+    if (hh != NULL) {
+        wk.h2_heads = hh->next_free;
+        wk.h2_nheads--;
+    }
+    return wk_h2_head_renew(hh, max_header_bytes);
 }
 
 static int hb_add(struct wk_h2_head *hh, const uint8_t *p, size_t n, uint32_t *off)
@@ -458,6 +483,114 @@ struct wk_h2_fields *wk_h2_fields_new(const struct wk_hdr *f, uint32_t n)
 
 /* ---- abuse limits -----------------------------------------------------------------------------
  */
+/* ---- the session's memory ------------------------------------------------------------------- */
+#define H2_BIG 16384 /* allocations this large (the frame buffer) get their own mapping */
+
+static int big_find(const struct wk_h2_mem *m, const void *p)
+{
+    for (int i = 0; p != NULL && i < WK_H2_BIG_MAX; i++) {
+        if (m->big[i].p == p) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* A mapping of at least <size> bytes, or NULL (then the heap serves it). */
+static void *big_new(struct wk_h2_mem *m, size_t size)
+{
+    size_t len = (size + 4095) & ~(size_t)4095;
+    int i = 0;
+    void *p;
+
+    while (i < WK_H2_BIG_MAX && m->big[i].p != NULL) {
+        i++;
+    }
+    if (i == WK_H2_BIG_MAX) {
+        return NULL;
+    }
+    p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        return NULL;
+    }
+    m->big[i].p = p;
+    m->big[i].len = len;
+    m->dirty = 1;
+    return p;
+}
+
+static void *h2_malloc(size_t size, void *ud)
+{
+    void *p = size >= H2_BIG ? big_new(ud, size) : NULL;
+
+    return p != NULL ? p : malloc(size);
+}
+
+static void h2_free(void *p, void *ud)
+{
+    struct wk_h2_mem *m = ud;
+    int i = big_find(m, p);
+
+    if (i < 0) {
+        free(p);
+        return;
+    }
+    munmap(p, m->big[i].len);
+    m->big[i].p = NULL;
+}
+
+static void *h2_calloc(size_t n, size_t size, void *ud)
+{
+    (void)ud;
+    return calloc(n, size);
+}
+
+static void *h2_realloc(void *p, size_t size, void *ud)
+{
+    struct wk_h2_mem *m = ud;
+    int i = big_find(m, p);
+    void *q;
+
+    if (p == NULL) {
+        return h2_malloc(size, ud);
+    }
+    if (i < 0) {
+        return realloc(p, size); /* (a heap block stays on the heap) */
+    }
+    if (size <= m->big[i].len) {
+        return p;
+    }
+    q = h2_malloc(size, ud);
+    if (q != NULL) {
+        memcpy(q, p, m->big[i].len);
+        h2_free(p, ud);
+    }
+    return q;
+}
+
+void wk_h2_mem_init(struct wk_h2_mem *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->mem.mem_user_data = m;
+    m->mem.malloc = h2_malloc;
+    m->mem.free = h2_free;
+    m->mem.calloc = h2_calloc;
+    m->mem.realloc = h2_realloc;
+}
+
+void wk_h2_mem_idle(struct wk_h2_mem *m)
+{
+    if (!m->dirty) {
+        return;
+    }
+    m->dirty = 0;
+    for (int i = 0; i < WK_H2_BIG_MAX; i++) {
+        if (m->big[i].p != NULL) {
+            madvise(m->big[i].p, m->big[i].len, MADV_DONTNEED);
+        }
+    }
+}
+
 void wk_h2_guard_options(nghttp2_option *opt)
 {
     nghttp2_option_set_stream_reset_rate_limit(opt, 2u * h2_rl[WK_H2_RL_RESET].burst,

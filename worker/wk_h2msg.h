@@ -35,6 +35,10 @@ void wk_h2_head_free(struct wk_h2_head *hh);
 /* <hh> (which may be NULL) emptied for a new block: the same memory when its capacity is the one
  * <max_header_bytes> asks for, else a new block (and <hh> freed). NULL when out of memory. */
 struct wk_h2_head *wk_h2_head_renew(struct wk_h2_head *hh, uint64_t max_header_bytes);
+/* The worker's spare blocks (wk.h2_heads): an empty block taken from them (or new), and a block
+ * given back to them (or freed when there are enough). */
+struct wk_h2_head *wk_h2_head_take(uint64_t max_header_bytes);
+void wk_h2_head_put(struct wk_h2_head *hh);
 /* One field as nghttp2 decoded it (its RFC 9113 checks passed). A field that breaks our own
  * rules (too many, too large, a value or name HTTP/1.1 cannot carry) marks the block refused. */
 void wk_h2_head_field(struct wk_h2_head *hh, const uint8_t *name, size_t nlen, const uint8_t *value,
@@ -104,6 +108,23 @@ struct wk_h2_guard {
 
 /* The nghttp2 options every client session gets (CONTINUATION, SETTINGS entries, unread
  * acknowledgements, nghttp2's own reset limit as a backstop to ours). */
+/* ---- the session's memory ---------------------------------------------------------------------
+ * nghttp2 keeps a 16 KiB frame buffer for the whole life of a session, though its content is dead
+ * once every frame went out. Buffers that large get their own mapping, whose pages an idle
+ * connection gives back (wk_h2_mem_idle); the next frame touches them in again. */
+#define WK_H2_BIG_MAX 4
+struct wk_h2_mem {
+    nghttp2_mem mem; /* the allocator handed to nghttp2_session_server_new3() */
+    struct {
+        void *p;
+        size_t len; /* bytes mapped */
+    } big[WK_H2_BIG_MAX];
+    uint8_t dirty; /* frames may have touched the big buffers since the last release */
+};
+void wk_h2_mem_init(struct wk_h2_mem *m);
+/* Nothing is queued or being written: the big buffers' pages go back to the kernel. */
+void wk_h2_mem_idle(struct wk_h2_mem *m);
+
 void wk_h2_guard_options(nghttp2_option *opt);
 /* Count one <kind> (SHM_H2_*) without ending anything (a refused stream, a stalled one). */
 void wk_h2_guard_count(unsigned kind);
