@@ -780,6 +780,40 @@ static void render_auth_metrics(struct adm_buf *b, const struct adm_view *v)
     }
 }
 
+/* compress: responses compressed per coding, and body bytes in and out (shm/shm_mw.h). */
+static void render_compress_metrics(struct adm_buf *b, const struct adm_view *v)
+{
+    const struct shm_snap_hdr *s = v->snap;
+    int headed = 0;
+
+    for (int k = 0; k < 2; k++) {
+        for (uint32_t i = 0; i < shm_mw_count(s) && !b->overflow; i++) {
+            const struct shm_mw *m = &shm_mws(s)[i];
+            const uint64_t *tc = v->rt->mws[m->rt_slot % SHM_RT_MAX_MIDDLEWARES].type_counters;
+            if (m->type != SHM_MW_COMPRESS) {
+                continue;
+            }
+            if (headed <= k) {
+                headed = k + 1;
+                prom_head(b, k ? "dispatcher_compress_bytes_total" : "dispatcher_compress_total",
+                          "counter",
+                          k ? "Body bytes into the compress middleware's encoders and out of them."
+                            : "Responses the compress middleware compressed, by coding.");
+            }
+            for (int j = 0; j < 2; j++) {
+                adm_buf_adds(b, k ? "dispatcher_compress_bytes_total{middleware="
+                                  : "dispatcher_compress_total{middleware=");
+                prom_label(b, shm_mw_s(s, m->name), m->name.len);
+                adm_buf_addf(b, k ? ",direction=\"%s\"} %llu\n" : ",encoding=\"%s\"} %llu\n",
+                             k ? (j ? "out" : "in") : (j ? "br" : "gzip"),
+                             (unsigned long long)LD(
+                                 &tc[k ? (j ? SHM_MW_GZ_C_OUT : SHM_MW_GZ_C_IN)
+                                       : (j ? SHM_MW_GZ_C_BR : SHM_MW_GZ_C_GZIP)]));
+            }
+        }
+    }
+}
+
 void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
 {
     static const char *const classes[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
@@ -1020,6 +1054,7 @@ void adm_render_metrics(struct adm_buf *b, const struct adm_view *v)
     }
     render_rl_metrics(b, v);
     render_auth_metrics(b, v);
+    render_compress_metrics(b, v);
     prom_head(b, "dispatcher_uptime_seconds", "gauge", "Seconds since the master started.");
     adm_buf_addf(b, "dispatcher_uptime_seconds %llu\n", (unsigned long long)uptime_s(v));
     if (v->metrics_extra != NULL) {

@@ -113,6 +113,12 @@ struct shm_mw_cors {
 /* compress (master/ms_mw_compress.c, worker/wk_mwgz.c). */
 #define SHM_MW_GZ_GZIP (1u << 1) /* encodings: the bits are worker/wk_gz.h's WK_GZ_* */
 #define SHM_MW_GZ_BR   (1u << 2)
+/* Its counters in the runtime segment's shm_rt_mw.type_counters (/metrics): responses
+ * compressed with gzip, with brotli, body bytes that went in, compressed bytes that came out. */
+#define SHM_MW_GZ_C_GZIP 0
+#define SHM_MW_GZ_C_BR   1
+#define SHM_MW_GZ_C_IN   2
+#define SHM_MW_GZ_C_OUT  3
 
 struct shm_mw_compress {
     uint64_t min_bytes;       /* a smaller Content-Length goes as it is */

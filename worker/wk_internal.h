@@ -222,6 +222,7 @@ struct wk_gzb {
     uint8_t ended;     /* the encoder finished: all of the body is in <out> (or sent) */
     uint8_t pending;   /* the encoder's last call filled <out>: it may hold more output */
     size_t cost;       /* what it counts in wk.gz_mem */
+    uint32_t rt_slot;  /* the middleware's counters (wk.rt->mws[]) */
 };
 
 /* One request's backend attempts as the balancer (wk_lb.c) sees them: everything it reads or

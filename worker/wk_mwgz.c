@@ -246,6 +246,11 @@ static int gz_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk_h
     if (g == NULL) {
         return 0;
     }
+    g->rt_slot = c->m->rt_slot < SHM_RT_MAX_MIDDLEWARES ? c->m->rt_slot : 0;
+    __atomic_fetch_add(
+        &wk.rt->mws[g->rt_slot]
+             .type_counters[x->tx->gz_enc == WK_GZ_BR ? SHM_MW_GZ_C_BR : SHM_MW_GZ_C_GZIP],
+        1, __ATOMIC_RELAXED);
     wk_mw_resp_add(rs, "Content-Encoding", 16, wk_gz_name(x->tx->gz_enc),
                    strlen(wk_gz_name(x->tx->gz_enc)));
     rs->chunked = 1; /* a body of unknown length from here on */
@@ -326,6 +331,11 @@ int wk_mwgz_pump(struct wk_xchg *x)
         }
         t->rsend_off += (uint32_t)used;
         g->pending = made == room;
+        if (used > 0 || made > 0) {
+            uint64_t *tc = wk.rt->mws[g->rt_slot].type_counters;
+            __atomic_fetch_add(&tc[SHM_MW_GZ_C_IN], used, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&tc[SHM_MW_GZ_C_OUT], made, __ATOMIC_RELAXED);
+        }
         if (made > 0) {
             if (g->chunked) {
                 static const char hex[] = "0123456789abcdef";

@@ -215,9 +215,25 @@ class CompressTest(dsptest.TestCase):
         self.addCleanup(self.be.stop)
 
     def start(self, workers=1, mw=GZ):
-        return self.dispatcher([svc("b", self.be.addr)],
-                               [route("gz.do", "b", middlewares=["gz"]), route("plain.do", "b")],
-                               workers=workers, extra=mw)
+        d = self.dispatcher([svc("b", self.be.addr)],
+                            [route("gz.do", "b", middlewares=["gz"]), route("plain.do", "b")],
+                            workers=workers, extra=mw, start=False)
+        # with an admin HTTP listener, for /metrics
+        d.admin_port = dsptest.free_port()
+        sock = 'admin = { socket = "%s"; };' % os.path.join(d.tmp, "admin.sock")
+        text = open(d.conf).read()
+        self.assertIn(sock, text)
+        d.write_config(text.replace(sock, 'admin = { socket = "%s"; http = "127.0.0.1:%d"; };'
+                                    % (os.path.join(d.tmp, "admin.sock"), d.admin_port)))
+        return self.start_dispatcher(d)
+
+    def metrics(self, d):
+        """The compress lines of /metrics: {line without its value: value}."""
+        with socket.create_connection(("127.0.0.1", d.admin_port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            text = dsptest.read_to_eof(s).decode("latin-1")
+        return {k: int(v) for k, _, v in (l.rpartition(" ") for l in text.splitlines()
+                                          if l.startswith("dispatcher_compress"))}
 
     def test_round_trips(self):
         """gzip and br, every backend framing, every client protocol: decoded bytes are the
@@ -269,6 +285,16 @@ class CompressTest(dsptest.TestCase):
         st, f, body = fetch(d.port, "/html?n=5000", "-H", "Accept-Encoding: gzip")
         self.assertEqual(f.get("content-encoding"), ["gzip"])
         self.assertEqual(body, body_of(5000))
+        # /metrics: responses per coding, bytes in and out (counted before the last bytes go).
+        m = self.metrics(d)
+        lab = 'dispatcher_compress_total{middleware="gz",encoding="%s"}'
+        print("metrics: %s" % m)
+        self.assertEqual(m[lab % "br"], 3 * 3 * 2 + 1)           # the loop, /vary
+        self.assertEqual(m[lab % "gzip"], 3 * 3 * 2 + 1 + 3 + 2)  # + raw, keep-alive, varyae, html
+        bytes_in = m['dispatcher_compress_bytes_total{middleware="gz",direction="in"}']
+        bytes_out = m['dispatcher_compress_bytes_total{middleware="gz",direction="out"}']
+        self.assertEqual(bytes_in, 37 * n + 3000 + 3001 + 3002 + 3 * 5000)
+        self.assertLess(bytes_out, bytes_in // 4)
 
     def test_left_alone(self):
         """Responses that must not be compressed pass byte for byte with their own head."""
