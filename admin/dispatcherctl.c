@@ -375,6 +375,10 @@ static void print_health(const struct adm_jval *j)
         printf("            %s\n", r);
         free(r);
     }
+    if (adm_json_get(j, "rate_limit") != NULL &&
+        strcmp(adm_json_str(j, "rate_limit"), "off") != 0) {
+        printf("rate limits %s\n", adm_json_str(j, "rate_limit"));
+    }
 }
 
 /* The backend names of a service and how their resolution stands (master/ms_dns.h). */

@@ -285,6 +285,10 @@ class HostScope(dsptest.TestCase):
 
     def test_health_says_host(self):
         self.assertEqual(admin_ask(self.d, "show health").get("rate_limit"), "host")
+        ctl = os.path.join(os.path.dirname(dsptest.MASTER), "dispatcherctl")
+        out = subprocess.run([ctl, "-s", os.path.join(self.d.tmp, "admin.sock"), "show",
+                              "health"], capture_output=True, text=True, timeout=10).stdout
+        self.assertRegex(out, r"(?m)^rate limits +host$")
 
 
 class Redis:
