@@ -30,6 +30,18 @@ static const char *balance_name(uint32_t b)
     }
 }
 
+static const char *protocol_name(uint32_t p)
+{
+    switch (p) {
+    case SHM_PROTO_H2:
+        return "h2";
+    case SHM_PROTO_GRPC:
+        return "grpc";
+    default:
+        return "http1";
+    }
+}
+
 static const char *state_name(uint32_t s)
 {
     switch (s) {
@@ -395,10 +407,11 @@ void adm_render_instances(struct adm_buf *b, const struct adm_view *v)
             first = 0;
         }
         adm_buf_addf(b,
-                     "],\"balance\":\"%s\",\"requests\":%llu,\"errors\":%llu,\"rps\":%.2f,"
-                     "\"status\":",
-                     balance_name(sv->balance), (unsigned long long)st.count,
-                     (unsigned long long)LD(&r->errors), rate(v, &st));
+                     "],\"balance\":\"%s\",\"protocol\":\"%s\",\"requests\":%llu,"
+                     "\"errors\":%llu,\"rps\":%.2f,\"status\":",
+                     balance_name(sv->balance), protocol_name(sv->protocol),
+                     (unsigned long long)st.count, (unsigned long long)LD(&r->errors),
+                     rate(v, &st));
         add_classes(b, &st);
         adm_buf_adds(b, ",\"latency_ms\":");
         add_latency(b, &st);

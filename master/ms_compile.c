@@ -707,6 +707,7 @@ static void fill_services(const struct ms_config *cfg, const struct xsvc *xs, ch
         o->backends_first = nb;
         o->nbackends = (uint32_t)svc_nbackends(cfg, xs, i);
         o->balance = s->balance;
+        o->protocol = s->protocol;
         o->rt_slot = SHM_NONE;
         o->retries = u32_of(s->retries);
         o->connect_timeout_ms = u32_of(s->connect_timeout_ms);

@@ -85,6 +85,7 @@ static const char *const service_keys[] = {"name",
                                            "passive_failures",
                                            "max_ejection_percent",
                                            "resolve_ms",
+                                           "protocol",
                                            NULL};
 static const char *const route_keys[] = {"host",        "path",  "methods", "priority", "service",
                                          "middlewares", "split", "sticky",  NULL};
@@ -1868,6 +1869,20 @@ void ms_service_dispose(struct ms_service *svc)
     memset(svc, 0, sizeof(*svc));
 }
 
+int ms_parse_protocol(const char *v, uint32_t *out)
+{
+    if (strcmp(v, "http1") == 0) {
+        *out = SHM_PROTO_HTTP1;
+    } else if (strcmp(v, "h2") == 0) {
+        *out = SHM_PROTO_H2;
+    } else if (strcmp(v, "grpc") == 0) {
+        *out = SHM_PROTO_GRPC;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
 int ms_parse_balance(const char *v, uint32_t *out)
 {
     if (strcmp(v, "round-robin") == 0) {
@@ -2056,6 +2071,10 @@ static void parse_service(struct ctx *c, config_setting_t *g, int idx, struct ms
     get_int(c, g, where, "stream_idle_timeout_ms", 1, MS_MAX_TIMEOUT_MS,
             &svc->stream_idle_timeout_ms);
     get_int(c, g, where, "resolve_ms", 100, MS_MAX_TIMEOUT_MS, &svc->resolve_ms);
+    if (get_str(c, g, where, "protocol", 0, &v) == 1 && ms_parse_protocol(v, &svc->protocol) != 0) {
+        err_at(c, config_setting_get_member(g, "protocol"),
+               "%s.protocol \"%s\" must be http1, h2 or grpc", where, v);
+    }
     parse_service_tls(c, g, where, svc);
     for (size_t i = 0; svc->tls && svc->tls_verify && svc->tls_sni == NULL && i < svc->nbackends;
          i++) {

@@ -80,6 +80,7 @@ struct ms_service {
     int connect_timeout_ms;     /* default 2000 */
     int response_timeout_ms;    /* default 30000 */
     int stream_idle_timeout_ms; /* gap allowed inside a response body; 0 = response_timeout_ms */
+    uint32_t protocol;          /* SHM_PROTO_*: http1 (default), h2, grpc */
     int resolve_ms;             /* re-resolve its backend names at least this often; 0 = dns's */
     uint32_t source;            /* SHM_SOURCE_FILE or SHM_SOURCE_REDIS */
     int line;
@@ -322,6 +323,8 @@ int ms_valid_url_path(const char *s);
 char *ms_normalise_host(const char *v);
 /* "round-robin" | "least-conn" | "ip-hash" into SHM_BALANCE_*. Returns 0 or -1. */
 int ms_parse_balance(const char *v, uint32_t *out);
+/* "http1" | "h2" | "grpc" -> SHM_PROTO_*: 0, or -1. */
+int ms_parse_protocol(const char *v, uint32_t *out);
 /* For each backend of <b>[0, n), the index of the first one with its address (itself when none
  * before has it; NULL addresses are their own) into <first>[0, n). O(n log n): a service may
  * have tens of thousands. */

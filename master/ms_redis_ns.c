@@ -548,6 +548,7 @@ static const char *const service_fields[] = {"backends",
                                              "connect_timeout_ms",
                                              "response_timeout_ms",
                                              "stream_idle_timeout_ms",
+                                             "protocol",
                                              NULL};
 static const char *const route_fields[] = {"host",        "path",  "methods", "priority", "service",
                                            "middlewares", "split", "sticky",  NULL};
@@ -601,6 +602,10 @@ static void parse_service(struct errs *el, const char *key, const struct ms_rns_
             if (ms_parse_balance(f->value, &svc->balance) != 0) {
                 add_err(el, key, "balance \"%s\" must be round-robin, least-conn or ip-hash",
                         f->value);
+            }
+        } else if (strcmp(n, "protocol") == 0) {
+            if (ms_parse_protocol(f->value, &svc->protocol) != 0) {
+                add_err(el, key, "protocol \"%s\" must be http1, h2 or grpc", f->value);
             }
         } else if (strcmp(n, "health_path") == 0) {
             svc->health.enabled = 1;

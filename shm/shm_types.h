@@ -107,7 +107,13 @@ struct shm_service {
     struct shm_str tls_client_key_pem;  /* its key, PKCS#8 (the segment is mode 0600) */
     uint32_t stream_idle_timeout_ms;    /* gap allowed inside a response body once its head is
                                            relayed (the config's default: response_timeout_ms) */
+    uint32_t protocol;                  /* SHM_PROTO_*: how the backends are spoken to */
+    uint32_t reserved_proto;            /* (alignment) */
 };
+
+#define SHM_PROTO_HTTP1 0u /* HTTP/1.1 with keep-alive pools (default) */
+#define SHM_PROTO_H2    1u /* HTTP/2: prior knowledge, or ALPN h2 with tls */
+#define SHM_PROTO_GRPC  2u /* HTTP/2, errors the dispatcher produces are gRPC answers */
 
 #define SHM_SVC_TLS_ON     1u /* connect to the backends with TLS */
 #define SHM_SVC_TLS_VERIFY 2u /* verify their certificate chain and name */
