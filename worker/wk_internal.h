@@ -20,6 +20,7 @@
 #define WK_EV_CLIENT   2
 #define WK_EV_UPSTREAM 3
 #define WK_EV_H2STREAM 4 /* never in epoll: an HTTP/2 stream, as the owner of its timer */
+#define WK_EV_H2UP     5 /* an HTTP/2 connection to a backend (worker/wk_h2up.c) */
 #define WK_EV_AUTH     8 /* basic_auth's hashing thread's eventfd (worker/wk_auth.c) */
 #define WK_EV_FAUTH    9 /* a connection to a forward_auth service (worker/wk_fauth.c) */
 
@@ -199,6 +200,8 @@ struct wk_txn {
     uint64_t req_left;        /* Content-Length request body: bytes still to come */
     uint8_t req_chunked;      /* the request body is chunked */
     uint8_t resp_chunked;     /* the response body is chunked: rsc decodes it */
+    uint8_t te_trailers;      /* the client sent TE: trailers (passed on to HTTP/2 backends) */
+    uint8_t h2_stale;         /* free retries taken after refused HTTP/2 streams (wk_h2up.c) */
     struct wk_chunk rsc;      /* chunked response body: strict decoder */
     /* The compress middleware (worker/wk_mwgz.c): the coding the client accepts (WK_GZ_*, set
      * by its request hook), and once the response is being compressed, its encoder and output
@@ -304,7 +307,8 @@ struct wk_xchg {
     uint8_t method;  /* the request: method (wk_h1_req.method), version */
     uint8_t vmajor, vminor;
     struct wk_upstream *up;
-    struct wk_txn *tx;    /* the request in progress: exactly while at.gen != NULL */
+    struct wk_h2up_stream *h2s; /* instead of <up>: a stream to an HTTP/2 backend (wk_h2up.c) */
+    struct wk_txn *tx;          /* the request in progress: exactly while at.gen != NULL */
     struct wk_attempt at; /* the request's routing and backend attempts (wk_lb.c works on it) */
     /* The request's bytes, in a buffer of the client side: [body_off, parsed_off) are body bytes
      * the client side checked (forwardable), [send_off, parsed_off) those not yet written
@@ -353,11 +357,15 @@ struct wk_listener {
     uint8_t ip[16];
 };
 
+struct wk_h2up_conn;
+
 struct wk_pool {
     struct wk_upstream *head;
     uint32_t count;
     uint32_t hiwat;    /* the most requests busy on the backend at once lately (wk_pool_put) */
     uint64_t hiwat_ms; /* when hiwat was set */
+    uint32_t h2_max;   /* the backend's last SETTINGS_MAX_CONCURRENT_STREAMS (0: none) */
+    struct wk_h2up_conn *h2; /* HTTP/2 connections to the backend (wk_h2up.c) */
 };
 
 struct wk_worker {
@@ -549,6 +557,34 @@ void wk_xchg_detach(struct wk_xchg *x);
 /* End the request: detach, give back the transaction and the generation. */
 void wk_xchg_end(struct wk_xchg *x);
 void wk_upstream_event(struct wk_upstream *u, uint32_t events);
+
+/* The backend <be>'s socket address. 0, or -1 (a unix path that does not fit). */
+int wk_backend_addr(const struct shm_snap_hdr *s, const struct shm_backend *be,
+                    struct sockaddr_storage *ss, socklen_t *sl);
+/* The current attempt failed with <why> (WK_FAIL_*): retry where the rules allow, else answer
+ * 502/504. 0 when a new attempt runs or the client was answered, -1 when it was closed. */
+int wk_xchg_failed(struct wk_xchg *x, int why);
+/* Hand the final response head <rs> to the client side through the route's response hooks
+ * (middlewares, compress, the split cookie). 0, or -1 (the attempt fails as a bad response). */
+int wk_xchg_relay_head(struct wk_xchg *x, struct wk_h1_resp *rs);
+
+/* ---- wk_h2up.c: HTTP/2 to backends (services with protocol h2 or grpc) ---------------------- */
+struct wk_h2up_stream;
+/* Start the exchange's attempt on a stream to its backend (x->h2s): 0, 1 when the connect was
+ * refused at once, -1 when out of resources. */
+int wk_h2up_attach(struct wk_xchg *x);
+/* Drop the attempt's stream (reset when still open). */
+void wk_h2up_detach(struct wk_xchg *x);
+/* wk_xchg_send() / wk_xchg_recv() for an HTTP/2 attempt (same returns). */
+int wk_h2up_send(struct wk_xchg *x);
+int wk_h2up_recv(struct wk_xchg *x);
+/* Did the attempt fail in a way that says nothing about the backend (a refused stream, or a
+ * used connection gone) and may be retried for free? */
+int wk_h2up_stale(const struct wk_xchg *x);
+/* Does <hd> carry TE: trailers? */
+int wk_h2up_te_trailers(const struct wk_head *hd);
+void wk_h2up_event(struct wk_h2up_conn *c, uint32_t events);
+void wk_h2up_timeout(struct wk_h2up_conn *c);
 
 /* ---- wk_pool.c: idle keep-alive connections to backends, per backend runtime slot ----------- */
 /* Close an upstream connection (unlinking it from its pool when it is idle there). */

@@ -208,6 +208,8 @@ static void timers_run(void)
                 wk_h2_stream_timeout((struct wk_h2_stream *)(void *)t->owner);
             } else if (t->owner->kind == WK_EV_FAUTH) {
                 wk_fauth_timeout((struct wk_fauth_conn *)(void *)t->owner);
+            } else if (t->owner->kind == WK_EV_H2UP) {
+                wk_h2up_timeout((struct wk_h2up_conn *)(void *)t->owner);
             }
         }
     }
@@ -767,6 +769,9 @@ static void dispatch(struct epoll_event *evs, int n)
             break;
         case WK_EV_FAUTH:
             wk_fauth_event((struct wk_fauth_conn *)(void *)e, evs[i].events);
+            break;
+        case WK_EV_H2UP:
+            wk_h2up_event((struct wk_h2up_conn *)(void *)e, evs[i].events);
             break;
         default:
             break;

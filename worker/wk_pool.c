@@ -4,11 +4,14 @@
  * when descriptors run out. */
 #include "worker/wk_internal.h"
 
+#include <arpa/inet.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 
 #include "common/dsp.h"
+#include "common/net.h"
 #include "shm/shm_snap.h"
 
 #define POOL_MAX_IDLE 64 /* idle connections kept per backend, or as many as are busy */
@@ -157,4 +160,29 @@ size_t wk_pool_shed(void)
         }
     }
     return n;
+}
+
+int wk_backend_addr(const struct shm_snap_hdr *s, const struct shm_backend *be,
+                    struct sockaddr_storage *ss, socklen_t *sl)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (be->family == AF_UNIX) {
+        /* "unix:/path": the master checked that the path fits. */
+        return net_unix_addr(shm_s(s, be->address) + NET_UNIX_PREFIX_LEN,
+                             be->address.len - NET_UNIX_PREFIX_LEN, (struct sockaddr_un *)ss, sl);
+    }
+    if (be->family == AF_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(be->port);
+        memcpy(&s6->sin6_addr, be->ip, 16);
+        *sl = sizeof(*s6);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(be->port);
+        memcpy(&s4->sin_addr, be->ip, 4);
+        *sl = sizeof(*s4);
+    }
+    return 0;
 }

@@ -30,8 +30,6 @@
 #define UPSTREAM_BUF_SIZE (32 * 1024)
 #define WK_MAX_INTERIM    8 /* 1xx responses before the final one, per attempt */
 
-static int upstream_start(struct wk_xchg *x);
-static int upstream_failed(struct wk_xchg *x, int why);
 static void record_outcome(struct wk_xchg *x);
 
 static struct wk_txn *txn_free_list; /* transactions not in use (never freed) */
@@ -59,6 +57,10 @@ void wk_xchg_detach(struct wk_xchg *x)
         backend_active_dec(x);
         wk_upstream_close(x->up); /* (not pooled: x->up->x is set) */
         x->up = NULL;
+    }
+    if (x->h2s != NULL) {
+        backend_active_dec(x);
+        wk_h2up_detach(x);
     }
 }
 
@@ -378,17 +380,15 @@ int wk_xchg_build(struct wk_xchg *x, const struct wk_h1_req *rq)
                    ? 1
                    : -1;
     }
+    if (wk_xsvc(x)->protocol != SHM_PROTO_HTTP1) {
+        x->tx->te_trailers = (uint8_t)wk_h2up_te_trailers(&rq->hd);
+    }
     return 0;
 }
 
 int wk_xchg_forward(struct wk_xchg *x, const struct wk_h1_req *rq)
 {
     return x->tx->mw.list == 0 ? wk_xchg_build(x, rq) : wk_mw_forward(x, rq);
-}
-
-int wk_xchg_start(struct wk_xchg *x)
-{
-    return upstream_start(x);
 }
 
 /* ---- upstream attempts ---------------------------------------------------------------------- */
@@ -401,6 +401,9 @@ static int upstream_connect(struct wk_xchg *x)
     struct epoll_event ev;
     int one = 1;
 
+    if (wk_xsvc(x)->protocol != SHM_PROTO_HTTP1) {
+        return wk_h2up_attach(x); /* a stream on a pooled HTTP/2 connection (wk_h2up.c) */
+    }
     u = wk_pool_take(be->rt_slot, (wk_xsvc(x)->tls & SHM_SVC_TLS_ON) != 0,
                      !(x->tflags & WK_T_IDEMPOTENT));
     if (u != NULL) {
@@ -416,27 +419,9 @@ static int upstream_connect(struct wk_xchg *x)
     u->timer.owner = &u->ev;
     u->be_slot = be->rt_slot;
     u->x = x;
-    memset(&ss, 0, sizeof(ss));
-    if (be->family == AF_UNIX) {
-        /* "unix:/path": the master checked that the path fits. */
-        if (net_unix_addr(shm_s(x->at.gen->snap, be->address) + NET_UNIX_PREFIX_LEN,
-                          be->address.len - NET_UNIX_PREFIX_LEN, (struct sockaddr_un *)&ss,
-                          &sl) != 0) {
-            free(u);
-            return -1;
-        }
-    } else if (be->family == AF_INET6) {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(be->port);
-        memcpy(&s6->sin6_addr, be->ip, 16);
-        sl = sizeof(*s6);
-    } else {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(be->port);
-        memcpy(&s4->sin_addr, be->ip, 4);
-        sl = sizeof(*s4);
+    if (wk_backend_addr(x->at.gen->snap, be, &ss, &sl) != 0) {
+        free(u);
+        return -1;
     }
     xp_init(&u->xp, socket(be->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (u->xp.fd == -1) {
@@ -486,7 +471,7 @@ static int upstream_connect(struct wk_xchg *x)
 }
 
 /* Choose a backend and connect (or reuse). Returns 0, or -1 if the client was answered/closed. */
-static int upstream_start(struct wk_xchg *x)
+int wk_xchg_start(struct wk_xchg *x)
 {
     for (;;) {
         char why[256];
@@ -513,7 +498,7 @@ static int upstream_start(struct wk_xchg *x)
         __atomic_fetch_add(&wk.rt->backends[wk_xbe(x)->rt_slot].active, 1, __ATOMIC_RELAXED);
         x->tflags |= WK_T_COUNTED;
         if (r == 1) {
-            if (upstream_failed(x, WK_FAIL_CONNECT) != 0) {
+            if (wk_xchg_failed(x, WK_FAIL_CONNECT) != 0) {
                 return -1;
             }
             return 0; /* upstream_failed started the next attempt */
@@ -525,11 +510,11 @@ static int upstream_start(struct wk_xchg *x)
 
 /* The current attempt failed. Retry where the rules allow, else answer 502/504. Returns 0 when
  * a new attempt is running, -1 when the client was answered or closed. */
-static int upstream_failed(struct wk_xchg *x, int why)
+int wk_xchg_failed(struct wk_xchg *x, int why)
 {
     const struct shm_service *svc = wk_xsvc(x);
     const struct shm_backend *be = wk_xbe(x);
-    int reused = x->up != NULL && (x->up->flags & WK_UP_F_REUSED);
+    int reused = (x->up != NULL && (x->up->flags & WK_UP_F_REUSED)) || wk_h2up_stale(x);
     int lb_why = why;
     int can_retry = 0;
     int stale = why == WK_FAIL_RESET && reused;
@@ -571,7 +556,7 @@ static int upstream_failed(struct wk_xchg *x, int why)
         wk_lb_result(&x->at, WK_FAIL_STALE, 0);
         wk_xchg_detach(x);
         if (wk_lb_can_retry(&x->at)) {
-            return upstream_start(x);
+            return wk_xchg_start(x);
         }
         /* No backend is left for the retry: the failure reaches the client as a 502 and counts
          * against the backend like any other (the probe lease, if it held one, is back). */
@@ -582,7 +567,7 @@ static int upstream_failed(struct wk_xchg *x, int why)
         wk_lb_result(&x->at, lb_why, 0);
         wk_xchg_detach(x);
         if (retry && wk_lb_can_retry(&x->at)) {
-            return upstream_start(x);
+            return wk_xchg_start(x);
         }
     }
     /* The client hears what went wrong, not where (errors.expose_backend names the address). */
@@ -622,7 +607,7 @@ static int upstream_failed(struct wk_xchg *x, int why)
 /* The final response head <rs>: through the route's response hooks, which may re-frame the
  * client's copy (compress), to the client side. 0, or -1 (the attempt fails as a bad response);
  * rs->chunked is the backend's framing again afterwards. */
-static int relay_head(struct wk_xchg *x, struct wk_h1_resp *rs)
+int wk_xchg_relay_head(struct wk_xchg *x, struct wk_h1_resp *rs)
 {
     uint8_t up_chunked = rs->chunked;
 
@@ -641,7 +626,7 @@ static int relay_head(struct wk_xchg *x, struct wk_h1_resp *rs)
 }
 
 /* Parse the response head (after any 1xx) from the upstream's bytes and hand it to the client
- * side. Returns 0 (done, or more bytes needed: WK_T_RESP_HEAD tells), or what upstream_failed()
+ * side. Returns 0 (done, or more bytes needed: WK_T_RESP_HEAD tells), or what wk_xchg_failed()
  * returns. */
 static int parse_response_head(struct wk_xchg *x)
 {
@@ -658,19 +643,19 @@ static int parse_response_head(struct wk_xchg *x)
         hlen = wk_h1_head_end(base, avail, 0);
         if (hlen == 0) {
             if (avail >= x->tx->uin.cap) {
-                return upstream_failed(x, WK_FAIL_BAD); /* a head larger than the buffer */
+                return wk_xchg_failed(x, WK_FAIL_BAD); /* a head larger than the buffer */
             }
             return 0;
         }
         x->tflags &= ~WK_T_RESP_DONE;
         if (wk_h1_parse_response(&x->tx->rs, base, hlen, (x->tflags & WK_T_HEAD_REQ) != 0, &rs) !=
             0) {
-            return upstream_failed(x, WK_FAIL_BAD);
+            return wk_xchg_failed(x, WK_FAIL_BAD);
         }
         if (rs.status == 101 && (x->tflags & WK_T_UPGRADE)) {
             /* Switching protocols: from here on both directions are opaque bytes. */
             if (x->ops->resp_head(x, &rs) != 0) {
-                return upstream_failed(x, WK_FAIL_BAD);
+                return wk_xchg_failed(x, WK_FAIL_BAD);
             }
             /* (The tokenizer calls a 101 a complete message; the tunnel ends only with a
              * close.) */
@@ -685,16 +670,16 @@ static int parse_response_head(struct wk_xchg *x)
         if (rs.status < 200) {
             if (rs.status == 101) {
                 /* A switch of protocols nobody asked for is a protocol error. */
-                return upstream_failed(x, WK_FAIL_BAD);
+                return wk_xchg_failed(x, WK_FAIL_BAD);
             }
             /* Interim responses are bounded in number and size: a backend that trickles them
              * without end holds nothing for long. */
             x->tx->interim_bytes += (uint32_t)hlen;
             if (++x->tx->ninterim > WK_MAX_INTERIM || x->tx->interim_bytes > UPSTREAM_BUF_SIZE) {
-                return upstream_failed(x, WK_FAIL_BAD);
+                return wk_xchg_failed(x, WK_FAIL_BAD);
             }
             if (x->ops->interim(x, &rs, base, hlen) != 0) {
-                return upstream_failed(x, WK_FAIL_BAD);
+                return wk_xchg_failed(x, WK_FAIL_BAD);
             }
             /* The tokenizer completed a message, but the response is still to come: the final
              * head may be a while (103 Early Hints), and must not find the exchange over. */
@@ -704,8 +689,8 @@ static int parse_response_head(struct wk_xchg *x)
         if (x->tx->rs.done) {
             x->tflags |= WK_T_RESP_DONE;
         }
-        if (relay_head(x, &rs) != 0) {
-            return upstream_failed(x, WK_FAIL_BAD);
+        if (wk_xchg_relay_head(x, &rs) != 0) {
+            return wk_xchg_failed(x, WK_FAIL_BAD);
         }
         if (!(x->tflags & WK_T_REQ_DONE) || x->send_off != x->parsed_off ||
             x->tx->uout.start != x->tx->uout.end) {
@@ -772,7 +757,7 @@ static int parse_response(struct wk_xchg *x)
                     if (x->tx->gzb != NULL) {
                         wk_mwgz_drop(x->tx);
                     }
-                    return upstream_failed(x, WK_FAIL_BAD);
+                    return wk_xchg_failed(x, WK_FAIL_BAD);
                 }
                 wk_xchg_cut(x, SHM_CUT_BACKEND_INVALID);
                 x->ops->close(x);
@@ -854,11 +839,11 @@ static int upstream_handshake(struct wk_xchg *x)
         log_warn("TLS verification of backend %s of service %s failed: %s",
                  shm_s(x->at.gen->snap, wk_xbe(x)->address),
                  shm_s(x->at.gen->snap, wk_xsvc(x)->name), xp_error());
-        return upstream_failed(x, WK_FAIL_TLSVERIFY) == 0 ? 1 : -1;
+        return wk_xchg_failed(x, WK_FAIL_TLSVERIFY) == 0 ? 1 : -1;
     }
     log_warn("TLS handshake with backend %s failed: %s", shm_s(x->at.gen->snap, wk_xbe(x)->address),
              xp_error());
-    return upstream_failed(x, WK_FAIL_TLS) == 0 ? 1 : -1;
+    return wk_xchg_failed(x, WK_FAIL_TLS) == 0 ? 1 : -1;
 }
 
 int wk_xchg_send(struct wk_xchg *x)
@@ -869,6 +854,9 @@ int wk_xchg_send(struct wk_xchg *x)
     ssize_t n;
     size_t first = 0;
 
+    if (x->h2s != NULL) {
+        return wk_h2up_send(x);
+    }
     if (u != NULL && (u->flags & WK_UP_F_TLSHS) && !(u->flags & WK_UP_F_CONNECTING)) {
         return upstream_handshake(x);
     }
@@ -972,6 +960,9 @@ int wk_xchg_recv(struct wk_xchg *x)
     struct wk_upstream *u = x->up;
     ssize_t n;
 
+    if (x->h2s != NULL) {
+        return wk_h2up_recv(x);
+    }
     if (u != NULL && (u->flags & WK_UP_F_TLSHS) && !(u->flags & WK_UP_F_CONNECTING)) {
         return upstream_handshake(x);
     }
@@ -1036,9 +1027,9 @@ int wk_xchg_recv(struct wk_xchg *x)
     }
     if (!(x->tflags & WK_T_RESP_HEAD)) {
         if (x->tx->uin.end > x->tx->uin.start) {
-            return upstream_failed(x, WK_FAIL_BAD) == 0 ? 1 : -1;
+            return wk_xchg_failed(x, WK_FAIL_BAD) == 0 ? 1 : -1;
         }
-        return upstream_failed(x, WK_FAIL_RESET) == 0 ? 1 : -1;
+        return wk_xchg_failed(x, WK_FAIL_RESET) == 0 ? 1 : -1;
     }
     if (!(x->tflags & WK_T_RESP_DONE)) {
         if (n == 0) {
@@ -1104,7 +1095,7 @@ int wk_xchg_finish(struct wk_xchg *x)
 
 int wk_xchg_parse(struct wk_xchg *x)
 {
-    if (x->tx->uin.data != NULL && parse_response(x) != 0) {
+    if (x->h2s == NULL && x->tx->uin.data != NULL && parse_response(x) != 0) {
         return -1;
     }
     if (x->tx->gzb != NULL && (x->tflags & WK_T_RESP_HEAD) && wk_mwgz_pump(x) != 0) {
@@ -1131,13 +1122,13 @@ int wk_xchg_expired(struct wk_xchg *x)
         return -1;
     }
     if (x->up != NULL && (x->up->flags & (WK_UP_F_CONNECTING | WK_UP_F_TLSHS))) {
-        return upstream_failed(x, WK_FAIL_CTIMEOUT);
+        return wk_xchg_failed(x, WK_FAIL_CTIMEOUT);
     }
     if (!(x->tflags & (WK_T_REQ_DONE | WK_T_RESP_BYTES))) {
         return wk_xchg_error(x, 408, "Request timeout", "Request body not received in time", 1);
     }
     if (!(x->tflags & WK_T_RESP_HEAD)) {
-        return upstream_failed(x, WK_FAIL_RTIMEOUT);
+        return wk_xchg_failed(x, WK_FAIL_RTIMEOUT);
     }
     /* The head was relayed and the body stalled for stream_idle_timeout_ms (the client side
      * re-arms its timer on every step of progress): cut, and say why. */
@@ -1161,7 +1152,7 @@ void wk_upstream_event(struct wk_upstream *u, uint32_t events)
          * before our request, the tail of the backend's previous exchange (extra bytes, a
          * close), never an answer. The connection goes; the request is retried where the
          * rules allow, as after a keep-alive race. */
-        if (upstream_failed(x, WK_FAIL_RESET) != 0) {
+        if (wk_xchg_failed(x, WK_FAIL_RESET) != 0) {
             return;
         }
         x->ops->wake(x);
@@ -1186,7 +1177,7 @@ void wk_upstream_event(struct wk_upstream *u, uint32_t events)
             err = errno;
         }
         if (err != 0) {
-            if (upstream_failed(x, WK_FAIL_CONNECT) != 0) {
+            if (wk_xchg_failed(x, WK_FAIL_CONNECT) != 0) {
                 return;
             }
             x->ops->wake(x);
