@@ -184,6 +184,23 @@ void wk_mwgz_drop(struct wk_txn *t)
     }
 }
 
+/* The coding the response gets: the client's choice, gzip when brotli is over its budget, none
+ * when both are; the encoder in *g. An answer to HEAD gets the head a GET would (no encoder). */
+static unsigned start_coding(struct wk_xchg *x, const struct shm_mw_compress *p, uint64_t clen,
+                             struct wk_gzb **g)
+{
+    *g = NULL;
+    if (x->tx->gz_enc == WK_GZ_NONE || (x->tflags & WK_T_HEAD_REQ)) {
+        return x->tx->gz_enc;
+    }
+    *g = gzb_new(p, x->tx->gz_enc, clen);
+    if (*g == NULL && x->tx->gz_enc == WK_GZ_BR && x->tx->gz_alt != WK_GZ_NONE) {
+        x->tx->gz_enc = x->tx->gz_alt; /* brotli over the budget: gzip costs a tenth */
+        *g = gzb_new(p, x->tx->gz_enc, clen);
+    }
+    return *g != NULL ? x->tx->gz_enc : WK_GZ_NONE;
+}
+
 /* Response hook: when the response qualifies, edit its head for the client (no Content-Length,
  * Content-Encoding, Vary: Accept-Encoding, a weak ETag) and start the encoder. A response that
  * qualifies gets Vary whether this client takes the compressed form or not. */
@@ -194,10 +211,9 @@ static int gz_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk_h
     struct wk_gzb *g = NULL;
     char *vary = wk.mw_scratch, *etag = wk.mw_scratch + 1024;
     size_t vlen = 0;
-    unsigned st = rs->status;
+    unsigned st = rs->status, enc;
 
-    if (x->tx->gz_mw != c->pos + 1 || wk_h1_bodyless((x->tflags & WK_T_HEAD_REQ) != 0, st) ||
-        st == 206) {
+    if (x->tx->gz_mw != c->pos + 1 || wk_h1_bodyless(0, st) || st == 206) {
         return 0;
     }
     if (x->tx->gzb != NULL) {
@@ -215,13 +231,7 @@ static int gz_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk_h
             return 0; /* (a Vary of 1 KiB: left alone) */
         }
     }
-    if (x->tx->gz_enc != WK_GZ_NONE) {
-        g = gzb_new(p, x->tx->gz_enc, v.clen);
-        if (g == NULL && x->tx->gz_enc == WK_GZ_BR && x->tx->gz_alt != WK_GZ_NONE) {
-            x->tx->gz_enc = x->tx->gz_alt; /* brotli over the budget: gzip costs a tenth */
-            g = gzb_new(p, x->tx->gz_enc, v.clen);
-        }
-    }
+    enc = start_coding(x, p, v.clen, &g);
     for (uint32_t i = 0; i < rs->hd.n; i++) {
         struct wk_hdr *h = &rs->hd.h[i];
         if (h == v.vary && vlen > 0) {
@@ -229,7 +239,7 @@ static int gz_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk_h
             h->vlen = (uint32_t)vlen;
         }
     }
-    if (g != NULL) {
+    if (enc != WK_GZ_NONE) {
         /* Another representation: the same bytes no more (RFC 9110 8.8.3), so a strong ETag
          * turns weak (one too long to rewrite goes). */
         const struct wk_hdr *e = wk_mw_resp_get(rs, "etag");
@@ -243,19 +253,19 @@ static int gz_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk_h
     if (v.vary == NULL && vlen > 0) {
         wk_mw_resp_add(rs, "Vary", 4, vary, vlen);
     }
-    if (g == NULL) {
+    if (enc == WK_GZ_NONE) {
         return 0;
     }
-    g->rt_slot = c->m->rt_slot < SHM_RT_MAX_MIDDLEWARES ? c->m->rt_slot : 0;
-    __atomic_fetch_add(
-        &wk.rt->mws[g->rt_slot]
-             .type_counters[x->tx->gz_enc == WK_GZ_BR ? SHM_MW_GZ_C_BR : SHM_MW_GZ_C_GZIP],
-        1, __ATOMIC_RELAXED);
-    wk_mw_resp_add(rs, "Content-Encoding", 16, wk_gz_name(x->tx->gz_enc),
-                   strlen(wk_gz_name(x->tx->gz_enc)));
+    wk_mw_resp_add(rs, "Content-Encoding", 16, wk_gz_name(enc), strlen(wk_gz_name(enc)));
     rs->chunked = 1; /* a body of unknown length from here on */
     rs->has_clen = 0;
-    x->tx->gzb = g;
+    if (g != NULL) {
+        g->rt_slot = c->m->rt_slot < SHM_RT_MAX_MIDDLEWARES ? c->m->rt_slot : 0;
+        __atomic_fetch_add(&wk.rt->mws[g->rt_slot]
+                                .type_counters[enc == WK_GZ_BR ? SHM_MW_GZ_C_BR : SHM_MW_GZ_C_GZIP],
+                           1, __ATOMIC_RELAXED);
+        x->tx->gzb = g;
+    }
     return 0;
 }
 

@@ -336,16 +336,29 @@ class CompressTest(dsptest.TestCase):
         # br refused, gzip taken
         st, f, body = fetch(d.port, "/json?n=%d" % n, "-H", "Accept-Encoding: br;q=0, *")
         self.assertEqual(f.get("content-encoding"), ["gzip"])
-        # HEAD, 204 and 304 carry no body: their heads go as they are.
-        for path, method, code in (("/json?n=5000", "HEAD", 200), ("/204", "GET", 204),
-                                   ("/304", "GET", 304)):
+        # 204 and 304 carry no body: their heads go as they are.
+        for path, code in (("/204", 204), ("/304", 304)):
             with Conn(d.port) as c:
-                r = c.request(method, path, host="gz.do", headers=[("Accept-Encoding", "gzip")])
+                r = c.request("GET", path, host="gz.do", headers=[("Accept-Encoding", "gzip")])
                 self.assertEqual(r.status, code)
                 self.assertIsNone(r.header("content-encoding"), path)
+                self.assertIsNone(r.header("vary"), path)
                 self.assertEqual(r.body, b"")
-                if method == "HEAD":
-                    self.assertEqual(r.header("content-length"), "5000")
+        # HEAD gets the head a GET would get (RFC 9110 9.3.2), and no body.
+        for proto in ("--http1.1", "--http2-prior-knowledge"):
+            p = subprocess.run(["curl", "-s", "-S", "-I", proto, "-H", "Host: gz.do", "-H",
+                                "Accept-Encoding: gzip", "http://127.0.0.1:%d/vary?n=5000"
+                                % d.port], capture_output=True, timeout=30)
+            head = p.stdout.decode("latin-1").lower()
+            self.assertIn("content-encoding: gzip", head, proto)
+            self.assertIn("vary: origin, accept-encoding", head, proto)
+            self.assertIn('etag: w/"v1"', head, proto)
+            self.assertNotIn("content-length", head, proto)
+        with Conn(d.port) as c:
+            r = c.request("HEAD", "/json?n=5000", host="gz.do", headers=[("Accept-Encoding", "br")])
+            self.assertEqual((r.status, r.body, r.header("content-encoding")), (200, b"", "br"))
+            r = c.request("GET", "/json?n=5000", host="gz.do")
+            self.assertEqual((r.status, r.body), (200, body_of(5000)))   # the connection goes on
         # A route without the middleware is never compressed.
         st, f, raw = fetch(d.port, "/json?n=%d" % n, "-H", "Accept-Encoding: gzip",
                            host="plain.do", compressed=False)
