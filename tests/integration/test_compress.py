@@ -566,3 +566,45 @@ def _read_chunked(c):
             return b"".join(out)
         c._take(size, None, out)
         c._line()
+
+
+class CompressRedisTest(dsptest.TestCase):
+
+    @dsptest.timeout(60)
+    def test_compress_from_redis(self):
+        """A compress middleware from a `middleware:{name}` hash (lists comma-separated) on a
+        Redis route; a bad setting there is refused with the key named, nothing applied."""
+        import test_redis as tr
+        tmp = dsptest.tempfile.mkdtemp(prefix="dsp-it-redis-")
+        dsptest._record_tmp(tmp)
+        r = tr.Redis(tmp).start()
+        self.addCleanup(r.stop)
+        be = CompressBackend()
+        self.addCleanup(be.stop)
+        d = self.dispatcher(services=[svc("gw", be.addr)], routes=[route("gw.do", "gw")],
+                            workers=1, extra=tr.redis_block(r))
+        self.assertTrue(tr.wait_log(d, r"connected; following"))
+        env = "production"
+        r.cli("HSET", "dispatcher:%s:middleware:gz" % env, "type", "compress",
+              "types", "text/plain, application/json", "level", "9", "min_bytes", "100",
+              "encodings", "gzip")
+        r.cli("SADD", "dispatcher:%s:middlewares" % env, "gz")
+        tr.add_service(r, env, "api", [be.addr])
+        tr.add_route(r, env, "a", host="a.do", service="api", middlewares="gz")
+        tr.publish(r, env)
+        self.assertIsNotNone(tr.wait_all([d.port], "a.do", 200, timeout_s=5, path="/json?n=10"),
+                             d.log_tail())
+        st, f, body = fetch(d.port, "/json?n=500", "-H", "Accept-Encoding: br, gzip",
+                            host="a.do")
+        self.assertEqual(f.get("content-encoding"), ["gzip"])   # encodings = gzip only
+        self.assertEqual(body, body_of(500))
+        st, f, body = fetch(d.port, "/json?n=99", "-H", "Accept-Encoding: gzip", host="a.do")
+        self.assertNotIn("content-encoding", f)                  # min_bytes = 100
+        applied = d.log().count("applied as generation")
+        r.cli("HSET", "dispatcher:%s:middleware:gz" % env, "level", "12")
+        tr.publish(r, env)
+        self.assertTrue(tr.wait_log(d, r"\[error\].*redis dispatcher:production:middleware:gz: "
+                                       r".*level", 3), d.log_tail())
+        self.assertEqual(d.log().count("applied as generation"), applied)
+        st, f, body = fetch(d.port, "/json?n=500", "-H", "Accept-Encoding: gzip", host="a.do")
+        self.assertEqual(f.get("content-encoding"), ["gzip"])    # the last good one serves
