@@ -14,7 +14,8 @@ Host scope (one master, 2 workers):
 Fleet scope (two masters, one redis-server started by the test):
 - the fleet admits what one bucket allows plus at most one reconciliation period's worth of the
   other dispatcher; redis killed: `show health` says "rate_limit":"host-fallback", /metrics
-  dispatcher_rate_limit_fleet_fallback 1, and each dispatcher goes on limiting on its own.
+  dispatcher_rate_limit_fleet_fallback 1, and each dispatcher goes on limiting on its own;
+  redis back: "fleet" again.
 """
 
 # Counts requests against time: run alone (see run.py).
@@ -389,6 +390,13 @@ class FleetScope(dsptest.TestCase):
             codes = [request(d.port, "/echo", host="fleet.rl",
                              headers=[("X-K", "after-%d" % d.port)]).status for _ in range(12)]
             self.assertEqual(codes.count(200), 10, codes)
+
+        # Redis back (empty, on the same port): reconciled again, shown as such.
+        r.start()
+        for d in ds:
+            wait_until(lambda: admin_ask(d, "show health").get("rate_limit") == "fleet", 10,
+                       "fleet again once redis is back")
+            self.assertEqual(metric(d, "dispatcher_rate_limit_fleet_fallback"), 0)
 
 
 if __name__ == "__main__":
