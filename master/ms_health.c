@@ -22,6 +22,7 @@
 #include "common/net.h"
 #include "common/tls.h"
 #include "common/xport.h"
+#include "master/ms_h2hc.h"
 #include "master/ms_loop.h"
 #include "master/ms_master.h"
 #include "shm/shm_lb.h"
@@ -64,6 +65,8 @@ struct hc {
     char *tls_key;
     uint8_t ip[16];
     size_t iplen;
+    uint32_t proto;     /* shm_service.protocol: h2 and grpc services are checked in HTTP/2 */
+    struct ms_h2hc *h2; /* the HTTP/2 check in flight */
 };
 
 static struct {
@@ -112,6 +115,8 @@ static void hc_abort(struct hc *h)
     xp_close(&h->x, 0); /* a check ends without close_notify */
     free(h->req);
     h->req = NULL;
+    ms_h2hc_free(h->h2);
+    h->h2 = NULL;
     h->phase = HC_IDLE;
 }
 
@@ -216,6 +221,10 @@ static void hc_step(struct hc *h, uint32_t events, uint64_t now)
                 hc_done(h, 0, 0, why, now);
                 return;
             }
+            if (h->proto != SHM_PROTO_HTTP1) {
+                static const unsigned char alpn[] = "\x02h2";
+                SSL_set_alpn_protos(s, alpn, sizeof(alpn) - 1);
+            }
             xp_start_tls(&h->x, s);
         }
         n = xp_handshake(&h->x);
@@ -228,6 +237,15 @@ static void hc_step(struct hc *h, uint32_t events, uint64_t now)
             }
             hc_blocked(h, n, now);
             return;
+        }
+        if (h->proto != SHM_PROTO_HTTP1) {
+            const unsigned char *p = NULL;
+            unsigned plen = 0;
+            SSL_get0_alpn_selected(h->x.ssl, &p, &plen);
+            if (plen != 2 || memcmp(p, "h2", 2) != 0) {
+                hc_done(h, 0, 0, "the backend did not select ALPN h2", now);
+                return;
+            }
         }
         if (hc_watch(h, EPOLLOUT, now) != 0) {
             return;
@@ -252,6 +270,28 @@ static void hc_step(struct hc *h, uint32_t events, uint64_t now)
     }
     /* Reading: until a line ends or the buffer is full. TLS may hold records it read ahead, for
      * which the socket will not report readable again: read those now. */
+    while (h->phase == HC_READING && h->h2 != NULL) {
+        char in[4096];
+        int st;
+        n = xp_read(&h->x, in, sizeof(in));
+        if (n < 0) {
+            hc_blocked(h, n, now);
+            return;
+        }
+        st = n == 0 ? -1 : ms_h2hc_feed(h->h2, (const uint8_t *)in, (size_t)n);
+        if (st != 0) {
+            if (st > 0) {
+                snprintf(why, sizeof(why), "status %d", st);
+            } else {
+                snprintf(why, sizeof(why), "no HTTP/2 answer");
+            }
+            hc_done(h, st >= 200 && st<400, st> 0 ? (uint32_t)st : 0, why, now);
+            return;
+        }
+        if (!xp_pending(&h->x)) {
+            return;
+        }
+    }
     while (h->phase == HC_READING) {
         n = xp_read(&h->x, h->buf + h->got, sizeof(h->buf) - 1 - h->got);
         if (n < 0) {
@@ -296,12 +336,26 @@ static void hc_start(struct hc *h, uint64_t now)
              "Accept: */*\r\nConnection: close\r\n\r\n",
              h->path, host, DSP_VERSION);
     h->reqlen = (size_t)len;
+    if (h->proto != SHM_PROTO_HTTP1) {
+        /* HTTP/2 (prior knowledge, or ALPN h2 with TLS): the same GET as a stream. */
+        free(h->req);
+        h->req = NULL;
+        ms_h2hc_free(h->h2);
+        h->h2 = NULL;
+        h->h2 = ms_h2hc_new(h->path, host, h->tls_ctx != NULL, &h->req, &h->reqlen);
+        if (h->h2 == NULL) {
+            h->next_ms = now + h->interval_ms;
+            return;
+        }
+    }
     fd = socket(h->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1) {
         /* Our shortage, not the backend's: try again later without a verdict. */
         log_errno(LOG_ERROR, errno, "socket() for the health check of %s failed", h->address);
         free(h->req);
         h->req = NULL;
+        ms_h2hc_free(h->h2);
+        h->h2 = NULL;
         h->next_ms = now + h->interval_ms;
         return;
     }
@@ -325,6 +379,8 @@ static void hc_start(struct hc *h, uint64_t now)
         hc.inflight--;
         free(h->req);
         h->req = NULL;
+        ms_h2hc_free(h->h2);
+        h->h2 = NULL;
         h->phase = HC_IDLE;
         h->next_ms = now + h->interval_ms;
     }
@@ -450,6 +506,7 @@ static void on_publish(void *arg)
             h->timeout_ms = svc->health_timeout_ms ? svc->health_timeout_ms : 1;
             h->fall = svc->health_fall;
             h->rise = svc->health_rise;
+            h->proto = svc->protocol;
             replace(&h->service, shm_s(s, svc->name));
             replace(&h->address, shm_s(s, b->address));
             replace(&h->path, shm_s(s, svc->health_path));

@@ -96,7 +96,8 @@ class H2BackendTest(dsptest.TestCase):
         for name, srv, opts in servers:
             o = {"protocol": "h2", "retries": 1}
             o.update(opts)
-            services.append(svc(name, srv.addr if srv is not None else opts.pop("addr"), **o))
+            addr = o.pop("addr", None)
+            services.append(svc(name, srv.addr if srv is not None else addr, **o))
             routes.append(route(name + ".h2", name))
         services += list(extra_services)
         self.d = self.dispatcher(services=services, routes=routes, workers=workers, limits=limits)
@@ -245,8 +246,13 @@ class H2BackendTest(dsptest.TestCase):
                         "-keyout", key, "-out", cert], check=True, capture_output=True)
         good = self.server("--tls", cert, key)
         h1only = self.server("--tls", cert, key, "--alpn", "http/1.1")
-        self.start([("tls", good, {"tls": True, "ca": cert}),
+        health = {"path": "/health", "interval_ms": 100, "timeout_ms": 1000, "fall": 1, "rise": 1}
+        self.start([("tls", good, {"tls": True, "ca": cert, "health": health}),
                     ("old", h1only, {"tls": True, "verify": False})])
+        # The checks speak HTTP/2 over TLS too (ALPN h2).
+        dsptest.wait_until(lambda: any(r["path"] == "/health" and r["headers"][":scheme"] == "https"
+                                       for r in good.requests()), 5, "a TLS HTTP/2 health check")
+        self.assertEqual(dsptest.backend_state(self.d, "tls", good.addr), "up")
         for h2 in (False, True):
             st, hd, body = self.get("tls.h2", "/echo?len", "-d", "x" * 1000, h2=h2)
             self.assertEqual((st, hd["x-body-len"]), (200, "1000"), body)
@@ -254,6 +260,23 @@ class H2BackendTest(dsptest.TestCase):
         st, hd, body = self.get("old.h2", "/")
         self.assertEqual(st, 502, body)
         dsptest.wait_until(lambda: "did not select ALPN h2" in self.d.log(), 5, "the ALPN log line")
+
+    def test_health_checks_in_h2(self):
+        good = self.server()
+        plain = self.backend("h1")  # an HTTP/1.1 backend: no answer to an HTTP/2 check
+        health = {"path": "/health", "interval_ms": 100, "timeout_ms": 500, "fall": 1, "rise": 1}
+        self.start([("ok", good, {"health": health}),
+                    ("old", None, {"health": health, "addr": plain.addr})])
+        dsptest.wait_until(lambda: any(r["path"] == "/health" for r in good.requests()), 5,
+                           "an HTTP/2 health check reached the h2 backend")
+        dsptest.wait_until(lambda: dsptest.backend_state(self.d, "old", plain.addr) == "down", 5,
+                           "the HTTP/1-only backend marked down")
+        self.assertEqual(dsptest.backend_state(self.d, "ok", good.addr), "up")
+        hc = [r for r in good.requests() if r["path"] == "/health"][0]
+        self.assertEqual(hc["method"], "GET")
+        self.assertEqual(hc["headers"][":scheme"], "http")
+        self.assertEqual(self.get("old.h2", "/")[0], 503)  # no healthy backend
+        self.assertEqual(self.get("ok.h2", "/echo?len")[0], 200)
 
     def test_protocol_config(self):
         d = dsptest.Dispatcher(workers=1)
