@@ -621,13 +621,14 @@ def wrk(proxy, path, conns, duration, headers=()):
     }
 
 
-def h2load(proxy, path, duration):
+def h2load(proxy, path, duration, extra=()):
     """Scenarios (i), (j): h2load -t1 -c H2_CONNS -m H2_STREAMS for duration seconds, pinned to the
-    load CPU; p99 from its per-request log. Same result fields as wrk()."""
+    load CPU; p99 from its per-request log. Same result fields as wrk(). <extra>: more h2load
+    arguments (scenario (m): the request body and gRPC's header fields)."""
     logp = os.path.join(TMP, "h2load-requests.log")
     argv = pin(LOAD_CPU) + ["h2load", "-t1", "-c%d" % H2_CONNS, "-m%d" % H2_STREAMS,
-                            "-D", str(duration), "--log-file", logp,
-                            "%s://%s:%d%s" % (proxy.scheme, proxy.url_host, proxy.port, path)]
+                            "-D", str(duration), "--log-file", logp] + list(extra) + [
+                                "%s://%s:%d%s" % (proxy.scheme, proxy.url_host, proxy.port, path)]
     pids = proxy.pids()
     b0, m0, w0 = cpu_ticks(BACKEND_PIDS), machine_busy_ticks(), children_cpu_s()
     t0, (u0, s0) = time.monotonic(), cpu_ticks_split(pids)

@@ -24,17 +24,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-# Scenario (k), rate_limit on the hot path, is bench/bench_rl.py (own results file); it runs
-# after the others when BENCH_ONLY is unset or names k.
+# Scenario (k), rate_limit on the hot path, is bench/bench_rl.py, and (m), gRPC unary calls, is
+# bench/bench_grpc.py (each with its own results file); they run after the others when BENCH_ONLY
+# is unset or names them.
 if [ -z "${BENCH_ONLY:-}" ]; then
-    only=",k,"
+    only=",k,m,"
     rest=
     python3 "$here/bench.py" "$@" &
     py_pid=$!
     wait "$py_pid"
 else
     only=",$BENCH_ONLY,"
-    rest=$(printf '%s' "$only" | tr ',' '\n' | grep -v -x -e k -e '' | paste -sd, - || true)
+    rest=$(printf '%s' "$only" | tr ',' '\n' | grep -v -x -e k -e m -e '' | paste -sd, - || true)
 fi
 if [ -n "$rest" ]; then
     BENCH_ONLY="$rest" python3 "$here/bench.py" "$@" &
@@ -43,6 +44,11 @@ if [ -n "$rest" ]; then
 fi
 if [[ "$only" == *",k,"* ]]; then
     python3 "$here/bench_rl.py" &
+    py_pid=$!
+    wait "$py_pid"
+fi
+if [[ "$only" == *",m,"* ]]; then
+    python3 "$here/bench_grpc.py" &
     py_pid=$!
     wait "$py_pid"
 fi
