@@ -20,6 +20,10 @@
 
 #define HOST_MAX 256
 
+/* wk_mw_txn.rl_set bits */
+#define RL_FIGURES  1u /* rl_remaining and rl_reset hold the tightest bucket's figures */
+#define RL_ANSWERED 2u /* a generated answer has its RateLimit fields already */
+
 /* The normalised host of the request (as routing sees it) into <buf>; its length. */
 static size_t host_key(const struct wk_xchg *x, char *buf)
 {
@@ -87,17 +91,18 @@ static int rl_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
     {
         /* Two limits on one route: the answer shows the tighter one. */
         struct wk_mw_txn *mt = &x->tx->mw;
-        if (!mt->rl_set || v.remaining < mt->rl_remaining) {
+        if (!(mt->rl_set & RL_FIGURES) || v.remaining < mt->rl_remaining) {
             mt->rl_remaining = (uint32_t)v.remaining;
         }
-        if (!mt->rl_set || v.reset_s > mt->rl_reset) {
+        if (!(mt->rl_set & RL_FIGURES) || v.reset_s > mt->rl_reset) {
             mt->rl_reset = (uint32_t)(v.reset_s > UINT32_MAX ? UINT32_MAX : v.reset_s);
         }
-        mt->rl_set = 1;
+        mt->rl_set |= RL_FIGURES;
     }
     if (v.allowed) {
         return WK_MW_PASS;
     }
+    x->tx->mw.rl_set |= RL_ANSWERED; /* its own fields: no earlier limit adds its own */
     n = snprintf(num, sizeof(num), "%llu", (unsigned long long)v.retry_after_s);
     wk_mw_hdr(x, "Retry-After", num, (size_t)n);
     n = snprintf(num, sizeof(num), "%llu", (unsigned long long)v.limit);
@@ -135,7 +140,7 @@ static int rl_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk_h
     size_t a, b;
 
     (void)c;
-    if (!mt->rl_set || mt->rl_buf[0] != '\0') {
+    if (!(mt->rl_set & RL_FIGURES) || mt->rl_buf[0] != '\0') {
         return 0; /* another rate_limit of the chain wrote them already */
     }
     _Static_assert(sizeof(mt->rl_buf) >= 22, "two 10-digit numbers and their NULs");
@@ -158,4 +163,22 @@ static int rl_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk_h
     return 0;
 }
 
-const struct wk_mw_hooks wk_mw_rate_limit_hooks = {.request = rl_request, .response = rl_response};
+/* A later middleware answers by itself (401, 403, a static page): the answer carries the
+ * figures too (once, however many limits the route has). */
+static void rl_answer(struct wk_xchg *x, const struct wk_mw_ctx *c)
+{
+    struct wk_mw_txn *mt = &x->tx->mw;
+    char buf[12];
+
+    (void)c;
+    if ((mt->rl_set & (RL_FIGURES | RL_ANSWERED)) != RL_FIGURES) {
+        return;
+    }
+    mt->rl_set |= RL_ANSWERED;
+    wk_mw_hdr(x, "RateLimit-Remaining", buf, u32_dec(buf, mt->rl_remaining));
+    wk_mw_hdr(x, "RateLimit-Reset", buf, u32_dec(buf, mt->rl_reset));
+}
+
+const struct wk_mw_hooks wk_mw_rate_limit_hooks = {.request = rl_request,
+                                                   .response = rl_response,
+                                                   .answer = rl_answer};

@@ -116,6 +116,8 @@ class HostScope(dsptest.TestCase):
                 mw("flood", average=1, period_s=60, burst=2, key="header:X-API-Key"),
                 mw("keep", average=1, period_s=60, burst=2, key="header:X-Keep"),
                 mw("h2", average=1, period_s=60, burst=2, key="header:X-H2"),
+                mw("before-page", average=1, period_s=60, burst=2, key="header:X-P"),
+                {"name": "page", "type": "static", "status": 503, "body": "down\n"},
             ),
         ])
         conf = dsptest.make_config(
@@ -127,6 +129,7 @@ class HostScope(dsptest.TestCase):
              route("flood.rl", "rl", middlewares=["flood"]),
              route("keep.rl", "rl", middlewares=["keep"]),
              route("h2.rl", "rl", middlewares=["h2"]),
+             route("page.rl", "rl", middlewares=["before-page", "page"]),
              route("plain.rl", "rl")],
             workers=2, limits={"rate_limit_keys": 1024}, extra=extra)
         # make_config wrote an admin line first: the later one (with http) must win, so drop it.
@@ -182,6 +185,14 @@ class HostScope(dsptest.TestCase):
         # The access log names the middleware that answered.
         wait_until(lambda: '"middleware":"hdr"' in open(os.path.join(self.d.tmp, "access.log")).read(),
                    5, "the 429 in the access log")
+
+    def test_fields_on_answers_of_later_middlewares(self):
+        # A static page after the limit: its answers carry the figures too, then the 429.
+        rs = [request(self.d.port, "/", host="page.rl", headers=[("X-P", "p")]) for _ in range(3)]
+        self.assertEqual([r.status for r in rs], [503, 503, 429])
+        self.assertEqual([r.header_all("RateLimit-Remaining") for r in rs], [["1"], ["0"], ["0"]])
+        self.assertEqual(rs[0].body, b"down\n")
+        self.assertEqual(len(rs[2].header_all("RateLimit-Reset")), 1, rs[2].headers)
 
     def test_missing_header_shares_one_bucket(self):
         # As Traefik: no X-API-Key is the empty key, one bucket for all such requests.
