@@ -189,11 +189,11 @@ int wk_gz_type_match(const char *pat, size_t plen, const char *ct, size_t clen)
     while (e < clen && ct[e] != ';' && !ows(ct[e])) {
         e++;
     }
+    if ((plen == 1 && pat[0] == '*') || (plen == 3 && memcmp(pat, "*/*", 3) == 0)) {
+        return 1; /* (a response without a type too, as nginx's gzip_types *) */
+    }
     if (e == s) {
         return 0; /* no media type at all */
-    }
-    if ((plen == 1 && pat[0] == '*') || (plen == 3 && memcmp(pat, "*/*", 3) == 0)) {
-        return 1;
     }
     if (plen >= 2 && pat[plen - 2] == '/' && pat[plen - 1] == '*') {
         /* "text/ *": the type and its slash, and some subtype after it */

@@ -42,7 +42,8 @@ unsigned wk_ae_choose(const struct wk_ae *a, unsigned allowed);
 
 /* ---- the response --------------------------------------------------------------------------
  * Does Content-Type value <ct> match pattern <pat> ("text/html", "text/ *" as one word, "*" or
- * "* / *")? Parameters (";charset=...") and case are ignored. */
+ * "* / *")? Parameters (";charset=...") and case are ignored; "*" matches an empty value (no
+ * Content-Type) too. */
 int wk_gz_type_match(const char *pat, size_t plen, const char *ct, size_t clen);
 /* Vary after compression: <v> (NULL: no Vary) with Accept-Encoding added unless it is already
  * there or Vary is "*". Written to <out>[0, cap): its length, or 0 when it does not fit. */

@@ -87,6 +87,16 @@ static int gz_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
 static int type_listed(const struct wk_mw_ctx *c, const struct shm_mw_compress *p, const char *ct,
                        size_t n)
 {
+    size_t at = 0;
+
+    /* gRPC (application/grpc, +proto, -web...) compresses its messages itself (grpc-encoding):
+     * never a Content-Encoding on it. */
+    while (at < n && (ct[at] == ' ' || ct[at] == '\t')) {
+        at++;
+    }
+    if (n - at >= 16 && strncasecmp(ct + at, "application/grpc", 16) == 0) {
+        return 0;
+    }
     if (p->types.n == 0) {
         for (const char *const *t = default_types; *t != NULL; t++) {
             if (wk_gz_type_match(*t, strlen(*t), ct, n)) {
@@ -220,7 +230,7 @@ static int gz_response(struct wk_xchg *x, const struct wk_mw_ctx *c, struct wk_h
         wk_mwgz_drop(x->tx); /* (an earlier attempt's head that was taken back) */
     }
     view_head(rs, &v);
-    if (v.skip || v.ctype == NULL || !type_listed(c, p, v.ctype->value, v.ctype->vlen) ||
+    if (v.skip || !type_listed(c, p, v.ctype ? v.ctype->value : "", v.ctype ? v.ctype->vlen : 0) ||
         (v.clen != UINT64_MAX && (v.clen == 0 || v.clen < p->min_bytes)) ||
         rs->hd.n + 2 > WK_MAX_HEADERS) {
         return 0;

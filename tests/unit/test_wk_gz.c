@@ -91,7 +91,9 @@ static void test_type_match(void)
     CU_ASSERT(!wk_gz_type_match(S("image/svg+xml"), S("image/png")));
     CU_ASSERT(wk_gz_type_match(S("*"), S("image/png")));
     CU_ASSERT(wk_gz_type_match(S("*/*"), S("a/b")));
-    CU_ASSERT(!wk_gz_type_match(S("*"), S("  ;x=y")));
+    CU_ASSERT(wk_gz_type_match(S("*"), S("  ;x=y")));
+    CU_ASSERT(wk_gz_type_match(S("*/*"), S("")));
+    CU_ASSERT(!wk_gz_type_match(S("text/*"), S("")));
     CU_ASSERT(!wk_gz_type_match(S("text/html"), S("")));
 }
 
