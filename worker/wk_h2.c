@@ -231,25 +231,6 @@ static int stream_fail(struct wk_h2_stream *st, uint32_t code)
     return -1;
 }
 
-/* A gRPC call's grpc-timeout: the deadline of the whole call, when there is one. A malformed
- * value is refused as grpc-go refuses it (INTERNAL, from our 400); a zero one has passed.
- * 0, 1 when answered, -1 when the client side was closed. */
-static int stream_deadline(struct wk_h2_stream *st, const struct wk_h1_req *rq)
-{
-    uint64_t ms;
-    int r = stream_grpc(st) ? wk_grpc_head_timeout(&rq->hd, &ms) : 0;
-
-    if (r < 0) {
-        r = wk_xchg_error(&st->x, 400, "Bad request", "Malformed grpc-timeout", 1);
-    } else if (r == 0 || ms > 0) {
-        st->deadline = r ? wk.now + ms : 0;
-        return 0;
-    } else {
-        r = wk_xchg_error(&st->x, 504, "Gateway timeout", "The call's deadline passed", 0);
-    }
-    return r < 0 ? -1 : 1;
-}
-
 /* The header block of a new request is complete: build the request and start its exchange. */
 static void stream_request(struct wk_h2_stream *st, int end_stream)
 {
@@ -316,8 +297,8 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
     if (r == 0) {
         r = wk_xchg_route(x, rq, nhost, nhlen);
     }
-    if (r == 0) {
-        r = stream_deadline(st, rq);
+    if (r == 0 && stream_grpc(st)) {
+        r = wk_h2_grpc_deadline(x, rq, &st->deadline);
     }
     if (r == 0) {
         r = wk_xchg_forward(x, rq);
@@ -799,8 +780,19 @@ static void deadline_passed(struct wk_h2_stream *st)
         return;
     }
     wk_xchg_cut(x, SHM_CUT_DEADLINE);
-    stream_end_exchange(st, -1);
-    rst(st, NGHTTP2_CANCEL);
+    if ((st->flags & (S_RESPONDED | S_NOBODY)) == S_RESPONDED) {
+        /* As a gRPC server ends a call at its deadline: the backend's part is cut, what was
+         * relayed goes out, then DEADLINE_EXCEEDED in the trailers. */
+        free(st->trail);
+        st->trail = wk_h2_grpc_status(WK_GRPC_DEADLINE_EXCEEDED, "Deadline exceeded");
+        if (st->trail != NULL) {
+            wk_xchg_detach(x);
+            x->tflags |= WK_T_RESP_DONE;
+            nghttp2_session_resume_data(st->h->s, st->id);
+            return;
+        }
+    }
+    stream_fail(st, NGHTTP2_CANCEL);
 }
 
 void wk_h2_stream_timeout(struct wk_h2_stream *st)

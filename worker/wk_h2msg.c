@@ -481,6 +481,33 @@ struct wk_h2_fields *wk_h2_fields_new(const struct wk_hdr *f, uint32_t n)
     return tf;
 }
 
+struct wk_h2_fields *wk_h2_grpc_status(unsigned code, const char *msg)
+{
+    char c[12];
+    struct wk_hdr f[2];
+
+    snprintf(c, sizeof(c), "%u", code);
+    f[0] = (struct wk_hdr){"grpc-status", c, 11, (uint32_t)strlen(c)};
+    f[1] = (struct wk_hdr){"grpc-message", msg, 12, (uint32_t)strlen(msg)};
+    return wk_h2_fields_new(f, 2);
+}
+
+int wk_h2_grpc_deadline(struct wk_xchg *x, const struct wk_h1_req *rq, uint64_t *deadline)
+{
+    uint64_t ms;
+    int r = wk_grpc_head_timeout(&rq->hd, &ms);
+
+    if (r < 0) {
+        r = wk_xchg_error(x, 400, "Bad request", "Malformed grpc-timeout", 1);
+    } else if (r == 0 || ms > 0) {
+        *deadline = r ? wk.now + ms : 0;
+        return 0;
+    } else {
+        r = wk_xchg_error(x, 504, "Gateway timeout", "The call's deadline passed", 0);
+    }
+    return r < 0 ? -1 : 1;
+}
+
 /* ---- abuse limits -----------------------------------------------------------------------------
  */
 /* ---- the session's memory ------------------------------------------------------------------- */

@@ -85,6 +85,13 @@ struct wk_h2_fields {
 };
 struct wk_h2_fields *wk_h2_fields_new(const struct wk_hdr *f, uint32_t n);
 
+/* The trailers that end a gRPC call with status <code> and <msg> (percent-encoded already). */
+struct wk_h2_fields *wk_h2_grpc_status(unsigned code, const char *msg);
+/* The grpc-timeout of the gRPC call <rq>: the call's end in *deadline (wk.now ms; 0: none). A
+ * malformed value is refused as grpc-go refuses it (INTERNAL, from our 400); a zero one has
+ * passed (DEADLINE_EXCEEDED). 0, 1 when <x> was answered, -1 when its client side was closed. */
+int wk_h2_grpc_deadline(struct wk_xchg *x, const struct wk_h1_req *rq, uint64_t *deadline);
+
 /* ---- abuse limits ---------------------------------------------------------------------------
  * Per connection token buckets on the loop's clock (wk.now: no syscall) for frames that cost us
  * work and give the client nothing; past one, or past nghttp2's own limits, the connection is

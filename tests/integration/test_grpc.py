@@ -490,6 +490,20 @@ class GrpcCallsTest(dsptest.TestCase):
         self.assertLess(time.monotonic() - t0, 3.0)
         # the backend's stream was ended too, long before its 4 s
         dsptest.wait_until(lambda: os.path.exists(cancelled), 2.5, "the server saw the cancel")
+        # the dispatcher's own deadline (grpc-timeout, no deadline in the client): the server
+        # sent its headers at once, so the call ends as a server ends it, DEADLINE_EXCEEDED in
+        # the trailers, and the backend's stream is cancelled
+        cancelled2 = cancelled + "2"
+        ev = h2_streams(self.d.port, [{
+            "headers": grpc_req("grpc.test", extra=[("grpc-timeout", "300m"),
+                                                    ("x-sleep-ms", "4000"),
+                                                    ("x-cancelled-file", cancelled2)]),
+            "data": ["\0\0\0\0\x02zz"]}])[0]
+        self.assertEqual([e[0] for e in ev], ["response", "trailers", "end"], ev)
+        self.assertEqual(hdict(ev[1][1])["grpc-status"], "4")
+        self.assertGreaterEqual(ev[1][2], 0.28)
+        self.assertLess(ev[1][2], 2.5)
+        dsptest.wait_until(lambda: os.path.exists(cancelled2), 2.5, "the server saw the cancel")
         # within the deadline all is well
         r = self.call("sleep", "100:5")
         self.assertEqual((r["code"], r["messages"]), ("OK", ["echo:zz"]), r)
