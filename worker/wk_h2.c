@@ -156,10 +156,13 @@ static void stream_free(struct wk_h2_stream *st)
     wk_free_later(&st->ev);
 }
 
-/* Is the stream's request a gRPC call, whose errors must be gRPC answers? */
+/* Are the stream's errors gRPC answers: a gRPC call, or a request routed to a gRPC service? */
 static int stream_grpc(const struct wk_h2_stream *st)
 {
-    return (st->flags & S_GRPC) != 0;
+    const struct wk_xchg *x = &st->x;
+
+    return (st->flags & S_GRPC) != 0 || (x->at.gen != NULL && x->at.service != SHM_NONE &&
+                                         wk_xsvc(x)->protocol == SHM_PROTO_GRPC);
 }
 
 /* ---- the header block ------------------------------------------------------------------------ */

@@ -516,3 +516,12 @@ class GrpcCallsTest(dsptest.TestCase):
         self.assertEqual(r["code"], "UNAVAILABLE", r)
         r = self.call("echo", "x", authority="victim.test")
         self.assertEqual(r["code"], "UNAVAILABLE", r)
+        # a service with protocol = "grpc" answers any HTTP/2 request with gRPC errors...
+        ev = h2_streams(self.d.port, [{"headers": req("victim.test", "/x", "GET")}])[0]
+        self.assertEqual([e[0] for e in ev], ["response", "end"], ev)
+        h = hdict(ev[0][1])
+        self.assertEqual((h[":status"], h["grpc-status"]), ("200", "14"), h)
+        # ... and an HTTP/1 client with JSON (gRPC needs HTTP/2)
+        r = dsptest.request(self.d.port, "/x", host="victim.test")
+        self.assertIn(r.status, (502, 503))
+        self.assertJsonError(r, r.status)
