@@ -120,6 +120,10 @@ int ms_h2hc_feed(struct ms_h2hc *c, const uint8_t *p, size_t n)
     if (c->status == 0 && !c->over && nghttp2_session_mem_recv(c->s, p, n) < 0) {
         c->over = 1;
     }
+    /* What the session answers (SETTINGS ACK, a GOAWAY for garbage) is not needed by a one-shot
+     * check: serialized and dropped, so that a session that gave up says so (want_read). */
+    for (const uint8_t *data; !c->over && nghttp2_session_mem_send(c->s, &data) > 0;) {
+    }
     if (c->status != 0) {
         return (int)c->status;
     }

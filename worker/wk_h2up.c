@@ -424,35 +424,26 @@ static int req_field_dropped(const char *n, size_t l)
     return 0;
 }
 
-/* Submit the exchange's request: its HTTP/1 head (tx->uout, as built for any backend) becomes
- * the header block. Returns 0, or -1 when it cannot be submitted. */
-static int stream_submit(struct wk_h2up_stream *st)
+size_t wk_h2up_head_nv(char *p, size_t len, int https, int te_trailers, nghttp2_nv *nva, size_t max)
 {
-    struct wk_h2up_conn *c = st->c;
-    struct wk_xchg *x = st->x;
-    const char *p = x->tx->uout.data + x->tx->uout.start, *end = x->tx->uout.data + x->tx->uout.end;
-    const char *sp1, *sp2, *eol;
-    nghttp2_nv nva[WK_MAX_HEADERS + 16];
+    const char *end = p + len, *sp1, *sp2, *eol;
     size_t n = 4;
-    nghttp2_data_provider prd = {.source.ptr = NULL, .read_callback = req_read};
-    int32_t id;
 
-    eol = memchr(p, '\r', (size_t)(end - p));
+    eol = memchr(p, '\r', len);
     sp1 = eol ? memchr(p, ' ', (size_t)(eol - p)) : NULL;
     sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(eol - sp1 - 1)) : NULL;
-    if (sp2 == NULL) {
-        return -1;
+    if (sp2 == NULL || max < 5) {
+        return 0;
     }
     nv_set(&nva[0], ":method", 7, p, (size_t)(sp1 - p));
-    nv_set(&nva[1], ":scheme", 7, (c->flags & C_TLS) ? "https" : "http",
-           (c->flags & C_TLS) ? 5 : 4);
+    nv_set(&nva[1], ":scheme", 7, https ? "https" : "http", https ? 5 : 4);
     nv_set(&nva[2], ":path", 5, sp1 + 1, (size_t)(sp2 - sp1 - 1));
     nv_set(&nva[3], ":authority", 10, "", 0);
-    for (p = eol + 2; p < end && *p != '\r'; p = eol + 2) {
+    for (p = (char *)(uintptr_t)eol + 2; p < end && *p != '\r'; p = (char *)(uintptr_t)eol + 2) {
         const char *colon = memchr(p, ':', (size_t)(end - p)), *v;
         eol = memchr(p, '\r', (size_t)(end - p));
         if (colon == NULL || eol == NULL || colon > eol) {
-            return -1;
+            return 0;
         }
         for (v = colon + 1; v < eol && *v == ' '; v++) {
         }
@@ -463,16 +454,35 @@ static int stream_submit(struct wk_h2up_stream *st)
         if (req_field_dropped(p, (size_t)(colon - p))) {
             continue;
         }
-        if (n >= DSP_ARRAY_SIZE(nva) - 1) {
-            return -1;
+        if (n >= max - 1) {
+            return 0;
         }
-        for (char *k = (char *)(uintptr_t)p; k < colon; k++) {
-            *k = (char)(*k >= 'A' && *k <= 'Z' ? *k + 32 : *k); /* (our own buffer) */
+        for (char *k = p; k < colon; k++) {
+            *k = (char)(*k >= 'A' && *k <= 'Z' ? *k + 32 : *k);
         }
         n += nv_set(&nva[n], p, (size_t)(colon - p), v, (size_t)(eol - v));
     }
-    if (x->tx->te_trailers) {
+    if (te_trailers) {
         n += nv_set(&nva[n], "te", 2, "trailers", 8);
+    }
+    return n;
+}
+
+/* Submit the exchange's request: its HTTP/1 head (tx->uout, as built for any backend) becomes
+ * the header block. Returns 0, or -1 when it cannot be submitted. */
+static int stream_submit(struct wk_h2up_stream *st)
+{
+    struct wk_h2up_conn *c = st->c;
+    struct wk_xchg *x = st->x;
+    nghttp2_nv nva[WK_MAX_HEADERS + 16];
+    nghttp2_data_provider prd = {.source.ptr = NULL, .read_callback = req_read};
+    size_t n = wk_h2up_head_nv(x->tx->uout.data + x->tx->uout.start,
+                               x->tx->uout.end - x->tx->uout.start, (c->flags & C_TLS) != 0,
+                               x->tx->te_trailers, nva, DSP_ARRAY_SIZE(nva));
+    int32_t id;
+
+    if (n == 0) {
+        return -1;
     }
     if (x->tx->req_chunked) {
         wk_chunk_init(&st->dec, 0);
@@ -975,4 +985,19 @@ void wk_h2up_timeout(struct wk_h2up_conn *c)
     }
     conn_wake_all(c);
     conn_release(c);
+}
+
+size_t wk_h2up_shed(uint32_t slot)
+{
+    size_t n = 0;
+
+    for (struct wk_h2up_conn *c = wk.pools[slot].h2, *next; c != NULL; c = next) {
+        next = c->next;
+        if (c->streams == NULL && c->open == 0) {
+            conn_fail(c, WK_FAIL_RESET); /* (no stream to tell) */
+            conn_release(c);
+            n++;
+        }
+    }
+    return n;
 }

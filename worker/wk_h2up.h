@@ -108,4 +108,12 @@ int h2up_conn_flush(struct wk_h2up_conn *c);
 /* With no stream left, the connection's idle timeout starts. */
 void h2up_conn_idle_check(struct wk_h2up_conn *c);
 
+/* The request head <p>[0, len) (an HTTP/1 head as the exchange builds it for any backend) as an
+ * HTTP/2 header block into <nva>[0, max): :method, :scheme (<https>), :path, :authority from
+ * Host, the fields with lower-cased names (in place in <p>), without the connection-specific
+ * ones, Host, TE and Expect; "te: trailers" when <te_trailers>. Returns how many, or 0 when the
+ * head is not one or does not fit. */
+size_t wk_h2up_head_nv(char *p, size_t len, int https, int te_trailers, nghttp2_nv *nva,
+                       size_t max);
+
 #endif

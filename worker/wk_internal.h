@@ -583,6 +583,8 @@ int wk_h2up_recv(struct wk_xchg *x);
 int wk_h2up_stale(const struct wk_xchg *x);
 /* Does <hd> carry TE: trailers? */
 int wk_h2up_te_trailers(const struct wk_head *hd);
+/* Close the idle HTTP/2 connections to backend slot <slot> (out of descriptors); how many. */
+size_t wk_h2up_shed(uint32_t slot);
 void wk_h2up_event(struct wk_h2up_conn *c, uint32_t events);
 void wk_h2up_timeout(struct wk_h2up_conn *c);
 

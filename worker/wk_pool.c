@@ -154,6 +154,7 @@ size_t wk_pool_shed(void)
 
     for (uint32_t i = 0; i < s->nbackends; i++) {
         struct wk_pool *p = &wk.pools[shm_backends(s)[i].rt_slot];
+        n += wk_h2up_shed(shm_backends(s)[i].rt_slot);
         while (p->head != NULL) {
             wk_upstream_close(p->head); /* (unlinks it from the pool) */
             n++;
