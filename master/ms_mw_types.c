@@ -249,6 +249,9 @@ static void *static_parse(struct ms_mw_src *s)
         }
         free(path);
     }
+    if ((m->status == 204 || m->status == 304) && m->blen > 0) {
+        ms_mw_err(s, "status", "a %ld answer has no body", m->status);
+    }
     if (m->ctype == NULL) {
         m->ctype = dsp_xstrdup("text/plain; charset=utf-8");
     }

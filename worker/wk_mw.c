@@ -375,6 +375,9 @@ int wk_mw_reply(struct wk_xchg *x, unsigned status, const char *ctype, const cha
                 size_t blen)
 {
     decorate(x);
+    if (status == 204 || status == 304) {
+        blen = 0; /* (they have no body, whatever was given) */
+    }
     return wk_xchg_reply_as(x, status, ctype, body, blen, 0) == 0 ? WK_MW_DONE : WK_MW_CLOSED;
 }
 

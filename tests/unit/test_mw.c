@@ -331,6 +331,7 @@ static void test_config_errors(void)
         {"{ name = \"a\"; type = \"static\"; body = \"x\"; body_file = \"y\"; }", "not both"},
         {"{ name = \"a\"; type = \"static\"; body_file = \"/nonexistent/x\"; }", "body_file"},
         {"{ name = \"a\"; type = \"static\"; status = 99; }", "status"},
+        {"{ name = \"a\"; type = \"static\"; status = 204; body = \"x\"; }", "has no body"},
         {"{ name = \"a\"; type = \"ip_allow\"; cidrs = []; }", "needs cidrs"},
         {"{ name = \"a\"; type = \"ip_allow\"; cidrs = [1]; }", "must be a string"},
         {"{ name = \"a\"; type = \"strip_prefix\"; prefix = \"/\"; }", "not \"/\""},
