@@ -71,6 +71,7 @@ class Conn:
                                                                         header_encoding="utf-8"))
         self.lock = threading.Lock()
         self.bodies = {}
+        self.trailers = {}  # stream -> the request's trailers (logged)
         self.heads = {}
         self.pending = {}  # stream -> [data, end, trailers]
         self.nreq = 0
@@ -132,7 +133,8 @@ class Conn:
         if LOG:
             with log_lock, open(LOG, "a") as f:
                 f.write(json.dumps({"conn": self.num, "stream": sid, "method": head.get(":method"),
-                                    "path": path, "headers": head, "body_len": len(body)}) + "\n")
+                                    "path": path, "headers": head, "body_len": len(body),
+                                    "trailers": self.trailers.pop(sid, [])}) + "\n")
         base, _, query = path.partition("?")
         q = dict(kv.split("=", 1) for kv in query.split("&") if "=" in kv)
         if base == "/echo":
@@ -224,6 +226,8 @@ class Conn:
                         if ev.stream_id in self.bodies:
                             self.bodies[ev.stream_id] += ev.data
                         self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.TrailersReceived):
+                        self.trailers[ev.stream_id] = ev.headers
                     elif isinstance(ev, h2.events.StreamEnded):
                         if ev.stream_id in self.heads:
                             ready.append(ev.stream_id)

@@ -525,3 +525,33 @@ class GrpcCallsTest(dsptest.TestCase):
         r = dsptest.request(self.d.port, "/x", host="victim.test")
         self.assertIn(r.status, (502, 503))
         self.assertJsonError(r, r.status)
+
+
+@unittest.skipUnless(HAVE_H2, "python3-h2 under /usr/bin/python3")
+class H2BackendTrailersTest(dsptest.TestCase):
+    """An HTTP/2 client's request trailers reach an HTTP/2 backend as a trailing HEADERS frame
+    (h2_server.py logs them), checked like header fields."""
+
+    def test_request_trailers_to_h2_backend(self):
+        from test_h2_backend import H2Server
+        d = self.dispatcher(services=[], routes=[], workers=1, start=False)
+        be = H2Server(d.tmp)
+        self.addCleanup(be.stop)
+        d.write_config(dsptest.make_config(d.port, d.tmp, [svc("h2", be.addr, protocol="h2")],
+                                           [route("h2.test", "h2")], 1))
+        p = subprocess.run([dsptest.MASTER, "-t", "-c", d.conf], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+        if p.returncode != 0:
+            self.skipTest("no HTTP/2 backends in this build")
+        self.start_dispatcher(d)
+        ev = h2_streams(d.port, [
+            {"headers": req("h2.test", "/echo"), "data": ["abc", "de"],
+             "trailers": [["x-sum", "42"], ["x_under", "1"], ["grpc-status", "0"]]},
+            {"headers": req("h2.test", "/echo", extra=[("content-length", "3")]),
+             "data": ["xyz"], "trailers": [["x-cl", "1"]]}])
+        for e in ev:
+            self.assertEqual(hdict(e[0][1])[":status"], "200", e)
+        got = {r["headers"].get("content-length", "-"): r for r in be.requests()}
+        self.assertEqual(got["-"]["body_len"], 5)
+        self.assertEqual(got["-"]["trailers"], [["x-sum", "42"], ["grpc-status", "0"]])
+        self.assertEqual(got["3"]["trailers"], [["x-cl", "1"]])  # (HTTP/2 carries them both ways)
