@@ -112,6 +112,24 @@ int htp_scheme(const char *h, size_t n, const char **why)
     return HTP_NONE;
 }
 
+uint64_t htp_cost_us(const char *h, size_t n)
+{
+    const char *why;
+    int s = htp_scheme(h, n, &why);
+    uint64_t rounds = 5000;
+
+    if (s == HTP_BCRYPT) {
+        return (uint64_t)112 << ((unsigned)(h[4] - '0') * 10u + (unsigned)(h[5] - '0'));
+    }
+    if (s == HTP_NONE) {
+        return 0;
+    }
+    if (n > 10 && memcmp(h + 3, "rounds=", 7) == 0) {
+        rounds = strtoull(h + 10, NULL, 10);
+    }
+    return rounds * (s == HTP_SHA512 ? 95 : 68) / 100;
+}
+
 /* ---- the file ---------------------------------------------------------------------------------
  */
 int htp_user_cmp(const char *a, size_t alen, const char *b, size_t blen)

@@ -25,6 +25,12 @@
  * what it is ("MD5 ($apr1$) is not supported: ...") when it is not a well-formed accepted one. */
 int htp_scheme(const char *h, size_t n, const char **why);
 
+/* A rough cost of verifying a password against the accepted hash <h>[0, n), in microseconds of
+ * one core (bcrypt: doubling per cost step; sha-crypt: linear in rounds, default 5000). An
+ * unknown user is checked against the file's most expensive hash, so that the answer never comes
+ * sooner than for a real user. */
+uint64_t htp_cost_us(const char *h, size_t n);
+
 struct htp_user {
     const char *user; /* pointing into the parsed text (not NUL-terminated) */
     const char *hash;

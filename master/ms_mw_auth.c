@@ -133,6 +133,12 @@ static uint32_t basic_compile(const void *p, struct ms_mw_blob *b, uint32_t *len
     }
     o.users_off = ms_mw_put(b, t, m->nusers * sizeof(*t));
     o.nusers = (uint32_t)m->nusers;
+    for (size_t i = 1; i < m->nusers; i++) {
+        if (htp_cost_us(m->users[i].hash, m->users[i].hlen) >
+            htp_cost_us(m->users[o.dummy].hash, m->users[o.dummy].hlen)) {
+            o.dummy = (uint32_t)i;
+        }
+    }
     free(t);
     *len = sizeof(o);
     return ms_mw_put(b, &o, sizeof(o));

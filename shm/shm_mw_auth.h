@@ -19,6 +19,8 @@ struct shm_mw_basic_auth {
     struct shm_str users_file; /* its path, for messages */
     uint32_t users_off;        /* struct shm_mw_htuser table */
     uint32_t nusers;           /* >= 1 */
+    uint32_t dummy; /* the user with the most expensive hash: an unknown user is hashed with it */
+    uint32_t pad;
 };
 
 /* forward_auth: where the auth service is and what to copy from its 2xx answers. */

@@ -491,7 +491,7 @@ static void basic_done(struct wk_auth_wait *w, int ok)
 static int basic_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
 {
     const struct shm_mw_basic_auth *p = c->params;
-    const struct shm_mw_htuser *t = users_of(c->s, p), *u;
+    const struct shm_mw_htuser *t = users_of(c->s, p), *u, *d;
     char buf[HTP_USER_MAX + HTP_PASS_MAX + 8];
     const char *v, *user, *pass, *hash;
     size_t vlen, ulen, plen, hlen;
@@ -509,11 +509,12 @@ static int basic_request(struct wk_xchg *x, const struct wk_mw_ctx *c)
         explicit_bzero(buf, sizeof(buf));
         return challenge(x, c->s, p, c->m->rt_slot, "Malformed credentials");
     }
-    /* An unknown user is hashed against the file's first hash (and always fails), so that
-     * the answer takes as long as for a known one. */
+    /* An unknown user is hashed against the file's most expensive hash (and always fails),
+     * so that the answer never comes sooner than for a known one. */
     u = find_user(c->s, t, p->nusers, user, ulen);
-    hash = shm_mw_s(c->s, (u != NULL ? u : t)->hash);
-    hlen = (u != NULL ? u : t)->hash.len;
+    d = &t[p->dummy < p->nusers ? p->dummy : 0];
+    hash = shm_mw_s(c->s, (u != NULL ? u : d)->hash);
+    hlen = (u != NULL ? u : d)->hash.len;
     hit = wk_auth_cached(user, ulen, pass, plen, hash, hlen, tag) && u != NULL;
     if (hit) {
         explicit_bzero(buf, sizeof(buf));

@@ -238,8 +238,25 @@ class BasicAuthTest(dsptest.TestCase):
     def test_event_loop_not_stalled(self):
         """20 parallel wrong bcrypt (cost 10) passwords: another client's GETs on the same
         worker keep their latency; then cached checks cost little CPU."""
-        d = self.start([htpasswd_line("-B", "alice", "pw", "-C", "10")])
+        d = self.start([htpasswd_line("-2", "aaron", "pw"),
+                        htpasswd_line("-B", "alice", "pw", "-C", "10")])
         worker = d.worker_pids()[0]
+
+        # an unknown user takes as long as a wrong password of the costliest user (alice's
+        # bcrypt), not as long as the first user's cheap sha256-crypt
+        def took(user, pw):
+            t = time.monotonic()
+            r = dsptest.request(d.port, "/", host="auth.do",
+                                headers=[("Authorization", basic(user, pw))])
+            self.assertEqual(r.status, 401)
+            return time.monotonic() - t
+        unknown = sorted(took("mallory", "x%d" % i) for i in range(3))[1]
+        wrong = sorted(took("alice", "x%d" % i) for i in range(3))[1]
+        cheap = sorted(took("aaron", "x%d" % i) for i in range(3))[1]
+        print("basic_auth: 401 after %.1f ms for an unknown user, %.1f ms for a wrong bcrypt-10 "
+              "password, %.1f ms for a wrong sha256-crypt one" % (unknown * 1e3, wrong * 1e3,
+                                                                  cheap * 1e3))
+        self.assertGreater(unknown, wrong / 2)
         # warm up: the first (correct) check is hashed, later ones are cached
         r = dsptest.request(d.port, "/", host="auth.do",
                             headers=[("Authorization", basic("alice", "pw"))])

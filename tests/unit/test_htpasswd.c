@@ -246,5 +246,18 @@ static void test_siphash(void)
     CU_ASSERT(htp_ct_equal("abc", "abc", 3) && !htp_ct_equal("abc", "abd", 3));
 }
 
-UNIT_SUITE(htpasswd, {"scheme", test_scheme}, {"scheme_libcrypt", test_scheme_libcrypt},
-           {"parse", test_parse}, {"basic", test_basic}, {"siphash", test_siphash})
+static void test_cost(void)
+{
+    uint64_t b4 = htp_cost_us(BCRYPT, strlen(BCRYPT));
+    const char *b10 = "$2y$10$FkXlyD.8Lx68XoEnDO/08.Gy751L6wV4HzP1MFRirBAQdEJwTKha.";
+
+    CU_ASSERT(b4 > 0 && htp_cost_us(b10, strlen(b10)) == b4 * 64);
+    CU_ASSERT(htp_cost_us(SHA512, strlen(SHA512)) > htp_cost_us(SHA256, strlen(SHA256)));
+    CU_ASSERT(htp_cost_us(SHA512_R, strlen(SHA512_R)) > htp_cost_us(SHA512, strlen(SHA512)));
+    CU_ASSERT(htp_cost_us(b10, strlen(b10)) > htp_cost_us(SHA512_R, strlen(SHA512_R)));
+    CU_ASSERT_EQUAL(htp_cost_us("plain", 5), 0);
+}
+
+UNIT_SUITE(htpasswd, {"cost", test_cost}, {"scheme", test_scheme},
+           {"scheme_libcrypt", test_scheme_libcrypt}, {"parse", test_parse}, {"basic", test_basic},
+           {"siphash", test_siphash})
