@@ -170,7 +170,8 @@ struct way {
 
 struct item {
     uint32_t idx;
-    uint32_t fmw;
+    uint32_t fmw;  /* index in R.fmws when sent */
+    uint64_t id;   /* that middleware's id: a reload meanwhile may have moved it */
     uint64_t sent; /* our own tokens in this batch */
 };
 
@@ -298,20 +299,22 @@ static size_t redis_name(char *buf, size_t n, const struct fmw *f, uint32_t idx)
     const uint8_t *k = rl->keybytes[idx].b;
     int w = snprintf(buf, n, "%srl:%s:", ms_redis_namespace(), f->name);
     size_t len = (size_t)w;
+    uint16_t klen = __atomic_load_n(&s->key_len, __ATOMIC_RELAXED);
 
     if (w < 0 || (size_t)w >= n - 80) {
         return 0;
     }
-    if (s->key_kind == SHM_RL_KEY_CLIENT_IP && (s->key_len == 4 || s->key_len == 16)) {
-        inet_ntop(s->key_len == 4 ? AF_INET : AF_INET6, k, buf + len, (socklen_t)(n - len));
+    if (__atomic_load_n(&s->key_kind, __ATOMIC_RELAXED) == SHM_RL_KEY_CLIENT_IP &&
+        (klen == 4 || klen == 16)) {
+        inet_ntop(klen == 4 ? AF_INET : AF_INET6, k, buf + len, (socklen_t)(n - len));
         return len + strlen(buf + len);
     }
-    if (s->key_len <= SHM_RL_KEY_BYTES) {
-        if (len + s->key_len > n) {
+    if (klen <= SHM_RL_KEY_BYTES) {
+        if (len + klen > n) {
             return 0;
         }
-        memcpy(buf + len, k, s->key_len);
-        return len + s->key_len;
+        memcpy(buf + len, k, klen);
+        return len + klen;
     }
     buf[len++] = '#';
     for (unsigned i = 0; i < 16; i++) {
@@ -346,7 +349,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
         uint64_t total, remote;
 
         if (r->element[i]->type != REDIS_REPLY_INTEGER || r->element[i]->integer < 0 ||
-            it->fmw >= R.nfmw) {
+            it->fmw >= R.nfmw || R.fmws[it->fmw].id != it->id) {
             continue;
         }
         total = (uint64_t)r->element[i]->integer;
@@ -402,7 +405,8 @@ static void collect(struct batch *b, uint64_t now, int drop)
         uint32_t used;
         int f;
 
-        if (tag == 0 || !s->fleet || (f = fmw_of(__atomic_load_n(&s->mw, __ATOMIC_RELAXED))) < 0) {
+        if (tag == 0 || !__atomic_load_n(&s->fleet, __ATOMIC_ACQUIRE) ||
+            (f = fmw_of(__atomic_load_n(&s->mw, __ATOMIC_RELAXED))) < 0) {
             continue;
         }
         if (b->n == MAX_BATCH) {
@@ -423,6 +427,7 @@ static void collect(struct batch *b, uint64_t now, int drop)
         }
         b->items[b->n].idx = idx;
         b->items[b->n].fmw = (uint32_t)f;
+        b->items[b->n].id = R.fmws[f].id;
         b->items[b->n].sent = used;
         b->n++;
     }

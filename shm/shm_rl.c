@@ -217,6 +217,31 @@ struct claim {
     size_t len;
 };
 
+/* Way <idx> counts for the fleet: keep its key for the master's Redis names, then say so (the
+ * master reads the bytes only once it sees the flag). On a claim, or the first take after a
+ * reload made a host-scope middleware fleet-scope. */
+static void keep_key(struct shm_rl *rl, size_t idx, const struct claim *k)
+{
+    struct shm_rl_slot *s = &rl->slots[idx];
+    uint16_t len;
+
+    if (k->len <= SHM_RL_KEY_BYTES) {
+        memcpy(rl->keybytes[idx].b, k->key, k->len);
+        len = (uint16_t)k->len;
+    } else {
+        static const uint64_t zero[2] = {0, 0};
+        uint64_t h[2];
+
+        shm_rl_hash(zero, 0, k->key, k->len, h);
+        memcpy(rl->keybytes[idx].b, k->key, SHM_RL_KEY_PREFIX);
+        memcpy(rl->keybytes[idx].b + SHM_RL_KEY_PREFIX, h, 16);
+        len = SHM_RL_KEY_BYTES + 1; /* the master names it by the hash */
+    }
+    __atomic_store_n(&s->key_kind, k->kind, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->key_len, len, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->fleet, 1, __ATOMIC_RELEASE);
+}
+
 /* Give a way of group <gi> to the key (under the group's lock). Returns the way, or -1 when the
  * lock could not be had. */
 static int claim(struct shm_rl *rl, uint32_t gi, const struct claim *k, uint64_t now_ms,
@@ -255,22 +280,9 @@ static int claim(struct shm_rl *rl, uint32_t gi, const struct claim *k, uint64_t
     __atomic_store_n(&s->check, k->check, __ATOMIC_RELAXED);
     __atomic_store_n(&s->mw, k->p->id, __ATOMIC_RELAXED);
     __atomic_store_n(&s->used, 0, __ATOMIC_RELAXED);
-    s->key_kind = k->kind;
-    s->fleet = k->p->scope == SHM_RL_SCOPE_FLEET;
-    s->key_len = 0;
-    if (s->fleet) {
-        if (k->len <= SHM_RL_KEY_BYTES) {
-            memcpy(rl->keybytes[idx].b, k->key, k->len);
-            s->key_len = (uint16_t)k->len;
-        } else {
-            static const uint64_t zero[2] = {0, 0};
-            uint64_t h[2];
-
-            shm_rl_hash(zero, 0, k->key, k->len, h);
-            memcpy(rl->keybytes[idx].b, k->key, SHM_RL_KEY_PREFIX);
-            memcpy(rl->keybytes[idx].b + SHM_RL_KEY_PREFIX, h, 16);
-            s->key_len = SHM_RL_KEY_BYTES + 1; /* the master names it by the hash */
-        }
+    __atomic_store_n(&s->fleet, 0, __ATOMIC_RELAXED);
+    if (k->p->scope == SHM_RL_SCOPE_FLEET) {
+        keep_key(rl, idx, k);
     }
     st = ((uint64_t)(uint8_t)(shm_rl_inc(st) + 1) << 56); /* a full bucket */
     __atomic_store_n(&s->state, st, __ATOMIC_RELAXED);
@@ -318,6 +330,9 @@ void shm_rl_take(struct shm_rl *rl, const struct shm_mw_rate_limit *p, uint8_t k
                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
                 if (p->scope == SHM_RL_SCOPE_FLEET) {
                     __atomic_add_fetch(&s->used, 1, __ATOMIC_RELAXED);
+                    if (!__atomic_load_n(&s->fleet, __ATOMIC_RELAXED)) {
+                        keep_key(rl, (size_t)gi * SHM_RL_WAYS + (unsigned)w, &k);
+                    }
                 }
                 return;
             }

@@ -229,6 +229,29 @@ static void test_charge(void)
     CU_ASSERT_TRUE(take(rl, &p, "fleet-key", now, &v));
     CU_ASSERT_EQUAL(v.remaining, 0);
     CU_ASSERT_FALSE(take(rl, &p, "fleet-key", now, &v));
+    /* A host-scope bucket whose middleware becomes fleet-scope (a reload): its next token
+     * keeps the key for the master and counts. */
+    {
+        struct shm_mw_rate_limit h = params(6, 10, 5);
+        uint32_t j = UINT32_MAX;
+
+        CU_ASSERT_TRUE(take(rl, &h, "was-host", now, &v));
+        for (uint32_t i = 0; i < rl->ngroups * SHM_RL_WAYS; i++) {
+            if (rl->groups[i / SHM_RL_WAYS].tag[i % SHM_RL_WAYS] != 0 && rl->slots[i].mw == 6) {
+                j = i;
+            }
+        }
+        CU_ASSERT_FATAL(j != UINT32_MAX);
+        CU_ASSERT_EQUAL(rl->slots[j].fleet, 0);
+        CU_ASSERT_EQUAL(rl->slots[j].used, 0);
+        h.scope = SHM_RL_SCOPE_FLEET;
+        CU_ASSERT_TRUE(take(rl, &h, "was-host", now, &v));
+        CU_ASSERT_EQUAL(v.remaining, 3); /* the same bucket */
+        CU_ASSERT_EQUAL(rl->slots[j].fleet, 1);
+        CU_ASSERT_EQUAL(rl->slots[j].used, 1);
+        CU_ASSERT_EQUAL(rl->slots[j].key_len, 8);
+        CU_ASSERT_EQUAL(memcmp(rl->keybytes[j].b, "was-host", 8), 0);
+    }
     /* A stale incarnation (the way went to another key) charges nothing. */
     CU_ASSERT_EQUAL(shm_rl_charge(rl, idx, (uint8_t)(shm_rl_inc(rl->slots[idx].state) + 1),
                                   p.interval_us, p.burst, 3, now),
