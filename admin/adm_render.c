@@ -725,6 +725,11 @@ static void render_rl_metrics(struct adm_buf *b, const struct adm_view *v)
               "Buckets not yet full given to another key because the table was full there.");
     adm_buf_addf(b, "dispatcher_rate_limit_evictions_total %llu\n",
                  (unsigned long long)LD(&rl->evictions));
+    prom_head(b, "dispatcher_rate_limit_contended_total", "counter",
+              "Requests let through unlimited because a bucket group stayed locked (a worker "
+              "stopped while claiming): expected to stay 0.");
+    adm_buf_addf(b, "dispatcher_rate_limit_contended_total %llu\n",
+                 (unsigned long long)LD(&rl->contended));
     prom_head(b, "dispatcher_rate_limit_fleet_fallback", "gauge",
               "1 while fleet-scope rate limits count on this host only (Redis unreachable).");
     adm_buf_addf(b, "dispatcher_rate_limit_fleet_fallback %d\n", mode == SHM_RL_MODE_FALLBACK);

@@ -1,11 +1,14 @@
 /* dispatcher: the rate limiter's shared bucket table (see shm_rl.h). */
 #include "shm/shm_rl.h"
 
+#include <sched.h>
 #include <string.h>
 
 #define US_PER_S    1000000ull
-#define LEASE_MS    50u  /* a group's claim lock expires after this (a killed holder) */
-#define LOCK_SPINS  256u /* tries before a request passes unlimited (never seen in practice) */
+#define LEASE_MS    50u   /* a group's claim lock expires after this (a killed holder) */
+#define LOCK_SPINS  64u   /* busy tries for a group's lock, then... */
+#define LOCK_YIELDS 4096u /* ...tries that give the CPU away (a holder preempted mid-claim runs)   \
+                           */
 #define MAX_DEBT_US (60ull * US_PER_S)
 #define TAT_MASK    ((1ull << 56) - 1)
 
@@ -168,7 +171,7 @@ static int find(const struct shm_rl *rl, uint32_t gi, uint64_t tag, uint64_t che
 
 static int group_lock(struct shm_rl_group *g, uint64_t now_ms)
 {
-    for (unsigned i = 0; i < LOCK_SPINS; i++) {
+    for (unsigned i = 0; i < LOCK_SPINS + LOCK_YIELDS; i++) {
         uint64_t cur = __atomic_load_n(&g->lock, __ATOMIC_RELAXED);
 
         /* Free, or the lease of a holder that died ran out. */
@@ -176,6 +179,13 @@ static int group_lock(struct shm_rl_group *g, uint64_t now_ms)
             __atomic_compare_exchange_n(&g->lock, &cur, now_ms + LEASE_MS, 0, __ATOMIC_ACQUIRE,
                                         __ATOMIC_RELAXED)) {
             return 0;
+        }
+        if (i >= LOCK_SPINS) {
+            /* The holder was preempted between two stores (a loaded machine): let it finish
+             * rather than pass a request unlimited. A holder that died has its lease run out
+             * for the next requests (their clocks move on). */
+            sched_yield();
+            continue;
         }
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();

@@ -154,6 +154,7 @@ class HostScope(dsptest.TestCase):
         self.assertEqual(codes.count(200), 50, "exactly the bucket passes: %s"
                          % {c: codes.count(c) for c in set(codes)})
         self.assertEqual(codes.count(429), 110)
+        self.assertEqual(metric(self.d, "dispatcher_rate_limit_contended_total"), 0)
         busy = [s for s in after if after[s] > before.get(s, 0)]
         self.assertGreaterEqual(len(busy), 2, "both workers served (%s -> %s)" % (before, after))
 
