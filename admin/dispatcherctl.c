@@ -510,7 +510,7 @@ static void print_routes(const struct adm_jval *j)
     const struct adm_jval *arr = adm_json_get(j, "routes");
     struct table t = {0};
 
-    t_cols(&t, "HOST,PATH,METHODS,>PRIORITY,SERVICE,SOURCE");
+    t_cols(&t, "HOST,PATH,METHODS,>PRIORITY,SERVICE,SOURCE,MIDDLEWARES");
     for (size_t i = 0; arr != NULL && arr->type == ADM_J_ARR && i < arr->n; i++) {
         const struct adm_jval *r = &arr->items[i];
         const struct adm_jval *m = adm_json_get(r, "methods");
@@ -534,6 +534,17 @@ static void print_routes(const struct adm_jval *j)
         t_set(row, 4, adm_json_str(r, "service"));
         split_cell(row, 4, r);
         t_set(row, 5, adm_json_str(r, "source"));
+        m = adm_json_get(r, "middlewares");
+        ml[0] = '\0';
+        mn = 0;
+        for (size_t k = 0; m != NULL && m->type == ADM_J_ARR && k < m->n; k++) {
+            if (m->items[k].type == ADM_J_STR && mn < sizeof(ml) - 1) {
+                mn += (size_t)snprintf(ml + mn, sizeof(ml) - mn, "%s%s", k ? "," : "",
+                                       m->items[k].str);
+                mn = mn >= sizeof(ml) ? sizeof(ml) - 1 : mn;
+            }
+        }
+        t_set(row, 6, mn ? ml : "-");
     }
     t_print(&t, "");
 }
