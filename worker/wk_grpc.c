@@ -138,6 +138,27 @@ unsigned wk_grpc_code(unsigned status, const char *body, size_t blen)
     }
 }
 
+unsigned wk_grpc_cut_code(unsigned cut, const char **msg)
+{
+    switch (cut) {
+    case SHM_CUT_BACKEND_CLOSED:
+        *msg = "The backend closed the stream";
+        return WK_GRPC_UNAVAILABLE;
+    case SHM_CUT_BACKEND_INVALID:
+        *msg = "The backend sent an invalid response";
+        return WK_GRPC_INTERNAL;
+    case SHM_CUT_STREAM_IDLE:
+        *msg = "The backend sent nothing for stream_idle_timeout_ms";
+        return WK_GRPC_DEADLINE_EXCEEDED;
+    case SHM_CUT_DEADLINE:
+        *msg = "Deadline exceeded";
+        return WK_GRPC_DEADLINE_EXCEEDED;
+    default:
+        *msg = NULL;
+        return 0;
+    }
+}
+
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9') {

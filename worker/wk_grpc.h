@@ -45,6 +45,11 @@ int wk_grpc_head_timeout(const struct wk_head *hd, uint64_t *ms);
  * anything else. */
 unsigned wk_grpc_code(unsigned status, const char *body, size_t blen);
 
+/* A gRPC call whose response began is cut for <cut> (SHM_CUT_*): the status that ends it as a
+ * gRPC server would (14 the backend closed, 13 it sent garbage, 4 it went silent or the deadline
+ * passed) and its message in *msg; 0 when the cut is no such reason (the stream is reset). */
+unsigned wk_grpc_cut_code(unsigned cut, const char **msg);
+
 /* The grpc-message for a generated answer: the "message" string of its JSON <body> (else the
  * reason phrase of <status>), percent-encoded as the gRPC spec asks (bytes outside 0x20-0x7E and
  * '%' become %XX). Writes at most <cap> - 1 bytes and a NUL into <out>, cutting only between

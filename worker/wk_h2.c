@@ -250,10 +250,8 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
         rst(st, NGHTTP2_INTERNAL_ERROR);
         return;
     }
-    st->flags |= S_STARTED | (end_stream ? S_END_STREAM : 0);
-    if (wk_h2_head_grpc(st->head)) {
-        st->flags |= S_GRPC;
-    }
+    st->flags |= S_STARTED | (end_stream ? S_END_STREAM : 0) |
+                 (wk_h2_head_grpc(st->head) ? S_GRPC : 0);
     s = x->at.gen->snap;
     status = wk_h2_head_request(st->head, end_stream, rq, &why);
     x->method = (uint8_t)rq->method;
@@ -278,18 +276,10 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
         wk_xchg_error(x, 400, "Bad request", "Invalid :authority", 1);
         goto out;
     }
-    if (rq->chunked) {
-        st->flags |= S_CHUNKED;
-    }
-    if (rq->flags & WK_H1_IDEMPOTENT) {
-        x->tflags |= WK_T_IDEMPOTENT;
-    }
-    if (rq->flags & WK_H1_HEAD) {
-        x->tflags |= WK_T_HEAD_REQ;
-    }
-    if (rq->flags & WK_H1_DONE) {
-        x->tflags |= WK_T_REQ_DONE;
-    }
+    st->flags |= rq->chunked ? S_CHUNKED : 0;
+    x->tflags |= ((rq->flags & WK_H1_IDEMPOTENT) ? WK_T_IDEMPOTENT : 0) |
+                 ((rq->flags & WK_H1_HEAD) ? WK_T_HEAD_REQ : 0) |
+                 ((rq->flags & WK_H1_DONE) ? WK_T_REQ_DONE : 0);
     x->tx->req_chunked = rq->chunked;
     x->body_off = x->parsed_off = x->send_off = 0;
     if (!end_stream && wk_buf_get(&st->rq, 2 * s->limits.h2_stream_window + 64) != 0) {
@@ -307,9 +297,7 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
         r = wk_xchg_forward(x, rq);
     }
     if (r == 0 && (rq->flags & WK_H1_CONTINUE) && !(st->flags & S_END_STREAM)) {
-        /* Expect: 100-continue is answered here (never forwarded), as on HTTP/1. */
-        static const nghttp2_nv cont = {(uint8_t *)":status", (uint8_t *)"100", 7, 3, 0};
-        nghttp2_submit_headers(st->h->s, NGHTTP2_FLAG_NONE, st->id, NULL, &cont, 1, NULL);
+        wk_h2_submit_continue(st->h->s, st->id); /* (Expect is answered here, as on HTTP/1) */
     }
     head_free(st);
     if (r == 0) {
@@ -494,6 +482,17 @@ static void h2_rearm(struct wk_xchg *x);
 static void h2_close(struct wk_xchg *x);
 
 /* ---- the response ---------------------------------------------------------------------------- */
+/* The body's end: its trailers, if any, end the stream. */
+static void resp_eof(nghttp2_session *s, struct wk_h2_stream *st, uint32_t *dflags)
+{
+    *dflags |= NGHTTP2_DATA_FLAG_EOF;
+    if (st->trail != NULL && st->trail->n > 0 && !(st->flags & S_EOF) &&
+        nghttp2_submit_trailer(s, st->id, st->trail->nv, st->trail->n) == 0) {
+        *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    }
+    st->flags |= S_EOF;
+}
+
 static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *dflags,
                          nghttp2_data_source *src, void *ud)
 {
@@ -521,7 +520,7 @@ static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
         return (ssize_t)n;
     }
     if (tx == NULL || (st->flags & (S_ENDED | S_EOF))) {
-        *dflags |= NGHTTP2_DATA_FLAG_EOF;
+        resp_eof(s, st, dflags); /* (after grpc_end(), with its trailers) */
         return 0;
     }
     {
@@ -535,12 +534,7 @@ static ssize_t resp_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
         h2_rearm(x); /* the client took bytes: its send timer starts over */
     }
     if (wk_xchg_body_final(x) && !wk_xchg_has_ready(x)) {
-        *dflags |= NGHTTP2_DATA_FLAG_EOF;
-        if (st->trail != NULL && st->trail->n > 0 &&
-            nghttp2_submit_trailer(s, st->id, st->trail->nv, st->trail->n) == 0) {
-            *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM; /* the trailers end the stream */
-        }
-        st->flags |= S_EOF;
+        resp_eof(s, st, dflags);
         wk_xchg_tally(x, 1);
         wk_xchg_finish(x);
         wk_timer_disarm(&st->timer);
@@ -668,12 +662,35 @@ static int h2_trailers(struct wk_xchg *x, const struct wk_hdr *f, uint32_t n)
     return 0;
 }
 
+/* A gRPC call whose response began and cannot go on ends as a gRPC server ends one: the DATA
+ * queued, then <code> (WK_GRPC_*) and <msg> in trailers, instead of a reset that clients report
+ * as INTERNAL or CANCELLED; the exchange ends as cut. 1 when so, 0 when the stream is no such
+ * call (the caller resets it). */
+static int grpc_end(struct wk_h2_stream *st, unsigned code, const char *msg)
+{
+    struct wk_h2_fields *tf;
+
+    if (code == 0 || !stream_grpc(st) ||
+        (st->flags & (S_RESPONDED | S_NOBODY | S_EOF | S_ENDED)) != S_RESPONDED ||
+        (tf = wk_h2_grpc_status(code, msg)) == NULL) {
+        return 0;
+    }
+    free(st->trail);
+    st->trail = tf;
+    stream_end_exchange(st, -1);
+    nghttp2_session_resume_data(st->h->s, st->id);
+    return 1;
+}
+
 static void h2_close(struct wk_xchg *x)
 {
     struct wk_h2_stream *st = xstream(x);
+    const char *msg;
+    unsigned code = wk_grpc_cut_code(x->tx != NULL ? x->tx->cut : SHM_CUT_NONE, &msg);
 
-    stream_end_exchange(st, -1);
-    rst(st, NGHTTP2_INTERNAL_ERROR);
+    if (!grpc_end(st, code, msg)) {
+        stream_fail(st, NGHTTP2_INTERNAL_ERROR);
+    }
 }
 
 static void h2_rearm(struct wk_xchg *x)
@@ -783,19 +800,9 @@ static void deadline_passed(struct wk_h2_stream *st)
         return;
     }
     wk_xchg_cut(x, SHM_CUT_DEADLINE);
-    if ((st->flags & (S_RESPONDED | S_NOBODY)) == S_RESPONDED) {
-        /* As a gRPC server ends a call at its deadline: the backend's part is cut, what was
-         * relayed goes out, then DEADLINE_EXCEEDED in the trailers. */
-        free(st->trail);
-        st->trail = wk_h2_grpc_status(WK_GRPC_DEADLINE_EXCEEDED, "Deadline exceeded");
-        if (st->trail != NULL) {
-            wk_xchg_detach(x);
-            x->tflags |= WK_T_RESP_DONE;
-            nghttp2_session_resume_data(st->h->s, st->id);
-            return;
-        }
+    if (!grpc_end(st, WK_GRPC_DEADLINE_EXCEEDED, "Deadline exceeded")) {
+        stream_fail(st, NGHTTP2_CANCEL);
     }
-    stream_fail(st, NGHTTP2_CANCEL);
 }
 
 void wk_h2_stream_timeout(struct wk_h2_stream *st)

@@ -481,6 +481,13 @@ struct wk_h2_fields *wk_h2_fields_new(const struct wk_hdr *f, uint32_t n)
     return tf;
 }
 
+void wk_h2_submit_continue(nghttp2_session *s, int32_t id)
+{
+    static const nghttp2_nv cont = {(uint8_t *)":status", (uint8_t *)"100", 7, 3, 0};
+
+    nghttp2_submit_headers(s, NGHTTP2_FLAG_NONE, id, NULL, &cont, 1, NULL);
+}
+
 struct wk_h2_fields *wk_h2_grpc_status(unsigned code, const char *msg)
 {
     char c[12];

@@ -85,6 +85,8 @@ struct wk_h2_fields {
 };
 struct wk_h2_fields *wk_h2_fields_new(const struct wk_hdr *f, uint32_t n);
 
+/* Submit an interim 100 (Continue) on stream <id>. */
+void wk_h2_submit_continue(nghttp2_session *s, int32_t id);
 /* The trailers that end a gRPC call with status <code> and <msg> (percent-encoded already). */
 struct wk_h2_fields *wk_h2_grpc_status(unsigned code, const char *msg);
 /* The grpc-timeout of the gRPC call <rq>: the call's end in *deadline (wk.now ms; 0: none). A

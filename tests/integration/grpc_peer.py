@@ -10,7 +10,8 @@
 No protoc: generic handlers on raw bytes, service dsp.Test:
     Echo     unary: b"echo:" + request; request metadata x-in-* comes back as initial metadata
              x-echo-*; x-sleep-ms sleeps first (x-cancelled-file: a file written once the call
-             is seen cancelled, so the test knows the backend stream was ended)
+             is seen cancelled, so the test knows the backend stream was ended; x-started-file:
+             one written as the call begins, after its initial metadata went out)
     Fail     unary: aborts with the status and message named by the request (b"CODE:message"),
              with trailing metadata x-trail-bin (binary) and x-trail
     Count    server streaming: request b"N" -> N messages b"msg-i"; after the first, waits for
@@ -36,6 +37,9 @@ def _echo(request, context):
     out = [("x-echo-" + k[5:], v) for k, v in md.items() if k.startswith("x-in-")]
     context.send_initial_metadata(out)
     ms = int(md.get("x-sleep-ms", "0"))
+    if md.get("x-started-file"):
+        with open(md["x-started-file"], "w") as f:
+            f.write("1")
     if ms:
         cancelled_file = md.get("x-cancelled-file")
         end = time.monotonic() + ms / 1000.0
@@ -124,11 +128,13 @@ def client(target, authority, case, arg):
             call = ch.unary_unary("/%s/Echo" % SERVICE)
             resp = call(b"x" * int(arg), timeout=10)
             res["messages"] = [len(resp)]
-        elif case == "sleep":  # ARG: "<sleep ms>:<deadline s>[:cancelled file]"
+        elif case == "sleep":  # ARG: "<sleep ms>:<deadline s>[:cancelled file[:started file]]"
             parts = arg.split(":")
             md = [("x-sleep-ms", parts[0])]
-            if len(parts) > 2:
+            if len(parts) > 2 and parts[2]:
                 md.append(("x-cancelled-file", parts[2]))
+            if len(parts) > 3:
+                md.append(("x-started-file", parts[3]))
             call = ch.unary_unary("/%s/Echo" % SERVICE)
             resp = call(b"zz", metadata=md, timeout=float(parts[1]))
             res["messages"] = [resp.decode("latin-1")]

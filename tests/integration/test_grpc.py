@@ -511,7 +511,20 @@ class GrpcCallsTest(dsptest.TestCase):
     def test_killed_backend(self):
         r = self.call("echo", "x", authority="victim.test")
         self.assertEqual(r["code"], "OK", r)
+        # killed in the middle of a call whose response began: UNAVAILABLE in the trailers, as
+        # a server that goes away would say (not a reset, which clients report as INTERNAL)
+        started = os.path.join(self.d.tmp, "started")
+        p = subprocess.Popen([SYS_PY, PEER, "client", "127.0.0.1:%d" % self.d.port,
+                              "victim.test", "sleep", "5000:10::" + started],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        dsptest.wait_until(lambda: os.path.exists(started), 10, "the call under way")
         self.victim.stop()
+        out, err = p.communicate(timeout=30)
+        r = json.loads(out.decode())
+        self.assertEqual((r["code"], r["details"]), ("UNAVAILABLE", "The backend closed the stream"),
+                         r)
+        self.assertLess(r["elapsed"], 4.0)
+        # and once it is gone
         r = self.call("echo", "x", authority="victim.test")
         self.assertEqual(r["code"], "UNAVAILABLE", r)
         r = self.call("echo", "x", authority="victim.test")

@@ -8,6 +8,7 @@
 
 #include "worker/wk_grpc.h"
 #include "worker/wk_h2msg.h"
+#include "shm/shm_types.h"
 
 #define S(x) x, sizeof(x) - 1
 
@@ -108,6 +109,21 @@ static void test_code(void)
     CU_ASSERT(wk_grpc_code(418, NULL, 0) == 2);
 }
 
+static void test_cut_code(void)
+{
+    const char *m;
+
+    CU_ASSERT(wk_grpc_cut_code(SHM_CUT_BACKEND_CLOSED, &m) == 14 && m != NULL);
+    CU_ASSERT(wk_grpc_cut_code(SHM_CUT_BACKEND_INVALID, &m) == 13 && m != NULL);
+    CU_ASSERT(wk_grpc_cut_code(SHM_CUT_STREAM_IDLE, &m) == 4 && m != NULL);
+    CU_ASSERT(wk_grpc_cut_code(SHM_CUT_DEADLINE, &m) == 4 && m != NULL);
+    /* the client's doing, or ours: a reset, no status */
+    CU_ASSERT(wk_grpc_cut_code(SHM_CUT_REQUEST_ERROR, &m) == 0 && m == NULL);
+    CU_ASSERT(wk_grpc_cut_code(SHM_CUT_INTERNAL, &m) == 0);
+    CU_ASSERT(wk_grpc_cut_code(SHM_CUT_SEND_TIMEOUT, &m) == 0);
+    CU_ASSERT(wk_grpc_cut_code(SHM_CUT_NONE, &m) == 0);
+}
+
 static void test_message(void)
 {
     char out[64];
@@ -195,5 +211,6 @@ static void test_h2_trailer_fields(void)
 
 UNIT_SUITE(wk_grpc, {"grpc-timeout", test_timeout}, {"grpc-timeout field", test_head_timeout},
            {"gRPC content types", test_ctype}, {"status for generated errors", test_code},
-           {"grpc-message", test_message}, {"trailer fields", test_trailers},
+           {"status for cut calls", test_cut_code}, {"grpc-message", test_message},
+           {"trailer fields", test_trailers},
            {"HTTP/2 trailer fields and the last chunk", test_h2_trailer_fields})
