@@ -4,11 +4,12 @@
 #include <sched.h>
 #include <string.h>
 
-#define US_PER_S    1000000ull
-#define LEASE_MS    50u   /* a group's claim lock expires after this (a killed holder) */
-#define LOCK_SPINS  64u   /* busy tries for a group's lock, then... */
-#define LOCK_YIELDS 4096u /* ...tries that give the CPU away (a holder preempted mid-claim runs)   \
-                           */
+#define US_PER_S   1000000ull
+#define LEASE_MS   50u /* a group's claim lock expires after this (a killed holder) */
+#define LOCK_SPINS 64u /* busy tries for a group's lock, then... */
+#define LOCK_YIELDS                                                                                \
+    4096u /* ...tries that give the CPU away (a holder preempted mid-claim runs)                   \
+           */
 #define MAX_DEBT_US (60ull * US_PER_S)
 #define TAT_MASK    ((1ull << 56) - 1)
 

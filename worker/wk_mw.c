@@ -115,6 +115,7 @@ static int run_from(struct wk_xchg *x)
             break;
         case WK_MW_WAIT:
             mt->flags |= WK_MW_F_WAIT;
+            x->ops->rearm(x); /* the service's response_timeout_ms bounds the wait */
             return WK_MW_WAIT;
         case WK_MW_DONE:
             if (mt->answered == 0) {

@@ -363,6 +363,30 @@ class MiddlewareTests(dsptest.TestCase):
                 r = c.request("GET", "/", "office.do")
                 self.assertEqual(r.status, want, src)
 
+    def test_suspended_past_response_timeout(self):
+        """A request a middleware suspended (forward_auth waiting on a silent auth service) whose
+        service's response_timeout_ms runs out first: 504 naming the middleware, the hook
+        cancelled, the next request served (HTTP/1.1 and HTTP/2)."""
+        be = self.backend("b1")
+        silent = RecordingBackend()
+        self.addCleanup(silent.stop)
+        extra = ('middlewares = ( { name = "sso"; type = "forward_auth"; address = "%s"; '
+                 'path = "/verify"; timeout_ms = 20000; } );' % silent.addr)
+        d = self.dispatcher([svc("app", be, response_timeout_ms=400)],
+                            [route("sso.do", "app", middlewares=["sso"]), route("*", "app")],
+                            workers=1, extra=extra)
+        for h2 in (False, True):
+            t0 = time.monotonic()
+            if h2:
+                st, hd, body = curl(d.port, "sso.do", "/", h2=True)
+            else:
+                r = request(d.port, "/", host="sso.do")
+                st, body = r.status, r.body
+            self.assertEqual(st, 504, body)
+            self.assertIn(b"Middleware sso did not decide in time", body)
+            self.assertLess(time.monotonic() - t0, 5)
+            self.assertEqual(request(d.port, "/", host="other.do").status, 200)
+
     def bigfile(self, d, n):
         path = os.path.join(d.tmp, "big.bin")
         with open(path, "wb") as f:
