@@ -246,8 +246,12 @@ void wk_mw_end(struct wk_xchg *x)
             }
         }
     }
-    free(mt->xh);
-    memset(mt, 0, sizeof(*mt));
+    if (mt->xh != NULL) {
+        free(mt->xh);
+        mt->xh = NULL;
+        mt->xh_len = mt->xh_cap = 0;
+    }
+    mt->list = 0; /* (the transaction is zeroed when it is taken again) */
 }
 
 int wk_mw_body_over(struct wk_xchg *x, uint64_t total)

@@ -32,6 +32,9 @@ static int edit_fields(const struct wk_mw_ctx *c, struct wk_head *hd, uint64_t m
     const struct shm_str *sv = shm_mw_list_at(c->s, svl);
     uint32_t w = 0;
 
+    if (rml.n + snl.n == 0) {
+        return 0;
+    }
     for (uint32_t i = 0; i < hd->n; i++) {
         if (!((mask >> (hd->h[i].nlen % 64)) & 1) ||
             (!named_in(c, &hd->h[i], rm, rml.n) && !named_in(c, &hd->h[i], sn, snl.n))) {
