@@ -208,7 +208,8 @@ static void test_merge(void)
 
     CU_ASSERT_STRING_EQUAL(ns->prefix, "dispatcher:production:");
     add(ns, MS_RNS_SERVICE, "api", "backends", "127.0.0.1:9201=2,127.0.0.1:9202", "balance",
-        "least-conn", "health_path", "/up", "health_interval_ms", "500", "retries", "3", NULL);
+        "least-conn", "health_path", "/up", "health_interval_ms", "500", "retries", "3", "protocol",
+        "grpc", NULL);
     add(ns, MS_RNS_SERVICE, "gateway", "backends", "127.0.0.1:9999", NULL); /* file wins */
     add(ns, MS_RNS_SERVICE, "empty", NULL);
     add(ns, MS_RNS_ROUTE, "z-last", "host", "Z.DO.", "service", "api", NULL);
@@ -237,6 +238,8 @@ static void test_merge(void)
     CU_ASSERT_STRING_EQUAL(cfg->services[2].health.path, "/up");
     CU_ASSERT_EQUAL(cfg->services[2].health.interval_ms, 500);
     CU_ASSERT_EQUAL(cfg->services[2].retries, 3);
+    CU_ASSERT_EQUAL(cfg->services[2].protocol, SHM_PROTO_GRPC);
+    CU_ASSERT_EQUAL(cfg->services[0].protocol, SHM_PROTO_HTTP1); /* the default */
     CU_ASSERT_STRING_EQUAL(cfg->services[3].name, "empty");
     CU_ASSERT_EQUAL(cfg->services[3].nbackends, 0);
     CU_ASSERT_FALSE(cfg->services[3].health.enabled);
@@ -311,6 +314,10 @@ static void test_refused(void)
     ns = base_ns();
     add(ns, MS_RNS_SERVICE, "bad", "backends", "127.0.0.1:9301,nonsense", NULL);
     expect_refused(ns, "service:bad", "backends: backend \"nonsense\"");
+
+    ns = base_ns();
+    add(ns, MS_RNS_SERVICE, "bad", "backends", "127.0.0.1:9301", "protocol", "h3", NULL);
+    expect_refused(ns, "service:bad", "protocol \"h3\" must be http1, h2 or grpc");
 
     ns = base_ns();
     add(ns, MS_RNS_ROUTE, "api", "host", "api.do", "service", "x", NULL);
