@@ -70,9 +70,10 @@ static ssize_t reply_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t l
 
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
 {
-    static const nghttp2_nv head[] = {
-        {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE}};
+    static const nghttp2_nv head[] = {{(uint8_t *)":status", (uint8_t *)"200", 7, 3,
+                                       NGHTTP2_NV_FLAG_NONE},
+                                      {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12,
+                                       16, NGHTTP2_NV_FLAG_NONE}};
     nghttp2_data_provider prd = {.read_callback = reply_read};
 
     (void)ud;
@@ -130,9 +131,8 @@ static int conn_run(struct conn *c)
 
 static void conn_new(int fd, nghttp2_session_callbacks *cb)
 {
-    static const nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 1024},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20}};
+    static const nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 1024},
+                                                {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20}};
     struct conn *c = calloc(1, sizeof(*c));
     struct epoll_event ev = {.events = EPOLLIN};
     int one = 1;

@@ -10,7 +10,8 @@ total. Two runs (N and 2N requests) are subtracted, so start-up and shutdown can
                             [--streams 10]
 
 --client h2 drives the load with `h2load -n N -c 1 -m STREAMS` (HTTP/2 with prior knowledge on
-the plain listener: one connection, STREAMS concurrent streams), --client h1load with `h2load
+the plain listener: one connection, STREAMS concurrent streams; --client grpc the same as gRPC
+unary calls to a `protocol = "grpc"` service in front of bench/grpc_backend.c), --client h1load with `h2load
 --h1 -n N -c 1 -m 1` (the same client in HTTP/1.1, for an HTTP/1 vs HTTP/2 comparison); the
 default (py) is one keep-alive connection of sequential GETs from this script.
 
@@ -82,9 +83,11 @@ def send_requests(port, n, path, body):
     s.close()
 
 
-def h2load_requests(port, n, path, client, streams):
+def h2load_requests(port, n, path, client, streams, grpc_body=None):
     argv = ["h2load", "-n", str(n), "-c", "1", "-t", "1"]
     argv += ["--h1", "-m", "1"] if client == "h1load" else ["-m", str(streams)]
+    if grpc_body:
+        argv += ["-d", grpc_body, "-H", "content-type: application/grpc", "-H", "te: trailers"]
     r = subprocess.run(argv + ["http://127.0.0.1:%d%s" % (port, path)], capture_output=True,
                        text=True, timeout=600)
     m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded", r.stdout)
@@ -101,13 +104,25 @@ def one_run(args, n):
         f.write('workers = 1;\npid_file = "%s/d.pid";\nadmin = { socket = "%s/a.sock"; };\n'
                 'log = { error = "%s/error.log"; level = "warn"; };\n'
                 'listeners = ( { address = "127.0.0.1:%d"; } );\n'
-                'services = ( { name = "b"; backends = ( { address = "127.0.0.1:%d"; } ); } );\n'
+                'services = ( { name = "b"; %sbackends = ( { address = "127.0.0.1:%d"; } ); } );\n'
                 'routes = ( { host = "*"; service = "b"; %s} );\n%s'
-                % (tmp, tmp, tmp, pport, bport,
+                % (tmp, tmp, tmp, pport, 'protocol = "grpc"; ' if args.client == "grpc" else "",
+                   bport,
                    "middlewares = [%s]; " % ", ".join('"%s"' % m for m in args.route_mw.split(","))
                    if args.route_mw else "", args.conf_extra))
-    be = subprocess.Popen([args.backend, "-l", "127.0.0.1:%d" % bport], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, start_new_session=True)
+    if args.client == "grpc":
+        # bench/grpc_backend.c (built here): answers every call with a message and trailers
+        exe = os.path.join(tmp, "grpc-backend")
+        subprocess.run(["cc", "-O2", "-o", exe, os.path.join(HERE, "grpc_backend.c"), "-lnghttp2"],
+                       check=True)
+        bargv = [exe, "127.0.0.1", str(bport)]
+        with open(os.path.join(tmp, "grpc.bin"), "wb") as f:
+            f.write(b"\0\0\0\0\0")
+        args.grpc_body = os.path.join(tmp, "grpc.bin")
+    else:
+        bargv = [args.backend, "-l", "127.0.0.1:%d" % bport]
+    be = subprocess.Popen(bargv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
     vg = subprocess.Popen(["valgrind", "--tool=callgrind", "--trace-children=yes",
                            "--callgrind-out-file=%s/cg.%%p" % tmp, args.master, "-c", conf],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -119,7 +134,8 @@ def one_run(args, n):
         if args.client == "py":
             send_requests(pport, n, args.path, args.body)
         else:
-            h2load_requests(pport, n, args.path, args.client, args.streams)
+            h2load_requests(pport, n, args.path, args.client, args.streams,
+                            getattr(args, "grpc_body", None))
     finally:
         os.killpg(vg.pid, signal.SIGTERM)
         try:
@@ -167,9 +183,10 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--path", default="/x")
     ap.add_argument("--body", type=int, default=0, help="POST a body of this many bytes")
-    ap.add_argument("--client", default="py", choices=("py", "h2", "h1load"),
+    ap.add_argument("--client", default="py", choices=("py", "h2", "h1load", "grpc"),
                     help="py: this script, HTTP/1.1 keep-alive; h2: h2load HTTP/2 prior "
-                    "knowledge; h1load: h2load --h1")
+                    "knowledge; h1load: h2load --h1; grpc: h2load gRPC unary calls to a "
+                    "protocol = grpc service in front of bench/grpc_backend.c")
     ap.add_argument("--streams", type=int, default=10, help="h2: concurrent streams (-m)")
     ap.add_argument("--conf-extra", default="",
                     help="config text to add (e.g. a middlewares = (...) list)")

@@ -72,7 +72,7 @@ struct wk_h2 {
     uint32_t nstreams;
     uint8_t goaway; /* a graceful GOAWAY was sent (worker stopping) */
     uint8_t due;    /* on wk.h2_due (wk_h2_run_due) */
-    struct wk_h2 *due_next, *due_prev;
+    struct wk_h2 *due_next;
     struct wk_h2_guard g; /* abuse limits */
     struct wk_h2_mem mem; /* nghttp2's allocator (frame buffer pages given back when idle) */
     char *out;            /* serialized frames not yet written: [out_off, out_len) */
@@ -282,7 +282,8 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
                  ((rq->flags & WK_H1_DONE) ? WK_T_REQ_DONE : 0);
     x->tx->req_chunked = rq->chunked;
     x->body_off = x->parsed_off = x->send_off = 0;
-    if (!end_stream && wk_buf_get(&st->rq, 2 * s->limits.h2_stream_window + 64) != 0) {
+    /* (a pooled head-sized buffer first: rq_room() grows it when a body needs more) */
+    if (!end_stream && wk_buf_get(&st->rq, wk_head_buf_size(s)) != 0) {
         wk_xchg_error(x, 503, "Service unavailable", "Out of resources", 1);
         goto out;
     }
@@ -307,6 +308,15 @@ out:
     head_free(st);
 }
 
+/* Room for <need> more bytes in the request buffer (see wk_h2_buf_room), which grows up to what
+ * a full stream window of tiny chunk-framed frames takes. */
+static int rq_room(struct wk_h2_stream *st, size_t need /* 0: all it may take */)
+{
+    size_t max = 2 * (size_t)st->x.at.gen->snap->limits.h2_stream_window + 64;
+
+    return wk_h2_buf_room(&st->rq, need ? need : max - DSP_MIN(max, st->rq.end), max);
+}
+
 /* Append request DATA for the backend (chunk-framed when the request has no Content-Length).
  * Returns 0, or -1 when it does not fit: a client that floods tiny frames. */
 static int rq_append(struct wk_h2_stream *st, const uint8_t *p, size_t n)
@@ -328,7 +338,7 @@ static int rq_append(struct wk_h2_stream *st, const uint8_t *p, size_t n)
     if (st->flags & S_CHUNKED) {
         zl = snprintf(sz, sizeof(sz), "%zx\r\n", n);
     }
-    if (b->data == NULL || (size_t)zl + n + 2 > b->cap - b->end) {
+    if (rq_room(st, (size_t)zl + n + 2) != 0) {
         return -1;
     }
     memcpy(b->data + b->end, sz, (size_t)zl);
@@ -404,6 +414,9 @@ static void request_end(struct wk_h2_stream *st)
     if ((st->flags & S_CHUNKED) && !(x->tflags & WK_T_REQ_DONE)) {
         n = b->data ? wk_h2_last_chunk(b->data + b->end, b->cap - b->end, x->rtrail, x->nrtrail)
                     : 0;
+        if (n == 0 && b->data && rq_room(st, 0) == 0) { /* (grown to the most, once more) */
+            n = wk_h2_last_chunk(b->data + b->end, b->cap - b->end, x->rtrail, x->nrtrail);
+        }
         if (n == 0) {
             stream_fail(st, NGHTTP2_INTERNAL_ERROR);
             return;
@@ -733,28 +746,20 @@ static void h2_wake(struct wk_xchg *x)
     /* The backend of one stream had an event: the others' may follow in this batch. */
     if (!h->due) {
         h->due = 1;
-        h->due_prev = NULL;
         h->due_next = wk.h2_due;
-        if (wk.h2_due != NULL) {
-            wk.h2_due->due_prev = h;
-        }
         wk.h2_due = h;
     }
 }
 
+/* (the list holds the connections woken in one batch: a short walk) */
 static void due_remove(struct wk_h2 *h)
 {
-    if (!h->due) {
-        return;
-    }
-    h->due = 0;
-    if (h->due_prev != NULL) {
-        h->due_prev->due_next = h->due_next;
-    } else {
-        wk.h2_due = h->due_next;
-    }
-    if (h->due_next != NULL) {
-        h->due_next->due_prev = h->due_prev;
+    for (struct wk_h2 **pp = &wk.h2_due; h->due && *pp != NULL; pp = &(*pp)->due_next) {
+        if (*pp == h) {
+            *pp = h->due_next;
+            h->due = 0;
+            break;
+        }
     }
 }
 
@@ -873,9 +878,11 @@ int wk_h2_start(struct wk_client *c, const char *pre, size_t plen)
     nghttp2_option_set_no_closed_streams(opt, 1);
     wk_h2_guard_options(opt);
     wk_h2_mem_init(&h->mem);
+    h->mem.map = 1; /* (the frame buffer is allocated with the session) */
     if (nghttp2_session_server_new3(&h->s, cb, h, opt, &h->mem.mem) != 0) {
         goto out;
     }
+    h->mem.map = 0;
     iv[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS;
     iv[0].value = sn->limits.h2_max_streams;
     iv[1].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE;

@@ -517,6 +517,28 @@ int wk_h2_grpc_deadline(struct wk_xchg *x, const struct wk_h1_req *rq, uint64_t 
 
 /* ---- abuse limits -----------------------------------------------------------------------------
  */
+int wk_h2_buf_room(struct wk_buf *b, size_t need, size_t max)
+{
+    struct wk_buf old = *b;
+    size_t cap;
+
+    if (b->data != NULL && need <= b->cap - b->end) {
+        return 0;
+    }
+    if (b->data == NULL || b->end > max || need > max - b->end) {
+        return -1;
+    }
+    cap = DSP_MIN(max, DSP_MAX(2 * (size_t)b->cap, b->end + need));
+    if ((b->data = malloc(cap)) == NULL) {
+        *b = old;
+        return -1;
+    }
+    memcpy(b->data, old.data, old.end);
+    b->cap = (uint32_t)cap;
+    wk_buf_put(&old); /* (back to the pool it came from) */
+    return 0;
+}
+
 /* ---- the session's memory ------------------------------------------------------------------- */
 #define H2_BIG 16384 /* allocations this large (the frame buffer) get their own mapping */
 
@@ -555,7 +577,8 @@ static void *big_new(struct wk_h2_mem *m, size_t size)
 
 static void *h2_malloc(size_t size, void *ud)
 {
-    void *p = size >= H2_BIG ? big_new(ud, size) : NULL;
+    struct wk_h2_mem *m = ud;
+    void *p = size >= H2_BIG && m->map ? big_new(m, size) : NULL;
 
     return p != NULL ? p : malloc(size);
 }

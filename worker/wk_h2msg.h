@@ -117,6 +117,11 @@ struct wk_h2_guard {
 
 /* The nghttp2 options every client session gets (CONTINUATION, SETTINGS entries, unread
  * acknowledgements, nghttp2's own reset limit as a backstop to ours). */
+/* Room for <need> more bytes in <b> (which holds data): the buffer grows (a heap block, the
+ * contents and offsets kept) up to <max> bytes. 0, or -1 when <max> would not hold them. */
+struct wk_buf;
+int wk_h2_buf_room(struct wk_buf *b, size_t need, size_t max);
+
 /* ---- the session's memory ---------------------------------------------------------------------
  * nghttp2 keeps a 16 KiB frame buffer for the whole life of a session, though its content is dead
  * once every frame went out. Buffers that large get their own mapping, whose pages an idle
@@ -129,6 +134,8 @@ struct wk_h2_mem {
         size_t len; /* bytes mapped */
     } big[WK_H2_BIG_MAX];
     uint8_t dirty; /* frames may have touched the big buffers since the last release */
+    uint8_t map;   /* big allocations get a mapping (only while the session is created: later
+                      ones, such as a frame buffer's extra chunks, come and go with frames) */
 };
 void wk_h2_mem_init(struct wk_h2_mem *m);
 /* Nothing is queued or being written: the big buffers' pages go back to the kernel. */
