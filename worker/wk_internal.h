@@ -482,6 +482,13 @@ int wk_xchg_error(struct wk_xchg *x, unsigned status, const char *error, const c
 /* (wk_xchg_reply_as() with a <ctype>: that body as given, no operator's page.) */
 int wk_xchg_reply_as(struct wk_xchg *x, unsigned status, const char *ctype, const char *body,
                      size_t blen, int close_it);
+/* An answer of the exchange behind middlewares that passed carries their response fields. */
+static inline void wk_xchg_mw_fields(struct wk_xchg *x)
+{
+    if (x->tx != NULL && x->tx->mw.passed != 0 && x->at.gen != NULL) {
+        wk_mw_decorate(x);
+    }
+}
 static inline int wk_xchg_reply(struct wk_xchg *x, unsigned status, const char *body, size_t blen,
                                 int close_it)
 {

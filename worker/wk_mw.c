@@ -30,8 +30,6 @@ static const struct wk_mw_hooks *const hooks[SHM_MW_NTYPES] = {
     [SHM_MW_COMPRESS] = &wk_mw_compress_hooks,
 };
 
-static void decorate(struct wk_xchg *x);
-
 static const struct wk_mw_hooks *hooks_of(uint32_t type)
 {
     return type < SHM_MW_NTYPES ? hooks[type] : NULL;
@@ -265,7 +263,7 @@ int wk_mw_body_over(struct wk_xchg *x, uint64_t total)
         mt->answered = mt->max_body_id;
         wk_mw_count(shm_mws(x->at.gen->snap)[mt->max_body_id - 1].rt_slot, 1);
     }
-    decorate(x);
+    wk_mw_decorate(x);
     return wk_xchg_error(x, 413, "Payload too large", "Request body exceeds the route's limit",
                          1) == 0
                ? 1
@@ -357,10 +355,14 @@ int wk_mw_hdr(struct wk_xchg *x, const char *name, const char *value, size_t vle
 
 /* The answer hooks of the middlewares that let the request through before the one answering,
  * outermost last (a 401 or 429 behind cors or headers still carries their fields). */
-static void decorate(struct wk_xchg *x)
+void wk_mw_decorate(struct wk_xchg *x)
 {
     struct wk_mw_txn *mt = &x->tx->mw;
 
+    if (mt->flags & WK_MW_F_DECO) {
+        return;
+    }
+    mt->flags |= WK_MW_F_DECO;
     for (uint32_t i = mt->n; i-- > 0;) {
         struct wk_mw_ctx c;
         const struct wk_mw_hooks *h;
@@ -379,7 +381,7 @@ static void decorate(struct wk_xchg *x)
 int wk_mw_reply(struct wk_xchg *x, unsigned status, const char *ctype, const char *body,
                 size_t blen)
 {
-    decorate(x);
+    wk_mw_decorate(x);
     if (status == 204 || status == 304) {
         blen = 0; /* (they have no body, whatever was given) */
     }
@@ -388,7 +390,7 @@ int wk_mw_reply(struct wk_xchg *x, unsigned status, const char *ctype, const cha
 
 int wk_mw_error(struct wk_xchg *x, unsigned status, const char *error, const char *msg)
 {
-    decorate(x);
+    wk_mw_decorate(x);
     return wk_xchg_error(x, status, error, msg, 0) == 0 ? WK_MW_DONE : WK_MW_CLOSED;
 }
 

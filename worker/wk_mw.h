@@ -59,6 +59,7 @@ struct wk_mw_hooks {
 #define WK_MW_F_WAIT     0x01u /* a request hook is suspended at position pos */
 #define WK_MW_F_REQ_DONE 0x04u /* the request side has run through */
 #define WK_MW_F_END      0x08u /* some middleware of the chain has an end hook */
+#define WK_MW_F_DECO     0x10u /* the answer hooks ran (wk_mw_decorate) */
 
 /* The chain's state, in the request's transaction (zero for a route without middlewares). */
 struct wk_mw_txn {
@@ -108,6 +109,9 @@ int wk_mw_body_over(struct wk_xchg *x, uint64_t total);
  * at the end. Names may be lower-cased in place (HTTP/2). */
 int wk_mw_xh_next(struct wk_xchg *x, size_t *at, char **name, size_t *nlen, const char **v,
                   size_t *vlen);
+/* The answer hooks of the middlewares that let the request through (once): an answer a later
+ * middleware or the exchange gives (401, 429, 502) carries their response fields. */
+void wk_mw_decorate(struct wk_xchg *x);
 /* The name of the middleware that answered (for the access log), or NULL. */
 const char *wk_mw_answered(const struct wk_xchg *x, size_t *len);
 

@@ -176,6 +176,7 @@ int wk_xchg_reply_as(struct wk_xchg *x, unsigned status, const char *ctype, cons
         x->ops->close(x);
         return -1;
     }
+    wk_xchg_mw_fields(x);
     wk_xchg_detach(x);
     r = x->ops->reply(x, status, ctype, body, blen, close_it);
     if (r == 1 && json != NULL && body != json) {

@@ -79,8 +79,10 @@ class MiddlewareTests(dsptest.TestCase):
         d = dsptest.Dispatcher(workers=workers)
         with open(os.path.join(d.tmp, "maint.html"), "w") as f:
             f.write("<h1>Down for maintenance</h1>\n")
-        routes = [route(h, "app", middlewares=m) for h, m in ROUTES] + [route("*", "app")]
-        text = dsptest.make_config(d.port, d.tmp, [svc("app", self.be)], routes,
+        routes = [route(h, "app", middlewares=m) for h, m in ROUTES] + [
+            route("dead.do", "dead", middlewares=["api-cors", "secure"]), route("*", "app")]
+        text = dsptest.make_config(d.port, d.tmp, [svc("app", self.be),
+                                                   svc("dead", "127.0.0.1:1", retries=0)], routes,
                                    workers=workers, extra=MIDDLEWARES)
         if http_port is not None:
             sock = os.path.join(d.tmp, "admin.sock")
@@ -219,6 +221,11 @@ class MiddlewareTests(dsptest.TestCase):
         self.assertEqual(r.header("Access-Control-Allow-Origin"), "https://app.example.com")
         self.assertEqual(r.header("Access-Control-Allow-Credentials"), "true")
         self.assertIn("Origin", r.header_all("Vary"))
+        self.assertEqual(r.header("X-Frame-Options"), "DENY")
+        # ... and so does the dispatcher's own answer behind them (a refused backend's 502).
+        r = request(p, "/", host="dead.do", headers=[("Origin", "https://app.example.com")])
+        self.assertJsonError(r, 502, "Bad gateway")
+        self.assertEqual(r.header("Access-Control-Allow-Origin"), "https://app.example.com")
         self.assertEqual(r.header("X-Frame-Options"), "DENY")
 
         # The access log names the middleware that answered, only on those lines.
