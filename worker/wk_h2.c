@@ -282,8 +282,7 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
                  ((rq->flags & WK_H1_DONE) ? WK_T_REQ_DONE : 0);
     x->tx->req_chunked = rq->chunked;
     x->body_off = x->parsed_off = x->send_off = 0;
-    /* (a pooled head-sized buffer first: rq_room() grows it when a body needs more) */
-    if (!end_stream && wk_buf_get(&st->rq, wk_head_buf_size(s)) != 0) {
+    if (!end_stream && wk_buf_get(&st->rq, wk_head_buf_size(s)) != 0) { /* (rq_room grows it) */
         wk_xchg_error(x, 503, "Service unavailable", "Out of resources", 1);
         goto out;
     }
@@ -751,7 +750,6 @@ static void h2_wake(struct wk_xchg *x)
     }
 }
 
-/* (the list holds the connections woken in one batch: a short walk) */
 static void due_remove(struct wk_h2 *h)
 {
     for (struct wk_h2 **pp = &wk.h2_due; h->due && *pp != NULL; pp = &(*pp)->due_next) {
@@ -1061,7 +1059,6 @@ static void conn_timer(struct wk_client *c, struct wk_h2 *h)
             wk_timer_arm(&c->timer, sn->limits.send_timeout_ms);
         }
     } else if (h->nstreams == 0) {
-        /* (idle for H2_RELEASE_MS first: the frame buffer's pages go back, wk_h2_timeout) */
         wk_timer_arm(&c->timer, h->mem.dirty && sn->limits.idle_timeout_ms > H2_RELEASE_MS
                                     ? H2_RELEASE_MS
                                     : sn->limits.idle_timeout_ms);
