@@ -260,8 +260,13 @@ int wk_mw_body_over(struct wk_xchg *x, uint64_t total)
         return 0;
     }
     if (mt->answered == 0 && mt->max_body_id != 0) {
+        /* It let the head through (counted as passed): now it answers instead. */
+        uint32_t slot = shm_mws(x->at.gen->snap)[mt->max_body_id - 1].rt_slot;
         mt->answered = mt->max_body_id;
-        wk_mw_count(shm_mws(x->at.gen->snap)[mt->max_body_id - 1].rt_slot, 1);
+        wk_mw_count(slot, 1);
+        if (slot < SHM_RT_MAX_MIDDLEWARES) {
+            __atomic_fetch_sub(&wk.rt->mws[slot].passed, 1, __ATOMIC_RELAXED);
+        }
     }
     wk_mw_decorate(x);
     return wk_xchg_error(x, 413, "Payload too large", "Request body exceeds the route's limit",

@@ -287,6 +287,16 @@ class MiddlewareTests(dsptest.TestCase):
         self.assertEqual((st["office"]["answered"], st["office"]["passed"]), (5, 0))
         self.assertEqual((st["secure"]["answered"], st["secure"]["passed"]), (0, 6))
         self.assertEqual((st["maint"]["answered"], st["maint"]["type"]), (1, "static"))
+        # max_body: passed for a small body, answered (not also passed) for one crossing it.
+        request(p, "/up", host="b.do", method="POST", body=b"x" * 10)
+        with Conn(p) as c:
+            c.send(dsptest.build_request("POST", "/up", "b.do", [("Transfer-Encoding", "chunked")])
+                   + b"40\r\n" + b"a" * 64 + b"\r\n")
+            dsptest.wait_until(lambda: mw_stats()["small"]["passed"] == 2, 5, "head passed")
+            c.send(b"40\r\n" + b"b" * 64 + b"\r\n")
+            self.assertEqual(c.read_response().status, 413)
+        dsptest.wait_until(lambda: mw_stats()["small"]["answered"] == 1, 5, "small counted")
+        self.assertEqual(mw_stats()["small"]["passed"], 1)
         routes = dsptest.admin_ask(d, "show routes")["routes"]
         chains = {r["host"]: r["middlewares"] for r in routes}
         self.assertEqual(chains["maint.do"], ["secure", "maint"])
