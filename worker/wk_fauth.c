@@ -455,8 +455,10 @@ static int parse(struct wk_fauth_conn *c, const char **why)
     if (c->hlen == 0) {
         size_t h = wk_h1_head_end(c->in, c->ilen, 0);
         if (h == 0) {
-            *why = "response head too large";
-            return c->ilen >= WK_FAUTH_HEAD_MAX ? -1 : 0;
+            /* (at the end of the stream, no more will come: never wait for it) */
+            *why = c->eof ? "connection closed before the end of the response head"
+                          : "response head too large";
+            return c->ilen >= WK_FAUTH_HEAD_MAX || c->eof ? -1 : 0;
         }
         if (h > WK_FAUTH_HEAD_MAX || wk_h1_parse_response(&c->m, c->in, h, 0, &c->rs) != 0 ||
             c->rs.status < 200) {
@@ -528,6 +530,29 @@ static int good_enough(const struct wk_fauth_conn *c)
     return c->hlen != 0 && c->rs.status >= 200 && c->rs.status < 300;
 }
 
+/* <n> more bytes of the answer were read into c->in (0 with room left: the end of the stream).
+ * 1 when the answer is complete, 0 when more is needed, -1 when there is none usable (*why). */
+static int took(struct wk_fauth_conn *c, size_t n, const char **why)
+{
+    int r;
+
+    if (n == 0 && c->ilen < FA_IN_CAP) {
+        c->eof = 1;
+        if (c->ilen == 0) {
+            *why = "connection closed without a response";
+            return -1;
+        }
+    }
+    c->ilen += (uint32_t)n;
+    r = parse(c, why);
+    if (r < 0 && good_enough(c) && strcmp(*why, "response body too large") == 0) {
+        c->eof = 1; /* (closed after: the rest of the body is not read) */
+        c->dec = c->hlen;
+        return 1;
+    }
+    return r;
+}
+
 static void conn_read(struct wk_fauth_conn *c)
 {
     const char *why = NULL;
@@ -546,29 +571,67 @@ static void conn_read(struct wk_fauth_conn *c)
             conn_fail(c, "connection reset");
             return;
         }
-        if (n == 0 && c->ilen < FA_IN_CAP) {
-            c->eof = 1;
-            if (c->ilen == 0) {
-                conn_fail(c, "connection closed without a response");
-                return;
-            }
-        }
-        c->ilen += (uint32_t)n;
-        r = parse(c, &why);
+        r = took(c, (size_t)n, &why);
         if (r == 1) {
             conn_done(c);
             return;
         }
         if (r < 0) {
-            if (good_enough(c) && strcmp(why, "response body too large") == 0) {
-                c->eof = 1; /* (closed after: the rest of the body is not read) */
-                c->dec = c->hlen;
-                conn_done(c);
-                return;
-            }
             conn_fail(c, why);
             return;
         }
+    }
+}
+
+struct wk_fauth_conn *wk_fauth_parser_new(void)
+{
+    struct wk_fauth_conn *c = calloc(1, sizeof(*c));
+
+    if (c != NULL && (c->in = malloc(FA_IN_CAP)) == NULL) {
+        free(c);
+        return NULL;
+    }
+    if (c != NULL) {
+        c->xp.fd = -1;
+        c->state = FA_READING;
+    }
+    return c;
+}
+
+int wk_fauth_parser_feed(struct wk_fauth_conn *c, const char *p, size_t n, struct wk_fauth_res *r)
+{
+    size_t take = n < FA_IN_CAP - c->ilen ? n : FA_IN_CAP - c->ilen;
+    const char *why = NULL;
+    int rc;
+
+    memset(r, 0, sizeof(*r));
+    if (c->complete) {
+        return -1;
+    }
+    if (take > 0) {
+        memcpy(c->in + c->ilen, p, take);
+    }
+    rc = took(c, take, &why);
+    if (rc < 0) {
+        c->complete = 1;
+        r->fail = 1;
+        r->why = why;
+        r->status = 503;
+    } else if (rc == 1) {
+        c->complete = 1;
+        r->status = c->rs.status;
+        r->rs = &c->rs;
+        r->body = c->in + c->hlen;
+        r->blen = c->dec - c->hlen;
+    }
+    return rc;
+}
+
+void wk_fauth_parser_free(struct wk_fauth_conn *c)
+{
+    if (c != NULL) {
+        free(c->in);
+        free(c);
     }
 }
 

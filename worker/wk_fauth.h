@@ -72,6 +72,15 @@ void wk_fauth_cancel(struct wk_fauth_wait *w);
 void wk_fauth_event(struct wk_fauth_conn *c, uint32_t events);
 void wk_fauth_timeout(struct wk_fauth_conn *c);
 
+/* The answer parser alone (the fuzz target, unit tests): a connection without a socket whose
+ * reads are the pieces fed to it. Feeding <p>[0, n) is one read (what does not fit the answer
+ * buffer is dropped, as a read would leave it; n 0: the end of the stream). 1 when the answer is
+ * complete (<r> as done() would get it, valid until the parser is freed), 0 when more is needed,
+ * -1 when there is no usable answer (r->fail, r->why); after 1 or -1 it is done (-1). */
+struct wk_fauth_conn *wk_fauth_parser_new(void);
+int wk_fauth_parser_feed(struct wk_fauth_conn *c, const char *p, size_t n, struct wk_fauth_res *r);
+void wk_fauth_parser_free(struct wk_fauth_conn *c);
+
 /* The forward_auth middleware's hooks (worker/wk_mw.c's table). */
 extern const struct wk_mw_hooks wk_mw_forward_auth_hooks;
 
