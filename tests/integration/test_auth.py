@@ -388,7 +388,8 @@ class AuthService:
                     self.requests.append((method, target, hdrs))
                 ans = self._answer(dict(hdrs))
                 s.sendall(ans)
-                if self.close_after or ans == b"" or b"Content-Length: 100\r\n" in ans:
+                if (self.close_after or ans == b"" or b"Content-Length: 100\r\n" in ans or
+                        b"X-Half" in ans):
                     return
         except (OSError, ValueError):
             pass
@@ -429,6 +430,7 @@ class AuthService:
             "Bearer barelf": b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
             "Bearer short": b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 100\r\n\r\nshort",
             "Bearer close": b"",
+            "Bearer halfhead": b"HTTP/1.1 200 OK\r\nX-Half: yes",  # then the close
         }
         if auth in hostile:
             return hostile[auth]
@@ -540,8 +542,8 @@ class ForwardAuthTest(dsptest.TestCase):
     @dsptest.timeout(90)
     def test_forward_auth_hostile(self):
         """Answers that are not clean HTTP/1.1 are 503s (a big or malformed head, a body over
-        the relay limit, a close before the answer or in its body, an interim response, bare
-        LFs); a 2xx with a huge body still lets the request through; each case leaves the next
+        the relay limit, a close before the answer, in its head or in its body, an interim
+        response, bare LFs); a 2xx with a huge body still lets the request through; each case leaves the next
         request its own clean answer."""
         be = self.backend("b1")
         auth = AuthService()
@@ -552,7 +554,8 @@ class ForwardAuthTest(dsptest.TestCase):
                             workers=1, extra=mw_conf(mws))
         cases = [("Bearer bighead", 503), ("Bearer page8k", 401), ("Bearer page100k", 503),
                  ("Bearer okbig", 200), ("Bearer badcl", 503), ("Bearer interim", 503),
-                 ("Bearer barelf", 503), ("Bearer short", 503), ("Bearer close", 503)]
+                 ("Bearer barelf", 503), ("Bearer short", 503), ("Bearer close", 503),
+                 ("Bearer halfhead", 503)]
         for _ in range(2):
             for tok, want in cases:
                 for http2 in (False, True):
