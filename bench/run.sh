@@ -24,18 +24,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-# Scenario (k), rate_limit on the hot path, is bench/bench_rl.py, and (m), gRPC unary calls, is
-# bench/bench_grpc.py (each with its own results file); they run after the others when BENCH_ONLY
-# is unset or names them.
+# Scenario (k), rate_limit on the hot path, is bench/bench_rl.py, (m), gRPC unary calls, is
+# bench/bench_grpc.py, and (n), HTTP/2 against h2o, is bench/bench_h2o.py (each with its own
+# results file); they run after the others when BENCH_ONLY is unset or names them.
 if [ -z "${BENCH_ONLY:-}" ]; then
-    only=",k,m,"
+    only=",k,m,n,"
     rest=
     python3 "$here/bench.py" "$@" &
     py_pid=$!
     wait "$py_pid"
 else
     only=",$BENCH_ONLY,"
-    rest=$(printf '%s' "$only" | tr ',' '\n' | grep -v -x -e k -e m -e '' | paste -sd, - || true)
+    rest=$(printf '%s' "$only" | tr ',' '\n' | grep -v -x -e k -e m -e n -e '' | paste -sd, - || true)
 fi
 if [ -n "$rest" ]; then
     BENCH_ONLY="$rest" python3 "$here/bench.py" "$@" &
@@ -49,6 +49,11 @@ if [[ "$only" == *",k,"* ]]; then
 fi
 if [[ "$only" == *",m,"* ]]; then
     python3 "$here/bench_grpc.py" &
+    py_pid=$!
+    wait "$py_pid"
+fi
+if [[ "$only" == *",n,"* ]]; then
+    python3 "$here/bench_h2o.py" &
     py_pid=$!
     wait "$py_pid"
 fi
