@@ -608,7 +608,7 @@ int wk_xchg_failed(struct wk_xchg *x, int why)
 /* The final response head <rs>: through the route's response hooks, which may re-frame the
  * client's copy (compress), to the client side. 0, or -1 (the attempt fails as a bad response);
  * rs->chunked is the backend's framing again afterwards. */
-int wk_xchg_relay_head(struct wk_xchg *x, struct wk_h1_resp *rs)
+static int relay_head(struct wk_xchg *x, struct wk_h1_resp *rs)
 {
     uint8_t up_chunked = rs->chunked;
 
@@ -624,6 +624,11 @@ int wk_xchg_relay_head(struct wk_xchg *x, struct wk_h1_resp *rs)
     }
     rs->chunked = up_chunked;
     return 0;
+}
+
+int wk_xchg_relay_head(struct wk_xchg *x, struct wk_h1_resp *rs)
+{
+    return relay_head(x, rs); /* (the HTTP/1 path keeps its inlined copy) */
 }
 
 /* Parse the response head (after any 1xx) from the upstream's bytes and hand it to the client
@@ -690,7 +695,7 @@ static int parse_response_head(struct wk_xchg *x)
         if (x->tx->rs.done) {
             x->tflags |= WK_T_RESP_DONE;
         }
-        if (wk_xchg_relay_head(x, &rs) != 0) {
+        if (relay_head(x, &rs) != 0) {
             return wk_xchg_failed(x, WK_FAIL_BAD);
         }
         if (!(x->tflags & WK_T_REQ_DONE) || x->send_off != x->parsed_off ||
