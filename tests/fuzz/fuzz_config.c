@@ -26,7 +26,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct ms_config *cfg = NULL;
     char *errs = NULL;
 
+    static int files;
+
     fuzz_quiet();
+    if (!files) {
+        fuzz_aux_files(); /* (users, page.html: files a config may name) */
+        files = 1;
+    }
     if (size > 65536 || has(data, size, "/dev") || has(data, size, "/proc") ||
         has(data, size, "/sys") || has(data, size, "..") || has(data, size, "/run")) {
         return 0;

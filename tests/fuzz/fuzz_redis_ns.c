@@ -2,15 +2,19 @@
  * Redis holds ("addr=weight,..." backends, "GET,POST" methods, integers, hosts, paths, PEM
  * certificates...) validated and merged into a file config, then compiled.
  *
- * Input: lines. "S id", "R id", "C id" start a service / route / certificate entry (the id is
- * the rest of the line, any bytes); "name=value" adds a field to the current entry (any bytes
- * but the newline, NULs included, as Redis strings are binary); "?" marks the current entry as
- * listed but missing, "!text" records a read error on it, "#K text" a read error on the SET of
- * kind K (S, R or C). A field name repeated in one entry is ignored (Redis hashes cannot hold
- * it twice).
- * Invariants beyond "no crash, no leak": the namespace equals itself and hashes the same; a
- * refused merge leaves the config untouched and says why; an accepted one compiles into a
- * snapshot that passes shm_snap_check; unmerge restores the file config's counts. */
+ * Input: lines. "S id", "R id", "C id", "M id" start a service / route / certificate /
+ * middleware entry (the id is the rest of the line, any bytes; a middleware's hash has "type"
+ * and that type's keys, a route's "split" and "middlewares" name services and middlewares);
+ * "name=value" adds a field to the current entry (any bytes but the newline, NULs included, as
+ * Redis strings are binary); "?" marks the current entry as listed but missing, "!text" records a
+ * read error on it, "#K text" a read error on the SET of kind K (S, R, C or M). A field name
+ * repeated in one entry is ignored (Redis hashes cannot hold it twice). Invariants beyond "no
+ * crash, no leak": the namespace equals itself and hashes the same; a refused merge leaves the
+ * config untouched and says why; an accepted one compiles into a snapshot that passes
+ * shm_snap_check; unmerge restores the file config's counts (middlewares too); a split value parses
+ * into 1 to 16 named entries of weights within bounds. Inputs naming device, /proc or /sys paths,
+ * or leaving the folder, are skipped (a users_file or body_file would read them); "users" and
+ * "page.html" exist in the folder. */
 #include <stdint.h>
 #include <string.h>
 
@@ -23,7 +27,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static struct ms_config *cfg;
-static size_t file_services, file_routes, file_certs;
+static size_t file_services, file_routes, file_certs, file_mws;
 
 static void setup(void)
 {
@@ -33,10 +37,15 @@ static void setup(void)
         "redis = { host = \"127.0.0.1\"; port = 6390; };\n"
         "services = ( { name = \"gateway\"; backends = [ \"127.0.0.1:9101\" ]; },\n"
         "             { name = \"db\"; backends = [ \"127.0.0.1:9102\", \"[::1]:9103\" ]; } );\n"
-        "routes = ( { host = \"gateway.do\"; service = \"gateway\"; } );\n";
+        "middlewares = ( { name = \"secure\"; type = \"headers\";\n"
+        "                  response_set = [ \"X-Frame-Options: DENY\" ]; } );\n"
+        "routes = ( { host = \"gateway.do\"; service = \"gateway\"; middlewares = [ \"secure\" ]; "
+        "} "
+        ");\n";
     char *errs = NULL;
 
     fuzz_quiet();
+    fuzz_aux_files();
     if (fuzz_config_load(conf, sizeof(conf) - 1, &cfg, &errs) != 0) {
         fprintf(stderr, "fuzz_redis_ns: config: %s\n", errs);
         abort();
@@ -44,11 +53,16 @@ static void setup(void)
     file_services = cfg->nservices;
     file_routes = cfg->nroutes;
     file_certs = cfg->tls.ncerts;
+    file_mws = cfg->nmws;
 }
 
 static int kind_of(uint8_t ch)
 {
-    return ch == 'S' ? MS_RNS_SERVICE : ch == 'R' ? MS_RNS_ROUTE : ch == 'C' ? MS_RNS_CERT : -1;
+    return ch == 'S'   ? MS_RNS_SERVICE
+           : ch == 'R' ? MS_RNS_ROUTE
+           : ch == 'C' ? MS_RNS_CERT
+           : ch == 'M' ? MS_RNS_MW
+                       : -1;
 }
 
 /* The value parsers on their own, on a NUL-terminated copy. */
@@ -56,7 +70,8 @@ static void parse_value(const char *v, size_t n)
 {
     char *s = malloc(n + 1), err[256];
     struct ms_backend *b = NULL;
-    size_t nb = 0;
+    struct ms_split *sp = NULL;
+    size_t nb = 0, nsp = 0;
     uint64_t m = 0;
     long l = 0;
 
@@ -79,6 +94,18 @@ static void parse_value(const char *v, size_t n)
     } else {
         FUZZ_CHECK(err[0] != '\0');
     }
+    if (ms_rns_parse_split(s, &sp, &nsp, err, sizeof(err)) == 0) {
+        FUZZ_CHECK(sp != NULL && nsp >= 1 && nsp <= MS_MAX_SPLIT);
+        for (size_t i = 0; i < nsp; i++) {
+            FUZZ_CHECK(sp[i].service != NULL && sp[i].service[0] != '\0');
+            FUZZ_CHECK(strchr(sp[i].service, '=') == NULL && strchr(sp[i].service, ',') == NULL);
+            FUZZ_CHECK(sp[i].weight >= 0 && sp[i].weight <= MS_MAX_SPLIT_WEIGHT);
+            free(sp[i].service);
+        }
+        free(sp);
+    } else {
+        FUZZ_CHECK(sp == NULL && nsp == 0 && err[0] != '\0');
+    }
     (void)ms_rns_parse_methods(s, &m, err, sizeof(err));
     if (ms_rns_parse_int(s, -1000, 1000, &l, err, sizeof(err)) == 0) {
         FUZZ_CHECK(l >= -1000 && l <= 1000);
@@ -97,7 +124,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (cfg == NULL) {
         setup();
     }
-    if (size > 16384) {
+    if (size > 16384 || memmem(data, size, "/dev", 4) || memmem(data, size, "/proc", 5) ||
+        memmem(data, size, "/sys", 4) || memmem(data, size, "..", 2) ||
+        memmem(data, size, "/run", 4)) {
         return 0;
     }
     ns = ms_rns_new("production");
@@ -159,6 +188,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(cfg->nservices == file_services);
     FUZZ_CHECK(cfg->nroutes == file_routes);
     FUZZ_CHECK(cfg->tls.ncerts == file_certs);
+    FUZZ_CHECK(cfg->nmws == file_mws);
     ms_rns_free(ns);
     return 0;
 }

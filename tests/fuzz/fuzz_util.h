@@ -32,6 +32,10 @@ FUZZ_UNUSED static void fuzz_dir_rm(void)
         char p[128];
         snprintf(p, sizeof(p), "%s/dispatcher.conf", fuzz_dir);
         unlink(p);
+        snprintf(p, sizeof(p), "%s/users", fuzz_dir);
+        unlink(p);
+        snprintf(p, sizeof(p), "%s/page.html", fuzz_dir);
+        unlink(p);
         rmdir(fuzz_dir);
     }
 }
@@ -47,6 +51,31 @@ FUZZ_UNUSED static const char *fuzz_tmpdir(void)
         atexit(fuzz_dir_rm);
     }
     return fuzz_dir;
+}
+
+/* The files a config may name by a relative path, in the private folder: "users" (an htpasswd
+ * file for basic_auth's users_file: two good lines and a refused one) and "page.html" (a static
+ * middleware's body_file). */
+FUZZ_UNUSED static void fuzz_aux_files(void)
+{
+    static const char users[] =
+        "alice:$2y$04$abcdefghijklmnopqrstuuNQ3yP4wP0W0wuN3b0bFvD3yNbX0nG9m\n"
+        "bob:$6$saltsalt$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaa\n"
+        "# a comment\n";
+    static const char page[] = "<html>down for maintenance</html>\n";
+    const char *name[2] = {"users", "page.html"}, *text[2] = {users, page};
+
+    for (int i = 0; i < 2; i++) {
+        char path[128];
+        FILE *f;
+        snprintf(path, sizeof(path), "%s/%s", fuzz_tmpdir(), name[i]);
+        f = fopen(path, "w");
+        if (f == NULL || fputs(text[i], f) < 0 || fclose(f) != 0) {
+            perror(path);
+            abort();
+        }
+    }
 }
 
 /* Load config text <text>[0, n) the way the master loads a file (the parser reads files only):
