@@ -325,8 +325,9 @@ static int rq_append(struct wk_h2_stream *st, const uint8_t *p, size_t n)
     char sz[24];
     int zl = 0;
 
-    if (x->send_off == x->parsed_off && x->send_off > 0 && b->end + n + 32 > b->cap / 2) {
-        /* Everything so far went upstream and half the buffer is used: start it over (a retry
+    if (x->send_off == x->parsed_off && x->send_off > 0 &&
+        b->end + n + 32 > x->at.gen->snap->limits.h2_stream_window) {
+        /* Everything so far went upstream and half the room is used: start it over (a retry
          * can no longer replay the body; a smaller one stays for a refused attempt). */
         if (x->send_off > x->body_off) {
             x->tflags |= WK_T_BODY_LOST;

@@ -96,8 +96,9 @@ class H2BackendTest(dsptest.TestCase):
         for name, srv, opts in servers:
             o = {"protocol": "h2", "retries": 1}
             o.update(opts)
-            addr = o.pop("addr", None)
-            services.append(svc(name, srv.addr if srv is not None else addr, **o))
+            addrs = o.pop("addrs", None) or [o.pop("addr", None)]
+            o.pop("addr", None)
+            services.append(svc(name, *([srv.addr] if srv is not None else addrs), **o))
             routes.append(route(name + ".h2", name))
         services += list(extra_services)
         self.d = self.dispatcher(services=services, routes=routes, workers=workers, limits=limits)
@@ -277,6 +278,37 @@ class H2BackendTest(dsptest.TestCase):
         self.assertEqual(hc["headers"][":scheme"], "http")
         self.assertEqual(self.get("old.h2", "/")[0], 503)  # no healthy backend
         self.assertEqual(self.get("ok.h2", "/echo?len")[0], 200)
+
+    def test_refused_killed_and_retried(self):
+        good = self.server()
+        victim = self.server()
+        dead = "127.0.0.1:%d" % dsptest.free_port()
+        self.start([("pair", None, {"addrs": [dead, good.addr], "retries": 1}),
+                    ("dead", None, {"addr": dead, "retries": 0}),
+                    ("victim", victim, {"retries": 0})])
+        for _ in range(6):
+            self.assertEqual(self.get("pair.h2", "/echo?len")[0], 200)  # refused -> retried
+        st, hd, body = self.get("dead.h2", "/")
+        self.assertEqual(st, 502, body)
+        self.assertIn("refused the connection", json.loads(body)["message"])
+        # A backend killed while streams are open: their clients are answered 502 (nothing of
+        # the response came), the next request opens a new connection once it is back.
+        results = []
+
+        def slow():
+            results.append(self.get("victim.h2", "/slow?ms=3000")[0])
+
+        threads = [threading.Thread(target=slow) for _ in range(3)]
+        for t in threads:
+            t.start()
+        dsptest.wait_until(lambda: len([r for r in victim.requests() if r["path"].startswith("/slow")]) == 3,
+                           5, "three slow streams at the backend")
+        victim.stop()
+        for t in threads:
+            t.join(20)
+        self.assertEqual(results, [502, 502, 502])
+        st, hd, body = self.get("victim.h2", "/")
+        self.assertEqual(st, 502, body)  # refused now
 
     def test_protocol_config(self):
         d = dsptest.Dispatcher(workers=1)
