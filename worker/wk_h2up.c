@@ -130,6 +130,11 @@ void h2up_conn_idle_check(struct wk_h2up_conn *c)
     if (!(c->flags & C_DEAD) && c->streams == NULL && c->open == 0 &&
         !(c->flags & (C_CONNECTING | C_TLSHS))) {
         wk_timer_arm(&c->timer, H2UP_IDLE_MS);
+        if (c->out_off == c->out_len && c->out != NULL) {
+            free(c->out); /* an idle connection holds no frame buffer */
+            c->out = NULL;
+            c->out_off = c->out_len = c->out_cap = 0;
+        }
     }
 }
 
@@ -309,11 +314,11 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
     struct wk_h2up_conn *c = ud;
     struct wk_h2up_stream *st = cb_stream(s, id);
 
+    if (st == NULL) {
+        return 0; /* (a stream its exchange let go: counted out then) */
+    }
     if (c->open > 0) {
         c->open--;
-    }
-    if (st == NULL) {
-        return 0;
     }
     nghttp2_session_set_stream_user_data(s, id, NULL);
     st->flags |= S_CLOSED;
