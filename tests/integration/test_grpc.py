@@ -264,6 +264,10 @@ class GrpcErrorsTest(dsptest.TestCase):
         r = grpc_call(port, "gone.test", "big", "200000")
         self.assertEqual(r["code"], "RESOURCE_EXHAUSTED", r)         # 413: 8
         self.assertEqual(self.raw.requests, [])
+        # gRPC needs HTTP/2: an HTTP/1 client with a gRPC Content-Type keeps JSON
+        r = dsptest.request(self.d.port, "/dsp.Test/Echo", host="nowhere.test", method="POST",
+                            headers=[("Content-Type", "application/grpc")], body=b"\0\0\0\0\0")
+        self.assertJsonError(r, 404, "Service not found")
 
     def test_frames_status_mapping_and_deadline(self):
         port = self.d.port
@@ -325,11 +329,6 @@ class GrpcErrorsTest(dsptest.TestCase):
         self.assertGreater(ev[7][0][2], 1.2)
         # the hung backend connections were dropped when the deadline passed
         dsptest.wait_until(lambda: len(self.raw.hung) == 4, 5, "hung connections closed")
-
-    def test_http1_client_gets_json(self):
-        r = dsptest.request(self.d.port, "/dsp.Test/Echo", host="nowhere.test", method="POST",
-                            headers=[("Content-Type", "application/grpc")], body=b"\0\0\0\0\0")
-        self.assertJsonError(r, 404, "Service not found")
 
 
 @unittest.skipUnless(HAVE_H2, "python3-h2 under /usr/bin/python3")
@@ -481,6 +480,7 @@ class GrpcCallsTest(dsptest.TestCase):
         # an unknown method is the server's UNIMPLEMENTED, passed on
         r = self.call("method", "/dsp.Test/Nope")
         self.assertEqual(r["code"], "UNIMPLEMENTED", r)
+        self.killed_backend()
 
     def test_deadline(self):
         cancelled = os.path.join(self.d.tmp, "cancelled")
@@ -508,7 +508,7 @@ class GrpcCallsTest(dsptest.TestCase):
         r = self.call("sleep", "100:5")
         self.assertEqual((r["code"], r["messages"]), ("OK", ["echo:zz"]), r)
 
-    def test_killed_backend(self):
+    def killed_backend(self):
         r = self.call("echo", "x", authority="victim.test")
         self.assertEqual(r["code"], "OK", r)
         # killed in the middle of a call whose response began: UNAVAILABLE in the trailers, as
