@@ -363,6 +363,10 @@ class TrailersTest(dsptest.TestCase):
             # trailer fields are checked like header fields: no framing in them
             {"headers": req("raw.test", "/record-bad"), "data": ["abc"],
              "trailers": [["content-length", "3"], ["x-ok", "1"]]},
+            # too many of them (as for a head): the stream is reset, the backend never gets a
+            # complete request
+            {"headers": req("raw.test", "/record-many"), "data": ["abc"],
+             "trailers": [["x-t%d" % i, "v"] for i in range(200)]},
         ])
         kinds = [e[0] for e in ev[0]]
         self.assertEqual(kinds[0], "response")
@@ -397,6 +401,8 @@ class TrailersTest(dsptest.TestCase):
         self.assertNotIn(b"expect:", got.lower())
         self.assertEqual([e[0] for e in ev[5]], ["response", "end"], ev[5])
         self.assertEqual(hdict(ev[5][0][1])["grpc-status"], "5")
+        self.assertEqual([e[0] for e in ev[7]], ["reset"], ev[7])
+        self.assertFalse([r for r in self.raw.requests if r.startswith(b"POST /record-many ")])
         got = [r for r in self.raw.requests if r.startswith(b"POST /record-bad ")]
         if [e[0] for e in ev[6]] != ["reset"]:  # (nghttp2 may reset the stream itself)
             self.assertTrue(got[0].endswith(b"\r\n3\r\nabc\r\n0\r\nx-ok: 1\r\n\r\n"), got)
