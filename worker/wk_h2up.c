@@ -670,7 +670,7 @@ int h2up_conn_flush(struct wk_h2up_conn *c)
     }
 }
 
-static nghttp2_session *session_new(struct wk_h2up_conn *c, const struct shm_snap_hdr *sn)
+nghttp2_session *h2up_session_new(struct wk_h2up_conn *c, const struct shm_snap_hdr *sn)
 {
     nghttp2_session_callbacks *cb = NULL;
     nghttp2_option *opt = NULL;
@@ -740,7 +740,7 @@ static struct wk_h2up_conn *conn_new(const struct wk_xchg *x, int *refused)
     c->addr = strdup(shm_s(sn, be->address));
     xp_init(&c->xp, -1);
     if (c->addr == NULL || wk_backend_addr(sn, be, &ss, &sl) != 0 ||
-        (c->s = session_new(c, sn)) == NULL) {
+        (c->s = h2up_session_new(c, sn)) == NULL) {
         goto fail;
     }
     xp_init(&c->xp, socket(be->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));

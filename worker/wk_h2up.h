@@ -105,6 +105,11 @@ void h2up_stream_unlink(struct wk_h2up_stream *st);
 int h2up_stream_place(struct wk_h2up_stream *st, const struct wk_xchg *x);
 /* Write what nghttp2 has to send: 0, or -1 when the connection failed. */
 int h2up_conn_flush(struct wk_h2up_conn *c);
+/* The client session of <c> (its callbacks record what the backend sent on the streams and
+ * queue them to be woken; they drive nothing), SETTINGS queued; NULL when out of memory. Also
+ * what tests/fuzz/fuzz_h2up.c feeds a hostile backend's frames to. */
+struct shm_snap_hdr;
+nghttp2_session *h2up_session_new(struct wk_h2up_conn *c, const struct shm_snap_hdr *sn);
 /* With no stream left, the connection's idle timeout starts. */
 void h2up_conn_idle_check(struct wk_h2up_conn *c);
 

@@ -2,19 +2,24 @@
  * session is the one worker/wk_h2.c builds (same nghttp2 options, same SETTINGS, no automatic
  * WINDOW_UPDATE) and its callbacks run the same code: the abuse limits (wk_h2_guard_*) on every
  * frame and header field, the header block collection (wk_h2_head_field) and the request builder
- * (wk_h2_head_request) at each complete block. The exchange and the sockets are left out.
+ * (wk_h2_head_request) at each complete block, and for a request's trailing HEADERS the trailer
+ * fields (wk_h2_head_trailers) and the last chunk they make upstream (wk_h2_last_chunk). The
+ * exchange and the sockets are left out.
  *
  * The input follows the client preface (prepended unless it starts with "PRI"); it is fed in
  * pieces (the first byte of the input picks their size), the loop's clock moving between them so
  * the token buckets refill. Invariants: a request accepted has a method, an :authority that is a
  * valid host, a :path starting with '/' (or "*"), fields within the block's buffer and free of
- * CR/LF/NUL; every session ends without a leak. */
+ * CR/LF/NUL; trailer fields are allowed names (wk_trailer_ok) without '_' and with clean
+ * values, and their last chunk is one the strict chunked decoder takes whole; every session ends
+ * without a leak. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fuzz_util.h"
 #include "shm/shm_types.h"
+#include "worker/wk_grpc.h"
 #include "worker/wk_h2msg.h"
 #include "worker/wk_internal.h"
 
@@ -24,6 +29,7 @@ struct fz_stream {
     struct wk_h2_head *head;
     uint64_t hsize;
     int32_t id;
+    int started; /* its request head was complete: a later HEADERS is its trailers */
     struct fz_stream *next, *prev;
 };
 
@@ -63,6 +69,29 @@ static void check_request(struct wk_h2_head *hh, int end_stream)
         FUZZ_CHECK(memchr(h->value, '\r', h->vlen) == NULL &&
                    memchr(h->value, '\n', h->vlen) == NULL &&
                    memchr(h->value, '\0', h->vlen) == NULL);
+    }
+}
+
+static void check_trailers(const struct wk_h2_head *hh)
+{
+    struct wk_hdr f[WK_MAX_HEADERS];
+    char out[2 * MAX_HEADER_BYTES + 64];
+    uint32_t n = wk_h2_head_trailers(hh, f);
+    size_t ol;
+
+    FUZZ_CHECK(n <= WK_MAX_HEADERS);
+    for (uint32_t i = 0; i < n; i++) {
+        FUZZ_CHECK(in_block(hh, f[i].name, f[i].nlen) && in_block(hh, f[i].value, f[i].vlen));
+        FUZZ_CHECK(wk_trailer_ok(f[i].name, f[i].nlen) &&
+                   memchr(f[i].name, '_', f[i].nlen) == NULL);
+        FUZZ_CHECK(wk_value_ok(f[i].value, f[i].vlen));
+    }
+    ol = wk_h2_last_chunk(out, sizeof(out), f, n);
+    if (ol > 0) {
+        struct wk_chunk ch;
+        size_t used = 0, dl = 0;
+        wk_h1_chunk_init(&ch, sizeof(out));
+        FUZZ_CHECK(wk_h1_chunk_parse(&ch, out, ol, &used, &dl) == WK_CHUNK_DONE && used == ol);
     }
 }
 
@@ -121,6 +150,13 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         FUZZ_CHECK(c->g.abused);
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
+    if (f->hd.type == NGHTTP2_HEADERS && st->head == NULL && st->started &&
+        f->headers.cat == NGHTTP2_HCAT_HEADERS) {
+        st->head = wk_h2_head_new(MAX_HEADER_BYTES); /* the trailers (as wk_h2.c does) */
+        if (st->head == NULL) {
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+    }
     if (f->hd.type == NGHTTP2_HEADERS && st->head != NULL) {
         wk_h2_head_field(st->head, name, nlen, value, vlen);
     }
@@ -140,6 +176,11 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
     if (st != NULL && st->head != NULL && f->hd.type == NGHTTP2_HEADERS &&
         f->headers.cat == NGHTTP2_HCAT_REQUEST) {
         check_request(st->head, (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
+        wk_h2_head_free(st->head);
+        st->head = NULL;
+        st->started = 1;
+    } else if (st != NULL && st->head != NULL && f->hd.type == NGHTTP2_HEADERS) {
+        check_trailers(st->head);
         wk_h2_head_free(st->head);
         st->head = NULL;
     }
