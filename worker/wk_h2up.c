@@ -111,7 +111,7 @@ static void stream_link(struct wk_h2up_conn *c, struct wk_h2up_stream *st)
 
 /* The attempt on the stream failed with <why>; <stale>: in a way that says nothing about the
  * backend (refused, never sent, a used connection gone), retried for free a few times. */
-static void stream_failed(struct wk_h2up_stream *st, int why, int stale)
+void h2up_stream_failed(struct wk_h2up_stream *st, int why, int stale)
 {
     if (!(st->flags & S_FAILED)) {
         st->flags |= S_FAILED;
@@ -220,7 +220,7 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
         st->rb = malloc(c->rb_cap);
         if (st->rb == NULL) {
             nghttp2_session_consume(s, id, len);
-            stream_failed(st, WK_FAIL_BAD, 0);
+            h2up_stream_failed(st, WK_FAIL_BAD, 0);
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
         st->rb_cap = c->rb_cap;
@@ -234,7 +234,7 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
         /* More than the window we gave: nghttp2 lets no such peer through, but never trust. */
         nghttp2_session_consume(s, id, len);
         st->flags |= S_BAD;
-        stream_failed(st, WK_FAIL_BAD, 0);
+        h2up_stream_failed(st, WK_FAIL_BAD, 0);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     memcpy(st->rb + st->rb_len, data, len);
@@ -269,10 +269,11 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
             if (st->status >= 200) {
                 st->flags |= S_HEAD;
                 st->nhead = st->nf;
-            } else if (f->hd.flags & NGHTTP2_FLAG_END_STREAM) {
-                st->flags |= S_BAD; /* (nghttp2 refuses that already) */
+            } else if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) || h2up_interim(st) != 0) {
+                st->flags |= S_BAD; /* (an END_STREAM there: nghttp2 refuses that already) */
+                h2up_stream_failed(st, WK_FAIL_BAD, 0);
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
             }
-            /* (1xx heads are not passed on: HTTP/1 clients get our own 100-continue) */
         } else {
             st->flags |= S_TRAILERS;
         }
@@ -327,9 +328,9 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
     } else if (code == NGHTTP2_REFUSED_STREAM && !(st->flags & S_HEAD)) {
         /* Refused, or beyond a GOAWAY's last stream: the backend processed nothing of it. */
         st->flags |= S_UNSENT;
-        stream_failed(st, WK_FAIL_RESET, 1);
+        h2up_stream_failed(st, WK_FAIL_RESET, 1);
     } else if (!(st->flags & S_END) || code != NGHTTP2_NO_ERROR) {
-        stream_failed(st, (st->flags & S_BAD) ? WK_FAIL_BAD : WK_FAIL_RESET, 0);
+        h2up_stream_failed(st, (st->flags & S_BAD) ? WK_FAIL_BAD : WK_FAIL_RESET, 0);
     }
     h2up_stream_wake(st);
     return 0;
@@ -526,14 +527,14 @@ static void conn_submit_waiting(struct wk_h2up_conn *c)
             if (h2up_stream_place(st, x) != 0) {
                 stream_link(c, st); /* (to be woken by this connection: the failure) */
                 st->flags |= S_SUBMITTED;
-                stream_failed(st, WK_FAIL_CONNECT, 0);
+                h2up_stream_failed(st, WK_FAIL_CONNECT, 0);
             }
             continue;
         }
         if (stream_submit(st) != 0) {
             st->flags |= S_SUBMITTED;
             c->nwait--;
-            stream_failed(st, WK_FAIL_BAD, 0);
+            h2up_stream_failed(st, WK_FAIL_BAD, 0);
         }
     }
 }
@@ -599,7 +600,7 @@ static void conn_fail(struct wk_h2up_conn *c, int why)
             if (!(st->flags & S_SUBMITTED)) {
                 st->flags |= S_UNSENT;
             }
-            stream_failed(st, why, stale || !(st->flags & S_SUBMITTED));
+            h2up_stream_failed(st, why, stale || !(st->flags & S_SUBMITTED));
         } else {
             h2up_stream_wake(st);
         }

@@ -101,6 +101,13 @@ struct wk_h2up_conn {
 /* (wk_h2up.c) Queue the stream's exchange to be woken; take it off its connection. */
 void h2up_stream_wake(struct wk_h2up_stream *st);
 void h2up_stream_unlink(struct wk_h2up_stream *st);
+/* (wk_h2up.c) The attempt on the stream failed with <why> (WK_FAIL_*); <stale>: in a way that
+ * says nothing about the backend. */
+void h2up_stream_failed(struct wk_h2up_stream *st, int why, int stale);
+/* (wk_h2upx.c) An interim (1xx) head arrived (fields [0, nf)): passed on to the client side
+ * (called from nghttp2's frame callback: nothing but the client side's interim op runs). 0, or
+ * -1 when the attempt must fail (too many, or the client side refused it). */
+int h2up_interim(struct wk_h2up_stream *st);
 /* Put the stream on a connection with room (see wk_h2up.c). 0, 1 refused at once, -1. */
 int h2up_stream_place(struct wk_h2up_stream *st, const struct wk_xchg *x);
 /* Write what nghttp2 has to send: 0, or -1 when the connection failed. */

@@ -6,6 +6,7 @@
  * x->ops->trailers, and failures turned into retries, 502s or a cut. */
 #include "worker/wk_h2up.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +108,35 @@ int wk_h2up_send(struct wk_xchg *x)
     }
     h2up_conn_flush(c);
     return x->send_off != before;
+}
+
+int h2up_interim(struct wk_h2up_stream *st)
+{
+    struct wk_xchg *x = st->x;
+    struct wk_h1_resp rs;
+    uint32_t n = DSP_MIN(st->nf, (uint32_t)WK_MAX_HEADERS);
+
+    if (x == NULL) {
+        return 0;
+    }
+    /* Bounded as from HTTP/1 backends: a backend that trickles 1xx without end holds nothing
+     * for long. */
+    if (++x->tx->ninterim > 8) {
+        return -1;
+    }
+    memset(&rs.hd, 0, offsetof(struct wk_head, h)); /* (the fields below are set one by one) */
+    rs.chunked = rs.has_clen = 0;
+    rs.status = st->status;
+    rs.reason = wk_reason(st->status);
+    rs.reason_len = (uint32_t)strlen(rs.reason);
+    for (uint32_t i = 0; i < n; i++) {
+        rs.hd.h[i].name = st->hb + st->f[i].noff;
+        rs.hd.h[i].nlen = st->f[i].nlen;
+        rs.hd.h[i].value = st->hb + st->f[i].voff;
+        rs.hd.h[i].vlen = st->f[i].vlen;
+    }
+    rs.hd.n = n;
+    return x->ops->interim(x, &rs, NULL, 0) != 0 ? -1 : 0;
 }
 
 /* The response head arrived: hand it to the client side. 0, or what wk_xchg_failed() gives. */

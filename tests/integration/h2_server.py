@@ -9,6 +9,7 @@ One thread per connection; each connection numbers itself (x-conn). Paths:
   /big?n=N        N pattern bytes (content-length unless ?nolen)
   /slow?ms=N      waits N ms, then 200 "slow"
   /rst            RST_STREAM INTERNAL_ERROR instead of an answer
+  /early          103 (link: </a.css>; rel=preload), then 200 "after hints"
   /trailers       200 "body" then trailers grpc-status: 0, x-trailer: yes
   /trailers-only  HEADERS with END_STREAM: 200, grpc-status: 5
   /health         200 "ok"
@@ -152,6 +153,11 @@ class Conn:
             with self.lock:
                 self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
                 self.flush()
+        elif base == "/early":
+            with self.lock:
+                self.h2.send_headers(sid, [(":status", "103"), ("link", "</a.css>; rel=preload")])
+                self.flush()
+            self.respond(sid, 200, b"after hints")
         elif base == "/trailers":
             self.respond(sid, 200, b"body", [("content-type", "application/grpc")], length=False,
                          trailers=[("grpc-status", "0"), ("x-trailer", "yes")])

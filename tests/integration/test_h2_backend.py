@@ -172,6 +172,13 @@ class H2BackendTest(dsptest.TestCase):
             self.assertIn("x-trailer: yes", out)
             head = out.split("\r\n\r\n", 1)[0]
             self.assertNotIn("grpc-status", head, "trailers must not become head fields")
+            # An interim 103 goes on before the final head (a raw look: curl shows both heads).
+            p = curl("-i", *(["--http2-prior-knowledge"] if h2 else []), *self.res("web.h2"),
+                     self.url("web.h2", "/early"))
+            out = p.stdout.decode("latin-1")
+            self.assertRegex(out, r"^HTTP/\S+ 103[^\r]*\r\nlink: </a.css>; rel=preload\r\n")
+            self.assertIn(" 200", out.split("\r\n\r\n")[1].split("\r\n")[0])
+            self.assertTrue(out.endswith("after hints"), out[-200:])
             # A trailers-only answer (HEADERS with END_STREAM) stays one.
             st, hd, body = self.get("web.h2", "/trailers-only", h2=h2)
             self.assertEqual((st, hd["grpc-status"], body), (200, "5", b""))
