@@ -282,7 +282,7 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
                  ((rq->flags & WK_H1_DONE) ? WK_T_REQ_DONE : 0);
     x->tx->req_chunked = rq->chunked;
     x->body_off = x->parsed_off = x->send_off = 0;
-    if (!end_stream && wk_buf_get(&st->rq, wk_head_buf_size(s)) != 0) { /* (rq_room grows it) */
+    if (!end_stream && wk_buf_get(&st->rq, wk_head_buf_size(s)) != 0) { /* (grows: rq_max) */
         wk_xchg_error(x, 503, "Service unavailable", "Out of resources", 1);
         goto out;
     }
@@ -307,13 +307,10 @@ out:
     head_free(st);
 }
 
-/* Room for <need> more bytes in the request buffer (see wk_h2_buf_room), which grows up to what
- * a full stream window of tiny chunk-framed frames takes. */
-static int rq_room(struct wk_h2_stream *st, size_t need /* 0: all it may take */)
+/* The most the request buffer grows to: a full stream window of tiny chunk-framed frames. */
+static size_t rq_max(const struct wk_h2_stream *st)
 {
-    size_t max = 2 * (size_t)st->x.at.gen->snap->limits.h2_stream_window + 64;
-
-    return wk_h2_buf_room(&st->rq, need ? need : max - DSP_MIN(max, st->rq.end), max);
+    return 2 * (size_t)st->x.at.gen->snap->limits.h2_stream_window + 64;
 }
 
 /* Append request DATA for the backend (chunk-framed when the request has no Content-Length).
@@ -338,7 +335,7 @@ static int rq_append(struct wk_h2_stream *st, const uint8_t *p, size_t n)
     if (st->flags & S_CHUNKED) {
         zl = snprintf(sz, sizeof(sz), "%zx\r\n", n);
     }
-    if (rq_room(st, (size_t)zl + n + 2) != 0) {
+    if (wk_h2_buf_room(b, (size_t)zl + n + 2, rq_max(st)) != 0) {
         return -1;
     }
     memcpy(b->data + b->end, sz, (size_t)zl);
@@ -414,7 +411,7 @@ static void request_end(struct wk_h2_stream *st)
     if ((st->flags & S_CHUNKED) && !(x->tflags & WK_T_REQ_DONE)) {
         n = b->data ? wk_h2_last_chunk(b->data + b->end, b->cap - b->end, x->rtrail, x->nrtrail)
                     : 0;
-        if (n == 0 && b->data && rq_room(st, 0) == 0) { /* (grown to the most, once more) */
+        if (n == 0 && b->data && wk_h2_buf_room(b, 0, rq_max(st)) == 0) { /* (grown: again) */
             n = wk_h2_last_chunk(b->data + b->end, b->cap - b->end, x->rtrail, x->nrtrail);
         }
         if (n == 0) {

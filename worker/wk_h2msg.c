@@ -522,6 +522,9 @@ int wk_h2_buf_room(struct wk_buf *b, size_t need, size_t max)
     struct wk_buf old = *b;
     size_t cap;
 
+    if (need == 0 && b->data != NULL && b->end <= max) {
+        need = DSP_MAX(max - b->end, (size_t)1); /* (all it may take) */
+    }
     if (b->data != NULL && need <= b->cap - b->end) {
         return 0;
     }

@@ -117,8 +117,9 @@ struct wk_h2_guard {
 
 /* The nghttp2 options every client session gets (CONTINUATION, SETTINGS entries, unread
  * acknowledgements, nghttp2's own reset limit as a backstop to ours). */
-/* Room for <need> more bytes in <b> (which holds data): the buffer grows (a heap block, the
- * contents and offsets kept) up to <max> bytes. 0, or -1 when <max> would not hold them. */
+/* Room for <need> more bytes in <b> (which holds data; 0: as many as <max> allows): the buffer
+ * grows (a heap block, the contents and offsets kept) up to <max> bytes. 0, or -1 when <max>
+ * would not hold them. */
 struct wk_buf;
 int wk_h2_buf_room(struct wk_buf *b, size_t need, size_t max);
 
