@@ -399,9 +399,12 @@ class FleetScope(dsptest.TestCase):
             wait_until(lambda: admin_ask(d, "show health").get("rate_limit") == "host-fallback",
                        5, "host-fallback in show health")
             self.assertEqual(metric(d, "dispatcher_rate_limit_fleet_fallback"), 1)
-            codes = [request(d.port, "/echo", host="fleet.rl",
-                             headers=[("X-K", "after-%d" % d.port)]).status for _ in range(12)]
-            self.assertEqual(codes.count(200), 10, codes)
+            # 30 pipelined requests on a fresh key: the burst of 10, plus what refills meanwhile.
+            t0 = time.monotonic()
+            rs = fire(d.port, "fleet.rl", 1, 30, lambda c, i: [("X-K", "after-%d" % d.port)])
+            dt = time.monotonic() - t0
+            ok = [r.status for r in rs].count(200)
+            self.assertTrue(10 <= ok <= 10 + 20 * dt + 1, "%d of 30 in %.2f s" % (ok, dt))
 
         # Redis back (empty, on the same port): reconciled again, shown as such.
         r.start()
