@@ -187,6 +187,21 @@ int net_cidr_parse(const char *s, struct net_cidr *out, char *err, size_t errlen
             return -1;
         }
     }
+    if (out->family == AF_INET6 && memcmp(out->addr, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0) {
+        /* ::ffff:a.b.c.d/N: clients come as a.b.c.d (mapped ones too), so the block is the IPv4
+         * one, or it would never match anything. */
+        if (bits < 96) {
+            snprintf(err, errlen,
+                     "bad CIDR \"%s\": an IPv4-mapped block needs a prefix of 96 or more "
+                     "(or write it in IPv4)",
+                     s);
+            return -1;
+        }
+        memmove(out->addr, out->addr + 12, 4);
+        memset(out->addr + 4, 0, 12);
+        out->family = AF_INET;
+        bits -= 96;
+    }
     out->prefix = (uint8_t)bits;
     return 0;
 }

@@ -76,6 +76,26 @@ static void test_cidr(void)
     CU_ASSERT(!net_cidr_match(&c, (struct sockaddr *)&s4));
     CU_ASSERT_EQUAL(net_cidr_parse("10.0.0.0/33", &c, err, sizeof(err)), -1);
     CU_ASSERT_EQUAL(net_cidr_parse("nope/8", &c, err, sizeof(err)), -1);
+    /* An IPv4-mapped block is the IPv4 one (clients, mapped or not, are compared as IPv4): it
+     * used to be kept as IPv6 and never match. */
+    CU_ASSERT_EQUAL(net_cidr_parse("::ffff:10.0.0.0/104", &c, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.family, AF_INET);
+    CU_ASSERT_EQUAL(c.prefix, 8);
+    inet_pton(AF_INET, "10.200.1.1", &s4.sin_addr);
+    CU_ASSERT(net_cidr_match(&c, (struct sockaddr *)&s4));
+    {
+        struct sockaddr_in6 s6;
+        memset(&s6, 0, sizeof(s6));
+        s6.sin6_family = AF_INET6;
+        inet_pton(AF_INET6, "::ffff:10.1.2.3", &s6.sin6_addr);
+        CU_ASSERT(net_cidr_match(&c, (struct sockaddr *)&s6));
+    }
+    CU_ASSERT_EQUAL(net_cidr_parse("::ffff:1.2.3.4", &c, err, sizeof(err)), 0);
+    CU_ASSERT(c.family == AF_INET && c.prefix == 32 && c.addr[0] == 1 && c.addr[3] == 4);
+    CU_ASSERT_EQUAL(net_cidr_parse("::ffff:1.2.3.4/95", &c, err, sizeof(err)), -1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "IPv4-mapped"));
+    CU_ASSERT_EQUAL(net_cidr_parse("fd00::/8", &c, err, sizeof(err)), 0);
+    CU_ASSERT(c.family == AF_INET6 && c.prefix == 8);
 }
 
 UNIT_SUITE(net, {"ip_str", test_ip_str}, {"parse_addr", test_parse_addr}, {"cidr", test_cidr})
