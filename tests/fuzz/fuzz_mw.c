@@ -10,7 +10,8 @@
  *      error body, the status mapping
  *   5  an HTTP/1 trailer section as it goes to an HTTP/2 client (wk_trailer_split, wk_trailer_ok,
  *      wk_h2_fields_new) and back to an HTTP/1 backend (wk_h2_last_chunk)
- *   6, 7  as 2, 3 and 4 on the same bytes (cheap inputs reaching all three)
+ *   6  an ip_allow CIDR (common/net.c net_cidr_parse, net_cidr_match)
+ *   7  as 2, 3 and 4 on the same bytes (cheap inputs reaching all three)
  * (fuzz_gz covers the same negotiation with the streaming encoder; 3 adds the checks of a weight
  * list scanned whole or cut at a comma, and of what a media type pattern matched.)
  *
@@ -21,13 +22,18 @@
  * gives the same weights scanned whole or split at a comma, and a coding the client accepts; the
  * grpc-timeout equals an independent computation; a grpc-message is escaped, NUL-terminated and
  * shorter than its buffer (and a shorter buffer gives a prefix); trailers keep only allowed names
- * and clean values. */
+ * and clean values; a CIDR matches its own address (as IPv4-mapped IPv6 too) and its prefix is
+ * within its family's bits. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include "common/htpasswd.h"
+#include "common/net.h"
 #include "tests/fuzz/fuzz_util.h"
 #include "worker/wk_grpc.h"
 #include "worker/wk_gz.h"
@@ -425,6 +431,42 @@ static void fz_trailers(const char *p, size_t n, uint8_t sel)
     }
 }
 
+/* ---- 6: CIDR ----------------------------------------------------------------------------------
+ */
+static void fz_cidr(const char *v, size_t n)
+{
+    char s[128], err[256];
+    struct net_cidr c;
+    struct sockaddr_in6 a6;
+    struct sockaddr_in a4;
+
+    if (n >= sizeof(s)) {
+        return;
+    }
+    memcpy(s, v, n);
+    s[n] = '\0';
+    err[0] = '\0';
+    if (net_cidr_parse(s, &c, err, sizeof(err)) != 0) {
+        FUZZ_CHECK(err[0] != '\0');
+        return;
+    }
+    FUZZ_CHECK(c.family == AF_INET || c.family == AF_INET6);
+    FUZZ_CHECK(c.prefix <= (c.family == AF_INET ? 32 : 128));
+    memset(&a6, 0, sizeof(a6));
+    a6.sin6_family = AF_INET6;
+    if (c.family == AF_INET) {
+        memset(&a4, 0, sizeof(a4));
+        a4.sin_family = AF_INET;
+        memcpy(&a4.sin_addr, c.addr, 4);
+        FUZZ_CHECK(net_cidr_match(&c, (const struct sockaddr *)&a4));
+        a6.sin6_addr.s6_addr[10] = a6.sin6_addr.s6_addr[11] = 0xff;
+        memcpy(&a6.sin6_addr.s6_addr[12], c.addr, 4);
+    } else {
+        memcpy(&a6.sin6_addr, c.addr, 16);
+    }
+    FUZZ_CHECK(net_cidr_match(&c, (const struct sockaddr *)&a6));
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *p = (const char *)data + 1;
@@ -452,6 +494,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     case 5:
         fz_trailers(p, n, sel);
+        break;
+    case 6:
+        fz_cidr(p, n);
         break;
     default:
         fz_cookie(p, n);
