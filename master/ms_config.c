@@ -228,8 +228,10 @@ static void err_at(struct ctx *c, const config_setting_t *s, const char *fmt, ..
 {
     va_list ap;
 
+    /* (<s> NULL: a check across keys named one the file does not give; the file, line 0) */
     va_start(ap, fmt);
-    add_err(c, config_setting_source_file(s), config_setting_source_line(s), fmt, ap);
+    add_err(c, s != NULL ? config_setting_source_file(s) : NULL,
+            s != NULL ? config_setting_source_line(s) : 0, fmt, ap);
     va_end(ap);
 }
 
@@ -1613,7 +1615,8 @@ static void parse_dns(struct ctx *c, config_setting_t *root, struct ms_config *c
     get_int(c, g, "dns", "min_ttl_ms", 0, MS_MAX_TIMEOUT_MS, &cfg->dns.min_ttl_ms);
     get_int(c, g, "dns", "timeout_ms", 10, 60000, &cfg->dns.timeout_ms);
     if (cfg->dns.min_ttl_ms > cfg->dns.resolve_ms) {
-        err_at(c, config_setting_get_member(g, "min_ttl_ms"),
+        config_setting_t *m = config_setting_get_member(g, "min_ttl_ms");
+        err_at(c, m != NULL ? m : config_setting_get_member(g, "resolve_ms"),
                "dns.min_ttl_ms (%d) is more than dns.resolve_ms (%d)", cfg->dns.min_ttl_ms,
                cfg->dns.resolve_ms);
     }

@@ -566,6 +566,9 @@ static void test_backend_names(void)
     expect_error(LISTENER "dns = {\n  servers = [ \"0.0.0.0\" ]; };\n", 3, "dns.servers[0]");
     expect_error(LISTENER "dns = { resolve_ms = 1000;\n  min_ttl_ms = 2000; };\n", 3,
                  "dns.min_ttl_ms");
+    /* A resolve_ms under the default min_ttl_ms (1000), which is not given: an error at
+     * resolve_ms (the master crashed on it: the check pointed at the missing key). */
+    expect_error(LISTENER "dns = {\n  resolve_ms = 300; };\n", 3, "dns.min_ttl_ms (1000)");
 }
 
 /* "unix:/path" backends: AF_UNIX addresses kept as written; relative, empty, too long and
