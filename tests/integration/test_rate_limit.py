@@ -252,7 +252,7 @@ class HostScope(dsptest.TestCase):
         self.assertTrue(m and int(m.group(1)) > 1000, "evictions of the flood's middleware")
         r = c.request("GET", "/echo", "flood.rl", headers=[("X-API-Key", "victim")])
         self.assertEqual(r.status, 429, "the flood did not give the exhausted key a new bucket")
-        self.assertLess(t_after, t_before * 3 + 0.002,
+        self.assertLess(t_after, t_before * 4 + 0.005,
                         "lookups stay fast: %.2f ms -> %.2f ms" % (t_before * 1e3, t_after * 1e3))
 
     def test_kept_across_reload_and_crash(self):
