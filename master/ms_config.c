@@ -2502,11 +2502,11 @@ static void parse_middleware(struct ctx *c, config_setting_t *g, int idx, struct
         known[n] = NULL;
         check_keys(c, g, where, known);
     }
-    if (ms_mw_parse(&src, name, type, &cfg->mws[cfg->nmws]) == 0) {
-        cfg->mws[cfg->nmws].source = SHM_SOURCE_FILE;
-        cfg->mws[cfg->nmws].line = line;
-        cfg->nmws++;
-    }
+    /* (Kept by name even when invalid: routes naming it get no second, misleading error.) */
+    ms_mw_parse(&src, name, type, &cfg->mws[cfg->nmws]);
+    cfg->mws[cfg->nmws].source = SHM_SOURCE_FILE;
+    cfg->mws[cfg->nmws].line = line;
+    cfg->nmws++;
 }
 
 static void parse_middlewares(struct ctx *c, config_setting_t *root, struct ms_config *cfg)

@@ -101,6 +101,7 @@ int ms_mw_parse(struct ms_mw_src *s, const char *name, const char *type, struct 
     int before = s->errors;
 
     memset(out, 0, sizeof(*out));
+    out->name = dsp_xstrdup(name); /* (also after an error: see ms_mw_parse's callers) */
     if (!ms_valid_name(name)) {
         ms_mw_err(s, "name", "\"%s\" is not a valid name (letters, digits, '.', '_', '-')", name);
     }
@@ -124,7 +125,6 @@ int ms_mw_parse(struct ms_mw_src *s, const char *name, const char *type, struct 
         }
         return -1;
     }
-    out->name = dsp_xstrdup(name);
     out->type = t->type;
     return 0;
 }

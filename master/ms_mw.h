@@ -91,7 +91,8 @@ struct ms_mw {
 };
 
 /* Parse the middleware named <name> of type <type> (its other keys from <s>) into <out>.
- * Returns 0, or -1 after reporting through <s>. */
+ * Returns 0, or -1 after reporting through <s> (<out> then holds the name alone, type 0:
+ * ms_mw_dispose() it). */
 int ms_mw_parse(struct ms_mw_src *s, const char *name, const char *type, struct ms_mw *out);
 void ms_mw_dispose(struct ms_mw *m);
 

@@ -1079,8 +1079,11 @@ int ms_rns_merge(struct ms_config *cfg, const struct ms_rns *ns, int quiet, char
             }
             continue;
         }
+        memset(&cfg->mws[cfg->nmws], 0, sizeof(cfg->mws[0]));
         if (parse_mw(&el, key, e, cfg->dir, &cfg->mws[cfg->nmws]) == 0) {
             cfg->nmws++;
+        } else {
+            ms_mw_dispose(&cfg->mws[cfg->nmws]);
         }
     }
 
