@@ -143,7 +143,7 @@ static void stream_free(struct wk_h2_stream *st)
     free(st->reply);
     free(st->rtr);
     free(st->trail);
-    wk_buf_put(&st->rq);
+    wk_h2_buf_release(&st->rq, wk_head_buf_size(cur_snap()));
     if (st->prev != NULL) {
         st->prev->next = st->next;
     } else {
@@ -282,7 +282,7 @@ static void stream_request(struct wk_h2_stream *st, int end_stream)
                  ((rq->flags & WK_H1_DONE) ? WK_T_REQ_DONE : 0);
     x->tx->req_chunked = rq->chunked;
     x->body_off = x->parsed_off = x->send_off = 0;
-    if (!end_stream && wk_buf_get(&st->rq, wk_head_buf_size(s)) != 0) { /* (grows: rq_max) */
+    if (!end_stream && wk_buf_get(&st->rq, wk_head_buf_size(s)) != 0) { /* (grows: rq_room) */
         wk_xchg_error(x, 503, "Service unavailable", "Out of resources", 1);
         goto out;
     }
@@ -308,9 +308,12 @@ out:
 }
 
 /* The most the request buffer grows to: a full stream window of tiny chunk-framed frames. */
-static size_t rq_max(const struct wk_h2_stream *st)
+static int rq_room(struct wk_h2_stream *st, size_t need /* 0: all it may take */)
 {
-    return 2 * (size_t)st->x.at.gen->snap->limits.h2_stream_window + 64;
+    const struct shm_snap_hdr *sn = st->x.at.gen->snap;
+
+    return wk_h2_buf_room(&st->rq, need, 2 * (size_t)sn->limits.h2_stream_window + 64,
+                          wk_head_buf_size(sn));
 }
 
 /* Append request DATA for the backend (chunk-framed when the request has no Content-Length).
@@ -335,7 +338,7 @@ static int rq_append(struct wk_h2_stream *st, const uint8_t *p, size_t n)
     if (st->flags & S_CHUNKED) {
         zl = snprintf(sz, sizeof(sz), "%zx\r\n", n);
     }
-    if (wk_h2_buf_room(b, (size_t)zl + n + 2, rq_max(st)) != 0) {
+    if (rq_room(st, (size_t)zl + n + 2) != 0) {
         return -1;
     }
     memcpy(b->data + b->end, sz, (size_t)zl);
@@ -411,7 +414,7 @@ static void request_end(struct wk_h2_stream *st)
     if ((st->flags & S_CHUNKED) && !(x->tflags & WK_T_REQ_DONE)) {
         n = b->data ? wk_h2_last_chunk(b->data + b->end, b->cap - b->end, x->rtrail, x->nrtrail)
                     : 0;
-        if (n == 0 && b->data && wk_h2_buf_room(b, 0, rq_max(st)) == 0) { /* (grown: again) */
+        if (n == 0 && b->data && rq_room(st, 0) == 0) { /* (grown: again) */
             n = wk_h2_last_chunk(b->data + b->end, b->cap - b->end, x->rtrail, x->nrtrail);
         }
         if (n == 0) {

@@ -517,7 +517,16 @@ int wk_h2_grpc_deadline(struct wk_xchg *x, const struct wk_h1_req *rq, uint64_t 
 
 /* ---- abuse limits -----------------------------------------------------------------------------
  */
-int wk_h2_buf_room(struct wk_buf *b, size_t need, size_t max)
+void wk_h2_buf_release(struct wk_buf *b, size_t pooled)
+{
+    if (b->data != NULL && b->cap != pooled) {
+        free(b->data); /* (a grown size would take a slot of the pool's few sizes) */
+        b->data = NULL;
+    }
+    wk_buf_put(b);
+}
+
+int wk_h2_buf_room(struct wk_buf *b, size_t need, size_t max, size_t pooled)
 {
     struct wk_buf old = *b;
     size_t cap;
@@ -538,7 +547,7 @@ int wk_h2_buf_room(struct wk_buf *b, size_t need, size_t max)
     }
     memcpy(b->data, old.data, old.end);
     b->cap = (uint32_t)cap;
-    wk_buf_put(&old); /* (back to the pool it came from) */
+    wk_h2_buf_release(&old, pooled);
     return 0;
 }
 

@@ -118,10 +118,13 @@ struct wk_h2_guard {
 /* The nghttp2 options every client session gets (CONTINUATION, SETTINGS entries, unread
  * acknowledgements, nghttp2's own reset limit as a backstop to ours). */
 /* Room for <need> more bytes in <b> (which holds data; 0: as many as <max> allows): the buffer
- * grows (a heap block, the contents and offsets kept) up to <max> bytes. 0, or -1 when <max>
- * would not hold them. */
+ * grows (a heap block, the contents and offsets kept) up to <max> bytes, the old one released
+ * (wk_h2_buf_release, <pooled>). 0, or -1 when <max> would not hold them. */
 struct wk_buf;
-int wk_h2_buf_room(struct wk_buf *b, size_t need, size_t max);
+int wk_h2_buf_room(struct wk_buf *b, size_t need, size_t max, size_t pooled);
+/* Give <b> back: to the worker's pool when it still has the <pooled> size it was taken with,
+ * else (grown) to the heap. */
+void wk_h2_buf_release(struct wk_buf *b, size_t pooled);
 
 /* ---- the session's memory ---------------------------------------------------------------------
  * nghttp2 keeps a 16 KiB frame buffer for the whole life of a session, though its content is dead
