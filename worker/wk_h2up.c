@@ -804,9 +804,13 @@ int h2up_stream_place(struct wk_h2up_stream *st, const struct wk_xchg *x)
     struct wk_h2up_conn *c;
     int refused;
 
+    const char *addr = shm_s(x->at.gen->snap, wk_xbe(x)->address);
+
     for (c = wk.pools[wk_xbe(x)->rt_slot].h2; c != NULL; c = c->next) {
+        /* (the address too: a runtime slot a reload gave another backend keeps no stranger) */
         if (!(c->flags & (C_GOAWAY | C_DEAD)) && (c->flags & C_TLS) == tls &&
-            c->open + c->nwait < c->max_streams && c->nwait < H2UP_MAX_WAIT) {
+            c->open + c->nwait < c->max_streams && c->nwait < H2UP_MAX_WAIT &&
+            strcmp(c->addr, addr) == 0) {
             break;
         }
     }

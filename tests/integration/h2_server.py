@@ -78,6 +78,9 @@ class Conn:
         self.nreq = 0
         self.goaway_last = None  # the last stream a GOAWAY we sent covers
         self.open_ids = set()  # requests begun and not yet answered
+        self.closed = False
+        self.max_seen = 0  # the highest stream begun
+        self.max_done = 0  # the highest stream taken for processing
         self.heads_method = {}
 
     def flush(self):
@@ -175,20 +178,26 @@ class Conn:
         self.handle(sid)
         with self.lock:
             self.open_ids.discard(sid)
-            if self.goaway_last is not None and not [i for i in self.open_ids
-                                                     if i <= self.goaway_last]:
-                # Everything the GOAWAY covers is answered: the connection ends (FIN; what
-                # the client still sends is read, so that no reset eats the last frames).
-                self.flush()
-                try:
-                    self.sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+            self.maybe_close()
+
+    def maybe_close(self):
+        """After a GOAWAY, once everything it covers is answered and sent, the connection ends
+        (FIN; what the client still sends is read, so that no reset eats the last frames)."""
+        if self.goaway_last is None or self.pending or self.closed or \
+                [i for i in self.open_ids if i <= self.goaway_last]:
+            return
+        self.closed = True
+        self.flush()
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     def request_done(self, sid):
         if self.goaway_last is not None and sid > self.goaway_last:
             return  # not covered by our GOAWAY: ignored (the client retries it)
         self.nreq += 1
+        self.max_done = max(self.max_done, sid)
         delay = 0
         with self.lock:
             if GOAWAY_AFTER and self.nreq == GOAWAY_AFTER:
@@ -196,7 +205,8 @@ class Conn:
                 # it covers): written by hand, the state machine does not know.
                 # Graceful: every stream begun is covered; harsh: only up to this one (those
                 # begun after it are refused, even mid-upload).
-                self.goaway_last = sid if HARSH else max(self.heads, default=sid)
+                # (never below a stream already taken: it was processed)
+                self.goaway_last = max(self.max_done, sid) if HARSH else max(self.max_seen, sid)
                 self.flush()
                 self.sock.sendall(hyperframe.frame.GoAwayFrame(
                     0, last_stream_id=self.goaway_last).serialize())
@@ -225,6 +235,7 @@ class Conn:
                 for ev in events:
                     if isinstance(ev, h2.events.RequestReceived):
                         self.heads[ev.stream_id] = ev.headers
+                        self.max_seen = max(self.max_seen, ev.stream_id)
                         if self.goaway_last is None or ev.stream_id <= self.goaway_last:
                             self.open_ids.add(ev.stream_id)
                         self.bodies[ev.stream_id] = bytearray()
@@ -243,6 +254,7 @@ class Conn:
                         self.heads.pop(ev.stream_id, None)
                 self.flush()
                 self.pump()
+                self.maybe_close()
             for sid in ready:
                 self.request_done(sid)
 
