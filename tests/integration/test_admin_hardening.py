@@ -134,7 +134,9 @@ class AdminHardeningTest(dsptest.TestCase):
         self.addCleanup(h.close)
         t0 = time.monotonic()
         closed = {}
-        while time.monotonic() - t0 < 4 and len(closed) < 2:
+        # (a cap, not a schedule: the loop ends once both are closed; a loaded machine may
+        # take a while past the 1 s to run the master's tick)
+        while time.monotonic() - t0 < 10 and len(closed) < 2:
             for name, s, b in (("socket", u, b"s"), ("http", h, b"X")):
                 if name in closed:
                     continue
@@ -146,8 +148,10 @@ class AdminHardeningTest(dsptest.TestCase):
                 if closed_by_peer(s):
                     closed[name] = time.monotonic() - t0
             time.sleep(0.2)
-        self.assertIn("socket", closed, "a trickled admin command kept its connection for 4s")
-        self.assertIn("http", closed, "a trickled admin HTTP head kept its connection for 4s")
+        self.assertIn("socket", closed, "a trickled admin command kept its connection for 10s")
+        self.assertIn("http", closed, "a trickled admin HTTP head kept its connection for 10s")
+        # closed by header_timeout_ms (1 s), not before it
+        self.assertGreaterEqual(min(closed.values()), 0.9, closed)
         rc, out, _ = ctl(self.sock, "show", "health")
         self.assertEqual(rc, 0, out)
 
