@@ -1108,10 +1108,11 @@ int wk_xchg_parse(struct wk_xchg *x)
         return -1;
     }
     /* The backend's part is over once its response is complete: count it now, before the last
-     * bytes reach the client, whose next request may otherwise meet the old circuit state on
-     * another worker. */
+     * bytes reach the client, whose next request may otherwise meet the old circuit state, or
+     * a backend still counted busy by least-conn, on another worker. */
     if ((x->tflags & (WK_T_RESP_DONE | WK_T_REPLIED)) == WK_T_RESP_DONE) {
         record_outcome(x);
+        backend_active_dec(x);
     }
     return 0;
 }

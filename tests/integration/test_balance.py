@@ -274,6 +274,40 @@ class BalanceTest(dsptest.TestCase):
         got = [request(d.port, "/echo", host="l.do").header("X-Backend") for _ in range(30)]
         self.assertIn("b0", got, "b0 idle again but not used")
 
+    def test_least_conn_frees_a_backend_once_its_answer_is_in(self):
+        # A backend whose response is complete is no longer busy, though the client has not
+        # taken all of it yet: here an HTTP/2 client with stream windows of 0 (it takes
+        # nothing) holds a 2000-byte answer. The next requests are shared between both
+        # backends as between idle ones, not all sent to the other.
+        b = self.backends()[:2]
+        d = self.dispatcher(services=[svc("lc", *b, balance="least-conn")],
+                            routes=[route("*", "lc")], workers=1)
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        self.addCleanup(s.close)
+
+        def frame(t, flags, sid, payload=b""):
+            return len(payload).to_bytes(3, "big") + bytes([t, flags]) + \
+                sid.to_bytes(4, "big") + payload
+
+        def lit(name, value):  # HPACK literal without indexing, new name, no Huffman
+            return b"\0" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+        block = (lit(b":method", b"GET") + lit(b":path", b"/bytes?n=2000") +
+                 lit(b":scheme", b"http") + lit(b":authority", b"l.do"))
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" +
+                  frame(4, 0, 0, (4).to_bytes(2, "big") + (0).to_bytes(4, "big")) +
+                  frame(1, 0x5, 1, block))
+        dsptest.wait_until(lambda: served(b[0]) + served(b[1]) == 1, 5, "the held request served")
+        held = 0 if served(b[0]) == 1 else 1
+        # its whole answer is in the dispatcher: the backend carries no request any more
+        dsptest.wait_until(lambda: dsptest.admin_ask(d, "show stats")["active_connections"] == 0,
+                           5, "the held request's backend no longer counted active")
+        got = []
+        for _ in range(10):
+            got.append(request(d.port, "/echo", host="l.do").header("X-Backend"))
+        self.assertEqual(got.count(b[held].name), 5,
+                         "the backend whose answer is complete still counted busy: %s" % got)
+
     def test_ip_hash_sticky_and_survives_reload(self):
         b = self.backends()
         other = self.backend("other")
