@@ -216,26 +216,32 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
         nghttp2_session_consume(s, id, len); /* nobody wants it: the windows stay open */
         return 0;
     }
-    if (st->rb == NULL) {
-        st->rb = malloc(c->rb_cap);
-        if (st->rb == NULL) {
-            nghttp2_session_consume(s, id, len);
-            h2up_stream_failed(st, WK_FAIL_BAD, 0);
-            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        }
-        st->rb_cap = c->rb_cap;
-    }
     if (st->rb_off > 0 && st->rb_len + len > st->rb_cap) {
         memmove(st->rb, st->rb + st->rb_off, st->rb_len - st->rb_off);
         st->rb_len -= st->rb_off;
         st->rb_off = 0;
     }
-    if (st->rb_len + len > st->rb_cap) {
+    if (st->rb_len + len > c->rb_cap) {
         /* More than the window we gave: nghttp2 lets no such peer through, but never trust. */
         nghttp2_session_consume(s, id, len);
         st->flags |= S_BAD;
         h2up_stream_failed(st, WK_FAIL_BAD, 0);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    if (st->rb_len + len > st->rb_cap) {
+        /* The buffer starts small (most answers are) and grows up to the stream window: not
+         * a window-sized block (a mapping of its own) per stream. */
+        uint32_t cap = DSP_MAX(st->rb_cap * 2, (uint32_t)(st->rb_len + len));
+        char *p;
+        cap = DSP_MIN(DSP_MAX(cap, (uint32_t)H2UP_RB_FIRST), c->rb_cap);
+        p = realloc(st->rb, cap);
+        if (p == NULL) {
+            nghttp2_session_consume(s, id, len);
+            h2up_stream_failed(st, WK_FAIL_BAD, 0);
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+        st->rb = p;
+        st->rb_cap = cap;
     }
     memcpy(st->rb + st->rb_len, data, len);
     st->rb_len += (uint32_t)len;

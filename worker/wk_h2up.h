@@ -16,6 +16,7 @@
 #define H2UP_CONN_WIN     (64u << 20) /* connection receive window (streams bound the memory) */
 #define H2UP_MAX_STALE    10          /* free retries of one request (refused streams...) */
 #define H2UP_MAX_TRAILERS 64
+#define H2UP_RB_FIRST     (16 * 1024) /* a stream's first response body buffer (grows) */
 
 /* Connection flags. */
 #define C_CONNECTING 0x001u /* non-blocking connect in progress */
