@@ -576,9 +576,55 @@ static void conn_wake_all(struct wk_h2up_conn *c)
     }
 }
 
+void h2up_conn_due(struct wk_h2up_conn *c)
+{
+    if (!(c->flags & (C_DUE | C_DEAD))) {
+        c->flags |= C_DUE;
+        c->dprev = NULL;
+        c->dnext = wk.h2up_due;
+        if (wk.h2up_due != NULL) {
+            wk.h2up_due->dprev = c;
+        }
+        wk.h2up_due = c;
+    }
+}
+
+static void due_remove(struct wk_h2up_conn *c)
+{
+    if (!(c->flags & C_DUE)) {
+        return;
+    }
+    c->flags &= ~C_DUE;
+    if (c->dprev != NULL) {
+        c->dprev->dnext = c->dnext;
+    } else {
+        wk.h2up_due = c->dnext;
+    }
+    if (c->dnext != NULL) {
+        c->dnext->dprev = c->dprev;
+    }
+    c->dnext = c->dprev = NULL;
+}
+
+int wk_h2up_run_due(void)
+{
+    int any = wk.h2up_due != NULL;
+
+    while (wk.h2up_due != NULL) {
+        struct wk_h2up_conn *c = wk.h2up_due;
+        due_remove(c);
+        if (h2up_conn_flush(c) == 0 && !(c->flags & C_DEAD)) {
+            conn_wake_all(c); /* (request bytes went out: their client sides may read more) */
+            h2up_conn_idle_check(c);
+        }
+    }
+    return any;
+}
+
 /* A dead connection whose streams were woken: they keep their failure, it goes. */
 static void conn_release(struct wk_h2up_conn *c)
 {
+    due_remove(c);
     while (c->streams != NULL) {
         h2up_stream_unlink(c->streams);
     }
@@ -600,6 +646,7 @@ static void conn_fail(struct wk_h2up_conn *c, int why)
         return;
     }
     c->flags |= C_DEAD | C_GOAWAY;
+    due_remove(c);
     pool_unlink(c);
     for (struct wk_h2up_stream *st = c->streams; st != NULL; st = st->next) {
         if ((st->flags & (S_HEAD | S_END)) != (S_HEAD | S_END)) {
@@ -836,7 +883,7 @@ int h2up_stream_place(struct wk_h2up_stream *st, const struct wk_xchg *x)
             h2up_conn_idle_check(c);
             return -1;
         }
-        h2up_conn_flush(c);
+        h2up_conn_due(c);
     }
     return 0;
 }

@@ -29,6 +29,7 @@
 #define C_HUP        0x080u
 #define C_TLS        0x100u
 #define C_USED       0x200u /* has completed a stream: failures on it may be staleness */
+#define C_DUE        0x400u /* on wk.h2up_due: written once the batch is handled */
 
 /* Stream flags. */
 #define S_SUBMITTED 0x0001u  /* the request was handed to nghttp2 */
@@ -91,10 +92,11 @@ struct wk_h2up_conn {
     uint32_t hb_max;      /* limits.max_header_bytes */
     uint32_t rb_cap;      /* receive buffer per stream (the stream window) */
     struct wk_h2up_stream *streams;
-    struct wk_h2up_stream *wake;      /* streams with news for their exchange */
-    struct wk_h2up_conn *next, *prev; /* in wk.pools[be_slot].h2 */
-    struct wk_timer timer;            /* connect timeout, idle timeout, deferred wake-ups */
-    char *out;                        /* serialized frames not yet written: [out_off, out_len) */
+    struct wk_h2up_stream *wake;        /* streams with news for their exchange */
+    struct wk_h2up_conn *next, *prev;   /* in wk.pools[be_slot].h2 */
+    struct wk_h2up_conn *dnext, *dprev; /* on wk.h2up_due (C_DUE) */
+    struct wk_timer timer;              /* connect timeout, idle timeout, deferred wake-ups */
+    char *out;                          /* serialized frames not yet written: [out_off, out_len) */
     uint32_t out_off, out_len, out_cap;
     char *addr; /* the backend's address, for log lines */
 };
@@ -113,6 +115,9 @@ int h2up_interim(struct wk_h2up_stream *st);
 int h2up_stream_place(struct wk_h2up_stream *st, const struct wk_xchg *x);
 /* Write what nghttp2 has to send: 0, or -1 when the connection failed. */
 int h2up_conn_flush(struct wk_h2up_conn *c);
+/* The connection has frames to write: written once the batch's events are handled (by
+ * wk_h2up_run_due()), so that the streams submitted in one batch cost one write. */
+void h2up_conn_due(struct wk_h2up_conn *c);
 /* The client session of <c> (its callbacks record what the backend sent on the streams and
  * queue them to be woken; they drive nothing), SETTINGS queued; NULL when out of memory. Also
  * what tests/fuzz/fuzz_h2up.c feeds a hostile backend's frames to. */

@@ -59,7 +59,7 @@ void wk_h2up_detach(struct wk_xchg *x)
     }
     h2up_stream_unlink(st);
     if (c != NULL && !(c->flags & C_DEAD)) {
-        h2up_conn_flush(c);
+        h2up_conn_due(c);
         h2up_conn_idle_check(c);
     }
     free(st->hb);
@@ -106,7 +106,7 @@ int wk_h2up_send(struct wk_xchg *x)
         st->flags &= ~S_DEFERRED;
         nghttp2_session_resume_data(c->s, st->id);
     }
-    h2up_conn_flush(c);
+    h2up_conn_due(c);
     return x->send_off != before;
 }
 
@@ -302,7 +302,7 @@ static int move_body(struct wk_xchg *x, struct wk_h2up_stream *st)
 out:
     tx->rready_off = tx->rparsed_off = b->end;
     if (moved > 0 && c != NULL) {
-        h2up_conn_flush(c);
+        h2up_conn_due(c);
     }
     return progress;
 }

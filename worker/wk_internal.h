@@ -387,10 +387,11 @@ struct wk_worker {
     int listeners_off;         /* listeners taken out of the epoll set during the pause */
     struct wk_client *clients; /* list head */
     uint64_t nclients;
-    struct wk_pool *pools;       /* indexed by backend runtime slot */
-    uint64_t pass;               /* epoll_wait() calls so far: events of the current batch are
-                                    older than anything done while handling them */
-    int batch_full;              /* the last epoll_wait() filled its array: more may be ready */
+    struct wk_pool *pools;         /* indexed by backend runtime slot */
+    uint64_t pass;                 /* epoll_wait() calls so far: events of the current batch are
+                                      older than anything done while handling them */
+    int batch_full;                /* the last epoll_wait() filled its array: more may be ready */
+    struct wk_h2up_conn *h2up_due; /* HTTP/2 backend connections to write after the batch */
     struct wk_h2 *h2_due;        /* HTTP/2 connections to run once the batch's events are handled */
     struct wk_h2_head *h2_heads; /* spare header blocks (wk_h2.c), h2_nheads of them */
     uint32_t h2_nheads;
@@ -594,6 +595,10 @@ int wk_h2up_te_trailers(const struct wk_head *hd);
 size_t wk_h2up_shed(uint32_t slot);
 void wk_h2up_event(struct wk_h2up_conn *c, uint32_t events);
 void wk_h2up_timeout(struct wk_h2up_conn *c);
+/* Write the HTTP/2 backend connections that were given frames in this batch (one write each,
+ * not one per stream) and wake the exchanges whose request bodies went out. Returns whether
+ * there was any. */
+int wk_h2up_run_due(void);
 
 /* ---- wk_pool.c: idle keep-alive connections to backends, per backend runtime slot ----------- */
 /* Close an upstream connection (unlinking it from its pool when it is idle there). */

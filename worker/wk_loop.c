@@ -820,6 +820,18 @@ static void after_pass(void)
     }
 }
 
+/* The HTTP/2 connections (client side, then backends) that had news in the batch run once: the
+ * client sides' streams may give the backends' connections frames and the other way round. */
+static void run_due(void)
+{
+    for (int i = 0; i < 64; i++) {
+        wk_h2_run_due();
+        if (!wk_h2up_run_due()) {
+            break;
+        }
+    }
+}
+
 void wk_main(const struct wk_init *init)
 {
     struct epoll_event evs[1024];
@@ -832,6 +844,9 @@ void wk_main(const struct wk_init *init)
         if (wk.accept_resume_ms != 0 && !wk.stopping) {
             int wait = wk.accept_resume_ms > wk.now ? (int)(wk.accept_resume_ms - wk.now) : 0;
             timeout = DSP_MIN(timeout, wait);
+        }
+        if (wk.h2_due != NULL || wk.h2up_due != NULL) {
+            timeout = 0; /* (run_due() stopped short) */
         }
         if (wk_alog_pending() && timeout > 100) {
             timeout = 100;
@@ -850,12 +865,12 @@ void wk_main(const struct wk_init *init)
          * (reload, Redis event), and that request must already see the new generation. */
         adopt_generation();
         dispatch(evs, n);
-        wk_h2_run_due();
+        run_due();
         if (wk.accept_resume_ms != 0 && wk.now >= wk.accept_resume_ms && !wk.stopping) {
             accept_all();
         }
         timers_run();
-        wk_h2_run_due();
+        run_due();
         __atomic_store_n(&wk.me->heartbeat_ms, wk.now, __ATOMIC_RELAXED);
         __atomic_store_n(&wk.me->connections, wk.nclients, __ATOMIC_RELAXED);
         adopt_generation();
