@@ -22,7 +22,9 @@
  * holds at most limits.h2_stream_window (plus the exchange's buffer) in each direction.
  *
  * Nothing of the exchange runs inside nghttp2's callbacks: they record what arrived on the
- * stream and queue it to be woken (x->ops->wake) once the connection's input is handled. */
+ * stream and queue it to be woken (x->ops->wake) once the connection's input is handled. What
+ * the exchanges give a connection (new streams, request DATA, window updates, resets) is written
+ * once after the batch's events (wk_h2up_run_due()), not once per stream. */
 #include "worker/wk_h2up.h"
 
 #include <errno.h>
