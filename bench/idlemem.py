@@ -16,6 +16,7 @@ import argparse
 import os
 import shutil
 import signal
+import select
 import socket
 import subprocess
 import sys
@@ -58,8 +59,12 @@ def mem(pid):
     return rss, dirty
 
 
+class Sock(socket.socket):
+    """A socket that can carry its HTTP/2 connection state."""
+
+
 def connect(i, port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = Sock(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
     s.bind(("127.0.0.%d" % (2 + i % 8), 0))
     s.settimeout(10)
@@ -99,7 +104,22 @@ def h2_one(i, port, k=1):
     c.initiate_connection()
     for sid in range(1, 2 * k, 2):
         h2_req(s, c, sid, i)
+    s.h2 = c
     return s
+
+
+def h2_idle_read(poller, byfd):
+    """An idle client still reads and answers what the server sends (as browsers do): the
+    SETTINGS that a connection idle for a second gets (HEADER_TABLE_SIZE 0) is acknowledged."""
+    for fd, _ in poller.poll(0):
+        s = byfd[fd]
+        try:
+            data = s.recv(65536)
+        except OSError:
+            continue
+        if data:
+            s.h2.receive_data(data)
+            s.sendall(s.h2.data_to_send())
 
 
 def h2_req(s, c, sid, i):
@@ -141,6 +161,7 @@ def measure(args, proto):
     ms = subprocess.Popen([args.master, "-c", conf], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
     socks = []
+    poller, byfd = select.poll(), {}
     one = h2_one if proto == "h2" else h1_one
     try:
         wait_port(bport)
@@ -154,7 +175,17 @@ def measure(args, proto):
         rss0, dirty0 = mem(wpid)
         for i in range(args.conns):
             socks.append(one(i, pport, args.per_conn))
-        time.sleep(2.0)     # (an idle HTTP/2 connection gives pages back after 1 s)
+            if proto == "h2":
+                poller.register(socks[-1].fileno(), select.POLLIN)
+                byfd[socks[-1].fileno()] = socks[-1]
+                if i % 20 == 0:
+                    h2_idle_read(poller, byfd)
+        end = time.monotonic() + 3.0
+        while proto == "h2" and time.monotonic() < end:
+            h2_idle_read(poller, byfd)
+            time.sleep(0.05)
+        time.sleep(3.0 if proto == "h1" else 1.5)     # (the HTTP/2 session goes 0.1 s after the ACK, the heap's pages
+        #                    within another second)
         rss1, dirty1 = mem(wpid)
     finally:
         for s in socks:

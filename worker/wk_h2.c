@@ -73,9 +73,10 @@ struct wk_h2 {
     uint8_t goaway; /* a graceful GOAWAY was sent (worker stopping) */
     uint8_t due;    /* on wk.h2_due (wk_h2_run_due) */
     struct wk_h2 *due_next;
-    struct wk_h2_guard g; /* abuse limits */
-    struct wk_h2_mem mem; /* nghttp2's allocator (frame buffer pages given back when idle) */
-    char *out;            /* serialized frames not yet written: [out_off, out_len) */
+    struct wk_h2_guard g;     /* abuse limits */
+    struct wk_h2_mem mem;     /* nghttp2's allocator (frame buffer pages given back when idle) */
+    struct wk_h2_saved saved; /* what the client knows while s is NULL (idle: wk_h2idle.c) */
+    char *out;                /* serialized frames not yet written: [out_off, out_len) */
     uint32_t out_off, out_len, out_cap;
 };
 
@@ -172,7 +173,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
     struct wk_h2_stream *st;
 
     (void)s;
-    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) {
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST || h->g.waking) {
         return 0;
     }
     st = stream_new(h, f->hd.stream_id);
@@ -849,68 +850,50 @@ void wk_h2_stream_timeout(struct wk_h2_stream *st)
 
 
 /* ---- the connection -------------------------------------------------------------------------- */
+/* A new server session for <h> with our SETTINGS and connection window submitted. 0 or -1. */
+static int session_new(struct wk_h2 *h)
+{
+    static const struct wk_h2_cbs cbs = {on_begin_headers, on_header,     on_frame_recv,
+                                         on_frame_send,    on_data_chunk, on_stream_close,
+                                         on_invalid_frame};
+
+    return wk_h2_session_new(&h->s, h, &h->mem, &cbs, cur_snap(), h->g.table0);
+}
+
 int wk_h2_start(struct wk_client *c, const char *pre, size_t plen)
 {
-    const struct shm_snap_hdr *sn = cur_snap();
-    nghttp2_session_callbacks *cb = NULL;
-    nghttp2_option *opt = NULL;
-    nghttp2_settings_entry iv[3];
     struct wk_h2 *h = calloc(1, sizeof(*h));
-    int r = -1;
 
-    if (h == NULL || nghttp2_session_callbacks_new(&cb) != 0 || nghttp2_option_new(&opt) != 0) {
-        goto out;
+    if (h == NULL) {
+        return -1;
     }
     h->c = c;
-    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
-    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
-    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
-    /* Request DATA is acknowledged once it reached the backend (back-pressure), not on
-     * arrival. */
-    nghttp2_option_set_no_auto_window_update(opt, 1);
-    /* Closed streams are kept only for RFC 7540's priority tree, which nothing here uses: up
-     * to h2_max_streams of them (~200 bytes each) would stay with an idle connection. */
-    nghttp2_option_set_no_closed_streams(opt, 1);
-    wk_h2_guard_options(opt);
     wk_h2_mem_init(&h->mem);
-    h->mem.map = 1; /* (the frame buffer is allocated with the session) */
-    if (nghttp2_session_server_new3(&h->s, cb, h, opt, &h->mem.mem) != 0) {
-        goto out;
-    }
-    h->mem.map = 0;
-    iv[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS;
-    iv[0].value = sn->limits.h2_max_streams;
-    iv[1].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE;
-    iv[1].value = sn->limits.h2_stream_window;
-    iv[2].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE;
-    iv[2].value = (uint32_t)sn->limits.max_header_bytes;
-    if (nghttp2_submit_settings(h->s, NGHTTP2_FLAG_NONE, iv, 3) != 0 ||
-        nghttp2_session_set_local_window_size(
-            h->s, NGHTTP2_FLAG_NONE, 0,
-            (int32_t)DSP_MIN((uint64_t)sn->limits.h2_stream_window * 4, (uint64_t)INT32_MAX)) !=
-            0) {
-        goto out;
+    if (session_new(h) != 0) {
+        nghttp2_session_del(h->s);
+        free(h);
+        return -1;
     }
     c->h2 = h;
     c->state = WK_CS_H2;
     if (plen > 0 && wk_h2_guard_recv(&h->g, h->s, (const uint8_t *)pre, plen) < 0 && !h->g.abused) {
-        r = -1; /* (c->h2 is set: the close frees it) */
-        goto out;
+        return -1; /* (c->h2 is set: the close frees it) */
     }
-    /* (an abuse in the first bytes: wk_h2_step() sends the GOAWAY) */
-    r = 0;
-out:
-    nghttp2_session_callbacks_del(cb);
-    nghttp2_option_del(opt);
-    if (c->h2 == NULL && h != NULL) {
+    return 0; /* (an abuse in the first bytes: wk_h2_step() sends the GOAWAY) */
+}
+
+/* An idle connection's session, deleted (wk_h2_timeout), is rebuilt before anything uses it. */
+static int session_wake(struct wk_h2 *h)
+{
+    if (h->s != NULL) {
+        return 0;
+    }
+    if (session_new(h) != 0 || wk_h2_wake(h->s, &h->g, &h->saved) != 0) {
         nghttp2_session_del(h->s);
-        free(h);
+        h->s = NULL;
+        return -1;
     }
-    return r;
+    return 0;
 }
 
 void wk_h2_free(struct wk_client *c)
@@ -1060,8 +1043,9 @@ static void conn_timer(struct wk_client *c, struct wk_h2 *h)
             wk_timer_arm(&c->timer, sn->limits.send_timeout_ms);
         }
     } else if (h->nstreams == 0) {
-        wk_timer_arm(&c->timer, h->mem.dirty && sn->limits.idle_timeout_ms > H2_RELEASE_MS
-                                    ? H2_RELEASE_MS
+        wk_timer_arm(&c->timer, (h->mem.dirty || h->g.table0 == 1) &&
+                                        sn->limits.idle_timeout_ms > H2_RELEASE_MS
+                                    ? (h->g.table0 == 1 ? 100 : H2_RELEASE_MS) /* (ACK in) */
                                     : sn->limits.idle_timeout_ms);
     } else {
         wk_timer_disarm(&c->timer);
@@ -1107,6 +1091,10 @@ int wk_h2_step(struct wk_client *c)
 
     if (!(c->flags & WK_C_F_READABLE) && xp_pending(&c->xp)) {
         c->flags |= WK_C_F_READABLE;
+    }
+    if (session_wake(h) != 0) {
+        wk_client_close(c);
+        return -1;
     }
     if (h->g.abused) {
         return goaway_close(c, h);
@@ -1178,15 +1166,27 @@ void wk_h2_timeout(struct wk_client *c)
     struct wk_h2 *h = c->h2;
     uint32_t idle_ms = cur_snap()->limits.idle_timeout_ms;
 
-    if (h != NULL && h->nstreams == 0 && h->mem.dirty && h->out_off == h->out_len &&
-        !nghttp2_session_want_write(h->s) && idle_ms > H2_RELEASE_MS) {
-        wk_h2_mem_idle(&h->mem); /* idle for H2_RELEASE_MS: on to the idle timeout */
-        wk_timer_arm(&c->timer, idle_ms - H2_RELEASE_MS);
+    if (h != NULL && h->s != NULL && h->nstreams == 0 && (h->mem.dirty || h->g.table0 == 1) &&
+        h->out_off == h->out_len && !nghttp2_session_want_write(h->s) && idle_ms > H2_RELEASE_MS) {
+        /* Idle for H2_RELEASE_MS: the session goes (wk_h2idle.c), or at least the frame
+         * buffer's pages; on to the idle timeout. */
+        int quick = h->g.table0 == 1; /* (armed 100 ms after the ACK, not H2_RELEASE_MS) */
+        if (wk_h2_sleep_check(h->s, &h->g, &h->saved) == 1 && flush(c, h) < 0) {
+            wk_client_close(c);
+            return;
+        }
+        if (h->out_off == h->out_len && wk_h2_sleep_check(h->s, &h->g, &h->saved) == 0) {
+            nghttp2_session_del(h->s);
+            h->s = NULL;
+            wk.h2_slept++;
+        }
+        wk_h2_mem_idle(&h->mem);
+        wk_timer_arm(&c->timer, idle_ms - (quick ? 100 : H2_RELEASE_MS)); /* (conn_timer's) */
         return;
     }
     /* Idle (no stream for idle_timeout_ms), or frames not drained for send_timeout_ms: a GOAWAY
      * if the socket takes it, then the close. */
-    if (h != NULL && h->out_off == h->out_len) {
+    if (h != NULL && h->out_off == h->out_len && session_wake(h) == 0) {
         nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE,
                               nghttp2_session_get_last_proc_stream_id(h->s), NGHTTP2_NO_ERROR, NULL,
                               0);

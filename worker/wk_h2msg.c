@@ -723,7 +723,12 @@ int wk_h2_guard_frame(struct wk_h2_guard *g, nghttp2_session *s, const nghttp2_f
     case NGHTTP2_RST_STREAM:
         return rl_check(g, s, WK_H2_RL_RESET);
     case NGHTTP2_SETTINGS:
-        return (f->hd.flags & NGHTTP2_FLAG_ACK) ? 0 : rl_check(g, s, WK_H2_RL_SETTINGS);
+        g->acked |= (f->hd.flags & NGHTTP2_FLAG_ACK) != 0;
+        return (f->hd.flags & NGHTTP2_FLAG_ACK) || g->waking ? 0
+                                                             : rl_check(g, s, WK_H2_RL_SETTINGS);
+    case NGHTTP2_GOAWAY:
+        g->gone = 1;
+        return 0;
     case NGHTTP2_PING:
         return rl_check(g, s, WK_H2_RL_PING);
     case NGHTTP2_PRIORITY:
@@ -741,6 +746,9 @@ int wk_h2_guard_invalid(struct wk_h2_guard *g, nghttp2_session *s, int err)
 {
     /* A stream beyond SETTINGS_MAX_CONCURRENT_STREAMS, a frame on a closed stream, a window
      * overflow...: a stream the client made us reset counts like one it reset itself. */
+    if (g->waking) {
+        return 0; /* (wk_h2_wake's synthetic stream) */
+    }
     if (err == NGHTTP2_ERR_REFUSED_STREAM) {
         wk_h2_guard_count(SHM_H2_REFUSED_STREAM);
     }

@@ -113,6 +113,10 @@ struct wk_h2_guard {
         uint64_t at; /* wk.now of the last refill (0: never used, full) */
     } rl[WK_H2_RL_KINDS];
     uint8_t abused; /* the GOAWAY was queued: nothing more is read */
+    uint8_t acked;  /* the client acknowledged our SETTINGS */
+    uint8_t gone;   /* the client sent GOAWAY */
+    uint8_t waking; /* synthetic frames rebuild a session (wk_h2_wake): nothing is counted */
+    uint8_t table0; /* our SETTINGS_HEADER_TABLE_SIZE is 0 (once idle): 1 sent, 2 acknowledged */
 };
 
 /* The nghttp2 options every client session gets (CONTINUATION, SETTINGS entries, unread
@@ -163,5 +167,40 @@ int wk_h2_guard_header(struct wk_h2_guard *g, nghttp2_session *s, uint64_t *hsiz
 /* Feed <n> bytes from the client to <s>: 0, or -1 on a connection error (GOAWAY queued where
  * nghttp2 or we could: flush, then close). */
 int wk_h2_guard_recv(struct wk_h2_guard *g, nghttp2_session *s, const uint8_t *p, size_t n);
+
+/* ---- sessions torn down while idle (wk_h2idle.c) ---------------------------------------------
+ * An idle connection's nghttp2 session (~10 KiB: its struct, stream map, HPACK rings) is deleted
+ * and rebuilt when the client sends again. What the client knows of the connection is kept here:
+ * its SETTINGS, our send window, the last stream it opened. The decoder's HPACK table is emptied
+ * first (SETTINGS_HEADER_TABLE_SIZE 0, sent once the connection is idle); our encoder's is not
+ * needed (a fresh encoder refers only to entries it added, which the client's decoder holds). */
+struct wk_h2_saved {
+    uint32_t set[6]; /* the client's SETTINGS 1..6 */
+    int32_t rwin;    /* the connection's send window */
+    int32_t last_id; /* the last stream the client opened (our GOAWAY's) */
+};
+/* The client side's callbacks (wk_h2.c), for wk_h2_session_new(). */
+struct wk_h2_cbs {
+    nghttp2_on_begin_headers_callback begin_headers;
+    nghttp2_on_header_callback header;
+    nghttp2_on_frame_recv_callback frame_recv;
+    nghttp2_on_frame_send_callback frame_send;
+    nghttp2_on_data_chunk_recv_callback data_chunk;
+    nghttp2_on_stream_close_callback stream_close;
+    nghttp2_on_invalid_frame_recv_callback invalid_frame;
+};
+struct shm_snap_hdr;
+/* A new server session in <*sp> (user data <ud>, allocator <mem>) with our SETTINGS (from <sn>'s
+ * limits) and connection window submitted. 0, or -1 (<*sp> NULL or to delete). */
+int wk_h2_session_new(nghttp2_session **sp, void *ud, struct wk_h2_mem *mem,
+                      const struct wk_h2_cbs *cbs, const struct shm_snap_hdr *sn, int table0);
+/* Can <s> be deleted (no stream, nothing to send, our SETTINGS acknowledged, no GOAWAY, empty
+ * HPACK table, all DATA read acknowledged)? 0 (<sv> filled), 1 (SETTINGS_HEADER_TABLE_SIZE 0,
+ * or a WINDOW_UPDATE for DATA read since the last one, was queued: send it, ask again later),
+ * -1 (keep the session). */
+int wk_h2_sleep_check(nghttp2_session *s, struct wk_h2_guard *g, struct wk_h2_saved *sv);
+/* Bring the new session <s> (our SETTINGS and local window submitted) to <sv>'s state with
+ * synthetic frames; what it would send for them is dropped. 0, or -1 (close). */
+int wk_h2_wake(nghttp2_session *s, struct wk_h2_guard *g, const struct wk_h2_saved *sv);
 
 #endif

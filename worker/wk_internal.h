@@ -395,6 +395,8 @@ struct wk_worker {
     struct wk_h2 *h2_due;        /* HTTP/2 connections to run once the batch's events are handled */
     struct wk_h2_head *h2_heads; /* spare header blocks (wk_h2.c), h2_nheads of them */
     uint32_t h2_nheads;
+    uint32_t h2_slept;   /* idle HTTP/2 sessions deleted since the last malloc_trim() */
+    uint64_t h2_trim_ms; /* wk.now of the last malloc_trim() (wk_h2_trim) */
     uint64_t rng[2];
     struct wk_authw *auth;   /* basic_auth's checks (worker/wk_auth.c), NULL until used */
     struct wk_fauthw *fauth; /* forward_auth's connections (worker/wk_fauth.c), NULL until used */
@@ -650,6 +652,9 @@ void wk_h2_stream_timeout(struct wk_h2_stream *st);
 void wk_h2_run_due(void);
 /* The connection's timer expired (idle, or a client not draining): GOAWAY and close. */
 void wk_h2_timeout(struct wk_client *c);
+/* Idle sessions were deleted: their heap pages go back to the kernel (at most once a second;
+ * wk_loop wakes up for it). */
+void wk_h2_trim(void);
 
 /* ---- wk_client.c: a client connection's lifetime ------------------------------------------- */
 /* PROXY protocol header (PPHDR state) and TLS handshake (TLS state): 1 on progress, 0 when

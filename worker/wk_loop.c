@@ -851,6 +851,9 @@ void wk_main(const struct wk_init *init)
         if (wk_alog_pending() && timeout > 100) {
             timeout = 100;
         }
+        if (wk.h2_slept != 0 && timeout > 1000) {
+            timeout = 1000;
+        }
         free_dead(); /* nothing of the previous batch is pending any more */
         n = epoll_wait(wk.epfd, evs, (int)DSP_ARRAY_SIZE(evs), timeout);
         if (n == -1 && errno != EINTR) {
@@ -871,6 +874,7 @@ void wk_main(const struct wk_init *init)
         }
         timers_run();
         run_due();
+        wk_h2_trim();
         __atomic_store_n(&wk.me->heartbeat_ms, wk.now, __ATOMIC_RELAXED);
         __atomic_store_n(&wk.me->connections, wk.nclients, __ATOMIC_RELAXED);
         adopt_generation();

@@ -61,7 +61,10 @@ def reader():
                 st = streams.setdefault(fr.stream_id, {"status": None, "body": 0, "reset": None,
                                                        "end": False}) if fr.stream_id else None
                 if isinstance(fr, F.SettingsFrame) and "ACK" not in fr.flags:
-                    send(F.SettingsFrame(0, flags=["ACK"]))
+                    with wlock:     # (RFC 7541 4.2: the encoder obeys HEADER_TABLE_SIZE)
+                        if 1 in fr.settings:
+                            enc.header_table_size = fr.settings[1]
+                        sock.sendall(F.SettingsFrame(0, flags=["ACK"]).serialize())
                 elif isinstance(fr, F.PingFrame) and "ACK" not in fr.flags:
                     send(F.PingFrame(0, data=fr.opaque_data, flags=["ACK"]))
                 elif isinstance(fr, F.GoAwayFrame) and state["goaway"] is None:
@@ -101,7 +104,9 @@ for line in sys.stdin:
         sid = int(a[1])
         hdrs = [(":method", "GET"), (":scheme", "http"), (":authority", a[2]), (":path", a[3])]
         try:
-            send(F.HeadersFrame(sid, data=enc.encode(hdrs), flags=["END_HEADERS", "END_STREAM"]))
+            with wlock:
+                sock.sendall(F.HeadersFrame(sid, data=enc.encode(hdrs),
+                                            flags=["END_HEADERS", "END_STREAM"]).serialize())
             answer({"ok": True})
         except OSError as e:
             answer({"ok": False, "error": str(e)})
