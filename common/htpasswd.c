@@ -6,6 +6,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/siphash.h"
+
 /* ---- hash schemes -----------------------------------------------------------------------------
  */
 static int crypt64(unsigned char ch)
@@ -334,25 +336,7 @@ int htp_basic_decode(const char *v, size_t n, char *buf, size_t cap, const char 
 
 /* ---- SipHash-2-4, 128-bit output --------------------------------------------------------------
  */
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1;                                                                                  \
-        v1 = ROTL(v1, 13);                                                                         \
-        v1 ^= v0;                                                                                  \
-        v0 = ROTL(v0, 32);                                                                         \
-        v2 += v3;                                                                                  \
-        v3 = ROTL(v3, 16);                                                                         \
-        v3 ^= v2;                                                                                  \
-        v0 += v3;                                                                                  \
-        v3 = ROTL(v3, 21);                                                                         \
-        v3 ^= v0;                                                                                  \
-        v2 += v1;                                                                                  \
-        v1 = ROTL(v1, 17);                                                                         \
-        v1 ^= v2;                                                                                  \
-        v2 = ROTL(v2, 32);                                                                         \
-    } while (0)
+#define SIPROUND DSP_SIPROUND(v0, v1, v2, v3)
 
 static uint64_t le64(const uint8_t *p)
 {

@@ -4,6 +4,8 @@
 #include <sched.h>
 #include <string.h>
 
+#include "common/siphash.h"
+
 #define US_PER_S   1000000ull
 #define LEASE_MS   50u /* a group's claim lock expires after this (a killed holder) */
 #define LOCK_SPINS 64u /* busy tries for a group's lock, then... */
@@ -15,28 +17,7 @@
 
 /* ---- SipHash-1-3, 128-bit output ---------------------------------------------------------- */
 
-static inline uint64_t rotl(uint64_t x, int b)
-{
-    return (x << b) | (x >> (64 - b));
-}
-
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1;                                                                                  \
-        v1 = rotl(v1, 13);                                                                         \
-        v1 ^= v0;                                                                                  \
-        v0 = rotl(v0, 32);                                                                         \
-        v2 += v3;                                                                                  \
-        v3 = rotl(v3, 16);                                                                         \
-        v3 ^= v2;                                                                                  \
-        v0 += v3;                                                                                  \
-        v3 = rotl(v3, 21);                                                                         \
-        v3 ^= v0;                                                                                  \
-        v2 += v1;                                                                                  \
-        v1 = rotl(v1, 17);                                                                         \
-        v1 ^= v2;                                                                                  \
-        v2 = rotl(v2, 32);                                                                         \
-    } while (0)
+#define SIPROUND DSP_SIPROUND(v0, v1, v2, v3)
 
 void shm_rl_hash(const uint64_t seed[2], uint64_t mw, const void *key, size_t len, uint64_t out[2])
 {
