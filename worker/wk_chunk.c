@@ -349,6 +349,11 @@ uint32_t wk_chunk_trailer_bytes(const struct wk_chunk *ch)
     return ch->state >= S_TR0 && ch->state <= S_FINAL_LF ? ch->line - ch->pend : 0;
 }
 
+int wk_chunk_in_trailer(const struct wk_chunk *ch)
+{
+    return ch->state >= S_TR0 && ch->state <= S_FINAL_LF;
+}
+
 long wk_chunk_check(const char *p, size_t n, uint32_t trailer_max, uint64_t *decoded)
 {
     struct wk_chunk ch;

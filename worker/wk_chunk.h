@@ -56,6 +56,10 @@ int wk_chunk_parse(struct wk_chunk *ch, const char *p, size_t n, size_t *used, s
  * section, its final CRLF included, is the <line> bytes before the end. */
 uint32_t wk_chunk_trailer_bytes(const struct wk_chunk *ch);
 
+/* Is the decoder inside the trailer section (after the last chunk, before the final CRLF's
+ * end)? Then <line> counts the section's bytes consumed so far. */
+int wk_chunk_in_trailer(const struct wk_chunk *ch);
+
 /* Validate a whole buffer at once (a convenience for tests and small bodies). Returns the
  * length of the body (what a DONE consumed), 0 when incomplete, -1 on error. */
 long wk_chunk_check(const char *p, size_t n, uint32_t trailer_max, uint64_t *decoded);

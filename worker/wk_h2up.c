@@ -27,6 +27,7 @@
  * once after the batch's events (wk_h2up_run_due()), not once per stream. */
 #include "worker/wk_h2up.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -44,6 +45,7 @@
 #include "common/log.h"
 #include "common/net.h"
 #include "shm/shm_snap.h"
+#include "worker/wk_grpc.h"
 #include "worker/wk_tls.h"
 
 int h2up_conn_flush(struct wk_h2up_conn *c);
@@ -355,12 +357,78 @@ static size_t nv_set(nghttp2_nv *nv, const char *name, size_t nlen, const char *
     return 1;
 }
 
+/* Bytes of a chunk-framed request's trailer section kept after x->send_off while the decoder
+ * reads it (they stay in the client's buffer until the section ends: req_trailers()). */
+uint32_t h2up_req_held(const struct wk_h2up_stream *st, const struct wk_xchg *x)
+{
+    return x->tx->req_chunked && !(st->flags & S_REQ_DEC) && wk_chunk_in_trailer(&st->dec)
+               ? st->dec.line
+               : 0;
+}
+
+/* The trailer section of a chunk-framed request, whole (its <len> bytes at <p>), as fields for
+ * the trailing HEADERS: those wk_trailer_ok() lets through with a clean value, names lower-cased
+ * in place (the bytes are the request's, already consumed), at most WK_MAX_HEADERS. */
+static uint32_t req_trailers(char *p, size_t len, nghttp2_nv *nv)
+{
+    struct wk_hdr f[WK_MAX_HEADERS];
+    uint32_t n = wk_trailer_split(p, len, f, WK_MAX_HEADERS);
+
+    for (uint32_t i = 0; i < n; i++) {
+        char *name = p + (f[i].name - p);
+        for (uint32_t j = 0; j < f[i].nlen; j++) {
+            name[j] = (char)tolower((unsigned char)name[j]);
+        }
+        nv_set(&nv[i], name, f[i].nlen, f[i].value, f[i].vlen);
+    }
+    return n;
+}
+
+/* Decode a chunk-framed request body from x->rq [send_off, parsed_off) into <buf>; a trailer
+ * section is held after send_off until it ends, then turned into <nv> (*ntr fields). Returns
+ * the data bytes written. */
+static size_t req_dechunk(struct wk_h2up_stream *st, struct wk_xchg *x, uint8_t *buf, size_t len,
+                          nghttp2_nv *nv, uint32_t *ntr)
+{
+    size_t out = 0;
+
+    while (out < len && !(st->flags & S_REQ_DEC)) {
+        uint32_t base = x->send_off + h2up_req_held(st, x);
+        size_t used = 0, dl = 0, n;
+        int r;
+
+        if (base >= x->parsed_off) {
+            break;
+        }
+        n = DSP_MIN((size_t)(x->parsed_off - base), len - out);
+        r = wk_chunk_parse(&st->dec, x->rq->data + base, n, &used, &dl);
+        if (r == WK_CHUNK_ERROR) {
+            break; /* (checked before by the client side: not reached) */
+        }
+        if (r == WK_CHUNK_DATA) {
+            memcpy(buf + out, x->rq->data + base + used - dl, dl);
+            out += dl;
+        }
+        if (r == WK_CHUNK_DONE) {
+            uint32_t end = base + (uint32_t)used, tl = DSP_MIN(st->dec.line, end - x->send_off);
+            *ntr = req_trailers(x->rq->data + end - tl, tl, nv);
+            st->flags |= S_REQ_DEC;
+            x->send_off = end;
+        } else {
+            x->send_off = base + (uint32_t)used - h2up_req_held(st, x);
+        }
+    }
+    return out;
+}
+
 /* The request body for the stream's DATA frames: x->rq [send_off, parsed_off), decoded when it
  * is chunk-framed. */
 static ssize_t req_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *dflags,
                         nghttp2_data_source *src, void *ud)
 {
     struct wk_h2up_stream *st = cb_stream(s, id);
+    nghttp2_nv nv[WK_MAX_HEADERS];
+    uint32_t ntr = 0;
     struct wk_xchg *x;
     size_t out = 0;
 
@@ -375,22 +443,7 @@ static ssize_t req_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len
         memcpy(buf, x->rq->data + x->send_off, out);
         x->send_off += (uint32_t)out;
     } else {
-        while (out < len && x->send_off < x->parsed_off && !(st->flags & S_REQ_DEC)) {
-            size_t used = 0, dl = 0;
-            size_t n = DSP_MIN((size_t)(x->parsed_off - x->send_off), len - out);
-            int r = wk_chunk_parse(&st->dec, x->rq->data + x->send_off, n, &used, &dl);
-            if (r == WK_CHUNK_ERROR) {
-                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* (checked before: not reached) */
-            }
-            if (r == WK_CHUNK_DATA) {
-                memcpy(buf + out, x->rq->data + x->send_off + used - dl, dl);
-                out += dl;
-            }
-            x->send_off += (uint32_t)used;
-            if (r == WK_CHUNK_DONE) {
-                st->flags |= S_REQ_DEC;
-            }
-        }
+        out = req_dechunk(st, x, buf, len, nv, &ntr);
     }
     if (out > 0) {
         x->tflags |= WK_T_UP_WRITTEN;
@@ -401,15 +454,14 @@ static ssize_t req_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len
         st->flags |= S_REQ_EOF;
         if (x->nrtrail > 0) {
             /* The HTTP/2 client's trailers (checked by its side) end the stream instead. */
-            nghttp2_nv nv[WK_MAX_HEADERS];
-            uint32_t n = DSP_MIN(x->nrtrail, (uint32_t)WK_MAX_HEADERS);
-            for (uint32_t i = 0; i < n; i++) {
+            ntr = DSP_MIN(x->nrtrail, (uint32_t)WK_MAX_HEADERS);
+            for (uint32_t i = 0; i < ntr; i++) {
                 nv_set(&nv[i], x->rtrail[i].name, x->rtrail[i].nlen, x->rtrail[i].value,
                        x->rtrail[i].vlen);
             }
-            if (nghttp2_submit_trailer(s, id, nv, n) == 0) {
-                *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            }
+        }
+        if (ntr > 0 && nghttp2_submit_trailer(s, id, nv, ntr) == 0) {
+            *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         }
         return (ssize_t)out;
     }

@@ -113,6 +113,9 @@ void h2up_stream_failed(struct wk_h2up_stream *st, int why, int stale);
 int h2up_interim(struct wk_h2up_stream *st);
 /* Put the stream on a connection with room (see wk_h2up.c). 0, 1 refused at once, -1. */
 int h2up_stream_place(struct wk_h2up_stream *st, const struct wk_xchg *x);
+/* (wk_h2up.c) Trailer bytes of a chunk-framed request held after x->send_off until the
+ * section ends (0 when none). */
+uint32_t h2up_req_held(const struct wk_h2up_stream *st, const struct wk_xchg *x);
 /* Write what nghttp2 has to send: 0, or -1 when the connection failed. */
 int h2up_conn_flush(struct wk_h2up_conn *c);
 /* The connection has frames to write: written once the batch's events are handled (by

@@ -102,7 +102,8 @@ int wk_h2up_send(struct wk_xchg *x)
         }
         return 0;
     }
-    if ((st->flags & S_DEFERRED) && (x->parsed_off > x->send_off || (x->tflags & WK_T_REQ_DONE))) {
+    if ((st->flags & S_DEFERRED) &&
+        (x->parsed_off > x->send_off + h2up_req_held(st, x) || (x->tflags & WK_T_REQ_DONE))) {
         st->flags &= ~S_DEFERRED;
         nghttp2_session_resume_data(c->s, st->id);
     }

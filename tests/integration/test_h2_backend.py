@@ -193,6 +193,35 @@ class H2BackendTest(dsptest.TestCase):
         self.assertEqual(web["protocol"], "h2")
         self.assertGreaterEqual(web["errors"], 2)  # the two 502s
 
+    def test_chunked_request_trailers(self):
+        # An HTTP/1.1 chunked request's trailer section ends the HTTP/2 stream as a trailing
+        # HEADERS frame: allowed fields lower-cased, forbidden ones (framing, hop-by-hop) left out.
+        be = self.server()
+        self.start([("web", be, {})])
+        import socket
+        import time
+        s = socket.create_connection(("127.0.0.1", self.d.port), timeout=10)
+        self.addCleanup(s.close)
+        parts = [b"POST /echo HTTP/1.1\r\nHost: web.h2\r\nTransfer-Encoding: chunked\r\n"
+                 b"TE: trailers\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n",
+                 b"grpc-foo: 1\r\nContent-Length: 5\r\n", b"X-Checksum:  abc \r\n",
+                 b"Connection: x\r\nTE: y\r\n\r\n"]
+        for p in parts:
+            s.sendall(p)
+            time.sleep(0.05)  # (the section arrives in pieces: held until it ends)
+        out = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            out += b
+        self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
+        reqs = [r for r in be.requests() if r["path"] == "/echo"]
+        self.assertEqual(len(reqs), 1, reqs)
+        self.assertEqual(reqs[0]["body_len"], 11)
+        got = [(str(k), str(v)) for k, v in reqs[0]["trailers"]]
+        self.assertEqual(got, [("grpc-foo", "1"), ("x-checksum", "abc")])
+
     def test_max_concurrent_streams_and_goaway(self):
         one = self.server("--max-streams", "2")
         grace = self.server("--goaway-after", "7")
