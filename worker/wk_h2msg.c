@@ -564,110 +564,6 @@ static int big_find(const struct wk_h2_mem *m, const void *p)
     return -1;
 }
 
-/* The arena: small allocations come from 16 KiB chunks of the session's own mappings (size
- * classes of 32 << k bytes, a free list per class and chunk), so a deleted session gives back
- * exactly its pages instead of leaving holes in the heap between live objects. A chunk goes
- * back to the kernel once empty (one emptied chunk is kept while others live). */
-#define H2_CHUNK   16384
-#define H2_CLASSES 8 /* 32 .. 4096 bytes, the 16-byte header included */
-struct wk_h2_chunk {
-    struct wk_h2_chunk *next;
-    void *free[H2_CLASSES];
-    uint32_t used; /* bytes handed out from the chunk's start (bump) */
-    uint32_t live; /* blocks in use */
-};
-#define H2_CHUNK_HDR ((sizeof(struct wk_h2_chunk) + 15) & ~(size_t)15)
-
-static int h2_class(size_t size)
-{
-    size_t n = size + 16;
-    int k = 0;
-
-    while (k < H2_CLASSES && ((size_t)32 << k) < n) {
-        k++;
-    }
-    return k; /* H2_CLASSES: too large for the arena */
-}
-
-static struct wk_h2_chunk *chunk_of(const struct wk_h2_mem *m, const void *p)
-{
-    for (struct wk_h2_chunk *c = m->chunks; c != NULL; c = c->next) {
-        if ((const char *)p > (const char *)c && (const char *)p < (const char *)c + H2_CHUNK) {
-            return c;
-        }
-    }
-    return NULL;
-}
-
-static void *chunk_take(struct wk_h2_chunk *c, int k)
-{
-    size_t sz = (size_t)32 << k;
-    char *b = c->free[k];
-
-    if (b != NULL) {
-        memcpy(&c->free[k], b, sizeof(void *));
-    } else if (c->used + sz <= H2_CHUNK) {
-        b = (char *)c + c->used;
-        c->used += (uint32_t)sz;
-    } else {
-        return NULL;
-    }
-    b[0] = (char)k;
-    c->live++;
-    return b + 16;
-}
-
-static void *arena_alloc(struct wk_h2_mem *m, int k)
-{
-    struct wk_h2_chunk *c;
-    void *p;
-
-    for (c = m->chunks; c != NULL; c = c->next) {
-        if ((p = chunk_take(c, k)) != NULL) {
-            return p;
-        }
-    }
-    if ((c = m->spare) != NULL) {
-        m->spare = NULL;
-    } else {
-        c = mmap(NULL, H2_CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (c == MAP_FAILED) {
-            return NULL;
-        }
-    }
-    memset(c, 0, sizeof(*c));
-    c->used = (uint32_t)H2_CHUNK_HDR;
-    c->next = m->chunks;
-    m->chunks = c;
-    return chunk_take(c, k);
-}
-
-static void arena_free(struct wk_h2_mem *m, struct wk_h2_chunk *c, void *p)
-{
-    char *b = (char *)p - 16;
-    int k = b[0];
-    struct wk_h2_chunk **pp = &m->chunks;
-
-    memcpy(b, &c->free[k], sizeof(void *));
-    c->free[k] = b;
-    if (--c->live != 0) {
-        return;
-    }
-    while (*pp != c) {
-        pp = &(*pp)->next;
-    }
-    *pp = c->next;
-    if (m->chunks != NULL && m->spare == NULL) {
-        m->spare = c;
-        return;
-    }
-    munmap(c, H2_CHUNK);
-    if (m->chunks == NULL && m->spare != NULL) {
-        munmap(m->spare, H2_CHUNK);
-        m->spare = NULL;
-    }
-}
-
 /* A mapping of at least <size> bytes, or NULL (then the heap serves it). */
 static void *big_new(struct wk_h2_mem *m, size_t size)
 {
@@ -694,10 +590,7 @@ static void *big_new(struct wk_h2_mem *m, size_t size)
 static void *h2_malloc(size_t size, void *ud)
 {
     struct wk_h2_mem *m = ud;
-    int k = h2_class(size);
-    void *p = k < H2_CLASSES             ? arena_alloc(m, k)
-              : size >= H2_BIG && m->map ? big_new(m, size)
-                                         : NULL;
+    void *p = size >= H2_BIG && m->map ? big_new(m, size) : NULL;
 
     return p != NULL ? p : malloc(size);
 }
@@ -705,14 +598,9 @@ static void *h2_malloc(size_t size, void *ud)
 static void h2_free(void *p, void *ud)
 {
     struct wk_h2_mem *m = ud;
-    struct wk_h2_chunk *c = p != NULL ? chunk_of(m, p) : NULL;
-    int i;
+    int i = big_find(m, p);
 
-    if (c != NULL) {
-        arena_free(m, c, p);
-        return;
-    }
-    if ((i = big_find(m, p)) < 0) {
+    if (i < 0) {
         free(p);
         return;
     }
@@ -722,38 +610,18 @@ static void h2_free(void *p, void *ud)
 
 static void *h2_calloc(size_t n, size_t size, void *ud)
 {
-    void *p;
-
-    if (size != 0 && n > SIZE_MAX / size) {
-        return NULL;
-    }
-    if ((p = h2_malloc(n * size, ud)) != NULL) {
-        memset(p, 0, n * size);
-    }
-    return p;
+    (void)ud;
+    return calloc(n, size);
 }
 
 static void *h2_realloc(void *p, size_t size, void *ud)
 {
     struct wk_h2_mem *m = ud;
-    struct wk_h2_chunk *c;
     int i = big_find(m, p);
     void *q;
 
     if (p == NULL) {
         return h2_malloc(size, ud);
-    }
-    if ((c = chunk_of(m, p)) != NULL) {
-        size_t have = ((size_t)32 << ((char *)p)[-16]) - 16;
-
-        if (size <= have) {
-            return p;
-        }
-        if ((q = h2_malloc(size, ud)) != NULL) {
-            memcpy(q, p, have);
-            arena_free(m, c, p);
-        }
-        return q;
     }
     if (i < 0) {
         return realloc(p, size); /* (a heap block stays on the heap) */

@@ -135,18 +135,15 @@ void wk_h2_buf_release(struct wk_buf *b, size_t pooled);
  * once every frame went out. Buffers that large get their own mapping, whose pages an idle
  * connection gives back (wk_h2_mem_idle); the next frame touches them in again. */
 #define WK_H2_BIG_MAX 4
-struct wk_h2_chunk;
 struct wk_h2_mem {
     nghttp2_mem mem; /* the allocator handed to nghttp2_session_server_new3() */
     struct {
         void *p;
         size_t len; /* bytes mapped */
     } big[WK_H2_BIG_MAX];
-    struct wk_h2_chunk *chunks; /* the session's small allocations: its own pages (arena) */
-    struct wk_h2_chunk *spare;  /* one emptied chunk kept for the next allocations */
-    uint8_t dirty;              /* frames may have touched the big buffers since the last release */
-    uint8_t map; /* big allocations get a mapping (only while the session is created: later
-                    ones, such as a frame buffer's extra chunks, come and go with frames) */
+    uint8_t dirty; /* frames may have touched the big buffers since the last release */
+    uint8_t map;   /* big allocations get a mapping (only while the session is created: later
+                      ones, such as a frame buffer's extra chunks, come and go with frames) */
 };
 void wk_h2_mem_init(struct wk_h2_mem *m);
 /* Nothing is queued or being written: the big buffers' pages go back to the kernel. */
