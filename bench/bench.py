@@ -1376,8 +1376,32 @@ def report(res, idle, e_res, reloads, started, elapsed, notes, stime=None):
 
 
 # ---- main ---------------------------------------------------------------------------------------
-def main():
+def start_harness(tag):
+    """Wait for a quiet machine, make the temp dir, make sure every process started is stopped
+    at exit and on signals, and move the harness itself to the load CPU (it is load, not proxy).
+    <tag> names the temp dir (dsp-bench<tag>.)."""
     global TMP
+    if QUIET_WAIT > 0:
+        wait_quiet(QUIET_WAIT)
+    TMP = tempfile.mkdtemp(prefix="dsp-bench%s." % tag)
+    os.chmod(TMP, 0o755)
+    atexit.register(cleanup)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+    os.sched_setaffinity(0, {LOAD_CPU})
+
+
+def emit(text, out):
+    """Print a results text and write it to <out> ("-": print only)."""
+    print()
+    print(text)
+    if out != "-":
+        with open(out, "w") as f:
+            f.write(text)
+        log("wrote %s" % out)
+
+
+def main():
     started = datetime.datetime.now().astimezone()
     t_start = time.monotonic()
     for tool in ("nginx", "haproxy", "wrk", "taskset", "pgrep"):
@@ -1392,14 +1416,7 @@ def main():
         die("open-file limit %d too low for %d idle connections (run.sh raises it)"
             % (soft, IDLE_CONNS))
 
-    if QUIET_WAIT > 0:
-        wait_quiet(QUIET_WAIT)
-    TMP = tempfile.mkdtemp(prefix="dsp-bench.")
-    os.chmod(TMP, 0o755)
-    atexit.register(cleanup)
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, _on_signal)
-    os.sched_setaffinity(0, {LOAD_CPU})     # the harness itself is load, not proxy
+    start_harness("")
     log("temp dir %s; proxies on CPU %d, load on CPU %d; %ds x %d rounds"
         % (TMP, PROXY_CPU, LOAD_CPU, DURATION, ROUNDS))
 
@@ -1665,12 +1682,7 @@ def main():
 
     elapsed = time.monotonic() - t_start
     text = report(res, idle, e_res, reloads, started, elapsed, notes, stime)
-    print()
-    print(text)
-    if OUT != "-":
-        with open(OUT, "w") as f:
-            f.write(text)
-        log("wrote %s" % OUT)
+    emit(text, OUT)
 
 
 if __name__ == "__main__":

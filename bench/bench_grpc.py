@@ -17,11 +17,9 @@ Writes bench/RESULTS-grpc.md (BENCH_OUT_M, "-" for none) and prints the same tab
 """
 
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -143,14 +141,7 @@ def main():
     for tool in ("nginx", "haproxy", "h2load", "taskset", "cc"):
         if bench.shutil.which(tool) is None:
             die("%s not found (make bench installs nginx, haproxy and nghttp2-client)" % tool)
-    if bench.QUIET_WAIT > 0:
-        bench.wait_quiet(bench.QUIET_WAIT)
-    bench.TMP = tempfile.mkdtemp(prefix="dsp-bench-m.")
-    os.chmod(bench.TMP, 0o755)
-    bench.atexit.register(bench.cleanup)
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, bench._on_signal)
-    os.sched_setaffinity(0, {bench.LOAD_CPU})
+    bench.start_harness("-m")
     bport = bench.free_port()
     start_grpc_backend(bport)
     body = os.path.join(bench.TMP, "grpc-request.bin")
@@ -224,12 +215,7 @@ def main():
             L.append("| %s | %d | %.0f | %.2f | %.2f | %.0f%% | %.0f%% |" % (
                 k, i + 1, r["rps"], r["p99_ms"], r["cpu_us"], r["cpu_pct"], r["other_pct"]))
     text = "\n".join(L) + "\n"
-    print()
-    print(text)
-    if OUT != "-":
-        with open(OUT, "w") as f:
-            f.write(text)
-        log("wrote %s" % OUT)
+    bench.emit(text, OUT)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ Writes bench/RESULTS-h2o.md (BENCH_OUT_N, "-" for none) and prints the same tabl
 """
 
 import os
-import signal
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -57,14 +55,7 @@ def main():
     for tool in ("nginx", "h2o", "h2load", "taskset"):
         if bench.shutil.which(tool) is None:
             die("%s not found (apt-get install h2o nghttp2-client nginx)" % tool)
-    if bench.QUIET_WAIT > 0:
-        bench.wait_quiet(bench.QUIET_WAIT)
-    bench.TMP = tempfile.mkdtemp(prefix="dsp-bench-n.")
-    os.chmod(bench.TMP, 0o755)
-    bench.atexit.register(bench.cleanup)
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, bench._on_signal)
-    os.sched_setaffinity(0, {bench.LOAD_CPU})
+    bench.start_harness("-n")
     bport, bport2 = bench.free_port(), bench.free_port()
     bench.start_backend(bport, bport2)
     cert = bench.Cert()
@@ -126,12 +117,7 @@ def main():
     L.append("When \"proxy CPU busy\" is well below 100 %, the load CPU is the limit and req/s "
              "understates the proxy: compare CPU per request then.")
     text = "\n".join(L) + "\n"
-    print()
-    print(text)
-    if OUT != "-":
-        with open(OUT, "w") as f:
-            f.write(text)
-        log("wrote %s" % OUT)
+    bench.emit(text, OUT)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ Writes bench/RESULTS-rate_limit.md (BENCH_OUT_K, "-" for none) and prints the sa
 """
 
 import os
-import signal
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -93,14 +91,7 @@ def main():
     for tool in ("nginx", "wrk", "taskset"):
         if bench.shutil.which(tool) is None:
             die("%s not found (make bench installs nginx and wrk)" % tool)
-    if bench.QUIET_WAIT > 0:
-        bench.wait_quiet(bench.QUIET_WAIT)
-    bench.TMP = tempfile.mkdtemp(prefix="dsp-bench-k.")
-    os.chmod(bench.TMP, 0o755)
-    bench.atexit.register(bench.cleanup)
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, bench._on_signal)
-    os.sched_setaffinity(0, {bench.LOAD_CPU})
+    bench.start_harness("-k")
     bport, bport2 = bench.free_port(), bench.free_port()
     bench.start_backend(bport, bport2)
 
@@ -156,12 +147,7 @@ def main():
         mw / ngx, "met" if mw < ngx else "NOT met")]
     L += ["- " + n for n in notes]
     text = "\n".join(L) + "\n"
-    print()
-    print(text)
-    if OUT != "-":
-        with open(OUT, "w") as f:
-            f.write(text)
-        log("wrote %s" % OUT)
+    bench.emit(text, OUT)
 
 
 if __name__ == "__main__":
