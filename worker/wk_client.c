@@ -124,7 +124,10 @@ void wk_client_accept(int fd, const struct sockaddr *sa, const struct wk_listene
         close(fd);
         return;
     }
-    c = calloc(1, sizeof(*c));
+    if (wk.client_slab.size == 0) {
+        dsp_slab_init(&wk.client_slab, sizeof(*c)); /* (first use) */
+    }
+    c = dsp_slab_calloc(&wk.client_slab);
     if (c == NULL) {
         close(fd);
         return;
@@ -138,7 +141,7 @@ void wk_client_accept(int fd, const struct sockaddr *sa, const struct wk_listene
         struct ssl_st *ssl = wk_tls_server_new(fd, l->idx);
         if (ssl == NULL) {
             close(fd);
-            free(c);
+            dsp_slab_free(&wk.client_slab, c);
             return;
         }
         c->peer.https = 1;
@@ -167,7 +170,7 @@ void wk_client_accept(int fd, const struct sockaddr *sa, const struct wk_listene
             log_errno(LOG_ERROR, errno, "epoll_ctl(ADD client) failed");
         }
         xp_close(&c->xp, 0);
-        free(c);
+        dsp_slab_free(&wk.client_slab, c);
         return;
     }
     c->next = wk.clients;

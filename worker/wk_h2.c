@@ -74,13 +74,14 @@ struct wk_h2 {
     uint8_t due;    /* on wk.h2_due (wk_h2_run_due) */
     struct wk_h2 *due_next;
     struct wk_h2_guard g;     /* abuse limits */
-    struct wk_h2_mem mem;     /* nghttp2's allocator (frame buffer pages given back when idle) */
+    struct wk_h2_mem *mem;    /* nghttp2's allocator (frame buffer pages given back when idle) */
     struct wk_h2_saved saved; /* what the client knows while s is NULL (idle: wk_h2idle.c) */
     char *out;                /* serialized frames not yet written: [out_off, out_len) */
     uint32_t out_off, out_len, out_cap;
 };
 
 static const struct wk_xchg_ops wk_h2_ops;
+static struct dsp_slab h2_slab = DSP_SLAB_INIT(sizeof(struct wk_h2)); /* (wk.client_slab's why) */
 
 static struct wk_h2_stream *xstream(struct wk_xchg *x)
 {
@@ -862,16 +863,15 @@ static int session_new(struct wk_h2 *h)
 
 int wk_h2_start(struct wk_client *c, const char *pre, size_t plen)
 {
-    struct wk_h2 *h = calloc(1, sizeof(*h));
+    struct wk_h2 *h;
 
-    if (h == NULL) {
+    if ((h = dsp_slab_calloc(&h2_slab)) == NULL) {
         return -1;
     }
     h->c = c;
-    wk_h2_mem_init(&h->mem);
     if (session_new(h) != 0) {
-        nghttp2_session_del(h->s);
-        free(h);
+        wk_h2_session_del(&h->s, &h->mem);
+        dsp_slab_free(&h2_slab, h);
         return -1;
     }
     c->h2 = h;
@@ -889,8 +889,7 @@ static int session_wake(struct wk_h2 *h)
         return 0;
     }
     if (session_new(h) != 0 || wk_h2_wake(h->s, &h->g, &h->saved) != 0) {
-        nghttp2_session_del(h->s);
-        h->s = NULL;
+        wk_h2_session_del(&h->s, &h->mem);
         return -1;
     }
     return 0;
@@ -907,9 +906,9 @@ void wk_h2_free(struct wk_client *c)
         stream_free(h->streams);
     }
     due_remove(h);
-    nghttp2_session_del(h->s);
+    wk_h2_session_del(&h->s, &h->mem);
     free(h->out);
-    free(h);
+    dsp_slab_free(&h2_slab, h);
     c->h2 = NULL;
 }
 
@@ -966,7 +965,7 @@ static int flush(struct wk_client *c, struct wk_h2 *h)
                 h->out = p;
                 h->out_cap = cap;
             }
-            h->mem.dirty = 1;
+            h->mem->dirty = 1;
             memcpy(h->out + h->out_len, data, (size_t)n);
             h->out_len += (uint32_t)n;
             if (h->out_len >= H2_OUT_SIZE) {
@@ -1043,7 +1042,7 @@ static void conn_timer(struct wk_client *c, struct wk_h2 *h)
             wk_timer_arm(&c->timer, sn->limits.send_timeout_ms);
         }
     } else if (h->nstreams == 0) {
-        wk_timer_arm(&c->timer, (h->mem.dirty || h->g.table0 == 1) &&
+        wk_timer_arm(&c->timer, ((h->mem != NULL && h->mem->dirty) || h->g.table0 == 1) &&
                                         sn->limits.idle_timeout_ms > H2_RELEASE_MS
                                     ? (h->g.table0 == 1 ? 100 : H2_RELEASE_MS) /* (ACK in) */
                                     : sn->limits.idle_timeout_ms);
@@ -1166,7 +1165,7 @@ void wk_h2_timeout(struct wk_client *c)
     struct wk_h2 *h = c->h2;
     uint32_t idle_ms = cur_snap()->limits.idle_timeout_ms;
 
-    if (h != NULL && h->s != NULL && h->nstreams == 0 && (h->mem.dirty || h->g.table0 == 1) &&
+    if (h != NULL && h->s != NULL && h->nstreams == 0 && (h->mem->dirty || h->g.table0 == 1) &&
         h->out_off == h->out_len && !nghttp2_session_want_write(h->s) && idle_ms > H2_RELEASE_MS) {
         /* Idle for H2_RELEASE_MS: the session goes (wk_h2idle.c), or at least the frame
          * buffer's pages; on to the idle timeout. */
@@ -1176,11 +1175,11 @@ void wk_h2_timeout(struct wk_client *c)
             return;
         }
         if (h->out_off == h->out_len && wk_h2_sleep_check(h->s, &h->g, &h->saved) == 0) {
-            nghttp2_session_del(h->s);
-            h->s = NULL;
+            wk_h2_session_del(&h->s, &h->mem);
             wk.h2_slept++;
+        } else {
+            wk_h2_mem_idle(h->mem);
         }
-        wk_h2_mem_idle(&h->mem);
         wk_timer_arm(&c->timer, idle_ms - (quick ? 100 : H2_RELEASE_MS)); /* (conn_timer's) */
         return;
     }

@@ -12,6 +12,7 @@
 #include <limits.h>
 #include <malloc.h>
 #include <nghttp2/nghttp2.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/dsp.h"
@@ -19,14 +20,23 @@
 
 #define H2_INITIAL_WINDOW 65535
 
-int wk_h2_session_new(nghttp2_session **sp, void *ud, struct wk_h2_mem *mem,
+int wk_h2_session_new(nghttp2_session **sp, void *ud, struct wk_h2_mem **memp,
                       const struct wk_h2_cbs *cbs, const struct shm_snap_hdr *sn, int table0)
 {
     nghttp2_session_callbacks *cb = NULL;
     nghttp2_option *opt = NULL;
     nghttp2_settings_entry iv[4];
+    struct wk_h2_mem *mem = *memp;
     int r = -1;
 
+    /* (not part of the connection's own struct: an idle connection has no session, and needs
+     * none of its ~110 bytes) */
+    if (mem == NULL && (mem = *memp = malloc(sizeof(*mem))) != NULL) {
+        wk_h2_mem_init(mem);
+    }
+    if (mem == NULL) {
+        return -1;
+    }
     if (nghttp2_session_callbacks_new(&cb) != 0 || nghttp2_option_new(&opt) != 0) {
         goto out;
     }
@@ -70,6 +80,14 @@ out:
     nghttp2_option_del(opt);
     mem->map = 0;
     return r;
+}
+
+void wk_h2_session_del(nghttp2_session **sp, struct wk_h2_mem **memp)
+{
+    nghttp2_session_del(*sp);
+    *sp = NULL;
+    free(*memp);
+    *memp = NULL;
 }
 
 /* Is any stream of the tree under <st> more than idle (PRIORITY frames leave idle ones)? */

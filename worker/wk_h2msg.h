@@ -190,10 +190,13 @@ struct wk_h2_cbs {
     nghttp2_on_invalid_frame_recv_callback invalid_frame;
 };
 struct shm_snap_hdr;
-/* A new server session in <*sp> (user data <ud>, allocator <mem>) with our SETTINGS (from <sn>'s
- * limits) and connection window submitted. 0, or -1 (<*sp> NULL or to delete). */
-int wk_h2_session_new(nghttp2_session **sp, void *ud, struct wk_h2_mem *mem,
+/* A new server session in <*sp> (user data <ud>, allocator <*memp>, allocated first if NULL: it
+ * lives as long as the session) with our SETTINGS (from <sn>'s limits) and connection window
+ * submitted. 0, or -1 (to delete with wk_h2_session_del). */
+int wk_h2_session_new(nghttp2_session **sp, void *ud, struct wk_h2_mem **memp,
                       const struct wk_h2_cbs *cbs, const struct shm_snap_hdr *sn, int table0);
+/* Delete <*sp> (NULL too) and its allocator: both NULL after. */
+void wk_h2_session_del(nghttp2_session **sp, struct wk_h2_mem **memp);
 /* Can <s> be deleted (no stream, nothing to send, our SETTINGS acknowledged, no GOAWAY, empty
  * HPACK table, all DATA read acknowledged)? 0 (<sv> filled), 1 (SETTINGS_HEADER_TABLE_SIZE 0,
  * or a WINDOW_UPDATE for DATA read since the last one, was queued: send it, ask again later),

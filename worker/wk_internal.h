@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "common/slab.h"
 #include "common/xport.h"
 #include "shm/shm_snap.h"
 #include "shm/shm_types.h"
@@ -28,9 +29,9 @@ struct wk_ev {
     uint8_t kind;
 };
 
-/* Free a closed client or upstream (allocated with malloc) once the current epoll batch is done:
- * a later event of the same batch may still name it. Marks it dead (kind 0), which the loop's
- * dispatch skips. */
+/* Free a closed client (from wk.client_slab) or upstream (allocated with malloc) once the current
+ * epoll batch is done: a later event of the same batch may still name it. Marks it dead (kind 0),
+ * which the loop's dispatch skips. */
 void wk_free_later(struct wk_ev *e);
 
 /* ---- buffers ------------------------------------------------------------------------------
@@ -387,6 +388,9 @@ struct wk_worker {
     int listeners_off;         /* listeners taken out of the epoll set during the pause */
     struct wk_client *clients; /* list head */
     uint64_t nclients;
+    /* Client connections (and their HTTP/2 state, wk_h2.c) live as long as the connection:
+     * packed in a slab of their own, not among the heap's short-lived blocks (common/slab.h). */
+    struct dsp_slab client_slab;
     struct wk_pool *pools;         /* indexed by backend runtime slot */
     uint64_t pass;                 /* epoll_wait() calls so far: events of the current batch are
                                       older than anything done while handling them */

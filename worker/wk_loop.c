@@ -102,6 +102,9 @@ static size_t ndead, dead_cap;
 
 void wk_free_later(struct wk_ev *e)
 {
+    /* (bit 0 of the pointer, free in any struct: it came from wk.client_slab) */
+    void *tagged = (void *)((uintptr_t)e | (e->kind == WK_EV_CLIENT));
+
     e->kind = 0;
     if (ndead == dead_cap) {
         size_t cap = dead_cap ? dead_cap * 2 : 64;
@@ -114,13 +117,19 @@ void wk_free_later(struct wk_ev *e)
         dead = n;
         dead_cap = cap;
     }
-    dead[ndead++] = e;
+    dead[ndead++] = tagged;
 }
 
 static void free_dead(void)
 {
     for (size_t i = 0; i < ndead; i++) {
-        free(dead[i]);
+        uintptr_t p = (uintptr_t)dead[i];
+
+        if (p & 1) {
+            dsp_slab_free(&wk.client_slab, (void *)(p & ~(uintptr_t)1));
+        } else {
+            free(dead[i]);
+        }
     }
     ndead = 0;
 }
