@@ -124,9 +124,6 @@ void wk_client_accept(int fd, const struct sockaddr *sa, const struct wk_listene
         close(fd);
         return;
     }
-    if (wk.client_slab.size == 0) {
-        dsp_slab_init(&wk.client_slab, sizeof(*c)); /* (first use) */
-    }
     c = dsp_slab_calloc(&wk.client_slab);
     if (c == NULL) {
         close(fd);

@@ -680,6 +680,7 @@ static void worker_setup(const struct wk_init *init)
     char tag[32];
 
     memset(&wk, 0, sizeof(wk));
+    dsp_slab_init(&wk.client_slab, sizeof(struct wk_client));
     wk.slot = init->slot;
     wk.ctl = init->ctl;
     wk.rt = init->rt;
